@@ -1,0 +1,159 @@
+// Event streams (DESIGN §3): a Publisher on a PUB socket numbers every event of each kind; a
+// Subscriber checks the numbers and calls its gap hook when events were lost (ZeroMQ drops under
+// its high-water mark), so the subscriber re-syncs through an RPC snapshot. Events are hints with a
+// sequence; state is always readable through RPC.
+//
+// The topic of an event is "<kind>/<key>". Sequence numbers run per kind, so a subscriber that wants
+// some keys of a kind still receives the whole kind and filters keys itself: only then can it
+// tell a lost event from one it did not ask for. A publisher that has been quiet sends a heartbeat
+// per kind carrying the last number, so a loss at the tail of a burst shows too.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include <capnp/message.h>
+#include <capnp/serialize.h>
+#include <kj/array.h>
+#include <zmq.hpp>
+
+#include "djinn/core/rpc.h"
+#include "djinn/core/status.h"
+
+namespace djinn::events {
+
+struct PublisherOptions {
+  std::vector<std::string> endpoints = {"tcp://127.0.0.1:*"};
+  std::optional<rpc::CurveServer> curve;
+  int send_high_water_mark = 100000;
+  std::chrono::milliseconds heartbeat_interval{1000};  // 0: no heartbeats
+  zmq::context_t* context = nullptr;
+};
+
+class Publisher {
+ public:
+  explicit Publisher(PublisherOptions options);
+  ~Publisher();
+  Publisher(const Publisher&) = delete;
+  Publisher& operator=(const Publisher&) = delete;
+
+  Status start();
+  void stop();
+  const std::vector<std::string>& endpoints() const { return bound_; }
+
+  // Thread-safe. Returns the event's sequence number within its kind. Kinds and keys may not
+  // contain '/' in the kind.
+  uint64_t publish(std::string_view kind, std::string_view key, capnp::MessageBuilder& payload);
+  uint64_t publish(std::string_view kind, std::string_view key);  // no payload
+  // The last number published for a kind (0: none yet); RPC snapshots carry it so a subscriber
+  // knows where the stream stood when the snapshot was taken.
+  uint64_t last_seq(std::string_view kind) const;
+  uint64_t incarnation() const { return incarnation_; }
+  // Sends one heartbeat per kind now (the heartbeat thread calls it on its interval).
+  void heartbeat();
+
+ private:
+  uint64_t send(std::string_view kind, std::string_view key, bool heartbeat, const zmq::message_t* payload,
+                uint64_t seq_override);
+
+  PublisherOptions options_;
+  zmq::context_t& context_;
+  uint64_t incarnation_;
+  std::vector<std::string> bound_;
+  mutable std::mutex mu_;  // guards socket_, seq_, zap_domain_
+  std::unique_ptr<zmq::socket_t> socket_;
+  std::map<std::string, uint64_t, std::less<>> seq_;
+  std::string zap_domain_;
+  std::mutex hb_mu_;  // guards hb_stop_
+  std::condition_variable hb_cv_;
+  bool hb_stop_ = false;
+  std::thread hb_thread_;
+};
+
+// One received event. The payload reader lives as long as the Event.
+struct Event {
+  std::string kind;
+  std::string key;
+  uint64_t seq = 0;
+  uint64_t incarnation = 0;
+  uint64_t time_micros = 0;
+  kj::Array<capnp::word> payload;  // empty when the event has none
+  // The payload as a message (an empty root when there is none). Throws kj::Exception on a
+  // malformed payload.
+  capnp::FlatArrayMessageReader reader(const rpc::Limits& limits = {}) const;
+};
+
+// Why the subscriber asks for a re-sync.
+struct Gap {
+  std::string kind;
+  uint64_t expected = 0;  // the number that should have come next (0: first contact)
+  uint64_t received = 0;  // the number that came
+  bool restarted = false; // the publisher's incarnation changed
+};
+
+struct SubscriberOptions {
+  std::string endpoint;
+  std::optional<rpc::CurveClient> curve;
+  int receive_high_water_mark = 100000;
+  rpc::Limits limits;
+  zmq::context_t* context = nullptr;
+};
+
+class Subscriber {
+ public:
+  using EventHandler = std::function<void(const Event&)>;
+  using GapHandler = std::function<void(const Gap&)>;
+
+  explicit Subscriber(SubscriberOptions options);
+  ~Subscriber();
+  Subscriber(const Subscriber&) = delete;
+  Subscriber& operator=(const Subscriber&) = delete;
+
+  // Before start(). An empty key subscribes to every key of the kind.
+  void subscribe(std::string kind, std::string key = "");
+  void on_event(EventHandler handler) { on_event_ = std::move(handler); }
+  // Called before the event that revealed the gap is delivered.
+  void on_gap(GapHandler handler) { on_gap_ = std::move(handler); }
+
+  // Runs the subscriber on its own thread.
+  Status start();
+  void stop();
+  // Or drive it from the caller's thread: waits up to `timeout` and handles what arrived.
+  // Returns the number of events delivered.
+  int poll(std::chrono::milliseconds timeout);
+
+  uint64_t gaps() const { return gaps_; }
+
+ private:
+  void open();
+  void handle(std::vector<zmq::message_t>& parts);
+
+  SubscriberOptions options_;
+  zmq::context_t& context_;
+  std::unique_ptr<zmq::socket_t> socket_;
+  std::map<std::string, std::set<std::string>, std::less<>> wanted_;  // kind -> keys (empty: all)
+  struct Stream {
+    uint64_t incarnation = 0;
+    uint64_t last = 0;
+  };
+  std::map<std::string, Stream, std::less<>> streams_;
+  EventHandler on_event_;
+  GapHandler on_gap_;
+  std::atomic<bool> running_{false};
+  std::thread thread_;
+  std::atomic<uint64_t> gaps_{0};
+};
+
+}  // namespace djinn::events

@@ -1,0 +1,39 @@
+// Named crash points (fault injection). Every protocol step that could be interrupted by a crash
+// calls DJINN_CRASH_POINT("part.step"); tests arm points by name:
+//  - in a child process, through the environment: DJINN_CRASH_AT="txn.after_decision" or
+//    "txn.after_decision@3" (the third hit): the process dies by SIGKILL there, like kill -9;
+//  - in-process, with arm(name, Action::kThrow): the hit throws CrashPointHit, and the test
+//    abandons the object as a crashed process would and reopens its files.
+// An unarmed point costs one relaxed atomic load.
+#pragma once
+
+#include <atomic>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+
+namespace djinn::fault {
+
+enum class Action { kKill, kThrow };
+
+struct CrashPointHit : std::runtime_error {
+  explicit CrashPointHit(const std::string& point) : std::runtime_error("crash point " + point) {}
+};
+
+void arm(std::string_view point, Action action, int hit = 1);
+void disarm_all();
+// How many times the point has been passed since it was armed (armed points only).
+int hits(std::string_view point);
+
+namespace internal {
+extern std::atomic<bool> g_any_armed;
+void check(std::string_view point);
+}  // namespace internal
+
+inline void crash_point(std::string_view point) {
+  if (internal::g_any_armed.load(std::memory_order_relaxed)) internal::check(point);
+}
+
+}  // namespace djinn::fault
+
+#define DJINN_CRASH_POINT(name) ::djinn::fault::crash_point(name)

@@ -1,0 +1,35 @@
+// Conversions between the data model (model.h) and its wire form (proto/model.capnp).
+// from_capnp is the edge where untrusted bytes become model values: it never throws, rejects
+// malformed readers and runs validate() on what it built.
+#pragma once
+
+#include "djinn/core/model.h"
+#include "djinn/core/status.h"
+#include "djinn/proto/model.capnp.h"
+
+namespace djinn {
+
+void to_capnp(const ServiceId& id, proto::Uuid::Builder out);
+void to_capnp(const Value& value, proto::Value::Builder out);
+void to_capnp(const Entry& entry, proto::Entry::Builder out);
+void to_capnp(const Template& tmpl, proto::Template::Builder out);
+void to_capnp(const Endpoints& endpoints, proto::Endpoints::Builder out);
+void to_capnp(const LeaseInfo& lease, proto::LeaseInfo::Builder out);
+void to_capnp(const ServiceItem& item, proto::ServiceItem::Builder out);
+void to_capnp(const ServiceTemplate& tmpl, proto::ServiceTemplate::Builder out);
+
+// Each returns invalid_argument when the reader is malformed (a kj::Exception while reading:
+// out-of-bounds pointer, traversal or nesting limit, missing NUL), holds an unknown union member,
+// repeats a field name, or fails validate(). Readers should come from a MessageReader built with
+// explicit ReaderOptions limits. Getting the reader itself (getRoot, a parent's getter) can throw
+// kj::Exception on hostile bytes as well: do that inside the caller's own try.
+Result<ServiceId> from_capnp(proto::Uuid::Reader in);
+Result<Value> from_capnp(proto::Value::Reader in);
+Result<Entry> from_capnp(proto::Entry::Reader in);
+Result<Template> from_capnp(proto::Template::Reader in);
+Result<Endpoints> from_capnp(proto::Endpoints::Reader in);
+Result<LeaseInfo> from_capnp(proto::LeaseInfo::Reader in);
+Result<ServiceItem> from_capnp(proto::ServiceItem::Reader in);
+Result<ServiceTemplate> from_capnp(proto::ServiceTemplate::Reader in);
+
+}  // namespace djinn

@@ -1,0 +1,464 @@
+// The RPC client. Blocking calls use a DEALER socket checked out by the calling thread, so a round
+// trip costs what a raw DEALER round trip costs. Asynchronous calls go through one I/O thread that
+// owns another DEALER, keeps every call in flight in a table, and sends whatever is queued at each
+// wake-up as one batched message. Both paths watch their socket's monitor: a lost connection fails
+// or retries the calls in flight, a refused handshake fails them at once with a clear status.
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <mutex>
+#include <queue>
+#include <thread>
+#include <unordered_map>
+
+#include <kj/exception.h>
+
+#include "djinn/core/context.h"
+#include "djinn/core/log.h"
+#include "djinn/core/rpc.h"
+#include "wire.h"
+
+namespace djinn::rpc {
+
+Reply::Reply(Status status, kj::Array<capnp::word> payload, capnp::ReaderOptions options)
+    : status_(std::move(status)), payload_(std::move(payload)), options_(options) {}
+
+capnp::MessageReader& Reply::message() {
+  if (!reader_) {
+    kj::ArrayPtr<const capnp::word> words =
+        payload_.size() ? kj::ArrayPtr<const capnp::word>(payload_) : internal::empty_message_words();
+    reader_ = std::make_unique<capnp::FlatArrayMessageReader>(words, options_);
+  }
+  return *reader_;
+}
+
+kj::Array<capnp::word> to_words(capnp::MessageBuilder& message) { return capnp::messageToFlatArray(message); }
+
+namespace {
+
+constexpr int kMonitorEvents = ZMQ_EVENT_DISCONNECTED | ZMQ_EVENT_HANDSHAKE_SUCCEEDED |
+                               ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
+                               ZMQ_EVENT_HANDSHAKE_FAILED_AUTH;
+
+std::atomic<uint64_t> g_monitor_seq{0};
+
+// What the socket monitor has told us about the connection.
+struct Link {
+  bool connected = false;
+  bool lost = false;           // a connection that carried traffic went down since last cleared
+  std::optional<Status> refused;  // the last handshake failed; cleared by a successful one
+  bool ever_connected = false;
+};
+
+// A DEALER socket with its monitor.
+class Channel {
+ public:
+  Channel(zmq::context_t& ctx, const ClientOptions& o) : dealer_(ctx, zmq::socket_type::dealer) {
+    dealer_.set(zmq::sockopt::linger, 0);
+    dealer_.set(zmq::sockopt::sndhwm, 100000);
+    dealer_.set(zmq::sockopt::rcvhwm, 100000);
+    dealer_.set(zmq::sockopt::reconnect_ivl, static_cast<int>(o.reconnect_interval.count()));
+    dealer_.set(zmq::sockopt::reconnect_ivl_max, static_cast<int>(o.reconnect_interval_max.count()));
+    dealer_.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(o.limits.hard_max_message_bytes));
+    if (o.curve) {
+      dealer_.set(zmq::sockopt::curve_serverkey, o.curve->server_public_key);
+      dealer_.set(zmq::sockopt::curve_publickey, o.curve->client.public_key);
+      dealer_.set(zmq::sockopt::curve_secretkey, o.curve->client.secret_key);
+    }
+    std::string mon = "inproc://djinn-client-monitor-" + std::to_string(g_monitor_seq.fetch_add(1));
+    if (zmq_socket_monitor(dealer_.handle(), mon.c_str(), kMonitorEvents) != 0) throw zmq::error_t();
+    monitor_ = zmq::socket_t(ctx, zmq::socket_type::pair);
+    monitor_.set(zmq::sockopt::linger, 0);
+    monitor_.connect(mon);
+    dealer_.connect(o.endpoint);
+    endpoint_ = o.endpoint;
+  }
+  ~Channel() {
+    zmq_socket_monitor(dealer_.handle(), nullptr, 0);
+  }
+
+  zmq::socket_t& dealer() { return dealer_; }
+  zmq::socket_t& monitor() { return monitor_; }
+  Link& link() { return link_; }
+
+  // Applies every pending monitor event to link().
+  void read_events() {
+    for (;;) {
+      zmq::message_t ev, addr;
+      if (!monitor_.recv(ev, zmq::recv_flags::dontwait)) return;
+      if (ev.more()) (void)monitor_.recv(addr, zmq::recv_flags::none);
+      if (ev.size() < 6) continue;
+      uint16_t event;
+      uint32_t value;
+      std::memcpy(&event, ev.data(), 2);
+      std::memcpy(&value, static_cast<const char*>(ev.data()) + 2, 4);
+      switch (event) {
+        case ZMQ_EVENT_HANDSHAKE_SUCCEEDED:
+          link_.connected = true;
+          link_.ever_connected = true;
+          link_.refused.reset();
+          break;
+        case ZMQ_EVENT_DISCONNECTED:
+          if (link_.connected) link_.lost = true;
+          link_.connected = false;
+          break;
+        case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH:
+          link_.refused = unauthenticated("server " + endpoint_ + " refused this client's key (ZAP status " +
+                                          std::to_string(value) +
+                                          "): add the key to the server's keyring with `djinn-keys keyring add`");
+          break;
+        case ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL:
+        case ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+          link_.refused = unauthenticated("security handshake with " + endpoint_ +
+                                          " failed: both sides must use CURVE (or both plaintext), with the "
+                                          "server's public key configured on the client");
+          break;
+        default:
+          break;
+      }
+    }
+  }
+
+ private:
+  zmq::socket_t dealer_;
+  zmq::socket_t monitor_;
+  std::string endpoint_;
+  Link link_;
+};
+
+bool retryable(const CallOptions& o) { return o.idempotent || !o.idempotency_key.empty(); }
+
+Status lost_status(const std::string& endpoint, std::string_view method) {
+  return unavailable("connection to " + endpoint + " was lost with '" + std::string(method) +
+                     "' in flight; it may or may not have been applied (mark the call idempotent or give "
+                     "it an idempotency key to have it retried)");
+}
+
+Status timeout_status(const std::string& endpoint, std::string_view method, std::chrono::milliseconds t,
+                      bool ever_connected) {
+  std::string m = "no reply from " + endpoint + " to '" + std::string(method) + "' within " +
+                  std::to_string(t.count()) + " ms";
+  if (!ever_connected) m += " (no connection was ever established: is the server running there?)";
+  return deadline_exceeded(m);
+}
+
+struct Pending {
+  std::string method;
+  kj::Array<capnp::word> payload;
+  CallOptions options;
+  Clock::time_point deadline;
+  std::chrono::milliseconds timeout;
+  Callback done;
+};
+
+}  // namespace
+
+struct Client::Impl {
+  explicit Impl(ClientOptions o) : options(std::move(o)), context(options.context ? *options.context : default_context()) {}
+  ~Impl() {
+    if (io_thread.joinable()) {
+      stopping = true;
+      wakeup.notify();
+      io_thread.join();
+    }
+  }
+
+  ClientOptions options;
+  zmq::context_t& context;
+
+  std::mutex pool_mu;  // guards pool
+  std::vector<std::unique_ptr<Channel>> pool;
+
+  // Asynchronous path.
+  std::once_flag io_started;
+  std::thread io_thread;
+  std::atomic<std::thread::id> io_thread_id{};
+  std::atomic<bool> stopping{false};
+  internal::Wakeup wakeup;
+  std::mutex submit_mu;  // guards submitted
+  std::vector<Pending> submitted;
+  std::vector<Pending> local_submitted;  // from callbacks on the I/O thread; no lock, no wake-up
+
+  std::atomic<uint64_t> n_calls{0}, n_retries{0}, n_timeouts{0}, n_batches{0};
+
+  std::unique_ptr<Channel> acquire() {
+    {
+      std::lock_guard lock(pool_mu);
+      if (!pool.empty()) {
+        auto c = std::move(pool.back());
+        pool.pop_back();
+        return c;
+      }
+    }
+    return std::make_unique<Channel>(context, options);
+  }
+  void release(std::unique_ptr<Channel> c) {
+    std::lock_guard lock(pool_mu);
+    pool.push_back(std::move(c));
+  }
+
+  Reply call_sync(std::string_view method, kj::ArrayPtr<const capnp::word> payload, const CallOptions& o);
+  void submit(Pending p);
+  void io_loop();
+};
+
+Client::Client(ClientOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {}
+Client::~Client() = default;
+
+const std::string& Client::endpoint() const { return impl_->options.endpoint; }
+
+ClientStats Client::stats() const {
+  return ClientStats{impl_->n_calls.load(), impl_->n_retries.load(), impl_->n_timeouts.load(),
+                     impl_->n_batches.load()};
+}
+
+Reply Client::call(std::string_view method, capnp::MessageBuilder& params, CallOptions options) {
+  auto words = capnp::messageToFlatArray(params);
+  return impl_->call_sync(method, words, options);
+}
+
+Reply Client::call(std::string_view method, CallOptions options) {
+  return impl_->call_sync(method, kj::ArrayPtr<const capnp::word>(), options);
+}
+
+namespace {
+
+// Reads one reply message's pairs; returns the reply for `want` if present.
+std::optional<Reply> take_reply(std::vector<zmq::message_t>& parts, uint64_t want, const Limits& limits) {
+  for (size_t i = 0; i + 1 < parts.size(); i += 2) {
+    uint64_t id = 0;
+    Status st;
+    if (!internal::decode_reply_header(parts[i], limits, &id, &st).ok() || id != want) continue;
+    kj::Array<capnp::word> words;
+    if (Status fs = internal::frame_words(parts[i + 1], &words); !fs.ok()) return Reply(fs);
+    return Reply(std::move(st), std::move(words), reader_options(limits, words.size()));
+  }
+  return std::nullopt;
+}
+
+bool send_call(zmq::socket_t& s, uint64_t id, std::string_view method, Clock::time_point deadline,
+               const CallOptions& o, kj::ArrayPtr<const capnp::word> payload, bool more_follows = false) {
+  auto left = std::chrono::duration_cast<std::chrono::microseconds>(deadline - Clock::now()).count();
+  zmq::message_t h = internal::encode_request_header(id, method, left > 0 ? static_cast<uint64_t>(left) : 1,
+                                                     o.idempotent, o.idempotency_key);
+  if (!s.send(h, zmq::send_flags::sndmore | zmq::send_flags::dontwait)) return false;
+  zmq::message_t p = internal::words_frame(payload);
+  s.send(p, more_follows ? zmq::send_flags::sndmore : zmq::send_flags::none);
+  return true;
+}
+
+}  // namespace
+
+Reply Client::Impl::call_sync(std::string_view method, kj::ArrayPtr<const capnp::word> payload,
+                              const CallOptions& o) {
+  n_calls++;
+  auto timeout = o.timeout.count() > 0 ? o.timeout : options.default_timeout;
+  Clock::time_point deadline = Clock::now() + timeout;
+  auto ch = acquire();
+  struct Release {
+    Impl* im;
+    std::unique_ptr<Channel>& c;
+    ~Release() { im->release(std::move(c)); }
+  } release_on_return{this, ch};
+
+  ch->read_events();
+  Link& link = ch->link();
+  link.lost = false;
+  if (link.refused) return Reply(*link.refused);
+
+  static std::atomic<uint64_t> next_id{0};
+  uint64_t id = next_id.fetch_add(1) + 1;
+  if (!send_call(ch->dealer(), id, method, deadline, o, payload)) {
+    return Reply(unavailable("the send queue to " + options.endpoint + " is full; the server is not keeping up"));
+  }
+  zmq::pollitem_t items[2] = {{ch->dealer().handle(), 0, ZMQ_POLLIN, 0}, {ch->monitor().handle(), 0, ZMQ_POLLIN, 0}};
+  std::vector<zmq::message_t> parts;
+  for (;;) {
+    auto now = Clock::now();
+    if (now >= deadline) {
+      n_timeouts++;
+      return Reply(timeout_status(options.endpoint, method, timeout, link.ever_connected));
+    }
+    zmq::poll(items, 2, std::chrono::ceil<std::chrono::milliseconds>(deadline - now));
+    if (items[0].revents & ZMQ_POLLIN) {
+      while (true) {
+        parts.clear();
+        if (!zmq::recv_multipart(ch->dealer(), std::back_inserter(parts), zmq::recv_flags::dontwait)) break;
+        if (auto r = take_reply(parts, id, options.limits)) return std::move(*r);
+        // Anything else is a late reply to an earlier call that timed out: dropped.
+      }
+    }
+    if (items[1].revents & ZMQ_POLLIN) {
+      ch->read_events();
+      if (link.refused) return Reply(*link.refused);
+      if (link.lost) {
+        link.lost = false;
+        if (!retryable(o)) return Reply(lost_status(options.endpoint, method));
+        n_retries++;
+        // Queued on the socket; ZeroMQ delivers it once the connection is back.
+        send_call(ch->dealer(), id, method, deadline, o, payload);
+      }
+    }
+  }
+}
+
+void Client::call_async(std::string_view method, capnp::MessageBuilder& params, CallOptions options, Callback done) {
+  call_async_raw(method, capnp::messageToFlatArray(params), std::move(options), std::move(done));
+}
+
+std::future<Reply> Client::call_async(std::string_view method, capnp::MessageBuilder& params, CallOptions options) {
+  auto promise = std::make_shared<std::promise<Reply>>();
+  auto future = promise->get_future();
+  call_async(method, params, std::move(options), [promise](Reply r) { promise->set_value(std::move(r)); });
+  return future;
+}
+
+void Client::call_async_raw(std::string_view method, kj::Array<capnp::word> payload, CallOptions options,
+                            Callback done) {
+  Impl& im = *impl_;
+  std::call_once(im.io_started, [&im] {
+    im.io_thread = std::thread([&im] { im.io_loop(); });
+  });
+  im.n_calls++;
+  auto timeout = options.timeout.count() > 0 ? options.timeout : im.options.default_timeout;
+  im.submit(Pending{std::string(method), std::move(payload), std::move(options), Clock::now() + timeout, timeout,
+                    std::move(done)});
+}
+
+void Client::Impl::submit(Pending p) {
+  if (std::this_thread::get_id() == io_thread_id) {
+    local_submitted.push_back(std::move(p));
+    return;
+  }
+  bool was_empty;
+  {
+    std::lock_guard lock(submit_mu);
+    was_empty = submitted.empty();
+    submitted.push_back(std::move(p));
+  }
+  if (was_empty) wakeup.notify();
+}
+
+void Client::Impl::io_loop() {
+  io_thread_id = std::this_thread::get_id();
+  Channel ch(context, options);
+  Link& link = ch.link();
+  std::unordered_map<uint64_t, Pending> in_flight;
+  using Due = std::pair<Clock::time_point, uint64_t>;
+  std::priority_queue<Due, std::vector<Due>, std::greater<>> deadlines;
+  uint64_t next_id = 0;
+  std::vector<Pending> batch;
+  std::vector<zmq::message_t> parts;
+
+  auto finish = [&](std::unordered_map<uint64_t, Pending>::iterator it, Reply r) {
+    Callback cb = std::move(it->second.done);
+    in_flight.erase(it);
+    cb(std::move(r));
+  };
+
+  // Sends the queued calls, as few messages as the batch limit allows.
+  auto flush = [&](std::vector<Pending>& queue) {
+    size_t i = 0;
+    while (i < queue.size()) {
+      size_t end = std::min(queue.size(), i + options.limits.max_batch);
+      if (link.refused) {
+        for (; i < end; ++i) queue[i].done(Reply(*link.refused));
+        continue;
+      }
+      n_batches++;
+      for (; i < end; ++i) {
+        Pending& p = queue[i];
+        uint64_t id = ++next_id;
+        send_call(ch.dealer(), id, p.method, p.deadline, p.options, p.payload, i + 1 < end);
+        deadlines.emplace(p.deadline, id);
+        in_flight.emplace(id, std::move(p));
+      }
+    }
+    queue.clear();
+  };
+
+  zmq::pollitem_t items[3] = {{ch.dealer().handle(), 0, ZMQ_POLLIN, 0},
+                              {ch.monitor().handle(), 0, ZMQ_POLLIN, 0},
+                              {nullptr, wakeup.fd(), ZMQ_POLLIN, 0}};
+  while (!stopping.load(std::memory_order_relaxed)) {
+    auto wait = std::chrono::milliseconds(100);
+    if (!deadlines.empty()) {
+      auto d = std::chrono::ceil<std::chrono::milliseconds>(deadlines.top().first - Clock::now());
+      wait = std::clamp(d, std::chrono::milliseconds(0), wait);
+    }
+    if (local_submitted.empty()) zmq::poll(items, 3, wait);
+    if (items[2].revents & ZMQ_POLLIN) wakeup.drain();
+    {
+      std::lock_guard lock(submit_mu);
+      batch.swap(submitted);
+    }
+    flush(batch);
+    if (items[0].revents & ZMQ_POLLIN) {
+      for (int n = 0; n < 1024; ++n) {
+        parts.clear();
+        if (!zmq::recv_multipart(ch.dealer(), std::back_inserter(parts), zmq::recv_flags::dontwait)) break;
+        for (size_t i = 0; i + 1 < parts.size(); i += 2) {
+          uint64_t id = 0;
+          Status st;
+          if (!internal::decode_reply_header(parts[i], options.limits, &id, &st).ok()) continue;
+          auto it = in_flight.find(id);
+          if (it == in_flight.end()) continue;
+          kj::Array<capnp::word> words;
+          if (Status fs = internal::frame_words(parts[i + 1], &words); !fs.ok()) {
+            finish(it, Reply(fs));
+            continue;
+          }
+          finish(it, Reply(std::move(st), std::move(words), reader_options(options.limits, words.size())));
+        }
+      }
+    }
+    if (items[1].revents & ZMQ_POLLIN) {
+      ch.read_events();
+      if (link.refused) {
+        while (!in_flight.empty()) finish(in_flight.begin(), Reply(*link.refused));
+      } else if (link.lost) {
+        link.lost = false;
+        for (auto it = in_flight.begin(); it != in_flight.end();) {
+          if (retryable(it->second.options)) {
+            n_retries++;
+            send_call(ch.dealer(), it->first, it->second.method, it->second.deadline, it->second.options,
+                      it->second.payload);
+            ++it;
+          } else {
+            auto next = std::next(it);
+            finish(it, Reply(lost_status(options.endpoint, it->second.method)));
+            it = next;
+          }
+        }
+      }
+    }
+    // Calls submitted by callbacks during this turn leave now, in one batch.
+    if (!local_submitted.empty()) {
+      batch.swap(local_submitted);
+      flush(batch);
+    }
+    auto now = Clock::now();
+    while (!deadlines.empty() && deadlines.top().first <= now) {
+      uint64_t id = deadlines.top().second;
+      deadlines.pop();
+      auto it = in_flight.find(id);
+      if (it == in_flight.end()) continue;
+      n_timeouts++;
+      finish(it, Reply(timeout_status(options.endpoint, it->second.method, it->second.timeout, link.ever_connected)));
+    }
+  }
+  // Whatever is left is answered, so no caller waits forever.
+  {
+    std::lock_guard lock(submit_mu);
+    for (auto& p : submitted) local_submitted.push_back(std::move(p));
+    submitted.clear();
+  }
+  while (!local_submitted.empty()) {
+    std::vector<Pending> left;
+    left.swap(local_submitted);
+    for (auto& p : left) p.done(Reply(Status(Code::kCancelled, "the client was closed")));
+  }
+  while (!in_flight.empty()) finish(in_flight.begin(), Reply(Status(Code::kCancelled, "the client was closed")));
+}
+
+}  // namespace djinn::rpc

@@ -1,0 +1,515 @@
+// The RPC server: one I/O thread owns the ROUTER socket, decodes every request, runs quick
+// handlers inline, hands blocking ones to a worker pool, and sends every reply. Replies made on
+// other threads come back through an outbox and an eventfd, so only the I/O thread touches the
+// socket.
+#include <poll.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+
+#include <kj/exception.h>
+
+#include "djinn/core/context.h"
+#include "djinn/core/log.h"
+#include "djinn/core/rpc.h"
+#include "wire.h"
+
+namespace djinn::rpc {
+namespace {
+
+using internal::RequestHeaderData;
+
+struct StringHash {
+  using is_transparent = void;
+  size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+};
+
+// A reply waiting to be sent by the I/O thread.
+struct Outgoing {
+  std::string routing_id;
+  uint64_t id = 0;
+  Status status;
+  zmq::message_t payload;
+  std::string dedup_key;  // non-empty: remember this reply for repeats of the key
+};
+
+// Shared with Responders, which may outlive the server: after close() replies are dropped.
+struct Outbox {
+  std::mutex mu;  // guards items, closed
+  std::vector<Outgoing> items;
+  bool closed = false;
+  internal::Wakeup wakeup;
+
+  void push(Outgoing o) {
+    bool was_empty;
+    {
+      std::lock_guard lock(mu);
+      if (closed) return;
+      was_empty = items.empty();
+      items.push_back(std::move(o));
+    }
+    if (was_empty) wakeup.notify();
+  }
+};
+
+zmq::message_t results_frame(const Status& status, capnp::MessageBuilder& results) {
+  if (!status.ok()) return zmq::message_t();
+  return internal::message_frame(results);
+}
+
+}  // namespace
+
+struct Responder::State {
+  std::shared_ptr<Outbox> outbox;
+  std::string routing_id;
+  uint64_t id = 0;
+  std::string dedup_key;
+  Clock::time_point deadline;
+};
+
+Responder::Responder(std::unique_ptr<State> state) : state_(std::move(state)) {}
+Responder::Responder(Responder&&) noexcept = default;
+Responder& Responder::operator=(Responder&& other) noexcept {
+  if (this != &other) {
+    if (state_) reply(Status(Code::kCancelled, "the server dropped the call without replying"));
+    state_ = std::move(other.state_);
+  }
+  return *this;
+}
+Responder::~Responder() {
+  if (state_) reply(Status(Code::kCancelled, "the server dropped the call without replying"));
+}
+
+const Clock::time_point& Responder::deadline() const {
+  static const Clock::time_point kNone = Clock::time_point::max();
+  return state_ ? state_->deadline : kNone;
+}
+
+void Responder::reply(const Status& status) {
+  if (!state_) return;
+  auto s = std::move(state_);
+  s->outbox->push(Outgoing{std::move(s->routing_id), s->id, status, zmq::message_t(), std::move(s->dedup_key)});
+}
+
+void Responder::reply(const Status& status, capnp::MessageBuilder& results) {
+  if (!state_) return;
+  auto s = std::move(state_);
+  s->outbox->push(Outgoing{std::move(s->routing_id), s->id, status, results_frame(status, results),
+                           std::move(s->dedup_key)});
+}
+
+struct Server::Impl {
+  struct Method {
+    Handler handler;
+    DeferredHandler deferred;
+    MethodOptions options;
+  };
+
+  // A call handed to the worker pool; owns copies of everything the handler reads.
+  struct Job {
+    const Method* method;
+    std::string routing_id;
+    RequestHeaderData header;
+    kj::Array<capnp::word> payload;
+    security::Role role;
+    std::string client_key;
+    Clock::time_point deadline;
+  };
+
+  // Replies remembered by idempotency key; waiters are repeats that arrived while the first
+  // call was still running.
+  struct DedupEntry {
+    bool done = false;
+    Status status;
+    std::string payload;
+    std::vector<std::pair<std::string, uint64_t>> waiters;  // routing id, request id
+  };
+
+  explicit Impl(ServerOptions o)
+      : options(std::move(o)),
+        context(options.context ? *options.context : default_context()),
+        outbox(std::make_shared<Outbox>()) {}
+
+  ServerOptions options;
+  zmq::context_t& context;
+  std::unordered_map<std::string, Method, StringHash, std::equal_to<>> methods;
+  std::unique_ptr<zmq::socket_t> router;
+  std::shared_ptr<Outbox> outbox;
+  std::string zap_domain;
+
+  std::thread io_thread;
+  std::atomic<bool> running{false};
+
+  std::vector<std::thread> workers;
+  std::mutex jobs_mu;  // guards jobs, stopping_workers
+  std::condition_variable jobs_cv;
+  std::deque<Job> jobs;
+  bool stopping_workers = false;
+
+  // Owned by the I/O thread.
+  std::unordered_map<std::string, DedupEntry> dedup;
+  std::deque<std::string> dedup_order;
+
+  std::atomic<uint64_t> n_requests{0}, n_errors{0}, n_rejected{0}, n_dedup_hits{0};
+
+  void io_loop();
+  void on_message(std::vector<zmq::message_t>& parts);
+  // Runs or dispatches one call; an inline reply is appended to `replies` as a frame pair.
+  void on_call(const std::string& rid, zmq::message_t& header, zmq::message_t& payload,
+               security::Role role, const std::string& client_key, std::vector<zmq::message_t>& replies);
+  void send_outbox();
+  void send_reply_message(const std::string& rid, std::vector<zmq::message_t>& pairs);
+  void remember(const std::string& key, const Status& status, const zmq::message_t& payload);
+  void worker_loop();
+  Status run_handler(const Method& m, const CallContext& ctx, kj::ArrayPtr<const capnp::word> words,
+                     capnp::MessageBuilder& results);
+};
+
+Server::Server(ServerOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {}
+
+Server::~Server() { stop(); }
+
+void Server::handle(std::string method, Handler handler, MethodOptions options) {
+  impl_->methods[std::move(method)] = Impl::Method{std::move(handler), nullptr, options};
+}
+
+void Server::handle_deferred(std::string method, DeferredHandler handler, MethodOptions options) {
+  options.blocking = false;
+  impl_->methods[std::move(method)] = Impl::Method{nullptr, std::move(handler), options};
+}
+
+Status Server::start() {
+  Impl& im = *impl_;
+  if (im.running) return failed_precondition("server already started");
+  im.router = std::make_unique<zmq::socket_t>(im.context, zmq::socket_type::router);
+  auto& s = *im.router;
+  s.set(zmq::sockopt::linger, 0);
+  s.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(im.options.limits.hard_max_message_bytes));
+  s.set(zmq::sockopt::sndhwm, 100000);
+  s.set(zmq::sockopt::rcvhwm, 100000);
+  if (im.options.curve) {
+    if (!im.options.curve->keyring) return invalid_argument("CURVE server needs a keyring");
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "djinn-%p", static_cast<void*>(&im));
+    im.zap_domain = buf;
+    security::ZapHandler::for_context(im.context).set_domain(im.zap_domain, im.options.curve->keyring);
+    s.set(zmq::sockopt::zap_domain, im.zap_domain);
+    s.set(zmq::sockopt::curve_server, true);
+    s.set(zmq::sockopt::curve_secretkey, im.options.curve->server.secret_key);
+  }
+  bound_.clear();
+  for (const auto& ep : im.options.endpoints) {
+    try {
+      s.bind(ep);
+    } catch (const zmq::error_t& e) {
+      im.router.reset();
+      bound_.clear();
+      return unavailable("cannot bind " + ep + ": " + e.what() + " (is another process using it?)");
+    }
+    bound_.push_back(s.get(zmq::sockopt::last_endpoint));
+  }
+  im.running = true;
+  {
+    std::lock_guard lock(im.jobs_mu);
+    im.stopping_workers = false;
+  }
+  for (int i = 0; i < im.options.workers; ++i) im.workers.emplace_back([&im] { im.worker_loop(); });
+  im.io_thread = std::thread([&im] { im.io_loop(); });
+  DJINN_LOG(kDebug, im.options.name) << "serving on " << bound_[0];
+  return Status::Ok();
+}
+
+void Server::stop() {
+  Impl& im = *impl_;
+  if (!im.running.exchange(false)) return;
+  im.outbox->wakeup.notify();
+  im.io_thread.join();
+  {
+    std::lock_guard lock(im.jobs_mu);
+    im.stopping_workers = true;
+  }
+  im.jobs_cv.notify_all();
+  for (auto& w : im.workers) w.join();
+  im.workers.clear();
+  im.jobs.clear();
+  {
+    std::lock_guard lock(im.outbox->mu);
+    im.outbox->closed = true;
+    im.outbox->items.clear();
+  }
+  im.outbox = std::make_shared<Outbox>();
+  im.router.reset();
+  if (!im.zap_domain.empty()) security::ZapHandler::for_context(im.context).remove_domain(im.zap_domain);
+}
+
+ServerStats Server::stats() const {
+  return ServerStats{impl_->n_requests.load(), impl_->n_errors.load(), impl_->n_rejected.load(),
+                     impl_->n_dedup_hits.load()};
+}
+
+void Server::Impl::io_loop() {
+  zmq::pollitem_t items[2] = {{router->handle(), 0, ZMQ_POLLIN, 0},
+                              {nullptr, outbox->wakeup.fd(), ZMQ_POLLIN, 0}};
+  std::vector<zmq::message_t> parts;
+  while (running.load(std::memory_order_relaxed)) {
+    try {
+      zmq::poll(items, 2, std::chrono::milliseconds(-1));
+    } catch (const zmq::error_t& e) {
+      if (e.num() == EINTR) continue;
+      throw;
+    }
+    if (items[1].revents & ZMQ_POLLIN) {
+      outbox->wakeup.drain();
+      send_outbox();
+    }
+    // A bounded drain keeps replies from workers flowing under a flood of requests.
+    for (int i = 0; i < 256; ++i) {
+      parts.clear();
+      auto n = zmq::recv_multipart(*router, std::back_inserter(parts), zmq::recv_flags::dontwait);
+      if (!n) break;
+      on_message(parts);
+    }
+  }
+}
+
+void Server::Impl::on_message(std::vector<zmq::message_t>& parts) {
+  if (parts.empty()) return;
+  std::string rid(static_cast<const char*>(parts[0].data()), parts[0].size());
+  std::vector<zmq::message_t> replies;
+  size_t frames = parts.size() - 1;
+  if (frames == 0 || frames % 2 != 0 || frames / 2 > options.limits.max_batch) {
+    n_rejected++;
+    n_errors++;
+    Status st = frames / 2 > options.limits.max_batch
+                    ? resource_exhausted("batch of " + std::to_string(frames / 2) + " calls exceeds the limit of " +
+                                         std::to_string(options.limits.max_batch))
+                    : invalid_argument("request must be [header][payload] frame pairs; got " +
+                                       std::to_string(frames) + " frames");
+    replies.push_back(internal::encode_reply_header(0, st));
+    replies.emplace_back();
+    send_reply_message(rid, replies);
+    return;
+  }
+  security::Role role = options.plaintext_role;
+  std::string client_key;
+  if (options.curve) {
+    role = security::role_of_message(parts[1]).value_or(security::Role::kNone);
+    client_key = security::client_key_of_message(parts[1]);
+  }
+  for (size_t i = 1; i + 1 < parts.size(); i += 2) on_call(rid, parts[i], parts[i + 1], role, client_key, replies);
+  if (!replies.empty()) send_reply_message(rid, replies);
+}
+
+void Server::Impl::on_call(const std::string& rid, zmq::message_t& header, zmq::message_t& payload,
+                           security::Role role, const std::string& client_key,
+                           std::vector<zmq::message_t>& replies) {
+  n_requests++;
+  auto reply_error = [&](uint64_t id, Status st) {
+    n_errors++;
+    replies.push_back(internal::encode_reply_header(id, st));
+    replies.emplace_back();
+  };
+  RequestHeaderData h;
+  if (Status st = internal::decode_request_header(header, options.limits, &h); !st.ok()) {
+    n_rejected++;
+    return reply_error(0, st);
+  }
+  if (payload.size() > options.limits.max_frame_bytes) {
+    n_rejected++;
+    return reply_error(h.id, resource_exhausted("payload of " + std::to_string(payload.size()) +
+                                                " bytes exceeds the limit of " +
+                                                std::to_string(options.limits.max_frame_bytes) + " bytes"));
+  }
+  if (payload.size() % sizeof(capnp::word) != 0) {
+    n_rejected++;
+    return reply_error(h.id, invalid_argument("payload of " + std::to_string(payload.size()) +
+                                              " bytes is not a whole number of 8-byte words"));
+  }
+  auto it = methods.find(h.method);
+  if (it == methods.end()) {
+    n_rejected++;
+    return reply_error(h.id, unimplemented("unknown method '" + h.method + "'"));
+  }
+  const Method& m = it->second;
+  if (role < m.options.min_role) {
+    return reply_error(h.id, permission_denied("method '" + h.method + "' needs role " +
+                                               std::string(security::role_name(m.options.min_role)) +
+                                               "; this client has role " +
+                                               std::string(security::role_name(role))));
+  }
+  std::string dedup_key;
+  if (!h.idempotency_key.empty()) {
+    dedup_key = client_key + '\0' + h.method + '\0' + h.idempotency_key;
+    auto d = dedup.find(dedup_key);
+    if (d != dedup.end()) {
+      n_dedup_hits++;
+      if (!d->second.done) {
+        d->second.waiters.emplace_back(rid, h.id);
+        return;
+      }
+      replies.push_back(internal::encode_reply_header(h.id, d->second.status));
+      replies.emplace_back(d->second.payload.data(), d->second.payload.size());
+      return;
+    }
+    dedup[dedup_key] = DedupEntry{};
+    dedup_order.push_back(dedup_key);
+  }
+  Clock::time_point deadline =
+      h.timeout_micros ? Clock::now() + std::chrono::microseconds(h.timeout_micros) : Clock::time_point::max();
+
+  // Zero copy when ZeroMQ handed us an aligned frame; otherwise one copy.
+  kj::Array<capnp::word> owned;
+  kj::ArrayPtr<const capnp::word> words;
+  if (payload.size() == 0) {
+    words = internal::empty_message_words();
+  } else if (reinterpret_cast<uintptr_t>(payload.data()) % alignof(capnp::word) == 0 && !m.options.blocking) {
+    words = kj::arrayPtr(static_cast<const capnp::word*>(payload.data()), payload.size() / sizeof(capnp::word));
+  } else {
+    (void)internal::frame_words(payload, &owned);
+    words = owned;
+  }
+
+  if (m.options.blocking) {
+    if (!owned.size() && payload.size()) (void)internal::frame_words(payload, &owned);
+    Job job{&m, rid, std::move(h), std::move(owned), role, client_key, deadline};
+    {
+      std::lock_guard lock(jobs_mu);
+      jobs.push_back(std::move(job));
+    }
+    jobs_cv.notify_one();
+    return;
+  }
+
+  CallContext ctx{h.method, role, client_key, deadline, h.idempotency_key};
+  if (m.deferred) {
+    auto state = std::make_unique<Responder::State>();
+    state->outbox = outbox;
+    state->routing_id = rid;
+    state->id = h.id;
+    state->dedup_key = dedup_key;
+    state->deadline = deadline;
+    Responder responder(std::move(state));
+    std::optional<capnp::FlatArrayMessageReader> reader;
+    try {
+      reader.emplace(words, reader_options(options.limits, words.size()));
+    } catch (const kj::Exception& e) {
+      n_errors++;
+      responder.reply(invalid_argument("malformed payload for '" + h.method + "': " + e.getDescription().cStr()));
+      return;
+    }
+    try {
+      m.deferred(ctx, *reader, std::move(responder));
+    } catch (const std::exception& e) {
+      // The handler owned the responder; unless it replied, its destructor answered CANCELLED.
+      DJINN_LOG(kWarn, options.name) << "method " << h.method << " threw: " << e.what();
+    } catch (const kj::Exception& e) {
+      DJINN_LOG(kDebug, options.name) << "method " << h.method << ": " << e.getDescription().cStr();
+    }
+    return;
+  }
+
+  capnp::MallocMessageBuilder results;
+  Status st = run_handler(m, ctx, words, results);
+  if (!st.ok()) n_errors++;
+  zmq::message_t frame = results_frame(st, results);
+  if (!dedup_key.empty()) remember(dedup_key, st, frame);
+  replies.push_back(internal::encode_reply_header(h.id, st));
+  replies.push_back(std::move(frame));
+}
+
+Status Server::Impl::run_handler(const Method& m, const CallContext& ctx, kj::ArrayPtr<const capnp::word> words,
+                                 capnp::MessageBuilder& results) {
+  try {
+    capnp::FlatArrayMessageReader reader(words, reader_options(options.limits, words.size()));
+    return m.handler(ctx, reader, results);
+  } catch (const kj::Exception& e) {
+    return invalid_argument("malformed payload for '" + std::string(ctx.method) + "': " + e.getDescription().cStr());
+  } catch (const std::exception& e) {
+    DJINN_LOG(kError, options.name) << "method " << ctx.method << " threw: " << e.what();
+    return internal_error("method '" + std::string(ctx.method) + "' failed: " + e.what());
+  }
+}
+
+void Server::Impl::worker_loop() {
+  for (;;) {
+    Job job;
+    {
+      std::unique_lock lock(jobs_mu);
+      jobs_cv.wait(lock, [&] { return stopping_workers || !jobs.empty(); });
+      if (stopping_workers) return;
+      job = std::move(jobs.front());
+      jobs.pop_front();
+    }
+    Status st;
+    capnp::MallocMessageBuilder results;
+    if (Clock::now() >= job.deadline) {
+      st = deadline_exceeded("the call's deadline passed while it waited for a worker");
+    } else {
+      CallContext ctx{job.header.method, job.role, job.client_key, job.deadline, job.header.idempotency_key};
+      kj::ArrayPtr<const capnp::word> words =
+          job.payload.size() ? kj::ArrayPtr<const capnp::word>(job.payload) : internal::empty_message_words();
+      st = run_handler(*job.method, ctx, words, results);
+    }
+    if (!st.ok()) n_errors++;
+    std::string dedup_key;
+    if (!job.header.idempotency_key.empty()) {
+      dedup_key = job.client_key + '\0' + job.header.method + '\0' + job.header.idempotency_key;
+    }
+    outbox->push(Outgoing{std::move(job.routing_id), job.header.id, st, results_frame(st, results), std::move(dedup_key)});
+  }
+}
+
+void Server::Impl::send_outbox() {
+  std::vector<Outgoing> items;
+  {
+    std::lock_guard lock(outbox->mu);
+    items.swap(outbox->items);
+  }
+  for (auto& o : items) {
+    if (!o.dedup_key.empty()) {
+      auto d = dedup.find(o.dedup_key);
+      if (d != dedup.end()) {
+        for (auto& [wrid, wid] : d->second.waiters) {
+          std::vector<zmq::message_t> pair;
+          pair.push_back(internal::encode_reply_header(wid, o.status));
+          pair.emplace_back(o.payload.data(), o.payload.size());
+          send_reply_message(wrid, pair);
+        }
+        d->second.waiters.clear();
+      }
+      remember(o.dedup_key, o.status, o.payload);
+    }
+    std::vector<zmq::message_t> pair;
+    pair.push_back(internal::encode_reply_header(o.id, o.status));
+    pair.push_back(std::move(o.payload));
+    send_reply_message(o.routing_id, pair);
+  }
+}
+
+void Server::Impl::remember(const std::string& key, const Status& status, const zmq::message_t& payload) {
+  auto& e = dedup[key];
+  e.done = true;
+  e.status = status;
+  e.payload.assign(static_cast<const char*>(payload.data()), payload.size());
+  while (dedup_order.size() > options.dedup_capacity) {
+    auto old = dedup.find(dedup_order.front());
+    if (old != dedup.end() && old->second.done) dedup.erase(old);
+    dedup_order.pop_front();
+  }
+}
+
+void Server::Impl::send_reply_message(const std::string& rid, std::vector<zmq::message_t>& pairs) {
+  // A peer that went away, or a full pipe, only loses this reply: the client times out or retries.
+  zmq::message_t id(rid.data(), rid.size());
+  if (!router->send(id, zmq::send_flags::sndmore | zmq::send_flags::dontwait)) return;
+  for (size_t i = 0; i < pairs.size(); ++i) {
+    auto flags = i + 1 < pairs.size() ? zmq::send_flags::sndmore : zmq::send_flags::none;
+    router->send(pairs[i], flags | zmq::send_flags::dontwait);
+  }
+}
+
+}  // namespace djinn::rpc

@@ -1,0 +1,360 @@
+// RPC: round trips, deadlines, restarts, concurrency, batching, idempotency, hostile input.
+#include <doctest/doctest.h>
+
+#include <sodium.h>
+
+#include <atomic>
+#include <thread>
+
+#include <zmq_addon.hpp>
+
+#include "djinn/core/context.h"
+#include "djinn/core/rpc.h"
+#include "djinn/examples/echo.capnp.h"
+#include "djinn/proto/rpc.capnp.h"
+#include "echo_service.h"
+#include "support/test_support.h"
+
+using namespace djinn;
+using djinn::examples::EchoParams;
+using djinn::examples::EchoResults;
+
+namespace {
+
+struct EchoServer {
+  explicit EchoServer(rpc::ServerOptions options = {}) : server(std::move(options)), echo(server) {
+    REQUIRE(server.start().ok());
+  }
+  std::string endpoint() const { return server.endpoints()[0]; }
+  rpc::Server server;
+  examples::EchoService echo;
+};
+
+rpc::Reply echo(rpc::Client& c, const std::string& text, rpc::CallOptions o = {},
+                const std::string& method = "echo.echo", uint32_t sleep_ms = 0) {
+  capnp::MallocMessageBuilder msg;
+  auto p = msg.initRoot<EchoParams>();
+  p.setText(text);
+  p.setSleepMillis(sleep_ms);
+  return c.call(method, msg, o);
+}
+
+void check_echo(rpc::Client& c, const std::string& text = "still serving") {
+  rpc::Reply r = echo(c, text);
+  REQUIRE_MESSAGE(r.ok(), r.status().to_string());
+  CHECK(std::string(r.results<EchoResults>().getText().cStr()) == text);
+}
+
+// Sends raw frames on a DEALER socket and returns the reply's frames.
+std::vector<zmq::message_t> raw_exchange(const std::string& endpoint, std::vector<zmq::message_t> frames,
+                                         int timeout_ms = 2000) {
+  zmq::context_t& ctx = djinn::default_context();
+  zmq::socket_t s(ctx, zmq::socket_type::dealer);
+  s.set(zmq::sockopt::linger, 0);
+  s.connect(endpoint);
+  zmq::send_multipart(s, frames);
+  std::vector<zmq::message_t> reply;
+  zmq::pollitem_t item{s.handle(), 0, ZMQ_POLLIN, 0};
+  if (zmq::poll(&item, 1, std::chrono::milliseconds(timeout_ms)) > 0) {
+    (void)zmq::recv_multipart(s, std::back_inserter(reply));
+  }
+  return reply;
+}
+
+Status reply_status(const std::vector<zmq::message_t>& reply) {
+  REQUIRE(reply.size() >= 2);
+  capnp::word buf[64];
+  REQUIRE(reply[0].size() <= sizeof buf);
+  std::memcpy(buf, reply[0].data(), reply[0].size());
+  capnp::FlatArrayMessageReader r(kj::arrayPtr(buf, reply[0].size() / 8));
+  auto h = r.getRoot<proto::ReplyHeader>();
+  return Status(static_cast<Code>(h.getStatus()), h.getMessage().cStr());
+}
+
+zmq::message_t header_frame(const std::string& method, uint64_t id = 7) {
+  capnp::MallocMessageBuilder b;
+  auto h = b.initRoot<proto::RequestHeader>();
+  h.setId(id);
+  h.setMethod(method);
+  h.setTimeoutMicros(1'000'000);
+  auto words = capnp::messageToFlatArray(b);
+  return zmq::message_t(words.begin(), words.size() * 8);
+}
+
+zmq::message_t echo_payload(const std::string& text, size_t blob = 0) {
+  capnp::MallocMessageBuilder b;
+  auto p = b.initRoot<EchoParams>();
+  p.setText(text);
+  if (blob) p.initBlob(blob);
+  auto words = capnp::messageToFlatArray(b);
+  return zmq::message_t(words.begin(), words.size() * 8);
+}
+
+}  // namespace
+
+TEST_CASE("a blocking call round-trips text and bytes") {
+  EchoServer s;
+  rpc::Client c({.endpoint = s.endpoint()});
+  capnp::MallocMessageBuilder msg;
+  auto p = msg.initRoot<EchoParams>();
+  p.setText("hello");
+  auto blob = p.initBlob(100000);
+  for (size_t i = 0; i < blob.size(); ++i) blob[i] = static_cast<kj::byte>(i * 7);
+  rpc::Reply r = c.call("echo.echo", msg);
+  REQUIRE(r.ok());
+  auto res = r.results<EchoResults>();
+  CHECK(std::string(res.getText().cStr()) == "hello");
+  REQUIRE(res.getBlob().size() == 100000);
+  CHECK(res.getBlob()[99999] == static_cast<kj::byte>(99999 * 7));
+  CHECK(res.getServed() == 1);
+}
+
+TEST_CASE("asynchronous calls: many in flight, callbacks and futures, batched on the wire") {
+  EchoServer s;
+  rpc::Client c({.endpoint = s.endpoint()});
+  constexpr int kCalls = 5000;
+  std::atomic<int> ok{0}, done{0};
+  for (int i = 0; i < kCalls; ++i) {
+    capnp::MallocMessageBuilder msg;
+    msg.initRoot<EchoParams>().setText(std::to_string(i));
+    c.call_async("echo.echo", msg, {}, [&, i](rpc::Reply r) {
+      if (r.ok() && std::string(r.results<EchoResults>().getText().cStr()) == std::to_string(i)) ok++;
+      done++;
+    });
+  }
+  REQUIRE(test::eventually([&] { return done == kCalls; }, 10000));
+  CHECK(ok == kCalls);
+  CHECK(c.stats().batches < static_cast<uint64_t>(kCalls));  // several calls left per message
+
+  capnp::MallocMessageBuilder msg;
+  msg.initRoot<EchoParams>().setText("future");
+  auto f = c.call_async("echo.later", msg);
+  rpc::Reply r = f.get();
+  REQUIRE(r.ok());
+  CHECK(std::string(r.results<EchoResults>().getText().cStr()) == "future");
+}
+
+TEST_CASE("a call past its deadline fails with DEADLINE_EXCEEDED and the server goes on") {
+  EchoServer s;
+  rpc::Client c({.endpoint = s.endpoint()});
+  auto start = rpc::Clock::now();
+  rpc::Reply r = echo(c, "slow", {.timeout = std::chrono::milliseconds(100)}, "echo.slow", 600);
+  auto took = rpc::Clock::now() - start;
+  CHECK(r.status().code() == Code::kDeadlineExceeded);
+  CHECK(took >= std::chrono::milliseconds(100));
+  CHECK(took < std::chrono::milliseconds(500));
+  check_echo(c);
+
+  // The async path honours deadlines too.
+  capnp::MallocMessageBuilder msg;
+  auto p = msg.initRoot<EchoParams>();
+  p.setSleepMillis(600);
+  auto f = c.call_async("echo.slow", msg, {.timeout = std::chrono::milliseconds(100)});
+  CHECK(f.get().status().code() == Code::kDeadlineExceeded);
+
+  // Nothing listening: the deadline still holds, and the message says why.
+  rpc::Client nowhere({.endpoint = "tcp://127.0.0.1:" + std::to_string(test::free_tcp_port())});
+  rpc::Reply none = echo(nowhere, "x", {.timeout = std::chrono::milliseconds(150)});
+  CHECK(none.status().code() == Code::kDeadlineExceeded);
+  CHECK(none.status().message().find("no connection") != std::string::npos);
+}
+
+TEST_CASE("the client reconnects after the server process is killed and restarted") {
+  int port = test::free_tcp_port();
+  std::string ep = "tcp://127.0.0.1:" + std::to_string(port);
+  std::string server_bin = test::build_path("examples/echo/djinn-echo-server");
+  auto start_server = [&] {
+    return std::make_unique<test::ChildProcess>(server_bin, std::vector<std::string>{"--listen", ep, "--log-level", "warn"});
+  };
+  auto server = start_server();
+  rpc::Client c({.endpoint = ep});
+  rpc::CallOptions retry{.timeout = std::chrono::seconds(10), .idempotent = true};
+  REQUIRE(echo(c, "first", retry).ok());
+
+  // A retryable call in flight survives kill -9 and restart.
+  capnp::MallocMessageBuilder slow;
+  auto sp = slow.initRoot<EchoParams>();
+  sp.setText("in flight");
+  sp.setSleepMillis(300);
+  auto in_flight = c.call_async("echo.slow", slow, retry);
+  // And one that is not retryable is reported lost rather than silently resent.
+  auto not_retryable = c.call_async("echo.slow", slow, {.timeout = std::chrono::seconds(10)});
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  server->kill9();
+  server = start_server();
+  rpc::Reply r = in_flight.get();
+  REQUIRE_MESSAGE(r.ok(), r.status().to_string());
+  CHECK(std::string(r.results<EchoResults>().getText().cStr()) == "in flight");
+  rpc::Reply lost = not_retryable.get();
+  CHECK(lost.status().code() == Code::kUnavailable);
+
+  // The blocking path reconnects as well.
+  REQUIRE(echo(c, "after restart", retry).ok());
+  server->kill9();
+  server = start_server();
+  REQUIRE(echo(c, "after second restart", retry).ok());
+}
+
+TEST_CASE("a server serves many concurrent clients, and a slow method does not hold up quick ones") {
+  EchoServer s({.workers = 4});
+  constexpr int kThreads = 16, kCalls = 300;
+  std::atomic<int> failures{0};
+  rpc::Client shared({.endpoint = s.endpoint()});
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      rpc::Client own({.endpoint = s.endpoint()});
+      for (int i = 0; i < kCalls; ++i) {
+        std::string text = std::to_string(t) + ":" + std::to_string(i);
+        rpc::Client& c = i % 2 ? own : shared;
+        rpc::Reply r = echo(c, text);
+        if (!r.ok() || std::string(r.results<EchoResults>().getText().cStr()) != text) failures++;
+      }
+    });
+  }
+  // A slow call on a worker meanwhile.
+  rpc::Client slow_client({.endpoint = s.endpoint()});
+  auto slow_start = rpc::Clock::now();
+  CHECK(echo(slow_client, "slow", {}, "echo.slow", 200).ok());
+  for (auto& th : threads) th.join();
+  CHECK(failures == 0);
+  CHECK(s.echo.served() == kThreads * kCalls + 1);
+  CHECK(rpc::Clock::now() - slow_start >= std::chrono::milliseconds(200));
+}
+
+TEST_CASE("deferred replies: answered from another thread, or CANCELLED when dropped") {
+  rpc::Server server({});
+  server.handle_deferred("test.drop", [](const rpc::CallContext&, capnp::MessageReader&, rpc::Responder) {});
+  examples::EchoService echo_service(server);
+  REQUIRE(server.start().ok());
+  rpc::Client c({.endpoint = server.endpoints()[0]});
+  rpc::Reply later = echo(c, "later", {}, "echo.later");
+  REQUIRE(later.ok());
+  CHECK(std::string(later.results<EchoResults>().getText().cStr()) == "later");
+  CHECK(c.call("test.drop").status().code() == Code::kCancelled);
+}
+
+TEST_CASE("an idempotency key makes a repeated call return the first reply without running it again") {
+  EchoServer s;
+  rpc::Client c({.endpoint = s.endpoint()});
+  rpc::CallOptions keyed{.idempotency_key = "op-1"};
+  rpc::Reply a = echo(c, "once", keyed);
+  rpc::Reply b = echo(c, "once", keyed);
+  REQUIRE(a.ok());
+  REQUIRE(b.ok());
+  CHECK(a.results<EchoResults>().getServed() == b.results<EchoResults>().getServed());
+  CHECK(s.echo.served() == 1);
+  CHECK(s.server.stats().dedup_hits == 1);
+  rpc::Reply other = echo(c, "twice", {.idempotency_key = "op-2"});
+  CHECK(other.results<EchoResults>().getServed() == 2);
+}
+
+TEST_CASE("hostile input gets an error reply and the server goes on serving") {
+  rpc::ServerOptions options;
+  options.limits.max_frame_bytes = 64 * 1024;
+  options.limits.hard_max_message_bytes = 1 << 20;
+  EchoServer s(options);
+  rpc::Client good({.endpoint = s.endpoint()});
+  const std::string ep = s.endpoint();
+
+  SUBCASE("a header that is not whole words") {
+    std::vector<zmq::message_t> f;
+    f.emplace_back("abc", 3);
+    f.emplace_back();
+    auto reply = raw_exchange(ep, std::move(f));
+    CHECK(reply_status(reply).code() == Code::kInvalidArgument);
+  }
+  SUBCASE("a header of garbage words") {
+    std::vector<zmq::message_t> f;
+    std::string junk(64, '\xff');
+    f.emplace_back(junk.data(), junk.size());
+    f.emplace_back();
+    auto reply = raw_exchange(ep, std::move(f));
+    CHECK(reply_status(reply).code() == Code::kInvalidArgument);
+  }
+  SUBCASE("random frames") {
+    for (int i = 0; i < 200; ++i) {
+      std::vector<zmq::message_t> f;
+      size_t n = (test::rng()() % 16) * 8;
+      std::string bytes(n, '\0');
+      for (auto& ch : bytes) ch = static_cast<char>(test::rng()());
+      f.emplace_back(bytes.data(), bytes.size());
+      f.push_back(echo_payload("x"));
+      auto reply = raw_exchange(ep, std::move(f));
+      REQUIRE(reply.size() >= 2);
+    }
+  }
+  SUBCASE("a truncated payload") {
+    zmq::message_t full = echo_payload(std::string(200, 'a'));
+    std::vector<zmq::message_t> f;
+    f.push_back(header_frame("echo.echo"));
+    f.emplace_back(full.data(), full.size() - 16);
+    auto reply = raw_exchange(ep, std::move(f));
+    CHECK(reply_status(reply).code() == Code::kInvalidArgument);
+  }
+  SUBCASE("a payload over the frame limit") {
+    std::vector<zmq::message_t> f;
+    f.push_back(header_frame("echo.echo"));
+    f.push_back(echo_payload("big", 100 * 1024));
+    auto reply = raw_exchange(ep, std::move(f));
+    Status st = reply_status(reply);
+    CHECK(st.code() == Code::kResourceExhausted);
+    CHECK(st.message().find("exceeds the limit") != std::string::npos);
+  }
+  SUBCASE("a message over the hard limit drops only that connection") {
+    std::vector<zmq::message_t> f;
+    f.push_back(header_frame("echo.echo"));
+    f.push_back(echo_payload("huge", 2 << 20));
+    auto reply = raw_exchange(ep, std::move(f), 300);
+    CHECK(reply.empty());
+  }
+  SUBCASE("an unknown method") {
+    std::vector<zmq::message_t> f;
+    f.push_back(header_frame("no.such"));
+    f.push_back(echo_payload("x"));
+    auto reply = raw_exchange(ep, std::move(f));
+    CHECK(reply_status(reply).code() == Code::kUnimplemented);
+    CHECK(s.server.stats().rejected_frames == 1);
+  }
+  SUBCASE("an odd number of frames") {
+    std::vector<zmq::message_t> f;
+    f.push_back(header_frame("echo.echo"));
+    auto reply = raw_exchange(ep, std::move(f));
+    CHECK(reply_status(reply).code() == Code::kInvalidArgument);
+  }
+  SUBCASE("a payload whose pointer leads outside the message") {
+    std::vector<zmq::message_t> f;
+    f.push_back(header_frame("echo.echo"));
+    // Segment table (one segment of two words); a root struct pointer with one pointer field;
+    // that field, EchoParams.text, a byte-list pointer 65536 words past the segment's end.
+    uint64_t words[3] = {2ull << 32, 1ull << 48, 1ull | (0x10000ull << 2) | (2ull << 32) | (5ull << 35)};
+    f.emplace_back(words, sizeof words);
+    auto reply = raw_exchange(ep, std::move(f));
+    Status st = reply_status(reply);
+    CHECK(st.code() == Code::kInvalidArgument);
+    CHECK(st.message().find("malformed payload") != std::string::npos);
+  }
+  SUBCASE("nesting deeper than the limit") {
+    capnp::MallocMessageBuilder b;
+    auto chain = b.initRoot<examples::Chain>();
+    for (int i = 0; i < 100; ++i) chain = chain.initNext();
+    auto words = capnp::messageToFlatArray(b);
+    std::vector<zmq::message_t> f;
+    f.push_back(header_frame("echo.depth"));
+    f.emplace_back(words.begin(), words.size() * 8);
+    auto reply = raw_exchange(ep, std::move(f));
+    Status st = reply_status(reply);
+    CHECK(st.code() == Code::kInvalidArgument);
+    CHECK(st.message().find("nesting") != std::string::npos);
+  }
+  SUBCASE("a batch over the limit") {
+    std::vector<zmq::message_t> f;
+    for (int i = 0; i < 1100; ++i) {
+      f.push_back(header_frame("echo.echo", i));
+      f.emplace_back();
+    }
+    auto reply = raw_exchange(ep, std::move(f));
+    CHECK(reply_status(reply).code() == Code::kResourceExhausted);
+  }
+  check_echo(good);
+}

@@ -1,0 +1,63 @@
+// Shared helpers for tests: the seeded generator, temporary directories, child processes.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace djinn::test {
+
+// One seeded generator per test process. The seed comes from DJINN_TEST_SEED when set, else from
+// the clock; it is printed at start so a failing run can be replayed with the same seed.
+void init_seed();
+uint64_t seed();
+std::mt19937_64& rng();
+
+// A fresh directory under the system temp dir, removed with everything in it on destruction.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::filesystem::path& path() const { return path_; }
+  std::string file(const std::string& name) const { return (path_ / name).string(); }
+
+ private:
+  std::filesystem::path path_;
+};
+
+// A child process started with fork/exec, killed (SIGKILL) and reaped on destruction.
+class ChildProcess {
+ public:
+  ChildProcess(const std::string& program, const std::vector<std::string>& args,
+               const std::vector<std::string>& extra_env = {});
+  ~ChildProcess();
+  ChildProcess(const ChildProcess&) = delete;
+  ChildProcess& operator=(const ChildProcess&) = delete;
+  int pid() const { return pid_; }
+  // Sends SIGKILL and reaps; returns the wait status.
+  int kill9();
+  // Waits for exit up to timeout_ms; returns the wait status or -1 on timeout.
+  int wait(int timeout_ms);
+  bool running();
+
+ private:
+  int pid_ = -1;
+  bool reaped_ = false;
+  int status_ = 0;
+};
+
+// A TCP port on 127.0.0.1 that was free a moment ago (bind to port 0, read it, close).
+int free_tcp_port();
+
+// Polls `pred` every millisecond until it holds or `timeout_ms` passes; returns whether it held.
+bool eventually(const std::function<bool()>& pred, int timeout_ms = 5000);
+
+// Path of a program built in this build tree (DJINN_BUILD_DIR is set by ctest).
+std::string build_path(const std::string& relative);
+
+}  // namespace djinn::test
