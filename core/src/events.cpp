@@ -56,13 +56,12 @@ Status Publisher::start() {
   }
   bound_.clear();
   for (const auto& ep : options_.endpoints) {
-    try {
-      s->bind(ep);
-    } catch (const zmq::error_t& e) {
+    std::string bound;
+    if (Status st = rpc::internal::bind_endpoint(*s, ep, &bound); !st.ok()) {
       bound_.clear();
-      return unavailable("cannot bind " + ep + ": " + e.what());
+      return st;
     }
-    bound_.push_back(s->get(zmq::sockopt::last_endpoint));
+    bound_.push_back(std::move(bound));
   }
   socket_ = std::move(s);
   if (options_.heartbeat_interval.count() > 0) {

@@ -203,14 +203,13 @@ Status Server::start() {
   }
   bound_.clear();
   for (const auto& ep : im.options.endpoints) {
-    try {
-      s.bind(ep);
-    } catch (const zmq::error_t& e) {
+    std::string bound;
+    if (Status st = internal::bind_endpoint(s, ep, &bound); !st.ok()) {
       im.router.reset();
       bound_.clear();
-      return unavailable("cannot bind " + ep + ": " + e.what() + " (is another process using it?)");
+      return st;
     }
-    bound_.push_back(s.get(zmq::sockopt::last_endpoint));
+    bound_.push_back(std::move(bound));
   }
   im.running = true;
   {

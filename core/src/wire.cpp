@@ -1,7 +1,9 @@
 // Envelope encoding shared by the RPC server, client and event stream.
 #include "wire.h"
 
+#include <chrono>
 #include <cstring>
+#include <thread>
 
 #include <kj/exception.h>
 
@@ -133,6 +135,23 @@ kj::ArrayPtr<const capnp::word> empty_message_words() {
 
 Code code_from_wire(uint16_t wire) {
   return wire <= kMaxCode ? static_cast<Code>(wire) : Code::kUnknown;
+}
+
+Status bind_endpoint(zmq::socket_t& socket, const std::string& endpoint, std::string* bound) {
+  auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+  for (;;) {
+    try {
+      socket.bind(endpoint);
+      *bound = socket.get(zmq::sockopt::last_endpoint);
+      return Status::Ok();
+    } catch (const zmq::error_t& e) {
+      if (e.num() != EADDRINUSE || std::chrono::steady_clock::now() >= give_up) {
+        return unavailable("cannot bind " + endpoint + ": " + e.what() +
+                           (e.num() == EADDRINUSE ? " (another process holds the port: pick another with --listen)" : ""));
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
 }
 
 }  // namespace djinn::rpc::internal

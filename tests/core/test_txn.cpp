@@ -11,6 +11,7 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <thread>
 
 #include "djinn/core/fault.h"
 #include "djinn/core/sqlite.h"
@@ -594,6 +595,43 @@ TEST_CASE("repeated commit and abort are idempotent") {
   f.check_all("v1");
   CHECK(f.coord->abort(TxnId::random()).ok());  // unknown: presumed aborted
   CHECK(f.coord->commit(TxnId::random()).status().code() == Code::kNotFound);
+}
+
+TEST_CASE("concurrent transactions from several threads all finish") {
+  Federation f(3);
+  constexpr int kThreads = 4, kPerThread = 15;
+  std::atomic<int> committed{0}, failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int n = 0; n < kPerThread; ++n) {
+        auto txn = f.coord->begin(10s);
+        if (!txn.ok()) {
+          ++failures;
+          continue;
+        }
+        for (size_t i = 0; i < 3; ++i) {
+          if (!f.coord->join(*txn, participant_name(i)).ok()) ++failures;
+          f.parts[i]->stage(*txn, "t" + std::to_string(t) + "-" + std::to_string(n), "v");
+        }
+        auto outcome = f.coord->commit(*txn);
+        if (outcome.ok() && *outcome == Outcome::kCommitted) {
+          ++committed;
+        } else {
+          ++failures;
+        }
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  CHECK(failures == 0);
+  CHECK(committed == kThreads * kPerThread);
+  CHECK(f.coord->pending_count() == 0);
+  CHECK(f.coord->active_count() == 0);
+  for (auto& p : f.parts) {
+    CHECK(p->in_doubt_count() == 0);
+    CHECK(p->get("t3-14") == "v");
+  }
 }
 
 TEST_CASE("only one coordinator can own a log") {
