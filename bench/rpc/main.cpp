@@ -546,9 +546,11 @@ void print_verdicts(const bench::Report& report) {
     auto measure = bench::target_measure(r);
     auto met = bench::meets_target(r);
     if (!measure) continue;
-    std::fprintf(stderr, "bench-rpc: %-34s %12.2f %-8s %5.2f of %s: %s\n", r.name.c_str(), r.value, r.unit.c_str(),
-                 *measure, r.target->of == bench::Target::Of::kPeer ? "peer" : "limit",
-                 !met ? "?" : *met ? "target met" : "TARGET MISSED");
+    const char* of = r.target->of == bench::Target::Of::kPeer    ? "of peer"
+                     : r.target->of == bench::Target::Of::kLimit ? "of limit"
+                                                                  : "";
+    std::fprintf(stderr, "bench-rpc: %-34s %12.2f %-8s %8.2f %-8s: %s\n", r.name.c_str(), r.value, r.unit.c_str(),
+                 *measure, of, !met ? "?" : *met ? "target met" : "TARGET MISSED");
   }
 }
 
@@ -744,6 +746,10 @@ int main(int argc, char** argv) {
                                figures(raw_curve_pipe).throughput},
               bench::Reference{"tcp_" + pipe_tag + "_throughput", tcp_pipe_figures.throughput},
               bench::Target::at_least(bench::Target::Of::kPeer, 0.5)});
+
+  // Stopped before the echo services they call into go away.
+  djinn_curve_server.stop();
+  djinn_server.stop();
 
   unsigned cores = std::thread::hardware_concurrency();
   int major = 0, minor = 0, patch = 0;
