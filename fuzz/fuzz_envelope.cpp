@@ -1,6 +1,6 @@
 // Fuzz target: the RPC and event envelopes as a server or subscriber reads them from the network.
-// The input is split into frames (a 2-byte little-endian length before each frame); frame pairs
-// are decoded as request header + payload, reply header + payload, and event header, and each
+// The input is split into frames (a 2-byte little-endian length before each frame); each frame is
+// decoded as a request and as a reply (a header message followed by a payload message), and each
 // payload is walked whole under the same reader limits the server uses.
 #include <cstddef>
 #include <cstdint>
@@ -16,9 +16,8 @@ using namespace djinn;
 
 namespace {
 
-void walk_payload(const zmq::message_t& frame, const rpc::Limits& limits) {
-  kj::Array<capnp::word> words;
-  if (!rpc::internal::frame_words(frame, &words).ok() || words.size() == 0) return;
+void walk_payload(kj::ArrayPtr<const capnp::word> words, const rpc::Limits& limits) {
+  if (words.size() == 0) return;
   try {
     capnp::FlatArrayMessageReader r(words, rpc::reader_options(limits, words.size()));
     (void)r.getRoot<capnp::AnyPointer>().targetSize();
@@ -44,13 +43,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     frames.emplace_back(data + at, len);
     at += len;
   }
-  for (size_t i = 0; i < frames.size(); ++i) {
+  for (const auto& frame : frames) {
     rpc::internal::RequestHeaderData req;
-    (void)rpc::internal::decode_request_header(frames[i], limits, &req);
+    rpc::internal::SplitFrame request;
+    if (rpc::internal::decode_request(frame, limits, &req, &request).ok()) walk_payload(request.payload, limits);
     uint64_t id = 0;
     Status st;
-    (void)rpc::internal::decode_reply_header(frames[i], limits, &id, &st);
-    walk_payload(frames[i], limits);
+    rpc::internal::SplitFrame reply;
+    if (rpc::internal::decode_reply(frame, limits, &id, &st, &reply).ok()) walk_payload(reply.payload, limits);
   }
   return 0;
 }

@@ -763,8 +763,8 @@ int main(int argc, char** argv) {
               "both ZeroMQ I/O threads and the clients: with 16 clients (and with djinn's extra client I/O "
               "thread in the pipelined runs) the figures measure contention for the cores as much as the "
               "RPC layer");
-  report.note("messages: djinn sends an EchoParams of 64 bytes (a 24-byte blob) plus its request header frame "
-              "(id, method, deadline) and gets an EchoResults back; raw ZeroMQ and TCP send 64-byte messages");
+  report.note("messages: djinn sends an EchoParams of 64 bytes (a 24-byte blob) plus its request header "
+              "(id, method, deadline) in the same frame, and gets an EchoResults back; raw ZeroMQ and TCP send 64-byte messages");
   report.note("per figure: " + std::to_string(plan.rounds) + " round(s) of " +
               std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(plan.measure).count()) +
               " ms measured after " +

@@ -1,8 +1,9 @@
-# The RPC and event envelopes of DESIGN §3. Every RPC message on the wire is a ZeroMQ multipart
-# message of frame pairs: [header][payload] repeated (a client may batch several calls into one
-# message; the server answers a batch with one message of reply pairs). A ROUTER adds the peer's
-# routing id in front. The payload frame is a whole Cap'n Proto message (flat array, unpacked) of
-# the method's own schema, or empty.
+# The RPC and event envelopes of DESIGN §3. A call is one ZeroMQ frame: a RequestHeader message
+# immediately followed by the payload message (a whole Cap'n Proto flat-array message, unpacked, of
+# the method's own schema; nothing when the call has none). A reply is one frame: ReplyHeader, then
+# the results. Cap'n Proto messages say where they end, so no lengths are needed. One ZeroMQ
+# message may carry several calls, one frame each (a batch); the server answers a batch with one
+# message of reply frames. A ROUTER adds the peer's routing id in front.
 @0xd6b2a1c3e4f50617;
 
 $import "/capnp/c++.capnp".namespace("djinn::proto");

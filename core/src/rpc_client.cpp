@@ -7,7 +7,7 @@
 #include <atomic>
 #include <cstring>
 #include <mutex>
-#include <queue>
+#include <map>
 #include <thread>
 #include <unordered_map>
 
@@ -149,6 +149,7 @@ struct Pending {
   Clock::time_point deadline;
   std::chrono::milliseconds timeout;
   Callback done;
+  std::multimap<Clock::time_point, uint64_t>::iterator due{};  // in the I/O thread's deadline index
 };
 
 }  // namespace
@@ -223,28 +224,26 @@ Reply Client::call(std::string_view method, CallOptions options) {
 
 namespace {
 
-// Reads one reply message's pairs; returns the reply for `want` if present.
-std::optional<Reply> take_reply(std::vector<zmq::message_t>& parts, uint64_t want, const Limits& limits) {
-  for (size_t i = 0; i + 1 < parts.size(); i += 2) {
-    uint64_t id = 0;
-    Status st;
-    if (!internal::decode_reply_header(parts[i], limits, &id, &st).ok() || id != want) continue;
-    kj::Array<capnp::word> words;
-    if (Status fs = internal::frame_words(parts[i + 1], &words); !fs.ok()) return Reply(fs);
-    return Reply(std::move(st), std::move(words), reader_options(limits, words.size()));
+// Decodes one reply frame into a Reply that owns its results.
+Reply to_reply(const zmq::message_t& frame, const Limits& limits, uint64_t* id) {
+  Status st;
+  internal::SplitFrame split;
+  if (Status fs = internal::decode_reply(frame, limits, id, &st, &split); !fs.ok()) {
+    *id = 0;
+    return Reply(fs);
   }
-  return std::nullopt;
+  auto words = kj::heapArray<capnp::word>(split.payload);
+  auto options = reader_options(limits, words.size());
+  return Reply(std::move(st), std::move(words), options);
 }
 
 bool send_call(zmq::socket_t& s, uint64_t id, std::string_view method, Clock::time_point deadline,
                const CallOptions& o, kj::ArrayPtr<const capnp::word> payload, bool more_follows = false) {
   auto left = std::chrono::duration_cast<std::chrono::microseconds>(deadline - Clock::now()).count();
-  zmq::message_t h = internal::encode_request_header(id, method, left > 0 ? static_cast<uint64_t>(left) : 1,
-                                                     o.idempotent, o.idempotency_key);
-  if (!s.send(h, zmq::send_flags::sndmore | zmq::send_flags::dontwait)) return false;
-  zmq::message_t p = internal::words_frame(payload);
-  s.send(p, more_follows ? zmq::send_flags::sndmore : zmq::send_flags::none);
-  return true;
+  zmq::message_t frame = internal::encode_request(id, method, left > 0 ? static_cast<uint64_t>(left) : 1,
+                                                  o.idempotent, o.idempotency_key, payload);
+  return s.send(frame, (more_follows ? zmq::send_flags::sndmore : zmq::send_flags::none) | zmq::send_flags::dontwait)
+      .has_value();
 }
 
 }  // namespace
@@ -284,8 +283,12 @@ Reply Client::Impl::call_sync(std::string_view method, kj::ArrayPtr<const capnp:
       while (true) {
         parts.clear();
         if (!zmq::recv_multipart(ch->dealer(), std::back_inserter(parts), zmq::recv_flags::dontwait)) break;
-        if (auto r = take_reply(parts, id, options.limits)) return std::move(*r);
-        // Anything else is a late reply to an earlier call that timed out: dropped.
+        // Anything but our id is a late reply to an earlier call that timed out: dropped.
+        for (auto& frame : parts) {
+          uint64_t got = 0;
+          Reply r = to_reply(frame, options.limits, &got);
+          if (got == id) return r;
+        }
       }
     }
     if (items[1].revents & ZMQ_POLLIN) {
@@ -344,14 +347,15 @@ void Client::Impl::io_loop() {
   Channel ch(context, options);
   Link& link = ch.link();
   std::unordered_map<uint64_t, Pending> in_flight;
-  using Due = std::pair<Clock::time_point, uint64_t>;
-  std::priority_queue<Due, std::vector<Due>, std::greater<>> deadlines;
+  // Ordered by deadline; an answered call leaves it at once, so it holds only calls in flight.
+  std::multimap<Clock::time_point, uint64_t> deadlines;
   uint64_t next_id = 0;
   std::vector<Pending> batch;
   std::vector<zmq::message_t> parts;
 
   auto finish = [&](std::unordered_map<uint64_t, Pending>::iterator it, Reply r) {
     Callback cb = std::move(it->second.done);
+    deadlines.erase(it->second.due);
     in_flight.erase(it);
     cb(std::move(r));
   };
@@ -370,7 +374,7 @@ void Client::Impl::io_loop() {
         Pending& p = queue[i];
         uint64_t id = ++next_id;
         send_call(ch.dealer(), id, p.method, p.deadline, p.options, p.payload, i + 1 < end);
-        deadlines.emplace(p.deadline, id);
+        p.due = deadlines.emplace(p.deadline, id);
         in_flight.emplace(id, std::move(p));
       }
     }
@@ -383,7 +387,7 @@ void Client::Impl::io_loop() {
   while (!stopping.load(std::memory_order_relaxed)) {
     auto wait = std::chrono::milliseconds(100);
     if (!deadlines.empty()) {
-      auto d = std::chrono::ceil<std::chrono::milliseconds>(deadlines.top().first - Clock::now());
+      auto d = std::chrono::ceil<std::chrono::milliseconds>(deadlines.begin()->first - Clock::now());
       wait = std::clamp(d, std::chrono::milliseconds(0), wait);
     }
     if (local_submitted.empty()) zmq::poll(items, 3, wait);
@@ -397,18 +401,11 @@ void Client::Impl::io_loop() {
       for (int n = 0; n < 1024; ++n) {
         parts.clear();
         if (!zmq::recv_multipart(ch.dealer(), std::back_inserter(parts), zmq::recv_flags::dontwait)) break;
-        for (size_t i = 0; i + 1 < parts.size(); i += 2) {
+        for (auto& frame : parts) {
           uint64_t id = 0;
-          Status st;
-          if (!internal::decode_reply_header(parts[i], options.limits, &id, &st).ok()) continue;
+          Reply r = to_reply(frame, options.limits, &id);
           auto it = in_flight.find(id);
-          if (it == in_flight.end()) continue;
-          kj::Array<capnp::word> words;
-          if (Status fs = internal::frame_words(parts[i + 1], &words); !fs.ok()) {
-            finish(it, Reply(fs));
-            continue;
-          }
-          finish(it, Reply(std::move(st), std::move(words), reader_options(options.limits, words.size())));
+          if (it != in_flight.end()) finish(it, std::move(r));
         }
       }
     }
@@ -438,11 +435,8 @@ void Client::Impl::io_loop() {
       flush(batch);
     }
     auto now = Clock::now();
-    while (!deadlines.empty() && deadlines.top().first <= now) {
-      uint64_t id = deadlines.top().second;
-      deadlines.pop();
-      auto it = in_flight.find(id);
-      if (it == in_flight.end()) continue;
+    while (!deadlines.empty() && deadlines.begin()->first <= now) {
+      auto it = in_flight.find(deadlines.begin()->second);
       n_timeouts++;
       finish(it, Reply(timeout_status(options.endpoint, it->second.method, it->second.timeout, link.ever_connected)));
     }

@@ -23,17 +23,19 @@ namespace {
 
 using internal::RequestHeaderData;
 
+// Results of most methods fit in 128 words; MallocMessageBuilder's default first segment of 1024
+// words would allocate and zero 8 KiB per call.
+constexpr unsigned kResultsFirstSegmentWords = 128;
+
 struct StringHash {
   using is_transparent = void;
   size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
 };
 
-// A reply waiting to be sent by the I/O thread.
+// A reply frame waiting to be sent by the I/O thread.
 struct Outgoing {
   std::string routing_id;
-  uint64_t id = 0;
-  Status status;
-  zmq::message_t payload;
+  zmq::message_t frame;
   std::string dedup_key;  // non-empty: remember this reply for repeats of the key
 };
 
@@ -55,11 +57,6 @@ struct Outbox {
     if (was_empty) wakeup.notify();
   }
 };
-
-zmq::message_t results_frame(const Status& status, capnp::MessageBuilder& results) {
-  if (!status.ok()) return zmq::message_t();
-  return internal::message_frame(results);
-}
 
 }  // namespace
 
@@ -92,13 +89,14 @@ const Clock::time_point& Responder::deadline() const {
 void Responder::reply(const Status& status) {
   if (!state_) return;
   auto s = std::move(state_);
-  s->outbox->push(Outgoing{std::move(s->routing_id), s->id, status, zmq::message_t(), std::move(s->dedup_key)});
+  s->outbox->push(Outgoing{std::move(s->routing_id), internal::encode_reply(s->id, status, kj::ArrayPtr<const capnp::word>()),
+                           std::move(s->dedup_key)});
 }
 
 void Responder::reply(const Status& status, capnp::MessageBuilder& results) {
   if (!state_) return;
   auto s = std::move(state_);
-  s->outbox->push(Outgoing{std::move(s->routing_id), s->id, status, results_frame(status, results),
+  s->outbox->push(Outgoing{std::move(s->routing_id), internal::encode_reply(s->id, status, results),
                            std::move(s->dedup_key)});
 }
 
@@ -109,12 +107,13 @@ struct Server::Impl {
     MethodOptions options;
   };
 
-  // A call handed to the worker pool; owns copies of everything the handler reads.
+  // A call handed to the worker pool; owns everything the handler reads.
   struct Job {
     const Method* method;
     std::string routing_id;
     RequestHeaderData header;
-    kj::Array<capnp::word> payload;
+    zmq::message_t frame;
+    internal::SplitFrame split;
     security::Role role;
     std::string client_key;
     Clock::time_point deadline;
@@ -124,8 +123,7 @@ struct Server::Impl {
   // call was still running.
   struct DedupEntry {
     bool done = false;
-    Status status;
-    std::string payload;
+    std::string frame;  // the first reply, as sent
     std::vector<std::pair<std::string, uint64_t>> waiters;  // routing id, request id
   };
 
@@ -158,12 +156,14 @@ struct Server::Impl {
 
   void io_loop();
   void on_message(std::vector<zmq::message_t>& parts);
-  // Runs or dispatches one call; an inline reply is appended to `replies` as a frame pair.
-  void on_call(const std::string& rid, zmq::message_t& header, zmq::message_t& payload,
-               security::Role role, const std::string& client_key, std::vector<zmq::message_t>& replies);
+  // Runs or dispatches one call; an inline reply is appended to `replies`.
+  void on_call(const std::string& rid, zmq::message_t& frame, security::Role role, const std::string& client_key,
+               std::vector<zmq::message_t>& replies);
   void send_outbox();
-  void send_reply_message(const std::string& rid, std::vector<zmq::message_t>& pairs);
-  void remember(const std::string& key, const Status& status, const zmq::message_t& payload);
+  void send_reply_message(const std::string& rid, std::vector<zmq::message_t>& frames);
+  void remember(const std::string& key, const zmq::message_t& frame);
+  // The remembered reply of `key`, re-addressed to request `id`.
+  zmq::message_t recall(const DedupEntry& entry, uint64_t id);
   void worker_loop();
   Status run_handler(const Method& m, const CallContext& ctx, kj::ArrayPtr<const capnp::word> words,
                      capnp::MessageBuilder& results);
@@ -279,17 +279,14 @@ void Server::Impl::on_message(std::vector<zmq::message_t>& parts) {
   if (parts.empty()) return;
   std::string rid(static_cast<const char*>(parts[0].data()), parts[0].size());
   std::vector<zmq::message_t> replies;
-  size_t frames = parts.size() - 1;
-  if (frames == 0 || frames % 2 != 0 || frames / 2 > options.limits.max_batch) {
+  size_t calls = parts.size() - 1;
+  if (calls == 0 || calls > options.limits.max_batch) {
     n_rejected++;
     n_errors++;
-    Status st = frames / 2 > options.limits.max_batch
-                    ? resource_exhausted("batch of " + std::to_string(frames / 2) + " calls exceeds the limit of " +
-                                         std::to_string(options.limits.max_batch))
-                    : invalid_argument("request must be [header][payload] frame pairs; got " +
-                                       std::to_string(frames) + " frames");
-    replies.push_back(internal::encode_reply_header(0, st));
-    replies.emplace_back();
+    Status st = calls == 0 ? invalid_argument("request has no frames; expected one frame per call")
+                           : resource_exhausted("batch of " + std::to_string(calls) + " calls exceeds the limit of " +
+                                                std::to_string(options.limits.max_batch));
+    replies.push_back(internal::encode_reply(0, st, kj::ArrayPtr<const capnp::word>()));
     send_reply_message(rid, replies);
     return;
   }
@@ -299,34 +296,22 @@ void Server::Impl::on_message(std::vector<zmq::message_t>& parts) {
     role = security::role_of_message(parts[1]).value_or(security::Role::kNone);
     client_key = security::client_key_of_message(parts[1]);
   }
-  for (size_t i = 1; i + 1 < parts.size(); i += 2) on_call(rid, parts[i], parts[i + 1], role, client_key, replies);
+  for (size_t i = 1; i < parts.size(); ++i) on_call(rid, parts[i], role, client_key, replies);
   if (!replies.empty()) send_reply_message(rid, replies);
 }
 
-void Server::Impl::on_call(const std::string& rid, zmq::message_t& header, zmq::message_t& payload,
-                           security::Role role, const std::string& client_key,
-                           std::vector<zmq::message_t>& replies) {
+void Server::Impl::on_call(const std::string& rid, zmq::message_t& frame, security::Role role,
+                           const std::string& client_key, std::vector<zmq::message_t>& replies) {
   n_requests++;
-  auto reply_error = [&](uint64_t id, Status st) {
+  auto reply_error = [&](uint64_t id, const Status& st) {
     n_errors++;
-    replies.push_back(internal::encode_reply_header(id, st));
-    replies.emplace_back();
+    replies.push_back(internal::encode_reply(id, st, kj::ArrayPtr<const capnp::word>()));
   };
   RequestHeaderData h;
-  if (Status st = internal::decode_request_header(header, options.limits, &h); !st.ok()) {
+  internal::SplitFrame split;
+  if (Status st = internal::decode_request(frame, options.limits, &h, &split); !st.ok()) {
     n_rejected++;
     return reply_error(0, st);
-  }
-  if (payload.size() > options.limits.max_frame_bytes) {
-    n_rejected++;
-    return reply_error(h.id, resource_exhausted("payload of " + std::to_string(payload.size()) +
-                                                " bytes exceeds the limit of " +
-                                                std::to_string(options.limits.max_frame_bytes) + " bytes"));
-  }
-  if (payload.size() % sizeof(capnp::word) != 0) {
-    n_rejected++;
-    return reply_error(h.id, invalid_argument("payload of " + std::to_string(payload.size()) +
-                                              " bytes is not a whole number of 8-byte words"));
   }
   auto it = methods.find(h.method);
   if (it == methods.end()) {
@@ -350,8 +335,7 @@ void Server::Impl::on_call(const std::string& rid, zmq::message_t& header, zmq::
         d->second.waiters.emplace_back(rid, h.id);
         return;
       }
-      replies.push_back(internal::encode_reply_header(h.id, d->second.status));
-      replies.emplace_back(d->second.payload.data(), d->second.payload.size());
+      replies.push_back(recall(d->second, h.id));
       return;
     }
     dedup[dedup_key] = DedupEntry{};
@@ -360,21 +344,9 @@ void Server::Impl::on_call(const std::string& rid, zmq::message_t& header, zmq::
   Clock::time_point deadline =
       h.timeout_micros ? Clock::now() + std::chrono::microseconds(h.timeout_micros) : Clock::time_point::max();
 
-  // Zero copy when ZeroMQ handed us an aligned frame; otherwise one copy.
-  kj::Array<capnp::word> owned;
-  kj::ArrayPtr<const capnp::word> words;
-  if (payload.size() == 0) {
-    words = internal::empty_message_words();
-  } else if (reinterpret_cast<uintptr_t>(payload.data()) % alignof(capnp::word) == 0 && !m.options.blocking) {
-    words = kj::arrayPtr(static_cast<const capnp::word*>(payload.data()), payload.size() / sizeof(capnp::word));
-  } else {
-    (void)internal::frame_words(payload, &owned);
-    words = owned;
-  }
-
   if (m.options.blocking) {
-    if (!owned.size() && payload.size()) (void)internal::frame_words(payload, &owned);
-    Job job{&m, rid, std::move(h), std::move(owned), role, client_key, deadline};
+    // The job keeps the frame: the payload view points into it (or into split.storage).
+    Job job{&m, rid, std::move(h), std::move(frame), std::move(split), role, client_key, deadline};
     {
       std::lock_guard lock(jobs_mu);
       jobs.push_back(std::move(job));
@@ -383,6 +355,7 @@ void Server::Impl::on_call(const std::string& rid, zmq::message_t& header, zmq::
     return;
   }
 
+  kj::ArrayPtr<const capnp::word> words = split.payload.size() ? split.payload : internal::empty_message_words();
   CallContext ctx{h.method, role, client_key, deadline, h.idempotency_key};
   if (m.deferred) {
     auto state = std::make_unique<Responder::State>();
@@ -411,13 +384,12 @@ void Server::Impl::on_call(const std::string& rid, zmq::message_t& header, zmq::
     return;
   }
 
-  capnp::MallocMessageBuilder results;
+  capnp::MallocMessageBuilder results(kResultsFirstSegmentWords);
   Status st = run_handler(m, ctx, words, results);
   if (!st.ok()) n_errors++;
-  zmq::message_t frame = results_frame(st, results);
-  if (!dedup_key.empty()) remember(dedup_key, st, frame);
-  replies.push_back(internal::encode_reply_header(h.id, st));
-  replies.push_back(std::move(frame));
+  zmq::message_t reply = internal::encode_reply(h.id, st, results);
+  if (!dedup_key.empty()) remember(dedup_key, reply);
+  replies.push_back(std::move(reply));
 }
 
 Status Server::Impl::run_handler(const Method& m, const CallContext& ctx, kj::ArrayPtr<const capnp::word> words,
@@ -444,13 +416,13 @@ void Server::Impl::worker_loop() {
       jobs.pop_front();
     }
     Status st;
-    capnp::MallocMessageBuilder results;
+    capnp::MallocMessageBuilder results(kResultsFirstSegmentWords);
     if (Clock::now() >= job.deadline) {
       st = deadline_exceeded("the call's deadline passed while it waited for a worker");
     } else {
       CallContext ctx{job.header.method, job.role, job.client_key, job.deadline, job.header.idempotency_key};
       kj::ArrayPtr<const capnp::word> words =
-          job.payload.size() ? kj::ArrayPtr<const capnp::word>(job.payload) : internal::empty_message_words();
+          job.split.payload.size() ? job.split.payload : internal::empty_message_words();
       st = run_handler(*job.method, ctx, words, results);
     }
     if (!st.ok()) n_errors++;
@@ -458,7 +430,8 @@ void Server::Impl::worker_loop() {
     if (!job.header.idempotency_key.empty()) {
       dedup_key = job.client_key + '\0' + job.header.method + '\0' + job.header.idempotency_key;
     }
-    outbox->push(Outgoing{std::move(job.routing_id), job.header.id, st, results_frame(st, results), std::move(dedup_key)});
+    outbox->push(Outgoing{std::move(job.routing_id), internal::encode_reply(job.header.id, st, results),
+                          std::move(dedup_key)});
   }
 }
 
@@ -468,32 +441,26 @@ void Server::Impl::send_outbox() {
     std::lock_guard lock(outbox->mu);
     items.swap(outbox->items);
   }
+  std::vector<zmq::message_t> one(1);
   for (auto& o : items) {
     if (!o.dedup_key.empty()) {
-      auto d = dedup.find(o.dedup_key);
-      if (d != dedup.end()) {
-        for (auto& [wrid, wid] : d->second.waiters) {
-          std::vector<zmq::message_t> pair;
-          pair.push_back(internal::encode_reply_header(wid, o.status));
-          pair.emplace_back(o.payload.data(), o.payload.size());
-          send_reply_message(wrid, pair);
-        }
-        d->second.waiters.clear();
+      remember(o.dedup_key, o.frame);
+      DedupEntry& d = dedup[o.dedup_key];
+      for (auto& [wrid, wid] : d.waiters) {
+        one[0] = recall(d, wid);
+        send_reply_message(wrid, one);
       }
-      remember(o.dedup_key, o.status, o.payload);
+      d.waiters.clear();
     }
-    std::vector<zmq::message_t> pair;
-    pair.push_back(internal::encode_reply_header(o.id, o.status));
-    pair.push_back(std::move(o.payload));
-    send_reply_message(o.routing_id, pair);
+    one[0] = std::move(o.frame);
+    send_reply_message(o.routing_id, one);
   }
 }
 
-void Server::Impl::remember(const std::string& key, const Status& status, const zmq::message_t& payload) {
+void Server::Impl::remember(const std::string& key, const zmq::message_t& frame) {
   auto& e = dedup[key];
   e.done = true;
-  e.status = status;
-  e.payload.assign(static_cast<const char*>(payload.data()), payload.size());
+  e.frame.assign(static_cast<const char*>(frame.data()), frame.size());
   while (dedup_order.size() > options.dedup_capacity) {
     auto old = dedup.find(dedup_order.front());
     if (old != dedup.end() && old->second.done) dedup.erase(old);
@@ -501,13 +468,22 @@ void Server::Impl::remember(const std::string& key, const Status& status, const 
   }
 }
 
-void Server::Impl::send_reply_message(const std::string& rid, std::vector<zmq::message_t>& pairs) {
+zmq::message_t Server::Impl::recall(const DedupEntry& entry, uint64_t id) {
+  zmq::message_t frame(entry.frame.data(), entry.frame.size());
+  uint64_t old_id;
+  Status status;
+  internal::SplitFrame split;
+  (void)internal::decode_reply(frame, options.limits, &old_id, &status, &split);
+  return internal::encode_reply(id, status, split.payload);
+}
+
+void Server::Impl::send_reply_message(const std::string& rid, std::vector<zmq::message_t>& frames) {
   // A peer that went away, or a full pipe, only loses this reply: the client times out or retries.
   zmq::message_t id(rid.data(), rid.size());
   if (!router->send(id, zmq::send_flags::sndmore | zmq::send_flags::dontwait)) return;
-  for (size_t i = 0; i < pairs.size(); ++i) {
-    auto flags = i + 1 < pairs.size() ? zmq::send_flags::sndmore : zmq::send_flags::none;
-    router->send(pairs[i], flags | zmq::send_flags::dontwait);
+  for (size_t i = 0; i < frames.size(); ++i) {
+    auto flags = i + 1 < frames.size() ? zmq::send_flags::sndmore : zmq::send_flags::none;
+    router->send(frames[i], flags | zmq::send_flags::dontwait);
   }
 }
 

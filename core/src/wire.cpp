@@ -12,11 +12,12 @@
 namespace djinn::rpc::internal {
 namespace {
 
-// Headers are small; decode them from a stack copy when the frame is not word-aligned.
-constexpr size_t kMaxInlineHeaderWords = 256;
+size_t words_of(size_t bytes) { return bytes / sizeof(capnp::word); }
 
-template <class F>
-Status with_frame_reader(const zmq::message_t& frame, const Limits& limits, const char* what, F&& f) {
+// Checks a frame's size and gives its words, aligned (copied into split->storage if ZeroMQ handed
+// an unaligned buffer, which it does for messages read in place from its receive buffer).
+Status frame_view(const zmq::message_t& frame, const Limits& limits, const char* what, SplitFrame* split,
+                  kj::ArrayPtr<const capnp::word>* words) {
   size_t size = frame.size();
   if (size == 0) return invalid_argument(std::string(what) + " frame is empty");
   if (size % sizeof(capnp::word) != 0) {
@@ -25,52 +26,98 @@ Status with_frame_reader(const zmq::message_t& frame, const Limits& limits, cons
   }
   if (size > limits.max_frame_bytes) {
     return resource_exhausted(std::string(what) + " frame of " + std::to_string(size) +
-                              " bytes exceeds the limit of " + std::to_string(limits.max_frame_bytes));
+                              " bytes exceeds the limit of " + std::to_string(limits.max_frame_bytes) + " bytes");
   }
-  size_t words = size / sizeof(capnp::word);
-  capnp::word inline_buf[kMaxInlineHeaderWords];
-  kj::Array<capnp::word> heap;
   const capnp::word* data = static_cast<const capnp::word*>(frame.data());
   if (reinterpret_cast<uintptr_t>(data) % alignof(capnp::word) != 0) {
-    capnp::word* dst = inline_buf;
-    if (words > kMaxInlineHeaderWords) {
-      heap = kj::heapArray<capnp::word>(words);
-      dst = heap.begin();
-    }
-    std::memcpy(dst, frame.data(), size);
-    data = dst;
+    split->storage = kj::heapArray<capnp::word>(words_of(size));
+    std::memcpy(split->storage.begin(), frame.data(), size);
+    data = split->storage.begin();
   }
+  *words = kj::arrayPtr(data, words_of(size));
+  return Status::Ok();
+}
+
+// Reads the header message at the front of `words` with `read`, and points split->payload at
+// whatever follows it.
+template <class F>
+Status split_frame(const zmq::message_t& frame, const Limits& limits, const char* what, SplitFrame* split, F&& read) {
+  kj::ArrayPtr<const capnp::word> words;
+  DJINN_RETURN_IF_ERROR(frame_view(frame, limits, what, split, &words));
   try {
-    capnp::FlatArrayMessageReader reader(kj::arrayPtr(data, words), reader_options(limits, words));
-    return f(reader);
+    capnp::ReaderOptions options;
+    options.traversalLimitInWords = 1024;  // headers are a few words; anything bigger is hostile
+    options.nestingLimit = 4;
+    capnp::FlatArrayMessageReader reader(words, options);
+    DJINN_RETURN_IF_ERROR(read(reader));
+    split->payload = kj::arrayPtr(reader.getEnd(), words.end());
+    return Status::Ok();
   } catch (const kj::Exception& e) {
-    return invalid_argument(std::string("malformed ") + what + ": " + e.getDescription().cStr());
+    return invalid_argument(std::string("malformed ") + what + " header: " + e.getDescription().cStr());
   }
 }
 
-zmq::message_t small_message_frame(capnp::MallocMessageBuilder& b) { return message_frame(b); }
+// Writes a small header message and then `tail_words` more words into one new frame.
+template <class FillHeader, class WriteTail>
+zmq::message_t header_and_tail(FillHeader&& fill, size_t tail_words, WriteTail&& write_tail) {
+  capnp::word scratch[32];
+  memset(scratch, 0, sizeof scratch);
+  capnp::MallocMessageBuilder header(kj::arrayPtr(scratch, 32));
+  fill(header);
+  auto segments = header.getSegmentsForOutput();
+  size_t header_words = capnp::computeSerializedSizeInWords(segments);
+  zmq::message_t frame((header_words + tail_words) * sizeof(capnp::word));
+  auto* bytes = static_cast<kj::byte*>(frame.data());
+  kj::ArrayOutputStream out(kj::arrayPtr(bytes, header_words * sizeof(capnp::word)));
+  capnp::writeMessage(out, segments);
+  write_tail(kj::arrayPtr(bytes + header_words * sizeof(capnp::word), tail_words * sizeof(capnp::word)));
+  return frame;
+}
+
+void fill_reply_header(capnp::MessageBuilder& b, uint64_t id, const Status& status) {
+  auto h = b.initRoot<proto::ReplyHeader>();
+  h.setId(id);
+  h.setStatus(static_cast<proto::StatusCode>(status.code()));
+  if (!status.ok()) h.setMessage(status.message());
+}
 
 }  // namespace
 
-zmq::message_t encode_request_header(uint64_t id, std::string_view method, uint64_t timeout_micros,
-                                     bool idempotent, std::string_view idempotency_key) {
-  capnp::word scratch[32];
-  memset(scratch, 0, sizeof scratch);
-  capnp::MallocMessageBuilder b(kj::arrayPtr(scratch, 32));
-  auto h = b.initRoot<proto::RequestHeader>();
-  h.setId(id);
-  h.setMethod(capnp::Text::Reader(method.data(), method.size()));
-  h.setTimeoutMicros(timeout_micros);
-  h.setIdempotent(idempotent);
-  if (!idempotency_key.empty()) {
-    h.setIdempotencyKey(capnp::Data::Reader(reinterpret_cast<const kj::byte*>(idempotency_key.data()),
-                                            idempotency_key.size()));
-  }
-  return small_message_frame(b);
+zmq::message_t encode_request(uint64_t id, std::string_view method, uint64_t timeout_micros, bool idempotent,
+                              std::string_view idempotency_key, kj::ArrayPtr<const capnp::word> payload) {
+  return header_and_tail(
+      [&](capnp::MessageBuilder& b) {
+        auto h = b.initRoot<proto::RequestHeader>();
+        h.setId(id);
+        h.setMethod(capnp::Text::Reader(method.data(), method.size()));
+        h.setTimeoutMicros(timeout_micros);
+        h.setIdempotent(idempotent);
+        if (!idempotency_key.empty()) {
+          h.setIdempotencyKey(capnp::Data::Reader(reinterpret_cast<const kj::byte*>(idempotency_key.data()),
+                                                  idempotency_key.size()));
+        }
+      },
+      payload.size(), [&](kj::ArrayPtr<kj::byte> tail) { std::memcpy(tail.begin(), payload.begin(), tail.size()); });
 }
 
-Status decode_request_header(const zmq::message_t& frame, const Limits& limits, RequestHeaderData* out) {
-  return with_frame_reader(frame, limits, "request header", [&](capnp::MessageReader& r) {
+zmq::message_t encode_reply(uint64_t id, const Status& status, kj::ArrayPtr<const capnp::word> results) {
+  if (!status.ok()) results = nullptr;
+  return header_and_tail([&](capnp::MessageBuilder& b) { fill_reply_header(b, id, status); }, results.size(),
+                         [&](kj::ArrayPtr<kj::byte> tail) { std::memcpy(tail.begin(), results.begin(), tail.size()); });
+}
+
+zmq::message_t encode_reply(uint64_t id, const Status& status, capnp::MessageBuilder& results) {
+  if (!status.ok()) return encode_reply(id, status, kj::ArrayPtr<const capnp::word>());
+  auto segments = results.getSegmentsForOutput();
+  return header_and_tail([&](capnp::MessageBuilder& b) { fill_reply_header(b, id, status); },
+                         capnp::computeSerializedSizeInWords(segments), [&](kj::ArrayPtr<kj::byte> tail) {
+                           kj::ArrayOutputStream out(tail);
+                           capnp::writeMessage(out, segments);
+                         });
+}
+
+Status decode_request(const zmq::message_t& frame, const Limits& limits, RequestHeaderData* out, SplitFrame* split) {
+  return split_frame(frame, limits, "request", split, [&](capnp::MessageReader& r) {
     auto h = r.getRoot<proto::RequestHeader>();
     out->id = h.getId();
     auto m = h.getMethod();
@@ -83,19 +130,8 @@ Status decode_request_header(const zmq::message_t& frame, const Limits& limits, 
   });
 }
 
-zmq::message_t encode_reply_header(uint64_t id, const Status& status) {
-  capnp::word scratch[32];
-  memset(scratch, 0, sizeof scratch);
-  capnp::MallocMessageBuilder b(kj::arrayPtr(scratch, 32));
-  auto h = b.initRoot<proto::ReplyHeader>();
-  h.setId(id);
-  h.setStatus(static_cast<proto::StatusCode>(status.code()));
-  if (!status.ok()) h.setMessage(status.message());
-  return small_message_frame(b);
-}
-
-Status decode_reply_header(const zmq::message_t& frame, const Limits& limits, uint64_t* id, Status* status) {
-  return with_frame_reader(frame, limits, "reply header", [&](capnp::MessageReader& r) {
+Status decode_reply(const zmq::message_t& frame, const Limits& limits, uint64_t* id, Status* status, SplitFrame* split) {
+  return split_frame(frame, limits, "reply", split, [&](capnp::MessageReader& r) {
     auto h = r.getRoot<proto::ReplyHeader>();
     *id = h.getId();
     Code code = code_from_wire(static_cast<uint16_t>(h.getStatus()));
@@ -111,10 +147,6 @@ zmq::message_t message_frame(capnp::MessageBuilder& message) {
   kj::ArrayOutputStream out(kj::arrayPtr(static_cast<kj::byte*>(frame.data()), frame.size()));
   capnp::writeMessage(out, segments);
   return frame;
-}
-
-zmq::message_t words_frame(kj::ArrayPtr<const capnp::word> words) {
-  return zmq::message_t(words.begin(), words.size() * sizeof(capnp::word));
 }
 
 Status frame_words(const zmq::message_t& frame, kj::Array<capnp::word>* out) {

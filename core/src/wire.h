@@ -28,17 +28,26 @@ struct RequestHeaderData {
   std::string idempotency_key;
 };
 
-zmq::message_t encode_request_header(uint64_t id, std::string_view method, uint64_t timeout_micros,
-                                     bool idempotent, std::string_view idempotency_key);
-Status decode_request_header(const zmq::message_t& frame, const Limits& limits, RequestHeaderData* out);
+// One call is one frame: a RequestHeader message immediately followed by the payload message
+// (nothing after the header when the call has no payload). A reply is one frame the same way:
+// ReplyHeader, then the results. Cap'n Proto messages say where they end, so no lengths are needed.
+zmq::message_t encode_request(uint64_t id, std::string_view method, uint64_t timeout_micros, bool idempotent,
+                              std::string_view idempotency_key, kj::ArrayPtr<const capnp::word> payload);
+zmq::message_t encode_reply(uint64_t id, const Status& status, kj::ArrayPtr<const capnp::word> results);
+// The results are written straight into the frame (no intermediate copy); ignored unless ok.
+zmq::message_t encode_reply(uint64_t id, const Status& status, capnp::MessageBuilder& results);
 
-zmq::message_t encode_reply_header(uint64_t id, const Status& status);
-// The reply's own status goes to *status; the return value says whether the frame was readable.
-Status decode_reply_header(const zmq::message_t& frame, const Limits& limits, uint64_t* id, Status* status);
+// A frame split into its header and payload. `payload` points into the frame when the frame is
+// word-aligned, else into `storage`; it is empty when the call carried no payload.
+struct SplitFrame {
+  kj::Array<capnp::word> storage;
+  kj::ArrayPtr<const capnp::word> payload;
+};
+Status decode_request(const zmq::message_t& frame, const Limits& limits, RequestHeaderData* header, SplitFrame* split);
+Status decode_reply(const zmq::message_t& frame, const Limits& limits, uint64_t* id, Status* status, SplitFrame* split);
 
-// A whole message as one frame.
+// A whole message as one frame (event payloads).
 zmq::message_t message_frame(capnp::MessageBuilder& message);
-zmq::message_t words_frame(kj::ArrayPtr<const capnp::word> words);
 
 // Copies a frame into an owned, word-aligned array; fails when its size is not whole words.
 Status frame_words(const zmq::message_t& frame, kj::Array<capnp::word>* out);
