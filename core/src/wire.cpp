@@ -97,13 +97,17 @@ zmq::message_t encode_request(uint64_t id, std::string_view method, uint64_t tim
                                                   idempotency_key.size()));
         }
       },
-      payload.size(), [&](kj::ArrayPtr<kj::byte> tail) { std::memcpy(tail.begin(), payload.begin(), tail.size()); });
+      payload.size(), [&](kj::ArrayPtr<kj::byte> tail) {
+        if (tail.size()) std::memcpy(tail.begin(), payload.begin(), tail.size());
+      });
 }
 
 zmq::message_t encode_reply(uint64_t id, const Status& status, kj::ArrayPtr<const capnp::word> results) {
   if (!status.ok()) results = nullptr;
   return header_and_tail([&](capnp::MessageBuilder& b) { fill_reply_header(b, id, status); }, results.size(),
-                         [&](kj::ArrayPtr<kj::byte> tail) { std::memcpy(tail.begin(), results.begin(), tail.size()); });
+                         [&](kj::ArrayPtr<kj::byte> tail) {
+                           if (tail.size()) std::memcpy(tail.begin(), results.begin(), tail.size());
+                         });
 }
 
 zmq::message_t encode_reply(uint64_t id, const Status& status, capnp::MessageBuilder& results) {
