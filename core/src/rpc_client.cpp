@@ -232,7 +232,8 @@ Reply to_reply(const zmq::message_t& frame, const Limits& limits, uint64_t* id) 
     *id = 0;
     return Reply(fs);
   }
-  auto words = kj::heapArray<capnp::word>(split.payload);
+  auto words = kj::heapArray<capnp::word>(split.payload.size());
+  if (words.size()) std::memcpy(words.begin(), split.payload.begin(), words.size() * sizeof(capnp::word));
   auto options = reader_options(limits, words.size());
   return Reply(std::move(st), std::move(words), options);
 }

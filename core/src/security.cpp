@@ -402,7 +402,7 @@ ZapHandler& ZapHandler::for_context(zmq::context_t& context) {
   return *slot;
 }
 
-ZapHandler::ZapHandler(zmq::context_t& context) : context_(context), socket_(context, zmq::socket_type::rep) {
+ZapHandler::ZapHandler(zmq::context_t& context) : socket_(context, zmq::socket_type::rep) {
   socket_.set(zmq::sockopt::linger, 0);
   // Bound before for_context() returns, so no CURVE server can accept a client unchecked.
   socket_.bind(kZapEndpoint);

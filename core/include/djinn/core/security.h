@@ -90,7 +90,6 @@ class ZapHandler {
   explicit ZapHandler(zmq::context_t& context);
   void run();
 
-  zmq::context_t& context_;
   std::mutex mu_;  // guards domains_ and domains_version_
   std::map<std::string, std::shared_ptr<const Keyring>> domains_;
   uint64_t domains_version_ = 0;  // bumped by every change, so denials are logged anew after one
