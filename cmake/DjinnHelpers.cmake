@@ -24,3 +24,49 @@ function(djinn_add_test_dir part)
       ENVIRONMENT "DJINN_BUILD_DIR=${CMAKE_BINARY_DIR}")
   endforeach()
 endfunction()
+
+# djinn_add_part_library(PART [DEPS targets...])
+# The library of one part laid out as DESIGN §1 and STYLE describe: Cap'n Proto schemas in
+# PART/proto/*.capnp (generated headers included as "djinn/proto/NAME.capnp.h"), public headers in
+# PART/include, sources in PART/src. Creates djinn_PART with the alias djinn::PART, exported as
+# djinn::PART, installed with its headers and schemas. DEPS are linked publicly.
+function(djinn_add_part_library part)
+  cmake_parse_arguments(ARG "" "" "DEPS" ${ARGN})
+  set(dir ${CMAKE_CURRENT_SOURCE_DIR})
+  file(GLOB schemas CONFIGURE_DEPENDS ${dir}/proto/*.capnp)
+  set(capnp_srcs)
+  if(schemas)
+    set(CAPNPC_SRC_PREFIX ${dir}/proto)
+    set(CAPNPC_OUTPUT_DIR ${CMAKE_CURRENT_BINARY_DIR}/gen/djinn/proto)
+    set(CAPNPC_IMPORT_DIRS ${PROJECT_SOURCE_DIR}/core/proto)
+    file(MAKE_DIRECTORY ${CAPNPC_OUTPUT_DIR})
+    capnp_generate_cpp(capnp_srcs capnp_hdrs ${schemas})
+  endif()
+  file(GLOB srcs CONFIGURE_DEPENDS ${dir}/src/*.cpp)
+  set(target djinn_${part})
+  add_library(${target} ${srcs} ${capnp_srcs})
+  add_library(djinn::${part} ALIAS ${target})
+  target_include_directories(${target}
+    PUBLIC $<BUILD_INTERFACE:${dir}/include>
+           $<BUILD_INTERFACE:${CMAKE_CURRENT_BINARY_DIR}/gen>
+           $<INSTALL_INTERFACE:${CMAKE_INSTALL_INCLUDEDIR}>
+    PRIVATE ${dir}/src)
+  target_link_libraries(${target} PUBLIC ${ARG_DEPS} PRIVATE $<BUILD_INTERFACE:djinn_warnings>)
+  set_target_properties(${target} PROPERTIES POSITION_INDEPENDENT_CODE ON EXPORT_NAME ${part})
+  install(TARGETS ${target} EXPORT djinnTargets
+          ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
+          LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR})
+  install(DIRECTORY ${dir}/include/ DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
+  install(DIRECTORY ${CMAKE_CURRENT_BINARY_DIR}/gen/ DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}
+          FILES_MATCHING PATTERN "*.h")
+  if(schemas)
+    install(FILES ${schemas} DESTINATION ${CMAKE_INSTALL_DATADIR}/djinn/proto)
+  endif()
+endfunction()
+
+# djinn_add_daemon(NAME SOURCE LIBS...): an executable a user runs, installed to bin/.
+function(djinn_add_daemon name source)
+  add_executable(${name} ${source})
+  target_link_libraries(${name} PRIVATE ${ARGN} djinn_warnings)
+  install(TARGETS ${name} EXPORT djinnTargets RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
+endfunction()
