@@ -113,6 +113,8 @@ zmq::message_t encode_reply(uint64_t id, const Status& status, kj::ArrayPtr<cons
 zmq::message_t encode_reply(uint64_t id, const Status& status, capnp::MessageBuilder& results) {
   if (!status.ok()) return encode_reply(id, status, kj::ArrayPtr<const capnp::word>());
   auto segments = results.getSegmentsForOutput();
+  // A handler that never touched its results leaves a builder with no segments: send none.
+  if (segments.size() == 0) return encode_reply(id, status, kj::ArrayPtr<const capnp::word>());
   return header_and_tail([&](capnp::MessageBuilder& b) { fill_reply_header(b, id, status); },
                          capnp::computeSerializedSizeInWords(segments), [&](kj::ArrayPtr<kj::byte> tail) {
                            kj::ArrayOutputStream out(tail);

@@ -232,6 +232,21 @@ TEST_CASE("a server serves many concurrent clients, and a slow method does not h
   CHECK(rpc::Clock::now() - slow_start >= std::chrono::milliseconds(200));
 }
 
+TEST_CASE("a handler that leaves its results untouched replies ok with an empty message") {
+  rpc::Server server({});
+  auto untouched = [](const rpc::CallContext&, capnp::MessageReader&, capnp::MessageBuilder&) { return Status::Ok(); };
+  server.handle("test.inline", untouched);
+  server.handle("test.worker", untouched, {.blocking = true});
+  REQUIRE(server.start().ok());
+  rpc::Client c({.endpoint = server.endpoints()[0]});
+  for (const char* method : {"test.inline", "test.worker"}) {
+    rpc::Reply r = c.call(method);
+    REQUIRE_MESSAGE(r.ok(), r.status().to_string());
+    CHECK_FALSE(r.has_payload());
+    CHECK(std::string(r.results<EchoResults>().getText().cStr()).empty());
+  }
+}
+
 TEST_CASE("deferred replies: answered from another thread, or CANCELLED when dropped") {
   rpc::Server server({});
   server.handle_deferred("test.drop", [](const rpc::CallContext&, capnp::MessageReader&, rpc::Responder) {});

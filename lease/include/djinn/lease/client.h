@@ -1,0 +1,141 @@
+// The client side of leases: LeaseClient speaks the lease protocol to one landlord (any service
+// that embeds the engine), and RenewalManager keeps a set of leases, at any number of landlords,
+// renewed until told otherwise.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "djinn/core/rpc.h"
+#include "djinn/lease/landlord.h"
+
+namespace djinn::lease {
+
+// A lease as a holder sees it: the Lease plus where to renew it.
+struct HeldLease {
+  Lease lease;
+  std::string landlord;  // RPC endpoint of the landlord
+};
+
+// A list of leases with where the event streams stood when it was taken (LeaseList on the wire):
+// events numbered at or below kind_seqs are reflected in `leases`, later ones may or may not be.
+struct LeaseSnapshot {
+  std::vector<Lease> leases;
+  uint64_t event_seq = 0;                                  // sum over the lease event kinds
+  std::vector<std::pair<std::string, uint64_t>> kind_seqs;  // ("lease.granted", seq), ...
+};
+
+// Typed calls of the lease protocol. grant carries a fresh random idempotency key (unless the
+// caller gives one), so a grant retried over a lost connection is applied once; renew, get,
+// cancel, the batches and the lists are marked idempotent, so they are retried across a landlord
+// restart until their deadline. HeldLease::landlord is the endpoint this client talks to.
+// Thread-safe.
+class LeaseClient {
+ public:
+  explicit LeaseClient(rpc::ClientOptions options);
+  ~LeaseClient();
+
+  Result<HeldLease> grant(const GrantRequest& request, rpc::CallOptions call = {});
+  Result<HeldLease> renew(LeaseId id, int64_t duration_ms, rpc::CallOptions call = {});
+  Status cancel(LeaseId id, rpc::CallOptions call = {});
+  Result<HeldLease> get(LeaseId id, rpc::CallOptions call = {});
+  std::vector<Result<Lease>> renew_batch(std::span<const RenewRequest> requests, rpc::CallOptions call = {});
+  std::vector<Status> cancel_batch(std::span<const LeaseId> ids, rpc::CallOptions call = {});
+  Result<std::vector<Lease>> leases_of_holder(const std::string& holder, rpc::CallOptions call = {});
+  Result<std::vector<Lease>> leases_of_resource(const std::string& resource, rpc::CallOptions call = {});
+  Result<std::vector<Lease>> cancel_all_of_holder(const std::string& holder, rpc::CallOptions call = {});
+  // The lists with their event numbers, to re-sync a subscriber that saw a gap.
+  Result<LeaseSnapshot> holder_snapshot(const std::string& holder, rpc::CallOptions call = {});
+  Result<LeaseSnapshot> resource_snapshot(const std::string& resource, rpc::CallOptions call = {});
+
+  rpc::Client& rpc();
+
+ private:
+  std::unique_ptr<rpc::Client> client_;
+};
+
+// A set at the renewal service of djinn-lease.
+struct RenewalSet {
+  uint64_t id = 0;
+  HeldLease lease;  // the set's own lease: renew it (LeaseClient::renew) or the set is dropped
+};
+
+// Typed calls of the renewal service ("renewal.*" on djinn-lease). Failures arrive as events of
+// kind "renewal.failed" with key = the set id in decimal (payload proto::RenewalFailure).
+class RenewalClient {
+ public:
+  explicit RenewalClient(rpc::ClientOptions options);
+  ~RenewalClient();
+
+  Result<RenewalSet> create_set(const std::string& holder, int64_t duration_ms, rpc::CallOptions call = {});
+  // Keeps `lease` renewed, `renew_ms` at a time, until `until`.
+  Status add(uint64_t set_id, const HeldLease& lease, int64_t renew_ms,
+             std::chrono::system_clock::time_point until, rpc::CallOptions call = {});
+  Status remove(uint64_t set_id, LeaseId id, const std::string& landlord, rpc::CallOptions call = {});
+  // The members, with the expirations of their latest renewals.
+  Result<std::vector<HeldLease>> members(uint64_t set_id, rpc::CallOptions call = {});
+
+  rpc::Client& rpc();
+
+ private:
+  std::unique_ptr<rpc::Client> client_;
+};
+
+struct RenewalManagerOptions {
+  // Renew when this fraction of the granted duration is left (plus jitter), e.g. 0.5.
+  double renew_at_remaining = 0.5;
+  double jitter = 0.1;  // +- fraction of the interval, so many holders do not renew in step
+  std::chrono::milliseconds batch_window{5};  // renewals due within it go in one batch per landlord
+  std::optional<rpc::CurveClient> curve;
+  std::chrono::milliseconds call_timeout{2000};
+  // Reconnection to a landlord that went away backs off up to this: short, since a lease may be
+  // only a second long.
+  std::chrono::milliseconds reconnect_interval_max{100};
+  std::chrono::milliseconds retry_backoff_min{20};   // after a failed renewal call, doubling
+  std::chrono::milliseconds retry_backoff_max{500};
+  size_t max_batch = 1000;  // renewals in one lease.renewBatch call
+};
+
+// Keeps leases renewed before they expire, batching renewals per landlord. Survives a landlord
+// restart (renewals retry until the lease's expiration). Reports a lease it could not renew —
+// expired, cancelled, refused, or unreachable past its expiration — through on_failure, once,
+// and stops tracking it. One thread, sleeping until the next renewal is due; calls go out
+// asynchronously, so a landlord that does not answer delays no other. on_failure runs on that
+// thread, with no lock held (it may call add/remove); a lease whose `until` passed is dropped
+// silently. A FOREVER lease is tracked but never renewed.
+class RenewalManager {
+ public:
+  using FailureHandler = std::function<void(const HeldLease& lease, const Status& why)>;
+
+  explicit RenewalManager(RenewalManagerOptions options = {});
+  ~RenewalManager();  // stops cleanly: no renewal runs after it returns
+  RenewalManager(const RenewalManager&) = delete;
+  RenewalManager& operator=(const RenewalManager&) = delete;
+
+  void on_failure(FailureHandler handler);
+  // Keeps `lease` renewed, `renew_ms` at a time (ANY: the landlord chooses), until `until`
+  // (nullopt: until removed). The first renewal is due when renew_at_remaining of
+  // lease.granted_ms is left before lease.expiration_ms; at once when granted_ms is 0 (unknown).
+  // Adding a lease already tracked replaces it.
+  void add(const HeldLease& lease, int64_t renew_ms = kDurationAny,
+           std::optional<std::chrono::system_clock::time_point> until = std::nullopt);
+  // Stops renewing (the lease is left to expire, or cancel it yourself).
+  void remove(LeaseId id, const std::string& landlord);
+  // The current view of a tracked lease (its latest expiration).
+  std::optional<HeldLease> get(LeaseId id, const std::string& landlord) const;
+  size_t size() const;
+  void stop();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace djinn::lease

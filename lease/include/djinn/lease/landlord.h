@@ -1,0 +1,148 @@
+// The landlord engine (DESIGN §4): every grant of access in djinn is a lease, and every landlord
+// (lookup for registrations, the space for entries, the lease manager for plain resources) embeds
+// this engine. It negotiates durations against a policy, enforces the lease kinds, expires leases
+// on a monotonic clock, persists every acknowledged lease in SQLite, and reports every change
+// through one event callback.
+//
+// Threading: all methods are thread-safe. Events are delivered on the thread that caused them
+// (grant, renew, cancel) or on the engine's expiry thread (expired, and grants that waited), never
+// while an engine lock is held, so a callback may call back into the engine.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "djinn/core/status.h"
+
+namespace djinn::lease {
+
+// Nonzero, unique per landlord for its whole life (persisted), never reused.
+using LeaseId = uint64_t;
+
+// The kinds of DESIGN §4. kShared and kExclusive are the plain kinds (exclusive: one holder per
+// resource at a time); kInterest, kSharedCopy and kExclusiveCopy are the compact levels:
+//   interest        no copy; compatible with everything
+//   shared copy     compatible with interest and shared copy
+//   exclusive copy  compatible with interest only
+// Plain and compact kinds on the same resource follow: shared ~ shared copy, exclusive ~
+// exclusive copy. An incompatible request is refused (or waits) and raises a conflict event to the
+// holders that stand in its way.
+enum class Kind : uint8_t { kShared = 0, kExclusive = 1, kInterest = 2, kSharedCopy = 3, kExclusiveCopy = 4 };
+std::string_view kind_name(Kind kind);
+std::optional<Kind> parse_kind(std::string_view text);
+bool compatible(Kind held, Kind requested);
+
+// Requested durations: a positive number of milliseconds, or one of these.
+inline constexpr int64_t kDurationAny = -1;      // the landlord chooses (policy.default_duration)
+inline constexpr int64_t kDurationForever = -2;  // only where policy.allow_forever
+// The expiration of a FOREVER lease.
+inline constexpr int64_t kNeverExpires = INT64_MAX;
+
+struct Lease {
+  LeaseId id = 0;
+  std::string resource;
+  std::string holder;
+  Kind kind = Kind::kShared;
+  int64_t expiration_ms = 0;  // Unix time in ms (wall clock, as persisted and sent); kNeverExpires
+  int64_t granted_ms = 0;     // the duration granted by the last grant or renewal
+};
+
+struct Policy {
+  std::chrono::milliseconds max_duration{std::chrono::minutes(5)};
+  std::chrono::milliseconds default_duration{std::chrono::seconds(30)};  // for ANY
+  std::chrono::milliseconds min_duration{std::chrono::milliseconds(1)};
+  bool allow_forever = false;
+  size_t max_resource_bytes = 1024;
+  size_t max_holder_bytes = 256;
+  size_t max_leases = 10'000'000;  // RESOURCE_EXHAUSTED beyond
+};
+
+struct GrantRequest {
+  std::string resource;
+  std::string holder;
+  Kind kind = Kind::kShared;
+  int64_t duration_ms = kDurationAny;
+  // How long a request that conflicts may wait for the resource to free up; 0 refuses at once
+  // (FAILED_PRECONDITION naming the holders in the way).
+  std::chrono::milliseconds wait{0};
+};
+
+struct RenewRequest {
+  LeaseId id = 0;
+  int64_t duration_ms = kDurationAny;
+};
+
+enum class EventType : uint8_t { kGranted, kRenewed, kCancelled, kExpired, kConflict };
+std::string_view event_name(EventType type);
+
+struct LeaseEvent {
+  EventType type;
+  Lease lease;  // for kConflict: the held lease that stands in the way
+  // kConflict only: what was asked.
+  std::string requested_by;
+  Kind requested_kind = Kind::kShared;
+};
+
+// Time sources; tests inject both. Wall time stamps expirations (they survive a restart);
+// monotonic time drives expiry while running.
+struct Clocks {
+  std::function<std::chrono::steady_clock::time_point()> monotonic;
+  std::function<int64_t()> wall_ms;  // Unix ms
+};
+
+struct LandlordOptions {
+  std::string path;  // SQLite file; empty keeps leases in memory only (no persistence)
+  Policy policy;
+  std::function<void(const LeaseEvent&)> on_event;
+  Clocks clocks;  // default: steady_clock and system_clock
+  // With an injected clock, expiry runs only when advance()/expire_due() are called.
+  bool run_expiry_thread = true;
+  std::string name = "landlord";  // for logs
+};
+
+class Landlord {
+ public:
+  // Opens (or creates) the store. Leases whose deadline passed while the landlord was down
+  // expire here, with events.
+  static Result<std::unique_ptr<Landlord>> open(LandlordOptions options);
+  ~Landlord();
+  Landlord(const Landlord&) = delete;
+  Landlord& operator=(const Landlord&) = delete;
+
+  // Durable before it returns. A conflicting request with wait > 0 blocks the caller; use
+  // grant_async to wait without a thread.
+  Result<Lease> grant(const GrantRequest& request);
+  void grant_async(const GrantRequest& request, std::function<void(Result<Lease>)> done);
+  Result<Lease> renew(const RenewRequest& request);
+  Status cancel(LeaseId id);
+  // One durable write for the whole batch; each element succeeds or fails on its own.
+  std::vector<Result<Lease>> renew_batch(std::span<const RenewRequest> requests);
+  std::vector<Status> cancel_batch(std::span<const LeaseId> ids);
+
+  std::optional<Lease> find(LeaseId id) const;
+  std::vector<Lease> leases_of_holder(std::string_view holder) const;
+  std::vector<Lease> leases_of_resource(std::string_view resource) const;
+  // Cancels every lease of a holder (a migrating application gives up all it holds).
+  Result<std::vector<Lease>> cancel_all_of_holder(std::string_view holder);
+  size_t size() const;
+
+  // Expires every lease whose deadline is at or before now; returns how many. The expiry thread
+  // calls this; tests with an injected clock call it after moving the clock.
+  size_t expire_due();
+
+  const Policy& policy() const;
+
+ private:
+  struct Impl;
+  explicit Landlord(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace djinn::lease

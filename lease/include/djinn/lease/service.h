@@ -1,0 +1,88 @@
+// Serving leases over RPC. LandlordService puts the "lease.*" methods of proto/lease.capnp on any
+// rpc::Server for a Landlord and publishes its events, so the lease manager, lookup and the space
+// all speak the same lease protocol. LeaseManager is the federation's lease service (djinn-lease):
+// a landlord for plain resources and for services that delegate their leasing, plus the renewal
+// service.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "djinn/core/events.h"
+#include "djinn/core/rpc.h"
+#include "djinn/lease/landlord.h"
+
+namespace djinn::lease {
+
+// Registers lease.grant, lease.renew, lease.cancel, lease.get, lease.renewBatch,
+// lease.cancelBatch, lease.holderLeases, lease.resourceLeases and lease.cancelHolder (admin) on
+// `server`, and publishes the landlord's events on `publisher` (kinds "lease.<event>", key =
+// holder). Call before server.start(); the landlord's on_event must forward to on_event() below.
+// Every input is checked at the edge (sizes against the landlord's policy, kinds, durations, batch
+// sizes of at most 10,000 items); engine statuses go back unchanged. Grants run on threads of the
+// service's own ("grant_threads") and a grant that waits for a conflicting lease holds a reply
+// open, not a thread. Destroy the service after server.stop().
+class LandlordService {
+ public:
+  LandlordService(Landlord& landlord, rpc::Server& server, events::Publisher* publisher,
+                  std::string landlord_endpoint, int grant_threads = 2);
+  ~LandlordService();
+  LandlordService(const LandlordService&) = delete;
+  LandlordService& operator=(const LandlordService&) = delete;
+
+  // Forwards one engine event to the publisher; wire it as the landlord's on_event.
+  void on_event(const LeaseEvent& event);
+  // The endpoint written into every Lease sent (set it once the server has bound its port).
+  void set_endpoint(std::string endpoint);
+  std::string endpoint() const;
+
+  // Publishes one engine event as the service does (for events that arrive before a service
+  // exists, e.g. expiries while a landlord opens).
+  static void publish(events::Publisher& publisher, const LeaseEvent& event, std::string_view endpoint);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+struct LeaseManagerOptions {
+  std::string data_dir;  // holds lease.db (and renewal.db); created if missing; empty: in memory
+  std::string rpc_endpoint = "tcp://127.0.0.1:*";
+  std::string events_endpoint = "tcp://127.0.0.1:*";
+  Policy policy;
+  std::optional<rpc::CurveServer> curve;
+  security::Role plaintext_role = security::Role::kAdmin;
+  int workers = 2;
+  // How the renewal service reaches other landlords (under CURVE: its client key pair and the
+  // landlords' server key); default: plaintext.
+  std::optional<rpc::CurveClient> renewal_curve;
+};
+
+// The whole djinn-lease service, in-process (the daemon's main and the tests use it alike): the
+// lease.* methods for its own landlord (lease.db), the renewal service (renewal.create, .add,
+// .remove, .members; renewal.db), and the events "lease.*" and "renewal.failed".
+class LeaseManager {
+ public:
+  static Result<std::unique_ptr<LeaseManager>> start(LeaseManagerOptions options);
+  ~LeaseManager();
+  LeaseManager(const LeaseManager&) = delete;
+  LeaseManager& operator=(const LeaseManager&) = delete;
+
+  const std::string& rpc_endpoint() const;
+  const std::string& events_endpoint() const;
+  // The embedded engine (for in-process use and tests); valid until stop().
+  Landlord& landlord();
+  // Stops serving and closes the stores; the destructor calls it. Idempotent.
+  void stop();
+
+ private:
+  struct Impl;
+  explicit LeaseManager(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace djinn::lease

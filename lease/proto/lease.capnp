@@ -1,0 +1,135 @@
+# The lease protocol (DESIGN §4): the methods every landlord serves ("lease.*", the same on the
+# lease manager, lookup and the space, so a client or the renewal service renews any lease the same
+# way), the renewal service of djinn-lease ("renewal.*"), and the events.
+@0xb649c728b613a33d;
+
+$import "/capnp/c++.capnp".namespace("djinn::proto");
+
+enum LeaseKind {
+  shared @0;
+  exclusive @1;
+  interest @2;         # compact level: no copy
+  sharedCopy @3;       # compact level
+  exclusiveCopy @4;    # compact level
+}
+
+# A lease as the landlord reports it.
+struct Lease {
+  id @0 :UInt64;
+  resource @1 :Text;
+  holder @2 :Text;
+  kind @3 :LeaseKind;
+  expirationMs @4 :Int64;   # Unix ms; 9223372036854775807 = never (FOREVER)
+  grantedMs @5 :Int64;      # duration granted by the last grant or renewal
+  landlord @6 :Text;        # the landlord's RPC endpoint, so the holder knows where to renew
+}
+
+# Requested durations: > 0 ms, or -1 = ANY (the landlord chooses), -2 = FOREVER (where allowed).
+
+# lease.grant
+struct GrantParams {
+  resource @0 :Text;        # the landlord's name for the thing leased (<= its policy's size limit)
+  holder @1 :Text;          # who holds it: a ServiceID, an AppID, a client's name
+  kind @2 :LeaseKind;
+  durationMs @3 :Int64;
+  waitMs @4 :Int64;         # > 0: a conflicting request waits this long for the resource
+}
+struct LeaseResult {
+  lease @0 :Lease;
+}
+
+# lease.renew
+struct RenewParams {
+  id @0 :UInt64;
+  durationMs @1 :Int64;
+}
+
+# lease.cancel, lease.get
+struct LeaseIdParams {
+  id @0 :UInt64;
+}
+
+# The results of lease.cancel, renewal.add and renewal.remove: the status says it all.
+struct Empty {}
+
+# lease.renewBatch: one durable write for all; each item succeeds or fails on its own.
+struct RenewBatchParams {
+  items @0 :List(RenewParams);
+}
+struct ItemResult {
+  code @0 :UInt16;          # djinn::Code; 0 = ok
+  message @1 :Text;
+  lease @2 :Lease;          # when ok (renewals)
+}
+struct BatchResults {
+  items @0 :List(ItemResult);  # same order as the request
+}
+
+# lease.cancelBatch
+struct CancelBatchParams {
+  ids @0 :List(UInt64);
+}
+
+# lease.holderLeases, lease.cancelHolder (admin), lease.resourceLeases
+struct HolderParams {
+  holder @0 :Text;
+}
+struct ResourceParams {
+  resource @0 :Text;
+}
+struct LeaseList {
+  leases @0 :List(Lease);
+  eventSeq @1 :UInt64;      # the last event number of the lease kinds when the list was taken
+                            # (the sum over the five kinds: it moves whenever any of them does)
+  kindSeqs @2 :List(KindSeq);  # the same, kind by kind, read before the list was taken: events
+                            # numbered above these may or may not be reflected in `leases`
+}
+struct KindSeq {
+  kind @0 :Text;            # "lease.granted", ...
+  seq @1 :UInt64;           # Publisher::last_seq of that kind
+}
+
+# Events, published with kind "lease.granted" | "lease.renewed" | "lease.cancelled" |
+# "lease.expired" | "lease.conflict" and key = the lease's holder.
+struct LeaseEvent {
+  lease @0 :Lease;
+  requestedBy @1 :Text;     # conflict only: who asked
+  requestedKind @2 :LeaseKind;
+}
+
+# The renewal service (djinn-lease): a client hands over leases (held at any landlord) to be kept
+# renewed until a time; the set itself is leased from the service.
+# renewal.create
+struct CreateSetParams {
+  holder @0 :Text;
+  durationMs @1 :Int64;     # the lease on the set
+}
+struct SetResult {
+  setId @0 :UInt64;
+  setLease @1 :Lease;       # renew it (lease.renew at this service) or the set is dropped
+}
+# renewal.add: keep `lease` renewed (by `renewMs` per renewal) until `untilMs` (Unix ms).
+struct AddParams {
+  setId @0 :UInt64;
+  lease @1 :Lease;          # its landlord endpoint and id are what the service renews
+  renewMs @2 :Int64;
+  untilMs @3 :Int64;
+}
+# renewal.remove
+struct RemoveParams {
+  setId @0 :UInt64;
+  leaseId @1 :UInt64;
+  landlord @2 :Text;
+}
+# renewal.members: the leases of a set as last renewed (a LeaseList; eventSeq is that of
+# "renewal.failed").
+struct SetIdParams {
+  setId @0 :UInt64;
+}
+# Event kind "renewal.failed", key = the set id in decimal: a lease could not be renewed.
+struct RenewalFailure {
+  setId @0 :UInt64;
+  lease @1 :Lease;
+  code @2 :UInt16;
+  message @3 :Text;
+}

@@ -1,0 +1,1108 @@
+// The landlord engine (DESIGN §4): negotiation, kinds and conflicts, FIFO waiters, expiry on a
+// monotonic clock by one expiry thread, and persistence of every acknowledged lease in SQLite.
+// Leases live in a compact slot array (interned names, intrusive lists per holder and resource) so
+// a million of them fit in well under 200 bytes each.
+#include "djinn/lease/landlord.h"
+
+#include <pthread.h>
+#include <sodium.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <exception>
+#include <future>
+#include <limits>
+#include <mutex>
+#include <set>
+#include <thread>
+#include <unordered_map>
+#include <utility>
+
+#include "djinn/core/fault.h"
+#include "djinn/core/log.h"
+#include "djinn/core/sqlite.h"
+#include "landlord_tables.h"
+
+namespace djinn::lease {
+
+std::string_view kind_name(Kind kind) {
+  switch (kind) {
+    case Kind::kShared: return "shared";
+    case Kind::kExclusive: return "exclusive";
+    case Kind::kInterest: return "interest";
+    case Kind::kSharedCopy: return "shared-copy";
+    case Kind::kExclusiveCopy: return "exclusive-copy";
+  }
+  return "unknown";
+}
+
+std::optional<Kind> parse_kind(std::string_view text) {
+  if (text == "shared") return Kind::kShared;
+  if (text == "exclusive") return Kind::kExclusive;
+  if (text == "interest") return Kind::kInterest;
+  if (text == "shared-copy" || text == "shared_copy" || text == "sharedCopy") return Kind::kSharedCopy;
+  if (text == "exclusive-copy" || text == "exclusive_copy" || text == "exclusiveCopy") {
+    return Kind::kExclusiveCopy;
+  }
+  return std::nullopt;
+}
+
+namespace {
+
+// The compact level a kind stands at: plain shared behaves as shared copy, plain exclusive as
+// exclusive copy (landlord.h).
+int level(Kind kind) {
+  switch (kind) {
+    case Kind::kInterest: return 0;
+    case Kind::kShared:
+    case Kind::kSharedCopy: return 1;
+    case Kind::kExclusive:
+    case Kind::kExclusiveCopy: return 2;
+  }
+  return 2;
+}
+
+bool levels_compatible(int held, int requested) {
+  return held == 0 || requested == 0 || (held == 1 && requested == 1);
+}
+
+}  // namespace
+
+bool compatible(Kind held, Kind requested) { return levels_compatible(level(held), level(requested)); }
+
+std::string_view event_name(EventType type) {
+  switch (type) {
+    case EventType::kGranted: return "granted";
+    case EventType::kRenewed: return "renewed";
+    case EventType::kCancelled: return "cancelled";
+    case EventType::kExpired: return "expired";
+    case EventType::kConflict: return "conflict";
+  }
+  return "unknown";
+}
+
+namespace {
+
+using internal::kNone;
+
+constexpr int64_t kNoDeadline = std::numeric_limits<int64_t>::max();  // FOREVER leases
+// Marks a lease popped for expiry, so a second heap entry with the same deadline is seen as stale.
+constexpr int64_t kExpiring = std::numeric_limits<int64_t>::min();
+// Leases removed per lock hold and per SQLite transaction during expiry: 10,000 leases due in
+// the same millisecond become ten short holds, between which requests go on.
+constexpr size_t kExpiryChunk = 1000;
+// Ids remembered after removal, so renewing one says "expired" or "cancelled", not just unknown.
+constexpr size_t kRecentlyRemoved = 4096;
+constexpr int64_t kSchemaVersion = 1;
+constexpr int64_t kNsPerMs = 1'000'000;
+
+constexpr std::string_view kCreateSchema =
+    "CREATE TABLE IF NOT EXISTS lease("
+    "  id INTEGER PRIMARY KEY,"        // the 64-bit id, stored as its signed twin
+    "  resource TEXT NOT NULL,"
+    "  holder TEXT NOT NULL,"
+    "  kind INTEGER NOT NULL,"
+    "  expiration_ms INTEGER NOT NULL,"  // Unix ms, wall clock; INT64_MAX = never
+    "  granted_ms INTEGER NOT NULL)";
+constexpr std::string_view kInsertLease =
+    "INSERT INTO lease(id, resource, holder, kind, expiration_ms, granted_ms) "
+    "VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+constexpr std::string_view kUpdateLease =
+    "UPDATE lease SET expiration_ms = ?2, granted_ms = ?3 WHERE id = ?1";
+constexpr std::string_view kDeleteLease = "DELETE FROM lease WHERE id = ?1";
+constexpr std::string_view kSelectLeases =
+    "SELECT id, resource, holder, kind, expiration_ms, granted_ms FROM lease";
+
+// The kind rides in the top bits of a record's holder index, which keeps a record at 56 bytes
+// (a separate byte would pad it to 64). Bounds the number of distinct holders, hence of leases.
+constexpr uint32_t kKindShift = 28;
+constexpr uint32_t kHolderMask = (1u << kKindShift) - 1;
+constexpr size_t kMaxLeases = kHolderMask - 1;
+
+// One lease in memory: 56 bytes. Names are interned; the lists of a holder's and a resource's
+// leases run through the records themselves (slot indices), so no per-lease node is allocated.
+struct Record {
+  LeaseId id = 0;                // 0: a free slot (ids are never 0)
+  int64_t deadline_ns = 0;       // steady clock; kNoDeadline for FOREVER
+  int64_t expiration_ms = 0;     // wall clock, as persisted and reported
+  int64_t granted_ms = 0;
+  uint32_t resource = kNone;
+  uint32_t holder_kind = kNone;  // holder index | kind << kKindShift
+  uint32_t res_prev = kNone;
+  uint32_t res_next = kNone;     // also chains free slots
+  uint32_t hol_prev = kNone;
+  uint32_t hol_next = kNone;
+
+  uint32_t holder() const { return holder_kind & kHolderMask; }
+  Kind kind() const { return static_cast<Kind>(holder_kind >> kKindShift); }
+};
+static_assert(sizeof(Record) == 56);
+
+struct HeapEntry {
+  int64_t deadline_ns;
+  LeaseId id;
+};
+struct LaterFirst {  // makes std::push_heap a min-heap on deadlines
+  bool operator()(const HeapEntry& a, const HeapEntry& b) const { return a.deadline_ns > b.deadline_ns; }
+};
+
+struct Waiter {
+  GrantRequest request;
+  int64_t deadline_ns;
+  std::function<void(Result<Lease>)> done;
+};
+
+int64_t saturating_add(int64_t a, int64_t b) {
+  if (b > 0 && a > std::numeric_limits<int64_t>::max() - b) return std::numeric_limits<int64_t>::max() - 1;
+  return a + b;
+}
+
+int64_t add_ms(int64_t now_ns, int64_t ms) {
+  if (ms > (std::numeric_limits<int64_t>::max() - 1) / kNsPerMs) return kNoDeadline - 1;
+  return saturating_add(now_ns, ms * kNsPerMs);
+}
+
+std::string quoted(std::string_view text) {
+  std::string out = "'";
+  out.append(text);
+  out += "'";
+  return out;
+}
+
+// Names the leases in the way: "exclusive lease 42 held by 'app-1', shared lease 7 held by ...".
+std::string describe_in_way(const std::vector<Lease>& in_way) {
+  std::string out;
+  size_t shown = std::min<size_t>(in_way.size(), 3);
+  for (size_t i = 0; i < shown; ++i) {
+    if (i) out += ", ";
+    out += std::string(kind_name(in_way[i].kind)) + " lease " + std::to_string(in_way[i].id) +
+           " held by " + quoted(in_way[i].holder);
+  }
+  if (in_way.size() > shown) out += " and " + std::to_string(in_way.size() - shown) + " more";
+  return out;
+}
+
+Status validate_name(std::string_view what, std::string_view text, size_t max_bytes) {
+  if (text.empty()) {
+    return invalid_argument("lease " + std::string(what) + " is empty: must be 1.." +
+                            std::to_string(max_bytes) + " bytes");
+  }
+  if (text.size() > max_bytes) {
+    return invalid_argument("lease " + std::string(what) + " of " + std::to_string(text.size()) +
+                            " bytes: must be at most " + std::to_string(max_bytes));
+  }
+  return Status::Ok();
+}
+
+// Negotiation (DESIGN §4): ANY takes the default; FOREVER only where the policy allows it (else
+// PERMISSION_DENIED, nothing granted); a positive request is granted up to the maximum and raised
+// to the minimum when below it (a landlord may grant other than asked, as in Jini; the holder
+// sees what it got in granted_ms). Zero and other negative values are refused.
+Result<int64_t> negotiate(const Policy& policy, int64_t requested) {
+  int64_t min = policy.min_duration.count();
+  int64_t max = policy.max_duration.count();
+  if (requested == kDurationAny) return std::clamp<int64_t>(policy.default_duration.count(), min, max);
+  if (requested == kDurationForever) {
+    if (policy.allow_forever) return kDurationForever;
+    return permission_denied("lease duration FOREVER (-2): not allowed by this landlord's policy "
+                             "(at most " + std::to_string(max) + " ms)");
+  }
+  if (requested <= 0) {
+    return invalid_argument("lease duration " + std::to_string(requested) +
+                            " ms: must be > 0, ANY (-1) or FOREVER (-2)");
+  }
+  return std::clamp<int64_t>(requested, min, max);
+}
+
+Status validate_policy(const Policy& p) {
+  if (p.min_duration.count() <= 0 || p.default_duration < p.min_duration ||
+      p.max_duration < p.default_duration) {
+    return invalid_argument("landlord policy: need 0 < min_duration <= default_duration <= "
+                            "max_duration, got " + std::to_string(p.min_duration.count()) + ", " +
+                            std::to_string(p.default_duration.count()) + ", " +
+                            std::to_string(p.max_duration.count()) + " ms");
+  }
+  if (p.max_resource_bytes == 0 || p.max_holder_bytes == 0) {
+    return invalid_argument("landlord policy: max_resource_bytes and max_holder_bytes must be > 0");
+  }
+  return Status::Ok();
+}
+
+void name_this_thread(const std::string& name) {
+  std::string short_name = name.substr(0, 15);  // the kernel keeps 15 bytes
+  pthread_setname_np(pthread_self(), short_name.c_str());
+}
+
+}  // namespace
+
+struct Landlord::Impl {
+  // What a grant attempt found: decided (granted, or refused for a reason other than a conflict),
+  // or blocked by held leases and/or by incompatible requests already waiting.
+  struct Attempt {
+    std::optional<Result<Lease>> result;
+    std::vector<Lease> in_way;
+    std::vector<std::string> waiting;  // holders queued ahead with an incompatible kind
+  };
+
+  LandlordOptions options;
+
+  // Serializes every change (grant, renew, cancel, expiry, waiter hand-over): held across the
+  // SQLite write and the in-memory update, so memory and file change in the same order, while
+  // readers (find, queries) only take mutex_ and never wait for an fsync. Guards db_ and db_sync_.
+  // Lock order: write_mutex_ before mutex_.
+  std::mutex write_mutex_;
+  // Requests blocked on write_mutex_. std::mutex is not fair: between two expiry chunks the
+  // expiry thread would take it straight back, so it steps aside while this is nonzero.
+  std::atomic<int> requests_waiting_{0};
+  std::optional<sqlite::Database> db_;
+  sqlite::Sync db_sync_ = sqlite::Sync::kFull;
+
+  // Guards the in-memory state below.
+  mutable std::mutex mutex_;
+  std::condition_variable wake_;  // the expiry thread sleeps on it
+  std::vector<Record> slots_;
+  uint32_t free_slot_ = kNone;
+  internal::IndexTable ids_;  // lease id -> slot
+  internal::StringPool resources_;
+  internal::StringPool holders_;
+  std::vector<HeapEntry> deadlines_;  // min-heap; entries of renewed or removed leases are stale
+  size_t timed_live_ = 0;             // live leases with a deadline (not FOREVER)
+  std::unordered_map<std::string, std::deque<Waiter>> waiters_;  // FIFO per resource
+  std::set<std::string> retry_;       // resources freed up that have waiters
+  std::unordered_map<LeaseId, bool> recent_;  // removed id -> expired (else cancelled)
+  std::deque<LeaseId> recent_order_;
+  int64_t sleeping_until_ = kExpiring;  // the expiry thread's wake-up; kExpiring while awake
+  bool stopping_ = false;
+
+  std::thread expiry_thread_;
+
+  // write_mutex_ taken for a caller's request, which goes ahead of pending expiry chunks.
+  class RequestLock {
+   public:
+    explicit RequestLock(Impl& impl) {
+      ++impl.requests_waiting_;
+      lock_ = std::unique_lock(impl.write_mutex_);
+      --impl.requests_waiting_;
+    }
+
+   private:
+    std::unique_lock<std::mutex> lock_;
+  };
+
+  explicit Impl(LandlordOptions opts) : options(std::move(opts)) {
+    if (!options.clocks.monotonic) options.clocks.monotonic = [] { return std::chrono::steady_clock::now(); };
+    if (!options.clocks.wall_ms) {
+      options.clocks.wall_ms = [] {
+        return std::chrono::duration_cast<std::chrono::milliseconds>(
+                   std::chrono::system_clock::now().time_since_epoch())
+            .count();
+      };
+    }
+  }
+
+  int64_t now_ns() const {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(options.clocks.monotonic().time_since_epoch())
+        .count();
+  }
+  int64_t wall_ms() const { return options.clocks.wall_ms(); }
+
+  // ---- in-memory state (mutex_ held) ----
+
+  uint64_t hash_of_slot(uint32_t slot) const { return internal::mix64(slots_[slot].id); }
+
+  uint32_t slot_of(LeaseId id) const {
+    if (id == 0) return kNone;
+    return ids_.find(internal::mix64(id), [&](uint32_t slot) { return slots_[slot].id == id; });
+  }
+
+  Lease to_lease(uint32_t slot) const {
+    const Record& r = slots_[slot];
+    return Lease{r.id, resources_[r.resource].text, holders_[r.holder()].text, r.kind(), r.expiration_ms,
+                 r.granted_ms};
+  }
+
+  // A fresh random id: ids are capabilities on the wire, so they must not be guessable from one
+  // another. A 64-bit collision with a live id is retried; one with an id that lived before is
+  // as likely as guessing it, and nothing extra is persisted to rule it out.
+  LeaseId new_id_locked() const {
+    for (;;) {
+      LeaseId id = 0;
+      randombytes_buf(&id, sizeof id);
+      if (id != 0 && slot_of(id) == kNone) return id;
+    }
+  }
+
+  void push_deadline_locked(LeaseId id, int64_t deadline_ns) {
+    if (deadlines_.size() > 2 * timed_live_ + 4096) {
+      // Stale entries (renewals, cancels) outnumber live ones: rebuild from the records.
+      deadlines_.clear();
+      for (const Record& r : slots_) {
+        if (r.id != 0 && r.deadline_ns != kNoDeadline && r.deadline_ns != kExpiring) {
+          deadlines_.push_back({r.deadline_ns, r.id});
+        }
+      }
+      std::make_heap(deadlines_.begin(), deadlines_.end(), LaterFirst{});
+    }
+    deadlines_.push_back({deadline_ns, id});
+    std::push_heap(deadlines_.begin(), deadlines_.end(), LaterFirst{});
+    if (deadline_ns < sleeping_until_) wake_.notify_one();
+  }
+
+  void insert_locked(const Lease& lease, int64_t deadline_ns) {
+    uint32_t res = resources_.intern(lease.resource);
+    uint32_t hol = holders_.intern(lease.holder);
+    uint32_t slot;
+    if (free_slot_ != kNone) {
+      slot = free_slot_;
+      free_slot_ = slots_[slot].res_next;
+    } else {
+      slot = static_cast<uint32_t>(slots_.size());
+      slots_.emplace_back();
+    }
+    Record& r = slots_[slot];
+    r = Record{lease.id, deadline_ns, lease.expiration_ms, lease.granted_ms, res,
+               hol | static_cast<uint32_t>(lease.kind) << kKindShift, kNone, kNone, kNone, kNone};
+    auto& re = resources_[res];
+    r.res_next = re.head;
+    if (re.head != kNone) slots_[re.head].res_prev = slot;
+    re.head = slot;
+    ++re.by_level[level(lease.kind)];
+    auto& he = holders_[hol];
+    r.hol_next = he.head;
+    if (he.head != kNone) slots_[he.head].hol_prev = slot;
+    he.head = slot;
+    ++he.by_level[level(lease.kind)];
+    ids_.insert(internal::mix64(lease.id), slot, [&](uint32_t s) { return hash_of_slot(s); });
+    if (deadline_ns != kNoDeadline) {
+      ++timed_live_;
+      push_deadline_locked(lease.id, deadline_ns);
+    }
+  }
+
+  void remove_locked(uint32_t slot, bool expired) {
+    Record& r = slots_[slot];
+    ids_.erase(
+        internal::mix64(r.id), [&](uint32_t s) { return s == slot; },
+        [&](uint32_t s) { return hash_of_slot(s); });
+    auto& re = resources_[r.resource];
+    if (r.res_prev != kNone) slots_[r.res_prev].res_next = r.res_next; else re.head = r.res_next;
+    if (r.res_next != kNone) slots_[r.res_next].res_prev = r.res_prev;
+    --re.by_level[level(r.kind())];
+    if (!waiters_.empty() && waiters_.count(re.text)) {
+      retry_.insert(re.text);
+      wake_.notify_one();
+    }
+    if (re.count() == 0) resources_.release(r.resource);
+    auto& he = holders_[r.holder()];
+    if (r.hol_prev != kNone) slots_[r.hol_prev].hol_next = r.hol_next; else he.head = r.hol_next;
+    if (r.hol_next != kNone) slots_[r.hol_next].hol_prev = r.hol_prev;
+    --he.by_level[level(r.kind())];
+    if (he.count() == 0) holders_.release(r.holder());
+    if (r.deadline_ns != kNoDeadline) --timed_live_;
+
+    recent_[r.id] = expired;
+    recent_order_.push_back(r.id);
+    if (recent_order_.size() > kRecentlyRemoved) {
+      recent_.erase(recent_order_.front());
+      recent_order_.pop_front();
+    }
+    r = Record{};
+    r.res_next = free_slot_;
+    free_slot_ = slot;
+  }
+
+  Status gone_locked(LeaseId id) const {
+    auto it = recent_.find(id);
+    if (it == recent_.end()) return not_found("lease " + std::to_string(id) + " not found");
+    return not_found("lease " + std::to_string(id) + (it->second ? " expired" : " was cancelled"));
+  }
+
+  // The leases of other holders on `res` that are incompatible with `kind`. A holder's own
+  // leases never stand in its way: asking again for a resource it holds is a new lease, checked
+  // against the others only (so an "upgrade" to exclusive succeeds only when nobody else holds
+  // anything incompatible).
+  std::vector<Lease> in_way_locked(std::string_view resource, std::string_view holder, Kind kind) const {
+    std::vector<Lease> out;
+    uint32_t res = resources_.find(resource);
+    if (res == kNone) return out;
+    const auto& entry = resources_[res];
+    bool any = false;
+    for (int held = 0; held < 3; ++held) {
+      if (entry.by_level[held] && !levels_compatible(held, level(kind))) any = true;
+    }
+    if (!any) return out;
+    uint32_t hol = holders_.find(holder);
+    for (uint32_t slot = entry.head; slot != kNone; slot = slots_[slot].res_next) {
+      const Record& r = slots_[slot];
+      if (r.holder() != hol && !compatible(r.kind(), kind)) out.push_back(to_lease(slot));
+    }
+    return out;
+  }
+
+  int64_t next_wake_locked() const {
+    if (!retry_.empty()) return kExpiring;
+    int64_t next = deadlines_.empty() ? kNoDeadline : deadlines_.front().deadline_ns;
+    for (const auto& [resource, queue] : waiters_) {
+      for (const Waiter& w : queue) next = std::min(next, w.deadline_ns);
+    }
+    return next;
+  }
+
+  // ---- durable writes (write_mutex_ held) ----
+
+  // One transaction at the given sync level around `body`; nothing when in memory only.
+  // In WAL mode synchronous=NORMAL survives a process kill (the WAL is in the OS page cache) but
+  // not a power loss; FULL fsyncs the WAL at commit. Grants (FOREVER ones included) use FULL;
+  // renewals and cancels use NORMAL: losing one to a power cut only shortens or restores a lease.
+  template <class Body>
+  Status durable(sqlite::Sync sync, Body&& body) {
+    if (!db_) return Status::Ok();
+    if (sync != db_sync_) {
+      DJINN_RETURN_IF_ERROR(db_->set_sync(sync));
+      db_sync_ = sync;
+    }
+    Result<sqlite::Transaction> tx = sqlite::Transaction::begin(*db_);
+    if (!tx.ok()) return tx.status();
+    DJINN_RETURN_IF_ERROR(body(*db_));
+    return tx->commit();
+  }
+
+  static Status delete_row(sqlite::Database& db, LeaseId id) {
+    Result<sqlite::Statement*> st = db.cached(kDeleteLease);
+    if (!st.ok()) return st.status();
+    DJINN_RETURN_IF_ERROR((*st)->bind_all(id));
+    return (*st)->run();
+  }
+
+  // ---- grant ----
+
+  Status validate(const GrantRequest& r) const {
+    const Policy& p = options.policy;
+    if (static_cast<uint8_t>(r.kind) > static_cast<uint8_t>(Kind::kExclusiveCopy)) {
+      return invalid_argument("lease kind " + std::to_string(static_cast<int>(r.kind)) +
+                              ": must be shared, exclusive, interest, shared-copy or exclusive-copy");
+    }
+    DJINN_RETURN_IF_ERROR(validate_name("resource", r.resource, p.max_resource_bytes));
+    DJINN_RETURN_IF_ERROR(validate_name("holder", r.holder, p.max_holder_bytes));
+    if (r.wait.count() < 0) {
+      return invalid_argument("lease wait " + std::to_string(r.wait.count()) + " ms: must be >= 0");
+    }
+    return Status::Ok();
+  }
+
+  // Requires write_mutex_. Grants durably when nothing stands in the way. `behind_waiters`: also
+  // yield to incompatible requests already queued for the resource (a new request); the head of
+  // the queue itself passes false.
+  Attempt attempt_grant(const GrantRequest& r, int64_t granted, bool behind_waiters) {
+    Attempt attempt;
+    Lease lease;
+    int64_t deadline_ns;
+    {
+      std::lock_guard lock(mutex_);
+      attempt.in_way = in_way_locked(r.resource, r.holder, r.kind);
+      if (behind_waiters && !waiters_.empty()) {
+        auto it = waiters_.find(r.resource);
+        if (it != waiters_.end()) {
+          for (const Waiter& w : it->second) {
+            if (w.request.holder != r.holder && !compatible(w.request.kind, r.kind)) {
+              attempt.waiting.push_back(w.request.holder);
+            }
+          }
+        }
+      }
+      if (!attempt.in_way.empty() || !attempt.waiting.empty()) return attempt;
+      if (ids_.size() >= std::min(options.policy.max_leases, kMaxLeases)) {
+        attempt.result = resource_exhausted("landlord " + quoted(options.name) + " holds " +
+                                            std::to_string(ids_.size()) + " leases, its maximum");
+        return attempt;
+      }
+      bool forever = granted == kDurationForever;
+      lease = Lease{new_id_locked(), r.resource, r.holder, r.kind,
+                    forever ? kNeverExpires : saturating_add(wall_ms(), granted), granted};
+      deadline_ns = forever ? kNoDeadline : add_ms(now_ns(), granted);
+    }
+    Status written = durable(sqlite::Sync::kFull, [&](sqlite::Database& db) -> Status {
+      Result<sqlite::Statement*> st = db.cached(kInsertLease);
+      if (!st.ok()) return st.status();
+      DJINN_RETURN_IF_ERROR((*st)->bind_all(lease.id, lease.resource, lease.holder,
+                                            static_cast<int64_t>(lease.kind), lease.expiration_ms,
+                                            lease.granted_ms));
+      DJINN_RETURN_IF_ERROR((*st)->run());
+      DJINN_CRASH_POINT("lease.landlord.before_commit");
+      return Status::Ok();
+    });
+    if (!written.ok()) {
+      attempt.result = Status(written.code(), "grant on " + quoted(r.resource) + ": " + written.message());
+      return attempt;
+    }
+    if (db_) DJINN_CRASH_POINT("lease.landlord.after_commit");
+    {
+      std::lock_guard lock(mutex_);
+      insert_locked(lease, deadline_ns);
+    }
+    attempt.result = std::move(lease);
+    return attempt;
+  }
+
+  static std::string refusal(const GrantRequest& r, const Attempt& a) {
+    std::string out = std::string(kind_name(r.kind)) + " lease on " + quoted(r.resource) + " for " +
+                      quoted(r.holder) + ": ";
+    if (!a.in_way.empty()) {
+      out += "conflicts with " + describe_in_way(a.in_way);
+    } else {
+      out += quoted(a.waiting.front()) + " is waiting for it first";
+    }
+    return out;
+  }
+
+  static void add_conflicts(const GrantRequest& r, const Attempt& a, std::vector<LeaseEvent>& events) {
+    for (const Lease& held : a.in_way) {
+      events.push_back(LeaseEvent{EventType::kConflict, held, r.holder, r.kind});
+    }
+  }
+
+  // Decides now, or queues `done` (when the request may wait) and returns nothing.
+  std::optional<Result<Lease>> grant_or_queue(const GrantRequest& r,
+                                              std::function<void(Result<Lease>)> done) {
+    if (Status bad = validate(r); !bad.ok()) return Result<Lease>(std::move(bad));
+    Result<int64_t> granted = negotiate(options.policy, r.duration_ms);
+    if (!granted.ok()) return Result<Lease>(granted.status());
+    std::vector<LeaseEvent> events;
+    std::optional<Result<Lease>> result;
+    {
+      RequestLock write(*this);
+      Attempt a = attempt_grant(r, *granted, /*behind_waiters=*/true);
+      if (a.result) {
+        result = std::move(*a.result);
+        if (result->ok()) events.push_back(LeaseEvent{EventType::kGranted, result->value(), {}, r.kind});
+      } else {
+        add_conflicts(r, a, events);
+        if (r.wait.count() > 0 && done) {
+          std::lock_guard lock(mutex_);
+          int64_t deadline = add_ms(now_ns(), r.wait.count());
+          waiters_[r.resource].push_back(Waiter{r, deadline, std::move(done)});
+          if (deadline < sleeping_until_) wake_.notify_one();
+        } else {
+          result = Result<Lease>(failed_precondition(refusal(r, a)));
+        }
+      }
+    }
+    deliver(events);
+    return result;
+  }
+
+  // ---- renew and cancel (write_mutex_ held) ----
+
+  std::vector<Result<Lease>> renew_locked(std::span<const RenewRequest> requests,
+                                          std::vector<LeaseEvent>& events) {
+    struct Plan {
+      size_t index;
+      uint32_t slot;
+      int64_t expiration_ms, deadline_ns, granted_ms;
+    };
+    std::vector<Result<Lease>> results;
+    results.reserve(requests.size());
+    std::vector<Plan> plans;
+    {
+      std::lock_guard lock(mutex_);
+      int64_t now = now_ns();
+      int64_t wall = wall_ms();
+      for (size_t i = 0; i < requests.size(); ++i) {
+        const RenewRequest& req = requests[i];
+        Result<int64_t> granted = negotiate(options.policy, req.duration_ms);
+        uint32_t slot = slot_of(req.id);
+        if (!granted.ok()) {
+          results.emplace_back(granted.status());
+        } else if (slot == kNone) {
+          results.emplace_back(gone_locked(req.id));
+        } else if (slots_[slot].deadline_ns <= now) {
+          // Past its deadline, waiting for the expiry thread: a lease that expired cannot be renewed.
+          results.emplace_back(not_found("lease " + std::to_string(req.id) + " expired"));
+        } else {
+          bool forever = *granted == kDurationForever;
+          plans.push_back(Plan{i, slot, forever ? kNeverExpires : saturating_add(wall, *granted),
+                               forever ? kNoDeadline : add_ms(now, *granted), *granted});
+          results.emplace_back(Lease{});  // filled in below
+        }
+      }
+    }
+    // A renewal to FOREVER is as weighty as a grant: FULL, like grants.
+    bool forever = std::any_of(plans.begin(), plans.end(),
+                               [](const Plan& p) { return p.granted_ms == kDurationForever; });
+    Status written = durable(forever ? sqlite::Sync::kFull : sqlite::Sync::kNormal,
+                             [&](sqlite::Database& db) -> Status {
+      for (const Plan& p : plans) {
+        Result<sqlite::Statement*> st = db.cached(kUpdateLease);
+        if (!st.ok()) return st.status();
+        DJINN_RETURN_IF_ERROR((*st)->bind_all(requests[p.index].id, p.expiration_ms, p.granted_ms));
+        DJINN_RETURN_IF_ERROR((*st)->run());
+      }
+      return Status::Ok();
+    });
+    if (!written.ok()) {
+      for (const Plan& p : plans) results[p.index] = Status(written.code(), "renew: " + written.message());
+      return results;
+    }
+    std::lock_guard lock(mutex_);
+    for (const Plan& p : plans) {
+      Record& r = slots_[p.slot];
+      if (r.deadline_ns == kNoDeadline && p.deadline_ns != kNoDeadline) ++timed_live_;
+      if (r.deadline_ns != kNoDeadline && p.deadline_ns == kNoDeadline) --timed_live_;
+      r.deadline_ns = p.deadline_ns;
+      r.expiration_ms = p.expiration_ms;
+      r.granted_ms = p.granted_ms;
+      if (p.deadline_ns != kNoDeadline) push_deadline_locked(r.id, p.deadline_ns);
+      results[p.index] = to_lease(p.slot);
+      events.push_back(LeaseEvent{EventType::kRenewed, results[p.index].value(), {}, r.kind()});
+    }
+    return results;
+  }
+
+  std::vector<Status> cancel_locked(std::span<const LeaseId> ids, std::vector<LeaseEvent>& events,
+                                    std::vector<Lease>* cancelled = nullptr) {
+    std::vector<Status> statuses(ids.size());
+    std::vector<std::pair<size_t, uint32_t>> plans;  // index in ids, slot
+    {
+      std::lock_guard lock(mutex_);
+      std::set<uint32_t> seen;
+      for (size_t i = 0; i < ids.size(); ++i) {
+        uint32_t slot = slot_of(ids[i]);
+        if (slot == kNone) {
+          statuses[i] = gone_locked(ids[i]);
+        } else if (!seen.insert(slot).second) {
+          statuses[i] = not_found("lease " + std::to_string(ids[i]) + " was cancelled");
+        } else {
+          plans.emplace_back(i, slot);
+        }
+      }
+    }
+    Status written = durable(sqlite::Sync::kNormal, [&](sqlite::Database& db) -> Status {
+      for (const auto& [index, slot] : plans) DJINN_RETURN_IF_ERROR(delete_row(db, ids[index]));
+      return Status::Ok();
+    });
+    if (!written.ok()) {
+      for (const auto& [index, slot] : plans) {
+        statuses[index] = Status(written.code(), "cancel: " + written.message());
+      }
+      return statuses;
+    }
+    std::lock_guard lock(mutex_);
+    for (const auto& [index, slot] : plans) {
+      Lease lease = to_lease(slot);
+      remove_locked(slot, /*expired=*/false);
+      if (cancelled) cancelled->push_back(lease);
+      events.push_back(LeaseEvent{EventType::kCancelled, std::move(lease), {}, Kind::kShared});
+    }
+    return statuses;
+  }
+
+  // Freed resources with waiters are handed over on the expiry thread; without one, right here.
+  void kick_waiters() {
+    if (options.run_expiry_thread) return;  // remove_locked already woke the thread
+    bool any;
+    {
+      std::lock_guard lock(mutex_);
+      any = !retry_.empty();
+    }
+    if (any) service_waiters();
+  }
+
+  // ---- expiry and waiters ----
+
+  size_t expire_due() {
+    size_t total = 0;
+    for (bool more = true; more;) {
+      std::vector<LeaseEvent> events;
+      {
+        std::lock_guard write(write_mutex_);
+        std::vector<uint32_t> due;
+        {
+          std::lock_guard lock(mutex_);
+          int64_t now = now_ns();
+          while (!deadlines_.empty() && deadlines_.front().deadline_ns <= now &&
+                 due.size() < kExpiryChunk) {
+            HeapEntry entry = deadlines_.front();
+            std::pop_heap(deadlines_.begin(), deadlines_.end(), LaterFirst{});
+            deadlines_.pop_back();
+            uint32_t slot = slot_of(entry.id);
+            if (slot == kNone || slots_[slot].deadline_ns != entry.deadline_ns) continue;  // stale
+            slots_[slot].deadline_ns = kExpiring;
+            due.push_back(slot);
+          }
+          more = due.size() == kExpiryChunk;
+          events.reserve(due.size());
+          for (uint32_t slot : due) events.push_back(LeaseEvent{EventType::kExpired, to_lease(slot), {}, Kind::kShared});
+        }
+        if (due.empty()) break;
+        // An expired lease is dead whether or not its removal reaches the file: if it does not,
+        // the next open finds it past its expiration and expires it again.
+        Status written = durable(sqlite::Sync::kNormal, [&](sqlite::Database& db) -> Status {
+          for (const LeaseEvent& e : events) DJINN_RETURN_IF_ERROR(delete_row(db, e.lease.id));
+          return Status::Ok();
+        });
+        if (!written.ok()) {
+          DJINN_LOG(kWarn, "lease") << options.name << ": persisting " << due.size()
+                                    << " expirations failed: " << written.to_string();
+        }
+        std::lock_guard lock(mutex_);
+        for (uint32_t slot : due) remove_locked(slot, /*expired=*/true);
+      }
+      total += events.size();
+      deliver(events);
+      // Let requests that queued up during the chunk go first (bounded, so expiry keeps pace).
+      auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(1);
+      while (more && requests_waiting_.load() > 0 && std::chrono::steady_clock::now() < until) {
+        std::this_thread::yield();
+      }
+    }
+    service_waiters();
+    return total;
+  }
+
+  // Ends the waits that timed out and hands freed resources to their queues, head first (FIFO:
+  // the queue stops at the first request still blocked).
+  void service_waiters() {
+    for (;;) {
+      std::vector<std::pair<std::function<void(Result<Lease>)>, Status>> ended;
+      std::set<std::string> retry;
+      {
+        std::lock_guard write(write_mutex_);
+        std::lock_guard lock(mutex_);
+        int64_t now = now_ns();
+        for (auto it = waiters_.begin(); it != waiters_.end();) {
+          auto& queue = it->second;
+          for (auto w = queue.begin(); w != queue.end();) {
+            if (w->deadline_ns > now) {
+              ++w;
+              continue;
+            }
+            const GrantRequest& r = w->request;
+            std::vector<Lease> in_way = in_way_locked(r.resource, r.holder, r.kind);
+            std::string why = in_way.empty() ? "requests ahead of it still wait"
+                                             : "still conflicts with " + describe_in_way(in_way);
+            ended.emplace_back(std::move(w->done),
+                               deadline_exceeded(std::string(kind_name(r.kind)) + " lease on " +
+                                                 quoted(r.resource) + " for " + quoted(r.holder) +
+                                                 ": waited " + std::to_string(r.wait.count()) +
+                                                 " ms; " + why));
+            retry.insert(it->first);
+            w = queue.erase(w);
+          }
+          it = queue.empty() ? waiters_.erase(it) : std::next(it);
+        }
+        retry.merge(retry_);
+        retry_.clear();
+      }
+      for (auto& [done, status] : ended) done(Result<Lease>(std::move(status)));
+      if (ended.empty() && retry.empty()) return;
+      for (const std::string& resource : retry) hand_over(resource);
+    }
+  }
+
+  void hand_over(const std::string& resource) {
+    for (;;) {
+      std::vector<LeaseEvent> events;
+      std::function<void(Result<Lease>)> done;
+      std::optional<Result<Lease>> result;
+      {
+        std::lock_guard write(write_mutex_);
+        GrantRequest request;
+        {
+          std::lock_guard lock(mutex_);
+          auto it = waiters_.find(resource);
+          if (it == waiters_.end() || it->second.empty()) return;
+          request = it->second.front().request;
+        }
+        Result<int64_t> granted = negotiate(options.policy, request.duration_ms);  // checked when queued
+        Attempt a = attempt_grant(request, granted.ok() ? *granted : 0, /*behind_waiters=*/false);
+        if (!a.result) return;  // still blocked; the queue keeps its order
+        result = std::move(*a.result);
+        if (result->ok()) events.push_back(LeaseEvent{EventType::kGranted, result->value(), {}, request.kind});
+        std::lock_guard lock(mutex_);
+        auto it = waiters_.find(resource);
+        done = std::move(it->second.front().done);
+        it->second.pop_front();
+        if (it->second.empty()) waiters_.erase(it);
+      }
+      deliver(events);
+      done(std::move(*result));
+    }
+  }
+
+  void expiry_loop() {
+    name_this_thread("lease-expiry");
+    std::unique_lock lock(mutex_);
+    while (!stopping_) {
+      int64_t next = next_wake_locked();
+      if (next > now_ns()) {
+        sleeping_until_ = next;
+        if (next == kNoDeadline) {
+          wake_.wait(lock);
+        } else {
+          wake_.wait_until(lock, std::chrono::steady_clock::time_point(std::chrono::nanoseconds(next)));
+        }
+        sleeping_until_ = kExpiring;
+        continue;
+      }
+      lock.unlock();
+      expire_due();
+      lock.lock();
+    }
+  }
+
+  void deliver(const std::vector<LeaseEvent>& events) const {
+    if (!options.on_event) return;
+    for (const LeaseEvent& e : events) {
+      try {
+        options.on_event(e);
+      } catch (const std::exception& ex) {
+        DJINN_LOG(kError, "lease") << options.name << ": event callback threw: " << ex.what();
+      }
+    }
+  }
+
+  // ---- open and close ----
+
+  Status open_store(std::vector<LeaseEvent>& expired) {
+    Result<sqlite::Database> db = sqlite::Database::open(options.path);
+    if (!db.ok()) return db.status();
+    db_.emplace(std::move(*db));
+    db_sync_ = sqlite::Sync::kFull;
+    Result<int64_t> version = db_->user_version();
+    if (!version.ok()) return version.status();
+    if (*version > kSchemaVersion) {
+      return failed_precondition(options.path + ": lease schema version " + std::to_string(*version) +
+                                 " is newer than this build's " + std::to_string(kSchemaVersion));
+    }
+    if (*version < kSchemaVersion) {
+      Result<sqlite::Transaction> tx = sqlite::Transaction::begin(*db_);
+      if (!tx.ok()) return tx.status();
+      DJINN_RETURN_IF_ERROR(db_->exec(kCreateSchema));
+      DJINN_RETURN_IF_ERROR(db_->set_user_version(kSchemaVersion));
+      DJINN_RETURN_IF_ERROR(tx->commit());
+    }
+
+    Result<sqlite::Statement> select = db_->prepare(kSelectLeases);
+    if (!select.ok()) return select.status();
+    int64_t now = now_ns();
+    int64_t wall = wall_ms();
+    std::lock_guard lock(mutex_);
+    for (;;) {
+      Result<bool> row = select->step();
+      if (!row.ok()) return row.status();
+      if (!*row) break;
+      Lease lease{static_cast<LeaseId>(select->column_int64(0)), select->column_text(1),
+                  select->column_text(2), static_cast<Kind>(select->column_int64(3)),
+                  select->column_int64(4), select->column_int64(5)};
+      if (lease.id == 0 || select->column_int64(3) < 0 ||
+          select->column_int64(3) > static_cast<int64_t>(Kind::kExclusiveCopy)) {
+        DJINN_LOG(kWarn, "lease") << options.name << ": skipping a malformed lease row, id " << lease.id;
+        continue;
+      }
+      if (lease.expiration_ms == kNeverExpires) {
+        insert_locked(lease, kNoDeadline);
+      } else if (lease.expiration_ms <= wall) {
+        expired.push_back(LeaseEvent{EventType::kExpired, std::move(lease), {}, Kind::kShared});
+      } else {
+        // The deadline on this run's monotonic clock: what remains of the persisted wall-clock
+        // expiration.
+        insert_locked(lease, add_ms(now, lease.expiration_ms - wall));
+      }
+    }
+    if (!expired.empty()) {
+      Status written = durable(sqlite::Sync::kNormal, [&](sqlite::Database& d) -> Status {
+        for (const LeaseEvent& e : expired) DJINN_RETURN_IF_ERROR(delete_row(d, e.lease.id));
+        return Status::Ok();
+      });
+      if (!written.ok()) return written;
+      for (const LeaseEvent& e : expired) {
+        recent_[e.lease.id] = true;
+        recent_order_.push_back(e.lease.id);
+      }
+      while (recent_order_.size() > kRecentlyRemoved) {
+        recent_.erase(recent_order_.front());
+        recent_order_.pop_front();
+      }
+    }
+    return Status::Ok();
+  }
+
+  void close() {
+    {
+      std::lock_guard lock(mutex_);
+      stopping_ = true;
+    }
+    wake_.notify_all();
+    if (expiry_thread_.joinable()) expiry_thread_.join();
+    std::vector<Waiter> left;
+    {
+      std::lock_guard write(write_mutex_);
+      std::lock_guard lock(mutex_);
+      for (auto& [resource, queue] : waiters_) {
+        for (Waiter& w : queue) left.push_back(std::move(w));
+      }
+      waiters_.clear();
+    }
+    for (Waiter& w : left) {
+      w.done(Result<Lease>(unavailable("landlord " + quoted(options.name) +
+                                       " closed while the lease request waited")));
+    }
+  }
+};
+
+// ---- Landlord ----
+
+Landlord::Landlord(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Landlord::~Landlord() {
+  if (impl_) impl_->close();
+}
+
+Result<std::unique_ptr<Landlord>> Landlord::open(LandlordOptions options) {
+  DJINN_RETURN_IF_ERROR(validate_policy(options.policy));
+  if (sodium_init() < 0) return internal_error("libsodium failed to initialise");
+  auto impl = std::make_unique<Impl>(std::move(options));
+  // Leases that expired while the landlord was down: their events are delivered here, on the
+  // caller's thread, before open returns (a callback must not assume the Landlord exists yet).
+  std::vector<LeaseEvent> expired;
+  if (!impl->options.path.empty()) {
+    Status opened = impl->open_store(expired);
+    if (!opened.ok()) {
+      return Status(opened.code(), "landlord " + quoted(impl->options.name) + ": " + opened.message());
+    }
+  }
+  DJINN_LOG(kInfo, "lease") << impl->options.name << ": open"
+                            << (impl->options.path.empty() ? " in memory" : " at " + impl->options.path)
+                            << ", " << impl->ids_.size() << " leases, " << expired.size()
+                            << " expired while closed";
+  impl->deliver(expired);
+  if (impl->options.run_expiry_thread) {
+    Impl* raw = impl.get();
+    impl->expiry_thread_ = std::thread([raw] { raw->expiry_loop(); });
+  }
+  return std::unique_ptr<Landlord>(new Landlord(std::move(impl)));
+}
+
+Result<Lease> Landlord::grant(const GrantRequest& request) {
+  if (request.wait.count() <= 0) return std::move(*impl_->grant_or_queue(request, nullptr));
+  // Shared with the callback: the expiry thread may still be inside set_value when get() returns.
+  auto promise = std::make_shared<std::promise<Result<Lease>>>();
+  std::future<Result<Lease>> future = promise->get_future();
+  std::optional<Result<Lease>> now =
+      impl_->grant_or_queue(request, [promise](Result<Lease> result) { promise->set_value(std::move(result)); });
+  if (now) return std::move(*now);
+  return future.get();
+}
+
+void Landlord::grant_async(const GrantRequest& request, std::function<void(Result<Lease>)> done) {
+  // Decided at once (granted or refused): `done` runs here, on the caller's thread. Queued: it
+  // runs on the expiry thread when the lease is handed over or the wait ends (with an injected
+  // clock and no expiry thread: on the thread that frees the resource, or in expire_due). Event
+  // callbacks and `done` must not block in grant() with wait > 0: the thread that would hand the
+  // lease over is the one blocked. A landlord destroyed with requests waiting ends them UNAVAILABLE.
+  auto shared_done = std::make_shared<std::function<void(Result<Lease>)>>(std::move(done));
+  std::optional<Result<Lease>> now =
+      impl_->grant_or_queue(request, [shared_done](Result<Lease> r) { (*shared_done)(std::move(r)); });
+  if (now) (*shared_done)(std::move(*now));
+}
+
+Result<Lease> Landlord::renew(const RenewRequest& request) {
+  std::vector<Result<Lease>> results = renew_batch(std::span<const RenewRequest>(&request, 1));
+  return std::move(results.front());
+}
+
+Status Landlord::cancel(LeaseId id) {
+  std::vector<Status> statuses = cancel_batch(std::span<const LeaseId>(&id, 1));
+  return std::move(statuses.front());
+}
+
+std::vector<Result<Lease>> Landlord::renew_batch(std::span<const RenewRequest> requests) {
+  std::vector<LeaseEvent> events;
+  std::vector<Result<Lease>> results = [&] {
+    Impl::RequestLock write(*impl_);
+    return impl_->renew_locked(requests, events);
+  }();
+  impl_->deliver(events);
+  return results;
+}
+
+std::vector<Status> Landlord::cancel_batch(std::span<const LeaseId> ids) {
+  std::vector<LeaseEvent> events;
+  std::vector<Status> statuses = [&] {
+    Impl::RequestLock write(*impl_);
+    return impl_->cancel_locked(ids, events);
+  }();
+  impl_->deliver(events);
+  impl_->kick_waiters();
+  return statuses;
+}
+
+std::optional<Lease> Landlord::find(LeaseId id) const {
+  std::lock_guard lock(impl_->mutex_);
+  uint32_t slot = impl_->slot_of(id);
+  if (slot == kNone) return std::nullopt;
+  return impl_->to_lease(slot);
+}
+
+std::vector<Lease> Landlord::leases_of_holder(std::string_view holder) const {
+  std::lock_guard lock(impl_->mutex_);
+  std::vector<Lease> out;
+  uint32_t hol = impl_->holders_.find(holder);
+  if (hol == kNone) return out;
+  for (uint32_t s = impl_->holders_[hol].head; s != kNone; s = impl_->slots_[s].hol_next) {
+    out.push_back(impl_->to_lease(s));
+  }
+  return out;
+}
+
+std::vector<Lease> Landlord::leases_of_resource(std::string_view resource) const {
+  std::lock_guard lock(impl_->mutex_);
+  std::vector<Lease> out;
+  uint32_t res = impl_->resources_.find(resource);
+  if (res == kNone) return out;
+  for (uint32_t s = impl_->resources_[res].head; s != kNone; s = impl_->slots_[s].res_next) {
+    out.push_back(impl_->to_lease(s));
+  }
+  return out;
+}
+
+Result<std::vector<Lease>> Landlord::cancel_all_of_holder(std::string_view holder) {
+  std::vector<LeaseEvent> events;
+  std::vector<Lease> cancelled;
+  Status failed;
+  {
+    Impl::RequestLock write(*impl_);
+    std::vector<LeaseId> ids;
+    {
+      std::lock_guard lock(impl_->mutex_);
+      uint32_t hol = impl_->holders_.find(holder);
+      if (hol != kNone) {
+        for (uint32_t s = impl_->holders_[hol].head; s != kNone; s = impl_->slots_[s].hol_next) {
+          ids.push_back(impl_->slots_[s].id);
+        }
+      }
+    }
+    // One transaction: all of the holder's leases go, or (on a write error) none.
+    std::vector<Status> statuses = impl_->cancel_locked(ids, events, &cancelled);
+    for (const Status& s : statuses) {
+      if (!s.ok()) failed = s;
+    }
+  }
+  impl_->deliver(events);
+  impl_->kick_waiters();
+  if (!failed.ok()) return failed;
+  return cancelled;
+}
+
+size_t Landlord::size() const {
+  std::lock_guard lock(impl_->mutex_);
+  return impl_->ids_.size();
+}
+
+size_t Landlord::expire_due() { return impl_->expire_due(); }
+
+const Policy& Landlord::policy() const { return impl_->options.policy; }
+
+}  // namespace djinn::lease

@@ -1,0 +1,369 @@
+// RenewalManager: keeps leases at any number of landlords renewed. One thread sleeps until the next
+// renewal is due, sends the due renewals as one lease.renewBatch per landlord (asynchronously, so a
+// landlord that does not answer holds up no other), and applies the answers, which the RPC
+// clients' I/O threads queue back to it. Failures are reported on that thread, once each.
+#include <algorithm>
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <random>
+#include <set>
+#include <thread>
+
+#include <kj/exception.h>
+
+#include "convert.h"
+#include "djinn/core/log.h"
+#include "djinn/lease/client.h"
+
+namespace djinn::lease {
+namespace {
+
+int64_t wall_now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// Worth another try before the lease runs out: the landlord is unreachable, restarting or busy.
+// Anything else (NOT_FOUND: expired or cancelled; FAILED_PRECONDITION; PERMISSION_DENIED;
+// UNAUTHENTICATED; INVALID_ARGUMENT; UNIMPLEMENTED) will not change by asking again.
+bool transient(Code code) {
+  switch (code) {
+    case Code::kUnavailable:
+    case Code::kDeadlineExceeded:
+    case Code::kAborted:
+    case Code::kInternal:
+    case Code::kResourceExhausted:
+    case Code::kCancelled:
+    case Code::kUnknown:
+      return true;
+    default:
+      return false;
+  }
+}
+
+// A renewal call never waits less than this, even for a lease about to expire: a landlord that
+// restarts needs a moment to answer, and a renewal that arrives a little late may still succeed.
+constexpr auto kMinCallTimeout = std::chrono::milliseconds(200);
+
+}  // namespace
+
+struct RenewalManager::Impl {
+  using Key = std::pair<std::string, LeaseId>;  // (landlord endpoint, lease id)
+
+  struct Tracked {
+    HeldLease held;
+    int64_t renew_ms = kDurationAny;
+    std::optional<int64_t> until_ms;
+    int64_t due_ms = 0;        // when idle: the next renewal is due then (wall ms)
+    bool in_flight = false;    // a renewal of it is out; not in `schedule` meanwhile
+    uint64_t generation = 0;   // answers to an older generation (before a remove/add) are ignored
+    std::chrono::milliseconds backoff{0};
+  };
+
+  // One renewBatch answer, queued by an RPC client's I/O thread for the manager's thread.
+  struct Completion {
+    std::string landlord;
+    std::vector<std::pair<LeaseId, uint64_t>> items;  // (id, generation), in request order
+    rpc::Reply reply;
+  };
+
+  explicit Impl(RenewalManagerOptions o) : options(std::move(o)), rng(std::random_device{}()) {
+    options.renew_at_remaining = std::clamp(options.renew_at_remaining, 0.01, 1.0);
+    options.jitter = std::clamp(options.jitter, 0.0, 0.9);
+    options.max_batch = std::clamp<size_t>(options.max_batch, 1, internal::kMaxBatchItems);
+    thread = std::thread([this] { run(); });
+  }
+
+  RenewalManagerOptions options;
+
+  mutable std::mutex mu;  // guards everything down to `clients`
+  std::condition_variable cv;
+  std::mt19937_64 rng;
+  std::map<Key, Tracked> tracked;
+  std::set<std::pair<int64_t, Key>> schedule;  // (due_ms, key) of every idle tracked lease
+  std::deque<Completion> completions;
+  FailureHandler on_failure;
+  uint64_t next_generation = 1;
+  bool stopping = false;
+  // One client per landlord. Destroyed outside `mu`: a client's destructor answers its calls in
+  // flight, and those callbacks take `mu`.
+  std::map<std::string, std::shared_ptr<rpc::Client>> clients;
+
+  std::thread thread;  // last: started once everything above exists
+
+  void schedule_at(const Key& key, Tracked& t, int64_t due_ms) {
+    t.due_ms = due_ms;
+    schedule.emplace(due_ms, key);
+  }
+  void unschedule(const Key& key, const Tracked& t) {
+    if (!t.in_flight) schedule.erase({t.due_ms, key});
+  }
+
+  // When `renew_at_remaining` of the granted duration is left, give or take the jitter; at once
+  // when the granted duration is unknown (0).
+  int64_t due_for(const Lease& lease, int64_t now) {
+    if (lease.expiration_ms == kNeverExpires) return INT64_MAX;
+    if (lease.granted_ms <= 0) return now;
+    double left = static_cast<double>(lease.granted_ms) * options.renew_at_remaining;
+    std::uniform_real_distribution<double> spread(-options.jitter, options.jitter);
+    left += left * spread(rng);
+    return std::max(now, lease.expiration_ms - static_cast<int64_t>(left));
+  }
+
+  void add(const HeldLease& lease, int64_t renew_ms, std::optional<int64_t> until_ms) {
+    {
+      std::lock_guard lock(mu);
+      Key key{lease.landlord, lease.lease.id};
+      auto it = tracked.find(key);
+      if (it != tracked.end()) {
+        unschedule(key, it->second);
+        tracked.erase(it);
+      }
+      Tracked& t = tracked[key];
+      t.held = lease;
+      t.renew_ms = renew_ms;
+      t.until_ms = until_ms;
+      t.generation = next_generation++;
+      schedule_at(key, t, due_for(lease.lease, wall_now_ms()));
+    }
+    cv.notify_one();
+  }
+
+  void remove(LeaseId id, const std::string& landlord) {
+    std::lock_guard lock(mu);
+    Key key{landlord, id};
+    auto it = tracked.find(key);
+    if (it == tracked.end()) return;
+    unschedule(key, it->second);
+    tracked.erase(it);
+  }
+
+  void stop() {
+    {
+      std::lock_guard lock(mu);
+      stopping = true;
+    }
+    cv.notify_all();
+    // From inside a failure handler (the manager's own thread) there is nothing to join: the loop
+    // ends when the handler returns, and the destructor, called elsewhere, joins it.
+    if (thread.joinable() && thread.get_id() != std::this_thread::get_id()) thread.join();
+    std::map<std::string, std::shared_ptr<rpc::Client>> closing;
+    {
+      std::lock_guard lock(mu);
+      closing.swap(clients);
+    }
+    closing.clear();
+  }
+
+  std::shared_ptr<rpc::Client> client_for(const std::string& landlord) {
+    auto& c = clients[landlord];
+    if (!c) {
+      rpc::ClientOptions o;
+      o.endpoint = landlord;
+      o.curve = options.curve;
+      o.default_timeout = options.call_timeout;
+      o.reconnect_interval_max = options.reconnect_interval_max;
+      c = std::make_shared<rpc::Client>(std::move(o));
+    }
+    return c;
+  }
+
+  void apply(Completion& c, int64_t now, std::vector<std::pair<HeldLease, Status>>& failed);
+  void run();
+};
+
+void RenewalManager::Impl::apply(Completion& c, int64_t now, std::vector<std::pair<HeldLease, Status>>& failed) {
+  Status call_status = c.reply.status();
+  std::vector<Status> item_status(c.items.size());
+  std::vector<std::optional<Lease>> renewed(c.items.size());
+  if (call_status.ok()) {
+    try {
+      auto items = c.reply.results<proto::BatchResults>().getItems();
+      if (items.size() != c.items.size()) {
+        call_status = internal_error("landlord " + c.landlord + " answered " + std::to_string(items.size()) +
+                                     " items to a renewBatch of " + std::to_string(c.items.size()));
+      } else {
+        for (unsigned i = 0; i < items.size(); ++i) {
+          item_status[i] = internal::status_from_wire(items[i].getCode(), items[i].getMessage().cStr());
+          if (!item_status[i].ok()) continue;
+          auto lease = internal::lease_from_proto(items[i].getLease());
+          if (lease.ok()) {
+            renewed[i] = std::move(*lease);
+          } else {
+            item_status[i] = internal_error("landlord " + c.landlord + " sent a bad lease: " + lease.status().message());
+          }
+        }
+      }
+    } catch (const kj::Exception& e) {
+      call_status = internal_error("malformed renewBatch reply from " + c.landlord + ": " + e.getDescription().cStr());
+    }
+  }
+  for (size_t i = 0; i < c.items.size(); ++i) {
+    Key key{c.landlord, c.items[i].first};
+    auto it = tracked.find(key);
+    if (it == tracked.end() || it->second.generation != c.items[i].second) continue;  // removed meanwhile
+    Tracked& t = it->second;
+    t.in_flight = false;
+    Status st = call_status.ok() ? item_status[i] : call_status;
+    if (st.ok()) {
+      t.held.lease.expiration_ms = renewed[i]->expiration_ms;
+      t.held.lease.granted_ms = renewed[i]->granted_ms;
+      t.backoff = std::chrono::milliseconds(0);
+      schedule_at(key, t, due_for(t.held.lease, now));
+      continue;
+    }
+    if (transient(st.code()) && now < t.held.lease.expiration_ms) {
+      t.backoff = t.backoff.count() == 0 ? options.retry_backoff_min
+                                         : std::min(t.backoff * 2, options.retry_backoff_max);
+      schedule_at(key, t, std::min(now + t.backoff.count(), t.held.lease.expiration_ms));
+      continue;
+    }
+    if (transient(st.code())) {
+      st = deadline_exceeded("lease " + std::to_string(key.second) + " at " + key.first + " expired at " +
+                             std::to_string(t.held.lease.expiration_ms) + " ms before it could be renewed: " +
+                             st.to_string());
+    }
+    failed.emplace_back(std::move(t.held), std::move(st));
+    tracked.erase(it);
+  }
+}
+
+void RenewalManager::Impl::run() {
+  struct Outgoing {
+    std::shared_ptr<rpc::Client> client;
+    std::string landlord;
+    std::unique_ptr<capnp::MallocMessageBuilder> message;
+    std::vector<std::pair<LeaseId, uint64_t>> items;
+    std::chrono::milliseconds timeout;
+  };
+  std::unique_lock lock(mu);
+  while (!stopping) {
+    std::vector<std::pair<HeldLease, Status>> failed;
+    int64_t now = wall_now_ms();
+    while (!completions.empty()) {
+      Completion c = std::move(completions.front());
+      completions.pop_front();
+      apply(c, now, failed);
+    }
+
+    // Everything due within the batch window goes now, one batch per landlord.
+    std::map<std::string, std::vector<Key>> due;
+    int64_t horizon = now + options.batch_window.count();
+    while (!schedule.empty() && schedule.begin()->first <= horizon) {
+      Key key = schedule.begin()->second;
+      schedule.erase(schedule.begin());
+      Tracked& t = tracked.at(key);
+      if (t.until_ms && now >= *t.until_ms) {
+        tracked.erase(key);  // kept as long as asked: done, not failed
+        continue;
+      }
+      t.in_flight = true;
+      due[key.first].push_back(std::move(key));
+    }
+    std::vector<Outgoing> outgoing;
+    for (auto& [landlord, keys] : due) {
+      auto client = client_for(landlord);
+      for (size_t start = 0; start < keys.size(); start += options.max_batch) {
+        size_t end = std::min(keys.size(), start + options.max_batch);
+        Outgoing out{client, landlord, std::make_unique<capnp::MallocMessageBuilder>(), {}, options.call_timeout};
+        auto list = out.message->initRoot<proto::RenewBatchParams>().initItems(static_cast<unsigned>(end - start));
+        int64_t earliest = INT64_MAX;
+        for (size_t k = start; k < end; ++k) {
+          Tracked& t = tracked.at(keys[k]);
+          int64_t duration = t.renew_ms;
+          // Not past `until`: what is asked beyond it would only be given back.
+          if (duration > 0 && t.until_ms) duration = std::clamp<int64_t>(*t.until_ms - now, 1, duration);
+          list[static_cast<unsigned>(k - start)].setId(keys[k].second);
+          list[static_cast<unsigned>(k - start)].setDurationMs(duration);
+          out.items.emplace_back(keys[k].second, t.generation);
+          earliest = std::min(earliest, t.held.lease.expiration_ms);
+        }
+        // Retried across a reconnection until the earliest lease of the batch runs out.
+        if (earliest != INT64_MAX) {
+          auto left = std::chrono::milliseconds(std::max<int64_t>(earliest - now, 0));
+          out.timeout = std::clamp(left, kMinCallTimeout, std::max(kMinCallTimeout, options.call_timeout));
+        }
+        outgoing.push_back(std::move(out));
+      }
+    }
+
+    int64_t next_due = schedule.empty() ? INT64_MAX : schedule.begin()->first;
+    if (!outgoing.empty() || !failed.empty()) {
+      FailureHandler handler = on_failure;
+      lock.unlock();
+      for (auto& out : outgoing) {
+        rpc::CallOptions call;
+        call.timeout = out.timeout;
+        call.idempotent = true;  // a renewal applied twice only extends the lease twice
+        out.client->call_async("lease.renewBatch", *out.message, call,
+                               [this, landlord = out.landlord, items = std::move(out.items)](rpc::Reply reply) mutable {
+                                 {
+                                   std::lock_guard l(mu);
+                                   completions.push_back(Completion{std::move(landlord), std::move(items), std::move(reply)});
+                                 }
+                                 cv.notify_one();
+                               });
+      }
+      for (auto& [held, why] : failed) {
+        DJINN_LOG(kInfo, "renewal") << "lease " << held.lease.id << " at " << held.landlord
+                                    << " could not be renewed: " << why.to_string();
+        if (handler) handler(held, why);
+      }
+      lock.lock();
+      continue;  // state may have moved while unlocked
+    }
+    if (!completions.empty()) continue;
+    if (next_due == INT64_MAX) {
+      cv.wait(lock);
+    } else {
+      // Capped: a far wall-clock due time would overflow the wait's nanoseconds.
+      cv.wait_for(lock, std::chrono::milliseconds(std::clamp<int64_t>(next_due - wall_now_ms(), 1, 3'600'000)));
+    }
+  }
+}
+
+RenewalManager::RenewalManager(RenewalManagerOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {}
+
+RenewalManager::~RenewalManager() {
+  impl_->stop();
+  if (impl_->thread.joinable()) {
+    // Destroyed from its own failure handler: the thread cannot join itself. It ends when the
+    // handler returns, and still touches the state on its way out, so the state is left to it.
+    impl_->thread.detach();
+    (void)impl_.release();
+  }
+}
+
+void RenewalManager::on_failure(FailureHandler handler) {
+  std::lock_guard lock(impl_->mu);
+  impl_->on_failure = std::move(handler);
+}
+
+void RenewalManager::add(const HeldLease& lease, int64_t renew_ms,
+                         std::optional<std::chrono::system_clock::time_point> until) {
+  std::optional<int64_t> until_ms;
+  if (until) {
+    until_ms = std::chrono::duration_cast<std::chrono::milliseconds>(until->time_since_epoch()).count();
+  }
+  impl_->add(lease, renew_ms, until_ms);
+}
+
+void RenewalManager::remove(LeaseId id, const std::string& landlord) { impl_->remove(id, landlord); }
+
+std::optional<HeldLease> RenewalManager::get(LeaseId id, const std::string& landlord) const {
+  std::lock_guard lock(impl_->mu);
+  auto it = impl_->tracked.find({landlord, id});
+  if (it == impl_->tracked.end()) return std::nullopt;
+  return it->second.held;
+}
+
+size_t RenewalManager::size() const {
+  std::lock_guard lock(impl_->mu);
+  return impl_->tracked.size();
+}
+
+void RenewalManager::stop() { impl_->stop(); }
+
+}  // namespace djinn::lease

@@ -1,0 +1,411 @@
+// The renewal service: sets of leases (held at any landlord) kept renewed on behalf of clients by
+// one RenewalManager. The store (renewal.db) records what to renew, not how far: after a restart
+// every member is renewed at once, which tells alive leases from lost ones.
+#include "renewal_service.h"
+
+#include <map>
+#include <mutex>
+#include <set>
+
+#include <kj/exception.h>
+
+#include "convert.h"
+#include "djinn/core/log.h"
+#include "djinn/core/sqlite.h"
+
+namespace djinn::lease::internal {
+namespace {
+
+constexpr std::string_view kFailedKind = "renewal.failed";
+// Members across all sets; more is refused (RESOURCE_EXHAUSTED) rather than renewed late.
+constexpr size_t kMaxMembers = 1'000'000;
+
+constexpr std::string_view kSchema = R"(
+CREATE TABLE IF NOT EXISTS renewal_set (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  holder TEXT NOT NULL,
+  lease_id INTEGER NOT NULL          -- the set's own lease at this manager's landlord; 0 while granting
+);
+CREATE TABLE IF NOT EXISTS renewal_member (
+  set_id INTEGER NOT NULL,
+  landlord TEXT NOT NULL,
+  lease_id INTEGER NOT NULL,
+  resource TEXT NOT NULL,
+  holder TEXT NOT NULL,
+  kind INTEGER NOT NULL,
+  expiration_ms INTEGER NOT NULL,    -- as handed over; renewals are not written back
+  granted_ms INTEGER NOT NULL,
+  renew_ms INTEGER NOT NULL,
+  until_ms INTEGER NOT NULL,
+  PRIMARY KEY (landlord, lease_id)
+);
+CREATE INDEX IF NOT EXISTS renewal_member_set ON renewal_member(set_id);
+)";
+
+int64_t wall_now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string set_resource(uint64_t set_id) { return "djinn.renewal-set/" + std::to_string(set_id); }
+
+}  // namespace
+
+struct RenewalService::Impl {
+  using Key = std::pair<std::string, LeaseId>;  // (landlord, lease id) of a member
+
+  struct Member {
+    uint64_t set_id = 0;
+    int64_t until_ms = 0;
+  };
+  struct Set {
+    std::string holder;
+    LeaseId lease_id = 0;
+    std::set<Key> members;
+  };
+
+  explicit Impl(RenewalServiceOptions o, sqlite::Database d)
+      : options(std::move(o)), db(std::move(d)), manager(options.manager) {}
+
+  RenewalServiceOptions options;
+  std::mutex mu;  // guards db, sets, set_of_lease, members, endpoint, stopped
+  sqlite::Database db;
+  std::map<uint64_t, Set> sets;
+  std::map<LeaseId, uint64_t> set_of_lease;
+  std::map<Key, Member> members;
+  std::string endpoint;
+  bool stopped = false;
+  // Declared last: destroyed (its thread joined) first, while everything it calls back into lives.
+  RenewalManager manager;
+
+  Status load();
+  void on_failure(const HeldLease& held, const Status& why);
+  // Removes a set and its members from the store and the maps; returns the members to forget.
+  std::vector<Key> drop_set_locked(uint64_t set_id);
+  // Members whose `until` passed: the manager has dropped them; the store follows.
+  void sweep_locked(int64_t now);
+  Status create(proto::CreateSetParams::Reader p, proto::SetResult::Builder r);
+  Status add(proto::AddParams::Reader p);
+  Status remove(proto::RemoveParams::Reader p);
+  Status list(proto::SetIdParams::Reader p, proto::LeaseList::Builder r);
+};
+
+Status RenewalService::Impl::load() {
+  DJINN_RETURN_IF_ERROR(db.exec(kSchema));
+  std::vector<std::pair<uint64_t, Set>> loaded;
+  {
+    auto st = db.prepare("SELECT id, holder, lease_id FROM renewal_set");
+    if (!st.ok()) return st.status();
+    for (;;) {
+      auto row = st->step();
+      if (!row.ok()) return row.status();
+      if (!*row) break;
+      loaded.emplace_back(static_cast<uint64_t>(st->column_int64(0)),
+                          Set{st->column_text(1), static_cast<LeaseId>(st->column_int64(2)), {}});
+    }
+  }
+  // A set whose lease ended while the service was down was abandoned: drop it.
+  for (auto& [id, set] : loaded) {
+    if (set.lease_id != 0 && options.landlord->find(set.lease_id)) {
+      set_of_lease[set.lease_id] = id;
+      sets.emplace(id, std::move(set));
+      continue;
+    }
+    DJINN_LOG(kInfo, "renewal") << "dropping renewal set " << id << ": its lease ended";
+    auto del = db.prepare("DELETE FROM renewal_member WHERE set_id = ?");
+    if (!del.ok()) return del.status();
+    DJINN_RETURN_IF_ERROR(del->bind_all(id));
+    DJINN_RETURN_IF_ERROR(del->run());
+    auto del_set = db.prepare("DELETE FROM renewal_set WHERE id = ?");
+    if (!del_set.ok()) return del_set.status();
+    DJINN_RETURN_IF_ERROR(del_set->bind_all(id));
+    DJINN_RETURN_IF_ERROR(del_set->run());
+  }
+  sweep_locked(wall_now_ms());
+  auto st = db.prepare(
+      "SELECT set_id, landlord, lease_id, resource, holder, kind, expiration_ms, granted_ms, renew_ms, until_ms "
+      "FROM renewal_member");
+  if (!st.ok()) return st.status();
+  size_t resumed = 0;
+  for (;;) {
+    auto row = st->step();
+    if (!row.ok()) return row.status();
+    if (!*row) break;
+    uint64_t set_id = static_cast<uint64_t>(st->column_int64(0));
+    auto set = sets.find(set_id);
+    if (set == sets.end()) continue;  // left over from a dropped set
+    HeldLease held;
+    held.landlord = st->column_text(1);
+    held.lease.id = static_cast<LeaseId>(st->column_int64(2));
+    held.lease.resource = st->column_text(3);
+    held.lease.holder = st->column_text(4);
+    held.lease.kind = static_cast<Kind>(std::clamp<int64_t>(st->column_int64(5), 0, 4));
+    held.lease.expiration_ms = st->column_int64(6);
+    held.lease.granted_ms = st->column_int64(7);
+    int64_t renew_ms = st->column_int64(8);
+    int64_t until_ms = st->column_int64(9);
+    Key key{held.landlord, held.lease.id};
+    set->second.members.insert(key);
+    members[key] = Member{set_id, until_ms};
+    // The stored expiration is the one handed over, likely long renewed since: granted_ms 0 has
+    // it renewed at once, and a landlord slow to answer after our restart has the call timeout
+    // before the lease counts as lost.
+    held.lease.expiration_ms =
+        std::max(held.lease.expiration_ms, wall_now_ms() + options.manager.call_timeout.count());
+    held.lease.granted_ms = 0;
+    manager.add(held, renew_ms, std::chrono::system_clock::time_point(std::chrono::milliseconds(until_ms)));
+    ++resumed;
+  }
+  if (!sets.empty()) {
+    DJINN_LOG(kInfo, "renewal") << "resumed " << sets.size() << " renewal sets, " << resumed << " leases";
+  }
+  return Status::Ok();
+}
+
+std::vector<RenewalService::Impl::Key> RenewalService::Impl::drop_set_locked(uint64_t set_id) {
+  std::vector<Key> dropped;
+  auto it = sets.find(set_id);
+  if (it == sets.end()) return dropped;
+  for (const Key& key : it->second.members) {
+    members.erase(key);
+    dropped.push_back(key);
+  }
+  set_of_lease.erase(it->second.lease_id);
+  sets.erase(it);
+  for (std::string_view sql : {"DELETE FROM renewal_member WHERE set_id = ?", "DELETE FROM renewal_set WHERE id = ?"}) {
+    auto st = db.cached(sql);
+    Status s = st.ok() ? (*st)->bind_all(set_id) : st.status();
+    if (s.ok()) s = (*st)->run();
+    // The maps already forgot the set; a row left behind is dropped at the next start.
+    if (!s.ok()) DJINN_LOG(kWarn, "renewal") << "dropping renewal set " << set_id << ": " << s.to_string();
+  }
+  return dropped;
+}
+
+void RenewalService::Impl::sweep_locked(int64_t now) {
+  for (auto it = members.begin(); it != members.end();) {
+    if (it->second.until_ms > now) {
+      ++it;
+      continue;
+    }
+    auto set = sets.find(it->second.set_id);
+    if (set != sets.end()) set->second.members.erase(it->first);
+    it = members.erase(it);
+  }
+  auto st = db.cached("DELETE FROM renewal_member WHERE until_ms <= ?");
+  Status s = st.ok() ? (*st)->bind_all(now) : st.status();
+  if (s.ok()) s = (*st)->run();
+  if (!s.ok()) DJINN_LOG(kWarn, "renewal") << "removing finished renewals: " << s.to_string();
+}
+
+void RenewalService::Impl::on_failure(const HeldLease& held, const Status& why) {
+  uint64_t set_id = 0;
+  {
+    std::lock_guard lock(mu);
+    if (stopped) return;
+    Key key{held.landlord, held.lease.id};
+    auto it = members.find(key);
+    if (it == members.end()) return;  // removed, or its set dropped, meanwhile: nobody to tell
+    set_id = it->second.set_id;
+    members.erase(it);
+    if (auto set = sets.find(set_id); set != sets.end()) set->second.members.erase(key);
+    auto st = db.cached("DELETE FROM renewal_member WHERE landlord = ? AND lease_id = ?");
+    Status s = st.ok() ? (*st)->bind_all(held.landlord, held.lease.id) : st.status();
+    if (s.ok()) s = (*st)->run();
+    if (!s.ok()) DJINN_LOG(kWarn, "renewal") << "forgetting a failed lease: " << s.to_string();
+  }
+  if (!options.publisher) return;
+  capnp::MallocMessageBuilder message;
+  auto out = message.initRoot<proto::RenewalFailure>();
+  out.setSetId(set_id);
+  lease_to_proto(held.lease, held.landlord, out.initLease());
+  out.setCode(static_cast<uint16_t>(why.code()));
+  out.setMessage(why.message());
+  options.publisher->publish(kFailedKind, std::to_string(set_id), message);
+}
+
+Status RenewalService::Impl::create(proto::CreateSetParams::Reader p, proto::SetResult::Builder r) {
+  std::string holder = text_of(p.getHolder());
+  DJINN_RETURN_IF_ERROR(check_text(holder, options.landlord->policy().max_holder_bytes, "holder"));
+  DJINN_RETURN_IF_ERROR(check_duration(p.getDurationMs(), "renewal set lease duration"));
+  uint64_t set_id = 0;
+  std::string where;
+  {
+    std::lock_guard lock(mu);
+    auto st = db.cached("INSERT INTO renewal_set(holder, lease_id) VALUES (?, 0)");
+    if (!st.ok()) return st.status();
+    DJINN_RETURN_IF_ERROR((*st)->bind_all(holder));
+    DJINN_RETURN_IF_ERROR((*st)->run());
+    set_id = static_cast<uint64_t>(db.last_insert_rowid());
+    where = endpoint;
+  }
+  // Granted without the lock: the engine reports the grant on this thread, into on_lease_event.
+  auto lease = options.landlord->grant(GrantRequest{set_resource(set_id), holder, Kind::kShared, p.getDurationMs(), {}});
+  std::lock_guard lock(mu);
+  if (!lease.ok()) {
+    if (auto st = db.cached("DELETE FROM renewal_set WHERE id = ?"); st.ok()) {
+      if ((*st)->bind_all(set_id).ok()) (void)(*st)->run();
+    }
+    return lease.status();
+  }
+  auto st = db.cached("UPDATE renewal_set SET lease_id = ? WHERE id = ?");
+  if (!st.ok()) return st.status();
+  DJINN_RETURN_IF_ERROR((*st)->bind_all(lease->id, set_id));
+  DJINN_RETURN_IF_ERROR((*st)->run());
+  sets[set_id] = Set{holder, lease->id, {}};
+  set_of_lease[lease->id] = set_id;
+  r.setSetId(set_id);
+  lease_to_proto(*lease, where, r.initSetLease());
+  return Status::Ok();
+}
+
+Status RenewalService::Impl::add(proto::AddParams::Reader p) {
+  auto lease = lease_from_proto(p.getLease());
+  if (!lease.ok()) return lease.status();
+  HeldLease held{std::move(*lease), text_of(p.getLease().getLandlord())};
+  if (held.lease.id == 0) return invalid_argument("lease id 0: lease ids are nonzero (use the id a grant returned)");
+  DJINN_RETURN_IF_ERROR(check_endpoint(held.landlord));
+  // The text fields are only kept to report a failure; bounded so a set cannot hoard memory.
+  if (held.lease.resource.size() > 4096 || held.lease.holder.size() > 4096) {
+    return invalid_argument("lease resource/holder over 4096 bytes: send the lease as the landlord returned it");
+  }
+  DJINN_RETURN_IF_ERROR(check_duration(p.getRenewMs(), "renewal duration"));
+  int64_t now = wall_now_ms();
+  int64_t until_ms = p.getUntilMs();
+  if (until_ms <= now) {
+    return invalid_argument("untilMs " + std::to_string(until_ms) + " is not in the future (now " + std::to_string(now) +
+                            "): renew until a later time");
+  }
+  std::lock_guard lock(mu);
+  sweep_locked(now);
+  auto set = sets.find(p.getSetId());
+  if (set == sets.end()) {
+    return not_found("renewal set " + std::to_string(p.getSetId()) + " not found: create one with renewal.create");
+  }
+  Key key{held.landlord, held.lease.id};
+  if (auto it = members.find(key); it != members.end() && it->second.set_id != set->first) {
+    return already_exists("lease " + std::to_string(key.second) + " at " + key.first + " is already in renewal set " +
+                          std::to_string(it->second.set_id) + ": remove it there first");
+  } else if (it == members.end() && members.size() >= kMaxMembers) {
+    return resource_exhausted("the renewal service already renews " + std::to_string(members.size()) + " leases (the limit)");
+  }
+  auto st = db.cached(
+      "INSERT OR REPLACE INTO renewal_member(set_id, landlord, lease_id, resource, holder, kind, expiration_ms, "
+      "granted_ms, renew_ms, until_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+  if (!st.ok()) return st.status();
+  DJINN_RETURN_IF_ERROR((*st)->bind_all(set->first, held.landlord, held.lease.id, held.lease.resource,
+                                        held.lease.holder, static_cast<int64_t>(held.lease.kind),
+                                        held.lease.expiration_ms, held.lease.granted_ms, p.getRenewMs(), until_ms));
+  DJINN_RETURN_IF_ERROR((*st)->run());
+  set->second.members.insert(key);
+  members[key] = Member{set->first, until_ms};
+  manager.add(held, p.getRenewMs(), std::chrono::system_clock::time_point(std::chrono::milliseconds(until_ms)));
+  return Status::Ok();
+}
+
+Status RenewalService::Impl::remove(proto::RemoveParams::Reader p) {
+  Key key{text_of(p.getLandlord()), p.getLeaseId()};
+  std::lock_guard lock(mu);
+  sweep_locked(wall_now_ms());
+  auto it = members.find(key);
+  if (it == members.end() || it->second.set_id != p.getSetId()) {
+    return not_found("lease " + std::to_string(key.second) + " at " + key.first + " is not in renewal set " +
+                     std::to_string(p.getSetId()));
+  }
+  members.erase(it);
+  if (auto set = sets.find(p.getSetId()); set != sets.end()) set->second.members.erase(key);
+  auto st = db.cached("DELETE FROM renewal_member WHERE landlord = ? AND lease_id = ?");
+  if (!st.ok()) return st.status();
+  DJINN_RETURN_IF_ERROR((*st)->bind_all(key.first, key.second));
+  DJINN_RETURN_IF_ERROR((*st)->run());
+  manager.remove(key.second, key.first);
+  return Status::Ok();
+}
+
+Status RenewalService::Impl::list(proto::SetIdParams::Reader p, proto::LeaseList::Builder r) {
+  std::vector<HeldLease> out;
+  {
+    std::lock_guard lock(mu);
+    sweep_locked(wall_now_ms());
+    auto set = sets.find(p.getSetId());
+    if (set == sets.end()) {
+      return not_found("renewal set " + std::to_string(p.getSetId()) + " not found: it was never created or its lease ended");
+    }
+    r.setEventSeq(options.publisher ? options.publisher->last_seq(kFailedKind) : 0);
+    for (const Key& key : set->second.members) {
+      if (auto held = manager.get(key.second, key.first)) out.push_back(std::move(*held));
+    }
+  }
+  auto list = r.initLeases(static_cast<unsigned>(out.size()));
+  for (size_t i = 0; i < out.size(); ++i) lease_to_proto(out[i].lease, out[i].landlord, list[static_cast<unsigned>(i)]);
+  return Status::Ok();
+}
+
+RenewalService::RenewalService(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+RenewalService::~RenewalService() { stop(); }
+
+Result<std::unique_ptr<RenewalService>> RenewalService::open(RenewalServiceOptions options) {
+  if (!options.landlord) return invalid_argument("renewal service needs a landlord for its sets' leases");
+  auto db = sqlite::Database::open(options.path.empty() ? ":memory:" : options.path);
+  if (!db.ok()) return Status(db.status().code(), "renewal store: " + db.status().message());
+  auto impl = std::make_unique<Impl>(std::move(options), std::move(*db));
+  Impl* im = impl.get();
+  im->manager.on_failure([im](const HeldLease& held, const Status& why) { im->on_failure(held, why); });
+  {
+    std::lock_guard lock(im->mu);
+    if (Status st = im->load(); !st.ok()) return Status(st.code(), "renewal store: " + st.message());
+  }
+  return std::unique_ptr<RenewalService>(new RenewalService(std::move(impl)));
+}
+
+void RenewalService::register_methods(rpc::Server& server) {
+  Impl* im = impl_.get();
+  const rpc::MethodOptions options{.min_role = security::Role::kClient, .blocking = true};
+  server.method<proto::CreateSetParams, proto::SetResult>(
+      "renewal.create",
+      [im](const rpc::CallContext&, proto::CreateSetParams::Reader p, proto::SetResult::Builder r) {
+        return im->create(p, r);
+      },
+      options);
+  server.method<proto::AddParams, proto::Empty>(
+      "renewal.add",
+      [im](const rpc::CallContext&, proto::AddParams::Reader p, proto::Empty::Builder) { return im->add(p); },
+      options);
+  server.method<proto::RemoveParams, proto::Empty>(
+      "renewal.remove",
+      [im](const rpc::CallContext&, proto::RemoveParams::Reader p, proto::Empty::Builder) { return im->remove(p); },
+      options);
+  server.method<proto::SetIdParams, proto::LeaseList>(
+      "renewal.members",
+      [im](const rpc::CallContext&, proto::SetIdParams::Reader p, proto::LeaseList::Builder r) { return im->list(p, r); },
+      options);
+}
+
+void RenewalService::set_endpoint(std::string endpoint) {
+  std::lock_guard lock(impl_->mu);
+  impl_->endpoint = std::move(endpoint);
+}
+
+void RenewalService::on_lease_event(const LeaseEvent& event) {
+  if (event.type != EventType::kCancelled && event.type != EventType::kExpired) return;
+  std::vector<Impl::Key> dropped;
+  {
+    std::lock_guard lock(impl_->mu);
+    auto it = impl_->set_of_lease.find(event.lease.id);
+    if (it == impl_->set_of_lease.end()) return;
+    DJINN_LOG(kInfo, "renewal") << "renewal set " << it->second << " dropped: its lease was "
+                                << (event.type == EventType::kExpired ? "not renewed" : "cancelled");
+    dropped = impl_->drop_set_locked(it->second);
+  }
+  for (const auto& [landlord, id] : dropped) impl_->manager.remove(id, landlord);
+}
+
+void RenewalService::stop() {
+  {
+    std::lock_guard lock(impl_->mu);
+    impl_->stopped = true;
+  }
+  impl_->manager.stop();
+}
+
+}  // namespace djinn::lease::internal

@@ -1,0 +1,478 @@
+// The lease protocol served over RPC (LandlordService) and the whole djinn-lease service in one
+// object (LeaseManager). Every input is checked here, at the edge, before the engine sees it; the
+// engine's statuses go back unchanged, since the codes are the wire's.
+#include "djinn/lease/service.h"
+
+#include <condition_variable>
+#include <deque>
+#include <filesystem>
+#include <mutex>
+#include <thread>
+
+#include <kj/exception.h>
+
+#include "convert.h"
+#include "djinn/core/log.h"
+#include "renewal_service.h"
+
+namespace djinn::lease {
+namespace {
+
+using internal::check_duration;
+using internal::check_text;
+using internal::kMaxBatchItems;
+
+constexpr std::string_view kEventKinds[] = {"lease.granted", "lease.renewed", "lease.cancelled", "lease.expired",
+                                            "lease.conflict"};
+// A waiting grant must be answered before the caller's deadline, or its answer is lost: the wait
+// ends this much earlier, leaving time for the reply to travel.
+constexpr auto kDeadlineMargin = std::chrono::milliseconds(50);
+
+// A few threads of the service's own for grants: a grant writes durably (an fsync), which must not
+// stall the RPC server's I/O thread, and lease.grant is a deferred method (a waiting grant holds
+// only its Responder), which the server's worker pool does not run.
+class GrantThreads {
+ public:
+  explicit GrantThreads(int count) {
+    for (int i = 0; i < std::max(count, 1); ++i) threads_.emplace_back([this] { run(); });
+  }
+  ~GrantThreads() {
+    {
+      std::lock_guard lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    for (auto& t : threads_) t.join();
+    // Jobs never run drop their Responders, which answer CANCELLED.
+  }
+  void post(std::function<void()> job) {
+    {
+      std::lock_guard lock(mu_);
+      jobs_.push_back(std::move(job));
+    }
+    cv_.notify_one();
+  }
+
+ private:
+  void run() {
+    std::unique_lock lock(mu_);
+    for (;;) {
+      cv_.wait(lock, [&] { return stop_ || !jobs_.empty(); });
+      if (stop_) return;
+      auto job = std::move(jobs_.front());
+      jobs_.pop_front();
+      lock.unlock();
+      job();
+      lock.lock();
+    }
+  }
+
+  std::mutex mu_;  // guards jobs_, stop_
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> jobs_;
+  bool stop_ = false;
+  std::vector<std::thread> threads_;
+};
+
+Status check_id(uint64_t id) {
+  if (id == 0) return invalid_argument("lease id 0: lease ids are nonzero (use the id a grant returned)");
+  return Status::Ok();
+}
+
+void fill_seqs(events::Publisher* publisher, proto::LeaseList::Builder out) {
+  auto seqs = out.initKindSeqs(std::size(kEventKinds));
+  uint64_t sum = 0;
+  for (size_t i = 0; i < std::size(kEventKinds); ++i) {
+    uint64_t seq = publisher ? publisher->last_seq(kEventKinds[i]) : 0;
+    seqs[i].setKind(std::string(kEventKinds[i]));
+    seqs[i].setSeq(seq);
+    sum += seq;
+  }
+  out.setEventSeq(sum);
+}
+
+}  // namespace
+
+struct LandlordService::Impl {
+  Impl(Landlord& l, events::Publisher* p, std::string e, int threads)
+      : landlord(l), publisher(p), endpoint(std::move(e)), grants(threads) {}
+
+  Landlord& landlord;
+  events::Publisher* publisher;
+  mutable std::mutex endpoint_mu;  // guards endpoint
+  std::string endpoint;
+  GrantThreads grants;  // last: joined first, while the rest is still alive
+
+  std::string get_endpoint() const {
+    std::lock_guard lock(endpoint_mu);
+    return endpoint;
+  }
+
+  void list_reply(const std::vector<Lease>& leases, const std::string& where, proto::LeaseList::Builder out) {
+    auto list = out.initLeases(static_cast<unsigned>(leases.size()));
+    for (size_t i = 0; i < leases.size(); ++i) internal::lease_to_proto(leases[i], where, list[i]);
+  }
+
+  void register_methods(rpc::Server& server);
+};
+
+void LandlordService::Impl::register_methods(rpc::Server& server) {
+  // Writes block on an fsync and reads may wait for the engine's lock behind one: all run on the
+  // worker pool, never on the server's I/O thread.
+  const rpc::MethodOptions client_blocking{.min_role = security::Role::kClient, .blocking = true};
+
+  server.handle_deferred(
+      "lease.grant",
+      [this](const rpc::CallContext& ctx, capnp::MessageReader& message, rpc::Responder responder) {
+        GrantRequest request;
+        try {
+          auto p = message.getRoot<proto::GrantParams>();
+          request.resource = internal::text_of(p.getResource());
+          request.holder = internal::text_of(p.getHolder());
+          auto kind = internal::kind_from_proto(p.getKind());
+          if (!kind) {
+            return responder.reply(invalid_argument(
+                "lease kind " + std::to_string(static_cast<uint16_t>(p.getKind())) +
+                ": must be one of shared, exclusive, interest, sharedCopy, exclusiveCopy (0..4)"));
+          }
+          request.kind = *kind;
+          request.duration_ms = p.getDurationMs();
+          int64_t wait_ms = p.getWaitMs();
+          if (wait_ms < 0 || wait_ms > internal::kMaxWaitMs) {
+            return responder.reply(invalid_argument("waitMs " + std::to_string(wait_ms) + ": must be between 0 and " +
+                                                    std::to_string(internal::kMaxWaitMs) + " (24 h)"));
+          }
+          request.wait = std::chrono::milliseconds(wait_ms);
+        } catch (const kj::Exception& e) {
+          return responder.reply(invalid_argument(std::string("malformed lease.grant: ") + e.getDescription().cStr()));
+        }
+        const Policy& policy = landlord.policy();
+        for (const Status& st : {check_text(request.resource, policy.max_resource_bytes, "resource"),
+                                 check_text(request.holder, policy.max_holder_bytes, "holder"),
+                                 check_duration(request.duration_ms, "lease duration")}) {
+          if (!st.ok()) return responder.reply(st);
+        }
+        if (request.wait.count() > 0 && ctx.deadline != rpc::Clock::time_point::max()) {
+          auto left = std::chrono::duration_cast<std::chrono::milliseconds>(ctx.deadline - rpc::Clock::now()) -
+                      kDeadlineMargin;
+          request.wait = std::clamp(left, std::chrono::milliseconds(0), request.wait);
+        }
+        auto shared = std::make_shared<rpc::Responder>(std::move(responder));
+        grants.post([this, request = std::move(request), shared] {
+          // The completion may run after this service is gone (a wait ends on the engine's thread):
+          // it holds the endpoint by value and nothing of `this`.
+          landlord.grant_async(request, [shared, where = get_endpoint()](Result<Lease> result) {
+            if (!result.ok()) return shared->reply(result.status());
+            capnp::MallocMessageBuilder out;
+            internal::lease_to_proto(*result, where, out.initRoot<proto::LeaseResult>().initLease());
+            shared->reply(Status::Ok(), out);
+          });
+        });
+      },
+      {.min_role = security::Role::kClient});
+
+  server.method<proto::RenewParams, proto::LeaseResult>(
+      "lease.renew",
+      [this](const rpc::CallContext&, proto::RenewParams::Reader p, proto::LeaseResult::Builder r) -> Status {
+        DJINN_RETURN_IF_ERROR(check_id(p.getId()));
+        DJINN_RETURN_IF_ERROR(check_duration(p.getDurationMs(), "renewal duration"));
+        auto lease = landlord.renew(RenewRequest{p.getId(), p.getDurationMs()});
+        if (!lease.ok()) return lease.status();
+        internal::lease_to_proto(*lease, get_endpoint(), r.initLease());
+        return Status::Ok();
+      },
+      client_blocking);
+
+  server.method<proto::LeaseIdParams, proto::Empty>(
+      "lease.cancel",
+      [this](const rpc::CallContext&, proto::LeaseIdParams::Reader p, proto::Empty::Builder) -> Status {
+        DJINN_RETURN_IF_ERROR(check_id(p.getId()));
+        return landlord.cancel(p.getId());
+      },
+      client_blocking);
+
+  server.method<proto::LeaseIdParams, proto::LeaseResult>(
+      "lease.get",
+      [this](const rpc::CallContext&, proto::LeaseIdParams::Reader p, proto::LeaseResult::Builder r) -> Status {
+        DJINN_RETURN_IF_ERROR(check_id(p.getId()));
+        auto lease = landlord.find(p.getId());
+        if (!lease) {
+          return not_found("lease " + std::to_string(p.getId()) + " not found: it expired, was cancelled, or was never granted here");
+        }
+        internal::lease_to_proto(*lease, get_endpoint(), r.initLease());
+        return Status::Ok();
+      },
+      client_blocking);
+
+  server.method<proto::RenewBatchParams, proto::BatchResults>(
+      "lease.renewBatch",
+      [this](const rpc::CallContext&, proto::RenewBatchParams::Reader p, proto::BatchResults::Builder r) -> Status {
+        auto items = p.getItems();
+        if (items.size() > kMaxBatchItems) {
+          return resource_exhausted("renewBatch of " + std::to_string(items.size()) + " items: at most " +
+                                    std::to_string(kMaxBatchItems) + " per call (split the batch)");
+        }
+        // Invalid items fail on their own; the valid ones go to the engine as one batch.
+        std::vector<Status> invalid(items.size());
+        std::vector<RenewRequest> requests;
+        std::vector<size_t> positions;
+        for (unsigned i = 0; i < items.size(); ++i) {
+          invalid[i] = check_id(items[i].getId());
+          if (invalid[i].ok()) invalid[i] = check_duration(items[i].getDurationMs(), "renewal duration");
+          if (!invalid[i].ok()) continue;
+          requests.push_back(RenewRequest{items[i].getId(), items[i].getDurationMs()});
+          positions.push_back(i);
+        }
+        auto results = requests.empty() ? std::vector<Result<Lease>>{} : landlord.renew_batch(requests);
+        if (results.size() != requests.size()) {
+          return internal_error("the landlord answered " + std::to_string(results.size()) + " of " +
+                                std::to_string(requests.size()) + " renewals");
+        }
+        auto out = r.initItems(items.size());
+        std::string where = get_endpoint();
+        for (unsigned i = 0; i < items.size(); ++i) {
+          if (!invalid[i].ok()) internal::status_to_item(invalid[i], out[i]);
+        }
+        for (size_t k = 0; k < results.size(); ++k) {
+          auto item = out[static_cast<unsigned>(positions[k])];
+          internal::status_to_item(results[k].status(), item);
+          if (results[k].ok()) internal::lease_to_proto(*results[k], where, item.initLease());
+        }
+        return Status::Ok();
+      },
+      client_blocking);
+
+  server.method<proto::CancelBatchParams, proto::BatchResults>(
+      "lease.cancelBatch",
+      [this](const rpc::CallContext&, proto::CancelBatchParams::Reader p, proto::BatchResults::Builder r) -> Status {
+        auto ids = p.getIds();
+        if (ids.size() > kMaxBatchItems) {
+          return resource_exhausted("cancelBatch of " + std::to_string(ids.size()) + " ids: at most " +
+                                    std::to_string(kMaxBatchItems) + " per call (split the batch)");
+        }
+        std::vector<LeaseId> valid;
+        std::vector<size_t> positions;
+        for (unsigned i = 0; i < ids.size(); ++i) {
+          if (ids[i] == 0) continue;
+          valid.push_back(ids[i]);
+          positions.push_back(i);
+        }
+        auto results = valid.empty() ? std::vector<Status>{} : landlord.cancel_batch(valid);
+        if (results.size() != valid.size()) {
+          return internal_error("the landlord answered " + std::to_string(results.size()) + " of " +
+                                std::to_string(valid.size()) + " cancellations");
+        }
+        auto out = r.initItems(ids.size());
+        for (unsigned i = 0; i < ids.size(); ++i) {
+          if (ids[i] == 0) internal::status_to_item(check_id(0), out[i]);
+        }
+        for (size_t k = 0; k < results.size(); ++k) {
+          internal::status_to_item(results[k], out[static_cast<unsigned>(positions[k])]);
+        }
+        return Status::Ok();
+      },
+      client_blocking);
+
+  server.method<proto::HolderParams, proto::LeaseList>(
+      "lease.holderLeases",
+      [this](const rpc::CallContext&, proto::HolderParams::Reader p, proto::LeaseList::Builder r) -> Status {
+        std::string holder = internal::text_of(p.getHolder());
+        DJINN_RETURN_IF_ERROR(check_text(holder, landlord.policy().max_holder_bytes, "holder"));
+        // The numbers first: every event at or below them is already reflected in the list.
+        fill_seqs(publisher, r);
+        list_reply(landlord.leases_of_holder(holder), get_endpoint(), r);
+        return Status::Ok();
+      },
+      client_blocking);
+
+  server.method<proto::ResourceParams, proto::LeaseList>(
+      "lease.resourceLeases",
+      [this](const rpc::CallContext&, proto::ResourceParams::Reader p, proto::LeaseList::Builder r) -> Status {
+        std::string resource = internal::text_of(p.getResource());
+        DJINN_RETURN_IF_ERROR(check_text(resource, landlord.policy().max_resource_bytes, "resource"));
+        fill_seqs(publisher, r);
+        list_reply(landlord.leases_of_resource(resource), get_endpoint(), r);
+        return Status::Ok();
+      },
+      client_blocking);
+
+  server.method<proto::HolderParams, proto::LeaseList>(
+      "lease.cancelHolder",
+      [this](const rpc::CallContext&, proto::HolderParams::Reader p, proto::LeaseList::Builder r) -> Status {
+        std::string holder = internal::text_of(p.getHolder());
+        DJINN_RETURN_IF_ERROR(check_text(holder, landlord.policy().max_holder_bytes, "holder"));
+        fill_seqs(publisher, r);
+        auto cancelled = landlord.cancel_all_of_holder(holder);
+        if (!cancelled.ok()) return cancelled.status();
+        list_reply(*cancelled, get_endpoint(), r);
+        return Status::Ok();
+      },
+      {.min_role = security::Role::kAdmin, .blocking = true});
+}
+
+LandlordService::LandlordService(Landlord& landlord, rpc::Server& server, events::Publisher* publisher,
+                                 std::string landlord_endpoint, int grant_threads)
+    : impl_(std::make_unique<Impl>(landlord, publisher, std::move(landlord_endpoint), grant_threads)) {
+  impl_->register_methods(server);
+}
+
+LandlordService::~LandlordService() = default;
+
+void LandlordService::set_endpoint(std::string endpoint) {
+  std::lock_guard lock(impl_->endpoint_mu);
+  impl_->endpoint = std::move(endpoint);
+}
+
+std::string LandlordService::endpoint() const { return impl_->get_endpoint(); }
+
+void LandlordService::on_event(const LeaseEvent& event) {
+  if (impl_->publisher) publish(*impl_->publisher, event, impl_->get_endpoint());
+}
+
+void LandlordService::publish(events::Publisher& publisher, const LeaseEvent& event, std::string_view endpoint) {
+  capnp::MallocMessageBuilder message;
+  auto out = message.initRoot<proto::LeaseEvent>();
+  internal::lease_to_proto(event.lease, endpoint, out.initLease());
+  if (event.type == EventType::kConflict) {
+    out.setRequestedBy(event.requested_by);
+    out.setRequestedKind(internal::kind_to_proto(event.requested_kind));
+  }
+  publisher.publish(internal::event_kind(event.type), event.lease.holder, message);
+}
+
+// ---------------------------------------------------------------------------------------------
+// LeaseManager
+
+struct LeaseManager::Impl {
+  LeaseManagerOptions options;
+  std::string rpc_endpoint;
+  std::string events_endpoint;
+  std::unique_ptr<events::Publisher> publisher;
+  std::unique_ptr<Landlord> landlord;
+  std::unique_ptr<rpc::Server> server;
+  std::unique_ptr<LandlordService> service;
+  std::unique_ptr<internal::RenewalService> renewal;
+  std::mutex stop_mu;  // guards stopped; serialises stop()
+  bool stopped = false;
+
+  // Where engine events go. The engine reports on several threads, from its open() (expiries
+  // found on restart) until its destruction, so the targets come and go under this mutex.
+  std::mutex forward_mu;  // guards forward_service, forward_renewal
+  LandlordService* forward_service = nullptr;
+  internal::RenewalService* forward_renewal = nullptr;
+
+  void forward(const LeaseEvent& event) {
+    std::lock_guard lock(forward_mu);
+    if (forward_service) {
+      forward_service->on_event(event);
+    } else if (publisher) {
+      LandlordService::publish(*publisher, event, rpc_endpoint);
+    }
+    if (forward_renewal) forward_renewal->on_lease_event(event);
+  }
+
+  void stop() {
+    std::lock_guard stop_lock(stop_mu);
+    if (stopped) return;
+    stopped = true;
+    if (server) server->stop();
+    if (renewal) renewal->stop();
+    {
+      std::lock_guard lock(forward_mu);
+      forward_service = nullptr;
+      forward_renewal = nullptr;
+    }
+    renewal.reset();
+    service.reset();
+    landlord.reset();  // the last events it reports go straight to the publisher
+    if (publisher) publisher->stop();
+    DJINN_LOG(kInfo, "lease") << "lease manager stopped";
+  }
+};
+
+LeaseManager::LeaseManager(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+LeaseManager::~LeaseManager() { stop(); }
+
+Result<std::unique_ptr<LeaseManager>> LeaseManager::start(LeaseManagerOptions options) {
+  if (options.workers < 1 || options.workers > 256) {
+    return invalid_argument("workers " + std::to_string(options.workers) + ": must be between 1 and 256");
+  }
+  std::string lease_db, renewal_db;
+  if (!options.data_dir.empty()) {
+    std::error_code ec;
+    std::filesystem::create_directories(options.data_dir, ec);
+    if (ec) {
+      return Status(Code::kFailedPrecondition, "cannot create data directory '" + options.data_dir + "': " +
+                                                   ec.message() + " (choose a writable --data-dir)");
+    }
+    lease_db = (std::filesystem::path(options.data_dir) / "lease.db").string();
+    renewal_db = (std::filesystem::path(options.data_dir) / "renewal.db").string();
+  }
+  auto impl = std::make_unique<Impl>();
+  Impl* im = impl.get();
+  im->options = options;
+  // A manager that fails half-way stops what it started.
+  std::unique_ptr<LeaseManager> manager(new LeaseManager(std::move(impl)));
+
+  events::PublisherOptions pub_options;
+  pub_options.endpoints = {options.events_endpoint};
+  pub_options.curve = options.curve;
+  im->publisher = std::make_unique<events::Publisher>(pub_options);
+  if (Status st = im->publisher->start(); !st.ok()) {
+    return Status(st.code(), "events endpoint " + options.events_endpoint + ": " + st.message());
+  }
+  im->events_endpoint = im->publisher->endpoints().at(0);
+
+  LandlordOptions landlord_options;
+  landlord_options.path = lease_db;
+  landlord_options.policy = options.policy;
+  landlord_options.on_event = [im](const LeaseEvent& event) { im->forward(event); };
+  landlord_options.name = "lease";
+  auto landlord = Landlord::open(std::move(landlord_options));
+  if (!landlord.ok()) return landlord.status();
+  im->landlord = std::move(*landlord);
+
+  rpc::ServerOptions server_options;
+  server_options.endpoints = {options.rpc_endpoint};
+  server_options.workers = options.workers;
+  server_options.curve = options.curve;
+  server_options.plaintext_role = options.plaintext_role;
+  server_options.name = "lease";
+  im->server = std::make_unique<rpc::Server>(server_options);
+  im->service = std::make_unique<LandlordService>(*im->landlord, *im->server, im->publisher.get(), "",
+                                                  options.workers);
+
+  internal::RenewalServiceOptions renewal_options;
+  renewal_options.path = renewal_db;
+  renewal_options.landlord = im->landlord.get();
+  renewal_options.publisher = im->publisher.get();
+  renewal_options.manager.curve = options.renewal_curve;
+  auto renewal = internal::RenewalService::open(std::move(renewal_options));
+  if (!renewal.ok()) return renewal.status();
+  im->renewal = std::move(*renewal);
+  im->renewal->register_methods(*im->server);
+  {
+    std::lock_guard lock(im->forward_mu);
+    im->forward_service = im->service.get();
+    im->forward_renewal = im->renewal.get();
+  }
+
+  if (Status st = im->server->start(); !st.ok()) {
+    return Status(st.code(), "rpc endpoint " + options.rpc_endpoint + ": " + st.message());
+  }
+  im->rpc_endpoint = im->server->endpoints().at(0);
+  im->service->set_endpoint(im->rpc_endpoint);
+  im->renewal->set_endpoint(im->rpc_endpoint);
+  DJINN_LOG(kInfo, "lease") << "lease manager serving on " << im->rpc_endpoint << ", events on "
+                            << im->events_endpoint << (options.curve ? " with CURVE" : "") << ", "
+                            << im->landlord->size() << " leases"
+                            << (lease_db.empty() ? " (in memory)" : " in " + lease_db);
+  return manager;
+}
+
+const std::string& LeaseManager::rpc_endpoint() const { return impl_->rpc_endpoint; }
+const std::string& LeaseManager::events_endpoint() const { return impl_->events_endpoint; }
+Landlord& LeaseManager::landlord() { return *impl_->landlord; }
+void LeaseManager::stop() { impl_->stop(); }
+
+}  // namespace djinn::lease

@@ -1,0 +1,857 @@
+// Unit tests of the landlord engine (lease/include/djinn/lease/landlord.h): negotiation, expiry on
+// an injected and on the real clock, kinds and conflicts, waiters, batches, queries, persistence
+// across a close and across SIGKILL, expiry of many leases at once, and bad input.
+#include <doctest/doctest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "djinn/core/fault.h"
+#include "djinn/lease/landlord.h"
+#include "support/test_support.h"
+
+using namespace djinn;
+using namespace djinn::lease;
+using namespace std::chrono_literals;
+
+namespace {
+
+constexpr Kind kAllKinds[] = {Kind::kShared, Kind::kExclusive, Kind::kInterest, Kind::kSharedCopy,
+                              Kind::kExclusiveCopy};
+
+// Both clocks under the test's control; the monotonic one starts at an arbitrary point.
+struct FakeClocks {
+  std::atomic<int64_t> mono_ns{1'000'000'000'000};
+  std::atomic<int64_t> wall{1'700'000'000'000};
+
+  Clocks clocks() {
+    return Clocks{[this] { return std::chrono::steady_clock::time_point(std::chrono::nanoseconds(mono_ns.load())); },
+                  [this] { return wall.load(); }};
+  }
+  void advance(int64_t ms) {
+    mono_ns += ms * 1'000'000;
+    wall += ms;
+  }
+};
+
+// Every event the landlord delivered, from any thread.
+struct EventLog {
+  std::mutex mutex;
+  std::vector<LeaseEvent> events;
+
+  std::function<void(const LeaseEvent&)> sink() {
+    return [this](const LeaseEvent& e) {
+      std::lock_guard lock(mutex);
+      events.push_back(e);
+    };
+  }
+  std::vector<LeaseEvent> of(EventType type) {
+    std::lock_guard lock(mutex);
+    std::vector<LeaseEvent> out;
+    for (const auto& e : events) {
+      if (e.type == type) out.push_back(e);
+    }
+    return out;
+  }
+  size_t count() {
+    std::lock_guard lock(mutex);
+    return events.size();
+  }
+  void clear() {
+    std::lock_guard lock(mutex);
+    events.clear();
+  }
+};
+
+Policy test_policy() {
+  Policy p;
+  p.max_duration = 10s;
+  p.default_duration = 2s;
+  p.min_duration = 100ms;
+  return p;
+}
+
+std::unique_ptr<Landlord> open_or_fail(LandlordOptions options) {
+  auto landlord = Landlord::open(std::move(options));
+  REQUIRE_MESSAGE(landlord.ok(), landlord.status().to_string());
+  return std::move(*landlord);
+}
+
+// An in-memory landlord on fake clocks, expiry driven by the test.
+std::unique_ptr<Landlord> fake_landlord(FakeClocks& clocks, EventLog* log = nullptr,
+                                        Policy policy = test_policy(), std::string path = "") {
+  LandlordOptions options;
+  options.path = std::move(path);
+  options.policy = policy;
+  options.clocks = clocks.clocks();
+  options.run_expiry_thread = false;
+  if (log) options.on_event = log->sink();
+  return open_or_fail(std::move(options));
+}
+
+GrantRequest request(std::string resource, std::string holder, Kind kind = Kind::kShared,
+                     int64_t duration_ms = kDurationAny, std::chrono::milliseconds wait = 0ms) {
+  GrantRequest r;
+  r.resource = std::move(resource);
+  r.holder = std::move(holder);
+  r.kind = kind;
+  r.duration_ms = duration_ms;
+  r.wait = wait;
+  return r;
+}
+
+Lease must_grant(Landlord& landlord, const GrantRequest& r) {
+  Result<Lease> lease = landlord.grant(r);
+  REQUIRE_MESSAGE(lease.ok(), lease.status().to_string());
+  return *lease;
+}
+
+bool same_lease(const Lease& a, const Lease& b) {
+  return a.id == b.id && a.resource == b.resource && a.holder == b.holder && a.kind == b.kind &&
+         a.expiration_ms == b.expiration_ms && a.granted_ms == b.granted_ms;
+}
+
+int64_t wall_now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+}  // namespace
+
+TEST_CASE("kinds: names, parsing and the compatibility table") {
+  for (Kind k : kAllKinds) CHECK(parse_kind(kind_name(k)) == k);
+  CHECK_FALSE(parse_kind("bogus").has_value());
+  // Rows: held; columns: requested (shared, exclusive, interest, shared copy, exclusive copy).
+  const bool expected[5][5] = {
+      {true, false, true, true, false},   // shared ~ shared copy
+      {false, false, true, false, false}, // exclusive ~ exclusive copy
+      {true, true, true, true, true},     // interest
+      {true, false, true, true, false},   // shared copy
+      {false, false, true, false, false}, // exclusive copy
+  };
+  for (int h = 0; h < 5; ++h) {
+    for (int r = 0; r < 5; ++r) {
+      CAPTURE(h);
+      CAPTURE(r);
+      CHECK(compatible(kAllKinds[h], kAllKinds[r]) == expected[h][r]);
+    }
+  }
+  CHECK(event_name(EventType::kExpired) == "expired");
+}
+
+TEST_CASE("negotiation: requested, ANY, FOREVER, over max, under min, invalid") {
+  struct Row {
+    int64_t requested;
+    bool allow_forever;
+    Code code;
+    int64_t granted;
+  };
+  const Row rows[] = {
+      {kDurationAny, false, Code::kOk, 2000},
+      {5000, false, Code::kOk, 5000},
+      {10000, false, Code::kOk, 10000},
+      {20000, false, Code::kOk, 10000},                      // over max: the maximum
+      {INT64_MAX, false, Code::kOk, 10000},                  // absurdly long: the maximum
+      {100, false, Code::kOk, 100},
+      {50, false, Code::kOk, 100},                           // under min: raised to the minimum
+      {1, false, Code::kOk, 100},
+      {kDurationForever, true, Code::kOk, kDurationForever},
+      {kDurationForever, false, Code::kPermissionDenied, 0},
+      {0, false, Code::kInvalidArgument, 0},
+      {-5, false, Code::kInvalidArgument, 0},
+      {-3, true, Code::kInvalidArgument, 0},
+      {INT64_MIN, false, Code::kInvalidArgument, 0},
+  };
+  for (const Row& row : rows) {
+    CAPTURE(row.requested);
+    CAPTURE(row.allow_forever);
+    FakeClocks clocks;
+    Policy policy = test_policy();
+    policy.allow_forever = row.allow_forever;
+    auto landlord = fake_landlord(clocks, nullptr, policy);
+    Result<Lease> lease = landlord->grant(request("r", "h", Kind::kShared, row.requested));
+    CHECK(lease.status().code() == row.code);
+    if (!lease.ok()) {
+      CHECK(landlord->size() == 0);
+      continue;
+    }
+    CHECK(lease->granted_ms == row.granted);
+    CHECK(lease->expiration_ms ==
+          (row.granted == kDurationForever ? kNeverExpires : clocks.wall.load() + row.granted));
+    // Renewal negotiates the same way.
+    clocks.advance(50);
+    Result<Lease> renewed = landlord->renew({lease->id, row.requested});
+    REQUIRE(renewed.ok());
+    CHECK(renewed->granted_ms == row.granted);
+    CHECK(renewed->expiration_ms ==
+          (row.granted == kDurationForever ? kNeverExpires : clocks.wall.load() + row.granted));
+  }
+  FakeClocks clocks;
+  auto landlord = fake_landlord(clocks);
+  CHECK(landlord->grant(request("r", "h", Kind::kShared, -5)).status().message() ==
+        "lease duration -5 ms: must be > 0, ANY (-1) or FOREVER (-2)");
+  CHECK(landlord->grant(request("r", "h", Kind::kShared, kDurationForever)).status().message().find("FOREVER") !=
+        std::string::npos);
+
+  LandlordOptions bad;
+  bad.policy.min_duration = 0ms;
+  CHECK(Landlord::open(bad).status().code() == Code::kInvalidArgument);
+  bad.policy = test_policy();
+  bad.policy.default_duration = 1h;
+  CHECK(Landlord::open(bad).status().code() == Code::kInvalidArgument);
+}
+
+TEST_CASE("expiry on an injected clock happens exactly at the deadline") {
+  FakeClocks clocks;
+  EventLog log;
+  Policy policy = test_policy();
+  policy.allow_forever = true;
+  auto landlord = fake_landlord(clocks, &log, policy);
+  Lease a = must_grant(*landlord, request("r1", "h", Kind::kShared, 100));
+  Lease b = must_grant(*landlord, request("r2", "h", Kind::kShared, 200));
+  Lease c = must_grant(*landlord, request("r3", "h", Kind::kShared, 200));
+  Lease d = must_grant(*landlord, request("r4", "h", Kind::kShared, 300));
+  Lease forever = must_grant(*landlord, request("r5", "h", Kind::kShared, kDurationForever));
+  log.clear();
+
+  clocks.advance(99);
+  CHECK(landlord->expire_due() == 0);
+  clocks.advance(1);  // t = 100: a's deadline, inclusive
+  CHECK(landlord->expire_due() == 1);
+  auto expired = log.of(EventType::kExpired);
+  REQUIRE(expired.size() == 1);
+  CHECK(same_lease(expired[0].lease, a));
+  CHECK_FALSE(landlord->find(a.id).has_value());
+  Result<Lease> late = landlord->renew({a.id, 1000});
+  CHECK(late.status().code() == Code::kNotFound);
+  CHECK(late.status().message().find("expired") != std::string::npos);
+
+  // t = 150: c renewed for 100 ms moves its deadline to 250; its old entry at 200 is stale.
+  clocks.advance(50);
+  Result<Lease> renewed = landlord->renew({c.id, 100});
+  REQUIRE(renewed.ok());
+  CHECK(renewed->expiration_ms == clocks.wall.load() + 100);
+  clocks.advance(49);
+  CHECK(landlord->expire_due() == 0);
+  clocks.advance(1);  // t = 200
+  CHECK(landlord->expire_due() == 1);
+  CHECK_FALSE(landlord->find(b.id).has_value());
+  CHECK(landlord->find(c.id).has_value());
+  clocks.advance(50);  // t = 250
+  // Past its deadline but not yet expired: cannot be renewed.
+  CHECK(landlord->renew({c.id, 1000}).status().code() == Code::kNotFound);
+  CHECK(landlord->expire_due() == 1);
+  clocks.advance(50);  // t = 300
+  CHECK(landlord->expire_due() == 1);
+  CHECK_FALSE(landlord->find(d.id).has_value());
+  clocks.advance(1'000'000'000);
+  CHECK(landlord->expire_due() == 0);
+  CHECK(landlord->find(forever.id).has_value());
+  CHECK(landlord->size() == 1);
+  CHECK(log.of(EventType::kExpired).size() == 4);
+}
+
+TEST_CASE("expiry on the real clock: events within 50 ms of the deadline") {
+  struct Seen {
+    int64_t expiration_ms;
+    int64_t at_ms;
+  };
+  std::mutex mutex;
+  std::vector<Seen> seen;
+  LandlordOptions options;
+  options.policy = test_policy();
+  options.policy.min_duration = 1ms;
+  options.on_event = [&](const LeaseEvent& e) {
+    if (e.type != EventType::kExpired) return;
+    std::lock_guard lock(mutex);
+    seen.push_back({e.lease.expiration_ms, wall_now_ms()});
+  };
+  auto landlord = open_or_fail(std::move(options));
+  std::uniform_int_distribution<int64_t> duration(50, 300);
+  for (int i = 0; i < 100; ++i) {
+    must_grant(*landlord, request("r" + std::to_string(i), "h", Kind::kShared, duration(test::rng())));
+  }
+  REQUIRE(test::eventually([&] {
+    std::lock_guard lock(mutex);
+    return seen.size() == 100;
+  }, 5000));
+  int64_t worst = INT64_MIN;
+  for (const Seen& s : seen) worst = std::max(worst, s.at_ms - s.expiration_ms);
+  MESSAGE("worst expiry lag (event - expiration): " << worst << " ms over 100 leases");
+  CHECK(worst < 50);
+  CHECK(worst >= -2);  // never early (beyond the rounding of wall milliseconds)
+  CHECK(landlord->size() == 0);
+}
+
+TEST_CASE("conflicts: every pair of kinds against compatible(), with events to the holders") {
+  for (Kind held : kAllKinds) {
+    for (Kind asked : kAllKinds) {
+      CAPTURE(kind_name(held));
+      CAPTURE(kind_name(asked));
+      FakeClocks clocks;
+      EventLog log;
+      auto landlord = fake_landlord(clocks, &log);
+      Lease first = must_grant(*landlord, request("printer", "app-1", held));
+      log.clear();
+      Result<Lease> second = landlord->grant(request("printer", "app-2", asked));
+      if (compatible(held, asked)) {
+        CHECK(second.ok());
+        CHECK(log.of(EventType::kConflict).empty());
+        CHECK(landlord->size() == 2);
+      } else {
+        CHECK(second.status().code() == Code::kFailedPrecondition);
+        CHECK(second.status().message().find("'app-1'") != std::string::npos);
+        auto conflicts = log.of(EventType::kConflict);
+        REQUIRE(conflicts.size() == 1);
+        CHECK(conflicts[0].lease.id == first.id);
+        CHECK(conflicts[0].requested_by == "app-2");
+        CHECK(conflicts[0].requested_kind == asked);
+        CHECK(landlord->size() == 1);
+        CHECK(log.of(EventType::kGranted).empty());
+      }
+    }
+  }
+
+  FakeClocks clocks;
+  EventLog log;
+  auto landlord = fake_landlord(clocks, &log);
+  Lease a = must_grant(*landlord, request("doc", "a", Kind::kSharedCopy));
+  Lease c = must_grant(*landlord, request("doc", "c", Kind::kShared));
+  must_grant(*landlord, request("doc", "d", Kind::kInterest));
+  log.clear();
+  Result<Lease> refused = landlord->grant(request("doc", "b", Kind::kExclusiveCopy));
+  CHECK(refused.status().code() == Code::kFailedPrecondition);
+  CHECK(refused.status().message().find("'a'") != std::string::npos);
+  CHECK(refused.status().message().find("'c'") != std::string::npos);
+  auto conflicts = log.of(EventType::kConflict);
+  REQUIRE(conflicts.size() == 2);  // one per held lease in the way; the interest lease is not
+  std::vector<LeaseId> ids{conflicts[0].lease.id, conflicts[1].lease.id};
+  std::sort(ids.begin(), ids.end());
+  std::vector<LeaseId> want{a.id, c.id};
+  std::sort(want.begin(), want.end());
+  CHECK(ids == want);
+}
+
+TEST_CASE("a holder asking again: its own leases never stand in its way, others' do") {
+  FakeClocks clocks;
+  auto landlord = fake_landlord(clocks);
+  Lease x1 = must_grant(*landlord, request("r", "a", Kind::kExclusive));
+  Lease x2 = must_grant(*landlord, request("r", "a", Kind::kExclusive));
+  CHECK(x1.id != x2.id);
+  CHECK(landlord->leases_of_resource("r").size() == 2);
+  CHECK(landlord->grant(request("r", "b", Kind::kShared)).status().code() == Code::kFailedPrecondition);
+
+  must_grant(*landlord, request("s", "a", Kind::kShared));
+  must_grant(*landlord, request("s", "b", Kind::kShared));
+  Result<Lease> upgrade = landlord->grant(request("s", "a", Kind::kExclusive));
+  CHECK(upgrade.status().code() == Code::kFailedPrecondition);
+  CHECK(upgrade.status().message().find("'b'") != std::string::npos);
+  CHECK(landlord->cancel_all_of_holder("b").ok());
+  CHECK(landlord->grant(request("s", "a", Kind::kExclusive)).ok());
+}
+
+TEST_CASE("a waiting exclusive grant gets the lease when the holder cancels or expires") {
+  EventLog log;
+  LandlordOptions options;
+  options.policy = test_policy();
+  options.on_event = log.sink();
+  auto landlord = open_or_fail(std::move(options));
+  Lease held = must_grant(*landlord, request("disk", "a", Kind::kExclusive));
+
+  std::optional<Result<Lease>> got;
+  std::thread waiter([&] { got = landlord->grant(request("disk", "b", Kind::kExclusive, 5000, 5s)); });
+  REQUIRE(test::eventually([&] { return log.of(EventType::kConflict).size() == 1; }));
+  CHECK(log.of(EventType::kConflict)[0].lease.id == held.id);
+  REQUIRE(landlord->cancel(held.id).ok());
+  waiter.join();
+  REQUIRE(got.has_value());
+  REQUIRE_MESSAGE(got->ok(), got->status().to_string());
+  CHECK((*got)->holder == "b");
+  CHECK((*got)->granted_ms == 5000);
+  CHECK(landlord->find((*got)->id).has_value());
+
+  // FIFO: c then d queue behind b; b's expiry hands the resource to c only, on the engine's thread.
+  std::mutex mutex;
+  std::vector<std::pair<std::string, Result<Lease>>> done;
+  std::thread::id engine_thread;
+  auto record = [&](std::string who) {
+    return [&, who](Result<Lease> r) {
+      std::lock_guard lock(mutex);
+      engine_thread = std::this_thread::get_id();
+      done.emplace_back(who, std::move(r));
+    };
+  };
+  REQUIRE(landlord->renew({(*got)->id, 150}).ok());
+  landlord->grant_async(request("disk", "c", Kind::kExclusive, 5000, 5s), record("c"));
+  landlord->grant_async(request("disk", "d", Kind::kExclusive, 5000, 5s), record("d"));
+  REQUIRE(test::eventually([&] {
+    std::lock_guard lock(mutex);
+    return done.size() == 1;
+  }));
+  LeaseId c_id;
+  {
+    std::lock_guard lock(mutex);
+    CHECK(done[0].first == "c");
+    REQUIRE(done[0].second.ok());
+    c_id = done[0].second->id;
+    CHECK(engine_thread != std::this_thread::get_id());
+  }
+  CHECK(log.of(EventType::kExpired).size() == 1);
+  std::this_thread::sleep_for(20ms);  // d must still be waiting: nothing else may hand it the disk
+  {
+    std::lock_guard lock(mutex);
+    CHECK(done.size() == 1);
+  }
+  REQUIRE(landlord->cancel(c_id).ok());
+  REQUIRE(test::eventually([&] {
+    std::lock_guard lock(mutex);
+    return done.size() == 2;
+  }));
+  std::lock_guard lock(mutex);
+  CHECK(done[1].first == "d");
+  CHECK(done[1].second.ok());
+}
+
+TEST_CASE("a waiting grant ends at its deadline; a new request does not overtake the queue") {
+  LandlordOptions options;
+  options.policy = test_policy();
+  auto landlord = open_or_fail(std::move(options));
+  Lease held = must_grant(*landlord, request("disk", "a", Kind::kExclusive, 10000));
+  auto start = std::chrono::steady_clock::now();
+  Result<Lease> timed_out = landlord->grant(request("disk", "b", Kind::kExclusive, 1000, 100ms));
+  auto waited = std::chrono::steady_clock::now() - start;
+  CHECK(timed_out.status().code() == Code::kDeadlineExceeded);
+  CHECK(timed_out.status().message().find("'a'") != std::string::npos);
+  CHECK(waited >= 100ms);
+  CHECK(waited < 2s);
+  CHECK(landlord->size() == 1);
+
+  // With an injected clock: the queue is served on the thread that frees the resource, and the
+  // wait ends in expire_due.
+  FakeClocks clocks;
+  auto fake = fake_landlord(clocks);
+  Lease x = must_grant(*fake, request("disk", "a", Kind::kShared));
+  std::optional<Result<Lease>> b_result, c_result;
+  fake->grant_async(request("disk", "b", Kind::kExclusive, 1000, 500ms), [&](Result<Lease> r) { b_result = r; });
+  fake->grant_async(request("disk", "c", Kind::kExclusive, 1000, 300ms), [&](Result<Lease> r) { c_result = r; });
+  CHECK_FALSE(b_result.has_value());
+  // Compatible with a's shared lease, but b waits first for an exclusive one: no overtaking.
+  Result<Lease> barge = fake->grant(request("disk", "e", Kind::kShared));
+  CHECK(barge.status().code() == Code::kFailedPrecondition);
+  CHECK(barge.status().message().find("'b' is waiting") != std::string::npos);
+  // An interest lease is compatible with everything, held or queued.
+  CHECK(fake->grant(request("disk", "f", Kind::kInterest)).ok());
+  clocks.advance(300);
+  fake->expire_due();
+  REQUIRE(c_result.has_value());
+  CHECK(c_result->status().code() == Code::kDeadlineExceeded);
+  CHECK_FALSE(b_result.has_value());
+  REQUIRE(fake->cancel(x.id).ok());
+  REQUIRE(b_result.has_value());
+  REQUIRE(b_result->ok());
+  CHECK((*b_result)->holder == "b");
+  CHECK((*b_result)->expiration_ms == clocks.wall.load() + 1000);
+  (void)held;
+}
+
+TEST_CASE("batch renew and cancel with good and bad ids") {
+  FakeClocks clocks;
+  EventLog log;
+  auto landlord = fake_landlord(clocks, &log);
+  Lease a = must_grant(*landlord, request("r1", "h"));
+  Lease b = must_grant(*landlord, request("r2", "h"));
+  Lease c = must_grant(*landlord, request("r3", "h"));
+  REQUIRE(landlord->cancel(c.id).ok());
+  log.clear();
+  clocks.advance(10);
+
+  std::vector<RenewRequest> renewals{{a.id, 3000}, {12345, 1000}, {b.id, kDurationAny}, {0, 1000},
+                                     {c.id, 1000}, {a.id, -7}};
+  auto results = landlord->renew_batch(renewals);
+  REQUIRE(results.size() == 6);
+  REQUIRE(results[0].ok());
+  CHECK(results[0]->expiration_ms == clocks.wall.load() + 3000);
+  CHECK(results[1].status().code() == Code::kNotFound);
+  REQUIRE(results[2].ok());
+  CHECK(results[2]->granted_ms == 2000);
+  CHECK(results[3].status().code() == Code::kNotFound);
+  CHECK(results[4].status().code() == Code::kNotFound);
+  CHECK(results[4].status().message().find("cancelled") != std::string::npos);
+  CHECK(results[5].status().code() == Code::kInvalidArgument);
+  CHECK(landlord->find(a.id)->expiration_ms == clocks.wall.load() + 3000);
+  CHECK(log.of(EventType::kRenewed).size() == 2);
+
+  std::vector<LeaseId> ids{a.id, 999, a.id, b.id, c.id};
+  auto statuses = landlord->cancel_batch(ids);
+  REQUIRE(statuses.size() == 5);
+  CHECK(statuses[0].ok());
+  CHECK(statuses[1].code() == Code::kNotFound);
+  CHECK(statuses[2].code() == Code::kNotFound);
+  CHECK(statuses[3].ok());
+  CHECK(statuses[4].code() == Code::kNotFound);
+  CHECK(landlord->size() == 0);
+  CHECK(log.of(EventType::kCancelled).size() == 2);
+}
+
+TEST_CASE("queries by holder and resource; cancel all of a holder") {
+  FakeClocks clocks;
+  EventLog log;
+  auto landlord = fake_landlord(clocks, &log);
+  std::vector<LeaseId> of_h1{must_grant(*landlord, request("r1", "h1")).id,
+                             must_grant(*landlord, request("r2", "h1")).id,
+                             must_grant(*landlord, request("r1", "h1", Kind::kInterest)).id};
+  must_grant(*landlord, request("r1", "h2"));
+  must_grant(*landlord, request("r3", "h2"));
+  auto ids_of = [](const std::vector<Lease>& leases) {
+    std::vector<LeaseId> ids;
+    for (const auto& l : leases) ids.push_back(l.id);
+    std::sort(ids.begin(), ids.end());
+    return ids;
+  };
+  std::sort(of_h1.begin(), of_h1.end());
+  CHECK(ids_of(landlord->leases_of_holder("h1")) == of_h1);
+  CHECK(landlord->leases_of_holder("h2").size() == 2);
+  CHECK(landlord->leases_of_resource("r1").size() == 3);
+  CHECK(landlord->leases_of_resource("nothing").empty());
+  log.clear();
+
+  auto cancelled = landlord->cancel_all_of_holder("h1");
+  REQUIRE(cancelled.ok());
+  CHECK(ids_of(*cancelled) == of_h1);
+  CHECK(log.of(EventType::kCancelled).size() == 3);
+  CHECK(landlord->leases_of_holder("h1").empty());
+  CHECK(landlord->leases_of_resource("r1").size() == 1);
+  CHECK(landlord->size() == 2);
+  auto none = landlord->cancel_all_of_holder("nobody");
+  REQUIRE(none.ok());
+  CHECK(none->empty());
+}
+
+TEST_CASE("persistence: a closed and reopened landlord has the same leases") {
+  test::TempDir dir;
+  std::string path = dir.file("leases.db");
+  FakeClocks clocks;
+  Policy policy = test_policy();
+  policy.allow_forever = true;
+  std::vector<Lease> kept;
+  LeaseId cancelled_id;
+  {
+    auto landlord = fake_landlord(clocks, nullptr, policy, path);
+    kept.push_back(must_grant(*landlord, request("r1", "h1", Kind::kExclusive, 1000)));
+    kept.push_back(must_grant(*landlord, request("r2", "h1", Kind::kSharedCopy, 5000)));
+    kept.push_back(must_grant(*landlord, request("r3", "h2", Kind::kInterest, kDurationForever)));
+    cancelled_id = must_grant(*landlord, request("r4", "h2")).id;
+    REQUIRE(landlord->cancel(cancelled_id).ok());
+    clocks.advance(100);
+    Result<Lease> renewed = landlord->renew({kept[1].id, 8000});
+    REQUIRE(renewed.ok());
+    kept[1] = *renewed;
+  }
+  {
+    auto landlord = fake_landlord(clocks, nullptr, policy, path);
+    CHECK(landlord->size() == 3);
+    for (const Lease& l : kept) {
+      auto found = landlord->find(l.id);
+      REQUIRE(found.has_value());
+      CHECK(same_lease(*found, l));
+    }
+    CHECK_FALSE(landlord->find(cancelled_id).has_value());
+  }
+  // Closed for 6 s (now +6100): r1 (expiring at +1000) is past; r2 (at +8100) has 2000 ms left.
+  clocks.advance(6000);
+  EventLog log;
+  {
+    auto landlord = fake_landlord(clocks, &log, policy, path);  // events delivered during open
+    auto expired = log.of(EventType::kExpired);
+    REQUIRE(expired.size() == 1);
+    CHECK(same_lease(expired[0].lease, kept[0]));
+    CHECK(landlord->size() == 2);
+    // The deadline on the new monotonic clock is what remained of the wall-clock expiration.
+    clocks.advance(1999);
+    CHECK(landlord->expire_due() == 0);
+    clocks.advance(1);
+    CHECK(landlord->expire_due() == 1);
+    CHECK(landlord->size() == 1);
+  }
+  log.clear();
+  auto landlord = fake_landlord(clocks, &log, policy, path);
+  CHECK(log.count() == 0);  // expirations are persisted: nothing expires twice
+  CHECK(landlord->size() == 1);
+  CHECK(landlord->find(kept[2].id).has_value());
+}
+
+TEST_CASE("persistence: a grant throwing at a crash point is durable only after the commit") {
+  test::TempDir dir;
+  std::string path = dir.file("leases.db");
+  FakeClocks clocks;
+  {
+    auto landlord = fake_landlord(clocks, nullptr, test_policy(), path);
+    fault::arm("lease.landlord.before_commit", fault::Action::kThrow);
+    CHECK_THROWS_AS((void)landlord->grant(request("r", "before")), fault::CrashPointHit);
+    fault::arm("lease.landlord.after_commit", fault::Action::kThrow);
+    CHECK_THROWS_AS((void)landlord->grant(request("r", "after")), fault::CrashPointHit);
+    fault::disarm_all();
+  }
+  auto landlord = fake_landlord(clocks, nullptr, test_policy(), path);
+  CHECK(landlord->leases_of_holder("before").empty());
+  CHECK(landlord->leases_of_holder("after").size() == 1);
+}
+
+namespace {
+
+struct Reported {
+  LeaseId id;
+  int64_t expiration_ms;
+};
+
+// Forks a child that grants leases on `path` and reports each acknowledged one through a pipe,
+// optionally with a crash point armed to kill it; returns what the parent read before the child
+// died (the parent kills it after `kill_after` reports when no crash point is armed).
+std::vector<Reported> run_granting_child(const std::string& path, const char* crash_point, int crash_hit,
+                                         size_t kill_after) {
+  int fds[2];
+  REQUIRE(pipe(fds) == 0);
+  pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    close(fds[0]);
+    if (crash_point) fault::arm(crash_point, fault::Action::kKill, crash_hit);
+    LandlordOptions options;
+    options.path = path;
+    options.policy.max_duration = std::chrono::hours(1);
+    auto landlord = Landlord::open(options);
+    if (!landlord.ok()) _exit(2);
+    for (int i = 0;; ++i) {
+      auto lease = (*landlord)->grant(request("res-" + std::to_string(i), "child", Kind::kShared, 3'600'000));
+      if (!lease.ok()) _exit(3);
+      Reported r{lease->id, lease->expiration_ms};
+      if (write(fds[1], &r, sizeof r) != sizeof r) _exit(4);
+    }
+  }
+  close(fds[1]);
+  std::vector<Reported> got;
+  Reported r;
+  while (true) {
+    if (!crash_point && got.size() == kill_after) kill(pid, SIGKILL);
+    ssize_t n = read(fds[0], &r, sizeof r);
+    if (n != sizeof r) break;
+    got.push_back(r);
+  }
+  close(fds[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  CHECK(WIFSIGNALED(status));
+  CHECK(WTERMSIG(status) == SIGKILL);
+  return got;
+}
+
+}  // namespace
+
+TEST_CASE("persistence: every lease acknowledged before a SIGKILL is there after reopen") {
+  test::TempDir dir;
+  std::string path = dir.file("leases.db");
+  std::vector<Reported> reported = run_granting_child(path, nullptr, 0, 200);
+  CHECK(reported.size() >= 200);
+  LandlordOptions options;
+  options.path = path;
+  options.policy.max_duration = std::chrono::hours(1);
+  auto landlord = open_or_fail(options);
+  CHECK(landlord->size() >= reported.size());
+  CHECK(landlord->size() <= reported.size() + 1);  // at most one committed but not yet reported
+  for (const Reported& r : reported) {
+    auto found = landlord->find(r.id);
+    REQUIRE(found.has_value());
+    CHECK(found->expiration_ms == r.expiration_ms);
+  }
+}
+
+TEST_CASE("persistence: a child killed at the crash points of a grant") {
+  LandlordOptions options;
+  options.policy.max_duration = std::chrono::hours(1);
+  {
+    test::TempDir dir2;
+    std::vector<Reported> before = run_granting_child(dir2.file("a.db"), "lease.landlord.before_commit", 30, 0);
+    CHECK(before.size() == 29);
+    options.path = dir2.file("a.db");
+    CHECK(open_or_fail(options)->size() == 29);  // the 30th never committed
+    std::vector<Reported> after = run_granting_child(dir2.file("b.db"), "lease.landlord.after_commit", 30, 0);
+    CHECK(after.size() == 29);
+    options.path = dir2.file("b.db");
+    CHECK(open_or_fail(options)->size() == 30);  // committed, never acknowledged: kept
+  }
+}
+
+TEST_CASE("ten thousand leases expiring at once do not stall renewals") {
+  for (bool persisted : {false, true}) {
+    CAPTURE(persisted);
+    test::TempDir dir;
+    FakeClocks clocks;
+    std::atomic<size_t> expired_events{0};
+    LandlordOptions options;
+    options.policy = test_policy();
+    options.clocks = clocks.clocks();
+    options.run_expiry_thread = false;
+    if (persisted) options.path = dir.file("leases.db");
+    options.on_event = [&](const LeaseEvent& e) {
+      if (e.type == EventType::kExpired) ++expired_events;
+    };
+    auto landlord = open_or_fail(std::move(options));
+    for (int i = 0; i < 10'000; ++i) {
+      must_grant(*landlord, request("mass-" + std::to_string(i), "mass", Kind::kShared, 1000));
+    }
+    std::vector<LeaseId> others;
+    for (int i = 0; i < 100; ++i) {
+      others.push_back(must_grant(*landlord, request("other-" + std::to_string(i), "other", Kind::kShared, 10000)).id);
+    }
+    clocks.advance(1000);  // all 10,000 due in the same millisecond
+
+    std::atomic<bool> expiring{true};
+    std::atomic<int64_t> worst_ns{0};
+    std::atomic<int> renewals{0};
+    std::thread renewer([&] {
+      for (size_t i = 0; expiring.load(); ++i) {
+        auto start = std::chrono::steady_clock::now();
+        Result<Lease> r = landlord->renew({others[i % others.size()], 10000});
+        int64_t ns = (std::chrono::steady_clock::now() - start).count();
+        if (!r.ok()) continue;
+        ++renewals;
+        int64_t seen = worst_ns.load();
+        while (ns > seen && !worst_ns.compare_exchange_weak(seen, ns)) {
+        }
+      }
+    });
+    REQUIRE(test::eventually([&] { return renewals.load() >= 20; }));  // the renewer is running
+    int before = renewals.load();
+    auto start = std::chrono::steady_clock::now();
+    size_t expired = landlord->expire_due();
+    auto took = std::chrono::steady_clock::now() - start;
+    int during = renewals.load() - before;
+    expiring = false;
+    renewer.join();
+    CHECK(expired == 10'000);
+    CHECK(expired_events.load() == 10'000);
+    CHECK(landlord->size() == 100);
+    MESSAGE((persisted ? "persisted" : "in memory") << ": 10,000 expirations took "
+            << std::chrono::duration_cast<std::chrono::milliseconds>(took).count() << " ms; "
+            << during << " renewals meanwhile, worst renewal latency " << worst_ns.load() / 1000 << " us");
+    CHECK(worst_ns.load() < 200'000'000);
+  }
+}
+
+TEST_CASE("bad input: a clear status and nothing changed") {
+  FakeClocks clocks;
+  EventLog log;
+  Policy policy = test_policy();
+  policy.max_resource_bytes = 16;
+  policy.max_holder_bytes = 8;
+  policy.max_leases = 2;
+  auto landlord = fake_landlord(clocks, &log, policy);
+  Lease kept = must_grant(*landlord, request("r", "h", Kind::kShared, 1000));
+  log.clear();
+
+  auto unchanged = [&] {
+    CHECK(landlord->size() == 1);
+    auto found = landlord->find(kept.id);
+    REQUIRE(found.has_value());
+    CHECK(same_lease(*found, kept));
+    CHECK(log.count() == 0);
+  };
+  struct Case {
+    GrantRequest request;
+    Code code;
+    const char* mentions;
+  };
+  const Case cases[] = {
+      {request("", "h"), Code::kInvalidArgument, "resource is empty"},
+      {request(std::string(17, 'x'), "h"), Code::kInvalidArgument, "17 bytes"},
+      {request("r2", ""), Code::kInvalidArgument, "holder is empty"},
+      {request("r2", "123456789"), Code::kInvalidArgument, "holder of 9 bytes"},
+      {request("r2", "h", static_cast<Kind>(9)), Code::kInvalidArgument, "kind 9"},
+      {request("r2", "h", Kind::kShared, -5), Code::kInvalidArgument, "-5 ms"},
+      {request("r2", "h", Kind::kShared, 0), Code::kInvalidArgument, "0 ms"},
+      {request("r2", "h", Kind::kShared, kDurationForever), Code::kPermissionDenied, "FOREVER"},
+      {request("r2", "h", Kind::kShared, 1000, -1ms), Code::kInvalidArgument, "wait -1 ms"},
+  };
+  for (const Case& c : cases) {
+    CAPTURE(c.mentions);
+    Result<Lease> r = landlord->grant(c.request);
+    CHECK(r.status().code() == c.code);
+    CHECK(r.status().message().find(c.mentions) != std::string::npos);
+    unchanged();
+  }
+  CHECK(landlord->renew({kept.id, -5}).status().code() == Code::kInvalidArgument);
+  CHECK(landlord->renew({kept.id, kDurationForever}).status().code() == Code::kPermissionDenied);
+  CHECK(landlord->renew({777, 1000}).status().code() == Code::kNotFound);
+  CHECK(landlord->renew({0, 1000}).status().code() == Code::kNotFound);
+  CHECK(landlord->cancel(777).code() == Code::kNotFound);
+  unchanged();
+
+  must_grant(*landlord, request("r2", "h"));
+  log.clear();
+  Result<Lease> full = landlord->grant(request("r3", "h"));
+  CHECK(full.status().code() == Code::kResourceExhausted);
+  CHECK(landlord->size() == 2);
+  CHECK(log.count() == 0);
+}
+
+TEST_CASE("property: random operations agree with a simple model") {
+  FakeClocks clocks;
+  auto landlord = fake_landlord(clocks);
+  std::map<LeaseId, Lease> model;
+  auto& rng = test::rng();
+  std::vector<LeaseId> known;
+  for (int step = 0; step < 3000; ++step) {
+    int op = static_cast<int>(rng() % 10);
+    if (op < 4 || known.empty()) {
+      std::string resource = "r" + std::to_string(rng() % 50);
+      std::string holder = "h" + std::to_string(rng() % 10);
+      Kind kind = kAllKinds[rng() % 5];
+      bool blocked = false;
+      for (const auto& [id, l] : model) {
+        if (l.resource == resource && l.holder != holder && !compatible(l.kind, kind)) blocked = true;
+      }
+      Result<Lease> r = landlord->grant(request(resource, holder, kind, 100 + static_cast<int64_t>(rng() % 900)));
+      CHECK(r.ok() == !blocked);
+      if (r.ok()) {
+        model[r->id] = *r;
+        known.push_back(r->id);
+      }
+    } else if (op < 6) {
+      LeaseId id = known[rng() % known.size()];
+      Result<Lease> r = landlord->renew({id, 100 + static_cast<int64_t>(rng() % 900)});
+      CHECK(r.ok() == (model.count(id) == 1));
+      if (r.ok()) model[id] = *r;
+    } else if (op < 7) {
+      LeaseId id = known[rng() % known.size()];
+      CHECK(landlord->cancel(id).ok() == (model.erase(id) == 1));
+    } else {
+      clocks.advance(static_cast<int64_t>(rng() % 100));
+      size_t due = 0;
+      for (auto it = model.begin(); it != model.end();) {
+        if (it->second.expiration_ms <= clocks.wall.load()) {
+          it = model.erase(it);
+          ++due;
+        } else {
+          ++it;
+        }
+      }
+      CHECK(landlord->expire_due() == due);
+    }
+    REQUIRE(landlord->size() == model.size());
+  }
+  for (const auto& [id, l] : model) {
+    auto found = landlord->find(id);
+    REQUIRE(found.has_value());
+    CHECK(same_lease(*found, l));
+  }
+}

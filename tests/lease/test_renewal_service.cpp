@@ -1,0 +1,184 @@
+// The renewal service of djinn-lease (in-process LeaseManager): leases handed over stay alive past
+// their expiration, a lease cancelled behind the service's back gives exactly one renewal.failed,
+// an abandoned set is dropped, and sets survive a restart.
+#include <doctest/doctest.h>
+
+#include <mutex>
+#include <thread>
+
+#include "djinn/core/events.h"
+#include "djinn/lease/client.h"
+#include "djinn/lease/service.h"
+#include "djinn/proto/lease.capnp.h"
+#include "support/test_support.h"
+
+using namespace djinn;
+using namespace djinn::lease;
+using namespace std::chrono_literals;
+
+namespace {
+
+std::unique_ptr<LeaseManager> start_manager(const std::string& dir, const std::string& endpoint = "tcp://127.0.0.1:*") {
+  LeaseManagerOptions o;
+  o.data_dir = dir;
+  o.rpc_endpoint = endpoint;
+  auto m = LeaseManager::start(o);
+  REQUIRE_MESSAGE(m.ok(), m.status().to_string());
+  return std::move(*m);
+}
+
+HeldLease grant(LeaseClient& c, const std::string& resource, int64_t ms) {
+  GrantRequest r;
+  r.resource = resource;
+  r.holder = "renewal-test";
+  r.duration_ms = ms;
+  auto held = c.grant(r);
+  REQUIRE_MESSAGE(held.ok(), held.status().to_string());
+  return *held;
+}
+
+// renewal.failed events, after a warm-up on lease.granted (both subscriptions travel together).
+struct FailureLog {
+  FailureLog(LeaseManager& m, LeaseClient& c) : sub({.endpoint = m.events_endpoint()}) {
+    sub.subscribe("renewal.failed");
+    sub.subscribe("lease.granted", "warmup");
+    sub.on_event([this](const events::Event& e) {
+      std::lock_guard lock(mu);
+      if (e.kind == "lease.granted") {
+        warm = true;
+        return;
+      }
+      auto reader = e.reader();  // owns what the root points into
+      auto f = reader.getRoot<proto::RenewalFailure>();
+      seen.push_back({e.key, f.getSetId(), f.getLease().getId(), f.getCode()});
+    });
+    REQUIRE(sub.start().ok());
+    REQUIRE(test::eventually([&] {
+      GrantRequest r;
+      r.resource = "warmup";
+      r.holder = "warmup";
+      REQUIRE(c.grant(r).ok());
+      std::lock_guard lock(mu);
+      return warm;
+    }));
+  }
+  ~FailureLog() { sub.stop(); }
+  struct Seen {
+    std::string key;
+    uint64_t set_id;
+    LeaseId id;
+    uint16_t code;
+  };
+  size_t size() {
+    std::lock_guard lock(mu);
+    return seen.size();
+  }
+  events::Subscriber sub;
+  std::mutex mu;  // guards seen, warm
+  std::vector<Seen> seen;
+  bool warm = false;
+};
+
+}  // namespace
+
+TEST_CASE("the renewal service keeps a set's leases alive and reports a lost one once") {
+  test::TempDir dir;
+  auto manager = start_manager(dir.file("lease"));
+  LeaseClient leases({.endpoint = manager->rpc_endpoint()});
+  RenewalClient renewal({.endpoint = manager->rpc_endpoint()});
+  FailureLog failures(*manager, leases);
+
+  auto set = renewal.create_set("owner", 20'000);
+  REQUIRE_MESSAGE(set.ok(), set.status().to_string());
+  CHECK(set->id != 0);
+  CHECK(set->lease.lease.holder == "owner");
+  auto until = std::chrono::system_clock::now() + 30s;
+  std::vector<HeldLease> held;
+  for (int i = 0; i < 5; ++i) {
+    held.push_back(grant(leases, "kept-" + std::to_string(i), 600));
+    REQUIRE(renewal.add(set->id, held.back(), 600, until).ok());
+  }
+  std::this_thread::sleep_for(1300ms);  // two original lifetimes
+  for (const auto& l : held) {
+    auto now = leases.get(l.lease.id);
+    REQUIRE_MESSAGE(now.ok(), now.status().to_string());
+    CHECK(now->lease.expiration_ms > l.lease.expiration_ms);
+  }
+  auto members = renewal.members(set->id);
+  REQUIRE(members.ok());
+  CHECK(members->size() == 5);
+
+  REQUIRE(leases.cancel(held[2].lease.id).ok());  // behind the service's back
+  CHECK(test::eventually([&] { return failures.size() == 1; }, 3000));
+  std::this_thread::sleep_for(700ms);
+  REQUIRE(failures.size() == 1);
+  CHECK(failures.seen[0].key == std::to_string(set->id));
+  CHECK(failures.seen[0].set_id == set->id);
+  CHECK(failures.seen[0].id == held[2].lease.id);
+  CHECK(failures.seen[0].code == static_cast<uint16_t>(Code::kNotFound));
+  CHECK(renewal.members(set->id)->size() == 4);
+
+  CHECK(renewal.remove(set->id, held[0].lease.id, held[0].landlord).ok());
+  CHECK(renewal.remove(set->id, held[0].lease.id, held[0].landlord).code() == Code::kNotFound);
+  CHECK(test::eventually([&] { return leases.get(held[0].lease.id).status().code() == Code::kNotFound; }, 3000));
+
+  // The client abandons the set (its lease ends): the set is dropped and its leases run out.
+  REQUIRE(leases.cancel(set->lease.lease.id).ok());
+  CHECK(renewal.members(set->id).status().code() == Code::kNotFound);
+  CHECK(test::eventually([&] { return leases.get(held[1].lease.id).status().code() == Code::kNotFound; }, 3000));
+  CHECK(failures.size() == 1);  // dropped, not failed
+}
+
+TEST_CASE("renewal calls refuse bad input") {
+  test::TempDir dir;
+  auto manager = start_manager(dir.file("lease"));
+  LeaseClient leases({.endpoint = manager->rpc_endpoint()});
+  RenewalClient renewal({.endpoint = manager->rpc_endpoint()});
+  auto set = renewal.create_set("owner", 10'000);
+  REQUIRE(set.ok());
+  auto l = grant(leases, "x", 10'000);
+  auto later = std::chrono::system_clock::now() + 10s;
+  CHECK(renewal.create_set("", 1000).status().code() == Code::kInvalidArgument);
+  CHECK(renewal.create_set("owner", 0).status().code() == Code::kInvalidArgument);
+  CHECK(renewal.add(999, l, 1000, later).code() == Code::kNotFound);
+  CHECK(renewal.add(set->id, l, 1000, std::chrono::system_clock::now() - 1s).code() == Code::kInvalidArgument);
+  CHECK(renewal.add(set->id, l, 0, later).code() == Code::kInvalidArgument);
+  HeldLease bogus = l;
+  bogus.landlord = "http://example";
+  CHECK(renewal.add(set->id, bogus, 1000, later).code() == Code::kInvalidArgument);
+  bogus = l;
+  bogus.lease.id = 0;
+  CHECK(renewal.add(set->id, bogus, 1000, later).code() == Code::kInvalidArgument);
+  CHECK(renewal.members(set->id)->empty());
+  // The same lease in two sets would be renewed twice and reported twice.
+  auto other = renewal.create_set("owner", 10'000);
+  REQUIRE(renewal.add(set->id, l, 1000, later).ok());
+  CHECK(renewal.add(other->id, l, 1000, later).code() == Code::kAlreadyExists);
+}
+
+TEST_CASE("renewal sets survive a restart of the manager") {
+  test::TempDir dir;
+  std::string endpoint = "tcp://127.0.0.1:" + std::to_string(test::free_tcp_port());
+  HeldLease held;
+  uint64_t set_id = 0;
+  {
+    auto manager = start_manager(dir.file("lease"), endpoint);
+    LeaseClient leases({.endpoint = endpoint});
+    RenewalClient renewal({.endpoint = endpoint});
+    auto set = renewal.create_set("owner", 30'000);
+    REQUIRE(set.ok());
+    set_id = set->id;
+    held = grant(leases, "durable", 1500);
+    REQUIRE(renewal.add(set_id, held, 1500, std::chrono::system_clock::now() + 30s).ok());
+  }
+  auto manager = start_manager(dir.file("lease"), endpoint);
+  LeaseClient leases({.endpoint = endpoint});
+  RenewalClient renewal({.endpoint = endpoint});
+  std::this_thread::sleep_for(2000ms);  // past the lease's first expiration
+  auto now = leases.get(held.lease.id);
+  REQUIRE_MESSAGE(now.ok(), now.status().to_string());
+  CHECK(now->lease.expiration_ms > held.lease.expiration_ms);
+  auto members = renewal.members(set_id);
+  REQUIRE(members.ok());
+  CHECK(members->size() == 1);
+}

@@ -1,0 +1,341 @@
+// The lease protocol over RPC against an in-process LeaseManager: every method's round trip, bad
+// input refused without effect, roles, events with the holder as key, conflicts and waiting grants.
+#include <doctest/doctest.h>
+
+#include <atomic>
+#include <cstring>
+#include <future>
+#include <mutex>
+#include <thread>
+
+#include "djinn/core/events.h"
+#include "djinn/lease/client.h"
+#include "djinn/lease/service.h"
+#include "djinn/proto/lease.capnp.h"
+#include "support/test_support.h"
+
+using namespace djinn;
+using namespace djinn::lease;
+using namespace std::chrono_literals;
+
+namespace {
+
+struct Harness {
+  explicit Harness(security::Role plaintext_role = security::Role::kAdmin) {
+    LeaseManagerOptions o;
+    o.data_dir = dir.file("lease");
+    o.policy.max_duration = 60s;
+    o.policy.default_duration = 30s;
+    o.plaintext_role = plaintext_role;
+    auto m = LeaseManager::start(o);
+    REQUIRE_MESSAGE(m.ok(), m.status().to_string());
+    manager = std::move(*m);
+    client = std::make_unique<LeaseClient>(rpc::ClientOptions{.endpoint = manager->rpc_endpoint()});
+  }
+  test::TempDir dir;
+  std::unique_ptr<LeaseManager> manager;
+  std::unique_ptr<LeaseClient> client;
+};
+
+GrantRequest grant_of(std::string resource, std::string holder, Kind kind = Kind::kShared, int64_t ms = 10'000) {
+  GrantRequest r;
+  r.resource = std::move(resource);
+  r.holder = std::move(holder);
+  r.kind = kind;
+  r.duration_ms = ms;
+  return r;
+}
+
+int64_t now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+// Every lease event the manager publishes, as (kind, key, lease id).
+struct EventLog {
+  struct Seen {
+    std::string kind;
+    std::string key;
+    LeaseId id;
+    std::string requested_by;
+  };
+  explicit EventLog(Harness& h) : sub({.endpoint = h.manager->events_endpoint()}) {
+    for (const char* k : {"lease.granted", "lease.renewed", "lease.cancelled", "lease.expired", "lease.conflict"}) {
+      sub.subscribe(k);
+    }
+    sub.on_event([this](const events::Event& e) {
+      auto reader = e.reader();  // owns what the root points into
+      auto ev = reader.getRoot<proto::LeaseEvent>();
+      std::lock_guard lock(mu);
+      seen.push_back({e.kind, e.key, ev.getLease().getId(), ev.getRequestedBy().cStr()});
+    });
+    REQUIRE(sub.start().ok());
+    // PUB/SUB drops what is published before the subscription arrives: grant until one is seen.
+    REQUIRE(test::eventually([&] {
+      REQUIRE(h.client->grant(grant_of("warmup", "warmup")).ok());
+      return count("lease.granted", "warmup") > 0;
+    }));
+    REQUIRE(h.client->cancel_all_of_holder("warmup").ok());
+    REQUIRE(test::eventually([&] { return count("lease.cancelled", "warmup") > 0; }));
+    std::this_thread::sleep_for(50ms);  // let the last warm-up cancellations drain
+    std::lock_guard lock(mu);
+    seen.clear();
+  }
+  ~EventLog() { sub.stop(); }
+  size_t count(const std::string& kind, const std::string& key, LeaseId id = 0) {
+    std::lock_guard lock(mu);
+    size_t n = 0;
+    for (const auto& s : seen) n += s.kind == kind && s.key == key && (id == 0 || s.id == id);
+    return n;
+  }
+  std::vector<Seen> snapshot() {
+    std::lock_guard lock(mu);
+    return seen;
+  }
+  events::Subscriber sub;
+  std::mutex mu;  // guards seen
+  std::vector<Seen> seen;
+};
+
+rpc::Reply raw_grant(LeaseClient& c, const std::function<void(proto::GrantParams::Builder)>& fill) {
+  capnp::MallocMessageBuilder m;
+  auto p = m.initRoot<proto::GrantParams>();
+  p.setResource("r");
+  p.setHolder("h");
+  p.setDurationMs(1000);
+  fill(p);
+  return c.rpc().call("lease.grant", m);
+}
+
+}  // namespace
+
+TEST_CASE("every lease method round-trips over RPC") {
+  Harness h;
+  LeaseClient& c = *h.client;
+  int64_t before = now_ms();
+  auto a = c.grant(grant_of("printer", "alice", Kind::kShared, 5000));
+  REQUIRE_MESSAGE(a.ok(), a.status().to_string());
+  CHECK(a->lease.id != 0);
+  CHECK(a->lease.resource == "printer");
+  CHECK(a->lease.holder == "alice");
+  CHECK(a->lease.kind == Kind::kShared);
+  CHECK(a->lease.granted_ms == 5000);
+  CHECK(a->lease.expiration_ms >= before + 5000);
+  CHECK(a->landlord == h.manager->rpc_endpoint());
+  auto b = c.grant(grant_of("printer", "bob", Kind::kSharedCopy, -1));  // ANY: the policy's default
+  REQUIRE(b.ok());
+  CHECK(b->lease.granted_ms == 30'000);
+  auto big = c.grant(grant_of("scanner", "alice", Kind::kExclusive, 3'600'000));  // above the maximum
+  REQUIRE(big.ok());
+  CHECK(big->lease.granted_ms == 60'000);
+
+  auto got = c.get(a->lease.id);
+  REQUIRE(got.ok());
+  CHECK(got->lease.expiration_ms == a->lease.expiration_ms);
+
+  auto renewed = c.renew(a->lease.id, 20'000);
+  REQUIRE(renewed.ok());
+  CHECK(renewed->lease.granted_ms == 20'000);
+  CHECK(renewed->lease.expiration_ms > a->lease.expiration_ms);
+  CHECK(c.get(a->lease.id)->lease.expiration_ms == renewed->lease.expiration_ms);
+
+  auto of_alice = c.holder_snapshot("alice");
+  REQUIRE(of_alice.ok());
+  CHECK(of_alice->leases.size() == 2);
+  CHECK(of_alice->event_seq >= 3);  // three grants and a renewal were published
+  CHECK(of_alice->kind_seqs.size() == 5);
+  auto on_printer = c.leases_of_resource("printer");
+  REQUIRE(on_printer.ok());
+  CHECK(on_printer->size() == 2);
+  CHECK(c.leases_of_resource("nothing-here")->empty());
+
+  std::vector<RenewRequest> batch{{a->lease.id, 10'000}, {b->lease.id, kDurationAny}, {999'999, 1000}};
+  auto results = c.renew_batch(batch);
+  REQUIRE(results.size() == 3);
+  CHECK(results[0].ok());
+  CHECK(results[0]->granted_ms == 10'000);
+  CHECK(results[1].ok());
+  CHECK(results[2].status().code() == Code::kNotFound);
+
+  std::vector<LeaseId> ids{b->lease.id, 999'999};
+  auto cancelled = c.cancel_batch(ids);
+  REQUIRE(cancelled.size() == 2);
+  CHECK(cancelled[0].ok());
+  CHECK(cancelled[1].code() == Code::kNotFound);
+  CHECK(c.get(b->lease.id).status().code() == Code::kNotFound);
+
+  CHECK(c.cancel(a->lease.id).ok());
+  CHECK(c.get(a->lease.id).status().code() == Code::kNotFound);
+  CHECK(c.cancel(a->lease.id).code() == Code::kNotFound);
+
+  auto all = c.cancel_all_of_holder("alice");
+  REQUIRE(all.ok());
+  REQUIRE(all->size() == 1);
+  CHECK((*all)[0].id == big->lease.id);
+  CHECK(c.leases_of_holder("alice")->empty());
+  CHECK(h.manager->landlord().size() == 0);
+}
+
+TEST_CASE("a grant resent with its idempotency key is applied once") {
+  Harness h;
+  rpc::CallOptions call;
+  call.idempotency_key = "grant-once";
+  auto first = h.client->grant(grant_of("disk", "carol"), call);
+  auto again = h.client->grant(grant_of("disk", "carol"), call);
+  REQUIRE(first.ok());
+  REQUIRE(again.ok());
+  CHECK(first->lease.id == again->lease.id);
+  CHECK(h.manager->landlord().size() == 1);
+}
+
+TEST_CASE("bad input gets a clear status and changes nothing") {
+  Harness h;
+  LeaseClient& c = *h.client;
+  auto kept = c.grant(grant_of("kept", "dave"));
+  REQUIRE(kept.ok());
+  auto check = [](const Status& st, Code code, const char* words) {
+    CHECK_MESSAGE(st.code() == code, st.to_string());
+    CHECK_MESSAGE(st.message().find(words) != std::string::npos, st.to_string());
+  };
+  check(c.grant(grant_of("", "dave")).status(), Code::kInvalidArgument, "resource is empty");
+  check(c.grant(grant_of(std::string(1025, 'r'), "dave")).status(), Code::kInvalidArgument, "at most 1024");
+  check(c.grant(grant_of("r", std::string(257, 'h'))).status(), Code::kInvalidArgument, "at most 256");
+  check(c.grant(grant_of("r", "")).status(), Code::kInvalidArgument, "holder is empty");
+  check(c.grant(grant_of("r", "dave", Kind::kShared, 0)).status(), Code::kInvalidArgument, "must be > 0");
+  check(c.grant(grant_of("r", "dave", Kind::kShared, -5)).status(), Code::kInvalidArgument, "-5 ms");
+  check(c.grant(grant_of("r", "dave", Kind::kShared, -2)).status(), Code::kPermissionDenied, "FOREVER");
+  check(raw_grant(c, [](auto p) { p.setKind(static_cast<proto::LeaseKind>(9)); }).status(), Code::kInvalidArgument,
+        "lease kind 9");
+  check(raw_grant(c, [](auto p) { p.setWaitMs(-1); }).status(), Code::kInvalidArgument, "waitMs -1");
+  check(raw_grant(c, [](auto p) { p.setResource(capnp::Text::Reader("a\0b", 3)); }).status(), Code::kInvalidArgument, "NUL");
+
+  check(c.renew(0, 1000).status(), Code::kInvalidArgument, "lease id 0");
+  check(c.renew(kept->lease.id, 0).status(), Code::kInvalidArgument, "renewal duration 0");
+  check(c.get(0).status(), Code::kInvalidArgument, "lease id 0");
+  check(c.cancel(0), Code::kInvalidArgument, "lease id 0");
+  check(c.leases_of_holder("").status(), Code::kInvalidArgument, "holder is empty");
+  check(c.leases_of_resource(std::string(2000, 'x')).status(), Code::kInvalidArgument, "at most 1024");
+
+  std::vector<RenewRequest> too_many(10'001, RenewRequest{kept->lease.id, 1000});
+  check(c.renew_batch(too_many)[0].status(), Code::kResourceExhausted, "at most 10000");
+  std::vector<LeaseId> too_many_ids(10'001, kept->lease.id);
+  check(c.cancel_batch(too_many_ids)[0], Code::kResourceExhausted, "at most 10000");
+  std::vector<RenewRequest> mixed{{0, 1000}, {kept->lease.id, -7}};
+  auto items = c.renew_batch(mixed);
+  check(items[0].status(), Code::kInvalidArgument, "lease id 0");
+  check(items[1].status(), Code::kInvalidArgument, "-7 ms");
+  std::vector<LeaseId> zero{0};
+  check(c.cancel_batch(zero)[0], Code::kInvalidArgument, "lease id 0");
+
+  // Nothing changed: the one lease is there as it was, and nothing else was granted.
+  CHECK(h.manager->landlord().size() == 1);
+  auto still = c.get(kept->lease.id);
+  REQUIRE(still.ok());
+  CHECK(still->lease.expiration_ms == kept->lease.expiration_ms);
+}
+
+TEST_CASE("a malformed payload is refused with INVALID_ARGUMENT") {
+  Harness h;
+  for (const char* method : {"lease.grant", "lease.renew", "lease.renewBatch", "renewal.add"}) {
+    auto words = kj::heapArray<capnp::word>(2);
+    std::memset(words.begin(), 0, 16);
+    uint32_t table[2] = {0, 1000};  // one segment of 1000 words, of which one arrives
+    std::memcpy(words.begin(), table, sizeof table);
+    std::promise<rpc::Reply> done;
+    h.client->rpc().call_async_raw(method, std::move(words), {}, [&](rpc::Reply r) { done.set_value(std::move(r)); });
+    rpc::Reply reply = done.get_future().get();
+    CHECK_MESSAGE(reply.status().code() == Code::kInvalidArgument, method, ": ", reply.status().to_string());
+  }
+  CHECK(h.manager->landlord().size() == 0);
+}
+
+TEST_CASE("cancelHolder needs the admin role") {
+  Harness h(security::Role::kClient);
+  auto a = h.client->grant(grant_of("r1", "erin"));
+  REQUIRE(a.ok());
+  auto refused = h.client->cancel_all_of_holder("erin");
+  CHECK(refused.status().code() == Code::kPermissionDenied);
+  CHECK(refused.status().message().find("admin") != std::string::npos);
+  CHECK(h.client->get(a->lease.id).ok());
+  CHECK(h.client->cancel(a->lease.id).ok());  // a client may cancel a lease
+}
+
+TEST_CASE("events arrive for grant, renew, cancel and expiry with the holder as key") {
+  Harness h;
+  EventLog log(h);
+  LeaseClient& c = *h.client;
+  auto a = c.grant(grant_of("fan", "frank"));
+  REQUIRE(a.ok());
+  REQUIRE(c.renew(a->lease.id, 5000).ok());
+  REQUIRE(c.cancel(a->lease.id).ok());
+  auto brief = c.grant(grant_of("lamp", "grace", Kind::kShared, 100));
+  REQUIRE(brief.ok());
+  CHECK(test::eventually([&] { return log.count("lease.cancelled", "frank", a->lease.id) == 1; }));
+  CHECK(log.count("lease.granted", "frank", a->lease.id) == 1);
+  CHECK(log.count("lease.renewed", "frank", a->lease.id) == 1);
+  CHECK(test::eventually([&] { return log.count("lease.expired", "grace", brief->lease.id) == 1; }, 3000));
+  CHECK(log.count("lease.granted", "grace", brief->lease.id) == 1);
+  // A list says where the streams stood: every event so far is at or below its numbers.
+  auto snap = c.holder_snapshot("frank");
+  REQUIRE(snap.ok());
+  CHECK(snap->leases.empty());
+  for (const auto& [kind, seq] : snap->kind_seqs) {
+    if (kind == "lease.granted") CHECK(seq >= 2);
+    if (kind == "lease.expired") CHECK(seq >= 1);
+  }
+}
+
+TEST_CASE("an exclusive lease refuses a conflicting grant and hands over to a waiting one") {
+  Harness h;
+  EventLog log(h);
+  LeaseClient& c = *h.client;
+  auto held = c.grant(grant_of("door", "heidi", Kind::kExclusive));
+  REQUIRE(held.ok());
+  auto refused = c.grant(grant_of("door", "ivan", Kind::kExclusive));
+  CHECK(refused.status().code() == Code::kFailedPrecondition);
+  CHECK(refused.status().message().find("heidi") != std::string::npos);
+  CHECK(c.grant(grant_of("door", "ivan", Kind::kInterest)).ok());  // interest is compatible
+  CHECK(test::eventually([&] { return log.count("lease.conflict", "heidi", held->lease.id) >= 1; }));
+  for (const auto& s : log.snapshot()) {
+    if (s.kind == "lease.conflict") CHECK(s.requested_by == "ivan");
+  }
+
+  GrantRequest waiting = grant_of("door", "judy", Kind::kExclusive);
+  waiting.wait = 5s;
+  auto start = std::chrono::steady_clock::now();
+  auto pending = std::async(std::launch::async, [&] { return c.grant(waiting); });
+  CHECK(pending.wait_for(300ms) == std::future_status::timeout);  // still waiting for heidi
+  REQUIRE(c.cancel(held->lease.id).ok());
+  auto got = pending.get();
+  REQUIRE_MESSAGE(got.ok(), got.status().to_string());
+  CHECK(got->lease.holder == "judy");
+  CHECK(std::chrono::steady_clock::now() - start < 4s);
+
+  // A wait that runs out is refused, not left hanging.
+  GrantRequest brief = grant_of("door", "mallory", Kind::kExclusive);
+  brief.wait = 200ms;
+  auto late = c.grant(brief);
+  CHECK(late.status().code() != Code::kOk);
+  CHECK(c.leases_of_resource("door")->size() == 2);  // judy's exclusive and ivan's interest
+}
+
+TEST_CASE("leases survive a restart of the manager") {
+  test::TempDir dir;
+  LeaseManagerOptions o;
+  o.data_dir = dir.file("lease");
+  Lease granted;
+  {
+    auto m = LeaseManager::start(o);
+    REQUIRE(m.ok());
+    LeaseClient c({.endpoint = (*m)->rpc_endpoint()});
+    auto a = c.grant(grant_of("vault", "kim"));
+    REQUIRE(a.ok());
+    granted = a->lease;
+  }
+  auto m = LeaseManager::start(o);
+  REQUIRE(m.ok());
+  LeaseClient c({.endpoint = (*m)->rpc_endpoint()});
+  auto again = c.get(granted.id);
+  REQUIRE(again.ok());
+  CHECK(again->lease.expiration_ms == granted.expiration_ms);
+  CHECK(again->lease.holder == "kim");
+}
