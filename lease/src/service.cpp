@@ -5,6 +5,7 @@
 
 #include <condition_variable>
 #include <deque>
+#include <span>
 #include <filesystem>
 #include <mutex>
 #include <thread>
@@ -74,6 +75,63 @@ class GrantThreads {
   std::vector<std::thread> threads_;
 };
 
+// Group commit: renewals (and cancels) that arrive while a batch is being written wait and go
+// together in the next one, so N clients renewing at once cost one SQLite transaction, not N.
+// One thread drains the queue; a batch is at most kMaxBatchItems.
+template <class Request, class Outcome>
+class Combiner {
+ public:
+  using Batch = std::function<std::vector<Outcome>(std::span<const Request>)>;
+  using Done = std::function<void(Outcome)>;
+
+  explicit Combiner(Batch batch) : batch_(std::move(batch)), thread_([this] { run(); }) {}
+  ~Combiner() {
+    {
+      std::lock_guard lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+    // Requests never written drop their completions, whose Responders answer CANCELLED.
+  }
+  void post(Request request, Done done) {
+    {
+      std::lock_guard lock(mu_);
+      queue_.emplace_back(std::move(request), std::move(done));
+    }
+    cv_.notify_one();
+  }
+
+ private:
+  void run() {
+    std::vector<Request> requests;
+    std::vector<Done> dones;
+    std::unique_lock lock(mu_);
+    for (;;) {
+      cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+      if (stop_) return;
+      while (!queue_.empty() && requests.size() < kMaxBatchItems) {
+        requests.push_back(std::move(queue_.front().first));
+        dones.push_back(std::move(queue_.front().second));
+        queue_.pop_front();
+      }
+      lock.unlock();
+      std::vector<Outcome> outcomes = batch_(requests);
+      for (size_t i = 0; i < dones.size(); ++i) dones[i](std::move(outcomes[i]));
+      requests.clear();
+      dones.clear();
+      lock.lock();
+    }
+  }
+
+  Batch batch_;
+  std::mutex mu_;  // guards queue_, stop_
+  std::condition_variable cv_;
+  std::deque<std::pair<Request, Done>> queue_;
+  bool stop_ = false;
+  std::thread thread_;
+};
+
 Status check_id(uint64_t id) {
   if (id == 0) return invalid_argument("lease id 0: lease ids are nonzero (use the id a grant returned)");
   return Status::Ok();
@@ -95,13 +153,21 @@ void fill_seqs(events::Publisher* publisher, proto::LeaseList::Builder out) {
 
 struct LandlordService::Impl {
   Impl(Landlord& l, events::Publisher* p, std::string e, int threads)
-      : landlord(l), publisher(p), endpoint(std::move(e)), grants(threads) {}
+      : landlord(l),
+        publisher(p),
+        endpoint(std::move(e)),
+        renewals([this](std::span<const RenewRequest> r) { return landlord.renew_batch(r); }),
+        cancels([this](std::span<const LeaseId> ids) { return landlord.cancel_batch(ids); }),
+        grants(threads) {}
 
   Landlord& landlord;
   events::Publisher* publisher;
   mutable std::mutex endpoint_mu;  // guards endpoint
   std::string endpoint;
-  GrantThreads grants;  // last: joined first, while the rest is still alive
+  // Last: joined first, while the rest is still alive.
+  Combiner<RenewRequest, Result<Lease>> renewals;
+  Combiner<LeaseId, Status> cancels;
+  GrantThreads grants;
 
   std::string get_endpoint() const {
     std::lock_guard lock(endpoint_mu);
@@ -171,25 +237,48 @@ void LandlordService::Impl::register_methods(rpc::Server& server) {
       },
       {.min_role = security::Role::kClient});
 
-  server.method<proto::RenewParams, proto::LeaseResult>(
+  server.handle_deferred(
       "lease.renew",
-      [this](const rpc::CallContext&, proto::RenewParams::Reader p, proto::LeaseResult::Builder r) -> Status {
-        DJINN_RETURN_IF_ERROR(check_id(p.getId()));
-        DJINN_RETURN_IF_ERROR(check_duration(p.getDurationMs(), "renewal duration"));
-        auto lease = landlord.renew(RenewRequest{p.getId(), p.getDurationMs()});
-        if (!lease.ok()) return lease.status();
-        internal::lease_to_proto(*lease, get_endpoint(), r.initLease());
-        return Status::Ok();
+      [this](const rpc::CallContext&, capnp::MessageReader& message, rpc::Responder responder) {
+        RenewRequest request;
+        try {
+          auto p = message.getRoot<proto::RenewParams>();
+          request = RenewRequest{p.getId(), p.getDurationMs()};
+        } catch (const kj::Exception& e) {
+          return responder.reply(invalid_argument(std::string("malformed lease.renew: ") + e.getDescription().cStr()));
+        }
+        for (const Status& st : {check_id(request.id), check_duration(request.duration_ms, "renewal duration")}) {
+          if (!st.ok()) return responder.reply(st);
+        }
+        auto shared = std::make_shared<rpc::Responder>(std::move(responder));
+        renewals.post(request, [shared, where = get_endpoint()](Result<Lease> lease) {
+          if (!lease.ok()) return shared->reply(lease.status());
+          capnp::MallocMessageBuilder out;
+          internal::lease_to_proto(*lease, where, out.initRoot<proto::LeaseResult>().initLease());
+          shared->reply(Status::Ok(), out);
+        });
       },
-      client_blocking);
+      {.min_role = security::Role::kClient});
 
-  server.method<proto::LeaseIdParams, proto::Empty>(
+  server.handle_deferred(
       "lease.cancel",
-      [this](const rpc::CallContext&, proto::LeaseIdParams::Reader p, proto::Empty::Builder) -> Status {
-        DJINN_RETURN_IF_ERROR(check_id(p.getId()));
-        return landlord.cancel(p.getId());
+      [this](const rpc::CallContext&, capnp::MessageReader& message, rpc::Responder responder) {
+        uint64_t id = 0;
+        try {
+          id = message.getRoot<proto::LeaseIdParams>().getId();
+        } catch (const kj::Exception& e) {
+          return responder.reply(invalid_argument(std::string("malformed lease.cancel: ") + e.getDescription().cStr()));
+        }
+        if (Status st = check_id(id); !st.ok()) return responder.reply(st);
+        auto shared = std::make_shared<rpc::Responder>(std::move(responder));
+        cancels.post(id, [shared](Status st) {
+          if (!st.ok()) return shared->reply(st);
+          capnp::MallocMessageBuilder out;
+          out.initRoot<proto::Empty>();
+          shared->reply(Status::Ok(), out);
+        });
       },
-      client_blocking);
+      {.min_role = security::Role::kClient});
 
   server.method<proto::LeaseIdParams, proto::LeaseResult>(
       "lease.get",
