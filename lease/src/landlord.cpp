@@ -866,7 +866,10 @@ struct Landlord::Impl {
   // ---- open and close ----
 
   Status open_store(std::vector<LeaseEvent>& expired) {
-    Result<sqlite::Database> db = sqlite::Database::open(options.path);
+    // Exclusive: this landlord is the file's only user, so SQLite skips its per-transaction file
+    // locks (measured: fcntl locking was a visible share of each renewal), and a second landlord
+    // on the same file is refused.
+    Result<sqlite::Database> db = sqlite::Database::open(options.path, {.exclusive = true});
     if (!db.ok()) return db.status();
     db_.emplace(std::move(*db));
     db_sync_ = sqlite::Sync::kFull;
