@@ -76,13 +76,14 @@ class GrantThreads {
 };
 
 // Group commit: renewals (and cancels) that arrive while a batch is being written wait and go
-// together in the next one, so N clients renewing at once cost one SQLite transaction, not N.
-// One thread drains the queue; a batch is at most kMaxBatchItems.
+// together in the next one, so N clients renewing at once cost one SQLite transaction and one
+// turn of the engine's lock, not N. A posted group (one call's requests) is never split; one
+// thread drains the queue, up to kMaxBatchItems requests per transaction.
 template <class Request, class Outcome>
 class Combiner {
  public:
   using Batch = std::function<std::vector<Outcome>(std::span<const Request>)>;
-  using Done = std::function<void(Outcome)>;
+  using Done = std::function<void(std::vector<Outcome>)>;
 
   explicit Combiner(Batch batch) : batch_(std::move(batch)), thread_([this] { run(); }) {}
   ~Combiner() {
@@ -92,34 +93,47 @@ class Combiner {
     }
     cv_.notify_all();
     thread_.join();
-    // Requests never written drop their completions, whose Responders answer CANCELLED.
+    // Groups never written drop their completions, whose Responders answer CANCELLED.
   }
-  void post(Request request, Done done) {
+  void post(std::vector<Request> requests, Done done) {
     {
       std::lock_guard lock(mu_);
-      queue_.emplace_back(std::move(request), std::move(done));
+      queue_.push_back(Group{std::move(requests), std::move(done)});
     }
     cv_.notify_one();
   }
 
  private:
-  void run() {
+  struct Group {
     std::vector<Request> requests;
-    std::vector<Done> dones;
+    Done done;
+  };
+
+  void run() {
+    std::vector<Group> groups;
+    std::vector<Request> all;
     std::unique_lock lock(mu_);
     for (;;) {
       cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
       if (stop_) return;
-      while (!queue_.empty() && requests.size() < kMaxBatchItems) {
-        requests.push_back(std::move(queue_.front().first));
-        dones.push_back(std::move(queue_.front().second));
+      size_t total = 0;
+      while (!queue_.empty() && (groups.empty() || total + queue_.front().requests.size() <= kMaxBatchItems)) {
+        total += queue_.front().requests.size();
+        groups.push_back(std::move(queue_.front()));
         queue_.pop_front();
       }
       lock.unlock();
-      std::vector<Outcome> outcomes = batch_(requests);
-      for (size_t i = 0; i < dones.size(); ++i) dones[i](std::move(outcomes[i]));
-      requests.clear();
-      dones.clear();
+      for (const Group& g : groups) all.insert(all.end(), g.requests.begin(), g.requests.end());
+      std::vector<Outcome> outcomes = all.empty() ? std::vector<Outcome>{} : batch_(all);
+      size_t at = 0;
+      for (Group& g : groups) {
+        std::vector<Outcome> mine;
+        mine.reserve(g.requests.size());
+        for (size_t i = 0; i < g.requests.size(); ++i) mine.push_back(std::move(outcomes[at++]));
+        g.done(std::move(mine));
+      }
+      groups.clear();
+      all.clear();
       lock.lock();
     }
   }
@@ -127,7 +141,7 @@ class Combiner {
   Batch batch_;
   std::mutex mu_;  // guards queue_, stop_
   std::condition_variable cv_;
-  std::deque<std::pair<Request, Done>> queue_;
+  std::deque<Group> queue_;
   bool stop_ = false;
   std::thread thread_;
 };
@@ -251,7 +265,8 @@ void LandlordService::Impl::register_methods(rpc::Server& server) {
           if (!st.ok()) return responder.reply(st);
         }
         auto shared = std::make_shared<rpc::Responder>(std::move(responder));
-        renewals.post(request, [shared, where = get_endpoint()](Result<Lease> lease) {
+        renewals.post({request}, [shared, where = get_endpoint()](std::vector<Result<Lease>> outcomes) {
+          Result<Lease>& lease = outcomes.front();
           if (!lease.ok()) return shared->reply(lease.status());
           capnp::MallocMessageBuilder out;
           internal::lease_to_proto(*lease, where, out.initRoot<proto::LeaseResult>().initLease());
@@ -271,7 +286,8 @@ void LandlordService::Impl::register_methods(rpc::Server& server) {
         }
         if (Status st = check_id(id); !st.ok()) return responder.reply(st);
         auto shared = std::make_shared<rpc::Responder>(std::move(responder));
-        cancels.post(id, [shared](Status st) {
+        cancels.post({id}, [shared](std::vector<Status> outcomes) {
+          const Status& st = outcomes.front();
           if (!st.ok()) return shared->reply(st);
           capnp::MallocMessageBuilder out;
           out.initRoot<proto::Empty>();
@@ -293,43 +309,49 @@ void LandlordService::Impl::register_methods(rpc::Server& server) {
       },
       client_blocking);
 
-  server.method<proto::RenewBatchParams, proto::BatchResults>(
+  server.handle_deferred(
       "lease.renewBatch",
-      [this](const rpc::CallContext&, proto::RenewBatchParams::Reader p, proto::BatchResults::Builder r) -> Status {
-        auto items = p.getItems();
-        if (items.size() > kMaxBatchItems) {
-          return resource_exhausted("renewBatch of " + std::to_string(items.size()) + " items: at most " +
-                                    std::to_string(kMaxBatchItems) + " per call (split the batch)");
-        }
-        // Invalid items fail on their own; the valid ones go to the engine as one batch.
-        std::vector<Status> invalid(items.size());
+      [this](const rpc::CallContext&, capnp::MessageReader& message, rpc::Responder responder) {
+        // Invalid items fail on their own; the valid ones join the next group commit together.
+        auto invalid = std::make_shared<std::vector<Status>>();
         std::vector<RenewRequest> requests;
-        std::vector<size_t> positions;
-        for (unsigned i = 0; i < items.size(); ++i) {
-          invalid[i] = check_id(items[i].getId());
-          if (invalid[i].ok()) invalid[i] = check_duration(items[i].getDurationMs(), "renewal duration");
-          if (!invalid[i].ok()) continue;
-          requests.push_back(RenewRequest{items[i].getId(), items[i].getDurationMs()});
-          positions.push_back(i);
+        auto positions = std::make_shared<std::vector<size_t>>();
+        try {
+          auto items = message.getRoot<proto::RenewBatchParams>().getItems();
+          if (items.size() > kMaxBatchItems) {
+            return responder.reply(resource_exhausted("renewBatch of " + std::to_string(items.size()) +
+                                                      " items: at most " + std::to_string(kMaxBatchItems) +
+                                                      " per call (split the batch)"));
+          }
+          invalid->resize(items.size());
+          for (unsigned i = 0; i < items.size(); ++i) {
+            Status& st = (*invalid)[i];
+            st = check_id(items[i].getId());
+            if (st.ok()) st = check_duration(items[i].getDurationMs(), "renewal duration");
+            if (!st.ok()) continue;
+            requests.push_back(RenewRequest{items[i].getId(), items[i].getDurationMs()});
+            positions->push_back(i);
+          }
+        } catch (const kj::Exception& e) {
+          return responder.reply(invalid_argument(std::string("malformed lease.renewBatch: ") + e.getDescription().cStr()));
         }
-        auto results = requests.empty() ? std::vector<Result<Lease>>{} : landlord.renew_batch(requests);
-        if (results.size() != requests.size()) {
-          return internal_error("the landlord answered " + std::to_string(results.size()) + " of " +
-                                std::to_string(requests.size()) + " renewals");
-        }
-        auto out = r.initItems(items.size());
-        std::string where = get_endpoint();
-        for (unsigned i = 0; i < items.size(); ++i) {
-          if (!invalid[i].ok()) internal::status_to_item(invalid[i], out[i]);
-        }
-        for (size_t k = 0; k < results.size(); ++k) {
-          auto item = out[static_cast<unsigned>(positions[k])];
-          internal::status_to_item(results[k].status(), item);
-          if (results[k].ok()) internal::lease_to_proto(*results[k], where, item.initLease());
-        }
-        return Status::Ok();
+        auto shared = std::make_shared<rpc::Responder>(std::move(responder));
+        renewals.post(std::move(requests), [shared, invalid, positions,
+                                            where = get_endpoint()](std::vector<Result<Lease>> results) {
+          capnp::MallocMessageBuilder message;
+          auto out = message.initRoot<proto::BatchResults>().initItems(static_cast<unsigned>(invalid->size()));
+          for (unsigned i = 0; i < invalid->size(); ++i) {
+            if (!(*invalid)[i].ok()) internal::status_to_item((*invalid)[i], out[i]);
+          }
+          for (size_t k = 0; k < results.size(); ++k) {
+            auto item = out[static_cast<unsigned>((*positions)[k])];
+            internal::status_to_item(results[k].status(), item);
+            if (results[k].ok()) internal::lease_to_proto(*results[k], where, item.initLease());
+          }
+          shared->reply(Status::Ok(), message);
+        });
       },
-      client_blocking);
+      {.min_role = security::Role::kClient});
 
   server.method<proto::CancelBatchParams, proto::BatchResults>(
       "lease.cancelBatch",
