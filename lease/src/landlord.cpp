@@ -450,6 +450,17 @@ struct Landlord::Impl {
     return next;
   }
 
+  // The leases chained from one name of the holder or resource index.
+  std::vector<Lease> chain_of(const internal::StringPool& index, std::string_view name,
+                              uint32_t Record::*next) const {
+    std::lock_guard lock(mutex_);
+    std::vector<Lease> out;
+    uint32_t entry = index.find(name);
+    if (entry == kNone) return out;
+    for (uint32_t s = index[entry].head; s != kNone; s = slots_[s].*next) out.push_back(to_lease(s));
+    return out;
+  }
+
   // ---- durable writes (write_mutex_ held) ----
 
   // One transaction at the given sync level around `body`; nothing when in memory only.
@@ -1050,25 +1061,11 @@ std::optional<Lease> Landlord::find(LeaseId id) const {
 }
 
 std::vector<Lease> Landlord::leases_of_holder(std::string_view holder) const {
-  std::lock_guard lock(impl_->mutex_);
-  std::vector<Lease> out;
-  uint32_t hol = impl_->holders_.find(holder);
-  if (hol == kNone) return out;
-  for (uint32_t s = impl_->holders_[hol].head; s != kNone; s = impl_->slots_[s].hol_next) {
-    out.push_back(impl_->to_lease(s));
-  }
-  return out;
+  return impl_->chain_of(impl_->holders_, holder, &Record::hol_next);
 }
 
 std::vector<Lease> Landlord::leases_of_resource(std::string_view resource) const {
-  std::lock_guard lock(impl_->mutex_);
-  std::vector<Lease> out;
-  uint32_t res = impl_->resources_.find(resource);
-  if (res == kNone) return out;
-  for (uint32_t s = impl_->resources_[res].head; s != kNone; s = impl_->slots_[s].res_next) {
-    out.push_back(impl_->to_lease(s));
-  }
-  return out;
+  return impl_->chain_of(impl_->resources_, resource, &Record::res_next);
 }
 
 Result<std::vector<Lease>> Landlord::cancel_all_of_holder(std::string_view holder) {

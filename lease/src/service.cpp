@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <mutex>
 #include <thread>
+#include <type_traits>
 
 #include <kj/exception.h>
 
@@ -384,41 +385,38 @@ void LandlordService::Impl::register_methods(rpc::Server& server) {
       },
       client_blocking);
 
-  server.method<proto::HolderParams, proto::LeaseList>(
-      "lease.holderLeases",
-      [this](const rpc::CallContext&, proto::HolderParams::Reader p, proto::LeaseList::Builder r) -> Status {
-        std::string holder = internal::text_of(p.getHolder());
-        DJINN_RETURN_IF_ERROR(check_text(holder, landlord.policy().max_holder_bytes, "holder"));
-        // The numbers first: every event at or below them is already reflected in the list.
-        fill_seqs(publisher, r);
-        list_reply(landlord.leases_of_holder(holder), get_endpoint(), r);
-        return Status::Ok();
-      },
-      client_blocking);
-
-  server.method<proto::ResourceParams, proto::LeaseList>(
-      "lease.resourceLeases",
-      [this](const rpc::CallContext&, proto::ResourceParams::Reader p, proto::LeaseList::Builder r) -> Status {
-        std::string resource = internal::text_of(p.getResource());
-        DJINN_RETURN_IF_ERROR(check_text(resource, landlord.policy().max_resource_bytes, "resource"));
-        fill_seqs(publisher, r);
-        list_reply(landlord.leases_of_resource(resource), get_endpoint(), r);
-        return Status::Ok();
-      },
-      client_blocking);
-
-  server.method<proto::HolderParams, proto::LeaseList>(
-      "lease.cancelHolder",
-      [this](const rpc::CallContext&, proto::HolderParams::Reader p, proto::LeaseList::Builder r) -> Status {
-        std::string holder = internal::text_of(p.getHolder());
-        DJINN_RETURN_IF_ERROR(check_text(holder, landlord.policy().max_holder_bytes, "holder"));
-        fill_seqs(publisher, r);
-        auto cancelled = landlord.cancel_all_of_holder(holder);
-        if (!cancelled.ok()) return cancelled.status();
-        list_reply(*cancelled, get_endpoint(), r);
-        return Status::Ok();
-      },
-      {.min_role = security::Role::kAdmin, .blocking = true});
+  // The list methods: one name (a holder or a resource) in, its leases out. The event numbers
+  // are read first, so every event at or below them is already reflected in the list.
+  auto list_method = [&](const char* method, auto params_tag, auto name_of, const char* what, size_t max_bytes,
+                         auto fetch, rpc::MethodOptions options) {
+    using Params = typename decltype(params_tag)::type;
+    server.method<Params, proto::LeaseList>(
+        method,
+        [this, name_of, what, max_bytes, fetch](const rpc::CallContext&, typename Params::Reader p,
+                                                proto::LeaseList::Builder r) -> Status {
+          std::string name = internal::text_of(name_of(p));
+          DJINN_RETURN_IF_ERROR(check_text(name, max_bytes, what));
+          fill_seqs(publisher, r);
+          Result<std::vector<Lease>> leases = fetch(name);
+          if (!leases.ok()) return leases.status();
+          list_reply(*leases, get_endpoint(), r);
+          return Status::Ok();
+        },
+        options);
+  };
+  const Policy& policy = landlord.policy();
+  auto holder_of = [](proto::HolderParams::Reader p) { return p.getHolder(); };
+  list_method("lease.holderLeases", std::type_identity<proto::HolderParams>(), holder_of, "holder", policy.max_holder_bytes,
+              [this](const std::string& h) -> Result<std::vector<Lease>> { return landlord.leases_of_holder(h); },
+              client_blocking);
+  list_method("lease.resourceLeases", std::type_identity<proto::ResourceParams>(),
+              [](proto::ResourceParams::Reader p) { return p.getResource(); }, "resource", policy.max_resource_bytes,
+              [this](const std::string& r) -> Result<std::vector<Lease>> { return landlord.leases_of_resource(r); },
+              client_blocking);
+  // A migrating application gives up everything it holds at once; only an admin may ask.
+  list_method("lease.cancelHolder", std::type_identity<proto::HolderParams>(), holder_of, "holder", policy.max_holder_bytes,
+              [this](const std::string& h) { return landlord.cancel_all_of_holder(h); },
+              {.min_role = security::Role::kAdmin, .blocking = true});
 }
 
 LandlordService::LandlordService(Landlord& landlord, rpc::Server& server, events::Publisher* publisher,
