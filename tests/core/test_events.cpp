@@ -5,6 +5,7 @@
 #include <mutex>
 
 #include "djinn/core/events.h"
+#include "djinn/core/security.h"
 #include "djinn/examples/echo.capnp.h"
 #include "support/test_support.h"
 
@@ -160,4 +161,33 @@ TEST_CASE("a publisher restart shows as a gap with restarted set") {
     for (const auto& g : gaps) if (g.restarted) return true;
     return false;
   }));
+}
+
+TEST_CASE("events under CURVE: a subscriber in the keyring receives, a stranger receives nothing") {
+  security::KeyPair server = security::generate_keypair();
+  security::KeyPair member = security::generate_keypair();
+  security::KeyPair stranger = security::generate_keypair();
+  auto keyring = std::make_shared<security::Keyring>();
+  REQUIRE(keyring->add(security::Role::kClient, member.public_key, "member").ok());
+  events::Publisher pub({.curve = rpc::CurveServer{server, keyring}, .heartbeat_interval = std::chrono::milliseconds(0)});
+  REQUIRE(pub.start().ok());
+
+  auto make_sub = [&](const security::KeyPair& me) {
+    auto s = std::make_unique<events::Subscriber>(
+        events::SubscriberOptions{.endpoint = pub.endpoints()[0], .curve = rpc::CurveClient{me, server.public_key}});
+    s->subscribe("warmup");
+    return s;
+  };
+  std::atomic<int> member_seen{0}, stranger_seen{0};
+  auto member_sub = make_sub(member);
+  member_sub->on_event([&](const events::Event&) { member_seen++; });
+  auto stranger_sub = make_sub(stranger);
+  stranger_sub->on_event([&](const events::Event&) { stranger_seen++; });
+  wait_until_connected(pub, *member_sub, member_seen);
+  // The member has been receiving for a while; the stranger, polled as long, got nothing.
+  for (int i = 0; i < 50; ++i) {
+    publish_text(pub, "warmup", "", "");
+    stranger_sub->poll(std::chrono::milliseconds(5));
+  }
+  CHECK(stranger_seen == 0);
 }
