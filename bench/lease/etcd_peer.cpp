@@ -40,20 +40,16 @@ Result<std::unique_ptr<EtcdServer>> EtcdServer::start(const std::string& binary)
   if (!client_port.ok()) return client_port.status();
   if (!peer_port.ok()) return peer_port.status();
   server->client_port_ = *client_port;
-  server->data_dir_ = server->dir_.path() + "/data";
+  server->data_dir_ = server->dir() + "/data";
   std::string client_url = "http://127.0.0.1:" + std::to_string(*client_port);
   std::string peer_url = "http://127.0.0.1:" + std::to_string(*peer_port);
-  std::string log_path = server->dir_.path() + "/etcd.log";
-  Result<std::unique_ptr<PeerProcess>> process = PeerProcess::spawn(
+  std::string version;
+  Status st = server->launch(
       {binary, "--name", "bench", "--data-dir", server->data_dir_, "--listen-client-urls", client_url,
        "--advertise-client-urls", client_url, "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls",
        peer_url, "--initial-cluster", "bench=" + peer_url, "--initial-cluster-state", "new", "--logger", "zap",
        "--log-level", "warn"},
-      log_path);
-  if (!process.ok()) return process.status();
-  server->process_ = std::move(process).value();
-  std::string version;
-  Status st = wait_until_ready(*server->process_, kStartTimeout, [&] {
+      "etcd.log", kStartTimeout, [&] {
     Result<EtcdLeaseClient> c = EtcdLeaseClient::connect(*client_port);
     if (!c.ok()) return false;
     Result<std::string> v = c->status();
@@ -61,8 +57,8 @@ Result<std::unique_ptr<EtcdServer>> EtcdServer::start(const std::string& binary)
     version = *v;
     return true;
   }, "etcd");
-  if (!st.ok()) return Status(st.code(), st.message() + "; its log ends: " + tail_of_file(log_path));
-  server->version_ = version;
+  if (!st.ok()) return st;
+  server->set_version(version);
   return server;
 }
 

@@ -16,20 +16,16 @@ namespace djinn::lease_bench {
 
 inline constexpr const char* kEtcdPath = "/usr/bin/etcd";
 
-class EtcdServer {
+class EtcdServer : public PeerServer {
  public:
   // Starts `binary` as a single member and waits until its gateway answers.
   static Result<std::unique_ptr<EtcdServer>> start(const std::string& binary);
   uint16_t client_port() const { return client_port_; }
-  const std::string& version() const { return version_; }
   const std::string& data_dir() const { return data_dir_; }
 
  private:
-  EtcdServer(TempDir dir) : dir_(std::move(dir)) {}
-  TempDir dir_;  // declared first: the process stops before its data is removed
-  std::unique_ptr<PeerProcess> process_;
+  explicit EtcdServer(TempDir dir) : PeerServer(std::move(dir)) {}
   uint16_t client_port_ = 0;
-  std::string version_;
   std::string data_dir_;
 };
 

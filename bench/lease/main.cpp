@@ -15,7 +15,6 @@
 #include <cstdio>
 #include <fstream>
 #include <functional>
-#include <latch>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -24,6 +23,7 @@
 #include <vector>
 
 #include "bench_json.h"
+#include "bench_run.h"
 #include "djinn/core/config.h"
 #include "djinn/core/log.h"
 #include "djinn/lease/client.h"
@@ -34,7 +34,10 @@
 #include "redis_peer.h"
 
 using namespace djinn;
-using Clock = std::chrono::steady_clock;
+using bench::Clock;
+using bench::ms_of;
+using bench::Plan;
+using bench::seconds_of;
 
 namespace {
 
@@ -56,12 +59,6 @@ constexpr double kCancelPoolMargin = 3;
 // Redis keys are set in pipelined rounds of this many commands.
 constexpr size_t kPipelineDepth = 1000;
 
-struct Plan {
-  Clock::duration warmup;
-  Clock::duration measure;  // per round
-  int rounds;
-};
-
 // The expiry and memory run: `live` leases that stay, `expiring` more whose deadlines are spread
 // evenly over `window`, starting `lead` after the last grant; events are awaited `drain` longer.
 struct ExpiryPlan {
@@ -71,9 +68,6 @@ struct ExpiryPlan {
   std::chrono::milliseconds window;
   std::chrono::milliseconds drain;
 };
-
-double seconds_of(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
-int64_t ms_of(Clock::duration d) { return std::chrono::duration_cast<std::chrono::milliseconds>(d).count(); }
 
 int64_t wall_us() {
   return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch())
@@ -91,6 +85,9 @@ struct Step {
   uint64_t ops = 0;
   bool ok = true;
   bool exhausted = false;
+
+  // A call on one lease: one op if it succeeded, an error if not.
+  static Step one(bool ok) { return ok ? Step{1, true, false} : Step{0, false, false}; }
 };
 using Worker = std::function<Step()>;
 // Builds client `i`'s worker on the client's own thread, before the clock starts (connections and
@@ -118,9 +115,6 @@ struct Sample {
 // exhausted, every client stops and the round measures up to that moment (from the start, if it
 // came during the warm-up).
 Sample run_clients(int clients, const Plan& plan, const MakeWorker& make_worker) {
-  std::latch ready(clients);
-  std::latch go(1);
-  Clock::time_point start, measure_from, until;  // written before `go` opens
   std::atomic<bool> stop{false};
   std::mutex stop_mu;  // guards stopped_at
   std::optional<Clock::time_point> stopped_at;
@@ -129,18 +123,14 @@ Sample run_clients(int clients, const Plan& plan, const MakeWorker& make_worker)
     uint64_t warm = 0, ops = 0, errors = 0;
   };
   std::vector<Counts> counts(static_cast<size_t>(clients));
-  std::vector<std::thread> threads;
-  for (int i = 0; i < clients; ++i) {
-    threads.emplace_back([&, i] {
-      Worker worker = make_worker(i);
-      if (!worker) setup_failures++;
-      ready.count_down();
-      go.wait();
+  bench::Window window = bench::run_together(clients, plan, [&](int i) {
+    Worker worker = make_worker(i);
+    if (!worker) setup_failures++;
+    return [&, &c = counts[static_cast<size_t>(i)], worker = std::move(worker)](const bench::Window& w) {
       if (!worker) return;
-      Counts& c = counts[static_cast<size_t>(i)];
       for (;;) {
         Clock::time_point t0 = Clock::now();
-        if (t0 >= until || stop.load(std::memory_order_relaxed)) break;
+        if (t0 >= w.until || stop.load(std::memory_order_relaxed)) break;
         Step s = worker();
         if (s.exhausted) {
           std::lock_guard lock(stop_mu);
@@ -149,19 +139,13 @@ Sample run_clients(int clients, const Plan& plan, const MakeWorker& make_worker)
           break;
         }
         if (!s.ok) {
-          if (t0 >= measure_from) c.errors++;
+          if (t0 >= w.measure_from) c.errors++;
           continue;
         }
-        (t0 < measure_from ? c.warm : c.ops) += s.ops;
+        (t0 < w.measure_from ? c.warm : c.ops) += s.ops;
       }
-    });
-  }
-  ready.wait();
-  start = Clock::now();
-  measure_from = start + plan.warmup;
-  until = measure_from + plan.measure;
-  go.count_down();
-  for (auto& t : threads) t.join();
+    };
+  });
   Sample s;
   uint64_t warm = 0;
   for (const Counts& c : counts) {
@@ -170,13 +154,13 @@ Sample run_clients(int clients, const Plan& plan, const MakeWorker& make_worker)
     warm += c.warm;
   }
   s.failed = setup_failures.load() > 0 ? 1 : 0;
-  if (stopped_at && *stopped_at < until) {
+  if (stopped_at && *stopped_at < window.until) {
     s.cut_short = 1;
-    if (*stopped_at <= measure_from) {
+    if (*stopped_at <= window.measure_from) {
       s.ops += warm;
-      s.seconds = seconds_of(*stopped_at - start);
+      s.seconds = seconds_of(*stopped_at - window.start);
     } else {
-      s.seconds = seconds_of(*stopped_at - measure_from);
+      s.seconds = seconds_of(*stopped_at - window.measure_from);
     }
   } else {
     s.seconds = seconds_of(plan.measure);
@@ -184,29 +168,15 @@ Sample run_clients(int clients, const Plan& plan, const MakeWorker& make_worker)
   return s;
 }
 
-struct Contender {
-  std::string label;  // for progress lines
-  std::function<Sample(const Plan&)> run;
-  Sample total;
-};
+using Contender = bench::Contender<Sample>;
 
-// Runs every contender once per round, alternating the order, so a change in the machine's load
-// during the run falls on all of them alike.
 void run_side_by_side(const std::vector<Contender*>& contenders, const Plan& plan) {
-  for (int round = 0; round < plan.rounds; ++round) {
-    std::vector<Contender*> order = contenders;
-    if (round % 2 == 1) std::reverse(order.begin(), order.end());
-    for (Contender* c : order) {
-      Sample s = c->run(plan);
-      std::fprintf(stderr, "bench-lease:   %-44s round %d/%d: %10.0f /s%s%s%s\n", c->label.c_str(), round + 1,
-                   plan.rounds, s.throughput(), s.errors ? " (with errors)" : "",
-                   s.cut_short ? " (pool exhausted: shorter round)" : "", s.failed ? " (SET-UP FAILED)" : "");
-      c->total.merge(s);
-    }
-  }
+  bench::run_side_by_side(contenders, plan, {"bench-lease", 44, "/s"}, [](const Sample& s) {
+    return std::string(s.errors ? " (with errors)" : "") + (s.cut_short ? " (pool exhausted: shorter round)" : "") +
+           (s.failed ? " (SET-UP FAILED)" : "");
+  });
 }
 
-std::string clients_tag(int clients) { return clients == 1 ? "1client" : std::to_string(clients) + "clients"; }
 size_t config_index(int clients) { return clients == 1 ? 0 : 1; }
 
 // ---------------------------------------------------------------------------------------------
@@ -264,6 +234,38 @@ void log_setup_failure(const std::string& side, const Status& st) {
   progress(side + ": client set-up failed: " + st.to_string());
 }
 
+// A connection of a peer's driver (C::connect(port)) for one client's worker; nullptr, logged,
+// when it cannot be made.
+template <class C>
+std::shared_ptr<C> connect_client(const std::string& side, uint16_t port) {
+  Result<C> c = C::connect(port);
+  if (!c.ok()) {
+    log_setup_failure(side, c.status());
+    return nullptr;
+  }
+  return std::make_shared<C>(std::move(c).value());
+}
+
+// A worker that calls `op` on the leases of `pool` (a pointer to a vector) in turn, round and
+// round: renewals, and gets.
+template <class PoolPtr, class Op>
+Worker cycling(PoolPtr pool, Op op) {
+  auto next = std::make_shared<size_t>(0);
+  return [pool, next, op]() { return Step::one(op((*pool)[(*next)++ % pool->size()])); };
+}
+
+// A worker that takes the leases of `pool` one at a time, newest first, and calls `op` on each:
+// cancels. It is exhausted when the pool is empty.
+template <class Op>
+Worker draining(std::vector<int64_t>* pool, Op op) {
+  return [pool, op]() {
+    if (pool->empty()) return Step{0, true, true};
+    int64_t id = pool->back();
+    pool->pop_back();
+    return Step::one(op(id));
+  };
+}
+
 // djinn: one LeaseClient per client thread against the in-process LeaseManager. Pools are filled
 // through the manager's landlord directly (the fastest way to have leases to renew or cancel).
 class DjinnSide : public Side {
@@ -311,11 +313,7 @@ class DjinnSide : public Side {
     std::vector<int64_t>* pool = &renew_pool(clients, i);
     if (!fill(*pool, kBatch, clients, i, "r")) return {};
     std::shared_ptr<lease::LeaseClient> c = client();
-    auto next = std::make_shared<size_t>(0);
-    return [c, pool, next]() {
-      auto id = static_cast<lease::LeaseId>((*pool)[(*next)++ % pool->size()]);
-      return c->renew(id, kLongLeaseMs).ok() ? Step{1, true, false} : Step{0, false, false};
-    };
+    return cycling(pool, [c](int64_t id) { return c->renew(static_cast<lease::LeaseId>(id), kLongLeaseMs).ok(); });
   }
 
   Worker renew_batch_worker(int clients, int i) override {
@@ -336,12 +334,7 @@ class DjinnSide : public Side {
     std::vector<int64_t>* pool = &granted(clients, i);
     if (!fill(*pool, need, clients, i, "c")) return {};
     std::shared_ptr<lease::LeaseClient> c = client();
-    return [c, pool]() {
-      if (pool->empty()) return Step{0, true, true};
-      auto id = static_cast<lease::LeaseId>(pool->back());
-      pool->pop_back();
-      return c->cancel(id).ok() ? Step{1, true, false} : Step{0, false, false};
-    };
+    return draining(pool, [c](int64_t id) { return c->cancel(static_cast<lease::LeaseId>(id)).ok(); });
   }
 
   // The limit of the single-lease figures: a lease.get round trip, the same RPC path with no
@@ -351,11 +344,7 @@ class DjinnSide : public Side {
       std::vector<int64_t>* pool = &renew_pool(clients, i);
       if (!fill(*pool, kBatch, clients, i, "r")) return {};
       std::shared_ptr<lease::LeaseClient> c = client();
-      auto next = std::make_shared<size_t>(0);
-      return [c, pool, next]() {
-        auto id = static_cast<lease::LeaseId>((*pool)[(*next)++ % pool->size()]);
-        return c->get(id).ok() ? Step{1, true, false} : Step{0, false, false};
-      };
+      return cycling(pool, [c](int64_t id) { return c->get(static_cast<lease::LeaseId>(id)).ok(); });
     };
   }
 
@@ -369,12 +358,7 @@ class EtcdSide : public Side {
   explicit EtcdSide(uint16_t port) : port_(port) {}
 
   std::shared_ptr<lease_bench::EtcdLeaseClient> client() const {
-    Result<lease_bench::EtcdLeaseClient> c = lease_bench::EtcdLeaseClient::connect(port_);
-    if (!c.ok()) {
-      log_setup_failure("etcd", c.status());
-      return nullptr;
-    }
-    return std::make_shared<lease_bench::EtcdLeaseClient>(std::move(c).value());
+    return connect_client<lease_bench::EtcdLeaseClient>("etcd", port_);
   }
 
   static bool fill(lease_bench::EtcdLeaseClient& c, std::vector<int64_t>& pool, size_t n) {
@@ -405,10 +389,7 @@ class EtcdSide : public Side {
     auto c = client();
     std::vector<int64_t>* pool = &renew_pool(clients, i);
     if (!c || !fill(*c, *pool, kBatch)) return {};
-    auto next = std::make_shared<size_t>(0);
-    return [c, pool, next]() {
-      return c->keep_alive((*pool)[(*next)++ % pool->size()]).ok() ? Step{1, true, false} : Step{0, false, false};
-    };
+    return cycling(pool, [c](int64_t id) { return c->keep_alive(id).ok(); });
   }
 
   Worker renew_batch_worker(int clients, int i) override {
@@ -429,12 +410,7 @@ class EtcdSide : public Side {
     auto c = client();
     std::vector<int64_t>* pool = &granted(clients, i);
     if (!c || !fill(*c, *pool, need)) return {};
-    return [c, pool]() {
-      if (pool->empty()) return Step{0, true, true};
-      int64_t id = pool->back();
-      pool->pop_back();
-      return c->revoke(id).ok() ? Step{1, true, false} : Step{0, false, false};
-    };
+    return draining(pool, [c](int64_t id) { return c->revoke(id).ok(); });
   }
 
   uint64_t short_batches() const { return short_batches_.load(); }
@@ -451,12 +427,7 @@ class RedisSide : public Side {
   explicit RedisSide(uint16_t port) : port_(port) {}
 
   std::shared_ptr<lease_bench::RedisConnection> client() const {
-    Result<lease_bench::RedisConnection> c = lease_bench::RedisConnection::connect(port_);
-    if (!c.ok()) {
-      log_setup_failure("redis", c.status());
-      return nullptr;
-    }
-    return std::make_shared<lease_bench::RedisConnection>(std::move(c).value());
+    return connect_client<lease_bench::RedisConnection>("redis", port_);
   }
 
   static std::string key(int clients, int i, int64_t n) {
@@ -506,12 +477,11 @@ class RedisSide : public Side {
     if (!c || !fill(*c, *pool, kBatch, clients, i)) return {};
     auto keys = std::make_shared<std::vector<std::string>>();
     for (int64_t n : *pool) keys->push_back(key(clients, i, n));
-    auto next = std::make_shared<size_t>(0);
     auto ms = std::make_shared<std::string>(std::to_string(kLongLeaseMs));
-    return [c, keys, next, ms]() {
-      Result<lease_bench::RespValue> r = c->command({"PEXPIRE", (*keys)[(*next)++ % keys->size()], *ms});
-      return r.ok() && r->integer == 1 ? Step{1, true, false} : Step{0, false, false};
-    };
+    return cycling(keys, [c, ms](const std::string& key) {
+      Result<lease_bench::RespValue> r = c->command({"PEXPIRE", key, *ms});
+      return r.ok() && r->integer == 1;
+    });
   }
 
   Worker renew_batch_worker(int clients, int i) override {
@@ -538,13 +508,10 @@ class RedisSide : public Side {
     auto c = client();
     std::vector<int64_t>* pool = &granted(clients, i);
     if (!c || !fill(*c, *pool, need, clients, i)) return {};
-    return [c, pool, clients, i]() {
-      if (pool->empty()) return Step{0, true, true};
-      int64_t n = pool->back();
-      pool->pop_back();
+    return draining(pool, [c, clients, i](int64_t n) {
       Result<lease_bench::RespValue> r = c->command({"DEL", key(clients, i, n)});
-      return r.ok() && r->integer == 1 ? Step{1, true, false} : Step{0, false, false};
-    };
+      return r.ok() && r->integer == 1;
+    });
   }
 
  private:
@@ -583,7 +550,7 @@ MakeWorker fsync_writers(const std::string& dir) {
       off_t at = static_cast<off_t>((*written)++ % (kProbeFileBytes / 4096)) * 4096;
       bool ok = ::pwrite(file->fd, block->data(), block->size(), at) == static_cast<ssize_t>(block->size()) &&
                 ::fdatasync(file->fd) == 0;
-      return ok ? Step{1, true, false} : Step{0, false, false};
+      return Step::one(ok);
     };
   };
 }
@@ -776,17 +743,22 @@ Result<LagFigures> redis_expiry(uint16_t port, const ExpiryPlan& plan) {
 
 // ---------------------------------------------------------------------------------------------
 
-void print_verdicts(const bench::Report& report) {
-  for (const auto& r : report.results()) {
-    auto measure = bench::target_measure(r);
-    auto met = bench::meets_target(r);
-    if (!r.target) continue;
-    const char* of = r.target->of == bench::Target::Of::kPeer    ? "of peer"
-                     : r.target->of == bench::Target::Of::kLimit ? "of limit"
-                                                                  : "";
-    std::fprintf(stderr, "bench-lease: %-34s %12.2f %-10s %8.2f %-8s: %s\n", r.name.c_str(), r.value, r.unit.c_str(),
-                 measure.value_or(NAN), of, !met ? "cannot judge (no peer)" : *met ? "target met" : "TARGET MISSED");
+// The peer server `Server` started from `path`, or nullptr with a note saying why its figures are
+// null. `name` is how figures and notes call it, `program` how progress does.
+template <class Server>
+std::unique_ptr<Server> start_peer(bench::Report& report, const std::string& name, const std::string& program,
+                                   const std::string& path) {
+  if (::access(path.c_str(), X_OK) != 0) {
+    report.note(name + ": " + path + " not found (install " + name + "-server): its figures are null");
+    return nullptr;
   }
+  progress("starting " + program);
+  Result<std::unique_ptr<Server>> server = Server::start(path);
+  if (!server.ok()) {
+    report.note(name + " did not start (" + server.status().to_string() + "): its figures are null");
+    return nullptr;
+  }
+  return std::move(server).value();
 }
 
 std::optional<bench::Reference> ref(const std::string& name, const std::optional<double>& value) {
@@ -803,9 +775,9 @@ int main(int argc, char** argv) {
              "memory per lease, beside etcd leases (through its grpc-gateway) and Redis keys with expirations,\n"
              "both started on 127.0.0.1 for the run. Prints one JSON object (DESIGN §11) on stdout.");
   cfg.add_bool("quick", false, "small sizes: 100,000 live leases, under a second per figure, under a minute in all");
-  cfg.add_int("rounds", 0, "rounds per figure, contenders interleaved (0: 1 with --quick, else 3)", 0, 100);
-  cfg.add_duration("measure", std::chrono::milliseconds(0),
-                   "time measured per figure and round (0: 700ms with --quick, else 2s)");
+  const Plan quick_plan{std::chrono::milliseconds(150), std::chrono::milliseconds(700), 1};
+  const Plan full_plan{std::chrono::milliseconds(500), std::chrono::milliseconds(2000), 3};
+  bench::add_plan_flags(cfg, quick_plan, full_plan);
   cfg.add_int("leases", 0, "live leases in the expiry and memory run (0: 100,000 with --quick, else 1,000,000)", 0,
               50'000'000);
   cfg.add_string("etcd", lease_bench::kEtcdPath, "the etcd server binary; its figures are null when it is missing");
@@ -814,10 +786,7 @@ int main(int argc, char** argv) {
   log::set_level(log::Level::kWarn);
 
   const bool quick = cfg.get_bool("quick");
-  Plan plan{quick ? std::chrono::milliseconds(150) : std::chrono::milliseconds(500),
-            quick ? std::chrono::milliseconds(700) : std::chrono::milliseconds(2000), quick ? 1 : 3};
-  if (cfg.get_duration("measure").count() > 0) plan.measure = cfg.get_duration("measure");
-  if (cfg.get_int("rounds") > 0) plan.rounds = static_cast<int>(cfg.get_int("rounds"));
+  const Plan plan = bench::plan_from_flags(cfg, quick_plan, full_plan);
   ExpiryPlan expiry = quick ? ExpiryPlan{100'000, 5'000, std::chrono::milliseconds(500), std::chrono::seconds(2),
                                          std::chrono::milliseconds(1500)}
                             : ExpiryPlan{1'000'000, 20'000, std::chrono::seconds(1), std::chrono::seconds(10),
@@ -831,32 +800,10 @@ int main(int argc, char** argv) {
   };
 
   // Peers first, so that a missing or broken one is known before anything is measured.
-  std::unique_ptr<lease_bench::EtcdServer> etcd;
-  std::unique_ptr<lease_bench::RedisServer> redis;
-  const std::string etcd_path = cfg.get_string("etcd");
-  const std::string redis_path = cfg.get_string("redis");
-  if (::access(etcd_path.c_str(), X_OK) != 0) {
-    report.note("etcd: " + etcd_path + " not found (install etcd-server): its figures are null");
-  } else {
-    progress("starting etcd");
-    Result<std::unique_ptr<lease_bench::EtcdServer>> e = lease_bench::EtcdServer::start(etcd_path);
-    if (e.ok()) {
-      etcd = std::move(e).value();
-    } else {
-      report.note("etcd did not start (" + e.status().to_string() + "): its figures are null");
-    }
-  }
-  if (::access(redis_path.c_str(), X_OK) != 0) {
-    report.note("redis: " + redis_path + " not found (install redis-server): its figures are null");
-  } else {
-    progress("starting redis-server");
-    Result<std::unique_ptr<lease_bench::RedisServer>> r = lease_bench::RedisServer::start(redis_path);
-    if (r.ok()) {
-      redis = std::move(r).value();
-    } else {
-      report.note("redis did not start (" + r.status().to_string() + "): its figures are null");
-    }
-  }
+  std::unique_ptr<lease_bench::EtcdServer> etcd =
+      start_peer<lease_bench::EtcdServer>(report, "etcd", "etcd", cfg.get_string("etcd"));
+  std::unique_ptr<lease_bench::RedisServer> redis =
+      start_peer<lease_bench::RedisServer>(report, "redis", "redis-server", cfg.get_string("redis"));
 
   // Expiry and memory first, while this process is still small and its heap unfragmented, so the
   // RSS growth is the engine's.
@@ -923,7 +870,7 @@ int main(int argc, char** argv) {
   const int sizes[2] = {1, kManyClients};
   std::array<std::optional<double>, 2> djinn_grant_rate, etcd_grant_rate, redis_grant_rate, get_rate;
   for (int n : sizes) {
-    std::string tag = clients_tag(n);
+    std::string tag = bench::clients_tag(n);
     size_t k = config_index(n);
     progress("grants, " + std::to_string(n) + " client(s)");
     std::optional<Contender> d = contender("djinn LeaseClient::grant", n, djinn.grants(n));
@@ -945,7 +892,7 @@ int main(int argc, char** argv) {
   }
 
   for (int n : sizes) {
-    std::string tag = clients_tag(n);
+    std::string tag = bench::clients_tag(n);
     progress("renewals, " + std::to_string(n) + " client(s)");
     std::optional<Contender> d = contender("djinn LeaseClient::renew", n, djinn.renewals(n));
     std::optional<Contender> e, r;
@@ -964,7 +911,7 @@ int main(int argc, char** argv) {
   }
 
   for (int n : sizes) {
-    std::string tag = clients_tag(n);
+    std::string tag = bench::clients_tag(n);
     progress("batched renewals (" + std::to_string(kBatch) + " per call), " + std::to_string(n) + " client(s)");
     std::optional<Contender> d = contender("djinn LeaseClient::renew_batch", n, djinn.batched_renewals(n));
     std::optional<Contender> e, r;
@@ -982,7 +929,7 @@ int main(int argc, char** argv) {
   }
 
   for (int n : sizes) {
-    std::string tag = clients_tag(n);
+    std::string tag = bench::clients_tag(n);
     size_t k = config_index(n);
     progress("cancels, " + std::to_string(n) + " client(s)");
     // Each client cancels what its side's grant runs made, topped up to what one round may take.
@@ -1091,7 +1038,7 @@ int main(int argc, char** argv) {
     report.note(std::to_string(cut_short) + " cancel round(s) ran out of leases to cancel and were measured over "
                 "the shorter time they ran");
   }
-  print_verdicts(report);
+  bench::print_verdicts(report, "bench-lease", 10, "cannot judge (no peer)");
   report.print();
   return 0;
 }

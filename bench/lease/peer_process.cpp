@@ -1,12 +1,9 @@
 // Temporary directories, child processes and free loopback ports for the peers of bench-lease.
 #include "peer_process.h"
 
-#include <arpa/inet.h>
 #include <fcntl.h>
-#include <netinet/in.h>
 #include <signal.h>
 #include <sys/prctl.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -17,6 +14,8 @@
 #include <fstream>
 #include <sstream>
 #include <thread>
+
+#include "bench_tcp.h"
 
 namespace djinn::lease_bench {
 
@@ -99,19 +98,23 @@ PeerProcess::~PeerProcess() {
   }
 }
 
+Status PeerServer::launch(const std::vector<std::string>& argv, const std::string& log_name,
+                          std::chrono::milliseconds timeout, const std::function<bool()>& ready, const std::string& what) {
+  std::string log_path = dir() + "/" + log_name;
+  Result<std::unique_ptr<PeerProcess>> process = PeerProcess::spawn(argv, log_path);
+  if (!process.ok()) return process.status();
+  process_ = std::move(process).value();
+  Status st = wait_until_ready(*process_, timeout, ready, what);
+  if (!st.ok()) return Status(st.code(), st.message() + "; its log ends: " + tail_of_file(log_path));
+  return Status::Ok();
+}
+
 Result<uint16_t> free_loopback_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return unavailable("socket: " + errno_text());
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof addr;
-  bool ok = ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 &&
-            ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0;
-  std::string why = ok ? "" : errno_text();
+  uint16_t port = 0;
+  int fd = bench::bind_loopback(port);
+  if (fd < 0) return unavailable("cannot find a free port on 127.0.0.1: " + errno_text());
   ::close(fd);
-  if (!ok) return unavailable("cannot find a free port on 127.0.0.1: " + why);
-  return static_cast<uint16_t>(ntohs(addr.sin_port));
+  return port;
 }
 
 Status wait_until_ready(PeerProcess& process, std::chrono::milliseconds timeout, const std::function<bool()>& ready,

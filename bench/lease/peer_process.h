@@ -53,6 +53,30 @@ class PeerProcess {
   bool reaped_ = false;
 };
 
+// What every peer server holds: its temporary directory and its process, started in that
+// directory.
+class PeerServer {
+ public:
+  PeerServer(const PeerServer&) = delete;
+  PeerServer& operator=(const PeerServer&) = delete;
+
+  const std::string& version() const { return version_; }
+
+ protected:
+  explicit PeerServer(TempDir dir) : dir_(std::move(dir)) {}
+  const std::string& dir() const { return dir_.path(); }
+  void set_version(std::string version) { version_ = std::move(version); }
+  // Spawns `argv` with its output in dir()/`log_name`, then waits up to `timeout` for `ready`; a
+  // failure to start quotes the end of that log.
+  Status launch(const std::vector<std::string>& argv, const std::string& log_name, std::chrono::milliseconds timeout,
+                const std::function<bool()>& ready, const std::string& what);
+
+ private:
+  TempDir dir_;  // declared first: the process stops before its directory is removed
+  std::unique_ptr<PeerProcess> process_;
+  std::string version_;
+};
+
 // A port on 127.0.0.1 that was free a moment ago (bound to port 0, read back, closed).
 Result<uint16_t> free_loopback_port();
 

@@ -16,20 +16,16 @@ Result<std::unique_ptr<RedisServer>> RedisServer::start(const std::string& binar
   Result<uint16_t> port = free_loopback_port();
   if (!port.ok()) return port.status();
   server->port_ = *port;
-  std::string log_path = server->dir_.path() + "/redis.log";
-  Result<std::unique_ptr<PeerProcess>> process = PeerProcess::spawn(
+  Status st = server->launch(
       {binary, "--bind", "127.0.0.1", "--port", std::to_string(*port), "--save", "", "--appendonly", "no", "--dir",
-       server->dir_.path(), "--daemonize", "no", "--protected-mode", "yes", "--loglevel", "warning"},
-      log_path);
-  if (!process.ok()) return process.status();
-  server->process_ = std::move(process).value();
-  Status st = wait_until_ready(*server->process_, kStartTimeout, [&] {
+       server->dir(), "--daemonize", "no", "--protected-mode", "yes", "--loglevel", "warning"},
+      "redis.log", kStartTimeout, [&] {
     Result<RedisConnection> c = RedisConnection::connect(*port, std::chrono::seconds(1));
     if (!c.ok()) return false;
     Result<RespValue> pong = c->command({"PING"});
     return pong.ok() && pong->text == "PONG";
   }, "redis-server");
-  if (!st.ok()) return Status(st.code(), st.message() + "; its log ends: " + tail_of_file(log_path));
+  if (!st.ok()) return st;
   Result<RedisConnection> c = RedisConnection::connect(*port);
   if (!c.ok()) return c.status();
   Result<RespValue> info = c->command({"INFO", "server"});
@@ -37,7 +33,7 @@ Result<std::unique_ptr<RedisServer>> RedisServer::start(const std::string& binar
     size_t at = info->text.find("redis_version:");
     if (at != std::string::npos) {
       at += 14;
-      server->version_ = info->text.substr(at, info->text.find_first_of("\r\n", at) - at);
+      server->set_version(info->text.substr(at, info->text.find_first_of("\r\n", at) - at));
     }
   }
   return server;
@@ -91,23 +87,19 @@ Result<RespValue> RedisConnection::read_reply() {
     case ':':
       std::from_chars(rest.data(), rest.data() + rest.size(), v.integer);
       return v;
-    case '$': {
+    case '$':
+    case '*': {
+      // A bulk string's or an array's length; -1 is RESP's null.
       int64_t n = 0;
       std::from_chars(rest.data(), rest.data() + rest.size(), n);
       if (n < 0) {
         v.is_null = true;
         return v;
       }
-      auto data = conn_.read_exact(static_cast<size_t>(n) + 2);
-      if (!data) return unavailable("redis: connection closed in a bulk string");
-      v.text.assign(data->substr(0, static_cast<size_t>(n)));
-      return v;
-    }
-    case '*': {
-      int64_t n = 0;
-      std::from_chars(rest.data(), rest.data() + rest.size(), n);
-      if (n < 0) {
-        v.is_null = true;
+      if (v.type == '$') {
+        auto data = conn_.read_exact(static_cast<size_t>(n) + 2);
+        if (!data) return unavailable("redis: connection closed in a bulk string");
+        v.text.assign(data->substr(0, static_cast<size_t>(n)));
         return v;
       }
       v.elements.reserve(static_cast<size_t>(n));

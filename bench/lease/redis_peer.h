@@ -19,18 +19,14 @@ namespace djinn::lease_bench {
 
 inline constexpr const char* kRedisPath = "/usr/bin/redis-server";
 
-class RedisServer {
+class RedisServer : public PeerServer {
  public:
   static Result<std::unique_ptr<RedisServer>> start(const std::string& binary);
   uint16_t port() const { return port_; }
-  const std::string& version() const { return version_; }
 
  private:
-  explicit RedisServer(TempDir dir) : dir_(std::move(dir)) {}
-  TempDir dir_;  // declared first: the process stops before its directory is removed
-  std::unique_ptr<PeerProcess> process_;
+  explicit RedisServer(TempDir dir) : PeerServer(std::move(dir)) {}
   uint16_t port_ = 0;
-  std::string version_;
 };
 
 struct RespValue {

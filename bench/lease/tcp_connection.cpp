@@ -1,15 +1,14 @@
 // Blocking loopback TCP with a read buffer, for the peer drivers of bench-lease.
 #include "tcp_connection.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
+
+#include "bench_tcp.h"
 
 namespace djinn::lease_bench {
 
@@ -18,22 +17,11 @@ constexpr size_t kReadChunk = 64 * 1024;
 }  // namespace
 
 Result<TcpConnection> TcpConnection::connect_loopback(uint16_t port, std::chrono::milliseconds timeout) {
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return unavailable(std::string("socket: ") + std::strerror(errno));
-  TcpConnection conn(fd);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = htons(port);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    return unavailable("cannot connect to 127.0.0.1:" + std::to_string(port) + ": " + std::strerror(errno));
-  }
-  int one = 1;
-  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  timeval tv{static_cast<time_t>(timeout.count() / 1000), static_cast<suseconds_t>((timeout.count() % 1000) * 1000)};
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-  return conn;
+  int fd = bench::connect_loopback(port);
+  if (fd < 0) return unavailable("cannot connect to 127.0.0.1:" + std::to_string(port) + ": " + std::strerror(errno));
+  bench::set_timeout(fd, SO_RCVTIMEO, timeout);
+  bench::set_timeout(fd, SO_SNDTIMEO, timeout);
+  return TcpConnection(fd);
 }
 
 TcpConnection::TcpConnection(TcpConnection&& other) noexcept
@@ -56,15 +44,7 @@ TcpConnection::~TcpConnection() {
   if (fd_ >= 0) ::close(fd_);
 }
 
-bool TcpConnection::write_all(std::string_view data) {
-  while (!data.empty()) {
-    ssize_t w = ::send(fd_, data.data(), data.size(), MSG_NOSIGNAL);
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) return false;
-    data.remove_prefix(static_cast<size_t>(w));
-  }
-  return true;
-}
+bool TcpConnection::write_all(std::string_view data) { return bench::write_all(fd_, data.data(), data.size()); }
 
 void TcpConnection::compact() {
   if (pos_ == 0) return;

@@ -1,22 +1,16 @@
 // bench-rpc: round-trip latency and throughput of djinn RPC (the echo service) beside raw ZeroMQ
 // DEALER/ROUTER and REQ/REP on the same loopback, plaintext and CURVE, with a plain TCP echo as
 // the loopback's limit. Everything runs in this process; prints the JSON of DESIGN §11.
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <array>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
 #include <cstring>
-#include <functional>
-#include <latch>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -31,6 +25,8 @@
 #include <zmq_addon.hpp>
 
 #include "bench_json.h"
+#include "bench_run.h"
+#include "bench_tcp.h"
 #include "djinn/core/config.h"
 #include "djinn/core/log.h"
 #include "djinn/core/rpc.h"
@@ -39,7 +35,10 @@
 #include "echo_service.h"
 
 using namespace djinn;
-using Clock = std::chrono::steady_clock;
+using bench::Clock;
+using bench::Plan;
+using bench::seconds_of;
+using bench::Window;
 
 namespace {
 
@@ -57,23 +56,8 @@ constexpr int kClientTimeoutMs = 5000;
 // How often an idle echo loop looks at its stop flag.
 constexpr int kServerPollMs = 100;
 
-struct Plan {
-  Clock::duration warmup;
-  Clock::duration measure;  // per round
-  int rounds;
-};
-
-// The measured part of one run: calls started in [measure_from, until) are counted (per-call
-// latency), or for pipelined runs, replies that arrived in it.
-struct Window {
-  Clock::time_point measure_from;
-  Clock::time_point until;
-};
-
-Window window_from_now(const Plan& plan) {
-  Clock::time_point start = Clock::now();
-  return Window{start + plan.warmup, start + plan.warmup + plan.measure};
-}
+// In each run's window, calls started in [measure_from, until) are counted (per-call latency),
+// or for pipelined runs, replies that arrived in it.
 
 struct Sample {
   uint64_t calls = 0;
@@ -89,8 +73,6 @@ struct Sample {
   }
   double throughput() const { return seconds > 0 ? static_cast<double>(calls) / seconds : 0; }
 };
-
-double seconds_of(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
 void fill_params(capnp::MessageBuilder& msg) {
   static const std::array<kj::byte, kEchoBlobBytes> blob = [] {
@@ -145,38 +127,15 @@ class RawEchoServer {
   std::thread thread_;
 };
 
-void set_nodelay(int fd) {
-  int one = 1;
-  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-}
-
-bool write_all(int fd, const char* data, size_t n) {
-  while (n > 0) {
-    ssize_t w = ::write(fd, data, n);
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) return false;
-    data += w;
-    n -= static_cast<size_t>(w);
-  }
-  return true;
-}
-
 // The loopback's limit: TCP echo with no messaging layer at all, served by one poll() loop the
 // way a ZeroMQ I/O thread serves all its connections.
 class TcpEchoServer {
  public:
   TcpEchoServer() {
-    listen_fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    addr.sin_port = 0;
-    socklen_t len = sizeof addr;
-    if (listen_fd_ < 0 || ::bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
-        ::listen(listen_fd_, 64) != 0 || ::getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    listen_fd_ = bench::bind_loopback(port_);
+    if (listen_fd_ < 0 || ::listen(listen_fd_, 64) != 0) {
       throw std::runtime_error(std::string("TCP echo server: cannot listen on 127.0.0.1: ") + std::strerror(errno));
     }
-    port_ = ntohs(addr.sin_port);
     thread_ = std::thread([this] { run(); });
   }
   ~TcpEchoServer() {
@@ -201,7 +160,7 @@ class TcpEchoServer {
           continue;
         }
         ssize_t n = ::read(fds[i].fd, buf.data(), buf.size());
-        if (n > 0 && write_all(fds[i].fd, buf.data(), static_cast<size_t>(n))) {
+        if (n > 0 && bench::write_all(fds[i].fd, buf.data(), static_cast<size_t>(n))) {
           ++i;
           continue;
         }
@@ -212,7 +171,7 @@ class TcpEchoServer {
       if (fds[0].revents & POLLIN) {
         int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
         if (fd >= 0) {
-          set_nodelay(fd);
+          bench::set_nodelay(fd);
           fds.push_back({fd, POLLIN, 0});
         }
       }
@@ -292,22 +251,14 @@ class TcpCaller {
   TcpCaller& operator=(const TcpCaller&) = delete;
 
   static int connect_loopback(uint16_t port) {
-    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    addr.sin_port = htons(port);
-    if (fd < 0 || ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-      throw std::runtime_error(std::string("TCP echo client: cannot connect: ") + std::strerror(errno));
-    }
-    set_nodelay(fd);
-    timeval tv{kClientTimeoutMs / 1000, 0};
-    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    int fd = bench::connect_loopback(port);
+    if (fd < 0) throw std::runtime_error(std::string("TCP echo client: cannot connect: ") + std::strerror(errno));
+    bench::set_timeout(fd, SO_RCVTIMEO, std::chrono::milliseconds(kClientTimeoutMs));
     return fd;
   }
 
   bool round_trip() {
-    if (!write_all(fd_, payload_.data(), payload_.size())) return false;
+    if (!bench::write_all(fd_, payload_.data(), payload_.size())) return false;
     size_t got = 0;
     while (got < kPayloadBytes) {
       ssize_t n = ::read(fd_, reply_.data() + got, kPayloadBytes - got);
@@ -328,17 +279,9 @@ class TcpCaller {
 // round trip after another; every call started in the window is timed.
 template <class MakeCaller>
 Sample run_sync(int clients, const Plan& plan, MakeCaller make_caller) {
-  std::latch ready(clients);
-  std::latch go(1);
-  Window window;  // written before `go` opens, read only after
   std::vector<Sample> per_thread(static_cast<size_t>(clients));
-  std::vector<std::thread> threads;
-  for (int i = 0; i < clients; ++i) {
-    threads.emplace_back([&, i] {
-      auto caller = make_caller();
-      ready.count_down();
-      go.wait();
-      Sample& s = per_thread[static_cast<size_t>(i)];
+  bench::run_together(clients, plan, [&](int i) {
+    return [&s = per_thread[static_cast<size_t>(i)], caller = make_caller()](const Window& window) {
       for (;;) {
         Clock::time_point t0 = Clock::now();
         if (t0 >= window.until) break;
@@ -352,12 +295,8 @@ Sample run_sync(int clients, const Plan& plan, MakeCaller make_caller) {
         s.calls++;
         s.latencies_us.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count());
       }
-    });
-  }
-  ready.wait();
-  window = window_from_now(plan);
-  go.count_down();
-  for (auto& t : threads) t.join();
+    };
+  });
   Sample total;
   for (auto& s : per_thread) total.merge(std::move(s));
   total.seconds = seconds_of(plan.measure);
@@ -374,7 +313,7 @@ class DjinnPipeline {
   DjinnPipeline(const rpc::ClientOptions& options, const Plan& plan) : client_(options), plan_(plan) {}
 
   Sample run() {
-    window_ = window_from_now(plan_);
+    window_ = Window::from_now(plan_);
     outstanding_ = kInFlight;  // set before the first call, so before any callback
     for (int i = 0; i < kInFlight; ++i) issue();
     std::unique_lock lock(mu_);
@@ -424,7 +363,7 @@ Sample run_raw_pipelined(zmq::context_t& context, const std::string& endpoint,
   zmq::socket_t dealer = raw_client_socket(context, zmq::socket_type::dealer, endpoint, curve);
   std::array<char, kPayloadBytes> payload;
   payload.fill('x');
-  Window window = window_from_now(plan);
+  Window window = Window::from_now(plan);
   for (int i = 0; i < kInFlight; ++i) dealer.send(zmq::buffer(payload), zmq::send_flags::none);
   Sample s;
   for (int outstanding = kInFlight; outstanding > 0;) {
@@ -450,9 +389,9 @@ Sample run_tcp_pipelined(uint16_t port, const Plan& plan) {
   int fd = TcpCaller::connect_loopback(port);
   std::vector<char> out(kPayloadBytes * kInFlight, 'x');
   std::vector<char> in(64 * 1024);
-  Window window = window_from_now(plan);
+  Window window = Window::from_now(plan);
   Sample s;
-  bool ok = write_all(fd, out.data(), out.size());
+  bool ok = bench::write_all(fd, out.data(), out.size());
   size_t partial = 0;  // bytes of a message not yet complete
   for (int outstanding = ok ? kInFlight : 0; outstanding > 0;) {
     ssize_t n = ::read(fd, in.data(), in.size());
@@ -467,7 +406,7 @@ Sample run_tcp_pipelined(uint16_t port, const Plan& plan) {
     Clock::time_point now = Clock::now();
     if (now >= window.measure_from && now < window.until) s.calls += complete;
     if (now < window.until) {
-      if (!write_all(fd, out.data(), complete * kPayloadBytes)) {
+      if (!bench::write_all(fd, out.data(), complete * kPayloadBytes)) {
         s.errors += static_cast<uint64_t>(outstanding);
         break;
       }
@@ -483,25 +422,11 @@ Sample run_tcp_pipelined(uint16_t port, const Plan& plan) {
 // ---------------------------------------------------------------------------------------------
 // Running contenders side by side.
 
-struct Contender {
-  std::string label;  // for progress lines
-  std::function<Sample(const Plan&)> run;
-  Sample total;
-};
+using Contender = bench::Contender<Sample>;
 
-// Runs every contender once per round, alternating the order, so a change in the machine's load
-// during the run falls on all of them alike.
-void run_side_by_side(std::vector<Contender*> contenders, const Plan& plan) {
-  for (int round = 0; round < plan.rounds; ++round) {
-    std::vector<Contender*> order = contenders;
-    if (round % 2 == 1) std::reverse(order.begin(), order.end());
-    for (Contender* c : order) {
-      Sample s = c->run(plan);
-      std::fprintf(stderr, "bench-rpc:   %-40s round %d/%d: %10.0f calls/s%s\n", c->label.c_str(), round + 1,
-                   plan.rounds, s.throughput(), s.errors ? " (with errors)" : "");
-      c->total.merge(std::move(s));
-    }
-  }
+void run_side_by_side(const std::vector<Contender*>& contenders, const Plan& plan) {
+  bench::run_side_by_side(contenders, plan, {"bench-rpc", 40, "calls/s"},
+                          [](const Sample& s) { return std::string(s.errors ? " (with errors)" : ""); });
 }
 
 struct Figures {
@@ -520,15 +445,11 @@ Figures figures_of(Contender& c) {
   return f;
 }
 
-std::string clients_tag(int clients) {
-  return clients == 1 ? "1client" : std::to_string(clients) + "clients";
-}
-
 // Adds throughput, p50 and p99 of djinn's blocking calls with `clients` clients, beside the raw
 // DEALER/ROUTER peer and the TCP limit, with the issue's targets.
 void add_sync_results(bench::Report& report, const std::string& prefix, const std::string& peer_prefix, int clients,
                       const Figures& djinn, const Figures& raw, const Figures& tcp) {
-  std::string tag = "sync_" + clients_tag(clients);
+  std::string tag = "sync_" + bench::clients_tag(clients);
   auto peer = [&](const std::string& what, double v) {
     return bench::Reference{peer_prefix + "dealer_router_" + tag + what, v};
   };
@@ -541,19 +462,6 @@ void add_sync_results(bench::Report& report, const std::string& prefix, const st
               limit("_p99_us", tcp.latency.p99), bench::Target::at_most(bench::Target::Of::kPeer, 2.0)});
 }
 
-void print_verdicts(const bench::Report& report) {
-  for (const auto& r : report.results()) {
-    auto measure = bench::target_measure(r);
-    auto met = bench::meets_target(r);
-    if (!measure) continue;
-    const char* of = r.target->of == bench::Target::Of::kPeer    ? "of peer"
-                     : r.target->of == bench::Target::Of::kLimit ? "of limit"
-                                                                  : "";
-    std::fprintf(stderr, "bench-rpc: %-34s %12.2f %-8s %8.2f %-8s: %s\n", r.name.c_str(), r.value, r.unit.c_str(),
-                 *measure, of, !met ? "?" : *met ? "target met" : "TARGET MISSED");
-  }
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -562,17 +470,14 @@ int main(int argc, char** argv) {
              "clients and with 64 calls in flight, beside raw ZeroMQ DEALER/ROUTER and REQ/REP and a plain TCP\n"
              "echo on 127.0.0.1, plaintext and CURVE. Prints one JSON object (DESIGN §11) on stdout.");
   cfg.add_bool("quick", false, "small sizes: about 1 s per figure, well under a minute in all");
-  cfg.add_int("rounds", 0, "rounds per figure, contenders interleaved (0: 1 with --quick, else 3)", 0, 100);
-  cfg.add_duration("measure", std::chrono::milliseconds(0),
-                   "time measured per figure and round (0: 1s with --quick, else 2s)");
+  const Plan quick_plan{std::chrono::milliseconds(200), std::chrono::milliseconds(1000), 1};
+  const Plan full_plan{std::chrono::milliseconds(500), std::chrono::milliseconds(2000), 3};
+  bench::add_plan_flags(cfg, quick_plan, full_plan);
   if (Status st = cfg.parse(argc, argv); !st.ok()) return cfg.exit_code(st);
   log::set_level(log::Level::kWarn);
 
   const bool quick = cfg.get_bool("quick");
-  Plan plan{quick ? std::chrono::milliseconds(200) : std::chrono::milliseconds(500),
-            quick ? std::chrono::milliseconds(1000) : std::chrono::milliseconds(2000), quick ? 1 : 3};
-  if (cfg.get_duration("measure").count() > 0) plan.measure = cfg.get_duration("measure");
-  if (cfg.get_int("rounds") > 0) plan.rounds = static_cast<int>(cfg.get_int("rounds"));
+  const Plan plan = bench::plan_from_flags(cfg, quick_plan, full_plan);
 
   {
     capnp::MallocMessageBuilder msg(kFirstSegmentWords);
@@ -713,8 +618,8 @@ int main(int argc, char** argv) {
               "calls", std::nullopt, std::nullopt, std::nullopt});
 
   for (int k = 0; k < 2; ++k) {
-    std::string tag = "raw_reqrep_sync_" + clients_tag(sizes[k]);
-    std::string limit_tag = "tcp_pingpong_sync_" + clients_tag(sizes[k]);
+    std::string tag = "raw_reqrep_sync_" + bench::clients_tag(sizes[k]);
+    std::string limit_tag = "tcp_pingpong_sync_" + bench::clients_tag(sizes[k]);
     const Figures& f = reqrep_figures[k];
     const Figures& t = tcp_sync_figures[k];
     report.add({tag + "_throughput", f.throughput, "calls/s", std::nullopt,
@@ -766,9 +671,9 @@ int main(int argc, char** argv) {
   report.note("messages: djinn sends an EchoParams of 64 bytes (a 24-byte blob) plus its request header "
               "(id, method, deadline) in the same frame, and gets an EchoResults back; raw ZeroMQ and TCP send 64-byte messages");
   report.note("per figure: " + std::to_string(plan.rounds) + " round(s) of " +
-              std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(plan.measure).count()) +
+              std::to_string(bench::ms_of(plan.measure)) +
               " ms measured after " +
-              std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(plan.warmup).count()) +
+              std::to_string(bench::ms_of(plan.warmup)) +
               " ms of warm-up, djinn and its peers interleaved round by round; percentiles are nearest-rank "
               "over every call of every round, timed with steady_clock around each blocking call");
   report.note("limit: TCP echo with no messaging layer (one poll() server thread, blocking clients, "
@@ -777,7 +682,7 @@ int main(int argc, char** argv) {
               "client's key against its keyring through its ZAP handler (at the handshake only)");
   if (quick) report.note("--quick: short runs; the targets are the issue's, for the full sizes");
   if (total_errors) report.note(std::to_string(total_errors) + " calls failed during the measured windows");
-  print_verdicts(report);
+  bench::print_verdicts(report, "bench-rpc", 8, "?");
   report.print();
   return 0;
 }
