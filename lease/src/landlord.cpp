@@ -880,8 +880,14 @@ struct Landlord::Impl {
     // Exclusive: this landlord is the file's only user, so SQLite skips its per-transaction file
     // locks (measured: fcntl locking was a visible share of each renewal), and a second landlord
     // on the same file is refused.
-    Result<sqlite::Database> db = sqlite::Database::open(options.path, {.exclusive = true});
-    if (!db.ok()) return db.status();
+    Result<sqlite::Database> db =
+        sqlite::Database::open(options.path, {.exclusive = true, .busy_timeout = std::chrono::milliseconds(500)});
+    if (!db.ok()) {
+      if (db.status().code() != Code::kUnavailable) return db.status();
+      return unavailable("lease store " + options.path +
+                         " is in use by another process (is another landlord, e.g. djinn-lease, running on this "
+                         "data directory?): " + db.status().message());
+    }
     db_.emplace(std::move(*db));
     db_sync_ = sqlite::Sync::kFull;
     Result<int64_t> version = db_->user_version();

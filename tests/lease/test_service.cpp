@@ -339,3 +339,18 @@ TEST_CASE("leases survive a restart of the manager") {
   CHECK(again->lease.expiration_ms == granted.expiration_ms);
   CHECK(again->lease.holder == "kim");
 }
+
+TEST_CASE("a second manager on the same data directory is refused, saying why") {
+  test::TempDir dir;
+  LeaseManagerOptions o;
+  o.data_dir = dir.file("lease");
+  auto first = LeaseManager::start(o);
+  REQUIRE(first.ok());
+  auto second = LeaseManager::start(o);
+  REQUIRE_FALSE(second.ok());
+  CHECK(second.status().code() == Code::kUnavailable);
+  CHECK(second.status().message().find("in use by another process") != std::string::npos);
+  // The first goes on serving.
+  LeaseClient c({.endpoint = (*first)->rpc_endpoint()});
+  CHECK(c.grant(grant_of("vault", "kim")).ok());
+}
