@@ -36,7 +36,10 @@ int main(int argc, char** argv) {
   cfg.add_bool("allow-forever", false, "grant FOREVER (-2) leases; refused otherwise");
   cfg.add_string("curve-key", "", "server key pair file (from `djinn-keys generate`); enables CURVE on RPC and events");
   cfg.add_string("keyring", "", "keyring of admitted client keys and their roles (required with --curve-key)");
-  cfg.add_string("plaintext-role", "admin", "role of every client when CURVE is off: admin, service or client");
+  cfg.add_bool("insecure", false,
+               "serve without CURVE: anyone who can reach the ports may call, in --plaintext-role (trusted "
+               "networks and local demos only)");
+  cfg.add_string("plaintext-role", "admin", "role of every client with --insecure: admin, service or client");
   cfg.add_int("workers", 2, "threads for lease operations (each durable write waits for an fsync)", 1, 256);
   if (Status st = cfg.parse(argc, argv); !st.ok()) return cfg.exit_code(st);
   log::set_program(kProgram);
@@ -76,6 +79,14 @@ int main(int argc, char** argv) {
     options.renewal_curve = rpc::CurveClient{*pair, pair->public_key};
   } else if (!cfg.get_string("keyring").empty()) {
     return fail("--keyring without --curve-key does nothing: give the server key pair too", 2);
+  } else if (!cfg.get_bool("insecure")) {
+    // DESIGN §3: security is off by default only in `djinn up`'s local demo.
+    return fail("no --curve-key: give the server's key pair and a --keyring (create them with `djinn-keys "
+                "generate` and `djinn-keys keyring add`), or --insecure to serve plaintext on a trusted network",
+                2);
+  }
+  if (options.curve && cfg.get_bool("insecure")) {
+    return fail("--insecure and --curve-key contradict each other: drop one", 2);
   }
 
   sigset_t signals;

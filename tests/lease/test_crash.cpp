@@ -23,7 +23,7 @@ struct Daemon {
       : endpoint("tcp://127.0.0.1:" + std::to_string(rpc_port)),
         args{"--data-dir", dir.file("lease"), "--listen", endpoint,
              "--events", "tcp://127.0.0.1:" + std::to_string(events_port), "--max-lease", "1h",
-             "--log-level", "warn", "--workers", "4"} {}
+             "--log-level", "warn", "--workers", "4", "--insecure"} {}
   void start() {
     process = std::make_unique<test::ChildProcess>(test::build_path("lease/djinn-lease"), args);
     LeaseClient probe({.endpoint = endpoint});

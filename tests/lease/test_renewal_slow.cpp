@@ -19,7 +19,7 @@ TEST_CASE("1,000 one-second leases stay alive for 30 s through a landlord restar
   std::string endpoint = "tcp://127.0.0.1:" + std::to_string(test::free_tcp_port());
   std::vector<std::string> args{"--data-dir", dir.file("lease"), "--listen", endpoint, "--events",
                                 "tcp://127.0.0.1:" + std::to_string(test::free_tcp_port()),
-                                "--log-level", "warn", "--workers", "4"};
+                                "--log-level", "warn", "--workers", "4", "--insecure"};
   auto start = [&] {
     auto process = std::make_unique<test::ChildProcess>(test::build_path("lease/djinn-lease"), args);
     LeaseClient probe({.endpoint = endpoint});
