@@ -843,8 +843,21 @@ int main(int argc, char** argv) {
   if (etcd) etcd_side.emplace(etcd->client_port());
   if (redis) redis_side.emplace(redis->port());
 
-  auto contender = [](std::string label, int clients, MakeWorker make) {
-    return Contender{std::move(label), [clients, make](const Plan& p) { return run_clients(clients, p, make); }, {}};
+  // Each contender runs with the other peers paused (SIGSTOP, then SIGCONT), so that no peer's
+  // background work (etcd settling its gateway's streams and its raft log, Redis's expiry cycles)
+  // lands in another contender's round; djinn's service, in this process, sits idle in theirs.
+  std::vector<pid_t> peer_pids;
+  if (etcd) peer_pids.push_back(etcd->pid());
+  if (redis) peer_pids.push_back(redis->pid());
+  const pid_t etcd_pid = etcd ? etcd->pid() : 0;
+  const pid_t redis_pid = redis ? redis->pid() : 0;
+  auto contender = [&peer_pids](std::string label, int clients, MakeWorker make, pid_t own_peer = 0) {
+    return Contender{std::move(label),
+                     [clients, make, own_peer, &peer_pids](const Plan& p) {
+                       lease_bench::PausedPeers paused(peer_pids, own_peer);
+                       return run_clients(clients, p, make);
+                     },
+                     {}};
   };
   // Contenders run only when their side exists; their figures are otherwise nullopt.
   auto throughput_of = [](const std::optional<Contender>& c) -> std::optional<double> {
@@ -875,8 +888,8 @@ int main(int argc, char** argv) {
     progress("grants, " + std::to_string(n) + " client(s)");
     std::optional<Contender> d = contender("djinn LeaseClient::grant", n, djinn.grants(n));
     std::optional<Contender> e, r;
-    if (etcd_side) e = contender("etcd /v3/lease/grant", n, etcd_side->grants(n));
-    if (redis_side) r = contender("redis SET PX NX", n, redis_side->grants(n));
+    if (etcd_side) e = contender("etcd /v3/lease/grant", n, etcd_side->grants(n), etcd_pid);
+    if (redis_side) r = contender("redis SET PX NX", n, redis_side->grants(n), redis_pid);
     std::optional<Contender> f = contender("fdatasync of 4 KiB (limit)", n, fsync_writers(djinn_dir->path()));
     run_all({&d, &e, &r, &f});
     for (auto* c : {&d, &e, &r, &f}) account(*c);
@@ -896,8 +909,8 @@ int main(int argc, char** argv) {
     progress("renewals, " + std::to_string(n) + " client(s)");
     std::optional<Contender> d = contender("djinn LeaseClient::renew", n, djinn.renewals(n));
     std::optional<Contender> e, r;
-    if (etcd_side) e = contender("etcd /v3/lease/keepalive", n, etcd_side->renewals(n));
-    if (redis_side) r = contender("redis PEXPIRE", n, redis_side->renewals(n));
+    if (etcd_side) e = contender("etcd /v3/lease/keepalive", n, etcd_side->renewals(n), etcd_pid);
+    if (redis_side) r = contender("redis PEXPIRE", n, redis_side->renewals(n), redis_pid);
     std::optional<Contender> g = contender("djinn LeaseClient::get (limit)", n, djinn.gets(n));
     run_all({&d, &e, &r, &g});
     for (auto* c : {&d, &e, &r, &g}) account(*c);
@@ -915,8 +928,8 @@ int main(int argc, char** argv) {
     progress("batched renewals (" + std::to_string(kBatch) + " per call), " + std::to_string(n) + " client(s)");
     std::optional<Contender> d = contender("djinn LeaseClient::renew_batch", n, djinn.batched_renewals(n));
     std::optional<Contender> e, r;
-    if (etcd_side) e = contender("etcd keep-alive stream of 100", n, etcd_side->batched_renewals(n));
-    if (redis_side) r = contender("redis 100 PEXPIRE pipelined", n, redis_side->batched_renewals(n));
+    if (etcd_side) e = contender("etcd keep-alive stream of 100", n, etcd_side->batched_renewals(n), etcd_pid);
+    if (redis_side) r = contender("redis 100 PEXPIRE pipelined", n, redis_side->batched_renewals(n), redis_pid);
     run_all({&d, &e, &r});
     for (auto* c : {&d, &e, &r}) account(*c);
     std::string batch = std::to_string(kBatch);
@@ -939,8 +952,8 @@ int main(int argc, char** argv) {
     };
     std::optional<Contender> d = contender("djinn LeaseClient::cancel", n, djinn.cancels(n, need(djinn_grant_rate[k])));
     std::optional<Contender> e, r;
-    if (etcd_side) e = contender("etcd /v3/lease/revoke", n, etcd_side->cancels(n, need(etcd_grant_rate[k])));
-    if (redis_side) r = contender("redis DEL", n, redis_side->cancels(n, need(redis_grant_rate[k])));
+    if (etcd_side) e = contender("etcd /v3/lease/revoke", n, etcd_side->cancels(n, need(etcd_grant_rate[k])), etcd_pid);
+    if (redis_side) r = contender("redis DEL", n, redis_side->cancels(n, need(redis_grant_rate[k])), redis_pid);
     run_all({&d, &e, &r});
     for (auto* c : {&d, &e, &r}) account(*c);
     // A cancel is not fsync'd (synchronous=NORMAL): its limit is the RPC round trip, measured
@@ -1000,6 +1013,9 @@ int main(int argc, char** argv) {
                 "RESP over one TCP connection per client thread; batches are 100 PEXPIREs pipelined; default hz 10 "
                 "and active-expire-effort 1");
   }
+  report.note("isolation: each contender's rounds run with the other peer processes paused (SIGSTOP, SIGCONT "
+              "after the round), so no peer's background work lands in another's round; djinn's service, in this "
+              "process, is idle during the peers' rounds");
   report.note("throughput: per figure " + std::to_string(plan.rounds) + " round(s) of " +
               std::to_string(ms_of(plan.measure)) + " ms measured after " + std::to_string(ms_of(plan.warmup)) +
               " ms of warm-up, sides interleaved round by round; each client makes one blocking call at a time; "

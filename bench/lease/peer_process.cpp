@@ -136,4 +136,14 @@ std::string tail_of_file(const std::string& path, size_t max_bytes) {
   return text.size() > max_bytes ? text.substr(text.size() - max_bytes) : text;
 }
 
+PausedPeers::PausedPeers(const std::vector<pid_t>& pids, pid_t keep) {
+  for (pid_t pid : pids) {
+    if (pid > 0 && pid != keep && ::kill(pid, SIGSTOP) == 0) paused_.push_back(pid);
+  }
+}
+
+PausedPeers::~PausedPeers() {
+  for (pid_t pid : paused_) ::kill(pid, SIGCONT);
+}
+
 }  // namespace djinn::lease_bench

@@ -61,6 +61,7 @@ class PeerServer {
   PeerServer& operator=(const PeerServer&) = delete;
 
   const std::string& version() const { return version_; }
+  pid_t pid() const { return process_ ? process_->pid() : 0; }
 
  protected:
   explicit PeerServer(TempDir dir) : dir_(std::move(dir)) {}
@@ -75,6 +76,19 @@ class PeerServer {
   TempDir dir_;  // declared first: the process stops before its directory is removed
   std::unique_ptr<PeerProcess> process_;
   std::string version_;
+};
+
+// Pauses the peer processes in `pids` other than `keep` (SIGSTOP) for its lifetime, then lets
+// them go on (SIGCONT).
+class PausedPeers {
+ public:
+  PausedPeers(const std::vector<pid_t>& pids, pid_t keep);
+  ~PausedPeers();
+  PausedPeers(const PausedPeers&) = delete;
+  PausedPeers& operator=(const PausedPeers&) = delete;
+
+ private:
+  std::vector<pid_t> paused_;
 };
 
 // A port on 127.0.0.1 that was free a moment ago (bound to port 0, read back, closed).
