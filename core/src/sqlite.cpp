@@ -170,6 +170,10 @@ Result<Database> Database::open(const std::string& path, const OpenOptions& opti
   sqlite3_extended_result_codes(raw, 1);
   sqlite3_busy_timeout(raw, static_cast<int>(options.busy_timeout.count()));
 
+  // Only takes effect on a file not yet written, so before WAL mode writes the header.
+  if (options.page_size > 0 && !options.read_only) {
+    DJINN_RETURN_IF_ERROR(db.exec("PRAGMA page_size=" + std::to_string(options.page_size)));
+  }
   // Exclusive locking is set before WAL so the WAL index lives in heap memory, not a shared file.
   if (options.exclusive) DJINN_RETURN_IF_ERROR(db.exec("PRAGMA locking_mode=EXCLUSIVE"));
   if (options.wal && !options.read_only) {

@@ -45,6 +45,9 @@ struct OpenOptions {
   // open the same file: for logs that must have exactly one owner, like a 2PC coordinator's.
   bool exclusive = false;
   std::chrono::milliseconds busy_timeout{5000};
+  // Page size of a file created here (0: SQLite's default, 4096). Small pages suit stores whose
+  // transactions touch many scattered small rows: each dirty page is written whole to the WAL.
+  int page_size = 0;
 };
 
 // The Status for SQLite result code `rc` (extended codes understood), with `what` and SQLite's own
