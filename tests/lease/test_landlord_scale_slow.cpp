@@ -1,5 +1,6 @@
-// Landlord engine figures at a million leases (label slow): resident memory per live lease, and the
-// expiry lag (deadline to event) of the expiry thread while a million leases are live.
+// The landlord engine at a million leases (label slow): every lease is held and every one expires.
+// The figures it prints (memory per lease, expiry lag) are bench-lease's to judge against their
+// targets, not this test's: a speed target is never a pass/fail test.
 #include <doctest/doctest.h>
 #include <unistd.h>
 
@@ -57,7 +58,6 @@ TEST_CASE("memory: resident bytes per live lease for a million leases") {
           << per_lease << " resident bytes per lease; granted in "
           << std::chrono::duration_cast<std::chrono::milliseconds>(took).count() << " ms");
   CHECK((*landlord)->size() == static_cast<size_t>(kLeases));
-  CHECK(per_lease <= 200);
 }
 
 TEST_CASE("expiry lag with a million live leases") {
@@ -88,6 +88,5 @@ TEST_CASE("expiry lag with a million live leases") {
   int64_t worst = lag_us.back();
   MESSAGE("expiry lag over 1,000,000 leases (wall ms rounding adds up to 1 ms): p50 "
           << p50 / 1000.0 << " ms, p99 " << p99 / 1000.0 << " ms, max " << worst / 1000.0 << " ms");
-  CHECK(p99 <= 10'000 + 1000);
   CHECK((*landlord)->size() == 0);
 }
