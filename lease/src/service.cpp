@@ -147,6 +147,14 @@ class Combiner {
   std::thread thread_;
 };
 
+// Answers a call whose result is one lease (LeaseResult), or its error.
+void reply_lease(rpc::Responder& responder, const Result<Lease>& lease, const std::string& where) {
+  if (!lease.ok()) return responder.reply(lease.status());
+  capnp::MallocMessageBuilder out;
+  internal::lease_to_proto(*lease, where, out.initRoot<proto::LeaseResult>().initLease());
+  responder.reply(Status::Ok(), out);
+}
+
 Status check_id(uint64_t id) {
   if (id == 0) return invalid_argument("lease id 0: lease ids are nonzero (use the id a grant returned)");
   return Status::Ok();
@@ -243,10 +251,7 @@ void LandlordService::Impl::register_methods(rpc::Server& server) {
           // The completion may run after this service is gone (a wait ends on the engine's thread):
           // it holds the endpoint by value and nothing of `this`.
           landlord.grant_async(request, [shared, where = get_endpoint()](Result<Lease> result) {
-            if (!result.ok()) return shared->reply(result.status());
-            capnp::MallocMessageBuilder out;
-            internal::lease_to_proto(*result, where, out.initRoot<proto::LeaseResult>().initLease());
-            shared->reply(Status::Ok(), out);
+            reply_lease(*shared, result, where);
           });
         });
       },
@@ -267,11 +272,7 @@ void LandlordService::Impl::register_methods(rpc::Server& server) {
         }
         auto shared = std::make_shared<rpc::Responder>(std::move(responder));
         renewals.post({request}, [shared, where = get_endpoint()](std::vector<Result<Lease>> outcomes) {
-          Result<Lease>& lease = outcomes.front();
-          if (!lease.ok()) return shared->reply(lease.status());
-          capnp::MallocMessageBuilder out;
-          internal::lease_to_proto(*lease, where, out.initRoot<proto::LeaseResult>().initLease());
-          shared->reply(Status::Ok(), out);
+          reply_lease(*shared, outcomes.front(), where);
         });
       },
       {.min_role = security::Role::kClient});
