@@ -471,27 +471,35 @@ class RedisSide : public Side {
     };
   }
 
-  Worker renew_worker(int clients, int i) override {
+  // A connection and the keys its renewal runs cycle over (filled up to the batch size first);
+  // nullopt when either could not be had.
+  struct Renewing {
+    std::shared_ptr<lease_bench::RedisConnection> client;
+    std::shared_ptr<std::vector<std::string>> keys;
+    std::shared_ptr<std::string> ms;
+  };
+  std::optional<Renewing> renewing(int clients, int i) {
     auto c = client();
     std::vector<int64_t>* pool = &renew_pool(clients, i);
-    if (!c || !fill(*c, *pool, kBatch, clients, i)) return {};
+    if (!c || !fill(*c, *pool, kBatch, clients, i)) return std::nullopt;
     auto keys = std::make_shared<std::vector<std::string>>();
     for (int64_t n : *pool) keys->push_back(key(clients, i, n));
-    auto ms = std::make_shared<std::string>(std::to_string(kLongLeaseMs));
-    return cycling(keys, [c, ms](const std::string& key) {
+    return Renewing{c, keys, std::make_shared<std::string>(std::to_string(kLongLeaseMs))};
+  }
+
+  Worker renew_worker(int clients, int i) override {
+    std::optional<Renewing> r = renewing(clients, i);
+    if (!r) return {};
+    return cycling(r->keys, [c = r->client, ms = r->ms](const std::string& key) {
       Result<lease_bench::RespValue> r = c->command({"PEXPIRE", key, *ms});
       return r.ok() && r->integer == 1;
     });
   }
 
   Worker renew_batch_worker(int clients, int i) override {
-    auto c = client();
-    std::vector<int64_t>* pool = &renew_pool(clients, i);
-    if (!c || !fill(*c, *pool, kBatch, clients, i)) return {};
-    auto keys = std::make_shared<std::vector<std::string>>();
-    for (int64_t n : *pool) keys->push_back(key(clients, i, n));
-    auto ms = std::make_shared<std::string>(std::to_string(kLongLeaseMs));
-    return [c, keys, ms]() {
+    std::optional<Renewing> r = renewing(clients, i);
+    if (!r) return {};
+    return [c = r->client, keys = r->keys, ms = r->ms]() {
       for (const std::string& k : *keys) c->append({"PEXPIRE", k, *ms});
       if (!c->flush()) return Step{0, false, false};
       uint64_t renewed = 0;
