@@ -6,8 +6,8 @@
 #include <cstdio>
 
 #include "djinn/core/config.h"
+#include "djinn/core/daemon_flags.h"
 #include "djinn/core/log.h"
-#include "djinn/core/security.h"
 #include "djinn/lease/service.h"
 
 using namespace djinn;
@@ -34,12 +34,7 @@ int main(int argc, char** argv) {
   cfg.add_duration("max-lease", std::chrono::minutes(5), "longest lease granted; longer requests get this");
   cfg.add_duration("default-lease", std::chrono::seconds(30), "duration granted for ANY (-1)");
   cfg.add_bool("allow-forever", false, "grant FOREVER (-2) leases; refused otherwise");
-  cfg.add_string("curve-key", "", "server key pair file (from `djinn-keys generate`); enables CURVE on RPC and events");
-  cfg.add_string("keyring", "", "keyring of admitted client keys and their roles (required with --curve-key)");
-  cfg.add_bool("insecure", false,
-               "serve without CURVE: anyone who can reach the ports may call, in --plaintext-role (trusted "
-               "networks and local demos only)");
-  cfg.add_string("plaintext-role", "admin", "role of every client with --insecure: admin, service or client");
+  add_security_flags(cfg);
   cfg.add_int("workers", 2, "threads for lease operations (each durable write waits for an fsync)", 1, 256);
   if (Status st = cfg.parse(argc, argv); !st.ok()) return cfg.exit_code(st);
   log::set_program(kProgram);
@@ -60,34 +55,13 @@ int main(int argc, char** argv) {
                     " ms)",
                 2);
   }
-  auto plaintext_role = security::parse_role(cfg.get_string("plaintext-role"));
-  if (!plaintext_role || *plaintext_role == security::Role::kNone) {
-    return fail("--plaintext-role '" + cfg.get_string("plaintext-role") + "': expected admin, service or client", 2);
-  }
-  options.plaintext_role = *plaintext_role;
-  if (!cfg.get_string("curve-key").empty()) {
-    auto pair = security::load_keypair(cfg.get_string("curve-key"));
-    if (!pair.ok()) return fail(pair.status().message() + " (create one with `djinn-keys generate FILE`)");
-    if (cfg.get_string("keyring").empty()) {
-      return fail("--curve-key needs --keyring (create one with `djinn-keys keyring add`)", 2);
-    }
-    auto ring = security::Keyring::load(cfg.get_string("keyring"));
-    if (!ring.ok()) return fail(ring.status().message());
-    options.curve = rpc::CurveServer{*pair, std::make_shared<security::Keyring>(std::move(*ring))};
-    // The renewal service renews with the daemon's own key, at landlords that share its server
-    // key (the federation's usual setup); its key must be in their keyrings.
-    options.renewal_curve = rpc::CurveClient{*pair, pair->public_key};
-  } else if (!cfg.get_string("keyring").empty()) {
-    return fail("--keyring without --curve-key does nothing: give the server key pair too", 2);
-  } else if (!cfg.get_bool("insecure")) {
-    // DESIGN §3: security is off by default only in `djinn up`'s local demo.
-    return fail("no --curve-key: give the server's key pair and a --keyring (create them with `djinn-keys "
-                "generate` and `djinn-keys keyring add`), or --insecure to serve plaintext on a trusted network",
-                2);
-  }
-  if (options.curve && cfg.get_bool("insecure")) {
-    return fail("--insecure and --curve-key contradict each other: drop one", 2);
-  }
+  Result<ServerSecurity> security = security_from_flags(cfg);
+  if (!security.ok()) return fail(security.status().message(), security.status().code() == Code::kInvalidArgument ? 2 : 1);
+  options.curve = security->curve;
+  options.plaintext_role = security->plaintext_role;
+  // The renewal service renews with the daemon's own key, at landlords that share its server key
+  // (the federation's usual setup); its key must be in their keyrings.
+  if (security->key_pair) options.renewal_curve = rpc::CurveClient{*security->key_pair, security->key_pair->public_key};
 
   sigset_t signals;
   sigemptyset(&signals);

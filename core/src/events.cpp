@@ -108,6 +108,12 @@ uint64_t Publisher::last_seq(std::string_view kind) const {
   return it == seq_.end() ? 0 : it->second;
 }
 
+void Publisher::forget(std::string_view kind) {
+  std::lock_guard lock(mu_);
+  auto it = seq_.find(kind);
+  if (it != seq_.end()) seq_.erase(it);
+}
+
 void Publisher::heartbeat() {
   std::vector<std::pair<std::string, uint64_t>> kinds;
   {

@@ -95,7 +95,14 @@ constexpr int64_t kExpiring = std::numeric_limits<int64_t>::min();
 constexpr size_t kExpiryChunk = 1000;
 // Ids remembered after removal, so renewing one says "expired" or "cancelled", not just unknown.
 constexpr size_t kRecentlyRemoved = 4096;
-constexpr int64_t kSchemaVersion = 1;
+// Version 2 added the renewal journal.
+constexpr int64_t kSchemaVersion = 2;
+// The renewal journal is folded into the lease rows once it holds this many renewals, or as many
+// as there are live leases if that is more: each fold then rewrites a page of lease rows for many
+// renewals rather than one.
+constexpr size_t kFoldMinimum = 16384;
+// Lease rows rewritten per lock hold and per SQLite transaction while folding, in id order.
+constexpr size_t kFoldChunk = 512;
 constexpr int64_t kNsPerMs = 1'000'000;
 
 constexpr std::string_view kCreateSchema =
@@ -105,15 +112,32 @@ constexpr std::string_view kCreateSchema =
     "  holder TEXT NOT NULL,"
     "  kind INTEGER NOT NULL,"
     "  expiration_ms INTEGER NOT NULL,"  // Unix ms, wall clock; INT64_MAX = never
+    "  granted_ms INTEGER NOT NULL);"
+    // Renewals, appended in commit order (seq); folded into lease rows in bulk, replayed on open.
+    "CREATE TABLE IF NOT EXISTS renewal("
+    "  seq INTEGER PRIMARY KEY,"
+    "  id INTEGER NOT NULL,"
+    "  expiration_ms INTEGER NOT NULL,"
     "  granted_ms INTEGER NOT NULL)";
 constexpr std::string_view kInsertLease =
     "INSERT INTO lease(id, resource, holder, kind, expiration_ms, granted_ms) "
     "VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
-// Renewals touch rows scattered over the whole table (ids are random), and each dirty page goes
-// whole into the WAL: 1 KiB pages write a quarter of what SQLite's default 4 KiB pages do.
+// Lease rows are scattered over the whole table (ids are random), and each dirty page goes whole
+// into the WAL: 1 KiB pages write a quarter of what SQLite's default 4 KiB pages do.
 constexpr int kPageSize = 1024;
+// A renewal appends to the journal, whose pages fill in order: dozens of renewals share one page
+// written to the WAL, where updating each lease row in place dirtied a page per renewal.
+constexpr std::string_view kInsertRenewal =
+    "INSERT INTO renewal(id, expiration_ms, granted_ms) VALUES (?1, ?2, ?3)";
 constexpr std::string_view kUpdateLease =
     "UPDATE lease SET expiration_ms = ?2, granted_ms = ?3 WHERE id = ?1";
+constexpr std::string_view kDropFoldedRenewals = "DELETE FROM renewal WHERE seq <= ?1";
+// On open: the last renewal of each lease wins (SQLite takes the bare columns from the max row).
+constexpr std::string_view kReplayRenewals =
+    "UPDATE lease SET expiration_ms = r.expiration_ms, granted_ms = r.granted_ms "
+    "FROM (SELECT id, expiration_ms, granted_ms, max(seq) FROM renewal GROUP BY id) AS r "
+    "WHERE lease.id = r.id;"
+    "DELETE FROM renewal;";
 constexpr std::string_view kDeleteLease = "DELETE FROM lease WHERE id = ?1";
 constexpr std::string_view kSelectLeases =
     "SELECT id, resource, holder, kind, expiration_ms, granted_ms FROM lease";
@@ -261,6 +285,9 @@ struct Landlord::Impl {
   std::atomic<int> requests_waiting_{0};
   std::optional<sqlite::Database> db_;
   sqlite::Sync db_sync_ = sqlite::Sync::kFull;
+  // Leases renewed since the last fold (repeats included), and the journal's last seq.
+  std::vector<LeaseId> journaled_;
+  int64_t journal_seq_ = 0;
 
   // Guards the in-memory state below.
   mutable std::mutex mutex_;
@@ -277,6 +304,7 @@ struct Landlord::Impl {
   std::unordered_map<LeaseId, bool> recent_;  // removed id -> expired (else cancelled)
   std::deque<LeaseId> recent_order_;
   int64_t sleeping_until_ = kExpiring;  // the expiry thread's wake-up; kExpiring while awake
+  bool fold_wanted_ = false;            // the journal is due to be folded (expiry thread's job)
   bool stopping_ = false;
 
   std::thread expiry_thread_;
@@ -445,7 +473,7 @@ struct Landlord::Impl {
   }
 
   int64_t next_wake_locked() const {
-    if (!retry_.empty()) return kExpiring;
+    if (!retry_.empty() || fold_wanted_) return kExpiring;
     int64_t next = deadlines_.empty() ? kNoDeadline : deadlines_.front().deadline_ns;
     for (const auto& [resource, queue] : waiters_) {
       for (const Waiter& w : queue) next = std::min(next, w.deadline_ns);
@@ -607,6 +635,103 @@ struct Landlord::Impl {
     return result;
   }
 
+  // Grants a batch with one durable write (write_mutex_ held). Nothing waits: a request in
+  // conflict, with held leases, queued requests or an earlier request of the same batch, is
+  // refused as grant() with wait 0 refuses it.
+  std::vector<Result<Lease>> grant_batch_locked(std::span<const GrantRequest> requests,
+                                                std::vector<LeaseEvent>& events) {
+    struct Planned {
+      size_t index;
+      Lease lease;
+      int64_t deadline_ns;
+    };
+    std::vector<std::optional<Result<Lease>>> decided(requests.size());
+    std::vector<Planned> plans;
+    {
+      std::lock_guard lock(mutex_);
+      int64_t now = now_ns();
+      int64_t wall = wall_ms();
+      for (size_t i = 0; i < requests.size(); ++i) {
+        const GrantRequest& r = requests[i];
+        if (Status bad = validate(r); !bad.ok()) {
+          decided[i] = Result<Lease>(std::move(bad));
+          continue;
+        }
+        if (r.wait.count() != 0) {
+          decided[i] = Result<Lease>(invalid_argument("a batch grant cannot wait: wait must be 0"));
+          continue;
+        }
+        Result<int64_t> granted = negotiate(options.policy, r.duration_ms);
+        if (!granted.ok()) {
+          decided[i] = Result<Lease>(granted.status());
+          continue;
+        }
+        Attempt a;
+        a.in_way = in_way_locked(r.resource, r.holder, r.kind);
+        auto queued = waiters_.find(r.resource);
+        if (queued != waiters_.end()) {
+          for (const Waiter& w : queued->second) {
+            if (w.request.holder != r.holder && !compatible(w.request.kind, r.kind)) a.waiting.push_back(w.request.holder);
+          }
+        }
+        for (const Planned& p : plans) {
+          if (p.lease.resource == r.resource && p.lease.holder != r.holder && !compatible(p.lease.kind, r.kind)) {
+            a.in_way.push_back(p.lease);
+          }
+        }
+        if (!a.in_way.empty() || !a.waiting.empty()) {
+          add_conflicts(r, a, events);
+          decided[i] = Result<Lease>(failed_precondition(refusal(r, a)));
+          continue;
+        }
+        if (ids_.size() + plans.size() >= std::min(options.policy.max_leases, kMaxLeases)) {
+          decided[i] = Result<Lease>(resource_exhausted("landlord " + quoted(options.name) + " holds " +
+                                                        std::to_string(ids_.size()) + " leases, its maximum"));
+          continue;
+        }
+        LeaseId id = new_id_locked();
+        while (std::any_of(plans.begin(), plans.end(), [&](const Planned& p) { return p.lease.id == id; })) {
+          id = new_id_locked();
+        }
+        bool forever = *granted == kDurationForever;
+        plans.push_back(Planned{i,
+                                Lease{id, r.resource, r.holder, r.kind,
+                                      forever ? kNeverExpires : saturating_add(wall, *granted), *granted},
+                                forever ? kNoDeadline : add_ms(now, *granted)});
+      }
+    }
+    Status written = plans.empty() ? Status::Ok() : durable(sqlite::Sync::kFull, [&](sqlite::Database& db) -> Status {
+      for (const Planned& p : plans) {
+        Result<sqlite::Statement*> st = db.cached(kInsertLease);
+        if (!st.ok()) return st.status();
+        DJINN_RETURN_IF_ERROR((*st)->bind_all(p.lease.id, p.lease.resource, p.lease.holder,
+                                              static_cast<int64_t>(p.lease.kind), p.lease.expiration_ms,
+                                              p.lease.granted_ms));
+        DJINN_RETURN_IF_ERROR((*st)->run());
+      }
+      DJINN_CRASH_POINT("lease.landlord.before_commit");
+      return Status::Ok();
+    });
+    if (written.ok() && db_ && !plans.empty()) DJINN_CRASH_POINT("lease.landlord.after_commit");
+    {
+      std::lock_guard lock(mutex_);
+      for (Planned& p : plans) {
+        if (!written.ok()) {
+          decided[p.index] = Result<Lease>(Status(written.code(), "grant on " + quoted(p.lease.resource) + ": " +
+                                                                      written.message()));
+          continue;
+        }
+        insert_locked(p.lease, p.deadline_ns);
+        events.push_back(LeaseEvent{EventType::kGranted, p.lease, {}, p.lease.kind});
+        decided[p.index] = Result<Lease>(std::move(p.lease));
+      }
+    }
+    std::vector<Result<Lease>> results;
+    results.reserve(decided.size());
+    for (auto& d : decided) results.push_back(std::move(*d));
+    return results;
+  }
+
   // ---- renew and cancel (write_mutex_ held) ----
 
   std::vector<Result<Lease>> renew_locked(std::span<const RenewRequest> requests,
@@ -648,7 +773,7 @@ struct Landlord::Impl {
     Status written = durable(forever ? sqlite::Sync::kFull : sqlite::Sync::kNormal,
                              [&](sqlite::Database& db) -> Status {
       for (const Plan& p : plans) {
-        Result<sqlite::Statement*> st = db.cached(kUpdateLease);
+        Result<sqlite::Statement*> st = db.cached(kInsertRenewal);
         if (!st.ok()) return st.status();
         DJINN_RETURN_IF_ERROR((*st)->bind_all(requests[p.index].id, p.expiration_ms, p.granted_ms));
         DJINN_RETURN_IF_ERROR((*st)->run());
@@ -659,7 +784,15 @@ struct Landlord::Impl {
       for (const Plan& p : plans) results[p.index] = Status(written.code(), "renew: " + written.message());
       return results;
     }
+    if (db_ && !plans.empty()) {
+      journal_seq_ = db_->last_insert_rowid();
+      for (const Plan& p : plans) journaled_.push_back(requests[p.index].id);
+    }
     std::lock_guard lock(mutex_);
+    if (journaled_.size() >= std::max(kFoldMinimum, ids_.size()) && !fold_wanted_) {
+      fold_wanted_ = true;
+      wake_.notify_one();
+    }
     for (const Plan& p : plans) {
       Record& r = slots_[p.slot];
       if (r.deadline_ns == kNoDeadline && p.deadline_ns != kNoDeadline) ++timed_live_;
@@ -726,6 +859,7 @@ struct Landlord::Impl {
   // ---- expiry and waiters ----
 
   size_t expire_due() {
+    fold_journal_if_wanted();
     size_t total = 0;
     for (bool more = true; more;) {
       std::vector<LeaseEvent> events;
@@ -765,14 +899,79 @@ struct Landlord::Impl {
       }
       total += events.size();
       deliver(events);
-      // Let requests that queued up during the chunk go first (bounded, so expiry keeps pace).
-      auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(1);
-      while (more && requests_waiting_.load() > 0 && std::chrono::steady_clock::now() < until) {
-        std::this_thread::yield();
-      }
+      if (more) step_aside_for_requests();
     }
     service_waiters();
     return total;
+  }
+
+  // Writes the current expiration of every lease renewed since the last fold into its row, in id
+  // order and in chunks (requests go on between them), then drops the journal rows folded. A
+  // crash part-way leaves rows and journal that replay to the same leases: a row holds the last
+  // renewal journaled before its chunk, and replay applies every later journal row over it.
+  void fold_journal_if_wanted() {
+    std::vector<LeaseId> ids;
+    int64_t upto;
+    {
+      std::lock_guard write(write_mutex_);
+      {
+        std::lock_guard lock(mutex_);
+        if (!fold_wanted_) return;
+        fold_wanted_ = false;
+      }
+      ids.swap(journaled_);
+      upto = journal_seq_;
+    }
+    std::sort(ids.begin(), ids.end());
+    ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+    for (size_t begin = 0; begin < ids.size(); begin += kFoldChunk) {
+      size_t end = std::min(ids.size(), begin + kFoldChunk);
+      {
+        std::lock_guard write(write_mutex_);
+        std::vector<std::tuple<LeaseId, int64_t, int64_t>> rows;
+        {
+          std::lock_guard lock(mutex_);
+          for (size_t i = begin; i < end; ++i) {
+            uint32_t slot = slot_of(ids[i]);
+            if (slot != kNone) rows.emplace_back(ids[i], slots_[slot].expiration_ms, slots_[slot].granted_ms);
+          }
+        }
+        Status written = durable(sqlite::Sync::kNormal, [&](sqlite::Database& db) -> Status {
+          for (const auto& [id, expiration, granted] : rows) {
+            Result<sqlite::Statement*> st = db.cached(kUpdateLease);
+            if (!st.ok()) return st.status();
+            DJINN_RETURN_IF_ERROR((*st)->bind_all(id, expiration, granted));
+            DJINN_RETURN_IF_ERROR((*st)->run());
+          }
+          return Status::Ok();
+        });
+        if (!written.ok()) {
+          // The journal keeps every renewal; the next fold takes these leases again.
+          DJINN_LOG(kWarn, "lease") << options.name << ": folding renewals failed: " << written.to_string();
+          journaled_.insert(journaled_.end(), ids.begin() + begin, ids.end());
+          return;
+        }
+        DJINN_CRASH_POINT("lease.landlord.fold_chunk");
+      }
+      step_aside_for_requests();
+    }
+    std::lock_guard write(write_mutex_);
+    Status dropped = durable(sqlite::Sync::kNormal, [&](sqlite::Database& db) -> Status {
+      Result<sqlite::Statement*> st = db.cached(kDropFoldedRenewals);
+      if (!st.ok()) return st.status();
+      DJINN_RETURN_IF_ERROR((*st)->bind_all(upto));
+      return (*st)->run();
+    });
+    if (!dropped.ok()) {
+      DJINN_LOG(kWarn, "lease") << options.name << ": dropping folded renewals failed: " << dropped.to_string();
+    }
+  }
+
+  // Lets requests that queued up during a chunk of background work go first (bounded, so the
+  // background work keeps pace).
+  void step_aside_for_requests() const {
+    auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(1);
+    while (requests_waiting_.load() > 0 && std::chrono::steady_clock::now() < until) std::this_thread::yield();
   }
 
   // Ends the waits that timed out and hands freed resources to their queues, head first (FIFO:
@@ -905,6 +1104,12 @@ struct Landlord::Impl {
       if (!tx.ok()) return tx.status();
       DJINN_RETURN_IF_ERROR(db_->exec(kCreateSchema));
       DJINN_RETURN_IF_ERROR(db_->set_user_version(kSchemaVersion));
+      DJINN_RETURN_IF_ERROR(tx->commit());
+    }
+    {
+      Result<sqlite::Transaction> tx = sqlite::Transaction::begin(*db_);
+      if (!tx.ok()) return tx.status();
+      DJINN_RETURN_IF_ERROR(db_->exec(kReplayRenewals));
       DJINN_RETURN_IF_ERROR(tx->commit());
     }
 
@@ -1040,6 +1245,16 @@ Result<Lease> Landlord::renew(const RenewRequest& request) {
 Status Landlord::cancel(LeaseId id) {
   std::vector<Status> statuses = cancel_batch(std::span<const LeaseId>(&id, 1));
   return std::move(statuses.front());
+}
+
+std::vector<Result<Lease>> Landlord::grant_batch(std::span<const GrantRequest> requests) {
+  std::vector<LeaseEvent> events;
+  std::vector<Result<Lease>> results = [&] {
+    Impl::RequestLock write(*impl_);
+    return impl_->grant_batch_locked(requests, events);
+  }();
+  impl_->deliver(events);
+  return results;
 }
 
 std::vector<Result<Lease>> Landlord::renew_batch(std::span<const RenewRequest> requests) {

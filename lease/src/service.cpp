@@ -14,6 +14,7 @@
 #include <kj/exception.h>
 
 #include "convert.h"
+#include "djinn/core/group_commit.h"
 #include "djinn/core/log.h"
 #include "renewal_service.h"
 
@@ -76,77 +77,6 @@ class GrantThreads {
   std::vector<std::thread> threads_;
 };
 
-// Group commit: renewals (and cancels) that arrive while a batch is being written wait and go
-// together in the next one, so N clients renewing at once cost one SQLite transaction and one
-// turn of the engine's lock, not N. A posted group (one call's requests) is never split; one
-// thread drains the queue, up to kMaxBatchItems requests per transaction.
-template <class Request, class Outcome>
-class Combiner {
- public:
-  using Batch = std::function<std::vector<Outcome>(std::span<const Request>)>;
-  using Done = std::function<void(std::vector<Outcome>)>;
-
-  explicit Combiner(Batch batch) : batch_(std::move(batch)), thread_([this] { run(); }) {}
-  ~Combiner() {
-    {
-      std::lock_guard lock(mu_);
-      stop_ = true;
-    }
-    cv_.notify_all();
-    thread_.join();
-    // Groups never written drop their completions, whose Responders answer CANCELLED.
-  }
-  void post(std::vector<Request> requests, Done done) {
-    {
-      std::lock_guard lock(mu_);
-      queue_.push_back(Group{std::move(requests), std::move(done)});
-    }
-    cv_.notify_one();
-  }
-
- private:
-  struct Group {
-    std::vector<Request> requests;
-    Done done;
-  };
-
-  void run() {
-    std::vector<Group> groups;
-    std::vector<Request> all;
-    std::unique_lock lock(mu_);
-    for (;;) {
-      cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
-      if (stop_) return;
-      size_t total = 0;
-      while (!queue_.empty() && (groups.empty() || total + queue_.front().requests.size() <= kMaxBatchItems)) {
-        total += queue_.front().requests.size();
-        groups.push_back(std::move(queue_.front()));
-        queue_.pop_front();
-      }
-      lock.unlock();
-      for (const Group& g : groups) all.insert(all.end(), g.requests.begin(), g.requests.end());
-      std::vector<Outcome> outcomes = all.empty() ? std::vector<Outcome>{} : batch_(all);
-      size_t at = 0;
-      for (Group& g : groups) {
-        std::vector<Outcome> mine;
-        mine.reserve(g.requests.size());
-        for (size_t i = 0; i < g.requests.size(); ++i) mine.push_back(std::move(outcomes[at++]));
-        g.done(std::move(mine));
-      }
-      groups.clear();
-      all.clear();
-      lock.lock();
-    }
-  }
-
-  Batch batch_;
-  std::mutex mu_;  // guards queue_, stop_
-  std::condition_variable cv_;
-  std::deque<Group> queue_;
-  bool stop_ = false;
-  std::thread thread_;
-};
-
 // Answers a call whose result is one lease (LeaseResult), or its error.
 void reply_lease(rpc::Responder& responder, const Result<Lease>& lease, const std::string& where) {
   if (!lease.ok()) return responder.reply(lease.status());
@@ -179,8 +109,9 @@ struct LandlordService::Impl {
       : landlord(l),
         publisher(p),
         endpoint(std::move(e)),
-        renewals([this](std::span<const RenewRequest> r) { return landlord.renew_batch(r); }),
-        cancels([this](std::span<const LeaseId> ids) { return landlord.cancel_batch(ids); }),
+        grant_group(kMaxBatchItems, [this](std::span<const GrantRequest> r) { return landlord.grant_batch(r); }),
+        renewals(kMaxBatchItems, [this](std::span<const RenewRequest> r) { return landlord.renew_batch(r); }),
+        cancels(kMaxBatchItems, [this](std::span<const LeaseId> ids) { return landlord.cancel_batch(ids); }),
         grants(threads) {}
 
   Landlord& landlord;
@@ -188,8 +119,9 @@ struct LandlordService::Impl {
   mutable std::mutex endpoint_mu;  // guards endpoint
   std::string endpoint;
   // Last: joined first, while the rest is still alive.
-  Combiner<RenewRequest, Result<Lease>> renewals;
-  Combiner<LeaseId, Status> cancels;
+  GroupCommit<GrantRequest, Result<Lease>> grant_group;
+  GroupCommit<RenewRequest, Result<Lease>> renewals;
+  GroupCommit<LeaseId, Status> cancels;
   GrantThreads grants;
 
   std::string get_endpoint() const {
@@ -247,6 +179,13 @@ void LandlordService::Impl::register_methods(rpc::Server& server) {
           request.wait = std::clamp(left, std::chrono::milliseconds(0), request.wait);
         }
         auto shared = std::make_shared<rpc::Responder>(std::move(responder));
+        if (request.wait.count() == 0) {
+          // Decided at once: with the other grants arriving meanwhile, in one durable write.
+          grant_group.post({std::move(request)}, [shared, where = get_endpoint()](std::vector<Result<Lease>> outcomes) {
+            reply_lease(*shared, outcomes.front(), where);
+          });
+          return;
+        }
         grants.post([this, request = std::move(request), shared] {
           // The completion may run after this service is gone (a wait ends on the engine's thread):
           // it holds the endpoint by value and nothing of `this`.

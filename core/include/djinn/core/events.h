@@ -60,6 +60,9 @@ class Publisher {
   // The last number published for a kind (0: none yet); RPC snapshots carry it so a subscriber
   // knows where the stream stood when the snapshot was taken.
   uint64_t last_seq(std::string_view kind) const;
+  // Ends a kind that will never be published again (its heartbeats stop). Publishing it later
+  // starts a new stream at 1, which subscribers of the old one see as a gap.
+  void forget(std::string_view kind);
   uint64_t incarnation() const { return incarnation_; }
   // Sends one heartbeat per kind now (the heartbeat thread calls it on its interval).
   void heartbeat();

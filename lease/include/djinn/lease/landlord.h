@@ -122,7 +122,10 @@ class Landlord {
   void grant_async(const GrantRequest& request, std::function<void(Result<Lease>)> done);
   Result<Lease> renew(const RenewRequest& request);
   Status cancel(LeaseId id);
-  // One durable write for the whole batch; each element succeeds or fails on its own.
+  // One durable write for the whole batch; each element succeeds or fails on its own. A batch
+  // grant never waits (wait must be 0): a request in conflict with held leases, with queued
+  // requests or with an earlier request of the same batch is refused.
+  std::vector<Result<Lease>> grant_batch(std::span<const GrantRequest> requests);
   std::vector<Result<Lease>> renew_batch(std::span<const RenewRequest> requests);
   std::vector<Status> cancel_batch(std::span<const LeaseId> ids);
 

@@ -1,0 +1,28 @@
+// Flags every djinn daemon shares: how it secures its sockets (--curve-key, --keyring,
+// --insecure, --plaintext-role). One definition, so every daemon says the same thing in --help
+// and refuses the same mistakes with the same advice.
+#pragma once
+
+#include <optional>
+#include <string>
+
+#include "djinn/core/config.h"
+#include "djinn/core/rpc.h"
+#include "djinn/core/security.h"
+#include "djinn/core/status.h"
+
+namespace djinn {
+
+struct ServerSecurity {
+  std::optional<rpc::CurveServer> curve;  // absent: plaintext (--insecure)
+  security::Role plaintext_role = security::Role::kAdmin;
+  std::optional<security::KeyPair> key_pair;  // the daemon's own keys, with CURVE
+};
+
+void add_security_flags(Config& cfg);
+// The settings the parsed flags ask for. A contradiction or a missing flag is INVALID_ARGUMENT
+// naming the flag and what to do (CURVE is required unless --insecure: DESIGN §3, security is off
+// by default only in the demo); an unreadable key or keyring file is that file's error.
+Result<ServerSecurity> security_from_flags(const Config& cfg);
+
+}  // namespace djinn

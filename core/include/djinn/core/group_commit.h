@@ -1,0 +1,93 @@
+// Group commit: requests that arrive while a batch is being written wait and go together in the
+// next one, so N clients writing at once cost one durable transaction (one fsync) and one turn of
+// a store's lock, not N. Every landlord's renewals and cancels, lookup's registrations and the
+// space's writes go through one.
+#pragma once
+
+#include <condition_variable>
+#include <cstddef>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <span>
+#include <thread>
+#include <vector>
+
+namespace djinn {
+
+// One thread drains the queue and hands up to `max_batch` requests at a time to the batch
+// function, which returns one outcome per request in order. A posted group (one call's requests)
+// is never split, so a group larger than max_batch goes alone. Completions run on that thread.
+template <class Request, class Outcome>
+class GroupCommit {
+ public:
+  using Batch = std::function<std::vector<Outcome>(std::span<const Request>)>;
+  using Done = std::function<void(std::vector<Outcome>)>;
+
+  GroupCommit(size_t max_batch, Batch batch)
+      : max_batch_(max_batch), batch_(std::move(batch)), thread_([this] { run(); }) {}
+  ~GroupCommit() {
+    {
+      std::lock_guard lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+    // Groups never written drop their completions (an RPC Responder dropped answers CANCELLED).
+  }
+  GroupCommit(const GroupCommit&) = delete;
+  GroupCommit& operator=(const GroupCommit&) = delete;
+
+  void post(std::vector<Request> requests, Done done) {
+    {
+      std::lock_guard lock(mu_);
+      queue_.push_back(Group{std::move(requests), std::move(done)});
+    }
+    cv_.notify_one();
+  }
+
+ private:
+  struct Group {
+    std::vector<Request> requests;
+    Done done;
+  };
+
+  void run() {
+    std::vector<Group> groups;
+    std::vector<Request> all;
+    std::unique_lock lock(mu_);
+    for (;;) {
+      cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+      if (stop_) return;
+      size_t total = 0;
+      while (!queue_.empty() && (groups.empty() || total + queue_.front().requests.size() <= max_batch_)) {
+        total += queue_.front().requests.size();
+        groups.push_back(std::move(queue_.front()));
+        queue_.pop_front();
+      }
+      lock.unlock();
+      for (const Group& g : groups) all.insert(all.end(), g.requests.begin(), g.requests.end());
+      std::vector<Outcome> outcomes = all.empty() ? std::vector<Outcome>{} : batch_(all);
+      size_t at = 0;
+      for (Group& g : groups) {
+        std::vector<Outcome> mine;
+        mine.reserve(g.requests.size());
+        for (size_t i = 0; i < g.requests.size(); ++i) mine.push_back(std::move(outcomes[at++]));
+        g.done(std::move(mine));
+      }
+      groups.clear();
+      all.clear();
+      lock.lock();
+    }
+  }
+
+  const size_t max_batch_;
+  Batch batch_;
+  std::mutex mu_;  // guards queue_, stop_
+  std::condition_variable cv_;
+  std::deque<Group> queue_;
+  bool stop_ = false;
+  std::thread thread_;
+};
+
+}  // namespace djinn
