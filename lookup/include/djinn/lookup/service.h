@@ -1,0 +1,55 @@
+// The lookup service (djinn-lookup) in one object: a Registrar over RPC ("lookup.*"), the lease
+// protocol ("lease.*") for its registration and notify leases, and one event socket for both the
+// notify events ("lookup.notify.<id>") and the lease events. The daemon's main and the tests use it
+// alike.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "djinn/core/rpc.h"
+#include "djinn/lease/landlord.h"
+#include "djinn/lookup/registrar.h"
+
+namespace djinn::lookup {
+
+struct LookupServiceOptions {
+  std::string data_dir;  // holds items.db and leases.db; created if missing; empty: in memory
+  std::string rpc_endpoint = "tcp://127.0.0.1:*";
+  std::string events_endpoint = "tcp://127.0.0.1:*";
+  std::vector<std::string> groups = {"public"};  // served groups, in the registrar's own item
+  std::string name = "lookup";                    // djinn.attr.Name of its own item, and for logs
+  lease::Policy policy;                           // registration and notify leases
+  size_t max_item_bytes = 64 * 1024;
+  size_t max_items = 1'000'000;
+  std::optional<rpc::CurveServer> curve;
+  security::Role plaintext_role = security::Role::kAdmin;
+  int workers = 2;
+};
+
+// Largest lookupMany answer.
+inline constexpr size_t kMaxMatches = 100'000;
+
+class LookupService {
+ public:
+  static Result<std::unique_ptr<LookupService>> start(LookupServiceOptions options);
+  ~LookupService();
+  LookupService(const LookupService&) = delete;
+  LookupService& operator=(const LookupService&) = delete;
+
+  const std::string& rpc_endpoint() const;
+  const std::string& events_endpoint() const;
+  Registrar& registrar();
+  lease::Landlord& landlord();
+  // Stops serving and closes the stores; the destructor calls it. Idempotent.
+  void stop();
+
+ private:
+  struct Impl;
+  explicit LookupService(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace djinn::lookup

@@ -1,0 +1,98 @@
+// djinn-lookup: the federation's lookup service (DESIGN §5) as a daemon. Serves the registrar
+// ("lookup.*") and the lease protocol for its registrations over RPC, publishes notify and lease
+// events, keeps its items and leases in --data-dir, and runs until SIGINT or SIGTERM.
+#include <signal.h>
+
+#include <cstdio>
+#include <sstream>
+
+#include "djinn/core/config.h"
+#include "djinn/core/daemon_flags.h"
+#include "djinn/core/log.h"
+#include "djinn/lookup/service.h"
+
+using namespace djinn;
+
+namespace {
+
+constexpr const char* kProgram = "djinn-lookup";
+
+int fail(const std::string& message, int code = 1) {
+  std::fprintf(stderr, "%s: %s\n", kProgram, message.c_str());
+  return code;
+}
+
+std::vector<std::string> split_groups(const std::string& text) {
+  std::vector<std::string> out;
+  std::stringstream in(text);
+  std::string g;
+  while (std::getline(in, g, ',')) out.push_back(g);
+  return out;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Config cfg(kProgram,
+             "The federation's lookup service: stores service items under registration leases, answers "
+             "template queries, and sends notify events for the transitions of items against registered "
+             "templates. Registrations are renewed and cancelled with the lease protocol on the same port.");
+  cfg.add_string("data-dir", "./.djinn/lookup", "directory of items.db and leases.db (created if missing)");
+  cfg.add_string("listen", "tcp://127.0.0.1:4162", "RPC endpoint to bind (tcp://HOST:PORT; port * picks a free one)");
+  cfg.add_string("events", "tcp://127.0.0.1:4163", "event (PUB) endpoint to bind (tcp://HOST:PORT; port * picks a free one)");
+  cfg.add_string("groups", "public", "comma-separated groups this lookup serves (in its own item, for discovery)");
+  cfg.add_string("name", "lookup", "name in the lookup's own item (djinn.attr.Name) and in logs");
+  cfg.add_duration("max-lease", std::chrono::minutes(5), "longest registration or notify lease granted");
+  cfg.add_duration("default-lease", std::chrono::seconds(30), "registration lease granted for ANY (-1)");
+  cfg.add_int("max-item-bytes", 64 * 1024, "largest service item accepted (encoded bytes)", 1024, 16 << 20);
+  cfg.add_int("max-items", 1'000'000, "most items held; registrations beyond get RESOURCE_EXHAUSTED", 1, 100'000'000);
+  add_security_flags(cfg);
+  cfg.add_int("workers", 2, "threads for queries that may be long and for durable writes", 1, 256);
+  if (Status st = cfg.parse(argc, argv); !st.ok()) return cfg.exit_code(st);
+  log::set_program(kProgram);
+
+  lookup::LookupServiceOptions options;
+  options.data_dir = cfg.get_string("data-dir");
+  if (options.data_dir.empty()) return fail("--data-dir is empty: give a directory for items.db and leases.db", 2);
+  options.rpc_endpoint = cfg.get_string("listen");
+  options.events_endpoint = cfg.get_string("events");
+  options.groups = split_groups(cfg.get_string("groups"));
+  if (options.groups.empty()) return fail("--groups is empty: name at least one group (e.g. public)", 2);
+  options.name = cfg.get_string("name");
+  options.policy.max_duration = cfg.get_duration("max-lease");
+  options.policy.default_duration = cfg.get_duration("default-lease");
+  if (options.policy.max_duration.count() <= 0) return fail("--max-lease must be > 0", 2);
+  if (options.policy.default_duration.count() <= 0 || options.policy.default_duration > options.policy.max_duration) {
+    return fail("--default-lease " + std::to_string(options.policy.default_duration.count()) +
+                    " ms: must be > 0 and at most --max-lease (" + std::to_string(options.policy.max_duration.count()) +
+                    " ms)",
+                2);
+  }
+  options.max_item_bytes = static_cast<size_t>(cfg.get_int("max-item-bytes"));
+  options.max_items = static_cast<size_t>(cfg.get_int("max-items"));
+  options.workers = static_cast<int>(cfg.get_int("workers"));
+  Result<ServerSecurity> security = security_from_flags(cfg);
+  if (!security.ok()) return fail(security.status().message(), security.status().code() == Code::kInvalidArgument ? 2 : 1);
+  options.curve = security->curve;
+  options.plaintext_role = security->plaintext_role;
+
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);  // before any thread starts, so all inherit it
+
+  auto service = lookup::LookupService::start(options);
+  if (!service.ok()) {
+    return fail(service.status().to_string(), service.status().code() == Code::kInvalidArgument ? 2 : 1);
+  }
+  // The bound endpoints on stdout, so a script that asked for port * learns the ports.
+  std::printf("rpc %s\nevents %s\nservice-id %s\n", (*service)->rpc_endpoint().c_str(),
+              (*service)->events_endpoint().c_str(), (*service)->registrar().self_id().to_string().c_str());
+  std::fflush(stdout);
+  int sig = 0;
+  sigwait(&signals, &sig);
+  DJINN_LOG(kInfo, "lookup") << "stopping on " << (sig == SIGINT ? "SIGINT" : "SIGTERM");
+  (*service)->stop();
+  return 0;
+}

@@ -1,0 +1,856 @@
+// The registrar engine: items in memory with their indexes, persisted in SQLite, leased through the
+// embedded landlord, and notify registrations evaluated on every change.
+#include "djinn/lookup/registrar.h"
+
+#include <capnp/message.h>
+#include <capnp/serialize.h>
+
+#include <algorithm>
+#include <condition_variable>
+#include <deque>
+#include <thread>
+#include <cstring>
+#include <mutex>
+#include <shared_mutex>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "djinn/core/fault.h"
+#include "djinn/core/log.h"
+#include "djinn/core/model_capnp.h"
+#include "djinn/core/sqlite.h"
+#include "djinn/proto/lookup.capnp.h"
+#include "djinn/proto/model.capnp.h"
+
+namespace djinn::lookup {
+namespace {
+
+constexpr int64_t kSchemaVersion = 1;
+constexpr std::string_view kCreateSchema =
+    "CREATE TABLE IF NOT EXISTS item("
+    "  sid BLOB PRIMARY KEY,"           // the 16 bytes of the ServiceID
+    "  lease INTEGER NOT NULL,"         // registration lease id (signed twin); 0 = the registrar's own
+    "  data BLOB NOT NULL"              // the item, a Cap'n Proto ServiceItem message
+    ") WITHOUT ROWID;"
+    "CREATE TABLE IF NOT EXISTS watch("
+    "  id INTEGER PRIMARY KEY,"         // notify registration = its lease id
+    "  mask INTEGER NOT NULL,"
+    "  template BLOB NOT NULL"          // a Cap'n Proto ServiceTemplate message
+    ");"
+    "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value BLOB NOT NULL);";
+constexpr std::string_view kUpsertItem = "INSERT OR REPLACE INTO item(sid, lease, data) VALUES (?1, ?2, ?3)";
+constexpr std::string_view kDeleteItem = "DELETE FROM item WHERE sid = ?1";
+constexpr std::string_view kInsertWatch = "INSERT INTO watch(id, mask, template) VALUES (?1, ?2, ?3)";
+constexpr std::string_view kDeleteWatch = "DELETE FROM watch WHERE id = ?1";
+
+struct IdHash {
+  size_t operator()(const ServiceId& id) const { return static_cast<size_t>(id.hi() ^ (id.lo() * 0x9e3779b97f4a7c15ULL)); }
+};
+
+using Posting = std::unordered_set<uint32_t>;
+
+std::span<const uint8_t> id_bytes(const ServiceId& id) { return std::span<const uint8_t>(id.bytes().data(), 16); }
+
+// A value as index key bytes: its type, then its content, so equal keys mean equal values.
+void append_value_key(std::string& out, const Value& v) {
+  out.push_back(static_cast<char>(v.type()));
+  switch (v.type()) {
+    case ValueType::kNull: break;
+    case ValueType::kBool: out.push_back(v.as_bool() ? 1 : 0); break;
+    case ValueType::kInt: {
+      int64_t x = v.as_int();
+      out.append(reinterpret_cast<const char*>(&x), sizeof x);
+      break;
+    }
+    case ValueType::kFloat: {
+      double x = v.as_float();
+      out.append(reinterpret_cast<const char*>(&x), sizeof x);
+      break;
+    }
+    case ValueType::kText: out.append(v.as_text()); break;
+    case ValueType::kBytes: out.append(reinterpret_cast<const char*>(v.as_bytes().data()), v.as_bytes().size()); break;
+    case ValueType::kUuid: out.append(reinterpret_cast<const char*>(v.as_uuid().bytes().data()), 16); break;
+  }
+}
+
+// Type names and field names hold no NUL (validated), so NUL separates the parts unambiguously.
+std::string field_key(std::string_view type, std::string_view field, const Value& value) {
+  std::string key;
+  key.reserve(type.size() + field.size() + 16);
+  key.append(type);
+  key.push_back('\0');
+  key.append(field);
+  key.push_back('\0');
+  append_value_key(key, value);
+  return key;
+}
+
+template <class Message>
+std::string encode(const Message& value) {
+  capnp::MallocMessageBuilder message;
+  if constexpr (std::is_same_v<Message, ServiceItem>) {
+    to_capnp(value, message.initRoot<proto::ServiceItem>());
+  } else {
+    to_capnp(value, message.initRoot<proto::ServiceTemplate>());
+  }
+  kj::Array<capnp::word> words = capnp::messageToFlatArray(message);
+  return std::string(reinterpret_cast<const char*>(words.begin()), words.size() * sizeof(capnp::word));
+}
+
+template <class Out, class Reader>
+Result<Out> decode(std::span<const uint8_t> bytes) {
+  if (bytes.size() % sizeof(capnp::word) != 0) return data_loss("stored message of " + std::to_string(bytes.size()) + " bytes is not whole words");
+  kj::Array<capnp::word> words = kj::heapArray<capnp::word>(bytes.size() / sizeof(capnp::word));
+  std::memcpy(words.begin(), bytes.data(), bytes.size());
+  try {
+    capnp::FlatArrayMessageReader reader(words);
+    return from_capnp(reader.getRoot<Reader>());
+  } catch (const kj::Exception& e) {
+    return data_loss(std::string("stored message is malformed: ") + e.getDescription().cStr());
+  }
+}
+
+}  // namespace
+
+std::string_view transition_name(Transition t) {
+  switch (t) {
+    case kNoMatchToMatch: return "nomatch->match";
+    case kMatchToNoMatch: return "match->nomatch";
+    case kMatchToMatch: return "match->match";
+    default: return "?";
+  }
+}
+
+std::string notify_event_kind(uint64_t notify_id) { return "lookup.notify." + std::to_string(notify_id); }
+
+struct Registrar::Impl {
+  struct Watch {
+    ServiceTemplate tmpl;
+    uint8_t mask;
+    std::string kind;
+  };
+
+  RegistrarOptions options;
+  lease::Landlord& landlord;
+
+  // Serializes changes: held across the durable write and the in-memory update, so file and memory
+  // change in the same order. Lock order: write_mu_, then mu_.
+  std::mutex write_mu_;
+  std::optional<sqlite::Database> db_;
+
+  // Guards everything below: shared for queries, exclusive for changes (and their events).
+  mutable std::shared_mutex mu_;
+  std::vector<std::optional<ServiceItem>> slots_;
+  std::vector<uint32_t> free_;
+  std::unordered_map<ServiceId, uint32_t, IdHash> by_id_;
+  std::unordered_map<uint64_t, uint32_t> by_lease_;
+  Posting all_;
+  std::unordered_map<std::string, Posting> by_interface_;
+  std::unordered_map<std::string, Posting> by_attr_type_;  // "" holds every item with an attribute
+  std::unordered_map<std::string, Posting> by_field_;      // field_key(type or supertype or "", ...)
+  std::unordered_map<uint64_t, Watch> watches_;
+  ServiceId self_id_;
+
+  // Leases that ended, waiting for the remover thread: (lease id, registration or notify).
+  std::mutex ended_mu_;
+  std::condition_variable ended_cv_;
+  std::deque<std::pair<uint64_t, bool>> ended_;
+  bool stopping_ = false;
+  std::thread remover_;
+
+  Impl(RegistrarOptions opts) : options(std::move(opts)), landlord(*options.landlord) {}
+
+  // ---- indexes (mu_ exclusive) ----
+
+  // Every index key an item is filed under, each once.
+  static void keys_of(const ServiceItem& item, std::vector<std::string>& types, std::vector<std::string>& attr_types,
+                      std::vector<std::string>& fields) {
+    types.assign(item.interface_types.begin(), item.interface_types.end());
+    attr_types.clear();
+    fields.clear();
+    for (const Entry& e : item.attributes) {
+      auto file = [&](std::string_view type) {
+        attr_types.emplace_back(type);
+        for (const auto& [name, value] : e.fields) {
+          if (!value.is_null()) fields.push_back(field_key(type, name, value));
+        }
+      };
+      file(e.type);
+      for (const std::string& s : e.supertypes) file(s);
+      file("");
+    }
+    for (auto* v : {&attr_types, &fields}) {
+      std::sort(v->begin(), v->end());
+      v->erase(std::unique(v->begin(), v->end()), v->end());
+    }
+  }
+
+  void index(uint32_t slot, bool add) {
+    std::vector<std::string> types, attr_types, fields;
+    keys_of(*slots_[slot], types, attr_types, fields);
+    auto apply = [&](std::unordered_map<std::string, Posting>& map, const std::vector<std::string>& keys) {
+      for (const std::string& k : keys) {
+        if (add) {
+          map[k].insert(slot);
+        } else {
+          auto it = map.find(k);
+          if (it == map.end()) continue;
+          it->second.erase(slot);
+          if (it->second.empty()) map.erase(it);
+        }
+      }
+    };
+    apply(by_interface_, types);
+    apply(by_attr_type_, attr_types);
+    apply(by_field_, fields);
+    if (add) all_.insert(slot); else all_.erase(slot);
+  }
+
+  // Puts `item` in memory (replacing the item of the same id), publishing the transitions.
+  void put_locked(ServiceItem item) {
+    std::optional<ServiceItem> before;
+    uint32_t slot;
+    auto it = by_id_.find(item.service_id);
+    if (it != by_id_.end()) {
+      slot = it->second;
+      before = std::move(*slots_[slot]);
+      index(slot, false);
+      if (before->lease.id) by_lease_.erase(before->lease.id);
+    } else if (!free_.empty()) {
+      slot = free_.back();
+      free_.pop_back();
+    } else {
+      slot = static_cast<uint32_t>(slots_.size());
+      slots_.emplace_back();
+    }
+    slots_[slot] = std::move(item);
+    const ServiceItem& now = *slots_[slot];
+    by_id_[now.service_id] = slot;
+    if (now.lease.id) by_lease_[now.lease.id] = slot;
+    index(slot, true);
+    transitions_locked(before ? &*before : nullptr, &now);
+  }
+
+  void remove_locked(uint32_t slot) {
+    ServiceItem before = std::move(*slots_[slot]);
+    index(slot, false);
+    slots_[slot].reset();
+    free_.push_back(slot);
+    by_id_.erase(before.service_id);
+    if (before.lease.id) by_lease_.erase(before.lease.id);
+    transitions_locked(&before, nullptr);
+  }
+
+  void transitions_locked(const ServiceItem* before, const ServiceItem* after) {
+    if (!options.publisher || watches_.empty()) return;
+    for (const auto& [id, w] : watches_) {
+      bool was = before && matches(w.tmpl, *before);
+      bool is = after && matches(w.tmpl, *after);
+      Transition t;
+      if (!was && is) {
+        t = kNoMatchToMatch;
+      } else if (was && !is) {
+        t = kMatchToNoMatch;
+      } else if (was && is && !(*before == *after)) {
+        t = kMatchToMatch;
+      } else {
+        continue;
+      }
+      if (!(w.mask & t)) continue;
+      const ServiceItem& item = t == kMatchToNoMatch ? *before : *after;
+      capnp::MallocMessageBuilder message;
+      auto ev = message.initRoot<proto::NotifyEvent>();
+      ev.setNotifyId(id);
+      ev.setTransition(t == kNoMatchToMatch   ? proto::Transition::NO_MATCH_TO_MATCH
+                       : t == kMatchToNoMatch ? proto::Transition::MATCH_TO_NO_MATCH
+                                              : proto::Transition::MATCH_TO_MATCH);
+      to_capnp(item.service_id, ev.initServiceId());
+      to_capnp(item, ev.initItem());
+      ev.setRemoved(after == nullptr);
+      options.publisher->publish(w.kind, item.service_id.to_string(), message);
+    }
+  }
+
+  // ---- queries (mu_ shared) ----
+
+  // The smallest posting list that every match is in (nullptr: nothing can match), and whether
+  // every member of it matches (the template is that one index constraint and nothing more).
+  std::pair<const Posting*, bool> candidates_locked(const ServiceTemplate& t) const {
+    static const Posting kEmpty;
+    const Posting* best = &all_;
+    int constraints = 0;
+    bool single_exact = false;
+    auto consider = [&](const std::unordered_map<std::string, Posting>& map, const std::string& key, bool exact) {
+      ++constraints;
+      auto it = map.find(key);
+      const Posting* p = it == map.end() ? &kEmpty : &it->second;
+      if (p->size() < best->size() || constraints == 1) best = p;
+      single_exact = exact;
+    };
+    for (const std::string& type : t.interface_types) consider(by_interface_, type, true);
+    for (const Template& a : t.attributes) {
+      size_t given = 0;
+      for (const auto& [name, value] : a.fields) {
+        if (value.is_null()) continue;
+        ++given;
+        consider(by_field_, field_key(a.type, name, value), false);
+      }
+      if (given == 0) consider(by_attr_type_, a.type, true);
+      if (given == 1) single_exact = true;
+    }
+    if (t.service_id) return {best, false};
+    return {best, constraints == 0 || (constraints == 1 && single_exact)};
+  }
+
+  template <class Visit>
+  void for_each_match_locked(const ServiceTemplate& t, Visit&& visit) const {
+    if (t.service_id) {
+      auto it = by_id_.find(*t.service_id);
+      if (it != by_id_.end() && matches(t, *slots_[it->second])) visit(*slots_[it->second]);
+      return;
+    }
+    auto [posting, exact] = candidates_locked(t);
+    for (uint32_t slot : *posting) {
+      const ServiceItem& item = *slots_[slot];
+      if (exact || matches(t, item)) {
+        if (!visit(item)) return;
+      }
+    }
+  }
+
+  // ---- durable writes (write_mu_ held) ----
+
+  template <class Body>
+  Status durable(sqlite::Sync sync, Body&& body) {
+    if (!db_) return Status::Ok();
+    DJINN_RETURN_IF_ERROR(db_->set_sync(sync));
+    Result<sqlite::Transaction> tx = sqlite::Transaction::begin(*db_);
+    if (!tx.ok()) return tx.status();
+    DJINN_RETURN_IF_ERROR(body(*db_));
+    return tx->commit();
+  }
+
+  static Status upsert_row(sqlite::Database& db, const ServiceItem& item, const std::string& data) {
+    Result<sqlite::Statement*> st = db.cached(kUpsertItem);
+    if (!st.ok()) return st.status();
+    DJINN_RETURN_IF_ERROR((*st)->bind_all(id_bytes(item.service_id), item.lease.id,
+                                          std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(data.data()), data.size())));
+    return (*st)->run();
+  }
+
+  Status check_item(const ServiceItem& item, std::string& encoded) const {
+    DJINN_RETURN_IF_ERROR(validate(item));
+    encoded = encode(item);
+    if (encoded.size() > options.max_item_bytes) {
+      return invalid_argument("service item of " + std::to_string(encoded.size()) + " bytes (encoded): at most " +
+                              std::to_string(options.max_item_bytes) + " allowed; keep attributes small and put "
+                              "large content in the space");
+    }
+    return Status::Ok();
+  }
+
+  // ---- leases that ended (the remover thread) ----
+
+  void remove_ended(uint64_t lease_id, bool registration) {
+    Impl& m = *this;
+    if (registration) {
+      std::lock_guard write(m.write_mu_);
+      ServiceId sid;
+      {
+        std::shared_lock lock(m.mu_);
+        auto it = m.by_lease_.find(lease_id);
+        if (it == m.by_lease_.end()) return;
+        sid = m.slots_[it->second]->service_id;
+      }
+      // Like the landlord's own expiry: if the delete does not reach the file, the next open finds
+      // the lease gone and drops the row then.
+      Status written = m.durable(sqlite::Sync::kNormal, [&](sqlite::Database& db) -> Status {
+        Result<sqlite::Statement*> st = db.cached(kDeleteItem);
+        if (!st.ok()) return st.status();
+        DJINN_RETURN_IF_ERROR((*st)->bind_all(id_bytes(sid)));
+        return (*st)->run();
+      });
+      if (!written.ok()) DJINN_LOG(kWarn, "lookup") << m.options.name << ": deleting item " << sid.to_string() << ": " << written.to_string();
+      std::unique_lock lock(m.mu_);
+      auto it = m.by_lease_.find(lease_id);
+      if (it != m.by_lease_.end()) m.remove_locked(it->second);
+      return;
+    }
+    std::lock_guard write(m.write_mu_);
+    {
+      std::shared_lock lock(m.mu_);
+      if (!m.watches_.count(lease_id)) return;
+    }
+    Status written = m.durable(sqlite::Sync::kNormal, [&](sqlite::Database& db) -> Status {
+      Result<sqlite::Statement*> st = db.cached(kDeleteWatch);
+      if (!st.ok()) return st.status();
+      DJINN_RETURN_IF_ERROR((*st)->bind_all(lease_id));
+      return (*st)->run();
+    });
+    if (!written.ok()) DJINN_LOG(kWarn, "lookup") << m.options.name << ": deleting notify " << lease_id << ": " << written.to_string();
+    std::unique_lock lock(m.mu_);
+    auto it = m.watches_.find(lease_id);
+    if (it == m.watches_.end()) return;
+    if (m.options.publisher) m.options.publisher->forget(it->second.kind);
+    m.watches_.erase(it);
+  }
+
+  void remover_loop() {
+    std::unique_lock lock(ended_mu_);
+    for (;;) {
+      ended_cv_.wait(lock, [&] { return stopping_ || !ended_.empty(); });
+      if (ended_.empty() && stopping_) return;
+      std::deque<std::pair<uint64_t, bool>> batch;
+      batch.swap(ended_);
+      lock.unlock();
+      for (const auto& [id, registration] : batch) remove_ended(id, registration);
+      lock.lock();
+    }
+  }
+
+  // Processes every lease end reported so far (tests and shutdown).
+  void drain() {
+    std::unique_lock lock(ended_mu_);
+    std::deque<std::pair<uint64_t, bool>> batch;
+    batch.swap(ended_);
+    lock.unlock();
+    for (const auto& [id, registration] : batch) remove_ended(id, registration);
+  }
+
+  void stop_remover() {
+    {
+      std::lock_guard lock(ended_mu_);
+      stopping_ = true;
+    }
+    ended_cv_.notify_all();
+    if (remover_.joinable()) remover_.join();
+  }
+
+  // ---- open ----
+
+  Status open_store() {
+    Result<sqlite::Database> db = sqlite::Database::open(options.path, {.exclusive = true});
+    if (!db.ok()) {
+      if (db.status().code() != Code::kUnavailable) return db.status();
+      return unavailable("item store " + options.path + " is in use by another process (is another djinn-lookup "
+                         "running on this data directory?): " + db.status().message());
+    }
+    db_.emplace(std::move(*db));
+    Result<int64_t> version = db_->user_version();
+    if (!version.ok()) return version.status();
+    if (*version > kSchemaVersion) {
+      return failed_precondition(options.path + ": lookup schema version " + std::to_string(*version) +
+                                 " is newer than this build's " + std::to_string(kSchemaVersion));
+    }
+    if (*version < kSchemaVersion) {
+      Result<sqlite::Transaction> tx = sqlite::Transaction::begin(*db_);
+      if (!tx.ok()) return tx.status();
+      DJINN_RETURN_IF_ERROR(db_->exec(kCreateSchema));
+      DJINN_RETURN_IF_ERROR(db_->set_user_version(kSchemaVersion));
+      DJINN_RETURN_IF_ERROR(tx->commit());
+    }
+    // The registrar's own ServiceID, minted once.
+    {
+      Result<sqlite::Statement> get = db_->prepare("SELECT value FROM meta WHERE key = 'self_id'");
+      if (!get.ok()) return get.status();
+      Result<bool> row = get->step();
+      if (!row.ok()) return row.status();
+      std::vector<uint8_t> bytes = *row ? get->column_blob(0) : std::vector<uint8_t>{};
+      if (bytes.size() == 16) {
+        ServiceId::Bytes b;
+        std::copy(bytes.begin(), bytes.end(), b.begin());
+        self_id_ = ServiceId(b);
+      } else {
+        self_id_ = ServiceId::random();
+        Result<sqlite::Statement> put = db_->prepare("INSERT OR REPLACE INTO meta(key, value) VALUES ('self_id', ?1)");
+        if (!put.ok()) return put.status();
+        DJINN_RETURN_IF_ERROR(put->bind_all(id_bytes(self_id_)));
+        DJINN_RETURN_IF_ERROR(put->run());
+      }
+    }
+    // Items and watches whose lease the landlord no longer has lapsed while the registrar was down.
+    std::vector<std::vector<uint8_t>> lapsed_items;
+    std::vector<int64_t> lapsed_watches;
+    {
+      Result<sqlite::Statement> select = db_->prepare("SELECT sid, lease, data FROM item");
+      if (!select.ok()) return select.status();
+      std::unique_lock lock(mu_);
+      for (;;) {
+        Result<bool> row = select->step();
+        if (!row.ok()) return row.status();
+        if (!*row) break;
+        uint64_t lease_id = static_cast<uint64_t>(select->column_int64(1));
+        std::vector<uint8_t> data = select->column_blob(2);
+        Result<ServiceItem> item = decode<ServiceItem, proto::ServiceItem>(data);
+        if (!item.ok()) {
+          DJINN_LOG(kWarn, "lookup") << options.name << ": dropping an unreadable item row: " << item.status().to_string();
+          lapsed_items.push_back(select->column_blob(0));
+          continue;
+        }
+        if (lease_id != 0) {
+          std::optional<lease::Lease> held = landlord.find(lease_id);
+          if (!held) {
+            lapsed_items.push_back(select->column_blob(0));
+            continue;
+          }
+          item->lease = LeaseInfo{lease_id, held->expiration_ms};
+        }
+        put_locked(std::move(*item));
+      }
+      Result<sqlite::Statement> watches = db_->prepare("SELECT id, mask, template FROM watch");
+      if (!watches.ok()) return watches.status();
+      for (;;) {
+        Result<bool> row = watches->step();
+        if (!row.ok()) return row.status();
+        if (!*row) break;
+        uint64_t id = static_cast<uint64_t>(watches->column_int64(0));
+        Result<ServiceTemplate> tmpl = decode<ServiceTemplate, proto::ServiceTemplate>(watches->column_blob(2));
+        if (!tmpl.ok() || !landlord.find(id)) {
+          lapsed_watches.push_back(static_cast<int64_t>(id));
+          continue;
+        }
+        watches_[id] = Watch{std::move(*tmpl), static_cast<uint8_t>(watches->column_int64(1)), notify_event_kind(id)};
+      }
+    }
+    Status dropped = durable(sqlite::Sync::kNormal, [&](sqlite::Database& d) -> Status {
+      for (const auto& sid : lapsed_items) {
+        Result<sqlite::Statement*> st = d.cached(kDeleteItem);
+        if (!st.ok()) return st.status();
+        DJINN_RETURN_IF_ERROR((*st)->bind_all(std::span<const uint8_t>(sid)));
+        DJINN_RETURN_IF_ERROR((*st)->run());
+      }
+      for (int64_t id : lapsed_watches) {
+        Result<sqlite::Statement*> st = d.cached(kDeleteWatch);
+        if (!st.ok()) return st.status();
+        DJINN_RETURN_IF_ERROR((*st)->bind_all(id));
+        DJINN_RETURN_IF_ERROR((*st)->run());
+      }
+      return Status::Ok();
+    });
+    if (!dropped.ok()) return dropped;
+    if (!lapsed_items.empty() || !lapsed_watches.empty()) {
+      DJINN_LOG(kInfo, "lookup") << options.name << ": " << lapsed_items.size() << " registrations and "
+                                 << lapsed_watches.size() << " notify registrations lapsed while closed";
+    }
+    return Status::Ok();
+  }
+
+  // Leases granted whose registration never committed (a crash between the two writes): cancelled,
+  // since nobody was told of them.
+  void cancel_orphan_leases() {
+    std::vector<lease::LeaseId> orphans;
+    {
+      std::shared_lock lock(mu_);
+      for (const lease::Lease& l : landlord.leases_of_resource(kRegistrationResource)) {
+        if (!by_lease_.count(l.id)) orphans.push_back(l.id);
+      }
+      for (const lease::Lease& l : landlord.leases_of_resource(kNotifyResource)) {
+        if (!watches_.count(l.id)) orphans.push_back(l.id);
+      }
+    }
+    if (orphans.empty()) return;
+    landlord.cancel_batch(orphans);
+    DJINN_LOG(kInfo, "lookup") << options.name << ": cancelled " << orphans.size()
+                               << " leases granted for registrations that never committed";
+  }
+};
+
+Registrar::Registrar(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Registrar::~Registrar() { impl_->stop_remover(); }
+
+Result<std::unique_ptr<Registrar>> Registrar::open(RegistrarOptions options) {
+  if (!options.landlord) return invalid_argument("registrar: a landlord is required");
+  auto impl = std::make_unique<Impl>(std::move(options));
+  if (!impl->options.path.empty()) {
+    if (Status st = impl->open_store(); !st.ok()) {
+      return Status(st.code(), "registrar " + impl->options.name + ": " + st.message());
+    }
+  } else {
+    impl->self_id_ = ServiceId::random();
+  }
+  impl->cancel_orphan_leases();
+  Impl* raw = impl.get();
+  impl->remover_ = std::thread([raw] { raw->remover_loop(); });
+  DJINN_LOG(kInfo, "lookup") << impl->options.name << ": open"
+                             << (impl->options.path.empty() ? " in memory" : " at " + impl->options.path) << ", "
+                             << impl->by_id_.size() << " items, " << impl->watches_.size() << " notify registrations";
+  return std::unique_ptr<Registrar>(new Registrar(std::move(impl)));
+}
+
+std::vector<Result<Registration>> Registrar::register_batch(std::span<const RegisterRequest> requests) {
+  Impl& m = *impl_;
+  std::vector<std::optional<Result<Registration>>> decided(requests.size());
+  struct Plan {
+    size_t index;
+    ServiceItem item;
+    std::string encoded;
+  };
+  std::vector<Plan> plans;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    ServiceItem item = requests[i].item;
+    item.lease = LeaseInfo{};
+    if (item.service_id == m.self_id_) {
+      decided[i] = Result<Registration>(invalid_argument("ServiceID " + item.service_id.to_string() +
+                                                         " is this lookup service's own"));
+      continue;
+    }
+    std::string encoded;
+    if (Status bad = m.check_item(item, encoded); !bad.ok()) {
+      decided[i] = Result<Registration>(Status(bad.code(), "register: " + bad.message()));
+      continue;
+    }
+    plans.push_back(Plan{i, std::move(item), {}});
+  }
+  std::vector<lease::LeaseId> superseded;
+  {
+    std::lock_guard write(m.write_mu_);
+    {
+      std::shared_lock lock(m.mu_);
+      size_t fresh = 0;
+      for (const Plan& p : plans) fresh += !m.by_id_.count(p.item.service_id);
+      if (m.by_id_.size() + fresh > m.options.max_items) {
+        for (const Plan& p : plans) {
+          decided[p.index] = Result<Registration>(resource_exhausted(
+              "lookup " + m.options.name + " holds " + std::to_string(m.by_id_.size()) + " items, its maximum"));
+        }
+        plans.clear();
+      }
+    }
+    std::vector<lease::GrantRequest> grants;
+    grants.reserve(plans.size());
+    for (const Plan& p : plans) {
+      grants.push_back(lease::GrantRequest{std::string(kRegistrationResource), p.item.service_id.to_string(),
+                                           lease::Kind::kShared, requests[p.index].duration_ms, {}});
+    }
+    std::vector<Result<lease::Lease>> leases = m.landlord.grant_batch(grants);
+    std::vector<Plan> granted;
+    for (size_t k = 0; k < plans.size(); ++k) {
+      if (!leases[k].ok()) {
+        decided[plans[k].index] = Result<Registration>(Status(leases[k].status().code(), "registration lease: " + leases[k].status().message()));
+        continue;
+      }
+      plans[k].item.lease = LeaseInfo{leases[k]->id, leases[k]->expiration_ms};
+      plans[k].encoded = encode(plans[k].item);
+      granted.push_back(std::move(plans[k]));
+    }
+    Status written = granted.empty() ? Status::Ok() : m.durable(sqlite::Sync::kFull, [&](sqlite::Database& db) -> Status {
+      for (const Plan& p : granted) DJINN_RETURN_IF_ERROR(Impl::upsert_row(db, p.item, p.encoded));
+      DJINN_CRASH_POINT("lookup.register.before_commit");
+      return Status::Ok();
+    });
+    if (!written.ok()) {
+      std::vector<lease::LeaseId> ids;
+      for (const Plan& p : granted) {
+        ids.push_back(p.item.lease.id);
+        decided[p.index] = Result<Registration>(Status(written.code(), "register: " + written.message()));
+      }
+      m.landlord.cancel_batch(ids);
+    } else {
+      if (!granted.empty() && m.db_) DJINN_CRASH_POINT("lookup.register.after_commit");
+      std::unique_lock lock(m.mu_);
+      for (Plan& p : granted) {
+        bool replaced = false;
+        auto it = m.by_id_.find(p.item.service_id);
+        if (it != m.by_id_.end()) {
+          replaced = true;
+          uint64_t old = m.slots_[it->second]->lease.id;
+          if (old) superseded.push_back(old);
+        }
+        decided[p.index] = Result<Registration>(Registration{p.item, replaced});
+        m.put_locked(std::move(p.item));
+      }
+    }
+  }
+  // The replaced items' leases (no item refers to them any more, so their cancel events are no-ops).
+  if (!superseded.empty()) m.landlord.cancel_batch(superseded);
+  std::vector<Result<Registration>> results;
+  results.reserve(decided.size());
+  for (auto& d : decided) results.push_back(std::move(*d));
+  return results;
+}
+
+Result<Registration> Registrar::register_item(RegisterRequest request) {
+  std::vector<Result<Registration>> results = register_batch(std::span<const RegisterRequest>(&request, 1));
+  return std::move(results.front());
+}
+
+std::optional<ServiceItem> Registrar::lookup(const ServiceTemplate& tmpl) const {
+  std::shared_lock lock(impl_->mu_);
+  std::optional<ServiceItem> found;
+  impl_->for_each_match_locked(tmpl, [&](const ServiceItem& item) {
+    found = item;
+    return false;
+  });
+  return found;
+}
+
+LookupMany Registrar::lookup_many(const ServiceTemplate& tmpl, size_t max_matches, uint64_t notify_id) const {
+  const Impl& m = *impl_;
+  LookupMany out;
+  std::shared_lock lock(m.mu_);
+  if (notify_id && m.options.publisher) {
+    auto w = m.watches_.find(notify_id);
+    if (w != m.watches_.end()) out.event_seq = m.options.publisher->last_seq(w->second.kind);
+  }
+  if (!tmpl.service_id) {
+    auto [posting, exact] = m.candidates_locked(tmpl);
+    if (exact) {
+      out.total = posting->size();
+      for (uint32_t slot : *posting) {
+        if (out.items.size() >= max_matches) break;
+        out.items.push_back(*m.slots_[slot]);
+      }
+      return out;
+    }
+  }
+  m.for_each_match_locked(tmpl, [&](const ServiceItem& item) {
+    ++out.total;
+    if (out.items.size() < max_matches) out.items.push_back(item);
+    return true;
+  });
+  return out;
+}
+
+std::optional<ServiceItem> Registrar::find(const ServiceId& id) const {
+  std::shared_lock lock(impl_->mu_);
+  auto it = impl_->by_id_.find(id);
+  if (it == impl_->by_id_.end()) return std::nullopt;
+  return *impl_->slots_[it->second];
+}
+
+size_t Registrar::size() const {
+  std::shared_lock lock(impl_->mu_);
+  return impl_->by_id_.size();
+}
+
+Result<ServiceItem> Registrar::modify_attributes(uint64_t lease_id, std::span<const AttributeChange> changes,
+                                                 std::span<const Entry> add) {
+  Impl& m = *impl_;
+  if (lease_id == 0) return invalid_argument("modifyAttributes: lease id 0 names no registration");
+  std::lock_guard write(m.write_mu_);
+  ServiceItem item;
+  {
+    std::shared_lock lock(m.mu_);
+    auto it = m.by_lease_.find(lease_id);
+    if (it == m.by_lease_.end()) {
+      return not_found("modifyAttributes: no registration holds lease " + std::to_string(lease_id) +
+                       " (it expired, was cancelled, or the item was registered again under a new lease)");
+    }
+    item = *m.slots_[it->second];
+  }
+  for (size_t i = 0; i < changes.size(); ++i) {
+    const AttributeChange& c = changes[i];
+    DJINN_RETURN_IF_ERROR(validate(c.match));
+    size_t hit = 0;
+    for (auto a = item.attributes.begin(); a != item.attributes.end();) {
+      if (!matches(c.match, *a)) {
+        ++a;
+        continue;
+      }
+      ++hit;
+      if (c.entry) {
+        *a = *c.entry;
+        ++a;
+      } else {
+        a = item.attributes.erase(a);
+      }
+    }
+    if (hit == 0) {
+      return not_found("modifyAttributes: change " + std::to_string(i) + " (template of type '" + c.match.type +
+                       "') matches no attribute of service " + item.service_id.to_string() + "; nothing changed");
+    }
+  }
+  item.attributes.insert(item.attributes.end(), add.begin(), add.end());
+  std::string encoded;
+  if (Status bad = m.check_item(item, encoded); !bad.ok()) {
+    return Status(bad.code(), "modifyAttributes: " + bad.message() + "; nothing changed");
+  }
+  Status written = m.durable(sqlite::Sync::kFull, [&](sqlite::Database& db) { return Impl::upsert_row(db, item, encoded); });
+  if (!written.ok()) return Status(written.code(), "modifyAttributes: " + written.message());
+  std::unique_lock lock(m.mu_);
+  m.put_locked(item);
+  return item;
+}
+
+Result<NotifyRegistration> Registrar::notify(const ServiceTemplate& tmpl, uint8_t transitions, int64_t duration_ms,
+                                             std::string holder) {
+  Impl& m = *impl_;
+  DJINN_RETURN_IF_ERROR(validate(tmpl));
+  if (transitions == 0) transitions = kAllTransitions;
+  if (transitions > kAllTransitions) {
+    return invalid_argument("notify transitions mask " + std::to_string(transitions) +
+                            ": combine 1 (nomatch->match), 2 (match->nomatch), 4 (match->match)");
+  }
+  if (holder.empty()) holder = "anonymous";
+  std::string encoded = encode(tmpl);
+  std::lock_guard write(m.write_mu_);
+  {
+    std::shared_lock lock(m.mu_);
+    if (m.watches_.size() >= m.options.max_notify) {
+      return resource_exhausted("lookup " + m.options.name + " holds " + std::to_string(m.watches_.size()) +
+                                " notify registrations, its maximum");
+    }
+  }
+  lease::GrantRequest grant{std::string(kNotifyResource), holder, lease::Kind::kShared, duration_ms, {}};
+  std::vector<Result<lease::Lease>> leases = m.landlord.grant_batch(std::span<const lease::GrantRequest>(&grant, 1));
+  if (!leases[0].ok()) return Status(leases[0].status().code(), "notify lease: " + leases[0].status().message());
+  const lease::Lease& l = *leases[0];
+  Status written = m.durable(sqlite::Sync::kFull, [&](sqlite::Database& db) -> Status {
+    Result<sqlite::Statement*> st = db.cached(kInsertWatch);
+    if (!st.ok()) return st.status();
+    DJINN_RETURN_IF_ERROR((*st)->bind_all(l.id, static_cast<int64_t>(transitions),
+                                          std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(encoded.data()), encoded.size())));
+    return (*st)->run();
+  });
+  if (!written.ok()) {
+    (void)m.landlord.cancel(l.id);
+    return Status(written.code(), "notify: " + written.message());
+  }
+  std::unique_lock lock(m.mu_);
+  m.watches_[l.id] = Impl::Watch{tmpl, transitions, notify_event_kind(l.id)};
+  return NotifyRegistration{l.id, l.expiration_ms, notify_event_kind(l.id)};
+}
+
+Status Registrar::set_self(ServiceItem item) {
+  Impl& m = *impl_;
+  item.service_id = m.self_id_;
+  item.lease = LeaseInfo{0, lease::kNeverExpires};
+  std::string encoded;
+  DJINN_RETURN_IF_ERROR(m.check_item(item, encoded));
+  std::lock_guard write(m.write_mu_);
+  DJINN_RETURN_IF_ERROR(m.durable(sqlite::Sync::kFull, [&](sqlite::Database& db) { return Impl::upsert_row(db, item, encoded); }));
+  std::unique_lock lock(m.mu_);
+  m.put_locked(std::move(item));
+  return Status::Ok();
+}
+
+ServiceId Registrar::self_id() const { return impl_->self_id_; }
+
+void Registrar::on_lease_event(const lease::LeaseEvent& event) {
+  Impl& m = *impl_;
+  const lease::Lease& l = event.lease;
+  if (l.resource == kRegistrationResource && event.type == lease::EventType::kRenewed) {
+    // Items report their lease's current expiration; a renewal is not a change of the item, so
+    // it raises no transition.
+    std::unique_lock lock(m.mu_);
+    auto it = m.by_lease_.find(l.id);
+    if (it != m.by_lease_.end()) m.slots_[it->second]->lease.expiration_ms = l.expiration_ms;
+    return;
+  }
+  bool ended = event.type == lease::EventType::kExpired || event.type == lease::EventType::kCancelled;
+  if (!ended || (l.resource != kRegistrationResource && l.resource != kNotifyResource)) return;
+  {
+    std::shared_lock lock(m.mu_);
+    bool ours = l.resource == kRegistrationResource ? m.by_lease_.count(l.id) > 0 : m.watches_.count(l.id) > 0;
+    if (!ours) return;  // superseded by a new registration, or never committed
+  }
+  // Removed on the registrar's own thread: the landlord reports from threads that may be inside
+  // a registrar change (a grant, a cancel), so this must not wait for one.
+  {
+    std::lock_guard lock(m.ended_mu_);
+    m.ended_.push_back({l.id, l.resource == kRegistrationResource});
+  }
+  m.ended_cv_.notify_one();
+}
+
+}  // namespace djinn::lookup
