@@ -1,0 +1,382 @@
+// The registrar over RPC against an in-process LookupService on real sockets: the template
+// matching rules (a table), the transitions notify reports for every kind of change, bad input
+// refused without effect, roles, and persistence across a restart.
+#include <doctest/doctest.h>
+
+#include <map>
+#include <mutex>
+#include <set>
+
+#include "djinn/core/events.h"
+#include "djinn/lookup/client.h"
+#include "djinn/lookup/service.h"
+#include "djinn/proto/lookup.capnp.h"
+#include "support/test_support.h"
+
+using namespace djinn;
+using namespace djinn::lookup;
+using namespace std::chrono_literals;
+
+namespace {
+
+struct Harness {
+  explicit Harness(security::Role plaintext_role = security::Role::kAdmin, std::string data = "lookup")
+      : data_dir(dir.file(data)) {
+    start(plaintext_role);
+  }
+  void start(security::Role plaintext_role = security::Role::kAdmin) {
+    LookupServiceOptions o;
+    o.data_dir = data_dir;
+    o.policy.max_duration = 60s;
+    o.policy.default_duration = 30s;
+    o.policy.min_duration = 50ms;
+    o.plaintext_role = plaintext_role;
+    o.groups = {"public", "lab"};
+    auto s = LookupService::start(o);
+    REQUIRE_MESSAGE(s.ok(), s.status().to_string());
+    service = std::move(*s);
+    client = std::make_unique<RegistrarClient>(rpc::ClientOptions{.endpoint = service->rpc_endpoint()});
+  }
+  void stop() {
+    client.reset();
+    service.reset();
+  }
+  test::TempDir dir;
+  std::string data_dir;
+  std::unique_ptr<LookupService> service;
+  std::unique_ptr<RegistrarClient> client;
+};
+
+Entry entry(std::string type, Fields fields, std::vector<std::string> supertypes = {}) {
+  Entry e;
+  e.type = std::move(type);
+  e.fields = std::move(fields);
+  e.supertypes = std::move(supertypes);
+  return e;
+}
+
+Template tmpl(std::string type, Fields fields = {}) { return Template{std::move(type), std::move(fields)}; }
+
+ServiceItem item(std::vector<std::string> types, std::vector<Entry> attributes) {
+  ServiceItem i;
+  i.service_id = ServiceId::random();
+  i.interface_types = std::move(types);
+  i.attributes = std::move(attributes);
+  i.endpoints = Endpoints{"tcp://127.0.0.1:7001", "tcp://127.0.0.1:7002"};
+  return i;
+}
+
+Registered must_register(RegistrarClient& c, const ServiceItem& i, int64_t ms = 30'000) {
+  auto r = c.register_service(i, ms);
+  REQUIRE_MESSAGE(r.ok(), r.status().to_string());
+  return *r;
+}
+
+std::string name_of(const ServiceItem& i) {
+  for (const Entry& e : i.attributes) {
+    if (e.type == "djinn.attr.Name") return e.field("name")->as_text();
+  }
+  return "?";
+}
+
+// Notify events of one registration, collected from a real subscriber.
+struct Watcher {
+  Watcher(const NotifyHandle& handle) : sub(events::SubscriberOptions{.endpoint = handle.events_endpoint}) {
+    sub.subscribe(handle.event_kind);
+    sub.on_event([this](const events::Event& e) {
+      auto ev = decode_notify_event(e);
+      REQUIRE_MESSAGE(ev.ok(), ev.status().to_string());
+      std::lock_guard lock(mu);
+      got.push_back({*ev, e.seq});
+    });
+    sub.on_gap([this](const events::Gap& g) {
+      if (g.expected != 0) gaps++;
+    });
+    REQUIRE(sub.start().ok());
+  }
+  size_t count() {
+    std::lock_guard lock(mu);
+    return got.size();
+  }
+  std::pair<NotifyEvent, uint64_t> at(size_t i) {
+    std::lock_guard lock(mu);
+    return got.at(i);
+  }
+  events::Subscriber sub;
+  std::mutex mu;
+  std::vector<std::pair<NotifyEvent, uint64_t>> got;
+  std::atomic<int> gaps{0};
+};
+
+}  // namespace
+
+TEST_CASE("template matching: a table of cases against a real registrar") {
+  Harness h;
+  ServiceItem a = item({"demo.Printer", "demo.Device"},
+                       {entry("demo.Location", {{"building", Value("B1")}, {"floor", Value(2)}}, {"demo.Place"}),
+                        entry("djinn.attr.Name", {{"name", Value("laser")}})});
+  ServiceItem b = item({"demo.Printer"}, {entry("demo.Location", {{"building", Value("B2")}, {"floor", Value(2)}}, {"demo.Place"}),
+                                          entry("djinn.attr.Name", {{"name", Value("inkjet")}})});
+  ServiceItem c = item({"demo.Scanner", "demo.Device"},
+                       {entry("djinn.attr.Name", {{"name", Value("scan")}}), entry("demo.Capacity", {{"pages", Value(10)}})});
+  for (const ServiceItem& i : {a, b, c}) must_register(*h.client, i);
+
+  struct Case {
+    const char* what;
+    ServiceTemplate t;
+    std::set<std::string> expect;  // names; "lookup" is the registrar's own item
+  };
+  auto with_id = [](ServiceId id, std::vector<std::string> types = {}) {
+    ServiceTemplate t;
+    t.service_id = id;
+    t.interface_types = std::move(types);
+    return t;
+  };
+  auto types = [](std::vector<std::string> t) { return ServiceTemplate{std::nullopt, std::move(t), {}}; };
+  auto attrs = [](std::vector<Template> t, std::vector<std::string> ty = {}) {
+    return ServiceTemplate{std::nullopt, std::move(ty), std::move(t)};
+  };
+  std::vector<Case> cases = {
+      {"empty template: everything, the registrar included", ServiceTemplate{}, {"laser", "inkjet", "scan", "lookup"}},
+      {"by ServiceID", with_id(a.service_id), {"laser"}},
+      {"ServiceID and a type it lacks", with_id(a.service_id, {"demo.Scanner"}), {}},
+      {"unknown ServiceID", with_id(ServiceId::random()), {}},
+      {"one type", types({"demo.Printer"}), {"laser", "inkjet"}},
+      {"all types must be implemented", types({"demo.Printer", "demo.Device"}), {"laser"}},
+      {"a shared type", types({"demo.Device"}), {"laser", "scan"}},
+      {"an unknown type", types({"demo.Fax"}), {}},
+      {"the registrar's own type", types({"djinn.lookup.Registrar"}), {"lookup"}},
+      {"attribute type only", attrs({tmpl("demo.Location")}), {"laser", "inkjet"}},
+      {"attribute field", attrs({tmpl("demo.Location", {{"floor", Value(2)}})}), {"laser", "inkjet"}},
+      {"attribute fields, all equal", attrs({tmpl("demo.Location", {{"building", Value("B1")}, {"floor", Value(2)}})}), {"laser"}},
+      {"attribute fields, one differs", attrs({tmpl("demo.Location", {{"building", Value("B1")}, {"floor", Value(3)}})}), {}},
+      {"supertype", attrs({tmpl("demo.Place")}), {"laser", "inkjet"}},
+      {"supertype with a field", attrs({tmpl("demo.Place", {{"building", Value("B2")}})}), {"inkjet"}},
+      {"any type with a field", attrs({tmpl("", {{"name", Value("scan")}})}), {"scan"}},
+      {"null field is a wildcard", attrs({tmpl("demo.Location", {{"building", Value()}})}), {"laser", "inkjet"}},
+      {"values compare by type: text 2 is not int 2", attrs({tmpl("demo.Location", {{"floor", Value("2")}})}), {}},
+      {"values compare by type: float 10 is not int 10", attrs({tmpl("demo.Capacity", {{"pages", Value(10.0)}})}), {}},
+      {"int 10", attrs({tmpl("demo.Capacity", {{"pages", Value(10)}})}), {"scan"}},
+      {"field the entry lacks", attrs({tmpl("demo.Capacity", {{"colour", Value(true)}})}), {}},
+      {"two attribute templates, each matched", attrs({tmpl("djinn.attr.Name", {{"name", Value("laser")}}), tmpl("demo.Location", {{"floor", Value(2)}})}), {"laser"}},
+      {"attribute and type together", attrs({tmpl("djinn.attr.Name", {{"name", Value("scan")}})}, {"demo.Printer"}), {}},
+      {"group of the registrar", attrs({tmpl("djinn.attr.Group", {{"name", Value("lab")}})}), {"lookup"}},
+  };
+  for (const Case& k : cases) {
+    CAPTURE(k.what);
+    auto many = h.client->lookup_many(k.t, 100);
+    REQUIRE_MESSAGE(many.ok(), many.status().to_string());
+    std::set<std::string> got;
+    for (const ServiceItem& i : many->items) got.insert(name_of(i));
+    CHECK(got == k.expect);
+    CHECK(many->total == k.expect.size());
+    auto one = h.client->lookup(k.t);
+    REQUIRE(one.ok());
+    CHECK(one->has_value() == !k.expect.empty());
+    if (one->has_value()) CHECK(k.expect.count(name_of(**one)) == 1);
+  }
+  // A maximum below the total returns that many, and still the whole count.
+  auto capped = h.client->lookup_many(ServiceTemplate{}, 2);
+  REQUIRE(capped.ok());
+  CHECK(capped->items.size() == 2);
+  CHECK(capped->total == 4);
+}
+
+TEST_CASE("notify: transitions for register, replace, modify, cancel and expiry, numbered in order") {
+  Harness h;
+  ServiceTemplate t{std::nullopt, {"demo.Printer"}, {tmpl("djinn.attr.Name", {{"name", Value("laser")}})}};
+  auto handle = h.client->notify(t, kAllTransitions, 30'000, "test");
+  REQUIRE_MESSAGE(handle.ok(), handle.status().to_string());
+  auto only_new = h.client->notify(t, kNoMatchToMatch, 30'000, "test");
+  REQUIRE(only_new.ok());
+  Watcher w(*handle);
+  Watcher w_new(*only_new);
+  std::this_thread::sleep_for(200ms);  // PUB/SUB joins asynchronously: let the subscriptions land
+
+  ServiceItem p = item({"demo.Printer"}, {entry("djinn.attr.Name", {{"name", Value("laser")}})});
+  Registered r = must_register(*h.client, p);                         // nomatch -> match
+  p.attributes.push_back(entry("demo.Location", {{"building", Value("B1")}}));
+  r = must_register(*h.client, p);                                    // replace: match -> match
+  CHECK(r.replaced);
+  AttributeChange move{tmpl("demo.Location"), entry("demo.Location", {{"building", Value("B2")}})};
+  REQUIRE(h.client->modify_attributes(r.item.lease.id, std::span(&move, 1)).ok());  // match -> match
+  AttributeChange rename{tmpl("djinn.attr.Name"), entry("djinn.attr.Name", {{"name", Value("inkjet")}})};
+  REQUIRE(h.client->modify_attributes(r.item.lease.id, std::span(&rename, 1)).ok());  // match -> nomatch
+  AttributeChange back{tmpl("djinn.attr.Name"), entry("djinn.attr.Name", {{"name", Value("laser")}})};
+  REQUIRE(h.client->modify_attributes(r.item.lease.id, std::span(&back, 1)).ok());  // nomatch -> match
+  must_register(*h.client, item({"demo.Scanner"}, {entry("djinn.attr.Name", {{"name", Value("laser")}})}));  // none
+  REQUIRE(h.client->cancel(r.item.lease.id).ok());                    // match -> nomatch, removed
+  ServiceItem q = item({"demo.Printer"}, {entry("djinn.attr.Name", {{"name", Value("laser")}})});
+  must_register(*h.client, q, 300);                                   // nomatch -> match, then expiry
+
+  struct Want {
+    Transition t;
+    ServiceId id;
+    bool removed;
+  };
+  std::vector<Want> want = {{kNoMatchToMatch, p.service_id, false}, {kMatchToMatch, p.service_id, false},
+                            {kMatchToMatch, p.service_id, false},   {kMatchToNoMatch, p.service_id, false},
+                            {kNoMatchToMatch, p.service_id, false}, {kMatchToNoMatch, p.service_id, true},
+                            {kNoMatchToMatch, q.service_id, false}, {kMatchToNoMatch, q.service_id, true}};
+  REQUIRE(test::eventually([&] { return w.count() >= want.size(); }, 5000));
+  std::this_thread::sleep_for(100ms);
+  CHECK(w.count() == want.size());
+  for (size_t i = 0; i < want.size(); ++i) {
+    CAPTURE(i);
+    auto [ev, seq] = w.at(i);
+    CHECK(seq == i + 1);
+    CHECK(ev.transition == want[i].t);
+    CHECK(ev.item.service_id == want[i].id);
+    CHECK(ev.removed == want[i].removed);
+    CHECK(ev.notify_id == handle->id);
+  }
+  // The third event carries the moved location; the nomatch one the item as it was.
+  CHECK(w.at(2).first.item.attributes.back().field("building")->as_text() == "B2");
+  CHECK(name_of(w.at(3).first.item) == "laser");
+  CHECK(w.gaps == 0);
+  // The mask: only the three nomatch -> match transitions.
+  REQUIRE(test::eventually([&] { return w_new.count() >= 3; }));
+  std::this_thread::sleep_for(50ms);
+  CHECK(w_new.count() == 3);
+  for (size_t i = 0; i < w_new.count(); ++i) CHECK(w_new.at(i).first.transition == kNoMatchToMatch);
+
+  // Cancelling the notify registration ends it: no more events.
+  REQUIRE(h.client->cancel(handle->id).ok());
+  REQUIRE(test::eventually([&] { return h.client->lookup_many(t, 1, handle->id)->event_seq == 0; }));
+  must_register(*h.client, item({"demo.Printer"}, {entry("djinn.attr.Name", {{"name", Value("laser")}})}));
+  std::this_thread::sleep_for(100ms);
+  CHECK(w.count() == want.size());
+}
+
+TEST_CASE("a snapshot carries the event number it reflects") {
+  Harness h;
+  ServiceTemplate t{std::nullopt, {"demo.Printer"}, {}};
+  auto handle = h.client->notify(t, kAllTransitions, 30'000);
+  REQUIRE(handle.ok());
+  for (int i = 0; i < 5; ++i) must_register(*h.client, item({"demo.Printer"}, {}));
+  auto many = h.client->lookup_many(t, 100, handle->id);
+  REQUIRE(many.ok());
+  CHECK(many->items.size() == 5);
+  CHECK(many->event_seq == 5);
+}
+
+TEST_CASE("renewing a registration lease shows in the item; an unrenewed one expires") {
+  Harness h;
+  ServiceItem p = item({"demo.Printer"}, {});
+  Registered r = must_register(*h.client, p, 400);
+  auto renewed = h.client->renew(r.item.lease.id, 10'000);
+  REQUIRE(renewed.ok());
+  auto found = h.client->lookup(ServiceTemplate{p.service_id, {}, {}});
+  REQUIRE(found.ok());
+  REQUIRE(found->has_value());
+  CHECK((*found)->lease.expiration_ms == renewed->lease.expiration_ms);
+  ServiceItem brief = item({"demo.Printer"}, {});
+  must_register(*h.client, brief, 200);
+  CHECK(test::eventually([&] { return !h.client->lookup(ServiceTemplate{brief.service_id, {}, {}})->has_value(); }, 3000));
+  CHECK(h.client->lookup(ServiceTemplate{p.service_id, {}, {}})->has_value());
+}
+
+TEST_CASE("bad input: a clear status and nothing changed") {
+  Harness h;
+  size_t before = h.service->registrar().size();
+  ServiceItem nil = item({"demo.Printer"}, {});
+  nil.service_id = ServiceId();
+  CHECK(h.client->register_service(nil).status().code() == Code::kInvalidArgument);
+
+  ServiceItem big = item({"demo.Printer"}, {entry("demo.Blob", {{"a", Value(std::string(40'000, 'x'))},
+                                                                {"b", Value(std::string(40'000, 'y'))}})});
+  auto too_big = h.client->register_service(big);
+  CHECK(too_big.status().code() == Code::kInvalidArgument);
+  CHECK(too_big.status().message().find("bytes") != std::string::npos);
+
+  ServiceItem bad_type = item({"9not.a.type"}, {});
+  CHECK(h.client->register_service(bad_type).status().code() == Code::kInvalidArgument);
+  ServiceItem mine = item({"demo.Printer"}, {});
+  mine.service_id = h.service->registrar().self_id();
+  CHECK(h.client->register_service(mine).status().code() == Code::kInvalidArgument);
+  CHECK(h.client->register_service(item({"demo.Printer"}, {}), -5).status().code() == Code::kInvalidArgument);
+  CHECK(h.client->register_service(item({"demo.Printer"}, {}), 0).status().code() == Code::kInvalidArgument);
+
+  ServiceTemplate bad_tmpl{std::nullopt, {"bad type!"}, {}};
+  CHECK(h.client->lookup(bad_tmpl).status().code() == Code::kInvalidArgument);
+  CHECK(h.client->lookup_many(ServiceTemplate{}, kMaxMatches + 1).status().code() == Code::kInvalidArgument);
+  CHECK(h.client->notify(ServiceTemplate{}, 9, 1000).status().code() == Code::kInvalidArgument);
+  CHECK(h.service->registrar().size() == before);
+
+  Registered r = must_register(*h.client, item({"demo.Printer"}, {entry("djinn.attr.Name", {{"name", Value("x")}})}));
+  AttributeChange none{tmpl("demo.Nothing"), std::nullopt};
+  auto missed = h.client->modify_attributes(r.item.lease.id, std::span(&none, 1));
+  CHECK(missed.status().code() == Code::kNotFound);
+  CHECK(h.client->modify_attributes(12345, {}).status().code() == Code::kNotFound);
+  std::vector<Entry> huge(1, entry("demo.Blob", {{"a", Value(std::string(60'000, 'z'))}, {"b", Value(std::string(60'000, 'z'))}}));
+  CHECK(h.client->modify_attributes(r.item.lease.id, {}, huge).status().code() == Code::kInvalidArgument);
+  auto still = h.client->lookup(ServiceTemplate{r.item.service_id, {}, {}});
+  REQUIRE(still.ok());
+  REQUIRE(still->has_value());
+  CHECK((*still)->attributes == r.item.attributes);
+
+  // Raw garbage as a payload: an error reply, and the server goes on.
+  kj::Array<capnp::word> junk = kj::heapArray<capnp::word>(4);
+  memset(static_cast<void*>(junk.begin()), 0xab, junk.size() * sizeof(capnp::word));
+  std::promise<rpc::Reply> got;
+  h.client->rpc().call_async_raw("lookup.register", std::move(junk), {}, [&](rpc::Reply r) { got.set_value(std::move(r)); });
+  CHECK_FALSE(got.get_future().get().ok());
+  CHECK(h.client->self().ok());
+}
+
+TEST_CASE("roles: a client may look up but not register or modify") {
+  Harness h(security::Role::kClient);
+  CHECK(h.client->register_service(item({"demo.Printer"}, {})).status().code() == Code::kPermissionDenied);
+  CHECK(h.client->lookup(ServiceTemplate{}).ok());
+  CHECK(h.client->notify(ServiceTemplate{}, 0, 1000).ok());
+  CHECK(h.client->modify_attributes(1, {}).status().code() == Code::kPermissionDenied);
+}
+
+TEST_CASE("the registrar's own item: its groups, endpoints and a ServiceID kept across restarts") {
+  Harness h;
+  auto self = h.client->self();
+  REQUIRE(self.ok());
+  CHECK(self->groups == std::vector<std::string>{"public", "lab"});
+  CHECK(self->item.endpoints.rpc == h.service->rpc_endpoint());
+  CHECK(self->item.endpoints.events == h.service->events_endpoint());
+  ServiceId id = self->item.service_id;
+  h.stop();
+  h.start();
+  auto again = h.client->self();
+  REQUIRE(again.ok());
+  CHECK(again->item.service_id == id);
+}
+
+TEST_CASE("persistence: a restarted registrar has every registration with its lease; lapsed ones are gone") {
+  Harness h;
+  std::vector<Registered> kept;
+  for (int i = 0; i < 20; ++i) kept.push_back(must_register(*h.client, item({"demo.Printer"}, {entry("djinn.attr.Name", {{"name", Value("p" + std::to_string(i))}})}), 60'000));
+  ServiceItem brief = item({"demo.Printer"}, {});
+  must_register(*h.client, brief, 300);
+  // A replaced item keeps only its new lease.
+  ServiceItem moved = kept[0].item;
+  moved.endpoints.rpc = "tcp://127.0.0.1:9999";
+  kept[0] = must_register(*h.client, moved, 60'000);
+  auto handle = h.client->notify(ServiceTemplate{std::nullopt, {"demo.Printer"}, {}}, 0, 60'000);
+  REQUIRE(handle.ok());
+  h.stop();
+  std::this_thread::sleep_for(400ms);  // the brief registration lapses while the registrar is down
+  h.start();
+  CHECK(h.service->registrar().size() == kept.size() + 1);  // + its own item
+  for (const Registered& r : kept) {
+    auto found = h.client->lookup(ServiceTemplate{r.item.service_id, {}, {}});
+    REQUIRE(found.ok());
+    REQUIRE(found->has_value());
+    CHECK(**found == r.item);
+  }
+  CHECK_FALSE(h.client->lookup(ServiceTemplate{brief.service_id, {}, {}})->has_value());
+  CHECK(h.service->landlord().leases_of_resource(std::string(kRegistrationResource)).size() == kept.size());
+  // The notify registration survived too: it can be renewed and still reports.
+  CHECK(h.client->renew(handle->id, 60'000).ok());
+  NotifyHandle moved_handle = *handle;
+  moved_handle.events_endpoint = h.service->events_endpoint();  // a port of this run
+  Watcher w(moved_handle);
+  std::this_thread::sleep_for(200ms);
+  must_register(*h.client, item({"demo.Printer"}, {}));
+  CHECK(test::eventually([&] { return w.count() == 1; }));
+}
