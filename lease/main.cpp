@@ -9,6 +9,7 @@
 #include "djinn/core/daemon_flags.h"
 #include "djinn/core/log.h"
 #include "djinn/lease/service.h"
+#include "djinn/lookup/keeper.h"
 
 using namespace djinn;
 
@@ -34,6 +35,10 @@ int main(int argc, char** argv) {
   cfg.add_duration("max-lease", std::chrono::minutes(5), "longest lease granted; longer requests get this");
   cfg.add_duration("default-lease", std::chrono::seconds(30), "duration granted for ANY (-1)");
   cfg.add_bool("allow-forever", false, "grant FOREVER (-2) leases; refused otherwise");
+  cfg.add_string("lookup", "",
+                 "comma-separated RPC endpoints of lookup services to register with (tcp://HOST:PORT,...); the "
+                 "registration is renewed and made again whenever a lookup loses it");
+  cfg.add_string("name", "lease", "name in the registered item (djinn.attr.Name)");
   add_security_flags(cfg);
   cfg.add_int("workers", 2, "threads for lease operations (each durable write waits for an fsync)", 1, 256);
   if (Status st = cfg.parse(argc, argv); !st.ok()) return cfg.exit_code(st);
@@ -63,6 +68,11 @@ int main(int argc, char** argv) {
   // (the federation's usual setup); its key must be in their keyrings.
   if (security->key_pair) options.renewal_curve = rpc::CurveClient{*security->key_pair, security->key_pair->public_key};
 
+  std::vector<std::string> lookups = lookup::split_list(cfg.get_string("lookup"));
+  for (const std::string& l : lookups) {
+    if (l.rfind("tcp://", 0) != 0) return fail("--lookup '" + l + "': expected tcp://HOST:PORT", 2);
+  }
+
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGINT);
@@ -74,6 +84,26 @@ int main(int argc, char** argv) {
   // The bound endpoints on stdout, so a script that asked for port * learns the ports.
   std::printf("rpc %s\nevents %s\n", (*manager)->rpc_endpoint().c_str(), (*manager)->events_endpoint().c_str());
   std::fflush(stdout);
+  std::unique_ptr<lookup::RegistrationKeeper> keeper;
+  if (!lookups.empty()) {
+    Result<ServiceId> id = lookup::load_or_mint_service_id(options.data_dir);
+    if (!id.ok()) return fail(id.status().to_string());
+    ServiceItem item;
+    item.service_id = *id;
+    item.interface_types = {"djinn.lease.LeaseManager", "djinn.lease.Landlord", "djinn.lease.RenewalService"};
+    Entry name;
+    name.type = "djinn.attr.Name";
+    name.fields["name"] = Value(cfg.get_string("name"));
+    item.attributes.push_back(std::move(name));
+    item.endpoints = Endpoints{(*manager)->rpc_endpoint(), (*manager)->events_endpoint()};
+    lookup::KeeperOptions keep;
+    if (security->key_pair) {
+      // Lookups of the federation share its server key, as the renewal service assumes too.
+      keep.curve = rpc::CurveClient{*security->key_pair, security->key_pair->public_key};
+      item.public_key = security->key_pair->public_key;
+    }
+    keeper = std::make_unique<lookup::RegistrationKeeper>(std::move(item), lookups, keep);
+  }
   DJINN_LOG(kInfo, "lease") << "started: data in " << options.data_dir << ", max lease "
                             << options.policy.max_duration.count() << " ms, default "
                             << options.policy.default_duration.count() << " ms, forever "
@@ -81,6 +111,7 @@ int main(int argc, char** argv) {
   int sig = 0;
   sigwait(&signals, &sig);
   DJINN_LOG(kInfo, "lease") << "stopping on " << (sig == SIGINT ? "SIGINT" : "SIGTERM");
+  keeper.reset();  // cancels the registrations while the service still answers
   (*manager)->stop();
   return 0;
 }

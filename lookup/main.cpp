@@ -4,11 +4,11 @@
 #include <signal.h>
 
 #include <cstdio>
-#include <sstream>
 
 #include "djinn/core/config.h"
 #include "djinn/core/daemon_flags.h"
 #include "djinn/core/log.h"
+#include "djinn/lookup/keeper.h"
 #include "djinn/lookup/service.h"
 
 using namespace djinn;
@@ -20,14 +20,6 @@ constexpr const char* kProgram = "djinn-lookup";
 int fail(const std::string& message, int code = 1) {
   std::fprintf(stderr, "%s: %s\n", kProgram, message.c_str());
   return code;
-}
-
-std::vector<std::string> split_groups(const std::string& text) {
-  std::vector<std::string> out;
-  std::stringstream in(text);
-  std::string g;
-  while (std::getline(in, g, ',')) out.push_back(g);
-  return out;
 }
 
 }  // namespace
@@ -56,7 +48,7 @@ int main(int argc, char** argv) {
   if (options.data_dir.empty()) return fail("--data-dir is empty: give a directory for items.db and leases.db", 2);
   options.rpc_endpoint = cfg.get_string("listen");
   options.events_endpoint = cfg.get_string("events");
-  options.groups = split_groups(cfg.get_string("groups"));
+  options.groups = lookup::split_list(cfg.get_string("groups"));
   if (options.groups.empty()) return fail("--groups is empty: name at least one group (e.g. public)", 2);
   options.name = cfg.get_string("name");
   options.policy.max_duration = cfg.get_duration("max-lease");

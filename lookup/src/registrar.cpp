@@ -213,8 +213,8 @@ struct Registrar::Impl {
     auto it = by_id_.find(item.service_id);
     if (it != by_id_.end()) {
       slot = it->second;
+      index(slot, false);  // while the slot still holds the item its keys come from
       before = std::move(*slots_[slot]);
-      index(slot, false);
       if (before->lease.id) by_lease_.erase(before->lease.id);
     } else if (!free_.empty()) {
       slot = free_.back();
@@ -232,8 +232,8 @@ struct Registrar::Impl {
   }
 
   void remove_locked(uint32_t slot) {
+    index(slot, false);  // while the slot still holds the item its keys come from
     ServiceItem before = std::move(*slots_[slot]);
-    index(slot, false);
     slots_[slot].reset();
     free_.push_back(slot);
     by_id_.erase(before.service_id);

@@ -1,0 +1,244 @@
+// RegistrationKeeper: one thread registers where the item is not registered (with backoff per
+// registrar); a RenewalManager renews the leases and reports a lost one, which puts its registrar
+// back in line for registration.
+#include "djinn/lookup/keeper.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <condition_variable>
+#include <map>
+#include <mutex>
+#include <thread>
+
+#include "djinn/core/log.h"
+#include "djinn/lease/client.h"
+#include "djinn/lookup/client.h"
+
+namespace djinn::lookup {
+
+using Clock = std::chrono::steady_clock;
+
+struct RegistrationKeeper::Impl {
+  struct Target {
+    std::shared_ptr<RegistrarClient> client;  // shared: a registration in progress keeps it
+    std::optional<lease::HeldLease> lease;  // registered under it
+    uint64_t version = 0;                   // of the item registered
+    Clock::time_point next_try{};
+    std::chrono::milliseconds backoff{0};
+  };
+
+  KeeperOptions options;
+  lease::RenewalManager renewals;
+  mutable std::mutex mu;  // guards everything below
+  mutable std::condition_variable cv;
+  ServiceItem item;
+  uint64_t version = 1;
+  std::map<std::string, Target> targets;
+  bool stopping = false;
+  std::thread thread;
+
+  Impl(ServiceItem i, KeeperOptions o)
+      : options(std::move(o)),
+        renewals(lease::RenewalManagerOptions{.curve = options.curve}),
+        item(std::move(i)) {
+    renewals.on_failure([this](const lease::HeldLease& held, const Status& why) {
+      std::lock_guard lock(mu);
+      for (auto& [endpoint, t] : targets) {
+        if (t.lease && t.lease->lease.id == held.lease.id && t.lease->landlord == held.landlord) {
+          DJINN_LOG(kWarn, "lookup") << "registration of " << item.service_id.to_string() << " at " << endpoint
+                                     << " lost (" << why.to_string() << "): registering again";
+          t.lease.reset();
+          t.next_try = Clock::now();
+        }
+      }
+      cv.notify_all();
+    });
+  }
+
+  void add_locked(const std::string& endpoint) {
+    if (targets.count(endpoint)) return;
+    rpc::ClientOptions o{.endpoint = endpoint, .curve = options.curve};
+    o.default_timeout = options.call_timeout;
+    Target t;
+    t.client = std::make_shared<RegistrarClient>(o);
+    targets.emplace(endpoint, std::move(t));
+    cv.notify_all();
+  }
+
+  void run() {
+    std::unique_lock lock(mu);
+    while (!stopping) {
+      Clock::time_point now = Clock::now();
+      Clock::time_point next = Clock::time_point::max();
+      std::string due;
+      for (auto& [endpoint, t] : targets) {
+        bool needed = !t.lease || t.version != version;
+        if (!needed) continue;
+        if (t.next_try <= now) {
+          due = endpoint;
+          break;
+        }
+        next = std::min(next, t.next_try);
+      }
+      if (due.empty()) {
+        if (next == Clock::time_point::max()) {
+          cv.wait(lock);
+        } else {
+          cv.wait_until(lock, next);
+        }
+        continue;
+      }
+      Target& t = targets.at(due);
+      ServiceItem snapshot = item;
+      uint64_t v = version;
+      std::shared_ptr<RegistrarClient> client = t.client;
+      lock.unlock();
+      Result<Registered> r = client->register_service(snapshot, options.lease_ms);
+      lock.lock();
+      auto it = targets.find(due);
+      if (it == targets.end()) {
+        // Removed while registering: undo what it did there.
+        if (r.ok()) (void)client->cancel(r->item.lease.id);
+        continue;
+      }
+      Target& target = it->second;
+      if (r.ok()) {
+        if (target.lease) renewals.remove(target.lease->lease.id, target.lease->landlord);
+        target.lease = r->held_lease();
+        target.version = v;
+        target.backoff = std::chrono::milliseconds(0);
+        renewals.add(*target.lease, options.lease_ms);
+        DJINN_LOG(kInfo, "lookup") << (r->replaced ? "registered again " : "registered ") << snapshot.service_id.to_string()
+                                   << " at " << due << ", lease " << target.lease->lease.id;
+        cv.notify_all();
+      } else {
+        target.backoff = std::clamp(target.backoff * 2, options.retry_min, options.retry_max);
+        target.next_try = Clock::now() + target.backoff;
+        DJINN_LOG(kDebug, "lookup") << "registering " << snapshot.service_id.to_string() << " at " << due << ": "
+                                    << r.status().to_string() << "; again in " << target.backoff.count() << " ms";
+      }
+    }
+  }
+};
+
+RegistrationKeeper::RegistrationKeeper(ServiceItem item, std::vector<std::string> registrars, KeeperOptions options)
+    : impl_(std::make_unique<Impl>(std::move(item), std::move(options))) {
+  {
+    std::lock_guard lock(impl_->mu);
+    for (const std::string& r : registrars) impl_->add_locked(r);
+  }
+  Impl* raw = impl_.get();
+  impl_->thread = std::thread([raw] { raw->run(); });
+}
+
+RegistrationKeeper::~RegistrationKeeper() {
+  {
+    std::lock_guard lock(impl_->mu);
+    impl_->stopping = true;
+  }
+  impl_->cv.notify_all();
+  impl_->thread.join();
+  impl_->renewals.stop();
+  for (auto& [endpoint, t] : impl_->targets) {
+    if (!t.lease) continue;
+    rpc::CallOptions call;
+    call.timeout = std::chrono::milliseconds(500);
+    Status st = t.client->cancel(t.lease->lease.id, call);
+    if (st.ok()) {
+      DJINN_LOG(kInfo, "lookup") << "cancelled the registration at " << endpoint;
+    } else {
+      DJINN_LOG(kInfo, "lookup") << "cancelling the registration at " << endpoint << ": " << st.to_string();
+    }
+  }
+}
+
+void RegistrationKeeper::add_registrar(const std::string& endpoint) {
+  std::lock_guard lock(impl_->mu);
+  impl_->add_locked(endpoint);
+}
+
+void RegistrationKeeper::remove_registrar(const std::string& endpoint) {
+  std::shared_ptr<RegistrarClient> client;
+  std::optional<lease::HeldLease> held;
+  {
+    std::lock_guard lock(impl_->mu);
+    auto it = impl_->targets.find(endpoint);
+    if (it == impl_->targets.end()) return;
+    client = std::move(it->second.client);
+    held = it->second.lease;
+    impl_->targets.erase(it);
+  }
+  if (held) {
+    impl_->renewals.remove(held->lease.id, held->landlord);
+    rpc::CallOptions call;
+    call.timeout = std::chrono::milliseconds(500);
+    (void)client->cancel(held->lease.id, call);
+  }
+}
+
+void RegistrationKeeper::set_item(ServiceItem item) {
+  std::lock_guard lock(impl_->mu);
+  item.service_id = impl_->item.service_id;
+  impl_->item = std::move(item);
+  ++impl_->version;
+  for (auto& [endpoint, t] : impl_->targets) t.next_try = Clock::now();
+  impl_->cv.notify_all();
+}
+
+std::vector<std::string> RegistrationKeeper::registered() const {
+  std::lock_guard lock(impl_->mu);
+  std::vector<std::string> out;
+  for (const auto& [endpoint, t] : impl_->targets) {
+    if (t.lease && t.version == impl_->version) out.push_back(endpoint);
+  }
+  return out;
+}
+
+bool RegistrationKeeper::wait_registered(std::chrono::milliseconds timeout) const {
+  std::unique_lock lock(impl_->mu);
+  return impl_->cv.wait_for(lock, timeout, [&] {
+    return std::all_of(impl_->targets.begin(), impl_->targets.end(),
+                       [&](const auto& kv) { return kv.second.lease && kv.second.version == impl_->version; });
+  });
+}
+
+Result<ServiceId> load_or_mint_service_id(const std::string& data_dir) {
+  std::filesystem::path path = std::filesystem::path(data_dir) / "service-id";
+  std::ifstream in(path);
+  if (in) {
+    std::string text;
+    std::getline(in, text);
+    std::optional<ServiceId> id = ServiceId::parse(text);
+    if (!id) return data_loss(path.string() + " does not hold a ServiceID (8-4-4-4-12 hex); remove it to mint a new one");
+    return *id;
+  }
+  std::error_code ec;
+  std::filesystem::create_directories(data_dir, ec);
+  ServiceId id = ServiceId::random();
+  // Written whole under another name first, so a crash never leaves half an id.
+  std::filesystem::path tmp = path.string() + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << id.to_string() << "\n";
+    out.flush();
+    if (!out) return failed_precondition("cannot write " + tmp.string() + " (is --data-dir writable?)");
+  }
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) return failed_precondition("cannot write " + path.string() + ": " + ec.message());
+  return id;
+}
+
+std::vector<std::string> split_list(const std::string& text) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (start <= text.size()) {
+    size_t comma = text.find(',', start);
+    if (comma == std::string::npos) comma = text.size();
+    if (comma > start) out.push_back(text.substr(start, comma - start));
+    start = comma + 1;
+  }
+  return out;
+}
+
+}  // namespace djinn::lookup

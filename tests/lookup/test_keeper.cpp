@@ -1,0 +1,106 @@
+// Keeping a service registered: RegistrationKeeper against in-process lookups (registers, renews,
+// registers again after a lookup lost its data, propagates a changed item, cancels on stop), and a
+// real djinn-lease process registering itself with --lookup.
+#include <doctest/doctest.h>
+
+#include <signal.h>
+
+#include <filesystem>
+
+#include "djinn/lookup/client.h"
+#include "djinn/lookup/keeper.h"
+#include "djinn/lookup/service.h"
+#include "support/test_support.h"
+
+using namespace djinn;
+using namespace djinn::lookup;
+using namespace std::chrono_literals;
+
+namespace {
+
+std::unique_ptr<LookupService> start_lookup(const std::string& dir, int port) {
+  LookupServiceOptions o;
+  o.data_dir = dir;
+  o.rpc_endpoint = "tcp://127.0.0.1:" + std::to_string(port);
+  o.policy.min_duration = 50ms;
+  auto s = LookupService::start(o);
+  REQUIRE_MESSAGE(s.ok(), s.status().to_string());
+  return std::move(*s);
+}
+
+bool registered_at(const std::string& endpoint, const ServiceId& id) {
+  RegistrarClient c({.endpoint = endpoint});
+  rpc::CallOptions call;
+  call.timeout = 500ms;
+  auto found = c.lookup(ServiceTemplate{id, {}, {}}, call);
+  return found.ok() && found->has_value();
+}
+
+}  // namespace
+
+TEST_CASE("a keeper registers everywhere, renews, re-registers after a loss, and cancels on stop") {
+  test::TempDir dir;
+  int port_a = test::free_tcp_port(), port_b = test::free_tcp_port();
+  auto a = start_lookup(dir.file("a"), port_a);
+  auto b = start_lookup(dir.file("b"), port_b);
+  ServiceItem item;
+  item.service_id = ServiceId::random();
+  item.interface_types = {"demo.Printer"};
+  KeeperOptions options;
+  options.lease_ms = 400;  // renewed several times during the test
+  auto keeper = std::make_unique<RegistrationKeeper>(item, std::vector<std::string>{a->rpc_endpoint(), b->rpc_endpoint()}, options);
+  REQUIRE(keeper->wait_registered(5s));
+  CHECK(registered_at(a->rpc_endpoint(), item.service_id));
+  CHECK(registered_at(b->rpc_endpoint(), item.service_id));
+  std::this_thread::sleep_for(1200ms);  // three lease lengths: only renewals keep it there
+  CHECK(registered_at(a->rpc_endpoint(), item.service_id));
+
+  // Lookup A comes back empty (its data gone): the renewal fails and the keeper registers again.
+  a.reset();
+  std::filesystem::remove_all(dir.file("a"));
+  a = start_lookup(dir.file("a"), port_a);
+  CHECK(test::eventually([&] { return registered_at(a->rpc_endpoint(), item.service_id); }, 5000));
+
+  // A changed item reaches both.
+  Entry name;
+  name.type = "djinn.attr.Name";
+  name.fields["name"] = Value("renamed");
+  item.attributes = {name};
+  keeper->set_item(item);
+  REQUIRE(keeper->wait_registered(5s));
+  for (auto* s : {a.get(), b.get()}) {
+    auto found = s->registrar().find(item.service_id);
+    REQUIRE(found.has_value());
+    CHECK(found->attributes == item.attributes);
+  }
+  keeper.reset();
+  CHECK(test::eventually([&] { return !a->registrar().find(item.service_id) && !b->registrar().find(item.service_id); }));
+}
+
+TEST_CASE("djinn-lease registers itself in lookup with --lookup, under a ServiceID kept across restarts") {
+  if (!std::getenv("DJINN_BUILD_DIR")) {
+    MESSAGE("DJINN_BUILD_DIR is not set (run through ctest): skipped");
+    return;
+  }
+  test::TempDir dir;
+  auto lookup = start_lookup(dir.file("lookup"), test::free_tcp_port());
+  std::vector<std::string> args{"--data-dir", dir.file("lease"), "--listen", "tcp://127.0.0.1:" + std::to_string(test::free_tcp_port()),
+                                "--events", "tcp://127.0.0.1:*", "--insecure", "--log-level", "warn",
+                                "--lookup", lookup->rpc_endpoint(), "--name", "leases-1"};
+  ServiceTemplate t{std::nullopt, {"djinn.lease.LeaseManager"}, {}};
+  ServiceId first;
+  {
+    test::ChildProcess p(test::build_path("lease/djinn-lease"), args);
+    REQUIRE(test::eventually([&] { return lookup->registrar().lookup(t).has_value(); }, 10000));
+    ServiceItem item = *lookup->registrar().lookup(t);
+    first = item.service_id;
+    CHECK(item.endpoints.rpc == args[5 - 2]);
+    kill(p.pid(), SIGTERM);
+    CHECK(p.wait(10000) != -1);
+    // A clean stop cancels the registration.
+    CHECK(test::eventually([&] { return !lookup->registrar().lookup(t).has_value(); }));
+  }
+  test::ChildProcess p(test::build_path("lease/djinn-lease"), args);
+  REQUIRE(test::eventually([&] { return lookup->registrar().lookup(t).has_value(); }, 10000));
+  CHECK(lookup->registrar().lookup(t)->service_id == first);
+}
