@@ -43,11 +43,12 @@ struct LookupManyResult {
   eventSeq @2 :UInt64;          # with notifyId: the registration's last event number
 }
 
-# lookup.modifyAttributes: Jini's modifyAttributes. For each template in order: the first
-# attribute of the item it matches (exactly: same type, every non-null field equal) is replaced
-# by the entry at the same index, or deleted when that entry is absent (delete = true). add
-# appends entries. The item is named by its registration lease, as in Jini (the ServiceID alone
-# does not prove the caller registered it).
+# lookup.modifyAttributes: Jini's modifyAttributes and addAttributes in one durable step. For each
+# change in order: every attribute of the item that its template matches (the template rules of
+# DESIGN §2: the attribute's type or a supertype, every non-null field equal) is replaced by the
+# entry, or deleted when delete is set; a change whose template matches no attribute fails the
+# whole call (NOT_FOUND, nothing changed). Then `add` is appended. The item is named by its
+# registration lease, as in Jini (the ServiceID alone does not prove the caller registered it).
 struct AttributeChange {
   template @0 :Model.Template;
   entry @1 :Model.Entry;        # the replacement; ignored when delete
