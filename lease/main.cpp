@@ -1,13 +1,12 @@
 // djinn-lease: the federation's lease manager (DESIGN §4) as a daemon. Serves the lease protocol
 // and the renewal service over RPC, publishes lease events, keeps its leases in --data-dir, and
 // runs until SIGINT or SIGTERM.
-#include <signal.h>
-
 #include <cstdio>
 
 #include "djinn/core/config.h"
 #include "djinn/core/daemon_flags.h"
 #include "djinn/core/log.h"
+#include "djinn/lease/flags.h"
 #include "djinn/lease/service.h"
 #include "djinn/lookup/keeper.h"
 
@@ -32,9 +31,7 @@ int main(int argc, char** argv) {
   cfg.add_string("data-dir", "./.djinn/lease", "directory of lease.db and renewal.db (created if missing)");
   cfg.add_string("listen", "tcp://127.0.0.1:4160", "RPC endpoint to bind (tcp://HOST:PORT; port * picks a free one)");
   cfg.add_string("events", "tcp://127.0.0.1:4161", "event (PUB) endpoint to bind (tcp://HOST:PORT; port * picks a free one)");
-  cfg.add_duration("max-lease", std::chrono::minutes(5), "longest lease granted; longer requests get this");
-  cfg.add_duration("default-lease", std::chrono::seconds(30), "duration granted for ANY (-1)");
-  cfg.add_bool("allow-forever", false, "grant FOREVER (-2) leases; refused otherwise");
+  lease::add_policy_flags(cfg, "lease", true);
   cfg.add_string("lookup", "",
                  "comma-separated RPC endpoints of lookup services to register with (tcp://HOST:PORT,...); the "
                  "registration is renewed and made again whenever a lookup loses it");
@@ -50,16 +47,9 @@ int main(int argc, char** argv) {
   options.rpc_endpoint = cfg.get_string("listen");
   options.events_endpoint = cfg.get_string("events");
   options.workers = static_cast<int>(cfg.get_int("workers"));
-  options.policy.max_duration = cfg.get_duration("max-lease");
-  options.policy.default_duration = cfg.get_duration("default-lease");
-  options.policy.allow_forever = cfg.get_bool("allow-forever");
-  if (options.policy.max_duration.count() <= 0) return fail("--max-lease must be > 0", 2);
-  if (options.policy.default_duration.count() <= 0 || options.policy.default_duration > options.policy.max_duration) {
-    return fail("--default-lease " + std::to_string(options.policy.default_duration.count()) +
-                    " ms: must be > 0 and at most --max-lease (" + std::to_string(options.policy.max_duration.count()) +
-                    " ms)",
-                2);
-  }
+  Result<lease::Policy> policy = lease::policy_from_flags(cfg, true);
+  if (!policy.ok()) return fail(policy.status().message(), 2);
+  options.policy = *policy;
   Result<ServerSecurity> security = security_from_flags(cfg);
   if (!security.ok()) return fail(security.status().message(), security.status().code() == Code::kInvalidArgument ? 2 : 1);
   options.curve = security->curve;
@@ -73,11 +63,7 @@ int main(int argc, char** argv) {
     if (l.rfind("tcp://", 0) != 0) return fail("--lookup '" + l + "': expected tcp://HOST:PORT", 2);
   }
 
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);  // before any thread starts, so all inherit it
+  block_stop_signals();  // before any thread starts, so all inherit the mask
 
   auto manager = lease::LeaseManager::start(options);
   if (!manager.ok()) return fail(manager.status().to_string());
@@ -108,9 +94,8 @@ int main(int argc, char** argv) {
                             << options.policy.max_duration.count() << " ms, default "
                             << options.policy.default_duration.count() << " ms, forever "
                             << (options.policy.allow_forever ? "allowed" : "refused");
-  int sig = 0;
-  sigwait(&signals, &sig);
-  DJINN_LOG(kInfo, "lease") << "stopping on " << (sig == SIGINT ? "SIGINT" : "SIGTERM");
+  const char* sig = wait_for_stop_signal();
+  DJINN_LOG(kInfo, "lease") << "stopping on " << sig;
   keeper.reset();  // cancels the registrations while the service still answers
   (*manager)->stop();
   return 0;

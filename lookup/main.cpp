@@ -1,13 +1,12 @@
 // djinn-lookup: the federation's lookup service (DESIGN §5) as a daemon. Serves the registrar
 // ("lookup.*") and the lease protocol for its registrations over RPC, publishes notify and lease
 // events, keeps its items and leases in --data-dir, and runs until SIGINT or SIGTERM.
-#include <signal.h>
-
 #include <cstdio>
 
 #include "djinn/core/config.h"
 #include "djinn/core/daemon_flags.h"
 #include "djinn/core/log.h"
+#include "djinn/lease/flags.h"
 #include "djinn/lookup/keeper.h"
 #include "djinn/lookup/service.h"
 
@@ -34,8 +33,7 @@ int main(int argc, char** argv) {
   cfg.add_string("events", "tcp://127.0.0.1:4163", "event (PUB) endpoint to bind (tcp://HOST:PORT; port * picks a free one)");
   cfg.add_string("groups", "public", "comma-separated groups this lookup serves (in its own item, for discovery)");
   cfg.add_string("name", "lookup", "name in the lookup's own item (djinn.attr.Name) and in logs");
-  cfg.add_duration("max-lease", std::chrono::minutes(5), "longest registration or notify lease granted");
-  cfg.add_duration("default-lease", std::chrono::seconds(30), "registration lease granted for ANY (-1)");
+  lease::add_policy_flags(cfg, "registration or notify lease", false);
   cfg.add_int("max-item-bytes", 64 * 1024, "largest service item accepted (encoded bytes)", 1024, 16 << 20);
   cfg.add_int("max-items", 1'000'000, "most items held; registrations beyond get RESOURCE_EXHAUSTED", 1, 100'000'000);
   add_security_flags(cfg);
@@ -51,15 +49,9 @@ int main(int argc, char** argv) {
   options.groups = lookup::split_list(cfg.get_string("groups"));
   if (options.groups.empty()) return fail("--groups is empty: name at least one group (e.g. public)", 2);
   options.name = cfg.get_string("name");
-  options.policy.max_duration = cfg.get_duration("max-lease");
-  options.policy.default_duration = cfg.get_duration("default-lease");
-  if (options.policy.max_duration.count() <= 0) return fail("--max-lease must be > 0", 2);
-  if (options.policy.default_duration.count() <= 0 || options.policy.default_duration > options.policy.max_duration) {
-    return fail("--default-lease " + std::to_string(options.policy.default_duration.count()) +
-                    " ms: must be > 0 and at most --max-lease (" + std::to_string(options.policy.max_duration.count()) +
-                    " ms)",
-                2);
-  }
+  Result<lease::Policy> policy = lease::policy_from_flags(cfg, false);
+  if (!policy.ok()) return fail(policy.status().message(), 2);
+  options.policy = *policy;
   options.max_item_bytes = static_cast<size_t>(cfg.get_int("max-item-bytes"));
   options.max_items = static_cast<size_t>(cfg.get_int("max-items"));
   options.workers = static_cast<int>(cfg.get_int("workers"));
@@ -68,11 +60,7 @@ int main(int argc, char** argv) {
   options.curve = security->curve;
   options.plaintext_role = security->plaintext_role;
 
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);  // before any thread starts, so all inherit it
+  block_stop_signals();  // before any thread starts, so all inherit the mask
 
   auto service = lookup::LookupService::start(options);
   if (!service.ok()) {
@@ -82,9 +70,8 @@ int main(int argc, char** argv) {
   std::printf("rpc %s\nevents %s\nservice-id %s\n", (*service)->rpc_endpoint().c_str(),
               (*service)->events_endpoint().c_str(), (*service)->registrar().self_id().to_string().c_str());
   std::fflush(stdout);
-  int sig = 0;
-  sigwait(&signals, &sig);
-  DJINN_LOG(kInfo, "lookup") << "stopping on " << (sig == SIGINT ? "SIGINT" : "SIGTERM");
+  const char* sig = wait_for_stop_signal();
+  DJINN_LOG(kInfo, "lookup") << "stopping on " << sig;
   (*service)->stop();
   return 0;
 }

@@ -1,5 +1,7 @@
 #include "djinn/core/daemon_flags.h"
 
+#include <signal.h>
+
 namespace djinn {
 
 void add_security_flags(Config& cfg) {
@@ -41,6 +43,28 @@ Result<ServerSecurity> security_from_flags(const Config& cfg) {
         "`djinn-keys keyring add`), or --insecure to serve plaintext on a trusted network");
   }
   return out;
+}
+
+namespace {
+sigset_t stop_signals() {
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  return signals;
+}
+}  // namespace
+
+void block_stop_signals() {
+  sigset_t signals = stop_signals();
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+}
+
+const char* wait_for_stop_signal() {
+  sigset_t signals = stop_signals();
+  int sig = 0;
+  sigwait(&signals, &sig);
+  return sig == SIGINT ? "SIGINT" : "SIGTERM";
 }
 
 }  // namespace djinn

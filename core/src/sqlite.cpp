@@ -256,6 +256,21 @@ Status Database::set_user_version(int64_t version) {
   return exec("PRAGMA user_version=" + std::to_string(version));
 }
 
+Status Database::ensure_schema(int64_t version, std::string_view create_sql, std::string_view what) {
+  Result<int64_t> current = user_version();
+  if (!current.ok()) return current.status();
+  if (*current > version) {
+    return failed_precondition(std::string(what) + " has schema version " + std::to_string(*current) +
+                               ", newer than this build's " + std::to_string(version) + " (use a newer djinn)");
+  }
+  if (*current == version) return Status::Ok();
+  Result<Transaction> tx = Transaction::begin(*this);
+  if (!tx.ok()) return tx.status();
+  DJINN_RETURN_IF_ERROR(exec(create_sql));
+  DJINN_RETURN_IF_ERROR(set_user_version(version));
+  return tx->commit();
+}
+
 // ---- Transaction ----
 
 Result<Transaction> Transaction::begin(Database& db, Mode mode) {

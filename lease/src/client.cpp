@@ -14,16 +14,6 @@ rpc::CallOptions idempotent(rpc::CallOptions call) {
   return call;
 }
 
-// Runs `decode` on an ok reply; any failure to read it becomes INTERNAL naming the method.
-template <class T, class F>
-Result<T> decode(rpc::Reply& reply, std::string_view method, F&& decode_fn) {
-  if (!reply.ok()) return reply.status();
-  try {
-    return decode_fn(reply);
-  } catch (const kj::Exception& e) {
-    return internal_error("malformed reply to " + std::string(method) + ": " + e.getDescription().cStr());
-  }
-}
 
 Result<HeldLease> held_from(proto::Lease::Reader in, const std::string& landlord) {
   auto lease = internal::lease_from_proto(in);
@@ -32,7 +22,7 @@ Result<HeldLease> held_from(proto::Lease::Reader in, const std::string& landlord
 }
 
 Result<LeaseSnapshot> snapshot_from(rpc::Reply& reply, std::string_view method) {
-  return decode<LeaseSnapshot>(reply, method, [](rpc::Reply& r) -> Result<LeaseSnapshot> {
+  return rpc::read_reply<LeaseSnapshot>(reply, method, [](rpc::Reply& r) -> Result<LeaseSnapshot> {
     auto list = r.results<proto::LeaseList>();
     LeaseSnapshot out;
     out.event_seq = list.getEventSeq();
@@ -74,7 +64,7 @@ Result<HeldLease> LeaseClient::grant(const GrantRequest& request, rpc::CallOptio
     call.timeout = std::max(timeout, request.wait + std::chrono::milliseconds(1000));
   }
   rpc::Reply reply = client_->call("lease.grant", message, call);
-  return decode<HeldLease>(reply, "lease.grant", [&](rpc::Reply& r) {
+  return rpc::read_reply<HeldLease>(reply, "lease.grant", [&](rpc::Reply& r) {
     return held_from(r.results<proto::LeaseResult>().getLease(), client_->endpoint());
   });
 }
@@ -85,7 +75,7 @@ Result<HeldLease> LeaseClient::renew(LeaseId id, int64_t duration_ms, rpc::CallO
   p.setId(id);
   p.setDurationMs(duration_ms);
   rpc::Reply reply = client_->call("lease.renew", message, idempotent(call));
-  return decode<HeldLease>(reply, "lease.renew", [&](rpc::Reply& r) {
+  return rpc::read_reply<HeldLease>(reply, "lease.renew", [&](rpc::Reply& r) {
     return held_from(r.results<proto::LeaseResult>().getLease(), client_->endpoint());
   });
 }
@@ -100,7 +90,7 @@ Result<HeldLease> LeaseClient::get(LeaseId id, rpc::CallOptions call) {
   capnp::MallocMessageBuilder message;
   message.initRoot<proto::LeaseIdParams>().setId(id);
   rpc::Reply reply = client_->call("lease.get", message, idempotent(call));
-  return decode<HeldLease>(reply, "lease.get", [&](rpc::Reply& r) {
+  return rpc::read_reply<HeldLease>(reply, "lease.get", [&](rpc::Reply& r) {
     return held_from(r.results<proto::LeaseResult>().getLease(), client_->endpoint());
   });
 }
@@ -113,7 +103,7 @@ std::vector<Result<Lease>> LeaseClient::renew_batch(std::span<const RenewRequest
     items[static_cast<unsigned>(i)].setDurationMs(requests[i].duration_ms);
   }
   rpc::Reply reply = client_->call("lease.renewBatch", message, idempotent(call));
-  auto all = decode<std::vector<Result<Lease>>>(reply, "lease.renewBatch", [&](rpc::Reply& r) -> Result<std::vector<Result<Lease>>> {
+  auto all = rpc::read_reply<std::vector<Result<Lease>>>(reply, "lease.renewBatch", [&](rpc::Reply& r) -> Result<std::vector<Result<Lease>>> {
     auto got = r.results<proto::BatchResults>().getItems();
     if (got.size() != requests.size()) {
       return internal_error("lease.renewBatch answered " + std::to_string(got.size()) + " of " +
@@ -141,7 +131,7 @@ std::vector<Status> LeaseClient::cancel_batch(std::span<const LeaseId> ids, rpc:
   auto list = message.initRoot<proto::CancelBatchParams>().initIds(static_cast<unsigned>(ids.size()));
   for (size_t i = 0; i < ids.size(); ++i) list.set(static_cast<unsigned>(i), ids[i]);
   rpc::Reply reply = client_->call("lease.cancelBatch", message, idempotent(call));
-  auto all = decode<std::vector<Status>>(reply, "lease.cancelBatch", [&](rpc::Reply& r) -> Result<std::vector<Status>> {
+  auto all = rpc::read_reply<std::vector<Status>>(reply, "lease.cancelBatch", [&](rpc::Reply& r) -> Result<std::vector<Status>> {
     auto got = r.results<proto::BatchResults>().getItems();
     if (got.size() != ids.size()) {
       return internal_error("lease.cancelBatch answered " + std::to_string(got.size()) + " of " +
@@ -199,7 +189,7 @@ Result<RenewalSet> RenewalClient::create_set(const std::string& holder, int64_t 
   p.setDurationMs(duration_ms);
   if (call.idempotency_key.empty()) call.idempotency_key = ServiceId::random().to_string();
   rpc::Reply reply = client_->call("renewal.create", message, call);
-  return decode<RenewalSet>(reply, "renewal.create", [&](rpc::Reply& r) -> Result<RenewalSet> {
+  return rpc::read_reply<RenewalSet>(reply, "renewal.create", [&](rpc::Reply& r) -> Result<RenewalSet> {
     auto set = r.results<proto::SetResult>();
     auto held = held_from(set.getSetLease(), client_->endpoint());
     if (!held.ok()) return held.status();
@@ -231,7 +221,7 @@ Result<std::vector<HeldLease>> RenewalClient::members(uint64_t set_id, rpc::Call
   capnp::MallocMessageBuilder message;
   message.initRoot<proto::SetIdParams>().setSetId(set_id);
   rpc::Reply reply = client_->call("renewal.members", message, idempotent(call));
-  return decode<std::vector<HeldLease>>(reply, "renewal.members", [&](rpc::Reply& r) -> Result<std::vector<HeldLease>> {
+  return rpc::read_reply<std::vector<HeldLease>>(reply, "renewal.members", [&](rpc::Reply& r) -> Result<std::vector<HeldLease>> {
     std::vector<HeldLease> out;
     for (auto item : r.results<proto::LeaseList>().getLeases()) {
       auto held = held_from(item, item.getLandlord().cStr());

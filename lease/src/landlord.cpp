@@ -1093,19 +1093,7 @@ struct Landlord::Impl {
     }
     db_.emplace(std::move(*db));
     db_sync_ = sqlite::Sync::kFull;
-    Result<int64_t> version = db_->user_version();
-    if (!version.ok()) return version.status();
-    if (*version > kSchemaVersion) {
-      return failed_precondition(options.path + ": lease schema version " + std::to_string(*version) +
-                                 " is newer than this build's " + std::to_string(kSchemaVersion));
-    }
-    if (*version < kSchemaVersion) {
-      Result<sqlite::Transaction> tx = sqlite::Transaction::begin(*db_);
-      if (!tx.ok()) return tx.status();
-      DJINN_RETURN_IF_ERROR(db_->exec(kCreateSchema));
-      DJINN_RETURN_IF_ERROR(db_->set_user_version(kSchemaVersion));
-      DJINN_RETURN_IF_ERROR(tx->commit());
-    }
+    DJINN_RETURN_IF_ERROR(db_->ensure_schema(kSchemaVersion, kCreateSchema, "lease store " + options.path));
     {
       Result<sqlite::Transaction> tx = sqlite::Transaction::begin(*db_);
       if (!tx.ok()) return tx.status();

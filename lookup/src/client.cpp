@@ -15,15 +15,6 @@ rpc::CallOptions idempotent(rpc::CallOptions call) {
   return call;
 }
 
-template <class T, class F>
-Result<T> decode(rpc::Reply& reply, std::string_view method, F&& decode_fn) {
-  if (!reply.ok()) return reply.status();
-  try {
-    return decode_fn(reply);
-  } catch (const kj::Exception& e) {
-    return internal_error("malformed reply to " + std::string(method) + ": " + e.getDescription().cStr());
-  }
-}
 
 Result<ServiceItem> item_from(proto::ServiceItem::Reader in, std::string_view method) {
   Result<ServiceItem> item = from_capnp(in);
@@ -32,7 +23,7 @@ Result<ServiceItem> item_from(proto::ServiceItem::Reader in, std::string_view me
 }
 
 Result<std::optional<ServiceItem>> lookup_result(rpc::Reply& reply) {
-  return decode<std::optional<ServiceItem>>(reply, "lookup.lookup", [](rpc::Reply& r) -> Result<std::optional<ServiceItem>> {
+  return rpc::read_reply<std::optional<ServiceItem>>(reply, "lookup.lookup", [](rpc::Reply& r) -> Result<std::optional<ServiceItem>> {
     auto res = r.results<proto::LookupResult>();
     if (!res.getFound()) return std::optional<ServiceItem>();
     Result<ServiceItem> item = item_from(res.getItem(), "lookup.lookup");
@@ -75,7 +66,7 @@ Result<Registered> RegistrarClient::register_service(const ServiceItem& item, in
   // connection returns the first one's lease instead of replacing it with a second.
   if (call.idempotency_key.empty()) call.idempotency_key = ServiceId::random().to_string();
   rpc::Reply reply = client_->call("lookup.register", message, call);
-  return decode<Registered>(reply, "lookup.register", [](rpc::Reply& r) -> Result<Registered> {
+  return rpc::read_reply<Registered>(reply, "lookup.register", [](rpc::Reply& r) -> Result<Registered> {
     auto res = r.results<proto::RegisterResult>();
     Result<ServiceItem> stored = item_from(res.getItem(), "lookup.register");
     if (!stored.ok()) return stored.status();
@@ -106,7 +97,7 @@ Result<LookupMany> RegistrarClient::lookup_many(const ServiceTemplate& tmpl, siz
   p.setMaxMatches(static_cast<uint32_t>(std::min<size_t>(max_matches, UINT32_MAX)));
   p.setNotifyId(notify_id);
   rpc::Reply reply = client_->call("lookup.lookupMany", message, idempotent(call));
-  return decode<LookupMany>(reply, "lookup.lookupMany", [](rpc::Reply& r) -> Result<LookupMany> {
+  return rpc::read_reply<LookupMany>(reply, "lookup.lookupMany", [](rpc::Reply& r) -> Result<LookupMany> {
     auto res = r.results<proto::LookupManyResult>();
     LookupMany out;
     for (auto in : res.getItems()) {
@@ -138,7 +129,7 @@ Result<ServiceItem> RegistrarClient::modify_attributes(uint64_t lease_id, std::s
   for (size_t i = 0; i < add.size(); ++i) to_capnp(add[i], added[i]);
   // Applying the same change twice gives the same item: safe to resend.
   rpc::Reply reply = client_->call("lookup.modifyAttributes", message, idempotent(call));
-  return decode<ServiceItem>(reply, "lookup.modifyAttributes", [](rpc::Reply& r) {
+  return rpc::read_reply<ServiceItem>(reply, "lookup.modifyAttributes", [](rpc::Reply& r) {
     return item_from(r.results<proto::ModifyResult>().getItem(), "lookup.modifyAttributes");
   });
 }
@@ -153,7 +144,7 @@ Result<NotifyHandle> RegistrarClient::notify(const ServiceTemplate& tmpl, uint8_
   p.setHolder(holder);
   if (call.idempotency_key.empty()) call.idempotency_key = ServiceId::random().to_string();
   rpc::Reply reply = client_->call("lookup.notify", message, call);
-  return decode<NotifyHandle>(reply, "lookup.notify", [](rpc::Reply& r) -> Result<NotifyHandle> {
+  return rpc::read_reply<NotifyHandle>(reply, "lookup.notify", [](rpc::Reply& r) -> Result<NotifyHandle> {
     auto res = r.results<proto::NotifyResult>();
     return NotifyHandle{res.getId(), res.getExpirationMs(), res.getEventKind().cStr(), res.getEventsEndpoint().cStr(),
                         res.getLandlord().cStr()};
@@ -162,7 +153,7 @@ Result<NotifyHandle> RegistrarClient::notify(const ServiceTemplate& tmpl, uint8_
 
 Result<RegistrarInfo> RegistrarClient::self(rpc::CallOptions call) {
   rpc::Reply reply = client_->call("lookup.self", idempotent(call));
-  return decode<RegistrarInfo>(reply, "lookup.self", [](rpc::Reply& r) -> Result<RegistrarInfo> {
+  return rpc::read_reply<RegistrarInfo>(reply, "lookup.self", [](rpc::Reply& r) -> Result<RegistrarInfo> {
     auto res = r.results<proto::SelfResult>();
     Result<ServiceItem> item = item_from(res.getItem(), "lookup.self");
     if (!item.ok()) return item.status();

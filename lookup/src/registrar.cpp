@@ -436,19 +436,7 @@ struct Registrar::Impl {
                          "running on this data directory?): " + db.status().message());
     }
     db_.emplace(std::move(*db));
-    Result<int64_t> version = db_->user_version();
-    if (!version.ok()) return version.status();
-    if (*version > kSchemaVersion) {
-      return failed_precondition(options.path + ": lookup schema version " + std::to_string(*version) +
-                                 " is newer than this build's " + std::to_string(kSchemaVersion));
-    }
-    if (*version < kSchemaVersion) {
-      Result<sqlite::Transaction> tx = sqlite::Transaction::begin(*db_);
-      if (!tx.ok()) return tx.status();
-      DJINN_RETURN_IF_ERROR(db_->exec(kCreateSchema));
-      DJINN_RETURN_IF_ERROR(db_->set_user_version(kSchemaVersion));
-      DJINN_RETURN_IF_ERROR(tx->commit());
-    }
+    DJINN_RETURN_IF_ERROR(db_->ensure_schema(kSchemaVersion, kCreateSchema, "item store " + options.path));
     // The registrar's own ServiceID, minted once.
     {
       Result<sqlite::Statement> get = db_->prepare("SELECT value FROM meta WHERE key = 'self_id'");

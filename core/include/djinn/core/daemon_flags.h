@@ -1,6 +1,6 @@
-// Flags every djinn daemon shares: how it secures its sockets (--curve-key, --keyring,
-// --insecure, --plaintext-role). One definition, so every daemon says the same thing in --help
-// and refuses the same mistakes with the same advice.
+// What every djinn daemon shares: how it secures its sockets (--curve-key, --keyring, --insecure,
+// --plaintext-role) and how it waits for SIGINT or SIGTERM. One definition, so every daemon says
+// the same thing in --help and refuses the same mistakes with the same advice.
 #pragma once
 
 #include <optional>
@@ -24,5 +24,11 @@ void add_security_flags(Config& cfg);
 // naming the flag and what to do (CURVE is required unless --insecure: DESIGN §3, security is off
 // by default only in the demo); an unreadable key or keyring file is that file's error.
 Result<ServerSecurity> security_from_flags(const Config& cfg);
+
+// Blocks SIGINT and SIGTERM in the calling thread; call before starting any thread, so every
+// thread inherits the mask and wait_for_stop_signal() receives them.
+void block_stop_signals();
+// Waits for SIGINT or SIGTERM and returns its name ("SIGINT" or "SIGTERM").
+const char* wait_for_stop_signal();
 
 }  // namespace djinn

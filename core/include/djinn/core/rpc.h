@@ -34,6 +34,7 @@
 #include <capnp/message.h>
 #include <capnp/serialize.h>
 #include <kj/array.h>
+#include <kj/exception.h>
 #include <zmq.hpp>
 
 #include "djinn/core/security.h"
@@ -183,6 +184,18 @@ class Reply {
   capnp::ReaderOptions options_;
   std::unique_ptr<capnp::FlatArrayMessageReader> reader_;
 };
+
+// The typed result of a reply: its error status, or what `read` makes of the results (a
+// Result<T>). A reply is untrusted input: a malformed one becomes INTERNAL naming `method`.
+template <class T, class Read>
+Result<T> read_reply(Reply& reply, std::string_view method, Read&& read) {
+  if (!reply.ok()) return reply.status();
+  try {
+    return read(reply);
+  } catch (const kj::Exception& e) {
+    return internal_error("malformed reply to " + std::string(method) + ": " + e.getDescription().cStr());
+  }
+}
 
 struct ClientOptions {
   std::string endpoint;

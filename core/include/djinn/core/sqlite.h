@@ -146,6 +146,10 @@ class Database {
   // PRAGMA user_version: the schema version a part keeps in its file.
   Result<int64_t> user_version();
   Status set_user_version(int64_t version);
+  // Brings a store to schema `version` (kept in user_version): a newer one is refused
+  // (FAILED_PRECONDITION naming `what`), an older one (0: a new file) gets `create_sql` (written
+  // with CREATE ... IF NOT EXISTS, so it also adds what a later version added) in one transaction.
+  Status ensure_schema(int64_t version, std::string_view create_sql, std::string_view what);
 
   const std::string& path() const { return path_; }
   sqlite3* handle() const { return db_.get(); }
