@@ -52,7 +52,13 @@ lease::HeldLease NotifyHandle::held_lease() const {
 }
 
 RegistrarClient::RegistrarClient(rpc::ClientOptions options)
-    : client_(std::make_unique<rpc::Client>(options)), leases_(std::make_unique<lease::LeaseClient>(options)) {}
+    : options_(options), client_(std::make_unique<rpc::Client>(std::move(options))) {}
+
+lease::LeaseClient& RegistrarClient::leases() {
+  // Made on first use: most registrar clients only look up.
+  std::call_once(leases_once_, [this] { leases_ = std::make_unique<lease::LeaseClient>(options_); });
+  return *leases_;
+}
 RegistrarClient::~RegistrarClient() = default;
 rpc::Client& RegistrarClient::rpc() { return *client_; }
 const std::string& RegistrarClient::endpoint() const { return client_->endpoint(); }
@@ -164,10 +170,10 @@ Result<RegistrarInfo> RegistrarClient::self(rpc::CallOptions call) {
 }
 
 Result<lease::HeldLease> RegistrarClient::renew(uint64_t lease_id, int64_t duration_ms, rpc::CallOptions call) {
-  return leases_->renew(lease_id, duration_ms, call);
+  return leases().renew(lease_id, duration_ms, call);
 }
 
-Status RegistrarClient::cancel(uint64_t lease_id, rpc::CallOptions call) { return leases_->cancel(lease_id, call); }
+Status RegistrarClient::cancel(uint64_t lease_id, rpc::CallOptions call) { return leases().cancel(lease_id, call); }
 
 Result<NotifyEvent> decode_notify_event(const events::Event& event) {
   try {

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <string>
@@ -74,7 +75,11 @@ class RegistrarClient {
   const std::string& endpoint() const;
 
  private:
+  lease::LeaseClient& leases();
+
+  rpc::ClientOptions options_;
   std::unique_ptr<rpc::Client> client_;
+  std::once_flag leases_once_;
   std::unique_ptr<lease::LeaseClient> leases_;
 };
 
