@@ -108,6 +108,11 @@ uint64_t Publisher::last_seq(std::string_view kind) const {
   return it == seq_.end() ? 0 : it->second;
 }
 
+void Publisher::declare(std::string_view kind) {
+  std::lock_guard lock(mu_);
+  if (seq_.find(kind) == seq_.end()) seq_.emplace(std::string(kind), 0);
+}
+
 void Publisher::forget(std::string_view kind) {
   std::lock_guard lock(mu_);
   auto it = seq_.find(kind);

@@ -32,6 +32,13 @@ Result<std::optional<ServiceItem>> lookup_result(rpc::Reply& reply) {
   });
 }
 
+// What is left of a lease granted just now: RenewalManager schedules its first renewal from it.
+int64_t remaining_ms(int64_t expiration_ms) {
+  int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                    std::chrono::system_clock::now().time_since_epoch()).count();
+  return std::max<int64_t>(0, expiration_ms - now);
+}
+
 }  // namespace
 
 lease::HeldLease Registered::held_lease() const {
@@ -40,6 +47,7 @@ lease::HeldLease Registered::held_lease() const {
   l.resource = std::string(kRegistrationResource);
   l.holder = item.service_id.to_string();
   l.expiration_ms = item.lease.expiration_ms;
+  l.granted_ms = remaining_ms(l.expiration_ms);
   return lease::HeldLease{std::move(l), landlord};
 }
 
@@ -48,6 +56,7 @@ lease::HeldLease NotifyHandle::held_lease() const {
   l.id = id;
   l.resource = std::string(kNotifyResource);
   l.expiration_ms = expiration_ms;
+  l.granted_ms = remaining_ms(expiration_ms);
   return lease::HeldLease{std::move(l), landlord};
 }
 

@@ -498,6 +498,7 @@ struct Registrar::Impl {
           continue;
         }
         watches_[id] = Watch{std::move(*tmpl), static_cast<uint8_t>(watches->column_int64(1)), notify_event_kind(id)};
+        if (options.publisher) options.publisher->declare(watches_[id].kind);
       }
     }
     Status dropped = durable(sqlite::Sync::kNormal, [&](sqlite::Database& d) -> Status {
@@ -796,6 +797,7 @@ Result<NotifyRegistration> Registrar::notify(const ServiceTemplate& tmpl, uint8_
   }
   std::unique_lock lock(m.mu_);
   m.watches_[l.id] = Impl::Watch{tmpl, transitions, notify_event_kind(l.id)};
+  if (m.options.publisher) m.options.publisher->declare(m.watches_[l.id].kind);
   return NotifyRegistration{l.id, l.expiration_ms, notify_event_kind(l.id)};
 }
 

@@ -60,6 +60,9 @@ class Publisher {
   // The last number published for a kind (0: none yet); RPC snapshots carry it so a subscriber
   // knows where the stream stood when the snapshot was taken.
   uint64_t last_seq(std::string_view kind) const;
+  // Starts a kind's stream before its first event (number 0), so its heartbeats flow at once: a
+  // subscriber learns of a new incarnation (a restarted publisher) without waiting for an event.
+  void declare(std::string_view kind);
   // Ends a kind that will never be published again (its heartbeats stop). Publishing it later
   // starts a new stream at 1, which subscribers of the old one see as a gap.
   void forget(std::string_view kind);
