@@ -1,33 +1,16 @@
-// The etcd peer of bench-lease: one etcd member on 127.0.0.1 with a temporary data dir, and a
-// driver for its leases through etcd's grpc-gateway (HTTP/1.1 + JSON on the client port).
+// The etcd driver of bench-lease: leases through etcd's grpc-gateway (HTTP/1.1 + JSON on the
+// client port) of the member that bench/common's EtcdServer starts.
 #pragma once
 
-#include <chrono>
 #include <cstdint>
-#include <memory>
 #include <span>
 #include <string>
 
 #include "djinn/core/status.h"
+#include "etcd_server.h"
 #include "http_client.h"
-#include "peer_process.h"
 
 namespace djinn::lease_bench {
-
-inline constexpr const char* kEtcdPath = "/usr/bin/etcd";
-
-class EtcdServer : public PeerServer {
- public:
-  // Starts `binary` as a single member and waits until its gateway answers.
-  static Result<std::unique_ptr<EtcdServer>> start(const std::string& binary);
-  uint16_t client_port() const { return client_port_; }
-  const std::string& data_dir() const { return data_dir_; }
-
- private:
-  explicit EtcdServer(TempDir dir) : PeerServer(std::move(dir)) {}
-  uint16_t client_port_ = 0;
-  std::string data_dir_;
-};
 
 // One client connection to the gateway. Each call is one HTTP request on the kept-alive
 // connection; a keep-alive opens a LeaseKeepAlive stream inside the gateway for that request.
@@ -44,8 +27,8 @@ class EtcdLeaseClient {
   Result<std::string> status();
 
  private:
-  explicit EtcdLeaseClient(HttpConnection http) : http_(std::move(http)) {}
-  HttpConnection http_;
+  explicit EtcdLeaseClient(bench::HttpConnection http) : http_(std::move(http)) {}
+  bench::HttpConnection http_;
   std::string body_;
 };
 

@@ -2,7 +2,6 @@
 // service with 1 and 16 clients, expiry lag with a million live leases and resident memory per
 // lease, beside etcd (leases) and Redis (keys with expirations) run on 127.0.0.1 in the same run.
 // Prints the JSON of DESIGN §11 on stdout; progress goes to stderr.
-#include <fcntl.h>
 #include <malloc.h>
 #include <unistd.h>
 
@@ -30,6 +29,8 @@
 #include "djinn/lease/landlord.h"
 #include "djinn/lease/service.h"
 #include "etcd_peer.h"
+#include "etcd_server.h"
+#include "fsync_probe.h"
 #include "peer_process.h"
 #include "redis_peer.h"
 
@@ -527,39 +528,14 @@ class RedisSide : public Side {
 };
 
 // ---------------------------------------------------------------------------------------------
-// The disk's limit for durable writes: 4 KiB writes, each followed by fdatasync, one file per
-// writer, in the directory that holds djinn's lease.db. The file is written in full beforehand and
-// then overwritten in a cycle, as a write-ahead log in steady state is, so no fdatasync pays for
-// growing the file.
-
-constexpr off_t kProbeFileBytes = 4 << 20;
-
+// The disk's limit for durable writes (bench/common's FsyncProbe), one file per writer, in the
+// directory that holds djinn's lease.db.
 MakeWorker fsync_writers(const std::string& dir) {
   return [dir](int i) -> Worker {
-    std::string path = dir + "/fsync-probe-" + std::to_string(i);
-    int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) return {};
-    ::unlink(path.c_str());  // the open descriptor keeps it; nothing is left behind
-    struct Fd {
-      explicit Fd(int f) : fd(f) {}
-      Fd(const Fd&) = delete;
-      Fd& operator=(const Fd&) = delete;
-      ~Fd() { ::close(fd); }
-      int fd;
-    };
-    auto file = std::make_shared<Fd>(fd);
-    auto block = std::make_shared<std::string>(4096, 'x');
-    for (off_t at = 0; at < kProbeFileBytes; at += 4096) {
-      if (::pwrite(fd, block->data(), block->size(), at) != static_cast<ssize_t>(block->size())) return {};
-    }
-    if (::fsync(fd) != 0) return {};
-    auto written = std::make_shared<uint64_t>(0);
-    return [file, block, written]() {
-      off_t at = static_cast<off_t>((*written)++ % (kProbeFileBytes / 4096)) * 4096;
-      bool ok = ::pwrite(file->fd, block->data(), block->size(), at) == static_cast<ssize_t>(block->size()) &&
-                ::fdatasync(file->fd) == 0;
-      return Step::one(ok);
-    };
+    Result<bench::FsyncProbe> opened = bench::FsyncProbe::open(dir, "fsync-probe-" + std::to_string(i));
+    if (!opened.ok()) return {};
+    auto probe = std::make_shared<bench::FsyncProbe>(std::move(opened).value());
+    return [probe]() { return Step::one(probe->write_one()); };
   };
 }
 
@@ -788,7 +764,7 @@ int main(int argc, char** argv) {
   bench::add_plan_flags(cfg, quick_plan, full_plan);
   cfg.add_int("leases", 0, "live leases in the expiry and memory run (0: 100,000 with --quick, else 1,000,000)", 0,
               50'000'000);
-  cfg.add_string("etcd", lease_bench::kEtcdPath, "the etcd server binary; its figures are null when it is missing");
+  cfg.add_string("etcd", bench::kEtcdPath, "the etcd server binary; its figures are null when it is missing");
   cfg.add_string("redis", lease_bench::kRedisPath, "the redis-server binary; its figures are null when it is missing");
   if (Status st = cfg.parse(argc, argv); !st.ok()) return cfg.exit_code(st);
   log::set_level(log::Level::kWarn);
@@ -808,8 +784,8 @@ int main(int argc, char** argv) {
   };
 
   // Peers first, so that a missing or broken one is known before anything is measured.
-  std::unique_ptr<lease_bench::EtcdServer> etcd =
-      start_peer<lease_bench::EtcdServer>(report, "etcd", "etcd", cfg.get_string("etcd"));
+  std::unique_ptr<bench::EtcdServer> etcd =
+      start_peer<bench::EtcdServer>(report, "etcd", "etcd", cfg.get_string("etcd"));
   std::unique_ptr<lease_bench::RedisServer> redis =
       start_peer<lease_bench::RedisServer>(report, "redis", "redis-server", cfg.get_string("redis"));
 
@@ -838,7 +814,7 @@ int main(int argc, char** argv) {
   ::malloc_trim(0);
 
   // The lease service, in this process, on its own threads.
-  Result<lease_bench::TempDir> djinn_dir = lease_bench::TempDir::create("djinn-bench-lease-");
+  Result<bench::TempDir> djinn_dir = bench::TempDir::create("djinn-bench-lease-");
   if (!djinn_dir.ok()) return fail("temporary directory", djinn_dir.status());
   lease::LeaseManagerOptions manager_options;
   manager_options.data_dir = djinn_dir->path() + "/data";
@@ -862,7 +838,7 @@ int main(int argc, char** argv) {
   auto contender = [&peer_pids](std::string label, int clients, MakeWorker make, pid_t own_peer = 0) {
     return Contender{std::move(label),
                      [clients, make, own_peer, &peer_pids](const Plan& p) {
-                       lease_bench::PausedPeers paused(peer_pids, own_peer);
+                       bench::PausedPeers paused(peer_pids, own_peer);
                        return run_clients(clients, p, make);
                      },
                      {}};

@@ -10,10 +10,10 @@ constexpr auto kStartTimeout = std::chrono::seconds(10);
 }  // namespace
 
 Result<std::unique_ptr<RedisServer>> RedisServer::start(const std::string& binary) {
-  Result<TempDir> dir = TempDir::create("djinn-bench-redis-");
+  Result<bench::TempDir> dir = bench::TempDir::create("djinn-bench-redis-");
   if (!dir.ok()) return dir.status();
   std::unique_ptr<RedisServer> server(new RedisServer(std::move(dir).value()));
-  Result<uint16_t> port = free_loopback_port();
+  Result<uint16_t> port = bench::free_loopback_port();
   if (!port.ok()) return port.status();
   server->port_ = *port;
   Status st = server->launch(
@@ -40,7 +40,7 @@ Result<std::unique_ptr<RedisServer>> RedisServer::start(const std::string& binar
 }
 
 Result<RedisConnection> RedisConnection::connect(uint16_t port, std::chrono::milliseconds timeout) {
-  Result<TcpConnection> conn = TcpConnection::connect_loopback(port, timeout);
+  Result<bench::TcpConnection> conn = bench::TcpConnection::connect_loopback(port, timeout);
   if (!conn.ok()) return conn.status();
   return RedisConnection(std::move(conn).value());
 }

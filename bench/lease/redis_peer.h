@@ -19,13 +19,13 @@ namespace djinn::lease_bench {
 
 inline constexpr const char* kRedisPath = "/usr/bin/redis-server";
 
-class RedisServer : public PeerServer {
+class RedisServer : public bench::PeerServer {
  public:
   static Result<std::unique_ptr<RedisServer>> start(const std::string& binary);
   uint16_t port() const { return port_; }
 
  private:
-  explicit RedisServer(TempDir dir) : PeerServer(std::move(dir)) {}
+  explicit RedisServer(bench::TempDir dir) : PeerServer(std::move(dir)) {}
   uint16_t port_ = 0;
 };
 
@@ -51,10 +51,10 @@ class RedisConnection {
   bool wait_readable(std::chrono::milliseconds timeout) { return conn_.wait_readable(timeout); }
 
  private:
-  explicit RedisConnection(TcpConnection conn) : conn_(std::move(conn)) {}
+  explicit RedisConnection(bench::TcpConnection conn) : conn_(std::move(conn)) {}
   void append_arg(std::string_view arg);
 
-  TcpConnection conn_;
+  bench::TcpConnection conn_;
   std::string out_;
 };
 

@@ -1,4 +1,4 @@
-// Running a peer server (etcd, Redis) for the length of a benchmark: a temporary directory, a
+// Running a peer server (etcd, Redis, ZooKeeper) for the length of a benchmark: a temporary directory, a
 // child process started in it and stopped by its pid, and free ports on 127.0.0.1. Everything is
 // undone by destructors, so an error path leaves no process and no data behind.
 #pragma once
@@ -14,12 +14,15 @@
 
 #include "djinn/core/status.h"
 
-namespace djinn::lease_bench {
+namespace djinn::bench {
+
+// Here and in the other peer headers djinn::Result is spelled in full, since bench::Result is a
+// figure of the report (bench_json.h).
 
 // A directory under $TMPDIR (or /tmp), removed with its contents on destruction.
 class TempDir {
  public:
-  static Result<TempDir> create(const std::string& prefix);
+  static djinn::Result<TempDir> create(const std::string& prefix);
   TempDir(TempDir&& other) noexcept : path_(std::move(other.path_)) { other.path_.clear(); }
   TempDir& operator=(TempDir&&) = delete;
   TempDir(const TempDir&) = delete;
@@ -38,7 +41,8 @@ class TempDir {
 class PeerProcess {
  public:
   // argv[0] is the executable's path; stdout and stderr go to `log_path`.
-  static Result<std::unique_ptr<PeerProcess>> spawn(const std::vector<std::string>& argv, const std::string& log_path);
+  static djinn::Result<std::unique_ptr<PeerProcess>> spawn(const std::vector<std::string>& argv,
+                                                           const std::string& log_path);
   ~PeerProcess();
   PeerProcess(const PeerProcess&) = delete;
   PeerProcess& operator=(const PeerProcess&) = delete;
@@ -92,7 +96,7 @@ class PausedPeers {
 };
 
 // A port on 127.0.0.1 that was free a moment ago (bound to port 0, read back, closed).
-Result<uint16_t> free_loopback_port();
+djinn::Result<uint16_t> free_loopback_port();
 
 // Calls `ready` until it returns true, the process exits, or `timeout` passes.
 Status wait_until_ready(PeerProcess& process, std::chrono::milliseconds timeout, const std::function<bool()>& ready,
@@ -101,4 +105,4 @@ Status wait_until_ready(PeerProcess& process, std::chrono::milliseconds timeout,
 // The last `max_bytes` of a file, for error messages that quote a peer's log.
 std::string tail_of_file(const std::string& path, size_t max_bytes = 600);
 
-}  // namespace djinn::lease_bench
+}  // namespace djinn::bench

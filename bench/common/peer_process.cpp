@@ -1,4 +1,4 @@
-// Temporary directories, child processes and free loopback ports for the peers of bench-lease.
+// Temporary directories, child processes and free loopback ports for the benchmarks' peers.
 #include "peer_process.h"
 
 #include <fcntl.h>
@@ -17,7 +17,7 @@
 
 #include "bench_tcp.h"
 
-namespace djinn::lease_bench {
+namespace djinn::bench {
 
 namespace {
 
@@ -28,12 +28,14 @@ std::string errno_text() { return std::strerror(errno); }
 
 }  // namespace
 
-Result<TempDir> TempDir::create(const std::string& prefix) {
+djinn::Result<TempDir> TempDir::create(const std::string& prefix) {
   const char* tmp = std::getenv("TMPDIR");
   std::string pattern = std::string(tmp && *tmp ? tmp : "/tmp") + "/" + prefix + "XXXXXX";
   std::vector<char> buf(pattern.begin(), pattern.end());
   buf.push_back('\0');
-  if (::mkdtemp(buf.data()) == nullptr) return unavailable("cannot create a directory " + pattern + ": " + errno_text());
+  if (::mkdtemp(buf.data()) == nullptr) {
+    return unavailable("cannot create a directory " + pattern + ": " + errno_text());
+  }
   return TempDir(std::string(buf.data()));
 }
 
@@ -43,8 +45,8 @@ TempDir::~TempDir() {
   std::filesystem::remove_all(path_, ec);
 }
 
-Result<std::unique_ptr<PeerProcess>> PeerProcess::spawn(const std::vector<std::string>& argv,
-                                                        const std::string& log_path) {
+djinn::Result<std::unique_ptr<PeerProcess>> PeerProcess::spawn(const std::vector<std::string>& argv,
+                                                               const std::string& log_path) {
   if (argv.empty()) return invalid_argument("no program to start");
   // Everything the child needs is prepared before fork: between fork and exec only
   // async-signal-safe calls are allowed, since other threads may hold locks.
@@ -99,9 +101,10 @@ PeerProcess::~PeerProcess() {
 }
 
 Status PeerServer::launch(const std::vector<std::string>& argv, const std::string& log_name,
-                          std::chrono::milliseconds timeout, const std::function<bool()>& ready, const std::string& what) {
+                          std::chrono::milliseconds timeout, const std::function<bool()>& ready,
+                          const std::string& what) {
   std::string log_path = dir() + "/" + log_name;
-  Result<std::unique_ptr<PeerProcess>> process = PeerProcess::spawn(argv, log_path);
+  djinn::Result<std::unique_ptr<PeerProcess>> process = PeerProcess::spawn(argv, log_path);
   if (!process.ok()) return process.status();
   process_ = std::move(process).value();
   Status st = wait_until_ready(*process_, timeout, ready, what);
@@ -109,9 +112,9 @@ Status PeerServer::launch(const std::vector<std::string>& argv, const std::strin
   return Status::Ok();
 }
 
-Result<uint16_t> free_loopback_port() {
+djinn::Result<uint16_t> free_loopback_port() {
   uint16_t port = 0;
-  int fd = bench::bind_loopback(port);
+  int fd = bind_loopback(port);
   if (fd < 0) return unavailable("cannot find a free port on 127.0.0.1: " + errno_text());
   ::close(fd);
   return port;
@@ -146,4 +149,4 @@ PausedPeers::~PausedPeers() {
   for (pid_t pid : paused_) ::kill(pid, SIGCONT);
 }
 
-}  // namespace djinn::lease_bench
+}  // namespace djinn::bench

@@ -1,5 +1,6 @@
-// A blocking TCP connection to 127.0.0.1 with a read buffer: what the HTTP and RESP drivers of
-// bench-lease's peers speak over. TCP_NODELAY is on, so a request leaves at once.
+// A blocking TCP connection to 127.0.0.1 with a read buffer: what the benchmarks' drivers of their
+// peers (HTTP to etcd's gateway, RESP to Redis) speak over. TCP_NODELAY is on, so a request leaves
+// at once.
 #pragma once
 
 #include <chrono>
@@ -10,11 +11,11 @@
 
 #include "djinn/core/status.h"
 
-namespace djinn::lease_bench {
+namespace djinn::bench {
 
 class TcpConnection {
  public:
-  static Result<TcpConnection> connect_loopback(uint16_t port, std::chrono::milliseconds timeout);
+  static djinn::Result<TcpConnection> connect_loopback(uint16_t port, std::chrono::milliseconds timeout);
   TcpConnection(TcpConnection&& other) noexcept;
   TcpConnection& operator=(TcpConnection&& other) noexcept;
   TcpConnection(const TcpConnection&) = delete;
@@ -41,4 +42,4 @@ class TcpConnection {
   size_t pos_ = 0;  // start of the unread bytes in buffer_
 };
 
-}  // namespace djinn::lease_bench
+}  // namespace djinn::bench

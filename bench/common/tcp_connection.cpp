@@ -1,4 +1,4 @@
-// Blocking loopback TCP with a read buffer, for the peer drivers of bench-lease.
+// Blocking loopback TCP with a read buffer, for the benchmarks' peer drivers.
 #include "tcp_connection.h"
 
 #include <poll.h>
@@ -10,17 +10,17 @@
 
 #include "bench_tcp.h"
 
-namespace djinn::lease_bench {
+namespace djinn::bench {
 
 namespace {
 constexpr size_t kReadChunk = 64 * 1024;
 }  // namespace
 
-Result<TcpConnection> TcpConnection::connect_loopback(uint16_t port, std::chrono::milliseconds timeout) {
+djinn::Result<TcpConnection> TcpConnection::connect_loopback(uint16_t port, std::chrono::milliseconds timeout) {
   int fd = bench::connect_loopback(port);
   if (fd < 0) return unavailable("cannot connect to 127.0.0.1:" + std::to_string(port) + ": " + std::strerror(errno));
-  bench::set_timeout(fd, SO_RCVTIMEO, timeout);
-  bench::set_timeout(fd, SO_SNDTIMEO, timeout);
+  set_timeout(fd, SO_RCVTIMEO, timeout);
+  set_timeout(fd, SO_SNDTIMEO, timeout);
   return TcpConnection(fd);
 }
 
@@ -101,4 +101,4 @@ bool TcpConnection::wait_readable(std::chrono::milliseconds timeout) {
   return ::poll(&p, 1, static_cast<int>(timeout.count())) > 0;
 }
 
-}  // namespace djinn::lease_bench
+}  // namespace djinn::bench
