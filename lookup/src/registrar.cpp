@@ -673,6 +673,17 @@ std::optional<ServiceItem> Registrar::lookup(const ServiceTemplate& tmpl) const 
   return found;
 }
 
+bool Registrar::visit_one(const ServiceTemplate& tmpl, const std::function<void(const ServiceItem&)>& visit) const {
+  std::shared_lock lock(impl_->mu_);
+  bool found = false;
+  impl_->for_each_match_locked(tmpl, [&](const ServiceItem& item) {
+    visit(item);
+    found = true;
+    return false;
+  });
+  return found;
+}
+
 LookupMany Registrar::lookup_many(const ServiceTemplate& tmpl, size_t max_matches, uint64_t notify_id) const {
   const Impl& m = *impl_;
   LookupMany out;

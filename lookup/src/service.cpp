@@ -128,9 +128,7 @@ void LookupService::Impl::register_methods() {
       [this](const rpc::CallContext&, proto::LookupParams::Reader p, proto::LookupResult::Builder out) -> Status {
         Result<ServiceTemplate> tmpl = from_capnp(p.getTemplate());
         if (!tmpl.ok()) return Status(tmpl.status().code(), "lookup.lookup: " + tmpl.status().message());
-        std::optional<ServiceItem> item = registrar->lookup(*tmpl);
-        out.setFound(item.has_value());
-        if (item) to_capnp(*item, out.initItem());
+        out.setFound(registrar->visit_one(*tmpl, [&](const ServiceItem& item) { to_capnp(item, out.initItem()); }));
         return Status::Ok();
       },
       client_inline);

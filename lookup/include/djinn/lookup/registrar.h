@@ -110,6 +110,9 @@ class Registrar {
 
   // An arbitrary match, or none.
   std::optional<ServiceItem> lookup(const ServiceTemplate& tmpl) const;
+  // Calls `visit` with an arbitrary match, under the registrar's shared lock (so without copying
+  // it: `visit` must not call back into the registrar); false when nothing matches.
+  bool visit_one(const ServiceTemplate& tmpl, const std::function<void(const ServiceItem&)>& visit) const;
   // Up to max_matches matches and how many there are. With notify_id, also the last event number
   // of that registration's stream, taken atomically with the matches.
   LookupMany lookup_many(const ServiceTemplate& tmpl, size_t max_matches, uint64_t notify_id = 0) const;
