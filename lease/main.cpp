@@ -36,6 +36,9 @@ int main(int argc, char** argv) {
                  "comma-separated RPC endpoints of lookup services to register with (tcp://HOST:PORT,...); the "
                  "registration is renewed and made again whenever a lookup loses it");
   cfg.add_string("name", "lease", "name in the registered item (djinn.attr.Name)");
+  cfg.add_string("advertise-host", "",
+                 "host name or address others dial when --listen or --events binds a wildcard (0.0.0.0 or *); "
+                 "default: this machine's host name");
   add_security_flags(cfg);
   cfg.add_int("workers", 2, "threads for lease operations (each durable write waits for an fsync)", 1, 256);
   if (Status st = cfg.parse(argc, argv); !st.ok()) return cfg.exit_code(st);
@@ -46,6 +49,7 @@ int main(int argc, char** argv) {
   if (options.data_dir.empty()) return fail("--data-dir is empty: give a directory for lease.db", 2);
   options.rpc_endpoint = cfg.get_string("listen");
   options.events_endpoint = cfg.get_string("events");
+  options.advertise_host = cfg.get_string("advertise-host");
   options.workers = static_cast<int>(cfg.get_int("workers"));
   Result<lease::Policy> policy = lease::policy_from_flags(cfg, true);
   if (!policy.ok()) return fail(policy.status().message(), 2);

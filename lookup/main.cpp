@@ -36,6 +36,9 @@ int main(int argc, char** argv) {
   lease::add_policy_flags(cfg, "registration or notify lease", false);
   cfg.add_int("max-item-bytes", 64 * 1024, "largest service item accepted (encoded bytes)", 1024, 16 << 20);
   cfg.add_int("max-items", 1'000'000, "most items held; registrations beyond get RESOURCE_EXHAUSTED", 1, 100'000'000);
+  cfg.add_string("advertise-host", "",
+                 "host name or address others dial when --listen or --events binds a wildcard (0.0.0.0 or *); "
+                 "default: this machine's host name");
   add_security_flags(cfg);
   cfg.add_int("workers", 2, "threads for queries that may be long and for durable writes", 1, 256);
   if (Status st = cfg.parse(argc, argv); !st.ok()) return cfg.exit_code(st);
@@ -46,6 +49,7 @@ int main(int argc, char** argv) {
   if (options.data_dir.empty()) return fail("--data-dir is empty: give a directory for items.db and leases.db", 2);
   options.rpc_endpoint = cfg.get_string("listen");
   options.events_endpoint = cfg.get_string("events");
+  options.advertise_host = cfg.get_string("advertise-host");
   options.groups = lookup::split_list(cfg.get_string("groups"));
   if (options.groups.empty()) return fail("--groups is empty: name at least one group (e.g. public)", 2);
   options.name = cfg.get_string("name");

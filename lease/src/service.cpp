@@ -470,7 +470,7 @@ Result<std::unique_ptr<LeaseManager>> LeaseManager::start(LeaseManagerOptions op
   if (Status st = im->publisher->start(); !st.ok()) {
     return Status(st.code(), "events endpoint " + options.events_endpoint + ": " + st.message());
   }
-  im->events_endpoint = im->publisher->endpoints().at(0);
+  im->events_endpoint = rpc::advertised_endpoint(im->publisher->endpoints().at(0), options.advertise_host);
 
   LandlordOptions landlord_options;
   landlord_options.path = lease_db;
@@ -509,7 +509,7 @@ Result<std::unique_ptr<LeaseManager>> LeaseManager::start(LeaseManagerOptions op
   if (Status st = im->server->start(); !st.ok()) {
     return Status(st.code(), "rpc endpoint " + options.rpc_endpoint + ": " + st.message());
   }
-  im->rpc_endpoint = im->server->endpoints().at(0);
+  im->rpc_endpoint = rpc::advertised_endpoint(im->server->endpoints().at(0), options.advertise_host);
   im->service->set_endpoint(im->rpc_endpoint);
   im->renewal->set_endpoint(im->rpc_endpoint);
   DJINN_LOG(kInfo, "lease") << "lease manager serving on " << im->rpc_endpoint << ", events on "

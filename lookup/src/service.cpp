@@ -272,7 +272,7 @@ Result<std::unique_ptr<LookupService>> LookupService::start(LookupServiceOptions
   if (Status st = im->publisher->start(); !st.ok()) {
     return Status(st.code(), "events endpoint " + options.events_endpoint + ": " + st.message());
   }
-  im->events_endpoint = im->publisher->endpoints().at(0);
+  im->events_endpoint = rpc::advertised_endpoint(im->publisher->endpoints().at(0), options.advertise_host);
 
   lease::LandlordOptions landlord_options;
   landlord_options.path = lease_db;
@@ -314,7 +314,7 @@ Result<std::unique_ptr<LookupService>> LookupService::start(LookupServiceOptions
   if (Status st = im->server->start(); !st.ok()) {
     return Status(st.code(), "rpc endpoint " + options.rpc_endpoint + ": " + st.message());
   }
-  im->rpc_endpoint = im->server->endpoints().at(0);
+  im->rpc_endpoint = rpc::advertised_endpoint(im->server->endpoints().at(0), options.advertise_host);
   im->lease_service->set_endpoint(im->rpc_endpoint);
   if (Status st = im->publish_self(); !st.ok()) return Status(st.code(), "registering the lookup service itself: " + st.message());
   DJINN_LOG(kInfo, "lookup") << options.name << ": serving on " << im->rpc_endpoint << ", events on "

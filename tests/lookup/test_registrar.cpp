@@ -380,3 +380,29 @@ TEST_CASE("persistence: a restarted registrar has every registration with its le
   must_register(*h.client, item({"demo.Printer"}, {}));
   CHECK(test::eventually([&] { return w.count() == 1; }));
 }
+
+TEST_CASE("a registrar bound to a wildcard address advertises endpoints others can dial") {
+  CHECK(rpc::advertised_endpoint("tcp://0.0.0.0:4162", "10.0.0.5") == "tcp://10.0.0.5:4162");
+  CHECK(rpc::advertised_endpoint("tcp://*:4162", "lab-1") == "tcp://lab-1:4162");
+  CHECK(rpc::advertised_endpoint("tcp://127.0.0.1:4162", "10.0.0.5") == "tcp://127.0.0.1:4162");
+  CHECK(rpc::advertised_endpoint("ipc:///tmp/x", "10.0.0.5") == "ipc:///tmp/x");
+  CHECK(rpc::advertised_endpoint("tcp://0.0.0.0:4162").find("0.0.0.0") == std::string::npos);
+
+  test::TempDir dir;
+  LookupServiceOptions o;
+  o.data_dir = dir.file("lookup");
+  o.rpc_endpoint = "tcp://0.0.0.0:*";
+  o.events_endpoint = "tcp://0.0.0.0:*";
+  o.advertise_host = "127.0.0.1";
+  auto s = LookupService::start(o);
+  REQUIRE_MESSAGE(s.ok(), s.status().to_string());
+  CHECK((*s)->rpc_endpoint().rfind("tcp://127.0.0.1:", 0) == 0);
+  RegistrarClient client({.endpoint = (*s)->rpc_endpoint()});
+  auto self = client.self();
+  REQUIRE(self.ok());
+  CHECK(self->item.endpoints.rpc == (*s)->rpc_endpoint());
+  CHECK(self->item.endpoints.events.rfind("tcp://127.0.0.1:", 0) == 0);
+  auto reg = client.register_service(item({"demo.Printer"}, {}));
+  REQUIRE(reg.ok());
+  CHECK(reg->landlord == (*s)->rpc_endpoint());
+}

@@ -185,6 +185,11 @@ class Reply {
   std::unique_ptr<capnp::FlatArrayMessageReader> reader_;
 };
 
+// What others should dial to reach a socket bound at `bound` ("tcp://0.0.0.0:4162"): a wildcard
+// host ("*", "0.0.0.0", "[::]") becomes `host`, or this machine's host name when `host` is empty;
+// any other endpoint is returned as it is.
+std::string advertised_endpoint(const std::string& bound, const std::string& host = "");
+
 // The typed result of a reply: its error status, or what `read` makes of the results (a
 // Result<T>). A reply is untrusted input: a malformed one becomes INTERNAL naming `method`.
 template <class T, class Read>

@@ -53,6 +53,9 @@ struct LeaseManagerOptions {
   std::string data_dir;  // holds lease.db (and renewal.db); created if missing; empty: in memory
   std::string rpc_endpoint = "tcp://127.0.0.1:*";
   std::string events_endpoint = "tcp://127.0.0.1:*";
+  // The host others dial when an endpoint binds a wildcard address (tcp://0.0.0.0:PORT); empty:
+  // this machine's host name. The endpoints reported (leases, items, notify) use it.
+  std::string advertise_host;
   Policy policy;
   std::optional<rpc::CurveServer> curve;
   security::Role plaintext_role = security::Role::kAdmin;

@@ -19,6 +19,9 @@ struct LookupServiceOptions {
   std::string data_dir;  // holds items.db and leases.db; created if missing; empty: in memory
   std::string rpc_endpoint = "tcp://127.0.0.1:*";
   std::string events_endpoint = "tcp://127.0.0.1:*";
+  // The host others dial when an endpoint binds a wildcard address (tcp://0.0.0.0:PORT); empty:
+  // this machine's host name. The endpoints reported (leases, items, notify) use it.
+  std::string advertise_host;
   std::vector<std::string> groups = {"public"};  // served groups, in the registrar's own item
   std::string name = "lookup";                    // djinn.attr.Name of its own item, and for logs
   lease::Policy policy;                           // registration and notify leases
