@@ -155,7 +155,16 @@ struct Pending {
 }  // namespace
 
 struct Client::Impl {
-  explicit Impl(ClientOptions o) : options(std::move(o)), context(options.context ? *options.context : default_context()) {}
+  explicit Impl(ClientOptions o) : options(std::move(o)), context(options.context ? *options.context : default_context()) {
+    // An endpoint ZeroMQ cannot dial fails every call with a status, never with an exception (the
+    // I/O thread could not even report one): try one channel now.
+    try {
+      release(std::make_unique<Channel>(context, options));
+    } catch (const zmq::error_t& e) {
+      unusable = invalid_argument("cannot connect to '" + options.endpoint + "': " + e.what() +
+                                  " (expected tcp://HOST:PORT)");
+    }
+  }
   ~Impl() {
     if (io_thread.joinable()) {
       stopping = true;
@@ -166,6 +175,7 @@ struct Client::Impl {
 
   ClientOptions options;
   zmq::context_t& context;
+  std::optional<Status> unusable;  // the endpoint cannot be dialled
 
   std::mutex pool_mu;  // guards pool
   std::vector<std::unique_ptr<Channel>> pool;
@@ -252,6 +262,7 @@ bool send_call(zmq::socket_t& s, uint64_t id, std::string_view method, Clock::ti
 Reply Client::Impl::call_sync(std::string_view method, kj::ArrayPtr<const capnp::word> payload,
                               const CallOptions& o) {
   n_calls++;
+  if (unusable) return Reply(*unusable);
   auto timeout = o.timeout.count() > 0 ? o.timeout : options.default_timeout;
   Clock::time_point deadline = Clock::now() + timeout;
   auto ch = acquire();
@@ -320,6 +331,10 @@ std::future<Reply> Client::call_async(std::string_view method, capnp::MessageBui
 void Client::call_async_raw(std::string_view method, kj::Array<capnp::word> payload, CallOptions options,
                             Callback done) {
   Impl& im = *impl_;
+  if (im.unusable) {
+    done(Reply(*im.unusable));
+    return;
+  }
   std::call_once(im.io_started, [&im] {
     im.io_thread = std::thread([&im] { im.io_loop(); });
   });
@@ -330,6 +345,10 @@ void Client::call_async_raw(std::string_view method, kj::Array<capnp::word> payl
 }
 
 void Client::Impl::submit(Pending p) {
+  if (unusable) {
+    p.done(Reply(*unusable));
+    return;
+  }
   if (std::this_thread::get_id() == io_thread_id) {
     local_submitted.push_back(std::move(p));
     return;

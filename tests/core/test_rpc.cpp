@@ -383,3 +383,15 @@ TEST_CASE("hostile input gets an error reply and the server goes on serving") {
   }
   check_echo(good);
 }
+
+TEST_CASE("an endpoint that cannot be dialled fails every call with a status, blocking or not") {
+  for (const char* bad : {"tcp://127.0.0.1:notaport", "nonsense", "tcp://"}) {
+    CAPTURE(bad);
+    rpc::Client client({.endpoint = bad});
+    rpc::Reply r = client.call("echo.echo");
+    CHECK(r.status().code() == Code::kInvalidArgument);
+    capnp::MallocMessageBuilder m;
+    m.initRoot<EchoParams>();
+    CHECK(client.call_async("echo.echo", m).get().status().code() == Code::kInvalidArgument);
+  }
+}
