@@ -188,6 +188,10 @@ Result<Database> Database::open(const std::string& path, const OpenOptions& opti
                                  "', expected 'wal'");
     }
   }
+  if (options.cache_kib > 0) DJINN_RETURN_IF_ERROR(db.exec("PRAGMA cache_size=-" + std::to_string(options.cache_kib)));
+  if (options.wal_autocheckpoint > 0 && !options.read_only) {
+    DJINN_RETURN_IF_ERROR(db.exec("PRAGMA wal_autocheckpoint=" + std::to_string(options.wal_autocheckpoint)));
+  }
   if (!options.read_only) DJINN_RETURN_IF_ERROR(db.set_sync(options.sync));
   if (options.exclusive && !options.read_only) {
     // Takes the lock now rather than at the first write, so a second owner fails at open.

@@ -125,6 +125,10 @@ constexpr std::string_view kInsertLease =
 // Lease rows are scattered over the whole table (ids are random), and each dirty page goes whole
 // into the WAL: 1 KiB pages write a quarter of what SQLite's default 4 KiB pages do.
 constexpr int kPageSize = 1024;
+// Grants and folds write rows anywhere in the table: a cache that holds the hot part of it (the
+// B-tree's inner pages at least) spares reading pages back from the OS on every write.
+constexpr int kCacheKib = 32 * 1024;
+constexpr int kWalAutocheckpoint = 8192;
 // A renewal appends to the journal, whose pages fill in order: dozens of renewals share one page
 // written to the WAL, where updating each lease row in place dirtied a page per renewal.
 constexpr std::string_view kInsertRenewal =
@@ -647,6 +651,7 @@ struct Landlord::Impl {
     };
     std::vector<std::optional<Result<Lease>>> decided(requests.size());
     std::vector<Planned> plans;
+    size_t planned_exclusive = 0;  // planned leases of an exclusive level
     {
       std::lock_guard lock(mutex_);
       int64_t now = now_ns();
@@ -674,9 +679,14 @@ struct Landlord::Impl {
             if (w.request.holder != r.holder && !compatible(w.request.kind, r.kind)) a.waiting.push_back(w.request.holder);
           }
         }
-        for (const Planned& p : plans) {
-          if (p.lease.resource == r.resource && p.lease.holder != r.holder && !compatible(p.lease.kind, r.kind)) {
-            a.in_way.push_back(p.lease);
+        // An earlier request of the batch stands in the way only if one of the two excludes the
+        // other: skipped for the common batch, all shared.
+        bool excludes = level(r.kind) == 2;
+        if (level(r.kind) != 0 && (excludes || planned_exclusive > 0)) {
+          for (const Planned& p : plans) {
+            if (!compatible(p.lease.kind, r.kind) && p.lease.resource == r.resource && p.lease.holder != r.holder) {
+              a.in_way.push_back(p.lease);
+            }
           }
         }
         if (!a.in_way.empty() || !a.waiting.empty()) {
@@ -694,6 +704,7 @@ struct Landlord::Impl {
           id = new_id_locked();
         }
         bool forever = *granted == kDurationForever;
+        if (level(r.kind) == 2) ++planned_exclusive;
         plans.push_back(Planned{i,
                                 Lease{id, r.resource, r.holder, r.kind,
                                       forever ? kNeverExpires : saturating_add(wall, *granted), *granted},
@@ -1084,7 +1095,8 @@ struct Landlord::Impl {
     // on the same file is refused.
     Result<sqlite::Database> db =
         sqlite::Database::open(options.path, {.exclusive = true, .busy_timeout = std::chrono::milliseconds(500),
-                                              .page_size = kPageSize});
+                                              .page_size = kPageSize, .cache_kib = kCacheKib,
+                                              .wal_autocheckpoint = kWalAutocheckpoint});
     if (!db.ok()) {
       if (db.status().code() != Code::kUnavailable) return db.status();
       return unavailable("lease store " + options.path +

@@ -25,21 +25,30 @@
 namespace djinn::lookup {
 namespace {
 
-constexpr int64_t kSchemaVersion = 1;
+// Version 2 keeps items in rows appended in write order (version 1 keyed them by ServiceID).
+constexpr int64_t kSchemaVersion = 2;
 constexpr std::string_view kCreateSchema =
-    "CREATE TABLE IF NOT EXISTS item("
-    "  sid BLOB PRIMARY KEY,"           // the 16 bytes of the ServiceID
+    // Items are appended in write order and found by row number (the registrar keeps each item's
+    // row in memory): a group of registrations fills pages in order, where rows keyed by random
+    // ServiceIDs dirtied a page anywhere in the table for each one.
+    "CREATE TABLE IF NOT EXISTS service_item("
+    "  seq INTEGER PRIMARY KEY,"
+    "  sid BLOB NOT NULL,"              // the 16 bytes of the ServiceID
     "  lease INTEGER NOT NULL,"         // registration lease id (signed twin); 0 = the registrar's own
     "  data BLOB NOT NULL"              // the item, a Cap'n Proto ServiceItem message
-    ") WITHOUT ROWID;"
+    ");"
+    // A version 1 store's items move over.
+    "CREATE TABLE IF NOT EXISTS item(sid BLOB PRIMARY KEY, lease INTEGER NOT NULL, data BLOB NOT NULL) WITHOUT ROWID;"
+    "INSERT INTO service_item(sid, lease, data) SELECT sid, lease, data FROM item;"
+    "DROP TABLE item;"
     "CREATE TABLE IF NOT EXISTS watch("
     "  id INTEGER PRIMARY KEY,"         // notify registration = its lease id
     "  mask INTEGER NOT NULL,"
     "  template BLOB NOT NULL"          // a Cap'n Proto ServiceTemplate message
     ");"
     "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value BLOB NOT NULL);";
-constexpr std::string_view kUpsertItem = "INSERT OR REPLACE INTO item(sid, lease, data) VALUES (?1, ?2, ?3)";
-constexpr std::string_view kDeleteItem = "DELETE FROM item WHERE sid = ?1";
+constexpr std::string_view kInsertItem = "INSERT INTO service_item(sid, lease, data) VALUES (?1, ?2, ?3)";
+constexpr std::string_view kDeleteItem = "DELETE FROM service_item WHERE seq = ?1";
 constexpr std::string_view kInsertWatch = "INSERT INTO watch(id, mask, template) VALUES (?1, ?2, ?3)";
 constexpr std::string_view kDeleteWatch = "DELETE FROM watch WHERE id = ?1";
 
@@ -137,6 +146,7 @@ struct Registrar::Impl {
   // change in the same order. Lock order: write_mu_, then mu_.
   std::mutex write_mu_;
   std::optional<sqlite::Database> db_;
+  std::unordered_map<ServiceId, int64_t, IdHash> rows_;  // each stored item's row (write_mu_)
 
   // Guards everything below: shared for queries, exclusive for changes (and their events).
   mutable std::shared_mutex mu_;
@@ -330,12 +340,37 @@ struct Registrar::Impl {
     return tx->commit();
   }
 
-  static Status upsert_row(sqlite::Database& db, const ServiceItem& item, const std::string& data) {
-    Result<sqlite::Statement*> st = db.cached(kUpsertItem);
+  // Rows written by a transaction not yet committed: ServiceID -> its new row.
+  using RowChanges = std::unordered_map<ServiceId, int64_t, IdHash>;
+
+  // Writes `item` as a new row and deletes the row it replaces (write_mu_ held, in a transaction).
+  // rows_ learns of the new row through `changes` once the transaction commits (commit_rows).
+  Status put_row(sqlite::Database& db, const ServiceItem& item, const std::string& data, RowChanges& changes) {
+    int64_t old = 0;
+    if (auto c = changes.find(item.service_id); c != changes.end()) {
+      old = c->second;
+    } else if (auto r = rows_.find(item.service_id); r != rows_.end()) {
+      old = r->second;
+    }
+    if (old) DJINN_RETURN_IF_ERROR(delete_row(db, old));
+    Result<sqlite::Statement*> st = db.cached(kInsertItem);
     if (!st.ok()) return st.status();
     DJINN_RETURN_IF_ERROR((*st)->bind_all(id_bytes(item.service_id), item.lease.id,
                                           std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(data.data()), data.size())));
+    DJINN_RETURN_IF_ERROR((*st)->run());
+    changes[item.service_id] = db.last_insert_rowid();
+    return Status::Ok();
+  }
+
+  static Status delete_row(sqlite::Database& db, int64_t row) {
+    Result<sqlite::Statement*> st = db.cached(kDeleteItem);
+    if (!st.ok()) return st.status();
+    DJINN_RETURN_IF_ERROR((*st)->bind_all(row));
     return (*st)->run();
+  }
+
+  void commit_rows(const RowChanges& changes) {
+    for (const auto& [sid, row] : changes) rows_[sid] = row;
   }
 
   Status check_item(const ServiceItem& item, std::string& encoded) const {
@@ -364,13 +399,15 @@ struct Registrar::Impl {
       }
       // Like the landlord's own expiry: if the delete does not reach the file, the next open finds
       // the lease gone and drops the row then.
-      Status written = m.durable(sqlite::Sync::kNormal, [&](sqlite::Database& db) -> Status {
-        Result<sqlite::Statement*> st = db.cached(kDeleteItem);
-        if (!st.ok()) return st.status();
-        DJINN_RETURN_IF_ERROR((*st)->bind_all(id_bytes(sid)));
-        return (*st)->run();
+      auto row = m.rows_.find(sid);
+      Status written = row == m.rows_.end() ? Status::Ok() : m.durable(sqlite::Sync::kNormal, [&](sqlite::Database& db) {
+        return delete_row(db, row->second);
       });
-      if (!written.ok()) DJINN_LOG(kWarn, "lookup") << m.options.name << ": deleting item " << sid.to_string() << ": " << written.to_string();
+      if (written.ok()) {
+        if (row != m.rows_.end()) m.rows_.erase(row);
+      } else {
+        DJINN_LOG(kWarn, "lookup") << m.options.name << ": deleting item " << sid.to_string() << ": " << written.to_string();
+      }
       std::unique_lock lock(m.mu_);
       auto it = m.by_lease_.find(lease_id);
       if (it != m.by_lease_.end()) m.remove_locked(it->second);
@@ -429,7 +466,9 @@ struct Registrar::Impl {
   // ---- open ----
 
   Status open_store() {
-    Result<sqlite::Database> db = sqlite::Database::open(options.path, {.exclusive = true});
+    // A cache that holds the table's hot pages: registrations land anywhere in it (random ids).
+    Result<sqlite::Database> db = sqlite::Database::open(
+        options.path, {.exclusive = true, .cache_kib = 64 * 1024, .wal_autocheckpoint = 8192});
     if (!db.ok()) {
       if (db.status().code() != Code::kUnavailable) return db.status();
       return unavailable("item store " + options.path + " is in use by another process (is another djinn-lookup "
@@ -457,10 +496,10 @@ struct Registrar::Impl {
       }
     }
     // Items and watches whose lease the landlord no longer has lapsed while the registrar was down.
-    std::vector<std::vector<uint8_t>> lapsed_items;
+    std::vector<int64_t> lapsed_items;  // rows
     std::vector<int64_t> lapsed_watches;
     {
-      Result<sqlite::Statement> select = db_->prepare("SELECT sid, lease, data FROM item");
+      Result<sqlite::Statement> select = db_->prepare("SELECT seq, lease, data FROM service_item ORDER BY seq");
       if (!select.ok()) return select.status();
       std::unique_lock lock(mu_);
       for (;;) {
@@ -472,17 +511,21 @@ struct Registrar::Impl {
         Result<ServiceItem> item = decode<ServiceItem, proto::ServiceItem>(data);
         if (!item.ok()) {
           DJINN_LOG(kWarn, "lookup") << options.name << ": dropping an unreadable item row: " << item.status().to_string();
-          lapsed_items.push_back(select->column_blob(0));
+          lapsed_items.push_back(select->column_int64(0));
           continue;
         }
         if (lease_id != 0) {
           std::optional<lease::Lease> held = landlord.find(lease_id);
           if (!held) {
-            lapsed_items.push_back(select->column_blob(0));
+            lapsed_items.push_back(select->column_int64(0));
             continue;
           }
           item->lease = LeaseInfo{lease_id, held->expiration_ms};
         }
+        // Rows come in write order: a later row of the same ServiceID (none is ever left, as a
+        // replacement deletes the old row in its own transaction) would win.
+        if (auto earlier = rows_.find(item->service_id); earlier != rows_.end()) lapsed_items.push_back(earlier->second);
+        rows_[item->service_id] = select->column_int64(0);
         put_locked(std::move(*item));
       }
       Result<sqlite::Statement> watches = db_->prepare("SELECT id, mask, template FROM watch");
@@ -502,12 +545,7 @@ struct Registrar::Impl {
       }
     }
     Status dropped = durable(sqlite::Sync::kNormal, [&](sqlite::Database& d) -> Status {
-      for (const auto& sid : lapsed_items) {
-        Result<sqlite::Statement*> st = d.cached(kDeleteItem);
-        if (!st.ok()) return st.status();
-        DJINN_RETURN_IF_ERROR((*st)->bind_all(std::span<const uint8_t>(sid)));
-        DJINN_RETURN_IF_ERROR((*st)->run());
-      }
+      for (int64_t row : lapsed_items) DJINN_RETURN_IF_ERROR(delete_row(d, row));
       for (int64_t id : lapsed_watches) {
         Result<sqlite::Statement*> st = d.cached(kDeleteWatch);
         if (!st.ok()) return st.status();
@@ -622,8 +660,9 @@ std::vector<Result<Registration>> Registrar::register_batch(std::span<const Regi
       plans[k].encoded = encode(plans[k].item);
       granted.push_back(std::move(plans[k]));
     }
+    Impl::RowChanges rows;
     Status written = granted.empty() ? Status::Ok() : m.durable(sqlite::Sync::kFull, [&](sqlite::Database& db) -> Status {
-      for (const Plan& p : granted) DJINN_RETURN_IF_ERROR(Impl::upsert_row(db, p.item, p.encoded));
+      for (const Plan& p : granted) DJINN_RETURN_IF_ERROR(m.put_row(db, p.item, p.encoded, rows));
       DJINN_CRASH_POINT("lookup.register.before_commit");
       return Status::Ok();
     });
@@ -635,6 +674,7 @@ std::vector<Result<Registration>> Registrar::register_batch(std::span<const Regi
       }
       m.landlord.cancel_batch(ids);
     } else {
+      m.commit_rows(rows);
       if (!granted.empty() && m.db_) DJINN_CRASH_POINT("lookup.register.after_commit");
       std::unique_lock lock(m.mu_);
       for (Plan& p : granted) {
@@ -765,8 +805,10 @@ Result<ServiceItem> Registrar::modify_attributes(uint64_t lease_id, std::span<co
   if (Status bad = m.check_item(item, encoded); !bad.ok()) {
     return Status(bad.code(), "modifyAttributes: " + bad.message() + "; nothing changed");
   }
-  Status written = m.durable(sqlite::Sync::kFull, [&](sqlite::Database& db) { return Impl::upsert_row(db, item, encoded); });
+  Impl::RowChanges rows;
+  Status written = m.durable(sqlite::Sync::kFull, [&](sqlite::Database& db) { return m.put_row(db, item, encoded, rows); });
   if (!written.ok()) return Status(written.code(), "modifyAttributes: " + written.message());
+  m.commit_rows(rows);
   std::unique_lock lock(m.mu_);
   m.put_locked(item);
   return item;
@@ -819,7 +861,9 @@ Status Registrar::set_self(ServiceItem item) {
   std::string encoded;
   DJINN_RETURN_IF_ERROR(m.check_item(item, encoded));
   std::lock_guard write(m.write_mu_);
-  DJINN_RETURN_IF_ERROR(m.durable(sqlite::Sync::kFull, [&](sqlite::Database& db) { return Impl::upsert_row(db, item, encoded); }));
+  Impl::RowChanges rows;
+  DJINN_RETURN_IF_ERROR(m.durable(sqlite::Sync::kFull, [&](sqlite::Database& db) { return m.put_row(db, item, encoded, rows); }));
+  m.commit_rows(rows);
   std::unique_lock lock(m.mu_);
   m.put_locked(std::move(item));
   return Status::Ok();

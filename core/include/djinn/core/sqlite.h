@@ -48,6 +48,12 @@ struct OpenOptions {
   // Page size of a file created here (0: SQLite's default, 4096). Small pages suit stores whose
   // transactions touch many scattered small rows: each dirty page is written whole to the WAL.
   int page_size = 0;
+  // Page cache of the connection, in KiB (0: SQLite's default, about 2 MiB). A store whose writes
+  // land anywhere in a large table reads its pages back from the OS otherwise.
+  int cache_kib = 0;
+  // WAL pages after which a commit copies the WAL back into the database (0: SQLite's 1000). Each
+  // checkpoint writes every page again and syncs the file: fewer, larger ones cost less per write.
+  int wal_autocheckpoint = 0;
 };
 
 // The Status for SQLite result code `rc` (extended codes understood), with `what` and SQLite's own
