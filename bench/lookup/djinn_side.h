@@ -1,11 +1,8 @@
 // The djinn side of bench-lookup: the registrar (DESIGN §5) over RPC, measured on the same items,
-// queries and runs as etcd and ZooKeeper. Each figure is one member function; its figures are
-// the primary values of the JSON (etcd's are the peers).
-//
-// Until a figure is measured here, its function returns a sample marked not measured, which the
-// JSON shows as null and the verdicts as not judged. Each function says what the peers do for the
-// same figure, and which helper of harness.h runs it, so that a body is a few lines of client
-// calls.
+// queries and runs as etcd and ZooKeeper; its figures are the primary values of the JSON (etcd's
+// are the peers). The registrar (LookupService: the same object djinn-lookup runs) serves from
+// this process on its own threads, over real ZeroMQ sockets on 127.0.0.1, its data in SQLite
+// files in the run's directory; its clients are RegistrarClients and raw asynchronous RPC calls.
 #pragma once
 
 #include <memory>
@@ -44,7 +41,7 @@ class DjinnSide : public Side {
   // lookup returning one item) of the next query of QueryStream(kind, loaded, i):
   // type_template(q.kind) or name_template(q.item). A call counts (Step::one(true)) when the item
   // returned answers the query: answers(kind, q, item).
-  ThroughputSample lookups(LookupKind kind, uint64_t loaded, int clients, const Plan& plan) override;
+  ThroughputSample lookups(LookupKind kind, uint64_t loaded, int clients, int in_flight, const Plan& plan) override;
 
   // FIGURES fanout_events_per_s_<n>subscribers (run.rate_per_s 0) and
   // fanout_lag_p50_ms_<n>subscribers, fanout_lag_p99_ms_<n>subscribers (a paced run):
@@ -58,8 +55,9 @@ class DjinnSide : public Side {
   std::vector<std::string> notes() const;
 
  private:
-  explicit DjinnSide(std::string data_dir) : data_dir_(std::move(data_dir)) {}
-  std::string data_dir_;
+  struct State;
+  explicit DjinnSide(std::unique_ptr<State> state);
+  std::unique_ptr<State> state_;
 };
 
 }  // namespace djinn::lookup_bench

@@ -1,7 +1,8 @@
-// etcd through its grpc-gateway: registrations as txns, lookups as a keys-only range and a get,
-// fan-out as watches on the item prefix.
+// etcd through its grpc-gateway: registrations as txns, lookups as a keys-only range and a get
+// (several kept in flight on as many connections), fan-out as watches on the item prefix.
 #include "etcd_side.h"
 
+#include <algorithm>
 #include <memory>
 
 #include "records.h"
@@ -68,6 +69,65 @@ class EtcdPipeline : public Pipeline {
   size_t in_flight_ = 0;
 };
 
+// A client's lookups, each on a connection of its own (one request at a time per connection, as
+// for registrations), used in turn. A lookup is two round trips: its range, then its get, sent as
+// soon as the range's answer has been read.
+class EtcdLookupPipeline : public LookupPipeline {
+ public:
+  EtcdLookupPipeline(LookupKind kind, std::vector<EtcdRecordClient> conns) : kind_(kind) {
+    for (EtcdRecordClient& c : conns) lookups_.push_back(Lookup{std::move(c), Stage::kIdle, {}});
+  }
+  ~EtcdLookupPipeline() override {
+    while (in_flight_ > 0) complete_one();
+  }
+
+  bool submit(const Query& q) override {
+    Lookup& l = lookups_[(head_ + in_flight_) % lookups_.size()];
+    if (!l.conn.send_range(index_prefix(kind_, q)).ok()) return false;
+    l.stage = Stage::kRange;
+    l.mark = q.mark;
+    in_flight_++;
+    return true;
+  }
+
+  bool complete_one() override {
+    // Every lookup whose range is out moves on to its get first (at steady state only the newest
+    // one), so that each connection has a request at the server while this one waits for the
+    // oldest's item.
+    for (size_t k = 0; k < in_flight_; ++k) {
+      Lookup& l = lookups_[(head_ + k) % lookups_.size()];
+      if (l.stage != Stage::kRange) continue;
+      Result<std::string> sid = l.conn.read_range();
+      l.stage = sid.ok() && l.conn.send_get(*sid).ok() ? Stage::kGet : Stage::kFailed;
+    }
+    Lookup& oldest = lookups_[head_];
+    bool ok = false;
+    if (oldest.stage == Stage::kGet) {
+      Result<std::string> item = oldest.conn.read_get();
+      ok = item.ok() && item->find(oldest.mark) != std::string::npos;
+    }
+    oldest.stage = Stage::kIdle;
+    head_ = (head_ + 1) % lookups_.size();
+    in_flight_--;
+    return ok;
+  }
+
+  size_t in_flight() const override { return in_flight_; }
+
+ private:
+  enum class Stage { kIdle, kRange, kGet, kFailed };
+  struct Lookup {
+    EtcdRecordClient conn;
+    Stage stage;
+    std::string mark;  // what the answer must hold
+  };
+
+  LookupKind kind_;
+  std::vector<Lookup> lookups_;  // one per connection
+  size_t head_ = 0;              // the oldest lookup in flight
+  size_t in_flight_ = 0;
+};
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
@@ -109,23 +169,41 @@ Status EtcdRecordClient::read_registration() {
 }
 
 Result<std::string> EtcdRecordClient::first_item_under(std::string_view prefix) {
+  DJINN_RETURN_IF_ERROR(send_range(prefix));
+  Result<std::string> sid = read_range();
+  if (!sid.ok()) return sid.status();
+  DJINN_RETURN_IF_ERROR(send_get(*sid));
+  return read_get();
+}
+
+Status EtcdRecordClient::send_range(std::string_view prefix) {
   body_ = "{\"key\":\"" + bench::base64_encode(prefix) + "\",\"range_end\":\"" +
           bench::base64_encode(prefix_end(prefix)) + "\",\"limit\":1,\"keys_only\":true,\"serializable\":true}";
-  Result<bench::HttpResponse> r = http_.post("/v3/kv/range", body_);
+  return http_.send_post("/v3/kv/range", body_);
+}
+
+Result<std::string> EtcdRecordClient::read_range() {
+  Result<bench::HttpResponse> r = http_.read_response();
   if (!r.ok()) return r.status();
   if (r->status != 200) return bench::gateway_error(*r, "range");
   size_t kvs = r->body.find("\"kvs\":[");
-  if (kvs == std::string::npos) return not_found("etcd: nothing under " + std::string(prefix));
+  if (kvs == std::string::npos) return not_found("etcd: nothing under the prefix");
   std::optional<std::string> key = decoded_field(r->body, "key", kvs, nullptr);
   if (!key) return bench::gateway_error(*r, "range (no key)");
-  std::string_view sid = std::string_view(*key).substr(key->rfind('/') + 1);
+  return key->substr(key->rfind('/') + 1);
+}
 
+Status EtcdRecordClient::send_get(std::string_view sid) {
   body_ = "{\"key\":\"" + bench::base64_encode("/svc/" + std::string(sid)) + "\",\"serializable\":true}";
-  r = http_.post("/v3/kv/range", body_);
+  return http_.send_post("/v3/kv/range", body_);
+}
+
+Result<std::string> EtcdRecordClient::read_get() {
+  Result<bench::HttpResponse> r = http_.read_response();
   if (!r.ok()) return r.status();
   if (r->status != 200) return bench::gateway_error(*r, "get");
   std::optional<std::string> value = decoded_field(r->body, "value", 0, nullptr);
-  if (!value) return not_found("etcd: no item /svc/" + std::string(sid));
+  if (!value) return not_found("etcd: no such item");
   return *value;
 }
 
@@ -208,23 +286,31 @@ ThroughputSample EtcdSide::registrations(ItemCounter& items, int clients, int in
   return run_clients(clients, plan, [&](int) { return registering(items, in_flight); });
 }
 
-ThroughputSample EtcdSide::lookups(LookupKind kind, uint64_t loaded, int clients, const Plan& plan) {
-  return run_clients(clients, plan, [&, kind, loaded](int i) -> Worker {
+Worker EtcdSide::looking_up(LookupKind kind, uint64_t loaded, int i, int in_flight) {
+  std::vector<EtcdRecordClient> conns;
+  for (int k = 0; k < std::max(in_flight, 1); ++k) {
     Result<EtcdRecordClient> c = EtcdRecordClient::connect(port_);
     if (!c.ok()) {
       log_setup_failure(c.status());
       return {};
     }
-    auto client = std::make_shared<EtcdRecordClient>(std::move(c).value());
-    auto queries = std::make_shared<QueryStream>(kind, loaded, i);
-    return [client, queries, kind]() {
-      const Query& q = queries->next();
-      std::string prefix = kind == LookupKind::kByType ? type_prefix(kind_type(q.kind))
-                                                       : attribute_prefix(kNameType, "name", Value(name_of(q.item)));
-      Result<std::string> item = client->first_item_under(prefix);
-      return Step::one(item.ok() && item->find(q.mark) != std::string::npos);
-    };
-  });
+    conns.push_back(std::move(c).value());
+  }
+  auto queries = std::make_shared<QueryStream>(kind, loaded, i);
+  if (in_flight > 1) {
+    return pipelined_lookups(std::make_shared<EtcdLookupPipeline>(kind, std::move(conns)), queries,
+                             static_cast<size_t>(in_flight));
+  }
+  auto client = std::make_shared<EtcdRecordClient>(std::move(conns.front()));
+  return [client, queries, kind]() {
+    const Query& q = queries->next();
+    Result<std::string> item = client->first_item_under(index_prefix(kind, q));
+    return Step::one(item.ok() && item->find(q.mark) != std::string::npos);
+  };
+}
+
+ThroughputSample EtcdSide::lookups(LookupKind kind, uint64_t loaded, int clients, int in_flight, const Plan& plan) {
+  return run_clients(clients, plan, [&, kind, loaded](int i) { return looking_up(kind, loaded, i, in_flight); });
 }
 
 FanoutSample EtcdSide::fanout(const FanoutRun& run, ItemCounter& items, const Plan& plan) {

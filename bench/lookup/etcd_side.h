@@ -34,6 +34,13 @@ class EtcdRecordClient {
   // attribute_prefix): a range on the prefix with limit 1 and keys_only, then a get of
   // /svc/<sid>. Both reads are serializable (see the run's notes). not_found when nothing matches.
   Result<std::string> first_item_under(std::string_view prefix);
+  // The two round trips of first_item_under, each in two halves, for a client that keeps several
+  // lookups in flight on several connections: send_range, read_range (the sid of the first index
+  // key under the prefix), send_get of that sid, read_get (the item's JSON).
+  Status send_range(std::string_view prefix);
+  Result<std::string> read_range();
+  Status send_get(std::string_view sid);
+  Result<std::string> read_get();
 
  private:
   explicit EtcdRecordClient(bench::HttpConnection http) : http_(std::move(http)) {}
@@ -69,12 +76,15 @@ class EtcdSide : public Side {
   pid_t server_pid() const override { return pid_; }
   LoadSample load(uint64_t count) override;
   ThroughputSample registrations(ItemCounter& items, int clients, int in_flight, const Plan& plan) override;
-  ThroughputSample lookups(LookupKind kind, uint64_t loaded, int clients, const Plan& plan) override;
+  ThroughputSample lookups(LookupKind kind, uint64_t loaded, int clients, int in_flight, const Plan& plan) override;
   FanoutSample fanout(const FanoutRun& run, ItemCounter& items, const Plan& plan) override;
 
  private:
   // Client i's worker keeping `in_flight` registrations of `items` in flight, one connection each.
   Worker registering(ItemCounter& items, int in_flight);
+  // Client i's worker of lookups: blocking with in_flight 1, else `in_flight` lookups in flight,
+  // one connection each.
+  Worker looking_up(LookupKind kind, uint64_t loaded, int i, int in_flight);
 
   uint16_t port_;
   pid_t pid_;

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <deque>
 #include <mutex>
 #include <thread>
 
@@ -18,6 +19,19 @@ constexpr auto kSubscriberPoll = std::chrono::milliseconds(50);
 
 int64_t ns_of(Clock::time_point t) {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
+}
+
+// When each operation of a pipelined worker was submitted, oldest first: a pipeline completes its
+// operations in the order they were submitted.
+using SubmitTimes = std::deque<Clock::time_point>;
+
+// The step of a pipelined call that completed the oldest operation in flight, with that
+// operation's latency from its submit.
+Step completed(bool ok, SubmitTimes& submitted) {
+  Clock::time_point t0 = submitted.front();
+  submitted.pop_front();
+  if (!ok) return Step::one(false);
+  return Step{1, true, false, std::chrono::duration<double, std::micro>(Clock::now() - t0).count()};
 }
 
 }  // namespace
@@ -73,7 +87,8 @@ ThroughputSample run_clients(int clients, const Plan& plan, const MakeWorker& ma
           continue;
         }
         s.ops += step.ops;
-        s.latencies_us.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count());
+        s.latencies_us.push_back(step.latency_us ? *step.latency_us
+                                                 : std::chrono::duration<double, std::micro>(t1 - t0).count());
       }
     };
   });
@@ -94,17 +109,33 @@ std::optional<uint64_t> ItemCounter::take() {
 
 Worker pipelined(std::shared_ptr<Pipeline> pipeline, ItemCounter& items, size_t depth) {
   auto exhausted = std::make_shared<bool>(false);
-  return [pipeline, &items, depth, exhausted]() {
+  auto submitted = std::make_shared<SubmitTimes>();
+  return [pipeline, &items, depth, exhausted, submitted]() {
     while (!*exhausted && pipeline->in_flight() < depth) {
       std::optional<uint64_t> n = items.take();
       if (!n) {
         *exhausted = true;
         break;
       }
-      if (!pipeline->submit(*n)) return Step{0, false, false};
+      Clock::time_point t = Clock::now();
+      if (!pipeline->submit(*n)) return Step::one(false);
+      submitted->push_back(t);
     }
-    if (pipeline->in_flight() == 0) return Step{0, true, true};
-    return Step::one(pipeline->complete_one());
+    if (pipeline->in_flight() == 0) return Step{0, true, true, std::nullopt};
+    return completed(pipeline->complete_one(), *submitted);
+  };
+}
+
+Worker pipelined_lookups(std::shared_ptr<LookupPipeline> pipeline, std::shared_ptr<QueryStream> queries,
+                         size_t depth) {
+  auto submitted = std::make_shared<SubmitTimes>();
+  return [pipeline, queries, depth, submitted]() {
+    while (pipeline->in_flight() < depth) {
+      Clock::time_point t = Clock::now();
+      if (!pipeline->submit(queries->next())) return Step::one(false);
+      submitted->push_back(t);
+    }
+    return completed(pipeline->complete_one(), *submitted);
   };
 }
 
@@ -168,6 +199,11 @@ LoadSample run_load(int clients, uint64_t total, const MakeWorker& make_worker, 
 
 bool answers(LookupKind kind, const Query& q, const ServiceItem& item) {
   return matches(kind == LookupKind::kByType ? type_template(q.kind) : name_template(q.item), item);
+}
+
+std::string index_prefix(LookupKind kind, const Query& q) {
+  return kind == LookupKind::kByType ? type_prefix(kind_type(q.kind))
+                                     : attribute_prefix(kNameType, "name", Value(name_of(q.item)));
 }
 
 QueryStream::QueryStream(LookupKind kind, uint64_t loaded, int client)

@@ -1,7 +1,7 @@
 // How bench-lookup drives every side alike: client threads running workers over one measured
-// window (throughput and per-call latency), workers that keep registrations in flight, the load of
-// the item set, the queries of the lookup figures, and the fan-out run (registering clients and
-// subscribers together, counting and timing every event).
+// window (throughput and per-operation latency), workers that keep registrations or lookups in
+// flight, the load of the item set, the queries of the lookup figures, and the fan-out run
+// (registering clients and subscribers together, counting and timing every event).
 #pragma once
 
 #include <atomic>
@@ -30,8 +30,11 @@ struct Step {
   uint64_t ops = 0;   // operations completed by this call (a pipelined call completes one of many)
   bool ok = true;
   bool done = false;  // nothing is left to do: the worker's thread stops (a load ran out of items)
+  // The latency of the operation this call completed, when it is not the call's duration: a
+  // pipelined call completes an operation that an earlier call submitted.
+  std::optional<double> latency_us;
 
-  static Step one(bool ok) { return ok ? Step{1, true, false} : Step{0, false, false}; }
+  static Step one(bool ok) { return ok ? Step{1, true, false, std::nullopt} : Step{0, false, false, std::nullopt}; }
 };
 using Worker = std::function<Step()>;
 // Builds client i's worker on that client's thread before the clock starts: connections are made
@@ -57,7 +60,8 @@ struct ThroughputSample {
 };
 
 // `clients` threads, each running its worker in a loop; what calls started in the measured window
-// complete is counted, and each successful call's duration is a latency sample.
+// complete is counted, and each successful call gives a latency sample: its Step's latency_us, or
+// else the call's duration.
 ThroughputSample run_clients(int clients, const Plan& plan, const MakeWorker& make_worker);
 
 // ---------------------------------------------------------------------------------------------
@@ -89,8 +93,8 @@ class Pipeline {
 };
 
 // A worker that tops `pipeline` up to `depth` registrations of items from `items`, then completes
-// one per call. Done when the items have run out and nothing is in flight. With depth 1 each call
-// is one blocking registration, and its duration that registration's latency.
+// one per call (one op, and its latency sample is from that registration's submit to its
+// completion). Done when the items have run out and nothing is in flight.
 Worker pipelined(std::shared_ptr<Pipeline> pipeline, ItemCounter& items, size_t depth);
 
 // ---------------------------------------------------------------------------------------------
@@ -125,6 +129,9 @@ struct Query {
 // Whether `item` answers query `q` of a lookup of `kind`: it matches the query's template
 // (type_template or name_template). For a side whose answers are items rather than JSON.
 bool answers(LookupKind kind, const Query& q, const ServiceItem& item);
+// Where a key-value side (records.h's layout) lists the answers of query `q` of a lookup of
+// `kind`: type_prefix or attribute_prefix, ending in '/'.
+std::string index_prefix(LookupKind kind, const Query& q);
 
 // Client i's queries: by type, a kind drawn at random for each lookup; by attribute, the name of a
 // loaded item drawn at random. Seeded by the client's number, so every side gets the same queries.
@@ -139,6 +146,21 @@ class QueryStream {
   std::mt19937_64 rng_;
   Query query_;
 };
+
+// One client's lookups kept in flight without waiting for each answer.
+class LookupPipeline {
+ public:
+  virtual ~LookupPipeline() = default;
+  // Sends a lookup for query `q` (the pipeline keeps what it needs of q to check the answer);
+  // false when it could not be sent.
+  virtual bool submit(const Query& q) = 0;
+  // Waits for the oldest lookup in flight; true when it succeeded and its answer holds its query's mark.
+  virtual bool complete_one() = 0;
+  virtual size_t in_flight() const = 0;
+};
+// A worker that tops `pipeline` up to `depth` lookups of the queries of `queries`, then completes
+// one per call (one op, and its latency sample is from that lookup's submit to its completion).
+Worker pipelined_lookups(std::shared_ptr<LookupPipeline> pipeline, std::shared_ptr<QueryStream> queries, size_t depth);
 
 // ---------------------------------------------------------------------------------------------
 // Fan-out: registering clients and subscribers together.

@@ -30,9 +30,11 @@ class Side {
   virtual ThroughputSample registrations(ItemCounter& items, int clients, int in_flight, const Plan& plan) = 0;
 
   // Lookups of one item by type (type_template) or by attribute (name_template), `clients`
-  // clients making one blocking lookup at a time, the queries of QueryStream(kind, loaded, i). A
-  // lookup counts when its answer holds the query's mark.
-  virtual ThroughputSample lookups(LookupKind kind, uint64_t loaded, int clients, const Plan& plan) = 0;
+  // clients each keeping `in_flight` lookups in flight (1: one blocking lookup at a time; more:
+  // pipelined_lookups over a LookupPipeline), the queries of QueryStream(kind, loaded, i). A lookup
+  // counts when its answer holds the query's mark.
+  virtual ThroughputSample lookups(LookupKind kind, uint64_t loaded, int clients, int in_flight,
+                                   const Plan& plan) = 0;
 
   // Registrations of new items from `items` announced to run.subscribers subscribers (run_fanout).
   virtual FanoutSample fanout(const FanoutRun& run, ItemCounter& items, const Plan& plan) = 0;

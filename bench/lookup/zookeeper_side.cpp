@@ -1,6 +1,7 @@
 // ZooKeeper as a peer: a standalone server from Debian's jars, and the records of records.h as
 // znodes through the C client: multi-op registrations (asynchronous, so a client can keep several
-// in flight), child listings for lookups, child watches for the fan-out.
+// in flight), child listings and reads for lookups (blocking, or asynchronous ones kept in flight),
+// child watches for the fan-out.
 #include "zookeeper_side.h"
 
 #include <unistd.h>
@@ -299,6 +300,97 @@ class ZkReader {
   std::vector<char> buffer_;
 };
 
+// One session's lookups kept in flight with the asynchronous calls: zoo_aget_children of the index
+// node, then, from its completion, zoo_aget of the first child's item. Completed in order of
+// submission, each when its get has answered (or its listing failed).
+class ZkLookupPipeline : public LookupPipeline {
+ public:
+  ZkLookupPipeline(std::unique_ptr<ZkSession> session, LookupKind kind) : session_(std::move(session)), kind_(kind) {}
+  ~ZkLookupPipeline() override {
+    while (in_flight() > 0) complete_one();
+  }
+
+  bool submit(const Query& q) override {
+    auto slot = std::make_unique<Slot>();
+    slot->pipeline = this;
+    std::string prefix = index_prefix(kind_, q);
+    slot->parent = prefix.substr(0, prefix.size() - 1);  // the prefix ends in '/'
+    slot->mark = q.mark;
+    Slot* raw = slot.get();
+    {
+      std::lock_guard lock(mu_);
+      slots_.push_back(std::move(slot));
+    }
+    if (zoo_aget_children(session_->zh(), raw->parent.c_str(), 0, &ZkLookupPipeline::on_children, raw) != ZOK) {
+      std::lock_guard lock(mu_);
+      slots_.pop_back();
+      return false;
+    }
+    return true;
+  }
+
+  bool complete_one() override {
+    std::unique_ptr<Slot> oldest;
+    {
+      std::unique_lock lock(mu_);
+      cv_.wait(lock, [&] { return slots_.front()->done; });
+      oldest = std::move(slots_.front());
+      slots_.pop_front();
+    }
+    return oldest->ok;
+  }
+
+  size_t in_flight() const override {
+    std::lock_guard lock(mu_);
+    return slots_.size();
+  }
+
+ private:
+  struct Slot {
+    ZkLookupPipeline* pipeline = nullptr;
+    std::string parent;  // the index node listed
+    std::string path;    // the item read: /svc/<first child>
+    std::string mark;    // what the item must hold
+    bool done = false;   // guarded by the pipeline's mu_
+    bool ok = false;
+  };
+
+  // On the session's completion thread, as is on_item.
+  static void on_children(int rc, const String_vector* children, const void* context) {
+    auto* slot = static_cast<Slot*>(const_cast<void*>(context));
+    if (rc == ZOK && children != nullptr && children->count > 0) {
+      slot->path = "/svc/" + std::string(children->data[0]);
+      if (zoo_aget(slot->pipeline->session_->zh(), slot->path.c_str(), 0, &ZkLookupPipeline::on_item, slot) == ZOK) {
+        return;
+      }
+    }
+    finish(slot, false);
+  }
+
+  static void on_item(int rc, const char* value, int len, const Stat*, const void* context) {
+    auto* slot = static_cast<Slot*>(const_cast<void*>(context));
+    bool ok = rc == ZOK && value != nullptr && len > 0 &&
+              std::string_view(value, static_cast<size_t>(len)).find(slot->mark) != std::string_view::npos;
+    finish(slot, ok);
+  }
+
+  static void finish(Slot* slot, bool ok) {
+    ZkLookupPipeline* self = slot->pipeline;
+    {
+      std::lock_guard lock(self->mu_);
+      slot->ok = ok;
+      slot->done = true;
+    }
+    self->cv_.notify_all();
+  }
+
+  std::unique_ptr<ZkSession> session_;  // first member: closed last, after the slots completed
+  LookupKind kind_;
+  mutable std::mutex mu_;  // guards slots_ and their done and ok
+  std::condition_variable cv_;
+  std::deque<std::unique_ptr<Slot>> slots_;
+};
+
 // A subscriber: a child watch on the fan-out's node. A watch fires once, without saying which
 // child came, so after each event the subscriber lists the children again (which re-arms the
 // watch) and takes those it has not seen; children added before it re-armed come in that listing.
@@ -454,20 +546,23 @@ ThroughputSample ZooKeeperSide::registrations(ItemCounter& items, int clients, i
   });
 }
 
-ThroughputSample ZooKeeperSide::lookups(LookupKind kind, uint64_t loaded, int clients, const Plan& plan) {
+ThroughputSample ZooKeeperSide::lookups(LookupKind kind, uint64_t loaded, int clients, int in_flight,
+                                        const Plan& plan) {
   return run_clients(clients, plan, [&, kind, loaded](int i) -> Worker {
     Result<std::unique_ptr<ZkSession>> s = ZkSession::open(hosts_, kConnectTimeout);
     if (!s.ok()) {
       log_setup_failure(s.status());
       return {};
     }
-    auto reader = std::make_shared<ZkReader>(std::move(s).value());
     auto queries = std::make_shared<QueryStream>(kind, loaded, i);
+    if (in_flight > 1) {
+      return pipelined_lookups(std::make_shared<ZkLookupPipeline>(std::move(s).value(), kind), queries,
+                               static_cast<size_t>(in_flight));
+    }
+    auto reader = std::make_shared<ZkReader>(std::move(s).value());
     return [reader, queries, kind]() {
       const Query& q = queries->next();
-      std::string prefix = kind == LookupKind::kByType ? type_prefix(kind_type(q.kind))
-                                                       : attribute_prefix(kNameType, "name", Value(name_of(q.item)));
-      Result<std::string> item = reader->first_item_under(prefix);
+      Result<std::string> item = reader->first_item_under(index_prefix(kind, q));
       return Step::one(item.ok() && item->find(q.mark) != std::string::npos);
     };
   });
@@ -520,7 +615,7 @@ LoadSample ZooKeeperSide::load(uint64_t) { return LoadSample::not_measured(); }
 ThroughputSample ZooKeeperSide::registrations(ItemCounter&, int, int, const Plan&) {
   return ThroughputSample::not_measured();
 }
-ThroughputSample ZooKeeperSide::lookups(LookupKind, uint64_t, int, const Plan&) {
+ThroughputSample ZooKeeperSide::lookups(LookupKind, uint64_t, int, int, const Plan&) {
   return ThroughputSample::not_measured();
 }
 FanoutSample ZooKeeperSide::fanout(const FanoutRun&, ItemCounter&, const Plan&) { return FanoutSample::not_measured(); }

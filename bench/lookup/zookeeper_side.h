@@ -57,7 +57,7 @@ class ZooKeeperSide : public Side {
   pid_t server_pid() const override { return pid_; }
   LoadSample load(uint64_t count) override;
   ThroughputSample registrations(ItemCounter& items, int clients, int in_flight, const Plan& plan) override;
-  ThroughputSample lookups(LookupKind kind, uint64_t loaded, int clients, const Plan& plan) override;
+  ThroughputSample lookups(LookupKind kind, uint64_t loaded, int clients, int in_flight, const Plan& plan) override;
   FanoutSample fanout(const FanoutRun& run, ItemCounter& items, const Plan& plan) override;
 
   // The parent nodes known to exist, shared by the side's clients: a registration creates, in its
