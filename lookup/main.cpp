@@ -28,7 +28,7 @@ int main(int argc, char** argv) {
              "The federation's lookup service: stores service items under registration leases, answers "
              "template queries, and sends notify events for the transitions of items against registered "
              "templates. Registrations are renewed and cancelled with the lease protocol on the same port.");
-  cfg.add_string("data-dir", "./.djinn/lookup", "directory of items.db and leases.db (created if missing)");
+  cfg.add_string("data-dir", "./.djinn/lookup", "directory of lookup.db (items, notify registrations and their leases; created if missing)");
   cfg.add_string("listen", "tcp://127.0.0.1:4162", "RPC endpoint to bind (tcp://HOST:PORT; port * picks a free one)");
   cfg.add_string("events", "tcp://127.0.0.1:4163", "event (PUB) endpoint to bind (tcp://HOST:PORT; port * picks a free one)");
   cfg.add_string("groups", "public", "comma-separated groups this lookup serves (in its own item, for discovery)");
@@ -46,7 +46,7 @@ int main(int argc, char** argv) {
 
   lookup::LookupServiceOptions options;
   options.data_dir = cfg.get_string("data-dir");
-  if (options.data_dir.empty()) return fail("--data-dir is empty: give a directory for items.db and leases.db", 2);
+  if (options.data_dir.empty()) return fail("--data-dir is empty: give a directory for lookup.db", 2);
   options.rpc_endpoint = cfg.get_string("listen");
   options.events_endpoint = cfg.get_string("events");
   options.advertise_host = cfg.get_string("advertise-host");

@@ -27,10 +27,12 @@ constexpr int64_t kLeaseMs = 3'600'000;
 constexpr int kLoadClients = 4;
 constexpr size_t kLoadDepth = 256;
 
-// Keeps registrations in flight on one asynchronous client.
+// Keeps registrations in flight on an asynchronous client, which the clients of a run share as
+// the threads of one process share theirs (rpc::Client is thread-safe, and its I/O thread puts
+// the calls in flight together into as few messages as it can).
 class RegisterPipeline : public Pipeline {
  public:
-  explicit RegisterPipeline(const std::string& endpoint) : client_(rpc::ClientOptions{.endpoint = endpoint}) {}
+  explicit RegisterPipeline(std::shared_ptr<rpc::Client> client) : client_(std::move(client)) {}
   ~RegisterPipeline() override {
     while (!pending_.empty()) complete_one();
   }
@@ -42,7 +44,7 @@ class RegisterPipeline : public Pipeline {
     // As RegistrarClient does: a key, so a registration resent after a lost connection applies once.
     rpc::CallOptions call;
     call.idempotency_key = ServiceId::random().to_string();
-    pending_.push_back(client_.call_async("lookup.register", message, call));
+    pending_.push_back(client_->call_async("lookup.register", message, call));
     return true;
   }
   bool complete_one() override {
@@ -54,15 +56,14 @@ class RegisterPipeline : public Pipeline {
   size_t in_flight() const override { return pending_.size(); }
 
  private:
-  rpc::Client client_;
+  std::shared_ptr<rpc::Client> client_;
   std::deque<std::future<rpc::Reply>> pending_;
 };
 
 // Keeps lookups in flight on one asynchronous client; each answer is decoded and checked.
 class DjinnLookupPipeline : public LookupPipeline {
  public:
-  DjinnLookupPipeline(const std::string& endpoint, LookupKind kind)
-      : client_(rpc::ClientOptions{.endpoint = endpoint}), kind_(kind) {}
+  DjinnLookupPipeline(std::shared_ptr<rpc::Client> client, LookupKind kind) : client_(std::move(client)), kind_(kind) {}
   ~DjinnLookupPipeline() override {
     while (!pending_.empty()) complete_one();
   }
@@ -72,7 +73,7 @@ class DjinnLookupPipeline : public LookupPipeline {
     to_capnp(t, message.initRoot<proto::LookupParams>().initTemplate());
     rpc::CallOptions call;
     call.idempotent = true;
-    pending_.push_back({q, client_.call_async("lookup.lookup", message, call)});
+    pending_.push_back({q, client_->call_async("lookup.lookup", message, call)});
     return true;
   }
   bool complete_one() override {
@@ -97,7 +98,7 @@ class DjinnLookupPipeline : public LookupPipeline {
   }
 
  private:
-  rpc::Client client_;
+  std::shared_ptr<rpc::Client> client_;
   LookupKind kind_;
   std::deque<std::pair<Query, std::future<rpc::Reply>>> pending_;
 };
@@ -179,23 +180,26 @@ Result<std::unique_ptr<DjinnSide>> DjinnSide::start(const std::string& data_dir)
 LoadSample DjinnSide::load(uint64_t count) {
   ItemCounter items(0, count);
   std::string endpoint = state_->endpoint;
+  auto client = std::make_shared<rpc::Client>(rpc::ClientOptions{.endpoint = endpoint});
   return run_load(kLoadClients, count, [&](int) -> Worker {
-    return pipelined(std::make_shared<RegisterPipeline>(endpoint), items, kLoadDepth);
+    return pipelined(std::make_shared<RegisterPipeline>(client), items, kLoadDepth);
   }, "djinn");
 }
 
 ThroughputSample DjinnSide::registrations(ItemCounter& items, int clients, int in_flight, const Plan& plan) {
   std::string endpoint = state_->endpoint;
+  auto client = std::make_shared<rpc::Client>(rpc::ClientOptions{.endpoint = endpoint});
   return run_clients(clients, plan, [&](int) -> Worker {
-    return pipelined(std::make_shared<RegisterPipeline>(endpoint), items, static_cast<size_t>(in_flight));
+    return pipelined(std::make_shared<RegisterPipeline>(client), items, static_cast<size_t>(in_flight));
   });
 }
 
 ThroughputSample DjinnSide::lookups(LookupKind kind, uint64_t loaded, int clients, int in_flight, const Plan& plan) {
   std::string endpoint = state_->endpoint;
   if (in_flight > 1) {
+    auto client = std::make_shared<rpc::Client>(rpc::ClientOptions{.endpoint = endpoint});
     return run_clients(clients, plan, [&](int i) -> Worker {
-      return pipelined_lookups(std::make_shared<DjinnLookupPipeline>(endpoint, kind),
+      return pipelined_lookups(std::make_shared<DjinnLookupPipeline>(client, kind),
                                std::make_shared<QueryStream>(kind, loaded, i), static_cast<size_t>(in_flight));
     });
   }
@@ -231,10 +235,10 @@ std::vector<std::string> DjinnSide::notes() const {
       "ZeroMQ on 127.0.0.1, items and leases in SQLite (WAL) files; a registration is acknowledged after its lease "
       "grant and its item both commit with synchronous=FULL (fsync), concurrent registrations sharing the commits "
       "(group commit)",
-      "djinn: blocking figures use RegistrarClient (one call at a time per client); in-flight figures and the load use "
-      "rpc::Client::call_async, which batches calls in flight into one ZeroMQ message each way, as every asynchronous "
-      "djinn client does; the load uses " + std::to_string(kLoadClients) + " clients with " +
-          std::to_string(kLoadDepth) + " registrations in flight each",
+      "djinn: blocking figures use a RegistrarClient per client (one call at a time each); in-flight figures and the "
+      "load use one rpc::Client shared by the run's client threads, as the threads of one process share theirs: its "
+      "I/O thread puts the calls in flight into as few ZeroMQ messages as it can, each way; the load uses " +
+          std::to_string(kLoadClients) + " clients with " + std::to_string(kLoadDepth) + " registrations in flight each",
       "djinn: a lookup is one round trip (lookup.lookup returns the item); fan-out: each subscriber holds its own "
       "notify registration (nomatch->match on the service type) and receives only its own event stream "
       "(lookup.notify.<id>), filtered by the publisher",

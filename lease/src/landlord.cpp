@@ -127,7 +127,6 @@ constexpr std::string_view kInsertLease =
 constexpr int kPageSize = 1024;
 // Grants and folds write rows anywhere in the table: a cache that holds the hot part of it (the
 // B-tree's inner pages at least) spares reading pages back from the OS on every write.
-constexpr int kCacheKib = 32 * 1024;
 constexpr int kWalAutocheckpoint = 8192;
 // A renewal appends to the journal, whose pages fill in order: dozens of renewals share one page
 // written to the WAL, where updating each lease row in place dirtied a page per renewal.
@@ -643,7 +642,8 @@ struct Landlord::Impl {
   // conflict, with held leases, queued requests or an earlier request of the same batch, is
   // refused as grant() with wait 0 refuses it.
   std::vector<Result<Lease>> grant_batch_locked(std::span<const GrantRequest> requests,
-                                                std::vector<LeaseEvent>& events) {
+                                                std::vector<LeaseEvent>& events,
+                                                const GrantWriter* also_write = nullptr) {
     struct Planned {
       size_t index;
       Lease lease;
@@ -719,6 +719,13 @@ struct Landlord::Impl {
                                               static_cast<int64_t>(p.lease.kind), p.lease.expiration_ms,
                                               p.lease.granted_ms));
         DJINN_RETURN_IF_ERROR((*st)->run());
+      }
+      if (also_write && *also_write) {
+        std::vector<Result<Lease>> tentative;
+        tentative.reserve(decided.size());
+        for (const auto& d : decided) tentative.push_back(d ? *d : Result<Lease>(Status(Code::kInternal, "")));
+        for (const Planned& p : plans) tentative[p.index] = Result<Lease>(p.lease);
+        DJINN_RETURN_IF_ERROR((*also_write)(db, tentative));
       }
       DJINN_CRASH_POINT("lease.landlord.before_commit");
       return Status::Ok();
@@ -1095,7 +1102,7 @@ struct Landlord::Impl {
     // on the same file is refused.
     Result<sqlite::Database> db =
         sqlite::Database::open(options.path, {.exclusive = true, .busy_timeout = std::chrono::milliseconds(500),
-                                              .page_size = kPageSize, .cache_kib = kCacheKib,
+                                              .page_size = kPageSize, .cache_kib = options.cache_kib,
                                               .wal_autocheckpoint = kWalAutocheckpoint});
     if (!db.ok()) {
       if (db.status().code() != Code::kUnavailable) return db.status();
@@ -1255,6 +1262,22 @@ std::vector<Result<Lease>> Landlord::grant_batch(std::span<const GrantRequest> r
   }();
   impl_->deliver(events);
   return results;
+}
+
+std::vector<Result<Lease>> Landlord::grant_batch(std::span<const GrantRequest> requests,
+                                                 const GrantWriter& also_write) {
+  std::vector<LeaseEvent> events;
+  std::vector<Result<Lease>> results = [&] {
+    Impl::RequestLock write(*impl_);
+    return impl_->grant_batch_locked(requests, events, &also_write);
+  }();
+  impl_->deliver(events);
+  return results;
+}
+
+Status Landlord::transact(sqlite::Sync sync, const std::function<Status(sqlite::Database&)>& body) {
+  Impl::RequestLock write(*impl_);
+  return impl_->durable(sync, body);
 }
 
 std::vector<Result<Lease>> Landlord::renew_batch(std::span<const RenewRequest> requests) {

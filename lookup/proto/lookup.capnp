@@ -15,7 +15,7 @@ struct RegisterParams {
   durationMs @1 :Int64;         # the registration lease: > 0 ms, or -1 = ANY
 }
 struct RegisterResult {
-  item @0 :Model.ServiceItem;   # as stored, lease filled in
+  lease @0 :Model.LeaseInfo;    # the registration lease; the item is stored as sent, with it
   replaced @1 :Bool;            # an item with this ServiceID was registered before
   landlord @2 :Text;            # where to renew and cancel the lease (lease.renew, lease.cancel)
 }

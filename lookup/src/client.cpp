@@ -81,11 +81,13 @@ Result<Registered> RegistrarClient::register_service(const ServiceItem& item, in
   // connection returns the first one's lease instead of replacing it with a second.
   if (call.idempotency_key.empty()) call.idempotency_key = ServiceId::random().to_string();
   rpc::Reply reply = client_->call("lookup.register", message, call);
-  return rpc::read_reply<Registered>(reply, "lookup.register", [](rpc::Reply& r) -> Result<Registered> {
+  return rpc::read_reply<Registered>(reply, "lookup.register", [&](rpc::Reply& r) -> Result<Registered> {
     auto res = r.results<proto::RegisterResult>();
-    Result<ServiceItem> stored = item_from(res.getItem(), "lookup.register");
-    if (!stored.ok()) return stored.status();
-    return Registered{std::move(*stored), res.getReplaced(), std::string(res.getLandlord().cStr())};
+    Result<LeaseInfo> lease = from_capnp(res.getLease());
+    if (!lease.ok() || lease->id == 0) return internal_error("the registrar sent no registration lease");
+    Registered out{item, res.getReplaced(), std::string(res.getLandlord().cStr())};
+    out.item.lease = *lease;
+    return out;
   });
 }
 

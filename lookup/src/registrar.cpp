@@ -25,8 +25,9 @@
 namespace djinn::lookup {
 namespace {
 
-// Version 2 keeps items in rows appended in write order (version 1 keyed them by ServiceID).
-constexpr int64_t kSchemaVersion = 2;
+// The registrar's tables live in its landlord's SQLite file (Landlord::transact), so a
+// registration and its lease commit in one transaction. Their version is kept in `meta`.
+constexpr int64_t kSchemaVersion = 1;
 constexpr std::string_view kCreateSchema =
     // Items are appended in write order and found by row number (the registrar keeps each item's
     // row in memory): a group of registrations fills pages in order, where rows keyed by random
@@ -37,10 +38,6 @@ constexpr std::string_view kCreateSchema =
     "  lease INTEGER NOT NULL,"         // registration lease id (signed twin); 0 = the registrar's own
     "  data BLOB NOT NULL"              // the item, a Cap'n Proto ServiceItem message
     ");"
-    // A version 1 store's items move over.
-    "CREATE TABLE IF NOT EXISTS item(sid BLOB PRIMARY KEY, lease INTEGER NOT NULL, data BLOB NOT NULL) WITHOUT ROWID;"
-    "INSERT INTO service_item(sid, lease, data) SELECT sid, lease, data FROM item;"
-    "DROP TABLE item;"
     "CREATE TABLE IF NOT EXISTS watch("
     "  id INTEGER PRIMARY KEY,"         // notify registration = its lease id
     "  mask INTEGER NOT NULL,"
@@ -145,7 +142,6 @@ struct Registrar::Impl {
   // Serializes changes: held across the durable write and the in-memory update, so file and memory
   // change in the same order. Lock order: write_mu_, then mu_.
   std::mutex write_mu_;
-  std::optional<sqlite::Database> db_;
   std::unordered_map<ServiceId, int64_t, IdHash> rows_;  // each stored item's row (write_mu_)
 
   // Guards everything below: shared for queries, exclusive for changes (and their events).
@@ -160,6 +156,7 @@ struct Registrar::Impl {
   std::unordered_map<std::string, Posting> by_field_;      // field_key(type or supertype or "", ...)
   std::unordered_map<uint64_t, Watch> watches_;
   ServiceId self_id_;
+  bool has_store_ = false;  // the landlord persists: the registrar's tables are in its file
 
   // Leases that ended, waiting for the remover thread: (lease id, registration or notify).
   std::mutex ended_mu_;
@@ -332,13 +329,9 @@ struct Registrar::Impl {
 
   template <class Body>
   Status durable(sqlite::Sync sync, Body&& body) {
-    if (!db_) return Status::Ok();
-    DJINN_RETURN_IF_ERROR(db_->set_sync(sync));
-    Result<sqlite::Transaction> tx = sqlite::Transaction::begin(*db_);
-    if (!tx.ok()) return tx.status();
-    DJINN_RETURN_IF_ERROR(body(*db_));
-    return tx->commit();
+    return landlord.transact(sync, std::forward<Body>(body));
   }
+
 
   // Rows written by a transaction not yet committed: ServiceID -> its new row.
   using RowChanges = std::unordered_map<ServiceId, int64_t, IdHash>;
@@ -465,20 +458,29 @@ struct Registrar::Impl {
 
   // ---- open ----
 
-  Status open_store() {
-    // A cache that holds the table's hot pages: registrations land anywhere in it (random ids).
-    Result<sqlite::Database> db = sqlite::Database::open(
-        options.path, {.exclusive = true, .cache_kib = 64 * 1024, .wal_autocheckpoint = 8192});
-    if (!db.ok()) {
-      if (db.status().code() != Code::kUnavailable) return db.status();
-      return unavailable("item store " + options.path + " is in use by another process (is another djinn-lookup "
-                         "running on this data directory?): " + db.status().message());
+  // Creates the tables if need be and loads items and watches (write_mu_ not needed yet: nothing
+  // else runs). Runs inside one landlord transaction; without a store, nothing is loaded.
+  Status load_store(sqlite::Database& db) {
+    has_store_ = true;
+    DJINN_RETURN_IF_ERROR(db.exec(kCreateSchema));
+    {
+      Result<sqlite::Statement> get = db.prepare("SELECT value FROM meta WHERE key = 'schema'");
+      if (!get.ok()) return get.status();
+      Result<bool> row = get->step();
+      if (!row.ok()) return row.status();
+      int64_t version = *row ? get->column_int64(0) : 0;
+      if (version > kSchemaVersion) {
+        return failed_precondition("the registrar's tables have schema version " + std::to_string(version) +
+                                   ", newer than this build's " + std::to_string(kSchemaVersion) + " (use a newer djinn)");
+      }
+      Result<sqlite::Statement> put = db.prepare("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema', ?1)");
+      if (!put.ok()) return put.status();
+      DJINN_RETURN_IF_ERROR(put->bind_all(kSchemaVersion));
+      DJINN_RETURN_IF_ERROR(put->run());
     }
-    db_.emplace(std::move(*db));
-    DJINN_RETURN_IF_ERROR(db_->ensure_schema(kSchemaVersion, kCreateSchema, "item store " + options.path));
     // The registrar's own ServiceID, minted once.
     {
-      Result<sqlite::Statement> get = db_->prepare("SELECT value FROM meta WHERE key = 'self_id'");
+      Result<sqlite::Statement> get = db.prepare("SELECT value FROM meta WHERE key = 'self_id'");
       if (!get.ok()) return get.status();
       Result<bool> row = get->step();
       if (!row.ok()) return row.status();
@@ -488,8 +490,7 @@ struct Registrar::Impl {
         std::copy(bytes.begin(), bytes.end(), b.begin());
         self_id_ = ServiceId(b);
       } else {
-        self_id_ = ServiceId::random();
-        Result<sqlite::Statement> put = db_->prepare("INSERT OR REPLACE INTO meta(key, value) VALUES ('self_id', ?1)");
+        Result<sqlite::Statement> put = db.prepare("INSERT OR REPLACE INTO meta(key, value) VALUES ('self_id', ?1)");
         if (!put.ok()) return put.status();
         DJINN_RETURN_IF_ERROR(put->bind_all(id_bytes(self_id_)));
         DJINN_RETURN_IF_ERROR(put->run());
@@ -499,7 +500,7 @@ struct Registrar::Impl {
     std::vector<int64_t> lapsed_items;  // rows
     std::vector<int64_t> lapsed_watches;
     {
-      Result<sqlite::Statement> select = db_->prepare("SELECT seq, lease, data FROM service_item ORDER BY seq");
+      Result<sqlite::Statement> select = db.prepare("SELECT seq, lease, data FROM service_item ORDER BY seq");
       if (!select.ok()) return select.status();
       std::unique_lock lock(mu_);
       for (;;) {
@@ -528,7 +529,7 @@ struct Registrar::Impl {
         rows_[item->service_id] = select->column_int64(0);
         put_locked(std::move(*item));
       }
-      Result<sqlite::Statement> watches = db_->prepare("SELECT id, mask, template FROM watch");
+      Result<sqlite::Statement> watches = db.prepare("SELECT id, mask, template FROM watch");
       if (!watches.ok()) return watches.status();
       for (;;) {
         Result<bool> row = watches->step();
@@ -544,17 +545,13 @@ struct Registrar::Impl {
         if (options.publisher) options.publisher->declare(watches_[id].kind);
       }
     }
-    Status dropped = durable(sqlite::Sync::kNormal, [&](sqlite::Database& d) -> Status {
-      for (int64_t row : lapsed_items) DJINN_RETURN_IF_ERROR(delete_row(d, row));
-      for (int64_t id : lapsed_watches) {
-        Result<sqlite::Statement*> st = d.cached(kDeleteWatch);
-        if (!st.ok()) return st.status();
-        DJINN_RETURN_IF_ERROR((*st)->bind_all(id));
-        DJINN_RETURN_IF_ERROR((*st)->run());
-      }
-      return Status::Ok();
-    });
-    if (!dropped.ok()) return dropped;
+    for (int64_t row : lapsed_items) DJINN_RETURN_IF_ERROR(delete_row(db, row));
+    for (int64_t id : lapsed_watches) {
+      Result<sqlite::Statement*> st = db.cached(kDeleteWatch);
+      if (!st.ok()) return st.status();
+      DJINN_RETURN_IF_ERROR((*st)->bind_all(id));
+      DJINN_RETURN_IF_ERROR((*st)->run());
+    }
     if (!lapsed_items.empty() || !lapsed_watches.empty()) {
       DJINN_LOG(kInfo, "lookup") << options.name << ": " << lapsed_items.size() << " registrations and "
                                  << lapsed_watches.size() << " notify registrations lapsed while closed";
@@ -562,8 +559,8 @@ struct Registrar::Impl {
     return Status::Ok();
   }
 
-  // Leases granted whose registration never committed (a crash between the two writes): cancelled,
-  // since nobody was told of them.
+  // Leases of the registrar's resources that no item or watch holds (a registrar's rows and their
+  // leases commit together, so only a damaged store leaves any): cancelled, since nobody holds them.
   void cancel_orphan_leases() {
     std::vector<lease::LeaseId> orphans;
     {
@@ -588,18 +585,17 @@ Registrar::~Registrar() { impl_->stop_remover(); }
 Result<std::unique_ptr<Registrar>> Registrar::open(RegistrarOptions options) {
   if (!options.landlord) return invalid_argument("registrar: a landlord is required");
   auto impl = std::make_unique<Impl>(std::move(options));
-  if (!impl->options.path.empty()) {
-    if (Status st = impl->open_store(); !st.ok()) {
-      return Status(st.code(), "registrar " + impl->options.name + ": " + st.message());
-    }
-  } else {
-    impl->self_id_ = ServiceId::random();
+  impl->self_id_ = ServiceId::random();  // kept if the store has none yet
+  Impl* loading = impl.get();
+  if (Status st = impl->landlord.transact(sqlite::Sync::kFull, [loading](sqlite::Database& db) { return loading->load_store(db); });
+      !st.ok()) {
+    return Status(st.code(), "registrar " + impl->options.name + ": " + st.message());
   }
   impl->cancel_orphan_leases();
   Impl* raw = impl.get();
   impl->remover_ = std::thread([raw] { raw->remover_loop(); });
   DJINN_LOG(kInfo, "lookup") << impl->options.name << ": open"
-                             << (impl->options.path.empty() ? " in memory" : " at " + impl->options.path) << ", "
+                             << (impl->has_store_ ? "" : " in memory") << ", "
                              << impl->by_id_.size() << " items, " << impl->watches_.size() << " notify registrations";
   return std::unique_ptr<Registrar>(new Registrar(std::move(impl)));
 }
@@ -626,7 +622,8 @@ std::vector<Result<Registration>> Registrar::register_batch(std::span<const Regi
       decided[i] = Result<Registration>(Status(bad.code(), "register: " + bad.message()));
       continue;
     }
-    plans.push_back(Plan{i, std::move(item), {}});
+    // Stored as encoded here, without its lease: the row's lease column and the landlord hold that.
+    plans.push_back(Plan{i, std::move(item), std::move(encoded)});
   }
   std::vector<lease::LeaseId> superseded;
   {
@@ -649,33 +646,31 @@ std::vector<Result<Registration>> Registrar::register_batch(std::span<const Regi
       grants.push_back(lease::GrantRequest{std::string(kRegistrationResource), p.item.service_id.to_string(),
                                            lease::Kind::kShared, requests[p.index].duration_ms, {}});
     }
-    std::vector<Result<lease::Lease>> leases = m.landlord.grant_batch(grants);
+    // The items are written in the transaction that grants their leases: one commit, one fsync.
+    Impl::RowChanges rows;
+    std::vector<Result<lease::Lease>> leases = m.landlord.grant_batch(
+        grants, [&](sqlite::Database& db, std::span<const Result<lease::Lease>> granting) -> Status {
+          for (size_t k = 0; k < plans.size(); ++k) {
+            if (!granting[k].ok()) continue;
+            plans[k].item.lease = LeaseInfo{granting[k]->id, granting[k]->expiration_ms};
+            DJINN_RETURN_IF_ERROR(m.put_row(db, plans[k].item, plans[k].encoded, rows));
+          }
+          DJINN_CRASH_POINT("lookup.register.before_commit");
+          return Status::Ok();
+        });
     std::vector<Plan> granted;
     for (size_t k = 0; k < plans.size(); ++k) {
       if (!leases[k].ok()) {
-        decided[plans[k].index] = Result<Registration>(Status(leases[k].status().code(), "registration lease: " + leases[k].status().message()));
+        decided[plans[k].index] = Result<Registration>(Status(leases[k].status().code(), "register: " + leases[k].status().message()));
         continue;
       }
       plans[k].item.lease = LeaseInfo{leases[k]->id, leases[k]->expiration_ms};
-      plans[k].encoded = encode(plans[k].item);
       granted.push_back(std::move(plans[k]));
     }
-    Impl::RowChanges rows;
-    Status written = granted.empty() ? Status::Ok() : m.durable(sqlite::Sync::kFull, [&](sqlite::Database& db) -> Status {
-      for (const Plan& p : granted) DJINN_RETURN_IF_ERROR(m.put_row(db, p.item, p.encoded, rows));
-      DJINN_CRASH_POINT("lookup.register.before_commit");
-      return Status::Ok();
-    });
-    if (!written.ok()) {
-      std::vector<lease::LeaseId> ids;
-      for (const Plan& p : granted) {
-        ids.push_back(p.item.lease.id);
-        decided[p.index] = Result<Registration>(Status(written.code(), "register: " + written.message()));
-      }
-      m.landlord.cancel_batch(ids);
-    } else {
+    Status written = Status::Ok();
+    {
       m.commit_rows(rows);
-      if (!granted.empty() && m.db_) DJINN_CRASH_POINT("lookup.register.after_commit");
+      if (!granted.empty() && m.has_store_) DJINN_CRASH_POINT("lookup.register.after_commit");
       std::unique_lock lock(m.mu_);
       for (Plan& p : granted) {
         bool replaced = false;
@@ -834,20 +829,19 @@ Result<NotifyRegistration> Registrar::notify(const ServiceTemplate& tmpl, uint8_
     }
   }
   lease::GrantRequest grant{std::string(kNotifyResource), holder, lease::Kind::kShared, duration_ms, {}};
-  std::vector<Result<lease::Lease>> leases = m.landlord.grant_batch(std::span<const lease::GrantRequest>(&grant, 1));
-  if (!leases[0].ok()) return Status(leases[0].status().code(), "notify lease: " + leases[0].status().message());
+  // The watch is written in the transaction that grants its lease.
+  std::vector<Result<lease::Lease>> leases = m.landlord.grant_batch(
+      std::span<const lease::GrantRequest>(&grant, 1),
+      [&](sqlite::Database& db, std::span<const Result<lease::Lease>> granting) -> Status {
+        if (!granting[0].ok()) return Status::Ok();
+        Result<sqlite::Statement*> st = db.cached(kInsertWatch);
+        if (!st.ok()) return st.status();
+        DJINN_RETURN_IF_ERROR((*st)->bind_all(granting[0]->id, static_cast<int64_t>(transitions),
+                                              std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(encoded.data()), encoded.size())));
+        return (*st)->run();
+      });
+  if (!leases[0].ok()) return Status(leases[0].status().code(), "notify: " + leases[0].status().message());
   const lease::Lease& l = *leases[0];
-  Status written = m.durable(sqlite::Sync::kFull, [&](sqlite::Database& db) -> Status {
-    Result<sqlite::Statement*> st = db.cached(kInsertWatch);
-    if (!st.ok()) return st.status();
-    DJINN_RETURN_IF_ERROR((*st)->bind_all(l.id, static_cast<int64_t>(transitions),
-                                          std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(encoded.data()), encoded.size())));
-    return (*st)->run();
-  });
-  if (!written.ok()) {
-    (void)m.landlord.cancel(l.id);
-    return Status(written.code(), "notify: " + written.message());
-  }
   std::unique_lock lock(m.mu_);
   m.watches_[l.id] = Impl::Watch{tmpl, transitions, notify_event_kind(l.id)};
   if (m.options.publisher) m.options.publisher->declare(m.watches_[l.id].kind);

@@ -115,7 +115,7 @@ void LookupService::Impl::register_methods() {
           if (!r.ok()) return shared->reply(r.status());
           capnp::MallocMessageBuilder reply;
           auto root = reply.initRoot<proto::RegisterResult>();
-          to_capnp(r->item, root.initItem());
+          to_capnp(r->item.lease, root.initLease());
           root.setReplaced(r->replaced);
           root.setLandlord(where);
           shared->reply(Status::Ok(), reply);
@@ -249,7 +249,7 @@ Result<std::unique_ptr<LookupService>> LookupService::start(LookupServiceOptions
       return invalid_argument("group '" + g + "': groups are 1..255 bytes without commas or spaces");
     }
   }
-  std::string lease_db, item_db;
+  std::string lease_db;
   if (!options.data_dir.empty()) {
     std::error_code ec;
     std::filesystem::create_directories(options.data_dir, ec);
@@ -257,8 +257,8 @@ Result<std::unique_ptr<LookupService>> LookupService::start(LookupServiceOptions
       return failed_precondition("cannot create data directory '" + options.data_dir + "': " + ec.message() +
                                  " (choose a writable --data-dir)");
     }
-    lease_db = (std::filesystem::path(options.data_dir) / "leases.db").string();
-    item_db = (std::filesystem::path(options.data_dir) / "items.db").string();
+    // One file for items, watches and their leases: a registration commits with one fsync.
+    lease_db = (std::filesystem::path(options.data_dir) / "lookup.db").string();
   }
   auto impl = std::make_unique<Impl>();
   Impl* im = impl.get();
@@ -278,13 +278,13 @@ Result<std::unique_ptr<LookupService>> LookupService::start(LookupServiceOptions
   landlord_options.path = lease_db;
   landlord_options.policy = options.policy;
   landlord_options.on_event = [im](const lease::LeaseEvent& event) { im->forward(event); };
-  landlord_options.name = options.name + "-leases";
+  landlord_options.name = options.name;
+  landlord_options.cache_kib = 96 * 1024;  // leases and items: the items' pages are most of it
   auto landlord = lease::Landlord::open(std::move(landlord_options));
   if (!landlord.ok()) return landlord.status();
   im->landlord = std::move(*landlord);
 
   RegistrarOptions registrar_options;
-  registrar_options.path = item_db;
   registrar_options.landlord = im->landlord.get();
   registrar_options.publisher = im->publisher.get();
   registrar_options.max_item_bytes = options.max_item_bytes;
@@ -320,7 +320,7 @@ Result<std::unique_ptr<LookupService>> LookupService::start(LookupServiceOptions
   DJINN_LOG(kInfo, "lookup") << options.name << ": serving on " << im->rpc_endpoint << ", events on "
                              << im->events_endpoint << (options.curve ? " with CURVE" : "") << ", ServiceID "
                              << im->registrar->self_id().to_string() << ", " << im->registrar->size() << " items"
-                             << (item_db.empty() ? " (in memory)" : " in " + item_db);
+                             << (lease_db.empty() ? " (in memory)" : " in " + lease_db);
   return service;
 }
 

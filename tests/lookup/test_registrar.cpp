@@ -8,7 +8,6 @@
 #include <set>
 
 #include "djinn/core/events.h"
-#include "djinn/core/sqlite.h"
 #include "djinn/lookup/client.h"
 #include "djinn/lookup/service.h"
 #include "djinn/proto/lookup.capnp.h"
@@ -406,36 +405,4 @@ TEST_CASE("a registrar bound to a wildcard address advertises endpoints others c
   auto reg = client.register_service(item({"demo.Printer"}, {}));
   REQUIRE(reg.ok());
   CHECK(reg->landlord == (*s)->rpc_endpoint());
-}
-
-TEST_CASE("a store of the first schema (items keyed by ServiceID) opens with every item") {
-  Harness h;
-  std::vector<Registered> kept;
-  for (int i = 0; i < 5; ++i) kept.push_back(must_register(*h.client, item({"demo.Printer"}, {}), 60'000));
-  h.stop();
-  {
-    // Back to version 1's layout, as a store written before version 2 holds it.
-    auto db = sqlite::Database::open(h.data_dir + "/items.db");
-    REQUIRE(db.ok());
-    REQUIRE(db->exec("CREATE TABLE item(sid BLOB PRIMARY KEY, lease INTEGER NOT NULL, data BLOB NOT NULL) WITHOUT ROWID;"
-                     "INSERT INTO item(sid, lease, data) SELECT sid, lease, data FROM service_item;"
-                     "DROP TABLE service_item;").ok());
-    REQUIRE(db->set_user_version(1).ok());
-  }
-  h.start();
-  for (const Registered& r : kept) {
-    auto found = h.client->lookup(ServiceTemplate{r.item.service_id, {}, {}});
-    REQUIRE(found.ok());
-    REQUIRE(found->has_value());
-    CHECK(**found == r.item);
-  }
-  // Still writable in the new layout: a replacement and a cancel.
-  ServiceItem moved = kept[0].item;
-  moved.endpoints.rpc = "tcp://127.0.0.1:9998";
-  must_register(*h.client, moved, 60'000);
-  REQUIRE(h.client->cancel(kept[1].item.lease.id).ok());
-  h.stop();
-  h.start();
-  CHECK(h.client->lookup(ServiceTemplate{moved.service_id, {}, {}})->value().endpoints.rpc == "tcp://127.0.0.1:9998");
-  CHECK_FALSE(h.client->lookup(ServiceTemplate{kept[1].item.service_id, {}, {}})->has_value());
 }

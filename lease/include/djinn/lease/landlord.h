@@ -19,6 +19,7 @@
 #include <string_view>
 #include <vector>
 
+#include "djinn/core/sqlite.h"
 #include "djinn/core/status.h"
 
 namespace djinn::lease {
@@ -105,7 +106,15 @@ struct LandlordOptions {
   // With an injected clock, expiry runs only when advance()/expire_due() are called.
   bool run_expiry_thread = true;
   std::string name = "landlord";  // for logs
+  // SQLite page cache of the store. A landlord whose owner keeps its own tables in the same file
+  // (see transact) sizes it for both.
+  int cache_kib = 32 * 1024;
 };
+
+// What the owner of a landlord writes in the transaction that grants a batch: it sees the
+// results in request order (the ok ones are about to be granted) and writes what they grant. A
+// failure rolls the whole transaction back and fails every grant of the batch with it.
+using GrantWriter = std::function<Status(sqlite::Database& db, std::span<const Result<Lease>> leases)>;
 
 class Landlord {
  public:
@@ -126,6 +135,15 @@ class Landlord {
   // grant never waits (wait must be 0): a request in conflict with held leases, with queued
   // requests or with an earlier request of the same batch is refused.
   std::vector<Result<Lease>> grant_batch(std::span<const GrantRequest> requests);
+  // The same, with the owner's own rows written in the same transaction: a registration and its
+  // lease (lookup), an entry and its lease (the space) commit together, with one fsync.
+  std::vector<Result<Lease>> grant_batch(std::span<const GrantRequest> requests, const GrantWriter& also_write);
+
+  // Runs `body` in one transaction of the landlord's store, in turn with the landlord's own
+  // writes: the owner's tables live in the same file (created by the owner, named apart from the
+  // landlord's "lease" and "renewal"). `kFull` syncs the commit. Without a store (in memory) the
+  // body is not run and the result is ok. `body` must not call back into the landlord.
+  Status transact(sqlite::Sync sync, const std::function<Status(sqlite::Database&)>& body);
   std::vector<Result<Lease>> renew_batch(std::span<const RenewRequest> requests);
   std::vector<Status> cancel_batch(std::span<const LeaseId> ids);
 

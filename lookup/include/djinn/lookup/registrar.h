@@ -45,9 +45,10 @@ enum Transition : uint8_t {
 std::string_view transition_name(Transition t);
 
 struct RegistrarOptions {
-  std::string path;  // items SQLite file; empty keeps items in memory only
-  // The landlord of registration and notify leases (its file is the caller's), which must send
-  // its events to Registrar::on_lease_event. Outlives the Registrar.
+  // The landlord of registration and notify leases, which must send its events to
+  // Registrar::on_lease_event and outlives the Registrar. The registrar keeps its items and
+  // watches in the landlord's SQLite file (Landlord::transact), so a registration and its lease
+  // commit together; a landlord in memory keeps the registrar in memory too.
   lease::Landlord* landlord = nullptr;
   // Where notify events go ("lookup.notify.<id>"); may be null (no events).
   events::Publisher* publisher = nullptr;

@@ -16,7 +16,7 @@
 namespace djinn::lookup {
 
 struct LookupServiceOptions {
-  std::string data_dir;  // holds items.db and leases.db; created if missing; empty: in memory
+  std::string data_dir;  // holds lookup.db; created if missing; empty: in memory
   std::string rpc_endpoint = "tcp://127.0.0.1:*";
   std::string events_endpoint = "tcp://127.0.0.1:*";
   // The host others dial when an endpoint binds a wildcard address (tcp://0.0.0.0:PORT); empty:
