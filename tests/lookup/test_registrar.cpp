@@ -3,9 +3,11 @@
 // refused without effect, roles, and persistence across a restart.
 #include <doctest/doctest.h>
 
+#include <atomic>
 #include <map>
 #include <mutex>
 #include <set>
+#include <thread>
 
 #include "djinn/core/events.h"
 #include "djinn/lookup/client.h"
@@ -405,4 +407,49 @@ TEST_CASE("a registrar bound to a wildcard address advertises endpoints others c
   auto reg = client.register_service(item({"demo.Printer"}, {}));
   REQUIRE(reg.ok());
   CHECK(reg->landlord == (*s)->rpc_endpoint());
+}
+
+TEST_CASE("CURVE: keys in the keyring by role; an unknown key is refused; notify events are encrypted too") {
+  security::KeyPair server = security::generate_keypair();
+  security::KeyPair service_key = security::generate_keypair();
+  security::KeyPair client_key = security::generate_keypair();
+  security::KeyPair stranger = security::generate_keypair();
+  auto ring = std::make_shared<security::Keyring>();
+  REQUIRE(ring->add(security::Role::kService, service_key.public_key, "printer").ok());
+  REQUIRE(ring->add(security::Role::kClient, client_key.public_key, "laptop").ok());
+  test::TempDir dir;
+  LookupServiceOptions o;
+  o.data_dir = dir.file("lookup");
+  o.curve = rpc::CurveServer{server, ring};
+  auto s = LookupService::start(o);
+  REQUIRE_MESSAGE(s.ok(), s.status().to_string());
+  auto client_for = [&](const security::KeyPair& keys) {
+    rpc::ClientOptions co{.endpoint = (*s)->rpc_endpoint(), .curve = rpc::CurveClient{keys, server.public_key}};
+    co.default_timeout = std::chrono::milliseconds(2000);
+    return std::make_unique<RegistrarClient>(co);
+  };
+  auto as_service = client_for(service_key);
+  auto as_client = client_for(client_key);
+  auto as_stranger = client_for(stranger);
+
+  auto handle = as_client->notify(ServiceTemplate{std::nullopt, {"demo.Printer"}, {}}, 0, 30'000);
+  REQUIRE_MESSAGE(handle.ok(), handle.status().to_string());
+  events::Subscriber sub(events::SubscriberOptions{.endpoint = handle->events_endpoint,
+                                                   .curve = rpc::CurveClient{client_key, server.public_key}});
+  sub.subscribe(handle->event_kind);
+  std::atomic<int> got{0};
+  sub.on_event([&](const events::Event&) { got++; });
+  REQUIRE(sub.start().ok());
+  std::this_thread::sleep_for(300ms);
+
+  auto reg = as_service->register_service(item({"demo.Printer"}, {}));
+  REQUIRE_MESSAGE(reg.ok(), reg.status().to_string());
+  CHECK((*s)->registrar().self_id() != reg->item.service_id);
+  auto self = as_client->self();
+  REQUIRE(self.ok());
+  CHECK(self->item.public_key == server.public_key);
+  CHECK(as_client->register_service(item({"demo.Printer"}, {})).status().code() == Code::kPermissionDenied);
+  CHECK(as_client->lookup(ServiceTemplate{reg->item.service_id, {}, {}})->has_value());
+  CHECK(as_stranger->lookup(ServiceTemplate{}).status().code() == Code::kUnauthenticated);
+  CHECK(test::eventually([&] { return got.load() == 1; }));
 }
