@@ -29,16 +29,12 @@ int main(int argc, char** argv) {
              "and for services that delegate their leasing, publishes lease events, and renews leases held "
              "elsewhere on behalf of clients (the renewal service).");
   cfg.add_string("data-dir", "./.djinn/lease", "directory of lease.db and renewal.db (created if missing)");
-  cfg.add_string("listen", "tcp://127.0.0.1:4160", "RPC endpoint to bind (tcp://HOST:PORT; port * picks a free one)");
-  cfg.add_string("events", "tcp://127.0.0.1:4161", "event (PUB) endpoint to bind (tcp://HOST:PORT; port * picks a free one)");
+  add_endpoint_flags(cfg, 4160, 4161);
   lease::add_policy_flags(cfg, "lease", true);
   cfg.add_string("lookup", "",
                  "comma-separated RPC endpoints of lookup services to register with (tcp://HOST:PORT,...); the "
                  "registration is renewed and made again whenever a lookup loses it");
   cfg.add_string("name", "lease", "name in the registered item (djinn.attr.Name)");
-  cfg.add_string("advertise-host", "",
-                 "host name or address others dial when --listen or --events binds a wildcard (0.0.0.0 or *); "
-                 "default: this machine's host name");
   add_security_flags(cfg);
   cfg.add_int("workers", 2, "threads for lease operations (each durable write waits for an fsync)", 1, 256);
   if (Status st = cfg.parse(argc, argv); !st.ok()) return cfg.exit_code(st);

@@ -29,16 +29,12 @@ int main(int argc, char** argv) {
              "template queries, and sends notify events for the transitions of items against registered "
              "templates. Registrations are renewed and cancelled with the lease protocol on the same port.");
   cfg.add_string("data-dir", "./.djinn/lookup", "directory of lookup.db (items, notify registrations and their leases; created if missing)");
-  cfg.add_string("listen", "tcp://127.0.0.1:4162", "RPC endpoint to bind (tcp://HOST:PORT; port * picks a free one)");
-  cfg.add_string("events", "tcp://127.0.0.1:4163", "event (PUB) endpoint to bind (tcp://HOST:PORT; port * picks a free one)");
+  add_endpoint_flags(cfg, 4162, 4163);
   cfg.add_string("groups", "public", "comma-separated groups this lookup serves (in its own item, for discovery)");
   cfg.add_string("name", "lookup", "name in the lookup's own item (djinn.attr.Name) and in logs");
   lease::add_policy_flags(cfg, "registration or notify lease", false);
   cfg.add_int("max-item-bytes", 64 * 1024, "largest service item accepted (encoded bytes)", 1024, 16 << 20);
   cfg.add_int("max-items", 1'000'000, "most items held; registrations beyond get RESOURCE_EXHAUSTED", 1, 100'000'000);
-  cfg.add_string("advertise-host", "",
-                 "host name or address others dial when --listen or --events binds a wildcard (0.0.0.0 or *); "
-                 "default: this machine's host name");
   add_security_flags(cfg);
   cfg.add_int("workers", 2, "threads for queries that may be long and for durable writes", 1, 256);
   if (Status st = cfg.parse(argc, argv); !st.ok()) return cfg.exit_code(st);

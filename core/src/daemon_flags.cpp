@@ -2,6 +2,8 @@
 
 #include <signal.h>
 
+#include <filesystem>
+
 namespace djinn {
 
 void add_security_flags(Config& cfg) {
@@ -43,6 +45,27 @@ Result<ServerSecurity> security_from_flags(const Config& cfg) {
         "`djinn-keys keyring add`), or --insecure to serve plaintext on a trusted network");
   }
   return out;
+}
+
+Status ensure_data_dir(const std::string& path) {
+  if (path.empty()) return Status::Ok();
+  std::error_code ec;
+  std::filesystem::create_directories(path, ec);
+  if (ec) {
+    return failed_precondition("cannot create data directory '" + path + "': " + ec.message() +
+                               " (choose a writable --data-dir)");
+  }
+  return Status::Ok();
+}
+
+void add_endpoint_flags(Config& cfg, int rpc_port, int events_port) {
+  cfg.add_string("listen", "tcp://127.0.0.1:" + std::to_string(rpc_port),
+                 "RPC endpoint to bind (tcp://HOST:PORT; port * picks a free one)");
+  cfg.add_string("events", "tcp://127.0.0.1:" + std::to_string(events_port),
+                 "event (PUB) endpoint to bind (tcp://HOST:PORT; port * picks a free one)");
+  cfg.add_string("advertise-host", "",
+                 "host name or address others dial when --listen or --events binds a wildcard (0.0.0.0 or *); "
+                 "default: this machine's host name");
 }
 
 namespace {

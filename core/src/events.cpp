@@ -108,6 +108,15 @@ uint64_t Publisher::last_seq(std::string_view kind) const {
   return it == seq_.end() ? 0 : it->second;
 }
 
+Result<std::unique_ptr<Publisher>> start_publisher(const std::string& endpoint, std::optional<rpc::CurveServer> curve) {
+  PublisherOptions options;
+  options.endpoints = {endpoint};
+  options.curve = std::move(curve);
+  auto publisher = std::make_unique<Publisher>(options);
+  if (Status st = publisher->start(); !st.ok()) return Status(st.code(), "events endpoint " + endpoint + ": " + st.message());
+  return publisher;
+}
+
 void Publisher::declare(std::string_view kind) {
   std::lock_guard lock(mu_);
   if (seq_.find(kind) == seq_.end()) seq_.emplace(std::string(kind), 0);

@@ -15,6 +15,7 @@
 
 #include "convert.h"
 #include "djinn/core/group_commit.h"
+#include "djinn/core/daemon_flags.h"
 #include "djinn/core/log.h"
 #include "renewal_service.h"
 
@@ -447,29 +448,21 @@ Result<std::unique_ptr<LeaseManager>> LeaseManager::start(LeaseManagerOptions op
     return invalid_argument("workers " + std::to_string(options.workers) + ": must be between 1 and 256");
   }
   std::string lease_db, renewal_db;
+  DJINN_RETURN_IF_ERROR(ensure_data_dir(options.data_dir));
   if (!options.data_dir.empty()) {
-    std::error_code ec;
-    std::filesystem::create_directories(options.data_dir, ec);
-    if (ec) {
-      return Status(Code::kFailedPrecondition, "cannot create data directory '" + options.data_dir + "': " +
-                                                   ec.message() + " (choose a writable --data-dir)");
-    }
     lease_db = (std::filesystem::path(options.data_dir) / "lease.db").string();
     renewal_db = (std::filesystem::path(options.data_dir) / "renewal.db").string();
   }
+
   auto impl = std::make_unique<Impl>();
   Impl* im = impl.get();
   im->options = options;
   // A manager that fails half-way stops what it started.
   std::unique_ptr<LeaseManager> manager(new LeaseManager(std::move(impl)));
 
-  events::PublisherOptions pub_options;
-  pub_options.endpoints = {options.events_endpoint};
-  pub_options.curve = options.curve;
-  im->publisher = std::make_unique<events::Publisher>(pub_options);
-  if (Status st = im->publisher->start(); !st.ok()) {
-    return Status(st.code(), "events endpoint " + options.events_endpoint + ": " + st.message());
-  }
+  auto publisher = events::start_publisher(options.events_endpoint, options.curve);
+  if (!publisher.ok()) return publisher.status();
+  im->publisher = std::move(*publisher);
   im->events_endpoint = rpc::advertised_endpoint(im->publisher->endpoints().at(0), options.advertise_host);
 
   LandlordOptions landlord_options;

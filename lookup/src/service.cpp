@@ -10,6 +10,7 @@
 #include <kj/exception.h>
 
 #include "djinn/core/group_commit.h"
+#include "djinn/core/daemon_flags.h"
 #include "djinn/core/log.h"
 #include "djinn/core/model_capnp.h"
 #include "djinn/lease/service.h"
@@ -250,28 +251,20 @@ Result<std::unique_ptr<LookupService>> LookupService::start(LookupServiceOptions
     }
   }
   std::string lease_db;
+  DJINN_RETURN_IF_ERROR(ensure_data_dir(options.data_dir));
   if (!options.data_dir.empty()) {
-    std::error_code ec;
-    std::filesystem::create_directories(options.data_dir, ec);
-    if (ec) {
-      return failed_precondition("cannot create data directory '" + options.data_dir + "': " + ec.message() +
-                                 " (choose a writable --data-dir)");
-    }
     // One file for items, watches and their leases: a registration commits with one fsync.
     lease_db = (std::filesystem::path(options.data_dir) / "lookup.db").string();
   }
+
   auto impl = std::make_unique<Impl>();
   Impl* im = impl.get();
   im->options = options;
   std::unique_ptr<LookupService> service(new LookupService(std::move(impl)));
 
-  events::PublisherOptions pub_options;
-  pub_options.endpoints = {options.events_endpoint};
-  pub_options.curve = options.curve;
-  im->publisher = std::make_unique<events::Publisher>(pub_options);
-  if (Status st = im->publisher->start(); !st.ok()) {
-    return Status(st.code(), "events endpoint " + options.events_endpoint + ": " + st.message());
-  }
+  auto publisher = events::start_publisher(options.events_endpoint, options.curve);
+  if (!publisher.ok()) return publisher.status();
+  im->publisher = std::move(*publisher);
   im->events_endpoint = rpc::advertised_endpoint(im->publisher->endpoints().at(0), options.advertise_host);
 
   lease::LandlordOptions landlord_options;

@@ -25,6 +25,14 @@ void add_security_flags(Config& cfg);
 // by default only in the demo); an unreadable key or keyring file is that file's error.
 Result<ServerSecurity> security_from_flags(const Config& cfg);
 
+// Creates a service's data directory (and its parents) if missing; FAILED_PRECONDITION naming it
+// otherwise. An empty path is left alone (a service in memory).
+Status ensure_data_dir(const std::string& path);
+
+// The flags naming where a daemon serves: --listen and --events with the daemon's default ports,
+// and --advertise-host.
+void add_endpoint_flags(Config& cfg, int rpc_port, int events_port);
+
 // Blocks SIGINT and SIGTERM in the calling thread; call before starting any thread, so every
 // thread inherits the mask and wait_for_stop_signal() receives them.
 void block_stop_signals();

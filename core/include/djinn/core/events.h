@@ -88,6 +88,10 @@ class Publisher {
   std::thread hb_thread_;
 };
 
+// A started publisher on `endpoint`, or its bind error naming the endpoint (a service's event
+// socket: the daemons' --events).
+Result<std::unique_ptr<Publisher>> start_publisher(const std::string& endpoint, std::optional<rpc::CurveServer> curve);
+
 // One received event. The payload reader lives as long as the Event.
 struct Event {
   std::string kind;
