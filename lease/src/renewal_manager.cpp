@@ -306,6 +306,10 @@ void RenewalManager::Impl::run() {
                                  cv.notify_one();
                                });
       }
+      // Dropped before the lock is taken again: if stop() ran meanwhile (from a failure handler),
+      // these may be a client's last references, and destroying a client joins its I/O thread,
+      // whose reply callbacks take the lock.
+      outgoing.clear();
       for (auto& [held, why] : failed) {
         DJINN_LOG(kInfo, "renewal") << "lease " << held.lease.id << " at " << held.landlord
                                     << " could not be renewed: " << why.to_string();
