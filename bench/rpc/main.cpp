@@ -33,6 +33,7 @@
 #include "djinn/core/security.h"
 #include "djinn/examples/echo.capnp.h"
 #include "echo_service.h"
+#include "tcp_echo.h"
 
 using namespace djinn;
 using bench::Clock;
@@ -43,7 +44,7 @@ using bench::Window;
 namespace {
 
 // The sizes: 64-byte messages, 16 concurrent clients, 64 calls in flight.
-constexpr size_t kPayloadBytes = 64;
+constexpr size_t kPayloadBytes = bench::kEchoPayloadBytes;
 constexpr int kManyClients = 16;
 constexpr int kInFlight = 64;
 // An EchoParams with a 24-byte blob and no text serialises to 64 bytes (checked at start-up).
@@ -127,64 +128,6 @@ class RawEchoServer {
   std::thread thread_;
 };
 
-// The loopback's limit: TCP echo with no messaging layer at all, served by one poll() loop the
-// way a ZeroMQ I/O thread serves all its connections.
-class TcpEchoServer {
- public:
-  TcpEchoServer() {
-    listen_fd_ = bench::bind_loopback(port_);
-    if (listen_fd_ < 0 || ::listen(listen_fd_, 64) != 0) {
-      throw std::runtime_error(std::string("TCP echo server: cannot listen on 127.0.0.1: ") + std::strerror(errno));
-    }
-    thread_ = std::thread([this] { run(); });
-  }
-  ~TcpEchoServer() {
-    stop_.store(true);
-    thread_.join();
-    ::close(listen_fd_);
-  }
-  TcpEchoServer(const TcpEchoServer&) = delete;
-  TcpEchoServer& operator=(const TcpEchoServer&) = delete;
-
-  uint16_t port() const { return port_; }
-
- private:
-  void run() {
-    std::vector<pollfd> fds = {{listen_fd_, POLLIN, 0}};
-    std::vector<char> buf(64 * 1024);
-    while (!stop_.load(std::memory_order_relaxed)) {
-      if (::poll(fds.data(), fds.size(), kServerPollMs) <= 0) continue;
-      for (size_t i = 1; i < fds.size();) {
-        if (fds[i].revents == 0) {
-          ++i;
-          continue;
-        }
-        ssize_t n = ::read(fds[i].fd, buf.data(), buf.size());
-        if (n > 0 && bench::write_all(fds[i].fd, buf.data(), static_cast<size_t>(n))) {
-          ++i;
-          continue;
-        }
-        if (n < 0 && errno == EINTR) continue;
-        ::close(fds[i].fd);
-        fds.erase(fds.begin() + static_cast<std::ptrdiff_t>(i));
-      }
-      if (fds[0].revents & POLLIN) {
-        int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
-        if (fd >= 0) {
-          bench::set_nodelay(fd);
-          fds.push_back({fd, POLLIN, 0});
-        }
-      }
-    }
-    for (size_t i = 1; i < fds.size(); ++i) ::close(fds[i].fd);
-  }
-
-  int listen_fd_ = -1;
-  uint16_t port_ = 0;
-  std::atomic<bool> stop_{false};
-  std::thread thread_;
-};
-
 // ---------------------------------------------------------------------------------------------
 // Clients making one blocking round trip at a time.
 
@@ -241,39 +184,12 @@ class RawCaller {
   std::array<char, kPayloadBytes> payload_;
 };
 
-class TcpCaller {
- public:
-  explicit TcpCaller(uint16_t port) : fd_(connect_loopback(port)) { payload_.fill('x'); }
-  ~TcpCaller() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  TcpCaller(const TcpCaller&) = delete;
-  TcpCaller& operator=(const TcpCaller&) = delete;
-
-  static int connect_loopback(uint16_t port) {
-    int fd = bench::connect_loopback(port);
-    if (fd < 0) throw std::runtime_error(std::string("TCP echo client: cannot connect: ") + std::strerror(errno));
-    bench::set_timeout(fd, SO_RCVTIMEO, std::chrono::milliseconds(kClientTimeoutMs));
-    return fd;
-  }
-
-  bool round_trip() {
-    if (!bench::write_all(fd_, payload_.data(), payload_.size())) return false;
-    size_t got = 0;
-    while (got < kPayloadBytes) {
-      ssize_t n = ::read(fd_, reply_.data() + got, kPayloadBytes - got);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) return false;
-      got += static_cast<size_t>(n);
-    }
-    return true;
-  }
-
- private:
-  int fd_;
-  std::array<char, kPayloadBytes> payload_;
-  std::array<char, kPayloadBytes> reply_;
-};
+// A blocking TCP echo client, or an exception that stops the run (as the other callers do).
+std::unique_ptr<bench::TcpEchoClient> tcp_caller(uint16_t port) {
+  auto client = bench::TcpEchoClient::connect(port);
+  if (!client.ok()) throw std::runtime_error("TCP echo client: " + client.status().to_string());
+  return std::move(*client);
+}
 
 // `clients` threads, each with a caller of its own from make_caller(), each making one blocking
 // round trip after another; every call started in the window is timed.
@@ -386,7 +302,9 @@ Sample run_raw_pipelined(zmq::context_t& context, const std::string& endpoint,
 
 // Plain TCP: kInFlight 64-byte messages on one connection, one more for each that comes back.
 Sample run_tcp_pipelined(uint16_t port, const Plan& plan) {
-  int fd = TcpCaller::connect_loopback(port);
+  int fd = bench::connect_loopback(port);
+  if (fd < 0) throw std::runtime_error(std::string("TCP echo client: cannot connect: ") + std::strerror(errno));
+  bench::set_timeout(fd, SO_RCVTIMEO, std::chrono::milliseconds(kClientTimeoutMs));
   std::vector<char> out(kPayloadBytes * kInFlight, 'x');
   std::vector<char> in(64 * 1024);
   Window window = Window::from_now(plan);
@@ -521,7 +439,9 @@ int main(int argc, char** argv) {
   RawEchoServer raw_router(raw_server_context, zmq::socket_type::router, std::nullopt);
   RawEchoServer raw_curve_router(raw_server_context, zmq::socket_type::router, server_keys);
   RawEchoServer raw_rep(raw_server_context, zmq::socket_type::rep, std::nullopt);
-  TcpEchoServer tcp_echo;
+  auto tcp_echo_started = bench::TcpEchoServer::start();
+  if (!tcp_echo_started.ok()) throw std::runtime_error("TCP echo server: " + tcp_echo_started.status().to_string());
+  bench::TcpEchoServer& tcp_echo = **tcp_echo_started;
 
   rpc::ClientOptions plain_client{.endpoint = djinn_server.endpoints()[0],
                                   .default_timeout = std::chrono::milliseconds(kClientTimeoutMs),
@@ -556,7 +476,7 @@ int main(int argc, char** argv) {
   };
   auto tcp_sync = [&](int clients) {
     return [port = tcp_echo.port(), clients](const Plan& p) {
-      return run_sync(clients, p, [port] { return std::make_unique<TcpCaller>(port); });
+      return run_sync(clients, p, [port] { return tcp_caller(port); });
     };
   };
   uint64_t pipelined_calls = 0, pipelined_batches = 0;
