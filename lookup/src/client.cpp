@@ -32,11 +32,12 @@ Result<std::optional<ServiceItem>> lookup_result(rpc::Reply& reply) {
   });
 }
 
-// What is left of a lease granted just now: RenewalManager schedules its first renewal from it.
+// What is left of a lease granted just now: RenewalManager schedules its first renewal from it (at
+// least 1 ms, since 0 means "unknown" and renews at once).
 int64_t remaining_ms(int64_t expiration_ms) {
   int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
                     std::chrono::system_clock::now().time_since_epoch()).count();
-  return std::max<int64_t>(0, expiration_ms - now);
+  return std::max<int64_t>(1, expiration_ms - now);
 }
 
 }  // namespace

@@ -51,11 +51,6 @@ constexpr auto kRecheck = std::chrono::milliseconds(200);
 // A cancel at shutdown is best effort: a registrar that does not answer soon lets the lease lapse.
 constexpr auto kMaxCancelWait = std::chrono::milliseconds(1000);
 
-int64_t wall_now_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
 // The same service as far as a user can tell: everything but the lease, which each registrar
 // grants on its own.
 bool same_service(const ServiceItem& a, const ServiceItem& b) {
@@ -298,8 +293,6 @@ struct LookupCache::Impl::Feed {
       }
       lease::HeldLease held = handle.held_lease();
       held.landlord = handle.landlord;
-      // Known, so the first renewal waits for its due time instead of going out at once.
-      held.lease.granted_ms = std::max<int64_t>(1, handle.expiration_ms - wall_now_ms());
       renewals->add(held, cache.options.notify_lease_ms);
       live_notify_id = handle.id;
       notify = std::move(handle);

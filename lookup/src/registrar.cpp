@@ -667,22 +667,20 @@ std::vector<Result<Registration>> Registrar::register_batch(std::span<const Regi
       plans[k].item.lease = LeaseInfo{leases[k]->id, leases[k]->expiration_ms};
       granted.push_back(std::move(plans[k]));
     }
-    Status written = Status::Ok();
-    {
-      m.commit_rows(rows);
-      if (!granted.empty() && m.has_store_) DJINN_CRASH_POINT("lookup.register.after_commit");
-      std::unique_lock lock(m.mu_);
-      for (Plan& p : granted) {
-        bool replaced = false;
-        auto it = m.by_id_.find(p.item.service_id);
-        if (it != m.by_id_.end()) {
-          replaced = true;
-          uint64_t old = m.slots_[it->second]->lease.id;
-          if (old) superseded.push_back(old);
-        }
-        decided[p.index] = Result<Registration>(Registration{p.item, replaced});
-        m.put_locked(std::move(p.item));
+    // A transaction that failed fails every grant of the batch: its rows were rolled back.
+    if (!granted.empty()) m.commit_rows(rows);
+    if (!granted.empty() && m.has_store_) DJINN_CRASH_POINT("lookup.register.after_commit");
+    std::unique_lock lock(m.mu_);
+    for (Plan& p : granted) {
+      bool replaced = false;
+      auto it = m.by_id_.find(p.item.service_id);
+      if (it != m.by_id_.end()) {
+        replaced = true;
+        uint64_t old = m.slots_[it->second]->lease.id;
+        if (old) superseded.push_back(old);
       }
+      decided[p.index] = Result<Registration>(Registration{p.item, replaced});
+      m.put_locked(std::move(p.item));
     }
   }
   // The replaced items' leases (no item refers to them any more, so their cancel events are no-ops).
