@@ -514,6 +514,14 @@ struct Landlord::Impl {
     return tx->commit();
   }
 
+  static Status insert_row(sqlite::Database& db, const Lease& lease) {
+    Result<sqlite::Statement*> st = db.cached(kInsertLease);
+    if (!st.ok()) return st.status();
+    DJINN_RETURN_IF_ERROR((*st)->bind_all(lease.id, lease.resource, lease.holder, static_cast<int64_t>(lease.kind),
+                                          lease.expiration_ms, lease.granted_ms));
+    return (*st)->run();
+  }
+
   static Status delete_row(sqlite::Database& db, LeaseId id) {
     Result<sqlite::Statement*> st = db.cached(kDeleteLease);
     if (!st.ok()) return st.status();
@@ -569,12 +577,7 @@ struct Landlord::Impl {
       deadline_ns = forever ? kNoDeadline : add_ms(now_ns(), granted);
     }
     Status written = durable(sqlite::Sync::kFull, [&](sqlite::Database& db) -> Status {
-      Result<sqlite::Statement*> st = db.cached(kInsertLease);
-      if (!st.ok()) return st.status();
-      DJINN_RETURN_IF_ERROR((*st)->bind_all(lease.id, lease.resource, lease.holder,
-                                            static_cast<int64_t>(lease.kind), lease.expiration_ms,
-                                            lease.granted_ms));
-      DJINN_RETURN_IF_ERROR((*st)->run());
+      DJINN_RETURN_IF_ERROR(insert_row(db, lease));
       DJINN_CRASH_POINT("lease.landlord.before_commit");
       return Status::Ok();
     });
@@ -712,14 +715,7 @@ struct Landlord::Impl {
       }
     }
     Status written = plans.empty() ? Status::Ok() : durable(sqlite::Sync::kFull, [&](sqlite::Database& db) -> Status {
-      for (const Planned& p : plans) {
-        Result<sqlite::Statement*> st = db.cached(kInsertLease);
-        if (!st.ok()) return st.status();
-        DJINN_RETURN_IF_ERROR((*st)->bind_all(p.lease.id, p.lease.resource, p.lease.holder,
-                                              static_cast<int64_t>(p.lease.kind), p.lease.expiration_ms,
-                                              p.lease.granted_ms));
-        DJINN_RETURN_IF_ERROR((*st)->run());
-      }
+      for (const Planned& p : plans) DJINN_RETURN_IF_ERROR(insert_row(db, p.lease));
       if (also_write && *also_write) {
         std::vector<Result<Lease>> tentative;
         tentative.reserve(decided.size());

@@ -697,12 +697,8 @@ Result<Registration> Registrar::register_item(RegisterRequest request) {
 }
 
 std::optional<ServiceItem> Registrar::lookup(const ServiceTemplate& tmpl) const {
-  std::shared_lock lock(impl_->mu_);
   std::optional<ServiceItem> found;
-  impl_->for_each_match_locked(tmpl, [&](const ServiceItem& item) {
-    found = item;
-    return false;
-  });
+  visit_one(tmpl, [&](const ServiceItem& item) { found = item; });
   return found;
 }
 
