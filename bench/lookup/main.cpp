@@ -22,6 +22,7 @@
 #include "bench_run.h"
 #include "djinn/core/config.h"
 #include "djinn/core/log.h"
+#include "djinn/lookup/keeper.h"
 #include "djinn_side.h"
 #include "etcd_server.h"
 #include "etcd_side.h"
@@ -208,6 +209,9 @@ int main(int argc, char** argv) {
   cfg.add_string("zookeeper", kZooKeeperJarDir,
                  "the directory of zookeeper.jar (Debian: /usr/share/java); its figures are null when it is missing");
   cfg.add_string("java", kJavaPath, "the java that runs ZooKeeper");
+  cfg.add_string("only", "",
+                 "comma-separated figure groups to run (lookups, registrations, fanout; exploration only: empty runs "
+                 "them all); the load always runs");
   if (Status st = cfg.parse(argc, argv); !st.ok()) return cfg.exit_code(st);
   log::set_level(log::Level::kWarn);
 
@@ -217,6 +221,17 @@ int main(int argc, char** argv) {
       cfg.get_int("items") > 0 ? static_cast<uint64_t>(cfg.get_int("items")) : quick ? 10'000 : 100'000;
   const int subscribers = static_cast<int>(cfg.get_int("subscribers"));
   const int lookup_depth = static_cast<int>(cfg.get_int("lookup-depth"));
+  const std::vector<std::string> only = lookup::split_list(cfg.get_string("only"));
+  for (const std::string& g : only) {
+    if (g != "lookups" && g != "registrations" && g != "fanout") {
+      std::fprintf(stderr, "bench-lookup: --only: unknown figure group \"%s\" (lookups, registrations, fanout)\n",
+                   g.c_str());
+      return 2;
+    }
+  }
+  auto runs = [&](const std::string& group) {
+    return only.empty() || std::find(only.begin(), only.end(), group) != only.end();
+  };
   const Clock::time_point run_start = Clock::now();
   // Read before the run only: the run's own client threads count in the load average.
   const double load_at_start = load_average();
@@ -343,6 +358,7 @@ int main(int argc, char** argv) {
   // The limit of the blocking 16-client lookups, for the note on where the 100,000/s target sits.
   double echo_16clients_rate = NAN;
   for (const LookupKindInfo& k : kinds) {
+    if (!runs("lookups")) break;
     for (const LookupRun& r : lookup_runs) {
       const int n = r.clients;
       const int depth = r.depth;
@@ -403,6 +419,7 @@ int main(int argc, char** argv) {
   // Durable registrations of new items, 16 clients: one blocking call at a time, then 8 in flight.
   double fsync_rate = NAN;
   for (int depth : {1, kInFlight}) {
+    if (!runs("registrations")) break;
     const std::string variant = depth == 1 ? "" : "_" + std::to_string(depth) + "inflight";
     progress("registrations, " + std::to_string(kManyClients) + " clients, " + std::to_string(depth) +
              " in flight each");
@@ -444,6 +461,7 @@ int main(int argc, char** argv) {
   const std::string subs_tag = std::to_string(subscribers) + "subscribers";
   uint64_t missing_events = 0;
   for (const FanoutRun* run : {&throughput_run, &lag_run}) {
+    if (!runs("fanout")) break;
     const bool lag = run->measure_lag;
     progress(std::string(lag ? "fan-out lag" : "fan-out throughput") + ", " + std::to_string(run->subscribers) +
              " subscribers, " + std::to_string(run->writers) + " writers" +

@@ -95,8 +95,8 @@ constexpr int64_t kExpiring = std::numeric_limits<int64_t>::min();
 constexpr size_t kExpiryChunk = 1000;
 // Ids remembered after removal, so renewing one says "expired" or "cancelled", not just unknown.
 constexpr size_t kRecentlyRemoved = 4096;
-// Version 2 added the renewal journal.
-constexpr int64_t kSchemaVersion = 2;
+// Version 2 added the renewal journal; version 3 keys lease rows by write order (seq), not by id.
+constexpr int64_t kSchemaVersion = 3;
 // The renewal journal is folded into the lease rows once it holds this many renewals, or as many
 // as there are live leases if that is more: each fold then rewrites a page of lease rows for many
 // renewals rather than one.
@@ -106,24 +106,32 @@ constexpr size_t kFoldChunk = 512;
 constexpr int64_t kNsPerMs = 1'000'000;
 
 constexpr std::string_view kCreateSchema =
+    // Rows are appended in grant order and found by seq, which the landlord keeps with each lease
+    // in memory. Keyed by the random ids, every grant inserted into a random page of the table:
+    // a page per grant into the WAL, and B-tree splits whose page shuffling (through the lock-byte
+    // page's number) makes SQLite's page cache scan all its pages at the next commit.
     "CREATE TABLE IF NOT EXISTS lease("
-    "  id INTEGER PRIMARY KEY,"        // the 64-bit id, stored as its signed twin
+    "  seq INTEGER PRIMARY KEY,"
+    "  id INTEGER NOT NULL,"           // the 64-bit id, stored as its signed twin
     "  resource TEXT NOT NULL,"
     "  holder TEXT NOT NULL,"
     "  kind INTEGER NOT NULL,"
     "  expiration_ms INTEGER NOT NULL,"  // Unix ms, wall clock; INT64_MAX = never
     "  granted_ms INTEGER NOT NULL);"
     // Renewals, appended in commit order (seq); folded into lease rows in bulk, replayed on open.
+    // A renewal names its lease's row and id: SQLite may give a deleted last row's seq to the next
+    // grant, and a renewal of the old lease must not land on the new one.
     "CREATE TABLE IF NOT EXISTS renewal("
     "  seq INTEGER PRIMARY KEY,"
+    "  row INTEGER NOT NULL,"
     "  id INTEGER NOT NULL,"
     "  expiration_ms INTEGER NOT NULL,"
     "  granted_ms INTEGER NOT NULL)";
 constexpr std::string_view kInsertLease =
     "INSERT INTO lease(id, resource, holder, kind, expiration_ms, granted_ms) "
     "VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
-// Lease rows are scattered over the whole table (ids are random), and each dirty page goes whole
-// into the WAL: 1 KiB pages write a quarter of what SQLite's default 4 KiB pages do.
+// Folds, cancels and expiries rewrite rows scattered over the table, and each dirty page goes
+// whole into the WAL: 1 KiB pages write a quarter of what SQLite's default 4 KiB pages do.
 constexpr int kPageSize = 1024;
 // Grants and folds write rows anywhere in the table: a cache that holds the hot part of it (the
 // B-tree's inner pages at least) spares reading pages back from the OS on every write.
@@ -131,27 +139,40 @@ constexpr int kWalAutocheckpoint = 8192;
 // A renewal appends to the journal, whose pages fill in order: dozens of renewals share one page
 // written to the WAL, where updating each lease row in place dirtied a page per renewal.
 constexpr std::string_view kInsertRenewal =
-    "INSERT INTO renewal(id, expiration_ms, granted_ms) VALUES (?1, ?2, ?3)";
+    "INSERT INTO renewal(row, id, expiration_ms, granted_ms) VALUES (?1, ?2, ?3, ?4)";
 constexpr std::string_view kUpdateLease =
-    "UPDATE lease SET expiration_ms = ?2, granted_ms = ?3 WHERE id = ?1";
+    "UPDATE lease SET expiration_ms = ?2, granted_ms = ?3 WHERE seq = ?1";
 constexpr std::string_view kDropFoldedRenewals = "DELETE FROM renewal WHERE seq <= ?1";
 // On open: the last renewal of each lease wins (SQLite takes the bare columns from the max row).
 constexpr std::string_view kReplayRenewals =
     "UPDATE lease SET expiration_ms = r.expiration_ms, granted_ms = r.granted_ms "
-    "FROM (SELECT id, expiration_ms, granted_ms, max(seq) FROM renewal GROUP BY id) AS r "
-    "WHERE lease.id = r.id;"
+    "FROM (SELECT row, id, expiration_ms, granted_ms, max(seq) FROM renewal GROUP BY row, id) AS r "
+    "WHERE lease.seq = r.row AND lease.id = r.id;"
     "DELETE FROM renewal;";
-constexpr std::string_view kDeleteLease = "DELETE FROM lease WHERE id = ?1";
+// From schema 1 or 2 (rows keyed by id; version 2's journal names ids): the journal is replayed,
+// then the rows are copied into the version-3 table, in id order.
+constexpr std::string_view kReplayRenewalsV2 =
+    "UPDATE lease SET expiration_ms = r.expiration_ms, granted_ms = r.granted_ms "
+    "FROM (SELECT id, expiration_ms, granted_ms, max(seq) FROM renewal GROUP BY id) AS r "
+    "WHERE lease.id = r.id;";
+constexpr std::string_view kUpgradeToV3 =
+    "DROP TABLE IF EXISTS renewal;"
+    "ALTER TABLE lease RENAME TO lease_v2;";
+constexpr std::string_view kCopyV2Rows =
+    "INSERT INTO lease(id, resource, holder, kind, expiration_ms, granted_ms) "
+    "SELECT id, resource, holder, kind, expiration_ms, granted_ms FROM lease_v2 ORDER BY id;"
+    "DROP TABLE lease_v2;";
+constexpr std::string_view kDeleteLease = "DELETE FROM lease WHERE seq = ?1";
 constexpr std::string_view kSelectLeases =
-    "SELECT id, resource, holder, kind, expiration_ms, granted_ms FROM lease";
+    "SELECT id, resource, holder, kind, expiration_ms, granted_ms, seq FROM lease";
 
-// The kind rides in the top bits of a record's holder index, which keeps a record at 56 bytes
-// (a separate byte would pad it to 64). Bounds the number of distinct holders, hence of leases.
+// The kind rides in the top bits of a record's holder index, which keeps a record at 64 bytes
+// (a separate byte would pad it to 72). Bounds the number of distinct holders, hence of leases.
 constexpr uint32_t kKindShift = 28;
 constexpr uint32_t kHolderMask = (1u << kKindShift) - 1;
 constexpr size_t kMaxLeases = kHolderMask - 1;
 
-// One lease in memory: 56 bytes. Names are interned; the lists of a holder's and a resource's
+// One lease in memory: 64 bytes. Names are interned; the lists of a holder's and a resource's
 // leases run through the records themselves (slot indices), so no per-lease node is allocated.
 struct Record {
   LeaseId id = 0;                // 0: a free slot (ids are never 0)
@@ -164,11 +185,12 @@ struct Record {
   uint32_t res_next = kNone;     // also chains free slots
   uint32_t hol_prev = kNone;
   uint32_t hol_next = kNone;
+  int64_t row = 0;               // its row (seq) in the lease table; 0 without a file
 
   uint32_t holder() const { return holder_kind & kHolderMask; }
   Kind kind() const { return static_cast<Kind>(holder_kind >> kKindShift); }
 };
-static_assert(sizeof(Record) == 56);
+static_assert(sizeof(Record) == 64);
 
 struct HeapEntry {
   int64_t deadline_ns;
@@ -384,7 +406,7 @@ struct Landlord::Impl {
     if (deadline_ns < sleeping_until_) wake_.notify_one();
   }
 
-  void insert_locked(const Lease& lease, int64_t deadline_ns) {
+  void insert_locked(const Lease& lease, int64_t deadline_ns, int64_t row) {
     uint32_t res = resources_.intern(lease.resource);
     uint32_t hol = holders_.intern(lease.holder);
     uint32_t slot;
@@ -397,7 +419,7 @@ struct Landlord::Impl {
     }
     Record& r = slots_[slot];
     r = Record{lease.id, deadline_ns, lease.expiration_ms, lease.granted_ms, res,
-               hol | static_cast<uint32_t>(lease.kind) << kKindShift, kNone, kNone, kNone, kNone};
+               hol | static_cast<uint32_t>(lease.kind) << kKindShift, kNone, kNone, kNone, kNone, row};
     auto& re = resources_[res];
     r.res_next = re.head;
     if (re.head != kNone) slots_[re.head].res_prev = slot;
@@ -514,18 +536,21 @@ struct Landlord::Impl {
     return tx->commit();
   }
 
-  static Status insert_row(sqlite::Database& db, const Lease& lease) {
+  // Appends the lease's row; `row` receives its seq.
+  static Status insert_row(sqlite::Database& db, const Lease& lease, int64_t& row) {
     Result<sqlite::Statement*> st = db.cached(kInsertLease);
     if (!st.ok()) return st.status();
     DJINN_RETURN_IF_ERROR((*st)->bind_all(lease.id, lease.resource, lease.holder, static_cast<int64_t>(lease.kind),
                                           lease.expiration_ms, lease.granted_ms));
-    return (*st)->run();
+    DJINN_RETURN_IF_ERROR((*st)->run());
+    row = db.last_insert_rowid();
+    return Status::Ok();
   }
 
-  static Status delete_row(sqlite::Database& db, LeaseId id) {
+  static Status delete_row(sqlite::Database& db, int64_t row) {
     Result<sqlite::Statement*> st = db.cached(kDeleteLease);
     if (!st.ok()) return st.status();
-    DJINN_RETURN_IF_ERROR((*st)->bind_all(id));
+    DJINN_RETURN_IF_ERROR((*st)->bind_all(row));
     return (*st)->run();
   }
 
@@ -576,8 +601,9 @@ struct Landlord::Impl {
                     forever ? kNeverExpires : saturating_add(wall_ms(), granted), granted};
       deadline_ns = forever ? kNoDeadline : add_ms(now_ns(), granted);
     }
+    int64_t row = 0;
     Status written = durable(sqlite::Sync::kFull, [&](sqlite::Database& db) -> Status {
-      DJINN_RETURN_IF_ERROR(insert_row(db, lease));
+      DJINN_RETURN_IF_ERROR(insert_row(db, lease, row));
       DJINN_CRASH_POINT("lease.landlord.before_commit");
       return Status::Ok();
     });
@@ -588,7 +614,7 @@ struct Landlord::Impl {
     if (db_) DJINN_CRASH_POINT("lease.landlord.after_commit");
     {
       std::lock_guard lock(mutex_);
-      insert_locked(lease, deadline_ns);
+      insert_locked(lease, deadline_ns, row);
     }
     attempt.result = std::move(lease);
     return attempt;
@@ -651,6 +677,7 @@ struct Landlord::Impl {
       size_t index;
       Lease lease;
       int64_t deadline_ns;
+      int64_t row = 0;
     };
     std::vector<std::optional<Result<Lease>>> decided(requests.size());
     std::vector<Planned> plans;
@@ -715,7 +742,7 @@ struct Landlord::Impl {
       }
     }
     Status written = plans.empty() ? Status::Ok() : durable(sqlite::Sync::kFull, [&](sqlite::Database& db) -> Status {
-      for (const Planned& p : plans) DJINN_RETURN_IF_ERROR(insert_row(db, p.lease));
+      for (Planned& p : plans) DJINN_RETURN_IF_ERROR(insert_row(db, p.lease, p.row));
       if (also_write && *also_write) {
         std::vector<Result<Lease>> tentative;
         tentative.reserve(decided.size());
@@ -735,7 +762,7 @@ struct Landlord::Impl {
                                                                       written.message()));
           continue;
         }
-        insert_locked(p.lease, p.deadline_ns);
+        insert_locked(p.lease, p.deadline_ns, p.row);
         events.push_back(LeaseEvent{EventType::kGranted, p.lease, {}, p.lease.kind});
         decided[p.index] = Result<Lease>(std::move(p.lease));
       }
@@ -753,7 +780,7 @@ struct Landlord::Impl {
     struct Plan {
       size_t index;
       uint32_t slot;
-      int64_t expiration_ms, deadline_ns, granted_ms;
+      int64_t expiration_ms, deadline_ns, granted_ms, row;
     };
     std::vector<Result<Lease>> results;
     results.reserve(requests.size());
@@ -776,7 +803,7 @@ struct Landlord::Impl {
         } else {
           bool forever = *granted == kDurationForever;
           plans.push_back(Plan{i, slot, forever ? kNeverExpires : saturating_add(wall, *granted),
-                               forever ? kNoDeadline : add_ms(now, *granted), *granted});
+                               forever ? kNoDeadline : add_ms(now, *granted), *granted, slots_[slot].row});
           results.emplace_back(Lease{});  // filled in below
         }
       }
@@ -789,7 +816,7 @@ struct Landlord::Impl {
       for (const Plan& p : plans) {
         Result<sqlite::Statement*> st = db.cached(kInsertRenewal);
         if (!st.ok()) return st.status();
-        DJINN_RETURN_IF_ERROR((*st)->bind_all(requests[p.index].id, p.expiration_ms, p.granted_ms));
+        DJINN_RETURN_IF_ERROR((*st)->bind_all(p.row, requests[p.index].id, p.expiration_ms, p.granted_ms));
         DJINN_RETURN_IF_ERROR((*st)->run());
       }
       return Status::Ok();
@@ -840,7 +867,7 @@ struct Landlord::Impl {
       }
     }
     Status written = durable(sqlite::Sync::kNormal, [&](sqlite::Database& db) -> Status {
-      for (const auto& [index, slot] : plans) DJINN_RETURN_IF_ERROR(delete_row(db, ids[index]));
+      for (const auto& [index, slot] : plans) DJINN_RETURN_IF_ERROR(delete_row(db, slots_[slot].row));
       return Status::Ok();
     });
     if (!written.ok()) {
@@ -880,6 +907,7 @@ struct Landlord::Impl {
       {
         std::lock_guard write(write_mutex_);
         std::vector<uint32_t> due;
+        std::vector<int64_t> rows;
         {
           std::lock_guard lock(mutex_);
           int64_t now = now_ns();
@@ -895,13 +923,17 @@ struct Landlord::Impl {
           }
           more = due.size() == kExpiryChunk;
           events.reserve(due.size());
-          for (uint32_t slot : due) events.push_back(LeaseEvent{EventType::kExpired, to_lease(slot), {}, Kind::kShared});
+          rows.reserve(due.size());
+          for (uint32_t slot : due) {
+            events.push_back(LeaseEvent{EventType::kExpired, to_lease(slot), {}, Kind::kShared});
+            rows.push_back(slots_[slot].row);
+          }
         }
         if (due.empty()) break;
         // An expired lease is dead whether or not its removal reaches the file: if it does not,
         // the next open finds it past its expiration and expires it again.
         Status written = durable(sqlite::Sync::kNormal, [&](sqlite::Database& db) -> Status {
-          for (const LeaseEvent& e : events) DJINN_RETURN_IF_ERROR(delete_row(db, e.lease.id));
+          for (int64_t row : rows) DJINN_RETURN_IF_ERROR(delete_row(db, row));
           return Status::Ok();
         });
         if (!written.ok()) {
@@ -919,7 +951,7 @@ struct Landlord::Impl {
     return total;
   }
 
-  // Writes the current expiration of every lease renewed since the last fold into its row, in id
+  // Writes the current expiration of every lease renewed since the last fold into its row, in row
   // order and in chunks (requests go on between them), then drops the journal rows folded. A
   // crash part-way leaves rows and journal that replay to the same leases: a row holds the last
   // renewal journaled before its chunk, and replay applies every later journal row over it.
@@ -938,23 +970,37 @@ struct Landlord::Impl {
     }
     std::sort(ids.begin(), ids.end());
     ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+    {
+      // In row order, so each chunk rewrites neighbouring rows.
+      std::vector<std::pair<int64_t, LeaseId>> by_row;
+      by_row.reserve(ids.size());
+      std::lock_guard lock(mutex_);
+      for (LeaseId id : ids) {
+        uint32_t slot = slot_of(id);
+        if (slot != kNone) by_row.emplace_back(slots_[slot].row, id);
+      }
+      std::sort(by_row.begin(), by_row.end());
+      ids.clear();
+      for (const auto& [row, id] : by_row) ids.push_back(id);
+    }
     for (size_t begin = 0; begin < ids.size(); begin += kFoldChunk) {
       size_t end = std::min(ids.size(), begin + kFoldChunk);
       {
         std::lock_guard write(write_mutex_);
-        std::vector<std::tuple<LeaseId, int64_t, int64_t>> rows;
+        // Looked up again: a lease cancelled since is skipped (its row may even hold a newer lease).
+        std::vector<std::tuple<int64_t, int64_t, int64_t>> rows;
         {
           std::lock_guard lock(mutex_);
           for (size_t i = begin; i < end; ++i) {
             uint32_t slot = slot_of(ids[i]);
-            if (slot != kNone) rows.emplace_back(ids[i], slots_[slot].expiration_ms, slots_[slot].granted_ms);
+            if (slot != kNone) rows.emplace_back(slots_[slot].row, slots_[slot].expiration_ms, slots_[slot].granted_ms);
           }
         }
         Status written = durable(sqlite::Sync::kNormal, [&](sqlite::Database& db) -> Status {
-          for (const auto& [id, expiration, granted] : rows) {
+          for (const auto& [row, expiration, granted] : rows) {
             Result<sqlite::Statement*> st = db.cached(kUpdateLease);
             if (!st.ok()) return st.status();
-            DJINN_RETURN_IF_ERROR((*st)->bind_all(id, expiration, granted));
+            DJINN_RETURN_IF_ERROR((*st)->bind_all(row, expiration, granted));
             DJINN_RETURN_IF_ERROR((*st)->run());
           }
           return Status::Ok();
@@ -1092,6 +1138,24 @@ struct Landlord::Impl {
 
   // ---- open and close ----
 
+  // A store of schema 1 or 2 keeps its rows keyed by id: its journal (2) is replayed into them,
+  // then they move into the table of schema 3, all in one transaction.
+  Status upgrade_store() {
+    Result<int64_t> version = db_->user_version();
+    if (!version.ok()) return version.status();
+    if (*version != 1 && *version != 2) return Status::Ok();
+    Result<sqlite::Transaction> tx = sqlite::Transaction::begin(*db_);
+    if (!tx.ok()) return tx.status();
+    if (*version == 2) DJINN_RETURN_IF_ERROR(db_->exec(kReplayRenewalsV2));
+    DJINN_RETURN_IF_ERROR(db_->exec(kUpgradeToV3));
+    DJINN_RETURN_IF_ERROR(db_->exec(kCreateSchema));
+    DJINN_RETURN_IF_ERROR(db_->exec(kCopyV2Rows));
+    DJINN_RETURN_IF_ERROR(db_->set_user_version(kSchemaVersion));
+    DJINN_LOG(kInfo, "lease") << options.name << ": lease store " << options.path << " upgraded from schema "
+                              << *version << " to " << kSchemaVersion;
+    return tx->commit();
+  }
+
   Status open_store(std::vector<LeaseEvent>& expired) {
     // Exclusive: this landlord is the file's only user, so SQLite skips its per-transaction file
     // locks (measured: fcntl locking was a visible share of each renewal), and a second landlord
@@ -1108,6 +1172,7 @@ struct Landlord::Impl {
     }
     db_.emplace(std::move(*db));
     db_sync_ = sqlite::Sync::kFull;
+    DJINN_RETURN_IF_ERROR(upgrade_store());
     DJINN_RETURN_IF_ERROR(db_->ensure_schema(kSchemaVersion, kCreateSchema, "lease store " + options.path));
     {
       Result<sqlite::Transaction> tx = sqlite::Transaction::begin(*db_);
@@ -1120,32 +1185,35 @@ struct Landlord::Impl {
     if (!select.ok()) return select.status();
     int64_t now = now_ns();
     int64_t wall = wall_ms();
+    std::vector<int64_t> expired_rows;
     std::lock_guard lock(mutex_);
     for (;;) {
-      Result<bool> row = select->step();
-      if (!row.ok()) return row.status();
-      if (!*row) break;
+      Result<bool> more = select->step();
+      if (!more.ok()) return more.status();
+      if (!*more) break;
       Lease lease{static_cast<LeaseId>(select->column_int64(0)), select->column_text(1),
                   select->column_text(2), static_cast<Kind>(select->column_int64(3)),
                   select->column_int64(4), select->column_int64(5)};
+      const int64_t row = select->column_int64(6);
       if (lease.id == 0 || select->column_int64(3) < 0 ||
           select->column_int64(3) > static_cast<int64_t>(Kind::kExclusiveCopy)) {
         DJINN_LOG(kWarn, "lease") << options.name << ": skipping a malformed lease row, id " << lease.id;
         continue;
       }
       if (lease.expiration_ms == kNeverExpires) {
-        insert_locked(lease, kNoDeadline);
+        insert_locked(lease, kNoDeadline, row);
       } else if (lease.expiration_ms <= wall) {
         expired.push_back(LeaseEvent{EventType::kExpired, std::move(lease), {}, Kind::kShared});
+        expired_rows.push_back(row);
       } else {
         // The deadline on this run's monotonic clock: what remains of the persisted wall-clock
         // expiration.
-        insert_locked(lease, add_ms(now, lease.expiration_ms - wall));
+        insert_locked(lease, add_ms(now, lease.expiration_ms - wall), row);
       }
     }
     if (!expired.empty()) {
       Status written = durable(sqlite::Sync::kNormal, [&](sqlite::Database& d) -> Status {
-        for (const LeaseEvent& e : expired) DJINN_RETURN_IF_ERROR(delete_row(d, e.lease.id));
+        for (int64_t row : expired_rows) DJINN_RETURN_IF_ERROR(delete_row(d, row));
         return Status::Ok();
       });
       if (!written.ok()) return written;

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "djinn/core/fault.h"
+#include "djinn/core/sqlite.h"
 #include "djinn/lease/landlord.h"
 #include "support/test_support.h"
 
@@ -588,6 +589,79 @@ TEST_CASE("persistence: a closed and reopened landlord has the same leases") {
   CHECK(log.count() == 0);  // expirations are persisted: nothing expires twice
   CHECK(landlord->size() == 1);
   CHECK(landlord->find(kept[2].id).has_value());
+}
+
+TEST_CASE("persistence: a renewal of a cancelled lease never lands on the lease granted after it") {
+  // SQLite gives a deleted last row's number to the next insert: the journal must tell them apart.
+  test::TempDir dir;
+  std::string path = dir.file("leases.db");
+  FakeClocks clocks;
+  Lease first, second;
+  {
+    auto landlord = fake_landlord(clocks, nullptr, test_policy(), path);
+    first = must_grant(*landlord, request("r", "h", Kind::kShared, 1000));
+    REQUIRE(landlord->renew({first.id, 9000}).ok());  // journaled, not folded
+    REQUIRE(landlord->cancel(first.id).ok());
+    second = must_grant(*landlord, request("r", "h", Kind::kShared, 2000));
+  }
+  auto landlord = fake_landlord(clocks, nullptr, test_policy(), path);
+  CHECK(landlord->size() == 1);
+  CHECK_FALSE(landlord->find(first.id).has_value());
+  auto found = landlord->find(second.id);
+  REQUIRE(found.has_value());
+  CHECK(same_lease(*found, second));
+}
+
+TEST_CASE("persistence: a store of schema 2 (rows keyed by id, journal of ids) opens with every lease") {
+  test::TempDir dir;
+  std::string path = dir.file("leases.db");
+  const int64_t wall = wall_now_ms();
+  {
+    auto db = sqlite::Database::open(path);
+    REQUIRE(db.ok());
+    REQUIRE(db->exec("CREATE TABLE lease(id INTEGER PRIMARY KEY, resource TEXT NOT NULL, holder TEXT NOT NULL,"
+                     " kind INTEGER NOT NULL, expiration_ms INTEGER NOT NULL, granted_ms INTEGER NOT NULL);"
+                     "CREATE TABLE renewal(seq INTEGER PRIMARY KEY, id INTEGER NOT NULL,"
+                     " expiration_ms INTEGER NOT NULL, granted_ms INTEGER NOT NULL);"
+                     "CREATE TABLE mine(x INTEGER);")
+              .ok());
+    auto insert = db->prepare("INSERT INTO lease VALUES (?1, ?2, ?3, ?4, ?5, ?6)");
+    REQUIRE(insert.ok());
+    REQUIRE(insert->bind_all(int64_t{77}, std::string("r1"), std::string("h1"), int64_t{0}, wall + 60'000,
+                             int64_t{60'000}).ok());
+    REQUIRE(insert->run().ok());
+    insert->reset();
+    REQUIRE(insert->bind_all(int64_t{-5}, std::string("r2"), std::string("h2"), int64_t{1}, wall + 1000,
+                             int64_t{1000}).ok());
+    REQUIRE(insert->run().ok());
+    // A journaled renewal of lease -5 that had not been folded.
+    REQUIRE(db->exec("INSERT INTO renewal(id, expiration_ms, granted_ms) VALUES (-5, " +
+                     std::to_string(wall + 120'000) + ", 120000)").ok());
+    REQUIRE(db->set_user_version(2).ok());
+  }
+  {
+    auto landlord = open_or_fail(LandlordOptions{.path = path, .policy = test_policy()});
+    CHECK(landlord->size() == 2);
+    auto a = landlord->find(77);
+    REQUIRE(a.has_value());
+    CHECK(a->resource == "r1");
+    CHECK(a->expiration_ms == wall + 60'000);
+    auto b = landlord->find(static_cast<LeaseId>(int64_t{-5}));
+    REQUIRE(b.has_value());
+    CHECK(b->kind == Kind::kExclusive);
+    CHECK(b->expiration_ms == wall + 120'000);  // the journal was replayed before the move
+    // And it keeps working in the new layout: a renewal and a cancel persist.
+    REQUIRE(landlord->renew({77, 30'000}).ok());
+    REQUIRE(landlord->cancel(static_cast<LeaseId>(int64_t{-5})).ok());
+  }
+  {
+    auto landlord = open_or_fail(LandlordOptions{.path = path, .policy = test_policy()});
+    CHECK(landlord->size() == 1);
+    CHECK(landlord->find(77).has_value());
+  }
+  auto db = sqlite::Database::open(path);  // the owner's own tables were left alone
+  REQUIRE(db.ok());
+  CHECK(db->exec("SELECT x FROM mine").ok());
 }
 
 TEST_CASE("persistence: a grant throwing at a crash point is durable only after the commit") {
