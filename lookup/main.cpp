@@ -1,11 +1,13 @@
 // djinn-lookup: the federation's lookup service (DESIGN §5) as a daemon. Serves the registrar
 // ("lookup.*") and the lease protocol for its registrations over RPC, publishes notify and lease
-// events, keeps its items and leases in --data-dir, and runs until SIGINT or SIGTERM.
+// events, keeps its items and leases in --data-dir, announces itself for discovery (Avahi DNS-SD
+// and the multicast fallback, docs/discovery.md), and runs until SIGINT or SIGTERM.
 #include <cstdio>
 
 #include "djinn/core/config.h"
 #include "djinn/core/daemon_flags.h"
 #include "djinn/core/log.h"
+#include "djinn/discovery/announcer.h"
 #include "djinn/lease/flags.h"
 #include "djinn/lookup/keeper.h"
 #include "djinn/lookup/service.h"
@@ -37,6 +39,13 @@ int main(int argc, char** argv) {
   cfg.add_int("max-items", 1'000'000, "most items held; registrations beyond get RESOURCE_EXHAUSTED", 1, 100'000'000);
   add_security_flags(cfg);
   cfg.add_int("workers", 2, "threads for queries that may be long and for durable writes", 1, 256);
+  cfg.add_string("announce", "avahi,multicast",
+                 "how the lookup makes itself known: avahi (DNS-SD _djinn-lookup._tcp), multicast (UDP "
+                 "239.255.41.60:4160), both comma-separated, or none (reachable by djinn:// locators only)");
+  cfg.add_duration("announce-interval", std::chrono::seconds(5), "time between multicast announcements");
+  cfg.add_string("multicast-interface", "",
+                 "interface (name or address) for multicast announcements; default: the interface of --listen's "
+                 "address (lo for 127.0.0.1), or the routing table's choice when --listen binds a wildcard");
   if (Status st = cfg.parse(argc, argv); !st.ok()) return cfg.exit_code(st);
   log::set_program(kProgram);
 
@@ -60,6 +69,21 @@ int main(int argc, char** argv) {
   options.curve = security->curve;
   options.plaintext_role = security->plaintext_role;
 
+  bool announce_avahi = false, announce_multicast = false;
+  for (const std::string& a : lookup::split_list(cfg.get_string("announce"))) {
+    if (a == "avahi") {
+      announce_avahi = true;
+    } else if (a == "multicast") {
+      announce_multicast = true;
+    } else if (a != "none") {
+      return fail("--announce '" + a + "': expected avahi, multicast or none", 2);
+    }
+  }
+  std::chrono::milliseconds announce_interval = cfg.get_duration("announce-interval");
+  if (announce_multicast && announce_interval.count() < 100) {
+    return fail("--announce-interval " + std::to_string(announce_interval.count()) + "ms: at least 100ms", 2);
+  }
+
   block_stop_signals();  // before any thread starts, so all inherit the mask
 
   auto service = lookup::LookupService::start(options);
@@ -70,8 +94,43 @@ int main(int argc, char** argv) {
   std::printf("rpc %s\nevents %s\nservice-id %s\n", (*service)->rpc_endpoint().c_str(),
               (*service)->events_endpoint().c_str(), (*service)->registrar().self_id().to_string().c_str());
   std::fflush(stdout);
+
+  std::unique_ptr<discovery::LookupAnnouncer> announcer;
+  if (announce_avahi || announce_multicast) {
+    discovery::AnnouncerOptions a;
+    a.avahi = announce_avahi;
+    a.multicast = announce_multicast;
+    a.interval = announce_interval;
+    a.self.service_id = (*service)->registrar().self_id();
+    a.self.groups = options.groups;
+    a.self.name = options.name;
+    auto rpc = discovery::split_tcp_endpoint((*service)->rpc_endpoint());
+    auto events = discovery::split_tcp_endpoint((*service)->events_endpoint());
+    if (!rpc) return fail("cannot announce " + (*service)->rpc_endpoint() + ": only tcp:// endpoints are announced", 2);
+    a.self.rpc_port = rpc->second;
+    if (events) a.self.events_port = events->second;
+    // The address to dial: --advertise-host, else --listen's own address when it names one; with
+    // a wildcard, listeners use the address the announcement came from.
+    auto bound = discovery::split_tcp_endpoint(options.rpc_endpoint);
+    bool wildcard = !bound || bound->first == "*" || bound->first == "0.0.0.0" || bound->first == "::";
+    if (!options.advertise_host.empty()) {
+      a.self.host = options.advertise_host;
+    } else if (!wildcard) {
+      a.self.host = bound->first;
+    }
+    // Multicast leaves by the interface the lookup serves on: a lookup on loopback stays on lo.
+    a.multicast_options.interface = cfg.get_string("multicast-interface");
+    if (a.multicast_options.interface.empty() && !wildcard) {
+      a.multicast_options.interface = bound->first.rfind("127.", 0) == 0 ? "lo" : bound->first;
+    }
+    auto started = discovery::LookupAnnouncer::start(a);
+    if (!started.ok()) return fail("announcing: " + started.status().to_string(), 2);
+    announcer = std::move(*started);
+  }
+
   const char* sig = wait_for_stop_signal();
   DJINN_LOG(kInfo, "lookup") << "stopping on " << sig;
+  announcer.reset();
   (*service)->stop();
   return 0;
 }
