@@ -1,11 +1,14 @@
 // bench-discovery (DESIGN §11): discovery and join measured in the LAN lab, three hosts.
-//   join-findable-avahi-p50/p99     a lookup starts on h1; a service on h3 joins it and a client on h2
-//                                   finds the service there: ms from the lookup's start (its process
-//                                   spawned) to the client's first answer holding the item, Avahi only
-//   join-findable-multicast-p50/p99 the same through the multicast fallback only
-//   reregistered-after-restart-p50/p99  kill -9 of the lookup, discard seen by the service, restart:
-//                                   ms from the restart to the service registered there again
-//   discarded-after-kill-p50        ms from kill -9 to the service's discard (discard after 1500 ms)
+//   join_findable_avahi_{p50,p99}_ms      a lookup starts on h1; a service on h3 joins it and a client
+//                                         on h2 finds the service there: ms from the lookup's start
+//                                         (its process spawned) to the client's first answer holding
+//                                         the item, Avahi only. Peer: plain DNS-SD, avahi-publish on h1
+//                                         to avahi-browse resolving it on h2. Limit: the lookup's own
+//                                         start (spawned to serving), below which nothing is findable.
+//   join_findable_multicast_{p50,p99}_ms  the same through the multicast fallback only
+//   reregistered_after_restart_{p50,p99}_ms  kill -9 of the lookup, discard seen by the service,
+//                                         restart: ms from the restart to the service registered there
+//   discarded_after_kill_p50_ms           ms from kill -9 to the service's discard (after 1500 ms)
 // 20 trials each (--quick: 5). Without $DJINN_LAB the program runs itself under `lab.sh run`, which
 // builds the lab and tears it down afterwards.
 #include <signal.h>
@@ -31,7 +34,8 @@ using namespace std::chrono_literals;
 namespace {
 
 std::unique_ptr<HostProcess> start_lookup(const Lab& lab, int host, int port, const std::string& dir, const std::string& announce,
-                                          std::string* id) {
+                                          std::string* id, double* started_ms = nullptr) {
+  const int64_t spawned = monotonic_ms();
   std::string addr = lab.address(host);
   auto p = std::make_unique<HostProcess>(
       lab, host, DJINN_LOOKUP_PROGRAM,
@@ -40,6 +44,7 @@ std::unique_ptr<HostProcess> start_lookup(const Lab& lab, int host, int port, co
                                "--announce", announce, "--announce-interval", "1s", "--log-level", "error"});
   auto line = p->wait_line([](const std::string& l) { return l.rfind("service-id ", 0) == 0; }, 10s);
   if (!line) return nullptr;
+  if (started_ms) *started_ms = static_cast<double>(monotonic_ms() - spawned);
   if (id) *id = line->substr(11);
   return p;
 }
@@ -50,17 +55,49 @@ std::unique_ptr<HostProcess> agent(const Lab& lab, int host, std::vector<std::st
   return std::make_unique<HostProcess>(lab, host, DJINN_AGENT_PROGRAM, args);
 }
 
-bench::Result figure(std::string name, double value, std::optional<double> max) {
+bench::Result figure(std::string name, double value, std::optional<double> max,
+                     std::optional<bench::Reference> peer = std::nullopt,
+                     std::optional<bench::Reference> limit = std::nullopt) {
   bench::Result r;
   r.name = std::move(name);
   r.value = bench::round_to(value, 1);
   r.unit = "ms";
+  r.peer = std::move(peer);
+  r.limit = std::move(limit);
   if (max) r.target = bench::Target::at_most(bench::Target::Of::kValue, *max);
   return r;
 }
 
-// Lookup start to "findable from another host", per trial a fresh lookup on a fresh port.
-std::vector<double> findable(const Lab& lab, const std::string& how, int trials, int base_port) {
+// Plain DNS-SD between two hosts, the peer of the Avahi figures: avahi-publish of a fresh service on
+// h1 until avahi-browse on h2 has resolved it, with Avahi's default probing.
+std::vector<double> plain_dns_sd(const Lab& lab, int trials) {
+  std::vector<double> samples;
+  HostProcess browse(lab, 2, "/usr/bin/avahi-browse", {"-rpk", "_djinn-peer._tcp"});
+  std::this_thread::sleep_for(300ms);
+  for (int t = 0; t < trials; ++t) {
+    const std::string name = "peer-" + std::to_string(getpid()) + "-" + std::to_string(t);
+    size_t mark = browse.line_count();
+    int64_t t0 = monotonic_ms();
+    HostProcess publish(lab, 1, "/usr/bin/avahi-publish", {"-s", name, "_djinn-peer._tcp", "9", "k=v"});
+    auto resolved = browse.wait_line(
+        [&](const std::string& l) { return l.rfind("=;", 0) == 0 && l.find(";" + name + ";") != std::string::npos; }, 15s,
+        mark);
+    if (!resolved) {
+      std::fprintf(stderr, "bench-discovery: plain DNS-SD trial %d: not resolved in 15 s\n", t);
+      continue;
+    }
+    samples.push_back(static_cast<double>(monotonic_ms() - t0));
+    std::fprintf(stderr, "bench-discovery: plain DNS-SD trial %d: %.0f ms\n", t, samples.back());
+    publish.stop();
+  }
+  browse.stop();
+  return samples;
+}
+
+// Lookup start to "findable from another host", per trial a fresh lookup on a fresh port;
+// `startups` gets each lookup's own start (spawned to serving).
+std::vector<double> findable(const Lab& lab, const std::string& how, int trials, int base_port,
+                             std::vector<double>& startups) {
   std::vector<double> samples;
   auto join = agent(lab, 3, {"join", "--groups", "public", "--name", "bench-svc", "--discover", how, "--lease", "10s"});
   auto find = agent(lab, 2, {"find", "--groups", "public", "--discover", how});
@@ -72,8 +109,10 @@ std::vector<double> findable(const Lab& lab, const std::string& how, int trials,
     std::string endpoint = "tcp://" + lab.address(1) + ":" + std::to_string(port);
     size_t mark = find->line_count();
     int64_t t0 = monotonic_ms();
-    auto lookup = start_lookup(lab, 1, port, (dir / std::to_string(port)).string(), how, nullptr);
+    double startup = 0;
+    auto lookup = start_lookup(lab, 1, port, (dir / std::to_string(port)).string(), how, nullptr, &startup);
     if (!lookup) break;
+    startups.push_back(startup);
     auto found = find->wait_for("found " + endpoint + " ", 15s, mark);
     if (!found) {
       std::fprintf(stderr, "bench-discovery: %s trial %d: not found in 15 s\n", how.c_str(), t);
@@ -157,24 +196,31 @@ int main(int argc, char** argv) {
   bench::Report report("discovery");
   report.note(std::string(quick ? "--quick: " : "") + std::to_string(trials) +
               " trials per figure in a LAN lab of 3 network namespaces (lookup on h1, joined service on h3, client on h2)");
-  std::vector<double> avahi = findable(*lab, "avahi", trials, 4200);
-  std::vector<double> mcast = findable(*lab, "multicast", trials, 4250);
+  std::vector<double> startups;
+  std::vector<double> avahi = findable(*lab, "avahi", trials, 4200, startups);
+  std::vector<double> mcast = findable(*lab, "multicast", trials, 4250, startups);
+  std::vector<double> plain = plain_dns_sd(*lab, trials);
   std::vector<double> rereg, discard;
   restarts(*lab, trials, rereg, discard);
-  auto add = [&](const std::string& name, std::vector<double>& samples, std::optional<double> p50_max,
-                 std::optional<double> p99_max) {
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  auto pct = [&](std::vector<double> samples, bool p99) {
     bench::Summary s = bench::summarize(samples);
-    double nan = std::numeric_limits<double>::quiet_NaN();
-    report.add(figure(name + "-p50", s.count ? s.p50 : nan, p50_max));
-    report.add(figure(name + "-p99", s.count ? s.p99 : nan, p99_max));
+    return s.count ? bench::round_to(p99 ? s.p99 : s.p50, 1) : nan;
   };
-  add("join-findable-avahi", avahi, 1000, 1000);
-  add("join-findable-multicast", mcast, std::nullopt, std::nullopt);
-  add("reregistered-after-restart", rereg, 2000, 2000);
-  {
-    bench::Summary s = bench::summarize(discard);
-    report.add(figure("discarded-after-kill-p50", s.count ? s.p50 : std::numeric_limits<double>::quiet_NaN(), std::nullopt));
-  }
+  auto add = [&](const std::string& name, const std::vector<double>& samples, std::optional<double> max,
+                 const std::vector<double>* peer, const std::string& peer_name) {
+    for (bool p99 : {false, true}) {
+      const std::string tag = p99 ? "p99" : "p50";
+      std::optional<bench::Reference> peer_ref, limit_ref;
+      if (peer) peer_ref = bench::Reference{peer_name + "_" + tag + "_ms", pct(*peer, p99)};
+      if (name.rfind("join_findable", 0) == 0) limit_ref = bench::Reference{"lookup_startup_" + tag + "_ms", pct(startups, p99)};
+      report.add(figure(name + "_" + tag + "_ms", pct(samples, p99), max, peer_ref, limit_ref));
+    }
+  };
+  add("join_findable_avahi", avahi, 1000, &plain, "plain_dns_sd_publish_to_resolved");
+  add("join_findable_multicast", mcast, std::nullopt, nullptr, "");
+  add("reregistered_after_restart", rereg, 2000, nullptr, "");
+  report.add(figure("discarded_after_kill_p50_ms", pct(discard, false), std::nullopt));
   report.print();
   return 0;
 }

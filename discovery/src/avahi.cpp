@@ -13,6 +13,8 @@
 #include <avahi-client/publish.h>
 #include <avahi-common/address.h>
 #include <avahi-common/alternative.h>
+#include <avahi-common/defs.h>
+#include <avahi-common/domain.h>
 #include <avahi-common/error.h>
 #include <avahi-common/malloc.h>
 #include <avahi-common/strlst.h>
@@ -32,6 +34,80 @@ using PollPtr = std::unique_ptr<AvahiThreadedPoll, PollDeleter>;
 
 std::string client_error(AvahiClient* c, int error) {
   return avahi_strerror(c ? avahi_client_errno(c) : error);
+}
+
+// The labels of an unescaped dotted name such as "h2.local" or "_djinn-lookup._tcp".
+std::vector<std::string> split_labels(std::string_view dotted) {
+  std::vector<std::string> labels;
+  size_t at = 0;
+  while (at <= dotted.size()) {
+    size_t dot = dotted.find('.', at);
+    if (dot == std::string_view::npos) dot = dotted.size();
+    if (dot > at) labels.emplace_back(dotted.substr(at, dot - at));
+    at = dot + 1;
+  }
+  return labels;
+}
+
+// DNS wire format of a name given as its labels (no escaping: a label may hold dots or spaces).
+std::string wire_name(const std::vector<std::string>& labels) {
+  std::string out;
+  for (const std::string& label : labels) {
+    out += static_cast<char>(label.size());
+    out += label;
+  }
+  out += '\0';
+  return out;
+}
+
+// The four records avahi_entry_group_add_service publishes (RFC 6763 §4, §9), added one by one so
+// that the service's unique records (SRV, TXT) skip the probing of RFC 6762 §8.1: probing holds
+// an announcement back for 750-1000 ms, most of the time from a lookup's start to a service
+// joined through it. The instance name carries the lookup's ServiceID, so no other host claims
+// it; a conflict that did arise is still reported as a collision and renamed.
+int add_service_records(AvahiEntryGroup* group, AvahiClient* client, const std::string& instance,
+                        uint16_t port, const std::vector<std::string>& txt) {
+  const char* host_fqdn = avahi_client_get_host_name_fqdn(client);
+  const char* domain = avahi_client_get_domain_name(client);
+  if (!host_fqdn || !domain) return AVAHI_ERR_INVALID_HOST_NAME;
+  char service_name[AVAHI_DOMAIN_NAME_MAX], type_name[AVAHI_DOMAIN_NAME_MAX];
+  const std::string type(kServiceType);
+  int r = avahi_service_name_join(service_name, sizeof service_name, instance.c_str(), type.c_str(), domain);
+  if (r < 0) return r;
+  r = avahi_service_name_join(type_name, sizeof type_name, nullptr, type.c_str(), domain);
+  if (r < 0) return r;
+  std::vector<std::string> type_labels = split_labels(type);
+  for (const std::string& l : split_labels(domain)) type_labels.push_back(l);
+  std::vector<std::string> service_labels{instance};
+  service_labels.insert(service_labels.end(), type_labels.begin(), type_labels.end());
+  const std::string service_wire = wire_name(service_labels);
+  const std::string type_wire = wire_name(type_labels);
+
+  auto add = [&](AvahiPublishFlags flags, const char* name, uint16_t rr_type, uint32_t ttl, const std::string& rdata) {
+    return avahi_entry_group_add_record(group, AVAHI_IF_UNSPEC, AVAHI_PROTO_INET, flags, name, AVAHI_DNS_CLASS_IN,
+                                        rr_type, ttl, rdata.data(), rdata.size());
+  };
+  const auto unique = AvahiPublishFlags(AVAHI_PUBLISH_UNIQUE | AVAHI_PUBLISH_NO_PROBE);
+  // PTR <type> -> <instance>.<type>: shared, one per instance of the type.
+  if ((r = add(AvahiPublishFlags(0), type_name, AVAHI_DNS_TYPE_PTR, AVAHI_DEFAULT_TTL, service_wire)) < 0) return r;
+  std::string srv(4, '\0');  // priority 0, weight 0
+  srv += static_cast<char>(port >> 8);
+  srv += static_cast<char>(port & 0xff);
+  srv += wire_name(split_labels(host_fqdn));
+  if ((r = add(unique, service_name, AVAHI_DNS_TYPE_SRV, AVAHI_DEFAULT_TTL_HOST_NAME, srv)) < 0) return r;
+  std::string txt_rdata;
+  for (const std::string& t : txt) {
+    if (t.size() > 255) return AVAHI_ERR_INVALID_RECORD;
+    txt_rdata += static_cast<char>(t.size());
+    txt_rdata += t;
+  }
+  if (txt_rdata.empty()) txt_rdata.assign(1, '\0');  // an empty TXT record is one empty string
+  if ((r = add(unique, service_name, AVAHI_DNS_TYPE_TXT, AVAHI_DEFAULT_TTL, txt_rdata)) < 0) return r;
+  // PTR _services._dns-sd._udp -> <type>: service type enumeration.
+  char enum_name[AVAHI_DOMAIN_NAME_MAX];
+  r = avahi_service_name_join(enum_name, sizeof enum_name, nullptr, "_services._dns-sd._udp", domain);
+  if (r < 0) return r;
+  return add(AvahiPublishFlags(0), enum_name, AVAHI_DNS_TYPE_PTR, AVAHI_DEFAULT_TTL, type_wire);
 }
 
 }  // namespace
@@ -87,13 +163,18 @@ struct AvahiAnnouncer::Impl {
     } else {
       avahi_entry_group_reset(group);
     }
-    AvahiStringList* list = nullptr;
-    for (auto it = txt.rbegin(); it != txt.rend(); ++it) list = avahi_string_list_add(list, it->c_str());
-    // avahi_string_list_add prepends: adding in reverse keeps the documented order.
-    int r = avahi_entry_group_add_service_strlst(group, AVAHI_IF_UNSPEC, AVAHI_PROTO_INET, AvahiPublishFlags(0),
-                                                 name.c_str(), std::string(kServiceType).c_str(), nullptr, nullptr,
-                                                 self.rpc_port, list);
-    avahi_string_list_free(list);
+    int r = add_service_records(group, client, name, self.rpc_port, txt);
+    if (r < 0 && r != AVAHI_ERR_COLLISION) {
+      // A daemon that refuses the records one by one still takes the service whole (with probing).
+      avahi_entry_group_reset(group);
+      AvahiStringList* list = nullptr;
+      for (auto it = txt.rbegin(); it != txt.rend(); ++it) list = avahi_string_list_add(list, it->c_str());
+      // avahi_string_list_add prepends: adding in reverse keeps the documented order.
+      r = avahi_entry_group_add_service_strlst(group, AVAHI_IF_UNSPEC, AVAHI_PROTO_INET, AvahiPublishFlags(0),
+                                               name.c_str(), std::string(kServiceType).c_str(), nullptr, nullptr,
+                                               self.rpc_port, list);
+      avahi_string_list_free(list);
+    }
     if (r == AVAHI_ERR_COLLISION) {
       char* alt = avahi_alternative_service_name(name.c_str());
       name = alt;
