@@ -1,0 +1,176 @@
+// The heap of DESIGN §7: a reserved range of virtual memory split into fixed pages, demand-paged
+// from a PageStore, dirty-tracked by the MMU, evicted under a resident budget far smaller than its
+// capacity, and checkpointed atomically as a version of the store.
+//
+//   auto store = PageStore::open(dir);
+//   auto heap = Heap::open(**store, 0, {.capacity_bytes = 1 << 30, .budget_bytes = 64 << 20});
+//   std::memcpy((*heap)->base() + 4096, "hello", 5);   // plain loads and stores
+//   auto v1 = (*heap)->checkpoint(runtime_record);      // the pages written since the last one
+//   ...
+//   auto again = Heap::open(**store, v1->version);      // restore, at any base address
+//
+// How it works: the range is registered with a userfaultfd. A missing page faults to the heap's
+// fault thread, which loads it (and a run of its neighbours) from the store with UFFDIO_COPY,
+// write-protected. On kernels with UFFD_FEATURE_WP_ASYNC (Linux 6.7) the first write to a
+// protected page is resolved by the kernel itself and PAGEMAP_SCAN later reports the written pages
+// and protects them again; elsewhere each first write is a synchronous write-protect fault served
+// by the fault thread. Over budget, the fault thread evicts pages with a CLOCK sweep (a dirty
+// victim is put in the store first) and drops them with MADV_DONTNEED, so they fault in again.
+//
+// One mutator at a time (DESIGN §8: an app's handlers run one at a time). Evictions happen inside
+// faults, while the faulting thread waits; in the asynchronous mode a write made by another thread
+// at that moment could be lost. Threads that only read, or that write while no other thread can
+// fault, are fine. checkpoint(), pin() and trim() run at a safe point: no thread is writing the
+// heap while they run.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "djinn/core/status.h"
+#include "djinn/heapstore/page_store.h"
+
+namespace djinn::heapstore {
+
+// How first writes to clean pages are noticed.
+enum class DirtyTracking {
+  kAuto,              // asynchronous when the kernel has it, else synchronous
+  kAsync,             // UFFD_FEATURE_WP_ASYNC + PAGEMAP_SCAN (Linux >= 6.7)
+  kSyncWriteProtect,  // a userfaultfd write-protect fault per first write (Linux >= 5.7)
+};
+std::string_view tracking_name(DirtyTracking tracking);
+
+// Measured (bench-heapstore --compare-page-sizes, docs/heapstore.md "Page size"): with 4 KiB pages
+// a random touch loads 2.3x (16 KiB) to 7x (64 KiB) less and sparse writes checkpoint 4x to 15x
+// fewer bytes; larger pages only speed up sequential page-in, which fault-around batches anyway.
+// The MMU tracks writes per 4 KiB whatever the heap's page size.
+inline constexpr uint32_t kDefaultPageSize = 4096;
+
+struct HeapOptions {
+  // A new heap's capacity (rounded up to whole pages) and page size (a power of two, 4 KiB to
+  // 2 MiB). A heap opened from a version has that version's, whatever these say.
+  uint64_t capacity_bytes = 256ull << 20;
+  uint32_t page_size = kDefaultPageSize;
+  // Pages resident at once (rounded down to whole pages, at least 16 pages). Pinned pages count.
+  uint64_t budget_bytes = 64ull << 20;
+  DirtyTracking tracking = DirtyTracking::kAuto;
+  // Where to map the heap; nullptr: wherever the kernel likes. Objects in a heap do not care.
+  void* base_address = nullptr;
+  // A fault loads a run of up to this many pages, its own and the non-resident ones after it;
+  // while faults keep landing where the previous run ended (sequential access) the run doubles,
+  // up to the maximum. 8: the cheapest random page-in per page touched of 4, 8 and 16 here.
+  uint32_t fault_around_pages = 8;
+  uint32_t fault_around_max_pages = 64;
+  // After serving a fault, the fault thread polls for the next one this long before it sleeps:
+  // a fault that finds it awake costs half as much (bench-heapstore). 0: sleep at once.
+  uint32_t fault_spin_us = 50;
+  // Threads that read a fault's run from the store beside the fault thread (0: none). A page read
+  // costs several times the fault itself, so this can help where cores are idle; on a loaded
+  // two-core machine it made page-in slower (bench-heapstore --load-threads), hence off.
+  uint32_t load_threads = 0;
+};
+
+// DESIGN §7's page states. A page is empty (all zero, never stored, not resident), resident
+// (clean: the same as its persisted copy, or zero), dirty (written since it was last persisted),
+// flushing (being written by a checkpoint) or persistent (not resident; its content is in the
+// store under its hash).
+enum class PageState : uint8_t { kEmpty, kResident, kDirty, kFlushing, kPersistent };
+// System pages hold the heap's own structures (the object segment's header); user pages the
+// application's data. Both are paged alike; system pages are pinned by whoever marks them.
+enum class PageType : uint8_t { kUser, kSystem };
+std::string_view page_state_name(PageState state);
+
+struct PageInfo {
+  uint64_t index = 0;
+  PageState state = PageState::kEmpty;
+  PageType type = PageType::kUser;
+  bool pinned = false;
+  bool accessed = false;  // the CLOCK's reference bit
+  // The hash of the page's last persisted copy (none for a zero page, or when a resident page's
+  // hash is not asked for).
+  std::optional<PageHash> hash;
+  // The page differs from the heap's version and the next checkpoint writes it.
+  bool pending = false;
+};
+
+struct HeapStats {
+  uint64_t capacity_pages = 0;
+  uint64_t budget_pages = 0;
+  uint64_t resident_pages = 0;
+  uint64_t pinned_pages = 0;
+  uint64_t pending_pages = 0;  // known to differ from the version (dirty ones as of the last scan)
+  uint64_t faults = 0;           // missing-page faults served
+  uint64_t pages_loaded = 0;     // pages read from the store (faulting ones and their neighbours)
+  uint64_t pages_zero_filled = 0;
+  uint64_t write_faults = 0;     // synchronous write-protect faults (kSyncWriteProtect)
+  uint64_t evictions = 0;        // pages dropped to stay within the budget
+  uint64_t dirty_evictions = 0;  // of which dirty, written first
+  uint64_t flushes = 0;          // pages put in the store by evictions
+  uint64_t over_budget_loads = 0;  // faults served with the budget already full of pinned pages
+  uint64_t load_errors = 0;      // pages the store could not give (the faulting thread got SIGBUS)
+  uint64_t dirty_scans = 0;      // PAGEMAP_SCAN collections (kAsync)
+  uint64_t checkpoints = 0;
+  uint64_t pages_checkpointed = 0;  // pages staged by checkpoints (content or hash or zero)
+};
+
+class Heap {
+ public:
+  // Opens the heap of `version` of `store` (0: a new, all-zero heap). Pages are loaded on first
+  // touch. The store must outlive the heap, and `version` must stay in the store while the heap
+  // is open (its pages are loaded from it).
+  static Result<std::unique_ptr<Heap>> open(PageStore& store, uint64_t version, HeapOptions options = {});
+  // What kAuto would choose on this machine, and why not the other when it cannot.
+  static DirtyTracking auto_tracking();
+  static std::string tracking_support();
+
+  // Stops the fault thread and unmaps the heap. Nothing is written: what was not checkpointed is
+  // lost, as after a crash. No thread may be touching the heap.
+  ~Heap();
+  Heap(const Heap&) = delete;
+  Heap& operator=(const Heap&) = delete;
+
+  std::byte* base() const;
+  uint64_t size() const;  // capacity in bytes
+  uint32_t page_size() const;
+  uint64_t capacity_pages() const;
+  uint64_t budget_pages() const;
+  DirtyTracking tracking() const;
+  PageStore& store() const;
+  // The version the heap's content is based on (0: none yet), and that version's runtime record.
+  uint64_t version() const;
+  std::string record() const;
+
+  // DESIGN §7's checkpoint, at a safe point: collects the pages written since the last checkpoint,
+  // writes them (and the content of dirty pages evicted since, by hash) as a new version on top
+  // of version(), with `record`, atomically. On failure the heap is as before: its pages stay
+  // dirty and the next checkpoint writes them.
+  Result<VersionInfo> checkpoint(std::string_view record);
+  // The pages that differ from version() now (what the next checkpoint writes), ascending.
+  Result<std::vector<uint64_t>> dirty_pages();
+
+  // Marks the pages covering [offset, offset + length) pinned (never evicted) and of `type`, and
+  // loads them. Pinned pages count against the budget. At a safe point.
+  Status pin(uint64_t offset, uint64_t length, PageType type = PageType::kUser);
+  Status unpin(uint64_t offset, uint64_t length);
+  // Evicts until at most `max_resident_pages` are resident (pinned pages stay). At a safe point.
+  Status trim(uint64_t max_resident_pages);
+
+  // The page table for pages [first, first + count) that are not empty (migration exports the
+  // pages a receiver lacks from it). With `hashes`, resident clean pages whose hash is not known
+  // are hashed (at a safe point); without, only known hashes are given.
+  Result<std::vector<PageInfo>> page_table(uint64_t first = 0, uint64_t count = UINT64_MAX, bool hashes = false);
+  HeapStats stats() const;
+
+  struct Impl;
+
+ private:
+  explicit Heap(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace djinn::heapstore

@@ -1,0 +1,778 @@
+// The heap (heap.h): its region, its page table, the fault thread that loads pages and evicts them
+// under the budget, and the checkpoint. Every piece of mutable state is guarded by Impl::mu, taken
+// by the fault thread for each batch of faults and by the API calls. A thread holding `mu` never
+// touches a page that is not resident, so it never waits for the fault thread, which needs `mu`.
+#include "djinn/heapstore/heap.h"
+
+#include <poll.h>
+#include <pthread.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <mutex>
+#include <thread>
+
+#include "djinn/core/fault.h"
+#include "djinn/core/log.h"
+#include "heap_loader.h"
+#include "heap_mmu.h"
+#include "heap_page_table.h"
+#include "uffd_abi.h"
+
+namespace djinn::heapstore {
+
+using internal::PageEntry;
+
+namespace {
+
+constexpr uint64_t kSystemPageSize = 4096;
+constexpr uint64_t kMinBudgetPages = 16;
+// Pages the CLOCK hand examines per PAGEMAP_SCAN when it looks for victims (asynchronous mode):
+// one scan refreshes the dirty and reference bits of a window before the hand passes over it.
+constexpr uint64_t kSweepWindow = 512;
+// The largest reservation accepted: 2^46 bytes, a quarter of the user address space.
+constexpr uint64_t kMaxHeapBytes = uint64_t{1} << 46;
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
+}  // namespace
+
+std::string_view tracking_name(DirtyTracking tracking) {
+  switch (tracking) {
+    case DirtyTracking::kAuto: return "auto";
+    case DirtyTracking::kAsync: return "async-wp";
+    case DirtyTracking::kSyncWriteProtect: return "sync-wp";
+  }
+  return "?";
+}
+
+std::string_view page_state_name(PageState state) {
+  switch (state) {
+    case PageState::kEmpty: return "empty";
+    case PageState::kResident: return "resident";
+    case PageState::kDirty: return "dirty";
+    case PageState::kFlushing: return "flushing";
+    case PageState::kPersistent: return "persistent";
+  }
+  return "?";
+}
+
+struct Heap::Impl {
+  Impl(PageStore& s, uint32_t page, uint64_t capacity, uint64_t budget, const HeapOptions& o)
+      : store(&s), page_size(page), capacity_pages(capacity), budget_pages(budget), options(o), table(capacity) {}
+  ~Impl();
+
+  PageStore* store;
+  const uint32_t page_size;
+  const uint64_t capacity_pages;
+  const uint64_t budget_pages;
+  const HeapOptions options;
+  DirtyTracking mode = DirtyTracking::kAsync;
+  std::byte* base = nullptr;
+  uint64_t length = 0;
+  std::unique_ptr<internal::Mmu> mmu;
+
+  mutable std::mutex mu;  // guards everything below
+  internal::PageTable table;
+  std::vector<uint64_t> pending;  // pages with PageEntry::kPending, in no order
+  uint64_t resident = 0;
+  uint64_t pinned = 0;
+  uint64_t version = 0;
+  std::string record;
+  uint64_t hand = 0;  // the CLOCK hand: the next page the sweep examines
+  HeapStats counters;
+  // Fault-around: where the last run ended and how long it was.
+  uint64_t last_run_end = UINT64_MAX;
+  uint64_t window = 0;
+  // The fault thread's buffers: pages read from the store before UFFDIO_COPY, their hashes, and
+  // the source of zero pages.
+  std::vector<std::byte> staging;
+  std::vector<PageHash> hashes;
+  std::vector<std::byte> zeros;
+  std::unique_ptr<internal::PageLoader> loader;
+
+  std::thread fault_thread;
+  int stop_fd = -1;
+  std::atomic<bool> stopping{false};
+
+  uintptr_t addr(uint64_t page) const { return reinterpret_cast<uintptr_t>(base) + page * page_size; }
+  std::span<std::byte> page_span(uint64_t page) const { return {base + page * page_size, page_size}; }
+  bool async() const { return mode == DirtyTracking::kAsync; }
+
+  void mark_pending(uint64_t i, PageEntry& e) {
+    if (!e.has(PageEntry::kPending)) {
+      e.set(PageEntry::kPending);
+      pending.push_back(i);
+    }
+  }
+  void mark_dirty(uint64_t i, PageEntry& e) {
+    if (e.state == PageState::kResident) e.state = PageState::kDirty;
+    e.set(PageEntry::kAccessed);
+    mark_pending(i, e);
+  }
+
+  void fault_loop();
+  void serve_locked(const uffd_msg& msg);
+  void serve_missing_locked(uint64_t i, bool write);
+  void serve_write_protect_locked(uint64_t i);
+  // Loads pages [i, i + n) (non-resident), the faulting page i writable when `write`. Returns
+  // false when page i itself could not be loaded.
+  bool load_run_locked(uint64_t i, uint64_t n, bool write);
+  // Maps pages [first, first + count) (non-resident) with their content from the store, or zero;
+  // returns how many from `first` were mapped before a page the store could not give (`error`).
+  uint64_t install_locked(uint64_t first, uint64_t count, bool writable_first, Status* error);
+  void fail_page_locked(uint64_t i, const Status& why);
+
+  // Asynchronous mode: marks dirty the resident pages in [first, end) written since they were
+  // last protected, and protects them again.
+  Status refresh_written_locked(uint64_t first, uint64_t end);
+  // DESIGN §7's dirty set: every page written since the last checkpoint is kDirty and pending
+  // afterwards, and write-protected again.
+  Status collect_dirty_locked();
+  // Frees at least `want` resident pages by the CLOCK (fewer when the rest are pinned).
+  uint64_t evict_locked(uint64_t want);
+  // Drops the victims (ascending): a dirty one is put in the store first.
+  uint64_t drop_locked(std::vector<uint64_t>& victims);
+  // The hash of a clean resident page, learnt by hashing it; nullopt for a zero page.
+  std::optional<PageHash> clean_hash_locked(uint64_t i, PageEntry& e);
+};
+
+Heap::Impl::~Impl() {
+  if (fault_thread.joinable()) {
+    stopping.store(true);
+    uint64_t one = 1;
+    (void)!::write(stop_fd, &one, sizeof one);
+    fault_thread.join();
+  }
+  if (stop_fd >= 0) ::close(stop_fd);
+  loader.reset();
+  mmu.reset();  // unregisters before the range goes away
+  if (base) ::munmap(base, length);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fault thread
+
+void Heap::Impl::fault_loop() {
+  pthread_setname_np(pthread_self(), "heap-faults");
+  constexpr int kBatch = 32;
+  uffd_msg msgs[kBatch];
+  pollfd fds[2] = {{mmu->fd(), POLLIN, 0}, {stop_fd, POLLIN, 0}};
+  const auto spin = std::chrono::microseconds(options.fault_spin_us);
+  auto last = std::chrono::steady_clock::now();
+  try {
+    while (!stopping.load(std::memory_order_relaxed)) {
+      int n = mmu->read_faults(msgs, kBatch);
+      if (n < 0) {
+        DJINN_LOG(kError, "heapstore") << "heap fault thread: reading the userfaultfd failed: " << std::strerror(errno);
+        std::abort();  // the faulting threads would wait forever
+      }
+      if (n > 0) {
+        std::lock_guard lock(mu);
+        for (int k = 0; k < n; ++k) serve_locked(msgs[k]);
+        last = std::chrono::steady_clock::now();
+        continue;
+      }
+      if (spin.count() > 0 && std::chrono::steady_clock::now() - last < spin) {
+        cpu_relax();
+        continue;
+      }
+      if (::poll(fds, 2, -1) < 0 && errno != EINTR) {
+        DJINN_LOG(kError, "heapstore") << "heap fault thread: poll failed: " << std::strerror(errno);
+        std::abort();
+      }
+    }
+  } catch (const std::exception& e) {
+    DJINN_LOG(kError, "heapstore") << "heap fault thread: " << e.what();
+    std::abort();
+  }
+}
+
+void Heap::Impl::serve_locked(const uffd_msg& msg) {
+  if (msg.event != internal::abi::kEventPagefault) return;
+  uint64_t address = msg.arg.pagefault.address;
+  uint64_t i = (address - reinterpret_cast<uintptr_t>(base)) / page_size;
+  if (address < reinterpret_cast<uintptr_t>(base) || i >= capacity_pages) return;
+  if (msg.arg.pagefault.flags & internal::abi::kPagefaultFlagWp) {
+    serve_write_protect_locked(i);
+  } else {
+    serve_missing_locked(i, (msg.arg.pagefault.flags & internal::abi::kPagefaultFlagWrite) != 0);
+  }
+}
+
+void Heap::Impl::serve_missing_locked(uint64_t i, bool write) {
+  if (table.resident(i)) {
+    // Loaded meanwhile (by another thread's fault-around, or a second fault on the same page).
+    (void)mmu->wake(addr(i), page_size);
+    return;
+  }
+  ++counters.faults;
+  // Fault-around: a fault right where the last run ended continues a sequential scan; the run
+  // doubles up to the maximum. Any other fault starts again from the initial run.
+  window = i == last_run_end ? std::min<uint64_t>(window * 2, options.fault_around_max_pages)
+                             : options.fault_around_pages;
+  uint64_t n = 1;
+  while (n < window && i + n < capacity_pages && !table.resident(i + n)) ++n;
+  if (resident + n > budget_pages) {
+    // Evict a little more than needed, so the next faults do not each start a sweep.
+    uint64_t slack = std::clamp<uint64_t>(budget_pages / 32, 1, 64);
+    evict_locked(resident + n - budget_pages + slack);
+    if (resident + n > budget_pages) {
+      if (resident >= budget_pages) ++counters.over_budget_loads;
+      n = resident < budget_pages ? budget_pages - resident : 1;
+    }
+  }
+  if (!load_run_locked(i, n, write)) return;
+  last_run_end = i + n;
+}
+
+bool Heap::Impl::load_run_locked(uint64_t i, uint64_t n, bool write) {
+  // The faulting page first, so its thread goes on while the neighbours load; a thread that
+  // touches a neighbour meanwhile is woken by the copy that maps it.
+  Status error;
+  if (install_locked(i, 1, write, &error) == 0) {
+    fail_page_locked(i, error);
+    return false;
+  }
+  if (write) mark_dirty(i, table.at(i));
+  // A neighbour the store cannot give ends the run; it faults on its own if it is touched.
+  if (n > 1) install_locked(i + 1, n - 1, false, &error);
+  return true;
+}
+
+uint64_t Heap::Impl::install_locked(uint64_t first, uint64_t count, bool writable_first, Status* error) {
+  uint64_t end = first + count;
+  uint64_t j = first;
+  auto stored = [&](uint64_t p) {
+    const PageEntry* e = table.find(p);
+    return e && e->state == PageState::kPersistent;
+  };
+  while (j < end) {
+    const bool from_store = stored(j);
+    uint64_t k = j + 1;
+    while (k < end && stored(k) == from_store) ++k;
+    const std::byte* source = zeros.data();
+    if (from_store) {
+      hashes.clear();
+      for (uint64_t p = j; p < k; ++p) hashes.push_back(table.find(p)->hash);
+      uint64_t read = loader->read(hashes.data(), hashes.size(), staging.data(), error);
+      if (read < k - j) end = k = j + read;
+      if (k == j) break;
+      source = staging.data();
+      counters.pages_loaded += k - j;
+    } else {
+      counters.pages_zero_filled += k - j;
+    }
+    // Clean pages are mapped write-protected, so their first write is seen; a page whose fault was
+    // a write is mapped writable (it would fault again at once) and is dirty.
+    uint64_t from = j;
+    if (writable_first && j == first) {
+      Status st = mmu->copy(addr(j), source, page_size, false, true);
+      if (!st.ok()) throw std::runtime_error(st.to_string());
+      ++from;
+    }
+    if (from < k) {
+      Status st = mmu->copy(addr(from), source + (from - j) * page_size, (k - from) * page_size, true, true);
+      if (!st.ok()) throw std::runtime_error(st.to_string());
+    }
+    for (uint64_t p = j; p < k; ++p) {
+      PageEntry& e = table.at(p);
+      e.state = PageState::kResident;
+      e.set(PageEntry::kAccessed);
+      table.add_resident(p, 1);
+    }
+    resident += k - j;
+    j = k;
+  }
+  return j - first;
+}
+
+void Heap::Impl::fail_page_locked(uint64_t i, const Status& why) {
+  ++counters.load_errors;
+  DJINN_LOG(kError, "heapstore") << "heap page " << i << " cannot be loaded: " << why.to_string()
+                                 << "; the thread touching it gets SIGBUS";
+  if (!mmu->poison(addr(i), page_size).ok()) {
+    DJINN_LOG(kError, "heapstore") << "no UFFDIO_POISON on this kernel: aborting";
+    std::abort();
+  }
+}
+
+void Heap::Impl::serve_write_protect_locked(uint64_t i) {
+  PageEntry* e = table.find(i);
+  if (e && e->resident()) {
+    ++counters.write_faults;
+    mark_dirty(i, *e);
+  }
+  // Un-protects the whole page and wakes the writer; a page evicted since the fault was queued
+  // has nothing to un-protect and the retried write faults as missing.
+  Status st = mmu->protect(addr(i), page_size, false, true);
+  if (!st.ok()) throw std::runtime_error(st.to_string());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dirty set and eviction
+
+Status Heap::Impl::refresh_written_locked(uint64_t first, uint64_t end) {
+  return mmu->scan_written(addr(first), addr(end), true, [&](uintptr_t from, uintptr_t to) {
+    uint64_t p0 = (from - reinterpret_cast<uintptr_t>(base)) / page_size;
+    uint64_t p1 = (to - reinterpret_cast<uintptr_t>(base) + page_size - 1) / page_size;
+    for (uint64_t p = p0; p < p1 && p < capacity_pages; ++p) {
+      PageEntry* e = table.find(p);
+      if (e && e->resident()) mark_dirty(p, *e);
+    }
+  });
+}
+
+Status Heap::Impl::collect_dirty_locked() {
+  if (async()) {
+    ++counters.dirty_scans;
+    return refresh_written_locked(0, capacity_pages);
+  }
+  // Synchronous mode: the table knows every dirty page; protect them again, in runs.
+  std::sort(pending.begin(), pending.end());
+  size_t k = 0;
+  while (k < pending.size()) {
+    if (table.at(pending[k]).state != PageState::kDirty) {
+      ++k;
+      continue;
+    }
+    size_t r = k + 1;
+    while (r < pending.size() && pending[r] == pending[r - 1] + 1 && table.at(pending[r]).state == PageState::kDirty) ++r;
+    DJINN_RETURN_IF_ERROR(mmu->protect(addr(pending[k]), (pending[r - 1] - pending[k] + 1) * page_size, true, false));
+    k = r;
+  }
+  return Status();
+}
+
+std::optional<PageHash> Heap::Impl::clean_hash_locked(uint64_t i, PageEntry& e) {
+  if (e.has(PageEntry::kHashKnown)) return e.hash;
+  std::span<const std::byte> page = page_span(i);
+  if (is_zero_page(page)) return std::nullopt;
+  e.hash = PageHash::of(page);
+  e.set(PageEntry::kHashKnown);
+  return e.hash;
+}
+
+uint64_t Heap::Impl::evict_locked(uint64_t want) {
+  std::vector<uint64_t> victims;
+  // Two turns of the hand at most: the first may only clear reference bits.
+  const uint64_t limit = 2 * capacity_pages + kSweepWindow;
+  uint64_t walked = 0;
+  while (victims.size() < want && walked < limit && resident > pinned) {
+    uint64_t chunk = hand / internal::PageTable::kChunkPages;
+    uint64_t chunk_end = std::min((chunk + 1) * internal::PageTable::kChunkPages, capacity_pages);
+    if (table.chunk_resident(chunk) == 0) {
+      walked += chunk_end - hand;
+      hand = chunk_end >= capacity_pages ? 0 : chunk_end;
+      continue;
+    }
+    uint64_t end = std::min(hand + kSweepWindow, chunk_end);
+    if (async()) {
+      Status st = refresh_written_locked(hand, end);
+      if (!st.ok()) {
+        DJINN_LOG(kError, "heapstore") << "eviction: " << st.to_string();
+        break;
+      }
+    }
+    uint64_t i = hand;
+    for (; i < end && victims.size() < want; ++i) {
+      PageEntry* e = table.find(i);
+      if (!e || !e->resident() || e->has(PageEntry::kPinned | PageEntry::kVictim) || e->state == PageState::kFlushing) {
+        continue;
+      }
+      if (e->has(PageEntry::kAccessed)) {
+        e->clear(PageEntry::kAccessed);
+        continue;
+      }
+      e->set(PageEntry::kVictim);
+      victims.push_back(i);
+    }
+    walked += i - hand;
+    hand = i >= capacity_pages ? 0 : i;
+  }
+  std::sort(victims.begin(), victims.end());
+  return drop_locked(victims);
+}
+
+uint64_t Heap::Impl::drop_locked(std::vector<uint64_t>& victims) {
+  uint64_t dropped = 0;
+  size_t out = 0;  // victims[0, out) are dropped; one that could not be written stays resident
+  for (uint64_t i : victims) {
+    PageEntry& e = table.at(i);
+    e.clear(PageEntry::kVictim);
+    std::span<const std::byte> page = page_span(i);
+    PageState next;
+    if (e.state == PageState::kDirty) {
+      if (is_zero_page(page)) {
+        e.clear(PageEntry::kHashKnown);
+        next = PageState::kEmpty;
+      } else {
+        Result<PageHash> h = store->put_page(page);
+        if (!h.ok()) {
+          DJINN_LOG(kWarn, "heapstore") << "evicting dirty page " << i << ": " << h.status().to_string()
+                                        << "; it stays resident";
+          continue;
+        }
+        e.hash = *h;
+        e.set(PageEntry::kHashKnown);
+        next = PageState::kPersistent;
+        ++counters.flushes;
+      }
+      ++counters.dirty_evictions;
+      mark_pending(i, e);
+    } else {
+      next = clean_hash_locked(i, e) ? PageState::kPersistent : PageState::kEmpty;
+    }
+    e.state = next;
+    e.clear(PageEntry::kAccessed);
+    table.add_resident(i, -1);
+    --resident;
+    ++counters.evictions;
+    ++dropped;
+    victims[out++] = i;
+  }
+  victims.resize(out);
+  size_t run_start = 0;
+  for (size_t k = 1; k <= victims.size(); ++k) {
+    if (k == victims.size() || victims[k] != victims[k - 1] + 1) {
+      uint64_t first = victims[run_start];
+      Status st = internal::Mmu::drop(addr(first), (victims[k - 1] - first + 1) * page_size);
+      if (!st.ok()) throw std::runtime_error(st.to_string());
+      run_start = k;
+    }
+  }
+  return dropped;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Heap
+
+Heap::Heap(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Heap::~Heap() = default;
+
+DirtyTracking Heap::auto_tracking() {
+  return internal::mmu_support().wp_async ? DirtyTracking::kAsync : DirtyTracking::kSyncWriteProtect;
+}
+
+std::string Heap::tracking_support() {
+  const internal::MmuSupport& s = internal::mmu_support();
+  if (s.wp_async) return "async-wp: UFFD_FEATURE_WP_ASYNC and PAGEMAP_SCAN";
+  return s.why;
+}
+
+Result<std::unique_ptr<Heap>> Heap::open(PageStore& store, uint64_t version, HeapOptions o) {
+  uint32_t page_size = o.page_size;
+  uint64_t capacity_pages = 0;
+  std::optional<Manifest> manifest;
+  if (version != 0) {
+    Result<Manifest> m = store.manifest(version);
+    if (!m.ok()) return m.status();
+    manifest = std::move(*m);
+    page_size = manifest->info.page_size;
+    capacity_pages = manifest->info.capacity_pages;
+  }
+  if (page_size < kSystemPageSize || page_size > (1u << 21) || (page_size & (page_size - 1)) != 0) {
+    return invalid_argument("heap page size " + std::to_string(page_size) +
+                            ": must be a power of two from 4096 to 2097152 bytes");
+  }
+  if (version == 0) {
+    if (o.capacity_bytes == 0 || o.capacity_bytes > kMaxHeapBytes) {
+      return invalid_argument("heap capacity of " + std::to_string(o.capacity_bytes) +
+                              " bytes: must be from 1 byte to 64 TiB");
+    }
+    capacity_pages = (o.capacity_bytes + page_size - 1) / page_size;
+  } else if (capacity_pages * page_size > kMaxHeapBytes) {
+    return invalid_argument("version " + std::to_string(version) + " has a capacity beyond 64 TiB");
+  }
+  uint64_t budget_pages = std::min(o.budget_bytes / page_size, capacity_pages);
+  if (budget_pages < std::min(kMinBudgetPages, capacity_pages)) {
+    return invalid_argument("heap budget of " + std::to_string(o.budget_bytes) + " bytes: must hold at least " +
+                            std::to_string(kMinBudgetPages) + " pages of " + std::to_string(page_size) + " bytes");
+  }
+  if (o.load_threads > 16) {
+    return invalid_argument("load_threads " + std::to_string(o.load_threads) + ": must be at most 16");
+  }
+  if (o.fault_around_pages == 0 || o.fault_around_max_pages < o.fault_around_pages) {
+    return invalid_argument("fault-around of " + std::to_string(o.fault_around_pages) + " to " +
+                            std::to_string(o.fault_around_max_pages) +
+                            " pages: the initial run must be at least 1 and at most the maximum");
+  }
+  // A run never takes more than a quarter of the budget, so eviction always has room to work.
+  o.fault_around_max_pages =
+      static_cast<uint32_t>(std::clamp<uint64_t>(budget_pages / 4, 1, o.fault_around_max_pages));
+  o.fault_around_pages = std::min(o.fault_around_pages, o.fault_around_max_pages);
+
+  DirtyTracking mode = o.tracking == DirtyTracking::kAuto ? auto_tracking() : o.tracking;
+  if (mode == DirtyTracking::kAsync && !internal::mmu_support().wp_async) {
+    return unavailable("asynchronous dirty tracking asked for, but " + internal::mmu_support().why);
+  }
+
+  auto impl = std::make_unique<Impl>(store, page_size, capacity_pages, budget_pages, o);
+  impl->mode = mode;
+  impl->length = capacity_pages * page_size;
+  // The reservation: private anonymous memory, no swap reserved for it. Aligned to the heap's
+  // page size, so a heap page is never split across huge-page or page-table boundaries oddly.
+  if (o.base_address) {
+    if (reinterpret_cast<uintptr_t>(o.base_address) % page_size != 0) {
+      return invalid_argument("heap base address must be aligned to the page size of " + std::to_string(page_size));
+    }
+    void* p = ::mmap(o.base_address, impl->length, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1, 0);
+    if (p == MAP_FAILED) {
+      return resource_exhausted("mapping the heap at " + std::to_string(reinterpret_cast<uintptr_t>(o.base_address)) +
+                                ": " + std::strerror(errno));
+    }
+    if (p != o.base_address) {
+      ::munmap(p, impl->length);
+      return resource_exhausted("the heap could not be mapped at the address asked for");
+    }
+    impl->base = static_cast<std::byte*>(p);
+  } else {
+    uint64_t extra = page_size > kSystemPageSize ? page_size : 0;
+    void* p = ::mmap(nullptr, impl->length + extra, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                     -1, 0);
+    if (p == MAP_FAILED) {
+      return resource_exhausted("reserving " + std::to_string(impl->length) + " bytes for the heap: " +
+                                std::strerror(errno));
+    }
+    auto start = reinterpret_cast<uintptr_t>(p);
+    uintptr_t aligned = (start + page_size - 1) & ~(uintptr_t{page_size} - 1);
+    if (aligned > start) ::munmap(p, aligned - start);
+    uintptr_t tail = start + impl->length + extra - (aligned + impl->length);
+    if (tail > 0) ::munmap(reinterpret_cast<void*>(aligned + impl->length), tail);
+    impl->base = reinterpret_cast<std::byte*>(aligned);
+  }
+  // Children forked by the application do not inherit the heap (their copy would be neither paged
+  // nor tracked), and transparent huge pages would defeat per-page tracking.
+  ::madvise(impl->base, impl->length, MADV_DONTFORK);
+  ::madvise(impl->base, impl->length, MADV_NOHUGEPAGE);
+
+  Result<std::unique_ptr<internal::Mmu>> mmu =
+      internal::Mmu::create(impl->base, impl->length, mode == DirtyTracking::kAsync);
+  if (!mmu.ok()) return mmu.status();
+  impl->mmu = std::move(*mmu);
+
+  if (manifest) {
+    for (const PageRef& ref : manifest->pages) {
+      if (ref.index >= capacity_pages) {
+        return data_loss("version " + std::to_string(version) + " names page " + std::to_string(ref.index) +
+                         " beyond its capacity of " + std::to_string(capacity_pages) + " pages");
+      }
+      PageEntry& e = impl->table.at(ref.index);
+      e.state = PageState::kPersistent;
+      e.hash = ref.hash;
+      e.set(PageEntry::kHashKnown);
+    }
+    impl->version = version;
+    impl->record = std::move(manifest->record);
+  }
+  impl->staging.resize(uint64_t{o.fault_around_max_pages} * page_size);
+  impl->zeros.resize(uint64_t{o.fault_around_max_pages} * page_size);
+  impl->loader = std::make_unique<internal::PageLoader>(store, page_size, o.load_threads, o.fault_spin_us);
+  impl->stop_fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (impl->stop_fd < 0) return internal_error(std::string("eventfd: ") + std::strerror(errno));
+  Impl* raw = impl.get();
+  impl->fault_thread = std::thread([raw] { raw->fault_loop(); });
+  return std::unique_ptr<Heap>(new Heap(std::move(impl)));
+}
+
+std::byte* Heap::base() const { return impl_->base; }
+uint64_t Heap::size() const { return impl_->length; }
+uint32_t Heap::page_size() const { return impl_->page_size; }
+uint64_t Heap::capacity_pages() const { return impl_->capacity_pages; }
+uint64_t Heap::budget_pages() const { return impl_->budget_pages; }
+DirtyTracking Heap::tracking() const { return impl_->mode; }
+PageStore& Heap::store() const { return *impl_->store; }
+
+uint64_t Heap::version() const {
+  std::lock_guard lock(impl_->mu);
+  return impl_->version;
+}
+
+std::string Heap::record() const {
+  std::lock_guard lock(impl_->mu);
+  return impl_->record;
+}
+
+// DESIGN §7's checkpoint, step by step.
+Result<VersionInfo> Heap::checkpoint(std::string_view record) {
+  Impl& m = *impl_;
+  std::lock_guard lock(m.mu);
+
+  // 1. The dirty set: pages written since the last checkpoint become kDirty (and pending) and are
+  //    write-protected again, so writes after this checkpoint are seen by the next one.
+  DJINN_RETURN_IF_ERROR(m.collect_dirty_locked());
+  DJINN_CRASH_POINT("heapstore.heap.checkpoint.collected");
+
+  // 2. Stage every pending page on top of the heap's version: a dirty page's content, an evicted
+  //    page's hash (already in the store), or zero.
+  std::sort(m.pending.begin(), m.pending.end());
+  Result<VersionWriter> writer = m.store->begin_version(m.version, m.page_size, m.capacity_pages);
+  if (!writer.ok()) return writer.status();
+  std::vector<uint64_t> flushing;
+  struct Revert {  // a failure leaves the flushing pages dirty, for the next checkpoint
+    Impl& m;
+    std::vector<uint64_t>& pages;
+    bool committed = false;
+    ~Revert() {
+      if (committed) return;
+      for (uint64_t p : pages) m.table.at(p).state = PageState::kDirty;
+    }
+  } revert{m, flushing};
+  for (uint64_t p : m.pending) {
+    PageEntry& e = m.table.at(p);
+    if (e.state == PageState::kDirty) {
+      e.state = PageState::kFlushing;
+      flushing.push_back(p);
+      DJINN_RETURN_IF_ERROR(writer->put(p, m.page_span(p)));
+    } else if (e.has(PageEntry::kHashKnown)) {
+      DJINN_RETURN_IF_ERROR(writer->put_hash(p, e.hash));
+    } else {
+      DJINN_RETURN_IF_ERROR(writer->zero(p));
+    }
+  }
+  DJINN_CRASH_POINT("heapstore.heap.checkpoint.staged");
+
+  // 3. Commit with the runtime record: the whole version or nothing.
+  Result<VersionInfo> info = writer->commit(record);
+  if (!info.ok()) return info.status();
+  revert.committed = true;
+  DJINN_CRASH_POINT("heapstore.heap.checkpoint.committed");
+
+  // 4. The new version is the heap's: written pages are clean (their hash, computed by the store,
+  //    is learnt again when needed), nothing is pending.
+  for (uint64_t p : flushing) {
+    PageEntry& e = m.table.at(p);
+    e.state = PageState::kResident;
+    e.clear(PageEntry::kHashKnown);
+  }
+  for (uint64_t p : m.pending) m.table.at(p).clear(PageEntry::kPending);
+  m.counters.pages_checkpointed += m.pending.size();
+  ++m.counters.checkpoints;
+  m.pending.clear();
+  m.version = info->version;
+  m.record = std::string(record);
+  return info;
+}
+
+Result<std::vector<uint64_t>> Heap::dirty_pages() {
+  std::lock_guard lock(impl_->mu);
+  DJINN_RETURN_IF_ERROR(impl_->collect_dirty_locked());
+  std::vector<uint64_t> out = impl_->pending;
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+namespace {
+Status check_range(const Heap& heap, uint64_t offset, uint64_t length) {
+  if (length == 0 || offset >= heap.size() || length > heap.size() - offset) {
+    return out_of_range("heap range [" + std::to_string(offset) + ", +" + std::to_string(length) +
+                        ") is not inside the heap's " + std::to_string(heap.size()) + " bytes");
+  }
+  return Status();
+}
+}  // namespace
+
+Status Heap::pin(uint64_t offset, uint64_t length, PageType type) {
+  DJINN_RETURN_IF_ERROR(check_range(*this, offset, length));
+  Impl& m = *impl_;
+  uint64_t first = offset / m.page_size;
+  uint64_t end = (offset + length + m.page_size - 1) / m.page_size;
+  {
+    std::lock_guard lock(m.mu);
+    for (uint64_t p = first; p < end; ++p) {
+      PageEntry& e = m.table.at(p);
+      if (!e.has(PageEntry::kPinned)) {
+        e.set(PageEntry::kPinned);
+        ++m.pinned;
+      }
+      e.type = type;
+    }
+  }
+  // Loads them: touched from this thread, like any access (the lock is not held: the fault
+  // thread needs it).
+  for (uint64_t p = first; p < end; ++p) {
+    volatile std::byte* b = m.base + p * m.page_size;
+    (void)*b;
+  }
+  return Status();
+}
+
+Status Heap::unpin(uint64_t offset, uint64_t length) {
+  DJINN_RETURN_IF_ERROR(check_range(*this, offset, length));
+  Impl& m = *impl_;
+  std::lock_guard lock(m.mu);
+  for (uint64_t p = offset / m.page_size; p < (offset + length + m.page_size - 1) / m.page_size; ++p) {
+    PageEntry* e = m.table.find(p);
+    if (e && e->has(PageEntry::kPinned)) {
+      e->clear(PageEntry::kPinned);
+      --m.pinned;
+    }
+  }
+  return Status();
+}
+
+Status Heap::trim(uint64_t max_resident_pages) {
+  Impl& m = *impl_;
+  std::lock_guard lock(m.mu);
+  if (m.resident > max_resident_pages) m.evict_locked(m.resident - max_resident_pages);
+  return Status();
+}
+
+Result<std::vector<PageInfo>> Heap::page_table(uint64_t first, uint64_t count, bool hashes) {
+  Impl& m = *impl_;
+  std::lock_guard lock(m.mu);
+  uint64_t end = count >= m.capacity_pages ? m.capacity_pages : std::min(m.capacity_pages, first + count);
+  std::vector<PageInfo> out;
+  if (first >= end) return out;
+  // A clean page must really be clean before its content is hashed as its persisted copy.
+  if (hashes && m.async()) DJINN_RETURN_IF_ERROR(m.refresh_written_locked(first, end));
+  for (uint64_t p = first; p < end; ++p) {
+    if (p % internal::PageTable::kChunkPages == 0 || p == first) {
+      if (!m.table.find(p)) {  // an unused chunk: every page in it is empty
+        p = (p / internal::PageTable::kChunkPages + 1) * internal::PageTable::kChunkPages - 1;
+        continue;
+      }
+    }
+    PageEntry& e = m.table.at(p);
+    if (e.state == PageState::kEmpty && !e.has(PageEntry::kPending)) continue;
+    PageInfo info;
+    info.index = p;
+    info.state = e.state;
+    info.type = e.type;
+    info.pinned = e.has(PageEntry::kPinned);
+    info.accessed = e.has(PageEntry::kAccessed);
+    info.pending = e.has(PageEntry::kPending);
+    if (e.has(PageEntry::kHashKnown)) {
+      info.hash = e.hash;
+    } else if (hashes && e.state == PageState::kResident) {
+      info.hash = m.clean_hash_locked(p, e);
+    }
+    out.push_back(info);
+  }
+  return out;
+}
+
+HeapStats Heap::stats() const {
+  const Impl& m = *impl_;
+  std::lock_guard lock(m.mu);
+  HeapStats s = m.counters;
+  s.capacity_pages = m.capacity_pages;
+  s.budget_pages = m.budget_pages;
+  s.resident_pages = m.resident;
+  s.pinned_pages = m.pinned;
+  s.pending_pages = m.pending.size();
+  return s;
+}
+
+}  // namespace djinn::heapstore

@@ -1,0 +1,98 @@
+// PageLoader: a run of page reads shared between the calling thread and a few helpers.
+#include "heap_loader.h"
+
+#include <pthread.h>
+
+#include <chrono>
+
+namespace djinn::heapstore::internal {
+
+PageLoader::PageLoader(const PageStore& store, uint32_t page_size, unsigned helpers, uint32_t spin_us)
+    : store_(store), page_size_(page_size), spin_us_(spin_us) {
+  for (unsigned i = 0; i < helpers; ++i) helpers_.emplace_back([this] { helper_loop(); });
+}
+
+PageLoader::~PageLoader() {
+  {
+    std::lock_guard lock(mu_);
+    stopping_ = true;
+  }
+  generation_.fetch_add(1);
+  cv_.notify_all();
+  for (auto& t : helpers_) t.join();
+}
+
+void PageLoader::work(Job& job) {
+  for (;;) {
+    size_t k = job.next.fetch_add(1, std::memory_order_relaxed);
+    if (k >= job.n) return;
+    Status st = store_.read_page(job.hashes[k], std::span<std::byte>(job.out + k * page_size_, page_size_));
+    if (!st.ok()) {
+      std::lock_guard lock(job.error_mu);
+      if (k < job.first_error) {
+        job.first_error = k;
+        job.error = std::move(st);
+      }
+    }
+    job.finished.fetch_add(1, std::memory_order_release);
+  }
+}
+
+size_t PageLoader::read(const PageHash* hashes, size_t n, std::byte* out, Status* error) {
+  Job job;
+  job.hashes = hashes;
+  job.out = out;
+  job.n = n;
+  const bool shared = n > 1 && !helpers_.empty();
+  if (shared) {
+    {
+      std::lock_guard lock(mu_);
+      job_ = &job;
+    }
+    generation_.fetch_add(1, std::memory_order_release);
+    cv_.notify_all();
+  }
+  work(job);
+  if (shared) {
+    // The job lives on this stack: no helper may hold it once this returns.
+    std::unique_lock lock(mu_);
+    job_ = nullptr;
+    cv_.wait(lock, [&] { return users_ == 0; });
+  }
+  while (job.finished.load(std::memory_order_acquire) < n) std::this_thread::yield();
+  if (job.first_error == SIZE_MAX) return n;
+  if (error) *error = job.error;
+  return job.first_error;
+}
+
+void PageLoader::helper_loop() {
+  pthread_setname_np(pthread_self(), "heap-loader");
+  uint64_t seen = generation_.load();
+  for (;;) {
+    // Poll a little after the last job (faults come in bursts), then sleep.
+    auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(spin_us_);
+    while (generation_.load(std::memory_order_acquire) == seen && std::chrono::steady_clock::now() < until) {
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause();
+#endif
+    }
+    Job* job;
+    {
+      std::unique_lock lock(mu_);
+      cv_.wait(lock, [&] { return stopping_ || generation_.load() != seen; });
+      if (stopping_) return;
+      seen = generation_.load();
+      job = job_;
+      if (!job) continue;  // finished before this helper got to it
+      ++users_;
+    }
+    work(*job);
+    {
+      std::lock_guard lock(mu_);
+      --users_;
+    }
+    cv_.notify_all();
+  }
+}
+
+}  // namespace djinn::heapstore::internal

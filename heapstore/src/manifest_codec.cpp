@@ -1,0 +1,173 @@
+// Encoding, checked decoding and merging of stored manifests (see manifest_codec.h).
+#include "manifest_codec.h"
+
+#include <cstring>
+#include <string>
+
+namespace djinn::heapstore::internal {
+namespace {
+
+constexpr uint8_t kFull = 'F';
+constexpr uint8_t kDelta = 'D';
+constexpr uint8_t kFormat = 1;
+constexpr uint8_t kTagZero = 0;
+constexpr uint8_t kTagPage = 1;
+
+void put_varint(std::vector<uint8_t>& out, uint64_t v) {
+  while (v >= 0x80) {
+    out.push_back(static_cast<uint8_t>(v | 0x80));
+    v >>= 7;
+  }
+  out.push_back(static_cast<uint8_t>(v));
+}
+
+void put_hash(std::vector<uint8_t>& out, const PageHash& h) { out.insert(out.end(), h.bytes.begin(), h.bytes.end()); }
+
+class Reader {
+ public:
+  explicit Reader(std::span<const uint8_t> in) : in_(in) {}
+  bool varint(uint64_t& v) {
+    v = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+      if (pos_ >= in_.size()) return false;
+      uint8_t b = in_[pos_++];
+      v |= static_cast<uint64_t>(b & 0x7f) << shift;
+      if (!(b & 0x80)) return true;
+    }
+    return false;
+  }
+  bool byte(uint8_t& b) {
+    if (pos_ >= in_.size()) return false;
+    b = in_[pos_++];
+    return true;
+  }
+  bool hash(PageHash& h) {
+    if (in_.size() - pos_ < h.bytes.size()) return false;
+    std::memcpy(h.bytes.data(), in_.data() + pos_, h.bytes.size());
+    pos_ += h.bytes.size();
+    return true;
+  }
+  size_t left() const { return in_.size() - pos_; }
+
+ private:
+  std::span<const uint8_t> in_;
+  size_t pos_ = 0;
+};
+
+// The next entry's index from the gap after `next` (the previous index + 1), or false when it
+// would pass `capacity`.
+bool next_index(uint64_t& next, uint64_t gap, uint64_t capacity, uint64_t& index) {
+  if (gap >= capacity || next > capacity - 1 - gap) return false;
+  index = next + gap;
+  next = index + 1;
+  return true;
+}
+
+}  // namespace
+
+std::vector<uint8_t> encode_full(std::span<const PageRef> pages) {
+  std::vector<uint8_t> out;
+  out.reserve(12 + pages.size() * 34);
+  out.push_back(kFull);
+  out.push_back(kFormat);
+  put_varint(out, pages.size());
+  uint64_t next = 0;
+  for (const PageRef& p : pages) {
+    put_varint(out, p.index - next);
+    next = p.index + 1;
+    put_hash(out, p.hash);
+  }
+  return out;
+}
+
+std::vector<uint8_t> encode_delta(std::span<const DeltaEntry> delta) {
+  std::vector<uint8_t> out;
+  out.reserve(12 + delta.size() * 35);
+  out.push_back(kDelta);
+  out.push_back(kFormat);
+  put_varint(out, delta.size());
+  uint64_t next = 0;
+  for (const DeltaEntry& e : delta) {
+    put_varint(out, e.index - next);
+    next = e.index + 1;
+    out.push_back(e.zero ? kTagZero : kTagPage);
+    if (!e.zero) put_hash(out, e.hash);
+  }
+  return out;
+}
+
+Result<DecodedManifest> decode_manifest(std::span<const uint8_t> blob, uint64_t capacity, std::string_view what) {
+  auto corrupt = [&](const std::string& why) {
+    return data_loss("the stored manifest of " + std::string(what) + " is corrupt: " + why);
+  };
+  Reader in(blob);
+  uint8_t kind = 0, format = 0;
+  if (!in.byte(kind) || !in.byte(format)) return corrupt("it is shorter than its header");
+  if ((kind != kFull && kind != kDelta) || format != kFormat) return corrupt("unknown format");
+  uint64_t count = 0;
+  if (!in.varint(count)) return corrupt("no entry count");
+  // Each entry takes at least two bytes, so a count beyond that is corrupt, not an allocation.
+  if (count > in.left() / 2 || count > capacity) return corrupt(std::to_string(count) + " entries cannot fit");
+  DecodedManifest out;
+  out.full = kind == kFull;
+  if (out.full) {
+    out.pages.reserve(count);
+  } else {
+    out.delta.reserve(count);
+  }
+  uint64_t next = 0;
+  for (uint64_t i = 0; i < count; ++i) {
+    uint64_t gap = 0, index = 0;
+    if (!in.varint(gap)) return corrupt("entry " + std::to_string(i) + " is cut short");
+    if (!next_index(next, gap, capacity, index)) {
+      return corrupt("entry " + std::to_string(i) + " lies beyond the capacity of " + std::to_string(capacity) + " pages");
+    }
+    if (out.full) {
+      PageRef ref{index, {}};
+      if (!in.hash(ref.hash)) return corrupt("entry " + std::to_string(i) + " is cut short");
+      out.pages.push_back(ref);
+    } else {
+      DeltaEntry e{index, false, {}};
+      uint8_t tag = 0;
+      if (!in.byte(tag) || (tag != kTagZero && tag != kTagPage)) return corrupt("entry " + std::to_string(i) + " has no valid tag");
+      e.zero = tag == kTagZero;
+      if (!e.zero && !in.hash(e.hash)) return corrupt("entry " + std::to_string(i) + " is cut short");
+      out.delta.push_back(e);
+    }
+  }
+  if (in.left() != 0) return corrupt(std::to_string(in.left()) + " bytes follow the last entry");
+  return out;
+}
+
+PageList apply_delta(const PageList& base, std::span<const DeltaEntry> delta) {
+  PageList out;
+  out.reserve(base.size() + delta.size());
+  size_t i = 0, j = 0;
+  while (i < base.size() || j < delta.size()) {
+    if (j == delta.size() || (i < base.size() && base[i].index < delta[j].index)) {
+      out.push_back(base[i++]);
+      continue;
+    }
+    const DeltaEntry& e = delta[j++];
+    if (i < base.size() && base[i].index == e.index) ++i;
+    if (!e.zero) out.push_back(PageRef{e.index, e.hash});
+  }
+  return out;
+}
+
+std::vector<DeltaEntry> merge_deltas(std::span<const DeltaEntry> older, std::span<const DeltaEntry> newer) {
+  std::vector<DeltaEntry> out;
+  out.reserve(older.size() + newer.size());
+  size_t i = 0, j = 0;
+  while (i < older.size() || j < newer.size()) {
+    if (j == newer.size() || (i < older.size() && older[i].index < newer[j].index)) {
+      out.push_back(older[i++]);
+    } else {
+      if (i < older.size() && older[i].index == newer[j].index) ++i;
+      out.push_back(newer[j++]);
+    }
+  }
+  return out;
+}
+
+}  // namespace djinn::heapstore::internal

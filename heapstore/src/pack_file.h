@@ -1,0 +1,116 @@
+// Pack files: where the page store keeps page contents. Pages are appended (compressed or raw, no
+// per-page header: the SQLite index says where each page is and the page's hash checks it) and
+// never rewritten; space of pages no longer referenced is returned by punching holes, and a pack
+// file holding no referenced page is deleted. Appends beyond the length the index last recorded
+// as committed are a torn tail after a crash and are cut off when the store opens.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "djinn/core/status.h"
+
+namespace djinn::heapstore::internal {
+
+inline constexpr uint32_t kFlagZstd = 1;
+
+// Where a stored page lives and how to read it back.
+struct Location {
+  uint64_t pack = 0;
+  uint64_t offset = 0;
+  uint32_t length = 0;  // bytes in the pack
+  uint32_t size = 0;    // bytes of the page once decoded
+  uint32_t flags = 0;   // kFlagZstd
+  uint64_t end() const { return offset + length; }
+};
+
+// Appends `page` to `out` as it is stored: zstd at `level` when that makes it smaller, raw
+// otherwise (and always with level 0). Returns the stored length and flags.
+struct Encoded {
+  uint32_t length = 0;
+  uint32_t flags = 0;
+};
+Encoded encode_page(std::span<const std::byte> page, int level, std::vector<std::byte>& out);
+// Decodes stored bytes into `out` (exactly the page's size). DATA_LOSS when they do not decode.
+Status decode_page(const Location& where, std::span<const std::byte> stored, std::span<std::byte> out);
+
+class PackFile {
+ public:
+  PackFile(uint64_t id, int fd, std::filesystem::path path) : id_(id), fd_(fd), path_(std::move(path)) {}
+  ~PackFile();
+  PackFile(const PackFile&) = delete;
+  PackFile& operator=(const PackFile&) = delete;
+
+  uint64_t id() const { return id_; }
+  const std::filesystem::path& path() const { return path_; }
+  Status write_at(uint64_t offset, std::span<const std::byte> bytes);
+  // Writes `parts` one after the other from `offset` (pwritev: no copy into one buffer first).
+  Status write_parts_at(uint64_t offset, std::span<const std::span<const std::byte>> parts);
+  Status read_at(uint64_t offset, std::span<std::byte> out) const;  // DATA_LOSS when short
+  Status sync();
+  // Starts writing back [offset, offset + length) without waiting, so the commit's fdatasync
+  // finds less to do.
+  void start_writeback(uint64_t offset, uint64_t length);
+  // Frees the file system blocks of [offset, offset + length) (block-aligned); best effort.
+  void punch_hole(uint64_t offset, uint64_t length);
+
+ private:
+  uint64_t id_;
+  int fd_;
+  std::filesystem::path path_;
+};
+
+struct Range {
+  uint64_t pack = 0;
+  uint64_t offset = 0;
+  uint64_t length = 0;
+};
+
+// The pack files of one store: appends at the end of the current one, reads from any.
+class PackSet {
+ public:
+  // Opens the pack files in `dir` (created when missing). `committed` is the index's record of
+  // each pack's committed length: a file the index does not know is an uncommitted leftover and
+  // is deleted; a longer file is cut to its committed length.
+  static Result<std::unique_ptr<PackSet>> open(const std::filesystem::path& dir,
+                                               const std::map<uint64_t, uint64_t>& committed,
+                                               uint64_t max_file_bytes);
+
+  struct Reservation {
+    std::shared_ptr<PackFile> file;
+    uint64_t offset = 0;
+  };
+  // Reserves `length` bytes at the end of the current pack (starting a new pack when the current
+  // one is full). The caller writes them with PackFile::write_at.
+  Result<Reservation> reserve(uint64_t length);
+  std::shared_ptr<PackFile> get(uint64_t id) const;
+  // The pack new appends go to (0 before the first append of a new store).
+  uint64_t current() const;
+  std::vector<uint64_t> ids() const;
+  // Returns the space of `ranges` to the file system (whole blocks inside each coalesced range);
+  // best effort: space that cannot be punched is only lost, never read.
+  void punch(std::vector<Range> ranges);
+  // Deletes a pack file (never the current one).
+  void remove(uint64_t id);
+
+ private:
+  PackSet(std::filesystem::path dir, uint64_t max_file_bytes) : dir_(std::move(dir)), max_file_bytes_(max_file_bytes) {}
+  Result<std::shared_ptr<PackFile>> create_locked(uint64_t id);
+
+  std::filesystem::path dir_;
+  uint64_t max_file_bytes_;
+  mutable std::mutex mu_;  // guards files_, current_, end_
+  std::map<uint64_t, std::shared_ptr<PackFile>> files_;
+  uint64_t current_ = 0;
+  uint64_t end_ = 0;  // the end of the current pack's reserved bytes
+};
+
+std::filesystem::path pack_path(const std::filesystem::path& dir, uint64_t id);
+
+}  // namespace djinn::heapstore::internal

@@ -1,0 +1,570 @@
+// The page store of DESIGN §7. On disk, in the store's directory:
+//   LOCK              flock'd while a PageStore has the directory open
+//   index.db          SQLite (WAL): where each page is (pages), each pack's committed length
+//                     (packs), and every version with its manifest and runtime record (versions)
+//   packs/pack-N.dat  page contents, appended with large writes, never rewritten
+// A commit writes the new pages into the current pack, fdatasyncs it, then commits one SQLite
+// transaction that indexes the pages, records the pack's new committed length and adds the
+// version. A crash before that transaction commits leaves only unreferenced bytes past the
+// committed length, cut off at the next open; after it, the version is whole. This file: the public
+// API, imports, removal and garbage collection; store_core.cpp: the commit; version_writer.cpp:
+// the writer.
+#include "djinn/heapstore/page_store.h"
+
+#include <algorithm>
+#include <thread>
+
+#include "djinn/core/fault.h"
+#include "djinn/core/log.h"
+#include "store_core.h"
+
+namespace djinn::heapstore {
+
+using internal::bytes_of;
+using internal::DeltaEntry;
+using internal::HashMap;
+using internal::HashSet;
+using internal::Location;
+using internal::PageList;
+using internal::Phase;
+using internal::Range;
+using internal::StoreCore;
+
+namespace {
+
+constexpr int64_t kSchemaVersion = 1;
+constexpr std::string_view kSchema = R"sql(
+CREATE TABLE IF NOT EXISTS packs(
+  id INTEGER PRIMARY KEY,
+  committed_bytes INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS pages(
+  hash BLOB PRIMARY KEY,
+  pack INTEGER NOT NULL,
+  at INTEGER NOT NULL,
+  length INTEGER NOT NULL,
+  size INTEGER NOT NULL,
+  flags INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS versions(
+  version INTEGER PRIMARY KEY AUTOINCREMENT,
+  parent INTEGER NOT NULL,
+  page_size INTEGER NOT NULL,
+  capacity_pages INTEGER NOT NULL,
+  pages INTEGER NOT NULL,
+  pages_written INTEGER NOT NULL,
+  created_unix_ms INTEGER NOT NULL,
+  base INTEGER NOT NULL,
+  chain_entries INTEGER NOT NULL,
+  chain_length INTEGER NOT NULL,
+  manifest BLOB NOT NULL,
+  record BLOB NOT NULL);
+)sql";
+
+}  // namespace
+
+// =================================================================================================
+// Import
+
+namespace {
+
+class ImportSession final : public PageStore::Import {
+ public:
+  ImportSession(StoreCore* store, Manifest manifest) : store_(store), manifest_(std::move(manifest)) {}
+  ~ImportSession() override { abort(); }
+
+  // Registers the session and finds which pages are missing (mu held).
+  void start_locked(HashSet missing_hashes) {
+    store_->sessions.insert(&session_);
+    HashSet seen;
+    for (const PageRef& p : manifest_.pages) {
+      if (!seen.insert(p.hash).second) continue;
+      if (missing_hashes.contains(p.hash)) {
+        needed_.insert(p.hash);
+        needed_order_.push_back(p.hash);
+      } else {
+        session_.held.insert(p.hash);
+      }
+    }
+  }
+
+  std::vector<PageHash> needed() const override {
+    std::vector<PageHash> out;
+    for (const PageHash& h : needed_order_) {
+      if (!received_.contains(h)) out.push_back(h);
+    }
+    return out;
+  }
+
+  Status import_page(const PageHash& hash, std::span<const std::byte> page) override {
+    if (phase_ != Phase::kOpen) return failed_precondition("import_page: the import is already committed or abandoned");
+    if (!needed_.contains(hash)) {
+      return invalid_argument("import_page: page " + hash.hex() + " is not one this import needs");
+    }
+    if (page.size() != manifest_.info.page_size) {
+      return invalid_argument("import_page: page " + hash.hex() + " has " + std::to_string(page.size()) +
+                              " bytes, expected the manifest's page size of " + std::to_string(manifest_.info.page_size));
+    }
+    if (received_.contains(hash)) return Status();
+    if (PageHash::of(page) != hash) {
+      return data_loss("import_page: the content sent as page " + hash.hex() + " does not hash to it: refused");
+    }
+    std::span<const std::byte> pages[] = {page};
+    Result<std::vector<Location>> where = store_->append(pages);
+    if (!where.ok()) return where.status();
+    received_[hash] = where->front();
+    written_.push_back(Range{where->front().pack, where->front().offset, where->front().length});
+    return Status();
+  }
+
+  Result<VersionInfo> import_commit() override {
+    if (phase_ != Phase::kOpen) return failed_precondition("import_commit: the import is already committed or abandoned");
+    size_t missing = 0;
+    const PageHash* example = nullptr;
+    for (const PageHash& h : needed_order_) {
+      if (!received_.contains(h)) {
+        if (!example) example = &h;
+        ++missing;
+      }
+    }
+    if (missing) {
+      return failed_precondition("import_commit: " + std::to_string(missing) + " pages of the manifest were never received (" +
+                                 example->hex() + " among them)");
+    }
+    internal::CommitPlan plan;
+    plan.session = &session_;
+    plan.parent = 0;
+    plan.page_size = manifest_.info.page_size;
+    plan.capacity = manifest_.info.capacity_pages;
+    plan.pages = std::make_shared<const PageList>(manifest_.pages);
+    plan.record = manifest_.record;
+    plan.own = &received_;
+    plan.phase = &phase_;
+    Result<VersionInfo> info = store_->commit_version(plan);
+    if (!info.ok()) abort();
+    return info;
+  }
+
+ private:
+  void abort() {
+    if (phase_ == Phase::kDone) return;
+    std::vector<Range> garbage;
+    if (phase_ == Phase::kOpen) garbage = written_;
+    {
+      std::lock_guard lock(store_->mu);
+      store_->end_session_locked(&session_);
+    }
+    phase_ = Phase::kDone;
+    store_->packs->punch(std::move(garbage));
+  }
+
+  StoreCore* store_;
+  Manifest manifest_;
+  internal::Session session_;
+  Phase phase_ = Phase::kOpen;
+  HashSet needed_;
+  std::vector<PageHash> needed_order_;
+  HashMap<Location> received_;
+  std::vector<Range> written_;
+};
+
+}  // namespace
+
+// =================================================================================================
+// PageStore
+
+PageStore::PageStore(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+PageStore::~PageStore() = default;
+
+Result<std::unique_ptr<PageStore>> PageStore::open(const std::filesystem::path& dir, PageStoreOptions options) {
+  if (options.compression_level < 0 || options.compression_level > 22) {
+    return invalid_argument("compression level " + std::to_string(options.compression_level) +
+                            ": must be 0 (raw) to 22 (zstd's strongest)");
+  }
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return unavailable("create page store directory " + dir.string() + ": " + ec.message());
+  Result<internal::DirLock> lock = internal::DirLock::acquire(dir);
+  if (!lock.ok()) return lock.status();
+
+  sqlite::OpenOptions db_options;
+  db_options.sync = options.durable ? sqlite::Sync::kFull : sqlite::Sync::kOff;
+  db_options.cache_kib = 32 * 1024;  // the pages index of a 256 MiB heap is about 6 MiB
+  Result<sqlite::Database> db = sqlite::Database::open((dir / "index.db").string(), db_options);
+  if (!db.ok()) return db.status();
+  DJINN_RETURN_IF_ERROR(db->ensure_schema(kSchemaVersion, kSchema, "page store " + dir.string()));
+
+  auto impl = std::make_unique<Impl>(dir, options, std::move(*lock), std::move(*db));
+  std::map<uint64_t, uint64_t> committed;
+  {
+    Result<sqlite::Statement> st = impl->db.prepare("SELECT id, committed_bytes FROM packs");
+    if (!st.ok()) return st.status();
+    for (;;) {
+      Result<bool> more = st->step();
+      if (!more.ok()) return more.status();
+      if (!*more) break;
+      committed[static_cast<uint64_t>(st->column_int64(0))] = static_cast<uint64_t>(st->column_int64(1));
+    }
+  }
+  Result<std::unique_ptr<internal::PackSet>> packs =
+      internal::PackSet::open(dir / "packs", committed, options.pack_file_bytes);
+  if (!packs.ok()) return packs.status();
+  impl->packs = std::move(*packs);
+
+  std::lock_guard guard(impl->mu);
+  DJINN_RETURN_IF_ERROR(impl->load_versions_locked());
+  {
+    Result<sqlite::Statement> st = impl->db.prepare("SELECT count(*), total(length) FROM pages");
+    if (!st.ok()) return st.status();
+    Result<bool> row = st->step();
+    if (!row.ok()) return row.status();
+    impl->pages_stored = static_cast<uint64_t>(st->column_int64(0));
+    impl->bytes_stored = static_cast<uint64_t>(st->column_double(1));
+    st->reset();
+  }
+  DJINN_RETURN_IF_ERROR(impl->rebuild_filter_locked());
+  Result<std::unique_ptr<internal::Checkpointer>> checkpointer =
+      internal::Checkpointer::start(impl->db, (dir / "index.db").string(), db_options.sync);
+  if (!checkpointer.ok()) return checkpointer.status();
+  impl->checkpointer = std::move(*checkpointer);
+  unsigned threads = options.writer_threads;
+  if (threads == 0) threads = std::clamp(std::thread::hardware_concurrency(), 1u, 8u);
+  impl->workers = std::make_unique<internal::WorkerPool>(threads, "page-writer");
+  return std::unique_ptr<PageStore>(new PageStore(std::move(impl)));
+}
+
+bool PageStore::contains(const PageHash& hash) const {
+  std::lock_guard lock(impl_->mu);
+  Result<bool> known = impl_->knows_locked(hash);
+  return known.ok() && *known;
+}
+
+std::vector<PageHash> PageStore::missing(std::span<const PageHash> hashes) const {
+  std::vector<PageHash> out;
+  std::lock_guard lock(impl_->mu);
+  for (const PageHash& h : hashes) {
+    Result<bool> known = impl_->knows_locked(h);
+    if (!known.ok() || !*known) out.push_back(h);
+  }
+  return out;
+}
+
+Status PageStore::read_page(const PageHash& hash, std::span<std::byte> out) const {
+  std::shared_lock reclaim(impl_->reclaim_mu);
+  Location where;
+  {
+    std::lock_guard lock(impl_->mu);
+    auto p = impl_->pending.find(hash);
+    if (p != impl_->pending.end() && p->second.where) {
+      where = *p->second.where;
+    } else {
+      Result<std::optional<Location>> found = impl_->lookup_locked(hash);
+      if (!found.ok()) return found.status();
+      if (!*found) return not_found("page " + hash.hex() + " is not in the store");
+      where = **found;
+    }
+  }
+  if (where.size != out.size()) {
+    return invalid_argument("read page " + hash.hex() + ": the page has " + std::to_string(where.size) +
+                            " bytes, the buffer " + std::to_string(out.size()));
+  }
+  std::shared_ptr<internal::PackFile> file = impl_->packs->get(where.pack);
+  if (!file) return data_loss("page " + hash.hex() + ": its pack file " + std::to_string(where.pack) + " is missing");
+  if (where.flags & internal::kFlagZstd) {
+    thread_local std::vector<std::byte> stored;
+    stored.resize(where.length);
+    DJINN_RETURN_IF_ERROR(file->read_at(where.offset, stored));
+    Status decoded = internal::decode_page(where, stored, out);
+    if (!decoded.ok()) return Status(decoded.code(), "page " + hash.hex() + ": " + decoded.message());
+  } else {
+    if (where.length != out.size()) {
+      return data_loss("page " + hash.hex() + ": stored raw with " + std::to_string(where.length) + " bytes, expected " +
+                       std::to_string(out.size()));
+    }
+    DJINN_RETURN_IF_ERROR(file->read_at(where.offset, out));
+  }
+  if (PageHash::of(out) != hash) {
+    return data_loss("page " + hash.hex() + " is corrupt: its stored bytes (pack " + std::to_string(where.pack) +
+                     ", offset " + std::to_string(where.offset) + ") no longer hash to it");
+  }
+  return Status();
+}
+
+Result<PageHash> PageStore::put_page(std::span<const std::byte> page) {
+  DJINN_RETURN_IF_ERROR(internal::check_page_size(page.size()));
+  if (is_zero_page(page)) {
+    return invalid_argument("put_page: an all-zero page is never stored (a version records it with zero())");
+  }
+  PageHash hash = PageHash::of(page);
+  {
+    std::lock_guard lock(impl_->mu);
+    if (impl_->pending.contains(hash)) return hash;
+    Result<std::optional<Location>> found = impl_->lookup_locked(hash);
+    if (!found.ok()) return found.status();
+    if (*found) {
+      // Pinned anyway: the versions that hold it now may be removed before one takes it again.
+      impl_->pending[hash] = internal::PendingPage{std::nullopt, static_cast<uint32_t>(page.size())};
+      return hash;
+    }
+  }
+  {
+    std::lock_guard lock(impl_->mu);
+    ++impl_->loose_appends;  // keeps garbage collection from deleting the pack it lands in
+  }
+  std::span<const std::byte> pages[] = {page};
+  Result<std::vector<Location>> where = impl_->append(pages);
+  bool raced = false;
+  {
+    std::lock_guard lock(impl_->mu);
+    --impl_->loose_appends;
+    if (where.ok()) {
+      raced = !impl_->pending.try_emplace(hash, internal::PendingPage{where->front(), static_cast<uint32_t>(page.size())}).second;
+    }
+  }
+  if (!where.ok()) return where.status();
+  if (raced) impl_->packs->punch({Range{where->front().pack, where->front().offset, where->front().length}});
+  return hash;
+}
+
+std::vector<VersionInfo> PageStore::versions() const {
+  std::lock_guard lock(impl_->mu);
+  std::vector<VersionInfo> out;
+  out.reserve(impl_->versions.size());
+  for (const auto& [v, row] : impl_->versions) out.push_back(row.info);
+  return out;
+}
+
+std::optional<VersionInfo> PageStore::latest() const {
+  std::lock_guard lock(impl_->mu);
+  if (impl_->versions.empty()) return std::nullopt;
+  return impl_->versions.rbegin()->second.info;
+}
+
+Result<Manifest> PageStore::manifest(uint64_t version) const {
+  std::lock_guard lock(impl_->mu);
+  auto row = impl_->versions.find(version);
+  if (row == impl_->versions.end()) return not_found("version " + std::to_string(version) + " is not in the store");
+  Result<std::shared_ptr<const PageList>> pages = impl_->pages_locked(version);
+  if (!pages.ok()) return pages.status();
+  Result<std::vector<uint8_t>> record = impl_->blob_locked(version, "record");
+  if (!record.ok()) return record.status();
+  Manifest m;
+  m.info = row->second.info;
+  m.pages = **pages;
+  m.record.assign(record->begin(), record->end());
+  return m;
+}
+
+Status PageStore::remove_version(uint64_t version) {
+  std::lock_guard lock(impl_->mu);
+  if (!impl_->versions.contains(version)) {
+    return not_found("remove version " + std::to_string(version) + ": no such version in the store");
+  }
+  if (impl_->pinned_versions.contains(version)) {
+    return failed_precondition("remove version " + std::to_string(version) +
+                               ": an open version writer is written on top of it");
+  }
+  Result<sqlite::Transaction> tx = sqlite::Transaction::begin(impl_->db);
+  if (!tx.ok()) return tx.status();
+  Status status = impl_->remove_locked(version);
+  if (status.ok()) DJINN_CRASH_POINT("heapstore.remove.before_commit");
+  if (status.ok()) status = tx->commit();
+  if (!status.ok()) {
+    (void)tx->rollback();
+    (void)impl_->load_versions_locked();  // undo what remove_locked changed in memory
+  }
+  return status;
+}
+
+Result<uint64_t> PageStore::remove_by_policy(const RetentionPolicy& policy) {
+  std::lock_guard lock(impl_->mu);
+  if (impl_->versions.empty()) return uint64_t{0};
+  std::vector<uint64_t> doomed;
+  int64_t cutoff = policy.keep_within_ms > 0 ? internal::now_unix_ms() - policy.keep_within_ms : INT64_MAX;
+  uint64_t rank = 0;  // 0 for the newest
+  for (auto it = impl_->versions.rbegin(); it != impl_->versions.rend(); ++it, ++rank) {
+    const VersionInfo& info = it->second.info;
+    bool keep = rank == 0 || rank < policy.keep_last || info.created_unix_ms >= cutoff ||
+                impl_->pinned_versions.contains(info.version);
+    if (!keep) doomed.push_back(info.version);
+  }
+  if (doomed.empty()) return uint64_t{0};
+  // Newest first: each removal merges deltas into the next version up, and only the removal of
+  // the oldest full manifest rewrites one as full.
+  Result<sqlite::Transaction> tx = sqlite::Transaction::begin(impl_->db);
+  if (!tx.ok()) return tx.status();
+  Status status;
+  for (uint64_t v : doomed) {
+    status = impl_->remove_locked(v);
+    if (!status.ok()) break;
+  }
+  if (status.ok()) DJINN_CRASH_POINT("heapstore.remove.before_commit");
+  if (status.ok()) status = tx->commit();
+  if (!status.ok()) {
+    (void)tx->rollback();
+    (void)impl_->load_versions_locked();
+    return status;
+  }
+  return static_cast<uint64_t>(doomed.size());
+}
+
+// Mark and sweep: every page some version's stored manifest names (a delta names the pages it
+// brought in; the rest are named by the versions it is based on), or that a put_page, a writer
+// or an import holds, is live; every other indexed page is deleted and its bytes punched out.
+Result<GcStats> PageStore::collect_garbage() {
+  GcStats stats;
+  std::vector<Range> garbage;
+  std::vector<uint64_t> dead_packs;
+  {
+    std::lock_guard lock(impl_->mu);
+    HashSet live;
+    for (const auto& [v, row] : impl_->versions) {
+      Result<std::vector<uint8_t>> blob = impl_->blob_locked(v, "manifest");
+      if (!blob.ok()) return blob.status();
+      Result<internal::DecodedManifest> decoded =
+          internal::decode_manifest(*blob, row.info.capacity_pages, "version " + std::to_string(v));
+      if (!decoded.ok()) return decoded.status();
+      for (const PageRef& p : decoded->pages) live.insert(p.hash);
+      for (const DeltaEntry& e : decoded->delta) {
+        if (!e.zero) live.insert(e.hash);
+      }
+    }
+    std::set<uint64_t> pending_packs;
+    for (const auto& [h, p] : impl_->pending) {
+      live.insert(h);
+      if (p.where) pending_packs.insert(p.where->pack);
+    }
+    for (const internal::Session* s : impl_->sessions) live.insert(s->held.begin(), s->held.end());
+
+    std::vector<PageHash> dead;
+    std::vector<PageHash> kept;
+    std::map<uint64_t, uint64_t> live_per_pack;
+    {
+      Result<sqlite::Statement> scan = impl_->db.prepare("SELECT hash, pack, at, length FROM pages");
+      if (!scan.ok()) return scan.status();
+      for (;;) {
+        Result<bool> more = scan->step();
+        if (!more.ok()) return more.status();
+        if (!*more) break;
+        std::vector<uint8_t> bytes = scan->column_blob(0);
+        PageHash h;
+        if (bytes.size() != h.bytes.size()) continue;
+        std::copy(bytes.begin(), bytes.end(), h.bytes.begin());
+        uint64_t pack = static_cast<uint64_t>(scan->column_int64(1));
+        if (live.contains(h)) {
+          kept.push_back(h);
+          ++live_per_pack[pack];
+        } else {
+          dead.push_back(h);
+          uint64_t length = static_cast<uint64_t>(scan->column_int64(3));
+          garbage.push_back(Range{pack, static_cast<uint64_t>(scan->column_int64(2)), length});
+          stats.bytes_reclaimed += length;
+        }
+      }
+    }
+    // A pack file with no live page left goes as a whole, unless appends may still land in it
+    // or refer to it (the current pack, a pending page's, any open writer's).
+    uint64_t current = impl_->packs->current();
+    for (uint64_t id : impl_->packs->ids()) {
+      if (id != current && !live_per_pack.contains(id) && !pending_packs.contains(id) && impl_->sessions.empty() &&
+          impl_->loose_appends == 0) {
+        dead_packs.push_back(id);
+      }
+    }
+    if (dead.empty() && dead_packs.empty()) return stats;
+
+    Result<sqlite::Transaction> tx = sqlite::Transaction::begin(impl_->db);
+    if (!tx.ok()) return tx.status();
+    Result<sqlite::Statement*> del = impl_->db.cached("DELETE FROM pages WHERE hash = ?");
+    if (!del.ok()) return del.status();
+    for (const PageHash& h : dead) {
+      (*del)->reset();
+      DJINN_RETURN_IF_ERROR((*del)->bind_all(bytes_of(h)));
+      DJINN_RETURN_IF_ERROR((*del)->run());
+    }
+    Result<sqlite::Statement*> del_pack = impl_->db.cached("DELETE FROM packs WHERE id = ?");
+    if (!del_pack.ok()) return del_pack.status();
+    for (uint64_t id : dead_packs) {
+      (*del_pack)->reset();
+      DJINN_RETURN_IF_ERROR((*del_pack)->bind_all(id));
+      DJINN_RETURN_IF_ERROR((*del_pack)->run());
+    }
+    DJINN_CRASH_POINT("heapstore.gc.before_commit");
+    DJINN_RETURN_IF_ERROR(tx->commit());
+    stats.pages_removed = dead.size();
+    impl_->pages_stored -= std::min<uint64_t>(impl_->pages_stored, dead.size());
+    impl_->bytes_stored -= std::min<uint64_t>(impl_->bytes_stored, stats.bytes_reclaimed);
+    impl_->filter.reset(kept.size());
+    for (const PageHash& h : kept) impl_->filter.add(h);
+  }
+  // The index no longer names these bytes; readers that looked a page up before are done once
+  // the exclusive lock is ours.
+  std::unique_lock reclaim(impl_->reclaim_mu);
+  std::erase_if(garbage, [&](const Range& r) {
+    return std::find(dead_packs.begin(), dead_packs.end(), r.pack) != dead_packs.end();
+  });
+  impl_->packs->punch(std::move(garbage));
+  for (uint64_t id : dead_packs) impl_->packs->remove(id);
+  return stats;
+}
+
+Status PageStore::export_version(uint64_t version, std::span<const PageHash> receiver_has,
+                                 const ExportSink& sink) const {
+  Result<Manifest> m = manifest(version);
+  if (!m.ok()) return m.status();
+  if (!sink.manifest || !sink.page) return invalid_argument("export version: the sink needs both callbacks");
+  DJINN_RETURN_IF_ERROR(sink.manifest(*m));
+  HashSet skip(receiver_has.begin(), receiver_has.end());
+  std::vector<std::byte> buffer(m->info.page_size);
+  for (const PageRef& p : m->pages) {
+    if (!skip.insert(p.hash).second) continue;  // the receiver has it, or it was sent already
+    DJINN_RETURN_IF_ERROR(read_page(p.hash, buffer));
+    DJINN_RETURN_IF_ERROR(sink.page(p.hash, buffer));
+  }
+  return Status();
+}
+
+Result<std::unique_ptr<PageStore::Import>> PageStore::import_begin(const Manifest& manifest) {
+  const VersionInfo& info = manifest.info;
+  DJINN_RETURN_IF_ERROR(internal::check_page_size(info.page_size));
+  DJINN_RETURN_IF_ERROR(internal::check_capacity(info.capacity_pages));
+  for (size_t i = 0; i < manifest.pages.size(); ++i) {
+    const PageRef& p = manifest.pages[i];
+    if (p.index >= info.capacity_pages) {
+      return invalid_argument("import manifest: page " + std::to_string(i) + " has index " + std::to_string(p.index) +
+                              ", beyond the capacity of " + std::to_string(info.capacity_pages) + " pages");
+    }
+    if (i > 0 && p.index <= manifest.pages[i - 1].index) {
+      return invalid_argument("import manifest: page indexes must ascend, but " + std::to_string(p.index) +
+                              " follows " + std::to_string(manifest.pages[i - 1].index));
+    }
+  }
+  if (info.pages != manifest.pages.size()) {
+    return invalid_argument("import manifest: it says " + std::to_string(info.pages) + " pages but lists " +
+                            std::to_string(manifest.pages.size()));
+  }
+  auto session = std::make_unique<ImportSession>(impl_.get(), manifest);
+  std::lock_guard lock(impl_->mu);
+  HashSet missing_hashes;
+  for (const PageRef& p : manifest.pages) {
+    Result<bool> known = impl_->knows_locked(p.hash);
+    if (!known.ok()) return known.status();
+    if (!*known) missing_hashes.insert(p.hash);
+  }
+  session->start_locked(std::move(missing_hashes));
+  return std::unique_ptr<Import>(std::move(session));
+}
+
+const std::filesystem::path& PageStore::dir() const { return impl_->dir; }
+
+PageStore::Stats PageStore::stats() const {
+  std::lock_guard lock(impl_->mu);
+  Stats s;
+  s.pages_stored = impl_->pages_stored;
+  s.bytes_stored = impl_->bytes_stored;
+  for (const auto& [h, p] : impl_->pending) {
+    if (p.where) ++s.pages_pending;
+  }
+  s.pack_files = impl_->packs->ids().size();
+  return s;
+}
+
+}  // namespace djinn::heapstore

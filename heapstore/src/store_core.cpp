@@ -1,0 +1,538 @@
+// The page store's commit (writers and imports alike) and the helpers that read and rewrite the
+// index: lookups, manifests (materialised from full manifests and deltas, cached), removal.
+#include "store_core.h"
+
+#include <algorithm>
+#include <cstring>
+#include <future>
+#include <string>
+
+#include "djinn/core/fault.h"
+
+namespace djinn::heapstore::internal {
+namespace {
+
+// A version is stored as a delta against its parent while the chain of deltas back to a full
+// manifest stays shorter than this and smaller than half a full manifest; reading a manifest
+// replays at most that much.
+constexpr uint32_t kMaxChainLength = 64;
+// Materialised manifests kept in memory: the latest is the parent of the next checkpoint.
+constexpr size_t kCachedManifests = 4;
+constexpr size_t kCachedManifestEntries = size_t{1} << 22;
+// Index rows per INSERT statement (see commit_version).
+constexpr size_t kRowsPerInsert = 64;
+
+const std::string& insert_pages_sql(size_t rows) {
+  auto make = [](size_t n) {
+    std::string sql = "INSERT OR IGNORE INTO pages(hash, pack, at, length, size, flags) VALUES ";
+    for (size_t i = 0; i < n; ++i) sql += i ? ", (?, ?, ?, ?, ?, ?)" : "(?, ?, ?, ?, ?, ?)";
+    return sql;
+  };
+  static const std::string one = make(1);
+  static const std::string many = make(kRowsPerInsert);
+  return rows == 1 ? one : many;
+}
+
+// The byte order of hashes (SQLite's order of the index's keys), comparing a word first.
+bool hash_less(const PageHash& a, const PageHash& b) {
+  uint64_t x, y;
+  std::memcpy(&x, a.bytes.data(), sizeof x);
+  std::memcpy(&y, b.bytes.data(), sizeof y);
+  if (x != y) return __builtin_bswap64(x) < __builtin_bswap64(y);
+  return std::memcmp(a.bytes.data() + 8, b.bytes.data() + 8, a.bytes.size() - 8) < 0;
+}
+
+constexpr uint32_t kMinPageSize = 512;
+constexpr uint32_t kMaxPageSize = uint32_t{1} << 21;  // a huge page
+constexpr uint64_t kMaxCapacityPages = uint64_t{1} << 40;
+
+}  // namespace
+
+Status check_page_size(uint64_t page_size) {
+  if (page_size < kMinPageSize || page_size > kMaxPageSize || (page_size & (page_size - 1)) != 0) {
+    return invalid_argument("page size " + std::to_string(page_size) + ": must be a power of two from " +
+                            std::to_string(kMinPageSize) + " to " + std::to_string(kMaxPageSize) + " bytes");
+  }
+  return Status();
+}
+
+Status check_capacity(uint64_t capacity_pages) {
+  if (capacity_pages == 0 || capacity_pages > kMaxCapacityPages) {
+    return invalid_argument("capacity of " + std::to_string(capacity_pages) + " pages: must be from 1 to " +
+                            std::to_string(kMaxCapacityPages));
+  }
+  return Status();
+}
+
+// =================================================================================================
+// Commit: the one place a version becomes durable (writers and imports alike).
+
+Result<VersionInfo> StoreCore::commit_version(CommitPlan& plan) {
+  DJINN_CRASH_POINT("heapstore.commit.begin");
+  // 1. The pages that enter the index with this version: the ones the session appended and the
+  //    put_page pages it refers to. Pages it refers to that are already indexed stay as they are
+  //    (held by the session, so garbage collection did not take them meanwhile).
+  std::vector<PageHash> referenced;  // sorted, unique
+  if (plan.delta) {
+    for (const DeltaEntry& e : *plan.delta) {
+      if (!e.zero) referenced.push_back(e.hash);
+    }
+  } else {
+    referenced.reserve(plan.pages->size());
+    for (const PageRef& p : *plan.pages) referenced.push_back(p.hash);
+  }
+  std::sort(referenced.begin(), referenced.end(), hash_less);
+  referenced.erase(std::unique(referenced.begin(), referenced.end()), referenced.end());
+  // In hash order, the inserts walk the index's B-tree in order (measured: 3x faster than
+  // inserting 65,536 rows in random order).
+  struct Row {
+    PageHash hash;
+    Location where;
+    bool own = false;       // the session's copy (else a put_page's)
+    bool inserted = false;  // the index took it (else it already had the page)
+  };
+  std::vector<Row> rows;
+  rows.reserve(referenced.size());
+  {
+    std::lock_guard lock(mu);
+    for (const PageHash& h : referenced) {
+      if (auto own = plan.own->find(h); own != plan.own->end()) {
+        rows.push_back(Row{h, own->second, true});
+      } else if (auto p = pending.find(h); p != pending.end() && p->second.where) {
+        rows.push_back(Row{h, *p->second.where, false});
+      }
+    }
+  }
+  std::map<uint64_t, uint64_t> pack_ends;
+  for (const Row& r : rows) {
+    uint64_t& end = pack_ends[r.where.pack];
+    end = std::max(end, r.where.end());
+  }
+
+  // 2. Their bytes must be durable before the index refers to them. The packs are synced on
+  //    another thread while this one builds the transaction; it commits only once they are.
+  std::vector<std::shared_ptr<PackFile>> to_sync;
+  if (options.durable) {
+    for (const auto& [id, end] : pack_ends) {
+      std::shared_ptr<PackFile> file = packs->get(id);
+      if (!file) return internal_error("commit: pack " + std::to_string(id) + " is not open");
+      to_sync.push_back(std::move(file));
+    }
+  }
+  // Declared after to_sync: however this function is left, the sync is over before to_sync goes.
+  std::future<Status> synced;
+  if (!to_sync.empty()) {
+    synced = std::async(std::launch::async, [&to_sync] {
+      for (const auto& file : to_sync) DJINN_RETURN_IF_ERROR(file->sync());
+      return Status();
+    });
+  }
+
+  // 3. One transaction: the index rows, the packs' committed lengths, the version.
+  VersionRow row;
+  std::vector<Range> garbage;          // bytes nobody could read
+  std::vector<Range> pending_garbage;  // bytes a reader may have looked up: punched exclusively
+  std::unique_lock lock(mu);
+  // A put_page page another commit indexed meanwhile is no longer this commit's to index.
+  std::erase_if(rows, [&](const Row& r) {
+    if (r.own) return false;
+    auto p = pending.find(r.hash);
+    return p == pending.end() || !p->second.where || p->second.where->pack != r.where.pack ||
+           p->second.where->offset != r.where.offset;
+  });
+  row.info.parent = plan.parent;
+  row.info.page_size = plan.page_size;
+  row.info.capacity_pages = plan.capacity;
+  row.info.pages = plan.pages->size();
+  row.info.created_unix_ms = now_unix_ms();
+  std::vector<uint8_t> blob;
+  auto parent_row = plan.parent ? versions.find(plan.parent) : versions.end();
+  if (plan.delta && parent_row != versions.end() && parent_row->second.chain_length + 1 <= kMaxChainLength &&
+      parent_row->second.chain_entries + plan.delta->size() <= std::max<uint64_t>(plan.pages->size(), 1024) / 2) {
+    row.base = plan.parent;
+    row.chain_entries = parent_row->second.chain_entries + plan.delta->size();
+    row.chain_length = parent_row->second.chain_length + 1;
+    blob = encode_delta(*plan.delta);
+  } else {
+    blob = encode_full(*plan.pages);
+  }
+
+  Result<sqlite::Transaction> tx = sqlite::Transaction::begin(db);
+  if (!tx.ok()) return tx.status();
+  uint64_t inserted_pages = 0;
+  uint64_t inserted_bytes = 0;
+  for (size_t i = 0; i < rows.size();) {
+    // Many rows per statement: a third of the time of one statement per row (measured on 65,536).
+    size_t n = rows.size() - i >= kRowsPerInsert ? kRowsPerInsert : 1;
+    Result<sqlite::Statement*> insert = db.cached(n == 1 ? insert_pages_sql(1) : insert_pages_sql(kRowsPerInsert));
+    if (!insert.ok()) return insert.status();
+    sqlite::Statement* st = *insert;
+    for (size_t k = 0; k < n; ++k) {
+      const Row& r = rows[i + k];
+      int at = static_cast<int>(k * 6);
+      DJINN_RETURN_IF_ERROR(st->bind(at + 1, bytes_of(r.hash)));
+      DJINN_RETURN_IF_ERROR(st->bind(at + 2, r.where.pack));
+      DJINN_RETURN_IF_ERROR(st->bind(at + 3, r.where.offset));
+      DJINN_RETURN_IF_ERROR(st->bind(at + 4, r.where.length));
+      DJINN_RETURN_IF_ERROR(st->bind(at + 5, r.where.size));
+      DJINN_RETURN_IF_ERROR(st->bind(at + 6, r.where.flags));
+    }
+    DJINN_RETURN_IF_ERROR(st->run());
+    bool all = static_cast<size_t>(db.changes()) == n;
+    for (size_t k = 0; k < n; ++k) {
+      Row& r = rows[i + k];
+      if (!all) {
+        // Some of these were indexed already (stored by another commit meanwhile): the index
+        // took ours only where it now names our bytes.
+        Result<std::optional<Location>> found = lookup_locked(r.hash, /*use_filter=*/false);
+        if (!found.ok()) return found.status();
+        if (!*found || (*found)->pack != r.where.pack || (*found)->offset != r.where.offset) continue;
+      }
+      r.inserted = true;
+      ++inserted_pages;
+      inserted_bytes += r.where.length;
+    }
+    i += n;
+  }
+  Result<sqlite::Statement*> update_pack = db.cached(
+      "INSERT INTO packs(id, committed_bytes) VALUES (?, ?) "
+      "ON CONFLICT(id) DO UPDATE SET committed_bytes = max(committed_bytes, excluded.committed_bytes)");
+  if (!update_pack.ok()) return update_pack.status();
+  for (const auto& [id, end] : pack_ends) {
+    (*update_pack)->reset();
+    DJINN_RETURN_IF_ERROR((*update_pack)->bind_all(id, end));
+    DJINN_RETURN_IF_ERROR((*update_pack)->run());
+  }
+  row.info.pages_written = inserted_pages;
+  Result<sqlite::Statement*> insert_version = db.cached(
+      "INSERT INTO versions(parent, page_size, capacity_pages, pages, pages_written, created_unix_ms, base, "
+      "chain_entries, chain_length, manifest, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+  if (!insert_version.ok()) return insert_version.status();
+  DJINN_RETURN_IF_ERROR((*insert_version)
+                            ->bind_all(row.info.parent, row.info.page_size, row.info.capacity_pages, row.info.pages,
+                                       row.info.pages_written, row.info.created_unix_ms, row.base, row.chain_entries,
+                                       row.chain_length, blob, bytes_of(plan.record)));
+  DJINN_RETURN_IF_ERROR((*insert_version)->run());
+  row.info.version = static_cast<uint64_t>(db.last_insert_rowid());
+  if (synced.valid()) DJINN_RETURN_IF_ERROR(synced.get());
+  DJINN_CRASH_POINT("heapstore.commit.after_pack");
+  DJINN_CRASH_POINT("heapstore.commit.before_index_commit");
+  *plan.phase = Phase::kIndexCommitting;
+  DJINN_RETURN_IF_ERROR(tx->commit());
+  DJINN_CRASH_POINT("heapstore.commit.after_index_commit");
+
+  // 4. The version is durable; bring memory up to date.
+  versions[row.info.version] = row;
+  uint64_t own_used = 0;
+  for (const Row& r : rows) {
+    if (r.inserted) filter.add(r.hash);
+    if (r.inserted && r.own) ++own_used;
+  }
+  pages_stored += inserted_pages;
+  bytes_stored += inserted_bytes;
+  if (!pending.empty()) {
+    // A put_page page this version holds is an ordinary page now; its bytes are garbage unless
+    // the index took them.
+    size_t k = 0;
+    for (const PageHash& h : referenced) {
+      while (k < rows.size() && rows[k].hash < h) ++k;
+      auto p = pending.find(h);
+      if (p == pending.end()) continue;
+      bool taken = k < rows.size() && rows[k].hash == h && !rows[k].own && rows[k].inserted;
+      if (p->second.where && !taken) {
+        pending_garbage.push_back(Range{p->second.where->pack, p->second.where->offset, p->second.where->length});
+      }
+      pending.erase(p);
+    }
+  }
+  if (own_used < plan.own->size()) {
+    // Appended but not indexed from here: overwritten later in the same version, or stored by
+    // another commit first.
+    HashSet used;
+    for (const Row& r : rows) {
+      if (r.inserted && r.own) used.insert(r.hash);
+    }
+    for (const auto& [h, where] : *plan.own) {
+      if (where.pack != 0 && !used.contains(h)) garbage.push_back(Range{where.pack, where.offset, where.length});
+    }
+  }
+  end_session_locked(plan.session);
+  cache_locked(row.info.version, plan.pages);
+  *plan.phase = Phase::kDone;
+  lock.unlock();
+  packs->punch(std::move(garbage));
+  if (!pending_garbage.empty()) {
+    std::unique_lock reclaim(reclaim_mu);
+    packs->punch(std::move(pending_garbage));
+  }
+  return row.info;
+}
+
+Result<std::vector<Location>> StoreCore::append(std::span<const std::span<const std::byte>> pages) {
+  std::vector<Location> out;
+  if (pages.empty()) return out;
+  out.reserve(pages.size());
+  uint64_t total = 0;
+  std::vector<std::span<const std::byte>> parts;
+  // Reused: a fresh megabyte per batch would cost a page fault per 4 KiB.
+  thread_local std::vector<std::byte> encoded;
+  if (options.compression_level == 0) {
+    // Raw pages go to the file straight from the caller's buffers.
+    for (std::span<const std::byte> page : pages) {
+      out.push_back(Location{0, total, static_cast<uint32_t>(page.size()), static_cast<uint32_t>(page.size()), 0});
+      total += page.size();
+    }
+    parts.assign(pages.begin(), pages.end());
+  } else {
+    encoded.clear();
+    for (std::span<const std::byte> page : pages) {
+      uint64_t at = encoded.size();
+      Encoded e = encode_page(page, options.compression_level, encoded);
+      out.push_back(Location{0, at, e.length, static_cast<uint32_t>(page.size()), e.flags});
+    }
+    total = encoded.size();
+    parts.push_back(encoded);
+  }
+  Result<PackSet::Reservation> r = packs->reserve(total);
+  if (!r.ok()) return r.status();
+  DJINN_RETURN_IF_ERROR(r->file->write_parts_at(r->offset, parts));
+  if (options.durable) r->file->start_writeback(r->offset, total);
+  for (Location& where : out) {
+    where.pack = r->file->id();
+    where.offset += r->offset;
+  }
+  return out;
+}
+
+// =================================================================================================
+// Helpers (mu held)
+
+Status StoreCore::load_versions_locked() {
+  versions.clear();
+  Result<sqlite::Statement> st = db.prepare(
+      "SELECT version, parent, page_size, capacity_pages, pages, pages_written, created_unix_ms, base, "
+      "chain_entries, chain_length FROM versions ORDER BY version");
+  if (!st.ok()) return st.status();
+  for (;;) {
+    Result<bool> more = st->step();
+    if (!more.ok()) return more.status();
+    if (!*more) break;
+    VersionRow row;
+    row.info.version = static_cast<uint64_t>(st->column_int64(0));
+    row.info.parent = static_cast<uint64_t>(st->column_int64(1));
+    row.info.page_size = static_cast<uint32_t>(st->column_int64(2));
+    row.info.capacity_pages = static_cast<uint64_t>(st->column_int64(3));
+    row.info.pages = static_cast<uint64_t>(st->column_int64(4));
+    row.info.pages_written = static_cast<uint64_t>(st->column_int64(5));
+    row.info.created_unix_ms = st->column_int64(6);
+    row.base = static_cast<uint64_t>(st->column_int64(7));
+    row.chain_entries = static_cast<uint64_t>(st->column_int64(8));
+    row.chain_length = static_cast<uint32_t>(st->column_int64(9));
+    versions[row.info.version] = row;
+  }
+  return Status();
+}
+
+Result<std::optional<Location>> StoreCore::lookup_locked(const PageHash& hash, bool use_filter) {
+  if (use_filter && !filter.may_contain(hash)) return std::optional<Location>();
+  Result<sqlite::Statement*> st = db.cached("SELECT pack, at, length, size, flags FROM pages WHERE hash = ?");
+  if (!st.ok()) return st.status();
+  DJINN_RETURN_IF_ERROR((*st)->bind_all(bytes_of(hash)));
+  Result<bool> row = (*st)->step();
+  if (!row.ok()) return row.status();
+  if (!*row) return std::optional<Location>();
+  Location where;
+  where.pack = static_cast<uint64_t>((*st)->column_int64(0));
+  where.offset = static_cast<uint64_t>((*st)->column_int64(1));
+  where.length = static_cast<uint32_t>((*st)->column_int64(2));
+  where.size = static_cast<uint32_t>((*st)->column_int64(3));
+  where.flags = static_cast<uint32_t>((*st)->column_int64(4));
+  (*st)->reset();
+  return std::optional<Location>(where);
+}
+
+Status StoreCore::rebuild_filter_locked() {
+  Result<sqlite::Statement> all = db.prepare("SELECT hash FROM pages");
+  if (!all.ok()) return all.status();
+  filter.reset(pages_stored);
+  for (;;) {
+    Result<bool> more = all->step();
+    if (!more.ok()) return more.status();
+    if (!*more) return Status();
+    std::vector<uint8_t> bytes = all->column_blob(0);
+    PageHash h;
+    if (bytes.size() != h.bytes.size()) return data_loss("page store " + dir.string() + ": an index row has a malformed hash");
+    std::copy(bytes.begin(), bytes.end(), h.bytes.begin());
+    filter.add(h);
+  }
+}
+
+Result<bool> StoreCore::knows_locked(const PageHash& hash) {
+  if (pending.contains(hash)) return true;
+  Result<std::optional<Location>> found = lookup_locked(hash);
+  if (!found.ok()) return found.status();
+  return found->has_value();
+}
+
+Result<std::vector<uint8_t>> StoreCore::blob_locked(uint64_t version, const char* column) {
+  Result<sqlite::Statement*> st = db.cached(std::string("SELECT ") + column + " FROM versions WHERE version = ?");
+  if (!st.ok()) return st.status();
+  DJINN_RETURN_IF_ERROR((*st)->bind_all(version));
+  Result<bool> row = (*st)->step();
+  if (!row.ok()) return row.status();
+  if (!*row) return not_found("version " + std::to_string(version) + " is not in the store");
+  std::vector<uint8_t> out = (*st)->column_blob(0);
+  (*st)->reset();
+  return out;
+}
+
+Result<std::shared_ptr<const PageList>> StoreCore::pages_locked(uint64_t version) {
+  for (auto it = cache.begin(); it != cache.end(); ++it) {
+    if (it->first == version) {
+      cache.splice(cache.begin(), cache, it);
+      return cache.front().second;
+    }
+  }
+  // Walk back to a full manifest (or a version in the cache), then replay the deltas forward.
+  std::vector<uint64_t> chain;
+  std::shared_ptr<const PageList> start;
+  uint64_t v = version;
+  for (;;) {
+    auto row = versions.find(v);
+    if (row == versions.end()) {
+      return v == version ? Status(not_found("version " + std::to_string(version) + " is not in the store"))
+                          : Status(data_loss("version " + std::to_string(v) + ", a base of version " +
+                                             std::to_string(version) + ", is missing"));
+    }
+    if (v != version) {
+      for (const auto& [cached_version, cached_pages] : cache) {
+        if (cached_version == v) start = cached_pages;
+      }
+      if (start) break;
+    }
+    chain.push_back(v);
+    if (row->second.base == 0) break;
+    v = row->second.base;
+  }
+  PageList pages;
+  if (start) pages = *start;
+  for (auto it = chain.rbegin(); it != chain.rend(); ++it) {
+    const VersionRow& row = versions.at(*it);
+    Result<std::vector<uint8_t>> blob = blob_locked(*it, "manifest");
+    if (!blob.ok()) return blob.status();
+    Result<DecodedManifest> decoded =
+        decode_manifest(*blob, row.info.capacity_pages, "version " + std::to_string(*it));
+    if (!decoded.ok()) return decoded.status();
+    if (decoded->full != (row.base == 0)) {
+      return data_loss("the stored manifest of version " + std::to_string(*it) + " is not of the kind its row says");
+    }
+    pages = decoded->full ? std::move(decoded->pages) : apply_delta(pages, decoded->delta);
+  }
+  auto shared = std::make_shared<const PageList>(std::move(pages));
+  cache_locked(version, shared);
+  return shared;
+}
+
+void StoreCore::cache_locked(uint64_t version, std::shared_ptr<const PageList> pages) {
+  for (auto it = cache.begin(); it != cache.end(); ++it) {
+    if (it->first == version) {
+      cache.erase(it);
+      break;
+    }
+  }
+  cache.emplace_front(version, std::move(pages));
+  size_t entries = 0;
+  size_t kept = 0;
+  for (auto it = cache.begin(); it != cache.end();) {
+    entries += it->second->size();
+    if (kept > 0 && (kept >= kCachedManifests || entries > kCachedManifestEntries)) {
+      it = cache.erase(it);
+    } else {
+      ++kept;
+      ++it;
+    }
+  }
+}
+
+// Deletes `version`'s row (inside the caller's transaction). Versions stored as deltas against it
+// are rewritten first: onto its own base (their delta merged with its), or as full manifests when
+// it was one.
+Status StoreCore::remove_locked(uint64_t version) {
+  const VersionRow removed = versions.at(version);
+  std::vector<uint64_t> children;
+  for (const auto& [v, row] : versions) {
+    if (row.base == version) children.push_back(v);
+  }
+  Result<sqlite::Statement*> update = db.cached(
+      "UPDATE versions SET base = ?, chain_entries = ?, chain_length = ?, manifest = ? WHERE version = ?");
+  if (!update.ok()) return update.status();
+  std::optional<std::vector<DeltaEntry>> removed_delta;
+  for (uint64_t child : children) {
+    VersionRow& row = versions.at(child);
+    std::vector<uint8_t> blob;
+    if (removed.base == 0) {
+      Result<std::shared_ptr<const PageList>> pages = pages_locked(child);
+      if (!pages.ok()) return pages.status();
+      blob = encode_full(**pages);
+      row.base = 0;
+      row.chain_entries = 0;
+      row.chain_length = 0;
+    } else {
+      if (!removed_delta) {
+        Result<std::vector<uint8_t>> own = blob_locked(version, "manifest");
+        if (!own.ok()) return own.status();
+        Result<DecodedManifest> decoded =
+            decode_manifest(*own, removed.info.capacity_pages, "version " + std::to_string(version));
+        if (!decoded.ok()) return decoded.status();
+        removed_delta = std::move(decoded->delta);
+      }
+      Result<std::vector<uint8_t>> theirs = blob_locked(child, "manifest");
+      if (!theirs.ok()) return theirs.status();
+      Result<DecodedManifest> decoded =
+          decode_manifest(*theirs, row.info.capacity_pages, "version " + std::to_string(child));
+      if (!decoded.ok()) return decoded.status();
+      std::vector<DeltaEntry> merged = merge_deltas(*removed_delta, decoded->delta);
+      blob = encode_delta(merged);
+      row.base = removed.base;
+      row.chain_length = removed.chain_length;
+      row.chain_entries = removed.chain_entries - std::min<uint64_t>(removed.chain_entries, removed_delta->size()) +
+                          merged.size();
+    }
+    (*update)->reset();
+    DJINN_RETURN_IF_ERROR((*update)->bind_all(row.base, row.chain_entries, row.chain_length, blob, child));
+    DJINN_RETURN_IF_ERROR((*update)->run());
+  }
+  Result<sqlite::Statement*> del = db.cached("DELETE FROM versions WHERE version = ?");
+  if (!del.ok()) return del.status();
+  DJINN_RETURN_IF_ERROR((*del)->bind_all(version));
+  DJINN_RETURN_IF_ERROR((*del)->run());
+  versions.erase(version);
+  for (auto it = cache.begin(); it != cache.end(); ++it) {
+    if (it->first == version) {
+      cache.erase(it);
+      break;
+    }
+  }
+  return Status();
+}
+
+StoreCore::~StoreCore() {
+  workers.reset();
+  if (checkpointer) {
+    checkpointer->detach(db);
+    checkpointer.reset();
+  }
+  // put_page pages no version took: nothing refers to their bytes once the store is closed. The
+  // index is asked all the same, in case a commit reached it but not memory (a crash point).
+  std::vector<Range> garbage;
+  for (const auto& [h, p] : pending) {
+    if (!p.where) continue;
+    Result<std::optional<Location>> indexed = lookup_locked(h, /*use_filter=*/false);
+    if (!indexed.ok()) continue;
+    if (*indexed && (*indexed)->pack == p.where->pack && (*indexed)->offset == p.where->offset) continue;
+    garbage.push_back(Range{p.where->pack, p.where->offset, p.where->length});
+  }
+  if (packs) packs->punch(std::move(garbage));
+}
+
+}  // namespace djinn::heapstore::internal

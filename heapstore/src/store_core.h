@@ -1,0 +1,151 @@
+// The page store's shared state and the steps its parts share (PageStore, VersionWriter,
+// imports): what is kept in memory beside the index, and the one commit every version goes
+// through. See page_store.cpp for the layout on disk.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <list>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <shared_mutex>
+#include <span>
+#include <string_view>
+#include <unordered_map>
+#include <unordered_set>
+#include <utility>
+#include <vector>
+
+#include "djinn/core/sqlite.h"
+#include "djinn/heapstore/page_store.h"
+#include "manifest_codec.h"
+#include "pack_file.h"
+#include "store_support.h"
+
+namespace djinn::heapstore::internal {
+
+using HashSet = std::unordered_set<PageHash, PageHashHasher>;
+template <class V>
+using HashMap = std::unordered_map<PageHash, V, PageHashHasher>;
+
+// How far a commit got: past kIndexCommitting its pages may be referenced by a committed
+// version, so an abort (the in-process stand-in for a crash) must not punch them.
+enum class Phase { kOpen, kIndexCommitting, kDone };
+
+// INVALID_ARGUMENT unless a power of two from 512 bytes to 2 MiB.
+Status check_page_size(uint64_t page_size);
+// INVALID_ARGUMENT unless from 1 to 2^40 pages.
+Status check_capacity(uint64_t capacity_pages);
+
+inline int64_t now_unix_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+inline std::span<const uint8_t> bytes_of(const PageHash& h) { return {h.bytes.data(), h.bytes.size()}; }
+
+inline std::span<const uint8_t> bytes_of(std::string_view s) {
+  return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
+}
+
+// What the store knows of one stored version, besides its manifest and record (kept in SQLite).
+struct VersionRow {
+  VersionInfo info;
+  uint64_t base = 0;           // the version its stored delta applies to; 0: a full manifest
+  uint64_t chain_entries = 0;  // delta entries replayed from the full manifest (an upper bound)
+  uint32_t chain_length = 0;   // deltas replayed from the full manifest (an upper bound)
+};
+
+// A writer or an import: the pages it refers to that are already stored are held against garbage
+// collection until it ends.
+struct Session {
+  HashSet held;  // guarded by StoreCore::mu
+};
+
+// A page stored with put_page that no committed version holds yet.
+struct PendingPage {
+  std::optional<Location> where;  // its own bytes; nullopt when it was already in the index
+  uint32_t size = 0;
+};
+
+// What commit_version needs from a writer or an import.
+struct CommitPlan {
+  Session* session = nullptr;
+  uint64_t parent = 0;
+  uint32_t page_size = 0;
+  uint64_t capacity = 0;
+  std::shared_ptr<const PageList> pages;         // the whole new version
+  std::optional<std::vector<DeltaEntry>> delta;  // its changes against `parent`, when it has one
+  std::string_view record;
+  const HashMap<Location>* own = nullptr;  // pages the session appended
+  Phase* phase = nullptr;
+};
+
+// The store's state and the steps shared by PageStore, VersionWriter and imports.
+struct StoreCore {
+  StoreCore(std::filesystem::path d, PageStoreOptions o, DirLock l, sqlite::Database database)
+      : dir(std::move(d)), options(o), lock(std::move(l)), db(std::move(database)) {}
+  ~StoreCore();
+
+  std::filesystem::path dir;
+  PageStoreOptions options;
+  DirLock lock;
+  std::unique_ptr<PackSet> packs;
+
+  mutable std::mutex mu;  // guards db .. cache below
+  sqlite::Database db;
+  std::map<uint64_t, VersionRow> versions;
+  HashMap<PendingPage> pending;
+  std::set<Session*> sessions;
+  std::multiset<uint64_t> pinned_versions;  // parents of open writers
+  uint64_t loose_appends = 0;  // put_page appends not yet recorded in `pending`
+  HashFilter filter;
+  uint64_t pages_stored = 0;
+  uint64_t bytes_stored = 0;
+  std::list<std::pair<uint64_t, std::shared_ptr<const PageList>>> cache;  // most recent first
+
+  // Readers hold it shared from looking a page up to reading its bytes; garbage collection holds
+  // it exclusively while it punches the bytes of the pages it deleted.
+  mutable std::shared_mutex reclaim_mu;
+
+  // Batch buffers of finished writers, for the next: a fresh megabyte costs a page fault per
+  // 4 KiB, about a millisecond per incremental version.
+  std::mutex buffers_mu;  // guards buffers
+  std::vector<std::vector<std::byte>> buffers;
+
+  std::unique_ptr<Checkpointer> checkpointer;  // after db: stopped before it closes
+  // Declared last: its threads stop before anything they use is destroyed.
+  std::unique_ptr<WorkerPool> workers;
+
+  Status load_versions_locked();
+  // The page's place in the index. `use_filter` false asks SQLite even when the filter says no
+  // (the filter only knows commits that completed in memory).
+  Result<std::optional<Location>> lookup_locked(const PageHash& hash, bool use_filter = true);
+  // Whether the store holds `hash` (indexed or pending).
+  Result<bool> knows_locked(const PageHash& hash);
+  // The filter, sized for the index as it is, from every hash in it.
+  Status rebuild_filter_locked();
+  Result<std::vector<uint8_t>> blob_locked(uint64_t version, const char* column);
+  Result<std::shared_ptr<const PageList>> pages_locked(uint64_t version);
+  void cache_locked(uint64_t version, std::shared_ptr<const PageList> pages);
+  Status remove_locked(uint64_t version);
+  void end_session_locked(Session* session) { sessions.erase(session); }
+
+  Result<VersionInfo> commit_version(CommitPlan& plan);
+  // Encodes and appends pages (already hashed) to the current pack; returns their locations.
+  Result<std::vector<Location>> append(std::span<const std::span<const std::byte>> pages);
+};
+
+}  // namespace djinn::heapstore::internal
+
+namespace djinn::heapstore {
+
+struct PageStore::Impl : internal::StoreCore {
+  using StoreCore::StoreCore;
+};
+
+}  // namespace djinn::heapstore

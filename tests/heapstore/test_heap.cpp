@@ -1,0 +1,402 @@
+// Unit tests of the heap (heapstore/include/djinn/heapstore/heap.h), each run in every dirty
+// tracking mode this kernel has (asynchronous write-protect and the synchronous fallback):
+// reopening, restoring any kept version bit-exact, incremental checkpoints writing exactly the
+// pages touched, a workload eight times its budget, dirty evictions, pinning, zero pages, larger
+// pages, a checkpoint that fails and the retry that follows, and bad options.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <map>
+#include <set>
+#include <thread>
+
+#include "djinn/core/fault.h"
+#include "heap_test_util.h"
+
+using namespace djinn;
+using namespace djinn::heapstore;
+using namespace djinn::heapstore::heaptest;
+
+namespace {
+
+constexpr size_t kPage = 4096;
+
+}  // namespace
+
+TEST_CASE("the kernel's dirty-tracking support is reported") {
+  MESSAGE("auto tracking: ", tracking_name(Heap::auto_tracking()), " (", Heap::tracking_support(), ")");
+  CHECK(!tracking_name(Heap::auto_tracking()).empty());
+}
+
+TEST_CASE("a new heap reads as zero, keeps what is written, and survives close and reopen") {
+  for (DirtyTracking mode : tracking_modes()) {
+    INFO("mode ", tracking_name(mode));
+    StoreDir s;
+    Image image(4 << 20);
+    uint64_t version = 0;
+    {
+      auto heap = must(Heap::open(*s.store, 0, small_heap(mode)));
+      CHECK(heap->tracking() == mode);
+      CHECK(heap->version() == 0);
+      CHECK(heap->size() == (4u << 20));
+      CHECK(heap->page_size() == kPage);
+      CHECK_HEAP_MATCHES(image, *heap);  // all zero, every page faulted in
+      image.write(*heap, 10, 100, 1);
+      image.write(*heap, kPage * 7 + 4000, 200, 2);  // across a page boundary
+      image.write(*heap, (4 << 20) - 64, 64, 3);    // the last bytes
+      CHECK_HEAP_MATCHES(image, *heap);
+      VersionInfo v = must(heap->checkpoint("record one"));
+      CHECK(v.version > 0);
+      CHECK(v.pages == 4);
+      CHECK(heap->version() == v.version);
+      CHECK(heap->record() == "record one");
+      version = v.version;
+    }
+    s.reopen();
+    auto heap = must(Heap::open(*s.store, version, small_heap(mode)));
+    CHECK(heap->version() == version);
+    CHECK(heap->record() == "record one");
+    CHECK_HEAP_MATCHES(image, *heap);
+    HeapStats st = heap->stats();
+    CHECK(st.pages_loaded == 4);
+    CHECK(st.faults > 0);
+  }
+}
+
+TEST_CASE("every kept version restores bit-exact") {
+  for (DirtyTracking mode : tracking_modes()) {
+    INFO("mode ", tracking_name(mode));
+    StoreDir s;
+    auto& rng = test::rng();
+    const size_t size = 2 << 20;
+    Image image(size);
+    std::map<uint64_t, std::vector<std::byte>> kept;
+    {
+      auto heap = must(Heap::open(*s.store, 0, small_heap(mode, size, 256 << 10)));
+      for (int round = 0; round < 6; ++round) {
+        for (int w = 0; w < 40; ++w) {
+          size_t len = 1 + rng() % 9000;
+          size_t off = rng() % (size - len);
+          if (rng() % 5 == 0) {
+            image.zero(*heap, off, len);
+          } else {
+            image.write(*heap, off, len, rng());
+          }
+        }
+        VersionInfo v = must(heap->checkpoint("round " + std::to_string(round)));
+        kept[v.version] = image.bytes;
+      }
+    }
+    for (const auto& [version, bytes] : kept) {
+      INFO("version ", version);
+      auto heap = must(Heap::open(*s.store, version, small_heap(mode, size, 256 << 10)));
+      Image expected(size);
+      expected.bytes = bytes;
+      CHECK_HEAP_MATCHES(expected, *heap);
+    }
+    // A restored version is a base for new versions, like any other.
+    uint64_t old = kept.begin()->first;
+    auto heap = must(Heap::open(*s.store, old, small_heap(mode, size, 256 << 10)));
+    Image branch(size);
+    branch.bytes = kept.begin()->second;
+    branch.write(*heap, 12345, 777, 99);
+    VersionInfo v = must(heap->checkpoint("branch"));
+    CHECK(v.parent == old);
+    heap.reset();
+    heap = must(Heap::open(*s.store, v.version, small_heap(mode, size, 256 << 10)));
+    CHECK_HEAP_MATCHES(branch, *heap);
+  }
+}
+
+TEST_CASE("an incremental checkpoint after touching k pages writes k pages") {
+  for (DirtyTracking mode : tracking_modes()) {
+    INFO("mode ", tracking_name(mode));
+    StoreDir s;
+    const size_t pages = 1024;
+    auto heap = must(Heap::open(*s.store, 0, small_heap(mode, pages * kPage, pages * kPage)));
+    Image image(pages * kPage);
+    for (size_t p = 0; p < pages; ++p) image.write(*heap, p * kPage, kPage, 1000 + p);
+    VersionInfo full = must(heap->checkpoint("full"));
+    CHECK(full.pages == pages);
+    CHECK(full.pages_written == pages);
+    for (size_t k : {size_t{0}, size_t{1}, size_t{10}, size_t{100}}) {
+      INFO("k = ", k);
+      std::set<size_t> touched;
+      while (touched.size() < k) touched.insert(test::rng()() % pages);
+      for (size_t p : touched) image.write(*heap, p * kPage + test::rng()() % 4000, 8, test::rng()());
+      std::vector<uint64_t> dirty = must(heap->dirty_pages());
+      CHECK(dirty.size() == k);
+      HeapStats before = heap->stats();
+      VersionInfo v = must(heap->checkpoint("k"));
+      HeapStats after = heap->stats();
+      CHECK(after.pages_checkpointed - before.pages_checkpointed == k);
+      CHECK(v.pages_written == k);
+      CHECK(v.pages == pages);
+      CHECK(must(heap->dirty_pages()).empty());
+    }
+    CHECK_HEAP_MATCHES(image, *heap);
+  }
+}
+
+TEST_CASE("a workload eight times its budget runs correctly, evicting and reloading pages") {
+  for (DirtyTracking mode : tracking_modes()) {
+    INFO("mode ", tracking_name(mode));
+    StoreDir s;
+    const size_t budget = 512 << 10;  // 128 pages
+    const size_t size = 8 * budget;
+    auto heap = must(Heap::open(*s.store, 0, small_heap(mode, size, budget)));
+    Image image(size);
+    auto& rng = test::rng();
+    // Three passes: sequential writes, random writes, random reads checked against the image.
+    for (size_t off = 0; off < size; off += kPage) image.write(*heap, off, 64, off);
+    for (int i = 0; i < 3000; ++i) {
+      size_t off = (rng() % (size / 8)) * 8;
+      image.write(*heap, off, 8, rng());
+      HeapStats st = heap->stats();
+      REQUIRE(st.resident_pages <= st.budget_pages);
+    }
+    CHECK_HEAP_MATCHES(image, *heap);
+    HeapStats st = heap->stats();
+    CHECK(st.evictions > 0);
+    CHECK(st.dirty_evictions > 0);
+    CHECK(st.flushes > 0);
+    CHECK(st.resident_pages <= budget / kPage);
+    CHECK(st.over_budget_loads == 0);
+    MESSAGE(tracking_name(mode), ": ", st.faults, " faults, ", st.pages_loaded, " pages loaded, ", st.evictions,
+            " evictions (", st.dirty_evictions, " dirty)");
+    // What was evicted dirty reaches the version by hash.
+    VersionInfo v = must(heap->checkpoint("8x"));
+    heap.reset();
+    heap = must(Heap::open(*s.store, v.version, small_heap(mode, size, budget)));
+    CHECK_HEAP_MATCHES(image, *heap);
+    CHECK(heap->stats().evictions > 0);
+  }
+}
+
+TEST_CASE("dirty pages evicted before a checkpoint, then reloaded and evicted clean, are all in it") {
+  for (DirtyTracking mode : tracking_modes()) {
+    INFO("mode ", tracking_name(mode));
+    StoreDir s;
+    const size_t size = 1 << 20;
+    auto heap = must(Heap::open(*s.store, 0, small_heap(mode, size, 64 * kPage)));
+    Image image(size);
+    for (size_t p = 0; p < 40; ++p) image.write(*heap, p * kPage, kPage, p + 1);
+    VersionInfo v1 = must(heap->checkpoint("v1"));
+    // Rewrite some, zero one, then push everything out.
+    image.write(*heap, 3 * kPage, 100, 77);
+    image.zero(*heap, 5 * kPage, kPage);
+    image.write(*heap, 100 * kPage, 10, 78);  // a page never written before
+    must_ok(heap->trim(0));
+    CHECK(heap->stats().resident_pages == 0);
+    std::vector<uint64_t> dirty = must(heap->dirty_pages());
+    CHECK(dirty == std::vector<uint64_t>{3, 5, 100});
+    // Reading them back (clean now, still pending) and evicting them again changes nothing.
+    CHECK_HEAP_MATCHES(image, *heap);
+    must_ok(heap->trim(0));
+    VersionInfo v2 = must(heap->checkpoint("v2"));
+    CHECK(v2.parent == v1.version);
+    CHECK(v2.pages == 40);  // page 5 became zero, page 100 appeared
+    heap.reset();
+    heap = must(Heap::open(*s.store, v2.version, small_heap(mode, size, 64 * kPage)));
+    CHECK_HEAP_MATCHES(image, *heap);
+  }
+}
+
+TEST_CASE("a page written back to zero is recorded as zero") {
+  for (DirtyTracking mode : tracking_modes()) {
+    INFO("mode ", tracking_name(mode));
+    StoreDir s;
+    auto heap = must(Heap::open(*s.store, 0, small_heap(mode)));
+    Image image(4 << 20);
+    image.write(*heap, 0, 3 * kPage, 5);
+    VersionInfo v1 = must(heap->checkpoint("a"));
+    CHECK(v1.pages == 3);
+    image.zero(*heap, kPage, kPage);
+    VersionInfo v2 = must(heap->checkpoint("b"));
+    CHECK(v2.pages == 2);
+    Manifest m = must(s.store->manifest(v2.version));
+    REQUIRE(m.pages.size() == 2);
+    CHECK(m.pages[0].index == 0);
+    CHECK(m.pages[1].index == 2);
+  }
+}
+
+TEST_CASE("pinned pages are never evicted; unpinned they are") {
+  for (DirtyTracking mode : tracking_modes()) {
+    INFO("mode ", tracking_name(mode));
+    StoreDir s;
+    const size_t size = 2 << 20;
+    auto heap = must(Heap::open(*s.store, 0, small_heap(mode, size, 32 * kPage)));
+    Image image(size);
+    image.write(*heap, 0, 4 * kPage, 1);
+    must_ok(heap->pin(0, 4 * kPage, PageType::kSystem));
+    CHECK(heap->stats().pinned_pages == 4);
+    for (size_t off = 4 * kPage; off < size; off += kPage) image.write(*heap, off, 16, off);
+    auto table = must(heap->page_table(0, 4));
+    REQUIRE(table.size() == 4);
+    for (const PageInfo& p : table) {
+      CHECK(p.pinned);
+      CHECK(p.type == PageType::kSystem);
+      CHECK((p.state == PageState::kResident || p.state == PageState::kDirty));
+    }
+    must_ok(heap->trim(0));
+    CHECK(heap->stats().resident_pages == 4);
+    must_ok(heap->unpin(0, 4 * kPage));
+    must_ok(heap->trim(0));
+    CHECK(heap->stats().resident_pages == 0);
+    CHECK_HEAP_MATCHES(image, *heap);
+    CHECK(heap->pin(size, 1).code() == Code::kOutOfRange);
+  }
+}
+
+TEST_CASE("the page table shows states and the hashes of persisted copies") {
+  for (DirtyTracking mode : tracking_modes()) {
+    INFO("mode ", tracking_name(mode));
+    StoreDir s;
+    auto heap = must(Heap::open(*s.store, 0, small_heap(mode)));
+    Image image(4 << 20);
+    image.write(*heap, 0, kPage, 1);
+    image.write(*heap, 2 * kPage, kPage, 2);
+    VersionInfo v = must(heap->checkpoint("t"));
+    image.write(*heap, 2 * kPage, 8, 3);  // dirty again
+    auto table = must(heap->page_table(0, UINT64_MAX, true));
+    Manifest m = must(s.store->manifest(v.version));
+    std::map<uint64_t, PageInfo> by_index;
+    for (const PageInfo& p : table) by_index[p.index] = p;
+    REQUIRE(by_index.count(0));
+    REQUIRE(by_index.count(2));
+    CHECK(by_index[0].state == PageState::kResident);
+    CHECK(!by_index[0].pending);
+    REQUIRE(by_index[0].hash.has_value());
+    CHECK(*by_index[0].hash == m.pages[0].hash);
+    CHECK(by_index[2].state == PageState::kDirty);
+    CHECK(by_index[2].pending);
+    must_ok(heap->trim(0));
+    table = must(heap->page_table());
+    for (const PageInfo& p : table) {
+      if (p.index == 0) {
+        CHECK(p.state == PageState::kPersistent);
+        CHECK(p.hash == m.pages[0].hash);
+      }
+      if (p.index == 2) {
+        CHECK(p.state == PageState::kPersistent);
+        CHECK(p.pending);
+        CHECK(p.hash != m.pages[1].hash);  // its new content, put in the store by the eviction
+      }
+    }
+  }
+}
+
+TEST_CASE("larger pages: 16 KiB and 64 KiB heaps track and restore the same way") {
+  for (uint32_t page : {16u << 10, 64u << 10}) {
+    for (DirtyTracking mode : tracking_modes()) {
+      INFO("page ", page, " mode ", tracking_name(mode));
+      StoreDir s;
+      HeapOptions o = small_heap(mode, 4 << 20, 32 * page);
+      o.page_size = page;
+      auto heap = must(Heap::open(*s.store, 0, o));
+      CHECK(heap->page_size() == page);
+      CHECK(reinterpret_cast<uintptr_t>(heap->base()) % page == 0);
+      Image image(4 << 20);
+      auto& rng = test::rng();
+      for (int i = 0; i < 500; ++i) image.write(*heap, (rng() % ((4 << 20) / 8)) * 8, 8, rng());
+      VersionInfo v1 = must(heap->checkpoint("one"));
+      CHECK(v1.page_size == page);
+      // One byte in the last 4 KiB of a page dirties that whole page, and only it.
+      image.write(*heap, 3 * page + page - 8, 8, 42);
+      CHECK(must(heap->dirty_pages()) == std::vector<uint64_t>{3});
+      VersionInfo v2 = must(heap->checkpoint("two"));
+      CHECK(v2.pages_written == 1);
+      heap.reset();
+      heap = must(Heap::open(*s.store, v2.version, o));
+      CHECK_HEAP_MATCHES(image, *heap);
+      CHECK(heap->stats().evictions > 0);
+    }
+  }
+}
+
+TEST_CASE("a checkpoint that fails leaves its pages dirty, and the next one writes them") {
+  for (DirtyTracking mode : tracking_modes()) {
+    INFO("mode ", tracking_name(mode));
+    StoreDir s;
+    auto heap = must(Heap::open(*s.store, 0, small_heap(mode)));
+    Image image(4 << 20);
+    image.write(*heap, 0, 5 * kPage, 1);
+    VersionInfo v1 = must(heap->checkpoint("one"));
+    image.write(*heap, kPage, 8, 2);
+    image.write(*heap, 3 * kPage, 8, 3);
+    for (const char* point : {"heapstore.heap.checkpoint.collected", "heapstore.heap.checkpoint.staged",
+                              "heapstore.commit.begin"}) {
+      INFO("crash point ", point);
+      fault::arm(point, fault::Action::kThrow);
+      CHECK_THROWS_AS((void)heap->checkpoint("lost"), fault::CrashPointHit);
+      fault::disarm_all();
+      CHECK(heap->version() == v1.version);
+      CHECK(heap->record() == "one");
+      CHECK(must(heap->dirty_pages()) == std::vector<uint64_t>{1, 3});
+      CHECK(s.store->latest()->version == v1.version);
+    }
+    VersionInfo v2 = must(heap->checkpoint("two"));
+    CHECK(v2.pages_written == 2);
+    heap.reset();
+    heap = must(Heap::open(*s.store, v2.version, small_heap(mode)));
+    CHECK_HEAP_MATCHES(image, *heap);
+  }
+}
+
+TEST_CASE("a heap opens at the base address asked for, and refuses bad options") {
+  StoreDir s;
+  HeapOptions o = small_heap(Heap::auto_tracking());
+  o.base_address = reinterpret_cast<void*>(uintptr_t{0x5a0000000000});
+  {
+    auto heap = must(Heap::open(*s.store, 0, o));
+    CHECK(heap->base() == static_cast<std::byte*>(o.base_address));
+    // The same address again, while it is taken, is refused.
+    CHECK(Heap::open(*s.store, 0, o).status().code() == Code::kResourceExhausted);
+  }
+  HeapOptions bad = small_heap(Heap::auto_tracking());
+  bad.page_size = 3000;
+  CHECK(Heap::open(*s.store, 0, bad).status().code() == Code::kInvalidArgument);
+  bad = small_heap(Heap::auto_tracking());
+  bad.budget_bytes = 4 * kPage;
+  CHECK(Heap::open(*s.store, 0, bad).status().code() == Code::kInvalidArgument);
+  bad = small_heap(Heap::auto_tracking());
+  bad.capacity_bytes = 0;
+  CHECK(Heap::open(*s.store, 0, bad).status().code() == Code::kInvalidArgument);
+  bad = small_heap(Heap::auto_tracking());
+  bad.base_address = reinterpret_cast<void*>(uintptr_t{0x5a0000000100});
+  CHECK(Heap::open(*s.store, 0, bad).status().code() == Code::kInvalidArgument);
+  CHECK(Heap::open(*s.store, 12345, small_heap(Heap::auto_tracking())).status().code() == Code::kNotFound);
+}
+
+TEST_CASE("several threads may read a heap at once, faulting the same pages") {
+  for (DirtyTracking mode : tracking_modes()) {
+    INFO("mode ", tracking_name(mode));
+    StoreDir s;
+    const size_t size = 4 << 20;
+    Image image(size);
+    uint64_t version;
+    {
+      auto heap = must(Heap::open(*s.store, 0, small_heap(mode, size, size)));
+      for (size_t off = 0; off < size; off += kPage) image.write(*heap, off, 32, off + 1);
+      version = must(heap->checkpoint("r")).version;
+    }
+    auto heap = must(Heap::open(*s.store, version, small_heap(mode, size, 64 * kPage)));
+    std::atomic<int> bad{0};
+    std::vector<std::thread> readers;
+    for (int t = 0; t < 4; ++t) {
+      readers.emplace_back([&, t] {
+        std::mt19937_64 gen(t);
+        for (int i = 0; i < 2000; ++i) {
+          size_t off = (gen() % (size / kPage)) * kPage;
+          if (std::memcmp(heap->base() + off, image.bytes.data() + off, 32) != 0) bad++;
+        }
+      });
+    }
+    for (auto& r : readers) r.join();
+    CHECK(bad.load() == 0);
+    CHECK(heap->stats().evictions > 0);
+  }
+}

@@ -1,0 +1,846 @@
+// The page store: content-addressed pages, versions and their manifests, retention and garbage
+// collection, put_page pins, export/import, and every bad input refused with nothing changed.
+// Crashes are in test_page_store_crash.cpp.
+#include <doctest/doctest.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <fstream>
+#include <set>
+#include <thread>
+
+#include "page_store_test_util.h"
+#include "support/test_support.h"
+
+using namespace djinn;
+using namespace djinn::heapstore;
+using namespace djinn::heapstore::testing;
+
+namespace {
+
+constexpr uint32_t kPage = 4096;
+constexpr uint64_t kCapacity = 1024;
+
+std::unique_ptr<PageStore> open_store(const std::filesystem::path& dir, PageStoreOptions options = {}) {
+  return must(PageStore::open(dir, options));
+}
+
+// Writes `changes` (index → content; an empty content zeroes the page) on top of `parent`, applies
+// them to `model`, and returns the new version's info.
+VersionInfo write_version(PageStore& store, uint64_t parent, const std::map<uint64_t, Bytes>& changes, Model& model,
+                          std::string_view record = "record") {
+  VersionWriter w = must(store.begin_version(parent, kPage, kCapacity));
+  for (const auto& [index, content] : changes) {
+    if (content.empty()) {
+      must_ok(w.zero(index));
+      model.erase(index);
+    } else {
+      must_ok(w.put(index, content));
+      if (is_zero_page(content)) {
+        model.erase(index);
+      } else {
+        model[index] = content;
+      }
+    }
+  }
+  return must(w.commit(record));
+}
+
+std::vector<std::filesystem::path> pack_files(const std::filesystem::path& dir) {
+  std::vector<std::filesystem::path> out;
+  for (const auto& e : std::filesystem::directory_iterator(dir / "packs")) out.push_back(e.path());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+uint64_t allocated_bytes(const std::filesystem::path& dir) {
+  uint64_t total = 0;
+  for (const auto& path : pack_files(dir)) {
+    struct stat st {};
+    if (::stat(path.c_str(), &st) == 0) total += static_cast<uint64_t>(st.st_blocks) * 512;
+  }
+  return total;
+}
+
+}  // namespace
+
+TEST_CASE("page hashes: BLAKE2b-256, hex round trip, malformed hex refused; zero pages recognised") {
+  Bytes page = page_of(1, kPage);
+  PageHash h = PageHash::of(page);
+  CHECK(h == PageHash::of(page));
+  CHECK(h != PageHash::of(page_of(2, kPage)));
+  CHECK(h.hex().size() == 64);
+  CHECK(PageHash::from_hex(h.hex()) == h);
+  CHECK(!PageHash::from_hex("abc").has_value());
+  CHECK(!PageHash::from_hex(std::string(64, 'g')).has_value());
+  // BLAKE2b-256 of the empty input, as published.
+  CHECK(PageHash::of({}).hex() == "0e5751c026e543b2e8ab2eb06099daa1d1e5df47778f7787faab45cdf12fe3a8");
+
+  Bytes zero(kPage);
+  CHECK(is_zero_page(zero));
+  zero[kPage - 1] = std::byte{1};
+  CHECK(!is_zero_page(zero));
+  zero[kPage - 1] = std::byte{0};
+  zero[3] = std::byte{1};
+  CHECK(!is_zero_page(zero));
+}
+
+TEST_CASE("a version round-trips: manifest ascending, contents bit-exact, the record kept") {
+  test::TempDir dir;
+  auto store = open_store(dir.path());
+  CHECK(!store->latest().has_value());
+  Model model;
+  std::map<uint64_t, Bytes> changes;
+  for (uint64_t i : {7u, 0u, 1023u, 500u, 3u}) changes[i] = page_of(i, kPage);
+  VersionInfo v1 = write_version(*store, 0, changes, model, "runtime record \x01\x02");
+  CHECK(v1.version == 1);
+  CHECK(v1.parent == 0);
+  CHECK(v1.pages == 5);
+  CHECK(v1.pages_written == 5);
+  CHECK(v1.page_size == kPage);
+  CHECK(v1.capacity_pages == kCapacity);
+  CHECK(v1.created_unix_ms > 0);
+  check_version(*store, 1, model);
+  Manifest m = must(store->manifest(1));
+  CHECK(m.record == std::string("runtime record \x01\x02"));
+  CHECK(store->latest()->version == 1);
+  CHECK(store->contains(PageHash::of(changes[7])));
+  CHECK(!store->contains(PageHash::of(page_of(99, kPage))));
+
+  // An empty version on top of it is the same heap.
+  VersionInfo v2 = write_version(*store, 1, {}, model);
+  CHECK(v2.version == 2);
+  CHECK(v2.parent == 1);
+  CHECK(v2.pages_written == 0);
+  check_version(*store, 2, model);
+
+  // A later put of the same index in one writer wins; a zero page after content deletes it.
+  VersionWriter w = must(store->begin_version(2, kPage, kCapacity));
+  must_ok(w.put(10, page_of(100, kPage)));
+  must_ok(w.put(10, page_of(101, kPage)));
+  must_ok(w.put(7, page_of(102, kPage)));
+  must_ok(w.put(7, Bytes(kPage)));
+  VersionInfo v3 = must(w.commit(""));
+  model[10] = page_of(101, kPage);
+  model.erase(7);
+  check_version(*store, v3.version, model);
+  CHECK(v3.pages_written == 1);  // page 101: 100 was overwritten, 102 zeroed, in the same writer
+}
+
+TEST_CASE("zero pages are elided: never stored, absent from manifests") {
+  test::TempDir dir;
+  auto store = open_store(dir.path());
+  Model model;
+  VersionInfo v1 = write_version(*store, 0, {{1, Bytes(kPage)}, {2, page_of(2, kPage)}, {3, Bytes(kPage)}}, model);
+  CHECK(v1.pages == 1);
+  CHECK(v1.pages_written == 1);
+  CHECK(store->stats().pages_stored == 1);
+  check_version(*store, 1, model);
+  CHECK(!store->contains(PageHash::of(Bytes(kPage))));
+  // zero() of a page the parent has deletes it; zero() of an absent page changes nothing.
+  VersionInfo v2 = write_version(*store, 1, {{2, {}}, {9, {}}}, model);
+  CHECK(v2.pages == 0);
+  CHECK(must(store->manifest(v2.version)).pages.empty());
+  CHECK(store->put_page(Bytes(kPage)).status().code() == Code::kInvalidArgument);
+}
+
+TEST_CASE("identical content is stored once, within a version and across versions") {
+  test::TempDir dir;
+  auto store = open_store(dir.path());
+  Model model;
+  Bytes same = page_of(42, kPage);
+  VersionInfo v1 = write_version(*store, 0, {{0, same}, {1, same}, {2, page_of(1, kPage)}}, model);
+  CHECK(v1.pages == 3);
+  CHECK(v1.pages_written == 2);
+  // A second version, not on top of the first, with the same content: nothing new.
+  Model other;
+  VersionInfo v2 = write_version(*store, 0, {{5, same}, {6, page_of(1, kPage)}}, other);
+  CHECK(v2.pages_written == 0);
+  PageStore::Stats stats = store->stats();
+  CHECK(stats.pages_stored == 2);
+  CHECK(stats.bytes_stored == 2 * kPage);
+  check_version(*store, v1.version, model);
+  check_version(*store, v2.version, other);
+}
+
+TEST_CASE("compression: compressible pages shrink, incompressible ones are stored raw; both read back") {
+  for (int level : {0, 3}) {
+    CAPTURE(level);
+    test::TempDir dir;
+    auto store = open_store(dir.path(), {.compression_level = level});
+    Model model;
+    std::map<uint64_t, Bytes> changes;
+    for (uint64_t i = 0; i < 64; ++i) changes[i] = page_of(i, kPage, /*compressible=*/true);
+    for (uint64_t i = 64; i < 128; ++i) changes[i] = page_of(i, kPage);
+    write_version(*store, 0, changes, model);
+    check_version(*store, 1, model);
+    PageStore::Stats stats = store->stats();
+    CHECK(stats.pages_stored == 128);
+    if (level == 0) {
+      CHECK(stats.bytes_stored == 128 * kPage);
+    } else {
+      // The 64 random pages do not shrink and stay raw; the 64 patterned ones take a few bytes.
+      CHECK(stats.bytes_stored > 64 * kPage);
+      CHECK(stats.bytes_stored < 64 * kPage + 64 * 200);
+    }
+    // The same store reopened without compression still reads compressed pages.
+    store.reset();
+    store = open_store(dir.path());
+    check_version(*store, 1, model);
+  }
+  test::TempDir dir;
+  CHECK(PageStore::open(dir.path(), {.compression_level = 23}).status().code() == Code::kInvalidArgument);
+}
+
+TEST_CASE("an incremental version writes only the pages staged and inherits the rest") {
+  test::TempDir dir;
+  auto store = open_store(dir.path());
+  Model model;
+  std::map<uint64_t, Bytes> full;
+  for (uint64_t i = 0; i < kCapacity; ++i) full[i] = page_of(i, kPage);
+  VersionInfo v1 = write_version(*store, 0, full, model);
+  CHECK(v1.pages_written == kCapacity);
+  uint64_t bytes_before = store->stats().bytes_stored;
+
+  // 1% dirty: 10 pages change, one becomes zero.
+  std::map<uint64_t, Bytes> dirty;
+  for (uint64_t i = 0; i < 10; ++i) dirty[i * 97] = page_of(10000 + i, kPage);
+  dirty[5] = {};
+  VersionInfo v2 = write_version(*store, 1, dirty, model);
+  CHECK(v2.pages_written == 10);
+  CHECK(v2.pages == kCapacity - 1);
+  CHECK(store->stats().bytes_stored == bytes_before + 10 * kPage);
+  check_version(*store, 2, model);
+
+  // A page put back to the parent's content is no change at all.
+  VersionInfo v3 = write_version(*store, 2, {{1, page_of(1, kPage)}}, model);
+  CHECK(v3.pages_written == 0);
+  check_version(*store, 3, model);
+}
+
+TEST_CASE("versions: listed ascending, removed, numbers never reused; removal keeps every other version whole") {
+  test::TempDir dir;
+  auto store = open_store(dir.path());
+  std::map<uint64_t, Model> models;
+  Model model;
+  uint64_t parent = 0;
+  // A chain of incremental versions (stored as deltas on one full manifest).
+  for (int n = 1; n <= 8; ++n) {
+    std::map<uint64_t, Bytes> changes;
+    for (int k = 0; k < 20; ++k) changes[(n * 37 + k * 11) % kCapacity] = page_of(n * 1000 + k, kPage);
+    if (n % 3 == 0) changes[(n * 37) % kCapacity] = {};
+    VersionInfo v = write_version(*store, parent, changes, model);
+    CHECK(v.version == static_cast<uint64_t>(n));
+    models[v.version] = model;
+    parent = v.version;
+  }
+  std::vector<VersionInfo> all = store->versions();
+  REQUIRE(all.size() == 8);
+  for (size_t i = 0; i < all.size(); ++i) CHECK(all[i].version == i + 1);
+
+  // Remove the full manifest at the bottom, one in the middle, the newest.
+  must_ok(store->remove_version(1));
+  must_ok(store->remove_version(5));
+  must_ok(store->remove_version(8));
+  models.erase(1);
+  models.erase(5);
+  models.erase(8);
+  CHECK(store->versions().size() == 5);
+  CHECK(store->latest()->version == 7);
+  CHECK(store->manifest(5).status().code() == Code::kNotFound);
+  CHECK(store->remove_version(5).code() == Code::kNotFound);
+  for (const auto& [v, m] : models) {
+    CAPTURE(v);
+    check_version(*store, v, m);
+  }
+  // The next version takes a new number even though 8 is gone.
+  Model next = models[7];
+  VersionInfo v9 = write_version(*store, 7, {{0, page_of(9, kPage)}}, next);
+  CHECK(v9.version == 9);
+  CHECK(v9.parent == 7);
+  models[9] = next;
+
+  // Reopened, the same.
+  store.reset();
+  store = open_store(dir.path());
+  for (const auto& [v, m] : models) check_version(*store, v, m);
+}
+
+TEST_CASE("retention: keep the newest N, or those within a time window; never the parent of an open writer") {
+  test::TempDir dir;
+  auto store = open_store(dir.path());
+  Model model;
+  std::map<uint64_t, Model> models;
+  uint64_t parent = 0;
+  for (int n = 1; n <= 10; ++n) {
+    parent = write_version(*store, parent, {{static_cast<uint64_t>(n), page_of(n, kPage)}}, model).version;
+    models[parent] = model;
+  }
+  // Every version is younger than an hour: nothing goes.
+  CHECK(must(store->remove_by_policy({.keep_last = 1, .keep_within_ms = 3600 * 1000})) == 0);
+  {
+    VersionWriter open_on_2 = must(store->begin_version(2, kPage, kCapacity));
+    CHECK(store->remove_version(2).code() == Code::kFailedPrecondition);
+    CHECK(must(store->remove_by_policy({.keep_last = 3})) == 6);  // 1, 3, 4, 5, 6, 7
+  }
+  std::vector<uint64_t> left;
+  for (const VersionInfo& v : store->versions()) left.push_back(v.version);
+  CHECK(left == std::vector<uint64_t>{2, 8, 9, 10});
+  for (uint64_t v : left) check_version(*store, v, models[v]);
+  // keep_last = 0 still keeps the newest.
+  CHECK(must(store->remove_by_policy({.keep_last = 0})) == 3);
+  CHECK(store->versions().size() == 1);
+  check_version(*store, 10, models[10]);
+}
+
+TEST_CASE("garbage collection reclaims a removed version's own pages and keeps shared ones") {
+  test::TempDir dir;
+  auto store = open_store(dir.path());
+  Model m1;
+  std::map<uint64_t, Bytes> first;
+  for (uint64_t i = 0; i < 256; ++i) first[i] = page_of(i, kPage);
+  write_version(*store, 0, first, m1);
+  Model m2 = m1;
+  std::map<uint64_t, Bytes> second;
+  for (uint64_t i = 0; i < 128; ++i) second[i] = page_of(5000 + i, kPage);
+  write_version(*store, 1, second, m2);
+  CHECK(store->stats().pages_stored == 384);
+
+  // Nothing is garbage while both versions stand.
+  GcStats none = must(store->collect_garbage());
+  CHECK(none.pages_removed == 0);
+
+  uint64_t allocated_before = allocated_bytes(dir.path());
+  must_ok(store->remove_version(1));
+  GcStats gc = must(store->collect_garbage());
+  CHECK(gc.pages_removed == 128);  // pages 0..127 of version 1; 128..255 are shared with version 2
+  CHECK(gc.bytes_reclaimed == 128 * kPage);
+  CHECK(store->stats().pages_stored == 256);
+  check_version(*store, 2, m2);
+  CHECK(!store->contains(PageHash::of(first[0])));
+  CHECK(store->read_page(PageHash::of(first[0]), std::span<std::byte>(first[0])).code() == Code::kNotFound);
+  // The file system got the space back (holes punched in the pack).
+  CHECK(allocated_bytes(dir.path()) <= allocated_before - 128 * kPage);
+
+  // Removing the last version and collecting leaves nothing.
+  must_ok(store->remove_version(2));
+  GcStats all = must(store->collect_garbage());
+  CHECK(all.pages_removed == 256);
+  CHECK(store->stats().pages_stored == 0);
+  store.reset();
+  store = open_store(dir.path());
+  CHECK(store->stats().pages_stored == 0);
+  CHECK(store->versions().empty());
+}
+
+TEST_CASE("a pack file with no live page left is deleted by garbage collection") {
+  test::TempDir dir;
+  // Small packs: every version of 16 pages fills one.
+  auto store = open_store(dir.path(), {.pack_file_bytes = 16 * kPage});
+  Model model;
+  uint64_t parent = 0;
+  for (int n = 0; n < 4; ++n) {
+    std::map<uint64_t, Bytes> changes;
+    for (uint64_t i = 0; i < 16; ++i) changes[i] = page_of(n * 100 + i, kPage);
+    parent = write_version(*store, parent, changes, model).version;
+  }
+  CHECK(store->stats().pack_files == 4);
+  CHECK(must(store->remove_by_policy({.keep_last = 1})) == 3);
+  GcStats gc = must(store->collect_garbage());
+  CHECK(gc.pages_removed == 48);
+  CHECK(store->stats().pack_files == 1);
+  CHECK(pack_files(dir.path()).size() == 1);
+  check_version(*store, parent, model);
+  store.reset();
+  store = open_store(dir.path(), {.pack_file_bytes = 16 * kPage});
+  check_version(*store, parent, model);
+}
+
+TEST_CASE("put_page: pending pages survive garbage collection while the store is open, and a version takes them") {
+  test::TempDir dir;
+  Model model;
+  Bytes evicted = page_of(77, kPage);
+  Bytes other = page_of(78, kPage);
+  PageHash evicted_hash, other_hash;
+  {
+    auto store = open_store(dir.path());
+    evicted_hash = must(store->put_page(evicted));
+    other_hash = must(store->put_page(other));
+    CHECK(evicted_hash == PageHash::of(evicted));
+    CHECK(store->stats().pages_pending == 2);
+    CHECK(store->stats().pages_stored == 0);
+    CHECK(must(store->collect_garbage()).pages_removed == 0);
+    Bytes out(kPage);
+    must_ok(store->read_page(evicted_hash, out));
+    CHECK(out == evicted);
+    // Putting it again is the same page.
+    CHECK(must(store->put_page(evicted)) == evicted_hash);
+
+    VersionWriter w = must(store->begin_version(0, kPage, kCapacity));
+    must_ok(w.put_hash(3, evicted_hash));
+    must_ok(w.put(4, page_of(4, kPage)));
+    VersionInfo v = must(w.commit(""));
+    CHECK(v.pages == 2);
+    CHECK(v.pages_written == 2);
+    model[3] = evicted;
+    model[4] = page_of(4, kPage);
+    CHECK(store->stats().pages_pending == 1);  // `other` is still only pending
+    CHECK(store->stats().pages_stored == 2);
+    must_ok(store->read_page(other_hash, out));
+    CHECK(out == other);
+
+    // A page already in a version, put again, is pinned too: removing the version keeps it.
+    CHECK(must(store->put_page(model[4])) == PageHash::of(model[4]));
+    must_ok(store->remove_version(v.version));
+    CHECK(must(store->collect_garbage()).pages_removed == 1);  // page 3's content only
+    CHECK(store->contains(PageHash::of(model[4])));
+    CHECK(!store->contains(evicted_hash));
+    model.clear();
+    VersionWriter w2 = must(store->begin_version(0, kPage, kCapacity));
+    must_ok(w2.put_hash(0, PageHash::of(page_of(4, kPage))));
+    VersionInfo v2 = must(w2.commit(""));
+    model[0] = page_of(4, kPage);
+    check_version(*store, v2.version, model);
+  }
+  // Closed: the pending page no version took is gone; the rest is intact.
+  auto store = open_store(dir.path());
+  CHECK(!store->contains(other_hash));
+  CHECK(store->stats().pages_pending == 0);
+  check_version(*store, 2, model);
+}
+
+TEST_CASE("every bad input is refused with a clear status and changes nothing") {
+  test::TempDir dir;
+  auto store = open_store(dir.path());
+  Model model;
+  write_version(*store, 0, {{1, page_of(1, kPage)}}, model);
+  auto before_versions = store->versions();
+  auto before_stats = store->stats();
+  auto unchanged = [&] {
+    auto after = store->versions();
+    REQUIRE(after.size() == before_versions.size());
+    for (size_t i = 0; i < after.size(); ++i) CHECK(after[i].version == before_versions[i].version);
+    CHECK(store->stats().pages_stored == before_stats.pages_stored);
+    CHECK(store->stats().bytes_stored == before_stats.bytes_stored);
+    check_version(*store, 1, model);
+  };
+
+  // begin_version
+  CHECK(store->begin_version(0, 1000, kCapacity).status().code() == Code::kInvalidArgument);
+  CHECK(store->begin_version(0, 256, kCapacity).status().code() == Code::kInvalidArgument);
+  CHECK(store->begin_version(0, kPage, 0).status().code() == Code::kInvalidArgument);
+  Status unknown = store->begin_version(42, kPage, kCapacity).status();
+  CHECK(unknown.code() == Code::kNotFound);
+  CHECK(unknown.message().find("42") != std::string::npos);
+  Status other_size = store->begin_version(1, 8192, kCapacity).status();
+  CHECK(other_size.code() == Code::kInvalidArgument);
+  CHECK(other_size.message().find("differ from the parent") != std::string::npos);
+  CHECK(store->begin_version(1, kPage, kCapacity * 2).status().code() == Code::kInvalidArgument);
+
+  {
+    VersionWriter w = must(store->begin_version(1, kPage, kCapacity));
+    Status wrong_size = w.put(2, page_of(2, 2048));
+    CHECK(wrong_size.code() == Code::kInvalidArgument);
+    CHECK(wrong_size.message().find("2048 bytes") != std::string::npos);
+    CHECK(w.put(kCapacity, page_of(2, kPage)).code() == Code::kInvalidArgument);
+    CHECK(w.zero(kCapacity + 5).code() == Code::kInvalidArgument);
+    Status absent = w.put_hash(2, PageHash::of(page_of(999, kPage)));
+    CHECK(absent.code() == Code::kNotFound);
+    CHECK(absent.message().find("put_page") != std::string::npos);
+    // A stored page of another size cannot stand in a heap of this page size.
+    PageHash small = must(store->put_page(page_of(5, 1024)));
+    CHECK(w.put_hash(2, small).code() == Code::kInvalidArgument);
+    // The writer still works after refusing those.
+    must_ok(w.put(2, page_of(2, kPage)));
+    VersionInfo v = must(w.commit("x"));
+    model[2] = page_of(2, kPage);
+    CHECK(w.put(3, page_of(3, kPage)).code() == Code::kFailedPrecondition);
+    CHECK(w.commit("again").status().code() == Code::kFailedPrecondition);
+    must_ok(store->remove_version(v.version));
+    model.erase(2);
+  }
+  before_versions = store->versions();
+  before_stats = store->stats();
+
+  // Unknown versions.
+  CHECK(store->manifest(99).status().code() == Code::kNotFound);
+  CHECK(store->remove_version(99).code() == Code::kNotFound);
+  CHECK(store->export_version(99, {}, {[](const Manifest&) { return Status(); },
+                                       [](const PageHash&, std::span<const std::byte>) { return Status(); }})
+            .code() == Code::kNotFound);
+
+  // read_page
+  Bytes out(kPage);
+  CHECK(store->read_page(PageHash::of(page_of(1234, kPage)), out).code() == Code::kNotFound);
+  Bytes wrong(kPage / 2);
+  CHECK(store->read_page(PageHash::of(page_of(1, kPage)), wrong).code() == Code::kInvalidArgument);
+
+  // put_page
+  CHECK(store->put_page(Bytes(100, std::byte{1})).status().code() == Code::kInvalidArgument);
+  CHECK(store->put_page(Bytes(kPage)).status().code() == Code::kInvalidArgument);
+
+  // Malformed manifests in import_begin.
+  Manifest good = must(store->manifest(1));
+  {
+    Manifest m = good;
+    m.pages.push_back(PageRef{kCapacity, PageHash::of(page_of(3, kPage))});
+    m.info.pages = m.pages.size();
+    Status s = store->import_begin(m).status();
+    CHECK(s.code() == Code::kInvalidArgument);
+    CHECK(s.message().find("beyond the capacity") != std::string::npos);
+  }
+  {
+    Manifest m = good;
+    m.pages.push_back(PageRef{0, PageHash::of(page_of(3, kPage))});
+    m.info.pages = m.pages.size();
+    Status s = store->import_begin(m).status();
+    CHECK(s.code() == Code::kInvalidArgument);
+    CHECK(s.message().find("ascend") != std::string::npos);
+  }
+  {
+    Manifest m = good;
+    m.pages.push_back(m.pages.back());
+    m.info.pages = m.pages.size();
+    CHECK(store->import_begin(m).status().code() == Code::kInvalidArgument);  // a repeated index
+  }
+  {
+    Manifest m = good;
+    m.info.pages = 7;
+    CHECK(store->import_begin(m).status().code() == Code::kInvalidArgument);
+  }
+  {
+    Manifest m = good;
+    m.info.page_size = 3000;
+    CHECK(store->import_begin(m).status().code() == Code::kInvalidArgument);
+  }
+  unchanged();
+}
+
+TEST_CASE("a corrupted stored page reads as DATA_LOSS, raw or compressed") {
+  for (bool compressible : {false, true}) {
+    CAPTURE(compressible);
+    test::TempDir dir;
+    Bytes page = page_of(5, kPage, compressible);
+    PageHash hash;
+    {
+      auto store = open_store(dir.path(), {.compression_level = 3});
+      Model model;
+      write_version(*store, 0, {{0, page}}, model);
+      hash = PageHash::of(page);
+    }
+    auto packs = pack_files(dir.path());
+    REQUIRE(packs.size() == 1);
+    {
+      std::fstream f(packs[0], std::ios::in | std::ios::out | std::ios::binary);
+      f.seekg(10);
+      char c = 0;
+      f.read(&c, 1);
+      c = static_cast<char>(c ^ 0x5a);
+      f.seekp(10);
+      f.write(&c, 1);
+    }
+    auto store = open_store(dir.path());
+    Bytes out(kPage);
+    Status s = store->read_page(hash, out);
+    CHECK(s.code() == Code::kDataLoss);
+    CHECK(s.message().find(hash.hex()) != std::string::npos);
+    // The export of that version stops there too rather than sending bad bytes.
+    Status exported = store->export_version(1, {}, {[](const Manifest&) { return Status(); },
+                                                    [](const PageHash&, std::span<const std::byte>) { return Status(); }});
+    CHECK(exported.code() == Code::kDataLoss);
+  }
+}
+
+TEST_CASE("reopened after close, everything is intact and the store goes on") {
+  test::TempDir dir;
+  std::map<uint64_t, Model> models;
+  Model model;
+  {
+    auto store = open_store(dir.path(), {.compression_level = 1});
+    uint64_t parent = 0;
+    for (int n = 1; n <= 5; ++n) {
+      std::map<uint64_t, Bytes> changes;
+      for (uint64_t k = 0; k < 30; ++k) changes[(n * 13 + k * 7) % kCapacity] = page_of(n * 100 + k, kPage, k % 2 == 0);
+      parent = write_version(*store, parent, changes, model, "record " + std::to_string(n)).version;
+      models[parent] = model;
+    }
+  }
+  auto store = open_store(dir.path());
+  REQUIRE(store->versions().size() == 5);
+  for (const auto& [v, m] : models) {
+    check_version(*store, v, m);
+    CHECK(must(store->manifest(v)).record == "record " + std::to_string(v));
+  }
+  VersionInfo v6 = write_version(*store, 5, {{0, page_of(600, kPage)}}, model);
+  CHECK(v6.version == 6);
+  check_version(*store, 6, model);
+}
+
+TEST_CASE("an aborted or abandoned writer leaves no trace") {
+  test::TempDir dir;
+  auto store = open_store(dir.path());
+  Model model;
+  write_version(*store, 0, {{0, page_of(0, kPage)}}, model);
+  {
+    VersionWriter w = must(store->begin_version(1, kPage, kCapacity));
+    for (uint64_t i = 0; i < 600; ++i) must_ok(w.put(i, page_of(1000 + i, kPage)));  // several batches
+    w.abort();
+    CHECK(w.commit("").status().code() == Code::kFailedPrecondition);
+  }
+  {
+    VersionWriter w = must(store->begin_version(1, kPage, kCapacity));
+    must_ok(w.put(1, page_of(2000, kPage)));
+  }  // destroyed without commit
+  CHECK(store->versions().size() == 1);
+  CHECK(store->stats().pages_stored == 1);
+  CHECK(!store->contains(PageHash::of(page_of(1000, kPage))));
+  check_version(*store, 1, model);
+  // The bytes the aborted writers appended were given back.
+  CHECK(allocated_bytes(dir.path()) < 64 * kPage);
+  // And nothing stops removing the version they were written on.
+  must_ok(store->remove_version(1));
+}
+
+TEST_CASE("export/import: the manifest, then only the pages the receiver lacks, each once; tampered pages refused") {
+  test::TempDir a_dir, b_dir;
+  auto a = open_store(a_dir.path());
+  auto b = open_store(b_dir.path());
+  Model model;
+  std::map<uint64_t, Bytes> changes;
+  for (uint64_t i = 0; i < 100; ++i) changes[i] = page_of(i % 60, kPage);  // 60 distinct contents
+  VersionInfo va = write_version(*a, 0, changes, model, "the record");
+
+  // The receiver already has 20 of them (an earlier stay of the app).
+  Model old;
+  std::map<uint64_t, Bytes> earlier;
+  for (uint64_t i = 0; i < 20; ++i) earlier[i] = page_of(i, kPage);
+  write_version(*b, 0, earlier, old);
+
+  auto run_export = [&](std::function<void(PageHash&, Bytes&)> tamper) -> Result<VersionInfo> {
+    std::unique_ptr<PageStore::Import> import;
+    std::vector<PageHash> sent;
+    Status status;
+    // What B asks for: the hashes A's manifest names that B lacks.
+    Manifest m = must(a->manifest(va.version));
+    std::vector<PageHash> names;
+    for (const PageRef& p : m.pages) names.push_back(p.hash);
+    std::vector<PageHash> lacking = b->missing(names);
+    std::set<PageHash> lacking_set(lacking.begin(), lacking.end());
+    std::vector<PageHash> has;
+    for (const PageHash& h : names) {
+      if (!lacking_set.contains(h)) has.push_back(h);
+    }
+    Status exported = a->export_version(
+        va.version, has,
+        {[&](const Manifest& manifest) -> Status {
+           Result<std::unique_ptr<PageStore::Import>> begun = b->import_begin(manifest);
+           if (!begun.ok()) return begun.status();
+           import = std::move(*begun);
+           return Status();
+         },
+         [&](const PageHash& hash, std::span<const std::byte> page) -> Status {
+           sent.push_back(hash);
+           PageHash h = hash;
+           Bytes bytes(page.begin(), page.end());
+           tamper(h, bytes);
+           return import->import_page(h, bytes);
+         }});
+    if (!exported.ok()) return exported;
+    CHECK(sent.size() == 40);  // 60 distinct, 20 already there
+    CHECK(std::set<PageHash>(sent.begin(), sent.end()).size() == sent.size());
+    CHECK(import->needed().empty());
+    return import->import_commit();
+  };
+
+  // A page whose content does not match its name is refused; nothing is committed.
+  Result<VersionInfo> tampered = run_export([](PageHash&, Bytes& bytes) { bytes[100] ^= std::byte{1}; });
+  CHECK(tampered.status().code() == Code::kDataLoss);
+  CHECK(b->versions().size() == 1);
+  CHECK(b->stats().pages_stored == 20);
+
+  VersionInfo vb = must(run_export([](PageHash&, Bytes&) {}));
+  CHECK(vb.version == 2);
+  CHECK(vb.parent == 0);
+  CHECK(vb.pages == 100);
+  CHECK(vb.pages_written == 40);
+  check_version(*b, vb.version, model);
+  CHECK(must(b->manifest(vb.version)).record == "the record");
+  CHECK(b->stats().pages_stored == 60);
+}
+
+TEST_CASE("import: pages not asked for, of the wrong size, or missing at commit are refused") {
+  test::TempDir a_dir, b_dir;
+  auto a = open_store(a_dir.path());
+  auto b = open_store(b_dir.path());
+  Model model;
+  write_version(*a, 0, {{0, page_of(0, kPage)}, {1, page_of(1, kPage)}}, model);
+  Manifest m = must(a->manifest(1));
+  auto import = must(b->import_begin(m));
+  CHECK(import->needed().size() == 2);
+  Bytes stranger = page_of(9, kPage);
+  CHECK(import->import_page(PageHash::of(stranger), stranger).code() == Code::kInvalidArgument);
+  Bytes p0 = page_of(0, kPage);
+  CHECK(import->import_page(PageHash::of(p0), Bytes(p0.begin(), p0.begin() + 1024)).code() == Code::kInvalidArgument);
+  must_ok(import->import_page(PageHash::of(p0), p0));
+  CHECK(import->needed().size() == 1);
+  Status missing = import->import_commit().status();
+  CHECK(missing.code() == Code::kFailedPrecondition);
+  CHECK(missing.message().find("1 pages") != std::string::npos);
+  Bytes p1 = page_of(1, kPage);
+  must_ok(import->import_page(PageHash::of(p1), p1));
+  VersionInfo v = must(import->import_commit());
+  check_version(*b, v.version, model);
+  // An import abandoned half-way leaves nothing.
+  {
+    write_version(*a, 1, {{2, page_of(2, kPage)}}, model);
+    auto half = must(b->import_begin(must(a->manifest(2))));
+    CHECK(half->needed().size() == 1);
+    Bytes p2 = page_of(2, kPage);
+    must_ok(half->import_page(PageHash::of(p2), p2));
+  }
+  CHECK(b->versions().size() == 1);
+  CHECK(!b->contains(PageHash::of(page_of(2, kPage))));
+}
+
+TEST_CASE("a second open of the same directory is refused, in this process and in another") {
+  test::TempDir dir;
+  {
+    auto store = open_store(dir.path());
+    Status again = PageStore::open(dir.path()).status();
+    CHECK(again.code() == Code::kFailedPrecondition);
+    CHECK(again.message().find("already open") != std::string::npos);
+    // The same directory by another spelling.
+    Status again2 = PageStore::open(dir.path() / "." / "").status();
+    CHECK(again2.code() == Code::kFailedPrecondition);
+  }
+  // Closed: it opens again.
+  { auto store = open_store(dir.path()); }
+
+  // Another process holds it.
+  int ready[2], release[2];
+  REQUIRE(::pipe(ready) == 0);
+  REQUIRE(::pipe(release) == 0);
+  pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    auto held = PageStore::open(dir.path());
+    char c = held.ok() ? 'y' : 'n';
+    (void)!::write(ready[1], &c, 1);
+    (void)!::read(release[0], &c, 1);
+    ::_exit(0);
+  }
+  char c = 0;
+  REQUIRE(::read(ready[0], &c, 1) == 1);
+  CHECK(c == 'y');
+  Status refused = PageStore::open(dir.path()).status();
+  CHECK(refused.code() == Code::kFailedPrecondition);
+  CHECK(refused.message().find("another process") != std::string::npos);
+  (void)!::write(release[1], &c, 1);
+  int status = 0;
+  ::waitpid(child, &status, 0);
+  for (int fd : {ready[0], ready[1], release[0], release[1]}) ::close(fd);
+  { auto store = open_store(dir.path()); }
+}
+
+TEST_CASE("writers, readers and garbage collection at once on one store") {
+  test::TempDir dir;
+  auto store = open_store(dir.path());
+  constexpr int kWriters = 3;
+  constexpr int kVersions = 6;
+  std::atomic<bool> failed{false};
+  std::vector<std::map<uint64_t, Model>> models(kWriters);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kWriters; ++t) {
+    threads.emplace_back([&, t] {
+      Model model;
+      uint64_t parent = 0;
+      for (int n = 0; n < kVersions && !failed; ++n) {
+        auto w = store->begin_version(parent, kPage, kCapacity);
+        if (!w.ok()) {
+          failed = true;
+          return;
+        }
+        for (uint64_t i = 0; i < 50; ++i) {
+          // Shared content between writers (dedup races) and content of their own.
+          Bytes content = page_of(i % 2 ? 7000 + i : t * 100000 + n * 1000 + i, kPage);
+          if (!w->put((i * 17 + n) % kCapacity, content).ok()) failed = true;
+          model[(i * 17 + n) % kCapacity] = content;
+        }
+        auto v = w->commit("");
+        if (!v.ok()) {
+          failed = true;
+          return;
+        }
+        models[t][v->version] = model;
+        parent = v->version;
+      }
+    });
+  }
+  threads.emplace_back([&] {
+    for (int i = 0; i < 20 && !failed; ++i) {
+      if (!store->collect_garbage().ok()) failed = true;
+      std::this_thread::yield();
+    }
+  });
+  for (auto& t : threads) t.join();
+  REQUIRE(!failed);
+  for (const auto& per_writer : models) {
+    for (const auto& [v, m] : per_writer) check_version(*store, v, m);
+  }
+  CHECK(must(store->collect_garbage()).pages_removed == 0);
+}
+
+TEST_CASE("property: random versions, removals, collections and reopens agree with a model") {
+  test::TempDir dir;
+  std::mt19937_64 rng(test::rng()());
+  auto store = open_store(dir.path(), {.compression_level = 1, .pack_file_bytes = 64 * kPage});
+  std::map<uint64_t, Model> models;
+  constexpr uint64_t kSmall = 200;
+  for (int step = 0; step < 60; ++step) {
+    int op = static_cast<int>(rng() % 10);
+    if (op < 6 || models.empty()) {
+      // A version on top of a random existing one (or of nothing).
+      uint64_t parent = 0;
+      if (!models.empty() && rng() % 4 != 0) {
+        auto it = models.begin();
+        std::advance(it, rng() % models.size());
+        parent = it->first;
+      }
+      Model model = parent ? models[parent] : Model{};
+      VersionWriter w = must(store->begin_version(parent, kPage, kSmall));
+      int changes = static_cast<int>(rng() % 40);
+      for (int c = 0; c < changes; ++c) {
+        uint64_t index = rng() % kSmall;
+        if (rng() % 5 == 0) {
+          must_ok(w.zero(index));
+          model.erase(index);
+        } else {
+          Bytes content = page_of(rng() % 300, kPage, rng() % 2 == 0);
+          must_ok(w.put(index, content));
+          model[index] = content;
+        }
+      }
+      VersionInfo v = must(w.commit(std::to_string(step)));
+      models[v.version] = model;
+    } else if (op < 8) {
+      auto it = models.begin();
+      std::advance(it, rng() % models.size());
+      must_ok(store->remove_version(it->first));
+      models.erase(it);
+    } else if (op == 8) {
+      must(store->collect_garbage());
+    } else {
+      store.reset();
+      store = open_store(dir.path(), {.compression_level = 1, .pack_file_bytes = 64 * kPage});
+    }
+  }
+  for (const auto& [v, m] : models) {
+    CAPTURE(v);
+    check_version(*store, v, m);
+  }
+  must(store->collect_garbage());
+  for (const auto& [v, m] : models) check_version(*store, v, m);
+}
