@@ -1,64 +1,15 @@
-// The Redis peer of bench-lease: redis-server on 127.0.0.1, in memory only (no RDB snapshots, no
-// AOF), and a client speaking RESP directly, with pipelining for batches.
+// The Redis peer of bench-lease: the shared one of bench/common (redis_server.h), under the names
+// bench-lease has always used; started in memory only (no RDB snapshots, no AOF).
 #pragma once
 
-#include <chrono>
-#include <cstdint>
-#include <initializer_list>
-#include <memory>
-#include <span>
-#include <string>
-#include <string_view>
-#include <vector>
-
-#include "djinn/core/status.h"
-#include "peer_process.h"
-#include "tcp_connection.h"
+#include "redis_server.h"
 
 namespace djinn::lease_bench {
 
-inline constexpr const char* kRedisPath = "/usr/bin/redis-server";
-
-class RedisServer : public bench::PeerServer {
- public:
-  static Result<std::unique_ptr<RedisServer>> start(const std::string& binary);
-  uint16_t port() const { return port_; }
-
- private:
-  explicit RedisServer(bench::TempDir dir) : PeerServer(std::move(dir)) {}
-  uint16_t port_ = 0;
-};
-
-struct RespValue {
-  char type = 0;  // '+' simple string, '-' error, ':' integer, '$' bulk (null: is_null), '*' array
-  bool is_null = false;
-  int64_t integer = 0;
-  std::string text;  // simple string, error or bulk
-  std::vector<RespValue> elements;
-};
-
-class RedisConnection {
- public:
-  static Result<RedisConnection> connect(uint16_t port, std::chrono::milliseconds timeout = std::chrono::seconds(10));
-
-  // Queues a command; nothing is sent until flush() (pipelining).
-  void append(std::initializer_list<std::string_view> args);
-  void append(std::span<const std::string> args);
-  bool flush();
-  Result<RespValue> read_reply();
-  // append + flush + read_reply; an error reply ('-') comes back as a Status.
-  Result<RespValue> command(std::initializer_list<std::string_view> args);
-  bool wait_readable(std::chrono::milliseconds timeout) { return conn_.wait_readable(timeout); }
-
- private:
-  explicit RedisConnection(bench::TcpConnection conn) : conn_(std::move(conn)) {}
-  void append_arg(std::string_view arg);
-
-  bench::TcpConnection conn_;
-  std::string out_;
-};
-
-// A field of INFO's answer ("used_memory"), as a number.
-Result<int64_t> redis_info_int(RedisConnection& conn, std::string_view section, std::string_view field);
+using bench::kRedisPath;
+using bench::redis_info_int;
+using bench::RedisConnection;
+using bench::RedisServer;
+using bench::RespValue;
 
 }  // namespace djinn::lease_bench

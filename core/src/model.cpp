@@ -482,4 +482,25 @@ Status validate(const ServiceTemplate& tmpl) {
   return Status::Ok();
 }
 
+void append_index_key(std::string& out, const Value& v) {
+  out.push_back(static_cast<char>(v.type()));
+  switch (v.type()) {
+    case ValueType::kNull: break;
+    case ValueType::kBool: out.push_back(v.as_bool() ? 1 : 0); break;
+    case ValueType::kInt: {
+      int64_t x = v.as_int();
+      out.append(reinterpret_cast<const char*>(&x), sizeof x);
+      break;
+    }
+    case ValueType::kFloat: {
+      double x = v.as_float();
+      out.append(reinterpret_cast<const char*>(&x), sizeof x);
+      break;
+    }
+    case ValueType::kText: out.append(v.as_text()); break;
+    case ValueType::kBytes: out.append(reinterpret_cast<const char*>(v.as_bytes().data()), v.as_bytes().size()); break;
+    case ValueType::kUuid: out.append(reinterpret_cast<const char*>(v.as_uuid().bytes().data()), 16); break;
+  }
+}
+
 }  // namespace djinn

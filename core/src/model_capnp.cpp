@@ -305,4 +305,9 @@ Result<ServiceTemplate> from_capnp(proto::ServiceTemplate::Reader in) {
   return guarded<ServiceTemplate>("service template", [&] { return read_service_template(in); });
 }
 
+std::string flat_bytes(capnp::MessageBuilder& message) {
+  kj::Array<capnp::word> words = capnp::messageToFlatArray(message);
+  return std::string(reinterpret_cast<const char*>(words.begin()), words.size() * sizeof(capnp::word));
+}
+
 }  // namespace djinn

@@ -57,28 +57,6 @@ using Posting = std::unordered_set<uint32_t>;
 
 std::span<const uint8_t> id_bytes(const ServiceId& id) { return std::span<const uint8_t>(id.bytes().data(), 16); }
 
-// A value as index key bytes: its type, then its content, so equal keys mean equal values.
-void append_value_key(std::string& out, const Value& v) {
-  out.push_back(static_cast<char>(v.type()));
-  switch (v.type()) {
-    case ValueType::kNull: break;
-    case ValueType::kBool: out.push_back(v.as_bool() ? 1 : 0); break;
-    case ValueType::kInt: {
-      int64_t x = v.as_int();
-      out.append(reinterpret_cast<const char*>(&x), sizeof x);
-      break;
-    }
-    case ValueType::kFloat: {
-      double x = v.as_float();
-      out.append(reinterpret_cast<const char*>(&x), sizeof x);
-      break;
-    }
-    case ValueType::kText: out.append(v.as_text()); break;
-    case ValueType::kBytes: out.append(reinterpret_cast<const char*>(v.as_bytes().data()), v.as_bytes().size()); break;
-    case ValueType::kUuid: out.append(reinterpret_cast<const char*>(v.as_uuid().bytes().data()), 16); break;
-  }
-}
-
 // Type names and field names hold no NUL (validated), so NUL separates the parts unambiguously.
 std::string field_key(std::string_view type, std::string_view field, const Value& value) {
   std::string key;
@@ -87,7 +65,7 @@ std::string field_key(std::string_view type, std::string_view field, const Value
   key.push_back('\0');
   key.append(field);
   key.push_back('\0');
-  append_value_key(key, value);
+  append_index_key(key, value);
   return key;
 }
 
@@ -99,21 +77,7 @@ std::string encode(const Message& value) {
   } else {
     to_capnp(value, message.initRoot<proto::ServiceTemplate>());
   }
-  kj::Array<capnp::word> words = capnp::messageToFlatArray(message);
-  return std::string(reinterpret_cast<const char*>(words.begin()), words.size() * sizeof(capnp::word));
-}
-
-template <class Out, class Reader>
-Result<Out> decode(std::span<const uint8_t> bytes) {
-  if (bytes.size() % sizeof(capnp::word) != 0) return data_loss("stored message of " + std::to_string(bytes.size()) + " bytes is not whole words");
-  kj::Array<capnp::word> words = kj::heapArray<capnp::word>(bytes.size() / sizeof(capnp::word));
-  std::memcpy(words.begin(), bytes.data(), bytes.size());
-  try {
-    capnp::FlatArrayMessageReader reader(words);
-    return from_capnp(reader.getRoot<Reader>());
-  } catch (const kj::Exception& e) {
-    return data_loss(std::string("stored message is malformed: ") + e.getDescription().cStr());
-  }
+  return flat_bytes(message);
 }
 
 }  // namespace
@@ -509,7 +473,7 @@ struct Registrar::Impl {
         if (!*row) break;
         uint64_t lease_id = static_cast<uint64_t>(select->column_int64(1));
         std::vector<uint8_t> data = select->column_blob(2);
-        Result<ServiceItem> item = decode<ServiceItem, proto::ServiceItem>(data);
+        Result<ServiceItem> item = from_stored<ServiceItem, proto::ServiceItem>(data);
         if (!item.ok()) {
           DJINN_LOG(kWarn, "lookup") << options.name << ": dropping an unreadable item row: " << item.status().to_string();
           lapsed_items.push_back(select->column_int64(0));
@@ -536,7 +500,7 @@ struct Registrar::Impl {
         if (!row.ok()) return row.status();
         if (!*row) break;
         uint64_t id = static_cast<uint64_t>(watches->column_int64(0));
-        Result<ServiceTemplate> tmpl = decode<ServiceTemplate, proto::ServiceTemplate>(watches->column_blob(2));
+        Result<ServiceTemplate> tmpl = from_stored<ServiceTemplate, proto::ServiceTemplate>(watches->column_blob(2));
         if (!tmpl.ok() || !landlord.find(id)) {
           lapsed_watches.push_back(static_cast<int64_t>(id));
           continue;

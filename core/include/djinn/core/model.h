@@ -149,6 +149,10 @@ struct Template {
 // template field exists in the entry with an equal Value.
 bool matches(const Template& tmpl, const Entry& entry);
 
+// Appends `value` as index key bytes: its type, then its content, so equal keys mean equal values
+// (the indexes of lookup and the space are keyed so).
+void append_index_key(std::string& out, const Value& value);
+
 // Where a service is reached, as ZeroMQ endpoints ("tcp://10.0.0.2:7001"); empty = none.
 struct Endpoints {
   std::string rpc;

@@ -3,6 +3,14 @@
 // malformed readers and runs validate() on what it built.
 #pragma once
 
+#include <capnp/message.h>
+#include <capnp/serialize.h>
+#include <kj/exception.h>
+
+#include <cstring>
+#include <span>
+#include <string>
+
 #include "djinn/core/model.h"
 #include "djinn/core/status.h"
 #include "djinn/proto/model.capnp.h"
@@ -31,5 +39,25 @@ Result<Endpoints> from_capnp(proto::Endpoints::Reader in);
 Result<LeaseInfo> from_capnp(proto::LeaseInfo::Reader in);
 Result<ServiceItem> from_capnp(proto::ServiceItem::Reader in);
 Result<ServiceTemplate> from_capnp(proto::ServiceTemplate::Reader in);
+
+// A built message as the bytes of its words, as stores keep messages in a column.
+std::string flat_bytes(capnp::MessageBuilder& message);
+
+// Reads back a message a store kept (flat_bytes) as a model value: DATA_LOSS when the bytes are not
+// whole words or not a well-formed message of that type.
+template <class Out, class Reader>
+Result<Out> from_stored(std::span<const uint8_t> bytes) {
+  if (bytes.size() % sizeof(capnp::word) != 0) {
+    return data_loss("stored message of " + std::to_string(bytes.size()) + " bytes is not whole words");
+  }
+  kj::Array<capnp::word> words = kj::heapArray<capnp::word>(bytes.size() / sizeof(capnp::word));
+  if (!bytes.empty()) std::memcpy(words.begin(), bytes.data(), bytes.size());
+  try {
+    capnp::FlatArrayMessageReader reader(words);
+    return from_capnp(reader.getRoot<Reader>());
+  } catch (const kj::Exception& e) {
+    return data_loss(std::string("stored message is malformed: ") + e.getDescription().cStr());
+  }
+}
 
 }  // namespace djinn

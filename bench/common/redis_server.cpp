@@ -1,34 +1,36 @@
-// Redis as a peer: starting redis-server on loopback in memory only, and RESP over TCP.
-#include "redis_peer.h"
+// Redis as a peer: starting redis-server on loopback, and RESP over TCP.
+#include "redis_server.h"
 
 #include <charconv>
 
-namespace djinn::lease_bench {
+namespace djinn::bench {
 
 namespace {
 constexpr auto kStartTimeout = std::chrono::seconds(10);
 }  // namespace
 
-Result<std::unique_ptr<RedisServer>> RedisServer::start(const std::string& binary) {
-  Result<bench::TempDir> dir = bench::TempDir::create("djinn-bench-redis-");
+djinn::Result<std::unique_ptr<RedisServer>> RedisServer::start(const std::string& binary,
+                                                                const std::vector<std::string>& persistence) {
+  djinn::Result<TempDir> dir = TempDir::create("djinn-bench-redis-");
   if (!dir.ok()) return dir.status();
   std::unique_ptr<RedisServer> server(new RedisServer(std::move(dir).value()));
-  Result<uint16_t> port = bench::free_loopback_port();
+  djinn::Result<uint16_t> port = free_loopback_port();
   if (!port.ok()) return port.status();
   server->port_ = *port;
+  std::vector<std::string> argv{binary, "--bind", "127.0.0.1", "--port", std::to_string(*port)};
+  argv.insert(argv.end(), persistence.begin(), persistence.end());
+  argv.insert(argv.end(), {"--dir", server->dir(), "--daemonize", "no", "--protected-mode", "yes", "--loglevel", "warning"});
   Status st = server->launch(
-      {binary, "--bind", "127.0.0.1", "--port", std::to_string(*port), "--save", "", "--appendonly", "no", "--dir",
-       server->dir(), "--daemonize", "no", "--protected-mode", "yes", "--loglevel", "warning"},
-      "redis.log", kStartTimeout, [&] {
-    Result<RedisConnection> c = RedisConnection::connect(*port, std::chrono::seconds(1));
+      argv, "redis.log", kStartTimeout, [&] {
+    djinn::Result<RedisConnection> c = RedisConnection::connect(*port, std::chrono::seconds(1));
     if (!c.ok()) return false;
-    Result<RespValue> pong = c->command({"PING"});
+    djinn::Result<RespValue> pong = c->command({"PING"});
     return pong.ok() && pong->text == "PONG";
   }, "redis-server");
   if (!st.ok()) return st;
-  Result<RedisConnection> c = RedisConnection::connect(*port);
+  djinn::Result<RedisConnection> c = RedisConnection::connect(*port);
   if (!c.ok()) return c.status();
-  Result<RespValue> info = c->command({"INFO", "server"});
+  djinn::Result<RespValue> info = c->command({"INFO", "server"});
   if (info.ok()) {
     size_t at = info->text.find("redis_version:");
     if (at != std::string::npos) {
@@ -39,8 +41,8 @@ Result<std::unique_ptr<RedisServer>> RedisServer::start(const std::string& binar
   return server;
 }
 
-Result<RedisConnection> RedisConnection::connect(uint16_t port, std::chrono::milliseconds timeout) {
-  Result<bench::TcpConnection> conn = bench::TcpConnection::connect_loopback(port, timeout);
+djinn::Result<RedisConnection> RedisConnection::connect(uint16_t port, std::chrono::milliseconds timeout) {
+  djinn::Result<TcpConnection> conn = TcpConnection::connect_loopback(port, timeout);
   if (!conn.ok()) return conn.status();
   return RedisConnection(std::move(conn).value());
 }
@@ -73,7 +75,7 @@ bool RedisConnection::flush() {
   return ok;
 }
 
-Result<RespValue> RedisConnection::read_reply() {
+djinn::Result<RespValue> RedisConnection::read_reply() {
   auto line = conn_.read_until("\r\n");
   if (!line || line->empty()) return unavailable("redis: connection closed");
   RespValue v;
@@ -104,7 +106,7 @@ Result<RespValue> RedisConnection::read_reply() {
       }
       v.elements.reserve(static_cast<size_t>(n));
       for (int64_t i = 0; i < n; ++i) {
-        Result<RespValue> e = read_reply();
+        djinn::Result<RespValue> e = read_reply();
         if (!e.ok()) return e.status();
         v.elements.push_back(std::move(e).value());
       }
@@ -115,16 +117,16 @@ Result<RespValue> RedisConnection::read_reply() {
   }
 }
 
-Result<RespValue> RedisConnection::command(std::initializer_list<std::string_view> args) {
+djinn::Result<RespValue> RedisConnection::command(std::initializer_list<std::string_view> args) {
   append(args);
   if (!flush()) return unavailable("redis: cannot send");
-  Result<RespValue> r = read_reply();
+  djinn::Result<RespValue> r = read_reply();
   if (r.ok() && r->type == '-') return unavailable("redis: " + r->text);
   return r;
 }
 
-Result<int64_t> redis_info_int(RedisConnection& conn, std::string_view section, std::string_view field) {
-  Result<RespValue> info = conn.command({"INFO", section});
+djinn::Result<int64_t> redis_info_int(RedisConnection& conn, std::string_view section, std::string_view field) {
+  djinn::Result<RespValue> info = conn.command({"INFO", section});
   if (!info.ok()) return info.status();
   std::string key = "\n" + std::string(field) + ":";
   size_t at = info->text.find(key);
@@ -135,4 +137,4 @@ Result<int64_t> redis_info_int(RedisConnection& conn, std::string_view section, 
   return v;
 }
 
-}  // namespace djinn::lease_bench
+}  // namespace djinn::bench

@@ -1,0 +1,408 @@
+// bench-space: the object space's durable writes, takes and template reads per second with
+// 1,000,000 stored entries, the wake-up latency of a blocked take, and large-value throughput, beside
+// Redis queues (LPUSH / BRPOP with appendfsync always and everysec) and the disk's own sequential
+// write + fsync rate, all measured in the same run on 127.0.0.1. Prints the JSON of DESIGN §11 on
+// stdout; progress goes to stderr.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <functional>
+#include <future>
+#include <memory>
+#include <optional>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "bench_json.h"
+#include "bench_run.h"
+#include "djinn/core/config.h"
+#include "djinn/core/log.h"
+#include "djinn/space/client.h"
+#include "djinn/space/service.h"
+#include "peer_process.h"
+#include "redis_server.h"
+
+using namespace djinn;
+using bench::Clock;
+
+namespace {
+
+constexpr const char* kProgram = "bench-space";
+constexpr size_t kPayloadBytes = 100;
+
+struct Sizes {
+  size_t stored;       // entries in the space while writes, takes and reads are measured
+  int clients;         // concurrent clients for writes, takes and reads (Redis: the same)
+  int wake_samples;    // blocked takes woken one after another
+  uint64_t value_bytes;
+};
+
+void progress(const std::string& text) {
+  std::fprintf(stderr, "%s: %s\n", kProgram, text.c_str());
+}
+
+Entry task(int64_t id) {
+  Entry e;
+  e.type = "bench.Task";
+  e.supertypes = {"bench.Work"};
+  e.fields["id"] = Value(id);
+  e.fields["queue"] = Value("q" + std::to_string(id % 16));
+  e.fields["payload"] = Value(Value::Bytes(kPayloadBytes, static_cast<uint8_t>(id)));
+  return e;
+}
+
+// Runs `op(client index, op number)` on `clients` threads for the plan's window and returns the
+// rate of the operations that started in the measured part (failures counted apart).
+struct Rate {
+  double per_second = 0;
+  uint64_t failures = 0;
+};
+
+Rate measure(int clients, const bench::Plan& plan, const std::function<std::function<bool(uint64_t)>(int)>& make) {
+  std::atomic<uint64_t> counted{0}, failed{0};
+  bench::Window w = bench::run_together(clients, plan, [&](int i) {
+    auto op = make(i);
+    return [&, op](const bench::Window& window) {
+      uint64_t n = 0;
+      for (;;) {
+        auto start = Clock::now();
+        if (start >= window.until) break;
+        bool ok = op(n++);
+        if (start >= window.measure_from) (ok ? counted : failed)++;
+      }
+    };
+  });
+  return Rate{counted.load() / bench::seconds_of(w.until - w.measure_from), failed.load()};
+}
+
+// The disk's sequential write + fsync rate: `bytes` in 1 MiB writes, then one fsync.
+double raw_disk_mb_per_s(const std::string& dir, uint64_t bytes) {
+  std::string path = dir + "/raw-disk-probe";
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return 0;
+  std::vector<uint8_t> block(1 << 20);
+  std::mt19937_64 rng(7);
+  for (auto& b : block) b = static_cast<uint8_t>(rng());
+  auto t0 = Clock::now();
+  for (uint64_t done = 0; done < bytes; done += block.size()) {
+    block[0] = static_cast<uint8_t>(done >> 20);  // no two blocks alike
+    if (::write(fd, block.data(), block.size()) != static_cast<ssize_t>(block.size())) break;
+  }
+  ::fsync(fd);
+  double s = bench::seconds_of(Clock::now() - t0);
+  ::close(fd);
+  ::unlink(path.c_str());
+  return bytes / s / 1e6;
+}
+
+struct RedisPeer {
+  std::unique_ptr<bench::RedisServer> server;
+  std::string mode;
+};
+
+std::optional<RedisPeer> start_redis(const std::string& binary, const std::string& fsync) {
+  auto s = bench::RedisServer::start(binary, {"--save", "", "--appendonly", "yes", "--appendfsync", fsync});
+  if (!s.ok()) {
+    progress("redis-server (appendfsync " + fsync + ") not started: " + s.status().to_string());
+    return std::nullopt;
+  }
+  return RedisPeer{std::move(*s), fsync};
+}
+
+Rate redis_lpush(RedisPeer& r, int clients, const bench::Plan& plan) {
+  std::string payload(kPayloadBytes, 'x');
+  return measure(clients, plan, [&](int) {
+    auto c = std::make_shared<bench::RedisConnection>(std::move(bench::RedisConnection::connect(r.server->port()).value()));
+    return [c, &payload](uint64_t) { return c->command({"LPUSH", "queue", payload}).ok(); };
+  });
+}
+
+Rate redis_brpop(RedisPeer& r, int clients, const bench::Plan& plan) {
+  return measure(clients, plan, [&](int) {
+    auto c = std::make_shared<bench::RedisConnection>(std::move(bench::RedisConnection::connect(r.server->port()).value()));
+    return [c](uint64_t) {
+      auto v = c->command({"BRPOP", "queue", "1"});
+      return v.ok() && !v->is_null;
+    };
+  });
+}
+
+// LPUSH followed by the BRPOP of a client blocked on the list: send to receipt, in microseconds.
+std::vector<double> redis_wake(RedisPeer& r, int samples) {
+  auto pusher = bench::RedisConnection::connect(r.server->port());
+  auto popper = bench::RedisConnection::connect(r.server->port());
+  std::vector<double> out;
+  if (!pusher.ok() || !popper.ok()) return out;
+  for (int i = 0; i < samples; ++i) {
+    std::promise<Clock::time_point> got;
+    std::thread t([&] {
+      auto v = popper->command({"BRPOP", "wake", "5"});
+      got.set_value(Clock::now());
+      (void)v;
+    });
+    std::this_thread::sleep_for(std::chrono::microseconds(300));  // the BRPOP is in place
+    auto start = Clock::now();
+    (void)pusher->command({"LPUSH", "wake", "x"});
+    auto end = got.get_future().get();
+    t.join();
+    out.push_back(std::chrono::duration<double, std::micro>(end - start).count());
+  }
+  return out;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Config cfg(kProgram,
+             "Benchmarks djinn-space: durable writes, takes and template reads per second with 1,000,000 stored "
+             "entries, blocked-take wake-up latency, and large-value throughput, beside Redis queues (LPUSH/BRPOP, "
+             "appendfsync always and everysec) and the disk's sequential write + fsync rate.");
+  cfg.add_bool("quick", false, "small sizes: 20,000 stored entries, 64 MiB values, about a second per figure, under a minute in all");
+  cfg.add_string("redis", bench::kRedisPath, "the redis-server binary; Redis figures are null when it is missing");
+  cfg.add_int("clients", 50, "concurrent clients for writes, takes and reads (Redis gets the same number)", 1, 1000);
+  cfg.add_string("dir", "", "directory for the space's data and the disk probe (default: a temporary directory)");
+  bench::Plan quick{std::chrono::milliseconds(300), std::chrono::milliseconds(1500), 1};
+  bench::Plan full{std::chrono::milliseconds(1000), std::chrono::seconds(5), 2};
+  bench::add_plan_flags(cfg, quick, full);
+  if (Status st = cfg.parse(argc, argv); !st.ok()) return cfg.exit_code(st);
+  log::set_program(kProgram);
+  if (!cfg.was_set("log-level")) log::set_level(log::Level::kWarn);
+  bench::Plan plan = bench::plan_from_flags(cfg, quick, full);
+  bool is_quick = cfg.get_bool("quick");
+  Sizes sizes = is_quick ? Sizes{20'000, static_cast<int>(cfg.get_int("clients")), 200, 64ull << 20}
+                         : Sizes{1'000'000, static_cast<int>(cfg.get_int("clients")), 2000, 1ull << 30};
+
+  std::optional<bench::TempDir> tmp;
+  std::string dir = cfg.get_string("dir");
+  if (dir.empty()) {
+    auto t = bench::TempDir::create("djinn-bench-space-");
+    if (!t.ok()) {
+      progress(t.status().to_string());
+      return 1;
+    }
+    tmp.emplace(std::move(t).value());
+    dir = tmp->path();
+  }
+
+  bench::Report report("space");
+  std::string clients_tag = bench::clients_tag(sizes.clients);
+
+  // ---- the space, in this process, with `stored` entries ----
+  space::SpaceServiceOptions o;
+  o.data_dir = dir + "/space";
+  o.policy.max_duration = std::chrono::hours(24);
+  o.policy.default_duration = std::chrono::hours(1);
+  o.max_entries = 100'000'000;
+  auto service = space::SpaceService::start(o);
+  if (!service.ok()) {
+    progress("space: " + service.status().to_string());
+    return 1;
+  }
+  const std::string endpoint = (*service)->rpc_endpoint();
+  {
+    progress("storing " + std::to_string(sizes.stored) + " entries");
+    auto t0 = Clock::now();
+    std::atomic<size_t> done{0};
+    std::mutex mu;
+    std::condition_variable cv;
+    size_t in_flight = 0;
+    for (size_t i = 0; i < sizes.stored; ++i) {
+      {
+        std::unique_lock lock(mu);
+        cv.wait(lock, [&] { return in_flight < 4000; });
+        ++in_flight;
+      }
+      (*service)->space().write_async(space::WriteRequest{task(static_cast<int64_t>(i)), 24 * 3'600'000, std::nullopt, ""},
+                                      [&](Result<space::Written>) {
+                                        done++;
+                                        std::lock_guard lock(mu);
+                                        --in_flight;
+                                        cv.notify_one();
+                                      });
+    }
+    std::unique_lock lock(mu);
+    cv.wait(lock, [&] { return in_flight == 0; });
+    progress("stored in " + std::to_string(bench::seconds_of(Clock::now() - t0)) + " s");
+  }
+  std::atomic<int64_t> next_id{static_cast<int64_t>(sizes.stored)};
+
+  std::optional<RedisPeer> always = start_redis(cfg.get_string("redis"), "always");
+  std::optional<RedisPeer> everysec = start_redis(cfg.get_string("redis"), "everysec");
+  std::string redis_version = always ? always->server->version() : "";
+
+  // ---- template reads ----
+  auto reads = [&] {
+    return measure(sizes.clients, plan, [&](int i) {
+      auto c = std::make_shared<space::SpaceClient>(rpc::ClientOptions{.endpoint = endpoint});
+      auto rng = std::make_shared<std::mt19937_64>(i + 1);
+      size_t stored = sizes.stored;
+      return [c, rng, stored](uint64_t) {
+        Template t{"bench.Task", {{"id", Value(static_cast<int64_t>((*rng)() % stored))}}};
+        return c->read_if_exists(t).ok();
+      };
+    });
+  };
+  Rate read_rate;
+  for (int r = 0; r < plan.rounds; ++r) {
+    Rate x = reads();
+    progress("template reads round " + std::to_string(r + 1) + ": " + std::to_string(static_cast<int64_t>(x.per_second)) + "/s");
+    read_rate.per_second += x.per_second / plan.rounds;
+  }
+
+  // ---- durable writes, beside Redis LPUSH ----
+  Rate write_rate, always_push, everysec_push;
+  for (int r = 0; r < plan.rounds; ++r) {
+    Rate x = measure(sizes.clients, plan, [&](int) {
+      auto c = std::make_shared<space::SpaceClient>(rpc::ClientOptions{.endpoint = endpoint});
+      return [c, &next_id](uint64_t) { return c->write(task(next_id++), 24 * 3'600'000).ok(); };
+    });
+    progress("durable writes round " + std::to_string(r + 1) + ": " + std::to_string(static_cast<int64_t>(x.per_second)) + "/s");
+    write_rate.per_second += x.per_second / plan.rounds;
+    if (always) {
+      Rate y = redis_lpush(*always, sizes.clients, plan);
+      progress("redis LPUSH always round " + std::to_string(r + 1) + ": " + std::to_string(static_cast<int64_t>(y.per_second)) + "/s");
+      always_push.per_second += y.per_second / plan.rounds;
+    }
+    if (everysec) {
+      Rate y = redis_lpush(*everysec, sizes.clients, plan);
+      progress("redis LPUSH everysec round " + std::to_string(r + 1) + ": " + std::to_string(static_cast<int64_t>(y.per_second)) + "/s");
+      everysec_push.per_second += y.per_second / plan.rounds;
+    }
+  }
+  // One client: the latency-bound figure.
+  Rate write_one = measure(1, plan, [&](int) {
+    auto c = std::make_shared<space::SpaceClient>(rpc::ClientOptions{.endpoint = endpoint});
+    return [c, &next_id](uint64_t) { return c->write(task(next_id++), 24 * 3'600'000).ok(); };
+  });
+  Rate always_one = always ? redis_lpush(*always, 1, plan) : Rate{};
+
+  // ---- takes, beside Redis BRPOP ----
+  Rate take_rate, always_pop, everysec_pop;
+  for (int r = 0; r < plan.rounds; ++r) {
+    Rate x = measure(sizes.clients, plan, [&](int) {
+      auto c = std::make_shared<space::SpaceClient>(rpc::ClientOptions{.endpoint = endpoint});
+      return [c](uint64_t) {
+        auto t = c->take_if_exists(Template{"bench.Task", {}});
+        return t.ok() && t->has_value();
+      };
+    });
+    progress("takes round " + std::to_string(r + 1) + ": " + std::to_string(static_cast<int64_t>(x.per_second)) + "/s");
+    take_rate.per_second += x.per_second / plan.rounds;
+    if (always) always_pop.per_second += redis_brpop(*always, sizes.clients, plan).per_second / plan.rounds;
+    if (everysec) everysec_pop.per_second += redis_brpop(*everysec, sizes.clients, plan).per_second / plan.rounds;
+  }
+
+  // ---- wake-up latency of a blocked take ----
+  std::vector<double> wake;
+  {
+    space::SpaceClient writer({.endpoint = endpoint});
+    space::SpaceClient taker({.endpoint = endpoint});
+    for (int i = 0; i < sizes.wake_samples; ++i) {
+      Entry e;
+      e.type = "bench.Wake";
+      e.fields["i"] = Value(i);
+      std::promise<Clock::time_point> got;
+      std::thread t([&] {
+        auto r = taker.take(Template{"bench.Wake", {{"i", Value(i)}}}, std::chrono::seconds(5));
+        got.set_value(r.ok() && r->has_value() ? Clock::now() : Clock::time_point{});
+      });
+      // The take is waiting before the write starts.
+      while ((*service)->space().stats().waiters == 0) std::this_thread::sleep_for(std::chrono::microseconds(50));
+      auto start = Clock::now();
+      (void)writer.write(e, 60'000);
+      auto end = got.get_future().get();
+      t.join();
+      if (end != Clock::time_point{}) wake.push_back(std::chrono::duration<double, std::micro>(end - start).count());
+    }
+  }
+  bench::Summary wake_s = bench::summarize(wake);
+  std::vector<double> redis_wake_samples = always ? redis_wake(*always, sizes.wake_samples) : std::vector<double>{};
+  std::optional<bench::Summary> redis_wake_s;
+  if (!redis_wake_samples.empty()) redis_wake_s = bench::summarize(redis_wake_samples);
+  progress("wake-up p50 " + std::to_string(wake_s.p50) + " us, p99 " + std::to_string(wake_s.p99) + " us");
+
+  // ---- large values, beside the disk's sequential write + fsync ----
+  double value_mb_s = 0, read_mb_s = 0, raw_mb_s = 0;
+  {
+    raw_mb_s = raw_disk_mb_per_s(dir, sizes.value_bytes);
+    space::SpaceClient c({.endpoint = endpoint});
+    uint64_t left = sizes.value_bytes;
+    uint64_t x = 0x9e3779b97f4a7c15ULL;
+    auto t0 = Clock::now();
+    auto id = c.put_value([&](uint8_t* out, size_t max) -> Result<size_t> {
+      size_t n = static_cast<size_t>(std::min<uint64_t>(max, left));
+      for (size_t i = 0; i + 8 <= n; i += 8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        std::memcpy(out + i, &x, 8);
+      }
+      left -= n;
+      return n;
+    }, {.chunk_bytes = space::kDefaultChunkBytes, .in_flight = 8});
+    double s = bench::seconds_of(Clock::now() - t0);
+    if (id.ok()) {
+      value_mb_s = sizes.value_bytes / s / 1e6;
+      auto t1 = Clock::now();
+      uint64_t got = 0;
+      Status st = c.get_value(*id, [&](std::span<const uint8_t> b) {
+        got += b.size();
+        return Status::Ok();
+      }, {.chunk_bytes = space::kDefaultChunkBytes, .in_flight = 8});
+      if (st.ok()) read_mb_s = got / bench::seconds_of(Clock::now() - t1) / 1e6;
+    } else {
+      progress("put_value: " + id.status().to_string());
+    }
+    progress("values: write " + std::to_string(value_mb_s) + " MB/s, read " + std::to_string(read_mb_s) +
+             " MB/s, disk " + std::to_string(raw_mb_s) + " MB/s");
+  }
+
+  // ---- the report ----
+  auto peer = [&](const std::optional<RedisPeer>& p, const std::string& what, double v) -> std::optional<bench::Reference> {
+    if (!p) return std::nullopt;
+    return bench::Reference{"redis " + redis_version + " " + what, bench::round_to(v, 0)};
+  };
+  report.add({"durable writes/s, " + clients_tag + ", " + std::to_string(sizes.stored) + " stored", bench::round_to(write_rate.per_second, 0),
+              "writes/s", peer(always, "LPUSH appendfsync always", always_push.per_second), std::nullopt,
+              bench::Target::at_least(bench::Target::Of::kPeer, 1.0)});
+  report.add({"durable writes/s beside redis everysec, " + clients_tag, bench::round_to(write_rate.per_second, 0), "writes/s",
+              peer(everysec, "LPUSH appendfsync everysec", everysec_push.per_second), std::nullopt, std::nullopt});
+  report.add({"durable writes/s, 1client", bench::round_to(write_one.per_second, 0), "writes/s",
+              peer(always, "LPUSH appendfsync always", always_one.per_second), std::nullopt, std::nullopt});
+  report.add({"takes/s, " + clients_tag, bench::round_to(take_rate.per_second, 0), "takes/s",
+              peer(always, "BRPOP appendfsync always", always_pop.per_second), std::nullopt, std::nullopt});
+  report.add({"takes/s beside redis everysec, " + clients_tag, bench::round_to(take_rate.per_second, 0), "takes/s",
+              peer(everysec, "BRPOP appendfsync everysec", everysec_pop.per_second), std::nullopt, std::nullopt});
+  report.add({"template reads/s by field, " + clients_tag + ", " + std::to_string(sizes.stored) + " stored",
+              bench::round_to(read_rate.per_second, 0), "reads/s", std::nullopt, std::nullopt, std::nullopt});
+  auto wake_peer = [&](double v) -> std::optional<bench::Reference> {
+    if (!redis_wake_s) return std::nullopt;
+    return bench::Reference{"redis " + redis_version + " BRPOP woken by LPUSH, appendfsync always", bench::round_to(v, 1)};
+  };
+  report.add({"blocked take wake-up p50 (write start to take reply)", bench::round_to(wake_s.p50, 1), "us",
+              wake_peer(redis_wake_s ? redis_wake_s->p50 : 0), std::nullopt, std::nullopt});
+  report.add({"blocked take wake-up p99 (write start to take reply)", bench::round_to(wake_s.p99, 1), "us",
+              wake_peer(redis_wake_s ? redis_wake_s->p99 : 0), std::nullopt,
+              bench::Target::at_most(bench::Target::Of::kValue, 1000)});
+  std::string size_tag = std::to_string(sizes.value_bytes >> 20) + " MiB";
+  report.add({"large value write, " + size_tag, bench::round_to(value_mb_s, 0), "MB/s", std::nullopt,
+              bench::Reference{"disk sequential write + fsync", bench::round_to(raw_mb_s, 0)},
+              bench::Target::at_least(bench::Target::Of::kLimit, 0.5)});
+  report.add({"large value read, " + size_tag, bench::round_to(read_mb_s, 0), "MB/s", std::nullopt, std::nullopt, std::nullopt});
+  report.note("djinn-space in this process (data in " + dir + "), clients over loopback RPC; entries of type bench.Task "
+              "with an int id, a text queue and a " + std::to_string(kPayloadBytes) + "-byte payload; Redis values of " +
+              std::to_string(kPayloadBytes) + " bytes");
+  report.note("durable: a write or take is acknowledged after its group-commit transaction is fsync'd (SQLite WAL, "
+              "synchronous=FULL); Redis appendfsync always fsyncs its AOF before replying");
+  report.note("wake-up: from the start of the matching write (which includes its fsync) to the blocked taker's reply; "
+              "Redis: from LPUSH sent to BRPOP's reply");
+  bench::print_verdicts(report, kProgram, 9, "not judged (no value or peer)");
+  report.print();
+  return 0;
+}

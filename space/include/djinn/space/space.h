@@ -1,0 +1,180 @@
+// The object space engine (DESIGN §6): typed entries under leases from an embedded landlord,
+// matched by template through indexes on type (with supertypes) and field values, taken by exactly
+// one taker, waited for by blocking reads and takes, watched by notify registrations, and changed
+// under transactions as a 2PC participant (txn.h).
+//
+// Durability: entries live in the landlord's SQLite file (Landlord::grant_batch / transact), so an
+// entry and its lease commit together. Writes and takes from all callers go through one group
+// commit: a batch is one SQLite transaction and one fsync, acknowledged only after it. A take
+// removes its entry durably before it is answered.
+//
+// Threading: all methods are thread-safe. Callbacks (MatchDone, WriteDone) run on the space's own
+// threads, never under its locks, and must not block for long.
+//
+// Crash points (fault.h):
+//   space.batch.before_commit   a group's rows are written, its transaction not committed
+//   space.batch.after_commit    a group is durable, nobody answered yet
+//   space.prepare.after_commit  a transaction's prepared state is durable, the vote not sent
+//   space.values.before_rename  a chunk or manifest is written under its temporary name
+// (and core's txn.participant.* points, passed in prepare and commit).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "djinn/core/events.h"
+#include "djinn/core/model.h"
+#include "djinn/core/status.h"
+#include "djinn/core/txn.h"
+#include "djinn/lease/landlord.h"
+#include "djinn/space/values.h"
+
+namespace djinn::space {
+
+// The landlord resources of the two kinds of lease a space grants.
+inline constexpr std::string_view kEntryResource = "space.entry";
+inline constexpr std::string_view kNotifyResource = "space.notify";
+// The interface type of every space's item in lookup.
+inline constexpr std::string_view kSpaceType = "djinn.space.JavaSpace";
+
+inline constexpr size_t kMaxTakeMany = 10'000;
+inline constexpr std::chrono::milliseconds kMaxWait = std::chrono::hours(24);
+
+// A transaction an operation runs under: its id and where its manager is (an RPC endpoint, or any
+// name the space's join function understands).
+struct TxnRef {
+  txn::TxnId id;
+  std::string manager;
+};
+
+struct SpaceOptions {
+  // The landlord of entry and notify leases; it must send its events to Space::on_lease_event and
+  // outlive the Space. Entries are kept in its SQLite file (in memory when it has none).
+  lease::Landlord* landlord = nullptr;
+  events::Publisher* publisher = nullptr;  // notify events ("space.notify.<id>"); may be null
+  ValueStore* values = nullptr;            // large values entries refer to; null: none accepted
+  size_t max_entry_bytes = 64 * 1024;      // encoded size of one entry
+  size_t max_entries = 10'000'000;
+  size_t max_waiters = 100'000;
+  size_t max_notify = 100'000;
+  size_t max_batch = 1000;  // writes and takes in one durable transaction
+  std::string name = "space";
+  // The name coordinators reach this space by (a participant name: "space:<id>@<endpoint>").
+  std::string participant_name = "space";
+  // Joins this space to a transaction at its manager on the first operation under it. A failure
+  // (unknown or ended transaction, manager unreachable) fails the operation, nothing changed.
+  // Null: operations under a transaction are refused.
+  std::function<Status(const TxnRef& txn, const std::string& participant)> join;
+  // Asks a prepared transaction's outcome after a restart (kUnknown: ask again later).
+  std::function<txn::Outcome(const txn::InDoubt&)> ask_outcome;
+  std::chrono::milliseconds in_doubt_retry{1000};
+};
+
+struct Written {
+  uint64_t lease_id = 0;
+  int64_t expiration_ms = 0;
+};
+
+struct WriteRequest {
+  Entry entry;
+  int64_t duration_ms = lease::kDurationAny;
+  std::optional<TxnRef> txn;
+  // The client's idempotency key, kept with the entry: a write resent to a restarted space after
+  // its first reply was lost to a crash answers with the first write's lease instead of storing
+  // the entry again (while the entry is still there, among the last 65,536 keyed writes).
+  std::string idempotency_key;
+};
+
+// read, take, readIfExists, takeIfExists, takeMany.
+struct MatchRequest {
+  Template tmpl;
+  bool take = false;
+  size_t max = 1;                            // entries at most (takeMany)
+  std::chrono::milliseconds timeout{0};      // 0: answer at once
+  std::optional<TxnRef> txn;
+};
+
+struct ContentsPage {
+  std::vector<Entry> entries;
+  uint64_t cursor = 0;
+  bool done = false;
+};
+
+struct NotifyRegistration {
+  uint64_t id = 0;  // = its lease id
+  int64_t expiration_ms = 0;
+  std::string event_kind;
+};
+
+struct SpaceStats {
+  uint64_t entries = 0;
+  uint64_t waiters = 0;
+  uint64_t in_doubt = 0;
+  uint64_t transactions = 0;
+};
+
+using WriteDone = std::function<void(Result<Written>)>;
+using MatchDone = std::function<void(Result<std::vector<Entry>>)>;
+
+class Space final : public txn::Participant {
+ public:
+  static Result<std::unique_ptr<Space>> open(SpaceOptions options);
+  ~Space() override;
+  Space(const Space&) = delete;
+  Space& operator=(const Space&) = delete;
+
+  // Durable (with its lease) before `done` runs; under a transaction, visible only to it.
+  void write_async(WriteRequest request, WriteDone done);
+  Result<Written> write(WriteRequest request);
+
+  // Answers with up to request.max matches, waiting up to the timeout for the first; `done` runs
+  // exactly once. A take is durable before `done` runs.
+  void match_async(MatchRequest request, MatchDone done);
+  Result<std::optional<Entry>> read(const Template& tmpl, std::chrono::milliseconds timeout = {},
+                                    std::optional<TxnRef> txn = std::nullopt);
+  Result<std::optional<Entry>> take(const Template& tmpl, std::chrono::milliseconds timeout = {},
+                                    std::optional<TxnRef> txn = std::nullopt);
+  Result<std::vector<Entry>> take_many(const Template& tmpl, size_t max, std::chrono::milliseconds timeout = {},
+                                       std::optional<TxnRef> txn = std::nullopt);
+
+  // Matches in write order after `cursor` (0: from the start), at most `max`.
+  Result<ContentsPage> contents(const Template& tmpl, uint64_t cursor, size_t max,
+                                std::optional<TxnRef> txn = std::nullopt);
+
+  Result<NotifyRegistration> notify(const Template& tmpl, int64_t duration_ms, std::string holder);
+
+  // txn::Participant. A transaction the space does not know (lost in a crash before prepare)
+  // votes ABORTED; commit and abort of an unknown transaction succeed.
+  Result<txn::Vote> prepare(const txn::TxnId& txn, std::string_view coordinator) override;
+  Status commit(const txn::TxnId& txn) override;
+  Status abort(const txn::TxnId& txn) override;
+  // Asks the outcome of every prepared transaction left by a crash (the space retries on its own
+  // every in_doubt_retry); returns how many stay in doubt.
+  Result<size_t> resolve_in_doubt();
+
+  // Wire as the landlord's on_event: expired or cancelled entry leases remove their entries at
+  // once, notify leases their registrations.
+  void on_lease_event(const lease::LeaseEvent& event);
+
+  // The name it joins transactions under, once its endpoint is known (before it serves).
+  void set_participant_name(std::string name);
+
+  SpaceStats stats() const;
+  size_t size() const;
+
+ private:
+  struct Impl;
+  explicit Space(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+std::string notify_event_kind(uint64_t notify_id);
+
+}  // namespace djinn::space

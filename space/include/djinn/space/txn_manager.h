@@ -1,0 +1,60 @@
+// Transactions over RPC: TxnManager serves core's 2PC Coordinator (txn.h) as the "txn.*" methods of
+// proto/space.capnp on any rpc::Server, reaching participants by name through RPC; ParticipantService
+// serves one txn::Participant (a space) as "participant.*" so a coordinator elsewhere can drive it.
+//
+// Participant names are "<kind>:<id>@<rpc endpoint>" (a space: "space:<ServiceID>@tcp://h:p"): the
+// manager calls participant.prepare/commit/abort at the endpoint after the first '@'. A coordinator's
+// name is its manager's RPC endpoint, which a participant in doubt after a crash asks txn.outcome.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "djinn/core/rpc.h"
+#include "djinn/core/status.h"
+#include "djinn/core/txn.h"
+#include "djinn/space/space.h"
+
+namespace djinn::space {
+
+struct TxnManagerOptions {
+  std::string log_path;  // the coordinator's decision log (SQLite, owned by this manager alone)
+  std::chrono::milliseconds max_lease{std::chrono::minutes(10)};
+  std::optional<rpc::CurveClient> participant_curve;  // how it calls participants under CURVE
+  std::chrono::milliseconds call_timeout{10000};     // each participant call
+  std::chrono::milliseconds sweep_interval{500};     // expiry of transactions, phase 2 retries
+};
+
+// The endpoint a participant name points at ("space:x@tcp://h:p" -> "tcp://h:p"); empty when none.
+std::string participant_endpoint(std::string_view name);
+
+class TxnManager {
+ public:
+  // Registers txn.create, txn.commit, txn.abort, txn.renew, txn.outcome and txn.join (service role)
+  // on `server`; call before server.start(). Calls answer UNAVAILABLE until start().
+  TxnManager(TxnManagerOptions options, rpc::Server& server);
+  ~TxnManager();
+  TxnManager(const TxnManager&) = delete;
+  TxnManager& operator=(const TxnManager&) = delete;
+
+  // Opens the log under `name` (the server's advertised RPC endpoint), recovers, and serves.
+  Status start(const std::string& name);
+  // A participant of this process, called directly instead of through RPC.
+  void add_local(const std::string& name, txn::Participant& participant);
+  // Coordinator calls for this process's own participants; UNAVAILABLE (or kUnknown) unless serving.
+  Status join(const txn::TxnId& txn, std::string_view participant);
+  txn::Outcome outcome(const txn::TxnId& txn);
+  void stop();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Serves participant.prepare, participant.commit and participant.abort (service role) for
+// `participant` on `server`; call before server.start().
+void serve_participant(rpc::Server& server, txn::Participant& participant);
+
+}  // namespace djinn::space

@@ -1,0 +1,114 @@
+// Large values of the space (DESIGN §2, §6): content-addressed chunks (BLAKE2b-256), a manifest per
+// value (its chunks in order and its size) named by the hash of the manifest, reference counts from
+// entries, and garbage collection of what nothing refers to. This is where checkpoints and plugin
+// binaries live.
+//
+// Storage: one file per chunk under <dir>/chunks/<2 hex>/<64 hex>, and one per manifest under
+// <dir>/values/<2 hex>/<64 hex>, each written to a temporary file and renamed: a chunk is stored
+// once whatever refers to it. A value is durable when put_value returns: it fdatasyncs the chunks it
+// names that are not yet synced and their directories, then writes its manifest the same way; a
+// chunk found at open that no manifest names may have been torn by a crash and counts as absent
+// until it is put again. Freeing space is an unlink, where an append-only pack would need compaction.
+#pragma once
+
+#include <array>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "djinn/core/model.h"
+#include "djinn/core/status.h"
+
+namespace djinn::space {
+
+using ContentHash = std::array<uint8_t, 32>;
+
+inline constexpr size_t kMaxChunkBytes = 4u << 20;
+inline constexpr size_t kDefaultChunkBytes = 1u << 20;
+inline constexpr size_t kMaxValueChunks = 1'000'000;
+// An entry field of type bytes holding kValueRefMagic + a 32-byte value id refers to that value.
+inline constexpr std::string_view kValueRefMagic = "DJV1";
+
+ContentHash hash_bytes(std::span<const uint8_t> data);
+std::string to_hex(const ContentHash& hash);
+std::optional<ContentHash> hash_from_bytes(std::span<const uint8_t> bytes);  // exactly 32 bytes
+
+// The field value that refers to a value, and the value id a field refers to (nullopt: an
+// ordinary field).
+Value value_ref(const ContentHash& value_id);
+std::optional<ContentHash> value_ref_of(const Value& field);
+// Every value an entry refers to, each once.
+std::vector<ContentHash> value_refs_of(const Entry& entry);
+
+struct Manifest {
+  uint64_t size = 0;
+  std::vector<ContentHash> chunks;
+  std::vector<uint32_t> chunk_sizes;
+};
+
+struct ValueStoreOptions {
+  std::string dir;  // created if missing
+  // How long an unreferenced value or chunk is kept (an upload in progress, a value written just
+  // before the entry that refers to it).
+  std::chrono::milliseconds grace{std::chrono::minutes(10)};
+  std::chrono::milliseconds gc_interval{std::chrono::seconds(30)};  // 0: no collector thread
+};
+
+struct ValueStats {
+  uint64_t values = 0;
+  uint64_t chunks = 0;
+  uint64_t chunk_bytes = 0;
+};
+
+// Thread-safe. Chunk writes run concurrently (each on its own file); the bookkeeping is under
+// one mutex.
+class ValueStore {
+ public:
+  static Result<std::unique_ptr<ValueStore>> open(ValueStoreOptions options);
+  ~ValueStore();
+  ValueStore(const ValueStore&) = delete;
+  ValueStore& operator=(const ValueStore&) = delete;
+
+  // Stores `data` under `hash` (durable once a value names it: put_value);
+  // INVALID_ARGUMENT when the hash is not the data's or the size is out of 1..kMaxChunkBytes.
+  // Returns false when it was stored already.
+  Result<bool> put_chunk(const ContentHash& hash, std::span<const uint8_t> data);
+  // The same for data whose hash the caller computed itself just now (nothing to check).
+  Result<bool> put_chunk_hashed(const ContentHash& hash, std::span<const uint8_t> data);
+  bool has_chunk(const ContentHash& hash) const;
+  // Reads a chunk into `out` (resized); NOT_FOUND when unknown; DATA_LOSS when its file no longer
+  // matches its hash.
+  Status get_chunk(const ContentHash& hash, std::vector<uint8_t>& out) const;
+  // Reads a chunk through `sink`, which is given its size first and returns where to put it.
+  Status read_chunk(const ContentHash& hash, const std::function<uint8_t*(size_t size)>& sink) const;
+
+  // Stores a manifest of stored chunks; NOT_FOUND naming the first missing chunk, INVALID_ARGUMENT
+  // when the size does not add up. Returns the value id.
+  Result<ContentHash> put_value(uint64_t size, std::span<const ContentHash> chunks);
+  Result<Manifest> get_value(const ContentHash& value_id) const;
+  bool has_value(const ContentHash& value_id) const;
+
+  // References from entries: a value with references is never collected.
+  void ref(const ContentHash& value_id);
+  void unref(const ContentHash& value_id);
+
+  // Deletes values and chunks unreferenced for longer than the grace period; returns how many
+  // files went. The collector thread calls it every gc_interval.
+  size_t collect();
+  // For tests: collect with no grace period.
+  size_t collect_now(std::chrono::milliseconds grace);
+  ValueStats stats() const;
+
+ private:
+  struct Impl;
+  explicit ValueStore(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace djinn::space

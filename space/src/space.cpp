@@ -1,0 +1,1475 @@
+// The space engine: entries in memory with their indexes, persisted in the landlord's SQLite file,
+// written and taken through one group commit, waited for by blocking reads and takes, and staged
+// per transaction until the coordinator's decision.
+#include "djinn/space/space.h"
+
+#include <capnp/message.h>
+#include <capnp/serialize.h>
+#include <sodium.h>
+
+#include <algorithm>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <future>
+#include <map>
+#include <mutex>
+#include <set>
+#include <shared_mutex>
+#include <thread>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "djinn/core/fault.h"
+#include "djinn/core/group_commit.h"
+#include "djinn/core/log.h"
+#include "djinn/core/model_capnp.h"
+#include "djinn/proto/model.capnp.h"
+#include "djinn/proto/space.capnp.h"
+
+namespace djinn::space {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using txn::TxnId;
+
+constexpr int64_t kSchemaVersion = 1;
+// Entries are appended in write order and keyed by that order (seq), which the space keeps in
+// memory: a group of writes fills the table's last pages instead of dirtying a page anywhere in it
+// per write (see docs/lease.md on the landlord's rows). `txn` is set while the entry was written by
+// a prepared transaction that has not committed yet.
+constexpr std::string_view kCreateSchema =
+    "CREATE TABLE IF NOT EXISTS space_entry("
+    "  seq INTEGER PRIMARY KEY,"
+    "  lease INTEGER NOT NULL,"
+    "  txn BLOB,"
+    "  data BLOB NOT NULL,"  // a Cap'n Proto Entry message
+    "  ikey TEXT"            // the writer's idempotency key, or NULL
+    ");"
+    "CREATE INDEX IF NOT EXISTS space_entry_txn ON space_entry(txn) WHERE txn IS NOT NULL;"
+    "CREATE TABLE IF NOT EXISTS space_watch(id INTEGER PRIMARY KEY, template BLOB NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS space_meta(key TEXT PRIMARY KEY, value BLOB NOT NULL);";
+constexpr std::string_view kInsertEntry = "INSERT INTO space_entry(seq, lease, txn, data, ikey) VALUES (?1, ?2, ?3, ?4, ?5)";
+constexpr std::string_view kDeleteEntry = "DELETE FROM space_entry WHERE seq = ?1";
+constexpr std::string_view kCommitEntries = "UPDATE space_entry SET txn = NULL WHERE txn = ?1";
+constexpr std::string_view kAbortEntries = "DELETE FROM space_entry WHERE txn = ?1";
+constexpr std::string_view kInsertWatch = "INSERT INTO space_watch(id, template) VALUES (?1, ?2)";
+constexpr std::string_view kDeleteWatch = "DELETE FROM space_watch WHERE id = ?1";
+
+// Transactions that ended recently: an operation still in flight under one is refused rather than
+// starting its state afresh.
+constexpr size_t kRememberEnded = 4096;
+// Idempotency keys of the latest writes, found again after a restart.
+constexpr size_t kRememberKeys = 65536;
+
+// Values longer than this are indexed by a 16-byte hash of their key: a posting key stays small
+// however large the value (a 100-byte payload field cost 1 KiB per entry in keys), and a collision
+// only adds a candidate that matches() then rejects.
+constexpr size_t kMaxInlineValueKey = 40;
+
+std::string value_key(const Value& value) {
+  std::string key;
+  append_index_key(key, value);
+  if (key.size() <= kMaxInlineValueKey) return key;
+  unsigned char h[16];
+  crypto_generichash(h, sizeof h, reinterpret_cast<const unsigned char*>(key.data()), key.size(), nullptr, 0);
+  return std::string(1, '\xff') + std::string(reinterpret_cast<const char*>(h), sizeof h);
+}
+
+// Type and field names hold no NUL (validated), so NUL separates the parts unambiguously.
+std::string field_key(std::string_view type, std::string_view field, std::string_view value_key) {
+  std::string key;
+  key.reserve(type.size() + field.size() + value_key.size() + 2);
+  key.append(type);
+  key.push_back('\0');
+  key.append(field);
+  key.push_back('\0');
+  key.append(value_key);
+  return key;
+}
+
+
+std::string encode_entry(const Entry& e) {
+  capnp::MallocMessageBuilder message;
+  to_capnp(e, message.initRoot<proto::Entry>());
+  return flat_bytes(message);
+}
+
+std::string encode_template(const Template& t) {
+  capnp::MallocMessageBuilder message;
+  to_capnp(t, message.initRoot<proto::Template>());
+  return flat_bytes(message);
+}
+
+
+std::span<const uint8_t> as_bytes(const std::string& s) {
+  return std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(s.data()), s.size());
+}
+
+std::vector<uint8_t> encode_seqs(const std::vector<uint64_t>& seqs) {
+  std::vector<uint8_t> out(seqs.size() * 8);
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    for (int b = 0; b < 8; ++b) out[i * 8 + b] = static_cast<uint8_t>(seqs[i] >> (8 * b));
+  }
+  return out;
+}
+
+std::vector<uint64_t> decode_seqs(const std::vector<uint8_t>& bytes) {
+  std::vector<uint64_t> out(bytes.size() / 8);
+  for (size_t i = 0; i < out.size(); ++i) {
+    uint64_t v = 0;
+    for (int b = 0; b < 8; ++b) v |= uint64_t{bytes[i * 8 + b]} << (8 * b);
+    out[i] = v;
+  }
+  return out;
+}
+
+int64_t wall_now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+using Posting = std::set<uint64_t>;
+
+}  // namespace
+
+std::string notify_event_kind(uint64_t notify_id) { return "space.notify." + std::to_string(notify_id); }
+
+struct Space::Impl {
+  enum class Hold : uint8_t { kFree, kTaking, kTxn };
+  struct Stored {
+    Entry entry;
+    uint64_t lease = 0;
+    int64_t expiration_ms = 0;
+    std::optional<TxnId> written_by;  // an uncommitted write: visible to that transaction only
+    Hold hold = Hold::kFree;
+    TxnId held_by;                    // kTxn: the transaction that took it
+    bool has_row = false;
+  };
+  struct TxnState {
+    std::string manager;
+    std::vector<uint64_t> written;
+    std::vector<uint64_t> taken;
+    bool prepared = false;
+    bool recovered = false;  // prepared before a restart: its outcome must be asked
+    std::string coordinator;
+  };
+  struct Waiter {
+    Template tmpl;
+    bool take = false;
+    size_t max = 1;
+    std::optional<TxnId> txn;
+    Clock::time_point deadline;
+    MatchDone done;
+  };
+  struct Watch {
+    Template tmpl;
+    std::string kind;
+  };
+  // One request of the group commit: a write, or the durable removal of entries being taken.
+  struct Op {
+    bool write = true;
+    Entry entry;
+    std::string encoded;
+    int64_t duration_ms = 0;
+    std::optional<TxnId> txn;
+    std::vector<uint64_t> seqs;  // delete
+    std::string key;             // write: idempotency key
+  };
+  struct OpOutcome {
+    Status status;
+    Written written;
+    std::vector<Entry> taken;
+  };
+  // Replies to run once no lock is held.
+  struct Deliveries {
+    std::vector<std::pair<MatchDone, Result<std::vector<Entry>>>> replies;
+    std::vector<std::pair<std::vector<uint64_t>, MatchDone>> takes;  // to remove durably, then reply
+    std::vector<uint64_t> cancel;                                   // leases to cancel
+  };
+
+  SpaceOptions options;
+  lease::Landlord& landlord;
+  bool has_store = false;
+
+  // Guards everything below: shared for reads that do not wait, exclusive for changes.
+  mutable std::shared_mutex mu;
+  std::unordered_map<uint64_t, Stored> entries;
+  std::unordered_map<uint64_t, uint64_t> by_lease;  // lease id -> seq
+  std::unordered_map<std::string, Posting> by_type;   // type, each supertype, and "" (all)
+  std::unordered_map<std::string, Posting> by_field;  // field_key(type / supertype / "", name, value)
+  uint64_t next_seq = 1;
+  std::map<TxnId, TxnState> txns;
+  std::set<TxnId> ended;
+  std::deque<TxnId> ended_order;
+  std::map<uint64_t, Waiter> waiters;  // by arrival: the first waiter gets the first match
+  std::multimap<Clock::time_point, uint64_t> deadlines;
+  uint64_t next_waiter = 1;
+  std::unordered_map<uint64_t, Watch> watches;
+  std::unordered_map<std::string, uint64_t> recent_keys;  // idempotency key -> seq
+  std::deque<std::string> key_order;
+  std::condition_variable_any timer_cv;
+  bool stopping = false;
+
+  std::unique_ptr<GroupCommit<Op, OpOutcome>> commit;
+  std::thread timer;
+
+  // Rows of entries whose leases ended, deleted by the remover thread (synchronous=NORMAL, like the
+  // landlord's expiries: a row left behind by a crash is dropped at the next open, its lease gone).
+  std::mutex ended_mu;
+  std::condition_variable ended_cv;
+  std::vector<uint64_t> dead_rows;
+  std::vector<uint64_t> dead_watches;
+  bool remover_stop = false;
+  std::thread remover;
+
+  // Joining a transaction is a call to its manager, which may be served by this very process:
+  // operations that still have to join run here, never on the RPC server's I/O thread.
+  std::mutex join_mu;
+  std::condition_variable join_cv;
+  std::deque<std::function<void()>> join_queue;
+  bool join_stop = false;
+  std::thread joiner;
+
+  explicit Impl(SpaceOptions o) : options(std::move(o)), landlord(*options.landlord) {}
+
+  void joiner_loop() {
+    std::unique_lock lock(join_mu);
+    for (;;) {
+      join_cv.wait(lock, [&] { return join_stop || !join_queue.empty(); });
+      if (join_queue.empty()) return;
+      auto job = std::move(join_queue.front());
+      join_queue.pop_front();
+      lock.unlock();
+      job();
+      lock.lock();
+    }
+  }
+
+  // Runs `job` now when the space already takes part in `txn` (or there is none), else on the
+  // joiner thread after joining; `fail` gets the join's error.
+  void with_txn(const std::optional<TxnRef>& txn, std::function<void()> job, std::function<void(Status)> fail) {
+    if (txn) {
+      bool known = false;
+      {
+        std::shared_lock lock(mu);
+        auto t = txns.find(txn->id);
+        known = t != txns.end() && !t->second.prepared;
+      }
+      if (!known) {
+        std::lock_guard lock(join_mu);
+        join_queue.push_back([this, ref = *txn, job = std::move(job), fail = std::move(fail)] {
+          Status st = ensure_joined(ref);
+          if (!st.ok()) return fail(st);
+          job();
+        });
+        join_cv.notify_one();
+        return;
+      }
+    }
+    job();
+  }
+
+  // ---- indexes (mu exclusive) ----
+
+  template <class F>
+  static void keys_of(const Entry& e, F&& f) {
+    std::vector<std::pair<std::string_view, std::string>> values;
+    for (const auto& [name, value] : e.fields) {
+      if (!value.is_null()) values.emplace_back(name, value_key(value));
+    }
+    auto file = [&](std::string_view type) {
+      f(false, std::string(type));
+      for (const auto& [name, key] : values) f(true, field_key(type, name, key));
+    };
+    file(e.type);
+    for (const std::string& s : e.supertypes) file(s);
+    file("");
+  }
+
+  void index(uint64_t seq, const Entry& e, bool add) {
+    keys_of(e, [&](bool field, std::string key) {
+      auto& map = field ? by_field : by_type;
+      if (add) {
+        // New entries have the highest sequence: inserting at the end with that hint costs O(1)
+        // instead of a walk down a tree of a million cache-missing nodes (a fifth of a write's CPU).
+        Posting& p = map[std::move(key)];
+        p.insert(p.end(), seq);
+      } else {
+        auto it = map.find(key);
+        if (it == map.end()) return;
+        it->second.erase(seq);
+        if (it->second.empty()) map.erase(it);
+      }
+    });
+  }
+
+  void insert_locked(uint64_t seq, Stored s) {
+    index(seq, s.entry, true);
+    if (s.lease) by_lease[s.lease] = seq;
+    if (options.values) {
+      for (const ContentHash& v : value_refs_of(s.entry)) options.values->ref(v);
+    }
+    entries.emplace(seq, std::move(s));
+  }
+
+  // Removes an entry from memory; returns its lease (to cancel) or 0.
+  uint64_t erase_locked(uint64_t seq) {
+    auto it = entries.find(seq);
+    if (it == entries.end()) return 0;
+    index(seq, it->second.entry, false);
+    uint64_t lease = it->second.lease;
+    if (lease) by_lease.erase(lease);
+    if (options.values) {
+      for (const ContentHash& v : value_refs_of(it->second.entry)) options.values->unref(v);
+    }
+    entries.erase(it);
+    return lease;
+  }
+
+  void remember_key_locked(const std::string& key, uint64_t seq) {
+    if (key.empty()) return;
+    if (recent_keys.insert_or_assign(key, seq).second) key_order.push_back(key);
+    while (key_order.size() > kRememberKeys) {
+      recent_keys.erase(key_order.front());
+      key_order.pop_front();
+    }
+  }
+
+  // The lease of a write already stored under `key` (mu held).
+  std::optional<Written> keyed_write_locked(const std::string& key) const {
+    if (key.empty()) return std::nullopt;
+    auto k = recent_keys.find(key);
+    if (k == recent_keys.end()) return std::nullopt;
+    auto e = entries.find(k->second);
+    if (e == entries.end() || e->second.written_by) return std::nullopt;
+    return Written{e->second.lease, e->second.expiration_ms};
+  }
+
+  // ---- matching (mu held) ----
+
+  const Posting* candidates_locked(const Template& t) const {
+    static const Posting kEmpty;
+    auto find = [](const std::unordered_map<std::string, Posting>& map, const std::string& key) {
+      auto it = map.find(key);
+      return it == map.end() ? &kEmpty : &it->second;
+    };
+    const Posting* best = find(by_type, t.type);
+    for (const auto& [name, value] : t.fields) {
+      if (value.is_null()) continue;
+      const Posting* p = find(by_field, field_key(t.type, name, value_key(value)));
+      if (p->size() < best->size()) best = p;
+    }
+    return best;
+  }
+
+  static bool visible(const Stored& s, const std::optional<TxnId>& txn, int64_t now_ms) {
+    if (s.hold != Hold::kFree) return false;
+    if (s.written_by && (!txn || *s.written_by != *txn)) return false;
+    return s.expiration_ms > now_ms;
+  }
+
+  // Calls f(seq, stored) for visible matches after `after`, in write order, until f returns false.
+  template <class F>
+  void scan_locked(const Template& t, uint64_t after, const std::optional<TxnId>& txn, F&& f) const {
+    const Posting* p = candidates_locked(t);
+    int64_t now = wall_now_ms();
+    for (auto it = p->upper_bound(after); it != p->end(); ++it) {
+      const Stored& s = entries.at(*it);
+      if (!visible(s, txn, now) || !matches(t, s.entry)) continue;
+      if (!f(*it, s)) return;
+    }
+  }
+
+  // Takes up to `max` visible matches now (mu exclusive): under a transaction they are held by it,
+  // otherwise marked for durable removal.
+  std::vector<uint64_t> take_locked(const Template& t, size_t max, const std::optional<TxnId>& txn) {
+    std::vector<uint64_t> seqs;
+    scan_locked(t, 0, txn, [&](uint64_t seq, const Stored&) {
+      seqs.push_back(seq);
+      return seqs.size() < max;
+    });
+    for (uint64_t seq : seqs) hold_locked(seq, txn);
+    return seqs;
+  }
+
+  void hold_locked(uint64_t seq, const std::optional<TxnId>& txn) {
+    Stored& s = entries.at(seq);
+    if (txn) {
+      s.hold = Hold::kTxn;
+      s.held_by = *txn;
+      txns.at(*txn).taken.push_back(seq);
+    } else {
+      s.hold = Hold::kTaking;
+    }
+  }
+
+  // An entry just became visible (written, committed, or freed by an abort or a failed take):
+  // waiters that match get it, first come first served; a take ends the offer.
+  void offer_locked(uint64_t seq, Deliveries& out) {
+    if (waiters.empty()) return;
+    int64_t now = wall_now_ms();
+    for (auto it = waiters.begin(); it != waiters.end();) {
+      Stored& s = entries.at(seq);
+      Waiter& w = it->second;
+      if (!visible(s, w.txn, now) || !matches(w.tmpl, s.entry)) {
+        ++it;
+        continue;
+      }
+      if (w.txn && !txns.count(*w.txn)) {
+        ++it;
+        continue;
+      }
+      remove_deadline_locked(it->first, w.deadline);
+      if (!w.take) {
+        out.replies.emplace_back(std::move(w.done), std::vector<Entry>{s.entry});
+        it = waiters.erase(it);
+        continue;
+      }
+      hold_locked(seq, w.txn);
+      if (w.txn) {
+        out.replies.emplace_back(std::move(w.done), std::vector<Entry>{s.entry});
+      } else {
+        out.takes.emplace_back(std::vector<uint64_t>{seq}, std::move(w.done));
+      }
+      waiters.erase(it);
+      return;
+    }
+  }
+
+  void remove_deadline_locked(uint64_t id, Clock::time_point deadline) {
+    auto [lo, hi] = deadlines.equal_range(deadline);
+    for (auto d = lo; d != hi; ++d) {
+      if (d->second == id) {
+        deadlines.erase(d);
+        return;
+      }
+    }
+  }
+
+  // ---- delivering (no lock held) ----
+
+  void deliver(Deliveries& d) {
+    if (!d.cancel.empty()) landlord.cancel_batch(d.cancel);
+    for (auto& [seqs, done] : d.takes) post_delete(std::move(seqs), std::move(done));
+    for (auto& [done, result] : d.replies) done(std::move(result));
+    d = Deliveries{};
+  }
+
+  void post_delete(std::vector<uint64_t> seqs, MatchDone done) {
+    Op op;
+    op.write = false;
+    op.seqs = std::move(seqs);
+    commit->post({std::move(op)}, [done = std::move(done)](std::vector<OpOutcome> out) {
+      OpOutcome& o = out.front();
+      if (!o.status.ok()) return done(o.status);
+      done(std::move(o.taken));
+    });
+  }
+
+  // ---- the group commit's batch ----
+
+  std::vector<OpOutcome> run_batch(std::span<const Op> ops) {
+    std::vector<OpOutcome> outcomes(ops.size());
+    std::vector<size_t> write_index;  // ops index of each grant
+    std::vector<lease::GrantRequest> grants;
+    for (size_t i = 0; i < ops.size(); ++i) {
+      if (!ops[i].write) continue;
+      write_index.push_back(i);
+      grants.push_back(lease::GrantRequest{std::string(kEntryResource), ops[i].entry.type, lease::Kind::kShared,
+                                           ops[i].duration_ms, {}});
+    }
+    std::vector<uint64_t> seq_of(ops.size(), 0);
+    // Takers waiting when the batch is written get its entries directly: such an entry is written
+    // and taken in the same transaction, so it never needs a row of its own.
+    std::vector<std::optional<Waiter>> consumer(ops.size());
+    bool rows_written = false;
+    auto write_rows = [&](sqlite::Database* db, std::span<const Result<lease::Lease>> granting) -> Status {
+      rows_written = true;
+      {
+        std::unique_lock lock(mu);
+        for (size_t k = 0; k < write_index.size(); ++k) {
+          size_t i = write_index[k];
+          if (!granting[k].ok()) continue;
+          seq_of[i] = next_seq++;
+          if (ops[i].txn) continue;  // staged until prepare
+          consumer[i] = claim_taker_locked(ops[i].entry);
+        }
+      }
+      if (!db) return Status::Ok();
+      for (size_t k = 0; k < write_index.size(); ++k) {
+        size_t i = write_index[k];
+        if (!granting[k].ok() || ops[i].txn || consumer[i]) continue;
+        Result<sqlite::Statement*> st = db->cached(kInsertEntry);
+        if (!st.ok()) return st.status();
+        std::optional<std::string_view> key;
+        if (!ops[i].key.empty()) key = ops[i].key;
+        DJINN_RETURN_IF_ERROR((*st)->bind_all(seq_of[i], granting[k]->id, nullptr, as_bytes(ops[i].encoded), key));
+        DJINN_RETURN_IF_ERROR((*st)->run());
+      }
+      for (const Op& op : ops) {
+        if (op.write) continue;
+        for (uint64_t seq : op.seqs) {
+          Result<sqlite::Statement*> st = db->cached(kDeleteEntry);
+          if (!st.ok()) return st.status();
+          DJINN_RETURN_IF_ERROR((*st)->bind_all(seq));
+          DJINN_RETURN_IF_ERROR((*st)->run());
+        }
+      }
+      DJINN_CRASH_POINT("space.batch.before_commit");
+      return Status::Ok();
+    };
+    std::vector<Result<lease::Lease>> leases;
+    Status written;
+    if (!grants.empty()) {
+      leases = landlord.grant_batch(grants, [&](sqlite::Database& db, std::span<const Result<lease::Lease>> g) {
+        return write_rows(&db, g);
+      });
+      if (!has_store && !rows_written) {
+        // An in-memory landlord runs no transaction: the writer is still called for its claims.
+        (void)write_rows(nullptr, leases);
+      }
+    }
+    bool any_delete = std::any_of(ops.begin(), ops.end(), [](const Op& op) { return !op.write; });
+    if (!rows_written) {
+      // Every grant failed (or there were none): the deletes still need their transaction.
+      written = any_delete ? landlord.transact(sqlite::Sync::kFull, [&](sqlite::Database& db) {
+        return write_rows(&db, {});
+      }) : Status::Ok();
+    } else {
+      // The grant transaction failed as a whole when a granted lease reports its error.
+      for (size_t k = 0; k < leases.size(); ++k) {
+        if (!leases[k].ok() && seq_of[write_index[k]] != 0) written = leases[k].status();
+      }
+    }
+    if (rows_written && has_store) DJINN_CRASH_POINT("space.batch.after_commit");
+
+    Deliveries d;
+    {
+      std::unique_lock lock(mu);
+      // Deletes: the entries were marked kTaking when they were matched.
+      for (size_t i = 0; i < ops.size(); ++i) {
+        if (ops[i].write) continue;
+        if (!written.ok()) {
+          outcomes[i].status = Status(written.code(), "take: " + written.message());
+          for (uint64_t seq : ops[i].seqs) {
+            auto it = entries.find(seq);
+            if (it == entries.end()) continue;
+            it->second.hold = Hold::kFree;
+            offer_locked(seq, d);
+          }
+          continue;
+        }
+        for (uint64_t seq : ops[i].seqs) {
+          auto it = entries.find(seq);
+          if (it == entries.end()) continue;
+          outcomes[i].taken.push_back(std::move(it->second.entry));
+          it->second.entry = outcomes[i].taken.back();  // erase_locked unindexes by it
+          if (uint64_t l = erase_locked(seq)) d.cancel.push_back(l);
+        }
+      }
+      for (size_t k = 0; k < write_index.size(); ++k) {
+        size_t i = write_index[k];
+        const Op& op = ops[i];
+        if (!leases[k].ok()) {
+          outcomes[i].status = leases[k].status();
+          if (consumer[i]) d.replies.emplace_back(std::move(consumer[i]->done), leases[k].status());
+          continue;
+        }
+        const lease::Lease& l = *leases[k];
+        outcomes[i].written = Written{l.id, l.expiration_ms};
+        uint64_t seq = seq_of[i];
+        if (consumer[i]) {
+          d.replies.emplace_back(std::move(consumer[i]->done), std::vector<Entry>{op.entry});
+          d.cancel.push_back(l.id);
+          publish_locked(op.entry);
+          offer_readers_locked(op.entry, d);
+          continue;
+        }
+        Stored s;
+        s.entry = op.entry;
+        s.lease = l.id;
+        s.expiration_ms = l.expiration_ms;
+        s.has_row = has_store && !op.txn;
+        if (op.txn) {
+          auto t = txns.find(*op.txn);
+          if (t == txns.end() || t->second.prepared) {
+            outcomes[i].status = aborted("write: transaction " + op.txn->to_string() +
+                                         (t == txns.end() ? " ended" : " is already voting") + " before the write");
+            d.cancel.push_back(l.id);
+            continue;
+          }
+          s.written_by = *op.txn;
+          t->second.written.push_back(seq);
+          insert_locked(seq, std::move(s));
+          continue;
+        }
+        insert_locked(seq, std::move(s));
+        remember_key_locked(op.key, seq);
+        publish_locked(entries.at(seq).entry);
+        offer_locked(seq, d);
+      }
+    }
+    deliver(d);
+    return outcomes;
+  }
+
+  // The first waiting taker (outside any transaction) that `e` would satisfy, removed from the
+  // waiters (mu exclusive).
+  std::optional<Waiter> claim_taker_locked(const Entry& e) {
+    for (auto it = waiters.begin(); it != waiters.end(); ++it) {
+      Waiter& w = it->second;
+      if (!w.take || w.txn || !matches(w.tmpl, e)) continue;
+      remove_deadline_locked(it->first, w.deadline);
+      Waiter out = std::move(w);
+      waiters.erase(it);
+      return out;
+    }
+    return std::nullopt;
+  }
+
+  // Readers waiting for an entry that a taker consumed in the same batch still see it.
+  void offer_readers_locked(const Entry& e, Deliveries& d) {
+    for (auto it = waiters.begin(); it != waiters.end();) {
+      Waiter& w = it->second;
+      if (w.take || w.txn || !matches(w.tmpl, e)) {
+        ++it;
+        continue;
+      }
+      remove_deadline_locked(it->first, w.deadline);
+      d.replies.emplace_back(std::move(w.done), std::vector<Entry>{e});
+      it = waiters.erase(it);
+    }
+  }
+
+  void publish_locked(const Entry& e) {
+    if (!options.publisher || watches.empty()) return;
+    for (const auto& [id, w] : watches) {
+      if (!matches(w.tmpl, e)) continue;
+      capnp::MallocMessageBuilder message;
+      auto ev = message.initRoot<proto::SpaceNotifyEvent>();
+      ev.setNotifyId(id);
+      to_capnp(e, ev.initEntry());
+      options.publisher->publish(w.kind, e.type, message);
+    }
+  }
+
+  // ---- transactions ----
+
+  void remember_ended_locked(const TxnId& id) {
+    if (ended.insert(id).second) ended_order.push_back(id);
+    while (ended_order.size() > kRememberEnded) {
+      ended.erase(ended_order.front());
+      ended_order.pop_front();
+    }
+  }
+
+  // Makes sure the space has joined `ref` (outside any lock: joining is a call to the manager).
+  Status ensure_joined(const TxnRef& ref) {
+    if (ref.id.is_nil()) return invalid_argument("transaction id is nil");
+    {
+      std::shared_lock lock(mu);
+      if (auto t = txns.find(ref.id); t != txns.end()) {
+        if (t->second.prepared) return failed_precondition("transaction " + ref.id.to_string() + " is already voting");
+        return Status::Ok();
+      }
+      if (ended.count(ref.id)) return aborted("transaction " + ref.id.to_string() + " has ended");
+    }
+    if (!options.join) {
+      return failed_precondition("space " + options.name + " takes part in no transactions (no transaction manager client)");
+    }
+    std::string participant;
+    {
+      std::shared_lock lock(mu);
+      participant = options.participant_name;
+    }
+    Status joined = options.join(ref, participant);
+    if (!joined.ok()) {
+      return Status(joined.code(), "transaction " + ref.id.to_string() + " at " + ref.manager + ": " + joined.message());
+    }
+    std::unique_lock lock(mu);
+    if (ended.count(ref.id)) return aborted("transaction " + ref.id.to_string() + " has ended");
+    auto [t, fresh] = txns.try_emplace(ref.id);
+    if (fresh) t->second.manager = ref.manager;
+    if (t->second.prepared) return failed_precondition("transaction " + ref.id.to_string() + " is already voting");
+    return Status::Ok();
+  }
+
+  // ---- lease ends and the remover thread ----
+
+  void remover_loop() {
+    std::unique_lock lock(ended_mu);
+    auto next_doubt = Clock::now() + options.in_doubt_retry;
+    for (;;) {
+      ended_cv.wait_until(lock, next_doubt, [&] { return remover_stop || !dead_rows.empty() || !dead_watches.empty(); });
+      if (remover_stop) return;
+      std::vector<uint64_t> rows, watch_ids;
+      rows.swap(dead_rows);
+      watch_ids.swap(dead_watches);
+      lock.unlock();
+      if (!rows.empty() || !watch_ids.empty()) {
+        Status st = landlord.transact(sqlite::Sync::kNormal, [&](sqlite::Database& db) -> Status {
+          for (uint64_t seq : rows) {
+            Result<sqlite::Statement*> s = db.cached(kDeleteEntry);
+            if (!s.ok()) return s.status();
+            DJINN_RETURN_IF_ERROR((*s)->bind_all(seq));
+            DJINN_RETURN_IF_ERROR((*s)->run());
+          }
+          for (uint64_t id : watch_ids) {
+            Result<sqlite::Statement*> s = db.cached(kDeleteWatch);
+            if (!s.ok()) return s.status();
+            DJINN_RETURN_IF_ERROR((*s)->bind_all(id));
+            DJINN_RETURN_IF_ERROR((*s)->run());
+          }
+          return Status::Ok();
+        });
+        if (!st.ok()) DJINN_LOG(kWarn, "space") << options.name << ": deleting ended entries: " << st.to_string();
+      }
+      if (Clock::now() >= next_doubt) {
+        bool any;
+        {
+          std::shared_lock l(mu);
+          any = std::any_of(txns.begin(), txns.end(), [](const auto& t) { return t.second.recovered; });
+        }
+        if (any && options.ask_outcome) (void)resolve();
+        next_doubt = Clock::now() + options.in_doubt_retry;
+      }
+      lock.lock();
+    }
+  }
+
+  Result<size_t> resolve();
+  Status finish(const TxnId& id, bool commit);
+
+  // ---- the timer: blocking reads and takes that time out ----
+
+  void timer_loop() {
+    std::unique_lock lock(mu);
+    for (;;) {
+      if (stopping) return;
+      if (deadlines.empty()) {
+        timer_cv.wait(lock);
+        continue;
+      }
+      auto first = deadlines.begin()->first;
+      if (Clock::now() < first) {
+        timer_cv.wait_until(lock, first);
+        continue;
+      }
+      Deliveries d;
+      auto now = Clock::now();
+      while (!deadlines.empty() && deadlines.begin()->first <= now) {
+        uint64_t id = deadlines.begin()->second;
+        deadlines.erase(deadlines.begin());
+        auto w = waiters.find(id);
+        if (w == waiters.end()) continue;
+        d.replies.emplace_back(std::move(w->second.done), std::vector<Entry>{});
+        waiters.erase(w);
+      }
+      lock.unlock();
+      deliver(d);
+      lock.lock();
+    }
+  }
+
+  // ---- open ----
+
+  Status load_store(sqlite::Database& db);
+  void cancel_orphan_leases();
+};
+
+}  // namespace djinn::space
+
+namespace djinn::space {
+
+// ---- open ----
+
+Status Space::Impl::load_store(sqlite::Database& db) {
+  has_store = true;
+  DJINN_RETURN_IF_ERROR(db.exec(kCreateSchema));
+  {
+    Result<sqlite::Statement> get = db.prepare("SELECT value FROM space_meta WHERE key = 'schema'");
+    if (!get.ok()) return get.status();
+    Result<bool> row = get->step();
+    if (!row.ok()) return row.status();
+    int64_t version = *row ? get->column_int64(0) : 0;
+    get->reset();
+    if (version > kSchemaVersion) {
+      return failed_precondition("the space's tables have schema version " + std::to_string(version) +
+                                 ", newer than this build's " + std::to_string(kSchemaVersion) + " (use a newer djinn)");
+    }
+    Result<sqlite::Statement> put = db.prepare("INSERT OR REPLACE INTO space_meta(key, value) VALUES ('schema', ?1)");
+    if (!put.ok()) return put.status();
+    DJINN_RETURN_IF_ERROR(put->bind_all(kSchemaVersion));
+    DJINN_RETURN_IF_ERROR(put->run());
+  }
+  std::vector<uint64_t> lapsed;
+  std::unique_lock lock(mu);
+  {
+    Result<sqlite::Statement> select = db.prepare("SELECT seq, lease, txn, data, ikey FROM space_entry ORDER BY seq");
+    if (!select.ok()) return select.status();
+    for (;;) {
+      Result<bool> row = select->step();
+      if (!row.ok()) return row.status();
+      if (!*row) break;
+      uint64_t seq = static_cast<uint64_t>(select->column_int64(0));
+      uint64_t lease_id = static_cast<uint64_t>(select->column_int64(1));
+      next_seq = std::max(next_seq, seq + 1);
+      Result<Entry> entry = from_stored<Entry, proto::Entry>(select->column_blob(3));
+      std::optional<lease::Lease> held = lease_id ? landlord.find(lease_id) : std::nullopt;
+      if (!entry.ok() || !held) {
+        if (!entry.ok()) DJINN_LOG(kWarn, "space") << options.name << ": dropping an unreadable entry row: " << entry.status().to_string();
+        lapsed.push_back(seq);
+        continue;
+      }
+      Stored s;
+      s.entry = std::move(*entry);
+      s.lease = lease_id;
+      s.expiration_ms = held->expiration_ms;
+      s.has_row = true;
+      if (!select->column_is_null(2)) {
+        std::vector<uint8_t> id = select->column_blob(2);
+        if (id.size() == 16) {
+          TxnId t = TxnId::from_bytes(std::span<const uint8_t, 16>(id.data(), 16));
+          s.written_by = t;
+          TxnState& st = txns[t];
+          st.written.push_back(seq);
+          st.prepared = st.recovered = true;
+        }
+      }
+      insert_locked(seq, std::move(s));
+      if (!select->column_is_null(4)) remember_key_locked(select->column_text(4), seq);
+    }
+  }
+  {
+    Result<sqlite::Statement> select = db.prepare("SELECT id, template FROM space_watch");
+    if (!select.ok()) return select.status();
+    std::vector<uint64_t> dead;
+    for (;;) {
+      Result<bool> row = select->step();
+      if (!row.ok()) return row.status();
+      if (!*row) break;
+      uint64_t id = static_cast<uint64_t>(select->column_int64(0));
+      Result<Template> tmpl = from_stored<Template, proto::Template>(select->column_blob(1));
+      if (!tmpl.ok() || !landlord.find(id)) {
+        dead.push_back(id);
+        continue;
+      }
+      watches[id] = Watch{std::move(*tmpl), notify_event_kind(id)};
+      if (options.publisher) options.publisher->declare(watches[id].kind);
+    }
+    for (uint64_t id : dead) {
+      Result<sqlite::Statement*> st = db.cached(kDeleteWatch);
+      if (!st.ok()) return st.status();
+      DJINN_RETURN_IF_ERROR((*st)->bind_all(id));
+      DJINN_RETURN_IF_ERROR((*st)->run());
+    }
+  }
+  Result<txn::ParticipantLog> log = txn::ParticipantLog::open(db);
+  if (!log.ok()) return log.status();
+  Result<std::vector<txn::InDoubt>> doubts = log->in_doubt();
+  if (!doubts.ok()) return doubts.status();
+  for (const txn::InDoubt& d : *doubts) {
+    TxnState& st = txns[d.txn];
+    st.prepared = st.recovered = true;
+    st.coordinator = d.coordinator;
+    for (uint64_t seq : decode_seqs(d.state)) {
+      auto it = entries.find(seq);
+      if (it == entries.end()) continue;
+      it->second.hold = Hold::kTxn;
+      it->second.held_by = d.txn;
+      st.taken.push_back(seq);
+    }
+  }
+  // Rows of a transaction without a prepared record cannot exist (both are written in one SQLite
+  // transaction); rows that do are dropped as aborted.
+  for (auto it = txns.begin(); it != txns.end();) {
+    if (!it->second.coordinator.empty()) {
+      ++it;
+      continue;
+    }
+    for (uint64_t seq : it->second.written) {
+      erase_locked(seq);
+      lapsed.push_back(seq);
+    }
+    it = txns.erase(it);
+  }
+  for (uint64_t seq : lapsed) {
+    Result<sqlite::Statement*> st = db.cached(kDeleteEntry);
+    if (!st.ok()) return st.status();
+    DJINN_RETURN_IF_ERROR((*st)->bind_all(seq));
+    DJINN_RETURN_IF_ERROR((*st)->run());
+  }
+  if (!lapsed.empty()) DJINN_LOG(kInfo, "space") << options.name << ": " << lapsed.size() << " entries lapsed while closed";
+  return Status::Ok();
+}
+
+// Leases of entries that never committed (granted with a transaction's write that was lost, or by
+// a batch whose rows a crash cut off) are cancelled: nothing holds them.
+void Space::Impl::cancel_orphan_leases() {
+  std::vector<lease::LeaseId> orphans;
+  {
+    std::shared_lock lock(mu);
+    for (const lease::Lease& l : landlord.leases_of_resource(kEntryResource)) {
+      if (!by_lease.count(l.id)) orphans.push_back(l.id);
+    }
+    for (const lease::Lease& l : landlord.leases_of_resource(kNotifyResource)) {
+      if (!watches.count(l.id)) orphans.push_back(l.id);
+    }
+  }
+  if (orphans.empty()) return;
+  landlord.cancel_batch(orphans);
+  DJINN_LOG(kInfo, "space") << options.name << ": cancelled " << orphans.size() << " leases of entries that never committed";
+}
+
+Result<size_t> Space::Impl::resolve() {
+  std::vector<txn::InDoubt> doubts;
+  {
+    std::shared_lock lock(mu);
+    for (const auto& [id, t] : txns) {
+      if (t.recovered) doubts.push_back(txn::InDoubt{id, t.coordinator, {}});
+    }
+  }
+  size_t still = 0;
+  for (const txn::InDoubt& d : doubts) {
+    txn::Outcome outcome = options.ask_outcome ? options.ask_outcome(d) : txn::Outcome::kUnknown;
+    if (outcome == txn::Outcome::kCommitted || outcome == txn::Outcome::kAborted) {
+      Status st = finish(d.txn, outcome == txn::Outcome::kCommitted);
+      if (!st.ok()) ++still;
+    } else {
+      ++still;
+    }
+  }
+  return still;
+}
+
+// ---- Space ----
+
+Space::Space(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Space::~Space() {
+  Impl& m = *impl_;
+  {
+    std::lock_guard lock(m.join_mu);
+    m.join_stop = true;
+  }
+  m.join_cv.notify_all();
+  if (m.joiner.joinable()) m.joiner.join();
+  m.commit.reset();  // writes and takes not yet written are answered CANCELLED by their owners
+  Impl::Deliveries d;
+  {
+    std::unique_lock lock(m.mu);
+    m.stopping = true;
+    for (auto& [id, w] : m.waiters) d.replies.emplace_back(std::move(w.done), unavailable("space " + m.options.name + " is stopping"));
+    m.waiters.clear();
+    m.deadlines.clear();
+  }
+  m.timer_cv.notify_all();
+  if (m.timer.joinable()) m.timer.join();
+  for (auto& [done, result] : d.replies) done(std::move(result));
+  {
+    std::lock_guard lock(m.ended_mu);
+    m.remover_stop = true;
+  }
+  m.ended_cv.notify_all();
+  if (m.remover.joinable()) m.remover.join();
+}
+
+Result<std::unique_ptr<Space>> Space::open(SpaceOptions options) {
+  if (!options.landlord) return invalid_argument("space: a landlord is required");
+  if (options.max_batch == 0) return invalid_argument("space: max_batch must be > 0");
+  auto impl = std::make_unique<Impl>(std::move(options));
+  Impl* m = impl.get();
+  if (Status st = m->landlord.transact(sqlite::Sync::kFull, [m](sqlite::Database& db) { return m->load_store(db); });
+      !st.ok()) {
+    return Status(st.code(), "space " + m->options.name + ": " + st.message());
+  }
+  m->cancel_orphan_leases();
+  m->commit = std::make_unique<GroupCommit<Impl::Op, Impl::OpOutcome>>(
+      m->options.max_batch, [m](std::span<const Impl::Op> ops) { return m->run_batch(ops); });
+  m->timer = std::thread([m] { m->timer_loop(); });
+  m->remover = std::thread([m] { m->remover_loop(); });
+  m->joiner = std::thread([m] { m->joiner_loop(); });
+  size_t doubt = 0;
+  for (const auto& [id, t] : m->txns) doubt += t.recovered;
+  DJINN_LOG(kInfo, "space") << m->options.name << ": open" << (m->has_store ? "" : " in memory") << ", "
+                            << m->entries.size() << " entries, " << m->watches.size() << " notify registrations, "
+                            << doubt << " transactions in doubt";
+  return std::unique_ptr<Space>(new Space(std::move(impl)));
+}
+
+void Space::write_async(WriteRequest request, WriteDone done) {
+  Impl& m = *impl_;
+  if (Status bad = validate(request.entry); !bad.ok()) return done(Status(bad.code(), "write: " + bad.message()));
+  if (request.entry.type.empty()) return done(invalid_argument("write: the entry has no type; give it a dotted type name"));
+  int64_t d = request.duration_ms;
+  if (!(d > 0 || d == lease::kDurationAny || d == lease::kDurationForever)) {
+    return done(invalid_argument("write: lease duration " + std::to_string(d) + " ms: must be > 0, ANY (-1) or FOREVER (-2)"));
+  }
+  Impl::Op op;
+  op.encoded = encode_entry(request.entry);
+  if (op.encoded.size() > m.options.max_entry_bytes) {
+    return done(invalid_argument("write: entry of " + std::to_string(op.encoded.size()) + " bytes (encoded): at most " +
+                                 std::to_string(m.options.max_entry_bytes) +
+                                 " allowed; store large content as a value and refer to it"));
+  }
+  for (const ContentHash& v : value_refs_of(request.entry)) {
+    if (!m.options.values) return done(invalid_argument("write: the entry refers to a value but this space stores none"));
+    if (!m.options.values->has_value(v)) {
+      return done(not_found("write: the entry refers to value " + to_hex(v) + ", which is not stored (put it first)"));
+    }
+  }
+  if (size() >= m.options.max_entries) {
+    return done(resource_exhausted("write: space " + m.options.name + " holds " + std::to_string(size()) +
+                                   " entries, its maximum"));
+  }
+  if (!request.txn && !request.idempotency_key.empty()) {
+    std::optional<Written> again;
+    {
+      std::shared_lock lock(m.mu);
+      again = m.keyed_write_locked(request.idempotency_key);
+    }
+    if (again) return done(*again);
+    if (request.idempotency_key.size() > 256) return done(invalid_argument("write: idempotency key over 256 bytes"));
+    op.key = std::move(request.idempotency_key);
+  }
+  op.entry = std::move(request.entry);
+  op.duration_ms = d;
+  if (request.txn) op.txn = request.txn->id;
+  auto shared_done = std::make_shared<WriteDone>(std::move(done));
+  m.with_txn(
+      request.txn,
+      [&m, op = std::move(op), shared_done]() mutable {
+        m.commit->post({std::move(op)}, [shared_done](std::vector<Impl::OpOutcome> out) {
+          Impl::OpOutcome& o = out.front();
+          if (!o.status.ok()) return (*shared_done)(Status(o.status.code(), o.status.message()));
+          (*shared_done)(o.written);
+        });
+      },
+      [shared_done](Status st) { (*shared_done)(Status(st.code(), "write: " + st.message())); });
+}
+
+Result<Written> Space::write(WriteRequest request) {
+  std::promise<Result<Written>> p;
+  auto f = p.get_future();
+  write_async(std::move(request), [&p](Result<Written> r) { p.set_value(std::move(r)); });
+  return f.get();
+}
+
+void Space::match_async(MatchRequest request, MatchDone done) {
+  Impl& m = *impl_;
+  const char* what = request.take ? "take" : "read";
+  if (Status bad = validate(request.tmpl); !bad.ok()) return done(Status(bad.code(), std::string(what) + ": " + bad.message()));
+  if (request.max == 0 || request.max > kMaxTakeMany) {
+    return done(invalid_argument(std::string(what) + ": at most " + std::to_string(request.max) +
+                                 " entries: must be 1.." + std::to_string(kMaxTakeMany)));
+  }
+  if (request.timeout.count() < 0 || request.timeout > kMaxWait) {
+    return done(invalid_argument(std::string(what) + ": timeout " + std::to_string(request.timeout.count()) +
+                                 " ms: must be 0.." + std::to_string(kMaxWait.count())));
+  }
+  if (request.txn && request.txn->id.is_nil()) return done(invalid_argument(std::string(what) + ": transaction id is nil"));
+  auto shared_done = std::make_shared<MatchDone>(std::move(done));
+  auto run = [&m, request, shared_done]() {
+    MatchDone reply = [shared_done](Result<std::vector<Entry>> r) { (*shared_done)(std::move(r)); };
+    std::optional<TxnId> txn;
+    if (request.txn) txn = request.txn->id;
+    if (!request.take && request.timeout.count() == 0) {
+      std::vector<Entry> found;
+      {
+        std::shared_lock lock(m.mu);
+        m.scan_locked(request.tmpl, 0, txn, [&](uint64_t, const Impl::Stored& s) {
+          found.push_back(s.entry);
+          return false;
+        });
+      }
+      return reply(std::move(found));
+    }
+    Impl::Deliveries d;
+    {
+      std::unique_lock lock(m.mu);
+      if (txn) {
+        auto t = m.txns.find(*txn);
+        if (t == m.txns.end() || t->second.prepared) {
+          lock.unlock();
+          return reply(aborted("transaction " + txn->to_string() + " ended or is voting"));
+        }
+      }
+      if (request.take) {
+        std::vector<uint64_t> seqs = m.take_locked(request.tmpl, request.max, txn);
+        if (!seqs.empty()) {
+          if (txn) {
+            std::vector<Entry> out;
+            for (uint64_t seq : seqs) out.push_back(m.entries.at(seq).entry);
+            d.replies.emplace_back(std::move(reply), std::move(out));
+          } else {
+            d.takes.emplace_back(std::move(seqs), std::move(reply));
+          }
+        }
+      } else {
+        std::vector<Entry> found;
+        m.scan_locked(request.tmpl, 0, txn, [&](uint64_t, const Impl::Stored& s) {
+          found.push_back(s.entry);
+          return false;
+        });
+        if (!found.empty()) d.replies.emplace_back(std::move(reply), std::move(found));
+      }
+      if (reply) {  // nothing matched now
+        if (request.timeout.count() == 0) {
+          d.replies.emplace_back(std::move(reply), std::vector<Entry>{});
+        } else if (m.waiters.size() >= m.options.max_waiters) {
+          d.replies.emplace_back(std::move(reply), resource_exhausted("space " + m.options.name + " has " +
+                                                                      std::to_string(m.waiters.size()) +
+                                                                      " blocking reads and takes waiting, its maximum"));
+        } else {
+          uint64_t id = m.next_waiter++;
+          Impl::Waiter w{request.tmpl, request.take, request.max, txn, Clock::now() + request.timeout, std::move(reply)};
+          bool first = m.deadlines.empty() || w.deadline < m.deadlines.begin()->first;
+          m.deadlines.emplace(w.deadline, id);
+          m.waiters.emplace(id, std::move(w));
+          if (first) m.timer_cv.notify_one();
+        }
+      }
+    }
+    m.deliver(d);
+  };
+  m.with_txn(request.txn, std::move(run),
+             [shared_done, what](Status st) { (*shared_done)(Status(st.code(), std::string(what) + ": " + st.message())); });
+}
+
+namespace {
+Result<std::vector<Entry>> wait_match(Space& space, MatchRequest request) {
+  std::promise<Result<std::vector<Entry>>> p;
+  auto f = p.get_future();
+  space.match_async(std::move(request), [&p](Result<std::vector<Entry>> r) { p.set_value(std::move(r)); });
+  return f.get();
+}
+Result<std::optional<Entry>> first_of(Result<std::vector<Entry>> r) {
+  if (!r.ok()) return r.status();
+  if (r->empty()) return std::optional<Entry>();
+  return std::optional<Entry>(std::move(r->front()));
+}
+}  // namespace
+
+Result<std::optional<Entry>> Space::read(const Template& tmpl, std::chrono::milliseconds timeout, std::optional<TxnRef> txn) {
+  return first_of(wait_match(*this, MatchRequest{tmpl, false, 1, timeout, std::move(txn)}));
+}
+
+Result<std::optional<Entry>> Space::take(const Template& tmpl, std::chrono::milliseconds timeout, std::optional<TxnRef> txn) {
+  return first_of(wait_match(*this, MatchRequest{tmpl, true, 1, timeout, std::move(txn)}));
+}
+
+Result<std::vector<Entry>> Space::take_many(const Template& tmpl, size_t max, std::chrono::milliseconds timeout,
+                                            std::optional<TxnRef> txn) {
+  return wait_match(*this, MatchRequest{tmpl, true, max, timeout, std::move(txn)});
+}
+
+Result<ContentsPage> Space::contents(const Template& tmpl, uint64_t cursor, size_t max, std::optional<TxnRef> txn) {
+  Impl& m = *impl_;
+  DJINN_RETURN_IF_ERROR(validate(tmpl));
+  if (max == 0 || max > kMaxTakeMany) {
+    return invalid_argument("contents: page of " + std::to_string(max) + " entries: must be 1.." + std::to_string(kMaxTakeMany));
+  }
+  std::optional<TxnId> id;
+  if (txn) {
+    DJINN_RETURN_IF_ERROR(m.ensure_joined(*txn));
+    id = txn->id;
+  }
+  ContentsPage page;
+  page.cursor = cursor;
+  page.done = true;
+  std::shared_lock lock(m.mu);
+  m.scan_locked(tmpl, cursor, id, [&](uint64_t seq, const Impl::Stored& s) {
+    if (page.entries.size() == max) {
+      page.done = false;
+      return false;
+    }
+    page.entries.push_back(s.entry);
+    page.cursor = seq;
+    return true;
+  });
+  return page;
+}
+
+Result<NotifyRegistration> Space::notify(const Template& tmpl, int64_t duration_ms, std::string holder) {
+  Impl& m = *impl_;
+  DJINN_RETURN_IF_ERROR(validate(tmpl));
+  if (!(duration_ms > 0 || duration_ms == lease::kDurationAny)) {
+    return invalid_argument("notify: lease duration " + std::to_string(duration_ms) + " ms: must be > 0 or ANY (-1)");
+  }
+  if (holder.empty()) holder = "anonymous";
+  {
+    std::shared_lock lock(m.mu);
+    if (m.watches.size() >= m.options.max_notify) {
+      return resource_exhausted("notify: space " + m.options.name + " holds " + std::to_string(m.watches.size()) +
+                                " notify registrations, its maximum");
+    }
+  }
+  std::string encoded = encode_template(tmpl);
+  lease::GrantRequest grant{std::string(kNotifyResource), holder, lease::Kind::kShared, duration_ms, {}};
+  std::vector<Result<lease::Lease>> leases = m.landlord.grant_batch(
+      std::span<const lease::GrantRequest>(&grant, 1),
+      [&](sqlite::Database& db, std::span<const Result<lease::Lease>> granting) -> Status {
+        if (!granting[0].ok()) return Status::Ok();
+        Result<sqlite::Statement*> st = db.cached(kInsertWatch);
+        if (!st.ok()) return st.status();
+        DJINN_RETURN_IF_ERROR((*st)->bind_all(granting[0]->id, as_bytes(encoded)));
+        return (*st)->run();
+      });
+  if (!leases[0].ok()) return Status(leases[0].status().code(), "notify: " + leases[0].status().message());
+  const lease::Lease& l = *leases[0];
+  std::unique_lock lock(m.mu);
+  m.watches[l.id] = Impl::Watch{tmpl, notify_event_kind(l.id)};
+  if (m.options.publisher) m.options.publisher->declare(m.watches[l.id].kind);
+  return NotifyRegistration{l.id, l.expiration_ms, notify_event_kind(l.id)};
+}
+
+// ---- transactions ----
+
+Result<txn::Vote> Space::prepare(const txn::TxnId& id, std::string_view coordinator) {
+  Impl& m = *impl_;
+  struct Row {
+    uint64_t seq;
+    uint64_t lease;
+    std::string data;
+  };
+  std::vector<Row> rows;
+  std::vector<uint64_t> taken_rows;
+  Impl::Deliveries d;
+  {
+    std::unique_lock lock(m.mu);
+    auto t = m.txns.find(id);
+    if (t == m.txns.end()) {
+      m.remember_ended_locked(id);
+      return txn::Vote::kAborted;  // lost in a crash before prepare, or never joined here
+    }
+    Impl::TxnState& st = t->second;
+    if (st.prepared) return txn::Vote::kPrepared;
+    std::vector<uint64_t> own_taken;  // written and taken by this transaction: they never were
+    for (uint64_t seq : st.written) {
+      auto e = m.entries.find(seq);
+      if (e == m.entries.end() || e->second.written_by != id) continue;
+      if (e->second.hold == Impl::Hold::kTxn && e->second.held_by == id) {
+        own_taken.push_back(seq);
+        continue;
+      }
+      rows.push_back(Row{seq, e->second.lease, encode_entry(e->second.entry)});
+    }
+    size_t taken_alive = 0;
+    for (uint64_t seq : st.taken) {
+      auto e = m.entries.find(seq);
+      if (e == m.entries.end() || e->second.hold != Impl::Hold::kTxn || e->second.held_by != id) continue;
+      if (e->second.written_by) continue;  // counted above
+      ++taken_alive;
+      if (e->second.has_row) taken_rows.push_back(seq);
+    }
+    if (rows.empty() && taken_alive == 0) {
+      for (uint64_t seq : own_taken) {
+        if (uint64_t l = m.erase_locked(seq)) d.cancel.push_back(l);
+      }
+      m.txns.erase(t);
+      m.remember_ended_locked(id);
+      lock.unlock();
+      m.deliver(d);
+      return txn::Vote::kNotChanged;
+    }
+    st.prepared = true;  // from here no operation joins it
+    st.coordinator = std::string(coordinator);
+  }
+  std::vector<uint8_t> state = encode_seqs(taken_rows);
+  std::array<uint8_t, 16> id_bytes = id.bytes();
+  Status written = m.landlord.transact(sqlite::Sync::kFull, [&](sqlite::Database& db) -> Status {
+    for (const Row& r : rows) {
+      Result<sqlite::Statement*> st = db.cached(kInsertEntry);
+      if (!st.ok()) return st.status();
+      DJINN_RETURN_IF_ERROR((*st)->bind_all(r.seq, r.lease, std::span<const uint8_t>(id_bytes), as_bytes(r.data), nullptr));
+      DJINN_RETURN_IF_ERROR((*st)->run());
+    }
+    Result<txn::ParticipantLog> log = txn::ParticipantLog::open(db);
+    if (!log.ok()) return log.status();
+    return log->prepared(id, coordinator, state);
+  });
+  DJINN_CRASH_POINT("space.prepare.after_commit");
+  std::unique_lock lock(m.mu);
+  auto t = m.txns.find(id);
+  if (!written.ok()) {
+    if (t != m.txns.end()) t->second.prepared = false;
+    return Status(written.code(), "prepare " + id.to_string() + ": " + written.message());
+  }
+  if (m.has_store) {
+    for (const Row& r : rows) {
+      auto e = m.entries.find(r.seq);
+      if (e != m.entries.end()) e->second.has_row = true;
+    }
+  }
+  return txn::Vote::kPrepared;
+}
+
+// Phase 2 (txn.h step 3), or the outcome of a transaction recovered in doubt: durable first, then
+// applied in memory. Idempotent: an unknown transaction is done already.
+Status Space::Impl::finish(const TxnId& id, bool commit_it) {
+  std::vector<std::pair<uint64_t, std::pair<uint64_t, std::string>>> inserts;  // written, never prepared
+  std::vector<uint64_t> deletes;
+  bool prepared = false;
+  {
+    std::unique_lock lock(mu);
+    auto t = txns.find(id);
+    if (t == txns.end()) {
+      remember_ended_locked(id);
+      return Status::Ok();
+    }
+    TxnState& st = t->second;
+    prepared = st.prepared && !st.coordinator.empty();
+    st.prepared = true;  // no operation joins it any more
+    if (commit_it) {
+      for (uint64_t seq : st.written) {
+        auto e = entries.find(seq);
+        if (e == entries.end() || e->second.written_by != id || e->second.has_row) continue;
+        if (e->second.hold == Hold::kTxn && e->second.held_by == id) continue;
+        inserts.push_back({seq, {e->second.lease, encode_entry(e->second.entry)}});
+      }
+      for (uint64_t seq : st.taken) {
+        auto e = entries.find(seq);
+        if (e != entries.end() && e->second.hold == Hold::kTxn && e->second.held_by == id && e->second.has_row) {
+          deletes.push_back(seq);
+        }
+      }
+    }
+  }
+  std::array<uint8_t, 16> id_bytes = id.bytes();
+  Status written = Status::Ok();
+  if (commit_it || prepared) {
+    written = landlord.transact(sqlite::Sync::kFull, [&](sqlite::Database& db) -> Status {
+      auto run = [&](std::string_view sql, auto&&... args) -> Status {
+        Result<sqlite::Statement*> st = db.cached(sql);
+        if (!st.ok()) return st.status();
+        DJINN_RETURN_IF_ERROR((*st)->bind_all(args...));
+        return (*st)->run();
+      };
+      if (commit_it) {
+        if (prepared) DJINN_RETURN_IF_ERROR(run(kCommitEntries, std::span<const uint8_t>(id_bytes)));
+        for (const auto& [seq, row] : inserts) {
+          DJINN_RETURN_IF_ERROR(run(kInsertEntry, seq, row.first, nullptr, as_bytes(row.second), nullptr));
+        }
+        for (uint64_t seq : deletes) DJINN_RETURN_IF_ERROR(run(kDeleteEntry, seq));
+      } else {
+        DJINN_RETURN_IF_ERROR(run(kAbortEntries, std::span<const uint8_t>(id_bytes)));
+      }
+      if (!prepared) return Status::Ok();
+      Result<txn::ParticipantLog> log = txn::ParticipantLog::open(db);
+      if (!log.ok()) return log.status();
+      return log->resolved(id);
+    });
+  }
+  if (!written.ok()) {
+    std::unique_lock lock(mu);
+    auto t = txns.find(id);
+    if (t != txns.end() && !prepared) t->second.prepared = false;
+    return Status(written.code(), std::string(commit_it ? "commit " : "abort ") + id.to_string() + ": " + written.message());
+  }
+  Deliveries d;
+  {
+    std::unique_lock lock(mu);
+    auto t = txns.find(id);
+    if (t == txns.end()) return Status::Ok();
+    TxnState st = std::move(t->second);
+    txns.erase(t);
+    remember_ended_locked(id);
+    for (uint64_t seq : st.taken) {
+      auto e = entries.find(seq);
+      if (e == entries.end() || e->second.hold != Hold::kTxn || e->second.held_by != id) continue;
+      if (commit_it || e->second.written_by == id) {
+        if (uint64_t l = erase_locked(seq)) d.cancel.push_back(l);
+      } else {
+        e->second.hold = Hold::kFree;
+        offer_locked(seq, d);
+      }
+    }
+    for (uint64_t seq : st.written) {
+      auto e = entries.find(seq);
+      if (e == entries.end() || e->second.written_by != id) continue;
+      if (!commit_it) {
+        if (uint64_t l = erase_locked(seq)) d.cancel.push_back(l);
+        continue;
+      }
+      e->second.written_by.reset();
+      e->second.has_row = has_store;
+      publish_locked(e->second.entry);
+      offer_locked(seq, d);
+    }
+  }
+  deliver(d);
+  return Status::Ok();
+}
+
+Status Space::commit(const txn::TxnId& id) { return impl_->finish(id, true); }
+Status Space::abort(const txn::TxnId& id) { return impl_->finish(id, false); }
+Result<size_t> Space::resolve_in_doubt() { return impl_->resolve(); }
+
+void Space::on_lease_event(const lease::LeaseEvent& event) {
+  Impl& m = *impl_;
+  const lease::Lease& l = event.lease;
+  if (l.resource == kEntryResource) {
+    if (event.type == lease::EventType::kRenewed) {
+      std::unique_lock lock(m.mu);
+      auto it = m.by_lease.find(l.id);
+      if (it != m.by_lease.end()) m.entries.at(it->second).expiration_ms = l.expiration_ms;
+      return;
+    }
+    if (event.type != lease::EventType::kExpired && event.type != lease::EventType::kCancelled) return;
+    bool row = false;
+    uint64_t seq = 0;
+    {
+      std::unique_lock lock(m.mu);
+      auto it = m.by_lease.find(l.id);
+      if (it == m.by_lease.end()) return;  // taken, or never committed
+      seq = it->second;
+      Impl::Stored& s = m.entries.at(seq);
+      if (s.hold == Impl::Hold::kTaking) return;  // its take removes it
+      row = s.has_row;
+      m.erase_locked(seq);
+    }
+    if (row) {
+      std::lock_guard lock(m.ended_mu);
+      m.dead_rows.push_back(seq);
+      m.ended_cv.notify_one();
+    }
+    return;
+  }
+  if (l.resource == kNotifyResource &&
+      (event.type == lease::EventType::kExpired || event.type == lease::EventType::kCancelled)) {
+    {
+      std::unique_lock lock(m.mu);
+      auto it = m.watches.find(l.id);
+      if (it == m.watches.end()) return;
+      if (m.options.publisher) m.options.publisher->forget(it->second.kind);
+      m.watches.erase(it);
+    }
+    std::lock_guard lock(m.ended_mu);
+    m.dead_watches.push_back(l.id);
+    m.ended_cv.notify_one();
+  }
+}
+
+void Space::set_participant_name(std::string name) {
+  std::unique_lock lock(impl_->mu);
+  impl_->options.participant_name = std::move(name);
+}
+
+SpaceStats Space::stats() const {
+  const Impl& m = *impl_;
+  std::shared_lock lock(m.mu);
+  SpaceStats s;
+  s.entries = m.entries.size();
+  s.waiters = m.waiters.size();
+  s.transactions = m.txns.size();
+  for (const auto& [id, t] : m.txns) s.in_doubt += t.recovered;
+  return s;
+}
+
+size_t Space::size() const {
+  std::shared_lock lock(impl_->mu);
+  return impl_->entries.size();
+}
+
+}  // namespace djinn::space

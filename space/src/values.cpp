@@ -1,0 +1,533 @@
+// The value store: chunk and manifest files named by their BLAKE2b-256 hashes, reference counts in
+// memory (rebuilt from the manifests and the entries at open), and the collector.
+#include "djinn/space/values.h"
+
+#include <fcntl.h>
+#include <sodium.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <condition_variable>
+#include <cstring>
+#include <filesystem>
+#include <mutex>
+#include <random>
+#include <set>
+#include <thread>
+#include <unordered_map>
+
+#include "djinn/core/fault.h"
+#include "djinn/core/log.h"
+
+namespace djinn::space {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+constexpr char kManifestMagic[4] = {'D', 'J', 'V', 'M'};
+
+struct HashOf {
+  size_t operator()(const ContentHash& h) const {
+    size_t v;
+    std::memcpy(&v, h.data(), sizeof v);
+    return v;
+  }
+};
+
+std::optional<ContentHash> from_hex(std::string_view text) {
+  if (text.size() != 64) return std::nullopt;
+  ContentHash h{};
+  for (size_t i = 0; i < 32; ++i) {
+    auto nib = [](char c) -> int {
+      if (c >= '0' && c <= '9') return c - '0';
+      if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+      return -1;
+    };
+    int a = nib(text[2 * i]), b = nib(text[2 * i + 1]);
+    if (a < 0 || b < 0) return std::nullopt;
+    h[i] = static_cast<uint8_t>(a << 4 | b);
+  }
+  return h;
+}
+
+Status errno_status(const std::string& what) {
+  return internal_error(what + ": " + std::strerror(errno));
+}
+
+Status sync_dir(const fs::path& dir) {
+  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0) return errno_status("open " + dir.string());
+  int rc = ::fsync(dfd);
+  ::close(dfd);
+  return rc == 0 ? Status::Ok() : errno_status("fsync " + dir.string());
+}
+
+// Writes `data` to `path` whole or not at all: a temporary file, then a rename. With `sync` the
+// content is fdatasync'd before the rename and the directory after it, so the file survives a
+// crash; chunks leave both to the manifest that names them (put_value syncs them once for all).
+Status write_file_atomic(const fs::path& path, std::span<const uint8_t> data, bool sync) {
+  fs::path dir = path.parent_path();
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  fs::path tmp = dir / (".tmp-" + std::to_string(rng()));
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0 && errno == ENOENT) {
+    std::error_code ec;
+    fs::create_directories(dir, ec);
+    fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  }
+  if (fd < 0) return errno_status("create " + tmp.string());
+  size_t off = 0;
+  while (off < data.size()) {
+    ssize_t n = ::write(fd, data.data() + off, data.size() - off);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      Status st = errno_status("write " + tmp.string());
+      ::close(fd);
+      ::unlink(tmp.c_str());
+      return st;
+    }
+    off += static_cast<size_t>(n);
+  }
+  if (sync && ::fdatasync(fd) != 0) {
+    Status st = errno_status("fdatasync " + tmp.string());
+    ::close(fd);
+    ::unlink(tmp.c_str());
+    return st;
+  }
+  ::close(fd);
+  DJINN_CRASH_POINT("space.values.before_rename");
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    Status st = errno_status("rename " + tmp.string());
+    ::unlink(tmp.c_str());
+    return st;
+  }
+  return sync ? sync_dir(dir) : Status::Ok();
+}
+
+Status read_whole(const fs::path& path, const std::function<uint8_t*(size_t)>& sink, const std::string& what) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    if (errno == ENOENT) return not_found(what + " is not stored");
+    return errno_status("open " + path.string());
+  }
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    Status s = errno_status("stat " + path.string());
+    ::close(fd);
+    return s;
+  }
+  size_t size = static_cast<size_t>(st.st_size);
+  uint8_t* out = sink(size);
+  size_t off = 0;
+  while (off < size) {
+    ssize_t n = ::read(fd, out + off, size - off);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      Status s = n < 0 ? errno_status("read " + path.string()) : data_loss(path.string() + " is shorter than its size");
+      ::close(fd);
+      return s;
+    }
+    off += static_cast<size_t>(n);
+  }
+  ::close(fd);
+  return Status::Ok();
+}
+
+std::vector<uint8_t> encode_manifest(uint64_t size, std::span<const ContentHash> chunks, std::span<const uint32_t> sizes) {
+  std::vector<uint8_t> out(4 + 4 + 8 + chunks.size() * 36);
+  std::memcpy(out.data(), kManifestMagic, 4);
+  uint32_t n = static_cast<uint32_t>(chunks.size());
+  std::memcpy(out.data() + 4, &n, 4);
+  std::memcpy(out.data() + 8, &size, 8);
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    std::memcpy(out.data() + 16 + i * 36, chunks[i].data(), 32);
+    std::memcpy(out.data() + 16 + i * 36 + 32, &sizes[i], 4);
+  }
+  return out;
+}
+
+std::optional<Manifest> decode_manifest(const std::vector<uint8_t>& bytes) {
+  if (bytes.size() < 16 || std::memcmp(bytes.data(), kManifestMagic, 4) != 0) return std::nullopt;
+  uint32_t n;
+  Manifest m;
+  std::memcpy(&n, bytes.data() + 4, 4);
+  std::memcpy(&m.size, bytes.data() + 8, 8);
+  if (bytes.size() != 16 + size_t{n} * 36) return std::nullopt;
+  m.chunks.resize(n);
+  m.chunk_sizes.resize(n);
+  for (size_t i = 0; i < n; ++i) {
+    std::memcpy(m.chunks[i].data(), bytes.data() + 16 + i * 36, 32);
+    std::memcpy(&m.chunk_sizes[i], bytes.data() + 16 + i * 36 + 32, 4);
+  }
+  return m;
+}
+
+}  // namespace
+
+ContentHash hash_bytes(std::span<const uint8_t> data) {
+  ContentHash h{};
+  crypto_generichash(h.data(), h.size(), data.data(), data.size(), nullptr, 0);
+  return h;
+}
+
+std::string to_hex(const ContentHash& hash) {
+  static const char* kDigits = "0123456789abcdef";
+  std::string out(64, '0');
+  for (size_t i = 0; i < 32; ++i) {
+    out[2 * i] = kDigits[hash[i] >> 4];
+    out[2 * i + 1] = kDigits[hash[i] & 15];
+  }
+  return out;
+}
+
+std::optional<ContentHash> hash_from_bytes(std::span<const uint8_t> bytes) {
+  if (bytes.size() != 32) return std::nullopt;
+  ContentHash h;
+  std::copy(bytes.begin(), bytes.end(), h.begin());
+  return h;
+}
+
+Value value_ref(const ContentHash& value_id) {
+  Value::Bytes b(kValueRefMagic.begin(), kValueRefMagic.end());
+  b.insert(b.end(), value_id.begin(), value_id.end());
+  return Value(std::move(b));
+}
+
+std::optional<ContentHash> value_ref_of(const Value& field) {
+  if (field.type() != ValueType::kBytes) return std::nullopt;
+  const Value::Bytes& b = field.as_bytes();
+  if (b.size() != kValueRefMagic.size() + 32 || !std::equal(kValueRefMagic.begin(), kValueRefMagic.end(), b.begin())) {
+    return std::nullopt;
+  }
+  ContentHash h;
+  std::copy(b.begin() + kValueRefMagic.size(), b.end(), h.begin());
+  return h;
+}
+
+std::vector<ContentHash> value_refs_of(const Entry& entry) {
+  std::vector<ContentHash> out;
+  for (const auto& [name, value] : entry.fields) {
+    if (auto h = value_ref_of(value); h && std::find(out.begin(), out.end(), *h) == out.end()) out.push_back(*h);
+  }
+  return out;
+}
+
+struct ValueStore::Impl {
+  struct ChunkInfo {
+    uint32_t refs = 0;  // manifests naming it (a manifest naming it twice counts twice)
+    uint64_t size = 0;
+    Clock::time_point touched;
+    bool synced = true;    // its content has been fdatasync'd
+    bool verified = true;  // false: found at open and named by no manifest, so maybe torn by a crash
+  };
+  struct ValueInfo {
+    uint32_t refs = 0;  // entries referring to it
+    Clock::time_point touched;
+    std::vector<ContentHash> chunks;
+  };
+
+  ValueStoreOptions options;
+  fs::path chunk_dir, value_dir;
+  mutable std::mutex mu;  // guards chunks, values, chunk_bytes, gc_stop
+  std::unordered_map<ContentHash, ChunkInfo, HashOf> chunks;
+  std::unordered_map<ContentHash, ValueInfo, HashOf> values;
+  uint64_t chunk_bytes = 0;
+  std::condition_variable gc_cv;
+  bool gc_stop = false;
+  std::thread gc;
+
+  fs::path chunk_path(const ContentHash& h) const {
+    std::string hex = to_hex(h);
+    return chunk_dir / hex.substr(0, 2) / hex;
+  }
+  fs::path value_path(const ContentHash& h) const {
+    std::string hex = to_hex(h);
+    return value_dir / hex.substr(0, 2) / hex;
+  }
+
+  Status load() {
+    std::error_code ec;
+    fs::create_directories(chunk_dir, ec);
+    fs::create_directories(value_dir, ec);
+    if (ec) return failed_precondition("cannot create " + value_dir.string() + ": " + ec.message());
+    auto now = Clock::now();
+    for (const fs::path& dir : {chunk_dir, value_dir}) {
+      for (auto it = fs::recursive_directory_iterator(dir, ec); !ec && it != fs::recursive_directory_iterator();
+           it.increment(ec)) {
+        if (!it->is_regular_file()) continue;
+        std::string name = it->path().filename().string();
+        if (name.rfind(".tmp-", 0) == 0) {  // a write cut off by a crash
+          fs::remove(it->path(), ec);
+          continue;
+        }
+        std::optional<ContentHash> h = from_hex(name);
+        if (!h) continue;
+        if (dir == chunk_dir) {
+          ChunkInfo& c = chunks[*h];
+          c.size = it->file_size();
+          c.touched = now;
+          chunk_bytes += c.size;
+        } else {
+          std::vector<uint8_t> bytes;
+          Status st = read_whole(it->path(), [&](size_t n) { bytes.resize(n); return bytes.data(); }, "value");
+          std::optional<Manifest> m = st.ok() ? decode_manifest(bytes) : std::nullopt;
+          if (!m) {
+            DJINN_LOG(kWarn, "space") << "unreadable value manifest " << it->path().string() << ": ignored";
+            continue;
+          }
+          ValueInfo& v = values[*h];
+          v.touched = now;
+          v.chunks = std::move(m->chunks);
+        }
+      }
+    }
+    if (ec) return failed_precondition("reading " + options.dir + ": " + ec.message());
+    for (const auto& [id, v] : values) {
+      for (const ContentHash& c : v.chunks) chunks[c].refs++;
+    }
+    // A chunk no manifest names was never synced for sure: it counts as absent until put again.
+    for (auto& [h, c] : chunks) c.verified = c.refs > 0;
+    return Status::Ok();
+  }
+
+  size_t collect(std::chrono::milliseconds grace) {
+    std::vector<fs::path> doomed;
+    {
+      std::lock_guard lock(mu);
+      auto now = Clock::now();
+      for (auto it = values.begin(); it != values.end();) {
+        if (it->second.refs == 0 && now - it->second.touched >= grace) {
+          for (const ContentHash& c : it->second.chunks) {
+            auto ci = chunks.find(c);
+            if (ci != chunks.end() && ci->second.refs > 0 && --ci->second.refs == 0) ci->second.touched = now - grace;
+          }
+          doomed.push_back(value_path(it->first));
+          it = values.erase(it);
+        } else {
+          ++it;
+        }
+      }
+      for (auto it = chunks.begin(); it != chunks.end();) {
+        if (it->second.refs == 0 && now - it->second.touched >= grace) {
+          doomed.push_back(chunk_path(it->first));
+          chunk_bytes -= it->second.size;
+          it = chunks.erase(it);
+        } else {
+          ++it;
+        }
+      }
+    }
+    for (const fs::path& p : doomed) ::unlink(p.c_str());
+    if (!doomed.empty()) DJINN_LOG(kInfo, "space") << "collected " << doomed.size() << " unreferenced value and chunk files";
+    return doomed.size();
+  }
+
+  void gc_loop() {
+    std::unique_lock lock(mu);
+    for (;;) {
+      gc_cv.wait_for(lock, options.gc_interval, [&] { return gc_stop; });
+      if (gc_stop) return;
+      lock.unlock();
+      collect(options.grace);
+      lock.lock();
+    }
+  }
+};
+
+ValueStore::ValueStore(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+ValueStore::~ValueStore() {
+  {
+    std::lock_guard lock(impl_->mu);
+    impl_->gc_stop = true;
+  }
+  impl_->gc_cv.notify_all();
+  if (impl_->gc.joinable()) impl_->gc.join();
+}
+
+Result<std::unique_ptr<ValueStore>> ValueStore::open(ValueStoreOptions options) {
+  if (sodium_init() < 0) return internal_error("libsodium failed to initialise");
+  if (options.dir.empty()) return invalid_argument("value store: a directory is required");
+  auto impl = std::make_unique<Impl>();
+  impl->options = options;
+  impl->chunk_dir = fs::path(options.dir) / "chunks";
+  impl->value_dir = fs::path(options.dir) / "values";
+  DJINN_RETURN_IF_ERROR(impl->load());
+  Impl* m = impl.get();
+  if (options.gc_interval.count() > 0) m->gc = std::thread([m] { m->gc_loop(); });
+  return std::unique_ptr<ValueStore>(new ValueStore(std::move(impl)));
+}
+
+Result<bool> ValueStore::put_chunk(const ContentHash& hash, std::span<const uint8_t> data) {
+  if (data.empty() || data.size() > kMaxChunkBytes) {
+    return invalid_argument("chunk of " + std::to_string(data.size()) + " bytes: must be 1.." + std::to_string(kMaxChunkBytes));
+  }
+  if (hash_bytes(data) != hash) {
+    return invalid_argument("chunk content does not match its hash " + to_hex(hash) + " (BLAKE2b-256 of the data expected)");
+  }
+  return put_chunk_hashed(hash, data);
+}
+
+Result<bool> ValueStore::put_chunk_hashed(const ContentHash& hash, std::span<const uint8_t> data) {
+  Impl& m = *impl_;
+  if (data.empty() || data.size() > kMaxChunkBytes) {
+    return invalid_argument("chunk of " + std::to_string(data.size()) + " bytes: must be 1.." + std::to_string(kMaxChunkBytes));
+  }
+  {
+    std::lock_guard lock(m.mu);
+    auto it = m.chunks.find(hash);
+    if (it != m.chunks.end() && it->second.verified) {
+      it->second.touched = Clock::now();
+      return false;
+    }
+  }
+  // Not synced here: put_value syncs a value's chunks together, which lets the disk write them as
+  // one stream (one fdatasync per 1 MiB chunk measured at a third of the disk's rate).
+  DJINN_RETURN_IF_ERROR(write_file_atomic(m.chunk_path(hash), data, false));
+  std::lock_guard lock(m.mu);
+  auto [it, fresh] = m.chunks.try_emplace(hash);
+  it->second.touched = Clock::now();
+  if (fresh) {
+    it->second.size = data.size();
+    m.chunk_bytes += data.size();
+  }
+  fresh = fresh || !it->second.verified;
+  it->second.verified = true;
+  it->second.synced = false;
+  return fresh;
+}
+
+bool ValueStore::has_chunk(const ContentHash& hash) const {
+  std::lock_guard lock(impl_->mu);
+  auto it = impl_->chunks.find(hash);
+  if (it == impl_->chunks.end() || !it->second.verified) return false;
+  it->second.touched = Clock::now();  // about to be named by a manifest: keep it
+  return true;
+}
+
+Status ValueStore::read_chunk(const ContentHash& hash, const std::function<uint8_t*(size_t)>& sink) const {
+  uint8_t* data = nullptr;
+  size_t size = 0;
+  DJINN_RETURN_IF_ERROR(read_whole(impl_->chunk_path(hash), [&](size_t n) {
+    size = n;
+    data = sink(n);
+    return data;
+  }, "chunk " + to_hex(hash)));
+  if (hash_bytes(std::span<const uint8_t>(data, size)) != hash) {
+    return data_loss("chunk " + to_hex(hash) + " no longer matches its hash on disk");
+  }
+  return Status::Ok();
+}
+
+Status ValueStore::get_chunk(const ContentHash& hash, std::vector<uint8_t>& out) const {
+  return read_chunk(hash, [&](size_t n) {
+    out.resize(n);
+    return out.data();
+  });
+}
+
+Result<ContentHash> ValueStore::put_value(uint64_t size, std::span<const ContentHash> chunk_list) {
+  Impl& m = *impl_;
+  if (chunk_list.size() > kMaxValueChunks) {
+    return invalid_argument("value of " + std::to_string(chunk_list.size()) + " chunks: at most " + std::to_string(kMaxValueChunks));
+  }
+  std::vector<uint32_t> sizes(chunk_list.size());
+  std::vector<ContentHash> unsynced;
+  uint64_t total = 0;
+  {
+    std::lock_guard lock(m.mu);
+    for (size_t i = 0; i < chunk_list.size(); ++i) {
+      auto it = m.chunks.find(chunk_list[i]);
+      if (it != m.chunks.end() && !it->second.synced) unsynced.push_back(chunk_list[i]);
+      if (it == m.chunks.end() || !it->second.verified) {
+        return not_found("value: chunk " + std::to_string(i) + " (" + to_hex(chunk_list[i]) + ") is not stored; put it first");
+      }
+      it->second.touched = Clock::now();
+      sizes[i] = static_cast<uint32_t>(it->second.size);
+      total += it->second.size;
+    }
+  }
+  if (total != size) {
+    return invalid_argument("value: its chunks hold " + std::to_string(total) + " bytes, not the " + std::to_string(size) + " given");
+  }
+  // A chunk's rename is durable once its directory is synced: done here, once per directory, before
+  // the manifest that makes the chunks part of a value. A chunk whose rename a crash undid is simply
+  // not there (and was never part of a value).
+  std::sort(unsynced.begin(), unsynced.end());
+  unsynced.erase(std::unique(unsynced.begin(), unsynced.end()), unsynced.end());
+  for (const ContentHash& c : unsynced) {
+    fs::path path = m.chunk_path(c);
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return errno_status("open " + path.string());
+    int rc = ::fdatasync(fd);
+    ::close(fd);
+    if (rc != 0) return errno_status("fdatasync " + path.string());
+  }
+  std::set<std::string> dirs;
+  for (const ContentHash& c : chunk_list) dirs.insert(to_hex(c).substr(0, 2));
+  for (const std::string& d : dirs) DJINN_RETURN_IF_ERROR(sync_dir(m.chunk_dir / d));
+  std::vector<uint8_t> manifest = encode_manifest(size, chunk_list, sizes);
+  ContentHash id = hash_bytes(manifest);
+  {
+    std::lock_guard lock(m.mu);
+    if (auto it = m.values.find(id); it != m.values.end()) {
+      it->second.touched = Clock::now();
+      return id;
+    }
+  }
+  DJINN_RETURN_IF_ERROR(write_file_atomic(m.value_path(id), manifest, true));
+  std::lock_guard lock(m.mu);
+  for (const ContentHash& c : unsynced) {
+    if (auto it = m.chunks.find(c); it != m.chunks.end()) it->second.synced = true;
+  }
+  auto [it, fresh] = m.values.try_emplace(id);
+  it->second.touched = Clock::now();
+  if (fresh) {
+    it->second.chunks.assign(chunk_list.begin(), chunk_list.end());
+    for (const ContentHash& c : chunk_list) m.chunks[c].refs++;
+  }
+  return id;
+}
+
+Result<Manifest> ValueStore::get_value(const ContentHash& value_id) const {
+  std::vector<uint8_t> bytes;
+  DJINN_RETURN_IF_ERROR(read_whole(impl_->value_path(value_id), [&](size_t n) {
+    bytes.resize(n);
+    return bytes.data();
+  }, "value " + to_hex(value_id)));
+  std::optional<Manifest> m = decode_manifest(bytes);
+  if (!m || hash_bytes(bytes) != value_id) return data_loss("value " + to_hex(value_id) + ": its manifest is damaged");
+  return std::move(*m);
+}
+
+bool ValueStore::has_value(const ContentHash& value_id) const {
+  std::lock_guard lock(impl_->mu);
+  auto it = impl_->values.find(value_id);
+  if (it == impl_->values.end()) return false;
+  it->second.touched = Clock::now();
+  return true;
+}
+
+void ValueStore::ref(const ContentHash& value_id) {
+  std::lock_guard lock(impl_->mu);
+  auto it = impl_->values.find(value_id);
+  if (it != impl_->values.end()) it->second.refs++;
+}
+
+void ValueStore::unref(const ContentHash& value_id) {
+  std::lock_guard lock(impl_->mu);
+  auto it = impl_->values.find(value_id);
+  if (it != impl_->values.end() && it->second.refs > 0 && --it->second.refs == 0) it->second.touched = Clock::now();
+}
+
+size_t ValueStore::collect() { return impl_->collect(impl_->options.grace); }
+size_t ValueStore::collect_now(std::chrono::milliseconds grace) { return impl_->collect(grace); }
+
+ValueStats ValueStore::stats() const {
+  std::lock_guard lock(impl_->mu);
+  return ValueStats{impl_->values.size(), impl_->chunks.size(), impl_->chunk_bytes};
+}
+
+}  // namespace djinn::space

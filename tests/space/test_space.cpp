@@ -1,0 +1,451 @@
+// The space over RPC against an in-process SpaceService on real sockets: write, read, take and
+// their IfExists forms, contents with a cursor, take of many, matching by supertype and field
+// (a property test against a plain list), blocking takes woken by writes and their timeouts,
+// notify events for matching writes only, lease expiry, eight concurrent takers over 10,000
+// entries, bad input refused without effect, and persistence across a restart.
+#include <doctest/doctest.h>
+
+#include <atomic>
+#include <map>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "djinn/core/events.h"
+#include "djinn/core/model_capnp.h"
+#include "djinn/proto/space.capnp.h"
+#include "djinn/space/client.h"
+#include "djinn/space/service.h"
+#include "support/test_support.h"
+
+using namespace djinn;
+using namespace djinn::space;
+using namespace std::chrono_literals;
+
+namespace {
+
+struct Harness {
+  Harness() : data_dir(dir.file("space")) { start(); }
+  void start() {
+    SpaceServiceOptions o;
+    o.data_dir = data_dir;
+    o.policy.max_duration = 1h;
+    o.policy.default_duration = 10min;
+    o.policy.min_duration = 10ms;
+    o.max_entry_bytes = 4096;
+    auto s = SpaceService::start(o);
+    REQUIRE_MESSAGE(s.ok(), s.status().to_string());
+    service = std::move(*s);
+    client = std::make_unique<SpaceClient>(rpc::ClientOptions{.endpoint = service->rpc_endpoint()});
+  }
+  void stop() {
+    client.reset();
+    service.reset();
+  }
+  test::TempDir dir;
+  std::string data_dir;
+  std::unique_ptr<SpaceService> service;
+  std::unique_ptr<SpaceClient> client;
+};
+
+Entry entry(std::string type, Fields fields, std::vector<std::string> supertypes = {}) {
+  Entry e;
+  e.type = std::move(type);
+  e.fields = std::move(fields);
+  e.supertypes = std::move(supertypes);
+  return e;
+}
+
+Template tmpl(std::string type, Fields fields = {}) { return Template{std::move(type), std::move(fields)}; }
+
+WriteReceipt must_write(SpaceClient& c, const Entry& e, int64_t ms = 600'000) {
+  auto r = c.write(e, ms);
+  REQUIRE_MESSAGE(r.ok(), r.status().to_string());
+  return *r;
+}
+
+}  // namespace
+
+TEST_CASE("write, read, take, IfExists, contents and take of many") {
+  Harness h;
+  SpaceClient& c = *h.client;
+  must_write(c, entry("demo.Task", {{"n", 1}, {"queue", "a"}}, {"demo.Work"}));
+  must_write(c, entry("demo.Task", {{"n", 2}, {"queue", "b"}}, {"demo.Work"}));
+  must_write(c, entry("demo.Note", {{"n", 3}}));
+
+  auto r = c.read_if_exists(tmpl("demo.Task", {{"queue", "b"}}));
+  REQUIRE(r.ok());
+  REQUIRE(r->has_value());
+  CHECK((*r)->field("n")->as_int() == 2);
+  // By supertype, and the empty type matches everything.
+  auto all = c.contents_all(tmpl("demo.Work"));
+  REQUIRE(all.ok());
+  CHECK(all->size() == 2);
+  CHECK(c.contents_all(tmpl(""))->size() == 3);
+  // A field of another type (int 1 vs float 1.0) does not match.
+  CHECK(!c.read_if_exists(tmpl("demo.Task", {{"n", 1.0}}))->has_value());
+  // A null field is a wildcard.
+  CHECK(c.read_if_exists(tmpl("demo.Task", {{"n", Value()}}))->has_value());
+
+  // Contents pages in write order with a cursor.
+  for (int i = 10; i < 25; ++i) must_write(c, entry("demo.Task", {{"n", i}, {"queue", "p"}}));
+  std::vector<int64_t> seen;
+  uint64_t cursor = 0;
+  for (;;) {
+    auto page = c.contents(tmpl("demo.Task", {{"queue", "p"}}), cursor, 4);
+    REQUIRE(page.ok());
+    CHECK(page->entries.size() <= 4);
+    for (const Entry& e : page->entries) seen.push_back(e.field("n")->as_int());
+    if (page->done) break;
+    cursor = page->cursor;
+  }
+  REQUIRE(seen.size() == 15);
+  for (int i = 0; i < 15; ++i) CHECK(seen[i] == 10 + i);
+  // The same through the iterator, three at a time.
+  ContentsIterator it(c, tmpl("demo.Task", {{"queue", "p"}}), 3);
+  for (int i = 0; i < 15; ++i) {
+    auto e = it.next();
+    REQUIRE(e.ok());
+    REQUIRE(e->has_value());
+    CHECK((*e)->field("n")->as_int() == 10 + i);
+  }
+  CHECK(!it.next()->has_value());
+
+  auto taken = c.take_if_exists(tmpl("demo.Task", {{"n", 1}}));
+  REQUIRE(taken.ok());
+  REQUIRE(taken->has_value());
+  CHECK(!c.read_if_exists(tmpl("demo.Task", {{"n", 1}}))->has_value());
+  CHECK(!c.take_if_exists(tmpl("demo.Task", {{"n", 1}}))->has_value());
+
+  auto many = c.take_many(tmpl("demo.Task", {{"queue", "p"}}), 10);
+  REQUIRE(many.ok());
+  CHECK(many->size() == 10);
+  CHECK(c.contents_all(tmpl("demo.Task", {{"queue", "p"}}))->size() == 5);
+
+  // Persistence: after a restart everything not taken is still there.
+  size_t before = h.service->space().size();
+  h.stop();
+  h.start();
+  CHECK(h.service->space().size() == before);
+  CHECK(h.client->contents_all(tmpl("demo.Task", {{"queue", "p"}}))->size() == 5);
+  CHECK(!h.client->read_if_exists(tmpl("demo.Task", {{"n", 1}}))->has_value());
+}
+
+TEST_CASE("matching agrees with a plain list under random writes and takes") {
+  Harness h;
+  SpaceClient& c = *h.client;
+  auto& rng = test::rng();
+  std::vector<Entry> model;
+  const char* types[] = {"t.A", "t.B", "t.C"};
+  for (int i = 0; i < 300; ++i) {
+    Entry e = entry(types[rng() % 3], {{"x", static_cast<int64_t>(rng() % 4)}, {"y", std::string(1, char('a' + rng() % 3))}, {"id", i}},
+                    rng() % 2 ? std::vector<std::string>{"t.Base"} : std::vector<std::string>{});
+    must_write(c, e);
+    model.push_back(e);
+  }
+  for (int round = 0; round < 200; ++round) {
+    Template t;
+    int pick = static_cast<int>(rng() % 5);
+    t.type = pick < 3 ? types[pick] : (pick == 3 ? "t.Base" : "");
+    if (rng() % 2) t.fields["x"] = static_cast<int64_t>(rng() % 4);
+    if (rng() % 2) t.fields["y"] = std::string(1, char('a' + rng() % 3));
+    size_t expected = std::count_if(model.begin(), model.end(), [&](const Entry& e) { return matches(t, e); });
+    auto got = c.contents_all(t);
+    REQUIRE(got.ok());
+    CHECK_MESSAGE(got->size() == expected, "seed ", test::seed(), " round ", round);
+    if (rng() % 3 == 0) {
+      auto taken = c.take_if_exists(t);
+      REQUIRE(taken.ok());
+      CHECK(taken->has_value() == (expected > 0));
+      if (*taken) {
+        auto it = std::find(model.begin(), model.end(), **taken);
+        REQUIRE(it != model.end());
+        model.erase(it);
+      }
+    }
+  }
+}
+
+TEST_CASE("a blocking take is woken by a matching write; timeouts are honoured; notify sees matching writes only") {
+  Harness h;
+  SpaceClient& c = *h.client;
+
+  // Timeout honoured: nothing matches, the take returns empty after its timeout.
+  auto t0 = std::chrono::steady_clock::now();
+  auto none = c.take(tmpl("demo.Job"), 300ms);
+  auto waited = std::chrono::steady_clock::now() - t0;
+  REQUIRE(none.ok());
+  CHECK(!none->has_value());
+  CHECK(waited >= 290ms);
+  CHECK(waited < 2s);
+
+  // Woken: a take waits, a write of another type does not wake it, a matching write does.
+  std::promise<Result<std::optional<Entry>>> got;
+  std::thread taker([&] {
+    SpaceClient own({.endpoint = h.service->rpc_endpoint()});
+    got.set_value(own.take(tmpl("demo.Job", {{"kind", "build"}}), 10s));
+  });
+  REQUIRE(test::eventually([&] { return h.service->space().stats().waiters == 1; }));
+  must_write(c, entry("demo.Job", {{"kind", "test"}}));
+  must_write(c, entry("demo.Other", {{"kind", "build"}}));
+  auto f = got.get_future();
+  CHECK(f.wait_for(200ms) == std::future_status::timeout);
+  auto woke_at = std::chrono::steady_clock::now();
+  must_write(c, entry("demo.Job", {{"kind", "build"}, {"id", 7}}));
+  REQUIRE(f.wait_for(5s) == std::future_status::ready);
+  auto r = f.get();
+  auto latency = std::chrono::steady_clock::now() - woke_at;
+  taker.join();
+  REQUIRE(r.ok());
+  REQUIRE(r->has_value());
+  CHECK((*r)->field("id")->as_int() == 7);
+  CHECK(latency < 1s);
+  // The entry went to the taker: it is not in the space.
+  CHECK(!c.read_if_exists(tmpl("demo.Job", {{"kind", "build"}}))->has_value());
+  CHECK(c.read_if_exists(tmpl("demo.Job", {{"kind", "test"}}))->has_value());
+
+  // A blocking read is woken too, and leaves the entry.
+  std::thread reader([&] {
+    SpaceClient own({.endpoint = h.service->rpc_endpoint()});
+    auto rr = own.read(tmpl("demo.Read"), 10s);
+    CHECK(rr.ok());
+    CHECK(rr->has_value());
+  });
+  REQUIRE(test::eventually([&] { return h.service->space().stats().waiters == 1; }));
+  must_write(c, entry("demo.Read", {}));
+  reader.join();
+  CHECK(c.read_if_exists(tmpl("demo.Read"))->has_value());
+
+  // Notify: numbered events for matching writes only.
+  auto n = c.notify(tmpl("demo.Event", {{"level", "high"}}), 60'000, "test");
+  REQUIRE(n.ok());
+  events::Subscriber sub({.endpoint = n->events_endpoint});
+  std::mutex mu;
+  std::vector<std::pair<uint64_t, Entry>> seen;
+  sub.subscribe(n->event_kind);
+  sub.on_event([&](const events::Event& ev) {
+    auto e = decode_notify_event(ev);
+    REQUIRE(e.ok());
+    std::lock_guard lock(mu);
+    seen.emplace_back(ev.seq, *e);
+  });
+  REQUIRE(sub.start().ok());
+  std::this_thread::sleep_for(300ms);  // the subscription reaches the publisher (slow joiner)
+  must_write(c, entry("demo.Event", {{"level", "low"}, {"i", 0}}));
+  must_write(c, entry("demo.Event", {{"level", "high"}, {"i", 1}}));
+  must_write(c, entry("demo.Other", {{"level", "high"}, {"i", 2}}));
+  must_write(c, entry("demo.Event", {{"level", "high"}, {"i", 3}}));
+  REQUIRE(test::eventually([&] {
+    std::lock_guard lock(mu);
+    return seen.size() >= 2;
+  }));
+  std::this_thread::sleep_for(200ms);
+  sub.stop();
+  std::lock_guard lock(mu);
+  REQUIRE(seen.size() == 2);
+  CHECK(seen[0].first == 1);
+  CHECK(seen[1].first == 2);
+  CHECK(seen[0].second.field("i")->as_int() == 1);
+  CHECK(seen[1].second.field("i")->as_int() == 3);
+}
+
+TEST_CASE("an expired entry disappears and is never returned afterwards") {
+  Harness h;
+  SpaceClient& c = *h.client;
+  auto w = must_write(c, entry("demo.Short", {{"i", 1}}), 300);
+  must_write(c, entry("demo.Short", {{"i", 2}}), 600'000);
+  CHECK(c.contents_all(tmpl("demo.Short"))->size() == 2);
+  // From the expiration on, no read sees it, even before the expiry event is processed.
+  int64_t now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+  std::this_thread::sleep_for(std::chrono::milliseconds(std::max<int64_t>(0, w.written.expiration_ms - now_ms) + 1));
+  for (int i = 0; i < 20; ++i) {
+    auto all = c.contents_all(tmpl("demo.Short"));
+    REQUIRE(all.ok());
+    REQUIRE(all->size() == 1);
+    CHECK(all->front().field("i")->as_int() == 2);
+    std::this_thread::sleep_for(10ms);
+  }
+  CHECK(!c.take_if_exists(tmpl("demo.Short", {{"i", 1}}))->has_value());
+  REQUIRE(test::eventually([&] { return h.service->space().size() == 1; }));
+  // Renewal keeps an entry; cancelling removes it.
+  auto w3 = must_write(c, entry("demo.Short", {{"i", 3}}), 400);
+  REQUIRE(c.renew(w3.written.lease_id, 600'000).ok());
+  std::this_thread::sleep_for(600ms);
+  CHECK(c.read_if_exists(tmpl("demo.Short", {{"i", 3}}))->has_value());
+  REQUIRE(c.cancel(w3.written.lease_id).ok());
+  CHECK(!c.read_if_exists(tmpl("demo.Short", {{"i", 3}}))->has_value());
+  // Nor after a restart.
+  h.stop();
+  h.start();
+  auto all = h.client->contents_all(tmpl("demo.Short"));
+  REQUIRE(all.ok());
+  CHECK(all->size() == 1);
+}
+
+TEST_CASE("eight concurrent takers over 10,000 entries: every entry taken exactly once") {
+  Harness h;
+  constexpr int kEntries = 10'000;
+  constexpr int kWriters = 4;
+  constexpr int kTakers = 8;
+  std::atomic<int> written{0};
+  std::mutex mu;
+  std::map<int64_t, int> taken_count;
+  std::atomic<int> taken{0};
+  std::atomic<int> errors{0};
+  std::vector<std::thread> threads;
+  // Half written before the takers start, half while they take.
+  auto write_range = [&](int from, int to, int w) {
+    SpaceClient c({.endpoint = h.service->rpc_endpoint()});
+    for (int i = from + w; i < to; i += kWriters) {
+      auto r = c.write(entry("demo.Item", {{"id", i}, {"parity", i % 2}}), 600'000);
+      if (!r.ok()) {
+        errors++;
+        continue;
+      }
+      written++;
+    }
+  };
+  for (int w = 0; w < kWriters; ++w) threads.emplace_back(write_range, 0, kEntries / 2, w);
+  for (auto& t : threads) t.join();
+  threads.clear();
+  for (int w = 0; w < kWriters; ++w) threads.emplace_back(write_range, kEntries / 2, kEntries, w);
+  for (int t = 0; t < kTakers; ++t) {
+    threads.emplace_back([&, t] {
+      SpaceClient c({.endpoint = h.service->rpc_endpoint()});
+      // Some take one at a time, blocking; some take many; one takes by field.
+      while (taken.load() < kEntries) {
+        Result<std::vector<Entry>> got = std::vector<Entry>{};
+        if (t % 3 == 0) {
+          got = c.take_many(tmpl("demo.Item"), 7, 100ms);
+        } else if (t == 1) {
+          auto one = c.take(tmpl("demo.Item", {{"parity", 1}}), 100ms);
+          if (!one.ok()) {
+            got = one.status();
+          } else if (*one) {
+            got = std::vector<Entry>{**one};
+          }
+        } else {
+          auto one = c.take(tmpl("demo.Item"), 100ms);
+          if (!one.ok()) {
+            got = one.status();
+          } else if (*one) {
+            got = std::vector<Entry>{**one};
+          }
+        }
+        if (!got.ok()) {
+          errors++;
+          continue;
+        }
+        std::lock_guard lock(mu);
+        for (const Entry& e : *got) {
+          taken_count[e.field("id")->as_int()]++;
+          taken++;
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  CHECK(errors.load() == 0);
+  CHECK(written.load() == kEntries);
+  CHECK(taken.load() == kEntries);
+  CHECK(taken_count.size() == static_cast<size_t>(kEntries));
+  for (const auto& [id, n] : taken_count) {
+    if (n != 1) FAIL_CHECK("entry ", id, " taken ", n, " times");
+  }
+  CHECK(h.service->space().size() == 0);
+  h.stop();
+  h.start();
+  CHECK(h.service->space().size() == 0);
+}
+
+TEST_CASE("bad input gets a clear status and changes nothing") {
+  Harness h;
+  SpaceClient& c = *h.client;
+  must_write(c, entry("demo.Keep", {{"i", 1}}));
+  auto code_of = [](const auto& r) { return r.status().code(); };
+
+  // Oversized entry (--max-entry-bytes 4096 here).
+  auto big = c.write(entry("demo.Big", {{"blob", Value(Value::Bytes(8000, 1))}}));
+  CHECK(code_of(big) == Code::kInvalidArgument);
+  CHECK(big.status().message().find("at most 4096") != std::string::npos);
+  // Malformed entries and templates.
+  CHECK(code_of(c.write(entry("not a type!", {}))) == Code::kInvalidArgument);
+  CHECK(code_of(c.write(entry("", {}))) == Code::kInvalidArgument);
+  CHECK(code_of(c.read_if_exists(tmpl("bad type"))) == Code::kInvalidArgument);
+  CHECK(code_of(c.write(entry("demo.X", {}), 0)) == Code::kInvalidArgument);
+  CHECK(code_of(c.write(entry("demo.X", {}), -7)) == Code::kInvalidArgument);
+  CHECK(code_of(c.take_many(tmpl("demo.Keep"), 0)) == Code::kInvalidArgument);
+  CHECK(code_of(c.take_many(tmpl("demo.Keep"), 100'000)) == Code::kInvalidArgument);
+  CHECK(code_of(c.contents(tmpl("demo.Keep"), 0, 0)) == Code::kInvalidArgument);
+  // A reference to a value that is not stored.
+  ContentHash fake{};
+  fake[0] = 1;
+  CHECK(code_of(c.write(entry("demo.X", {{"v", value_ref(fake)}}))) == Code::kNotFound);
+  // Unknown transaction: the manager does not know it.
+  TxnRef unknown{txn::TxnId::random(), h.service->rpc_endpoint()};
+  auto w = c.write(entry("demo.X", {}), 60'000, unknown);
+  CHECK(code_of(w) == Code::kNotFound);
+  CHECK(code_of(c.take_if_exists(tmpl("demo.Keep"), unknown)) == Code::kNotFound);
+  CHECK(code_of(c.read_if_exists(tmpl("demo.Keep"), TxnRef{txn::TxnId::random(), ""})) == Code::kInvalidArgument);
+  CHECK(code_of(c.write(entry("demo.X", {}), 60'000, TxnRef{txn::TxnId::random(), "bogus"})) == Code::kInvalidArgument);
+  // Garbage payloads.
+  for (const char* method : {"space.write", "space.take", "space.read", "space.contents", "space.takeMany",
+                             "space.notify", "space.putChunk", "space.getChunk", "space.putValue", "txn.commit",
+                             "participant.prepare"}) {
+    kj::Array<capnp::word> junk = kj::heapArray<capnp::word>(3);
+    memset(static_cast<void*>(junk.begin()), 0xff, junk.size() * sizeof(capnp::word));
+    std::promise<rpc::Reply> p;
+    c.rpc().call_async_raw(method, std::move(junk), {}, [&](rpc::Reply r) { p.set_value(std::move(r)); });
+    auto r = p.get_future().get();
+    CHECK_MESSAGE(!r.ok(), method);
+  }
+  // Values: wrong hash, wrong sizes, unknown chunks.
+  std::vector<uint8_t> data(1000, 7);
+  CHECK(code_of(c.put_chunk(fake, data)) == Code::kInvalidArgument);
+  CHECK(code_of(c.put_chunk(hash_bytes({}), {})) == Code::kInvalidArgument);
+  std::vector<uint8_t> out;
+  CHECK(c.get_chunk(fake, out).code() == Code::kNotFound);
+  CHECK(c.get_value(fake, [](std::span<const uint8_t>) { return Status::Ok(); }).code() == Code::kNotFound);
+
+  // Nothing changed.
+  auto all = c.contents_all(tmpl(""));
+  REQUIRE(all.ok());
+  CHECK(all->size() == 1);
+  CHECK(h.service->values().stats().chunks == 0);
+  CHECK(h.service->space().stats().transactions == 0);
+}
+
+TEST_CASE("roles: clients use entries and values; participant, join and collect need service or admin") {
+  test::TempDir dir;
+  SpaceServiceOptions o;
+  o.data_dir = dir.file("space");
+  o.plaintext_role = security::Role::kClient;
+  auto s = SpaceService::start(o);
+  REQUIRE(s.ok());
+  SpaceClient c({.endpoint = (*s)->rpc_endpoint()});
+  CHECK(c.write(entry("demo.R", {}), 60'000).ok());
+  CHECK(c.take_if_exists(tmpl("demo.R")).ok());
+  std::vector<uint8_t> data(100, 1);
+  CHECK(c.put_value(data).ok());
+  auto denied = [&](const char* method, auto fill) {
+    capnp::MallocMessageBuilder message;
+    fill(message);
+    return c.rpc().call(method, message).status().code() == Code::kPermissionDenied;
+  };
+  CHECK(denied("space.collect", [](capnp::MallocMessageBuilder& m) { m.initRoot<proto::StatsParams>(); }));
+  CHECK(denied("participant.prepare", [](capnp::MallocMessageBuilder& m) {
+    auto p = m.initRoot<proto::ParticipantParams>();
+    p.setCoordinator("x");
+  }));
+  CHECK(denied("participant.commit", [](capnp::MallocMessageBuilder& m) { m.initRoot<proto::ParticipantParams>(); }));
+  CHECK(denied("txn.join", [](capnp::MallocMessageBuilder& m) {
+    m.initRoot<proto::JoinParams>().setParticipant("space:x@tcp://127.0.0.1:1");
+  }));
+  // A client still creates and ends transactions.
+  TxnClient tm({.endpoint = (*s)->rpc_endpoint()});
+  auto t = tm.create(std::chrono::seconds(10));
+  REQUIRE(t.ok());
+  CHECK(c.write(entry("demo.R", {{"i", 2}}), 60'000, *t).ok());
+  CHECK(tm.abort(t->id).ok());
+  CHECK(!c.read_if_exists(tmpl("demo.R", {{"i", 2}}))->has_value());
+}

@@ -1,0 +1,278 @@
+// Transactions: visibility of writes and takes under a transaction, commit, abort, a take under an
+// aborted transaction coming back (and waking a blocked taker), and the atomic move of an entry
+// from one space to another through the transaction manager: in-process over RPC, then with two
+// real djinn-space processes, one of them killed while prepared (back at once, and back only after
+// the manager gave up on it) and while committing.
+#include <doctest/doctest.h>
+
+#include <future>
+#include <thread>
+
+#include "djinn/space/client.h"
+#include "djinn/space/service.h"
+#include "support/test_support.h"
+
+using namespace djinn;
+using namespace djinn::space;
+using namespace std::chrono_literals;
+
+namespace {
+
+std::unique_ptr<SpaceService> start_space(const test::TempDir& dir, const std::string& name, bool manager) {
+  SpaceServiceOptions o;
+  o.data_dir = dir.file(name);
+  o.name = name;
+  o.txn_manager = manager;
+  o.policy.max_duration = 1h;
+  auto s = SpaceService::start(o);
+  REQUIRE_MESSAGE(s.ok(), s.status().to_string());
+  return std::move(*s);
+}
+
+Entry entry(std::string type, Fields fields) {
+  Entry e;
+  e.type = std::move(type);
+  e.fields = std::move(fields);
+  return e;
+}
+
+Template tmpl(std::string type, Fields fields = {}) { return Template{std::move(type), std::move(fields)}; }
+
+}  // namespace
+
+TEST_CASE("visibility, commit and abort under a transaction") {
+  test::TempDir dir;
+  auto a = start_space(dir, "a", true);
+  SpaceClient c({.endpoint = a->rpc_endpoint()});
+  TxnClient tm({.endpoint = a->rpc_endpoint()});
+
+  REQUIRE(c.write(entry("demo.Slot", {{"i", 1}}), 600'000).ok());
+  auto t = tm.create(30s);
+  REQUIRE_MESSAGE(t.ok(), t.status().to_string());
+
+  // Written under T: visible to T only.
+  REQUIRE(c.write(entry("demo.Slot", {{"i", 2}}), 600'000, *t).ok());
+  CHECK(!c.read_if_exists(tmpl("demo.Slot", {{"i", 2}}))->has_value());
+  CHECK(c.read_if_exists(tmpl("demo.Slot", {{"i", 2}}), *t)->has_value());
+  // Taken under T: hidden from others, and from T itself.
+  auto taken = c.take_if_exists(tmpl("demo.Slot", {{"i", 1}}), *t);
+  REQUIRE(taken.ok());
+  REQUIRE(taken->has_value());
+  CHECK(!c.read_if_exists(tmpl("demo.Slot", {{"i", 1}}))->has_value());
+  CHECK(!c.take_if_exists(tmpl("demo.Slot", {{"i", 1}}))->has_value());
+  CHECK(c.contents_all(tmpl("demo.Slot"))->empty());
+
+  auto outcome = tm.commit(t->id);
+  REQUIRE_MESSAGE(outcome.ok(), outcome.status().to_string());
+  CHECK(*outcome == txn::Outcome::kCommitted);
+  CHECK(c.read_if_exists(tmpl("demo.Slot", {{"i", 2}}))->has_value());
+  CHECK(!c.read_if_exists(tmpl("demo.Slot", {{"i", 1}}))->has_value());
+  // Operations under an ended transaction are refused, nothing changed.
+  CHECK(!c.write(entry("demo.Slot", {{"i", 9}}), 600'000, *t).ok());
+  CHECK(!c.read_if_exists(tmpl("demo.Slot", {{"i", 9}}))->has_value());
+
+  // Abort: the write vanishes, the take comes back and wakes a taker blocked on it.
+  auto u = tm.create(30s);
+  REQUIRE(u.ok());
+  REQUIRE(c.write(entry("demo.Slot", {{"i", 3}}), 600'000, *u).ok());
+  REQUIRE(c.take_if_exists(tmpl("demo.Slot", {{"i", 2}}), *u)->has_value());
+  std::promise<Result<std::optional<Entry>>> woken;
+  std::thread taker([&] {
+    SpaceClient own({.endpoint = a->rpc_endpoint()});
+    woken.set_value(own.take(tmpl("demo.Slot", {{"i", 2}}), 10s));
+  });
+  REQUIRE(test::eventually([&] { return a->space().stats().waiters == 1; }));
+  REQUIRE(tm.abort(u->id).ok());
+  auto w = woken.get_future().get();
+  taker.join();
+  REQUIRE(w.ok());
+  REQUIRE(w->has_value());
+  CHECK((*w)->field("i")->as_int() == 2);
+  CHECK(!c.read_if_exists(tmpl("demo.Slot", {{"i", 3}}))->has_value());
+  CHECK(*tm.outcome(u->id) == txn::Outcome::kAborted);
+
+  // A transaction that expires aborts: its take comes back.
+  REQUIRE(c.write(entry("demo.Slot", {{"i", 4}}), 600'000).ok());
+  auto v = tm.create(300ms);
+  REQUIRE(v.ok());
+  REQUIRE(c.take_if_exists(tmpl("demo.Slot", {{"i", 4}}), *v)->has_value());
+  CHECK(!c.read_if_exists(tmpl("demo.Slot", {{"i", 4}}))->has_value());
+  CHECK(test::eventually([&] { return c.read_if_exists(tmpl("demo.Slot", {{"i", 4}}))->has_value(); }, 5000));
+
+  // Everything survives a restart as committed.
+  a.reset();
+  a = start_space(dir, "a", true);
+  SpaceClient c2({.endpoint = a->rpc_endpoint()});
+  auto all = c2.contents_all(tmpl("demo.Slot"));
+  REQUIRE(all.ok());
+  CHECK(all->size() == 1);  // i = 4 (i = 2 went to the taker)
+}
+
+TEST_CASE("take from one space and write to another, atomically, in-process over RPC") {
+  test::TempDir dir;
+  auto a = start_space(dir, "a", true);
+  auto b = start_space(dir, "b", false);
+  SpaceClient ca({.endpoint = a->rpc_endpoint()});
+  SpaceClient cb({.endpoint = b->rpc_endpoint()});
+  TxnClient tm({.endpoint = a->rpc_endpoint()});
+  for (int i = 0; i < 3; ++i) REQUIRE(ca.write(entry("demo.Token", {{"i", i}}), 600'000).ok());
+
+  auto move = [&](int i, bool commit) {
+    auto t = tm.create(30s);
+    REQUIRE(t.ok());
+    auto e = ca.take_if_exists(tmpl("demo.Token", {{"i", i}}), *t);
+    REQUIRE(e.ok());
+    REQUIRE(e->has_value());
+    REQUIRE(cb.write(**e, 600'000, *t).ok());
+    CHECK(!ca.read_if_exists(tmpl("demo.Token", {{"i", i}}))->has_value());
+    CHECK(!cb.read_if_exists(tmpl("demo.Token", {{"i", i}}))->has_value());
+    if (commit) {
+      auto o = tm.commit(t->id);
+      REQUIRE_MESSAGE(o.ok(), o.status().to_string());
+      CHECK(*o == txn::Outcome::kCommitted);
+    } else {
+      REQUIRE(tm.abort(t->id).ok());
+    }
+  };
+  move(0, true);
+  CHECK(!ca.read_if_exists(tmpl("demo.Token", {{"i", 0}}))->has_value());
+  CHECK(cb.read_if_exists(tmpl("demo.Token", {{"i", 0}}))->has_value());
+  move(1, false);
+  CHECK(ca.read_if_exists(tmpl("demo.Token", {{"i", 1}}))->has_value());
+  CHECK(!cb.read_if_exists(tmpl("demo.Token", {{"i", 1}}))->has_value());
+  CHECK(a->space().stats().transactions == 0);
+  CHECK(b->space().stats().transactions == 0);
+}
+
+namespace {
+
+// A djinn-space process on fixed ports, so a restart comes back where callers look for it.
+struct Daemon {
+  Daemon(const test::TempDir& dir, std::string data, bool manager)
+      : endpoint("tcp://127.0.0.1:" + std::to_string(test::free_tcp_port())),
+        args{"--data-dir", dir.file(data), "--listen", endpoint, "--events",
+             "tcp://127.0.0.1:" + std::to_string(test::free_tcp_port()), "--max-lease", "1h", "--log-level", "warn",
+             "--insecure", manager ? "--txn-manager" : "--no-txn-manager"} {}
+  void start(const std::vector<std::string>& env = {}) {
+    process = std::make_unique<test::ChildProcess>(test::build_path("space/djinn-space"), args, env);
+    SpaceClient probe({.endpoint = endpoint});
+    REQUIRE_MESSAGE(test::eventually([&] {
+                      rpc::CallOptions call;
+                      call.timeout = 200ms;
+                      return probe.stats(call).ok();
+                    }, 10000),
+                    "djinn-space did not come up on ", endpoint);
+  }
+  std::string endpoint;
+  std::vector<std::string> args;
+  std::unique_ptr<test::ChildProcess> process;
+};
+
+}  // namespace
+
+TEST_CASE("two djinn-space processes: atomic move, abort, and a participant killed while prepared or committing") {
+  if (!std::getenv("DJINN_BUILD_DIR")) {
+    MESSAGE("DJINN_BUILD_DIR is not set (run through ctest): skipped");
+    return;
+  }
+  test::TempDir dir;
+  Daemon a(dir, "a", true), b(dir, "b", false);
+  a.start();
+  b.start();
+  SpaceClient ca({.endpoint = a.endpoint});
+  rpc::ClientOptions bo{.endpoint = b.endpoint};
+  bo.reconnect_interval_max = 50ms;
+  SpaceClient cb(bo);
+  TxnClient tm({.endpoint = a.endpoint});
+  for (int i = 0; i < 5; ++i) REQUIRE(ca.write(entry("demo.Token", {{"i", i}}), 3'600'000).ok());
+
+  auto begin_move = [&](int i) {
+    auto t = tm.create(60s);
+    REQUIRE(t.ok());
+    auto e = ca.take_if_exists(tmpl("demo.Token", {{"i", i}}), *t);
+    REQUIRE(e.ok());
+    REQUIRE(e->has_value());
+    REQUIRE(cb.write(**e, 3'600'000, *t).ok());
+    return *t;
+  };
+  auto in_a = [&](int i) { return ca.read_if_exists(tmpl("demo.Token", {{"i", i}}))->has_value(); };
+  auto in_b = [&](int i) {
+    auto r = cb.read_if_exists(tmpl("demo.Token", {{"i", i}}));
+    return r.ok() && r->has_value();
+  };
+
+  // Commit, and abort.
+  TxnRef t0 = begin_move(0);
+  rpc::CallOptions long_call;
+  long_call.timeout = 30s;
+  CHECK(*tm.commit(t0.id, long_call) == txn::Outcome::kCommitted);
+  CHECK(!in_a(0));
+  CHECK(in_b(0));
+  TxnRef t1 = begin_move(1);
+  REQUIRE(tm.abort(t1.id).ok());
+  CHECK(in_a(1));
+  CHECK(!in_b(1));
+
+  // B dies right after its prepared state is durable, before it votes; it comes back at once and
+  // the outcome, whichever it is, holds in both spaces.
+  b.process.reset();
+  b.start({"DJINN_CRASH_AT=space.prepare.after_commit"});
+  TxnRef t2 = begin_move(2);
+  std::future<Result<txn::Outcome>> committing = std::async(std::launch::async, [&] { return tm.commit(t2.id, long_call); });
+  REQUIRE(test::eventually([&] { return !b.process->running(); }, 10000));
+  b.start();
+  auto o2 = committing.get();
+  REQUIRE_MESSAGE(o2.ok(), o2.status().to_string());
+  MESSAGE("outcome with the participant killed while prepared: ", txn::outcome_name(*o2));
+  REQUIRE(test::eventually([&] {
+    auto s = cb.stats();
+    return s.ok() && s->in_doubt == 0;
+  }, 15000));
+  if (*o2 == txn::Outcome::kCommitted) {
+    CHECK(!in_a(2));
+    CHECK(in_b(2));
+  } else {
+    CHECK(in_a(2));
+    CHECK(!in_b(2));
+  }
+
+  // B dies in phase 2, after the commit point: the commit completes after its restart (the
+  // manager retries, or B asks the outcome of what it had prepared).
+  b.process.reset();
+  b.start({"DJINN_CRASH_AT=txn.participant.before_resolved"});
+  TxnRef t3 = begin_move(3);
+  auto o3 = tm.commit(t3.id, long_call);
+  REQUIRE_MESSAGE(o3.ok(), o3.status().to_string());
+  CHECK(*o3 == txn::Outcome::kCommitted);
+  REQUIRE(test::eventually([&] { return !b.process->running(); }, 10000));
+  CHECK(!in_a(3));
+  b.start();
+  CHECK(test::eventually([&] { return in_b(3); }, 15000));
+  auto s = cb.stats();
+  REQUIRE(s.ok());
+  CHECK(s->in_doubt == 0);
+  // B dies after its durable prepare and stays down past the manager's call timeout: the manager
+  // aborts (A gets its entry back); B, restarted with the transaction in doubt, asks the manager,
+  // learns ABORTED and drops what it had prepared.
+  b.process.reset();
+  b.start({"DJINN_CRASH_AT=space.prepare.after_commit"});
+  TxnRef t4 = begin_move(4);
+  auto o4 = tm.commit(t4.id, long_call);
+  REQUIRE(o4.ok());
+  CHECK(*o4 == txn::Outcome::kAborted);
+  CHECK(in_a(4));
+  CHECK(!b.process->running());
+  b.start();
+  REQUIRE(test::eventually([&] {
+    auto st = cb.stats();
+    return st.ok() && st->in_doubt == 0;
+  }, 15000));
+  CHECK(!in_b(4));
+
+  // Exactly one token per index across both spaces.
+  auto all_a = ca.contents_all(tmpl("demo.Token"));
+  auto all_b = cb.contents_all(tmpl("demo.Token"));
+  REQUIRE(all_a.ok());
+  REQUIRE(all_b.ok());
+  CHECK(all_a->size() + all_b->size() == 5);
+}

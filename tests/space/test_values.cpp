@@ -1,0 +1,130 @@
+// Large values in the space: chunks stored once, values referred to by entries, garbage collection
+// of what nothing refers to, tampered and missing chunks, and a value streamed through a client in
+// both directions with several chunks in flight.
+#include <doctest/doctest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "djinn/space/client.h"
+#include "djinn/space/service.h"
+#include "support/test_support.h"
+
+using namespace djinn;
+using namespace djinn::space;
+using namespace std::chrono_literals;
+
+namespace {
+
+std::vector<uint8_t> pattern(size_t size, uint64_t seed) {
+  std::vector<uint8_t> out(size);
+  uint64_t x = seed * 0x9e3779b97f4a7c15ULL + 1;
+  for (size_t i = 0; i < size; ++i) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    out[i] = static_cast<uint8_t>(x);
+  }
+  return out;
+}
+
+std::unique_ptr<SpaceService> start(const test::TempDir& dir) {
+  SpaceServiceOptions o;
+  o.data_dir = dir.file("space");
+  o.value_gc_interval = std::chrono::milliseconds(0);
+  o.value_grace = 1h;
+  o.value_gc_interval = std::chrono::hours(1);
+  auto s = SpaceService::start(o);
+  REQUIRE_MESSAGE(s.ok(), s.status().to_string());
+  return std::move(*s);
+}
+
+}  // namespace
+
+TEST_CASE("values: streamed both ways, stored once, referred to by entries, collected when unreferenced") {
+  test::TempDir dir;
+  auto s = start(dir);
+  SpaceClient c({.endpoint = s->rpc_endpoint()});
+  ValueTransfer small{.chunk_bytes = 64 * 1024, .in_flight = 3};
+
+  std::vector<uint8_t> data = pattern(1'000'000, 1);
+  auto id = c.put_value(data, small);
+  REQUIRE_MESSAGE(id.ok(), id.status().to_string());
+  std::vector<uint8_t> back;
+  REQUIRE(c.get_value(*id, [&](std::span<const uint8_t> b) {
+    back.insert(back.end(), b.begin(), b.end());
+    return Status::Ok();
+  }, small).ok());
+  CHECK(back == data);
+  ValueStats first = s->values().stats();
+  CHECK(first.values == 1);
+  CHECK(first.chunk_bytes == data.size());
+
+  // The same content again, and a value sharing its first half: only new chunks are stored.
+  auto again = c.put_value(data, small);
+  REQUIRE(again.ok());
+  CHECK(*again == *id);
+  CHECK(s->values().stats().chunk_bytes == data.size());
+  std::vector<uint8_t> half(data.begin(), data.begin() + 8 * 64 * 1024);
+  std::vector<uint8_t> other = pattern(100'000, 2);
+  half.insert(half.end(), other.begin(), other.end());
+  auto id2 = c.put_value(half, small);
+  REQUIRE(id2.ok());
+  CHECK(s->values().stats().chunk_bytes == data.size() + other.size());
+
+  // An entry refers to the first value; collection keeps it and drops the unreferenced second.
+  Entry e;
+  e.type = "demo.Checkpoint";
+  e.fields["version"] = Value(1);
+  e.fields["heap"] = value_ref(*id);
+  auto w = c.write(e, 600'000);
+  REQUIRE_MESSAGE(w.ok(), w.status().to_string());
+  s->values().collect_now(0ms);
+  CHECK(s->values().has_value(*id));
+  CHECK(!s->values().has_value(*id2));
+  CHECK(s->values().stats().chunk_bytes == data.size());
+  // References are rebuilt at a restart.
+  s.reset();
+  s = start(dir);
+  SpaceClient c2({.endpoint = s->rpc_endpoint()});
+  s->values().collect_now(0ms);
+  CHECK(s->values().has_value(*id));
+  // Taken: nothing refers to it any more.
+  REQUIRE(c2.take_if_exists(Template{"demo.Checkpoint", {}})->has_value());
+  s->values().collect_now(0ms);
+  CHECK(!s->values().has_value(*id));
+  CHECK(s->values().stats().chunks == 0);
+  size_t files = 0;
+  for (auto& f : std::filesystem::recursive_directory_iterator(dir.file("space") + "/values")) files += f.is_regular_file();
+  CHECK(files == 0);
+}
+
+TEST_CASE("values: tampered, missing and mismatched chunks are refused") {
+  test::TempDir dir;
+  auto s = start(dir);
+  SpaceClient c({.endpoint = s->rpc_endpoint()});
+  std::vector<uint8_t> data = pattern(300'000, 3);
+  auto id = c.put_value(data, {.chunk_bytes = 100'000, .in_flight = 2});
+  REQUIRE(id.ok());
+  auto m = c.get_manifest(*id);
+  REQUIRE(m.ok());
+  REQUIRE(m->chunks.size() == 3);
+  // A manifest naming a chunk that is not stored, or a size that does not add up.
+  ContentHash missing = hash_bytes(pattern(10, 9));
+  std::vector<ContentHash> bad = m->chunks;
+  bad.push_back(missing);
+  CHECK(s->values().put_value(300'010, bad).status().code() == Code::kNotFound);
+  CHECK(s->values().put_value(299'999, m->chunks).status().code() == Code::kInvalidArgument);
+  // A chunk whose file was changed on disk is never served.
+  std::string hex = to_hex(m->chunks[1]);
+  std::string path = dir.file("space") + "/values/chunks/" + hex.substr(0, 2) + "/" + hex;
+  {
+    std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(10);
+    f.put('\x42');
+  }
+  std::vector<uint8_t> out;
+  CHECK(c.get_chunk(m->chunks[1], out).code() == Code::kDataLoss);
+  Status whole = c.get_value(*id, [](std::span<const uint8_t>) { return Status::Ok(); });
+  CHECK(whole.code() == Code::kDataLoss);
+}
