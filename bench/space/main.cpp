@@ -366,38 +366,39 @@ int main(int argc, char** argv) {
   // ---- the report ----
   auto peer = [&](const std::optional<RedisPeer>& p, const std::string& what, double v) -> std::optional<bench::Reference> {
     if (!p) return std::nullopt;
-    return bench::Reference{"redis " + redis_version + " " + what, bench::round_to(v, 0)};
+    return bench::Reference{"redis_" + what, bench::round_to(v, 0)};
   };
-  report.add({"durable writes/s, " + clients_tag + ", " + std::to_string(sizes.stored) + " stored", bench::round_to(write_rate.per_second, 0),
-              "writes/s", peer(always, "LPUSH appendfsync always", always_push.per_second), std::nullopt,
+  report.add({"durable_writes_per_s_" + clients_tag, bench::round_to(write_rate.per_second, 0),
+              "writes/s", peer(always, "lpush_appendfsync_always_per_s", always_push.per_second), std::nullopt,
               bench::Target::at_least(bench::Target::Of::kPeer, 1.0)});
-  report.add({"durable writes/s beside redis everysec, " + clients_tag, bench::round_to(write_rate.per_second, 0), "writes/s",
-              peer(everysec, "LPUSH appendfsync everysec", everysec_push.per_second), std::nullopt, std::nullopt});
-  report.add({"durable writes/s, 1client", bench::round_to(write_one.per_second, 0), "writes/s",
-              peer(always, "LPUSH appendfsync always", always_one.per_second), std::nullopt, std::nullopt});
-  report.add({"takes/s, " + clients_tag, bench::round_to(take_rate.per_second, 0), "takes/s",
-              peer(always, "BRPOP appendfsync always", always_pop.per_second), std::nullopt, std::nullopt});
-  report.add({"takes/s beside redis everysec, " + clients_tag, bench::round_to(take_rate.per_second, 0), "takes/s",
-              peer(everysec, "BRPOP appendfsync everysec", everysec_pop.per_second), std::nullopt, std::nullopt});
-  report.add({"template reads/s by field, " + clients_tag + ", " + std::to_string(sizes.stored) + " stored",
+  report.add({"durable_writes_per_s_" + clients_tag + "_vs_redis_everysec", bench::round_to(write_rate.per_second, 0), "writes/s",
+              peer(everysec, "lpush_appendfsync_everysec_per_s", everysec_push.per_second), std::nullopt, std::nullopt});
+  report.add({"durable_writes_per_s_1client", bench::round_to(write_one.per_second, 0), "writes/s",
+              peer(always, "lpush_appendfsync_always_per_s_1client", always_one.per_second), std::nullopt, std::nullopt});
+  report.add({"takes_per_s_" + clients_tag, bench::round_to(take_rate.per_second, 0), "takes/s",
+              peer(always, "brpop_appendfsync_always_per_s", always_pop.per_second), std::nullopt, std::nullopt});
+  report.add({"takes_per_s_" + clients_tag + "_vs_redis_everysec", bench::round_to(take_rate.per_second, 0), "takes/s",
+              peer(everysec, "brpop_appendfsync_everysec_per_s", everysec_pop.per_second), std::nullopt, std::nullopt});
+  report.add({"template_reads_by_field_per_s_" + clients_tag,
               bench::round_to(read_rate.per_second, 0), "reads/s", std::nullopt, std::nullopt, std::nullopt});
   auto wake_peer = [&](double v) -> std::optional<bench::Reference> {
     if (!redis_wake_s) return std::nullopt;
-    return bench::Reference{"redis " + redis_version + " BRPOP woken by LPUSH, appendfsync always", bench::round_to(v, 1)};
+    return bench::Reference{"redis_brpop_woken_by_lpush_us", bench::round_to(v, 1)};
   };
-  report.add({"blocked take wake-up p50 (write start to take reply)", bench::round_to(wake_s.p50, 1), "us",
+  report.add({"take_wakeup_p50_us", bench::round_to(wake_s.p50, 1), "us",
               wake_peer(redis_wake_s ? redis_wake_s->p50 : 0), std::nullopt, std::nullopt});
-  report.add({"blocked take wake-up p99 (write start to take reply)", bench::round_to(wake_s.p99, 1), "us",
+  report.add({"take_wakeup_p99_us", bench::round_to(wake_s.p99, 1), "us",
               wake_peer(redis_wake_s ? redis_wake_s->p99 : 0), std::nullopt,
               bench::Target::at_most(bench::Target::Of::kValue, 1000)});
-  std::string size_tag = std::to_string(sizes.value_bytes >> 20) + " MiB";
-  report.add({"large value write, " + size_tag, bench::round_to(value_mb_s, 0), "MB/s", std::nullopt,
-              bench::Reference{"disk sequential write + fsync", bench::round_to(raw_mb_s, 0)},
+  report.add({"large_value_write_MB_per_s", bench::round_to(value_mb_s, 0), "MB/s", std::nullopt,
+              bench::Reference{"disk_sequential_write_fsync_MB_per_s", bench::round_to(raw_mb_s, 0)},
               bench::Target::at_least(bench::Target::Of::kLimit, 0.5)});
-  report.add({"large value read, " + size_tag, bench::round_to(read_mb_s, 0), "MB/s", std::nullopt, std::nullopt, std::nullopt});
+  report.add({"large_value_read_MB_per_s", bench::round_to(read_mb_s, 0), "MB/s", std::nullopt, std::nullopt, std::nullopt});
   report.note("djinn-space in this process (data in " + dir + "), clients over loopback RPC; entries of type bench.Task "
               "with an int id, a text queue and a " + std::to_string(kPayloadBytes) + "-byte payload; Redis values of " +
               std::to_string(kPayloadBytes) + " bytes");
+  report.note("sizes: " + std::to_string(sizes.stored) + " entries stored before the writes, takes and reads; a large "
+              "value of " + std::to_string(sizes.value_bytes >> 20) + " MiB; Redis " + redis_version);
   report.note("durable: a write or take is acknowledged after its group-commit transaction is fsync'd (SQLite WAL, "
               "synchronous=FULL); Redis appendfsync always fsyncs its AOF before replying");
   report.note("wake-up: from the start of the matching write (which includes its fsync) to the blocked taker's reply; "
