@@ -14,12 +14,7 @@ using namespace std::chrono_literals;
 
 namespace {
 
-int exit_code_of(const std::string& program, const std::vector<std::string>& args) {
-  test::ChildProcess p(test::build_path(program), args);
-  int status = p.wait(10000);
-  if (status == -1 || !WIFEXITED(status)) return -1;
-  return WEXITSTATUS(status);
-}
+using test::exit_code_of;
 
 }  // namespace
 

@@ -10,12 +10,7 @@ using namespace djinn;
 namespace {
 
 // Runs djinn-lease with `args` and returns its exit code (-1 if it did not exit in time).
-int exit_code_of(const std::vector<std::string>& args) {
-  test::ChildProcess p(test::build_path("lease/djinn-lease"), args);
-  int status = p.wait(10000);
-  if (status == -1 || !WIFEXITED(status)) return -1;
-  return WEXITSTATUS(status);
-}
+int exit_code_of(const std::vector<std::string>& args) { return test::exit_code_of("lease/djinn-lease", args); }
 
 }  // namespace
 

@@ -12,12 +12,7 @@ using namespace std::chrono_literals;
 
 namespace {
 
-int exit_code_of(const std::vector<std::string>& args) {
-  test::ChildProcess p(test::build_path("lookup/djinn-lookup"), args);
-  int status = p.wait(10000);
-  if (status == -1 || !WIFEXITED(status)) return -1;
-  return WEXITSTATUS(status);
-}
+int exit_code_of(const std::vector<std::string>& args) { return test::exit_code_of("lookup/djinn-lookup", args); }
 
 }  // namespace
 

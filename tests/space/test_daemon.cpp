@@ -22,12 +22,7 @@ using namespace std::chrono_literals;
 
 namespace {
 
-int exit_code_of(const std::vector<std::string>& args) {
-  test::ChildProcess p(test::build_path("space/djinn-space"), args);
-  int status = p.wait(10000);
-  if (status == -1 || !WIFEXITED(status)) return -1;
-  return WEXITSTATUS(status);
-}
+int exit_code_of(const std::vector<std::string>& args) { return test::exit_code_of("space/djinn-space", args); }
 
 // djinn-space on fixed ports, so a restart comes back where clients look for it.
 struct Daemon {

@@ -124,4 +124,11 @@ std::string build_path(const std::string& relative) {
   return base + "/" + relative;
 }
 
+int exit_code_of(const std::string& relative_program, const std::vector<std::string>& args) {
+  ChildProcess p(build_path(relative_program), args);
+  int status = p.wait(10000);
+  if (status == -1 || !WIFEXITED(status)) return -1;
+  return WEXITSTATUS(status);
+}
+
 }  // namespace djinn::test

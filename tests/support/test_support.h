@@ -60,4 +60,8 @@ bool eventually(const std::function<bool()>& pred, int timeout_ms = 5000);
 // Path of a program built in this build tree (DJINN_BUILD_DIR is set by ctest).
 std::string build_path(const std::string& relative);
 
+// Runs a program of this build tree (build_path) to its end, up to 10 s: its exit code, or -1 when
+// it did not exit by itself in time.
+int exit_code_of(const std::string& relative_program, const std::vector<std::string>& args);
+
 }  // namespace djinn::test
