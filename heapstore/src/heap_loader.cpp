@@ -3,6 +3,7 @@
 
 #include <pthread.h>
 
+#include <algorithm>
 #include <chrono>
 
 namespace djinn::heapstore::internal {
@@ -24,17 +25,20 @@ PageLoader::~PageLoader() {
 
 void PageLoader::work(Job& job) {
   for (;;) {
-    size_t k = job.next.fetch_add(1, std::memory_order_relaxed);
+    size_t k = job.next.fetch_add(job.chunk, std::memory_order_relaxed);
     if (k >= job.n) return;
-    Status st = store_.read_page(job.hashes[k], std::span<std::byte>(job.out + k * page_size_, page_size_));
-    if (!st.ok()) {
+    size_t n = std::min(job.chunk, job.n - k);
+    Status st;
+    size_t read = store_.read_pages(std::span<const PageHash>(job.hashes + k, n), page_size_,
+                                    std::span<std::byte>(job.out + k * page_size_, n * page_size_), &st);
+    if (read < n) {
       std::lock_guard lock(job.error_mu);
-      if (k < job.first_error) {
-        job.first_error = k;
+      if (k + read < job.first_error) {
+        job.first_error = k + read;
         job.error = std::move(st);
       }
     }
-    job.finished.fetch_add(1, std::memory_order_release);
+    job.finished.fetch_add(n, std::memory_order_release);
   }
 }
 
@@ -44,6 +48,8 @@ size_t PageLoader::read(const PageHash* hashes, size_t n, std::byte* out, Status
   job.out = out;
   job.n = n;
   const bool shared = n > 1 && !helpers_.empty();
+  // Shared: a part for each thread; alone: the whole run in one read_pages.
+  job.chunk = shared ? (n + helpers_.size()) / (helpers_.size() + 1) : n;
   if (shared) {
     {
       std::lock_guard lock(mu_);

@@ -1,8 +1,7 @@
-// Reading a fault's run of pages from the page store on more than one thread. A page read costs
-// far more than the fault that asks for it (an index lookup, a pread and a BLAKE2b check, about
-// 13 us for 4 KiB here, against 1-2 us for the fault), and only the lookup is serialised inside
-// the store, so the fault thread shares a run with helper threads. Helpers poll for work a
-// little while after each run, like the fault thread, then sleep.
+// Reading a fault's run of pages from the page store, on the fault thread alone or shared with
+// helper threads (each takes a part of the run: one read_pages, so pages in order in a pack still
+// come in one read). Helpers poll for work a little while after each run, like the fault thread,
+// then sleep.
 #pragma once
 
 #include <atomic>
@@ -33,6 +32,7 @@ class PageLoader {
     const PageHash* hashes = nullptr;
     std::byte* out = nullptr;
     size_t n = 0;
+    size_t chunk = 1;  // pages a thread takes at a time
     std::atomic<size_t> next{0};
     std::atomic<size_t> finished{0};
     std::mutex error_mu;  // guards first_error and error

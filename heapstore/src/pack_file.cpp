@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
+#include <xxhash.h>
 #include <zstd.h>
 
 #include <algorithm>
@@ -55,6 +56,8 @@ std::filesystem::path pack_path(const std::filesystem::path& dir, uint64_t id) {
   std::snprintf(name, sizeof name, "pack-%08llu.dat", static_cast<unsigned long long>(id));
   return dir / name;
 }
+
+uint64_t stored_checksum(std::span<const std::byte> stored) { return XXH3_64bits(stored.data(), stored.size()); }
 
 Encoded encode_page(std::span<const std::byte> page, int level, std::vector<std::byte>& out) {
   size_t start = out.size();

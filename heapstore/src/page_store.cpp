@@ -32,7 +32,8 @@ using internal::StoreCore;
 
 namespace {
 
-constexpr int64_t kSchemaVersion = 1;
+// 2: pages have a checksum (rows from schema 1 get 0 and no kFlagChecked: checked by hash).
+constexpr int64_t kSchemaVersion = 2;
 constexpr std::string_view kSchema = R"sql(
 CREATE TABLE IF NOT EXISTS packs(
   id INTEGER PRIMARY KEY,
@@ -43,7 +44,8 @@ CREATE TABLE IF NOT EXISTS pages(
   at INTEGER NOT NULL,
   length INTEGER NOT NULL,
   size INTEGER NOT NULL,
-  flags INTEGER NOT NULL) WITHOUT ROWID;
+  flags INTEGER NOT NULL,
+  checksum INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS versions(
   version INTEGER PRIMARY KEY AUTOINCREMENT,
   parent INTEGER NOT NULL,
@@ -190,6 +192,17 @@ Result<std::unique_ptr<PageStore>> PageStore::open(const std::filesystem::path& 
   db_options.cache_kib = 32 * 1024;  // the pages index of a 256 MiB heap is about 6 MiB
   Result<sqlite::Database> db = sqlite::Database::open((dir / "index.db").string(), db_options);
   if (!db.ok()) return db.status();
+  {
+    Result<int64_t> current = db->user_version();
+    if (!current.ok()) return current.status();
+    if (*current == 1) {
+      Result<sqlite::Transaction> tx = sqlite::Transaction::begin(*db);
+      if (!tx.ok()) return tx.status();
+      DJINN_RETURN_IF_ERROR(db->exec("ALTER TABLE pages ADD COLUMN checksum INTEGER NOT NULL DEFAULT 0"));
+      DJINN_RETURN_IF_ERROR(db->set_user_version(kSchemaVersion));
+      DJINN_RETURN_IF_ERROR(tx->commit());
+    }
+  }
   DJINN_RETURN_IF_ERROR(db->ensure_schema(kSchemaVersion, kSchema, "page store " + dir.string()));
 
   auto impl = std::make_unique<Impl>(dir, options, std::move(*lock), std::move(*db));
@@ -220,7 +233,7 @@ Result<std::unique_ptr<PageStore>> PageStore::open(const std::filesystem::path& 
     impl->bytes_stored = static_cast<uint64_t>(st->column_double(1));
     st->reset();
   }
-  DJINN_RETURN_IF_ERROR(impl->rebuild_filter_locked());
+  DJINN_RETURN_IF_ERROR(impl->load_index_locked());
   Result<std::unique_ptr<internal::Checkpointer>> checkpointer =
       internal::Checkpointer::start(impl->db, (dir / "index.db").string(), db_options.sync);
   if (!checkpointer.ok()) return checkpointer.status();
@@ -248,44 +261,101 @@ std::vector<PageHash> PageStore::missing(std::span<const PageHash> hashes) const
 }
 
 Status PageStore::read_page(const PageHash& hash, std::span<std::byte> out) const {
+  Status error;
+  read_pages(std::span<const PageHash>(&hash, 1), static_cast<uint32_t>(out.size()), out, &error);
+  return error;
+}
+
+namespace {
+
+// Whether a page read back is what was stored: its checksum, or its hash where it has none.
+Status check_read(const PageHash& hash, const Location& where, std::span<const std::byte> stored,
+                  std::span<const std::byte> page) {
+  bool intact = (where.flags & internal::kFlagChecked) ? internal::stored_checksum(stored) == where.check
+                                                       : PageHash::of(page) == hash;
+  if (intact) return Status();
+  return data_loss("page " + hash.hex() + " is corrupt: its stored bytes (pack " + std::to_string(where.pack) +
+                   ", offset " + std::to_string(where.offset) + ") are not what was written");
+}
+
+}  // namespace
+
+size_t PageStore::read_pages(std::span<const PageHash> hashes, uint32_t page_size, std::span<std::byte> out,
+                             Status* error) const {
+  auto fail = [&](size_t read, Status status) {
+    if (error) *error = std::move(status);
+    return read;
+  };
+  if (page_size == 0 || out.size() / page_size < hashes.size()) {
+    return fail(0, invalid_argument("read pages: a buffer of " + std::to_string(out.size()) + " bytes for " +
+                                    std::to_string(hashes.size()) + " pages of " + std::to_string(page_size)));
+  }
   std::shared_lock reclaim(impl_->reclaim_mu);
-  Location where;
+  thread_local std::vector<Location> where;
+  where.resize(hashes.size());
+  size_t found = 0;
+  Status missing;
   {
     std::lock_guard lock(impl_->mu);
-    auto p = impl_->pending.find(hash);
-    if (p != impl_->pending.end() && p->second.where) {
-      where = *p->second.where;
-    } else {
-      Result<std::optional<Location>> found = impl_->lookup_locked(hash);
-      if (!found.ok()) return found.status();
-      if (!*found) return not_found("page " + hash.hex() + " is not in the store");
-      where = **found;
+    for (; found < hashes.size(); ++found) {
+      const PageHash& h = hashes[found];
+      if (!impl_->pending.empty()) {
+        auto p = impl_->pending.find(h);
+        if (p != impl_->pending.end() && p->second.where) {
+          where[found] = *p->second.where;
+          continue;
+        }
+      }
+      auto it = impl_->index.find(h);
+      if (it == impl_->index.end()) {
+        missing = not_found("page " + h.hex() + " is not in the store");
+        break;
+      }
+      where[found] = it->second;
     }
   }
-  if (where.size != out.size()) {
-    return invalid_argument("read page " + hash.hex() + ": the page has " + std::to_string(where.size) +
-                            " bytes, the buffer " + std::to_string(out.size()));
-  }
-  std::shared_ptr<internal::PackFile> file = impl_->packs->get(where.pack);
-  if (!file) return data_loss("page " + hash.hex() + ": its pack file " + std::to_string(where.pack) + " is missing");
-  if (where.flags & internal::kFlagZstd) {
-    thread_local std::vector<std::byte> stored;
-    stored.resize(where.length);
-    DJINN_RETURN_IF_ERROR(file->read_at(where.offset, stored));
-    Status decoded = internal::decode_page(where, stored, out);
-    if (!decoded.ok()) return Status(decoded.code(), "page " + hash.hex() + ": " + decoded.message());
-  } else {
-    if (where.length != out.size()) {
-      return data_loss("page " + hash.hex() + ": stored raw with " + std::to_string(where.length) + " bytes, expected " +
-                       std::to_string(out.size()));
+  std::shared_ptr<internal::PackFile> file;
+  size_t i = 0;
+  while (i < found) {
+    const Location& w = where[i];
+    const PageHash& hash = hashes[i];
+    std::span<std::byte> page = out.subspan(i * page_size, page_size);
+    if (w.size != page_size) {
+      return fail(i, invalid_argument("read page " + hash.hex() + ": the page has " + std::to_string(w.size) +
+                                      " bytes, the buffer " + std::to_string(page_size)));
     }
-    DJINN_RETURN_IF_ERROR(file->read_at(where.offset, out));
+    if (!file || file->id() != w.pack) file = impl_->packs->get(w.pack);
+    if (!file) return fail(i, data_loss("page " + hash.hex() + ": its pack file " + std::to_string(w.pack) + " is missing"));
+    if (w.flags & internal::kFlagZstd) {
+      thread_local std::vector<std::byte> stored;
+      stored.resize(w.length);
+      if (Status st = file->read_at(w.offset, stored); !st.ok()) return fail(i, std::move(st));
+      Status decoded = internal::decode_page(w, stored, page);
+      if (!decoded.ok()) return fail(i, Status(decoded.code(), "page " + hash.hex() + ": " + decoded.message()));
+      if (Status st = check_read(hash, w, stored, page); !st.ok()) return fail(i, std::move(st));
+      ++i;
+      continue;
+    }
+    if (w.length != page_size) {
+      return fail(i, data_loss("page " + hash.hex() + ": stored raw with " + std::to_string(w.length) +
+                               " bytes, expected " + std::to_string(page_size)));
+    }
+    // The raw pages that follow this one in the same pack come with it, in one read.
+    size_t end = i + 1;
+    while (end < found && where[end].pack == w.pack && where[end].offset == where[end - 1].end() &&
+           where[end].length == page_size && where[end].size == page_size && !(where[end].flags & internal::kFlagZstd)) {
+      ++end;
+    }
+    if (Status st = file->read_at(w.offset, out.subspan(i * page_size, (end - i) * page_size)); !st.ok()) {
+      return fail(i, std::move(st));
+    }
+    for (; i < end; ++i) {
+      std::span<const std::byte> bytes = out.subspan(i * page_size, page_size);
+      if (Status st = check_read(hashes[i], where[i], bytes, bytes); !st.ok()) return fail(i, std::move(st));
+    }
   }
-  if (PageHash::of(out) != hash) {
-    return data_loss("page " + hash.hex() + " is corrupt: its stored bytes (pack " + std::to_string(where.pack) +
-                     ", offset " + std::to_string(where.offset) + ") no longer hash to it");
-  }
-  return Status();
+  if (found < hashes.size()) return fail(found, std::move(missing));
+  return hashes.size();
 }
 
 Result<PageHash> PageStore::put_page(std::span<const std::byte> page) {
@@ -435,7 +505,6 @@ Result<GcStats> PageStore::collect_garbage() {
     for (const internal::Session* s : impl_->sessions) live.insert(s->held.begin(), s->held.end());
 
     std::vector<PageHash> dead;
-    std::vector<PageHash> kept;
     std::map<uint64_t, uint64_t> live_per_pack;
     {
       Result<sqlite::Statement> scan = impl_->db.prepare("SELECT hash, pack, at, length FROM pages");
@@ -450,7 +519,6 @@ Result<GcStats> PageStore::collect_garbage() {
         std::copy(bytes.begin(), bytes.end(), h.bytes.begin());
         uint64_t pack = static_cast<uint64_t>(scan->column_int64(1));
         if (live.contains(h)) {
-          kept.push_back(h);
           ++live_per_pack[pack];
         } else {
           dead.push_back(h);
@@ -492,8 +560,7 @@ Result<GcStats> PageStore::collect_garbage() {
     stats.pages_removed = dead.size();
     impl_->pages_stored -= std::min<uint64_t>(impl_->pages_stored, dead.size());
     impl_->bytes_stored -= std::min<uint64_t>(impl_->bytes_stored, stats.bytes_reclaimed);
-    impl_->filter.reset(kept.size());
-    for (const PageHash& h : kept) impl_->filter.add(h);
+    for (const PageHash& h : dead) impl_->index.erase(h);
   }
   // The index no longer names these bytes; readers that looked a page up before are done once
   // the exclusive lock is ours.

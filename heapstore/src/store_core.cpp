@@ -24,8 +24,8 @@ constexpr size_t kRowsPerInsert = 64;
 
 const std::string& insert_pages_sql(size_t rows) {
   auto make = [](size_t n) {
-    std::string sql = "INSERT OR IGNORE INTO pages(hash, pack, at, length, size, flags) VALUES ";
-    for (size_t i = 0; i < n; ++i) sql += i ? ", (?, ?, ?, ?, ?, ?)" : "(?, ?, ?, ?, ?, ?)";
+    std::string sql = "INSERT OR IGNORE INTO pages(hash, pack, at, length, size, flags, checksum) VALUES ";
+    for (size_t i = 0; i < n; ++i) sql += i ? ", (?, ?, ?, ?, ?, ?, ?)" : "(?, ?, ?, ?, ?, ?, ?)";
     return sql;
   };
   static const std::string one = make(1);
@@ -169,13 +169,14 @@ Result<VersionInfo> StoreCore::commit_version(CommitPlan& plan) {
     sqlite::Statement* st = *insert;
     for (size_t k = 0; k < n; ++k) {
       const Row& r = rows[i + k];
-      int at = static_cast<int>(k * 6);
+      int at = static_cast<int>(k * 7);
       DJINN_RETURN_IF_ERROR(st->bind(at + 1, bytes_of(r.hash)));
       DJINN_RETURN_IF_ERROR(st->bind(at + 2, r.where.pack));
       DJINN_RETURN_IF_ERROR(st->bind(at + 3, r.where.offset));
       DJINN_RETURN_IF_ERROR(st->bind(at + 4, r.where.length));
       DJINN_RETURN_IF_ERROR(st->bind(at + 5, r.where.size));
       DJINN_RETURN_IF_ERROR(st->bind(at + 6, r.where.flags));
+      DJINN_RETURN_IF_ERROR(st->bind(at + 7, r.where.check));
     }
     DJINN_RETURN_IF_ERROR(st->run());
     bool all = static_cast<size_t>(db.changes()) == n;
@@ -184,7 +185,7 @@ Result<VersionInfo> StoreCore::commit_version(CommitPlan& plan) {
       if (!all) {
         // Some of these were indexed already (stored by another commit meanwhile): the index
         // took ours only where it now names our bytes.
-        Result<std::optional<Location>> found = lookup_locked(r.hash, /*use_filter=*/false);
+        Result<std::optional<Location>> found = lookup_locked(r.hash, /*from_table=*/true);
         if (!found.ok()) return found.status();
         if (!*found || (*found)->pack != r.where.pack || (*found)->offset != r.where.offset) continue;
       }
@@ -225,7 +226,7 @@ Result<VersionInfo> StoreCore::commit_version(CommitPlan& plan) {
   versions[row.info.version] = row;
   uint64_t own_used = 0;
   for (const Row& r : rows) {
-    if (r.inserted) filter.add(r.hash);
+    if (r.inserted) index[r.hash] = r.where;
     if (r.inserted && r.own) ++own_used;
   }
   pages_stored += inserted_pages;
@@ -279,7 +280,8 @@ Result<std::vector<Location>> StoreCore::append(std::span<const std::span<const 
   if (options.compression_level == 0) {
     // Raw pages go to the file straight from the caller's buffers.
     for (std::span<const std::byte> page : pages) {
-      out.push_back(Location{0, total, static_cast<uint32_t>(page.size()), static_cast<uint32_t>(page.size()), 0});
+      out.push_back(Location{0, total, static_cast<uint32_t>(page.size()), static_cast<uint32_t>(page.size()),
+                             kFlagChecked, stored_checksum(page)});
       total += page.size();
     }
     parts.assign(pages.begin(), pages.end());
@@ -288,7 +290,8 @@ Result<std::vector<Location>> StoreCore::append(std::span<const std::span<const 
     for (std::span<const std::byte> page : pages) {
       uint64_t at = encoded.size();
       Encoded e = encode_page(page, options.compression_level, encoded);
-      out.push_back(Location{0, at, e.length, static_cast<uint32_t>(page.size()), e.flags});
+      out.push_back(Location{0, at, e.length, static_cast<uint32_t>(page.size()), e.flags | kFlagChecked,
+                             stored_checksum(std::span<const std::byte>(encoded).subspan(at, e.length))});
     }
     total = encoded.size();
     parts.push_back(encoded);
@@ -333,9 +336,12 @@ Status StoreCore::load_versions_locked() {
   return Status();
 }
 
-Result<std::optional<Location>> StoreCore::lookup_locked(const PageHash& hash, bool use_filter) {
-  if (use_filter && !filter.may_contain(hash)) return std::optional<Location>();
-  Result<sqlite::Statement*> st = db.cached("SELECT pack, at, length, size, flags FROM pages WHERE hash = ?");
+Result<std::optional<Location>> StoreCore::lookup_locked(const PageHash& hash, bool from_table) {
+  if (!from_table) {
+    auto it = index.find(hash);
+    return it == index.end() ? std::optional<Location>() : std::optional<Location>(it->second);
+  }
+  Result<sqlite::Statement*> st = db.cached("SELECT pack, at, length, size, flags, checksum FROM pages WHERE hash = ?");
   if (!st.ok()) return st.status();
   DJINN_RETURN_IF_ERROR((*st)->bind_all(bytes_of(hash)));
   Result<bool> row = (*st)->step();
@@ -347,14 +353,16 @@ Result<std::optional<Location>> StoreCore::lookup_locked(const PageHash& hash, b
   where.length = static_cast<uint32_t>((*st)->column_int64(2));
   where.size = static_cast<uint32_t>((*st)->column_int64(3));
   where.flags = static_cast<uint32_t>((*st)->column_int64(4));
+  where.check = static_cast<uint64_t>((*st)->column_int64(5));
   (*st)->reset();
   return std::optional<Location>(where);
 }
 
-Status StoreCore::rebuild_filter_locked() {
-  Result<sqlite::Statement> all = db.prepare("SELECT hash FROM pages");
+Status StoreCore::load_index_locked() {
+  Result<sqlite::Statement> all = db.prepare("SELECT hash, pack, at, length, size, flags, checksum FROM pages");
   if (!all.ok()) return all.status();
-  filter.reset(pages_stored);
+  index.clear();
+  index.reserve(pages_stored);
   for (;;) {
     Result<bool> more = all->step();
     if (!more.ok()) return more.status();
@@ -363,7 +371,13 @@ Status StoreCore::rebuild_filter_locked() {
     PageHash h;
     if (bytes.size() != h.bytes.size()) return data_loss("page store " + dir.string() + ": an index row has a malformed hash");
     std::copy(bytes.begin(), bytes.end(), h.bytes.begin());
-    filter.add(h);
+    Location& where = index[h];
+    where.pack = static_cast<uint64_t>(all->column_int64(1));
+    where.offset = static_cast<uint64_t>(all->column_int64(2));
+    where.length = static_cast<uint32_t>(all->column_int64(3));
+    where.size = static_cast<uint32_t>(all->column_int64(4));
+    where.flags = static_cast<uint32_t>(all->column_int64(5));
+    where.check = static_cast<uint64_t>(all->column_int64(6));
   }
 }
 
@@ -527,7 +541,7 @@ StoreCore::~StoreCore() {
   std::vector<Range> garbage;
   for (const auto& [h, p] : pending) {
     if (!p.where) continue;
-    Result<std::optional<Location>> indexed = lookup_locked(h, /*use_filter=*/false);
+    Result<std::optional<Location>> indexed = lookup_locked(h, /*from_table=*/true);
     if (!indexed.ok()) continue;
     if (*indexed && (*indexed)->pack == p.where->pack && (*indexed)->offset == p.where->offset) continue;
     garbage.push_back(Range{p.where->pack, p.where->offset, p.where->length});

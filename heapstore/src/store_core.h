@@ -103,7 +103,10 @@ struct StoreCore {
   std::set<Session*> sessions;
   std::multiset<uint64_t> pinned_versions;  // parents of open writers
   uint64_t loose_appends = 0;  // put_page appends not yet recorded in `pending`
-  HashFilter filter;
+  // Every indexed page and where it is: the index table, in memory (about 100 bytes a page), so a
+  // read or a dedup check never waits for SQLite. Updated once a commit or a collection is
+  // durable; only crash-point tests see it lag the table.
+  HashMap<Location> index;
   uint64_t pages_stored = 0;
   uint64_t bytes_stored = 0;
   std::list<std::pair<uint64_t, std::shared_ptr<const PageList>>> cache;  // most recent first
@@ -122,13 +125,13 @@ struct StoreCore {
   std::unique_ptr<WorkerPool> workers;
 
   Status load_versions_locked();
-  // The page's place in the index. `use_filter` false asks SQLite even when the filter says no
-  // (the filter only knows commits that completed in memory).
-  Result<std::optional<Location>> lookup_locked(const PageHash& hash, bool use_filter = true);
+  // The page's place in the index. `from_table` asks SQLite instead of memory (which only knows
+  // commits that completed in memory).
+  Result<std::optional<Location>> lookup_locked(const PageHash& hash, bool from_table = false);
   // Whether the store holds `hash` (indexed or pending).
   Result<bool> knows_locked(const PageHash& hash);
-  // The filter, sized for the index as it is, from every hash in it.
-  Status rebuild_filter_locked();
+  // `index` from the table.
+  Status load_index_locked();
   Result<std::vector<uint8_t>> blob_locked(uint64_t version, const char* column);
   Result<std::shared_ptr<const PageList>> pages_locked(uint64_t version);
   void cache_locked(uint64_t version, std::shared_ptr<const PageList> pages);

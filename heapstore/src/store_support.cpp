@@ -1,4 +1,4 @@
-// DirLock, WorkerPool and HashFilter (see store_support.h).
+// DirLock, WorkerPool and Checkpointer (see store_support.h).
 #include "store_support.h"
 
 #include <fcntl.h>
@@ -107,54 +107,6 @@ void WorkerPool::run() {
     }
     job();
   }
-}
-
-// ---- HashFilter ----
-
-HashFilter::Layer::Layer(uint64_t pages) {
-  uint64_t bits = std::bit_ceil(std::max<uint64_t>(pages, 1 << 16) * 16);
-  words.assign(bits / 64, 0);
-  mask = bits - 1;
-  capacity = bits / 16;
-}
-
-void HashFilter::Layer::add(const PageHash& hash) {
-  for (int k = 0; k < 4; ++k) {
-    uint64_t v;
-    std::memcpy(&v, hash.bytes.data() + 8 * k, sizeof v);
-    v &= mask;
-    words[v >> 6] |= uint64_t{1} << (v & 63);
-  }
-  ++added;
-}
-
-bool HashFilter::Layer::may_contain(const PageHash& hash) const {
-  for (int k = 0; k < 4; ++k) {
-    uint64_t v;
-    std::memcpy(&v, hash.bytes.data() + 8 * k, sizeof v);
-    v &= mask;
-    if (!(words[v >> 6] & (uint64_t{1} << (v & 63)))) return false;
-  }
-  return true;
-}
-
-void HashFilter::reset(uint64_t expected_pages) {
-  layers_.clear();
-  layers_.emplace_back(expected_pages * 2);
-}
-
-void HashFilter::add(const PageHash& hash) {
-  if (layers_.empty() || layers_.back().added >= layers_.back().capacity) {
-    layers_.emplace_back(layers_.empty() ? 0 : layers_.back().capacity * 2);
-  }
-  layers_.back().add(hash);
-}
-
-bool HashFilter::may_contain(const PageHash& hash) const {
-  for (const Layer& layer : layers_) {
-    if (layer.may_contain(hash)) return true;
-  }
-  return false;
 }
 
 // ---- Checkpointer ----

@@ -57,30 +57,6 @@ class WorkerPool {
   std::vector<std::thread> threads_;
 };
 
-// A Bloom filter over page hashes (about 16 bits and 4 probes per page: 0.24% false positives per
-// layer). A miss proves the page is not in the index; a hit is confirmed by the index. The hashes
-// are already uniform, so the probes are simply words of the hash. When a layer fills, a layer
-// twice its size takes the new pages, so adding never rebuilds (a rebuild reads every hash of the
-// index); garbage collection resets it from the hashes it keeps.
-class HashFilter {
- public:
-  void reset(uint64_t expected_pages);
-  void add(const PageHash& hash);
-  bool may_contain(const PageHash& hash) const;
-
- private:
-  struct Layer {
-    std::vector<uint64_t> words;
-    uint64_t mask = 0;
-    uint64_t capacity = 0;
-    uint64_t added = 0;
-    explicit Layer(uint64_t pages);
-    void add(const PageHash& hash);
-    bool may_contain(const PageHash& hash) const;
-  };
-  std::vector<Layer> layers_;
-};
-
 // Copies the index's WAL back into the database on a thread of its own, with a connection of its
 // own (a PASSIVE checkpoint never blocks the writer), so no commit waits for a checkpoint: with
 // SQLite's automatic checkpoint, the commit that crosses the threshold does it, fsync included.

@@ -12,6 +12,7 @@
 #include <set>
 #include <thread>
 
+#include "djinn/core/sqlite.h"
 #include "page_store_test_util.h"
 #include "support/test_support.h"
 
@@ -552,6 +553,77 @@ TEST_CASE("a corrupted stored page reads as DATA_LOSS, raw or compressed") {
                                                     [](const PageHash&, std::span<const std::byte>) { return Status(); }});
     CHECK(exported.code() == Code::kDataLoss);
   }
+}
+
+TEST_CASE("read_pages reads a run in one call and stops at the first page it cannot give") {
+  test::TempDir dir;
+  auto store = open_store(dir.path());
+  Model model;
+  std::map<uint64_t, Bytes> changes;
+  for (uint64_t i = 0; i < 40; ++i) changes[i] = page_of(100 + i, kPage);
+  write_version(*store, 0, changes, model);
+  Manifest m = must(store->manifest(1));
+  std::vector<PageHash> hashes;
+  for (const PageRef& p : m.pages) hashes.push_back(p.hash);
+  // In pack order, out of order, and with a page put outside any version in the middle.
+  std::swap(hashes[3], hashes[30]);
+  Bytes loose = page_of(999, kPage);
+  hashes.insert(hashes.begin() + 7, must(store->put_page(loose)));
+  Bytes out(hashes.size() * kPage);
+  Status error;
+  REQUIRE(store->read_pages(hashes, kPage, out, &error) == hashes.size());
+  for (size_t i = 0; i < hashes.size(); ++i) {
+    CHECK(PageHash::of(std::span<const std::byte>(out).subspan(i * kPage, kPage)) == hashes[i]);
+  }
+  // An unknown page: the pages before it are read, its error names it.
+  PageHash unknown = PageHash::of(page_of(12345, kPage));
+  hashes.insert(hashes.begin() + 20, unknown);
+  out.assign(hashes.size() * kPage, std::byte{0});
+  CHECK(store->read_pages(hashes, kPage, out, &error) == 20);
+  CHECK(error.code() == Code::kNotFound);
+  CHECK(error.message().find(unknown.hex()) != std::string::npos);
+  CHECK(std::span<const std::byte>(out).subspan(19 * kPage, kPage).front() != std::byte{0});
+  // A buffer too small for the pages is refused before anything is read.
+  CHECK(store->read_pages(hashes, kPage, std::span<std::byte>(out).first(kPage), &error) == 0);
+  CHECK(error.code() == Code::kInvalidArgument);
+  CHECK(store->read_pages(hashes, 0, out, &error) == 0);
+}
+
+TEST_CASE("a store of schema 1 (pages without checksums) opens, reads by hash and goes on") {
+  test::TempDir dir;
+  Model model;
+  std::map<uint64_t, Bytes> changes;
+  for (uint64_t i = 0; i < 10; ++i) changes[i] = page_of(200 + i, kPage);
+  {
+    auto store = open_store(dir.path());
+    write_version(*store, 0, changes, model);
+  }
+  {
+    // What schema 1 wrote: no checksum column, no checked flag.
+    auto db = must(sqlite::Database::open((dir.path() / "index.db").string()));
+    must_ok(db.exec("ALTER TABLE pages DROP COLUMN checksum"));
+    must_ok(db.exec("UPDATE pages SET flags = flags & ~2"));
+    must_ok(db.exec("PRAGMA user_version = 1"));
+  }
+  {
+    auto store = open_store(dir.path());
+    check_version(*store, 1, model);
+    // The old pages are still checked, by their hash.
+    auto packs = pack_files(dir.path());
+    REQUIRE(packs.size() == 1);
+    std::fstream f(packs[0], std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(kPage * 4 + 100);
+    f.put('\x77');
+    f.close();
+    Bytes out(kPage);
+    CHECK(store->read_page(PageHash::of(model.at(4)), out).code() == Code::kDataLoss);
+    write_version(*store, 1, {{20, page_of(300, kPage)}}, model);
+  }
+  auto db = must(sqlite::Database::open((dir.path() / "index.db").string()));
+  CHECK(must(db.user_version()) == 2);
+  auto row = must(db.prepare("SELECT count(*) FROM pages WHERE checksum != 0 AND flags & 2"));
+  REQUIRE(must(row.step()));
+  CHECK(row.column_int64(0) == 1);  // the page written after the upgrade
 }
 
 TEST_CASE("reopened after close, everything is intact and the store goes on") {

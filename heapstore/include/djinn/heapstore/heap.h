@@ -65,7 +65,7 @@ struct HeapOptions {
   // while faults keep landing where the previous run ended (sequential access) the run doubles,
   // up to the maximum. 8: the cheapest random page-in per page touched of 4, 8 and 16 here.
   uint32_t fault_around_pages = 8;
-  uint32_t fault_around_max_pages = 64;
+  uint32_t fault_around_max_pages = 512;
   // After serving a fault, the fault thread polls for the next one this long before it sleeps:
   // a fault that finds it awake costs half as much (bench-heapstore). 0: sleep at once.
   uint32_t fault_spin_us = 50;

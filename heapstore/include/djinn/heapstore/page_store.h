@@ -155,6 +155,11 @@ class PageStore {
   // Fills `out` (the page's size) with the page's content; NOT_FOUND when absent, DATA_LOSS when
   // the stored bytes no longer hash to `hash`.
   Status read_page(const PageHash& hash, std::span<std::byte> out) const;
+  // Reads pages `hashes` into `out` (one page size each, one after the other), with one read
+  // for each run of them that lies in order in a pack (a heap's sequential page-in). Returns how
+  // many leading pages were read; the error of the first that failed goes to `error`.
+  size_t read_pages(std::span<const PageHash> hashes, uint32_t page_size, std::span<std::byte> out,
+                    Status* error) const;
   // Stores content outside any version (an evicted dirty page, an imported page) and returns its
   // hash. Such a page is kept until this store is closed or a committed version refers to it.
   Result<PageHash> put_page(std::span<const std::byte> page);
