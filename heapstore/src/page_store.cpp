@@ -32,20 +32,23 @@ using internal::StoreCore;
 
 namespace {
 
-// 2: pages have a checksum (rows from schema 1 get 0 and no kFlagChecked: checked by hash).
-constexpr int64_t kSchemaVersion = 2;
+// 1: pages keyed by hash. 3: pages keyed by row number, in the order they were indexed, with a
+// checksum (rows moved from schema 1 have none and no kFlagChecked: checked by hash). 2 (keyed by
+// hash, with checksums) was never released.
+constexpr int64_t kSchemaVersion = 3;
 constexpr std::string_view kSchema = R"sql(
 CREATE TABLE IF NOT EXISTS packs(
   id INTEGER PRIMARY KEY,
   committed_bytes INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS pages(
-  hash BLOB PRIMARY KEY,
+  row INTEGER PRIMARY KEY,
+  hash BLOB NOT NULL,
   pack INTEGER NOT NULL,
   at INTEGER NOT NULL,
   length INTEGER NOT NULL,
   size INTEGER NOT NULL,
   flags INTEGER NOT NULL,
-  checksum INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
+  checksum INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS versions(
   version INTEGER PRIMARY KEY AUTOINCREMENT,
   parent INTEGER NOT NULL,
@@ -60,6 +63,28 @@ CREATE TABLE IF NOT EXISTS versions(
   manifest BLOB NOT NULL,
   record BLOB NOT NULL);
 )sql";
+
+// A store of schema 1 or 2 (pages keyed by hash) gets its pages table rewritten in row order, in
+// pack order, in one transaction.
+Status upgrade_schema(sqlite::Database& db, const std::filesystem::path& dir) {
+  Result<int64_t> current = db.user_version();
+  if (!current.ok()) return current.status();
+  if (*current != 1 && *current != 2) return Status();
+  Result<sqlite::Transaction> tx = sqlite::Transaction::begin(db);
+  if (!tx.ok()) return tx.status();
+  DJINN_RETURN_IF_ERROR(db.exec("ALTER TABLE pages RENAME TO pages_by_hash"));
+  DJINN_RETURN_IF_ERROR(db.exec(kSchema));
+  DJINN_RETURN_IF_ERROR(db.exec(
+      std::string("INSERT INTO pages(hash, pack, at, length, size, flags, checksum) SELECT hash, pack, at, length, "
+                  "size, flags, ") +
+      (*current == 1 ? "0" : "checksum") + " FROM pages_by_hash ORDER BY pack, at"));
+  DJINN_RETURN_IF_ERROR(db.exec("DROP TABLE pages_by_hash"));
+  DJINN_RETURN_IF_ERROR(db.set_user_version(kSchemaVersion));
+  DJINN_RETURN_IF_ERROR(tx->commit());
+  DJINN_LOG(kInfo, "heapstore") << "page store " << dir.string() << ": index upgraded from schema " << *current
+                                << " to " << kSchemaVersion;
+  return Status();
+}
 
 }  // namespace
 
@@ -192,17 +217,7 @@ Result<std::unique_ptr<PageStore>> PageStore::open(const std::filesystem::path& 
   db_options.cache_kib = 32 * 1024;  // the pages index of a 256 MiB heap is about 6 MiB
   Result<sqlite::Database> db = sqlite::Database::open((dir / "index.db").string(), db_options);
   if (!db.ok()) return db.status();
-  {
-    Result<int64_t> current = db->user_version();
-    if (!current.ok()) return current.status();
-    if (*current == 1) {
-      Result<sqlite::Transaction> tx = sqlite::Transaction::begin(*db);
-      if (!tx.ok()) return tx.status();
-      DJINN_RETURN_IF_ERROR(db->exec("ALTER TABLE pages ADD COLUMN checksum INTEGER NOT NULL DEFAULT 0"));
-      DJINN_RETURN_IF_ERROR(db->set_user_version(kSchemaVersion));
-      DJINN_RETURN_IF_ERROR(tx->commit());
-    }
-  }
+  DJINN_RETURN_IF_ERROR(upgrade_schema(*db, dir));
   DJINN_RETURN_IF_ERROR(db->ensure_schema(kSchemaVersion, kSchema, "page store " + dir.string()));
 
   auto impl = std::make_unique<Impl>(dir, options, std::move(*lock), std::move(*db));
@@ -246,16 +261,14 @@ Result<std::unique_ptr<PageStore>> PageStore::open(const std::filesystem::path& 
 
 bool PageStore::contains(const PageHash& hash) const {
   std::lock_guard lock(impl_->mu);
-  Result<bool> known = impl_->knows_locked(hash);
-  return known.ok() && *known;
+  return impl_->knows_locked(hash);
 }
 
 std::vector<PageHash> PageStore::missing(std::span<const PageHash> hashes) const {
   std::vector<PageHash> out;
   std::lock_guard lock(impl_->mu);
   for (const PageHash& h : hashes) {
-    Result<bool> known = impl_->knows_locked(h);
-    if (!known.ok() || !*known) out.push_back(h);
+    if (!impl_->knows_locked(h)) out.push_back(h);
   }
   return out;
 }
@@ -367,9 +380,7 @@ Result<PageHash> PageStore::put_page(std::span<const std::byte> page) {
   {
     std::lock_guard lock(impl_->mu);
     if (impl_->pending.contains(hash)) return hash;
-    Result<std::optional<Location>> found = impl_->lookup_locked(hash);
-    if (!found.ok()) return found.status();
-    if (*found) {
+    if (impl_->index.contains(hash)) {
       // Pinned anyway: the versions that hold it now may be removed before one takes it again.
       impl_->pending[hash] = internal::PendingPage{std::nullopt, static_cast<uint32_t>(page.size())};
       return hash;
@@ -504,10 +515,10 @@ Result<GcStats> PageStore::collect_garbage() {
     }
     for (const internal::Session* s : impl_->sessions) live.insert(s->held.begin(), s->held.end());
 
-    std::vector<PageHash> dead;
+    std::vector<std::pair<uint64_t, PageHash>> dead;  // row, hash
     std::map<uint64_t, uint64_t> live_per_pack;
     {
-      Result<sqlite::Statement> scan = impl_->db.prepare("SELECT hash, pack, at, length FROM pages");
+      Result<sqlite::Statement> scan = impl_->db.prepare("SELECT hash, pack, at, length, row FROM pages");
       if (!scan.ok()) return scan.status();
       for (;;) {
         Result<bool> more = scan->step();
@@ -518,10 +529,13 @@ Result<GcStats> PageStore::collect_garbage() {
         if (bytes.size() != h.bytes.size()) continue;
         std::copy(bytes.begin(), bytes.end(), h.bytes.begin());
         uint64_t pack = static_cast<uint64_t>(scan->column_int64(1));
-        if (live.contains(h)) {
+        uint64_t row = static_cast<uint64_t>(scan->column_int64(4));
+        auto indexed = impl_->index.find(h);
+        // A second row of a hash (none is written) is never read: dead too.
+        if (live.contains(h) && indexed != impl_->index.end() && indexed->second.row == row) {
           ++live_per_pack[pack];
         } else {
-          dead.push_back(h);
+          dead.push_back({row, h});
           uint64_t length = static_cast<uint64_t>(scan->column_int64(3));
           garbage.push_back(Range{pack, static_cast<uint64_t>(scan->column_int64(2)), length});
           stats.bytes_reclaimed += length;
@@ -541,11 +555,11 @@ Result<GcStats> PageStore::collect_garbage() {
 
     Result<sqlite::Transaction> tx = sqlite::Transaction::begin(impl_->db);
     if (!tx.ok()) return tx.status();
-    Result<sqlite::Statement*> del = impl_->db.cached("DELETE FROM pages WHERE hash = ?");
+    Result<sqlite::Statement*> del = impl_->db.cached("DELETE FROM pages WHERE row = ?");
     if (!del.ok()) return del.status();
-    for (const PageHash& h : dead) {
+    for (const auto& [row, h] : dead) {
       (*del)->reset();
-      DJINN_RETURN_IF_ERROR((*del)->bind_all(bytes_of(h)));
+      DJINN_RETURN_IF_ERROR((*del)->bind_all(row));
       DJINN_RETURN_IF_ERROR((*del)->run());
     }
     Result<sqlite::Statement*> del_pack = impl_->db.cached("DELETE FROM packs WHERE id = ?");
@@ -560,7 +574,10 @@ Result<GcStats> PageStore::collect_garbage() {
     stats.pages_removed = dead.size();
     impl_->pages_stored -= std::min<uint64_t>(impl_->pages_stored, dead.size());
     impl_->bytes_stored -= std::min<uint64_t>(impl_->bytes_stored, stats.bytes_reclaimed);
-    for (const PageHash& h : dead) impl_->index.erase(h);
+    for (const auto& [row, h] : dead) {
+      auto indexed = impl_->index.find(h);
+      if (indexed != impl_->index.end() && indexed->second.row == row) impl_->index.erase(indexed);
+    }
   }
   // The index no longer names these bytes; readers that looked a page up before are done once
   // the exclusive lock is ours.

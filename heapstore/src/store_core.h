@@ -107,6 +107,7 @@ struct StoreCore {
   // read or a dedup check never waits for SQLite. Updated once a commit or a collection is
   // durable; only crash-point tests see it lag the table.
   HashMap<Location> index;
+  uint64_t next_row = 1;  // the row number the next indexed page takes
   uint64_t pages_stored = 0;
   uint64_t bytes_stored = 0;
   std::list<std::pair<uint64_t, std::shared_ptr<const PageList>>> cache;  // most recent first
@@ -125,11 +126,10 @@ struct StoreCore {
   std::unique_ptr<WorkerPool> workers;
 
   Status load_versions_locked();
-  // The page's place in the index. `from_table` asks SQLite instead of memory (which only knows
-  // commits that completed in memory).
-  Result<std::optional<Location>> lookup_locked(const PageHash& hash, bool from_table = false);
+  // The page's place in the index.
+  std::optional<Location> lookup_locked(const PageHash& hash) const;
   // Whether the store holds `hash` (indexed or pending).
-  Result<bool> knows_locked(const PageHash& hash);
+  bool knows_locked(const PageHash& hash) const;
   // `index` from the table.
   Status load_index_locked();
   Result<std::vector<uint8_t>> blob_locked(uint64_t version, const char* column);

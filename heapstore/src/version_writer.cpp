@@ -120,12 +120,7 @@ void VersionWriter::State::process(uint32_t number, std::vector<std::byte> data)
     {
       std::lock_guard lock(store->mu);
       for (uint32_t i : candidates) {
-        Result<bool> known = store->knows_locked(hashes[i]);
-        if (!known.ok()) {
-          status = known.status();
-          break;
-        }
-        if (*known) {
+        if (store->knows_locked(hashes[i])) {
           session.held.insert(hashes[i]);
         } else {
           fresh.push_back(i);
@@ -256,13 +251,12 @@ Status VersionWriter::put_hash(uint64_t index, const PageHash& hash) {
   if (auto it = s.store->pending.find(hash); it != s.store->pending.end()) {
     size = it->second.size;
   } else {
-    Result<std::optional<Location>> found = s.store->lookup_locked(hash);
-    if (!found.ok()) return found.status();
-    if (!*found) {
+    std::optional<Location> found = s.store->lookup_locked(hash);
+    if (!found) {
       return not_found("put page " + std::to_string(index) + " by hash: page " + hash.hex() +
                        " is not in the store (store it with put_page first)");
     }
-    size = (*found)->size;
+    size = found->size;
   }
   if (size != s.page_size) {
     return invalid_argument("put page " + std::to_string(index) + " by hash: page " + hash.hex() + " has " +

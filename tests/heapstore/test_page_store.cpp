@@ -589,7 +589,7 @@ TEST_CASE("read_pages reads a run in one call and stops at the first page it can
   CHECK(store->read_pages(hashes, 0, out, &error) == 0);
 }
 
-TEST_CASE("a store of schema 1 (pages without checksums) opens, reads by hash and goes on") {
+TEST_CASE("a store of schema 1 (pages keyed by hash, no checksums) opens, reads and goes on") {
   test::TempDir dir;
   Model model;
   std::map<uint64_t, Bytes> changes;
@@ -599,11 +599,13 @@ TEST_CASE("a store of schema 1 (pages without checksums) opens, reads by hash an
     write_version(*store, 0, changes, model);
   }
   {
-    // What schema 1 wrote: no checksum column, no checked flag.
+    // What schema 1 wrote: pages keyed by hash, no checksum column, no checked flag.
     auto db = must(sqlite::Database::open((dir.path() / "index.db").string()));
-    must_ok(db.exec("ALTER TABLE pages DROP COLUMN checksum"));
-    must_ok(db.exec("UPDATE pages SET flags = flags & ~2"));
-    must_ok(db.exec("PRAGMA user_version = 1"));
+    must_ok(db.exec(
+        "CREATE TABLE pages_v1(hash BLOB PRIMARY KEY, pack INTEGER NOT NULL, at INTEGER NOT NULL, "
+        "length INTEGER NOT NULL, size INTEGER NOT NULL, flags INTEGER NOT NULL) WITHOUT ROWID;"
+        "INSERT INTO pages_v1 SELECT hash, pack, at, length, size, flags & ~2 FROM pages;"
+        "DROP TABLE pages; ALTER TABLE pages_v1 RENAME TO pages; PRAGMA user_version = 1;"));
   }
   {
     auto store = open_store(dir.path());
@@ -620,10 +622,11 @@ TEST_CASE("a store of schema 1 (pages without checksums) opens, reads by hash an
     write_version(*store, 1, {{20, page_of(300, kPage)}}, model);
   }
   auto db = must(sqlite::Database::open((dir.path() / "index.db").string()));
-  CHECK(must(db.user_version()) == 2);
-  auto row = must(db.prepare("SELECT count(*) FROM pages WHERE checksum != 0 AND flags & 2"));
-  REQUIRE(must(row.step()));
-  CHECK(row.column_int64(0) == 1);  // the page written after the upgrade
+  CHECK(must(db.user_version()) == 3);
+  auto rows = must(db.prepare("SELECT count(*), max(row) FROM pages WHERE checksum != 0 AND flags & 2"));
+  REQUIRE(must(rows.step()));
+  CHECK(rows.column_int64(0) == 1);  // the page written after the upgrade, with the next row number
+  CHECK(rows.column_int64(1) == 11);
 }
 
 TEST_CASE("reopened after close, everything is intact and the store goes on") {
