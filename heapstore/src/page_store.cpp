@@ -164,6 +164,7 @@ class ImportSession final : public PageStore::Import {
     plan.pages = std::make_shared<const PageList>(manifest_.pages);
     plan.record = manifest_.record;
     plan.own = &received_;
+    plan.own_all_referenced = true;  // only pages the manifest needs are received
     plan.phase = &phase_;
     Result<VersionInfo> info = store_->commit_version(plan);
     if (!info.ok()) abort();

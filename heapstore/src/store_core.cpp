@@ -63,17 +63,19 @@ Result<VersionInfo> StoreCore::commit_version(CommitPlan& plan) {
   // 1. The pages that enter the index with this version: the ones the session appended and the
   //    put_page pages it refers to. Pages it refers to that are already indexed stay as they are
   //    (held by the session, so garbage collection did not take them meanwhile).
-  std::vector<PageHash> referenced;  // sorted, unique
-  if (plan.delta) {
-    for (const DeltaEntry& e : *plan.delta) {
-      if (!e.zero) referenced.push_back(e.hash);
+  std::vector<PageHash> referenced;  // sorted, unique; filled by refer() when needed
+  auto refer = [&] {
+    if (plan.delta) {
+      for (const DeltaEntry& e : *plan.delta) {
+        if (!e.zero) referenced.push_back(e.hash);
+      }
+    } else {
+      referenced.reserve(plan.pages->size());
+      for (const PageRef& p : *plan.pages) referenced.push_back(p.hash);
     }
-  } else {
-    referenced.reserve(plan.pages->size());
-    for (const PageRef& p : *plan.pages) referenced.push_back(p.hash);
-  }
-  std::sort(referenced.begin(), referenced.end());
-  referenced.erase(std::unique(referenced.begin(), referenced.end()), referenced.end());
+    std::sort(referenced.begin(), referenced.end());
+    referenced.erase(std::unique(referenced.begin(), referenced.end()), referenced.end());
+  };
   struct Row {
     PageHash hash;
     Location where;
@@ -81,14 +83,22 @@ Result<VersionInfo> StoreCore::commit_version(CommitPlan& plan) {
     bool inserted = false;  // the index took it (else it already had the page)
   };
   std::vector<Row> rows;
-  rows.reserve(referenced.size());
   {
     std::lock_guard lock(mu);
-    for (const PageHash& h : referenced) {
-      if (auto own = plan.own->find(h); own != plan.own->end()) {
-        rows.push_back(Row{h, own->second, true});
-      } else if (auto p = pending.find(h); p != pending.end() && p->second.where) {
-        rows.push_back(Row{h, *p->second.where, false});
+    if (plan.own_all_referenced && pending.empty()) {
+      // Every page the session appended is in the version, and no put_page page can be: the
+      // rows are the session's pages as they are (sorting 65,536 hashes took 19 ms).
+      rows.reserve(plan.own->size());
+      for (const auto& [h, where] : *plan.own) rows.push_back(Row{h, where, true});
+    } else {
+      refer();
+      rows.reserve(referenced.size());
+      for (const PageHash& h : referenced) {
+        if (auto own = plan.own->find(h); own != plan.own->end()) {
+          rows.push_back(Row{h, own->second, true});
+        } else if (auto p = pending.find(h); p != pending.end() && p->second.where) {
+          rows.push_back(Row{h, *p->second.where, false});
+        }
       }
     }
   }
@@ -216,6 +226,7 @@ Result<VersionInfo> StoreCore::commit_version(CommitPlan& plan) {
   versions[row.info.version] = row;
   next_row = row_number;
   uint64_t own_used = 0;
+  index.reserve(index.size() + inserted_pages);
   for (const Row& r : rows) {
     if (r.inserted) index[r.hash] = r.where;
     if (r.inserted && r.own) ++own_used;
@@ -225,13 +236,15 @@ Result<VersionInfo> StoreCore::commit_version(CommitPlan& plan) {
   if (!pending.empty()) {
     // A put_page page this version holds is an ordinary page now; its bytes are garbage unless
     // the index took them.
-    size_t k = 0;
+    HashSet taken;
+    for (const Row& r : rows) {
+      if (!r.own && r.inserted) taken.insert(r.hash);
+    }
+    if (referenced.empty()) refer();
     for (const PageHash& h : referenced) {
-      while (k < rows.size() && rows[k].hash < h) ++k;
       auto p = pending.find(h);
       if (p == pending.end()) continue;
-      bool taken = k < rows.size() && rows[k].hash == h && !rows[k].own && rows[k].inserted;
-      if (p->second.where && !taken) {
+      if (p->second.where && !taken.contains(h)) {
         pending_garbage.push_back(Range{p->second.where->pack, p->second.where->offset, p->second.where->length});
       }
       pending.erase(p);

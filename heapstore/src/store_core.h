@@ -82,6 +82,7 @@ struct CommitPlan {
   std::optional<std::vector<DeltaEntry>> delta;  // its changes against `parent`, when it has one
   std::string_view record;
   const HashMap<Location>* own = nullptr;  // pages the session appended
+  bool own_all_referenced = false;          // the version holds every page in `own`
   Phase* phase = nullptr;
 };
 

@@ -312,10 +312,19 @@ Result<VersionInfo> VersionWriter::commit(std::string_view record) {
   if (!std::is_sorted(s.staged.begin(), s.staged.end(), by_index)) {
     std::stable_sort(s.staged.begin(), s.staged.end(), by_index);
   }
+  size_t overwritten = 0;  // staged entries a later one for the same index replaced
   for (size_t k = 0; k < s.staged.size(); ++k) {
-    if (k + 1 < s.staged.size() && s.staged[k + 1].first == s.staged[k].first) continue;
+    if (k + 1 < s.staged.size() && s.staged[k + 1].first == s.staged[k].first) {
+      ++overwritten;
+      continue;
+    }
     const auto& [index, slot] = s.staged[k];
-    while (i < base.size() && base[i].index < index) pages->push_back(base[i++]);
+    // The parent's pages up to this index, copied as one range (a 1% checkpoint of 65,536 pages
+    // copies 655 ranges, not 65,536 pages one by one).
+    auto next = std::lower_bound(base.begin() + static_cast<ptrdiff_t>(i), base.end(), index,
+                                 [](const PageRef& p, uint64_t x) { return p.index < x; });
+    pages->insert(pages->end(), base.begin() + static_cast<ptrdiff_t>(i), next);
+    i = static_cast<size_t>(next - base.begin());
     const PageRef* old = i < base.size() && base[i].index == index ? &base[i++] : nullptr;
     if (slot.kind == State::Slot::kZero) {
       if (old) delta.push_back(DeltaEntry{index, true, {}});
@@ -325,7 +334,7 @@ Result<VersionInfo> VersionWriter::commit(std::string_view record) {
     pages->push_back(PageRef{index, hash});
     if (!old || old->hash != hash) delta.push_back(DeltaEntry{index, false, hash});
   }
-  while (i < base.size()) pages->push_back(base[i++]);
+  pages->insert(pages->end(), base.begin() + static_cast<ptrdiff_t>(i), base.end());
 
   internal::CommitPlan plan;
   plan.session = &s.session;
@@ -338,6 +347,7 @@ Result<VersionInfo> VersionWriter::commit(std::string_view record) {
   }
   plan.record = record;
   plan.own = &s.new_pages;
+  plan.own_all_referenced = overwritten == 0;
   plan.phase = &s.phase;
   Result<VersionInfo> info = s.store->commit_version(plan);
   if (!info.ok()) {

@@ -222,6 +222,33 @@ TEST_CASE("an incremental version writes only the pages staged and inherits the 
   check_version(*store, 3, model);
 }
 
+TEST_CASE("a page staged twice in one version: the last content is kept, the first is never indexed") {
+  test::TempDir dir;
+  auto store = open_store(dir.path());
+  Bytes first = page_of(71, kPage);
+  Bytes second = page_of(72, kPage);
+  Bytes other = page_of(73, kPage);
+  {
+    VersionWriter w = must(store->begin_version(0, kPage, kCapacity));
+    must_ok(w.put(5, first));
+    must_ok(w.put(6, other));
+    must_ok(w.put(5, second));
+    VersionInfo v = must(w.commit("twice"));
+    CHECK(v.pages == 2);
+    CHECK(v.pages_written == 2);
+  }
+  check_version(*store, 1, Model{{5, second}, {6, other}});
+  CHECK(store->stats().pages_stored == 2);
+  CHECK_FALSE(store->contains(PageHash::of(first)));
+  Bytes out(kPage);
+  CHECK(store->read_page(PageHash::of(first), out).code() == Code::kNotFound);
+  // The same after a reopen: the index never held it.
+  store.reset();
+  store = open_store(dir.path());
+  check_version(*store, 1, Model{{5, second}, {6, other}});
+  CHECK_FALSE(store->contains(PageHash::of(first)));
+}
+
 TEST_CASE("versions: listed ascending, removed, numbers never reused; removal keeps every other version whole") {
   test::TempDir dir;
   auto store = open_store(dir.path());
