@@ -31,7 +31,6 @@ struct Location {
   uint32_t size = 0;    // bytes of the page once decoded
   uint32_t flags = 0;   // kFlagZstd, kFlagChecked
   uint64_t check = 0;   // stored_checksum of the bytes in the pack, with kFlagChecked
-  uint64_t row = 0;     // its row in the index table, once indexed
   uint64_t end() const { return offset + length; }
 };
 

@@ -32,23 +32,16 @@ using internal::StoreCore;
 
 namespace {
 
-// 1: pages keyed by hash. 3: pages keyed by row number, in the order they were indexed, with a
-// checksum (rows moved from schema 1 have none and no kFlagChecked: checked by hash). 2 (keyed by
-// hash, with checksums) was never released.
-constexpr int64_t kSchemaVersion = 3;
+// 1: a row per page, keyed by hash. 2: the page log, each page with a checksum (pages moved from
+// schema 1 have none and no kFlagChecked: they are checked by hash).
+constexpr int64_t kSchemaVersion = 2;
 constexpr std::string_view kSchema = R"sql(
 CREATE TABLE IF NOT EXISTS packs(
   id INTEGER PRIMARY KEY,
   committed_bytes INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS pages(
-  row INTEGER PRIMARY KEY,
-  hash BLOB NOT NULL,
-  pack INTEGER NOT NULL,
-  at INTEGER NOT NULL,
-  length INTEGER NOT NULL,
-  size INTEGER NOT NULL,
-  flags INTEGER NOT NULL,
-  checksum INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS page_log(
+  id INTEGER PRIMARY KEY,
+  pages BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS versions(
   version INTEGER PRIMARY KEY AUTOINCREMENT,
   parent INTEGER NOT NULL,
@@ -64,25 +57,55 @@ CREATE TABLE IF NOT EXISTS versions(
   record BLOB NOT NULL);
 )sql";
 
-// A store of schema 1 or 2 (pages keyed by hash) gets its pages table rewritten in row order, in
+// A store of schema 1 (a row per page, keyed by hash) has its pages moved into the page log, in
 // pack order, in one transaction.
 Status upgrade_schema(sqlite::Database& db, const std::filesystem::path& dir) {
   Result<int64_t> current = db.user_version();
   if (!current.ok()) return current.status();
-  if (*current != 1 && *current != 2) return Status();
+  if (*current != 1) return Status();
   Result<sqlite::Transaction> tx = sqlite::Transaction::begin(db);
   if (!tx.ok()) return tx.status();
-  DJINN_RETURN_IF_ERROR(db.exec("ALTER TABLE pages RENAME TO pages_by_hash"));
   DJINN_RETURN_IF_ERROR(db.exec(kSchema));
-  DJINN_RETURN_IF_ERROR(db.exec(
-      std::string("INSERT INTO pages(hash, pack, at, length, size, flags, checksum) SELECT hash, pack, at, length, "
-                  "size, flags, ") +
-      (*current == 1 ? "0" : "checksum") + " FROM pages_by_hash ORDER BY pack, at"));
-  DJINN_RETURN_IF_ERROR(db.exec("DROP TABLE pages_by_hash"));
+  Result<sqlite::Statement> rows = db.prepare("SELECT hash, pack, at, length, size, flags FROM pages ORDER BY pack, at");
+  if (!rows.ok()) return rows.status();
+  Result<sqlite::Statement> insert = db.prepare("INSERT INTO page_log(id, pages) VALUES (?, ?)");
+  if (!insert.ok()) return insert.status();
+  uint64_t id = 1;
+  uint64_t moved = 0;
+  std::vector<uint8_t> entries;
+  auto flush = [&]() -> Status {
+    if (entries.empty()) return Status();
+    insert->reset();
+    DJINN_RETURN_IF_ERROR(insert->bind_all(id++, entries));
+    DJINN_RETURN_IF_ERROR(insert->run());
+    entries.clear();
+    return Status();
+  };
+  for (;;) {
+    Result<bool> more = rows->step();
+    if (!more.ok()) return more.status();
+    if (!*more) break;
+    std::vector<uint8_t> bytes = rows->column_blob(0);
+    PageHash h;
+    if (bytes.size() != h.bytes.size()) return data_loss("page store " + dir.string() + ": an index row has a malformed hash");
+    std::copy(bytes.begin(), bytes.end(), h.bytes.begin());
+    Location where;
+    where.pack = static_cast<uint64_t>(rows->column_int64(1));
+    where.offset = static_cast<uint64_t>(rows->column_int64(2));
+    where.length = static_cast<uint32_t>(rows->column_int64(3));
+    where.size = static_cast<uint32_t>(rows->column_int64(4));
+    where.flags = static_cast<uint32_t>(rows->column_int64(5)) & ~internal::kFlagChecked;
+    internal::append_log_entry(entries, h, where);
+    ++moved;
+    if (entries.size() >= internal::kLogEntriesPerBlob * internal::kLogEntryBytes) DJINN_RETURN_IF_ERROR(flush());
+  }
+  DJINN_RETURN_IF_ERROR(flush());
+  rows->reset();
+  DJINN_RETURN_IF_ERROR(db.exec("DROP TABLE pages"));
   DJINN_RETURN_IF_ERROR(db.set_user_version(kSchemaVersion));
   DJINN_RETURN_IF_ERROR(tx->commit());
-  DJINN_LOG(kInfo, "heapstore") << "page store " << dir.string() << ": index upgraded from schema " << *current
-                                << " to " << kSchemaVersion;
+  DJINN_LOG(kInfo, "heapstore") << "page store " << dir.string() << ": " << moved
+                                << " pages moved into the page log (schema 1 to " << kSchemaVersion << ")";
   return Status();
 }
 
@@ -240,15 +263,6 @@ Result<std::unique_ptr<PageStore>> PageStore::open(const std::filesystem::path& 
 
   std::lock_guard guard(impl->mu);
   DJINN_RETURN_IF_ERROR(impl->load_versions_locked());
-  {
-    Result<sqlite::Statement> st = impl->db.prepare("SELECT count(*), total(length) FROM pages");
-    if (!st.ok()) return st.status();
-    Result<bool> row = st->step();
-    if (!row.ok()) return row.status();
-    impl->pages_stored = static_cast<uint64_t>(st->column_int64(0));
-    impl->bytes_stored = static_cast<uint64_t>(st->column_double(1));
-    st->reset();
-  }
   DJINN_RETURN_IF_ERROR(impl->load_index_locked());
   Result<std::unique_ptr<internal::Checkpointer>> checkpointer =
       internal::Checkpointer::start(impl->db, (dir / "index.db").string(), db_options.sync);
@@ -516,31 +530,40 @@ Result<GcStats> PageStore::collect_garbage() {
     }
     for (const internal::Session* s : impl_->sessions) live.insert(s->held.begin(), s->held.end());
 
-    std::vector<std::pair<uint64_t, PageHash>> dead;  // row, hash
+    struct Dead {
+      PageHash hash;
+      Location where;
+    };
+    std::vector<Dead> dead;
+    std::vector<std::pair<uint64_t, std::vector<uint8_t>>> rewritten;  // log id, its live pages
     std::map<uint64_t, uint64_t> live_per_pack;
     {
-      Result<sqlite::Statement> scan = impl_->db.prepare("SELECT hash, pack, at, length, row FROM pages");
+      Result<sqlite::Statement> scan = impl_->db.prepare("SELECT id, pages FROM page_log");
       if (!scan.ok()) return scan.status();
       for (;;) {
         Result<bool> more = scan->step();
         if (!more.ok()) return more.status();
         if (!*more) break;
-        std::vector<uint8_t> bytes = scan->column_blob(0);
-        PageHash h;
-        if (bytes.size() != h.bytes.size()) continue;
-        std::copy(bytes.begin(), bytes.end(), h.bytes.begin());
-        uint64_t pack = static_cast<uint64_t>(scan->column_int64(1));
-        uint64_t row = static_cast<uint64_t>(scan->column_int64(4));
-        auto indexed = impl_->index.find(h);
-        // A second row of a hash (none is written) is never read: dead too.
-        if (live.contains(h) && indexed != impl_->index.end() && indexed->second.row == row) {
-          ++live_per_pack[pack];
-        } else {
-          dead.push_back({row, h});
-          uint64_t length = static_cast<uint64_t>(scan->column_int64(3));
-          garbage.push_back(Range{pack, static_cast<uint64_t>(scan->column_int64(2)), length});
-          stats.bytes_reclaimed += length;
-        }
+        uint64_t id = static_cast<uint64_t>(scan->column_int64(0));
+        std::vector<uint8_t> kept;
+        size_t dropped = 0;
+        DJINN_RETURN_IF_ERROR(internal::for_each_log_entry(
+            scan->column_blob(1), id, [&](const PageHash& h, const Location& where) {
+              auto indexed = impl_->index.find(h);
+              // A second entry of a hash (none is written) is never read: dead too.
+              bool same = indexed != impl_->index.end() && indexed->second.pack == where.pack &&
+                          indexed->second.offset == where.offset;
+              if (live.contains(h) && same) {
+                ++live_per_pack[where.pack];
+                internal::append_log_entry(kept, h, where);
+              } else {
+                dead.push_back(Dead{h, where});
+                garbage.push_back(Range{where.pack, where.offset, where.length});
+                stats.bytes_reclaimed += where.length;
+                ++dropped;
+              }
+            }));
+        if (dropped) rewritten.emplace_back(id, std::move(kept));
       }
     }
     // A pack file with no live page left goes as a whole, unless appends may still land in it
@@ -556,12 +579,15 @@ Result<GcStats> PageStore::collect_garbage() {
 
     Result<sqlite::Transaction> tx = sqlite::Transaction::begin(impl_->db);
     if (!tx.ok()) return tx.status();
-    Result<sqlite::Statement*> del = impl_->db.cached("DELETE FROM pages WHERE row = ?");
+    Result<sqlite::Statement*> del = impl_->db.cached("DELETE FROM page_log WHERE id = ?");
     if (!del.ok()) return del.status();
-    for (const auto& [row, h] : dead) {
-      (*del)->reset();
-      DJINN_RETURN_IF_ERROR((*del)->bind_all(row));
-      DJINN_RETURN_IF_ERROR((*del)->run());
+    Result<sqlite::Statement*> update = impl_->db.cached("UPDATE page_log SET pages = ? WHERE id = ?");
+    if (!update.ok()) return update.status();
+    for (const auto& [id, kept] : rewritten) {
+      sqlite::Statement* st = kept.empty() ? *del : *update;
+      st->reset();
+      DJINN_RETURN_IF_ERROR(kept.empty() ? st->bind_all(id) : st->bind_all(kept, id));
+      DJINN_RETURN_IF_ERROR(st->run());
     }
     Result<sqlite::Statement*> del_pack = impl_->db.cached("DELETE FROM packs WHERE id = ?");
     if (!del_pack.ok()) return del_pack.status();
@@ -573,11 +599,15 @@ Result<GcStats> PageStore::collect_garbage() {
     DJINN_CRASH_POINT("heapstore.gc.before_commit");
     DJINN_RETURN_IF_ERROR(tx->commit());
     stats.pages_removed = dead.size();
-    impl_->pages_stored -= std::min<uint64_t>(impl_->pages_stored, dead.size());
-    impl_->bytes_stored -= std::min<uint64_t>(impl_->bytes_stored, stats.bytes_reclaimed);
-    for (const auto& [row, h] : dead) {
-      auto indexed = impl_->index.find(h);
-      if (indexed != impl_->index.end() && indexed->second.row == row) impl_->index.erase(indexed);
+    for (const Dead& d : dead) {
+      auto indexed = impl_->index.find(d.hash);
+      if (indexed == impl_->index.end() || indexed->second.pack != d.where.pack ||
+          indexed->second.offset != d.where.offset) {
+        continue;
+      }
+      impl_->index.erase(indexed);
+      impl_->pages_stored -= std::min<uint64_t>(impl_->pages_stored, 1);
+      impl_->bytes_stored -= std::min<uint64_t>(impl_->bytes_stored, d.where.length);
     }
   }
   // The index no longer names these bytes; readers that looked a page up before are done once

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <list>
 #include <map>
 #include <memory>
@@ -72,6 +73,16 @@ struct PendingPage {
   uint32_t size = 0;
 };
 
+// The index table (page_log): each entry a blob of the pages one commit indexed, packed in
+// kLogEntryBytes each (hash, pack, flags, offset, length, size, checksum; little-endian), at most
+// kLogEntriesPerBlob pages a blob.
+inline constexpr size_t kLogEntryBytes = 64;
+inline constexpr size_t kLogEntriesPerBlob = 65536;
+void append_log_entry(std::vector<uint8_t>& out, const PageHash& hash, const Location& where);
+// Calls `fn` for each page of a page log blob; DATA_LOSS for a blob that is not whole entries.
+Status for_each_log_entry(std::span<const uint8_t> blob, uint64_t id,
+                          const std::function<void(const PageHash&, const Location&)>& fn);
+
 // What commit_version needs from a writer or an import.
 struct CommitPlan {
   Session* session = nullptr;
@@ -108,7 +119,7 @@ struct StoreCore {
   // read or a dedup check never waits for SQLite. Updated once a commit or a collection is
   // durable; only crash-point tests see it lag the table.
   HashMap<Location> index;
-  uint64_t next_row = 1;  // the row number the next indexed page takes
+  uint64_t next_log = 1;  // the id of the next page log entry
   uint64_t pages_stored = 0;
   uint64_t bytes_stored = 0;
   std::list<std::pair<uint64_t, std::shared_ptr<const PageList>>> cache;  // most recent first

@@ -582,6 +582,23 @@ TEST_CASE("a corrupted stored page reads as DATA_LOSS, raw or compressed") {
   }
 }
 
+TEST_CASE("a page log entry that is not whole pages: the store refuses to open, saying so") {
+  test::TempDir dir;
+  {
+    auto store = open_store(dir.path());
+    Model model;
+    write_version(*store, 0, {{0, page_of(1, kPage)}, {1, page_of(2, kPage)}}, model);
+  }
+  {
+    auto db = must(sqlite::Database::open((dir.path() / "index.db").string()));
+    must_ok(db.exec("UPDATE page_log SET pages = substr(pages, 1, 100)"));
+  }
+  auto opened = PageStore::open(dir.path());
+  REQUIRE_FALSE(opened.ok());
+  CHECK(opened.status().code() == Code::kDataLoss);
+  CHECK(opened.status().message().find("page log") != std::string::npos);
+}
+
 TEST_CASE("read_pages reads a run in one call and stops at the first page it cannot give") {
   test::TempDir dir;
   auto store = open_store(dir.path());
@@ -616,7 +633,7 @@ TEST_CASE("read_pages reads a run in one call and stops at the first page it can
   CHECK(store->read_pages(hashes, 0, out, &error) == 0);
 }
 
-TEST_CASE("a store of schema 1 (pages keyed by hash, no checksums) opens, reads and goes on") {
+TEST_CASE("a store of schema 1 (a row per page keyed by hash, no checksums) opens, reads and goes on") {
   test::TempDir dir;
   Model model;
   std::map<uint64_t, Bytes> changes;
@@ -626,13 +643,34 @@ TEST_CASE("a store of schema 1 (pages keyed by hash, no checksums) opens, reads 
     write_version(*store, 0, changes, model);
   }
   {
-    // What schema 1 wrote: pages keyed by hash, no checksum column, no checked flag.
+    // What schema 1 wrote: a row per page keyed by hash, no checksum, no checked flag. Made from
+    // the page log's entries (64 bytes each: hash, pack u32, flags u32, offset u64, length u32,
+    // size u32, checksum u64; little-endian).
     auto db = must(sqlite::Database::open((dir.path() / "index.db").string()));
     must_ok(db.exec(
-        "CREATE TABLE pages_v1(hash BLOB PRIMARY KEY, pack INTEGER NOT NULL, at INTEGER NOT NULL, "
-        "length INTEGER NOT NULL, size INTEGER NOT NULL, flags INTEGER NOT NULL) WITHOUT ROWID;"
-        "INSERT INTO pages_v1 SELECT hash, pack, at, length, size, flags & ~2 FROM pages;"
-        "DROP TABLE pages; ALTER TABLE pages_v1 RENAME TO pages; PRAGMA user_version = 1;"));
+        "CREATE TABLE pages(hash BLOB PRIMARY KEY, pack INTEGER NOT NULL, at INTEGER NOT NULL, "
+        "length INTEGER NOT NULL, size INTEGER NOT NULL, flags INTEGER NOT NULL) WITHOUT ROWID"));
+    auto log = must(db.prepare("SELECT pages FROM page_log"));
+    auto insert = must(db.prepare("INSERT INTO pages VALUES (?, ?, ?, ?, ?, ?)"));
+    auto le = [](const uint8_t* p, int n) {
+      uint64_t v = 0;
+      for (int i = 0; i < n; ++i) v |= uint64_t{p[i]} << (8 * i);
+      return static_cast<int64_t>(v);
+    };
+    int rows = 0;
+    while (must(log.step())) {
+      std::vector<uint8_t> blob = log.column_blob(0);
+      REQUIRE(blob.size() % 64 == 0);
+      for (size_t at = 0; at < blob.size(); at += 64, ++rows) {
+        const uint8_t* e = blob.data() + at;
+        insert.reset();
+        must_ok(insert.bind_all(std::span<const uint8_t>(e, 32), le(e + 32, 4), le(e + 40, 8), le(e + 48, 4),
+                                le(e + 52, 4), le(e + 36, 4) & ~2));
+        must_ok(insert.run());
+      }
+    }
+    REQUIRE(rows == 10);
+    must_ok(db.exec("DROP TABLE page_log; PRAGMA user_version = 1"));
   }
   {
     auto store = open_store(dir.path());
@@ -649,11 +687,16 @@ TEST_CASE("a store of schema 1 (pages keyed by hash, no checksums) opens, reads 
     write_version(*store, 1, {{20, page_of(300, kPage)}}, model);
   }
   auto db = must(sqlite::Database::open((dir.path() / "index.db").string()));
-  CHECK(must(db.user_version()) == 3);
-  auto rows = must(db.prepare("SELECT count(*), max(row) FROM pages WHERE checksum != 0 AND flags & 2"));
-  REQUIRE(must(rows.step()));
-  CHECK(rows.column_int64(0) == 1);  // the page written after the upgrade, with the next row number
-  CHECK(rows.column_int64(1) == 11);
+  CHECK(must(db.user_version()) == 2);
+  // The ten moved pages in the first log entry, the one written after the upgrade in the next.
+  auto entries = must(db.prepare("SELECT id, length(pages) FROM page_log ORDER BY id"));
+  REQUIRE(must(entries.step()));
+  CHECK(entries.column_int64(0) == 1);
+  CHECK(entries.column_int64(1) == 10 * 64);
+  REQUIRE(must(entries.step()));
+  CHECK(entries.column_int64(0) == 2);
+  CHECK(entries.column_int64(1) == 64);
+  CHECK_FALSE(must(entries.step()));
 }
 
 TEST_CASE("reopened after close, everything is intact and the store goes on") {
