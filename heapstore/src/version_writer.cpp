@@ -16,8 +16,11 @@ using internal::Phase;
 using internal::Range;
 
 namespace {
-// A writer hands its pages to the workers in batches of this many bytes: one pwrite each.
+// A writer hands its pages to the workers in batches of up to this many bytes: one pwrite each.
 constexpr size_t kBatchBytes = size_t{1} << 20;
+// The first batch is this small and each next one twice the last, so a small checkpoint's pages
+// are hashed on every worker while the rest are staged, not in one batch at commit.
+constexpr size_t kFirstBatchBytes = size_t{64} << 10;
 }  // namespace
 
 struct VersionWriter::State {
@@ -235,7 +238,8 @@ Status VersionWriter::put(uint64_t index, std::span<const std::byte> page) {
   }
   s.filling.insert(s.filling.end(), page.begin(), page.end());
   s.staged.emplace_back(index, slot);
-  if (s.filling.size() + s.page_size > kBatchBytes) return s.submit_filling();
+  size_t limit = s.batches < 5 ? kFirstBatchBytes << s.batches : kBatchBytes;
+  if (s.filling.size() + s.page_size > std::min(limit, kBatchBytes)) return s.submit_filling();
   return Status();
 }
 

@@ -63,7 +63,8 @@ struct HeapOptions {
   void* base_address = nullptr;
   // A fault loads a run of up to this many pages, its own and the non-resident ones after it;
   // while faults keep landing where the previous run ended (sequential access) the run doubles,
-  // up to the maximum. 8: the cheapest random page-in per page touched of 4, 8 and 16 here.
+  // up to the maximum (at most a quarter of the budget). 8: the cheapest random page-in per page
+  // touched of 4, 8 and 16 here; 512: sequential page-in 1,700 -> 2,100 MB/s against 64.
   uint32_t fault_around_pages = 8;
   uint32_t fault_around_max_pages = 512;
   // After serving a fault, the fault thread polls for the next one this long before it sleeps:
