@@ -83,6 +83,20 @@ void append_log_entry(std::vector<uint8_t>& out, const PageHash& hash, const Loc
 Status for_each_log_entry(std::span<const uint8_t> blob, uint64_t id,
                           const std::function<void(const PageHash&, const Location&)>& fn);
 
+// Grows `index` for `more` pages, never shrinking it.
+void reserve_index(HashMap<Location>& index, size_t more);
+
+// Page lists of versions that left the manifest cache, kept for the next version's list: a fresh
+// list of 65,536 pages (2.6 MB) costs 640 page faults, 1.2 ms of a 5 ms incremental checkpoint here.
+struct PageListPool {
+  static constexpr size_t kKept = 2;
+  std::mutex mu;  // guards spare
+  std::vector<std::unique_ptr<PageList>> spare;
+};
+// An empty list with room for `capacity` pages, from the pool when it has one; it goes back to the
+// pool (if the pool still exists) when its last holder lets go.
+std::shared_ptr<PageList> new_page_list(const std::shared_ptr<PageListPool>& pool, size_t capacity);
+
 // What commit_version needs from a writer or an import.
 struct CommitPlan {
   Session* session = nullptr;
@@ -123,6 +137,7 @@ struct StoreCore {
   uint64_t pages_stored = 0;
   uint64_t bytes_stored = 0;
   std::list<std::pair<uint64_t, std::shared_ptr<const PageList>>> cache;  // most recent first
+  std::shared_ptr<PageListPool> list_pool = std::make_shared<PageListPool>();
 
   // Readers hold it shared from looking a page up to reading its bytes; garbage collection holds
   // it exclusively while it punches the bytes of the pages it deleted.

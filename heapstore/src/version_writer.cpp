@@ -303,9 +303,9 @@ Result<VersionInfo> VersionWriter::commit(std::string_view record) {
   }
 
   // The version: the parent's pages with the staged changes; the delta: only real changes.
-  auto pages = std::make_shared<PageList>();
+  std::shared_ptr<PageList> pages = internal::new_page_list(
+      s.store->list_pool, std::min<uint64_t>(s.capacity, s.parent_pages->size() + s.staged.size()));
   std::vector<DeltaEntry> delta;
-  pages->reserve(s.parent_pages->size() + s.staged.size());
   const PageList& base = *s.parent_pages;
   size_t i = 0;
   auto resolve = [&](const State::Slot& slot) -> const PageHash& {
