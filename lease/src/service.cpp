@@ -124,6 +124,11 @@ struct LandlordService::Impl {
   GroupCommit<RenewRequest, Result<Lease>> renewals;
   GroupCommit<LeaseId, Status> cancels;
   GrantThreads grants;
+  std::function<void()> after_cancel;  // set before the server starts
+
+  void settle_cancels() const {
+    if (after_cancel) after_cancel();
+  }
 
   std::string get_endpoint() const {
     std::lock_guard lock(endpoint_mu);
@@ -228,9 +233,10 @@ void LandlordService::Impl::register_methods(rpc::Server& server) {
         }
         if (Status st = check_id(id); !st.ok()) return responder.reply(st);
         auto shared = std::make_shared<rpc::Responder>(std::move(responder));
-        cancels.post({id}, [shared](std::vector<Status> outcomes) {
+        cancels.post({id}, [this, shared](std::vector<Status> outcomes) {
           const Status& st = outcomes.front();
           if (!st.ok()) return shared->reply(st);
+          settle_cancels();
           capnp::MallocMessageBuilder out;
           out.initRoot<proto::Empty>();
           shared->reply(Status::Ok(), out);
@@ -311,6 +317,7 @@ void LandlordService::Impl::register_methods(rpc::Server& server) {
           positions.push_back(i);
         }
         auto results = valid.empty() ? std::vector<Status>{} : landlord.cancel_batch(valid);
+        settle_cancels();
         if (results.size() != valid.size()) {
           return internal_error("the landlord answered " + std::to_string(results.size()) + " of " +
                                 std::to_string(valid.size()) + " cancellations");
@@ -356,7 +363,11 @@ void LandlordService::Impl::register_methods(rpc::Server& server) {
               client_blocking);
   // A migrating application gives up everything it holds at once; only an admin may ask.
   list_method("lease.cancelHolder", std::type_identity<proto::HolderParams>(), holder_of, "holder", policy.max_holder_bytes,
-              [this](const std::string& h) { return landlord.cancel_all_of_holder(h); },
+              [this](const std::string& h) {
+                auto cancelled = landlord.cancel_all_of_holder(h);
+                settle_cancels();
+                return cancelled;
+              },
               {.min_role = security::Role::kAdmin, .blocking = true});
 }
 
@@ -367,6 +378,8 @@ LandlordService::LandlordService(Landlord& landlord, rpc::Server& server, events
 }
 
 LandlordService::~LandlordService() = default;
+
+void LandlordService::set_after_cancel(std::function<void()> settle) { impl_->after_cancel = std::move(settle); }
 
 void LandlordService::set_endpoint(std::string endpoint) {
   std::lock_guard lock(impl_->endpoint_mu);

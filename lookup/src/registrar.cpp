@@ -126,6 +126,9 @@ struct Registrar::Impl {
   std::mutex ended_mu_;
   std::condition_variable ended_cv_;
   std::deque<std::pair<uint64_t, bool>> ended_;
+  uint64_t ended_reported_ = 0;   // lease ends queued so far
+  uint64_t ended_processed_ = 0;  // of them, removed
+  std::condition_variable processed_cv_;
   bool stopping_ = false;
   std::thread remover_;
 
@@ -399,16 +402,26 @@ struct Registrar::Impl {
       lock.unlock();
       for (const auto& [id, registration] : batch) remove_ended(id, registration);
       lock.lock();
+      ended_processed_ += batch.size();
+      processed_cv_.notify_all();
     }
   }
 
-  // Processes every lease end reported so far (tests and shutdown).
-  void drain() {
+  // Returns once every lease end reported so far is processed: what is queued here, what the
+  // remover thread is at elsewhere.
+  void settle() {
     std::unique_lock lock(ended_mu_);
+    const uint64_t target = ended_reported_;
     std::deque<std::pair<uint64_t, bool>> batch;
     batch.swap(ended_);
-    lock.unlock();
-    for (const auto& [id, registration] : batch) remove_ended(id, registration);
+    if (!batch.empty()) {
+      lock.unlock();
+      for (const auto& [id, registration] : batch) remove_ended(id, registration);
+      lock.lock();
+      ended_processed_ += batch.size();
+      processed_cv_.notify_all();
+    }
+    processed_cv_.wait(lock, [&] { return stopping_ || ended_processed_ >= target; });
   }
 
   void stop_remover() {
@@ -417,6 +430,7 @@ struct Registrar::Impl {
       stopping_ = true;
     }
     ended_cv_.notify_all();
+    processed_cv_.notify_all();
     if (remover_.joinable()) remover_.join();
   }
 
@@ -823,6 +837,8 @@ Status Registrar::set_self(ServiceItem item) {
 
 ServiceId Registrar::self_id() const { return impl_->self_id_; }
 
+void Registrar::settle_ended() { impl_->settle(); }
+
 void Registrar::on_lease_event(const lease::LeaseEvent& event) {
   Impl& m = *impl_;
   const lease::Lease& l = event.lease;
@@ -846,6 +862,7 @@ void Registrar::on_lease_event(const lease::LeaseEvent& event) {
   {
     std::lock_guard lock(m.ended_mu_);
     m.ended_.push_back({l.id, l.resource == kRegistrationResource});
+    ++m.ended_reported_;
   }
   m.ended_cv_.notify_one();
 }

@@ -296,6 +296,7 @@ Result<std::unique_ptr<LookupService>> LookupService::start(LookupServiceOptions
   im->server = std::make_unique<rpc::Server>(server_options);
   im->lease_service = std::make_unique<lease::LandlordService>(*im->landlord, *im->server, im->publisher.get(), "",
                                                                options.workers);
+  im->lease_service->set_after_cancel([im] { im->registrar->settle_ended(); });
   im->registrations = std::make_unique<GroupCommit<RegisterRequest, Result<Registration>>>(
       kMaxRegisterBatch, [im](std::span<const RegisterRequest> r) { return im->registrar->register_batch(r); });
   im->register_methods();

@@ -250,6 +250,34 @@ TEST_CASE("notify: transitions for register, replace, modify, cancel and expiry,
   CHECK(w.count() == want.size());
 }
 
+TEST_CASE("a cancelled registration is gone when the cancel returns, and its event comes first") {
+  Harness h;
+  ServiceTemplate printers{std::nullopt, {"demo.Printer"}, {}};
+  auto handle = h.client->notify(printers, kAllTransitions, 30'000, "test");
+  REQUIRE(handle.ok());
+  Watcher w(*handle);
+  std::this_thread::sleep_for(200ms);  // PUB/SUB joins asynchronously: let the subscription land
+  constexpr int kRounds = 100;
+  for (int i = 0; i < kRounds; ++i) {
+    CAPTURE(i);
+    ServiceItem p = item({"demo.Printer"}, {entry("djinn.attr.Name", {{"name", Value("p" + std::to_string(i))}})});
+    Registered r = must_register(*h.client, p);
+    REQUIRE(h.client->cancel(r.item.lease.id).ok());
+    ServiceTemplate by_id{p.service_id, {}, {}};
+    auto found = h.client->lookup(by_id);
+    REQUIRE(found.ok());
+    CHECK_FALSE(found->has_value());
+  }
+  // Every registration's event, then its cancellation's, in that order.
+  REQUIRE(test::eventually([&] { return w.count() >= 2 * kRounds; }, 5000));
+  for (int i = 0; i < 2 * kRounds; ++i) {
+    CAPTURE(i);
+    auto [ev, seq] = w.at(static_cast<size_t>(i));
+    CHECK(ev.transition == (i % 2 == 0 ? kNoMatchToMatch : kMatchToNoMatch));
+    CHECK(ev.removed == (i % 2 == 1));
+  }
+}
+
 TEST_CASE("a snapshot carries the event number it reflects") {
   Harness h;
   ServiceTemplate t{std::nullopt, {"demo.Printer"}, {}};

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -36,6 +37,11 @@ class LandlordService {
 
   // Forwards one engine event to the publisher; wire it as the landlord's on_event.
   void on_event(const LeaseEvent& event);
+  // Runs after every cancellation the service makes (lease.cancel, lease.cancelBatch,
+  // lease.cancelHolder), before it replies: an owner that removes what a lease held on a thread of
+  // its own finishes that here, so whoever cancels finds it gone once the call returns. Set it
+  // before the server starts.
+  void set_after_cancel(std::function<void()> settle);
   // The endpoint written into every Lease sent (set it once the server has bound its port).
   void set_endpoint(std::string endpoint);
   std::string endpoint() const;

@@ -137,6 +137,9 @@ class Registrar {
   // expired or cancelled registration leases remove their items, notify leases their
   // registrations.
   void on_lease_event(const lease::LeaseEvent& event);
+  // Returns once what every lease ended so far held is removed (a thread of the registrar's own
+  // removes it soon anyway): a cancel answers after this, so its caller never finds the item.
+  void settle_ended();
 
  private:
   struct Impl;
