@@ -507,9 +507,11 @@ Result<std::unique_ptr<Heap>> Heap::open(PageStore& store, uint64_t version, Hea
                             std::to_string(o.fault_around_max_pages) +
                             " pages: the initial run must be at least 1 and at most the maximum");
   }
-  // A run never takes more than a quarter of the budget, so eviction always has room to work.
-  o.fault_around_max_pages =
-      static_cast<uint32_t>(std::clamp<uint64_t>(budget_pages / 4, 1, o.fault_around_max_pages));
+  // A run never takes more than a quarter of the budget, so eviction always has room to work, nor
+  // more than 4 MiB (the fault thread keeps two buffers of a run: 2 GiB with 2 MiB pages otherwise).
+  constexpr uint64_t kMaxRunBytes = uint64_t{4} << 20;
+  o.fault_around_max_pages = static_cast<uint32_t>(std::clamp<uint64_t>(
+      std::min<uint64_t>(budget_pages / 4, kMaxRunBytes / page_size), 1, o.fault_around_max_pages));
   o.fault_around_pages = std::min(o.fault_around_pages, o.fault_around_max_pages);
 
   DirtyTracking mode = o.tracking == DirtyTracking::kAuto ? auto_tracking() : o.tracking;

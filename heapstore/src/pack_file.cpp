@@ -255,6 +255,10 @@ Result<PackSet::Reservation> PackSet::reserve(uint64_t length) {
   std::lock_guard lock(mu_);
   if (current_ == 0 || (end_ > 0 && end_ + length > max_file_bytes_)) {
     uint64_t id = files_.empty() ? current_ + 1 : std::max(current_, files_.rbegin()->first) + 1;
+    if (id > kMaxPackId) {
+      return resource_exhausted("pack file number " + std::to_string(id) + " is beyond the index's limit of " +
+                                std::to_string(kMaxPackId) + " (raise pack_file_bytes)");
+    }
     Result<std::shared_ptr<PackFile>> file = create_locked(id);
     if (!file.ok()) return file.status();
     current_ = id;

@@ -22,6 +22,8 @@ inline constexpr uint32_t kFlagZstd = 1;
 // `check` holds the checksum of the stored bytes (pages stored before checksums were kept have
 // none and are checked against their BLAKE2b hash instead).
 inline constexpr uint32_t kFlagChecked = 2;
+// Pack files are numbered 1, 2, 3 … up to this (the index keeps the number in 32 bits).
+inline constexpr uint64_t kMaxPackId = UINT32_MAX;
 
 // Where a stored page lives and how to read it back.
 struct Location {

@@ -32,9 +32,11 @@ using internal::StoreCore;
 
 namespace {
 
-// 1: a row per page, keyed by hash. 2: the page log, each page with a checksum (pages moved from
-// schema 1 have none and no kFlagChecked: they are checked by hash).
-constexpr int64_t kSchemaVersion = 2;
+// 1: a row per page keyed by hash. 4: the page log, each page with a checksum (pages moved from
+// schema 1 have none and no kFlagChecked: they are checked by hash). 2 and 3, a row per page with a
+// checksum (keyed by hash, then by row number), were never released; they move like 1, checksums
+// kept.
+constexpr int64_t kSchemaVersion = 4;
 constexpr std::string_view kSchema = R"sql(
 CREATE TABLE IF NOT EXISTS packs(
   id INTEGER PRIMARY KEY,
@@ -57,16 +59,18 @@ CREATE TABLE IF NOT EXISTS versions(
   record BLOB NOT NULL);
 )sql";
 
-// A store of schema 1 (a row per page, keyed by hash) has its pages moved into the page log, in
-// pack order, in one transaction.
+// A store of schema 1, 2 or 3 (a row per page) has its pages moved into the page log, in pack
+// order, in one transaction.
 Status upgrade_schema(sqlite::Database& db, const std::filesystem::path& dir) {
   Result<int64_t> current = db.user_version();
   if (!current.ok()) return current.status();
-  if (*current != 1) return Status();
+  if (*current < 1 || *current > 3) return Status();
   Result<sqlite::Transaction> tx = sqlite::Transaction::begin(db);
   if (!tx.ok()) return tx.status();
   DJINN_RETURN_IF_ERROR(db.exec(kSchema));
-  Result<sqlite::Statement> rows = db.prepare("SELECT hash, pack, at, length, size, flags FROM pages ORDER BY pack, at");
+  const bool checked = *current >= 2;
+  Result<sqlite::Statement> rows = db.prepare(std::string("SELECT hash, pack, at, length, size, flags, ") +
+                                              (checked ? "checksum" : "0") + " FROM pages ORDER BY pack, at");
   if (!rows.ok()) return rows.status();
   Result<sqlite::Statement> insert = db.prepare("INSERT INTO page_log(id, pages) VALUES (?, ?)");
   if (!insert.ok()) return insert.status();
@@ -81,21 +85,28 @@ Status upgrade_schema(sqlite::Database& db, const std::filesystem::path& dir) {
     entries.clear();
     return Status();
   };
+  const std::string where = "page store " + dir.string() + ": ";
   for (;;) {
     Result<bool> more = rows->step();
     if (!more.ok()) return more.status();
     if (!*more) break;
     std::vector<uint8_t> bytes = rows->column_blob(0);
     PageHash h;
-    if (bytes.size() != h.bytes.size()) return data_loss("page store " + dir.string() + ": an index row has a malformed hash");
+    if (bytes.size() != h.bytes.size()) return data_loss(where + "an index row has a malformed hash");
     std::copy(bytes.begin(), bytes.end(), h.bytes.begin());
-    Location where;
-    where.pack = static_cast<uint64_t>(rows->column_int64(1));
-    where.offset = static_cast<uint64_t>(rows->column_int64(2));
-    where.length = static_cast<uint32_t>(rows->column_int64(3));
-    where.size = static_cast<uint32_t>(rows->column_int64(4));
-    where.flags = static_cast<uint32_t>(rows->column_int64(5)) & ~internal::kFlagChecked;
-    internal::append_log_entry(entries, h, where);
+    Location loc;
+    loc.pack = static_cast<uint64_t>(rows->column_int64(1));
+    loc.offset = static_cast<uint64_t>(rows->column_int64(2));
+    loc.length = static_cast<uint32_t>(rows->column_int64(3));
+    loc.size = static_cast<uint32_t>(rows->column_int64(4));
+    loc.flags = static_cast<uint32_t>(rows->column_int64(5));
+    loc.check = static_cast<uint64_t>(rows->column_int64(6));
+    if (!checked) loc.flags &= ~internal::kFlagChecked;
+    if (loc.pack == 0 || loc.pack > internal::kMaxPackId) {
+      return data_loss(where + "an index row names pack " + std::to_string(loc.pack) + ", outside 1.." +
+                       std::to_string(internal::kMaxPackId));
+    }
+    internal::append_log_entry(entries, h, loc);
     ++moved;
     if (entries.size() >= internal::kLogEntriesPerBlob * internal::kLogEntryBytes) DJINN_RETURN_IF_ERROR(flush());
   }
@@ -104,8 +115,8 @@ Status upgrade_schema(sqlite::Database& db, const std::filesystem::path& dir) {
   DJINN_RETURN_IF_ERROR(db.exec("DROP TABLE pages"));
   DJINN_RETURN_IF_ERROR(db.set_user_version(kSchemaVersion));
   DJINN_RETURN_IF_ERROR(tx->commit());
-  DJINN_LOG(kInfo, "heapstore") << "page store " << dir.string() << ": " << moved
-                                << " pages moved into the page log (schema 1 to " << kSchemaVersion << ")";
+  DJINN_LOG(kInfo, "heapstore") << where << moved << " pages moved into the page log (schema " << *current << " to "
+                                << kSchemaVersion << ")";
   return Status();
 }
 
@@ -358,9 +369,16 @@ size_t PageStore::read_pages(std::span<const PageHash> hashes, uint32_t page_siz
       thread_local std::vector<std::byte> stored;
       stored.resize(w.length);
       if (Status st = file->read_at(w.offset, stored); !st.ok()) return fail(i, std::move(st));
+      // Checked before decoding where the stored bytes have a checksum (after, by hash, otherwise).
+      const bool checked = (w.flags & internal::kFlagChecked) != 0;
+      if (checked) {
+        if (Status st = check_read(hash, w, stored, page); !st.ok()) return fail(i, std::move(st));
+      }
       Status decoded = internal::decode_page(w, stored, page);
       if (!decoded.ok()) return fail(i, Status(decoded.code(), "page " + hash.hex() + ": " + decoded.message()));
-      if (Status st = check_read(hash, w, stored, page); !st.ok()) return fail(i, std::move(st));
+      if (!checked) {
+        if (Status st = check_read(hash, w, stored, page); !st.ok()) return fail(i, std::move(st));
+      }
       ++i;
       continue;
     }
@@ -660,9 +678,7 @@ Result<std::unique_ptr<PageStore::Import>> PageStore::import_begin(const Manifes
   std::lock_guard lock(impl_->mu);
   HashSet missing_hashes;
   for (const PageRef& p : manifest.pages) {
-    Result<bool> known = impl_->knows_locked(p.hash);
-    if (!known.ok()) return known.status();
-    if (!*known) missing_hashes.insert(p.hash);
+    if (!impl_->knows_locked(p.hash)) missing_hashes.insert(p.hash);
   }
   session->start_locked(std::move(missing_hashes));
   return std::unique_ptr<Import>(std::move(session));

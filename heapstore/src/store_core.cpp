@@ -56,9 +56,10 @@ uint64_t get_le(const uint8_t* in, int bytes) {
 }  // namespace
 
 void reserve_index(HashMap<Location>& index, size_t more) {
-  // Only ever up: reserve() to less than the table holds rehashes it smaller (3 ms at 65,536 pages).
+  // Only ever up, and at least twice the size: reserve() to less than the table holds rehashes it
+  // smaller (3 ms at 65,536 pages), and to just what is needed would rehash it every few percent.
   if (static_cast<double>(index.size() + more) > static_cast<double>(index.bucket_count()) * index.max_load_factor()) {
-    index.reserve(index.size() + more);
+    index.reserve(std::max(index.size() + more, 2 * index.size()));
   }
 }
 
@@ -101,7 +102,7 @@ Status for_each_log_entry(std::span<const uint8_t> blob, uint64_t id,
                           const std::function<void(const PageHash&, const Location&)>& fn) {
   if (blob.size() % kLogEntryBytes != 0) {
     return data_loss("page log entry " + std::to_string(id) + " has " + std::to_string(blob.size()) +
-                     " bytes, not a whole number of " + std::to_string(kLogEntryBytes) + "-byte pages");
+                     " bytes, not a whole number of " + std::to_string(kLogEntryBytes) + "-byte entries");
   }
   for (size_t at = 0; at < blob.size(); at += kLogEntryBytes) {
     const uint8_t* p = blob.data() + at;

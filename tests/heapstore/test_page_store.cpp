@@ -633,70 +633,83 @@ TEST_CASE("read_pages reads a run in one call and stops at the first page it can
   CHECK(store->read_pages(hashes, 0, out, &error) == 0);
 }
 
-TEST_CASE("a store of schema 1 (a row per page keyed by hash, no checksums) opens, reads and goes on") {
-  test::TempDir dir;
-  Model model;
-  std::map<uint64_t, Bytes> changes;
-  for (uint64_t i = 0; i < 10; ++i) changes[i] = page_of(200 + i, kPage);
-  {
-    auto store = open_store(dir.path());
-    write_version(*store, 0, changes, model);
-  }
-  {
-    // What schema 1 wrote: a row per page keyed by hash, no checksum, no checked flag. Made from
-    // the page log's entries (64 bytes each: hash, pack u32, flags u32, offset u64, length u32,
-    // size u32, checksum u64; little-endian).
-    auto db = must(sqlite::Database::open((dir.path() / "index.db").string()));
-    must_ok(db.exec(
-        "CREATE TABLE pages(hash BLOB PRIMARY KEY, pack INTEGER NOT NULL, at INTEGER NOT NULL, "
-        "length INTEGER NOT NULL, size INTEGER NOT NULL, flags INTEGER NOT NULL) WITHOUT ROWID"));
-    auto log = must(db.prepare("SELECT pages FROM page_log"));
-    auto insert = must(db.prepare("INSERT INTO pages VALUES (?, ?, ?, ?, ?, ?)"));
-    auto le = [](const uint8_t* p, int n) {
-      uint64_t v = 0;
-      for (int i = 0; i < n; ++i) v |= uint64_t{p[i]} << (8 * i);
-      return static_cast<int64_t>(v);
-    };
-    int rows = 0;
-    while (must(log.step())) {
-      std::vector<uint8_t> blob = log.column_blob(0);
-      REQUIRE(blob.size() % 64 == 0);
-      for (size_t at = 0; at < blob.size(); at += 64, ++rows) {
-        const uint8_t* e = blob.data() + at;
-        insert.reset();
-        must_ok(insert.bind_all(std::span<const uint8_t>(e, 32), le(e + 32, 4), le(e + 40, 8), le(e + 48, 4),
-                                le(e + 52, 4), le(e + 36, 4) & ~2));
-        must_ok(insert.run());
-      }
+TEST_CASE("a store with a row per page (schema 1; 2 and 3 with checksums) opens, reads and goes on") {
+  for (int schema : {1, 3}) {
+    CAPTURE(schema);
+    test::TempDir dir;
+    Model model;
+    std::map<uint64_t, Bytes> changes;
+    for (uint64_t i = 0; i < 10; ++i) changes[i] = page_of(200 + i, kPage);
+    {
+      auto store = open_store(dir.path());
+      write_version(*store, 0, changes, model);
     }
-    REQUIRE(rows == 10);
-    must_ok(db.exec("DROP TABLE page_log; PRAGMA user_version = 1"));
+    {
+      // What schema 1 wrote: a row per page keyed by hash, no checksum, no checked flag; schema 3,
+      // a row per page numbered, with the checksum. Made from the page log's entries (64 bytes
+      // each: hash, pack u32, flags u32, offset u64, length u32, size u32, checksum u64;
+      // little-endian).
+      auto db = must(sqlite::Database::open((dir.path() / "index.db").string()));
+      must_ok(db.exec(schema == 1 ? "CREATE TABLE pages(hash BLOB PRIMARY KEY, pack INTEGER NOT NULL, at INTEGER NOT NULL, "
+                                    "length INTEGER NOT NULL, size INTEGER NOT NULL, flags INTEGER NOT NULL) WITHOUT ROWID"
+                                  : "CREATE TABLE pages(row INTEGER PRIMARY KEY, hash BLOB NOT NULL, pack INTEGER NOT NULL, "
+                                    "at INTEGER NOT NULL, length INTEGER NOT NULL, size INTEGER NOT NULL, "
+                                    "flags INTEGER NOT NULL, checksum INTEGER NOT NULL)"));
+      auto log = must(db.prepare("SELECT pages FROM page_log"));
+      auto insert = must(db.prepare(schema == 1 ? "INSERT INTO pages VALUES (?, ?, ?, ?, ?, ?)"
+                                                : "INSERT INTO pages(hash, pack, at, length, size, flags, checksum) "
+                                                  "VALUES (?, ?, ?, ?, ?, ?, ?)"));
+      auto le = [](const uint8_t* p, int n) {
+        uint64_t v = 0;
+        for (int i = 0; i < n; ++i) v |= uint64_t{p[i]} << (8 * i);
+        return static_cast<int64_t>(v);
+      };
+      int rows = 0;
+      while (must(log.step())) {
+        std::vector<uint8_t> blob = log.column_blob(0);
+        REQUIRE(blob.size() % 64 == 0);
+        for (size_t at = 0; at < blob.size(); at += 64, ++rows) {
+          const uint8_t* e = blob.data() + at;
+          insert.reset();
+          std::span<const uint8_t> hash(e, 32);
+          if (schema == 1) {
+            must_ok(insert.bind_all(hash, le(e + 32, 4), le(e + 40, 8), le(e + 48, 4), le(e + 52, 4), le(e + 36, 4) & ~2));
+          } else {
+            must_ok(insert.bind_all(hash, le(e + 32, 4), le(e + 40, 8), le(e + 48, 4), le(e + 52, 4), le(e + 36, 4),
+                                    le(e + 56, 8)));
+          }
+          must_ok(insert.run());
+        }
+      }
+      REQUIRE(rows == 10);
+      must_ok(db.exec("DROP TABLE page_log; PRAGMA user_version = " + std::to_string(schema)));
+    }
+    {
+      auto store = open_store(dir.path());
+      check_version(*store, 1, model);
+      // The old pages are still checked: by their hash (schema 1) or their checksum.
+      auto packs = pack_files(dir.path());
+      REQUIRE(packs.size() == 1);
+      std::fstream f(packs[0], std::ios::in | std::ios::out | std::ios::binary);
+      f.seekp(kPage * 4 + 100);
+      f.put('\x77');
+      f.close();
+      Bytes out(kPage);
+      CHECK(store->read_page(PageHash::of(model.at(4)), out).code() == Code::kDataLoss);
+      write_version(*store, 1, {{20, page_of(300, kPage)}}, model);
+    }
+    auto db = must(sqlite::Database::open((dir.path() / "index.db").string()));
+    CHECK(must(db.user_version()) == 4);
+    // The ten moved pages in the first log entry, the one written after the upgrade in the next.
+    auto entries = must(db.prepare("SELECT id, length(pages) FROM page_log ORDER BY id"));
+    REQUIRE(must(entries.step()));
+    CHECK(entries.column_int64(0) == 1);
+    CHECK(entries.column_int64(1) == 10 * 64);
+    REQUIRE(must(entries.step()));
+    CHECK(entries.column_int64(0) == 2);
+    CHECK(entries.column_int64(1) == 64);
+    CHECK_FALSE(must(entries.step()));
   }
-  {
-    auto store = open_store(dir.path());
-    check_version(*store, 1, model);
-    // The old pages are still checked, by their hash.
-    auto packs = pack_files(dir.path());
-    REQUIRE(packs.size() == 1);
-    std::fstream f(packs[0], std::ios::in | std::ios::out | std::ios::binary);
-    f.seekp(kPage * 4 + 100);
-    f.put('\x77');
-    f.close();
-    Bytes out(kPage);
-    CHECK(store->read_page(PageHash::of(model.at(4)), out).code() == Code::kDataLoss);
-    write_version(*store, 1, {{20, page_of(300, kPage)}}, model);
-  }
-  auto db = must(sqlite::Database::open((dir.path() / "index.db").string()));
-  CHECK(must(db.user_version()) == 2);
-  // The ten moved pages in the first log entry, the one written after the upgrade in the next.
-  auto entries = must(db.prepare("SELECT id, length(pages) FROM page_log ORDER BY id"));
-  REQUIRE(must(entries.step()));
-  CHECK(entries.column_int64(0) == 1);
-  CHECK(entries.column_int64(1) == 10 * 64);
-  REQUIRE(must(entries.step()));
-  CHECK(entries.column_int64(0) == 2);
-  CHECK(entries.column_int64(1) == 64);
-  CHECK_FALSE(must(entries.step()));
 }
 
 TEST_CASE("reopened after close, everything is intact and the store goes on") {

@@ -153,7 +153,8 @@ class PageStore {
   // The hashes of `hashes` that the store lacks, in their order (what a receiver asks for).
   std::vector<PageHash> missing(std::span<const PageHash> hashes) const;
   // Fills `out` (the page's size) with the page's content; NOT_FOUND when absent, DATA_LOSS when
-  // the stored bytes no longer hash to `hash`.
+  // the stored bytes are not what was written (their checksum, or for pages stored before
+  // checksums their hash, disagrees).
   Status read_page(const PageHash& hash, std::span<std::byte> out) const;
   // Reads pages `hashes` into `out` (one page size each, one after the other), with one read
   // for each run of them that lies in order in a pack (a heap's sequential page-in). Returns how
