@@ -183,7 +183,7 @@ class PageStore {
 
   // --- migration (DESIGN §9 step 7)
   // Streams version `version` to `sink`: its manifest, then the content of every page whose hash
-  // is not in `receiver_has`, each page once, with memory bounded by a few pages.
+  // is not in `receiver_has`, each page once, read in runs of at most 1 MiB (memory bounded by one).
   Status export_version(uint64_t version, std::span<const PageHash> receiver_has,
                         const ExportSink& sink) const;
   // The receiving side: `import_begin` takes the sender's manifest, the pages follow through
