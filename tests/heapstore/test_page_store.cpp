@@ -50,6 +50,19 @@ VersionInfo write_version(PageStore& store, uint64_t parent, const std::map<uint
   return must(w.commit(record));
 }
 
+// A sink that begins an import into `to` with the manifest it is given, then passes each page to
+// `page` (which has `import` at hand).
+ExportSink import_into(PageStore& to, std::unique_ptr<PageStore::Import>& import,
+                       std::function<Status(const PageHash&, std::span<const std::byte>)> page) {
+  return {[&to, &import](const Manifest& manifest) -> Status {
+            Result<std::unique_ptr<PageStore::Import>> begun = to.import_begin(manifest);
+            if (!begun.ok()) return begun.status();
+            import = std::move(*begun);
+            return Status();
+          },
+          std::move(page)};
+}
+
 std::vector<std::filesystem::path> pack_files(const std::filesystem::path& dir) {
   std::vector<std::filesystem::path> out;
   for (const auto& e : std::filesystem::directory_iterator(dir / "packs")) out.push_back(e.path());
@@ -792,20 +805,13 @@ TEST_CASE("export/import: the manifest, then only the pages the receiver lacks, 
       if (!lacking_set.contains(h)) has.push_back(h);
     }
     Status exported = a->export_version(
-        va.version, has,
-        {[&](const Manifest& manifest) -> Status {
-           Result<std::unique_ptr<PageStore::Import>> begun = b->import_begin(manifest);
-           if (!begun.ok()) return begun.status();
-           import = std::move(*begun);
-           return Status();
-         },
-         [&](const PageHash& hash, std::span<const std::byte> page) -> Status {
-           sent.push_back(hash);
-           PageHash h = hash;
-           Bytes bytes(page.begin(), page.end());
-           tamper(h, bytes);
-           return import->import_page(h, bytes);
-         }});
+        va.version, has, import_into(*b, import, [&](const PageHash& hash, std::span<const std::byte> page) -> Status {
+          sent.push_back(hash);
+          PageHash h = hash;
+          Bytes bytes(page.begin(), page.end());
+          tamper(h, bytes);
+          return import->import_page(h, bytes);
+        }));
     if (!exported.ok()) return exported;
     CHECK(sent.size() == 40);  // 60 distinct, 20 already there
     CHECK(std::set<PageHash>(sent.begin(), sent.end()).size() == sent.size());
@@ -841,18 +847,11 @@ TEST_CASE("export of a version larger than one read: every page sent once, in ma
   std::unique_ptr<PageStore::Import> import;
   std::vector<PageHash> sent;
   Status exported = a->export_version(
-      va.version, has,
-      {[&](const Manifest& manifest) -> Status {
-         Result<std::unique_ptr<PageStore::Import>> begun = b->import_begin(manifest);
-         if (!begun.ok()) return begun.status();
-         import = std::move(*begun);
-         return Status();
-       },
-       [&](const PageHash& hash, std::span<const std::byte> page) -> Status {
-         if (PageHash::of(page) != hash) return data_loss("sent bytes do not hash to their name");
-         sent.push_back(hash);
-         return import->import_page(hash, page);
-       }});
+      va.version, has, import_into(*b, import, [&](const PageHash& hash, std::span<const std::byte> page) -> Status {
+        if (PageHash::of(page) != hash) return data_loss("sent bytes do not hash to their name");
+        sent.push_back(hash);
+        return import->import_page(hash, page);
+      }));
   must_ok(exported);
   REQUIRE(sent.size() == 699);
   size_t k = 0;
