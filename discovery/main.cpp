@@ -16,11 +16,6 @@ namespace {
 
 constexpr const char* kProgram = "djinn-discovery";
 
-int fail(const std::string& message, int code = 1) {
-  std::fprintf(stderr, "%s: %s\n", kProgram, message.c_str());
-  return code;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -54,12 +49,12 @@ int main(int argc, char** argv) {
     } else if (d == "multicast") {
       options.discovery.multicast = true;
     } else if (d != "none") {
-      return fail("--discover '" + d + "': expected avahi, multicast or none", 2);
+      return cfg.fail("--discover '" + d + "': expected avahi, multicast or none", 2);
     }
   }
   options.discovery.locators = lookup::split_list(cfg.get_string("locators"));
   for (const std::string& l : options.discovery.locators) {
-    if (auto parsed = discovery::parse_locator(l); !parsed.ok()) return fail("--locators: " + parsed.status().message(), 2);
+    if (auto parsed = discovery::parse_locator(l); !parsed.ok()) return cfg.fail("--locators: " + parsed.status().message(), 2);
   }
   std::string iface = cfg.get_string("multicast-interface");
   if (iface.empty()) {
@@ -82,13 +77,13 @@ int main(int argc, char** argv) {
   options.discovery.discard_after = cfg.get_duration("discard-after");
   if (options.discovery.probe_interval.count() <= 0 || options.discovery.probe_timeout.count() <= 0 ||
       options.discovery.discard_after.count() <= 0) {
-    return fail("--probe-interval, --probe-timeout and --discard-after must be > 0", 2);
+    return cfg.fail("--probe-interval, --probe-timeout and --discard-after must be > 0", 2);
   }
   options.max_interest_lease = cfg.get_duration("max-interest-lease");
-  if (options.max_interest_lease.count() <= 0) return fail("--max-interest-lease must be > 0", 2);
+  if (options.max_interest_lease.count() <= 0) return cfg.fail("--max-interest-lease must be > 0", 2);
   options.max_interests = static_cast<size_t>(cfg.get_int("max-interests"));
   Result<ServerSecurity> security = security_from_flags(cfg);
-  if (!security.ok()) return fail(security.status().message(), security.status().code() == Code::kInvalidArgument ? 2 : 1);
+  if (!security.ok()) return cfg.fail(security.status().message(), security.status().code() == Code::kInvalidArgument ? 2 : 1);
   options.curve = security->curve;
   options.plaintext_role = security->plaintext_role;
 
@@ -96,7 +91,7 @@ int main(int argc, char** argv) {
 
   auto service = discovery::DiscoveryService::start(options);
   if (!service.ok()) {
-    return fail(service.status().to_string(), service.status().code() == Code::kInvalidArgument ? 2 : 1);
+    return cfg.fail(service.status().to_string(), service.status().code() == Code::kInvalidArgument ? 2 : 1);
   }
   std::printf("rpc %s\nevents %s\n", (*service)->rpc_endpoint().c_str(), (*service)->events_endpoint().c_str());
   std::fflush(stdout);

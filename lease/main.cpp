@@ -16,11 +16,6 @@ namespace {
 
 constexpr const char* kProgram = "djinn-lease";
 
-int fail(const std::string& message, int code = 1) {
-  std::fprintf(stderr, "%s: %s\n", kProgram, message.c_str());
-  return code;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -42,16 +37,16 @@ int main(int argc, char** argv) {
 
   lease::LeaseManagerOptions options;
   options.data_dir = cfg.get_string("data-dir");
-  if (options.data_dir.empty()) return fail("--data-dir is empty: give a directory for lease.db", 2);
+  if (options.data_dir.empty()) return cfg.fail("--data-dir is empty: give a directory for lease.db", 2);
   options.rpc_endpoint = cfg.get_string("listen");
   options.events_endpoint = cfg.get_string("events");
   options.advertise_host = cfg.get_string("advertise-host");
   options.workers = static_cast<int>(cfg.get_int("workers"));
   Result<lease::Policy> policy = lease::policy_from_flags(cfg, true);
-  if (!policy.ok()) return fail(policy.status().message(), 2);
+  if (!policy.ok()) return cfg.fail(policy.status().message(), 2);
   options.policy = *policy;
   Result<ServerSecurity> security = security_from_flags(cfg);
-  if (!security.ok()) return fail(security.status().message(), security.status().code() == Code::kInvalidArgument ? 2 : 1);
+  if (!security.ok()) return cfg.fail(security.status().message(), security.status().code() == Code::kInvalidArgument ? 2 : 1);
   options.curve = security->curve;
   options.plaintext_role = security->plaintext_role;
   // The renewal service renews with the daemon's own key, at landlords that share its server key
@@ -60,20 +55,20 @@ int main(int argc, char** argv) {
 
   std::vector<std::string> lookups = lookup::split_list(cfg.get_string("lookup"));
   for (const std::string& l : lookups) {
-    if (l.rfind("tcp://", 0) != 0) return fail("--lookup '" + l + "': expected tcp://HOST:PORT", 2);
+    if (l.rfind("tcp://", 0) != 0) return cfg.fail("--lookup '" + l + "': expected tcp://HOST:PORT", 2);
   }
 
   block_stop_signals();  // before any thread starts, so all inherit the mask
 
   auto manager = lease::LeaseManager::start(options);
-  if (!manager.ok()) return fail(manager.status().to_string());
+  if (!manager.ok()) return cfg.fail(manager.status().to_string());
   // The bound endpoints on stdout, so a script that asked for port * learns the ports.
   std::printf("rpc %s\nevents %s\n", (*manager)->rpc_endpoint().c_str(), (*manager)->events_endpoint().c_str());
   std::fflush(stdout);
   std::unique_ptr<lookup::RegistrationKeeper> keeper;
   if (!lookups.empty()) {
     Result<ServiceId> id = lookup::load_or_mint_service_id(options.data_dir);
-    if (!id.ok()) return fail(id.status().to_string());
+    if (!id.ok()) return cfg.fail(id.status().to_string());
     ServiceItem item;
     item.service_id = *id;
     item.interface_types = {"djinn.lease.LeaseManager", "djinn.lease.Landlord", "djinn.lease.RenewalService"};

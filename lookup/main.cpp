@@ -18,11 +18,6 @@ namespace {
 
 constexpr const char* kProgram = "djinn-lookup";
 
-int fail(const std::string& message, int code = 1) {
-  std::fprintf(stderr, "%s: %s\n", kProgram, message.c_str());
-  return code;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -51,21 +46,21 @@ int main(int argc, char** argv) {
 
   lookup::LookupServiceOptions options;
   options.data_dir = cfg.get_string("data-dir");
-  if (options.data_dir.empty()) return fail("--data-dir is empty: give a directory for lookup.db", 2);
+  if (options.data_dir.empty()) return cfg.fail("--data-dir is empty: give a directory for lookup.db", 2);
   options.rpc_endpoint = cfg.get_string("listen");
   options.events_endpoint = cfg.get_string("events");
   options.advertise_host = cfg.get_string("advertise-host");
   options.groups = lookup::split_list(cfg.get_string("groups"));
-  if (options.groups.empty()) return fail("--groups is empty: name at least one group (e.g. public)", 2);
+  if (options.groups.empty()) return cfg.fail("--groups is empty: name at least one group (e.g. public)", 2);
   options.name = cfg.get_string("name");
   Result<lease::Policy> policy = lease::policy_from_flags(cfg, false);
-  if (!policy.ok()) return fail(policy.status().message(), 2);
+  if (!policy.ok()) return cfg.fail(policy.status().message(), 2);
   options.policy = *policy;
   options.max_item_bytes = static_cast<size_t>(cfg.get_int("max-item-bytes"));
   options.max_items = static_cast<size_t>(cfg.get_int("max-items"));
   options.workers = static_cast<int>(cfg.get_int("workers"));
   Result<ServerSecurity> security = security_from_flags(cfg);
-  if (!security.ok()) return fail(security.status().message(), security.status().code() == Code::kInvalidArgument ? 2 : 1);
+  if (!security.ok()) return cfg.fail(security.status().message(), security.status().code() == Code::kInvalidArgument ? 2 : 1);
   options.curve = security->curve;
   options.plaintext_role = security->plaintext_role;
 
@@ -76,19 +71,19 @@ int main(int argc, char** argv) {
     } else if (a == "multicast") {
       announce_multicast = true;
     } else if (a != "none") {
-      return fail("--announce '" + a + "': expected avahi, multicast or none", 2);
+      return cfg.fail("--announce '" + a + "': expected avahi, multicast or none", 2);
     }
   }
   std::chrono::milliseconds announce_interval = cfg.get_duration("announce-interval");
   if (announce_multicast && announce_interval.count() < 100) {
-    return fail("--announce-interval " + std::to_string(announce_interval.count()) + "ms: at least 100ms", 2);
+    return cfg.fail("--announce-interval " + std::to_string(announce_interval.count()) + "ms: at least 100ms", 2);
   }
 
   block_stop_signals();  // before any thread starts, so all inherit the mask
 
   auto service = lookup::LookupService::start(options);
   if (!service.ok()) {
-    return fail(service.status().to_string(), service.status().code() == Code::kInvalidArgument ? 2 : 1);
+    return cfg.fail(service.status().to_string(), service.status().code() == Code::kInvalidArgument ? 2 : 1);
   }
   // The bound endpoints on stdout, so a script that asked for port * learns the ports.
   std::printf("rpc %s\nevents %s\nservice-id %s\n", (*service)->rpc_endpoint().c_str(),
@@ -106,7 +101,7 @@ int main(int argc, char** argv) {
     a.self.name = options.name;
     auto rpc = discovery::split_tcp_endpoint((*service)->rpc_endpoint());
     auto events = discovery::split_tcp_endpoint((*service)->events_endpoint());
-    if (!rpc) return fail("cannot announce " + (*service)->rpc_endpoint() + ": only tcp:// endpoints are announced", 2);
+    if (!rpc) return cfg.fail("cannot announce " + (*service)->rpc_endpoint() + ": only tcp:// endpoints are announced", 2);
     a.self.rpc_port = rpc->second;
     if (events) a.self.events_port = events->second;
     // The address to dial: --advertise-host, else --listen's own address when it names one; with
@@ -124,7 +119,7 @@ int main(int argc, char** argv) {
       a.multicast_options.interface = bound->first.rfind("127.", 0) == 0 ? "lo" : bound->first;
     }
     auto started = discovery::LookupAnnouncer::start(a);
-    if (!started.ok()) return fail("announcing: " + started.status().to_string(), 2);
+    if (!started.ok()) return cfg.fail("announcing: " + started.status().to_string(), 2);
     announcer = std::move(*started);
   }
 

@@ -17,11 +17,6 @@ namespace {
 
 constexpr const char* kProgram = "djinn-space";
 
-int fail(const std::string& message, int code = 1) {
-  std::fprintf(stderr, "%s: %s\n", kProgram, message.c_str());
-  return code;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -54,23 +49,23 @@ int main(int argc, char** argv) {
 
   space::SpaceServiceOptions options;
   options.data_dir = cfg.get_string("data-dir");
-  if (options.data_dir.empty()) return fail("--data-dir is empty: give a directory for space.db and values/", 2);
+  if (options.data_dir.empty()) return cfg.fail("--data-dir is empty: give a directory for space.db and values/", 2);
   options.rpc_endpoint = cfg.get_string("listen");
   options.events_endpoint = cfg.get_string("events");
   options.advertise_host = cfg.get_string("advertise-host");
   options.name = cfg.get_string("name");
   Result<lease::Policy> policy = lease::policy_from_flags(cfg, true);
-  if (!policy.ok()) return fail(policy.status().message(), 2);
+  if (!policy.ok()) return cfg.fail(policy.status().message(), 2);
   options.policy = *policy;
   options.max_entry_bytes = static_cast<size_t>(cfg.get_int("max-entry-bytes"));
   options.max_entries = static_cast<size_t>(cfg.get_int("max-entries"));
   options.txn_manager = cfg.get_bool("txn-manager");
   options.value_grace = cfg.get_duration("value-grace");
   options.value_gc_interval = cfg.get_duration("value-gc-interval");
-  if (options.value_gc_interval.count() < 100) return fail("--value-gc-interval: at least 100ms", 2);
+  if (options.value_gc_interval.count() < 100) return cfg.fail("--value-gc-interval: at least 100ms", 2);
   options.workers = static_cast<int>(cfg.get_int("workers"));
   Result<ServerSecurity> security = security_from_flags(cfg);
-  if (!security.ok()) return fail(security.status().message(), security.status().code() == Code::kInvalidArgument ? 2 : 1);
+  if (!security.ok()) return cfg.fail(security.status().message(), security.status().code() == Code::kInvalidArgument ? 2 : 1);
   options.curve = security->curve;
   options.plaintext_role = security->plaintext_role;
   // Managers and participants of the federation share its server key, as the renewal service and
@@ -79,14 +74,14 @@ int main(int argc, char** argv) {
 
   std::vector<std::string> lookups = lookup::split_list(cfg.get_string("lookup"));
   for (const std::string& l : lookups) {
-    if (l.rfind("tcp://", 0) != 0) return fail("--lookup '" + l + "': expected tcp://HOST:PORT", 2);
+    if (l.rfind("tcp://", 0) != 0) return cfg.fail("--lookup '" + l + "': expected tcp://HOST:PORT", 2);
   }
 
   block_stop_signals();  // before any thread starts, so all inherit the mask
 
   auto service = space::SpaceService::start(options);
   if (!service.ok()) {
-    return fail(service.status().to_string(), service.status().code() == Code::kInvalidArgument ? 2 : 1);
+    return cfg.fail(service.status().to_string(), service.status().code() == Code::kInvalidArgument ? 2 : 1);
   }
   // The bound endpoints on stdout, so a script that asked for port * learns the ports.
   std::printf("rpc %s\nevents %s\nservice-id %s\n", (*service)->rpc_endpoint().c_str(),

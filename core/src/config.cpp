@@ -253,6 +253,11 @@ std::string Config::usage() const {
   return o.str();
 }
 
+int Config::fail(const std::string& message, int code) const {
+  std::fprintf(stderr, "%s: %s\n", program_.c_str(), message.c_str());
+  return code;
+}
+
 int Config::exit_code(const Status& st) const {
   if (st.code() == Code::kCancelled) return 0;
   std::fprintf(stderr, "%s: %s\n", program_.c_str(), st.message().c_str());

@@ -49,6 +49,8 @@ class Config {
   std::string usage() const;
   // For main(): 0 after --help, 2 (with the error and a hint printed) otherwise.
   int exit_code(const Status& parse_status) const;
+  // For main(): prints "<program>: <message>" on stderr and returns `code` (2: bad usage).
+  int fail(const std::string& message, int code = 1) const;
 
  private:
   enum class Type { kString, kInt, kBool, kDuration };
