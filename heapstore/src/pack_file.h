@@ -34,6 +34,8 @@ struct Location {
   uint32_t flags = 0;   // kFlagZstd, kFlagChecked
   uint64_t check = 0;   // stored_checksum of the bytes in the pack, with kFlagChecked
   uint64_t end() const { return offset + length; }
+  // The same bytes in the same pack (another copy of a page is elsewhere).
+  bool same_place(const Location& other) const { return pack == other.pack && offset == other.offset; }
 };
 
 // What a read checks stored bytes against: XXH3-64, computed when the page is appended. A page's

@@ -72,16 +72,12 @@ Status upgrade_schema(sqlite::Database& db, const std::filesystem::path& dir) {
   Result<sqlite::Statement> rows = db.prepare(std::string("SELECT hash, pack, at, length, size, flags, ") +
                                               (checked ? "checksum" : "0") + " FROM pages ORDER BY pack, at");
   if (!rows.ok()) return rows.status();
-  Result<sqlite::Statement> insert = db.prepare("INSERT INTO page_log(id, pages) VALUES (?, ?)");
-  if (!insert.ok()) return insert.status();
   uint64_t id = 1;
   uint64_t moved = 0;
   std::vector<uint8_t> entries;
   auto flush = [&]() -> Status {
     if (entries.empty()) return Status();
-    insert->reset();
-    DJINN_RETURN_IF_ERROR(insert->bind_all(id++, entries));
-    DJINN_RETURN_IF_ERROR(insert->run());
+    DJINN_RETURN_IF_ERROR(internal::insert_log_blob(db, id++, entries));
     entries.clear();
     return Status();
   };
@@ -569,9 +565,7 @@ Result<GcStats> PageStore::collect_garbage() {
             scan->column_blob(1), id, [&](const PageHash& h, const Location& where) {
               auto indexed = impl_->index.find(h);
               // A second entry of a hash (none is written) is never read: dead too.
-              bool same = indexed != impl_->index.end() && indexed->second.pack == where.pack &&
-                          indexed->second.offset == where.offset;
-              if (live.contains(h) && same) {
+              if (live.contains(h) && indexed != impl_->index.end() && indexed->second.same_place(where)) {
                 ++live_per_pack[where.pack];
                 internal::append_log_entry(kept, h, where);
               } else {
@@ -619,10 +613,7 @@ Result<GcStats> PageStore::collect_garbage() {
     stats.pages_removed = dead.size();
     for (const Dead& d : dead) {
       auto indexed = impl_->index.find(d.hash);
-      if (indexed == impl_->index.end() || indexed->second.pack != d.where.pack ||
-          indexed->second.offset != d.where.offset) {
-        continue;
-      }
+      if (indexed == impl_->index.end() || !indexed->second.same_place(d.where)) continue;
       impl_->index.erase(indexed);
       impl_->pages_stored -= std::min<uint64_t>(impl_->pages_stored, 1);
       impl_->bytes_stored -= std::min<uint64_t>(impl_->bytes_stored, d.where.length);

@@ -98,6 +98,14 @@ void append_log_entry(std::vector<uint8_t>& out, const PageHash& hash, const Loc
   put_le(p + 56, where.check, 8);
 }
 
+Status insert_log_blob(sqlite::Database& db, uint64_t id, const std::vector<uint8_t>& entries) {
+  Result<sqlite::Statement*> insert = db.cached("INSERT INTO page_log(id, pages) VALUES (?, ?)");
+  if (!insert.ok()) return insert.status();
+  (*insert)->reset();
+  DJINN_RETURN_IF_ERROR((*insert)->bind_all(id, entries));
+  return (*insert)->run();
+}
+
 Status for_each_log_entry(std::span<const uint8_t> blob, uint64_t id,
                           const std::function<void(const PageHash&, const Location&)>& fn) {
   if (blob.size() % kLogEntryBytes != 0) {
@@ -201,8 +209,7 @@ Result<VersionInfo> StoreCore::commit_version(CommitPlan& plan) {
   std::erase_if(rows, [&](const Row& r) {
     if (r.own) return false;
     auto p = pending.find(r.hash);
-    return p == pending.end() || !p->second.where || p->second.where->pack != r.where.pack ||
-           p->second.where->offset != r.where.offset;
+    return p == pending.end() || !p->second.where || !p->second.where->same_place(r.where);
   });
   row.info.parent = plan.parent;
   row.info.page_size = plan.page_size;
@@ -240,13 +247,7 @@ Result<VersionInfo> StoreCore::commit_version(CommitPlan& plan) {
   uint64_t log_id = next_log;
   Result<sqlite::Transaction> tx = sqlite::Transaction::begin(db);
   if (!tx.ok()) return tx.status();
-  Result<sqlite::Statement*> insert_log = db.cached("INSERT INTO page_log(id, pages) VALUES (?, ?)");
-  if (!insert_log.ok()) return insert_log.status();
-  for (const std::vector<uint8_t>& entries : log_blobs) {
-    (*insert_log)->reset();
-    DJINN_RETURN_IF_ERROR((*insert_log)->bind_all(log_id++, entries));
-    DJINN_RETURN_IF_ERROR((*insert_log)->run());
-  }
+  for (const std::vector<uint8_t>& entries : log_blobs) DJINN_RETURN_IF_ERROR(insert_log_blob(db, log_id++, entries));
   Result<sqlite::Statement*> update_pack = db.cached(
       "INSERT INTO packs(id, committed_bytes) VALUES (?, ?) "
       "ON CONFLICT(id) DO UPDATE SET committed_bytes = max(committed_bytes, excluded.committed_bytes)");
@@ -589,7 +590,7 @@ StoreCore::~StoreCore() {
   for (const auto& [h, p] : pending) {
     if (!p.where || indexed_late.contains({p.where->pack, p.where->offset})) continue;
     auto it = index.find(h);
-    if (it != index.end() && it->second.pack == p.where->pack && it->second.offset == p.where->offset) continue;
+    if (it != index.end() && it->second.same_place(*p.where)) continue;
     garbage.push_back(Range{p.where->pack, p.where->offset, p.where->length});
   }
   if (packs) packs->punch(std::move(garbage));

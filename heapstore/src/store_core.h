@@ -79,6 +79,8 @@ struct PendingPage {
 inline constexpr size_t kLogEntryBytes = 64;
 inline constexpr size_t kLogEntriesPerBlob = 65536;
 void append_log_entry(std::vector<uint8_t>& out, const PageHash& hash, const Location& where);
+// Adds blob `entries` to the page log as entry `id` (in the caller's transaction).
+Status insert_log_blob(sqlite::Database& db, uint64_t id, const std::vector<uint8_t>& entries);
 // Calls `fn` for each page of a page log blob; DATA_LOSS for a blob that is not whole entries.
 Status for_each_log_entry(std::span<const uint8_t> blob, uint64_t id,
                           const std::function<void(const PageHash&, const Location&)>& fn);

@@ -392,18 +392,24 @@ struct Registrar::Impl {
     m.watches_.erase(it);
   }
 
+  // Removes what the queued lease ends held (`lock` holds ended_mu_, released meanwhile).
+  void remove_queued(std::unique_lock<std::mutex>& lock) {
+    if (ended_.empty()) return;
+    std::deque<std::pair<uint64_t, bool>> batch;
+    batch.swap(ended_);
+    lock.unlock();
+    for (const auto& [id, registration] : batch) remove_ended(id, registration);
+    lock.lock();
+    ended_processed_ += batch.size();
+    processed_cv_.notify_all();
+  }
+
   void remover_loop() {
     std::unique_lock lock(ended_mu_);
     for (;;) {
       ended_cv_.wait(lock, [&] { return stopping_ || !ended_.empty(); });
       if (ended_.empty() && stopping_) return;
-      std::deque<std::pair<uint64_t, bool>> batch;
-      batch.swap(ended_);
-      lock.unlock();
-      for (const auto& [id, registration] : batch) remove_ended(id, registration);
-      lock.lock();
-      ended_processed_ += batch.size();
-      processed_cv_.notify_all();
+      remove_queued(lock);
     }
   }
 
@@ -412,15 +418,7 @@ struct Registrar::Impl {
   void settle() {
     std::unique_lock lock(ended_mu_);
     const uint64_t target = ended_reported_;
-    std::deque<std::pair<uint64_t, bool>> batch;
-    batch.swap(ended_);
-    if (!batch.empty()) {
-      lock.unlock();
-      for (const auto& [id, registration] : batch) remove_ended(id, registration);
-      lock.lock();
-      ended_processed_ += batch.size();
-      processed_cv_.notify_all();
-    }
+    remove_queued(lock);
     processed_cv_.wait(lock, [&] { return stopping_ || ended_processed_ >= target; });
   }
 
