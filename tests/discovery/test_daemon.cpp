@@ -26,11 +26,7 @@ TEST_CASE("djinn-discovery: --help, refusals, and interest served for a lookup g
   const std::string prog = "discovery/djinn-discovery";
   std::vector<std::string> base{"--listen", "tcp://127.0.0.1:*", "--events", "tcp://127.0.0.1:*", "--discover", "none",
                                 "--log-level", "off"};
-  auto with = [&](std::vector<std::string> extra) {
-    std::vector<std::string> a = base;
-    a.insert(a.end(), extra.begin(), extra.end());
-    return a;
-  };
+  auto with = [&](const std::vector<std::string>& extra) { return test::args_with(base, extra); };
   CHECK(exit_code_of(prog, {"--help"}) == 0);
   CHECK(exit_code_of(prog, base) == 2);  // neither CURVE nor --insecure
   CHECK(exit_code_of(prog, with({"--insecure", "--discover", "carrier-pigeon"})) == 2);

@@ -59,16 +59,12 @@ TEST_CASE("djinn-space: --help, refusals that say what to do, lookup registratio
   test::TempDir dir;
   std::vector<std::string> base{"--data-dir", dir.file("space"), "--listen", "tcp://127.0.0.1:*", "--events",
                                 "tcp://127.0.0.1:*", "--log-level", "off"};
-  auto with = [&](std::vector<std::string> extra) {
-    std::vector<std::string> a = base;
-    a.insert(a.end(), extra.begin(), extra.end());
-    return a;
-  };
+  auto with = [&](const std::vector<std::string>& extra) { return test::args_with(base, extra); };
   CHECK(exit_code_of({"--help"}) == 0);
-  CHECK(exit_code_of(base) == 2);  // neither CURVE nor --insecure
-  CHECK(exit_code_of(with({"--keyring", dir.file("none")})) == 2);
-  CHECK(exit_code_of(with({"--insecure", "--plaintext-role", "root"})) == 2);
-  CHECK(exit_code_of(with({"--insecure", "--default-lease", "1h", "--max-lease", "1m"})) == 2);
+  for (const std::vector<std::string>& refused : test::shared_refusals(base, dir)) {
+    CAPTURE(refused.back());
+    CHECK(exit_code_of(refused) == 2);
+  }
   CHECK(exit_code_of(with({"--insecure", "--max-entry-bytes", "10"})) == 2);
   CHECK(exit_code_of(with({"--insecure", "--lookup", "udp://x"})) == 2);
   CHECK(exit_code_of(with({"--insecure", "--data-dir", ""})) == 2);

@@ -124,6 +124,19 @@ std::string build_path(const std::string& relative) {
   return base + "/" + relative;
 }
 
+std::vector<std::string> args_with(const std::vector<std::string>& base, const std::vector<std::string>& extra) {
+  std::vector<std::string> out = base;
+  out.insert(out.end(), extra.begin(), extra.end());
+  return out;
+}
+
+std::vector<std::vector<std::string>> shared_refusals(const std::vector<std::string>& base, const TempDir& dir) {
+  return {base,
+          args_with(base, {"--keyring", dir.file("none")}),
+          args_with(base, {"--insecure", "--plaintext-role", "root"}),
+          args_with(base, {"--insecure", "--default-lease", "1h", "--max-lease", "1m"})};
+}
+
 int exit_code_of(const std::string& relative_program, const std::vector<std::string>& args) {
   ChildProcess p(build_path(relative_program), args);
   int status = p.wait(10000);

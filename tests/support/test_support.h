@@ -64,4 +64,11 @@ std::string build_path(const std::string& relative);
 // it did not exit by itself in time.
 int exit_code_of(const std::string& relative_program, const std::vector<std::string>& args);
 
+// A daemon's command line: `base` with `extra` after it.
+std::vector<std::string> args_with(const std::vector<std::string>& base, const std::vector<std::string>& extra);
+// Command lines every daemon that holds leases refuses the same way (core's daemon flags, lease
+// policy flags), each with exit code 2: `base` alone (neither CURVE nor --insecure), a keyring
+// that does not exist, an unknown --plaintext-role, a default lease above the maximum.
+std::vector<std::vector<std::string>> shared_refusals(const std::vector<std::string>& base, const TempDir& dir);
+
 }  // namespace djinn::test
