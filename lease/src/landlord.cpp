@@ -1380,6 +1380,15 @@ std::vector<Lease> Landlord::leases_of_resource(std::string_view resource) const
   return impl_->chain_of(impl_->resources_, resource, &Record::res_next);
 }
 
+size_t Landlord::cancel_unheld(std::string_view resource, const std::function<bool(LeaseId)>& held) {
+  std::vector<LeaseId> orphans;
+  for (const Lease& l : leases_of_resource(resource)) {
+    if (!held(l.id)) orphans.push_back(l.id);
+  }
+  if (!orphans.empty()) cancel_batch(orphans);
+  return orphans.size();
+}
+
 Result<std::vector<Lease>> Landlord::cancel_all_of_holder(std::string_view holder) {
   std::vector<LeaseEvent> events;
   std::vector<Lease> cancelled;

@@ -538,20 +538,18 @@ struct Registrar::Impl {
   // Leases of the registrar's resources that no item or watch holds (a registrar's rows and their
   // leases commit together, so only a damaged store leaves any): cancelled, since nobody holds them.
   void cancel_orphan_leases() {
-    std::vector<lease::LeaseId> orphans;
-    {
+    size_t cancelled = landlord.cancel_unheld(kRegistrationResource, [&](lease::LeaseId id) {
       std::shared_lock lock(mu_);
-      for (const lease::Lease& l : landlord.leases_of_resource(kRegistrationResource)) {
-        if (!by_lease_.count(l.id)) orphans.push_back(l.id);
-      }
-      for (const lease::Lease& l : landlord.leases_of_resource(kNotifyResource)) {
-        if (!watches_.count(l.id)) orphans.push_back(l.id);
-      }
+      return by_lease_.count(id) > 0;
+    });
+    cancelled += landlord.cancel_unheld(kNotifyResource, [&](lease::LeaseId id) {
+      std::shared_lock lock(mu_);
+      return watches_.count(id) > 0;
+    });
+    if (cancelled) {
+      DJINN_LOG(kInfo, "lookup") << options.name << ": cancelled " << cancelled
+                                 << " leases granted for registrations that never committed";
     }
-    if (orphans.empty()) return;
-    landlord.cancel_batch(orphans);
-    DJINN_LOG(kInfo, "lookup") << options.name << ": cancelled " << orphans.size()
-                               << " leases granted for registrations that never committed";
   }
 };
 

@@ -907,19 +907,17 @@ Status Space::Impl::load_store(sqlite::Database& db) {
 // Leases of entries that never committed (granted with a transaction's write that was lost, or by
 // a batch whose rows a crash cut off) are cancelled: nothing holds them.
 void Space::Impl::cancel_orphan_leases() {
-  std::vector<lease::LeaseId> orphans;
-  {
+  size_t cancelled = landlord.cancel_unheld(kEntryResource, [&](lease::LeaseId id) {
     std::shared_lock lock(mu);
-    for (const lease::Lease& l : landlord.leases_of_resource(kEntryResource)) {
-      if (!by_lease.count(l.id)) orphans.push_back(l.id);
-    }
-    for (const lease::Lease& l : landlord.leases_of_resource(kNotifyResource)) {
-      if (!watches.count(l.id)) orphans.push_back(l.id);
-    }
+    return by_lease.count(id) > 0;
+  });
+  cancelled += landlord.cancel_unheld(kNotifyResource, [&](lease::LeaseId id) {
+    std::shared_lock lock(mu);
+    return watches.count(id) > 0;
+  });
+  if (cancelled) {
+    DJINN_LOG(kInfo, "space") << options.name << ": cancelled " << cancelled << " leases of entries that never committed";
   }
-  if (orphans.empty()) return;
-  landlord.cancel_batch(orphans);
-  DJINN_LOG(kInfo, "space") << options.name << ": cancelled " << orphans.size() << " leases of entries that never committed";
 }
 
 Result<size_t> Space::Impl::resolve() {

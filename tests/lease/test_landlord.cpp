@@ -538,6 +538,24 @@ TEST_CASE("queries by holder and resource; cancel all of a holder") {
   CHECK(none->empty());
 }
 
+TEST_CASE("cancel_unheld: the leases of a resource that nothing holds, and only those") {
+  FakeClocks clocks;
+  EventLog log;
+  auto landlord = fake_landlord(clocks, &log);
+  Lease kept = must_grant(*landlord, request("r", "h1", Kind::kInterest));
+  must_grant(*landlord, request("r", "h2", Kind::kInterest));
+  must_grant(*landlord, request("r", "h3", Kind::kInterest));
+  Lease other = must_grant(*landlord, request("s", "h4"));
+  log.clear();
+  CHECK(landlord->cancel_unheld("r", [&](LeaseId id) { return id == kept.id; }) == 2);
+  CHECK(log.of(EventType::kCancelled).size() == 2);
+  std::vector<Lease> left = landlord->leases_of_resource("r");
+  REQUIRE(left.size() == 1);
+  CHECK(left[0].id == kept.id);
+  CHECK(landlord->find(other.id).has_value());
+  CHECK(landlord->cancel_unheld("nothing", [](LeaseId) { return false; }) == 0);
+}
+
 TEST_CASE("persistence: a closed and reopened landlord has the same leases") {
   test::TempDir dir;
   std::string path = dir.file("leases.db");

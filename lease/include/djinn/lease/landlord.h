@@ -150,6 +150,11 @@ class Landlord {
   std::optional<Lease> find(LeaseId id) const;
   std::vector<Lease> leases_of_holder(std::string_view holder) const;
   std::vector<Lease> leases_of_resource(std::string_view resource) const;
+  // Cancels the leases of `resource` that `held` says nothing holds (an owner's start-up sweep of
+  // leases whose grant outlived what they were granted for); returns how many. `held` is called
+  // without the landlord's lock; the owner's own lock must not be held across this call, since
+  // the cancellations report events.
+  size_t cancel_unheld(std::string_view resource, const std::function<bool(LeaseId)>& held);
   // Cancels every lease of a holder (a migrating application gives up all it holds).
   Result<std::vector<Lease>> cancel_all_of_holder(std::string_view holder);
   size_t size() const;
