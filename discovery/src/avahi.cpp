@@ -110,6 +110,21 @@ int add_service_records(AvahiEntryGroup* group, AvahiClient* client, const std::
   return add(AvahiPublishFlags(0), enum_name, AVAHI_DNS_TYPE_PTR, AVAHI_DEFAULT_TTL, type_wire);
 }
 
+// Makes `im`'s threaded poll, connects its client and starts the poll; the client is made before
+// the poll runs, so its first callbacks see a complete Impl.
+template <class Impl>
+Status start_poll(Impl& im) {
+  im.poll.reset(avahi_threaded_poll_new());
+  if (!im.poll) return internal_error("avahi_threaded_poll_new failed");
+  im.connect();
+  if (avahi_threaded_poll_start(im.poll.get()) < 0) {
+    if (im.client) avahi_client_free(im.client);
+    im.client = nullptr;
+    return internal_error("avahi_threaded_poll_start failed");
+  }
+  return Status();
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
@@ -254,14 +269,7 @@ Result<std::unique_ptr<AvahiAnnouncer>> AvahiAnnouncer::start(Announcement self,
   im->self = std::move(self);
   im->txt = std::move(*txt);
   im->name = std::move(instance_name);
-  im->poll.reset(avahi_threaded_poll_new());
-  if (!im->poll) return internal_error("avahi_threaded_poll_new failed");
-  // The client is made under the poll's lock so its first callbacks see a complete Impl.
-  im->connect();
-  if (avahi_threaded_poll_start(im->poll.get()) < 0) {
-    if (im->client) avahi_client_free(im->client);
-    return internal_error("avahi_threaded_poll_start failed");
-  }
+  DJINN_RETURN_IF_ERROR(start_poll(*im));
   return std::unique_ptr<AvahiAnnouncer>(new AvahiAnnouncer(std::move(im)));
 }
 
@@ -417,13 +425,7 @@ struct AvahiBrowser::Impl {
 Result<std::unique_ptr<AvahiBrowser>> AvahiBrowser::start(AvahiBrowserOptions options) {
   auto im = std::make_unique<Impl>();
   im->options = std::move(options);
-  im->poll.reset(avahi_threaded_poll_new());
-  if (!im->poll) return internal_error("avahi_threaded_poll_new failed");
-  im->connect();
-  if (avahi_threaded_poll_start(im->poll.get()) < 0) {
-    if (im->client) avahi_client_free(im->client);
-    return internal_error("avahi_threaded_poll_start failed");
-  }
+  DJINN_RETURN_IF_ERROR(start_poll(*im));
   return std::unique_ptr<AvahiBrowser>(new AvahiBrowser(std::move(im)));
 }
 
