@@ -380,7 +380,7 @@ int main(int argc, char** argv) {
   cfg.add_int("fault-around", HeapOptions{}.fault_around_pages, "pages loaded by a non-sequential fault", 1, 1024);
   cfg.add_int("fault-spin-us", HeapOptions{}.fault_spin_us, "how long the fault thread polls before it sleeps", 0,
               100000);
-  cfg.add_int("load-threads", HeapOptions{}.load_threads, "threads reading a fault's run beside the fault thread", 0,
+  cfg.add_int("load-threads", HeapOptions{}.load_threads, "threads loading long runs beside the fault thread", 0,
               64);
   cfg.add_bool("compare-page-sizes", false, "also measure 16 KiB and 64 KiB pages (figures cmp_*)");
   cfg.add_bool("store-figures", true, "add the page store's figures (checkpoint throughput vs raw disk and LMDB)");
@@ -499,8 +499,9 @@ int main(int argc, char** argv) {
               "following non-resident ones (" + std::to_string(setup.fault_around) +
               " after a non-sequential fault, doubling while faults continue runs); page_in_random_per_fault_us is "
               "the same time per fault served. Pages come from the page store (read_pages: the in-memory index, one "
-              "pread per run of pages in pack order, an XXH3 check per page); each run is mapped with one "
-              "UFFDIO_COPY. Limits: the minor fault above plus a 4 KiB pread at a random offset of a file in the "
+              "pread per run of pages in pack order, an XXH3 check per page); each run is mapped with "
+              "UFFDIO_COPY, runs of 64 pages or more in parts, by the fault thread and the load threads (" +
+              std::to_string(setup.load_threads) + ") at once. Limits: the minor fault above plus a 4 KiB pread at a random offset of a file in the "
               "page cache; a sequential read of the same number of bytes from that file in 1 MiB preads; the "
               "kernel's minor fault rate in MB/s (allocating and mapping a page, which every page-in also pays)");
   report.note("dirty_collect: every page resident and clean, then 1% of the pages (or all) written; one "

@@ -38,6 +38,9 @@ constexpr uint64_t kMinBudgetPages = 16;
 constexpr uint64_t kSweepWindow = 512;
 // The largest reservation accepted: 2^46 bytes, a quarter of the user address space.
 constexpr uint64_t kMaxHeapBytes = uint64_t{1} << 46;
+// Runs from this many pages on are loaded by the fault thread and the load threads together;
+// shorter ones (random faults) by the fault thread alone, which is quicker than waking a helper.
+constexpr uint32_t kMinSharedRunPages = 64;
 
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -99,6 +102,7 @@ struct Heap::Impl {
   std::vector<std::byte> staging;
   std::vector<PageHash> hashes;
   std::vector<std::byte> zeros;
+  std::vector<uint8_t> mapped;  // which pages of a run the loader mapped
   std::unique_ptr<internal::PageLoader> loader;
 
   std::thread fault_thread;
@@ -257,41 +261,44 @@ uint64_t Heap::Impl::install_locked(uint64_t first, uint64_t count, bool writabl
     const PageEntry* e = table.find(p);
     return e && e->state == PageState::kPersistent;
   };
+  auto make_resident = [&](uint64_t p) {
+    PageEntry& e = table.at(p);
+    e.state = PageState::kResident;
+    e.set(PageEntry::kAccessed);
+    table.add_resident(p, 1);
+    ++resident;
+  };
+  // Clean pages are mapped write-protected, so their first write is seen; a page whose fault was
+  // a write is mapped writable (it would fault again at once) and is dirty.
   while (j < end) {
     const bool from_store = stored(j);
     uint64_t k = j + 1;
     while (k < end && stored(k) == from_store) ++k;
-    const std::byte* source = zeros.data();
+    const bool wp = !(writable_first && j == first);
+    if (!wp) k = j + 1;  // the writable page alone; its neighbours go write-protected
     if (from_store) {
       hashes.clear();
       for (uint64_t p = j; p < k; ++p) hashes.push_back(table.find(p)->hash);
-      uint64_t read = loader->read(hashes.data(), hashes.size(), staging.data(), error);
-      if (read < k - j) end = k = j + read;
-      if (k == j) break;
-      source = staging.data();
-      counters.pages_loaded += k - j;
+      std::span<uint8_t> done(mapped.data(), k - j);
+      uint64_t loaded = loader->load(hashes.data(), hashes.size(), staging.data(), addr(j), wp, done, error);
+      // A page after a failed one may be mapped already (another thread's part): it is resident,
+      // and a thread waiting on it is woken when its queued fault finds it so.
+      for (uint64_t p = j; p < k; ++p) {
+        if (!done[p - j]) continue;
+        make_resident(p);
+        ++counters.pages_loaded;
+      }
+      if (loaded > 0) {
+        Status st = mmu->wake(addr(j), loaded * page_size);
+        if (!st.ok()) throw std::runtime_error(st.to_string());
+      }
+      if (loaded < k - j) return j + loaded - first;
     } else {
+      Status st = mmu->copy(addr(j), zeros.data(), (k - j) * page_size, wp, true);
+      if (!st.ok()) throw std::runtime_error(st.to_string());
+      for (uint64_t p = j; p < k; ++p) make_resident(p);
       counters.pages_zero_filled += k - j;
     }
-    // Clean pages are mapped write-protected, so their first write is seen; a page whose fault was
-    // a write is mapped writable (it would fault again at once) and is dirty.
-    uint64_t from = j;
-    if (writable_first && j == first) {
-      Status st = mmu->copy(addr(j), source, page_size, false, true);
-      if (!st.ok()) throw std::runtime_error(st.to_string());
-      ++from;
-    }
-    if (from < k) {
-      Status st = mmu->copy(addr(from), source + (from - j) * page_size, (k - from) * page_size, true, true);
-      if (!st.ok()) throw std::runtime_error(st.to_string());
-    }
-    for (uint64_t p = j; p < k; ++p) {
-      PageEntry& e = table.at(p);
-      e.state = PageState::kResident;
-      e.set(PageEntry::kAccessed);
-      table.add_resident(p, 1);
-    }
-    resident += k - j;
     j = k;
   }
   return j - first;
@@ -580,7 +587,9 @@ Result<std::unique_ptr<Heap>> Heap::open(PageStore& store, uint64_t version, Hea
   }
   impl->staging.resize(uint64_t{o.fault_around_max_pages} * page_size);
   impl->zeros.resize(uint64_t{o.fault_around_max_pages} * page_size);
-  impl->loader = std::make_unique<internal::PageLoader>(store, page_size, o.load_threads, o.fault_spin_us);
+  impl->mapped.resize(o.fault_around_max_pages);
+  impl->loader = std::make_unique<internal::PageLoader>(store, *impl->mmu, page_size, o.load_threads, o.fault_spin_us,
+                                                        kMinSharedRunPages);
   impl->stop_fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (impl->stop_fd < 0) return internal_error(std::string("eventfd: ") + std::strerror(errno));
   Impl* raw = impl.get();

@@ -1,15 +1,17 @@
-// PageLoader: a run of page reads shared between the calling thread and a few helpers.
+// PageLoader: a run of page loads shared between the calling thread and a few helpers.
 #include "heap_loader.h"
 
 #include <pthread.h>
 
 #include <algorithm>
 #include <chrono>
+#include <stdexcept>
 
 namespace djinn::heapstore::internal {
 
-PageLoader::PageLoader(const PageStore& store, uint32_t page_size, unsigned helpers, uint32_t spin_us)
-    : store_(store), page_size_(page_size), spin_us_(spin_us) {
+PageLoader::PageLoader(const PageStore& store, Mmu& mmu, uint32_t page_size, unsigned helpers, uint32_t spin_us,
+                       uint32_t min_shared_pages)
+    : store_(store), mmu_(mmu), page_size_(page_size), spin_us_(spin_us), min_shared_pages_(min_shared_pages) {
   for (unsigned i = 0; i < helpers; ++i) helpers_.emplace_back([this] { helper_loop(); });
 }
 
@@ -23,31 +25,48 @@ PageLoader::~PageLoader() {
   for (auto& t : helpers_) t.join();
 }
 
+void PageLoader::fail(Job& job, size_t at, Status st) {
+  std::lock_guard lock(job.error_mu);
+  if (at < job.first_error) {
+    job.first_error = at;
+    job.error = std::move(st);
+  }
+}
+
 void PageLoader::work(Job& job) {
   for (;;) {
     size_t k = job.next.fetch_add(job.chunk, std::memory_order_relaxed);
     if (k >= job.n) return;
     size_t n = std::min(job.chunk, job.n - k);
+    std::byte* buf = job.buffer + k * page_size_;
     Status st;
     size_t read = store_.read_pages(std::span<const PageHash>(job.hashes + k, n), page_size_,
-                                    std::span<std::byte>(job.out + k * page_size_, n * page_size_), &st);
-    if (read < n) {
-      std::lock_guard lock(job.error_mu);
-      if (k + read < job.first_error) {
-        job.first_error = k + read;
-        job.error = std::move(st);
+                                    std::span<std::byte>(buf, n * page_size_), &st);
+    if (read < n) fail(job, k + read, std::move(st));
+    if (read > 0) {
+      Status copied = mmu_.copy(job.dst + k * page_size_, buf, read * page_size_, job.wp, false);
+      if (copied.ok()) {
+        std::fill_n(job.mapped + k, read, uint8_t{1});
+      } else {
+        std::lock_guard lock(job.error_mu);
+        if (job.broken.ok()) job.broken = std::move(copied);
       }
     }
     job.finished.fetch_add(n, std::memory_order_release);
   }
 }
 
-size_t PageLoader::read(const PageHash* hashes, size_t n, std::byte* out, Status* error) {
+size_t PageLoader::load(const PageHash* hashes, size_t n, std::byte* buffer, uintptr_t dst, bool wp,
+                        std::span<uint8_t> mapped, Status* error) {
   Job job;
   job.hashes = hashes;
-  job.out = out;
+  job.buffer = buffer;
+  job.dst = dst;
+  job.wp = wp;
+  job.mapped = mapped.data();
   job.n = n;
-  const bool shared = n > 1 && !helpers_.empty();
+  std::fill_n(job.mapped, n, uint8_t{0});
+  const bool shared = n >= std::max<size_t>(min_shared_pages_, 2) && !helpers_.empty();
   // Shared: a part for each thread; alone: the whole run in one read_pages.
   job.chunk = shared ? (n + helpers_.size()) / (helpers_.size() + 1) : n;
   if (shared) {
@@ -66,6 +85,7 @@ size_t PageLoader::read(const PageHash* hashes, size_t n, std::byte* out, Status
     cv_.wait(lock, [&] { return users_ == 0; });
   }
   while (job.finished.load(std::memory_order_acquire) < n) std::this_thread::yield();
+  if (!job.broken.ok()) throw std::runtime_error(job.broken.to_string());
   if (job.first_error == SIZE_MAX) return n;
   if (error) *error = job.error;
   return job.first_error;

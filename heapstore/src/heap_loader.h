@@ -1,7 +1,8 @@
-// Reading a fault's run of pages from the page store, on the fault thread alone or shared with
-// helper threads (each takes a part of the run: one read_pages, so pages in order in a pack still
-// come in one read). Helpers poll for work a little while after each run, like the fault thread,
-// then sleep.
+// Loading a fault's run of pages: read from the page store and mapped into the heap
+// (UFFDIO_COPY), on the fault thread alone or shared with helper threads. Each thread takes a part
+// of the run: one read_pages (pages in order in a pack still come in one read), then one copy. The
+// copy is the larger cost (the kernel allocates every page it maps), and it scales with threads.
+// Helpers poll for work a little while after each run, like the fault thread, then sleep.
 #pragma once
 
 #include <atomic>
@@ -9,42 +10,58 @@
 #include <cstddef>
 #include <cstdint>
 #include <mutex>
+#include <span>
 #include <thread>
 #include <vector>
 
 #include "djinn/heapstore/page_store.h"
+#include "heap_mmu.h"
 
 namespace djinn::heapstore::internal {
 
 class PageLoader {
  public:
-  PageLoader(const PageStore& store, uint32_t page_size, unsigned helpers, uint32_t spin_us);
+  // Runs shorter than `min_shared_pages` stay on the calling thread: waking a helper costs more
+  // than it saves on a few pages.
+  PageLoader(const PageStore& store, Mmu& mmu, uint32_t page_size, unsigned helpers, uint32_t spin_us,
+             uint32_t min_shared_pages);
   ~PageLoader();
   PageLoader(const PageLoader&) = delete;
   PageLoader& operator=(const PageLoader&) = delete;
 
-  // Reads pages `hashes[0, n)` into `out` (n pages). Returns how many leading pages were read:
-  // n, or the index of the first page that failed, whose error goes to `error`.
-  size_t read(const PageHash* hashes, size_t n, std::byte* out, Status* error);
+  // Reads pages `hashes[0, n)` through `buffer` (n pages) and maps them at `dst` onward, write-
+  // protected when `wp`, without waking the faulting threads (the caller wakes the run). Sets
+  // `mapped[k]` for each page mapped. Returns how many leading pages were mapped: n, or the index
+  // of the first page that failed, whose error goes to `error`; pages after it may be mapped too.
+  // Throws std::runtime_error when the kernel refuses a copy (as the fault thread's own would).
+  size_t load(const PageHash* hashes, size_t n, std::byte* buffer, uintptr_t dst, bool wp,
+              std::span<uint8_t> mapped, Status* error);
 
  private:
   struct Job {
     const PageHash* hashes = nullptr;
-    std::byte* out = nullptr;
+    std::byte* buffer = nullptr;
+    uintptr_t dst = 0;
+    bool wp = true;
+    uint8_t* mapped = nullptr;
     size_t n = 0;
     size_t chunk = 1;  // pages a thread takes at a time
     std::atomic<size_t> next{0};
     std::atomic<size_t> finished{0};
-    std::mutex error_mu;  // guards first_error and error
+    std::mutex error_mu;  // guards first_error, error and broken
     size_t first_error = SIZE_MAX;
     Status error;
+    Status broken;  // a copy the kernel refused: the heap cannot go on
   };
   void work(Job& job);
+  void fail(Job& job, size_t at, Status st);
   void helper_loop();
 
   const PageStore& store_;
+  Mmu& mmu_;
   const uint32_t page_size_;
   const uint32_t spin_us_;
+  const uint32_t min_shared_pages_;
   std::mutex mu_;  // guards job_, users_, stopping_
   std::condition_variable cv_;
   Job* job_ = nullptr;

@@ -2,12 +2,15 @@
 // tracking mode this kernel has (asynchronous write-protect and the synchronous fallback):
 // reopening, restoring any kept version bit-exact, incremental checkpoints writing exactly the
 // pages touched, a workload eight times its budget, dirty evictions, pinning, zero pages, larger
-// pages, a checkpoint that fails and the retry that follows, and bad options.
+// pages, a checkpoint that fails and the retry that follows, a corrupt page in a run shared by load
+// threads, and bad options.
 #include <doctest/doctest.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <map>
 #include <set>
 #include <thread>
@@ -398,5 +401,57 @@ TEST_CASE("several threads may read a heap at once, faulting the same pages") {
     for (auto& r : readers) r.join();
     CHECK(bad.load() == 0);
     CHECK(heap->stats().evictions > 0);
+  }
+}
+
+TEST_CASE("a run shared by load threads: a corrupt page ends it, pages mapped past it stay resident") {
+  for (DirtyTracking mode : tracking_modes()) {
+    INFO("mode ", tracking_name(mode));
+    StoreDir s;
+    const size_t size = 4 << 20;
+    const uint64_t bad = 30;
+    Image image(size);
+    uint64_t version;
+    {
+      auto heap = must(Heap::open(*s.store, 0, small_heap(mode, size, size)));
+      for (size_t off = 0; off < size; off += kPage) image.write(*heap, off, 64, off + 1);
+      version = must(heap->checkpoint("r")).version;
+    }
+    // Flip a byte of page `bad` where the pack stores it (raw: the store does not compress here).
+    {
+      std::filesystem::path pack;
+      for (const auto& e : std::filesystem::directory_iterator(s.dir.path() / "store" / "packs")) pack = e.path();
+      std::fstream f(pack, std::ios::in | std::ios::out | std::ios::binary);
+      std::string bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+      size_t at = bytes.find(std::string(reinterpret_cast<const char*>(image.bytes.data() + bad * kPage), 64));
+      REQUIRE(at != std::string::npos);
+      f.clear();
+      f.seekp(static_cast<std::streamoff>(at));
+      f.put(static_cast<char>(bytes[at] ^ 0x5a));
+    }
+    HeapOptions o = small_heap(mode, size, size);
+    o.fault_around_pages = 128;
+    o.fault_around_max_pages = 128;
+    o.load_threads = 1;
+    auto heap = must(Heap::open(*s.store, version, o));
+    auto same = [&](uint64_t p) { return std::memcmp(heap->base() + p * kPage, image.bytes.data() + p * kPage, 64) == 0; };
+    // One fault loads page 0, then pages 1..127 in two parts; the part holding the bad page stops
+    // there, the other is mapped whole.
+    CHECK(same(0));
+    HeapStats st = heap->stats();
+    CHECK(st.faults == 1);
+    const uint64_t second_part = 1 + (127 + 1) / 2;
+    CHECK(st.pages_loaded == 1 + (bad - 1) + (128 - second_part));
+    CHECK(st.resident_pages == st.pages_loaded);
+    for (uint64_t p = 0; p < bad; ++p) CHECK(same(p));
+    for (uint64_t p = second_part; p < 128; ++p) CHECK(same(p));
+    CHECK(heap->stats().faults == 1);
+    // The pages between load on their own fault, up to the resident ones.
+    for (uint64_t p = bad + 1; p < second_part; ++p) CHECK(same(p));
+    st = heap->stats();
+    CHECK(st.faults == 2);
+    CHECK(st.resident_pages == 127);
+    CHECK(st.load_errors == 0);
+    CHECK(must(heap->checkpoint("after")).pages_written == 0);
   }
 }
