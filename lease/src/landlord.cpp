@@ -376,7 +376,7 @@ struct Landlord::Impl {
   Lease to_lease(uint32_t slot) const {
     const Record& r = slots_[slot];
     return Lease{r.id, resources_[r.resource].text, holders_[r.holder()].text, r.kind(), r.expiration_ms,
-                 r.granted_ms};
+                 r.granted_ms, r.deadline_ns};
   }
 
   // A fresh random id: ids are capabilities on the wire, so they must not be guessable from one
@@ -600,6 +600,7 @@ struct Landlord::Impl {
       lease = Lease{new_id_locked(), r.resource, r.holder, r.kind,
                     forever ? kNeverExpires : saturating_add(wall_ms(), granted), granted};
       deadline_ns = forever ? kNoDeadline : add_ms(now_ns(), granted);
+      lease.deadline_ns = deadline_ns;
     }
     int64_t row = 0;
     Status written = durable(sqlite::Sync::kFull, [&](sqlite::Database& db) -> Status {
@@ -735,10 +736,11 @@ struct Landlord::Impl {
         }
         bool forever = *granted == kDurationForever;
         if (level(r.kind) == 2) ++planned_exclusive;
+        const int64_t deadline_ns = forever ? kNoDeadline : add_ms(now, *granted);
         plans.push_back(Planned{i,
                                 Lease{id, r.resource, r.holder, r.kind,
-                                      forever ? kNeverExpires : saturating_add(wall, *granted), *granted},
-                                forever ? kNoDeadline : add_ms(now, *granted)});
+                                      forever ? kNeverExpires : saturating_add(wall, *granted), *granted, deadline_ns},
+                                deadline_ns});
       }
     }
     Status written = plans.empty() ? Status::Ok() : durable(sqlite::Sync::kFull, [&](sqlite::Database& db) -> Status {
@@ -1421,6 +1423,8 @@ size_t Landlord::size() const {
   std::lock_guard lock(impl_->mutex_);
   return impl_->ids_.size();
 }
+
+int64_t Landlord::now_ns() const { return impl_->now_ns(); }
 
 size_t Landlord::expire_due() { return impl_->expire_due(); }
 

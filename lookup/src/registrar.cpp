@@ -10,6 +10,7 @@
 #include <deque>
 #include <thread>
 #include <cstring>
+#include <limits>
 #include <mutex>
 #include <shared_mutex>
 #include <unordered_map>
@@ -111,6 +112,9 @@ struct Registrar::Impl {
   // Guards everything below: shared for queries, exclusive for changes (and their events).
   mutable std::shared_mutex mu_;
   std::vector<std::optional<ServiceItem>> slots_;
+  // Each slot's lease deadline on the landlord's monotonic clock (INT64_MAX: no lease). Queries
+  // skip an item from its deadline on, before the remover thread has taken it out.
+  std::vector<int64_t> deadlines_;
   std::vector<uint32_t> free_;
   std::unordered_map<ServiceId, uint32_t, IdHash> by_id_;
   std::unordered_map<uint64_t, uint32_t> by_lease_;
@@ -181,7 +185,7 @@ struct Registrar::Impl {
   }
 
   // Puts `item` in memory (replacing the item of the same id), publishing the transitions.
-  void put_locked(ServiceItem item) {
+  void put_locked(ServiceItem item, int64_t deadline_ns) {
     std::optional<ServiceItem> before;
     uint32_t slot;
     auto it = by_id_.find(item.service_id);
@@ -196,8 +200,10 @@ struct Registrar::Impl {
     } else {
       slot = static_cast<uint32_t>(slots_.size());
       slots_.emplace_back();
+      deadlines_.emplace_back();
     }
     slots_[slot] = std::move(item);
+    deadlines_[slot] = deadline_ns;
     const ServiceItem& now = *slots_[slot];
     by_id_[now.service_id] = slot;
     if (now.lease.id) by_lease_[now.lease.id] = slot;
@@ -276,15 +282,26 @@ struct Registrar::Impl {
     return {best, constraints == 0 || (constraints == 1 && single_exact)};
   }
 
+  bool live_locked(uint32_t slot, int64_t now_ns) const { return deadlines_[slot] > now_ns; }
+
+  // The slot of a live item of that id, or nullopt.
+  std::optional<uint32_t> live_slot_locked(const ServiceId& id) const {
+    auto it = by_id_.find(id);
+    if (it == by_id_.end() || !live_locked(it->second, landlord.now_ns())) return std::nullopt;
+    return it->second;
+  }
+
   template <class Visit>
   void for_each_match_locked(const ServiceTemplate& t, Visit&& visit) const {
     if (t.service_id) {
-      auto it = by_id_.find(*t.service_id);
-      if (it != by_id_.end() && matches(t, *slots_[it->second])) visit(*slots_[it->second]);
+      std::optional<uint32_t> slot = live_slot_locked(*t.service_id);
+      if (slot && matches(t, *slots_[*slot])) visit(*slots_[*slot]);
       return;
     }
+    const int64_t now = landlord.now_ns();
     auto [posting, exact] = candidates_locked(t);
     for (uint32_t slot : *posting) {
+      if (!live_locked(slot, now)) continue;
       const ServiceItem& item = *slots_[slot];
       if (exact || matches(t, item)) {
         if (!visit(item)) return;
@@ -491,6 +508,7 @@ struct Registrar::Impl {
           lapsed_items.push_back(select->column_int64(0));
           continue;
         }
+        int64_t deadline_ns = std::numeric_limits<int64_t>::max();
         if (lease_id != 0) {
           std::optional<lease::Lease> held = landlord.find(lease_id);
           if (!held) {
@@ -498,12 +516,13 @@ struct Registrar::Impl {
             continue;
           }
           item->lease = LeaseInfo{lease_id, held->expiration_ms};
+          deadline_ns = held->deadline_ns;
         }
         // Rows come in write order: a later row of the same ServiceID (none is ever left, as a
         // replacement deletes the old row in its own transaction) would win.
         if (auto earlier = rows_.find(item->service_id); earlier != rows_.end()) lapsed_items.push_back(earlier->second);
         rows_[item->service_id] = select->column_int64(0);
-        put_locked(std::move(*item));
+        put_locked(std::move(*item), deadline_ns);
       }
       Result<sqlite::Statement> watches = db.prepare("SELECT id, mask, template FROM watch");
       if (!watches.ok()) return watches.status();
@@ -581,6 +600,7 @@ std::vector<Result<Registration>> Registrar::register_batch(std::span<const Regi
     size_t index;
     ServiceItem item;
     std::string encoded;
+    int64_t deadline_ns = 0;
   };
   std::vector<Plan> plans;
   for (size_t i = 0; i < requests.size(); ++i) {
@@ -639,6 +659,7 @@ std::vector<Result<Registration>> Registrar::register_batch(std::span<const Regi
         continue;
       }
       plans[k].item.lease = LeaseInfo{leases[k]->id, leases[k]->expiration_ms};
+      plans[k].deadline_ns = leases[k]->deadline_ns;
       granted.push_back(std::move(plans[k]));
     }
     // A transaction that failed fails every grant of the batch: its rows were rolled back.
@@ -654,7 +675,7 @@ std::vector<Result<Registration>> Registrar::register_batch(std::span<const Regi
         if (old) superseded.push_back(old);
       }
       decided[p.index] = Result<Registration>(Registration{p.item, replaced});
-      m.put_locked(std::move(p.item));
+      m.put_locked(std::move(p.item), p.deadline_ns);
     }
   }
   // The replaced items' leases (no item refers to them any more, so their cancel events are no-ops).
@@ -698,10 +719,11 @@ LookupMany Registrar::lookup_many(const ServiceTemplate& tmpl, size_t max_matche
   if (!tmpl.service_id) {
     auto [posting, exact] = m.candidates_locked(tmpl);
     if (exact) {
-      out.total = posting->size();
+      const int64_t now = m.landlord.now_ns();
       for (uint32_t slot : *posting) {
-        if (out.items.size() >= max_matches) break;
-        out.items.push_back(*m.slots_[slot]);
+        if (!m.live_locked(slot, now)) continue;
+        ++out.total;
+        if (out.items.size() < max_matches) out.items.push_back(*m.slots_[slot]);
       }
       return out;
     }
@@ -716,9 +738,9 @@ LookupMany Registrar::lookup_many(const ServiceTemplate& tmpl, size_t max_matche
 
 std::optional<ServiceItem> Registrar::find(const ServiceId& id) const {
   std::shared_lock lock(impl_->mu_);
-  auto it = impl_->by_id_.find(id);
-  if (it == impl_->by_id_.end()) return std::nullopt;
-  return *impl_->slots_[it->second];
+  std::optional<uint32_t> slot = impl_->live_slot_locked(id);
+  if (!slot) return std::nullopt;
+  return *impl_->slots_[*slot];
 }
 
 size_t Registrar::size() const {
@@ -732,6 +754,7 @@ Result<ServiceItem> Registrar::modify_attributes(uint64_t lease_id, std::span<co
   if (lease_id == 0) return invalid_argument("modifyAttributes: lease id 0 names no registration");
   std::lock_guard write(m.write_mu_);
   ServiceItem item;
+  int64_t deadline_ns = 0;
   {
     std::shared_lock lock(m.mu_);
     auto it = m.by_lease_.find(lease_id);
@@ -740,6 +763,7 @@ Result<ServiceItem> Registrar::modify_attributes(uint64_t lease_id, std::span<co
                        " (it expired, was cancelled, or the item was registered again under a new lease)");
     }
     item = *m.slots_[it->second];
+    deadline_ns = m.deadlines_[it->second];
   }
   for (size_t i = 0; i < changes.size(); ++i) {
     const AttributeChange& c = changes[i];
@@ -773,7 +797,7 @@ Result<ServiceItem> Registrar::modify_attributes(uint64_t lease_id, std::span<co
   if (!written.ok()) return Status(written.code(), "modifyAttributes: " + written.message());
   m.commit_rows(rows);
   std::unique_lock lock(m.mu_);
-  m.put_locked(item);
+  m.put_locked(item, deadline_ns);
   return item;
 }
 
@@ -827,7 +851,7 @@ Status Registrar::set_self(ServiceItem item) {
   DJINN_RETURN_IF_ERROR(m.durable(sqlite::Sync::kFull, [&](sqlite::Database& db) { return m.put_row(db, item, encoded, rows); }));
   m.commit_rows(rows);
   std::unique_lock lock(m.mu_);
-  m.put_locked(std::move(item));
+  m.put_locked(std::move(item), std::numeric_limits<int64_t>::max());
   return Status::Ok();
 }
 
@@ -843,7 +867,10 @@ void Registrar::on_lease_event(const lease::LeaseEvent& event) {
     // it raises no transition.
     std::unique_lock lock(m.mu_);
     auto it = m.by_lease_.find(l.id);
-    if (it != m.by_lease_.end()) m.slots_[it->second]->lease.expiration_ms = l.expiration_ms;
+    if (it != m.by_lease_.end()) {
+      m.slots_[it->second]->lease.expiration_ms = l.expiration_ms;
+      m.deadlines_[it->second] = l.deadline_ns;
+    }
     return;
   }
   bool ended = event.type == lease::EventType::kExpired || event.type == lease::EventType::kCancelled;

@@ -124,11 +124,6 @@ std::vector<uint64_t> decode_seqs(const std::vector<uint8_t>& bytes) {
   return out;
 }
 
-int64_t wall_now_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
 using Posting = std::set<uint64_t>;
 
 }  // namespace
@@ -140,7 +135,8 @@ struct Space::Impl {
   struct Stored {
     Entry entry;
     uint64_t lease = 0;
-    int64_t expiration_ms = 0;
+    int64_t expiration_ms = 0;  // wall clock, as the lease reports it
+    int64_t deadline_ns = 0;    // the landlord's monotonic deadline: visible only before it
     std::optional<TxnId> written_by;  // an uncommitted write: visible to that transaction only
     Hold hold = Hold::kFree;
     TxnId held_by;                    // kTxn: the transaction that took it
@@ -363,17 +359,19 @@ struct Space::Impl {
     return best;
   }
 
-  static bool visible(const Stored& s, const std::optional<TxnId>& txn, int64_t now_ms) {
+  // Expired entries are hidden from the deadline on, before the landlord's expiry removes them.
+  // The landlord's monotonic clock decides, so a step of the wall clock hides or shows nothing.
+  static bool visible(const Stored& s, const std::optional<TxnId>& txn, int64_t now_ns) {
     if (s.hold != Hold::kFree) return false;
     if (s.written_by && (!txn || *s.written_by != *txn)) return false;
-    return s.expiration_ms > now_ms;
+    return s.deadline_ns > now_ns;
   }
 
   // Calls f(seq, stored) for visible matches after `after`, in write order, until f returns false.
   template <class F>
   void scan_locked(const Template& t, uint64_t after, const std::optional<TxnId>& txn, F&& f) const {
     const Posting* p = candidates_locked(t);
-    int64_t now = wall_now_ms();
+    int64_t now = landlord.now_ns();
     for (auto it = p->upper_bound(after); it != p->end(); ++it) {
       const Stored& s = entries.at(*it);
       if (!visible(s, txn, now) || !matches(t, s.entry)) continue;
@@ -408,7 +406,7 @@ struct Space::Impl {
   // waiters that match get it, first come first served; a take ends the offer.
   void offer_locked(uint64_t seq, Deliveries& out) {
     if (waiters.empty()) return;
-    int64_t now = wall_now_ms();
+    int64_t now = landlord.now_ns();
     for (auto it = waiters.begin(); it != waiters.end();) {
       Stored& s = entries.at(seq);
       Waiter& w = it->second;
@@ -590,6 +588,7 @@ struct Space::Impl {
         s.entry = op.entry;
         s.lease = l.id;
         s.expiration_ms = l.expiration_ms;
+        s.deadline_ns = l.deadline_ns;
         s.has_row = has_store && !op.txn;
         if (op.txn) {
           auto t = txns.find(*op.txn);
@@ -826,6 +825,7 @@ Status Space::Impl::load_store(sqlite::Database& db) {
       s.entry = std::move(*entry);
       s.lease = lease_id;
       s.expiration_ms = held->expiration_ms;
+      s.deadline_ns = held->deadline_ns;
       s.has_row = true;
       if (!select->column_is_null(2)) {
         std::vector<uint8_t> id = select->column_blob(2);
@@ -1411,7 +1411,11 @@ void Space::on_lease_event(const lease::LeaseEvent& event) {
     if (event.type == lease::EventType::kRenewed) {
       std::unique_lock lock(m.mu);
       auto it = m.by_lease.find(l.id);
-      if (it != m.by_lease.end()) m.entries.at(it->second).expiration_ms = l.expiration_ms;
+      if (it != m.by_lease.end()) {
+        Impl::Stored& s = m.entries.at(it->second);
+        s.expiration_ms = l.expiration_ms;
+        s.deadline_ns = l.deadline_ns;
+      }
       return;
     }
     if (event.type != lease::EventType::kExpired && event.type != lease::EventType::kCancelled) return;

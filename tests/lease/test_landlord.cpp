@@ -18,6 +18,7 @@
 #include "djinn/core/fault.h"
 #include "djinn/core/sqlite.h"
 #include "djinn/lease/landlord.h"
+#include "support/fake_clocks.h"
 #include "support/test_support.h"
 
 using namespace djinn;
@@ -29,20 +30,7 @@ namespace {
 constexpr Kind kAllKinds[] = {Kind::kShared, Kind::kExclusive, Kind::kInterest, Kind::kSharedCopy,
                               Kind::kExclusiveCopy};
 
-// Both clocks under the test's control; the monotonic one starts at an arbitrary point.
-struct FakeClocks {
-  std::atomic<int64_t> mono_ns{1'000'000'000'000};
-  std::atomic<int64_t> wall{1'700'000'000'000};
-
-  Clocks clocks() {
-    return Clocks{[this] { return std::chrono::steady_clock::time_point(std::chrono::nanoseconds(mono_ns.load())); },
-                  [this] { return wall.load(); }};
-  }
-  void advance(int64_t ms) {
-    mono_ns += ms * 1'000'000;
-    wall += ms;
-  }
-};
+using test::FakeClocks;
 
 // Every event the landlord delivered, from any thread.
 struct EventLog {
@@ -260,6 +248,38 @@ TEST_CASE("expiry on an injected clock happens exactly at the deadline") {
   CHECK(landlord->find(forever.id).has_value());
   CHECK(landlord->size() == 1);
   CHECK(log.of(EventType::kExpired).size() == 4);
+}
+
+TEST_CASE("a lease carries its monotonic deadline; a wall-clock step moves none") {
+  FakeClocks clocks;
+  EventLog log;
+  Policy policy = test_policy();
+  policy.allow_forever = true;
+  auto landlord = fake_landlord(clocks, &log, policy);
+  const int64_t t0 = landlord->now_ns();
+  CHECK(t0 == clocks.mono_ns.load());
+  Lease a = must_grant(*landlord, request("r1", "h", Kind::kShared, 100));
+  CHECK(a.deadline_ns == t0 + 100'000'000);
+  std::vector<GrantRequest> batch{request("r2", "h", Kind::kShared, 200),
+                                  request("r3", "h", Kind::kShared, kDurationForever)};
+  std::vector<Result<Lease>> granted = landlord->grant_batch(batch);
+  REQUIRE(granted[0].ok());
+  REQUIRE(granted[1].ok());
+  CHECK(granted[0]->deadline_ns == t0 + 200'000'000);
+  CHECK(granted[1]->deadline_ns == INT64_MAX);
+  // The wall clock jumps an hour ahead: deadlines and expiry stay on the monotonic clock.
+  clocks.wall += 3'600'000;
+  CHECK(landlord->expire_due() == 0);
+  CHECK(landlord->find(a.id)->deadline_ns == t0 + 100'000'000);
+  clocks.mono_ns += 50'000'000;
+  Result<Lease> renewed = landlord->renew({a.id, 100});
+  REQUIRE(renewed.ok());
+  CHECK(renewed->deadline_ns == t0 + 150'000'000);
+  auto events = log.of(EventType::kRenewed);
+  REQUIRE(events.size() == 1);
+  CHECK(events[0].lease.deadline_ns == renewed->deadline_ns);
+  CHECK(landlord->leases_of_holder("h").size() == 3);
+  for (const Lease& l : landlord->leases_of_holder("h")) CHECK(l.deadline_ns > landlord->now_ns());
 }
 
 TEST_CASE("expiry on the real clock: events within 50 ms of the deadline") {

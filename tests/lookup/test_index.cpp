@@ -1,11 +1,13 @@
 // The registrar's indexes against a brute-force model: random registrations, replacements,
 // attribute changes and cancellations, and after every step every template of a fixed set answers
-// exactly what matching every live item one by one answers.
+// exactly what matching every live item one by one answers; and items past their lease deadline,
+// on injected clocks, never answered.
 #include <doctest/doctest.h>
 
 #include <map>
 
 #include "djinn/lookup/registrar.h"
+#include "support/fake_clocks.h"
 #include "support/test_support.h"
 
 using namespace djinn;
@@ -53,20 +55,33 @@ std::vector<ServiceTemplate> templates() {
   return out;
 }
 
+// A registrar on an in-memory landlord whose expiry the test drives (on `clocks` when given).
+struct Fixture {
+  explicit Fixture(test::FakeClocks* clocks = nullptr) {
+    lease::LandlordOptions lo;
+    if (clocks) lo.clocks = clocks->clocks();
+    lo.run_expiry_thread = false;
+    lo.on_event = [this](const lease::LeaseEvent& e) {
+      if (registrar) registrar->on_lease_event(e);
+    };
+    auto opened_landlord = lease::Landlord::open(lo);
+    REQUIRE(opened_landlord.ok());
+    landlord = std::move(*opened_landlord);
+    auto opened = Registrar::open(RegistrarOptions{.landlord = landlord.get()});
+    REQUIRE(opened.ok());
+    registrar = std::move(*opened);
+  }
+  // The registrar goes first; events the landlord sends while closing then find none.
+  ~Fixture() { registrar.reset(); }
+  std::unique_ptr<Registrar> registrar;
+  std::unique_ptr<lease::Landlord> landlord;
+};
+
 }  // namespace
 
 TEST_CASE("property: indexed answers equal brute-force matching through random changes") {
-  lease::LandlordOptions lo;
-  lo.run_expiry_thread = false;
-  std::unique_ptr<Registrar> registrar;
-  lo.on_event = [&](const lease::LeaseEvent& e) {
-    if (registrar) registrar->on_lease_event(e);
-  };
-  auto landlord = lease::Landlord::open(lo);
-  REQUIRE(landlord.ok());
-  auto opened = Registrar::open(RegistrarOptions{.landlord = landlord->get()});
-  REQUIRE(opened.ok());
-  registrar = std::move(*opened);
+  Fixture fx;
+  Registrar* registrar = fx.registrar.get();
 
   std::mt19937_64& rng = test::rng();
   std::map<ServiceId, ServiceItem> model;
@@ -94,7 +109,7 @@ TEST_CASE("property: indexed answers equal brute-force matching through random c
       it->second = *m;
     } else {
       auto it = std::next(model.begin(), static_cast<long>(rng() % model.size()));
-      REQUIRE(landlord->get()->cancel(it->second.lease.id).ok());
+      REQUIRE(fx.landlord->cancel(it->second.lease.id).ok());
       model.erase(it);
       // Removal runs on the registrar's own thread.
       REQUIRE(test::eventually([&] { return registrar->size() == model.size() + 0; }));
@@ -113,5 +128,56 @@ TEST_CASE("property: indexed answers equal brute-force matching through random c
       REQUIRE(registrar->lookup(tmpls[k]).has_value() == !want.empty());
     }
   }
-  registrar.reset();
+}
+
+TEST_CASE("an item past its lease deadline is never returned, even before its removal; the wall clock has no say") {
+  test::FakeClocks clocks;
+  Fixture fx(&clocks);
+  Registrar* registrar = fx.registrar.get();
+  lease::Landlord* landlord = fx.landlord.get();
+
+  auto printer = [](ServiceId id) {
+    ServiceItem item;
+    item.service_id = id;
+    item.interface_types = {"demo.Printer"};
+    Entry name;
+    name.type = "demo.Name";
+    name.fields["name"] = Value("p");
+    item.attributes.push_back(name);
+    return item;
+  };
+  const ServiceTemplate by_type{std::nullopt, {"demo.Printer"}, {}};  // answered from one posting
+  const ServiceTemplate by_name{std::nullopt, {"demo.Printer"}, {Template{"demo.Name", {{"name", Value("p")}}}}};
+  ServiceId a = ServiceId::random(), b = ServiceId::random(), c = ServiceId::random();
+  REQUIRE(registrar->register_item({printer(a), 1000}).ok());
+  auto rb = registrar->register_item({printer(b), 1000});
+  REQUIRE(rb.ok());
+  auto rc = registrar->register_item({printer(c), 60'000});
+  REQUIRE(rc.ok());
+  auto answers = [&](const ServiceTemplate& t) { return registrar->lookup_many(t, 100).total; };
+
+  clocks.wall += 3'600'000;  // an hour ahead, then behind: nothing expires or comes back
+  CHECK(answers(by_type) == 3);
+  clocks.wall -= 7'200'000;
+  CHECK(answers(by_name) == 3);
+
+  clocks.mono_ns += 500'000'000;
+  REQUIRE(landlord->renew({rb->item.lease.id, 1000}).ok());  // to t = 1.5 s
+  REQUIRE(registrar->modify_attributes(rc->item.lease.id, {}, {}).ok());
+  clocks.mono_ns += 500'000'000;  // t = 1 s: a's deadline; no expiry has run
+  CHECK(registrar->size() == 3);
+  CHECK(answers(by_type) == 2);
+  CHECK(answers(by_name) == 2);
+  CHECK_FALSE(registrar->find(a).has_value());
+  CHECK_FALSE(registrar->lookup(ServiceTemplate{a, {}, {}}).has_value());
+  CHECK(registrar->find(b).has_value());
+  CHECK(landlord->expire_due() == 1);
+  REQUIRE(test::eventually([&] { return registrar->size() == 2; }));
+
+  clocks.mono_ns += 500'000'000;  // t = 1.5 s: b's renewed deadline
+  CHECK_FALSE(registrar->find(b).has_value());
+  CHECK(answers(by_type) == 1);
+  clocks.mono_ns += 60'000'000'000;  // c's deadline, kept through its attribute change
+  CHECK(answers(by_type) == 0);
+  CHECK_FALSE(registrar->lookup(by_name).has_value());
 }

@@ -1,8 +1,9 @@
 // The space over RPC against an in-process SpaceService on real sockets: write, read, take and
 // their IfExists forms, contents with a cursor, take of many, matching by supertype and field
 // (a property test against a plain list), blocking takes woken by writes and their timeouts,
-// notify events for matching writes only, lease expiry, eight concurrent takers over 10,000
-// entries, bad input refused without effect, and persistence across a restart.
+// notify events for matching writes only, lease expiry (and, on the engine with injected clocks,
+// expiry on the landlord's monotonic clock whatever the wall clock does), eight concurrent takers
+// over 10,000 entries, bad input refused without effect, and persistence across a restart.
 #include <doctest/doctest.h>
 
 #include <atomic>
@@ -16,6 +17,9 @@
 #include "djinn/proto/space.capnp.h"
 #include "djinn/space/client.h"
 #include "djinn/space/service.h"
+#include "djinn/space/space.h"
+#include "djinn/lease/landlord.h"
+#include "support/fake_clocks.h"
 #include "support/test_support.h"
 
 using namespace djinn;
@@ -280,6 +284,52 @@ TEST_CASE("an expired entry disappears and is never returned afterwards") {
   auto all = h.client->contents_all(tmpl("demo.Short"));
   REQUIRE(all.ok());
   CHECK(all->size() == 1);
+}
+
+TEST_CASE("expiry follows the landlord's monotonic clock: a wall-clock step hides or shows nothing") {
+  // The engine on a landlord with both clocks in the test's hands and no expiry thread, so what
+  // reads see between a deadline and its expiry is visible.
+  test::FakeClocks clocks;
+  lease::LandlordOptions lo;
+  lo.clocks = clocks.clocks();
+  lo.run_expiry_thread = false;
+  Space* target = nullptr;
+  lo.on_event = [&](const lease::LeaseEvent& e) {
+    if (target) target->on_lease_event(e);
+  };
+  auto landlord = lease::Landlord::open(std::move(lo));
+  REQUIRE(landlord.ok());
+  SpaceOptions so;
+  so.landlord = landlord->get();
+  auto opened = Space::open(so);
+  REQUIRE_MESSAGE(opened.ok(), opened.status().to_string());
+  std::unique_ptr<Space> space = std::move(*opened);
+  target = space.get();
+  auto present = [&](int64_t i) {
+    auto r = space->read(tmpl("demo.Clock", {{"i", i}}));
+    REQUIRE(r.ok());
+    return r->has_value();
+  };
+  REQUIRE(space->write({entry("demo.Clock", {{"i", 1}}), 1000}).ok());
+  Result<Written> renewable = space->write({entry("demo.Clock", {{"i", 2}}), 1000});
+  REQUIRE(renewable.ok());
+
+  clocks.wall += 3'600'000;  // an hour ahead: nothing expired
+  CHECK(present(1));
+  clocks.wall -= 7'200'000;  // an hour behind
+  CHECK(present(1));
+  clocks.mono_ns += 500'000'000;
+  REQUIRE((*landlord)->renew({renewable->lease_id, 1000}).ok());  // to t = 1.5 s
+  clocks.mono_ns += 500'000'000;  // t = 1 s: entry 1's deadline, before any expiry ran
+  CHECK_FALSE(present(1));
+  CHECK(present(2));
+  CHECK(space->contents(tmpl("demo.Clock"), 0, 10)->entries.size() == 1);
+  CHECK((*landlord)->expire_due() == 1);
+  CHECK(space->size() == 1);
+  clocks.mono_ns += 500'000'000;  // t = 1.5 s
+  CHECK_FALSE(present(2));
+  CHECK((*landlord)->expire_due() == 1);
+  CHECK(space->size() == 0);
 }
 
 TEST_CASE("eight concurrent takers over 10,000 entries: every entry taken exactly once") {

@@ -53,6 +53,10 @@ struct Lease {
   Kind kind = Kind::kShared;
   int64_t expiration_ms = 0;  // Unix time in ms (wall clock, as persisted and sent); kNeverExpires
   int64_t granted_ms = 0;     // the duration granted by the last grant or renewal
+  // The landlord's own deadline on its monotonic clock, in this process only (neither persisted
+  // nor sent): the lease is over once Landlord::now_ns() reaches it, whatever the wall clock
+  // does meanwhile. INT64_MAX for a lease that never expires.
+  int64_t deadline_ns = 0;
 };
 
 struct Policy {
@@ -158,6 +162,8 @@ class Landlord {
   // Cancels every lease of a holder (a migrating application gives up all it holds).
   Result<std::vector<Lease>> cancel_all_of_holder(std::string_view holder);
   size_t size() const;
+  // Now on the landlord's monotonic clock (the injected one in tests), for Lease::deadline_ns.
+  int64_t now_ns() const;
 
   // Expires every lease whose deadline is at or before now; returns how many. The expiry thread
   // calls this; tests with an injected clock call it after moving the clock.

@@ -109,6 +109,8 @@ class Registrar {
   std::vector<Result<Registration>> register_batch(std::span<const RegisterRequest> requests);
   Result<Registration> register_item(RegisterRequest request);
 
+  // Queries never return an item whose lease deadline has passed (on the landlord's monotonic
+  // clock), even in the moment before the lease's end removes it.
   // An arbitrary match, or none.
   std::optional<ServiceItem> lookup(const ServiceTemplate& tmpl) const;
   // Calls `visit` with an arbitrary match, under the registrar's shared lock (so without copying
@@ -118,7 +120,7 @@ class Registrar {
   // of that registration's stream, taken atomically with the matches.
   LookupMany lookup_many(const ServiceTemplate& tmpl, size_t max_matches, uint64_t notify_id = 0) const;
   std::optional<ServiceItem> find(const ServiceId& id) const;
-  size_t size() const;
+  size_t size() const;  // items held, including any past their deadline and not yet removed
 
   // The item registered under registration lease `lease_id`, changed as asked (Jini's
   // modifyAttributes and addAttributes in one durable step).
