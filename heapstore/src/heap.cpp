@@ -97,6 +97,9 @@ struct Heap::Impl {
   // Fault-around: where the last run ended and how long it was.
   uint64_t last_run_end = UINT64_MAX;
   uint64_t window = 0;
+  // Read-ahead: the run loaded ahead of a sequential scan, [ahead_begin, last_run_end); none when
+  // ahead_begin is UINT64_MAX.
+  uint64_t ahead_begin = UINT64_MAX;
   // The fault thread's buffers: pages read from the store before UFFDIO_COPY, their hashes, and
   // the source of zero pages.
   std::vector<std::byte> staging;
@@ -128,6 +131,7 @@ struct Heap::Impl {
   void fault_loop();
   void serve_locked(const uffd_msg& msg);
   void serve_missing_locked(uint64_t i, bool write);
+  void read_ahead_locked();
   void serve_write_protect_locked(uint64_t i);
   // Loads pages [i, i + n) (non-resident), the faulting page i writable when `write`. Returns
   // false when page i itself could not be loaded.
@@ -216,8 +220,11 @@ void Heap::Impl::serve_locked(const uffd_msg& msg) {
 
 void Heap::Impl::serve_missing_locked(uint64_t i, bool write) {
   if (table.resident(i)) {
-    // Loaded meanwhile (by another thread's fault-around, or a second fault on the same page).
+    // Loaded meanwhile (by another thread's fault-around, a read-ahead, or a second fault on the
+    // same page).
     (void)mmu->wake(addr(i), page_size);
+    // The scan reached the run read ahead for it: the next one loads while it goes through this.
+    if (i >= ahead_begin && i < last_run_end) read_ahead_locked();
     return;
   }
   ++counters.faults;
@@ -236,8 +243,27 @@ void Heap::Impl::serve_missing_locked(uint64_t i, bool write) {
       n = resident < budget_pages ? budget_pages - resident : 1;
     }
   }
+  ahead_begin = UINT64_MAX;
   if (!load_run_locked(i, n, write)) return;
   last_run_end = i + n;
+  // A scan that kept to the longest runs gets the run after this one too, before it gets there:
+  // the faulting thread is woken first and goes through this run meanwhile.
+  if (window == options.fault_around_max_pages && n == window) read_ahead_locked();
+}
+
+void Heap::Impl::read_ahead_locked() {
+  ahead_begin = UINT64_MAX;
+  const uint64_t from = last_run_end;
+  uint64_t n = 0;
+  while (n < window && from + n < capacity_pages && !table.resident(from + n)) ++n;
+  // Never evicts: pages that may not be touched must not push out ones that were.
+  if (n == 0 || resident + n > budget_pages) return;
+  Status error;
+  uint64_t loaded = install_locked(from, n, false, &error);
+  if (loaded == 0) return;  // the page that failed faults on its own if it is touched
+  counters.pages_read_ahead += loaded;
+  ahead_begin = from;
+  last_run_end = from + loaded;
 }
 
 bool Heap::Impl::load_run_locked(uint64_t i, uint64_t n, bool write) {

@@ -38,20 +38,24 @@ void PageLoader::work(Job& job) {
     size_t k = job.next.fetch_add(job.chunk, std::memory_order_relaxed);
     if (k >= job.n) return;
     size_t n = std::min(job.chunk, job.n - k);
-    std::byte* buf = job.buffer + k * page_size_;
+    // Each run of pages is mapped straight from the store's view of its pack file where it has
+    // one: the page cache's bytes go into the heap in one copy.
     Status st;
-    size_t read = store_.read_pages(std::span<const PageHash>(job.hashes + k, n), page_size_,
-                                    std::span<std::byte>(buf, n * page_size_), &st);
-    if (read < n) fail(job, k + read, std::move(st));
-    if (read > 0) {
-      Status copied = mmu_.copy(job.dst + k * page_size_, buf, read * page_size_, job.wp, false);
-      if (copied.ok()) {
-        std::fill_n(job.mapped + k, read, uint8_t{1});
-      } else {
-        std::lock_guard lock(job.error_mu);
-        if (job.broken.ok()) job.broken = std::move(copied);
-      }
-    }
+    size_t handed = store_.visit_pages(
+        std::span<const PageHash>(job.hashes + k, n), page_size_,
+        std::span<std::byte>(job.buffer + k * page_size_, n * page_size_),
+        [&](size_t first, std::span<const std::byte> pages) {
+          Status copied = mmu_.copy(job.dst + (k + first) * page_size_, pages.data(), pages.size(), job.wp, false);
+          if (!copied.ok()) {
+            std::lock_guard lock(job.error_mu);
+            if (job.broken.ok()) job.broken = copied;
+            return copied;
+          }
+          std::fill_n(job.mapped + k + first, pages.size() / page_size_, uint8_t{1});
+          return Status();
+        },
+        &st);
+    if (handed < n) fail(job, k + handed, std::move(st));
     job.finished.fetch_add(n, std::memory_order_release);
   }
 }

@@ -1,7 +1,8 @@
-// Loading a fault's run of pages: read from the page store and mapped into the heap
-// (UFFDIO_COPY), on the fault thread alone or shared with helper threads. Each thread takes a part
-// of the run: one read_pages (pages in order in a pack still come in one read), then one copy. The
-// copy is the larger cost (the kernel allocates every page it maps), and it scales with threads.
+// Loading a fault's run of pages: mapped into the heap (UFFDIO_COPY) from the page store's views
+// of its pack files (PageStore::visit_pages: no copy into a buffer first), on the fault thread
+// alone or shared with helper threads. Each thread takes a part of the run: pages in order in a
+// pack go in one copy. The copy is the larger cost (the kernel allocates every page it maps), and
+// it scales with threads.
 // Helpers poll for work a little while after each run, like the fault thread, then sleep.
 #pragma once
 
@@ -29,9 +30,9 @@ class PageLoader {
   PageLoader(const PageLoader&) = delete;
   PageLoader& operator=(const PageLoader&) = delete;
 
-  // Reads pages `hashes[0, n)` through `buffer` (n pages) and maps them at `dst` onward, write-
-  // protected when `wp`, without waking the faulting threads (the caller wakes the run). Sets
-  // `mapped[k]` for each page mapped. Returns how many leading pages were mapped: n, or the index
+  // Maps pages `hashes[0, n)` at `dst` onward, write-protected when `wp`, without waking the
+  // faulting threads (the caller wakes the run); `buffer` (n pages) holds pages the store decodes
+  // or reads rather than views. Sets `mapped[k]` for each page mapped. Returns how many leading pages were mapped: n, or the index
   // of the first page that failed, whose error goes to `error`; pages after it may be mapped too.
   // Throws std::runtime_error when the kernel refuses a copy (as the fault thread's own would).
   size_t load(const PageHash* hashes, size_t n, std::byte* buffer, uintptr_t dst, bool wp,

@@ -2,6 +2,7 @@
 #include "pack_file.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -98,7 +99,45 @@ Status decode_page(const Location& where, std::span<const std::byte> stored, std
 
 // ---- PackFile ----
 
-PackFile::~PackFile() { ::close(fd_); }
+PackFile::~PackFile() {
+  if (const std::byte* v = view_.load()) ::munmap(const_cast<std::byte*>(v), view_length_);
+  ::close(fd_);
+}
+
+const std::byte* PackFile::view(uint64_t offset, uint64_t length) const {
+  const uint64_t end = offset + length;
+  if (end < offset) return nullptr;
+  if (end > known_size_.load(std::memory_order_acquire)) {
+    // Appends since the last look, or bytes the file does not have: ask the file system.
+    struct stat st {};
+    if (::fstat(fd_, &st) != 0) return nullptr;
+    const uint64_t size = static_cast<uint64_t>(st.st_size);
+    uint64_t known = known_size_.load();
+    while (known < size && !known_size_.compare_exchange_weak(known, size)) {
+    }
+    if (end > size) return nullptr;
+  }
+  const std::byte* base = view_.load(std::memory_order_acquire);
+  if (!base) {
+    std::lock_guard lock(view_mu_);
+    base = view_.load();
+    if (!base) {
+      if (view_failed_) return nullptr;
+      const uint64_t want = std::max(view_bytes_, known_size_.load());
+      void* m = ::mmap(nullptr, want, PROT_READ, MAP_SHARED, fd_, 0);
+      if (m == MAP_FAILED) {
+        view_failed_ = true;
+        DJINN_LOG(kWarn, "heapstore") << "mapping " << path_.string() << ": " << std::strerror(errno)
+                                      << "; its pages are read with pread";
+        return nullptr;
+      }
+      view_length_ = want;
+      base = static_cast<const std::byte*>(m);
+      view_.store(base, std::memory_order_release);
+    }
+  }
+  return end <= view_length_ ? base + offset : nullptr;
+}
 
 Status PackFile::write_at(uint64_t offset, std::span<const std::byte> bytes) {
   size_t done = 0;
@@ -226,7 +265,7 @@ Result<std::unique_ptr<PackSet>> PackSet::open(const std::filesystem::path& dir,
       DJINN_LOG(kError, "heapstore") << "pack file " << path.string() << " has " << st.st_size
                                      << " bytes, the index committed " << length;
     }
-    set->files_[id] = std::make_shared<PackFile>(id, fd, path);
+    set->files_[id] = std::make_shared<PackFile>(id, fd, path, set->max_file_bytes_);
   }
   if (!committed.empty()) {
     set->current_ = committed.rbegin()->first;
@@ -246,7 +285,7 @@ Result<std::shared_ptr<PackFile>> PackSet::create_locked(uint64_t id) {
     ::close(fd);
     return synced;
   }
-  auto file = std::make_shared<PackFile>(id, fd, path);
+  auto file = std::make_shared<PackFile>(id, fd, path, max_file_bytes_);
   files_[id] = file;
   return file;
 }

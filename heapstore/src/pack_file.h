@@ -5,6 +5,7 @@
 // as committed are a torn tail after a crash and are cut off when the store opens.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <filesystem>
 #include <map>
@@ -56,7 +57,9 @@ Status decode_page(const Location& where, std::span<const std::byte> stored, std
 
 class PackFile {
  public:
-  PackFile(uint64_t id, int fd, std::filesystem::path path) : id_(id), fd_(fd), path_(std::move(path)) {}
+  // `view_bytes`: how much of the file a view maps (the longest a pack grows), at least its size.
+  PackFile(uint64_t id, int fd, std::filesystem::path path, uint64_t view_bytes = 0)
+      : id_(id), fd_(fd), path_(std::move(path)), view_bytes_(view_bytes) {}
   ~PackFile();
   PackFile(const PackFile&) = delete;
   PackFile& operator=(const PackFile&) = delete;
@@ -67,6 +70,13 @@ class PackFile {
   // Writes `parts` one after the other from `offset` (pwritev: no copy into one buffer first).
   Status write_parts_at(uint64_t offset, std::span<const std::span<const std::byte>> parts);
   Status read_at(uint64_t offset, std::span<std::byte> out) const;  // DATA_LOSS when short
+  // [offset, offset + length) of the file as read-only memory shared with the page cache, for
+  // reads that hand bytes on without a copy (UFFDIO_COPY straight from it); null when those bytes
+  // are not all in the file or the file cannot be mapped (read_at then says why). The file is
+  // mapped once, at its first view, and the mapping lives as long as this object: a pack is
+  // removed only under the store's exclusive reclaim lock, while views are used under its shared
+  // one. A file cut shorter behind the store's back makes a later access raise SIGBUS.
+  const std::byte* view(uint64_t offset, uint64_t length) const;
   Status sync();
   // Starts writing back [offset, offset + length) without waiting, so the commit's fdatasync
   // finds less to do.
@@ -78,6 +88,12 @@ class PackFile {
   uint64_t id_;
   int fd_;
   std::filesystem::path path_;
+  uint64_t view_bytes_;
+  mutable std::atomic<uint64_t> known_size_{0};  // the file is at least this long
+  mutable std::mutex view_mu_;                   // guards mapping the file
+  mutable std::atomic<const std::byte*> view_{nullptr};
+  mutable uint64_t view_length_ = 0;  // set before view_ is published
+  mutable bool view_failed_ = false;  // view_mu_
 };
 
 struct Range {

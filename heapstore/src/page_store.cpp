@@ -317,12 +317,21 @@ Status check_read(const PageHash& hash, const Location& where, std::span<const s
 
 size_t PageStore::read_pages(std::span<const PageHash> hashes, uint32_t page_size, std::span<std::byte> out,
                              Status* error) const {
-  auto fail = [&](size_t read, Status status) {
+  return visit_pages(hashes, page_size, out, [&](size_t first, std::span<const std::byte> pages) {
+    std::byte* to = out.data() + first * page_size;
+    if (pages.data() != to) std::memcpy(to, pages.data(), pages.size());
+    return Status();
+  }, error);
+}
+
+size_t PageStore::visit_pages(std::span<const PageHash> hashes, uint32_t page_size, std::span<std::byte> scratch,
+                              const PageVisitor& use, Status* error) const {
+  auto fail = [&](size_t done, Status status) {
     if (error) *error = std::move(status);
-    return read;
+    return done;
   };
-  if (page_size == 0 || out.size() / page_size < hashes.size()) {
-    return fail(0, invalid_argument("read pages: a buffer of " + std::to_string(out.size()) + " bytes for " +
+  if (page_size == 0 || scratch.size() / page_size < hashes.size()) {
+    return fail(0, invalid_argument("read pages: a buffer of " + std::to_string(scratch.size()) + " bytes for " +
                                     std::to_string(hashes.size()) + " pages of " + std::to_string(page_size)));
   }
   std::shared_lock reclaim(impl_->reclaim_mu);
@@ -331,7 +340,7 @@ size_t PageStore::read_pages(std::span<const PageHash> hashes, uint32_t page_siz
   size_t found = 0;
   Status missing;
   {
-    std::lock_guard lock(impl_->mu);
+    std::shared_lock lock(impl_->mu);
     for (; found < hashes.size(); ++found) {
       const PageHash& h = hashes[found];
       if (!impl_->pending.empty()) {
@@ -354,7 +363,7 @@ size_t PageStore::read_pages(std::span<const PageHash> hashes, uint32_t page_siz
   while (i < found) {
     const Location& w = where[i];
     const PageHash& hash = hashes[i];
-    std::span<std::byte> page = out.subspan(i * page_size, page_size);
+    std::span<std::byte> page = scratch.subspan(i * page_size, page_size);
     if (w.size != page_size) {
       return fail(i, invalid_argument("read page " + hash.hex() + ": the page has " + std::to_string(w.size) +
                                       " bytes, the buffer " + std::to_string(page_size)));
@@ -375,6 +384,7 @@ size_t PageStore::read_pages(std::span<const PageHash> hashes, uint32_t page_siz
       if (!checked) {
         if (Status st = check_read(hash, w, stored, page); !st.ok()) return fail(i, std::move(st));
       }
+      if (Status st = use(i, page); !st.ok()) return fail(i, std::move(st));
       ++i;
       continue;
     }
@@ -382,19 +392,34 @@ size_t PageStore::read_pages(std::span<const PageHash> hashes, uint32_t page_siz
       return fail(i, data_loss("page " + hash.hex() + ": stored raw with " + std::to_string(w.length) +
                                " bytes, expected " + std::to_string(page_size)));
     }
-    // The raw pages that follow this one in the same pack come with it, in one read.
+    // The raw pages that follow this one in the same pack come with it: one view of the pack (or
+    // one read where it cannot be viewed).
     size_t end = i + 1;
     while (end < found && where[end].pack == w.pack && where[end].offset == where[end - 1].end() &&
            where[end].length == page_size && where[end].size == page_size && !(where[end].flags & internal::kFlagZstd)) {
       ++end;
     }
-    if (Status st = file->read_at(w.offset, out.subspan(i * page_size, (end - i) * page_size)); !st.ok()) {
-      return fail(i, std::move(st));
+    const uint64_t bytes = uint64_t{end - i} * page_size;
+    std::span<const std::byte> run;
+    if (const std::byte* view = file->view(w.offset, bytes)) {
+      run = std::span<const std::byte>(view, bytes);
+    } else {
+      std::span<std::byte> into = scratch.subspan(i * page_size, bytes);
+      if (Status st = file->read_at(w.offset, into); !st.ok()) return fail(i, std::move(st));
+      run = into;
     }
-    for (; i < end; ++i) {
-      std::span<const std::byte> bytes = out.subspan(i * page_size, page_size);
-      if (Status st = check_read(hashes[i], where[i], bytes, bytes); !st.ok()) return fail(i, std::move(st));
+    size_t good = i;
+    Status bad;
+    for (; good < end; ++good) {
+      std::span<const std::byte> b = run.subspan((good - i) * page_size, page_size);
+      bad = check_read(hashes[good], where[good], b, b);
+      if (!bad.ok()) break;
     }
+    if (good > i) {
+      if (Status st = use(i, run.first((good - i) * page_size)); !st.ok()) return fail(i, std::move(st));
+    }
+    if (good < end) return fail(good, std::move(bad));
+    i = end;
   }
   if (found < hashes.size()) return fail(found, std::move(missing));
   return hashes.size();

@@ -124,7 +124,8 @@ struct StoreCore {
   DirLock lock;
   std::unique_ptr<PackSet> packs;
 
-  mutable std::mutex mu;  // guards db .. cache below
+  // Guards db .. cache below; page reads look pages up under it shared, side by side.
+  mutable std::shared_mutex mu;
   sqlite::Database db;
   std::map<uint64_t, VersionRow> versions;
   HashMap<PendingPage> pending;

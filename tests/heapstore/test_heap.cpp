@@ -3,7 +3,7 @@
 // reopening, restoring any kept version bit-exact, incremental checkpoints writing exactly the
 // pages touched, a workload eight times its budget, dirty evictions, pinning, zero pages, larger
 // pages, a checkpoint that fails and the retry that follows, a corrupt page in a run shared by load
-// threads, and bad options.
+// threads, read-ahead of sequential scans, and bad options.
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -431,7 +431,7 @@ TEST_CASE("a run shared by load threads: a corrupt page ends it, pages mapped pa
     }
     HeapOptions o = small_heap(mode, size, size);
     o.fault_around_pages = 128;
-    o.fault_around_max_pages = 128;
+    o.fault_around_max_pages = 256;  // runs of 128 stay short of the longest: no read-ahead here
     o.load_threads = 1;
     auto heap = must(Heap::open(*s.store, version, o));
     auto same = [&](uint64_t p) { return std::memcmp(heap->base() + p * kPage, image.bytes.data() + p * kPage, 64) == 0; };
@@ -453,5 +453,43 @@ TEST_CASE("a run shared by load threads: a corrupt page ends it, pages mapped pa
     CHECK(st.resident_pages == 127);
     CHECK(st.load_errors == 0);
     CHECK(must(heap->checkpoint("after")).pages_written == 0);
+  }
+}
+
+TEST_CASE("a sequential scan gets runs read ahead, within the budget only") {
+  for (DirtyTracking mode : tracking_modes()) {
+    INFO("mode ", tracking_name(mode));
+    StoreDir s;
+    const size_t size = 4 << 20;
+    const uint64_t pages = size / kPage;
+    Image image(size);
+    uint64_t version;
+    {
+      auto heap = must(Heap::open(*s.store, 0, small_heap(mode, size, size)));
+      for (size_t off = 0; off < size; off += kPage) image.write(*heap, off, 64, off + 7);
+      version = must(heap->checkpoint("r")).version;
+    }
+    auto scan = [&](uint64_t budget_pages) {
+      HeapOptions o = small_heap(mode, size, budget_pages * kPage);
+      o.fault_around_pages = 8;
+      o.fault_around_max_pages = 64;
+      auto heap = must(Heap::open(*s.store, version, o));
+      for (uint64_t p = 0; p < pages; ++p) {
+        REQUIRE(std::memcmp(heap->base() + p * kPage, image.bytes.data() + p * kPage, 64) == 0);
+        REQUIRE(heap->stats().resident_pages <= budget_pages);
+      }
+      return heap->stats();
+    };
+    // Room for everything: once the runs are 64 pages long, every fault loads one and reads the
+    // next ahead, so about one fault per 128 pages.
+    HeapStats all = scan(pages);
+    CHECK(all.pages_loaded == pages);
+    CHECK(all.pages_read_ahead >= pages / 2 - 64);
+    CHECK(all.faults <= pages / 128 + 8);
+    CHECK(all.evictions == 0);
+    // A budget of a quarter: read-ahead never evicts, the scan still sees every page right.
+    HeapStats tight = scan(pages / 4);
+    CHECK(tight.evictions > 0);
+    CHECK(tight.pages_read_ahead < all.pages_read_ahead);
   }
 }

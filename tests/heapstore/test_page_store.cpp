@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <fstream>
 #include <set>
@@ -644,6 +645,46 @@ TEST_CASE("read_pages reads a run in one call and stops at the first page it can
   CHECK(store->read_pages(hashes, kPage, std::span<std::byte>(out).first(kPage), &error) == 0);
   CHECK(error.code() == Code::kInvalidArgument);
   CHECK(store->read_pages(hashes, 0, out, &error) == 0);
+}
+
+TEST_CASE("visit_pages hands raw pages as views of the packs, compressed ones decoded, in order") {
+  test::TempDir dir;
+  auto store = open_store(dir.path(), {.compression_level = 3});
+  Model model;
+  std::map<uint64_t, Bytes> changes;
+  for (uint64_t i = 0; i < 24; ++i) changes[i] = page_of(300 + i, kPage, /*compressible=*/i % 6 == 5);
+  write_version(*store, 0, changes, model);
+  Manifest m = must(store->manifest(1));
+  std::vector<PageHash> hashes;
+  for (const PageRef& p : m.pages) hashes.push_back(p.hash);
+  Bytes scratch(hashes.size() * kPage);
+  std::vector<int> seen(hashes.size(), 0);
+  size_t views = 0, calls = 0;
+  size_t next = 0;
+  Status error;
+  size_t handed = store->visit_pages(hashes, kPage, scratch, [&](size_t first, std::span<const std::byte> pages) {
+    ++calls;
+    CHECK(first == next);  // in order, each page once
+    CHECK(pages.size() % kPage == 0);
+    const bool in_scratch = pages.data() >= scratch.data() && pages.data() < scratch.data() + scratch.size();
+    if (!in_scratch) ++views;
+    for (size_t k = 0; k < pages.size() / kPage; ++k) {
+      CHECK(PageHash::of(pages.subspan(k * kPage, kPage)) == hashes[first + k]);
+      seen[first + k]++;
+    }
+    next = first + pages.size() / kPage;
+    return Status();
+  }, &error);
+  REQUIRE_MESSAGE(handed == hashes.size(), error.to_string());
+  CHECK(std::all_of(seen.begin(), seen.end(), [](int n) { return n == 1; }));
+  CHECK(views > 0);            // raw pages come straight from the pack
+  CHECK(calls < hashes.size());  // and those in order in it, together
+  // What `use` refuses stops the visit there, with its error.
+  handed = store->visit_pages(hashes, kPage, scratch, [&](size_t first, std::span<const std::byte>) {
+    return first == 0 ? Status() : unavailable("enough");
+  }, &error);
+  CHECK(handed < hashes.size());
+  CHECK(error.code() == Code::kUnavailable);
 }
 
 TEST_CASE("a store with a row per page (schema 1; 2 and 3 with checksums) opens, reads and goes on") {

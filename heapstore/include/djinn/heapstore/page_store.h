@@ -161,6 +161,16 @@ class PageStore {
   // many leading pages were read; the error of the first that failed goes to `error`.
   size_t read_pages(std::span<const PageHash> hashes, uint32_t page_size, std::span<std::byte> out,
                     Status* error) const;
+  // The same without a copy where the store can: `use(first, pages)` gets pages [first, first +
+  // pages.size() / page_size) of `hashes`, in order and checked, as a view of the store's files
+  // (raw pages that lie in order in a pack come as one view) or, for compressed pages and where
+  // a file cannot be viewed, read into `scratch` (room for every page, page k at k * page_size).
+  // A view is valid only until `use` returns; `use` must not call back into the store. Returns
+  // how many leading pages were handed over; the error of the first that could not be (or that
+  // `use` returned) goes to `error`. A heap maps pages straight from the views (UFFDIO_COPY).
+  using PageVisitor = std::function<Status(size_t first, std::span<const std::byte> pages)>;
+  size_t visit_pages(std::span<const PageHash> hashes, uint32_t page_size, std::span<std::byte> scratch,
+                     const PageVisitor& use, Status* error) const;
   // Stores content outside any version (an evicted dirty page, an imported page) and returns its
   // hash. Such a page is kept until this store is closed or a committed version refers to it.
   Result<PageHash> put_page(std::span<const std::byte> page);
