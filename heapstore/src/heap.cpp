@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -100,11 +101,16 @@ struct Heap::Impl {
   // Read-ahead: the run loaded ahead of a sequential scan, [ahead_begin, last_run_end); none when
   // ahead_begin is UINT64_MAX.
   uint64_t ahead_begin = UINT64_MAX;
-  // The fault thread's buffers: pages read from the store before UFFDIO_COPY, their hashes, and
-  // the source of zero pages.
-  std::vector<std::byte> staging;
+  // The fault thread's buffers, a run long each: pages the store decodes or reads rather than
+  // views, the run's hashes, and the source of zero pages. Allocated untouched (calloc of this
+  // size maps fresh memory): most heaps never write the first, and the second is only read, so
+  // neither costs a page until used.
+  struct FreeDeleter {
+    void operator()(std::byte* p) const { std::free(p); }
+  };
+  std::unique_ptr<std::byte, FreeDeleter> staging;
   std::vector<PageHash> hashes;
-  std::vector<std::byte> zeros;
+  std::unique_ptr<std::byte, FreeDeleter> zeros;
   std::vector<uint8_t> mapped;  // which pages of a run the loader mapped
   std::unique_ptr<internal::PageLoader> loader;
 
@@ -306,7 +312,7 @@ uint64_t Heap::Impl::install_locked(uint64_t first, uint64_t count, bool writabl
       hashes.clear();
       for (uint64_t p = j; p < k; ++p) hashes.push_back(table.find(p)->hash);
       std::span<uint8_t> done(mapped.data(), k - j);
-      uint64_t loaded = loader->load(hashes.data(), hashes.size(), staging.data(), addr(j), wp, done, error);
+      uint64_t loaded = loader->load(hashes.data(), hashes.size(), staging.get(), addr(j), wp, done, error);
       // A page after a failed one may be mapped already (another thread's part): it is resident,
       // and a thread waiting on it is woken when its queued fault finds it so.
       for (uint64_t p = j; p < k; ++p) {
@@ -320,7 +326,7 @@ uint64_t Heap::Impl::install_locked(uint64_t first, uint64_t count, bool writabl
       }
       if (loaded < k - j) return j + loaded - first;
     } else {
-      Status st = mmu->copy(addr(j), zeros.data(), (k - j) * page_size, wp, true);
+      Status st = mmu->copy(addr(j), zeros.get(), (k - j) * page_size, wp, true);
       if (!st.ok()) throw std::runtime_error(st.to_string());
       for (uint64_t p = j; p < k; ++p) make_resident(p);
       counters.pages_zero_filled += k - j;
@@ -611,8 +617,10 @@ Result<std::unique_ptr<Heap>> Heap::open(PageStore& store, uint64_t version, Hea
     impl->version = version;
     impl->record = std::move(manifest->record);
   }
-  impl->staging.resize(uint64_t{o.fault_around_max_pages} * page_size);
-  impl->zeros.resize(uint64_t{o.fault_around_max_pages} * page_size);
+  const uint64_t run_bytes = uint64_t{o.fault_around_max_pages} * page_size;
+  impl->staging.reset(static_cast<std::byte*>(std::calloc(run_bytes, 1)));
+  impl->zeros.reset(static_cast<std::byte*>(std::calloc(run_bytes, 1)));
+  if (!impl->staging || !impl->zeros) return resource_exhausted("heap: no memory for its fault buffers");
   impl->mapped.resize(o.fault_around_max_pages);
   impl->loader = std::make_unique<internal::PageLoader>(store, *impl->mmu, page_size, o.load_threads, o.fault_spin_us,
                                                         kMinSharedRunPages);

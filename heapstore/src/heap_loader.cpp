@@ -71,7 +71,7 @@ size_t PageLoader::load(const PageHash* hashes, size_t n, std::byte* buffer, uin
   job.n = n;
   std::fill_n(job.mapped, n, uint8_t{0});
   const bool shared = n >= std::max<size_t>(min_shared_pages_, 2) && !helpers_.empty();
-  // Shared: a part for each thread; alone: the whole run in one read_pages.
+  // Shared: a part for each thread; alone: the whole run in one visit_pages.
   job.chunk = shared ? (n + helpers_.size()) / (helpers_.size() + 1) : n;
   if (shared) {
     {
