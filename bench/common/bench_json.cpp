@@ -171,6 +171,13 @@ Summary summarize(std::vector<double>& samples) {
   return s;
 }
 
+double median(std::vector<double> samples) {
+  if (samples.empty()) return NAN;
+  std::sort(samples.begin(), samples.end());
+  const size_t n = samples.size();
+  return n % 2 ? samples[n / 2] : (samples[n / 2 - 1] + samples[n / 2]) / 2;
+}
+
 double round_to(double value, int decimals) {
   if (!std::isfinite(value)) return value;
   double scale = std::pow(10.0, decimals);

@@ -75,6 +75,9 @@ struct Summary {
 };
 // Sorts the samples in place and summarises all of them.
 Summary summarize(std::vector<double>& samples);
+// The middle sample (the mean of the two middle ones for an even count); NaN when there are none.
+// Rounds of a figure interleaved with rounds of its limit compare by their medians.
+double median(std::vector<double> samples);
 
 // `value` rounded to `decimals` places, so the JSON does not carry measurement noise as digits.
 double round_to(double value, int decimals);

@@ -30,6 +30,7 @@
 #include "store_figures.h"
 
 using namespace djinn;
+using djinn::bench::median;
 using djinn::bench::Plan;
 using heapstore::DirtyTracking;
 using heapstore::Heap;
@@ -49,12 +50,6 @@ constexpr uint64_t kSystemPage = 4096;
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
 void progress(const std::string& text) { std::fprintf(stderr, "bench-heapstore: %s\n", text.c_str()); }
-
-double median(std::vector<double> v) {
-  if (v.empty()) return NAN;
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
 
 std::string fixed(double v, int decimals) {
   char buf[64];

@@ -30,6 +30,7 @@ namespace djinn::heapstore::bench {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+using djinn::bench::median;
 using djinn::bench::Reference;
 using djinn::bench::Target;
 
@@ -41,12 +42,6 @@ constexpr int kIncrementals = 9;
 void progress(const std::string& text) { std::fprintf(stderr, "bench-heapstore: %s\n", text.c_str()); }
 
 double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
-
-double median(std::vector<double> v) {
-  if (v.empty()) return NAN;
-  std::sort(v.begin(), v.end());
-  return v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
-}
 
 // Pages of random bytes (incompressible, never zero), the same for every contender.
 std::vector<std::byte> make_pages(size_t bytes, uint64_t seed) {
