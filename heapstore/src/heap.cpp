@@ -236,8 +236,8 @@ void Heap::Impl::serve_missing_locked(uint64_t i, bool write) {
   ++counters.faults;
   // Fault-around: a fault right where the last run ended continues a sequential scan; the run
   // doubles up to the maximum. Any other fault starts again from the initial run.
-  window = i == last_run_end ? std::min<uint64_t>(window * 2, options.fault_around_max_pages)
-                             : options.fault_around_pages;
+  const bool sequential = i == last_run_end;
+  window = sequential ? std::min<uint64_t>(window * 2, options.fault_around_max_pages) : options.fault_around_pages;
   uint64_t n = 1;
   while (n < window && i + n < capacity_pages && !table.resident(i + n)) ++n;
   if (resident + n > budget_pages) {
@@ -253,8 +253,9 @@ void Heap::Impl::serve_missing_locked(uint64_t i, bool write) {
   if (!load_run_locked(i, n, write)) return;
   last_run_end = i + n;
   // A scan that kept to the longest runs gets the run after this one too, before it gets there:
-  // the faulting thread is woken first and goes through this run meanwhile.
-  if (window == options.fault_around_max_pages && n == window) read_ahead_locked();
+  // the faulting thread is woken first and goes through this run meanwhile. (A random fault may
+  // load a run of the longest length too, where the first run is as long as the longest.)
+  if (sequential && window == options.fault_around_max_pages && n == window) read_ahead_locked();
 }
 
 void Heap::Impl::read_ahead_locked() {

@@ -754,16 +754,15 @@ Result<ServiceItem> Registrar::modify_attributes(uint64_t lease_id, std::span<co
   if (lease_id == 0) return invalid_argument("modifyAttributes: lease id 0 names no registration");
   std::lock_guard write(m.write_mu_);
   ServiceItem item;
-  int64_t deadline_ns = 0;
   {
     std::shared_lock lock(m.mu_);
     auto it = m.by_lease_.find(lease_id);
-    if (it == m.by_lease_.end()) {
+    // An item past its deadline is gone to queries already, so it is to changes too.
+    if (it == m.by_lease_.end() || !m.live_locked(it->second, m.landlord.now_ns())) {
       return not_found("modifyAttributes: no registration holds lease " + std::to_string(lease_id) +
                        " (it expired, was cancelled, or the item was registered again under a new lease)");
     }
     item = *m.slots_[it->second];
-    deadline_ns = m.deadlines_[it->second];
   }
   for (size_t i = 0; i < changes.size(); ++i) {
     const AttributeChange& c = changes[i];
@@ -797,6 +796,13 @@ Result<ServiceItem> Registrar::modify_attributes(uint64_t lease_id, std::span<co
   if (!written.ok()) return Status(written.code(), "modifyAttributes: " + written.message());
   m.commit_rows(rows);
   std::unique_lock lock(m.mu_);
+  // The item is still there (write_mu_ keeps the remover out), but a renewal may have moved its
+  // expiration meanwhile (renewals take mu_ alone): keep what it set.
+  int64_t deadline_ns = 0;
+  if (auto it = m.by_lease_.find(lease_id); it != m.by_lease_.end()) {
+    item.lease = m.slots_[it->second]->lease;
+    deadline_ns = m.deadlines_[it->second];
+  }
   m.put_locked(item, deadline_ns);
   return item;
 }
@@ -864,12 +870,15 @@ void Registrar::on_lease_event(const lease::LeaseEvent& event) {
   const lease::Lease& l = event.lease;
   if (l.resource == kRegistrationResource && event.type == lease::EventType::kRenewed) {
     // Items report their lease's current expiration; a renewal is not a change of the item, so
-    // it raises no transition.
+    // it raises no transition. Two renewals' events may come in either order: the landlord's
+    // current word is the one kept.
+    std::optional<lease::Lease> current = m.landlord.find(l.id);
+    if (!current) return;
     std::unique_lock lock(m.mu_);
     auto it = m.by_lease_.find(l.id);
     if (it != m.by_lease_.end()) {
-      m.slots_[it->second]->lease.expiration_ms = l.expiration_ms;
-      m.deadlines_[it->second] = l.deadline_ns;
+      m.slots_[it->second]->lease.expiration_ms = current->expiration_ms;
+      m.deadlines_[it->second] = current->deadline_ns;
     }
     return;
   }

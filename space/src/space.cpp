@@ -1409,12 +1409,15 @@ void Space::on_lease_event(const lease::LeaseEvent& event) {
   const lease::Lease& l = event.lease;
   if (l.resource == kEntryResource) {
     if (event.type == lease::EventType::kRenewed) {
+      // Two renewals' events may come in either order: the landlord's current word is kept.
+      std::optional<lease::Lease> current = m.landlord.find(l.id);
+      if (!current) return;
       std::unique_lock lock(m.mu);
       auto it = m.by_lease.find(l.id);
       if (it != m.by_lease.end()) {
         Impl::Stored& s = m.entries.at(it->second);
-        s.expiration_ms = l.expiration_ms;
-        s.deadline_ns = l.deadline_ns;
+        s.expiration_ms = current->expiration_ms;
+        s.deadline_ns = current->deadline_ns;
       }
       return;
     }

@@ -491,5 +491,16 @@ TEST_CASE("a sequential scan gets runs read ahead, within the budget only") {
     HeapStats tight = scan(pages / 4);
     CHECK(tight.evictions > 0);
     CHECK(tight.pages_read_ahead < all.pages_read_ahead);
+    // A fault that does not continue a scan reads nothing ahead, even when its first run is as
+    // long as the longest.
+    HeapOptions o = small_heap(mode, size, size);
+    o.fault_around_pages = 64;
+    o.fault_around_max_pages = 64;
+    auto heap = must(Heap::open(*s.store, version, o));
+    for (uint64_t p : {uint64_t{500}, uint64_t{100}, uint64_t{900}}) {
+      CHECK(std::memcmp(heap->base() + p * kPage, image.bytes.data() + p * kPage, 64) == 0);
+    }
+    CHECK(heap->stats().pages_loaded == 3 * 64);
+    CHECK(heap->stats().pages_read_ahead == 0);
   }
 }

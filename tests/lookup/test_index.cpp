@@ -149,7 +149,8 @@ TEST_CASE("an item past its lease deadline is never returned, even before its re
   const ServiceTemplate by_type{std::nullopt, {"demo.Printer"}, {}};  // answered from one posting
   const ServiceTemplate by_name{std::nullopt, {"demo.Printer"}, {Template{"demo.Name", {{"name", Value("p")}}}}};
   ServiceId a = ServiceId::random(), b = ServiceId::random(), c = ServiceId::random();
-  REQUIRE(registrar->register_item({printer(a), 1000}).ok());
+  auto ra = registrar->register_item({printer(a), 1000});
+  REQUIRE(ra.ok());
   auto rb = registrar->register_item({printer(b), 1000});
   REQUIRE(rb.ok());
   auto rc = registrar->register_item({printer(c), 60'000});
@@ -170,6 +171,9 @@ TEST_CASE("an item past its lease deadline is never returned, even before its re
   CHECK(answers(by_name) == 2);
   CHECK_FALSE(registrar->find(a).has_value());
   CHECK_FALSE(registrar->lookup(ServiceTemplate{a, {}, {}}).has_value());
+  // Gone to changes as well as to queries.
+  auto changed = registrar->modify_attributes(ra->item.lease.id, {}, {});
+  CHECK(changed.status().code() == Code::kNotFound);
   CHECK(registrar->find(b).has_value());
   CHECK(landlord->expire_due() == 1);
   REQUIRE(test::eventually([&] { return registrar->size() == 2; }));
