@@ -73,10 +73,10 @@ struct HeapOptions {
   // a fault that finds it awake costs half as much (bench-heapstore). 0: sleep at once.
   uint32_t fault_spin_us = 50;
   // Threads that load long runs (sequential faults, 64 pages or more) beside the fault thread,
-  // each reading its part from the store and mapping it (0: none). Mapping costs most, the kernel
-  // allocating every page, and it scales with threads: with 1, sequential page-in went from 2,240
-  // to 3,300 MB/s on two cores (bench-heapstore --load-threads); random faults stay on the fault
-  // thread.
+  // each mapping its part straight from the store's views of its packs (0: none). Mapping costs
+  // most, the kernel allocating every page, and it scales with threads: one took sequential
+  // page-in from 2,240 to 3,300 MB/s on two cores when pages were still read into a buffer first
+  // (bench-heapstore --load-threads); two did worse. Random faults stay on the fault thread.
   uint32_t load_threads = 1;
 };
 
