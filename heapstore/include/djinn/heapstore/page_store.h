@@ -39,6 +39,13 @@ struct PageHash {
   std::string hex() const;
   static std::optional<PageHash> from_hex(std::string_view hex);
   auto operator<=>(const PageHash&) const = default;
+  // Four word compares, no call: the page index compares a key on every lookup.
+  bool operator==(const PageHash& other) const noexcept {
+    uint64_t a[4], b[4];
+    std::memcpy(a, bytes.data(), sizeof a);
+    std::memcpy(b, other.bytes.data(), sizeof b);
+    return ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3])) == 0;
+  }
 };
 
 struct PageHashHasher {
