@@ -716,18 +716,8 @@ LookupMany Registrar::lookup_many(const ServiceTemplate& tmpl, size_t max_matche
     auto w = m.watches_.find(notify_id);
     if (w != m.watches_.end()) out.event_seq = m.options.publisher->last_seq(w->second.kind);
   }
-  if (!tmpl.service_id) {
-    auto [posting, exact] = m.candidates_locked(tmpl);
-    if (exact) {
-      const int64_t now = m.landlord.now_ns();
-      for (uint32_t slot : *posting) {
-        if (!m.live_locked(slot, now)) continue;
-        ++out.total;
-        if (out.items.size() < max_matches) out.items.push_back(*m.slots_[slot]);
-      }
-      return out;
-    }
-  }
+  // Every match is counted (items past their deadline are not), so this walks the whole
+  // smallest posting list; an exact template skips matching.
   m.for_each_match_locked(tmpl, [&](const ServiceItem& item) {
     ++out.total;
     if (out.items.size() < max_matches) out.items.push_back(item);
