@@ -406,7 +406,9 @@ struct Landlord::Impl {
     if (deadline_ns < sleeping_until_) wake_.notify_one();
   }
 
-  void insert_locked(const Lease& lease, int64_t deadline_ns, int64_t row) {
+  // Keeps `lease` with its deadline (lease.deadline_ns).
+  void insert_locked(const Lease& lease, int64_t row) {
+    const int64_t deadline_ns = lease.deadline_ns;
     uint32_t res = resources_.intern(lease.resource);
     uint32_t hol = holders_.intern(lease.holder);
     uint32_t slot;
@@ -576,7 +578,6 @@ struct Landlord::Impl {
   Attempt attempt_grant(const GrantRequest& r, int64_t granted, bool behind_waiters) {
     Attempt attempt;
     Lease lease;
-    int64_t deadline_ns;
     {
       std::lock_guard lock(mutex_);
       attempt.in_way = in_way_locked(r.resource, r.holder, r.kind);
@@ -598,9 +599,8 @@ struct Landlord::Impl {
       }
       bool forever = granted == kDurationForever;
       lease = Lease{new_id_locked(), r.resource, r.holder, r.kind,
-                    forever ? kNeverExpires : saturating_add(wall_ms(), granted), granted};
-      deadline_ns = forever ? kNoDeadline : add_ms(now_ns(), granted);
-      lease.deadline_ns = deadline_ns;
+                    forever ? kNeverExpires : saturating_add(wall_ms(), granted), granted,
+                    forever ? kNoDeadline : add_ms(now_ns(), granted)};
     }
     int64_t row = 0;
     Status written = durable(sqlite::Sync::kFull, [&](sqlite::Database& db) -> Status {
@@ -615,7 +615,7 @@ struct Landlord::Impl {
     if (db_) DJINN_CRASH_POINT("lease.landlord.after_commit");
     {
       std::lock_guard lock(mutex_);
-      insert_locked(lease, deadline_ns, row);
+      insert_locked(lease, row);
     }
     attempt.result = std::move(lease);
     return attempt;
@@ -677,7 +677,6 @@ struct Landlord::Impl {
     struct Planned {
       size_t index;
       Lease lease;
-      int64_t deadline_ns;
       int64_t row = 0;
     };
     std::vector<std::optional<Result<Lease>>> decided(requests.size());
@@ -736,11 +735,9 @@ struct Landlord::Impl {
         }
         bool forever = *granted == kDurationForever;
         if (level(r.kind) == 2) ++planned_exclusive;
-        const int64_t deadline_ns = forever ? kNoDeadline : add_ms(now, *granted);
-        plans.push_back(Planned{i,
-                                Lease{id, r.resource, r.holder, r.kind,
-                                      forever ? kNeverExpires : saturating_add(wall, *granted), *granted, deadline_ns},
-                                deadline_ns});
+        plans.push_back(Planned{i, Lease{id, r.resource, r.holder, r.kind,
+                                         forever ? kNeverExpires : saturating_add(wall, *granted), *granted,
+                                         forever ? kNoDeadline : add_ms(now, *granted)}});
       }
     }
     Status written = plans.empty() ? Status::Ok() : durable(sqlite::Sync::kFull, [&](sqlite::Database& db) -> Status {
@@ -764,7 +761,7 @@ struct Landlord::Impl {
                                                                       written.message()));
           continue;
         }
-        insert_locked(p.lease, p.deadline_ns, p.row);
+        insert_locked(p.lease, p.row);
         events.push_back(LeaseEvent{EventType::kGranted, p.lease, {}, p.lease.kind});
         decided[p.index] = Result<Lease>(std::move(p.lease));
       }
@@ -1203,14 +1200,16 @@ struct Landlord::Impl {
         continue;
       }
       if (lease.expiration_ms == kNeverExpires) {
-        insert_locked(lease, kNoDeadline, row);
+        lease.deadline_ns = kNoDeadline;
+        insert_locked(lease, row);
       } else if (lease.expiration_ms <= wall) {
         expired.push_back(LeaseEvent{EventType::kExpired, std::move(lease), {}, Kind::kShared});
         expired_rows.push_back(row);
       } else {
         // The deadline on this run's monotonic clock: what remains of the persisted wall-clock
         // expiration.
-        insert_locked(lease, add_ms(now, lease.expiration_ms - wall), row);
+        lease.deadline_ns = add_ms(now, lease.expiration_ms - wall);
+        insert_locked(lease, row);
       }
     }
     if (!expired.empty()) {
