@@ -364,8 +364,10 @@ TEST_CASE("garbage collection reclaims a removed version's own pages and keeps s
   check_version(*store, 2, m2);
   CHECK(!store->contains(PageHash::of(first[0])));
   CHECK(store->read_page(PageHash::of(first[0]), std::span<std::byte>(first[0])).code() == Code::kNotFound);
-  // The file system got the space back (holes punched in the pack).
-  CHECK(allocated_bytes(dir.path()) <= allocated_before - 128 * kPage);
+  // The file system got the space back (holes punched in the pack). A hole that splits an extent
+  // may cost the file system a block of extent-tree metadata, so a few blocks are allowed back.
+  constexpr uint64_t kMetadataSlack = 4 * 4096;
+  CHECK(allocated_bytes(dir.path()) <= allocated_before - 128 * kPage + kMetadataSlack);
 
   // Removing the last version and collecting leaves nothing.
   must_ok(store->remove_version(2));
