@@ -81,7 +81,7 @@ class GrantThreads {
 // Answers a call whose result is one lease (LeaseResult), or its error.
 void reply_lease(rpc::Responder& responder, const Result<Lease>& lease, const std::string& where) {
   if (!lease.ok()) return responder.reply(lease.status());
-  capnp::MallocMessageBuilder out;
+  capnp::MallocMessageBuilder out(rpc::kSmallMessageWords);
   internal::lease_to_proto(*lease, where, out.initRoot<proto::LeaseResult>().initLease());
   responder.reply(Status::Ok(), out);
 }
@@ -237,7 +237,7 @@ void LandlordService::Impl::register_methods(rpc::Server& server) {
           const Status& st = outcomes.front();
           if (!st.ok()) return shared->reply(st);
           settle_cancels();
-          capnp::MallocMessageBuilder out;
+          capnp::MallocMessageBuilder out(rpc::kSmallMessageWords);
           out.initRoot<proto::Empty>();
           shared->reply(Status::Ok(), out);
         });
@@ -393,7 +393,7 @@ void LandlordService::on_event(const LeaseEvent& event) {
 }
 
 void LandlordService::publish(events::Publisher& publisher, const LeaseEvent& event, std::string_view endpoint) {
-  capnp::MallocMessageBuilder message;
+  capnp::MallocMessageBuilder message(rpc::kSmallMessageWords);
   auto out = message.initRoot<proto::LeaseEvent>();
   internal::lease_to_proto(event.lease, endpoint, out.initLease());
   if (event.type == EventType::kConflict) {

@@ -85,7 +85,7 @@ const std::string& SpaceClient::endpoint() const { return client_->endpoint(); }
 
 Result<WriteReceipt> SpaceClient::write(const Entry& entry, int64_t duration_ms, const std::optional<TxnRef>& txn,
                                         rpc::CallOptions call) {
-  capnp::MallocMessageBuilder message;
+  capnp::MallocMessageBuilder message(rpc::kSmallMessageWords);
   auto p = message.initRoot<proto::WriteParams>();
   to_capnp(entry, p.initEntry());
   p.setDurationMs(duration_ms);
@@ -101,7 +101,7 @@ Result<WriteReceipt> SpaceClient::write(const Entry& entry, int64_t duration_ms,
 Result<std::vector<Entry>> SpaceClient::match(const char* method, const Template& tmpl, std::chrono::milliseconds timeout,
                                               size_t max, const std::optional<TxnRef>& txn, rpc::CallOptions call,
                                               bool is_read) {
-  capnp::MallocMessageBuilder message;
+  capnp::MallocMessageBuilder message(rpc::kSmallMessageWords);
   auto p = message.initRoot<proto::MatchParams>();
   to_capnp(tmpl, p.initTemplate());
   p.setTimeoutMs(timeout.count());

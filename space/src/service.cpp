@@ -237,7 +237,7 @@ void SpaceService::Impl::register_match(const std::string& method, bool take, bo
         auto shared = std::make_shared<rpc::Responder>(std::move(responder));
         sp->match_async(std::move(request), [shared](Result<std::vector<Entry>> r) {
           if (!r.ok()) return shared->reply(r.status());
-          capnp::MallocMessageBuilder reply;
+          capnp::MallocMessageBuilder reply(rpc::kSmallMessageWords);
           put_entries(reply.initRoot<proto::MatchResult>().initEntries(static_cast<unsigned>(r->size())), *r);
           shared->reply(Status::Ok(), reply);
         });
@@ -276,7 +276,7 @@ void SpaceService::Impl::register_methods() {
         auto shared = std::make_shared<rpc::Responder>(std::move(responder));
         sp->write_async(std::move(request), [shared, where = rpc_endpoint](Result<Written> r) {
           if (!r.ok()) return shared->reply(r.status());
-          capnp::MallocMessageBuilder reply;
+          capnp::MallocMessageBuilder reply(rpc::kSmallMessageWords);
           auto root = reply.initRoot<proto::WriteResult>();
           to_capnp(LeaseInfo{r->lease_id, r->expiration_ms}, root.initLease());
           root.setLandlord(where);

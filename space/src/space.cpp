@@ -6,6 +6,9 @@
 #include <capnp/message.h>
 #include <capnp/serialize.h>
 #include <sodium.h>
+#include <xxhash.h>
+
+#include <boost/container/small_vector.hpp>
 
 #include <algorithm>
 #include <condition_variable>
@@ -14,6 +17,7 @@
 #include <future>
 #include <map>
 #include <mutex>
+#include <random>
 #include <set>
 #include <shared_mutex>
 #include <thread>
@@ -62,41 +66,97 @@ constexpr size_t kRememberEnded = 4096;
 // Idempotency keys of the latest writes, found again after a restart.
 constexpr size_t kRememberKeys = 65536;
 
-// Values longer than this are indexed by a 16-byte hash of their key: a posting key stays small
-// however large the value (a 100-byte payload field cost 1 KiB per entry in keys), and a collision
-// only adds a candidate that matches() then rejects.
-constexpr size_t kMaxInlineValueKey = 40;
-
-std::string value_key(const Value& value) {
-  std::string key;
-  append_index_key(key, value);
-  if (key.size() <= kMaxInlineValueKey) return key;
-  unsigned char h[16];
-  crypto_generichash(h, sizeof h, reinterpret_cast<const unsigned char*>(key.data()), key.size(), nullptr, 0);
-  return std::string(1, '\xff') + std::string(reinterpret_cast<const char*>(h), sizeof h);
+// Index keys are 64-bit seeded XXH3 hashes of (type, field name, value): a key costs no allocation
+// and stays eight bytes however large the value, and a collision only adds a candidate that
+// matches() then rejects. The seed is random per process, so colliding values cannot be chosen.
+uint64_t random_seed() {
+  std::random_device device;
+  return (uint64_t{device()} << 32) ^ device();
 }
 
-// Type and field names hold no NUL (validated), so NUL separates the parts unambiguously.
-std::string field_key(std::string_view type, std::string_view field, std::string_view value_key) {
-  std::string key;
-  key.reserve(type.size() + field.size() + value_key.size() + 2);
-  key.append(type);
-  key.push_back('\0');
-  key.append(field);
-  key.push_back('\0');
-  key.append(value_key);
-  return key;
-}
+class IndexKeys {
+ public:
+  explicit IndexKeys(uint64_t seed) : seed_(seed) {}
+  uint64_t type(std::string_view type) const { return XXH3_64bits_withSeed(type.data(), type.size(), seed_); }
+  // Type and field names hold no NUL (validated), so NUL separates the parts unambiguously.
+  uint64_t field(std::string_view type, std::string_view name, const Value& value, std::string& scratch) const {
+    scratch.clear();
+    scratch.append(type);
+    scratch.push_back('\0');
+    scratch.append(name);
+    scratch.push_back('\0');
+    append_index_key(scratch, value);
+    return XXH3_64bits_withSeed(scratch.data(), scratch.size(), seed_ ^ kFieldDomain);
+  }
 
+ private:
+  static constexpr uint64_t kFieldDomain = 0x9E3779B97F4A7C15ull;  // keeps type and field keys apart
+  uint64_t seed_;
+};
+
+// The sequence numbers of the entries filed under one index key, ascending. Most keys name one
+// entry (a unique field value): those stay inline in a short vector; a key that gathers many
+// entries moves them to a tree, where inserting and removing stay O(log n).
+class Posting {
+ public:
+  size_t size() const { return tree_ ? tree_->size() : small_.size(); }
+  bool empty() const { return size() == 0; }
+
+  void insert(uint64_t seq) {
+    if (tree_) {
+      // New entries have the highest sequence: the end hint makes that insert O(1) instead of a
+      // walk down a tree of a million cache-missing nodes.
+      tree_->insert(tree_->end(), seq);
+      return;
+    }
+    auto at = std::lower_bound(small_.begin(), small_.end(), seq);
+    if (at != small_.end() && *at == seq) return;
+    small_.insert(at, seq);
+    if (small_.size() > kSmallMax) {
+      tree_ = std::make_unique<std::set<uint64_t>>(small_.begin(), small_.end());
+      Small().swap(small_);
+    }
+  }
+
+  void erase(uint64_t seq) {
+    if (tree_) {
+      tree_->erase(seq);
+      return;
+    }
+    auto at = std::lower_bound(small_.begin(), small_.end(), seq);
+    if (at != small_.end() && *at == seq) small_.erase(at);
+  }
+
+  // Calls f(seq) for the sequences after `after`, ascending, until f returns false. f must not
+  // change the posting.
+  template <class F>
+  void for_each_after(uint64_t after, F&& f) const {
+    if (tree_) {
+      for (auto it = tree_->upper_bound(after); it != tree_->end(); ++it) {
+        if (!f(*it)) return;
+      }
+      return;
+    }
+    for (auto it = std::upper_bound(small_.begin(), small_.end(), after); it != small_.end(); ++it) {
+      if (!f(*it)) return;
+    }
+  }
+
+ private:
+  static constexpr size_t kSmallMax = 32;
+  using Small = boost::container::small_vector<uint64_t, 1>;
+  Small small_;
+  std::unique_ptr<std::set<uint64_t>> tree_;
+};
 
 std::string encode_entry(const Entry& e) {
-  capnp::MallocMessageBuilder message;
+  capnp::MallocMessageBuilder message(rpc::kSmallMessageWords);
   to_capnp(e, message.initRoot<proto::Entry>());
   return flat_bytes(message);
 }
 
 std::string encode_template(const Template& t) {
-  capnp::MallocMessageBuilder message;
+  capnp::MallocMessageBuilder message(rpc::kSmallMessageWords);
   to_capnp(t, message.initRoot<proto::Template>());
   return flat_bytes(message);
 }
@@ -123,8 +183,6 @@ std::vector<uint64_t> decode_seqs(const std::vector<uint8_t>& bytes) {
   }
   return out;
 }
-
-using Posting = std::set<uint64_t>;
 
 }  // namespace
 
@@ -192,8 +250,9 @@ struct Space::Impl {
   mutable std::shared_mutex mu;
   std::unordered_map<uint64_t, Stored> entries;
   std::unordered_map<uint64_t, uint64_t> by_lease;  // lease id -> seq
-  std::unordered_map<std::string, Posting> by_type;   // type, each supertype, and "" (all)
-  std::unordered_map<std::string, Posting> by_field;  // field_key(type / supertype / "", name, value)
+  IndexKeys keys{random_seed()};
+  std::unordered_map<uint64_t, Posting> by_type;   // keys.type(): type, each supertype, and "" (all)
+  std::unordered_map<uint64_t, Posting> by_field;  // keys.field(type / supertype / "", name, value)
   uint64_t next_seq = 1;
   std::map<TxnId, TxnState> txns;
   std::set<TxnId> ended;
@@ -268,15 +327,15 @@ struct Space::Impl {
 
   // ---- indexes (mu exclusive) ----
 
+  // Calls f(is_field, key) for every index key of `e`.
   template <class F>
-  static void keys_of(const Entry& e, F&& f) {
-    std::vector<std::pair<std::string_view, std::string>> values;
-    for (const auto& [name, value] : e.fields) {
-      if (!value.is_null()) values.emplace_back(name, value_key(value));
-    }
+  void keys_of(const Entry& e, F&& f) const {
+    std::string scratch;
     auto file = [&](std::string_view type) {
-      f(false, std::string(type));
-      for (const auto& [name, key] : values) f(true, field_key(type, name, key));
+      f(false, keys.type(type));
+      for (const auto& [name, value] : e.fields) {
+        if (!value.is_null()) f(true, keys.field(type, name, value, scratch));
+      }
     };
     file(e.type);
     for (const std::string& s : e.supertypes) file(s);
@@ -284,13 +343,10 @@ struct Space::Impl {
   }
 
   void index(uint64_t seq, const Entry& e, bool add) {
-    keys_of(e, [&](bool field, std::string key) {
+    keys_of(e, [&](bool field, uint64_t key) {
       auto& map = field ? by_field : by_type;
       if (add) {
-        // New entries have the highest sequence: inserting at the end with that hint costs O(1)
-        // instead of a walk down a tree of a million cache-missing nodes (a fifth of a write's CPU).
-        Posting& p = map[std::move(key)];
-        p.insert(p.end(), seq);
+        map[key].insert(seq);
       } else {
         auto it = map.find(key);
         if (it == map.end()) return;
@@ -346,14 +402,15 @@ struct Space::Impl {
 
   const Posting* candidates_locked(const Template& t) const {
     static const Posting kEmpty;
-    auto find = [](const std::unordered_map<std::string, Posting>& map, const std::string& key) {
+    auto find = [](const std::unordered_map<uint64_t, Posting>& map, uint64_t key) {
       auto it = map.find(key);
       return it == map.end() ? &kEmpty : &it->second;
     };
-    const Posting* best = find(by_type, t.type);
+    const Posting* best = find(by_type, keys.type(t.type));
+    std::string scratch;
     for (const auto& [name, value] : t.fields) {
       if (value.is_null()) continue;
-      const Posting* p = find(by_field, field_key(t.type, name, value_key(value)));
+      const Posting* p = find(by_field, keys.field(t.type, name, value, scratch));
       if (p->size() < best->size()) best = p;
     }
     return best;
@@ -372,11 +429,10 @@ struct Space::Impl {
   void scan_locked(const Template& t, uint64_t after, const std::optional<TxnId>& txn, F&& f) const {
     const Posting* p = candidates_locked(t);
     int64_t now = landlord.now_ns();
-    for (auto it = p->upper_bound(after); it != p->end(); ++it) {
-      const Stored& s = entries.at(*it);
-      if (!visible(s, txn, now) || !matches(t, s.entry)) continue;
-      if (!f(*it, s)) return;
-    }
+    p->for_each_after(after, [&](uint64_t seq) {
+      const Stored& s = entries.at(seq);
+      return !visible(s, txn, now) || !matches(t, s.entry) || f(seq, s);
+    });
   }
 
   // Takes up to `max` visible matches now (mu exclusive): under a transaction they are held by it,
@@ -645,7 +701,7 @@ struct Space::Impl {
     if (!options.publisher || watches.empty()) return;
     for (const auto& [id, w] : watches) {
       if (!matches(w.tmpl, e)) continue;
-      capnp::MallocMessageBuilder message;
+      capnp::MallocMessageBuilder message(rpc::kSmallMessageWords);
       auto ev = message.initRoot<proto::SpaceNotifyEvent>();
       ev.setNotifyId(id);
       to_capnp(e, ev.initEntry());

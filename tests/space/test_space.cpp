@@ -135,6 +135,44 @@ TEST_CASE("write, read, take, IfExists, contents and take of many") {
   CHECK(!h.client->read_if_exists(tmpl("demo.Task", {{"n", 1}}))->has_value());
 }
 
+TEST_CASE("an index key gathering many entries pages in write order as it grows and shrinks") {
+  // A key's entries sit in a short vector until they are many, then in a tree: paging with a
+  // cursor, takes and new writes must see the same order on both sides of that change.
+  Harness h;
+  SpaceClient& c = *h.client;
+  auto page_all = [&](size_t page_size) {
+    std::vector<int64_t> seen;
+    uint64_t cursor = 0;
+    for (;;) {
+      auto page = c.contents(tmpl("demo.Job", {{"queue", "q"}}), cursor, page_size);
+      REQUIRE(page.ok());
+      for (const Entry& e : page->entries) seen.push_back(e.field("n")->as_int());
+      if (page->done) return seen;
+      cursor = page->cursor;
+    }
+  };
+  std::vector<int64_t> expected;
+  for (int i = 0; i < 80; ++i) {
+    must_write(c, entry("demo.Job", {{"n", i}, {"queue", "q"}}));
+    must_write(c, entry("demo.Job", {{"n", 1000 + i}, {"queue", "other"}}));
+    expected.push_back(i);
+    if (i == 20 || i == 79) CHECK(page_all(7) == expected);
+  }
+  auto taken = c.take_many(tmpl("demo.Job", {{"queue", "q"}}), 70);
+  REQUIRE(taken.ok());
+  REQUIRE(taken->size() == 70);
+  for (size_t i = 0; i < taken->size(); ++i) CHECK((*taken)[i].field("n")->as_int() == static_cast<int64_t>(i));
+  expected.erase(expected.begin(), expected.begin() + 70);
+  CHECK(page_all(3) == expected);
+  for (int i = 80; i < 90; ++i) {
+    must_write(c, entry("demo.Job", {{"n", i}, {"queue", "q"}}));
+    expected.push_back(i);
+  }
+  CHECK(page_all(4) == expected);
+  CHECK(c.contents_all(tmpl("demo.Job", {{"queue", "other"}}))->size() == 80);
+  CHECK(c.read_if_exists(tmpl("demo.Job", {{"n", 1042}}))->value().field("queue")->as_text() == "other");
+}
+
 TEST_CASE("matching agrees with a plain list under random writes and takes") {
   Harness h;
   SpaceClient& c = *h.client;

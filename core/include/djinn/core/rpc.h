@@ -44,6 +44,10 @@ namespace djinn::rpc {
 
 using Clock = std::chrono::steady_clock;
 
+// First segment for messages of a few fields (a request, a reply, an event): 1 KiB. Cap'n Proto's
+// default is 8 KiB, allocated and zeroed for every message however small.
+inline constexpr unsigned kSmallMessageWords = 128;
+
 // Bounds applied to every frame read from the network.
 struct Limits {
   size_t max_frame_bytes = 16u << 20;        // larger frames get RESOURCE_EXHAUSTED
