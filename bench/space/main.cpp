@@ -1,6 +1,7 @@
 // bench-space: the object space's durable writes, takes and template reads per second with
 // 1,000,000 stored entries, the wake-up latency of a blocked take, and large-value throughput, beside
-// Redis queues (LPUSH / BRPOP with appendfsync always and everysec) and the disk's own sequential
+// Redis queues (LPUSH / BRPOP with appendfsync always and everysec), the space's own RPC round trip
+// (a call that does nothing, the limit of every figure over RPC) and the disk's own sequential
 // write + fsync rate, all measured in the same run on 127.0.0.1. Prints the JSON of DESIGN §11 on
 // stdout; progress goes to stderr.
 #include <fcntl.h>
@@ -249,11 +250,22 @@ int main(int argc, char** argv) {
       };
     });
   };
-  Rate read_rate;
+  // The limit of every figure over RPC: a call of the same clients to the same server that does
+  // nothing (a template of a type no entry has touches no index and no disk).
+  auto round_trips = [&] {
+    return measure(sizes.clients, plan, [&](int) {
+      auto c = std::make_shared<space::SpaceClient>(rpc::ClientOptions{.endpoint = endpoint});
+      return [c](uint64_t) { return c->read_if_exists(Template{"bench.Nothing", {}}).ok(); };
+    });
+  };
+  Rate read_rate, round_trip_rate;
   for (int r = 0; r < plan.rounds; ++r) {
     Rate x = reads();
     progress("template reads round " + std::to_string(r + 1) + ": " + std::to_string(static_cast<int64_t>(x.per_second)) + "/s");
     read_rate.per_second += x.per_second / plan.rounds;
+    Rate y = round_trips();
+    progress("RPC round trips round " + std::to_string(r + 1) + ": " + std::to_string(static_cast<int64_t>(y.per_second)) + "/s");
+    round_trip_rate.per_second += y.per_second / plan.rounds;
   }
 
   // ---- durable writes, beside Redis LPUSH ----
@@ -380,8 +392,9 @@ int main(int argc, char** argv) {
     if (!p) return std::nullopt;
     return bench::Reference{"redis_" + what, bench::round_to(v, 0)};
   };
+  const bench::Reference round_trip{"space_rpc_round_trips_per_s_" + clients_tag, bench::round_to(round_trip_rate.per_second, 0)};
   report.add({"durable_writes_per_s_" + clients_tag, bench::round_to(write_rate.per_second, 0),
-              "writes/s", peer(always, "lpush_appendfsync_always_per_s", always_push.per_second), std::nullopt,
+              "writes/s", peer(always, "lpush_appendfsync_always_per_s", always_push.per_second), round_trip,
               bench::Target::at_least(bench::Target::Of::kPeer, 1.0)});
   report.add({"durable_writes_per_s_" + clients_tag + "_vs_redis_everysec", bench::round_to(write_rate.per_second, 0), "writes/s",
               peer(everysec, "lpush_appendfsync_everysec_per_s", everysec_push.per_second), std::nullopt, std::nullopt});
@@ -392,7 +405,7 @@ int main(int argc, char** argv) {
   report.add({"takes_per_s_" + clients_tag + "_vs_redis_everysec", bench::round_to(take_rate.per_second, 0), "takes/s",
               peer(everysec, "brpop_appendfsync_everysec_per_s", everysec_pop.per_second), std::nullopt, std::nullopt});
   report.add({"template_reads_by_field_per_s_" + clients_tag,
-              bench::round_to(read_rate.per_second, 0), "reads/s", std::nullopt, std::nullopt, std::nullopt});
+              bench::round_to(read_rate.per_second, 0), "reads/s", std::nullopt, round_trip, std::nullopt});
   auto wake_peer = [&](double v) -> std::optional<bench::Reference> {
     if (!redis_wake_s) return std::nullopt;
     return bench::Reference{"redis_brpop_woken_by_lpush_us", bench::round_to(v, 1)};
@@ -414,6 +427,8 @@ int main(int argc, char** argv) {
               " different ones, each after a disk probe of as many bytes (medians of both); Redis " + redis_version);
   report.note("durable: a write or take is acknowledged after its group-commit transaction is fsync'd (SQLite WAL, "
               "synchronous=FULL); Redis appendfsync always fsyncs its AOF before replying");
+  report.note("limit of the figures over RPC: the same clients calling the same server for nothing (readIfExists "
+              "of a type no entry has: no index, no disk), in rounds alternating with the template reads");
   report.note("wake-up: from the start of the matching write (which includes its fsync) to the blocked taker's reply; "
               "Redis: from LPUSH sent to BRPOP's reply");
   bench::print_verdicts(report, kProgram, 9, "not judged (no value or peer)");
