@@ -523,7 +523,8 @@ struct Space::Impl {
 
   // ---- the group commit's batch ----
 
-  std::vector<OpOutcome> run_batch(std::span<const Op> ops) {
+  // Moves each written entry out of its op into the space.
+  std::vector<OpOutcome> run_batch(std::span<Op> ops) {
     std::vector<OpOutcome> outcomes(ops.size());
     std::vector<size_t> write_index;  // ops index of each grant
     std::vector<lease::GrantRequest> grants;
@@ -624,7 +625,7 @@ struct Space::Impl {
       }
       for (size_t k = 0; k < write_index.size(); ++k) {
         size_t i = write_index[k];
-        const Op& op = ops[i];
+        Op& op = ops[i];
         if (!leases[k].ok()) {
           outcomes[i].status = leases[k].status();
           if (consumer[i]) d.replies.emplace_back(std::move(consumer[i]->done), leases[k].status());
@@ -641,7 +642,7 @@ struct Space::Impl {
           continue;
         }
         Stored s;
-        s.entry = op.entry;
+        s.entry = std::move(op.entry);
         s.lease = l.id;
         s.expiration_ms = l.expiration_ms;
         s.deadline_ns = l.deadline_ns;
@@ -1040,7 +1041,7 @@ Result<std::unique_ptr<Space>> Space::open(SpaceOptions options) {
   }
   m->cancel_orphan_leases();
   m->commit = std::make_unique<GroupCommit<Impl::Op, Impl::OpOutcome>>(
-      m->options.max_batch, [m](std::span<const Impl::Op> ops) { return m->run_batch(ops); });
+      m->options.max_batch, [m](std::span<Impl::Op> ops) { return m->run_batch(ops); });
   m->timer = std::thread([m] { m->timer_loop(); });
   m->remover = std::thread([m] { m->remover_loop(); });
   m->joiner = std::thread([m] { m->joiner_loop(); });

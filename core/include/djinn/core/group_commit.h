@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <deque>
 #include <functional>
+#include <iterator>
 #include <mutex>
 #include <span>
 #include <thread>
@@ -16,12 +17,13 @@
 namespace djinn {
 
 // One thread drains the queue and hands up to `max_batch` requests at a time to the batch
-// function, which returns one outcome per request in order. A posted group (one call's requests)
-// is never split, so a group larger than max_batch goes alone. Completions run on that thread.
+// function, which returns one outcome per request in order and may move from the requests (they
+// are the batch's own). A posted group (one call's requests) is never split, so a group larger
+// than max_batch goes alone. Completions run on that thread.
 template <class Request, class Outcome>
 class GroupCommit {
  public:
-  using Batch = std::function<std::vector<Outcome>(std::span<const Request>)>;
+  using Batch = std::function<std::vector<Outcome>(std::span<Request>)>;
   using Done = std::function<void(std::vector<Outcome>)>;
 
   GroupCommit(size_t max_batch, Batch batch)
@@ -66,7 +68,9 @@ class GroupCommit {
         queue_.pop_front();
       }
       lock.unlock();
-      for (const Group& g : groups) all.insert(all.end(), g.requests.begin(), g.requests.end());
+      for (Group& g : groups) {
+        all.insert(all.end(), std::make_move_iterator(g.requests.begin()), std::make_move_iterator(g.requests.end()));
+      }
       std::vector<Outcome> outcomes = all.empty() ? std::vector<Outcome>{} : batch_(all);
       size_t at = 0;
       for (Group& g : groups) {
