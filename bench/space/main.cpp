@@ -251,7 +251,7 @@ int main(int argc, char** argv) {
     });
   };
   // The limit of every figure over RPC: a call of the same clients to the same server that does
-  // nothing (a template of a type no entry has touches no index and no disk).
+  // next to nothing (a template of a type no entry has: one index lookup, no entry, no disk).
   auto round_trips = [&] {
     return measure(sizes.clients, plan, [&](int) {
       auto c = std::make_shared<space::SpaceClient>(rpc::ClientOptions{.endpoint = endpoint});
@@ -427,8 +427,9 @@ int main(int argc, char** argv) {
               " different ones, each after a disk probe of as many bytes (medians of both); Redis " + redis_version);
   report.note("durable: a write or take is acknowledged after its group-commit transaction is fsync'd (SQLite WAL, "
               "synchronous=FULL); Redis appendfsync always fsyncs its AOF before replying");
-  report.note("limit of the figures over RPC: the same clients calling the same server for nothing (readIfExists "
-              "of a type no entry has: no index, no disk), in rounds alternating with the template reads");
+  report.note("limit of the figures over RPC: the same clients calling the same server for next to nothing "
+              "(readIfExists of a type no entry has: one index lookup, no entry, no disk), in rounds alternating with "
+              "the template reads");
   report.note("wake-up: from the start of the matching write (which includes its fsync) to the blocked taker's reply; "
               "Redis: from LPUSH sent to BRPOP's reply");
   bench::print_verdicts(report, kProgram, 9, "not judged (no value or peer)");

@@ -5,7 +5,6 @@
 
 #include <capnp/message.h>
 #include <capnp/serialize.h>
-#include <sodium.h>
 #include <xxhash.h>
 
 #include <boost/container/small_vector.hpp>
@@ -68,7 +67,7 @@ constexpr size_t kRememberKeys = 65536;
 
 // Index keys are 64-bit seeded XXH3 hashes of (type, field name, value): a key costs no allocation
 // and stays eight bytes however large the value, and a collision only adds a candidate that
-// matches() then rejects. The seed is random per process, so colliding values cannot be chosen.
+// matches() then rejects. The seed is drawn for each space, so colliding values cannot be chosen.
 uint64_t random_seed() {
   std::random_device device;
   return (uint64_t{device()} << 32) ^ device();

@@ -135,7 +135,7 @@ TEST_CASE("write, read, take, IfExists, contents and take of many") {
   CHECK(!h.client->read_if_exists(tmpl("demo.Task", {{"n", 1}}))->has_value());
 }
 
-TEST_CASE("an index key gathering many entries pages in write order as it grows and shrinks") {
+TEST_CASE("an index key gathering many entries pages in write order as it grows past its inline size, and after takes") {
   // A key's entries sit in a short vector until they are many, then in a tree: paging with a
   // cursor, takes and new writes must see the same order on both sides of that change.
   Harness h;
