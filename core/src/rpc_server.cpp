@@ -4,6 +4,7 @@
 // socket.
 #include <poll.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <deque>
@@ -15,6 +16,7 @@
 
 #include "djinn/core/context.h"
 #include "djinn/core/log.h"
+#include "djinn/core/reply_batch.h"
 #include "djinn/core/rpc.h"
 #include "wire.h"
 
@@ -46,19 +48,40 @@ struct Outbox {
   bool closed = false;
   internal::Wakeup wakeup;
 
-  void push(Outgoing o) {
-    bool was_empty;
-    {
-      std::lock_guard lock(mu);
-      if (closed) return;
-      was_empty = items.empty();
-      items.push_back(std::move(o));
-    }
-    if (was_empty) wakeup.notify();
+  // Queues a reply; true when the I/O thread must be woken for it (the queue was empty).
+  bool push(Outgoing o) {
+    std::lock_guard lock(mu);
+    if (closed) return false;
+    bool was_empty = items.empty();
+    items.push_back(std::move(o));
+    return was_empty;
   }
 };
 
+// The outboxes a ReplyBatch on this thread wakes when it ends.
+struct DeferredWakeups {
+  int depth = 0;
+  std::vector<std::shared_ptr<Outbox>> outboxes;
+};
+thread_local DeferredWakeups t_deferred;
+
+void post_reply(const std::shared_ptr<Outbox>& outbox, Outgoing o) {
+  if (!outbox->push(std::move(o))) return;
+  if (t_deferred.depth == 0) return outbox->wakeup.notify();
+  auto& pending = t_deferred.outboxes;
+  if (std::find(pending.begin(), pending.end(), outbox) == pending.end()) pending.push_back(outbox);
+}
+
 }  // namespace
+
+ReplyBatch::ReplyBatch() { ++t_deferred.depth; }
+
+ReplyBatch::~ReplyBatch() {
+  if (--t_deferred.depth > 0) return;
+  std::vector<std::shared_ptr<Outbox>> pending;
+  pending.swap(t_deferred.outboxes);
+  for (const auto& outbox : pending) outbox->wakeup.notify();
+}
 
 struct Responder::State {
   std::shared_ptr<Outbox> outbox;
@@ -89,15 +112,16 @@ const Clock::time_point& Responder::deadline() const {
 void Responder::reply(const Status& status) {
   if (!state_) return;
   auto s = std::move(state_);
-  s->outbox->push(Outgoing{std::move(s->routing_id), internal::encode_reply(s->id, status, kj::ArrayPtr<const capnp::word>()),
-                           std::move(s->dedup_key)});
+  post_reply(s->outbox, Outgoing{std::move(s->routing_id),
+                                 internal::encode_reply(s->id, status, kj::ArrayPtr<const capnp::word>()),
+                                 std::move(s->dedup_key)});
 }
 
 void Responder::reply(const Status& status, capnp::MessageBuilder& results) {
   if (!state_) return;
   auto s = std::move(state_);
-  s->outbox->push(Outgoing{std::move(s->routing_id), internal::encode_reply(s->id, status, results),
-                           std::move(s->dedup_key)});
+  post_reply(s->outbox,
+             Outgoing{std::move(s->routing_id), internal::encode_reply(s->id, status, results), std::move(s->dedup_key)});
 }
 
 struct Server::Impl {
@@ -430,8 +454,8 @@ void Server::Impl::worker_loop() {
     if (!job.header.idempotency_key.empty()) {
       dedup_key = job.client_key + '\0' + job.header.method + '\0' + job.header.idempotency_key;
     }
-    outbox->push(Outgoing{std::move(job.routing_id), internal::encode_reply(job.header.id, st, results),
-                          std::move(dedup_key)});
+    post_reply(outbox, Outgoing{std::move(job.routing_id), internal::encode_reply(job.header.id, st, results),
+                                std::move(dedup_key)});
   }
 }
 

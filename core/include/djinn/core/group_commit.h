@@ -14,6 +14,8 @@
 #include <thread>
 #include <vector>
 
+#include "djinn/core/reply_batch.h"
+
 namespace djinn {
 
 // One thread drains the queue and hands up to `max_batch` requests at a time to the batch
@@ -72,12 +74,15 @@ class GroupCommit {
         all.insert(all.end(), std::make_move_iterator(g.requests.begin()), std::make_move_iterator(g.requests.end()));
       }
       std::vector<Outcome> outcomes = all.empty() ? std::vector<Outcome>{} : batch_(all);
-      size_t at = 0;
-      for (Group& g : groups) {
-        std::vector<Outcome> mine;
-        mine.reserve(g.requests.size());
-        for (size_t i = 0; i < g.requests.size(); ++i) mine.push_back(std::move(outcomes[at++]));
-        g.done(std::move(mine));
+      {
+        rpc::ReplyBatch replies;  // the batch's callers are answered together
+        size_t at = 0;
+        for (Group& g : groups) {
+          std::vector<Outcome> mine;
+          mine.reserve(g.requests.size());
+          for (size_t i = 0; i < g.requests.size(); ++i) mine.push_back(std::move(outcomes[at++]));
+          g.done(std::move(mine));
+        }
       }
       groups.clear();
       all.clear();
