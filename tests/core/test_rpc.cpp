@@ -1,14 +1,18 @@
-// RPC: round trips, deadlines, restarts, concurrency, batching, idempotency, hostile input.
+// RPC: round trips, deadlines, restarts, concurrency, batching, deferred replies and reply
+// batches, idempotency, hostile input.
 #include <doctest/doctest.h>
 
 #include <sodium.h>
 
 #include <atomic>
+#include <condition_variable>
+#include <mutex>
 #include <thread>
 
 #include <zmq_addon.hpp>
 
 #include "djinn/core/context.h"
+#include "djinn/core/reply_batch.h"
 #include "djinn/core/rpc.h"
 #include "djinn/examples/echo.capnp.h"
 #include "djinn/proto/rpc.capnp.h"
@@ -257,6 +261,56 @@ TEST_CASE("deferred replies: answered from another thread, or CANCELLED when dro
   REQUIRE(later.ok());
   CHECK(std::string(later.results<EchoResults>().getText().cStr()) == "later");
   CHECK(c.call("test.drop").status().code() == Code::kCancelled);
+}
+
+TEST_CASE("replies made inside a ReplyBatch go out when it ends, all of them, nested or not") {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<rpc::Responder> held;
+  rpc::Server server({});
+  server.handle_deferred("test.hold", [&](const rpc::CallContext&, capnp::MessageReader&, rpc::Responder r) {
+    std::lock_guard lock(mu);
+    held.push_back(std::move(r));
+    cv.notify_all();
+  });
+  REQUIRE(server.start().ok());
+  constexpr int kCalls = 3;
+  std::atomic<int64_t> answered_at[kCalls];
+  std::vector<std::thread> callers;
+  for (int i = 0; i < kCalls; ++i) {
+    callers.emplace_back([&, i] {
+      rpc::Client c({.endpoint = server.endpoints()[0]});
+      rpc::Reply r = c.call("test.hold");
+      CHECK(r.ok());
+      answered_at[i] = rpc::Clock::now().time_since_epoch().count();
+    });
+  }
+  {
+    std::unique_lock lock(mu);
+    REQUIRE(cv.wait_for(lock, std::chrono::seconds(5), [&] { return held.size() == kCalls; }));
+  }
+  int64_t ended;
+  {
+    rpc::ReplyBatch outer;
+    {
+      rpc::ReplyBatch inner;
+      for (auto& r : held) r.reply(Status::Ok());
+    }
+    // The inner scope's end sends nothing: the outer one is still open.
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    ended = rpc::Clock::now().time_since_epoch().count();
+  }
+  for (auto& t : callers) t.join();
+  for (int i = 0; i < kCalls; ++i) CHECK(answered_at[i] >= ended);
+  // Outside any batch a reply goes at once.
+  rpc::Client c({.endpoint = server.endpoints()[0]});
+  std::thread late([&] { CHECK(c.call("test.hold").ok()); });
+  {
+    std::unique_lock lock(mu);
+    REQUIRE(cv.wait_for(lock, std::chrono::seconds(5), [&] { return held.size() == kCalls + 1; }));
+  }
+  held.back().reply(Status::Ok());
+  late.join();
 }
 
 TEST_CASE("an idempotency key makes a repeated call return the first reply without running it again") {
