@@ -5,6 +5,7 @@
 
 #include <capnp/message.h>
 #include <capnp/serialize.h>
+#include <sodium.h>
 #include <xxhash.h>
 
 #include <boost/container/small_vector.hpp>
@@ -16,7 +17,6 @@
 #include <future>
 #include <map>
 #include <mutex>
-#include <random>
 #include <set>
 #include <shared_mutex>
 #include <thread>
@@ -68,14 +68,10 @@ constexpr size_t kRememberKeys = 65536;
 // Index keys are 64-bit seeded XXH3 hashes of (type, field name, value): a key costs no allocation
 // and stays eight bytes however large the value, and a collision only adds a candidate that
 // matches() then rejects. The seed is drawn for each space, so colliding values cannot be chosen.
-uint64_t random_seed() {
-  std::random_device device;
-  return (uint64_t{device()} << 32) ^ device();
-}
-
+// Type and field keys live in maps of their own, so they need no separation from each other.
 class IndexKeys {
  public:
-  explicit IndexKeys(uint64_t seed) : seed_(seed) {}
+  IndexKeys() { randombytes_buf(&seed_, sizeof seed_); }
   uint64_t type(std::string_view type) const { return XXH3_64bits_withSeed(type.data(), type.size(), seed_); }
   // Type and field names hold no NUL (validated), so NUL separates the parts unambiguously.
   uint64_t field(std::string_view type, std::string_view name, const Value& value, std::string& scratch) const {
@@ -85,12 +81,11 @@ class IndexKeys {
     scratch.append(name);
     scratch.push_back('\0');
     append_index_key(scratch, value);
-    return XXH3_64bits_withSeed(scratch.data(), scratch.size(), seed_ ^ kFieldDomain);
+    return XXH3_64bits_withSeed(scratch.data(), scratch.size(), seed_);
   }
 
  private:
-  static constexpr uint64_t kFieldDomain = 0x9E3779B97F4A7C15ull;  // keeps type and field keys apart
-  uint64_t seed_;
+  uint64_t seed_ = 0;
 };
 
 // The sequence numbers of the entries filed under one index key, ascending. Most keys name one
@@ -249,7 +244,7 @@ struct Space::Impl {
   mutable std::shared_mutex mu;
   std::unordered_map<uint64_t, Stored> entries;
   std::unordered_map<uint64_t, uint64_t> by_lease;  // lease id -> seq
-  IndexKeys keys{random_seed()};
+  IndexKeys keys;
   std::unordered_map<uint64_t, Posting> by_type;   // keys.type(): type, each supertype, and "" (all)
   std::unordered_map<uint64_t, Posting> by_field;  // keys.field(type / supertype / "", name, value)
   uint64_t next_seq = 1;

@@ -69,6 +69,12 @@ Policy test_policy() {
   return p;
 }
 
+Policy forever_policy() {
+  Policy p = test_policy();
+  p.allow_forever = true;
+  return p;
+}
+
 std::unique_ptr<Landlord> open_or_fail(LandlordOptions options) {
   auto landlord = Landlord::open(std::move(options));
   REQUIRE_MESSAGE(landlord.ok(), landlord.status().to_string());
@@ -203,9 +209,7 @@ TEST_CASE("negotiation: requested, ANY, FOREVER, over max, under min, invalid") 
 TEST_CASE("expiry on an injected clock happens exactly at the deadline") {
   FakeClocks clocks;
   EventLog log;
-  Policy policy = test_policy();
-  policy.allow_forever = true;
-  auto landlord = fake_landlord(clocks, &log, policy);
+  auto landlord = fake_landlord(clocks, &log, forever_policy());
   Lease a = must_grant(*landlord, request("r1", "h", Kind::kShared, 100));
   Lease b = must_grant(*landlord, request("r2", "h", Kind::kShared, 200));
   Lease c = must_grant(*landlord, request("r3", "h", Kind::kShared, 200));
@@ -253,9 +257,7 @@ TEST_CASE("expiry on an injected clock happens exactly at the deadline") {
 TEST_CASE("a lease carries its monotonic deadline; a wall-clock step moves none") {
   FakeClocks clocks;
   EventLog log;
-  Policy policy = test_policy();
-  policy.allow_forever = true;
-  auto landlord = fake_landlord(clocks, &log, policy);
+  auto landlord = fake_landlord(clocks, &log, forever_policy());
   const int64_t t0 = landlord->now_ns();
   CHECK(t0 == clocks.mono_ns.load());
   Lease a = must_grant(*landlord, request("r1", "h", Kind::kShared, 100));
@@ -580,8 +582,7 @@ TEST_CASE("persistence: a closed and reopened landlord has the same leases") {
   test::TempDir dir;
   std::string path = dir.file("leases.db");
   FakeClocks clocks;
-  Policy policy = test_policy();
-  policy.allow_forever = true;
+  Policy policy = forever_policy();
   std::vector<Lease> kept;
   LeaseId cancelled_id;
   {
