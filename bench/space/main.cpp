@@ -2,8 +2,9 @@
 // 1,000,000 stored entries, the wake-up latency of a blocked take, and large-value throughput, beside
 // Redis queues (LPUSH / BRPOP with appendfsync always and everysec), the space's own RPC round trip
 // (a call that does nothing, the limit of every figure over RPC) and the disk's own sequential
-// write + fsync rate, all measured in the same run on 127.0.0.1. Prints the JSON of DESIGN §11 on
-// stdout; progress goes to stderr.
+// write + fsync rate, all measured in the same run on 127.0.0.1. The space runs as users run it, the
+// djinn-space daemon in its own process beside redis-server in its own. Prints the JSON of DESIGN
+// §11 on stdout; progress goes to stderr.
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -103,6 +104,37 @@ double raw_disk_mb_per_s(const std::string& dir, uint64_t bytes) {
   return bytes / s / 1e6;
 }
 
+// djinn-space started on a data directory already holding the stored entries, ready once it
+// answers with all of them loaded.
+struct SpaceDaemon {
+  std::unique_ptr<bench::PeerProcess> process;
+  std::string endpoint;
+};
+
+djinn::Result<SpaceDaemon> start_space_daemon(const std::string& binary, const std::string& data_dir,
+                                              const std::string& log_path, uint64_t stored) {
+  auto rpc_port = bench::free_loopback_port();
+  auto events_port = bench::free_loopback_port();
+  if (!rpc_port.ok()) return rpc_port.status();
+  if (!events_port.ok()) return events_port.status();
+  SpaceDaemon d;
+  d.endpoint = "tcp://127.0.0.1:" + std::to_string(*rpc_port);
+  auto p = bench::PeerProcess::spawn({binary, "--data-dir", data_dir, "--listen", d.endpoint, "--events",
+                                      "tcp://127.0.0.1:" + std::to_string(*events_port), "--insecure",
+                                      "--max-lease", "24h", "--default-lease", "1h", "--max-entries", "100000000",
+                                      "--log-level", "warn"},
+                                     log_path);
+  if (!p.ok()) return p.status();
+  d.process = std::move(p).value();
+  space::SpaceClient probe({.endpoint = d.endpoint, .default_timeout = std::chrono::milliseconds(1000)});
+  Status st = bench::wait_until_ready(*d.process, std::chrono::minutes(5), [&] {
+    auto s = probe.stats();
+    return s.ok() && s->entries >= stored;
+  }, binary);
+  if (!st.ok()) return Status(st.code(), st.message() + "; its log ends: " + bench::tail_of_file(log_path));
+  return d;
+}
+
 struct RedisPeer {
   std::unique_ptr<bench::RedisServer> server;
   std::string mode;
@@ -169,6 +201,10 @@ int main(int argc, char** argv) {
   cfg.add_string("redis", bench::kRedisPath, "the redis-server binary; Redis figures are null when it is missing");
   cfg.add_int("clients", 50, "concurrent clients for writes, takes and reads (Redis gets the same number)", 1, 1000);
   cfg.add_string("dir", "", "directory for the space's data and the disk probe (default: a temporary directory)");
+  cfg.add_string("space-binary", DJINN_SPACE_BINARY, "the djinn-space daemon measured");
+  cfg.add_bool("in-process", false,
+               "serve the space from a thread of this benchmark instead of the djinn-space daemon (clients and "
+               "server then share one process and its ZeroMQ I/O thread)");
   bench::Plan quick{std::chrono::milliseconds(300), std::chrono::milliseconds(1500), 1};
   bench::Plan full{std::chrono::milliseconds(1000), std::chrono::seconds(5), 2};
   bench::add_plan_flags(cfg, quick, full);
@@ -195,7 +231,7 @@ int main(int argc, char** argv) {
   bench::Report report("space");
   std::string clients_tag = bench::clients_tag(sizes.clients);
 
-  // ---- the space, in this process, with `stored` entries ----
+  // ---- the space with `stored` entries: written in this process, then served by the daemon ----
   space::SpaceServiceOptions o;
   o.data_dir = dir + "/space";
   o.policy.max_duration = std::chrono::hours(24);
@@ -206,7 +242,7 @@ int main(int argc, char** argv) {
     progress("space: " + service.status().to_string());
     return 1;
   }
-  const std::string endpoint = (*service)->rpc_endpoint();
+  std::string endpoint = (*service)->rpc_endpoint();
   {
     progress("storing " + std::to_string(sizes.stored) + " entries");
     auto t0 = Clock::now();
@@ -232,6 +268,28 @@ int main(int argc, char** argv) {
     cv.wait(lock, [&] { return in_flight == 0; });
     progress("stored in " + std::to_string(bench::seconds_of(Clock::now() - t0)) + " s");
   }
+  const bool in_process = cfg.get_bool("in-process");
+  std::optional<SpaceDaemon> daemon;
+  if (!in_process) {
+    (*service)->stop();
+    service->reset();
+    progress("starting " + cfg.get_string("space-binary") + " on the stored entries");
+    auto t0 = Clock::now();
+    auto d = start_space_daemon(cfg.get_string("space-binary"), dir + "/space", dir + "/djinn-space.log", sizes.stored);
+    if (!d.ok()) {
+      progress("djinn-space: " + d.status().to_string());
+      return 1;
+    }
+    daemon.emplace(std::move(d).value());
+    endpoint = daemon->endpoint;
+    progress("djinn-space ready in " + std::to_string(bench::seconds_of(Clock::now() - t0)) + " s");
+  }
+  space::SpaceClient stats_client({.endpoint = endpoint});
+  auto waiters = [&]() -> uint64_t {
+    if (in_process) return (*service)->space().stats().waiters;
+    auto s = stats_client.stats();
+    return s.ok() ? s->waiters : 0;
+  };
   std::atomic<int64_t> next_id{static_cast<int64_t>(sizes.stored)};
 
   std::optional<RedisPeer> always = start_redis(cfg.get_string("redis"), "always");
@@ -326,7 +384,7 @@ int main(int argc, char** argv) {
         got.set_value(r.ok() && r->has_value() ? Clock::now() : Clock::time_point{});
       });
       // The take is waiting before the write starts.
-      while ((*service)->space().stats().waiters == 0) std::this_thread::sleep_for(std::chrono::microseconds(50));
+      while (waiters() == 0) std::this_thread::sleep_for(std::chrono::microseconds(50));
       auto start = Clock::now();
       (void)writer.write(e, 60'000);
       auto end = got.get_future().get();
@@ -419,7 +477,8 @@ int main(int argc, char** argv) {
               bench::Reference{"disk_sequential_write_fsync_MB_per_s", bench::round_to(raw_mb_s, 0)},
               bench::Target::at_least(bench::Target::Of::kLimit, 0.5)});
   report.add({"large_value_read_MB_per_s", bench::round_to(read_mb_s, 0), "MB/s", std::nullopt, std::nullopt, std::nullopt});
-  report.note("djinn-space in this process (data in " + dir + "), clients over loopback RPC; entries of type bench.Task "
+  report.note(std::string(in_process ? "djinn-space served from a thread of this process" : "djinn-space in its own process") +
+              " (data in " + dir + "), clients over loopback RPC; entries of type bench.Task "
               "with an int id, a text queue and a " + std::to_string(kPayloadBytes) + "-byte payload; Redis values of " +
               std::to_string(kPayloadBytes) + " bytes");
   report.note("sizes: " + std::to_string(sizes.stored) + " entries stored before the writes, takes and reads; a large "

@@ -7,6 +7,7 @@
 
 #include "djinn/core/context.h"
 #include "djinn/core/log.h"
+#include "djinn/core/thread_name.h"
 #include "djinn/proto/rpc.capnp.h"
 #include "wire.h"
 
@@ -67,6 +68,7 @@ Status Publisher::start() {
   if (options_.heartbeat_interval.count() > 0) {
     hb_stop_ = false;
     hb_thread_ = std::thread([this] {
+      name_this_thread("events-beat");
       std::unique_lock lk(hb_mu_);
       while (!hb_cv_.wait_for(lk, options_.heartbeat_interval, [this] { return hb_stop_; })) {
         lk.unlock();
@@ -218,6 +220,7 @@ Status Subscriber::start() {
   }
   running_ = true;
   thread_ = std::thread([this] {
+    name_this_thread("events-sub");
     while (running_.load(std::memory_order_relaxed)) poll(std::chrono::milliseconds(50));
   });
   return Status::Ok();

@@ -16,6 +16,7 @@
 #include "djinn/core/context.h"
 #include "djinn/core/log.h"
 #include "djinn/core/rpc.h"
+#include "djinn/core/thread_name.h"
 #include "wire.h"
 
 namespace djinn::rpc {
@@ -336,7 +337,10 @@ void Client::call_async_raw(std::string_view method, kj::Array<capnp::word> payl
     return;
   }
   std::call_once(im.io_started, [&im] {
-    im.io_thread = std::thread([&im] { im.io_loop(); });
+    im.io_thread = std::thread([&im] {
+      name_this_thread("rpc-client");
+      im.io_loop();
+    });
   });
   im.n_calls++;
   auto timeout = options.timeout.count() > 0 ? options.timeout : im.options.default_timeout;

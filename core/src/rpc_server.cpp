@@ -18,6 +18,7 @@
 #include "djinn/core/log.h"
 #include "djinn/core/reply_batch.h"
 #include "djinn/core/rpc.h"
+#include "djinn/core/thread_name.h"
 #include "wire.h"
 
 namespace djinn::rpc {
@@ -240,8 +241,14 @@ Status Server::start() {
     std::lock_guard lock(im.jobs_mu);
     im.stopping_workers = false;
   }
-  for (int i = 0; i < im.options.workers; ++i) im.workers.emplace_back([&im] { im.worker_loop(); });
-  im.io_thread = std::thread([&im] { im.io_loop(); });
+  for (int i = 0; i < im.options.workers; ++i) im.workers.emplace_back([&im] {
+    name_this_thread("rpc-worker");
+    im.worker_loop();
+  });
+  im.io_thread = std::thread([&im] {
+    name_this_thread("rpc-server");
+    im.io_loop();
+  });
   DJINN_LOG(kDebug, im.options.name) << "serving on " << bound_[0];
   return Status::Ok();
 }

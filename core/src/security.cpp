@@ -14,6 +14,7 @@
 #include <stdexcept>
 
 #include "djinn/core/log.h"
+#include "djinn/core/thread_name.h"
 
 namespace djinn::security {
 namespace {
@@ -406,7 +407,10 @@ ZapHandler::ZapHandler(zmq::context_t& context) : socket_(context, zmq::socket_t
   socket_.set(zmq::sockopt::linger, 0);
   // Bound before for_context() returns, so no CURVE server can accept a client unchecked.
   socket_.bind(kZapEndpoint);
-  thread_ = std::thread([this] { run(); });
+  thread_ = std::thread([this] {
+    name_this_thread("zap");
+    run();
+  });
 }
 
 ZapHandler::~ZapHandler() {

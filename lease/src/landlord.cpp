@@ -22,6 +22,7 @@
 
 #include "djinn/core/fault.h"
 #include "djinn/core/log.h"
+#include "djinn/core/thread_name.h"
 #include "djinn/core/sqlite.h"
 #include "landlord_tables.h"
 
@@ -280,11 +281,6 @@ Status validate_policy(const Policy& p) {
     return invalid_argument("landlord policy: max_resource_bytes and max_holder_bytes must be > 0");
   }
   return Status::Ok();
-}
-
-void name_this_thread(const std::string& name) {
-  std::string short_name = name.substr(0, 15);  // the kernel keeps 15 bytes
-  pthread_setname_np(pthread_self(), short_name.c_str());
 }
 
 }  // namespace

@@ -110,9 +110,9 @@ struct LandlordService::Impl {
       : landlord(l),
         publisher(p),
         endpoint(std::move(e)),
-        grant_group(kMaxBatchItems, [this](std::span<const GrantRequest> r) { return landlord.grant_batch(r); }),
-        renewals(kMaxBatchItems, [this](std::span<const RenewRequest> r) { return landlord.renew_batch(r); }),
-        cancels(kMaxBatchItems, [this](std::span<const LeaseId> ids) { return landlord.cancel_batch(ids); }),
+        grant_group(kMaxBatchItems, [this](std::span<const GrantRequest> r) { return landlord.grant_batch(r); }, "lease-grants"),
+        renewals(kMaxBatchItems, [this](std::span<const RenewRequest> r) { return landlord.renew_batch(r); }, "lease-renewals"),
+        cancels(kMaxBatchItems, [this](std::span<const LeaseId> ids) { return landlord.cancel_batch(ids); }, "lease-cancels"),
         grants(threads) {}
 
   Landlord& landlord;

@@ -298,7 +298,8 @@ Result<std::unique_ptr<LookupService>> LookupService::start(LookupServiceOptions
                                                                options.workers);
   im->lease_service->set_after_cancel([im] { im->registrar->settle_ended(); });
   im->registrations = std::make_unique<GroupCommit<RegisterRequest, Result<Registration>>>(
-      kMaxRegisterBatch, [im](std::span<const RegisterRequest> r) { return im->registrar->register_batch(r); });
+      kMaxRegisterBatch, [im](std::span<const RegisterRequest> r) { return im->registrar->register_batch(r); },
+      "lookup-commit");
   im->register_methods();
   {
     std::unique_lock lock(im->forward_mu);

@@ -8,8 +8,6 @@
 #include <sodium.h>
 #include <xxhash.h>
 
-#include <boost/container/small_vector.hpp>
-
 #include <algorithm>
 #include <condition_variable>
 #include <cstring>
@@ -27,8 +25,10 @@
 #include "djinn/core/group_commit.h"
 #include "djinn/core/log.h"
 #include "djinn/core/model_capnp.h"
+#include "djinn/core/thread_name.h"
 #include "djinn/proto/model.capnp.h"
 #include "djinn/proto/space.capnp.h"
+#include "posting.h"
 
 namespace djinn::space {
 namespace {
@@ -86,61 +86,6 @@ class IndexKeys {
 
  private:
   uint64_t seed_ = 0;
-};
-
-// The sequence numbers of the entries filed under one index key, ascending. Most keys name one
-// entry (a unique field value): those stay inline in a short vector; a key that gathers many
-// entries moves them to a tree, where inserting and removing stay O(log n).
-class Posting {
- public:
-  size_t size() const { return tree_ ? tree_->size() : small_.size(); }
-  bool empty() const { return size() == 0; }
-
-  void insert(uint64_t seq) {
-    if (tree_) {
-      // New entries have the highest sequence: the end hint makes that insert O(1) instead of a
-      // walk down a tree of a million cache-missing nodes.
-      tree_->insert(tree_->end(), seq);
-      return;
-    }
-    auto at = std::lower_bound(small_.begin(), small_.end(), seq);
-    if (at != small_.end() && *at == seq) return;
-    small_.insert(at, seq);
-    if (small_.size() > kSmallMax) {
-      tree_ = std::make_unique<std::set<uint64_t>>(small_.begin(), small_.end());
-      Small().swap(small_);
-    }
-  }
-
-  void erase(uint64_t seq) {
-    if (tree_) {
-      tree_->erase(seq);
-      return;
-    }
-    auto at = std::lower_bound(small_.begin(), small_.end(), seq);
-    if (at != small_.end() && *at == seq) small_.erase(at);
-  }
-
-  // Calls f(seq) for the sequences after `after`, ascending, until f returns false. f must not
-  // change the posting.
-  template <class F>
-  void for_each_after(uint64_t after, F&& f) const {
-    if (tree_) {
-      for (auto it = tree_->upper_bound(after); it != tree_->end(); ++it) {
-        if (!f(*it)) return;
-      }
-      return;
-    }
-    for (auto it = std::upper_bound(small_.begin(), small_.end(), after); it != small_.end(); ++it) {
-      if (!f(*it)) return;
-    }
-  }
-
- private:
-  static constexpr size_t kSmallMax = 32;
-  using Small = boost::container::small_vector<uint64_t, 1>;
-  Small small_;
-  std::unique_ptr<std::set<uint64_t>> tree_;
 };
 
 std::string encode_entry(const Entry& e) {
@@ -1035,10 +980,19 @@ Result<std::unique_ptr<Space>> Space::open(SpaceOptions options) {
   }
   m->cancel_orphan_leases();
   m->commit = std::make_unique<GroupCommit<Impl::Op, Impl::OpOutcome>>(
-      m->options.max_batch, [m](std::span<Impl::Op> ops) { return m->run_batch(ops); });
-  m->timer = std::thread([m] { m->timer_loop(); });
-  m->remover = std::thread([m] { m->remover_loop(); });
-  m->joiner = std::thread([m] { m->joiner_loop(); });
+      m->options.max_batch, [m](std::span<Impl::Op> ops) { return m->run_batch(ops); }, "space-commit");
+  m->timer = std::thread([m] {
+    name_this_thread("space-timer");
+    m->timer_loop();
+  });
+  m->remover = std::thread([m] {
+    name_this_thread("space-remover");
+    m->remover_loop();
+  });
+  m->joiner = std::thread([m] {
+    name_this_thread("space-joiner");
+    m->joiner_loop();
+  });
   size_t doubt = 0;
   for (const auto& [id, t] : m->txns) doubt += t.recovered;
   DJINN_LOG(kInfo, "space") << m->options.name << ": open" << (m->has_store ? "" : " in memory") << ", "

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "djinn/core/reply_batch.h"
+#include "djinn/core/thread_name.h"
 
 namespace djinn {
 
@@ -28,8 +29,12 @@ class GroupCommit {
   using Batch = std::function<std::vector<Outcome>(std::span<Request>)>;
   using Done = std::function<void(std::vector<Outcome>)>;
 
-  GroupCommit(size_t max_batch, Batch batch)
-      : max_batch_(max_batch), batch_(std::move(batch)), thread_([this] { run(); }) {}
+  // `thread_name` names the committing thread (15 bytes are kept).
+  GroupCommit(size_t max_batch, Batch batch, std::string_view thread_name = "group-commit")
+      : max_batch_(max_batch), batch_(std::move(batch)), thread_([this, thread_name] {
+          name_this_thread(thread_name);
+          run();
+        }) {}
   ~GroupCommit() {
     {
       std::lock_guard lock(mu_);
