@@ -31,6 +31,7 @@
 #include "etcd_peer.h"
 #include "etcd_server.h"
 #include "fsync_probe.h"
+#include "djinn_daemon.h"
 #include "peer_process.h"
 #include "redis_peer.h"
 
@@ -267,25 +268,30 @@ Worker draining(std::vector<int64_t>* pool, Op op) {
   };
 }
 
-// djinn: one LeaseClient per client thread against the in-process LeaseManager. Pools are filled
-// through the manager's landlord directly (the fastest way to have leases to renew or cancel).
+// djinn: one LeaseClient per client thread against the lease service at `endpoint` (the djinn-lease
+// daemon, or a LeaseManager in this process). Pools are filled through `landlord` directly when the
+// service runs here, else by grants over RPC, before the measured round.
 class DjinnSide : public Side {
  public:
-  explicit DjinnSide(lease::LeaseManager& manager) : manager_(manager) {}
+  DjinnSide(std::string endpoint, lease::Landlord* landlord) : endpoint_(std::move(endpoint)), landlord_(landlord) {}
 
   std::unique_ptr<lease::LeaseClient> client() const {
-    return std::make_unique<lease::LeaseClient>(
-        rpc::ClientOptions{.endpoint = manager_.rpc_endpoint(), .default_timeout = kRpcTimeout});
+    return std::make_unique<lease::LeaseClient>(rpc::ClientOptions{.endpoint = endpoint_, .default_timeout = kRpcTimeout});
   }
 
-  // Tops `pool` up to `n` leases granted by the engine itself.
+  // Tops `pool` up to `n` leases.
   bool fill(std::vector<int64_t>& pool, size_t n, int clients, int i, const char* what) {
+    std::unique_ptr<lease::LeaseClient> c = landlord_ ? nullptr : client();
     while (pool.size() < n) {
       lease::GrantRequest req{.resource = std::string(what) + "/" + std::to_string(clients) + "/" +
                                           std::to_string(i) + "/" + std::to_string(next_number(clients, i)),
                               .holder = "bench-" + std::to_string(i),
                               .duration_ms = kLongLeaseMs};
-      Result<lease::Lease> l = manager_.landlord().grant(req);
+      Result<lease::Lease> l = landlord_ ? landlord_->grant(req) : [&]() -> Result<lease::Lease> {
+        Result<lease::HeldLease> held = c->grant(req);
+        if (!held.ok()) return held.status();
+        return held->lease;
+      }();
       if (!l.ok()) {
         log_setup_failure("djinn", l.status());
         return false;
@@ -350,7 +356,8 @@ class DjinnSide : public Side {
   }
 
  private:
-  lease::LeaseManager& manager_;
+  std::string endpoint_;
+  lease::Landlord* landlord_;  // null: the service runs in its own process
 };
 
 // etcd through its gateway: one kept-alive HTTP connection per client thread.
@@ -766,6 +773,10 @@ int main(int argc, char** argv) {
               50'000'000);
   cfg.add_string("etcd", bench::kEtcdPath, "the etcd server binary; its figures are null when it is missing");
   cfg.add_string("redis", lease_bench::kRedisPath, "the redis-server binary; its figures are null when it is missing");
+  cfg.add_string("lease-binary", DJINN_LEASE_BINARY, "the djinn-lease daemon measured");
+  cfg.add_bool("in-process", false,
+               "serve leases from a LeaseManager in this benchmark's process instead of the djinn-lease daemon "
+               "(clients and server then share one process and its ZeroMQ I/O thread)");
   if (Status st = cfg.parse(argc, argv); !st.ok()) return cfg.exit_code(st);
   log::set_level(log::Level::kWarn);
 
@@ -813,15 +824,33 @@ int main(int argc, char** argv) {
   }
   ::malloc_trim(0);
 
-  // The lease service, in this process, on its own threads.
+  // The lease service: the djinn-lease daemon in its own process, as etcd and Redis run in theirs.
   Result<bench::TempDir> djinn_dir = bench::TempDir::create("djinn-bench-lease-");
   if (!djinn_dir.ok()) return fail("temporary directory", djinn_dir.status());
-  lease::LeaseManagerOptions manager_options;
-  manager_options.data_dir = djinn_dir->path() + "/data";
-  manager_options.policy.max_duration = std::chrono::milliseconds(kLiveLeaseMs);
-  Result<std::unique_ptr<lease::LeaseManager>> manager = lease::LeaseManager::start(manager_options);
-  if (!manager.ok()) return fail("lease manager", manager.status());
-  DjinnSide djinn(**manager);
+  const bool in_process = cfg.get_bool("in-process");
+  std::unique_ptr<lease::LeaseManager> manager;
+  std::unique_ptr<bench::DjinnDaemon> daemon;
+  if (in_process) {
+    lease::LeaseManagerOptions manager_options;
+    manager_options.data_dir = djinn_dir->path() + "/data";
+    manager_options.policy.max_duration = std::chrono::milliseconds(kLiveLeaseMs);
+    Result<std::unique_ptr<lease::LeaseManager>> m = lease::LeaseManager::start(manager_options);
+    if (!m.ok()) return fail("lease manager", m.status());
+    manager = std::move(m).value();
+  } else {
+    progress("starting " + cfg.get_string("lease-binary"));
+    Result<std::unique_ptr<bench::DjinnDaemon>> d = bench::DjinnDaemon::start(
+        cfg.get_string("lease-binary"),
+        {"--data-dir", djinn_dir->path() + "/data", "--max-lease", std::to_string(kLiveLeaseMs) + "ms"},
+        djinn_dir->path() + "/djinn-lease.log", std::chrono::seconds(30), [](const std::string& at) {
+          lease::LeaseClient probe(rpc::ClientOptions{.endpoint = at, .default_timeout = std::chrono::seconds(1)});
+          return probe.leases_of_holder("bench-probe").ok();
+        });
+    if (!d.ok()) return fail("djinn-lease", d.status());
+    daemon = std::move(d).value();
+  }
+  DjinnSide djinn(in_process ? manager->rpc_endpoint() : daemon->rpc_endpoint(),
+                  in_process ? &manager->landlord() : nullptr);
   std::optional<EtcdSide> etcd_side;
   std::optional<RedisSide> redis_side;
   if (etcd) etcd_side.emplace(etcd->client_port());
@@ -833,6 +862,8 @@ int main(int argc, char** argv) {
   std::vector<pid_t> peer_pids;
   if (etcd) peer_pids.push_back(etcd->pid());
   if (redis) peer_pids.push_back(redis->pid());
+  const pid_t djinn_pid = daemon ? daemon->pid() : 0;
+  if (daemon) peer_pids.push_back(djinn_pid);
   const pid_t etcd_pid = etcd ? etcd->pid() : 0;
   const pid_t redis_pid = redis ? redis->pid() : 0;
   auto contender = [&peer_pids](std::string label, int clients, MakeWorker make, pid_t own_peer = 0) {
@@ -870,7 +901,7 @@ int main(int argc, char** argv) {
     std::string tag = bench::clients_tag(n);
     size_t k = config_index(n);
     progress("grants, " + std::to_string(n) + " client(s)");
-    std::optional<Contender> d = contender("djinn LeaseClient::grant", n, djinn.grants(n));
+    std::optional<Contender> d = contender("djinn LeaseClient::grant", n, djinn.grants(n), djinn_pid);
     std::optional<Contender> e, r;
     if (etcd_side) e = contender("etcd /v3/lease/grant", n, etcd_side->grants(n), etcd_pid);
     if (redis_side) r = contender("redis SET PX NX", n, redis_side->grants(n), redis_pid);
@@ -891,11 +922,11 @@ int main(int argc, char** argv) {
   for (int n : sizes) {
     std::string tag = bench::clients_tag(n);
     progress("renewals, " + std::to_string(n) + " client(s)");
-    std::optional<Contender> d = contender("djinn LeaseClient::renew", n, djinn.renewals(n));
+    std::optional<Contender> d = contender("djinn LeaseClient::renew", n, djinn.renewals(n), djinn_pid);
     std::optional<Contender> e, r;
     if (etcd_side) e = contender("etcd /v3/lease/keepalive", n, etcd_side->renewals(n), etcd_pid);
     if (redis_side) r = contender("redis PEXPIRE", n, redis_side->renewals(n), redis_pid);
-    std::optional<Contender> g = contender("djinn LeaseClient::get (limit)", n, djinn.gets(n));
+    std::optional<Contender> g = contender("djinn LeaseClient::get (limit)", n, djinn.gets(n), djinn_pid);
     run_all({&d, &e, &r, &g});
     for (auto* c : {&d, &e, &r, &g}) account(*c);
     get_rate[config_index(n)] = throughput_of(g);
@@ -910,7 +941,7 @@ int main(int argc, char** argv) {
   for (int n : sizes) {
     std::string tag = bench::clients_tag(n);
     progress("batched renewals (" + std::to_string(kBatch) + " per call), " + std::to_string(n) + " client(s)");
-    std::optional<Contender> d = contender("djinn LeaseClient::renew_batch", n, djinn.batched_renewals(n));
+    std::optional<Contender> d = contender("djinn LeaseClient::renew_batch", n, djinn.batched_renewals(n), djinn_pid);
     std::optional<Contender> e, r;
     if (etcd_side) e = contender("etcd keep-alive stream of 100", n, etcd_side->batched_renewals(n), etcd_pid);
     if (redis_side) r = contender("redis 100 PEXPIRE pipelined", n, redis_side->batched_renewals(n), redis_pid);
@@ -934,7 +965,7 @@ int main(int argc, char** argv) {
     auto need = [&](const std::optional<double>& rate) {
       return static_cast<size_t>(std::ceil(rate.value_or(1000) * round_s * kCancelPoolMargin / n)) + 10;
     };
-    std::optional<Contender> d = contender("djinn LeaseClient::cancel", n, djinn.cancels(n, need(djinn_grant_rate[k])));
+    std::optional<Contender> d = contender("djinn LeaseClient::cancel", n, djinn.cancels(n, need(djinn_grant_rate[k])), djinn_pid);
     std::optional<Contender> e, r;
     if (etcd_side) e = contender("etcd /v3/lease/revoke", n, etcd_side->cancels(n, need(etcd_grant_rate[k])), etcd_pid);
     if (redis_side) r = contender("redis DEL", n, redis_side->cancels(n, need(redis_grant_rate[k])), redis_pid);
@@ -967,14 +998,16 @@ int main(int argc, char** argv) {
               redis_figure("redis_used_memory_per_key_bytes", [](const LagFigures& f) { return f.bytes_per_lease; }),
               std::nullopt, bench::Target::at_most(bench::Target::Of::kValue, 200)});
 
-  (*manager)->stop();
+  if (manager) manager->stop();
 
   // How the run was made, and what each side promises about durability.
   unsigned cores = std::thread::hardware_concurrency();
   report.note("one machine, " + std::to_string(cores) + " hardware threads shared by every server and client; all "
               "traffic on 127.0.0.1; data dirs of djinn and etcd and the fdatasync probe in the same temporary "
               "directory tree (" + djinn_dir->path().substr(0, djinn_dir->path().rfind('/')) + ")");
-  report.note("djinn: LeaseManager in this process (RPC server on its own threads, default 2 workers), clients are "
+  report.note(std::string(in_process ? "djinn: LeaseManager in this process (RPC server on its own threads, default 2 workers)"
+                                      : "djinn: the djinn-lease daemon in its own process (default 2 workers)") +
+              ", clients are "
               "LeaseClient over tcp://127.0.0.1, one per client thread; 16 clients = 16 threads, 16 connections. "
               "Durability (SQLite WAL): grants are fsync'd before they return (synchronous=FULL); renewals, cancels "
               "and expiries are written with synchronous=NORMAL (no fsync): they survive a crash of the process, "
@@ -998,8 +1031,9 @@ int main(int argc, char** argv) {
                 "and active-expire-effort 1");
   }
   report.note("isolation: each contender's rounds run with the other peer processes paused (SIGSTOP, SIGCONT "
-              "after the round), so no peer's background work lands in another's round; djinn's service, in this "
-              "process, is idle during the peers' rounds");
+              "after the round), so no peer's background work lands in another's round" +
+              std::string(in_process ? "; djinn's service, in this process, is idle during the peers' rounds"
+                                     : ", djinn-lease's included"));
   report.note("throughput: per figure " + std::to_string(plan.rounds) + " round(s) of " +
               std::to_string(ms_of(plan.measure)) + " ms measured after " + std::to_string(ms_of(plan.warmup)) +
               " ms of warm-up, sides interleaved round by round; each client makes one blocking call at a time; "

@@ -27,6 +27,7 @@
 #include "djinn/core/log.h"
 #include "djinn/space/client.h"
 #include "djinn/space/service.h"
+#include "djinn_daemon.h"
 #include "peer_process.h"
 #include "redis_server.h"
 
@@ -102,37 +103,6 @@ double raw_disk_mb_per_s(const std::string& dir, uint64_t bytes) {
   ::close(fd);
   ::unlink(path.c_str());
   return bytes / s / 1e6;
-}
-
-// djinn-space started on a data directory already holding the stored entries, ready once it
-// answers with all of them loaded.
-struct SpaceDaemon {
-  std::unique_ptr<bench::PeerProcess> process;
-  std::string endpoint;
-};
-
-djinn::Result<SpaceDaemon> start_space_daemon(const std::string& binary, const std::string& data_dir,
-                                              const std::string& log_path, uint64_t stored) {
-  auto rpc_port = bench::free_loopback_port();
-  auto events_port = bench::free_loopback_port();
-  if (!rpc_port.ok()) return rpc_port.status();
-  if (!events_port.ok()) return events_port.status();
-  SpaceDaemon d;
-  d.endpoint = "tcp://127.0.0.1:" + std::to_string(*rpc_port);
-  auto p = bench::PeerProcess::spawn({binary, "--data-dir", data_dir, "--listen", d.endpoint, "--events",
-                                      "tcp://127.0.0.1:" + std::to_string(*events_port), "--insecure",
-                                      "--max-lease", "24h", "--default-lease", "1h", "--max-entries", "100000000",
-                                      "--log-level", "warn"},
-                                     log_path);
-  if (!p.ok()) return p.status();
-  d.process = std::move(p).value();
-  space::SpaceClient probe({.endpoint = d.endpoint, .default_timeout = std::chrono::milliseconds(1000)});
-  Status st = bench::wait_until_ready(*d.process, std::chrono::minutes(5), [&] {
-    auto s = probe.stats();
-    return s.ok() && s->entries >= stored;
-  }, binary);
-  if (!st.ok()) return Status(st.code(), st.message() + "; its log ends: " + bench::tail_of_file(log_path));
-  return d;
 }
 
 struct RedisPeer {
@@ -269,19 +239,26 @@ int main(int argc, char** argv) {
     progress("stored in " + std::to_string(bench::seconds_of(Clock::now() - t0)) + " s");
   }
   const bool in_process = cfg.get_bool("in-process");
-  std::optional<SpaceDaemon> daemon;
+  std::unique_ptr<bench::DjinnDaemon> daemon;
   if (!in_process) {
     (*service)->stop();
     service->reset();
     progress("starting " + cfg.get_string("space-binary") + " on the stored entries");
     auto t0 = Clock::now();
-    auto d = start_space_daemon(cfg.get_string("space-binary"), dir + "/space", dir + "/djinn-space.log", sizes.stored);
+    auto d = bench::DjinnDaemon::start(
+        cfg.get_string("space-binary"),
+        {"--data-dir", dir + "/space", "--max-lease", "24h", "--default-lease", "1h", "--max-entries", "100000000"},
+        dir + "/djinn-space.log", std::chrono::minutes(5), [&](const std::string& at) {
+          space::SpaceClient probe({.endpoint = at, .default_timeout = std::chrono::milliseconds(1000)});
+          auto s = probe.stats();
+          return s.ok() && s->entries >= sizes.stored;
+        });
     if (!d.ok()) {
       progress("djinn-space: " + d.status().to_string());
       return 1;
     }
-    daemon.emplace(std::move(d).value());
-    endpoint = daemon->endpoint;
+    daemon = std::move(d).value();
+    endpoint = daemon->rpc_endpoint();
     progress("djinn-space ready in " + std::to_string(bench::seconds_of(Clock::now() - t0)) + " s");
   }
   space::SpaceClient stats_client({.endpoint = endpoint});

@@ -1,0 +1,159 @@
+// Group commit: every request answered with its own outcome, groups never split, batches within
+// their size and never overlapping, groups written in the order posted; in kCallerWhenIdle mode, a
+// post on an idle group commit written by the posting thread, and posts that find a batch running
+// queued for the commit thread.
+#include <doctest/doctest.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <future>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "djinn/core/group_commit.h"
+
+using namespace djinn;
+
+namespace {
+
+// Records what each batch held and on which thread it ran; a batch may be held at its start.
+struct Recorder {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<std::vector<int>> batches;
+  std::vector<std::thread::id> threads;
+  std::atomic<int> inside{0};
+  std::atomic<bool> overlapped{false};
+  bool hold = false;
+  bool held = false;  // a batch is waiting at its start
+
+  std::vector<int> run(std::span<int> requests) {
+    if (inside.fetch_add(1) != 0) overlapped = true;
+    {
+      std::unique_lock lock(mu);
+      if (hold) {
+        held = true;
+        cv.notify_all();
+        cv.wait(lock, [&] { return !hold; });
+        held = false;
+      }
+      batches.emplace_back(requests.begin(), requests.end());
+      threads.push_back(std::this_thread::get_id());
+    }
+    std::vector<int> out;
+    for (int r : requests) out.push_back(r * 10);
+    inside.fetch_sub(1);
+    return out;
+  }
+
+  void wait_held() {
+    std::unique_lock lock(mu);
+    cv.wait(lock, [&] { return held; });
+  }
+  void release() {
+    std::lock_guard lock(mu);
+    hold = false;
+    cv.notify_all();
+  }
+};
+
+}  // namespace
+
+TEST_CASE("many posting threads: each request gets its own outcome, groups whole, batches bounded and serial") {
+  Recorder rec;
+  constexpr size_t kMax = 16;
+  GroupCommit<int, int> gc(kMax, [&](std::span<int> r) { return rec.run(r); });
+  constexpr int kThreads = 8, kPosts = 200;
+  std::atomic<int> wrong{0}, answered{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kPosts; ++i) {
+        int base = (t * kPosts + i) * 100;
+        int n = i % 7 == 0 ? 20 : 1 + i % 3;  // now and then a group larger than the batch size
+        std::vector<int> group;
+        for (int k = 0; k < n; ++k) group.push_back(base + k);
+        std::promise<void> done;
+        gc.post(group, [&, group](std::vector<int> out) {
+          if (out.size() != group.size()) wrong++;
+          for (size_t k = 0; k < out.size() && k < group.size(); ++k) {
+            if (out[k] != group[k] * 10) wrong++;
+          }
+          answered++;
+          done.set_value();
+        });
+        done.get_future().wait();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  CHECK(wrong == 0);
+  CHECK(answered == kThreads * kPosts);
+  CHECK_FALSE(rec.overlapped);
+  for (const auto& b : rec.batches) {
+    // A group of 20 goes alone; otherwise a batch stays within kMax.
+    CHECK((b.size() <= kMax || b.size() == 20));
+    // Groups are whole: the requests of one group (same base) are consecutive and complete.
+    for (size_t k = 0; k < b.size();) {
+      int base = b[k] / 100 * 100;
+      size_t start = k;
+      while (k < b.size() && b[k] / 100 * 100 == base) {
+        CHECK(b[k] == base + static_cast<int>(k - start));
+        ++k;
+      }
+    }
+  }
+}
+
+TEST_CASE("groups are written in the order posted") {
+  Recorder rec;
+  GroupCommit<int, int> gc(4, [&](std::span<int> r) { return rec.run(r); });
+  std::atomic<int> answered{0};
+  for (int i = 0; i < 500; ++i) gc.post({i}, [&](std::vector<int>) { answered++; });
+  while (answered < 500) std::this_thread::yield();
+  std::vector<int> order;
+  for (const auto& b : rec.batches) order.insert(order.end(), b.begin(), b.end());
+  REQUIRE(order.size() == 500);
+  for (int i = 0; i < 500; ++i) CHECK(order[static_cast<size_t>(i)] == i);
+}
+
+TEST_CASE("kCallerWhenIdle: an idle group commit writes on the posting thread, a busy one queues") {
+  Recorder rec;
+  GroupCommit<int, int> gc(8, [&](std::span<int> r) { return rec.run(r); }, "test-commit",
+                           GroupCommitMode::kCallerWhenIdle);
+
+  // Idle: written and answered before post returns, on this thread.
+  std::vector<int> got;
+  gc.post({1, 2}, [&](std::vector<int> out) { got = std::move(out); });
+  CHECK(got == std::vector<int>{10, 20});
+  REQUIRE(rec.threads.size() == 1);
+  CHECK(rec.threads[0] == std::this_thread::get_id());
+
+  // Busy: while another thread's batch runs, posts queue and the commit thread writes them, in order.
+  {
+    std::lock_guard lock(rec.mu);
+    rec.hold = true;
+  }
+  std::thread first([&] { gc.post({3}, [](std::vector<int>) {}); });
+  rec.wait_held();
+  std::atomic<int> answered{0};
+  std::vector<std::thread::id> answered_on;
+  std::mutex answered_mu;
+  for (int i = 4; i < 8; ++i) {
+    gc.post({i}, [&](std::vector<int>) {
+      std::lock_guard lock(answered_mu);
+      answered_on.push_back(std::this_thread::get_id());
+      answered++;
+    });
+  }
+  CHECK(answered == 0);  // queued behind the held batch, not written by this thread
+  rec.release();
+  first.join();
+  while (answered < 4) std::this_thread::yield();
+  CHECK_FALSE(rec.overlapped);
+  std::vector<int> order;
+  for (const auto& b : rec.batches) order.insert(order.end(), b.begin(), b.end());
+  CHECK(order == std::vector<int>{1, 2, 3, 4, 5, 6, 7});
+  for (std::thread::id id : answered_on) CHECK(id != std::this_thread::get_id());
+}
