@@ -111,11 +111,8 @@ struct LandlordService::Impl {
         publisher(p),
         endpoint(std::move(e)),
         grant_group(kMaxBatchItems, [this](std::span<const GrantRequest> r) { return landlord.grant_batch(r); }, "lease-grants"),
-        // Renewals and cancels are not fsync'd: a call arriving alone is written by the RPC thread.
-        renewals(kMaxBatchItems, [this](std::span<const RenewRequest> r) { return landlord.renew_batch(r); },
-                 "lease-renewals", GroupCommitMode::kCallerWhenIdle),
-        cancels(kMaxBatchItems, [this](std::span<const LeaseId> ids) { return landlord.cancel_batch(ids); },
-                "lease-cancels", GroupCommitMode::kCallerWhenIdle),
+        renewals(kMaxBatchItems, [this](std::span<const RenewRequest> r) { return landlord.renew_batch(r); }, "lease-renewals"),
+        cancels(kMaxBatchItems, [this](std::span<const LeaseId> ids) { return landlord.cancel_batch(ids); }, "lease-cancels"),
         grants(threads) {}
 
   Landlord& landlord;

@@ -1,11 +1,8 @@
 // Group commit: every request answered with its own outcome, groups never split, batches within
-// their size and never overlapping, groups written in the order posted; in kCallerWhenIdle mode, a
-// post on an idle group commit written by the posting thread, and posts that find a batch running
-// queued for the commit thread.
+// their size and never overlapping, groups written in the order posted, on the commit thread.
 #include <doctest/doctest.h>
 
 #include <atomic>
-#include <condition_variable>
 #include <future>
 #include <mutex>
 #include <thread>
@@ -17,27 +14,18 @@ using namespace djinn;
 
 namespace {
 
-// Records what each batch held and on which thread it ran; a batch may be held at its start.
+// Records what each batch held and on which thread it ran.
 struct Recorder {
   std::mutex mu;
-  std::condition_variable cv;
   std::vector<std::vector<int>> batches;
   std::vector<std::thread::id> threads;
   std::atomic<int> inside{0};
   std::atomic<bool> overlapped{false};
-  bool hold = false;
-  bool held = false;  // a batch is waiting at its start
 
   std::vector<int> run(std::span<int> requests) {
     if (inside.fetch_add(1) != 0) overlapped = true;
     {
-      std::unique_lock lock(mu);
-      if (hold) {
-        held = true;
-        cv.notify_all();
-        cv.wait(lock, [&] { return !hold; });
-        held = false;
-      }
+      std::lock_guard lock(mu);
       batches.emplace_back(requests.begin(), requests.end());
       threads.push_back(std::this_thread::get_id());
     }
@@ -45,16 +33,6 @@ struct Recorder {
     for (int r : requests) out.push_back(r * 10);
     inside.fetch_sub(1);
     return out;
-  }
-
-  void wait_held() {
-    std::unique_lock lock(mu);
-    cv.wait(lock, [&] { return held; });
-  }
-  void release() {
-    std::lock_guard lock(mu);
-    hold = false;
-    cv.notify_all();
   }
 };
 
@@ -116,44 +94,6 @@ TEST_CASE("groups are written in the order posted") {
   for (const auto& b : rec.batches) order.insert(order.end(), b.begin(), b.end());
   REQUIRE(order.size() == 500);
   for (int i = 0; i < 500; ++i) CHECK(order[static_cast<size_t>(i)] == i);
-}
-
-TEST_CASE("kCallerWhenIdle: an idle group commit writes on the posting thread, a busy one queues") {
-  Recorder rec;
-  GroupCommit<int, int> gc(8, [&](std::span<int> r) { return rec.run(r); }, "test-commit",
-                           GroupCommitMode::kCallerWhenIdle);
-
-  // Idle: written and answered before post returns, on this thread.
-  std::vector<int> got;
-  gc.post({1, 2}, [&](std::vector<int> out) { got = std::move(out); });
-  CHECK(got == std::vector<int>{10, 20});
-  REQUIRE(rec.threads.size() == 1);
-  CHECK(rec.threads[0] == std::this_thread::get_id());
-
-  // Busy: while another thread's batch runs, posts queue and the commit thread writes them, in order.
-  {
-    std::lock_guard lock(rec.mu);
-    rec.hold = true;
-  }
-  std::thread first([&] { gc.post({3}, [](std::vector<int>) {}); });
-  rec.wait_held();
-  std::atomic<int> answered{0};
-  std::vector<std::thread::id> answered_on;
-  std::mutex answered_mu;
-  for (int i = 4; i < 8; ++i) {
-    gc.post({i}, [&](std::vector<int>) {
-      std::lock_guard lock(answered_mu);
-      answered_on.push_back(std::this_thread::get_id());
-      answered++;
-    });
-  }
-  CHECK(answered == 0);  // queued behind the held batch, not written by this thread
-  rec.release();
-  first.join();
-  while (answered < 4) std::this_thread::yield();
-  CHECK_FALSE(rec.overlapped);
-  std::vector<int> order;
-  for (const auto& b : rec.batches) order.insert(order.end(), b.begin(), b.end());
-  CHECK(order == std::vector<int>{1, 2, 3, 4, 5, 6, 7});
-  for (std::thread::id id : answered_on) CHECK(id != std::this_thread::get_id());
+  for (std::thread::id id : rec.threads) CHECK(id == rec.threads.front());  // the commit thread's
+  CHECK(rec.threads.front() != std::this_thread::get_id());
 }
