@@ -65,19 +65,17 @@ constexpr size_t kRememberEnded = 4096;
 // Idempotency keys of the latest writes, found again after a restart.
 constexpr size_t kRememberKeys = 65536;
 
-// Index keys are 64-bit seeded XXH3 hashes of (type, field name, value): a key costs no allocation
-// and stays eight bytes however large the value, and a collision only adds a candidate that
-// matches() then rejects. The seed is drawn for each space, so colliding values cannot be chosen.
-// Type and field keys live in maps of their own, so they need no separation from each other.
+// Index keys are 64-bit seeded XXH3 hashes of a type, or of a field's name and value: a key costs no
+// allocation and stays eight bytes however large the value, and a collision only adds a candidate
+// that matches() then rejects. The seed is drawn for each space, so colliding values cannot be
+// chosen. Type and field keys live in maps of their own, so they need no separation from each other.
 class IndexKeys {
  public:
   IndexKeys() { randombytes_buf(&seed_, sizeof seed_); }
   uint64_t type(std::string_view type) const { return XXH3_64bits_withSeed(type.data(), type.size(), seed_); }
-  // Type and field names hold no NUL (validated), so NUL separates the parts unambiguously.
-  uint64_t field(std::string_view type, std::string_view name, const Value& value, std::string& scratch) const {
+  // Field names hold no NUL (validated), so NUL separates the parts unambiguously.
+  uint64_t field(std::string_view name, const Value& value, std::string& scratch) const {
     scratch.clear();
-    scratch.append(type);
-    scratch.push_back('\0');
     scratch.append(name);
     scratch.push_back('\0');
     append_index_key(scratch, value);
@@ -191,7 +189,10 @@ struct Space::Impl {
   std::unordered_map<uint64_t, uint64_t> by_lease;  // lease id -> seq
   IndexKeys keys;
   std::unordered_map<uint64_t, Posting> by_type;   // keys.type(): type, each supertype, and "" (all)
-  std::unordered_map<uint64_t, Posting> by_field;  // keys.field(type / supertype / "", name, value)
+  // keys.field(name, value), whatever the entry's type: a template looks at the smaller of its
+  // type's posting and its fields' (matches() sorts out the types), so an entry costs one key per
+  // field rather than one per field and type it is filed under.
+  std::unordered_map<uint64_t, Posting> by_field;
   uint64_t next_seq = 1;
   std::map<TxnId, TxnState> txns;
   std::set<TxnId> ended;
@@ -269,16 +270,13 @@ struct Space::Impl {
   // Calls f(is_field, key) for every index key of `e`.
   template <class F>
   void keys_of(const Entry& e, F&& f) const {
+    f(false, keys.type(e.type));
+    for (const std::string& s : e.supertypes) f(false, keys.type(s));
+    f(false, keys.type(""));
     std::string scratch;
-    auto file = [&](std::string_view type) {
-      f(false, keys.type(type));
-      for (const auto& [name, value] : e.fields) {
-        if (!value.is_null()) f(true, keys.field(type, name, value, scratch));
-      }
-    };
-    file(e.type);
-    for (const std::string& s : e.supertypes) file(s);
-    file("");
+    for (const auto& [name, value] : e.fields) {
+      if (!value.is_null()) f(true, keys.field(name, value, scratch));
+    }
   }
 
   void index(uint64_t seq, const Entry& e, bool add) {
@@ -349,7 +347,7 @@ struct Space::Impl {
     std::string scratch;
     for (const auto& [name, value] : t.fields) {
       if (value.is_null()) continue;
-      const Posting* p = find(by_field, keys.field(t.type, name, value, scratch));
+      const Posting* p = find(by_field, keys.field(name, value, scratch));
       if (p->size() < best->size()) best = p;
     }
     return best;

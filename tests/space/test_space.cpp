@@ -136,7 +136,7 @@ TEST_CASE("write, read, take, IfExists, contents and take of many") {
 }
 
 TEST_CASE("an index key gathering many entries pages in write order as it grows past its inline size, and after takes") {
-  // A key's entries sit in a short vector until they are many, then in a tree: paging with a
+  // A key's entries sit in a short vector until they are many, then in chunks: paging with a
   // cursor, takes and new writes must see the same order on both sides of that change.
   Harness h;
   SpaceClient& c = *h.client;
