@@ -1,5 +1,9 @@
 #include "djinn_daemon.h"
 
+#include <unistd.h>
+
+#include <fstream>
+
 namespace djinn::bench {
 
 djinn::Result<std::unique_ptr<DjinnDaemon>> DjinnDaemon::start(const std::string& binary,
@@ -22,6 +26,13 @@ djinn::Result<std::unique_ptr<DjinnDaemon>> DjinnDaemon::start(const std::string
   Status st = wait_until_ready(*d->process_, timeout, [&] { return ready(endpoint); }, binary);
   if (!st.ok()) return Status(st.code(), st.message() + "; its log ends: " + tail_of_file(log_path));
   return d;
+}
+
+size_t DjinnDaemon::resident_bytes() const {
+  std::ifstream statm("/proc/" + std::to_string(process_->pid()) + "/statm");
+  size_t pages_total = 0, pages_resident = 0;
+  if (!(statm >> pages_total >> pages_resident)) return 0;
+  return pages_resident * static_cast<size_t>(::sysconf(_SC_PAGESIZE));
 }
 
 }  // namespace djinn::bench

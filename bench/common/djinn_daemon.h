@@ -5,6 +5,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <cstddef>
 #include <functional>
 #include <memory>
 #include <string>
@@ -28,6 +29,8 @@ class DjinnDaemon {
 
   const std::string& rpc_endpoint() const { return rpc_endpoint_; }
   pid_t pid() const { return process_->pid(); }
+  // The daemon's resident set (/proc/PID/statm), or 0 when it cannot be read.
+  size_t resident_bytes() const;
 
  private:
   DjinnDaemon(std::unique_ptr<PeerProcess> process, std::string rpc_endpoint)

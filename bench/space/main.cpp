@@ -137,6 +137,33 @@ Rate redis_brpop(RedisPeer& r, int clients, const bench::Plan& plan) {
   });
 }
 
+// Redis's memory for `n` list elements of kPayloadBytes: growth of INFO used_memory over pushing
+// them (pipelined) onto a list of their own, which is then deleted.
+std::optional<double> redis_bytes_per_element(RedisPeer& r, size_t n) {
+  auto c = bench::RedisConnection::connect(r.server->port());
+  if (!c.ok()) return std::nullopt;
+  auto before = bench::redis_info_int(*c, "memory", "used_memory");
+  if (!before.ok()) return std::nullopt;
+  std::string payload(kPayloadBytes, 'x');
+  constexpr size_t kPipeline = 1000;
+  for (size_t done = 0; done < n;) {
+    size_t k = std::min(kPipeline, n - done);
+    for (size_t i = 0; i < k; ++i) {
+      payload[0] = static_cast<char>('a' + (done + i) % 26);
+      c->append({"LPUSH", "bench-memory", payload});
+    }
+    if (!c->flush()) return std::nullopt;
+    for (size_t i = 0; i < k; ++i) {
+      if (!c->read_reply().ok()) return std::nullopt;
+    }
+    done += k;
+  }
+  auto after = bench::redis_info_int(*c, "memory", "used_memory");
+  (void)c->command({"DEL", "bench-memory"});
+  if (!after.ok()) return std::nullopt;
+  return static_cast<double>(*after - *before) / static_cast<double>(n);
+}
+
 // LPUSH followed by the BRPOP of a client blocked on the list: send to receipt, in microseconds.
 std::vector<double> redis_wake(RedisPeer& r, int samples) {
   auto pusher = bench::RedisConnection::connect(r.server->port());
@@ -261,6 +288,10 @@ int main(int argc, char** argv) {
     endpoint = daemon->rpc_endpoint();
     progress("djinn-space ready in " + std::to_string(bench::seconds_of(Clock::now() - t0)) + " s");
   }
+  // Resident memory per stored entry, as the daemon holds them after loading (its whole resident
+  // set: the process's own baseline of a few MiB included).
+  std::optional<double> bytes_per_entry;
+  if (daemon) bytes_per_entry = static_cast<double>(daemon->resident_bytes()) / static_cast<double>(sizes.stored);
   space::SpaceClient stats_client({.endpoint = endpoint});
   auto waiters = [&]() -> uint64_t {
     if (in_process) return (*service)->space().stats().waiters;
@@ -272,6 +303,7 @@ int main(int argc, char** argv) {
   std::optional<RedisPeer> always = start_redis(cfg.get_string("redis"), "always");
   std::optional<RedisPeer> everysec = start_redis(cfg.get_string("redis"), "everysec");
   std::string redis_version = always ? always->server->version() : "";
+  std::optional<double> redis_bytes = everysec ? redis_bytes_per_element(*everysec, sizes.stored) : std::nullopt;
 
   // ---- template reads ----
   auto reads = [&] {
@@ -453,6 +485,12 @@ int main(int argc, char** argv) {
   report.add({"large_value_write_MB_per_s", bench::round_to(value_mb_s, 0), "MB/s", std::nullopt,
               bench::Reference{"disk_sequential_write_fsync_MB_per_s", bench::round_to(raw_mb_s, 0)},
               bench::Target::at_least(bench::Target::Of::kLimit, 0.5)});
+  if (bytes_per_entry) {
+    std::optional<bench::Reference> redis_memory;
+    if (redis_bytes) redis_memory = bench::Reference{"redis_list_used_memory_per_element_bytes", bench::round_to(*redis_bytes, 1)};
+    report.add({"resident_bytes_per_stored_entry", bench::round_to(*bytes_per_entry, 1), "bytes", redis_memory,
+                std::nullopt, std::nullopt});
+  }
   report.add({"large_value_read_MB_per_s", bench::round_to(read_mb_s, 0), "MB/s", std::nullopt, std::nullopt, std::nullopt});
   report.note(std::string(in_process ? "djinn-space served from a thread of this process" : "djinn-space in its own process") +
               " (data in " + dir + "), clients over loopback RPC; entries of type bench.Task "
@@ -466,6 +504,9 @@ int main(int argc, char** argv) {
   report.note("limit of the figures over RPC: the same clients calling the same server for next to nothing "
               "(readIfExists of a type no entry has: one index lookup, no entry, no disk), in rounds alternating with "
               "the template reads");
+  report.note("memory: djinn-space's resident set (/proc/PID/statm) after loading the stored entries, divided by "
+              "their number (each entry with its lease, indexes and SQLite row cache); Redis: growth of INFO used_memory "
+              "over LPUSHing as many " + std::to_string(kPayloadBytes) + "-byte values onto one list");
   report.note("wake-up: from the start of the matching write (which includes its fsync) to the blocked taker's reply; "
               "Redis: from LPUSH sent to BRPOP's reply");
   bench::print_verdicts(report, kProgram, 9, "not judged (no value or peer)");
