@@ -8,7 +8,6 @@
 #include <algorithm>
 #include <bit>
 #include <charconv>
-#include <set>
 
 namespace djinn {
 namespace {
@@ -104,55 +103,57 @@ bool is_endpoint(std::string_view s) {
   return std::all_of(s.begin() + sep + 3, s.end(), [](char c) { return c > 0x20 && c < 0x7f; });
 }
 
-Status check_type_name(std::string_view what, std::string_view name) {
+// `what()` names the thing checked, for an error message: it is called only when a check fails,
+// so a passing check builds no string.
+template <class What>
+Status check_type_name(const What& what, std::string_view name) {
   if (name.size() > kMaxTypeNameBytes) {
-    return invalid_argument(std::string(what) + " of " + std::to_string(name.size()) +
+    return invalid_argument(what() + " of " + std::to_string(name.size()) +
                             " bytes: must be at most " + std::to_string(kMaxTypeNameBytes) +
                             " bytes");
   }
   if (!is_type_name(name)) {
-    return invalid_argument(std::string(what) + " " + quoted(name) +
+    return invalid_argument(what() + " " + quoted(name) +
                             ": must be a dotted identifier like djinn.attr.Location");
   }
   return Status::Ok();
 }
 
 // A list of type names that is a set: bounded, each a type name, no repeats.
-Status check_type_list(std::string_view what, const std::vector<std::string>& types,
-                       size_t max_count) {
+template <class What>
+Status check_type_list(const What& what, const std::vector<std::string>& types, size_t max_count) {
   if (types.size() > max_count) {
-    return invalid_argument(std::string(what) + ": " + std::to_string(types.size()) +
+    return invalid_argument(what() + ": " + std::to_string(types.size()) +
                             " types, must be at most " + std::to_string(max_count));
   }
-  std::set<std::string_view> seen;
-  for (const auto& t : types) {
-    DJINN_RETURN_IF_ERROR(check_type_name(what, t));
-    if (!seen.insert(t).second) {
-      return invalid_argument(std::string(what) + " " + quoted(t) +
-                              ": listed twice, each type must appear once");
+  for (auto t = types.begin(); t != types.end(); ++t) {
+    DJINN_RETURN_IF_ERROR(check_type_name(what, *t));
+    if (std::find(types.begin(), t, *t) != t) {  // lists are short (max_count)
+      return invalid_argument(what() + " " + quoted(*t) + ": listed twice, each type must appear once");
     }
   }
   return Status::Ok();
 }
 
-Status check_value(std::string_view what, const Value& value) {
+template <class What>
+Status check_value(const What& what, const Value& value) {
   switch (value.type()) {
     case ValueType::kText: {
       const auto& t = value.as_text();
       if (t.size() > kMaxTextBytes) {
-        return invalid_argument(std::string(what) + ": text of " + std::to_string(t.size()) +
+        return invalid_argument(what() + ": text of " + std::to_string(t.size()) +
                                 " bytes, must be at most " + std::to_string(kMaxTextBytes) +
                                 " bytes (use bytes or a chunk for large content)");
       }
       if (!is_utf8(t)) {
-        return invalid_argument(std::string(what) + ": text is not valid UTF-8 (use bytes for " +
+        return invalid_argument(what() + ": text is not valid UTF-8 (use bytes for " +
                                 "binary content)");
       }
       return Status::Ok();
     }
     case ValueType::kBytes:
       if (value.as_bytes().size() > kMaxBytesValue) {
-        return invalid_argument(std::string(what) + ": bytes of " +
+        return invalid_argument(what() + ": bytes of " +
                                 std::to_string(value.as_bytes().size()) +
                                 " bytes, must be at most " + std::to_string(kMaxBytesValue) +
                                 " bytes (store large content as a chunk and keep its hash)");
@@ -163,44 +164,48 @@ Status check_value(std::string_view what, const Value& value) {
   }
 }
 
-Status check_fields(std::string_view what, const Fields& fields) {
+template <class What>
+Status check_fields(const What& what, const Fields& fields) {
   if (fields.size() > kMaxFields) {
-    return invalid_argument(std::string(what) + ": " + std::to_string(fields.size()) +
+    return invalid_argument(what() + ": " + std::to_string(fields.size()) +
                             " fields, must be at most " + std::to_string(kMaxFields));
   }
-  for (const auto& [name, value] : fields) {
+  for (const auto& field : fields) {
+    const std::string& name = field.first;  // a plain reference: lambdas below capture it
     if (name.size() > kMaxFieldNameBytes) {
-      return invalid_argument(std::string(what) + " field name of " + std::to_string(name.size()) +
+      return invalid_argument(what() + " field name of " + std::to_string(name.size()) +
                               " bytes: must be at most " + std::to_string(kMaxFieldNameBytes) +
                               " bytes");
     }
     if (!is_identifier(name)) {
-      return invalid_argument(std::string(what) + " field " + quoted(name) +
+      return invalid_argument(what() + " field " + quoted(name) +
                               ": must be an identifier like room_number");
     }
-    DJINN_RETURN_IF_ERROR(check_value(std::string(what) + " field " + quoted(name), value));
+    DJINN_RETURN_IF_ERROR(check_value([&] { return what() + " field " + quoted(name); }, field.second));
   }
   return Status::Ok();
 }
 
-Status check_entry(const std::string& prefix, const Entry& entry) {
-  DJINN_RETURN_IF_ERROR(check_type_name(prefix + "entry type", entry.type));
-  const std::string what = prefix + "entry " + quoted(entry.type);
-  DJINN_RETURN_IF_ERROR(check_type_list(what + " supertype", entry.supertypes, kMaxSupertypes));
+Status check_entry(std::string_view prefix, const Entry& entry) {
+  DJINN_RETURN_IF_ERROR(check_type_name([&] { return std::string(prefix) + "entry type"; }, entry.type));
+  auto what = [&] { return std::string(prefix) + "entry " + quoted(entry.type); };
+  DJINN_RETURN_IF_ERROR(
+      check_type_list([&] { return what() + " supertype"; }, entry.supertypes, kMaxSupertypes));
   if (std::find(entry.supertypes.begin(), entry.supertypes.end(), entry.type) !=
       entry.supertypes.end()) {
-    return invalid_argument(what + ": lists itself as a supertype; supertypes are the other " +
+    return invalid_argument(what() + ": lists itself as a supertype; supertypes are the other " +
                             "types it is a kind of");
   }
   return check_fields(what, entry.fields);
 }
 
-Status check_template(const std::string& prefix, const Template& tmpl) {
+Status check_template(std::string_view prefix, const Template& tmpl) {
   if (!tmpl.type.empty()) {
-    DJINN_RETURN_IF_ERROR(check_type_name(prefix + "template type", tmpl.type));
+    DJINN_RETURN_IF_ERROR(check_type_name([&] { return std::string(prefix) + "template type"; }, tmpl.type));
   }
-  return check_fields(prefix + "template " + (tmpl.type.empty() ? "(any type)" : quoted(tmpl.type)),
-                      tmpl.fields);
+  return check_fields(
+      [&] { return std::string(prefix) + "template " + (tmpl.type.empty() ? "(any type)" : quoted(tmpl.type)); },
+      tmpl.fields);
 }
 
 void append_hex(std::string& out, uint8_t b) {
@@ -413,7 +418,9 @@ bool is_field_name(std::string_view name) {
   return name.size() <= kMaxFieldNameBytes && is_identifier(name);
 }
 
-Status validate(const Value& value) { return check_value("value", value); }
+Status validate(const Value& value) {
+  return check_value([] { return std::string("value"); }, value);
+}
 
 Status validate(const Entry& entry) { return check_entry("", entry); }
 
@@ -426,7 +433,8 @@ Status validate(const ServiceItem& item) {
         "(ServiceId::random(), kept for life)");
   }
   DJINN_RETURN_IF_ERROR(
-      check_type_list("service item interface type", item.interface_types, kMaxInterfaceTypes));
+      check_type_list([] { return std::string("service item interface type"); }, item.interface_types,
+                      kMaxInterfaceTypes));
   if (item.attributes.size() > kMaxAttributes) {
     return invalid_argument("service item: " + std::to_string(item.attributes.size()) +
                             " attributes, must be at most " + std::to_string(kMaxAttributes));
@@ -469,7 +477,8 @@ Status validate(const ServiceTemplate& tmpl) {
         "it unset to match any service");
   }
   DJINN_RETURN_IF_ERROR(
-      check_type_list("service template interface type", tmpl.interface_types, kMaxInterfaceTypes));
+      check_type_list([] { return std::string("service template interface type"); }, tmpl.interface_types,
+                      kMaxInterfaceTypes));
   if (tmpl.attributes.size() > kMaxAttributes) {
     return invalid_argument("service template: " + std::to_string(tmpl.attributes.size()) +
                             " attribute templates, must be at most " +

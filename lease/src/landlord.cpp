@@ -515,6 +515,16 @@ struct Landlord::Impl {
     return out;
   }
 
+  // The ids alone: a start-up sweep over a million leases copies no names.
+  std::vector<LeaseId> ids_of(const internal::StringPool& index, std::string_view name, uint32_t Record::*next) const {
+    std::lock_guard lock(mutex_);
+    std::vector<LeaseId> out;
+    uint32_t entry = index.find(name);
+    if (entry == kNone) return out;
+    for (uint32_t s = index[entry].head; s != kNone; s = slots_[s].*next) out.push_back(slots_[s].id);
+    return out;
+  }
+
   // ---- durable writes (write_mutex_ held) ----
 
   // One transaction at the given sync level around `body`; nothing when in memory only.
@@ -1378,10 +1388,8 @@ std::vector<Lease> Landlord::leases_of_resource(std::string_view resource) const
 }
 
 size_t Landlord::cancel_unheld(std::string_view resource, const std::function<bool(LeaseId)>& held) {
-  std::vector<LeaseId> orphans;
-  for (const Lease& l : leases_of_resource(resource)) {
-    if (!held(l.id)) orphans.push_back(l.id);
-  }
+  std::vector<LeaseId> orphans = impl_->ids_of(impl_->resources_, resource, &Record::res_next);
+  std::erase_if(orphans, held);
   if (!orphans.empty()) cancel_batch(orphans);
   return orphans.size();
 }

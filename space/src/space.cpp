@@ -799,6 +799,15 @@ Status Space::Impl::load_store(sqlite::Database& db) {
   std::vector<uint64_t> lapsed;
   std::unique_lock lock(mu);
   {
+    // Tables sized once for what the file holds, rather than rehashed at every doubling.
+    Result<sqlite::Statement> count = db.prepare("SELECT count(*) FROM space_entry");
+    if (!count.ok()) return count.status();
+    Result<bool> counted = count->step();
+    if (!counted.ok()) return counted.status();
+    size_t rows = *counted ? static_cast<size_t>(count->column_int64(0)) : 0;
+    entries.reserve(rows);
+    by_lease.reserve(rows);
+    by_field.reserve(rows);
     Result<sqlite::Statement> select = db.prepare("SELECT seq, lease, txn, data, ikey FROM space_entry ORDER BY seq");
     if (!select.ok()) return select.status();
     for (;;) {
