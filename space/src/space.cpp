@@ -62,6 +62,8 @@ constexpr std::string_view kDeleteWatch = "DELETE FROM space_watch WHERE id = ?1
 // Transactions that ended recently: an operation still in flight under one is refused rather than
 // starting its state afresh.
 constexpr size_t kRememberEnded = 4096;
+// A large space says how far its loading has got every this many entries.
+constexpr size_t kLoadProgressRows = 1'000'000;
 // Idempotency keys of the latest writes, found again after a restart.
 constexpr size_t kRememberKeys = 65536;
 
@@ -810,10 +812,16 @@ Status Space::Impl::load_store(sqlite::Database& db) {
     by_field.reserve(rows);
     Result<sqlite::Statement> select = db.prepare("SELECT seq, lease, txn, data, ikey FROM space_entry ORDER BY seq");
     if (!select.ok()) return select.status();
-    for (;;) {
+    const auto started = Clock::now();
+    for (size_t read = 0;; ++read) {
       Result<bool> row = select->step();
       if (!row.ok()) return row.status();
       if (!*row) break;
+      if (read > 0 && read % kLoadProgressRows == 0) {
+        DJINN_LOG(kInfo, "space") << options.name << ": loading entries, " << read << " of " << rows << " after "
+                                  << std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started).count()
+                                  << " ms";
+      }
       uint64_t seq = static_cast<uint64_t>(select->column_int64(0));
       uint64_t lease_id = static_cast<uint64_t>(select->column_int64(1));
       next_seq = std::max(next_seq, seq + 1);
@@ -981,6 +989,7 @@ Result<std::unique_ptr<Space>> Space::open(SpaceOptions options) {
   if (options.max_batch == 0) return invalid_argument("space: max_batch must be > 0");
   auto impl = std::make_unique<Impl>(std::move(options));
   Impl* m = impl.get();
+  const auto started = Clock::now();
   if (Status st = m->landlord.transact(sqlite::Sync::kFull, [m](sqlite::Database& db) { return m->load_store(db); });
       !st.ok()) {
     return Status(st.code(), "space " + m->options.name + ": " + st.message());
@@ -1004,7 +1013,9 @@ Result<std::unique_ptr<Space>> Space::open(SpaceOptions options) {
   for (const auto& [id, t] : m->txns) doubt += t.recovered;
   DJINN_LOG(kInfo, "space") << m->options.name << ": open" << (m->has_store ? "" : " in memory") << ", "
                             << m->entries.size() << " entries, " << m->watches.size() << " notify registrations, "
-                            << doubt << " transactions in doubt";
+                            << doubt << " transactions in doubt, in "
+                            << std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started).count()
+                            << " ms";
   return std::unique_ptr<Space>(new Space(std::move(impl)));
 }
 
