@@ -779,6 +779,115 @@ namespace djinn::space {
 
 // ---- open ----
 
+namespace {
+
+// An entry row as the loading thread read it.
+struct LoadedRow {
+  uint64_t seq = 0;
+  uint64_t lease = 0;
+  Result<Entry> entry = Entry{};
+  std::optional<TxnId> txn;
+  std::optional<std::string> key;
+};
+
+// Steps `select` (seq, lease, txn, data, ikey) on a thread of its own, decoding each entry, and
+// hands the rows over in blocks; at most a few blocks wait, so memory stays bounded. Says how far
+// it has got every kLoadProgressRows rows.
+class RowLoader {
+ public:
+  RowLoader(sqlite::Statement& select, size_t rows, const std::string& name)
+      : select_(select), rows_(rows), name_(name), thread_([this] { run(); }) {}
+  ~RowLoader() {
+    {
+      std::lock_guard lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  RowLoader(const RowLoader&) = delete;
+  RowLoader& operator=(const RowLoader&) = delete;
+
+  // The next block into `out`; false once every row has been handed over (or reading failed).
+  bool next(std::vector<LoadedRow>& out) {
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [&] { return !ready_.empty() || done_; });
+    if (ready_.empty()) return false;
+    out = std::move(ready_.front());
+    ready_.pop_front();
+    cv_.notify_all();
+    return true;
+  }
+  Status status() {
+    std::lock_guard lock(mu_);
+    return status_;
+  }
+
+ private:
+  static constexpr size_t kBlockRows = 1024;
+  static constexpr size_t kMaxBlocksWaiting = 8;
+
+  void run() {
+    name_this_thread("space-load");
+    const auto started = Clock::now();
+    Status failed;
+    std::vector<LoadedRow> block;
+    for (size_t read = 0;; ++read) {
+      Result<bool> row = select_.step();
+      if (!row.ok()) {
+        failed = row.status();
+        break;
+      }
+      if (!*row) break;
+      if (read > 0 && read % kLoadProgressRows == 0) {
+        DJINN_LOG(kInfo, "space") << name_ << ": loading entries, " << read << " of " << rows_ << " after "
+                                  << std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started).count()
+                                  << " ms";
+      }
+      LoadedRow r;
+      r.seq = static_cast<uint64_t>(select_.column_int64(0));
+      r.lease = static_cast<uint64_t>(select_.column_int64(1));
+      if (!select_.column_is_null(2)) {
+        std::vector<uint8_t> id = select_.column_blob(2);
+        if (id.size() == 16) r.txn = TxnId::from_bytes(std::span<const uint8_t, 16>(id.data(), 16));
+      }
+      r.entry = from_stored<Entry, proto::Entry>(select_.column_blob(3));
+      if (!select_.column_is_null(4)) r.key = select_.column_text(4);
+      block.push_back(std::move(r));
+      if (block.size() == kBlockRows && !hand_over(block)) return;
+    }
+    if (!block.empty()) (void)hand_over(block);
+    std::lock_guard lock(mu_);
+    status_ = failed;
+    done_ = true;
+    cv_.notify_all();
+  }
+
+  // False when the consumer went away.
+  bool hand_over(std::vector<LoadedRow>& block) {
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [&] { return ready_.size() < kMaxBlocksWaiting || stop_; });
+    if (stop_) return false;
+    ready_.push_back(std::move(block));
+    block.clear();
+    cv_.notify_all();
+    return true;
+  }
+
+  sqlite::Statement& select_;
+  const size_t rows_;
+  const std::string name_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::vector<LoadedRow>> ready_;
+  bool done_ = false;
+  bool stop_ = false;
+  Status status_;
+  std::thread thread_;  // last: started once the rest exists
+};
+
+}  // namespace
+
 Status Space::Impl::load_store(sqlite::Database& db) {
   has_store = true;
   DJINN_RETURN_IF_ERROR(db.exec(kCreateSchema));
@@ -812,45 +921,37 @@ Status Space::Impl::load_store(sqlite::Database& db) {
     by_field.reserve(rows);
     Result<sqlite::Statement> select = db.prepare("SELECT seq, lease, txn, data, ikey FROM space_entry ORDER BY seq");
     if (!select.ok()) return select.status();
-    const auto started = Clock::now();
-    for (size_t read = 0;; ++read) {
-      Result<bool> row = select->step();
-      if (!row.ok()) return row.status();
-      if (!*row) break;
-      if (read > 0 && read % kLoadProgressRows == 0) {
-        DJINN_LOG(kInfo, "space") << options.name << ": loading entries, " << read << " of " << rows << " after "
-                                  << std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started).count()
-                                  << " ms";
-      }
-      uint64_t seq = static_cast<uint64_t>(select->column_int64(0));
-      uint64_t lease_id = static_cast<uint64_t>(select->column_int64(1));
-      next_seq = std::max(next_seq, seq + 1);
-      Result<Entry> entry = from_stored<Entry, proto::Entry>(select->column_blob(3));
-      std::optional<lease::Lease> held = lease_id ? landlord.find(lease_id) : std::nullopt;
-      if (!entry.ok() || !held) {
-        if (!entry.ok()) DJINN_LOG(kWarn, "space") << options.name << ": dropping an unreadable entry row: " << entry.status().to_string();
-        lapsed.push_back(seq);
-        continue;
-      }
-      Stored s;
-      s.entry = std::move(*entry);
-      s.lease = lease_id;
-      s.expiration_ms = held->expiration_ms;
-      s.deadline_ns = held->deadline_ns;
-      s.has_row = true;
-      if (!select->column_is_null(2)) {
-        std::vector<uint8_t> id = select->column_blob(2);
-        if (id.size() == 16) {
-          TxnId t = TxnId::from_bytes(std::span<const uint8_t, 16>(id.data(), 16));
-          s.written_by = t;
-          TxnState& st = txns[t];
-          st.written.push_back(seq);
+    // A second thread reads and decodes the rows while this one files them: the two halves of
+    // loading cost about the same, and a restart is waited for.
+    RowLoader loader(*select, rows, options.name);
+    for (std::vector<LoadedRow> block; loader.next(block);) {
+      for (LoadedRow& r : block) {
+        next_seq = std::max(next_seq, r.seq + 1);
+        std::optional<lease::Lease> held = r.lease ? landlord.find(r.lease) : std::nullopt;
+        if (!r.entry.ok() || !held) {
+          if (!r.entry.ok()) {
+            DJINN_LOG(kWarn, "space") << options.name << ": dropping an unreadable entry row: " << r.entry.status().to_string();
+          }
+          lapsed.push_back(r.seq);
+          continue;
+        }
+        Stored s;
+        s.entry = std::move(*r.entry);
+        s.lease = r.lease;
+        s.expiration_ms = held->expiration_ms;
+        s.deadline_ns = held->deadline_ns;
+        s.has_row = true;
+        if (r.txn) {
+          s.written_by = *r.txn;
+          TxnState& st = txns[*r.txn];
+          st.written.push_back(r.seq);
           st.prepared = st.recovered = true;
         }
+        insert_locked(r.seq, std::move(s));
+        if (r.key) remember_key_locked(*r.key, r.seq);
       }
-      insert_locked(seq, std::move(s));
-      if (!select->column_is_null(4)) remember_key_locked(select->column_text(4), seq);
     }
+    DJINN_RETURN_IF_ERROR(loader.status());
   }
   {
     Result<sqlite::Statement> select = db.prepare("SELECT id, template FROM space_watch");
