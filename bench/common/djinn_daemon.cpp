@@ -14,6 +14,9 @@ djinn::Result<std::unique_ptr<DjinnDaemon>> DjinnDaemon::start(const std::string
   djinn::Result<uint16_t> rpc_port = free_loopback_port();
   if (!rpc_port.ok()) return rpc_port.status();
   djinn::Result<uint16_t> events_port = free_loopback_port();
+  for (int tries = 0; events_port.ok() && *events_port == *rpc_port && tries < 10; ++tries) {
+    events_port = free_loopback_port();  // the same port twice: ask again
+  }
   if (!events_port.ok()) return events_port.status();
   std::string endpoint = "tcp://127.0.0.1:" + std::to_string(*rpc_port);
   std::vector<std::string> argv{binary};

@@ -16,8 +16,9 @@ namespace djinn::space {
 // Most keys name one entry (a unique field value): those stay inline in a short vector. A key that
 // gathers many entries (a type, a field with few values) keeps them in sorted chunks of up to
 // kChunkMax sequences, indexed by a map: new entries carry the highest sequence and are appended
-// to the last chunk, a removal shifts at most one chunk, and a sequence costs its eight bytes
-// rather than a tree node of its own.
+// to the last chunk, a removal shifts at most one chunk, and a sequence costs about eight bytes
+// rather than a tree node of its own (chunks emptied by takes go; chunks thinned by takes out of
+// write order keep their capacity).
 class Posting {
  public:
   static constexpr size_t kSmallMax = 32;
@@ -53,6 +54,24 @@ class Posting {
     }
     auto at = std::lower_bound(small_.begin(), small_.end(), seq);
     if (at != small_.end() && *at == seq) small_.erase(at);
+  }
+
+  // For tests: how many chunks hold the sequences (0 while inline), and whether the layout is as
+  // described below.
+  size_t chunk_count() const { return chunks_ ? chunks_->map.size() : 0; }
+  bool well_formed() const {
+    if (!chunks_) return small_.size() <= kSmallMax && std::is_sorted(small_.begin(), small_.end());
+    if (!small_.empty() || chunks_->map.empty() || chunks_->size <= kSmallMax / 2) return false;
+    size_t total = 0;
+    const std::vector<uint64_t>* previous = nullptr;
+    for (const auto& [key, v] : chunks_->map) {
+      if (v.empty() || v.size() > kChunkMax || !std::is_sorted(v.begin(), v.end())) return false;
+      if (std::adjacent_find(v.begin(), v.end()) != v.end() || v.front() < key) return false;
+      if (previous && previous->back() >= key) return false;
+      previous = &v;
+      total += v.size();
+    }
+    return total == chunks_->size;
   }
 
   // Calls f(seq) for the sequences after `after`, ascending, until f returns false. f must not

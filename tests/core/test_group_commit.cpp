@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 
 #include <atomic>
+#include <chrono>
 #include <future>
 #include <mutex>
 #include <thread>
@@ -89,11 +90,45 @@ TEST_CASE("groups are written in the order posted") {
   GroupCommit<int, int> gc(4, [&](std::span<int> r) { return rec.run(r); });
   std::atomic<int> answered{0};
   for (int i = 0; i < 500; ++i) gc.post({i}, [&](std::vector<int>) { answered++; });
-  while (answered < 500) std::this_thread::yield();
+  auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (answered < 500 && std::chrono::steady_clock::now() < give_up) std::this_thread::yield();
+  REQUIRE(answered == 500);
   std::vector<int> order;
   for (const auto& b : rec.batches) order.insert(order.end(), b.begin(), b.end());
   REQUIRE(order.size() == 500);
   for (int i = 0; i < 500; ++i) CHECK(order[static_cast<size_t>(i)] == i);
   for (std::thread::id id : rec.threads) CHECK(id == rec.threads.front());  // the commit thread's
   CHECK(rec.threads.front() != std::this_thread::get_id());
+}
+
+TEST_CASE("groups posted while a batch is written go together in the next one") {
+  std::mutex mu;
+  std::vector<size_t> sizes;
+  std::promise<void> first_started, release_first;
+  std::shared_future<void> released = release_first.get_future().share();
+  bool first = true;
+  GroupCommit<int, int> gc(64, [&](std::span<int> r) {
+    bool was_first;
+    {
+      std::lock_guard lock(mu);
+      was_first = first;
+      first = false;
+      sizes.push_back(r.size());
+    }
+    if (was_first) {
+      first_started.set_value();
+      released.wait();
+    }
+    return std::vector<int>(r.size(), 0);
+  });
+  std::atomic<int> answered{0};
+  gc.post({0}, [&](std::vector<int>) { answered++; });
+  first_started.get_future().wait();
+  for (int i = 1; i <= 10; ++i) gc.post({i}, [&](std::vector<int>) { answered++; });
+  release_first.set_value();
+  auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (answered < 11 && std::chrono::steady_clock::now() < give_up) std::this_thread::yield();
+  REQUIRE(answered == 11);
+  std::lock_guard lock(mu);
+  CHECK(sizes == std::vector<size_t>{1, 10});
 }

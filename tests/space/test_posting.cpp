@@ -4,6 +4,7 @@
 // back inline.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <random>
 #include <set>
@@ -31,6 +32,7 @@ std::vector<uint64_t> after(const std::set<uint64_t>& model, uint64_t from, size
 }
 
 void check_same(const Posting& p, const std::set<uint64_t>& model) {
+  REQUIRE(p.well_formed());
   REQUIRE(p.size() == model.size());
   REQUIRE(p.empty() == model.empty());
   REQUIRE(after(p, 0) == after(model, 0));
@@ -46,6 +48,7 @@ TEST_CASE("a posting appended in write order, then taken from the front, lists w
     model.insert(s);
   }
   check_same(p, model);
+  CHECK(p.chunk_count() == 10);
   CHECK(after(p, 5 * Posting::kChunkMax - 1, 3) == after(model, 5 * Posting::kChunkMax - 1, 3));
   while (!model.empty()) {
     uint64_t first = *model.begin();
@@ -65,6 +68,7 @@ TEST_CASE("a posting under random inserts, erases and cursors agrees with a set"
     Posting p;
     std::set<uint64_t> model;
     uint64_t next = 1000;  // new entries come above every sequence so far; re-filed ones below
+    size_t most_chunks = 0, times_inline_again = 0;
     const int ops = 6000 + static_cast<int>(rng() % 4000);
     for (int i = 0; i < ops; ++i) {
       uint64_t r = rng() % 100;
@@ -100,8 +104,34 @@ TEST_CASE("a posting under random inserts, erases and cursors agrees with a set"
       uint64_t from = rng() % (next + 1);
       size_t max = 1 + rng() % 50;
       REQUIRE(after(p, from, max) == after(model, from, max));
+      REQUIRE(p.well_formed());
+      most_chunks = std::max(most_chunks, p.chunk_count());
+      if (i % 3000 == 2999 && p.chunk_count() == 0) ++times_inline_again;
       if (i % 500 == 0) check_same(p, model);
     }
     check_same(p, model);
+    // The paths under test were taken: several chunks (so splits of full ones by re-filed
+    // sequences), and the way back inline.
+    CHECK(most_chunks >= 3);
+    CHECK(times_inline_again >= 1);
   }
+}
+
+TEST_CASE("a sequence re-filed inside a full chunk splits it; one below them all goes first") {
+  Posting p;
+  std::set<uint64_t> model;
+  for (uint64_t s = 10; s < 10 + 2 * 3 * Posting::kChunkMax; s += 2) {  // three full chunks of even numbers
+    p.insert(s);
+    model.insert(s);
+  }
+  REQUIRE(p.chunk_count() == 3);
+  p.insert(10 + 3 * Posting::kChunkMax + 1);  // odd, inside the second chunk
+  model.insert(10 + 3 * Posting::kChunkMax + 1);
+  CHECK(p.chunk_count() == 4);
+  check_same(p, model);
+  p.insert(3);  // below every sequence, into the full first chunk
+  model.insert(3);
+  CHECK(p.chunk_count() == 5);
+  check_same(p, model);
+  CHECK(after(p, 0, 2) == std::vector<uint64_t>{3, 10});
 }

@@ -11,6 +11,7 @@
 #include <iterator>
 #include <mutex>
 #include <span>
+#include <string>
 #include <string_view>
 #include <thread>
 #include <vector>
@@ -33,8 +34,8 @@ class GroupCommit {
 
   // `thread_name` names the committing thread (15 bytes are kept).
   GroupCommit(size_t max_batch, Batch batch, std::string_view thread_name = "group-commit")
-      : max_batch_(max_batch), batch_(std::move(batch)), thread_([this, thread_name] {
-          name_this_thread(thread_name);
+      : max_batch_(max_batch), batch_(std::move(batch)), thread_([this, name = std::string(thread_name)] {
+          name_this_thread(name);
           run();
         }) {}
   ~GroupCommit() {
