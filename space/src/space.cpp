@@ -67,17 +67,20 @@ constexpr size_t kLoadProgressRows = 1'000'000;
 // Idempotency keys of the latest writes, found again after a restart.
 constexpr size_t kRememberKeys = 65536;
 
-// Index keys are 64-bit seeded XXH3 hashes of a type, or of a field's name and value: a key costs no
-// allocation and stays eight bytes however large the value, and a collision only adds a candidate
-// that matches() then rejects. The seed is drawn for each space, so colliding values cannot be
-// chosen. Type and field keys live in maps of their own, so they need no separation from each other.
+// Index keys are 64-bit seeded XXH3 hashes of a type, or of (type, field name, value): a key costs
+// no allocation and stays eight bytes however large the value, and a collision only adds a
+// candidate that matches() then rejects. The seed is drawn for each space, so colliding values
+// cannot be chosen. Type and field keys live in maps of their own, so they need no separation from
+// each other.
 class IndexKeys {
  public:
   IndexKeys() { randombytes_buf(&seed_, sizeof seed_); }
   uint64_t type(std::string_view type) const { return XXH3_64bits_withSeed(type.data(), type.size(), seed_); }
-  // Field names hold no NUL (validated), so NUL separates the parts unambiguously.
-  uint64_t field(std::string_view name, const Value& value, std::string& scratch) const {
+  // Type and field names hold no NUL (validated), so NUL separates the parts unambiguously.
+  uint64_t field(std::string_view type, std::string_view name, const Value& value, std::string& scratch) const {
     scratch.clear();
+    scratch.append(type);
+    scratch.push_back('\0');
     scratch.append(name);
     scratch.push_back('\0');
     append_index_key(scratch, value);
@@ -191,10 +194,12 @@ struct Space::Impl {
   std::unordered_map<uint64_t, uint64_t> by_lease;  // lease id -> seq
   IndexKeys keys;
   std::unordered_map<uint64_t, Posting> by_type;   // keys.type(): type, each supertype, and "" (all)
-  // keys.field(name, value), whatever the entry's type: a template looks at the smaller of its
-  // type's posting and its fields' (matches() sorts out the types), so an entry costs one key per
-  // field rather than one per field and type it is filed under.
+  // Each field twice: keys.field(entry's own type, name, value) and keys.field("", name, value).
+  // A template of a type no live entry names as a supertype finds exactly its entries under the
+  // first; one of a supertype, or of any type, looks under the second (matches() sorts out the
+  // types), so an entry costs two keys per field, not one per field and type it is a kind of.
   std::unordered_map<uint64_t, Posting> by_field;
+  std::unordered_map<uint64_t, size_t> as_supertype;  // keys.type(t) -> live entries listing t as a supertype
   uint64_t next_seq = 1;
   std::map<TxnId, TxnState> txns;
   std::set<TxnId> ended;
@@ -277,11 +282,21 @@ struct Space::Impl {
     f(false, keys.type(""));
     std::string scratch;
     for (const auto& [name, value] : e.fields) {
-      if (!value.is_null()) f(true, keys.field(name, value, scratch));
+      if (value.is_null()) continue;
+      f(true, keys.field(e.type, name, value, scratch));
+      f(true, keys.field("", name, value, scratch));
     }
   }
 
   void index(uint64_t seq, const Entry& e, bool add) {
+    for (const std::string& super : e.supertypes) {
+      uint64_t key = keys.type(super);
+      if (add) {
+        ++as_supertype[key];
+      } else if (auto it = as_supertype.find(key); it != as_supertype.end() && --it->second == 0) {
+        as_supertype.erase(it);
+      }
+    }
     keys_of(e, [&](bool field, uint64_t key) {
       auto& map = field ? by_field : by_type;
       if (add) {
@@ -345,11 +360,14 @@ struct Space::Impl {
       auto it = map.find(key);
       return it == map.end() ? &kEmpty : &it->second;
     };
-    const Posting* best = find(by_type, keys.type(t.type));
+    const uint64_t type_key = keys.type(t.type);
+    const Posting* best = find(by_type, type_key);
+    // Entries of the template's own type alone, unless some entry is a kind of it too.
+    const std::string_view filed_under = as_supertype.contains(type_key) ? std::string_view() : t.type;
     std::string scratch;
     for (const auto& [name, value] : t.fields) {
       if (value.is_null()) continue;
-      const Posting* p = find(by_field, keys.field(name, value, scratch));
+      const Posting* p = find(by_field, keys.field(filed_under, name, value, scratch));
       if (p->size() < best->size()) best = p;
     }
     return best;

@@ -178,10 +178,12 @@ TEST_CASE("matching agrees with a plain list under random writes and takes") {
   SpaceClient& c = *h.client;
   auto& rng = test::rng();
   std::vector<Entry> model;
-  const char* types[] = {"t.A", "t.B", "t.C"};
+  const char* types[] = {"t.A", "t.B", "t.C", "t.Base"};  // t.Base is also the others' supertype
   for (int i = 0; i < 300; ++i) {
-    Entry e = entry(types[rng() % 3], {{"x", static_cast<int64_t>(rng() % 4)}, {"y", std::string(1, char('a' + rng() % 3))}, {"id", i}},
-                    rng() % 2 ? std::vector<std::string>{"t.Base"} : std::vector<std::string>{});
+    const char* type = types[rng() % 4];
+    bool sub = std::string_view(type) != "t.Base" && rng() % 2;
+    Entry e = entry(type, {{"x", static_cast<int64_t>(rng() % 4)}, {"y", std::string(1, char('a' + rng() % 3))}, {"id", i}},
+                    sub ? std::vector<std::string>{"t.Base"} : std::vector<std::string>{});
     must_write(c, e);
     model.push_back(e);
   }
@@ -206,6 +208,35 @@ TEST_CASE("matching agrees with a plain list under random writes and takes") {
       }
     }
   }
+}
+
+TEST_CASE("a template of a type finds its entries by field whether or not other entries are kinds of it") {
+  // Fields are filed under the entry's own type and under any type: a template of a type that some
+  // live entry lists as a supertype must look beyond entries of that exact type, and one of a type
+  // nobody extends any more must still find its own.
+  Harness h;
+  SpaceClient& c = *h.client;
+  auto count = [&](const char* type, int64_t q) {
+    auto all = c.contents_all(tmpl(type, {{"q", q}}));
+    REQUIRE(all.ok());
+    return all->size();
+  };
+  must_write(c, entry("t.Base", {{"q", 1}}));
+  must_write(c, entry("t.Sub", {{"q", 1}}, {"t.Base"}));
+  must_write(c, entry("t.Other", {{"q", 1}}));
+  CHECK(count("t.Base", 1) == 2);
+  CHECK(count("t.Sub", 1) == 1);
+  CHECK(count("t.Other", 1) == 1);
+  CHECK(count("", 1) == 3);
+  auto taken = c.take_if_exists(tmpl("t.Sub"));
+  REQUIRE(taken.ok());
+  REQUIRE(taken->has_value());
+  CHECK(count("t.Base", 1) == 1);  // no t.Sub left: its own entry, found under its own type
+  must_write(c, entry("t.Sub", {{"q", 2}}, {"t.Base"}));
+  CHECK(count("t.Base", 2) == 1);
+  CHECK(count("t.Base", 1) == 1);
+  CHECK(count("t.Other", 2) == 0);
+  CHECK(c.read_if_exists(tmpl("t.Base", {{"q", 2}}))->value().type == "t.Sub");
 }
 
 TEST_CASE("a blocking take is woken by a matching write; timeouts are honoured; notify sees matching writes only") {
