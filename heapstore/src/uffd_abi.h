@@ -1,5 +1,5 @@
 // The parts of the kernel's userfaultfd and PAGEMAP_SCAN ABI that Debian 12's headers predate:
-// asynchronous write-protect (Linux 6.7), UFFDIO_POISON (6.6) and the PAGEMAP_SCAN ioctl on
+// asynchronous write-protect (Linux 6.7), UFFDIO_POISON (6.6), UFFDIO_MOVE (6.8) and the PAGEMAP_SCAN ioctl on
 // /proc/self/pagemap (6.7). Values and layouts follow include/uapi/linux/userfaultfd.h and
 // include/uapi/linux/fs.h; they are part of the kernel's stable ABI. Declared here once, under our
 // own names, so a newer system header included elsewhere can never clash with them. Whether the
@@ -21,6 +21,7 @@ inline constexpr uint64_t kFeatureThreadId = 1ull << 8;
 inline constexpr uint64_t kFeatureWpUnpopulated = 1ull << 13;   // none ptes can be write-protected
 inline constexpr uint64_t kFeaturePoison = 1ull << 14;          // UFFDIO_POISON
 inline constexpr uint64_t kFeatureWpAsync = 1ull << 15;         // the kernel resolves WP faults itself
+inline constexpr uint64_t kFeatureMove = 1ull << 16;            // UFFDIO_MOVE
 
 // userfaultfd(2) flag: only faults from user mode (no privilege needed for it since 5.11).
 inline constexpr int kUserModeOnly = 1;
@@ -47,6 +48,19 @@ struct UffdioPoison {
 };
 static_assert(sizeof(UffdioPoison) == 32);
 inline constexpr unsigned long kUffdioPoison = _IOWR(0xAA, 0x08, UffdioPoison);
+
+// struct uffdio_move (UFFDIO_MOVE, _UFFDIO_MOVE = 0x05): moves the pages of an anonymous range
+// into a registered one without copying them.
+struct UffdioMove {
+  uint64_t dst;
+  uint64_t src;
+  uint64_t len;
+  uint64_t mode;
+  int64_t move;
+};
+static_assert(sizeof(UffdioMove) == 40);
+inline constexpr unsigned long kUffdioMove = _IOWR(0xAA, 0x05, UffdioMove);
+inline constexpr uint64_t kMoveModeDontWake = 1ull << 0;
 
 // The structures Debian's header does have, checked against the ABI's sizes.
 static_assert(sizeof(uffd_msg) == 32);
