@@ -5,6 +5,8 @@
 
 #include <kj/exception.h>
 
+#include <algorithm>
+#include <bit>
 #include <exception>
 #include <string>
 
@@ -283,6 +285,10 @@ Result<Entry> from_capnp(proto::Entry::Reader in) {
   return guarded<Entry>("entry", [&] { return read_entry(in); });
 }
 
+Result<Entry> from_capnp_unchecked(proto::Entry::Reader in) {
+  return guarded<Entry, false>("entry", [&] { return read_entry(in); });
+}
+
 Result<Template> from_capnp(proto::Template::Reader in) {
   return guarded<Template>("template", [&] { return read_template(in); });
 }
@@ -308,6 +314,65 @@ Result<ServiceTemplate> from_capnp(proto::ServiceTemplate::Reader in) {
 std::string flat_bytes(capnp::MessageBuilder& message) {
   kj::Array<capnp::word> words = capnp::messageToFlatArray(message);
   return std::string(reinterpret_cast<const char*>(words.begin()), words.size() * sizeof(capnp::word));
+}
+
+namespace {
+
+std::string_view view_of(capnp::Text::Reader t) { return std::string_view(t.begin(), t.size()); }
+
+// Value equality (model.h: by kind and value, floats by bit pattern) against an encoded value.
+bool equals(const Value& v, proto::Value::Reader in) {
+  switch (in.which()) {
+    case proto::Value::NONE:
+      return v.type() == ValueType::kNull;
+    case proto::Value::BOOL:
+      return v.type() == ValueType::kBool && v.as_bool() == in.getBool();
+    case proto::Value::INT:
+      return v.type() == ValueType::kInt && v.as_int() == static_cast<int64_t>(in.getInt());
+    case proto::Value::FLOAT:
+      return v.type() == ValueType::kFloat &&
+             std::bit_cast<uint64_t>(v.as_float()) == std::bit_cast<uint64_t>(in.getFloat());
+    case proto::Value::TEXT:
+      return v.type() == ValueType::kText && v.as_text() == view_of(in.getText());
+    case proto::Value::BYTES: {
+      if (v.type() != ValueType::kBytes) return false;
+      auto d = in.getBytes();
+      const Value::Bytes& b = v.as_bytes();
+      return b.size() == d.size() && std::equal(b.begin(), b.end(), d.begin());
+    }
+    case proto::Value::UUID:
+      return v.type() == ValueType::kUuid && v.as_uuid() == read_uuid(in.getUuid());
+    default:
+      return false;
+  }
+}
+
+}  // namespace
+
+bool matches(const Template& tmpl, proto::Entry::Reader entry) {
+  if (!tmpl.type.empty() && view_of(entry.getType()) != tmpl.type) {
+    bool kind = false;
+    for (capnp::Text::Reader s : entry.getSupertypes()) {
+      if (view_of(s) == tmpl.type) {
+        kind = true;
+        break;
+      }
+    }
+    if (!kind) return false;
+  }
+  auto fields = entry.getFields();
+  for (const auto& [name, value] : tmpl.fields) {
+    if (value.is_null()) continue;
+    bool found = false;
+    for (proto::Field::Reader f : fields) {
+      if (view_of(f.getName()) != name) continue;
+      if (!equals(value, f.getValue())) return false;
+      found = true;
+      break;
+    }
+    if (!found) return false;
+  }
+  return true;
 }
 
 }  // namespace djinn

@@ -126,6 +126,39 @@ std::vector<uint64_t> decode_seqs(const std::vector<uint8_t>& bytes) {
   return out;
 }
 
+// An entry as the space keeps it in memory: its encoded Cap'n Proto message (the row's bytes),
+// about a third of what the decoded Entry's strings, map nodes and variants take. Matched where it
+// lies (matches() on the message), decoded only for those who receive it.
+class StoredEntry {
+ public:
+  StoredEntry() = default;
+  // `encoded` is an Entry message as flat_bytes wrote it (whole words).
+  explicit StoredEntry(std::string_view encoded)
+      : words_(std::make_unique<capnp::word[]>(encoded.size() / sizeof(capnp::word))),
+        count_(encoded.size() / sizeof(capnp::word)) {
+    std::memcpy(words_.get(), encoded.data(), count_ * sizeof(capnp::word));
+  }
+
+  std::string_view bytes() const {
+    return std::string_view(reinterpret_cast<const char*>(words_.get()), count_ * sizeof(capnp::word));
+  }
+  bool matches(const Template& t) const {
+    capnp::FlatArrayMessageReader reader(words());
+    return djinn::matches(t, reader.getRoot<proto::Entry>());
+  }
+  // Stored entries were checked when written or loaded: decoding them cannot fail.
+  Entry decode() const {
+    capnp::FlatArrayMessageReader reader(words());
+    Result<Entry> e = from_capnp_unchecked(reader.getRoot<proto::Entry>());
+    return e.ok() ? std::move(*e) : Entry{};
+  }
+
+ private:
+  kj::ArrayPtr<const capnp::word> words() const { return kj::ArrayPtr<const capnp::word>(words_.get(), count_); }
+  std::unique_ptr<capnp::word[]> words_;
+  size_t count_ = 0;
+};
+
 }  // namespace
 
 std::string notify_event_kind(uint64_t notify_id) { return "space.notify." + std::to_string(notify_id); }
@@ -133,7 +166,7 @@ std::string notify_event_kind(uint64_t notify_id) { return "space.notify." + std
 struct Space::Impl {
   enum class Hold : uint8_t { kFree, kTaking, kTxn };
   struct Stored {
-    Entry entry;
+    StoredEntry entry;
     uint64_t lease = 0;
     int64_t expiration_ms = 0;  // wall clock, as the lease reports it
     int64_t deadline_ns = 0;    // the landlord's monotonic deadline: visible only before it
@@ -310,24 +343,31 @@ struct Space::Impl {
     });
   }
 
-  void insert_locked(uint64_t seq, Stored s) {
-    index(seq, s.entry, true);
+  // `entry` is s.entry decoded, for its index keys and value references.
+  void insert_locked(uint64_t seq, Stored s, const Entry& entry) {
+    index(seq, entry, true);
     if (s.lease) by_lease[s.lease] = seq;
     if (options.values) {
-      for (const ContentHash& v : value_refs_of(s.entry)) options.values->ref(v);
+      for (const ContentHash& v : value_refs_of(entry)) options.values->ref(v);
     }
     entries.emplace(seq, std::move(s));
   }
 
-  // Removes an entry from memory; returns its lease (to cancel) or 0.
-  uint64_t erase_locked(uint64_t seq) {
+  // Removes an entry from memory; returns its lease (to cancel) or 0. `decoded`: the entry
+  // decoded already, if the caller has it.
+  uint64_t erase_locked(uint64_t seq, const Entry* decoded = nullptr) {
     auto it = entries.find(seq);
     if (it == entries.end()) return 0;
-    index(seq, it->second.entry, false);
+    Entry own;
+    if (!decoded) {
+      own = it->second.entry.decode();
+      decoded = &own;
+    }
+    index(seq, *decoded, false);
     uint64_t lease = it->second.lease;
     if (lease) by_lease.erase(lease);
     if (options.values) {
-      for (const ContentHash& v : value_refs_of(it->second.entry)) options.values->unref(v);
+      for (const ContentHash& v : value_refs_of(*decoded)) options.values->unref(v);
     }
     entries.erase(it);
     return lease;
@@ -388,7 +428,7 @@ struct Space::Impl {
     int64_t now = landlord.now_ns();
     p->for_each_after(after, [&](uint64_t seq) {
       const Stored& s = entries.at(seq);
-      return !visible(s, txn, now) || !matches(t, s.entry) || f(seq, s);
+      return !visible(s, txn, now) || !s.entry.matches(t) || f(seq, s);
     });
   }
 
@@ -423,7 +463,7 @@ struct Space::Impl {
     for (auto it = waiters.begin(); it != waiters.end();) {
       Stored& s = entries.at(seq);
       Waiter& w = it->second;
-      if (!visible(s, w.txn, now) || !matches(w.tmpl, s.entry)) {
+      if (!visible(s, w.txn, now) || !s.entry.matches(w.tmpl)) {
         ++it;
         continue;
       }
@@ -433,13 +473,13 @@ struct Space::Impl {
       }
       remove_deadline_locked(it->first, w.deadline);
       if (!w.take) {
-        out.replies.emplace_back(std::move(w.done), std::vector<Entry>{s.entry});
+        out.replies.emplace_back(std::move(w.done), std::vector<Entry>{s.entry.decode()});
         it = waiters.erase(it);
         continue;
       }
       hold_locked(seq, w.txn);
       if (w.txn) {
-        out.replies.emplace_back(std::move(w.done), std::vector<Entry>{s.entry});
+        out.replies.emplace_back(std::move(w.done), std::vector<Entry>{s.entry.decode()});
       } else {
         out.takes.emplace_back(std::vector<uint64_t>{seq}, std::move(w.done));
       }
@@ -575,9 +615,8 @@ struct Space::Impl {
         for (uint64_t seq : ops[i].seqs) {
           auto it = entries.find(seq);
           if (it == entries.end()) continue;
-          outcomes[i].taken.push_back(std::move(it->second.entry));
-          it->second.entry = outcomes[i].taken.back();  // erase_locked unindexes by it
-          if (uint64_t l = erase_locked(seq)) d.cancel.push_back(l);
+          outcomes[i].taken.push_back(it->second.entry.decode());
+          if (uint64_t l = erase_locked(seq, &outcomes[i].taken.back())) d.cancel.push_back(l);
         }
       }
       for (size_t k = 0; k < write_index.size(); ++k) {
@@ -599,7 +638,7 @@ struct Space::Impl {
           continue;
         }
         Stored s;
-        s.entry = std::move(op.entry);
+        s.entry = StoredEntry(op.encoded);
         s.lease = l.id;
         s.expiration_ms = l.expiration_ms;
         s.deadline_ns = l.deadline_ns;
@@ -614,12 +653,12 @@ struct Space::Impl {
           }
           s.written_by = *op.txn;
           t->second.written.push_back(seq);
-          insert_locked(seq, std::move(s));
+          insert_locked(seq, std::move(s), op.entry);
           continue;
         }
-        insert_locked(seq, std::move(s));
+        insert_locked(seq, std::move(s), op.entry);
         remember_key_locked(op.key, seq);
-        publish_locked(entries.at(seq).entry);
+        publish_locked(op.entry);
         offer_locked(seq, d);
       }
     }
@@ -803,7 +842,8 @@ namespace {
 struct LoadedRow {
   uint64_t seq = 0;
   uint64_t lease = 0;
-  Result<Entry> entry = Entry{};
+  Result<Entry> entry = Entry{};  // decoded, for the indexes
+  std::string data;               // as stored, which the space keeps
   std::optional<TxnId> txn;
   std::optional<std::string> key;
 };
@@ -869,7 +909,9 @@ class RowLoader {
         std::vector<uint8_t> id = select_.column_blob(2);
         if (id.size() == 16) r.txn = TxnId::from_bytes(std::span<const uint8_t, 16>(id.data(), 16));
       }
-      r.entry = from_stored<Entry, proto::Entry>(select_.column_blob(3));
+      std::vector<uint8_t> data = select_.column_blob(3);
+      r.entry = from_stored<Entry, proto::Entry>(data);
+      r.data.assign(data.begin(), data.end());
       if (!select_.column_is_null(4)) r.key = select_.column_text(4);
       block.push_back(std::move(r));
       if (block.size() == kBlockRows && !hand_over(block)) return;
@@ -954,7 +996,7 @@ Status Space::Impl::load_store(sqlite::Database& db) {
           continue;
         }
         Stored s;
-        s.entry = std::move(*r.entry);
+        s.entry = StoredEntry(r.data);
         s.lease = r.lease;
         s.expiration_ms = held->expiration_ms;
         s.deadline_ns = held->deadline_ns;
@@ -965,7 +1007,7 @@ Status Space::Impl::load_store(sqlite::Database& db) {
           st.written.push_back(r.seq);
           st.prepared = st.recovered = true;
         }
-        insert_locked(r.seq, std::move(s));
+        insert_locked(r.seq, std::move(s), *r.entry);
         if (r.key) remember_key_locked(*r.key, r.seq);
       }
     }
@@ -1219,7 +1261,7 @@ void Space::match_async(MatchRequest request, MatchDone done) {
       {
         std::shared_lock lock(m.mu);
         m.scan_locked(request.tmpl, 0, txn, [&](uint64_t, const Impl::Stored& s) {
-          found.push_back(s.entry);
+          found.push_back(s.entry.decode());
           return false;
         });
       }
@@ -1240,7 +1282,7 @@ void Space::match_async(MatchRequest request, MatchDone done) {
         if (!seqs.empty()) {
           if (txn) {
             std::vector<Entry> out;
-            for (uint64_t seq : seqs) out.push_back(m.entries.at(seq).entry);
+            for (uint64_t seq : seqs) out.push_back(m.entries.at(seq).entry.decode());
             d.replies.emplace_back(std::move(reply), std::move(out));
           } else {
             d.takes.emplace_back(std::move(seqs), std::move(reply));
@@ -1249,7 +1291,7 @@ void Space::match_async(MatchRequest request, MatchDone done) {
       } else {
         std::vector<Entry> found;
         m.scan_locked(request.tmpl, 0, txn, [&](uint64_t, const Impl::Stored& s) {
-          found.push_back(s.entry);
+          found.push_back(s.entry.decode());
           return false;
         });
         if (!found.empty()) d.replies.emplace_back(std::move(reply), std::move(found));
@@ -1324,7 +1366,7 @@ Result<ContentsPage> Space::contents(const Template& tmpl, uint64_t cursor, size
       page.done = false;
       return false;
     }
-    page.entries.push_back(s.entry);
+    page.entries.push_back(s.entry.decode());
     page.cursor = seq;
     return true;
   });
@@ -1393,7 +1435,7 @@ Result<txn::Vote> Space::prepare(const txn::TxnId& id, std::string_view coordina
         own_taken.push_back(seq);
         continue;
       }
-      rows.push_back(Row{seq, e->second.lease, encode_entry(e->second.entry)});
+      rows.push_back(Row{seq, e->second.lease, std::string(e->second.entry.bytes())});
     }
     size_t taken_alive = 0;
     for (uint64_t seq : st.taken) {
@@ -1466,7 +1508,7 @@ Status Space::Impl::finish(const TxnId& id, bool commit_it) {
         auto e = entries.find(seq);
         if (e == entries.end() || e->second.written_by != id || e->second.has_row) continue;
         if (e->second.hold == Hold::kTxn && e->second.held_by == id) continue;
-        inserts.push_back({seq, {e->second.lease, encode_entry(e->second.entry)}});
+        inserts.push_back({seq, {e->second.lease, std::string(e->second.entry.bytes())}});
       }
       for (uint64_t seq : st.taken) {
         auto e = entries.find(seq);
@@ -1534,7 +1576,7 @@ Status Space::Impl::finish(const TxnId& id, bool commit_it) {
       }
       e->second.written_by.reset();
       e->second.has_row = has_store;
-      publish_locked(e->second.entry);
+      publish_locked(e->second.entry.decode());
       offer_locked(seq, d);
     }
   }

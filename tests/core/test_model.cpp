@@ -327,6 +327,9 @@ TEST_CASE("Template matching: table") {
   for (const auto& c : cases) {
     INFO(c.name);
     CHECK(djinn::matches(c.tmpl, *c.entry) == c.expected);
+    capnp::MallocMessageBuilder encoded;  // the same rules on the entry as encoded
+    djinn::to_capnp(*c.entry, encoded.initRoot<djinn::proto::Entry>());
+    CHECK(djinn::matches(c.tmpl, encoded.getRoot<djinn::proto::Entry>().asReader()) == c.expected);
   }
   CHECK(loc.is_a("djinn.attr.Location"));
   CHECK(loc.is_a("djinn.Entry"));
@@ -935,6 +938,11 @@ TEST_CASE("Property: matches agrees with a reference model and survives the wire
     CHECK(*e2 == e);
     CHECK(*t2 == t);
     CHECK(matches(*t2, *e2) == expected);
+    {
+      capnp::MallocMessageBuilder encoded;
+      to_capnp(e, encoded.initRoot<proto::Entry>());
+      CHECK(matches(t, encoded.getRoot<proto::Entry>().asReader()) == expected);
+    }
 
     ServiceItem item;
     item.service_id = pick(ids);

@@ -40,6 +40,14 @@ Result<LeaseInfo> from_capnp(proto::LeaseInfo::Reader in);
 Result<ServiceItem> from_capnp(proto::ServiceItem::Reader in);
 Result<ServiceTemplate> from_capnp(proto::ServiceTemplate::Reader in);
 
+// from_capnp for an entry this process encoded from a checked Entry: read without checking it
+// again (a malformed message still gives an error, never an exception).
+Result<Entry> from_capnp_unchecked(proto::Entry::Reader in);
+
+// matches(tmpl, entry) on an encoded entry, read in place: the same rules, no Entry built. The
+// entry must be well formed (a reader that is not may throw kj::Exception).
+bool matches(const Template& tmpl, proto::Entry::Reader entry);
+
 // A built message as the bytes of its words, as stores keep messages in a column.
 std::string flat_bytes(capnp::MessageBuilder& message);
 
