@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <condition_variable>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <future>
@@ -20,6 +21,7 @@
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
+#include <utility>
 
 #include "djinn/core/fault.h"
 #include "djinn/core/group_commit.h"
@@ -138,6 +140,13 @@ class StoredEntry {
         count_(encoded.size() / sizeof(capnp::word)) {
     std::memcpy(words_.get(), encoded.data(), count_ * sizeof(capnp::word));
   }
+  StoredEntry(StoredEntry&& other) noexcept
+      : words_(std::move(other.words_)), count_(std::exchange(other.count_, 0)) {}
+  StoredEntry& operator=(StoredEntry&& other) noexcept {
+    words_ = std::move(other.words_);
+    count_ = std::exchange(other.count_, 0);
+    return *this;
+  }
 
   std::string_view bytes() const {
     return std::string_view(reinterpret_cast<const char*>(words_.get()), count_ * sizeof(capnp::word));
@@ -146,11 +155,17 @@ class StoredEntry {
     capnp::FlatArrayMessageReader reader(words());
     return djinn::matches(t, reader.getRoot<proto::Entry>());
   }
-  // Stored entries were checked when written or loaded: decoding them cannot fail.
+  // Stored entries were checked when written or loaded, so decoding them cannot fail; if it ever
+  // did (memory exhausted, memory corrupted), going on would unindex the entry by the wrong keys.
   Entry decode() const {
     capnp::FlatArrayMessageReader reader(words());
     Result<Entry> e = from_capnp_unchecked(reader.getRoot<proto::Entry>());
-    return e.ok() ? std::move(*e) : Entry{};
+    if (!e.ok()) {
+      DJINN_LOG(kError, "space") << "an entry kept in memory no longer decodes (" << e.status().to_string()
+                                 << "): stopping rather than corrupting the indexes";
+      std::abort();
+    }
+    return std::move(*e);
   }
 
  private:
@@ -1576,7 +1591,7 @@ Status Space::Impl::finish(const TxnId& id, bool commit_it) {
       }
       e->second.written_by.reset();
       e->second.has_row = has_store;
-      publish_locked(e->second.entry.decode());
+      if (options.publisher && !watches.empty()) publish_locked(e->second.entry.decode());
       offer_locked(seq, d);
     }
   }
