@@ -8,6 +8,8 @@
 #include <sodium.h>
 #include <xxhash.h>
 
+#include <boost/container/small_vector.hpp>
+
 #include <algorithm>
 #include <condition_variable>
 #include <cstdlib>
@@ -18,6 +20,7 @@
 #include <mutex>
 #include <set>
 #include <shared_mutex>
+#include <span>
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
@@ -74,9 +77,33 @@ constexpr size_t kRememberKeys = 65536;
 // candidate that matches() then rejects. The seed is drawn for each space, so colliding values
 // cannot be chosen. Type and field keys live in maps of their own, so they need no separation from
 // each other.
+// One index key of an entry: a type it is filed under (its own, the empty type), a supertype (filed
+// the same way, and counted so templates of it know entries extend it), or a field.
+struct IndexKey {
+  enum Kind : uint8_t { kType, kSupertype, kField };
+  uint64_t key;
+  Kind kind;
+};
+
 class IndexKeys {
  public:
   IndexKeys() { randombytes_buf(&seed_, sizeof seed_); }
+
+  // Appends every index key of `e` to `out`: its type, each supertype and the empty type; each
+  // non-null field under its own type and under the empty type.
+  template <class Out>
+  void of(const Entry& e, Out& out) const {
+    out.push_back({type(e.type), IndexKey::kType});
+    for (const std::string& s : e.supertypes) out.push_back({type(s), IndexKey::kSupertype});
+    out.push_back({type(""), IndexKey::kType});
+    std::string scratch;
+    for (const auto& [name, value] : e.fields) {
+      if (value.is_null()) continue;
+      out.push_back({field(e.type, name, value, scratch), IndexKey::kField});
+      out.push_back({field("", name, value, scratch), IndexKey::kField});
+    }
+  }
+
   uint64_t type(std::string_view type) const { return XXH3_64bits_withSeed(type.data(), type.size(), seed_); }
   // Type and field names hold no NUL (validated), so NUL separates the parts unambiguously.
   uint64_t field(std::string_view type, std::string_view name, const Value& value, std::string& scratch) const {
@@ -322,48 +349,44 @@ struct Space::Impl {
 
   // ---- indexes (mu exclusive) ----
 
-  // Calls f(is_field, key) for every index key of `e`.
-  template <class F>
-  void keys_of(const Entry& e, F&& f) const {
-    f(false, keys.type(e.type));
-    for (const std::string& s : e.supertypes) f(false, keys.type(s));
-    f(false, keys.type(""));
-    std::string scratch;
-    for (const auto& [name, value] : e.fields) {
-      if (value.is_null()) continue;
-      f(true, keys.field(e.type, name, value, scratch));
-      f(true, keys.field("", name, value, scratch));
-    }
+  void index(uint64_t seq, const Entry& e, bool add) {
+    boost::container::small_vector<IndexKey, 16> found;
+    keys.of(e, found);
+    index_keys(seq, std::span<const IndexKey>(found.data(), found.size()), add);
   }
 
-  void index(uint64_t seq, const Entry& e, bool add) {
-    for (const std::string& super : e.supertypes) {
-      uint64_t key = keys.type(super);
-      if (add) {
-        ++as_supertype[key];
-      } else if (auto it = as_supertype.find(key); it != as_supertype.end() && --it->second == 0) {
-        as_supertype.erase(it);
+  void index_keys(uint64_t seq, std::span<const IndexKey> found, bool add) {
+    for (const IndexKey& k : found) {
+      if (k.kind == IndexKey::kSupertype) {
+        if (add) {
+          ++as_supertype[k.key];
+        } else if (auto it = as_supertype.find(k.key); it != as_supertype.end() && --it->second == 0) {
+          as_supertype.erase(it);
+        }
       }
-    }
-    keys_of(e, [&](bool field, uint64_t key) {
-      auto& map = field ? by_field : by_type;
+      auto& map = k.kind == IndexKey::kField ? by_field : by_type;
       if (add) {
-        map[key].insert(seq);
-      } else {
-        auto it = map.find(key);
-        if (it == map.end()) return;
+        map[k.key].insert(seq);
+      } else if (auto it = map.find(k.key); it != map.end()) {
         it->second.erase(seq);
         if (it->second.empty()) map.erase(it);
       }
-    });
+    }
   }
 
   // `entry` is s.entry decoded, for its index keys and value references.
   void insert_locked(uint64_t seq, Stored s, const Entry& entry) {
-    index(seq, entry, true);
+    boost::container::small_vector<IndexKey, 16> found;
+    keys.of(entry, found);
+    insert_keyed_locked(seq, std::move(s), std::span<const IndexKey>(found.data(), found.size()),
+                        options.values ? value_refs_of(entry) : std::vector<ContentHash>{});
+  }
+  // The same with the entry's keys and value references worked out already.
+  void insert_keyed_locked(uint64_t seq, Stored s, std::span<const IndexKey> found, const std::vector<ContentHash>& refs) {
+    index_keys(seq, found, true);
     if (s.lease) by_lease[s.lease] = seq;
     if (options.values) {
-      for (const ContentHash& v : value_refs_of(entry)) options.values->ref(v);
+      for (const ContentHash& v : refs) options.values->ref(v);
     }
     entries.emplace(seq, std::move(s));
   }
@@ -857,19 +880,28 @@ namespace {
 struct LoadedRow {
   uint64_t seq = 0;
   uint64_t lease = 0;
-  Result<Entry> entry = Entry{};  // decoded, for the indexes
-  std::string data;               // as stored, which the space keeps
+  Status error;      // the entry did not decode
+  std::string data;  // as stored, which the space keeps
+  uint32_t keys_at = 0, keys_count = 0;  // its index keys in the block's keys
+  std::vector<ContentHash> refs;        // the values it refers to
   std::optional<TxnId> txn;
   std::optional<std::string> key;
 };
 
-// Steps `select` (seq, lease, txn, data, ikey) on a thread of its own, decoding each entry, and
-// hands the rows over in blocks; at most a few blocks wait, so memory stays bounded. Says how far
-// it has got every kLoadProgressRows rows.
+// Rows and their index keys, worked out by the loading thread: the decoded entries never leave it.
+struct LoadedBlock {
+  std::vector<LoadedRow> rows;
+  std::vector<IndexKey> keys;
+};
+
+// Steps `select` (seq, lease, txn, data, ikey) on a thread of its own, decoding each entry for its
+// index keys (`keys`) and value references (`with_refs`), and hands the rows over in blocks; at
+// most a few blocks wait, so memory stays bounded. Says how far it has got every kLoadProgressRows
+// rows.
 class RowLoader {
  public:
-  RowLoader(sqlite::Statement& select, size_t rows, const std::string& name)
-      : select_(select), rows_(rows), name_(name), thread_([this] { run(); }) {}
+  RowLoader(sqlite::Statement& select, size_t rows, const IndexKeys& keys, bool with_refs, const std::string& name)
+      : select_(select), rows_(rows), keys_(keys), with_refs_(with_refs), name_(name), thread_([this] { run(); }) {}
   ~RowLoader() {
     {
       std::lock_guard lock(mu_);
@@ -882,7 +914,7 @@ class RowLoader {
   RowLoader& operator=(const RowLoader&) = delete;
 
   // The next block into `out`; false once every row has been handed over (or reading failed).
-  bool next(std::vector<LoadedRow>& out) {
+  bool next(LoadedBlock& out) {
     std::unique_lock lock(mu_);
     cv_.wait(lock, [&] { return !ready_.empty() || done_; });
     if (ready_.empty()) return false;
@@ -904,7 +936,7 @@ class RowLoader {
     name_this_thread("space-load");
     const auto started = Clock::now();
     Status failed;
-    std::vector<LoadedRow> block;
+    LoadedBlock block;
     for (size_t read = 0;; ++read) {
       Result<bool> row = select_.step();
       if (!row.ok()) {
@@ -925,13 +957,21 @@ class RowLoader {
         if (id.size() == 16) r.txn = TxnId::from_bytes(std::span<const uint8_t, 16>(id.data(), 16));
       }
       std::vector<uint8_t> data = select_.column_blob(3);
-      r.entry = from_stored<Entry, proto::Entry>(data);
-      r.data.assign(data.begin(), data.end());
+      Result<Entry> entry = from_stored<Entry, proto::Entry>(data);
+      if (entry.ok()) {
+        r.keys_at = static_cast<uint32_t>(block.keys.size());
+        keys_.of(*entry, block.keys);
+        r.keys_count = static_cast<uint32_t>(block.keys.size() - r.keys_at);
+        if (with_refs_) r.refs = value_refs_of(*entry);
+        r.data.assign(data.begin(), data.end());
+      } else {
+        r.error = entry.status();
+      }
       if (!select_.column_is_null(4)) r.key = select_.column_text(4);
-      block.push_back(std::move(r));
-      if (block.size() == kBlockRows && !hand_over(block)) return;
+      block.rows.push_back(std::move(r));
+      if (block.rows.size() == kBlockRows && !hand_over(block)) return;
     }
-    if (!block.empty()) (void)hand_over(block);
+    if (!block.rows.empty()) (void)hand_over(block);
     std::lock_guard lock(mu_);
     status_ = failed;
     done_ = true;
@@ -939,22 +979,24 @@ class RowLoader {
   }
 
   // False when the consumer went away.
-  bool hand_over(std::vector<LoadedRow>& block) {
+  bool hand_over(LoadedBlock& block) {
     std::unique_lock lock(mu_);
     cv_.wait(lock, [&] { return ready_.size() < kMaxBlocksWaiting || stop_; });
     if (stop_) return false;
     ready_.push_back(std::move(block));
-    block.clear();
+    block = LoadedBlock{};
     cv_.notify_all();
     return true;
   }
 
   sqlite::Statement& select_;
   const size_t rows_;
+  const IndexKeys& keys_;
+  const bool with_refs_;
   const std::string name_;
   std::mutex mu_;
   std::condition_variable cv_;
-  std::deque<std::vector<LoadedRow>> ready_;
+  std::deque<LoadedBlock> ready_;
   bool done_ = false;
   bool stop_ = false;
   Status status_;
@@ -998,14 +1040,14 @@ Status Space::Impl::load_store(sqlite::Database& db) {
     if (!select.ok()) return select.status();
     // A second thread reads and decodes the rows while this one files them: the two halves of
     // loading cost about the same, and a restart is waited for.
-    RowLoader loader(*select, rows, options.name);
-    for (std::vector<LoadedRow> block; loader.next(block);) {
-      for (LoadedRow& r : block) {
+    RowLoader loader(*select, rows, keys, options.values != nullptr, options.name);
+    for (LoadedBlock block; loader.next(block);) {
+      for (LoadedRow& r : block.rows) {
         next_seq = std::max(next_seq, r.seq + 1);
         std::optional<lease::Lease> held = r.lease ? landlord.find(r.lease) : std::nullopt;
-        if (!r.entry.ok() || !held) {
-          if (!r.entry.ok()) {
-            DJINN_LOG(kWarn, "space") << options.name << ": dropping an unreadable entry row: " << r.entry.status().to_string();
+        if (!r.error.ok() || !held) {
+          if (!r.error.ok()) {
+            DJINN_LOG(kWarn, "space") << options.name << ": dropping an unreadable entry row: " << r.error.to_string();
           }
           lapsed.push_back(r.seq);
           continue;
@@ -1022,7 +1064,8 @@ Status Space::Impl::load_store(sqlite::Database& db) {
           st.written.push_back(r.seq);
           st.prepared = st.recovered = true;
         }
-        insert_locked(r.seq, std::move(s), *r.entry);
+        insert_keyed_locked(r.seq, std::move(s), std::span<const IndexKey>(block.keys).subspan(r.keys_at, r.keys_count),
+                            r.refs);
         if (r.key) remember_key_locked(*r.key, r.seq);
       }
     }
