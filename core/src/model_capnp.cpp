@@ -14,6 +14,7 @@ namespace djinn {
 namespace {
 
 std::string text_of(capnp::Text::Reader t) { return std::string(t.begin(), t.size()); }
+std::string_view view_of(capnp::Text::Reader t) { return std::string_view(t.begin(), t.size()); }
 
 capnp::Text::Reader text_ref(const std::string& s) {
   return capnp::Text::Reader(s.data(), s.size());
@@ -317,8 +318,6 @@ std::string flat_bytes(capnp::MessageBuilder& message) {
 }
 
 namespace {
-
-std::string_view view_of(capnp::Text::Reader t) { return std::string_view(t.begin(), t.size()); }
 
 // Value equality (model.h: by kind and value, floats by bit pattern) against an encoded value.
 bool equals(const Value& v, proto::Value::Reader in) {

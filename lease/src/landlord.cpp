@@ -22,8 +22,8 @@
 
 #include "djinn/core/fault.h"
 #include "djinn/core/log.h"
-#include "djinn/core/thread_name.h"
 #include "djinn/core/sqlite.h"
+#include "djinn/core/thread_name.h"
 #include "landlord_tables.h"
 
 namespace djinn::lease {
@@ -504,25 +504,20 @@ struct Landlord::Impl {
     return next;
   }
 
-  // The leases chained from one name of the holder or resource index.
-  std::vector<Lease> chain_of(const internal::StringPool& index, std::string_view name,
-                              uint32_t Record::*next) const {
+  // project(slot) for each lease chained from one name of the holder or resource index.
+  template <class Project>
+  auto chain_of(const internal::StringPool& index, std::string_view name, uint32_t Record::*next,
+                Project project) const {
     std::lock_guard lock(mutex_);
-    std::vector<Lease> out;
+    std::vector<decltype(project(uint32_t{}))> out;
     uint32_t entry = index.find(name);
     if (entry == kNone) return out;
-    for (uint32_t s = index[entry].head; s != kNone; s = slots_[s].*next) out.push_back(to_lease(s));
+    for (uint32_t s = index[entry].head; s != kNone; s = slots_[s].*next) out.push_back(project(s));
     return out;
   }
-
-  // The ids alone: a start-up sweep over a million leases copies no names.
-  std::vector<LeaseId> ids_of(const internal::StringPool& index, std::string_view name, uint32_t Record::*next) const {
-    std::lock_guard lock(mutex_);
-    std::vector<LeaseId> out;
-    uint32_t entry = index.find(name);
-    if (entry == kNone) return out;
-    for (uint32_t s = index[entry].head; s != kNone; s = slots_[s].*next) out.push_back(slots_[s].id);
-    return out;
+  std::vector<Lease> chain_of(const internal::StringPool& index, std::string_view name,
+                              uint32_t Record::*next) const {
+    return chain_of(index, name, next, [this](uint32_t s) { return to_lease(s); });
   }
 
   // ---- durable writes (write_mutex_ held) ----
@@ -1388,7 +1383,9 @@ std::vector<Lease> Landlord::leases_of_resource(std::string_view resource) const
 }
 
 size_t Landlord::cancel_unheld(std::string_view resource, const std::function<bool(LeaseId)>& held) {
-  std::vector<LeaseId> orphans = impl_->ids_of(impl_->resources_, resource, &Record::res_next);
+  // The ids alone: a start-up sweep over a million leases copies no names.
+  std::vector<LeaseId> orphans =
+      impl_->chain_of(impl_->resources_, resource, &Record::res_next, [&](uint32_t s) { return impl_->slots_[s].id; });
   std::erase_if(orphans, held);
   if (!orphans.empty()) cancel_batch(orphans);
   return orphans.size();

@@ -72,11 +72,6 @@ constexpr size_t kLoadProgressRows = 1'000'000;
 // Idempotency keys of the latest writes, found again after a restart.
 constexpr size_t kRememberKeys = 65536;
 
-// Index keys are 64-bit seeded XXH3 hashes of a type, or of (type, field name, value): a key costs
-// no allocation and stays eight bytes however large the value, and a collision only adds a
-// candidate that matches() then rejects. The seed is drawn for each space, so colliding values
-// cannot be chosen. Type and field keys live in maps of their own, so they need no separation from
-// each other.
 // One index key of an entry: a type it is filed under (its own, the empty type), a supertype (filed
 // the same way, and counted so templates of it know entries extend it), or a field.
 struct IndexKey {
@@ -85,6 +80,11 @@ struct IndexKey {
   Kind kind;
 };
 
+// Index keys are 64-bit seeded XXH3 hashes of a type, or of (type, field name, value): a key costs
+// no allocation and stays eight bytes however large the value, and a collision only adds a
+// candidate that matches() then rejects. The seed is drawn for each space, so colliding values
+// cannot be chosen. Type and field keys live in maps of their own, so they need no separation from
+// each other.
 class IndexKeys {
  public:
   IndexKeys() { randombytes_buf(&seed_, sizeof seed_); }
@@ -732,8 +732,10 @@ struct Space::Impl {
     }
   }
 
+  bool watched_locked() const { return options.publisher && !watches.empty(); }
+
   void publish_locked(const Entry& e) {
-    if (!options.publisher || watches.empty()) return;
+    if (!watched_locked()) return;
     for (const auto& [id, w] : watches) {
       if (!matches(w.tmpl, e)) continue;
       capnp::MallocMessageBuilder message(rpc::kSmallMessageWords);
@@ -1634,7 +1636,7 @@ Status Space::Impl::finish(const TxnId& id, bool commit_it) {
       }
       e->second.written_by.reset();
       e->second.has_row = has_store;
-      if (options.publisher && !watches.empty()) publish_locked(e->second.entry.decode());
+      if (watched_locked()) publish_locked(e->second.entry.decode());  // decoded only for watchers
       offer_locked(seq, d);
     }
   }
