@@ -246,6 +246,14 @@ struct HeapFigures {
   double page_in_random_pages_per_fault = NAN;
   double page_in_sequential_MBps = NAN;
   double page_in_sequential_pages_per_fault = NAN;
+  // The same with the heap's page pool filled when it opens (Heap::reserve), and that filling.
+  double page_in_random_reserved_us = NAN;
+  double page_in_sequential_reserved_MBps = NAN;
+  double pool_reserve_MBps = NAN;
+  // A heap four times its budget scanned in order twice: the second scan's rate, every page-in
+  // evicting (into the pool where the kernel has one).
+  double page_in_sequential_evicting_MBps = NAN;
+  double page_in_sequential_evicting_no_pool_MBps = NAN;
   double zero_fault_us = NAN;  // per fault, random order, zero pages (no store read)
   double read_page_us = NAN;   // PageStore::read_page alone, per page
 };
@@ -357,7 +365,7 @@ HeapFigures heap_figures(const Setup& s, const std::string& dir, const std::stri
 
   // Demand page-in from the store into a fresh heap (budget = capacity: no eviction).
   {
-    std::vector<double> rnd, rnd_fault, rnd_ppf, seq, seq_ppf;
+    std::vector<double> rnd, rnd_fault, rnd_ppf, seq, seq_ppf, rsv, rnd_rsv, seq_rsv, seq_evict, seq_evict_drop;
     std::vector<uint64_t> order(pages);
     std::iota(order.begin(), order.end(), 0);
     for (int r = 0; r < s.rounds; ++r) {
@@ -378,6 +386,35 @@ HeapFigures heap_figures(const Setup& s, const std::string& dir, const std::stri
       st = h->stats();
       seq.push_back(static_cast<double>(s.heap_bytes) / 1e6 / secs);
       seq_ppf.push_back(static_cast<double>(st.pages_loaded) / static_cast<double>(st.faults));
+      h.reset();
+      // Reserved: the pool filled at open (timed apart), then the same two scans.
+      HeapOptions reserved = heap_options(s, s.heap_bytes, s.tracking);
+      reserved.reserve_bytes = s.heap_bytes;
+      t0 = Clock::now();
+      h = must(Heap::open(*store, version, reserved), "opening a heap");
+      secs = seconds_since(t0);
+      if (h->stats().pool_pages > 0) {
+        rsv.push_back(static_cast<double>(h->stats().pool_pages * s.page_size) / 1e6 / secs);
+        t0 = Clock::now();
+        for (uint64_t p : order) (void)*static_cast<volatile std::byte*>(h->base() + p * s.page_size);
+        rnd_rsv.push_back(seconds_since(t0) * 1e6 / static_cast<double>(pages));
+        h.reset();
+        h = must(Heap::open(*store, version, reserved), "opening a heap");
+        t0 = Clock::now();
+        for (uint64_t p = 0; p < pages; ++p) (void)*static_cast<volatile std::byte*>(h->base() + p * s.page_size);
+        seq_rsv.push_back(static_cast<double>(s.heap_bytes) / 1e6 / seconds_since(t0));
+      }
+      h.reset();
+      for (bool with_pool : {true, false}) {
+        HeapOptions small = heap_options(s, s.heap_bytes / 4, s.tracking);
+        small.page_pool = with_pool;
+        h = must(Heap::open(*store, version, small), "opening a heap");
+        for (uint64_t p = 0; p < pages; ++p) (void)*static_cast<volatile std::byte*>(h->base() + p * s.page_size);
+        t0 = Clock::now();
+        for (uint64_t p = 0; p < pages; ++p) (void)*static_cast<volatile std::byte*>(h->base() + p * s.page_size);
+        (with_pool ? seq_evict : seq_evict_drop).push_back(static_cast<double>(s.heap_bytes) / 1e6 / seconds_since(t0));
+        h.reset();
+      }
     }
     // The same random order over a heap never written: every fault maps zero pages, no store read,
     // so this is the fault path's own cost.
@@ -405,6 +442,18 @@ HeapFigures heap_figures(const Setup& s, const std::string& dir, const std::stri
     f.page_in_random_pages_per_fault = median(rnd_ppf);
     f.page_in_sequential_MBps = median(seq);
     f.page_in_sequential_pages_per_fault = median(seq_ppf);
+    if (!rsv.empty()) {
+      f.pool_reserve_MBps = median(rsv);
+      f.page_in_random_reserved_us = median(rnd_rsv);
+      f.page_in_sequential_reserved_MBps = median(seq_rsv);
+    }
+    f.page_in_sequential_evicting_MBps = median(seq_evict);
+    f.page_in_sequential_evicting_no_pool_MBps = median(seq_evict_drop);
+    progress("  page-in with the pool reserved (" + fixed(f.pool_reserve_MBps, 0) + " MB/s to reserve): random " +
+             fixed(f.page_in_random_reserved_us, 2) + " us/page, sequential " +
+             fixed(f.page_in_sequential_reserved_MBps, 0) + " MB/s; sequential over a heap 4x its budget " +
+             fixed(f.page_in_sequential_evicting_MBps, 0) + " MB/s (without the pool " +
+             fixed(f.page_in_sequential_evicting_no_pool_MBps, 0) + " MB/s)");
     progress("  page-in: random " + fixed(f.page_in_random_us, 2) + " us/page (" + fixed(f.page_in_random_fault_us, 2) +
              " us/fault, " + fixed(f.page_in_random_pages_per_fault, 2) + " pages/fault), sequential " +
              fixed(f.page_in_sequential_MBps, 0) + " MB/s; zero-page fault " + fixed(f.zero_fault_us, 2) +
@@ -502,12 +551,25 @@ int main(int argc, char** argv) {
   report.add({"page_in_sequential_vs_page_install_MBps", djinn::bench::round_to(f.page_in_sequential_MBps, 0), "MB/s",
               std::nullopt, ref("kernel_minor_fault_MBps", static_cast<double>(kSystemPage) / minor_us, 0),
               std::nullopt});
-  // A pager that never allocated (it reused resident pages, moved in with UFFDIO_MOVE) would meet
-  // this rate instead: what a pool of evicted or reserved pages could bring.
+  // A pager that never allocates (it reuses resident pages, moved in with UFFDIO_MOVE) meets this
+  // rate instead: what the heap's page pool does with pages reserved or evicted.
   if (!std::isnan(move_MBps)) {
     report.add({"page_in_sequential_vs_warm_page_move_MBps", djinn::bench::round_to(f.page_in_sequential_MBps, 0),
                 "MB/s", std::nullopt, ref("copy_into_resident_pages_and_uffdio_move_MBps", move_MBps, 0), std::nullopt});
   }
+  // The page pool's figures (none on kernels without UFFDIO_MOVE).
+  if (!std::isnan(f.page_in_sequential_reserved_MBps)) {
+    report.add({"page_in_sequential_reserved_MBps", djinn::bench::round_to(f.page_in_sequential_reserved_MBps, 0),
+                "MB/s", std::nullopt, ref("raw_sequential_read_MBps", file.read_MBps, 0),
+                djinn::bench::Target::at_least(djinn::bench::Target::Of::kLimit, 0.5)});
+    report.add({"page_in_random_reserved_us", djinn::bench::round_to(f.page_in_random_reserved_us, 2), per_page,
+                std::nullopt, ref("minor_fault_plus_pread_4k_us", minor_us + file.pread_us, 3),
+                djinn::bench::Target::at_most(djinn::bench::Target::Of::kLimit, 5)});
+    report.add({"pool_reserve_MBps", djinn::bench::round_to(f.pool_reserve_MBps, 0), "MB/s", std::nullopt,
+                ref("kernel_minor_fault_MBps", static_cast<double>(kSystemPage) / minor_us, 0), std::nullopt});
+  }
+  report.add({"page_in_sequential_evicting_MBps", djinn::bench::round_to(f.page_in_sequential_evicting_MBps, 0), "MB/s",
+              std::nullopt, ref("page_pool_off_MBps", f.page_in_sequential_evicting_no_pool_MBps, 0), std::nullopt});
   report.add({"dirty_collect_1pct_ms", djinn::bench::round_to(f.collect_1pct_ms, 3), "ms", std::nullopt, std::nullopt,
               djinn::bench::Target::at_most(djinn::bench::Target::Of::kValue, 1.0)});
   report.add({"dirty_collect_100pct_ms", djinn::bench::round_to(f.collect_100pct_ms, 3), "ms", std::nullopt, std::nullopt,
@@ -571,6 +633,14 @@ int main(int argc, char** argv) {
               std::to_string(setup.load_threads) + ") at once. Limits: the minor fault above plus a 4 KiB pread at a random offset of a file in the "
               "page cache; a sequential read of the same number of bytes from that file in 1 MiB preads; the "
               "kernel's minor fault rate in MB/s (allocating and mapping a page, which every page-in also pays)");
+  report.note("page pool: *_reserved: the same scans of a heap whose page pool was filled when it opened "
+              "(HeapOptions::reserve_bytes = the heap's size, as a node receiving an application reserves while its "
+              "pages are on their way); a scan's runs copy each page into a pool page and move it into place "
+              "(UFFDIO_MOVE) before write-protecting the run, no page allocated; random faults do not use the pool. "
+              "pool_reserve_MBps: that filling (MADV_POPULATE_WRITE), timed apart. page_in_sequential_evicting: a "
+              "heap of four times its budget scanned in order twice, the second scan timed (every run evicts as "
+              "many pages: into the pool, whose pages the next runs take); beside it the same with the pool off "
+              "(HeapOptions::page_pool = false: evicted pages given back, every page-in allocating)");
   report.note("dirty_collect: every page resident and clean, then 1% of the pages (or all) written; one "
               "Heap::dirty_pages() (PAGEMAP_SCAN with PM_SCAN_WP_MATCHING over the heap, page-table update, sorted "
               "list)");

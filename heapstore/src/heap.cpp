@@ -24,6 +24,7 @@
 #include "heap_loader.h"
 #include "heap_mmu.h"
 #include "heap_page_table.h"
+#include "heap_pool.h"
 #include "uffd_abi.h"
 
 namespace djinn::heapstore {
@@ -42,6 +43,9 @@ constexpr uint64_t kMaxHeapBytes = uint64_t{1} << 46;
 // Runs from this many pages on are loaded by the fault thread and the load threads together;
 // shorter ones (random faults) by the fault thread alone, which is quicker than waking a helper.
 constexpr uint32_t kMinSharedRunPages = 64;
+// Runs from this many pages on take their pages from the pool, as do a sequential scan's
+// (serve_missing_locked).
+constexpr uint32_t kMinPooledRunPages = 64;
 
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -112,6 +116,7 @@ struct Heap::Impl {
   std::vector<PageHash> hashes;
   std::unique_ptr<std::byte, FreeDeleter> zeros;
   std::vector<uint8_t> mapped;  // which pages of a run the loader mapped
+  std::unique_ptr<internal::PagePool> pool;  // null on kernels without UFFDIO_MOVE
   std::unique_ptr<internal::PageLoader> loader;
 
   std::thread fault_thread;
@@ -141,10 +146,18 @@ struct Heap::Impl {
   void serve_write_protect_locked(uint64_t i);
   // Loads pages [i, i + n) (non-resident), the faulting page i writable when `write`. Returns
   // false when page i itself could not be loaded.
-  bool load_run_locked(uint64_t i, uint64_t n, bool write);
+  bool load_run_locked(uint64_t i, uint64_t n, bool write, bool pooled);
   // Maps pages [first, first + count) (non-resident) with their content from the store, or zero;
   // returns how many from `first` were mapped before a page the store could not give (`error`).
-  uint64_t install_locked(uint64_t first, uint64_t count, bool writable_first, Status* error);
+  // Each part is woken as it is mapped; `from_pool`: as many as the pool holds go through its
+  // pages, and nothing is woken (the caller wakes the run once it is all protected).
+  uint64_t install_locked(uint64_t first, uint64_t count, bool writable_first, Status* error,
+                          bool from_pool = false);
+  // Maps pages [first, first + n) as zero pages, write-protected when `wp`.
+  Status map_zero_locked(uint64_t first, uint64_t n, bool wp, bool from_pool);
+  uint64_t pool_size() const { return pool ? pool->size() : 0; }
+  // Allocates pool pages up to `pages`, within what the budget leaves beside the resident ones.
+  Status reserve_locked(uint64_t pages);
   void fail_page_locked(uint64_t i, const Status& why);
 
   // Asynchronous mode: marks dirty the resident pages in [first, end) written since they were
@@ -153,10 +166,11 @@ struct Heap::Impl {
   // DESIGN §7's dirty set: every page written since the last checkpoint is kDirty and pending
   // afterwards, and write-protected again.
   Status collect_dirty_locked();
-  // Frees at least `want` resident pages by the CLOCK (fewer when the rest are pinned).
-  uint64_t evict_locked(uint64_t want);
-  // Drops the victims (ascending): a dirty one is put in the store first.
-  uint64_t drop_locked(std::vector<uint64_t>& victims);
+  // Frees at least `want` resident pages by the CLOCK (fewer when the rest are pinned), into the
+  // pool when `to_pool` and there is one.
+  uint64_t evict_locked(uint64_t want, bool to_pool = false);
+  // Unmaps the victims (ascending): a dirty one is put in the store first.
+  uint64_t drop_locked(std::vector<uint64_t>& victims, bool to_pool);
   // The hash of a clean resident page, learnt by hashing it; nullopt for a zero page.
   std::optional<PageHash> clean_hash_locked(uint64_t i, PageEntry& e);
 };
@@ -170,6 +184,7 @@ Heap::Impl::~Impl() {
   }
   if (stop_fd >= 0) ::close(stop_fd);
   loader.reset();
+  pool.reset();
   mmu.reset();  // unregisters before the range goes away
   if (base) ::munmap(base, length);
 }
@@ -240,17 +255,22 @@ void Heap::Impl::serve_missing_locked(uint64_t i, bool write) {
   window = sequential ? std::min<uint64_t>(window * 2, options.fault_around_max_pages) : options.fault_around_pages;
   uint64_t n = 1;
   while (n < window && i + n < capacity_pages && !table.resident(i + n)) ++n;
+  // A scan's runs (and any long run) go through the pool and evict into it; random faults' runs
+  // do neither: each move, and each protection of moved pages, flushes the TLB of every core
+  // running the process (an interrupt of 5-10 us in this virtual machine), which a long run pays
+  // once and a random fault's few pages would pay for more than the allocation it saves.
+  const bool pooled = pool && (sequential || n >= kMinPooledRunPages);
   if (resident + n > budget_pages) {
     // Evict a little more than needed, so the next faults do not each start a sweep.
     uint64_t slack = std::clamp<uint64_t>(budget_pages / 32, 1, 64);
-    evict_locked(resident + n - budget_pages + slack);
+    evict_locked(resident + n - budget_pages + slack, pooled);
     if (resident + n > budget_pages) {
       if (resident >= budget_pages) ++counters.over_budget_loads;
       n = resident < budget_pages ? budget_pages - resident : 1;
     }
   }
   ahead_begin = UINT64_MAX;
-  if (!load_run_locked(i, n, write)) return;
+  if (!load_run_locked(i, n, write, pooled)) return;
   last_run_end = i + n;
   // A scan that kept to the longest runs gets the run after this one too, before it gets there:
   // the faulting thread is woken first and goes through this run meanwhile. (A random fault may
@@ -263,8 +283,10 @@ void Heap::Impl::read_ahead_locked() {
   const uint64_t from = last_run_end;
   uint64_t n = 0;
   while (n < window && from + n < capacity_pages && !table.resident(from + n)) ++n;
-  // Never evicts: pages that may not be touched must not push out ones that were.
-  if (n == 0 || resident + n > budget_pages) return;
+  // Never evicts: pages that may not be touched must not push out ones that were. Never takes
+  // pool pages either (they would be writable while the scan runs on): pages it allocates must
+  // fit in the budget beside the pool's.
+  if (n == 0 || resident + pool_size() + n > budget_pages) return;
   Status error;
   uint64_t loaded = install_locked(from, n, false, &error);
   if (loaded == 0) return;  // the page that failed faults on its own if it is touched
@@ -273,10 +295,38 @@ void Heap::Impl::read_ahead_locked() {
   last_run_end = from + loaded;
 }
 
-bool Heap::Impl::load_run_locked(uint64_t i, uint64_t n, bool write) {
+bool Heap::Impl::load_run_locked(uint64_t i, uint64_t n, bool write, bool pooled) {
+  Status error;
+  if (pooled && pool->size() > 0) {
+    // A moved page is writable until it is protected, so the faulting thread must not get past
+    // its page before the run is protected: not only until it is woken, since a signal sends it
+    // back to retry the access. So the neighbours first, from the pool, each part protected
+    // before the next step; the faulting page last, with UFFDIO_COPY, which maps it protected
+    // (or writable and dirty) at once and wakes it.
+    uint64_t after = n > 1 ? install_locked(i + 1, n - 1, false, &error, true) : 0;
+    if (after > 0) {
+      Status st = mmu->wake(addr(i + 1), after * page_size);  // readers blocked on a neighbour
+      if (!st.ok()) throw std::runtime_error(st.to_string());
+    }
+    // The kernel allocates that page: the pool gives one up if both would go over the budget.
+    if (resident + pool->size() + 1 > budget_pages) {
+      pool->shrink(budget_pages > resident + 1 ? budget_pages - resident - 1 : 0);
+    }
+    if (install_locked(i, 1, write, &error) == 0) {
+      fail_page_locked(i, error);
+      return false;
+    }
+    if (write) mark_dirty(i, table.at(i));
+    return true;
+  }
+  // The kernel allocates the pages: the pool gives up as many, so both stay within the budget,
+  // and a few more, so that the next random faults do not each pay a TLB flush for it.
+  if (pool && resident + pool->size() + n > budget_pages) {
+    uint64_t spare = n + std::min<uint64_t>(kMinPooledRunPages * 4, budget_pages / 8);
+    pool->shrink(budget_pages > resident + spare ? budget_pages - resident - spare : 0);
+  }
   // The faulting page first, so its thread goes on while the neighbours load; a thread that
   // touches a neighbour meanwhile is woken by the copy that maps it.
-  Status error;
   if (install_locked(i, 1, write, &error) == 0) {
     fail_page_locked(i, error);
     return false;
@@ -287,7 +337,8 @@ bool Heap::Impl::load_run_locked(uint64_t i, uint64_t n, bool write) {
   return true;
 }
 
-uint64_t Heap::Impl::install_locked(uint64_t first, uint64_t count, bool writable_first, Status* error) {
+uint64_t Heap::Impl::install_locked(uint64_t first, uint64_t count, bool writable_first, Status* error,
+                                    bool from_pool) {
   uint64_t end = first + count;
   uint64_t j = first;
   auto stored = [&](uint64_t p) {
@@ -313,7 +364,10 @@ uint64_t Heap::Impl::install_locked(uint64_t first, uint64_t count, bool writabl
       hashes.clear();
       for (uint64_t p = j; p < k; ++p) hashes.push_back(table.find(p)->hash);
       std::span<uint8_t> done(mapped.data(), k - j);
-      uint64_t loaded = loader->load(hashes.data(), hashes.size(), staging.get(), addr(j), wp, done, error);
+      const uint64_t pool_before = pool_size();
+      uint64_t loaded = loader->load(hashes.data(), hashes.size(), staging.get(), addr(j), wp, done, error,
+                                     from_pool ? k - j : 0);
+      counters.pages_from_pool += pool_before - pool_size();
       // A page after a failed one may be mapped already (another thread's part): it is resident,
       // and a thread waiting on it is woken when its queued fault finds it so.
       for (uint64_t p = j; p < k; ++p) {
@@ -321,13 +375,13 @@ uint64_t Heap::Impl::install_locked(uint64_t first, uint64_t count, bool writabl
         make_resident(p);
         ++counters.pages_loaded;
       }
-      if (loaded > 0) {
+      if (loaded > 0 && !from_pool) {
         Status st = mmu->wake(addr(j), loaded * page_size);
         if (!st.ok()) throw std::runtime_error(st.to_string());
       }
       if (loaded < k - j) return j + loaded - first;
     } else {
-      Status st = mmu->copy(addr(j), zeros.get(), (k - j) * page_size, wp, true);
+      Status st = map_zero_locked(j, k - j, wp, from_pool);
       if (!st.ok()) throw std::runtime_error(st.to_string());
       for (uint64_t p = j; p < k; ++p) make_resident(p);
       counters.pages_zero_filled += k - j;
@@ -335,6 +389,24 @@ uint64_t Heap::Impl::install_locked(uint64_t first, uint64_t count, bool writabl
     j = k;
   }
   return j - first;
+}
+
+Status Heap::Impl::map_zero_locked(uint64_t first, uint64_t n, bool wp, bool from_pool) {
+  const uint64_t pooled = from_pool ? std::min(pool_size(), n) : 0;
+  if (pooled > 0) {
+    std::byte* slots = pool->take(pooled);
+    const size_t bytes = pooled * page_size;
+    std::memset(slots, 0, bytes);
+    size_t moved = mmu->move(addr(first), reinterpret_cast<uintptr_t>(slots), bytes);
+    if (moved > 0 && wp) DJINN_RETURN_IF_ERROR(mmu->protect(addr(first), moved, true, false));
+    if (moved < bytes) {
+      DJINN_RETURN_IF_ERROR(mmu->copy(addr(first) + moved, zeros.get(), bytes - moved, wp, false));
+      pool->discard(slots, pooled);
+    }
+    counters.pages_from_pool += pooled;
+  }
+  if (pooled == n) return Status();
+  return mmu->copy(addr(first + pooled), zeros.get(), (n - pooled) * page_size, wp, !from_pool);
 }
 
 void Heap::Impl::fail_page_locked(uint64_t i, const Status& why) {
@@ -403,7 +475,7 @@ std::optional<PageHash> Heap::Impl::clean_hash_locked(uint64_t i, PageEntry& e) 
   return e.hash;
 }
 
-uint64_t Heap::Impl::evict_locked(uint64_t want) {
+uint64_t Heap::Impl::evict_locked(uint64_t want, bool to_pool) {
   std::vector<uint64_t> victims;
   // Two turns of the hand at most: the first may only clear reference bits.
   const uint64_t limit = 2 * capacity_pages + kSweepWindow;
@@ -441,10 +513,10 @@ uint64_t Heap::Impl::evict_locked(uint64_t want) {
     hand = i >= capacity_pages ? 0 : i;
   }
   std::sort(victims.begin(), victims.end());
-  return drop_locked(victims);
+  return drop_locked(victims, to_pool);
 }
 
-uint64_t Heap::Impl::drop_locked(std::vector<uint64_t>& victims) {
+uint64_t Heap::Impl::drop_locked(std::vector<uint64_t>& victims, bool to_pool) {
   uint64_t dropped = 0;
   size_t out = 0;  // victims[0, out) are dropped; one that could not be written stays resident
   for (uint64_t i : victims) {
@@ -486,8 +558,16 @@ uint64_t Heap::Impl::drop_locked(std::vector<uint64_t>& victims) {
   for (size_t k = 1; k <= victims.size(); ++k) {
     if (k == victims.size() || victims[k] != victims[k - 1] + 1) {
       uint64_t first = victims[run_start];
-      Status st = internal::Mmu::drop(addr(first), (victims[k - 1] - first + 1) * page_size);
-      if (!st.ok()) throw std::runtime_error(st.to_string());
+      uint64_t n = victims[k - 1] - first + 1;
+      // Kept in the pool for the next page-in while resident and pool pages fit in the budget (not
+      // so with the budget full of pinned pages); dropped otherwise.
+      uint64_t room = budget_pages > resident + pool_size() ? budget_pages - resident - pool_size() : 0;
+      uint64_t kept = pool && to_pool ? pool->put(addr(first), std::min(n, room)) : 0;
+      counters.pages_to_pool += kept;
+      if (kept < n) {
+        Status st = internal::Mmu::drop(addr(first + kept), (n - kept) * page_size);
+        if (!st.ok()) throw std::runtime_error(st.to_string());
+      }
       run_start = k;
     }
   }
@@ -623,8 +703,18 @@ Result<std::unique_ptr<Heap>> Heap::open(PageStore& store, uint64_t version, Hea
   impl->zeros.reset(static_cast<std::byte*>(std::calloc(run_bytes, 1)));
   if (!impl->staging || !impl->zeros) return resource_exhausted("heap: no memory for its fault buffers");
   impl->mapped.resize(o.fault_around_max_pages);
-  impl->loader = std::make_unique<internal::PageLoader>(store, *impl->mmu, page_size, o.load_threads, o.fault_spin_us,
-                                                        kMinSharedRunPages);
+  if (o.page_pool && internal::mmu_support().move) {
+    Result<std::unique_ptr<internal::PagePool>> pool = internal::PagePool::create(*impl->mmu, page_size, budget_pages);
+    if (pool.ok()) {
+      impl->pool = std::move(*pool);
+      Status reserved = impl->reserve_locked(o.reserve_bytes / page_size);
+      if (!reserved.ok()) DJINN_LOG(kWarn, "heapstore") << "the heap's page pool stays empty: " << reserved.to_string();
+    } else {
+      DJINN_LOG(kWarn, "heapstore") << "the heap runs without its page pool: " << pool.status().to_string();
+    }
+  }
+  impl->loader = std::make_unique<internal::PageLoader>(store, *impl->mmu, impl->pool.get(), page_size, o.load_threads,
+                                                        o.fault_spin_us, kMinSharedRunPages);
   impl->stop_fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (impl->stop_fd < 0) return internal_error(std::string("eventfd: ") + std::strerror(errno));
   Impl* raw = impl.get();
@@ -772,7 +862,20 @@ Status Heap::trim(uint64_t max_resident_pages) {
   Impl& m = *impl_;
   std::lock_guard lock(m.mu);
   if (m.resident > max_resident_pages) m.evict_locked(m.resident - max_resident_pages);
+  if (m.pool) m.pool->shrink(0);
   return Status();
+}
+
+Status Heap::reserve(uint64_t bytes) {
+  Impl& m = *impl_;
+  std::lock_guard lock(m.mu);
+  return m.reserve_locked(bytes / m.page_size);
+}
+
+Status Heap::Impl::reserve_locked(uint64_t pages) {
+  if (!pool || pages == 0) return Status();
+  uint64_t room = budget_pages > resident ? budget_pages - resident : 0;
+  return pool->fill(std::min(pages, room));
 }
 
 Result<std::vector<PageInfo>> Heap::page_table(uint64_t first, uint64_t count, bool hashes) {
@@ -818,6 +921,7 @@ HeapStats Heap::stats() const {
   s.resident_pages = m.resident;
   s.pinned_pages = m.pinned;
   s.pending_pages = m.pending.size();
+  s.pool_pages = m.pool_size();
   return s;
 }
 

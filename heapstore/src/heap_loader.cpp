@@ -5,13 +5,19 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <stdexcept>
 
 namespace djinn::heapstore::internal {
 
-PageLoader::PageLoader(const PageStore& store, Mmu& mmu, uint32_t page_size, unsigned helpers, uint32_t spin_us,
-                       uint32_t min_shared_pages)
-    : store_(store), mmu_(mmu), page_size_(page_size), spin_us_(spin_us), min_shared_pages_(min_shared_pages) {
+PageLoader::PageLoader(const PageStore& store, Mmu& mmu, PagePool* pool, uint32_t page_size, unsigned helpers,
+                       uint32_t spin_us, uint32_t min_shared_pages)
+    : store_(store),
+      mmu_(mmu),
+      pool_(pool),
+      page_size_(page_size),
+      spin_us_(spin_us),
+      min_shared_pages_(min_shared_pages) {
   for (unsigned i = 0; i < helpers; ++i) helpers_.emplace_back([this] { helper_loop(); });
 }
 
@@ -45,13 +51,14 @@ void PageLoader::work(Job& job) {
         std::span<const PageHash>(job.hashes + k, n), page_size_,
         std::span<std::byte>(job.buffer + k * page_size_, n * page_size_),
         [&](size_t first, std::span<const std::byte> pages) {
-          Status copied = mmu_.copy(job.dst + (k + first) * page_size_, pages.data(), pages.size(), job.wp, false);
-          if (!copied.ok()) {
+          size_t count = pages.size() / page_size_;
+          Status mapped = map(job, k + first, pages.data(), count);
+          if (!mapped.ok()) {
             std::lock_guard lock(job.error_mu);
-            if (job.broken.ok()) job.broken = copied;
-            return copied;
+            if (job.broken.ok()) job.broken = mapped;
+            return mapped;
           }
-          std::fill_n(job.mapped + k + first, pages.size() / page_size_, uint8_t{1});
+          std::fill_n(job.mapped + k + first, count, uint8_t{1});
           return Status();
         },
         &st);
@@ -60,9 +67,36 @@ void PageLoader::work(Job& job) {
   }
 }
 
+Status PageLoader::map(Job& job, size_t at, const std::byte* pages, size_t count) {
+  const uintptr_t dst = job.dst + at * page_size_;
+  const size_t pooled = at < job.pool_pages ? std::min(count, job.pool_pages - at) : 0;
+  size_t done = 0;  // bytes mapped
+  if (pooled > 0) {
+    std::byte* slots = job.slots + at * page_size_;
+    const size_t bytes = pooled * page_size_;
+    std::memcpy(slots, pages, bytes);
+    size_t moved = mmu_.move(dst, reinterpret_cast<uintptr_t>(slots), bytes);
+    if (moved > 0 && job.wp) DJINN_RETURN_IF_ERROR(mmu_.protect(dst, moved, true, false));
+    if (moved < bytes) {
+      // A page the kernel would not move (a destination not a hole): the kernel copies from it.
+      job.leftovers.store(true, std::memory_order_relaxed);
+      DJINN_RETURN_IF_ERROR(mmu_.copy(dst + moved, slots + moved, bytes - moved, job.wp, false));
+    }
+    done = bytes;
+  }
+  if (done < count * page_size_) {
+    DJINN_RETURN_IF_ERROR(mmu_.copy(dst + done, pages + done, count * page_size_ - done, job.wp, false));
+  }
+  return Status();
+}
+
 size_t PageLoader::load(const PageHash* hashes, size_t n, std::byte* buffer, uintptr_t dst, bool wp,
-                        std::span<uint8_t> mapped, Status* error) {
+                        std::span<uint8_t> mapped, Status* error, size_t pool_pages) {
   Job job;
+  if (pool_ && pool_pages > 0) {
+    job.pool_pages = std::min({pool_pages, n, static_cast<size_t>(pool_->size())});
+    job.slots = pool_->take(job.pool_pages);
+  }
   job.hashes = hashes;
   job.buffer = buffer;
   job.dst = dst;
@@ -89,6 +123,11 @@ size_t PageLoader::load(const PageHash* hashes, size_t n, std::byte* buffer, uin
     cv_.wait(lock, [&] { return users_ == 0; });
   }
   while (job.finished.load(std::memory_order_acquire) < n) std::this_thread::yield();
+  // Slots whose pages did not move out (a failed page, or one the kernel copied from) are freed;
+  // the moved ones are holes already.
+  if (job.pool_pages > 0 && (job.leftovers.load() || job.first_error != SIZE_MAX || !job.broken.ok())) {
+    pool_->discard(job.slots, job.pool_pages);
+  }
   if (!job.broken.ok()) throw std::runtime_error(job.broken.to_string());
   if (job.first_error == SIZE_MAX) return n;
   if (error) *error = job.error;

@@ -8,6 +8,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <mutex>
@@ -78,6 +79,7 @@ MmuSupport probe() {
   s.userfaultfd = true;
   s.write_protect = (api.features & abi::kFeaturePagefaultFlagWp) != 0;
   s.poison = (api.features & abi::kFeaturePoison) != 0;
+  s.move = (api.features & abi::kFeatureMove) != 0;
   bool async = (api.features & abi::kFeatureWpAsync) != 0;
   bool scan = async && pagemap_scan_works();
   s.wp_async = s.write_protect && async && scan;
@@ -110,7 +112,7 @@ Result<std::unique_ptr<Mmu>> Mmu::create(std::byte* base, size_t length, bool as
   uffdio_api api{};
   api.api = UFFD_API;
   api.features = abi::kFeaturePagefaultFlagWp | (async_wp ? abi::kFeatureWpAsync : 0) |
-                 (support.poison ? abi::kFeaturePoison : 0);
+                 (support.poison ? abi::kFeaturePoison : 0) | (support.move ? abi::kFeatureMove : 0);
   if (::ioctl(fd, UFFDIO_API, &api) != 0) {
     int e = errno;
     ::close(fd);
@@ -173,6 +175,40 @@ Status Mmu::copy(uintptr_t dst, const void* src, size_t len, bool wp, bool wake)
     len -= std::min(done, len);
   }
   return Status();
+}
+
+Status Mmu::register_pool(uintptr_t start, size_t len) {
+  if (!mmu_support().move) return unimplemented("UFFDIO_MOVE needs Linux 6.8");
+  uffdio_register reg{};
+  reg.range.start = start;
+  reg.range.len = len;
+  reg.mode = abi::kRegisterModeWp;
+  if (::ioctl(uffd_, UFFDIO_REGISTER, &reg) != 0) {
+    return internal_error("UFFDIO_REGISTER of the page pool: " + errno_text(errno));
+  }
+  if ((reg.ioctls & (1ull << abi::kUffdioMoveNr)) == 0) {
+    return unimplemented("the page pool's range lacks UFFDIO_MOVE");
+  }
+  return Status();
+}
+
+size_t Mmu::move(uintptr_t dst, uintptr_t src, size_t len) {
+  size_t done = 0;
+  for (int again = 0; done < len;) {
+    abi::UffdioMove m{};
+    m.dst = dst + done;
+    m.src = src + done;
+    m.len = len - done;
+    m.mode = abi::kMoveModeDontWake;
+    int rc = ::ioctl(uffd_, abi::kUffdioMove, &m);
+    int e = errno;
+    done += std::min(m.move > 0 ? static_cast<size_t>(m.move) : size_t{0}, len - done);
+    if (rc == 0) return len;
+    // EAGAIN is transient (a page locked or being migrated); anything else names a page that
+    // cannot move.
+    if (e != EAGAIN || ++again > 1000) return done;
+  }
+  return done;
 }
 
 Status Mmu::protect(uintptr_t start, size_t len, bool wp, bool wake) {

@@ -21,6 +21,7 @@ struct MmuSupport {
   bool write_protect = false;  // UFFD_FEATURE_PAGEFAULT_FLAG_WP: synchronous write-protect faults
   bool wp_async = false;       // UFFD_FEATURE_WP_ASYNC and PAGEMAP_SCAN both work
   bool poison = false;         // UFFDIO_POISON
+  bool move = false;           // UFFDIO_MOVE (Linux 6.8): the heap's page pool
   std::string why;             // what is missing, when something is
 };
 const MmuSupport& mmu_support();
@@ -43,6 +44,16 @@ class Mmu {
   // Maps `len` bytes from `src` at `dst` (UFFDIO_COPY), write-protected when `wp`. Pages already
   // mapped in the range are skipped.
   Status copy(uintptr_t dst, const void* src, size_t len, bool wp, bool wake);
+  // Registers a range of private anonymous memory for write-protection only (no missing faults,
+  // nothing protected), so pages can be moved into it (UFFDIO_MOVE needs its destination
+  // registered). Needs `move` support.
+  Status register_pool(uintptr_t start, size_t len);
+  // Moves the present, unshared pages of [src, src + len) to [dst, dst + len), which must be holes
+  // (UFFDIO_MOVE: no page allocated or copied; the pages arrive writable), without waking. Returns
+  // the bytes moved before the first page that could not be (a destination that is not a hole, a
+  // page shared with another process):
+  // the caller copies or drops the rest.
+  size_t move(uintptr_t dst, uintptr_t src, size_t len);
   // Write-protects (or un-protects) mapped pages (UFFDIO_WRITEPROTECT).
   Status protect(uintptr_t start, size_t len, bool wp, bool wake);
   Status wake(uintptr_t start, size_t len);

@@ -59,7 +59,8 @@ struct UffdioMove {
   int64_t move;
 };
 static_assert(sizeof(UffdioMove) == 40);
-inline constexpr unsigned long kUffdioMove = _IOWR(0xAA, 0x05, UffdioMove);
+inline constexpr unsigned kUffdioMoveNr = 0x05;  // its bit in uffdio_register::ioctls
+inline constexpr unsigned long kUffdioMove = _IOWR(0xAA, kUffdioMoveNr, UffdioMove);
 inline constexpr uint64_t kMoveModeDontWake = 1ull << 0;
 
 // The structures Debian's header does have, checked against the ABI's sizes.

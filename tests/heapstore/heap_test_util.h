@@ -89,6 +89,15 @@ struct Image {
   }
 };
 
+// A version of a new heap of the image's size whose every page starts with 64 bytes derived from
+// its offset and `salt` (the image holds them too).
+inline uint64_t marked_version(PageStore& store, DirtyTracking mode, Image& image, uint64_t salt) {
+  const size_t size = image.bytes.size();
+  auto heap = must(Heap::open(store, 0, small_heap(mode, size, size)));
+  for (size_t off = 0; off < size; off += 4096) image.write(*heap, off, 64, off + salt);
+  return must(heap->checkpoint("marked")).version;
+}
+
 #define CHECK_HEAP_MATCHES(image, heap)                                                   \
   do {                                                                                    \
     int64_t diff_ = (image).first_difference(heap);                                       \

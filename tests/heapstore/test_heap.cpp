@@ -3,7 +3,7 @@
 // reopening, restoring any kept version bit-exact, incremental checkpoints writing exactly the
 // pages touched, a workload eight times its budget, dirty evictions, pinning, zero pages, larger
 // pages, a checkpoint that fails and the retry that follows, a corrupt page in a run shared by load
-// threads, read-ahead of sequential scans, and bad options.
+// threads, read-ahead of sequential scans, the page pool, and bad options.
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -411,12 +411,7 @@ TEST_CASE("a run shared by load threads: a corrupt page ends it, pages mapped pa
     const size_t size = 4 << 20;
     const uint64_t bad = 30;
     Image image(size);
-    uint64_t version;
-    {
-      auto heap = must(Heap::open(*s.store, 0, small_heap(mode, size, size)));
-      for (size_t off = 0; off < size; off += kPage) image.write(*heap, off, 64, off + 1);
-      version = must(heap->checkpoint("r")).version;
-    }
+    const uint64_t version = marked_version(*s.store, mode, image, 1);
     // Flip a byte of page `bad` where the pack stores it (raw: the store does not compress here).
     {
       std::filesystem::path pack;
@@ -429,30 +424,39 @@ TEST_CASE("a run shared by load threads: a corrupt page ends it, pages mapped pa
       f.seekp(static_cast<std::streamoff>(at));
       f.put(static_cast<char>(bytes[at] ^ 0x5a));
     }
-    HeapOptions o = small_heap(mode, size, size);
-    o.fault_around_pages = 128;
-    o.fault_around_max_pages = 256;  // runs of 128 stay short of the longest: no read-ahead here
-    o.load_threads = 1;
-    auto heap = must(Heap::open(*s.store, version, o));
-    auto same = [&](uint64_t p) { return std::memcmp(heap->base() + p * kPage, image.bytes.data() + p * kPage, 64) == 0; };
-    // One fault loads page 0, then pages 1..127 in two parts; the part holding the bad page stops
-    // there, the other is mapped whole.
-    CHECK(same(0));
-    HeapStats st = heap->stats();
-    CHECK(st.faults == 1);
-    const uint64_t second_part = 1 + (127 + 1) / 2;
-    CHECK(st.pages_loaded == 1 + (bad - 1) + (128 - second_part));
-    CHECK(st.resident_pages == st.pages_loaded);
-    for (uint64_t p = 0; p < bad; ++p) CHECK(same(p));
-    for (uint64_t p = second_part; p < 128; ++p) CHECK(same(p));
-    CHECK(heap->stats().faults == 1);
-    // The pages between load on their own fault, up to the resident ones.
-    for (uint64_t p = bad + 1; p < second_part; ++p) CHECK(same(p));
-    st = heap->stats();
-    CHECK(st.faults == 2);
-    CHECK(st.resident_pages == 127);
-    CHECK(st.load_errors == 0);
-    CHECK(must(heap->checkpoint("after")).pages_written == 0);
+    // Twice: pages allocated by the kernel, then pages of a pool filled at open (a run of 128 is
+    // long enough to use it): the part that stops gives its pool pages back.
+    for (uint64_t reserve : {uint64_t{0}, uint64_t{size}}) {
+      INFO("reserved ", reserve);
+      HeapOptions o = small_heap(mode, size, size);
+      o.fault_around_pages = 128;
+      o.fault_around_max_pages = 256;  // runs of 128 stay short of the longest: no read-ahead here
+      o.load_threads = 1;
+      o.reserve_bytes = reserve;
+      auto heap = must(Heap::open(*s.store, version, o));
+      const bool pooled = heap->stats().pool_pages > 0;
+      auto same = [&](uint64_t p) { return std::memcmp(heap->base() + p * kPage, image.bytes.data() + p * kPage, 64) == 0; };
+      // One fault loads page 0, then pages 1..127 in two parts; the part holding the bad page stops
+      // there, the other is mapped whole.
+      CHECK(same(0));
+      HeapStats st = heap->stats();
+      CHECK(st.faults == 1);
+      const uint64_t second_part = 1 + (127 + 1) / 2;
+      CHECK(st.pages_loaded == 1 + (bad - 1) + (128 - second_part));
+      CHECK(st.resident_pages == st.pages_loaded);
+      for (uint64_t p = 0; p < bad; ++p) CHECK(same(p));
+      for (uint64_t p = second_part; p < 128; ++p) CHECK(same(p));
+      CHECK(heap->stats().faults == 1);
+      // The pages between load on their own fault, up to the resident ones.
+      for (uint64_t p = bad + 1; p < second_part; ++p) CHECK(same(p));
+      st = heap->stats();
+      CHECK(st.faults == 2);
+      CHECK(st.resident_pages == 127);
+      CHECK(st.load_errors == 0);
+      CHECK(st.resident_pages + st.pool_pages <= st.budget_pages);
+      if (pooled) CHECK(st.pages_from_pool >= 127 - (bad - 1));
+      CHECK(must(heap->checkpoint("after")).pages_written == 0);
+    }
   }
 }
 
@@ -463,12 +467,7 @@ TEST_CASE("a sequential scan gets runs read ahead, within the budget only") {
     const size_t size = 4 << 20;
     const uint64_t pages = size / kPage;
     Image image(size);
-    uint64_t version;
-    {
-      auto heap = must(Heap::open(*s.store, 0, small_heap(mode, size, size)));
-      for (size_t off = 0; off < size; off += kPage) image.write(*heap, off, 64, off + 7);
-      version = must(heap->checkpoint("r")).version;
-    }
+    const uint64_t version = marked_version(*s.store, mode, image, 7);
     auto scan = [&](uint64_t budget_pages) {
       HeapOptions o = small_heap(mode, size, budget_pages * kPage);
       o.fault_around_pages = 8;
@@ -502,5 +501,94 @@ TEST_CASE("a sequential scan gets runs read ahead, within the budget only") {
     }
     CHECK(heap->stats().pages_loaded == 3 * 64);
     CHECK(heap->stats().pages_read_ahead == 0);
+  }
+}
+
+TEST_CASE("the page pool: scans reuse evicted or reserved pages, which arrive clean, within the budget") {
+  for (DirtyTracking mode : tracking_modes()) {
+    INFO("mode ", tracking_name(mode));
+    StoreDir s;
+    const size_t size = 4 << 20;
+    const uint64_t pages = size / kPage;
+    Image image(size);
+    const uint64_t version = marked_version(*s.store, mode, image, 3);
+    auto within_budget = [](const Heap& heap) {
+      HeapStats st = heap.stats();
+      return st.resident_pages + st.pool_pages <= st.budget_pages;
+    };
+    bool has_pool;
+    {
+      HeapOptions o = small_heap(mode, size, size);
+      o.reserve_bytes = size;
+      has_pool = must(Heap::open(*s.store, version, o))->stats().pool_pages == pages;
+    }
+    if (!has_pool) MESSAGE("no UFFDIO_MOVE on this kernel: the heap runs without its page pool");
+
+    // A heap four times its budget scanned twice: the second scan's pages come from the first's
+    // evictions, and none of them reads as written.
+    HeapOptions o = small_heap(mode, size, size / 4);
+    o.fault_around_max_pages = 64;
+    auto heap = must(Heap::open(*s.store, version, o));
+    for (int pass = 0; pass < 2; ++pass) {
+      for (uint64_t p = 0; p < pages; ++p) {
+        REQUIRE(std::memcmp(heap->base() + p * kPage, image.bytes.data() + p * kPage, 64) == 0);
+        REQUIRE(within_budget(*heap));
+      }
+    }
+    HeapStats st = heap->stats();
+    CHECK(st.evictions > pages);
+    if (has_pool) {
+      CHECK(st.pages_to_pool > pages / 2);
+      CHECK(st.pages_from_pool > pages / 2);
+    }
+    CHECK(must(heap->dirty_pages()).empty());
+    // Writes in order, every other page: write faults and writes to pages that runs brought, from
+    // the pool or not: exactly those pages are dirty, and checkpointed.
+    std::vector<uint64_t> written;
+    for (uint64_t p = 0; p < pages; p += 2) {
+      image.write(*heap, p * kPage + 100, 8, p + 11);
+      written.push_back(p);
+      REQUIRE(within_budget(*heap));
+    }
+    CHECK(must(heap->dirty_pages()) == written);
+    VersionInfo v = must(heap->checkpoint("written"));
+    heap.reset();
+
+    // Reserved at open: a scan maps the pool's pages, clean; trim frees the pool, reserve fills it.
+    o = small_heap(mode, size, size);
+    o.reserve_bytes = size;
+    heap = must(Heap::open(*s.store, v.version, o));
+    CHECK_HEAP_MATCHES(image, *heap);
+    st = heap->stats();
+    CHECK(st.resident_pages + st.pool_pages <= st.budget_pages);
+    if (has_pool) CHECK(st.pages_from_pool > pages / 2);
+    CHECK(must(heap->dirty_pages()).empty());
+    image.write(*heap, 700 * kPage, 16, 99);
+    CHECK(must(heap->dirty_pages()) == std::vector<uint64_t>{700});
+    must_ok(heap->trim(0));
+    CHECK(heap->stats().resident_pages == 0);
+    CHECK(heap->stats().pool_pages == 0);
+    must_ok(heap->reserve(64 * kPage));
+    CHECK(heap->stats().pool_pages == (has_pool ? 64u : 0u));
+    CHECK_HEAP_MATCHES(image, *heap);
+    CHECK(must(heap->dirty_pages()) == std::vector<uint64_t>{700});
+    v = must(heap->checkpoint("700"));
+    heap.reset();
+
+    // A new heap's zero pages come from the pool too, and read as zero.
+    heap = must(Heap::open(*s.store, 0, o));
+    Image zeros(size);
+    CHECK_HEAP_MATCHES(zeros, *heap);
+    if (has_pool) CHECK(heap->stats().pages_from_pool > pages / 2);
+    zeros.write(*heap, 9 * kPage, 8, 5);
+    CHECK(must(heap->dirty_pages()) == std::vector<uint64_t>{9});
+    heap.reset();
+
+    // Without the pool: evictions give pages back, nothing is reserved.
+    o.page_pool = false;
+    heap = must(Heap::open(*s.store, v.version, o));
+    CHECK(heap->stats().pool_pages == 0);
+    CHECK_HEAP_MATCHES(image, *heap);
+    CHECK(heap->stats().pages_from_pool == 0);
   }
 }

@@ -10,16 +10,17 @@
 //   auto again = Heap::open(**store, v1->version);      // restore, at any base address
 //
 // How it works: the range is registered with a userfaultfd. A missing page faults to the heap's
-// fault thread, which loads it (and a run of its neighbours) from the store with UFFDIO_COPY,
-// write-protected. On kernels with UFFD_FEATURE_WP_ASYNC (Linux 6.7) the first write to a
+// fault thread, which loads it (and a run of its neighbours) from the store, write-protected. On kernels with UFFD_FEATURE_WP_ASYNC (Linux 6.7) the first write to a
 // protected page is resolved by the kernel itself and PAGEMAP_SCAN later reports the written pages
 // and protects them again; elsewhere each first write is a synchronous write-protect fault served
 // by the fault thread. Over budget, the fault thread evicts pages with a CLOCK sweep (a dirty
-// victim is put in the store first) and drops them with MADV_DONTNEED, so they fault in again.
+// victim is put in the store first) and unmaps them, so they fault in again. On Linux 6.8 and
+// later the unmapped pages are kept in a page pool (UFFDIO_MOVE) and page-ins reuse them rather
+// than have the kernel allocate pages: resident and pooled pages together stay within the budget.
 //
-// One mutator at a time (DESIGN §8: an app's handlers run one at a time). Evictions happen inside
-// faults, while the faulting thread waits; in the asynchronous mode a write made by another thread
-// at that moment could be lost. Threads that only read, or that write while no other thread can
+// One mutator at a time (DESIGN §8: an app's handlers run one at a time). Evictions and page-ins
+// happen inside faults, while the faulting thread waits; a write made by another thread (or a
+// signal handler) at that moment could be lost. Threads that only read, or that write while no other thread can
 // fault, are fine. checkpoint(), pin() and trim() run at a safe point: no thread is writing the
 // heap while they run.
 #pragma once
@@ -78,6 +79,11 @@ struct HeapOptions {
   // page-in from 2,240 to 3,300 MB/s on two cores when pages were still read into a buffer first
   // (bench-heapstore --load-threads); two did worse. Random faults stay on the fault thread.
   uint32_t load_threads = 1;
+  // The page pool (Linux 6.8 and later): evicted pages are kept and page-ins reuse them rather
+  // than have the kernel allocate pages. false: evictions give pages back to the kernel.
+  bool page_pool = true;
+  // Pages allocated into the pool when the heap opens (as by reserve(), within the budget).
+  uint64_t reserve_bytes = 0;
 };
 
 // DESIGN §7's page states. A page is empty (all zero, never stored, not resident), resident
@@ -109,12 +115,16 @@ struct HeapStats {
   uint64_t resident_pages = 0;
   uint64_t pinned_pages = 0;
   uint64_t pending_pages = 0;  // known to differ from the version (dirty ones as of the last scan)
+  uint64_t pool_pages = 0;     // held in the page pool, not mapped (resident + pool <= budget)
   uint64_t faults = 0;           // missing-page faults served
   uint64_t pages_loaded = 0;     // pages read from the store (faulting ones and their neighbours)
   uint64_t pages_zero_filled = 0;
   uint64_t pages_read_ahead = 0;  // mapped ahead of a sequential scan (loaded or zero-filled)
+  uint64_t pages_from_pool = 0;   // taken from the pool to be mapped (loaded or zero-filled; a
+                                  // failed load gives its pages back to the kernel)
+  uint64_t pages_to_pool = 0;     // evicted into the pool rather than dropped
   uint64_t write_faults = 0;     // synchronous write-protect faults (kSyncWriteProtect)
-  uint64_t evictions = 0;        // pages dropped to stay within the budget
+  uint64_t evictions = 0;        // pages dropped to stay within the budget (or kept in the pool)
   uint64_t dirty_evictions = 0;  // of which dirty, written first
   uint64_t flushes = 0;          // pages put in the store by evictions
   uint64_t over_budget_loads = 0;  // faults served with the budget already full of pinned pages
@@ -163,8 +173,14 @@ class Heap {
   // loads them. Pinned pages count against the budget. At a safe point.
   Status pin(uint64_t offset, uint64_t length, PageType type = PageType::kUser);
   Status unpin(uint64_t offset, uint64_t length);
-  // Evicts until at most `max_resident_pages` are resident (pinned pages stay). At a safe point.
+  // Evicts until at most `max_resident_pages` are resident (pinned pages stay) and frees the
+  // page pool. At a safe point.
   Status trim(uint64_t max_resident_pages);
+  // Allocates pages into the page pool until it holds `bytes` (at most what the budget leaves
+  // beside the resident pages), so that as many page-ins allocate nothing: a node receiving an
+  // application reserves while its pages are on their way. Does nothing on kernels without
+  // UFFDIO_MOVE (before Linux 6.8). At a safe point.
+  Status reserve(uint64_t bytes);
 
   // The page table for pages [first, first + count) that are not empty (migration exports the
   // pages a receiver lacks from it). With `hashes`, resident clean pages whose hash is not known
