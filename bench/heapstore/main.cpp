@@ -215,6 +215,7 @@ struct Setup {
   uint32_t page_size;
   DirtyTracking tracking;
   uint32_t fault_around;
+  uint32_t fault_around_max;
   uint32_t fault_spin_us;
   uint32_t load_threads;
   int rounds;
@@ -227,6 +228,7 @@ HeapOptions heap_options(const Setup& s, uint64_t budget_bytes, DirtyTracking tr
   o.budget_bytes = budget_bytes;
   o.tracking = tracking;
   o.fault_around_pages = s.fault_around;
+  o.fault_around_max_pages = s.fault_around_max;
   o.fault_spin_us = s.fault_spin_us;
   o.load_threads = s.load_threads;
   return o;
@@ -486,6 +488,8 @@ int main(int argc, char** argv) {
   cfg.add_int("page-size", kDefaultPageSize, "heap page size in bytes", 4096, 1 << 21);
   cfg.add_string("tracking", "auto", "dirty tracking: auto, async or sync");
   cfg.add_int("fault-around", HeapOptions{}.fault_around_pages, "pages loaded by a non-sequential fault", 1, 1024);
+  cfg.add_int("fault-around-max", HeapOptions{}.fault_around_max_pages,
+              "the longest run a sequential scan's faults load (at most 4 MiB and a quarter of the budget)", 1, 65536);
   cfg.add_int("fault-spin-us", HeapOptions{}.fault_spin_us, "how long the fault thread polls before it sleeps", 0,
               100000);
   cfg.add_int("load-threads", HeapOptions{}.load_threads, "threads loading long runs beside the fault thread", 0,
@@ -506,6 +510,7 @@ int main(int argc, char** argv) {
                                         : DirtyTracking::kAuto;
   if (setup.tracking == DirtyTracking::kAuto) setup.tracking = Heap::auto_tracking();
   setup.fault_around = static_cast<uint32_t>(cfg.get_int("fault-around"));
+  setup.fault_around_max = static_cast<uint32_t>(cfg.get_int("fault-around-max"));
   setup.fault_spin_us = static_cast<uint32_t>(cfg.get_int("fault-spin-us"));
   setup.load_threads = static_cast<uint32_t>(cfg.get_int("load-threads"));
   setup.rounds = plan.rounds;

@@ -67,7 +67,8 @@ struct HeapOptions {
   // up to the maximum (at most a quarter of the budget and 4 MiB), and a scan at the maximum gets
   // the next run read ahead. 8: the cheapest random page-in per page touched of 4, 8 and 16 here;
   // 1024: sequential page-in about 4,300 -> 4,900 MB/s against 512 (each run costs a fault round
-  // trip), and 1,700 -> 2,100 MB/s for 512 against 64 before.
+  // trip), and 1,700 -> 2,100 MB/s for 512 against 64 before; 2048 (8 MiB runs) gained nothing
+  // measurable, with the page pool or without (bench-heapstore --fault-around-max).
   uint32_t fault_around_pages = 8;
   uint32_t fault_around_max_pages = 1024;
   // After serving a fault, the fault thread polls for the next one this long before it sleeps:
