@@ -63,9 +63,13 @@ uint64_t PagePool::put(uintptr_t src, uint64_t n) {
   // Part of a heap page larger than 4 KiB moved: those pieces are freed (the caller drops the
   // rest of it), so the slot stays a hole.
   if (bytes % page_size_ != 0) discard(slot(held_ + moved), 1);
-  // Pages arrive writable, but a kernel that kept a page's write-protect bit would stop the next
-  // copy into it: nothing in the pool is protected.
-  if (moved > 0) (void)mmu_.protect(reinterpret_cast<uintptr_t>(first), moved * page_size_, false, false);
+  // A present page arrives writable, but one swapped out moves as its swap entry, write-protect
+  // bit included, and the next copy into it would fault: nothing in the pool stays protected.
+  // Pages that cannot be un-protected are freed (they were victims: nothing of theirs is lost).
+  if (moved > 0 && !mmu_.protect(reinterpret_cast<uintptr_t>(first), moved * page_size_, false, false).ok()) {
+    discard(first, moved);
+    return 0;
+  }
   held_ += moved;
   return moved;
 }

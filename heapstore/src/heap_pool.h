@@ -40,8 +40,9 @@ class PagePool {
   std::byte* take(uint64_t n);
   // Frees [first, first + n pages), pages taken and not moved out (holes are left as they are).
   void discard(std::byte* first, uint64_t n);
-  // Moves `n` pages at `src` into the pool, as many as there is room for; returns how many moved.
-  // The ones that did not (no room, or a page the kernel refuses to move) stay where they were.
+  // Moves `n` pages at `src` into the pool, as many as there is room for; returns how many it
+  // keeps. The others stay where they were (no room, a page the kernel refuses to move) or are
+  // freed (moved but not to be un-protected): the caller drops the whole range's remainder.
   uint64_t put(uintptr_t src, uint64_t n);
   // Frees every held page beyond the first `keep`.
   void shrink(uint64_t keep);
