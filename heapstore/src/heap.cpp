@@ -395,14 +395,10 @@ Status Heap::Impl::map_zero_locked(uint64_t first, uint64_t n, bool wp, bool fro
   const uint64_t pooled = from_pool ? std::min(pool_size(), n) : 0;
   if (pooled > 0) {
     std::byte* slots = pool->take(pooled);
-    const size_t bytes = pooled * page_size;
-    std::memset(slots, 0, bytes);
-    size_t moved = mmu->move(addr(first), reinterpret_cast<uintptr_t>(slots), bytes);
-    if (moved > 0 && wp) DJINN_RETURN_IF_ERROR(mmu->protect(addr(first), moved, true, false));
-    if (moved < bytes) {
-      DJINN_RETURN_IF_ERROR(mmu->copy(addr(first) + moved, zeros.get(), bytes - moved, wp, false));
-      pool->discard(slots, pooled);
-    }
+    bool all_moved = true;
+    Status placed = pool->place(addr(first), slots, nullptr, pooled * page_size, wp, &all_moved);
+    if (!all_moved) pool->discard(slots, pooled);
+    DJINN_RETURN_IF_ERROR(placed);
     counters.pages_from_pool += pooled;
   }
   if (pooled == n) return Status();

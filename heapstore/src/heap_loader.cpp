@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstring>
 #include <stdexcept>
 
 namespace djinn::heapstore::internal {
@@ -72,17 +71,11 @@ Status PageLoader::map(Job& job, size_t at, const std::byte* pages, size_t count
   const size_t pooled = at < job.pool_pages ? std::min(count, job.pool_pages - at) : 0;
   size_t done = 0;  // bytes mapped
   if (pooled > 0) {
-    std::byte* slots = job.slots + at * page_size_;
-    const size_t bytes = pooled * page_size_;
-    std::memcpy(slots, pages, bytes);
-    size_t moved = mmu_.move(dst, reinterpret_cast<uintptr_t>(slots), bytes);
-    if (moved > 0 && job.wp) DJINN_RETURN_IF_ERROR(mmu_.protect(dst, moved, true, false));
-    if (moved < bytes) {
-      // A page the kernel would not move (a destination not a hole): the kernel copies from it.
-      job.leftovers.store(true, std::memory_order_relaxed);
-      DJINN_RETURN_IF_ERROR(mmu_.copy(dst + moved, slots + moved, bytes - moved, job.wp, false));
-    }
-    done = bytes;
+    bool all_moved = true;
+    Status placed = pool_->place(dst, job.slots + at * page_size_, pages, pooled * page_size_, job.wp, &all_moved);
+    if (!all_moved) job.leftovers.store(true, std::memory_order_relaxed);
+    DJINN_RETURN_IF_ERROR(placed);
+    done = pooled * page_size_;
   }
   if (done < count * page_size_) {
     DJINN_RETURN_IF_ERROR(mmu_.copy(dst + done, pages + done, count * page_size_ - done, job.wp, false));

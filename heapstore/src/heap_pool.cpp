@@ -50,6 +50,20 @@ std::byte* PagePool::take(uint64_t n) {
   return slot(held_);
 }
 
+Status PagePool::place(uintptr_t dst, std::byte* slots, const std::byte* src, size_t bytes, bool wp,
+                       bool* all_moved) {
+  if (src) {
+    std::memcpy(slots, src, bytes);
+  } else {
+    std::memset(slots, 0, bytes);
+  }
+  size_t moved = mmu_.move(dst, reinterpret_cast<uintptr_t>(slots), bytes);
+  if (moved > 0 && wp) DJINN_RETURN_IF_ERROR(mmu_.protect(dst, moved, true, false));
+  if (moved == bytes) return Status();
+  *all_moved = false;
+  return mmu_.copy(dst + moved, slots + moved, bytes - moved, wp, false);
+}
+
 void PagePool::discard(std::byte* first, uint64_t n) {
   if (n > 0) ::madvise(first, n * page_size_, MADV_DONTNEED);
 }

@@ -38,6 +38,11 @@ class PagePool {
   // Takes the top `n` held pages (n <= size()) and returns the first one's address: the caller
   // fills them and moves them out, and gives back to discard() any it did not move.
   std::byte* take(uint64_t n);
+  // Fills `bytes` of taken pages at `slots` from `src` (zeros when null) and moves them to `dst`,
+  // write-protected when `wp`, waking nobody. A page the kernel will not move (a destination not a
+  // hole) is copied into place from its slot instead, and `*all_moved` turns false: the caller
+  // then discards the slots.
+  Status place(uintptr_t dst, std::byte* slots, const std::byte* src, size_t bytes, bool wp, bool* all_moved);
   // Frees [first, first + n pages), pages taken and not moved out (holes are left as they are).
   void discard(std::byte* first, uint64_t n);
   // Moves `n` pages at `src` into the pool, as many as there is room for; returns how many it
