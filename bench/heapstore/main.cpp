@@ -150,8 +150,8 @@ FileLimits file_limits(const std::string& dir, uint64_t bytes, int rounds) {
 // What a pager that never allocates reaches: `bytes` of a file in the page cache copied, 4 MiB at a
 // time, into anonymous pages already resident, which UFFDIO_MOVE then moves into a registered range
 // (no page allocated, none copied by the kernel). MB/s, median of `rounds`; NAN when the kernel has
-// no UFFDIO_MOVE (before 6.8). The heap allocates each page it maps (UFFDIO_COPY): this is the
-// distance allocation puts between it and a raw read.
+// no UFFDIO_MOVE (before 6.8). What the heap's page pool does with the pages it holds; without
+// them the heap has the kernel allocate each page it maps (UFFDIO_COPY).
 double warm_page_move_MBps(const std::string& dir, uint64_t bytes, int rounds) {
   namespace abi = djinn::heapstore::internal::abi;
   constexpr uint64_t kRun = uint64_t{4} << 20;
@@ -370,21 +370,28 @@ HeapFigures heap_figures(const Setup& s, const std::string& dir, const std::stri
     std::vector<double> rnd, rnd_fault, rnd_ppf, seq, seq_ppf, rsv, rnd_rsv, seq_rsv, seq_evict, seq_evict_drop;
     std::vector<uint64_t> order(pages);
     std::iota(order.begin(), order.end(), 0);
+    // One byte read from every page, in `order` or in page order; seconds.
+    auto touch_in = [&](const Heap& h, const std::vector<uint64_t>& pages_in) {
+      auto t0 = Clock::now();
+      for (uint64_t p : pages_in) (void)*static_cast<volatile std::byte*>(h.base() + p * s.page_size);
+      return seconds_since(t0);
+    };
+    auto touch_all = [&](const Heap& h) {
+      auto t0 = Clock::now();
+      for (uint64_t p = 0; p < pages; ++p) (void)*static_cast<volatile std::byte*>(h.base() + p * s.page_size);
+      return seconds_since(t0);
+    };
     for (int r = 0; r < s.rounds; ++r) {
       std::shuffle(order.begin(), order.end(), gen);
       auto h = must(Heap::open(*store, version, heap_options(s, s.heap_bytes, s.tracking)), "opening a heap");
-      auto t0 = Clock::now();
-      for (uint64_t p : order) (void)*static_cast<volatile std::byte*>(h->base() + p * s.page_size);
-      double secs = seconds_since(t0);
+      double secs = touch_in(*h, order);
       HeapStats st = h->stats();
       rnd.push_back(secs * 1e6 / static_cast<double>(pages));
       rnd_fault.push_back(secs * 1e6 / static_cast<double>(st.faults));
       rnd_ppf.push_back(static_cast<double>(st.pages_loaded) / static_cast<double>(st.faults));
       h.reset();
       h = must(Heap::open(*store, version, heap_options(s, s.heap_bytes, s.tracking)), "opening a heap");
-      t0 = Clock::now();
-      for (uint64_t p = 0; p < pages; ++p) (void)*static_cast<volatile std::byte*>(h->base() + p * s.page_size);
-      secs = seconds_since(t0);
+      secs = touch_all(*h);
       st = h->stats();
       seq.push_back(static_cast<double>(s.heap_bytes) / 1e6 / secs);
       seq_ppf.push_back(static_cast<double>(st.pages_loaded) / static_cast<double>(st.faults));
@@ -392,29 +399,24 @@ HeapFigures heap_figures(const Setup& s, const std::string& dir, const std::stri
       // Reserved: the pool filled at open (timed apart), then the same two scans.
       HeapOptions reserved = heap_options(s, s.heap_bytes, s.tracking);
       reserved.reserve_bytes = s.heap_bytes;
-      t0 = Clock::now();
+      auto t0 = Clock::now();
       h = must(Heap::open(*store, version, reserved), "opening a heap");
       secs = seconds_since(t0);
       if (h->stats().pool_pages > 0) {
         rsv.push_back(static_cast<double>(h->stats().pool_pages * s.page_size) / 1e6 / secs);
-        t0 = Clock::now();
-        for (uint64_t p : order) (void)*static_cast<volatile std::byte*>(h->base() + p * s.page_size);
-        rnd_rsv.push_back(seconds_since(t0) * 1e6 / static_cast<double>(pages));
+        rnd_rsv.push_back(touch_in(*h, order) * 1e6 / static_cast<double>(pages));
         h.reset();
         h = must(Heap::open(*store, version, reserved), "opening a heap");
-        t0 = Clock::now();
-        for (uint64_t p = 0; p < pages; ++p) (void)*static_cast<volatile std::byte*>(h->base() + p * s.page_size);
-        seq_rsv.push_back(static_cast<double>(s.heap_bytes) / 1e6 / seconds_since(t0));
+        seq_rsv.push_back(static_cast<double>(s.heap_bytes) / 1e6 / touch_all(*h));
       }
       h.reset();
       for (bool with_pool : {true, false}) {
         HeapOptions small = heap_options(s, s.heap_bytes / 4, s.tracking);
         small.page_pool = with_pool;
         h = must(Heap::open(*store, version, small), "opening a heap");
-        for (uint64_t p = 0; p < pages; ++p) (void)*static_cast<volatile std::byte*>(h->base() + p * s.page_size);
-        t0 = Clock::now();
-        for (uint64_t p = 0; p < pages; ++p) (void)*static_cast<volatile std::byte*>(h->base() + p * s.page_size);
-        (with_pool ? seq_evict : seq_evict_drop).push_back(static_cast<double>(s.heap_bytes) / 1e6 / seconds_since(t0));
+        touch_all(*h);
+        double second = touch_all(*h);
+        (with_pool ? seq_evict : seq_evict_drop).push_back(static_cast<double>(s.heap_bytes) / 1e6 / second);
         h.reset();
       }
     }
@@ -423,9 +425,7 @@ HeapFigures heap_figures(const Setup& s, const std::string& dir, const std::stri
     std::vector<double> zero;
     for (int r = 0; r < s.rounds; ++r) {
       auto h = must(Heap::open(*store, 0, heap_options(s, s.heap_bytes, s.tracking)), "opening a heap");
-      auto t0 = Clock::now();
-      for (uint64_t p : order) (void)*static_cast<volatile std::byte*>(h->base() + p * s.page_size);
-      zero.push_back(seconds_since(t0) * 1e6 / static_cast<double>(h->stats().faults));
+      zero.push_back(touch_in(*h, order) * 1e6 / static_cast<double>(h->stats().faults));
     }
     f.zero_fault_us = median(zero);
     // The page store's own read of each page (what every load above includes), in random order.

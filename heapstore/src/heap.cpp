@@ -156,6 +156,18 @@ struct Heap::Impl {
   // Maps pages [first, first + n) as zero pages, write-protected when `wp`.
   Status map_zero_locked(uint64_t first, uint64_t n, bool wp, bool from_pool);
   uint64_t pool_size() const { return pool ? pool->size() : 0; }
+  // Pages that may still be allocated or kept: the budget less the resident and pooled ones.
+  uint64_t budget_room() const {
+    uint64_t used = resident + pool_size();
+    return budget_pages > used ? budget_pages - used : 0;
+  }
+  // Before the kernel allocates `pages`: when they do not fit in the budget beside the pool's,
+  // the pool shrinks until they do, with `spare` pages to go.
+  void make_room_locked(uint64_t pages, uint64_t spare) {
+    if (pages <= budget_room()) return;
+    uint64_t need = resident + pages + spare;
+    pool->shrink(budget_pages > need ? budget_pages - need : 0);
+  }
   // Allocates pool pages up to `pages`, within what the budget leaves beside the resident ones.
   Status reserve_locked(uint64_t pages);
   void fail_page_locked(uint64_t i, const Status& why);
@@ -286,7 +298,7 @@ void Heap::Impl::read_ahead_locked() {
   // Never evicts: pages that may not be touched must not push out ones that were. Never takes
   // pool pages either (they would be writable while the scan runs on): pages it allocates must
   // fit in the budget beside the pool's.
-  if (n == 0 || resident + pool_size() + n > budget_pages) return;
+  if (n == 0 || n > budget_room()) return;
   Status error;
   uint64_t loaded = install_locked(from, n, false, &error);
   if (loaded == 0) return;  // the page that failed faults on its own if it is touched
@@ -308,10 +320,7 @@ bool Heap::Impl::load_run_locked(uint64_t i, uint64_t n, bool write, bool pooled
       Status st = mmu->wake(addr(i + 1), after * page_size);  // readers blocked on a neighbour
       if (!st.ok()) throw std::runtime_error(st.to_string());
     }
-    // The kernel allocates that page: the pool gives one up if both would go over the budget.
-    if (resident + pool->size() + 1 > budget_pages) {
-      pool->shrink(budget_pages > resident + 1 ? budget_pages - resident - 1 : 0);
-    }
+    make_room_locked(1, 0);  // the faulting page is allocated by the kernel
     if (install_locked(i, 1, write, &error) == 0) {
       fail_page_locked(i, error);
       return false;
@@ -321,10 +330,7 @@ bool Heap::Impl::load_run_locked(uint64_t i, uint64_t n, bool write, bool pooled
   }
   // The kernel allocates the pages: the pool gives up as many, so both stay within the budget,
   // and a few more, so that the next random faults do not each pay a TLB flush for it.
-  if (pool && resident + pool->size() + n > budget_pages) {
-    uint64_t spare = n + std::min<uint64_t>(kMinPooledRunPages * 4, budget_pages / 8);
-    pool->shrink(budget_pages > resident + spare ? budget_pages - resident - spare : 0);
-  }
+  if (pool) make_room_locked(n, std::min<uint64_t>(kMinPooledRunPages * 4, budget_pages / 8));
   // The faulting page first, so its thread goes on while the neighbours load; a thread that
   // touches a neighbour meanwhile is woken by the copy that maps it.
   if (install_locked(i, 1, write, &error) == 0) {
@@ -557,8 +563,7 @@ uint64_t Heap::Impl::drop_locked(std::vector<uint64_t>& victims, bool to_pool) {
       uint64_t n = victims[k - 1] - first + 1;
       // Kept in the pool for the next page-in while resident and pool pages fit in the budget (not
       // so with the budget full of pinned pages); dropped otherwise.
-      uint64_t room = budget_pages > resident + pool_size() ? budget_pages - resident - pool_size() : 0;
-      uint64_t kept = pool && to_pool ? pool->put(addr(first), std::min(n, room)) : 0;
+      uint64_t kept = pool && to_pool ? pool->put(addr(first), std::min(n, budget_room())) : 0;
       counters.pages_to_pool += kept;
       if (kept < n) {
         Status st = internal::Mmu::drop(addr(first + kept), (n - kept) * page_size);

@@ -51,8 +51,7 @@ class Mmu {
   // Moves the present, unshared pages of [src, src + len) to [dst, dst + len), which must be holes
   // (UFFDIO_MOVE: no page allocated or copied; the pages arrive writable), without waking. Returns
   // the bytes moved before the first page that could not be (a destination that is not a hole, a
-  // page shared with another process):
-  // the caller copies or drops the rest.
+  // page shared with another process): the caller copies or drops the rest.
   size_t move(uintptr_t dst, uintptr_t src, size_t len);
   // Write-protects (or un-protects) mapped pages (UFFDIO_WRITEPROTECT).
   Status protect(uintptr_t start, size_t len, bool wp, bool wake);

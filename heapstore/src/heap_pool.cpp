@@ -10,7 +10,6 @@
 namespace djinn::heapstore::internal {
 
 Result<std::unique_ptr<PagePool>> PagePool::create(Mmu& mmu, uint32_t page_size, uint64_t capacity_pages) {
-  if (!mmu_support().move) return unimplemented("the page pool needs UFFDIO_MOVE (Linux 6.8)");
   const size_t length = capacity_pages * page_size;
   void* p = ::mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (p == MAP_FAILED) {

@@ -31,7 +31,6 @@ class PagePool {
   PagePool& operator=(const PagePool&) = delete;
 
   uint64_t size() const { return held_; }
-  uint64_t capacity() const { return capacity_; }
 
   // Allocates pages until `pages` are held (at most the capacity).
   Status fill(uint64_t pages);
