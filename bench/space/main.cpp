@@ -518,6 +518,12 @@ int main(int argc, char** argv) {
   report.note("limit of the figures over RPC: the same clients calling the same server for next to nothing "
               "(readIfExists of a type no entry has: one index lookup, no entry, no disk), in rounds alternating with "
               "the template reads");
+  if (always && always_push.per_second > round_trip_rate.per_second) {
+    report.note("durable writes: Redis's " + std::to_string(static_cast<int64_t>(always_push.per_second)) +
+                " LPUSH/s with appendfsync always is above this run's RPC round trips to the same server doing next "
+                "to nothing (" + std::to_string(static_cast<int64_t>(round_trip_rate.per_second)) + "/s, the same " +
+                std::to_string(sizes.clients) + " clients): no write over this RPC path reaches it on this machine");
+  }
   report.note("memory: djinn-space's resident set (/proc/PID/statm) after loading the stored entries, divided by "
               "their number (each entry with its lease, indexes and SQLite row cache); Redis: growth of INFO used_memory "
               "over LPUSHing as many " + std::to_string(kPayloadBytes) + "-byte values onto one list");
