@@ -70,9 +70,16 @@ struct CancelBatchParams {
   ids @0 :List(UInt64);
 }
 
-# lease.holderLeases, lease.cancelHolder (admin), lease.resourceLeases
+# lease.holderLeases, lease.resourceLeases (lease.cancelHolder: CancelHolderParams)
 struct HolderParams {
   holder @0 :Text;
+}
+# lease.cancelHolder: graceMs 0 cancels the holder's leases at once; graceMs > 0 ends each of them
+# within that many ms instead (a migration's step 5: the holder's new node grants them again
+# meanwhile). Its first field is HolderParams's, so a HolderParams is read as graceMs 0.
+struct CancelHolderParams {
+  holder @0 :Text;
+  graceMs @1 :Int64;
 }
 struct ResourceParams {
   resource @0 :Text;

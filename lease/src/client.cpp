@@ -168,10 +168,19 @@ Result<std::vector<Lease>> LeaseClient::leases_of_resource(const std::string& re
 }
 
 Result<std::vector<Lease>> LeaseClient::cancel_all_of_holder(const std::string& holder, rpc::CallOptions call) {
+  return expire_all_of_holder(holder, std::chrono::milliseconds(0), std::move(call));
+}
+
+Result<std::vector<Lease>> LeaseClient::expire_all_of_holder(const std::string& holder, std::chrono::milliseconds within,
+                                                             rpc::CallOptions call) {
   capnp::MallocMessageBuilder message;
-  message.initRoot<proto::HolderParams>().setHolder(holder);
-  // Idempotent: a repeat finds nothing left to cancel.
-  rpc::Reply reply = client_->call("lease.cancelHolder", message, idempotent(call));
+  auto p = message.initRoot<proto::CancelHolderParams>();
+  p.setHolder(holder);
+  p.setGraceMs(within.count());
+  // Keyed rather than idempotent: a repeat would find nothing left to cancel and return an empty
+  // list, losing what the first one cancelled.
+  if (call.idempotency_key.empty()) call.idempotency_key = ServiceId::random().to_string();
+  rpc::Reply reply = client_->call("lease.cancelHolder", message, call);
   return leases_of(snapshot_from(reply, "lease.cancelHolder"));
 }
 

@@ -775,16 +775,59 @@ struct Landlord::Impl {
 
   // ---- renew and cancel (write_mutex_ held) ----
 
+  // A lease's new expiration: journaled, then applied.
+  struct NewExpiration {
+    uint32_t slot;
+    LeaseId id;
+    int64_t expiration_ms, deadline_ns, granted_ms, row;
+  };
+
+  // Writes `changes` to the renewal journal in one transaction (`sync`), then applies them and
+  // reports each as renewed; returns the leases as they now are, in order. On a write error
+  // nothing changes.
+  Result<std::vector<Lease>> set_expirations_locked(std::span<const NewExpiration> changes, sqlite::Sync sync,
+                                                    std::vector<LeaseEvent>& events) {
+    Status written = durable(sync, [&](sqlite::Database& db) -> Status {
+      for (const NewExpiration& c : changes) {
+        Result<sqlite::Statement*> st = db.cached(kInsertRenewal);
+        if (!st.ok()) return st.status();
+        DJINN_RETURN_IF_ERROR((*st)->bind_all(c.row, c.id, c.expiration_ms, c.granted_ms));
+        DJINN_RETURN_IF_ERROR((*st)->run());
+      }
+      return Status::Ok();
+    });
+    if (!written.ok()) return written;
+    if (db_ && !changes.empty()) {
+      journal_seq_ = db_->last_insert_rowid();
+      for (const NewExpiration& c : changes) journaled_.push_back(c.id);
+    }
+    std::vector<Lease> leases;
+    leases.reserve(changes.size());
+    std::lock_guard lock(mutex_);
+    if (journaled_.size() >= std::max(kFoldMinimum, ids_.size()) && !fold_wanted_) {
+      fold_wanted_ = true;
+      wake_.notify_one();
+    }
+    for (const NewExpiration& c : changes) {
+      Record& r = slots_[c.slot];
+      if (r.deadline_ns == kNoDeadline && c.deadline_ns != kNoDeadline) ++timed_live_;
+      if (r.deadline_ns != kNoDeadline && c.deadline_ns == kNoDeadline) --timed_live_;
+      r.deadline_ns = c.deadline_ns;
+      r.expiration_ms = c.expiration_ms;
+      r.granted_ms = c.granted_ms;
+      if (c.deadline_ns != kNoDeadline) push_deadline_locked(r.id, c.deadline_ns);
+      leases.push_back(to_lease(c.slot));
+      events.push_back(LeaseEvent{EventType::kRenewed, leases.back(), {}, r.kind()});
+    }
+    return leases;
+  }
+
   std::vector<Result<Lease>> renew_locked(std::span<const RenewRequest> requests,
                                           std::vector<LeaseEvent>& events) {
-    struct Plan {
-      size_t index;
-      uint32_t slot;
-      int64_t expiration_ms, deadline_ns, granted_ms, row;
-    };
     std::vector<Result<Lease>> results;
     results.reserve(requests.size());
-    std::vector<Plan> plans;
+    std::vector<NewExpiration> changes;
+    std::vector<size_t> positions;  // of each change in `requests`
     {
       std::lock_guard lock(mutex_);
       int64_t now = now_ns();
@@ -802,50 +845,52 @@ struct Landlord::Impl {
           results.emplace_back(not_found("lease " + std::to_string(req.id) + " expired"));
         } else {
           bool forever = *granted == kDurationForever;
-          plans.push_back(Plan{i, slot, forever ? kNeverExpires : saturating_add(wall, *granted),
-                               forever ? kNoDeadline : add_ms(now, *granted), *granted, slots_[slot].row});
+          changes.push_back(NewExpiration{slot, req.id, forever ? kNeverExpires : saturating_add(wall, *granted),
+                                          forever ? kNoDeadline : add_ms(now, *granted), *granted, slots_[slot].row});
+          positions.push_back(i);
           results.emplace_back(Lease{});  // filled in below
         }
       }
     }
     // A renewal to FOREVER is as weighty as a grant: FULL, like grants.
-    bool forever = std::any_of(plans.begin(), plans.end(),
-                               [](const Plan& p) { return p.granted_ms == kDurationForever; });
-    Status written = durable(forever ? sqlite::Sync::kFull : sqlite::Sync::kNormal,
-                             [&](sqlite::Database& db) -> Status {
-      for (const Plan& p : plans) {
-        Result<sqlite::Statement*> st = db.cached(kInsertRenewal);
-        if (!st.ok()) return st.status();
-        DJINN_RETURN_IF_ERROR((*st)->bind_all(p.row, requests[p.index].id, p.expiration_ms, p.granted_ms));
-        DJINN_RETURN_IF_ERROR((*st)->run());
+    bool forever = std::any_of(changes.begin(), changes.end(),
+                               [](const NewExpiration& c) { return c.granted_ms == kDurationForever; });
+    Result<std::vector<Lease>> renewed =
+        set_expirations_locked(changes, forever ? sqlite::Sync::kFull : sqlite::Sync::kNormal, events);
+    for (size_t k = 0; k < changes.size(); ++k) {
+      if (renewed.ok()) {
+        results[positions[k]] = std::move((*renewed)[k]);
+      } else {
+        results[positions[k]] = Status(renewed.status().code(), "renew: " + renewed.status().message());
       }
-      return Status::Ok();
-    });
-    if (!written.ok()) {
-      for (const Plan& p : plans) results[p.index] = Status(written.code(), "renew: " + written.message());
-      return results;
-    }
-    if (db_ && !plans.empty()) {
-      journal_seq_ = db_->last_insert_rowid();
-      for (const Plan& p : plans) journaled_.push_back(requests[p.index].id);
-    }
-    std::lock_guard lock(mutex_);
-    if (journaled_.size() >= std::max(kFoldMinimum, ids_.size()) && !fold_wanted_) {
-      fold_wanted_ = true;
-      wake_.notify_one();
-    }
-    for (const Plan& p : plans) {
-      Record& r = slots_[p.slot];
-      if (r.deadline_ns == kNoDeadline && p.deadline_ns != kNoDeadline) ++timed_live_;
-      if (r.deadline_ns != kNoDeadline && p.deadline_ns == kNoDeadline) --timed_live_;
-      r.deadline_ns = p.deadline_ns;
-      r.expiration_ms = p.expiration_ms;
-      r.granted_ms = p.granted_ms;
-      if (p.deadline_ns != kNoDeadline) push_deadline_locked(r.id, p.deadline_ns);
-      results[p.index] = to_lease(p.slot);
-      events.push_back(LeaseEvent{EventType::kRenewed, results[p.index].value(), {}, r.kind()});
     }
     return results;
+  }
+
+  // Brings forward to now + `within_ms` the end of every lease of `holder` that would outlive it;
+  // each keeps its granted duration. Returns all of the holder's leases as they now are.
+  Result<std::vector<Lease>> shorten_holder_locked(std::string_view holder, int64_t within_ms,
+                                                   std::vector<LeaseEvent>& events) {
+    std::vector<Lease> unchanged;
+    std::vector<NewExpiration> changes;
+    {
+      std::lock_guard lock(mutex_);
+      int64_t deadline = add_ms(now_ns(), within_ms);
+      int64_t expiration = saturating_add(wall_ms(), within_ms);
+      uint32_t hol = holders_.find(holder);
+      for (uint32_t s = hol == kNone ? kNone : holders_[hol].head; s != kNone; s = slots_[s].hol_next) {
+        const Record& r = slots_[s];
+        if (r.deadline_ns <= deadline) {
+          unchanged.push_back(to_lease(s));
+        } else {
+          changes.push_back(NewExpiration{s, r.id, expiration, deadline, r.granted_ms, r.row});
+        }
+      }
+    }
+    Result<std::vector<Lease>> shortened = set_expirations_locked(changes, sqlite::Sync::kNormal, events);
+    if (!shortened.ok()) return Status(shortened.status().code(), "expire leases of a holder: " + shortened.status().message());
+    unchanged.insert(unchanged.end(), std::make_move_iterator(shortened->begin()), std::make_move_iterator(shortened->end()));
+    return unchanged;
   }
 
   std::vector<Status> cancel_locked(std::span<const LeaseId> ids, std::vector<LeaseEvent>& events,
@@ -1417,6 +1462,17 @@ Result<std::vector<Lease>> Landlord::cancel_all_of_holder(std::string_view holde
   impl_->kick_waiters();
   if (!failed.ok()) return failed;
   return cancelled;
+}
+
+Result<std::vector<Lease>> Landlord::expire_all_of_holder(std::string_view holder, std::chrono::milliseconds within) {
+  if (within.count() <= 0) return cancel_all_of_holder(holder);
+  std::vector<LeaseEvent> events;
+  Result<std::vector<Lease>> leases = [&] {
+    Impl::RequestLock write(*impl_);
+    return impl_->shorten_holder_locked(holder, within.count(), events);
+  }();
+  impl_->deliver(events);
+  return leases;
 }
 
 size_t Landlord::size() const {

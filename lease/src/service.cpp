@@ -361,14 +361,29 @@ void LandlordService::Impl::register_methods(rpc::Server& server) {
               [](proto::ResourceParams::Reader p) { return p.getResource(); }, "resource", policy.max_resource_bytes,
               [this](const std::string& r) -> Result<std::vector<Lease>> { return landlord.leases_of_resource(r); },
               client_blocking);
-  // A migrating application gives up everything it holds at once; only an admin may ask.
-  list_method("lease.cancelHolder", std::type_identity<proto::HolderParams>(), holder_of, "holder", policy.max_holder_bytes,
-              [this](const std::string& h) {
-                auto cancelled = landlord.cancel_all_of_holder(h);
-                settle_cancels();
-                return cancelled;
-              },
-              {.min_role = security::Role::kAdmin, .blocking = true});
+  // A migrating application gives up everything it holds at once: its node (a service) asks, or
+  // an admin. At once, or within a grace period during which the holder's own new grants succeed
+  // and nobody else's incompatible ones do.
+  server.method<proto::CancelHolderParams, proto::LeaseList>(
+      "lease.cancelHolder",
+      [this, max_bytes = policy.max_holder_bytes](const rpc::CallContext&, proto::CancelHolderParams::Reader p,
+                                                  proto::LeaseList::Builder r) -> Status {
+        std::string holder = internal::text_of(p.getHolder());
+        DJINN_RETURN_IF_ERROR(check_text(holder, max_bytes, "holder"));
+        int64_t grace_ms = p.getGraceMs();
+        if (grace_ms < 0 || grace_ms > landlord.policy().max_duration.count()) {
+          return invalid_argument("graceMs " + std::to_string(grace_ms) + ": must be between 0 (cancel at once) and " +
+                                  std::to_string(landlord.policy().max_duration.count()) +
+                                  " (this landlord's longest lease)");
+        }
+        fill_seqs(publisher, r);
+        Result<std::vector<Lease>> leases = landlord.expire_all_of_holder(holder, std::chrono::milliseconds(grace_ms));
+        if (grace_ms == 0) settle_cancels();
+        if (!leases.ok()) return leases.status();
+        list_reply(*leases, get_endpoint(), r);
+        return Status::Ok();
+      },
+      {.min_role = security::Role::kService, .blocking = true});
 }
 
 LandlordService::LandlordService(Landlord& landlord, rpc::Server& server, events::Publisher* publisher,

@@ -560,6 +560,68 @@ TEST_CASE("queries by holder and resource; cancel all of a holder") {
   CHECK(none->empty());
 }
 
+TEST_CASE("expire_all_of_holder: leases end within the grace, kept across a reopen, the holder's new ones win") {
+  test::TempDir dir;
+  std::string path = dir.file("leases.db");
+  FakeClocks clocks;
+  EventLog log;
+  Policy policy = forever_policy();
+  Lease printer, lamp, forever, other;
+  {
+    auto landlord = fake_landlord(clocks, &log, policy, path);
+    printer = must_grant(*landlord, request("printer", "app", Kind::kExclusive, 10'000));
+    lamp = must_grant(*landlord, request("lamp", "app", Kind::kShared, 500));
+    forever = must_grant(*landlord, request("disk", "app", Kind::kExclusiveCopy, kDurationForever));
+    other = must_grant(*landlord, request("fan", "other", Kind::kExclusive, 10'000));
+    log.clear();
+    clocks.advance(100);
+    auto ending = landlord->expire_all_of_holder("app", 1000ms);
+    REQUIRE(ending.ok());
+    REQUIRE(ending->size() == 3);
+    for (const Lease& l : *ending) {
+      if (l.id == lamp.id) {
+        CHECK(same_lease(l, lamp));  // ends at +500 anyway
+      } else {
+        CHECK(l.expiration_ms == clocks.wall.load() + 1000);
+        CHECK(l.granted_ms == (l.id == printer.id ? 10'000 : kDurationForever));
+      }
+    }
+    CHECK(log.of(EventType::kRenewed).size() == 2);
+    CHECK(same_lease(*landlord->find(other.id), other));
+    auto none = landlord->expire_all_of_holder("nobody", 1000ms);
+    REQUIRE(none.ok());
+    CHECK(none->empty());
+  }
+  log.clear();
+  auto landlord = fake_landlord(clocks, &log, policy, path);
+  REQUIRE(landlord->size() == 4);
+  CHECK(landlord->find(printer.id)->expiration_ms == clocks.wall.load() + 1000);
+  CHECK(landlord->find(forever.id)->expiration_ms == clocks.wall.load() + 1000);
+  // Another holder is kept out of the exclusive resources; the holder itself (on its new node) is not.
+  CHECK(landlord->grant(request("printer", "thief", Kind::kExclusive)).status().code() == Code::kFailedPrecondition);
+  CHECK(landlord->grant(request("disk", "thief", Kind::kSharedCopy)).status().code() == Code::kFailedPrecondition);
+  Lease again = must_grant(*landlord, request("printer", "app", Kind::kExclusive, 10'000));
+  clocks.advance(399);  // t = +499
+  CHECK(landlord->expire_due() == 0);
+  clocks.advance(1);  // the lamp's own deadline
+  CHECK(landlord->expire_due() == 1);
+  clocks.advance(599);  // t = +1099
+  CHECK(landlord->expire_due() == 0);
+  clocks.advance(1);  // t = +1100: the grace is over
+  CHECK(landlord->expire_due() == 2);
+  CHECK(log.of(EventType::kExpired).size() == 3);
+  auto held = landlord->leases_of_holder("app");
+  REQUIRE(held.size() == 1);
+  CHECK(held[0].id == again.id);
+  CHECK(landlord->grant(request("printer", "thief", Kind::kExclusive)).status().code() == Code::kFailedPrecondition);
+  must_grant(*landlord, request("disk", "thief", Kind::kSharedCopy));
+  // Zero grace cancels at once.
+  auto cancelled = landlord->expire_all_of_holder("app", 0ms);
+  REQUIRE(cancelled.ok());
+  CHECK(cancelled->size() == 1);
+  CHECK(landlord->leases_of_holder("app").empty());
+}
+
 TEST_CASE("cancel_unheld: the leases of a resource that nothing holds, and only those") {
   FakeClocks clocks;
   EventLog log;

@@ -248,15 +248,76 @@ TEST_CASE("a malformed payload is refused with INVALID_ARGUMENT") {
   CHECK(h.manager->landlord().size() == 0);
 }
 
-TEST_CASE("cancelHolder needs the admin role") {
-  Harness h(security::Role::kClient);
-  auto a = h.client->grant(grant_of("r1", "erin"));
+TEST_CASE("cancelHolder needs the service role") {
+  Harness client_only(security::Role::kClient);
+  auto a = client_only.client->grant(grant_of("r1", "erin"));
   REQUIRE(a.ok());
-  auto refused = h.client->cancel_all_of_holder("erin");
-  CHECK(refused.status().code() == Code::kPermissionDenied);
-  CHECK(refused.status().message().find("admin") != std::string::npos);
-  CHECK(h.client->get(a->lease.id).ok());
-  CHECK(h.client->cancel(a->lease.id).ok());  // a client may cancel a lease
+  for (auto refused : {client_only.client->cancel_all_of_holder("erin"),
+                       client_only.client->expire_all_of_holder("erin", 1000ms)}) {
+    CHECK(refused.status().code() == Code::kPermissionDenied);
+    CHECK(refused.status().message().find("service") != std::string::npos);
+  }
+  auto still = client_only.client->get(a->lease.id);
+  REQUIRE(still.ok());
+  CHECK(still->lease.expiration_ms == a->lease.expiration_ms);
+  CHECK(client_only.client->cancel(a->lease.id).ok());  // a client may cancel a lease
+
+  Harness node(security::Role::kService);
+  REQUIRE(node.client->grant(grant_of("r1", "erin")).ok());
+  auto cancelled = node.client->cancel_all_of_holder("erin");
+  REQUIRE(cancelled.ok());
+  CHECK(cancelled->size() == 1);
+}
+
+TEST_CASE("cancelHolder with a grace period: the holder's leases end then, and only it may grant meanwhile") {
+  Harness h;
+  LeaseClient& c = *h.client;
+  auto printer = c.grant(grant_of("printer", "app-7", Kind::kExclusive, 60'000));
+  auto port = c.grant(grant_of("port-80", "app-7", Kind::kShared, 60'000));
+  auto soon = c.grant(grant_of("lamp", "app-7", Kind::kShared, 300));
+  auto other = c.grant(grant_of("fan", "someone-else", Kind::kExclusive, 60'000));
+  REQUIRE((printer.ok() && port.ok() && soon.ok() && other.ok()));
+
+  for (int64_t bad : {-1L, 60'001L}) {
+    capnp::MallocMessageBuilder message;
+    auto p = message.initRoot<proto::CancelHolderParams>();
+    p.setHolder("app-7");
+    p.setGraceMs(bad);
+    rpc::Reply reply = c.rpc().call("lease.cancelHolder", message);
+    CHECK(reply.status().code() == Code::kInvalidArgument);
+    CHECK(reply.status().message().find("graceMs") != std::string::npos);
+  }
+  CHECK(c.get(printer->lease.id)->lease.expiration_ms == printer->lease.expiration_ms);
+
+  int64_t before = now_ms();
+  rpc::CallOptions keyed;
+  keyed.idempotency_key = "migration-42-step-5";
+  auto expiring = c.expire_all_of_holder("app-7", 1500ms, keyed);
+  REQUIRE(expiring.ok());
+  REQUIRE(expiring->size() == 3);
+  for (const Lease& l : *expiring) {
+    if (l.id == soon->lease.id) {
+      CHECK(l.expiration_ms == soon->lease.expiration_ms);  // ends sooner anyway: unchanged
+    } else {
+      CHECK(l.expiration_ms >= before + 1500);
+      CHECK(l.expiration_ms <= now_ms() + 1500);
+      CHECK(l.granted_ms == 60'000);  // what to grant again
+    }
+  }
+  // A resend of the same call (a reply lost on the way) gets the same list back.
+  auto again = c.expire_all_of_holder("app-7", 1500ms, keyed);
+  REQUIRE(again.ok());
+  CHECK(again->size() == 3);
+  CHECK(c.get(other->lease.id)->lease.expiration_ms == other->lease.expiration_ms);
+
+  // Meanwhile nobody else gets the exclusive printer; the same holder (on its new node) does.
+  GrantRequest thief = grant_of("printer", "thief", Kind::kExclusive);
+  CHECK(c.grant(thief).status().code() == Code::kFailedPrecondition);
+  auto regranted = c.grant(grant_of("printer", "app-7", Kind::kExclusive, 60'000));
+  REQUIRE(regranted.ok());
+  CHECK(test::eventually([&] { return c.leases_of_holder("app-7")->size() == 1; }, 3000));
+  CHECK(c.leases_of_holder("app-7")->front().id == regranted->lease.id);
+  CHECK(c.grant(thief).status().code() == Code::kFailedPrecondition);  // held again, by the new lease
 }
 
 TEST_CASE("events arrive for grant, renew, cancel and expiry with the holder as key") {

@@ -50,7 +50,15 @@ class LeaseClient {
   std::vector<Status> cancel_batch(std::span<const LeaseId> ids, rpc::CallOptions call = {});
   Result<std::vector<Lease>> leases_of_holder(const std::string& holder, rpc::CallOptions call = {});
   Result<std::vector<Lease>> leases_of_resource(const std::string& resource, rpc::CallOptions call = {});
+  // Needs the service role (a node giving up what its application holds) or admin. Each call
+  // carries an idempotency key, so a resend after a lost reply returns the first reply's list (the
+  // server keeps replies in memory: keep the list from leases_of_holder beforehand when a landlord
+  // restart in between must not lose it).
   Result<std::vector<Lease>> cancel_all_of_holder(const std::string& holder, rpc::CallOptions call = {});
+  // Landlord::expire_all_of_holder over RPC: each lease of `holder` ends within `within` (at most
+  // the landlord's longest lease), the same role and retries as cancel_all_of_holder.
+  Result<std::vector<Lease>> expire_all_of_holder(const std::string& holder, std::chrono::milliseconds within,
+                                                  rpc::CallOptions call = {});
   // The lists with their event numbers, to re-sync a subscriber that saw a gap.
   Result<LeaseSnapshot> holder_snapshot(const std::string& holder, rpc::CallOptions call = {});
   Result<LeaseSnapshot> resource_snapshot(const std::string& resource, rpc::CallOptions call = {});

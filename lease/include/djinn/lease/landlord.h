@@ -161,6 +161,14 @@ class Landlord {
   size_t cancel_unheld(std::string_view resource, const std::function<bool(LeaseId)>& held);
   // Cancels every lease of a holder (a migrating application gives up all it holds).
   Result<std::vector<Lease>> cancel_all_of_holder(std::string_view holder);
+  // Ends every lease of a holder within `within`: each that would live longer now expires then,
+  // keeping its granted duration (announced as renewed, journaled like a renewal); returns them
+  // all as they now are. Until they expire, the holder's leases keep other holders' incompatible
+  // grants out while its own new ones succeed (a holder never stands in its own way): a migrating
+  // application's leases expire while its new node grants them again under the same holder, and
+  // nobody else takes an exclusive resource in between (DESIGN §9 steps 5 and 9). `within` of
+  // zero or less cancels them at once, as cancel_all_of_holder.
+  Result<std::vector<Lease>> expire_all_of_holder(std::string_view holder, std::chrono::milliseconds within);
   size_t size() const;
   // Now on the landlord's monotonic clock (the injected one in tests), for Lease::deadline_ns.
   int64_t now_ns() const;
