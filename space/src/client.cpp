@@ -276,18 +276,47 @@ Result<ContentHash> SpaceClient::put_value(const ValueReader& read, ValueTransfe
     if (filled < buffer.size()) break;
   }
   while (!pending.empty()) DJINN_RETURN_IF_ERROR(settle());
+  return put_manifest(total, chunks, call);
+}
+
+Result<ContentHash> SpaceClient::put_manifest(uint64_t size, std::span<const ContentHash> chunks, rpc::CallOptions call) {
+  if (chunks.size() > kMaxValueChunks) {
+    return invalid_argument("put_manifest: " + std::to_string(chunks.size()) + " chunks: at most " +
+                            std::to_string(kMaxValueChunks) + " per value");
+  }
   capnp::MallocMessageBuilder message;
   auto p = message.initRoot<proto::PutValueParams>();
-  p.setSize(total);
+  p.setSize(size);
   auto list = p.initChunks(static_cast<unsigned>(chunks.size()));
   for (size_t i = 0; i < chunks.size(); ++i) list.set(static_cast<unsigned>(i), capnp::Data::Reader(chunks[i].data(), 32));
-  rpc::Reply reply = client_->call("space.putValue", message, call);
+  // Storing the same manifest twice stores it once.
+  rpc::Reply reply = client_->call("space.putValue", message, idempotent(call));
   return rpc::read_reply<ContentHash>(reply, "space.putValue", [](rpc::Reply& r) -> Result<ContentHash> {
     auto id = r.results<proto::PutValueResult>().getValueId();
     std::optional<ContentHash> h = hash_from_bytes(std::span<const uint8_t>(id.begin(), id.size()));
     if (!h) return internal_error("space.putValue: the value id in the reply is not 32 bytes");
     return *h;
   });
+}
+
+Result<std::vector<bool>> SpaceClient::has_chunks(std::span<const ContentHash> hashes, rpc::CallOptions call) {
+  std::vector<bool> present;
+  present.reserve(hashes.size());
+  for (size_t at = 0; at < hashes.size(); at += kMaxHashesPerCall) {
+    std::span<const ContentHash> part = hashes.subspan(at, std::min(kMaxHashesPerCall, hashes.size() - at));
+    capnp::MallocMessageBuilder message;
+    auto list = message.initRoot<proto::HasChunksParams>().initHashes(static_cast<unsigned>(part.size()));
+    for (size_t i = 0; i < part.size(); ++i) list.set(static_cast<unsigned>(i), capnp::Data::Reader(part[i].data(), 32));
+    rpc::Reply reply = client_->call("space.hasChunks", message, idempotent(call));
+    Status st = rpc::read_reply<bool>(reply, "space.hasChunks", [&](rpc::Reply& r) -> Result<bool> {
+      auto got = r.results<proto::HasChunksResult>().getPresent();
+      if (got.size() != part.size()) return internal_error("space.hasChunks: the reply answers for a different number of chunks");
+      for (bool b : got) present.push_back(b);
+      return true;
+    }).status();
+    if (!st.ok()) return st;
+  }
+  return present;
 }
 
 Result<ContentHash> SpaceClient::put_value(std::span<const uint8_t> bytes, ValueTransfer transfer) {

@@ -25,7 +25,6 @@ namespace {
 
 constexpr size_t kMaxManagerBytes = 1024;
 constexpr size_t kMaxManagerClients = 64;
-constexpr size_t kMaxHashesPerCall = 10'000;
 
 Status malformed(std::string_view method, const kj::Exception& e) {
   return invalid_argument("malformed " + std::string(method) + ": " + e.getDescription().cStr());

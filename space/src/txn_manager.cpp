@@ -254,6 +254,32 @@ txn::Outcome TxnManager::outcome(const txn::TxnId& txn) {
   return out;
 }
 
+Result<txn::TxnId> TxnManager::begin(std::chrono::milliseconds lease) {
+  Result<txn::TxnId> id = unavailable("the transaction manager is not serving yet");
+  (void)impl_->with([&](txn::Coordinator& c) {
+    id = c.begin(lease);
+    return Status::Ok();
+  });
+  return id;
+}
+
+Status TxnManager::renew(const txn::TxnId& txn, std::chrono::milliseconds lease) {
+  return impl_->with([&](txn::Coordinator& c) { return c.renew(txn, lease); });
+}
+
+Result<txn::Outcome> TxnManager::commit(const txn::TxnId& txn, txn::Clock::time_point deadline) {
+  Result<txn::Outcome> outcome = unavailable("the transaction manager is not serving yet");
+  (void)impl_->with([&](txn::Coordinator& c) {
+    outcome = c.commit(txn, deadline);
+    return Status::Ok();
+  });
+  return outcome;
+}
+
+Status TxnManager::abort(const txn::TxnId& txn) {
+  return impl_->with([&](txn::Coordinator& c) { return c.abort(txn); });
+}
+
 void TxnManager::stop() {
   Impl& m = *impl_;
   {

@@ -10,6 +10,7 @@
 
 #include "djinn/space/client.h"
 #include "djinn/space/service.h"
+#include "djinn/space/txn_manager.h"
 #include "support/test_support.h"
 
 using namespace djinn;
@@ -142,6 +143,54 @@ TEST_CASE("take from one space and write to another, atomically, in-process over
   CHECK(!cb.read_if_exists(tmpl("demo.Token", {{"i", 1}}))->has_value());
   CHECK(a->space().stats().transactions == 0);
   CHECK(b->space().stats().transactions == 0);
+}
+
+TEST_CASE("a coordinator of one's own: a manager embedded on another server, driven in-process") {
+  test::TempDir dir;
+  auto a = start_space(dir, "a", false);
+  auto b = start_space(dir, "b", false);
+  // The migrator's side: its own RPC server, where the spaces join its transactions.
+  rpc::Server server({});
+  TxnManagerOptions options;
+  options.log_path = dir.file("migrator-txn.db");
+  TxnManager manager(options, server);
+  REQUIRE(server.start().ok());
+  const std::string name = server.endpoints().front();
+  CHECK(manager.begin(30s).status().code() == Code::kUnavailable);
+  REQUIRE(manager.start(name).ok());
+
+  SpaceClient ca({.endpoint = a->rpc_endpoint()});
+  SpaceClient cb({.endpoint = b->rpc_endpoint()});
+  REQUIRE(ca.write(entry("demo.Checkpoint", {{"v", 1}}), 600'000).ok());
+  auto move = [&](bool commit) {
+    Result<txn::TxnId> id = manager.begin(30s);
+    REQUIRE(id.ok());
+    CHECK(manager.renew(*id, 60s).ok());
+    TxnRef ref{*id, name};
+    auto e = ca.take_if_exists(tmpl("demo.Checkpoint"), ref);
+    REQUIRE(e.ok());
+    REQUIRE(e->has_value());
+    REQUIRE(cb.write(**e, 600'000, ref).ok());
+    if (commit) {
+      Result<txn::Outcome> o = manager.commit(*id);
+      REQUIRE_MESSAGE(o.ok(), o.status().to_string());
+      CHECK(*o == txn::Outcome::kCommitted);
+      CHECK(manager.outcome(*id) == txn::Outcome::kCommitted);
+    } else {
+      REQUIRE(manager.abort(*id).ok());
+      CHECK(manager.outcome(*id) == txn::Outcome::kAborted);
+    }
+  };
+  move(false);
+  CHECK(ca.read_if_exists(tmpl("demo.Checkpoint"))->has_value());
+  CHECK(!cb.read_if_exists(tmpl("demo.Checkpoint"))->has_value());
+  move(true);
+  CHECK(!ca.read_if_exists(tmpl("demo.Checkpoint"))->has_value());
+  CHECK(cb.read_if_exists(tmpl("demo.Checkpoint"))->has_value());
+  CHECK(a->space().stats().transactions == 0);
+  CHECK(b->space().stats().transactions == 0);
+  manager.stop();
+  server.stop();
 }
 
 namespace {

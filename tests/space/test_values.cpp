@@ -128,3 +128,58 @@ TEST_CASE("values: tampered, missing and mismatched chunks are refused") {
   Status whole = c.get_value(*id, [](std::span<const uint8_t>) { return Status::Ok(); });
   CHECK(whole.code() == Code::kDataLoss);
 }
+
+TEST_CASE("values: made of chunks already stored, asking first which ones the space has") {
+  test::TempDir dir;
+  auto s = start(dir);
+  SpaceClient c({.endpoint = s->rpc_endpoint()});
+  // Pages of a first checkpoint, stored as chunks; a second one changes one page and adds one.
+  std::vector<std::vector<uint8_t>> pages;
+  for (uint64_t i = 0; i < 4; ++i) pages.push_back(pattern(4096, 10 + i));
+  std::vector<ContentHash> first;
+  for (const auto& page : pages) {
+    first.push_back(hash_bytes(page));
+    REQUIRE(c.put_chunk(first.back(), page).ok());
+  }
+  auto v1 = c.put_manifest(4 * 4096, first);
+  REQUIRE_MESSAGE(v1.ok(), v1.status().to_string());
+  CHECK(*c.put_manifest(4 * 4096, first) == *v1);  // stored once
+
+  std::vector<std::vector<uint8_t>> next = pages;
+  next[2] = pattern(4096, 99);
+  next.push_back(pattern(100, 100));  // a short last chunk
+  std::vector<ContentHash> second;
+  for (const auto& page : next) second.push_back(hash_bytes(page));
+  auto stored = c.has_chunks(second);
+  REQUIRE(stored.ok());
+  CHECK(*stored == std::vector<bool>{true, true, false, true, false});
+  // Before its missing chunks arrive the value is refused, naming the first of them.
+  auto early = c.put_manifest(4 * 4096 + 100, second);
+  CHECK(early.status().code() == Code::kNotFound);
+  CHECK(early.status().message().find(to_hex(second[2])) != std::string::npos);
+  uint64_t bytes_before = s->values().stats().chunk_bytes;
+  for (size_t i = 0; i < second.size(); ++i) {
+    if (!(*stored)[i]) REQUIRE(c.put_chunk(second[i], next[i]).ok());
+  }
+  CHECK(s->values().stats().chunk_bytes == bytes_before + 4096 + 100);
+  CHECK(c.put_manifest(4 * 4096, second).status().code() == Code::kInvalidArgument);  // size does not add up
+  auto v2 = c.put_manifest(4 * 4096 + 100, second);
+  REQUIRE_MESSAGE(v2.ok(), v2.status().to_string());
+  std::vector<uint8_t> back;
+  REQUIRE(c.get_value(*v2, [&](std::span<const uint8_t> b) {
+    back.insert(back.end(), b.begin(), b.end());
+    return Status::Ok();
+  }).ok());
+  std::vector<uint8_t> expected;
+  for (const auto& page : next) expected.insert(expected.end(), page.begin(), page.end());
+  CHECK(back == expected);
+
+  // More hashes than one call answers for: split into calls, answered in order.
+  std::vector<ContentHash> many(kMaxHashesPerCall + 5, hash_bytes(pattern(10, 7)));
+  many.back() = first[0];
+  auto answers = c.has_chunks(many);
+  REQUIRE(answers.ok());
+  REQUIRE(answers->size() == many.size());
+  CHECK(answers->back());
+  CHECK(std::count(answers->begin(), answers->end(), true) == 1);
+}

@@ -90,6 +90,12 @@ class SpaceClient {
   Result<Manifest> get_manifest(const ContentHash& value_id, rpc::CallOptions call = {});
   Result<bool> put_chunk(const ContentHash& hash, std::span<const uint8_t> data, rpc::CallOptions call = {});
   Status get_chunk(const ContentHash& hash, std::vector<uint8_t>& out, rpc::CallOptions call = {});
+  // Which of `hashes` the space stores, in order (a call per 10,000): what a writer need not send
+  // again, e.g. the pages of a checkpoint that an earlier one or a pre-copy round already stored.
+  Result<std::vector<bool>> has_chunks(std::span<const ContentHash> hashes, rpc::CallOptions call = {});
+  // A value made of chunks the space already stores (put_chunk, or an earlier value's), `size`
+  // bytes in all; returns its id. NOT_FOUND names the first chunk missing.
+  Result<ContentHash> put_manifest(uint64_t size, std::span<const ContentHash> chunks, rpc::CallOptions call = {});
 
   // Entry and notify leases, through the lease protocol on the same port.
   Result<lease::HeldLease> renew(uint64_t lease_id, int64_t duration_ms, rpc::CallOptions call = {});

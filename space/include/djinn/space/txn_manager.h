@@ -46,6 +46,14 @@ class TxnManager {
   // Coordinator calls for this process's own participants; UNAVAILABLE (or kUnknown) unless serving.
   Status join(const txn::TxnId& txn, std::string_view participant);
   txn::Outcome outcome(const txn::TxnId& txn);
+  // The same transactions from this process, as a coordinator that runs its own (a migrator
+  // embedding a manager on its server): what txn.create, txn.renew, txn.commit and txn.abort do.
+  // Participants join as they would with txn.create's TxnRef, {id, name given to start()}.
+  Result<txn::TxnId> begin(std::chrono::milliseconds lease);
+  Status renew(const txn::TxnId& txn, std::chrono::milliseconds lease);
+  Result<txn::Outcome> commit(const txn::TxnId& txn,
+                              txn::Clock::time_point deadline = txn::Clock::time_point::max());
+  Status abort(const txn::TxnId& txn);
   void stop();
 
  private:

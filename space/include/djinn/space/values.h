@@ -32,6 +32,8 @@ using ContentHash = std::array<uint8_t, 32>;
 inline constexpr size_t kMaxChunkBytes = 4u << 20;
 inline constexpr size_t kDefaultChunkBytes = 1u << 20;
 inline constexpr size_t kMaxValueChunks = 1'000'000;
+// space.hasChunks answers for at most this many hashes a call.
+inline constexpr size_t kMaxHashesPerCall = 10'000;
 // An entry field of type bytes holding kValueRefMagic + a 32-byte value id refers to that value.
 inline constexpr std::string_view kValueRefMagic = "DJV1";
 
