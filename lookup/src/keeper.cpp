@@ -10,6 +10,7 @@
 #include <map>
 #include <mutex>
 #include <thread>
+#include <utility>
 
 #include "djinn/core/log.h"
 #include "djinn/lease/client.h"
@@ -24,6 +25,8 @@ struct RegistrationKeeper::Impl {
     std::shared_ptr<RegistrarClient> client;  // shared: a registration in progress keeps it
     std::optional<lease::HeldLease> lease;  // registered under it
     uint64_t version = 0;                   // of the item registered
+    std::optional<uint64_t> lost;           // the lease it lost, until it knows why
+    bool superseded = false;                // another item under the same ServiceID replaced it
     Clock::time_point next_try{};
     std::chrono::milliseconds backoff{0};
   };
@@ -47,13 +50,30 @@ struct RegistrationKeeper::Impl {
       for (auto& [endpoint, t] : targets) {
         if (t.lease && t.lease->lease.id == held.lease.id && t.lease->landlord == held.landlord) {
           DJINN_LOG(kWarn, "lookup") << "registration of " << item.service_id.to_string() << " at " << endpoint
-                                     << " lost (" << why.to_string() << "): registering again";
+                                     << " lost (" << why.to_string() << ")";
+          t.lost = t.lease->lease.id;
           t.lease.reset();
           t.next_try = Clock::now();
         }
       }
       cv.notify_all();
     });
+  }
+
+  // What the registrar holds under `id` when it is registered there under a lease other than the
+  // one lost: what a registration of the same ServiceID elsewhere (a migrated copy) does to ours,
+  // or a registration of our own whose reply never came back. nullopt: not registered there, not
+  // reachable, or still under the lost lease.
+  static std::optional<ServiceItem> registered_under_another_lease(RegistrarClient& client, const ServiceId& id,
+                                                                   uint64_t lost) {
+    Result<std::optional<ServiceItem>> found = client.lookup(ServiceTemplate{id, {}, {}});
+    if (!found.ok() || !found->has_value() || (*found)->lease.id == lost) return std::nullopt;
+    return **found;
+  }
+
+  static bool same_item(ServiceItem theirs, const ServiceItem& ours) {
+    theirs.lease = ours.lease;
+    return theirs == ours;
   }
 
   void add_locked(const std::string& endpoint) {
@@ -73,7 +93,7 @@ struct RegistrationKeeper::Impl {
       Clock::time_point next = Clock::time_point::max();
       std::string due;
       for (auto& [endpoint, t] : targets) {
-        bool needed = !t.lease || t.version != version;
+        bool needed = (!t.lease || t.version != version) && !t.superseded;
         if (!needed) continue;
         if (t.next_try <= now) {
           due = endpoint;
@@ -93,7 +113,34 @@ struct RegistrationKeeper::Impl {
       ServiceItem snapshot = item;
       uint64_t v = version;
       std::shared_ptr<RegistrarClient> client = t.client;
+      std::optional<uint64_t> lost = std::exchange(t.lost, std::nullopt);
       lock.unlock();
+      std::optional<ServiceItem> now_there;
+      if (lost) now_there = registered_under_another_lease(*client, snapshot.service_id, *lost);
+      if (now_there) {
+        bool ours = same_item(*now_there, snapshot);
+        lock.lock();
+        auto it = targets.find(due);
+        if (it == targets.end() || version != v) continue;  // decided again with what changed
+        if (ours) {
+          // Registering again would only replace it with itself, and a twin would do the same
+          // back: renew the lease it is registered under instead (lease ids are capabilities).
+          it->second.lease = Registered{*now_there, false, due}.held_lease();
+          it->second.version = v;
+          renewals.add(*it->second.lease, options.lease_ms);
+          DJINN_LOG(kInfo, "lookup") << snapshot.service_id.to_string() << " at " << due
+                                     << " is registered with this very item under lease " << now_there->lease.id
+                                     << ": renewing that one";
+          cv.notify_all();
+        } else {
+          it->second.superseded = true;
+          DJINN_LOG(kWarn, "lookup") << snapshot.service_id.to_string() << " at " << due
+                                     << " is registered by someone else now, with other endpoints or attributes "
+                                        "(the service moved to another node, or a second process has its ServiceID): "
+                                        "not registering there again";
+        }
+        continue;
+      }
       Result<Registered> r = client->register_service(snapshot, options.lease_ms);
       lock.lock();
       auto it = targets.find(due);
@@ -182,8 +229,20 @@ void RegistrationKeeper::set_item(ServiceItem item) {
   item.service_id = impl_->item.service_id;
   impl_->item = std::move(item);
   ++impl_->version;
-  for (auto& [endpoint, t] : impl_->targets) t.next_try = Clock::now();
+  for (auto& [endpoint, t] : impl_->targets) {
+    t.next_try = Clock::now();
+    t.superseded = false;  // a new item of this process's own: registered everywhere again
+  }
   impl_->cv.notify_all();
+}
+
+std::vector<std::string> RegistrationKeeper::superseded() const {
+  std::lock_guard lock(impl_->mu);
+  std::vector<std::string> out;
+  for (const auto& [endpoint, t] : impl_->targets) {
+    if (t.superseded) out.push_back(endpoint);
+  }
+  return out;
 }
 
 std::vector<std::string> RegistrationKeeper::registered() const {

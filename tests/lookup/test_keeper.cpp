@@ -77,6 +77,59 @@ TEST_CASE("a keeper registers everywhere, renews, re-registers after a loss, and
   CHECK(test::eventually([&] { return !a->registrar().find(item.service_id) && !b->registrar().find(item.service_id); }));
 }
 
+TEST_CASE("a service moved to another node: the old node's keeper leaves the ServiceID to the new one") {
+  test::TempDir dir;
+  auto a = start_lookup(dir.file("a"), test::free_tcp_port());
+  ServiceItem on_s;
+  on_s.service_id = ServiceId::random();
+  on_s.interface_types = {"demo.Counter"};
+  on_s.endpoints.rpc = "tcp://10.0.0.1:5000";
+  ServiceItem on_d = on_s;
+  on_d.endpoints.rpc = "tcp://10.0.0.2:5000";
+  KeeperOptions options;
+  options.lease_ms = 300;
+  auto endpoints_at_a = [&] {
+    auto found = a->registrar().find(on_s.service_id);
+    return found ? found->endpoints.rpc : std::string();
+  };
+  auto s = std::make_unique<RegistrationKeeper>(on_s, std::vector<std::string>{a->rpc_endpoint()}, options);
+  REQUIRE(s->wait_registered(5s));
+  auto d = std::make_unique<RegistrationKeeper>(on_d, std::vector<std::string>{a->rpc_endpoint()}, options);
+  REQUIRE(d->wait_registered(5s));
+  CHECK(test::eventually([&] { return s->superseded() == std::vector<std::string>{a->rpc_endpoint()}; }, 5000));
+  CHECK(s->registered().empty());
+  // Several lease lengths later the new node still has it: nobody took it back.
+  std::this_thread::sleep_for(1000ms);
+  CHECK(endpoints_at_a() == on_d.endpoints.rpc);
+  CHECK(d->registered() == std::vector<std::string>{a->rpc_endpoint()});
+  CHECK(d->superseded().empty());
+  // The old keeper stopping cancels nothing of the new node's.
+  s.reset();
+  std::this_thread::sleep_for(700ms);
+  CHECK(endpoints_at_a() == on_d.endpoints.rpc);
+
+  // A registration lost to the very same item (a twin, or a call of its own whose reply was lost)
+  // is renewed under the lease it has now, by both: no registering back and forth.
+  auto twin = std::make_unique<RegistrationKeeper>(on_d, std::vector<std::string>{a->rpc_endpoint()}, options);
+  REQUIRE(twin->wait_registered(5s));
+  CHECK(test::eventually([&] { return d->registered().size() == 1; }, 5000));
+  auto lease_now = [&] { return a->registrar().find(on_s.service_id)->lease.id; };
+  uint64_t shared = lease_now();
+  std::this_thread::sleep_for(1000ms);
+  CHECK(lease_now() == shared);
+  CHECK(d->superseded().empty());
+  CHECK(twin->superseded().empty());
+  CHECK(endpoints_at_a() == on_d.endpoints.rpc);
+  // One of them stopping cancels that lease; the other registers again.
+  twin.reset();
+  CHECK(test::eventually([&] {
+    auto found = a->registrar().find(on_s.service_id);
+    return found && found->lease.id != shared;
+  }, 5000));
+  d.reset();
+  CHECK(test::eventually([&] { return !a->registrar().find(on_s.service_id); }));
+}
+
 TEST_CASE("djinn-lease registers itself in lookup with --lookup, under a ServiceID kept across restarts") {
   if (!std::getenv("DJINN_BUILD_DIR")) {
     MESSAGE("DJINN_BUILD_DIR is not set (run through ctest): skipped");

@@ -1,7 +1,11 @@
 // RegistrationKeeper: keeps one service registered with a set of lookup services, as Jini's join
 // manager does once lookups are known: registers with each, renews the registration leases,
 // registers again when a lease is lost (a lookup restarted without its data, or was unreachable
-// past the lease), and cancels everything on stop. The discovery issue's join manager feeds it the
+// past the lease), and cancels everything on stop. A registration lost because another item took
+// its ServiceID at a lookup (the service moved to another node, which registered it there with its
+// own endpoints) is left to that item: the keeper stops registering there until set_item. One lost
+// while the very same item is registered there under another lease (a registration whose reply
+// was lost, or a twin process with the same item) renews that lease instead of registering again. The discovery issue's join manager feeds it the
 // lookups it discovers; daemons given --lookup endpoints use it directly.
 #pragma once
 
@@ -35,10 +39,13 @@ class RegistrationKeeper {
 
   void add_registrar(const std::string& endpoint);
   void remove_registrar(const std::string& endpoint);  // cancels the registration there
-  // Registers the new item (same ServiceID) everywhere: how attributes and endpoints change.
+  // Registers the new item (same ServiceID) everywhere, where it was superseded too: how
+  // attributes and endpoints change.
   void set_item(ServiceItem item);
   // The registrars where the item is registered now.
   std::vector<std::string> registered() const;
+  // The registrars where another item took the ServiceID (see above).
+  std::vector<std::string> superseded() const;
   // Waits until the item is registered with every registrar; false on timeout.
   bool wait_registered(std::chrono::milliseconds timeout) const;
 
