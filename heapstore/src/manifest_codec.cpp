@@ -5,13 +5,6 @@
 #include <string>
 
 namespace djinn::heapstore::internal {
-namespace {
-
-constexpr uint8_t kFull = 'F';
-constexpr uint8_t kDelta = 'D';
-constexpr uint8_t kFormat = 1;
-constexpr uint8_t kTagZero = 0;
-constexpr uint8_t kTagPage = 1;
 
 void put_varint(std::vector<uint8_t>& out, uint64_t v) {
   while (v >= 0x80) {
@@ -21,38 +14,15 @@ void put_varint(std::vector<uint8_t>& out, uint64_t v) {
   out.push_back(static_cast<uint8_t>(v));
 }
 
+namespace {
+
+constexpr uint8_t kFull = 'F';
+constexpr uint8_t kDelta = 'D';
+constexpr uint8_t kFormat = 1;
+constexpr uint8_t kTagZero = 0;
+constexpr uint8_t kTagPage = 1;
+
 void put_hash(std::vector<uint8_t>& out, const PageHash& h) { out.insert(out.end(), h.bytes.begin(), h.bytes.end()); }
-
-class Reader {
- public:
-  explicit Reader(std::span<const uint8_t> in) : in_(in) {}
-  bool varint(uint64_t& v) {
-    v = 0;
-    for (int shift = 0; shift < 64; shift += 7) {
-      if (pos_ >= in_.size()) return false;
-      uint8_t b = in_[pos_++];
-      v |= static_cast<uint64_t>(b & 0x7f) << shift;
-      if (!(b & 0x80)) return true;
-    }
-    return false;
-  }
-  bool byte(uint8_t& b) {
-    if (pos_ >= in_.size()) return false;
-    b = in_[pos_++];
-    return true;
-  }
-  bool hash(PageHash& h) {
-    if (in_.size() - pos_ < h.bytes.size()) return false;
-    std::memcpy(h.bytes.data(), in_.data() + pos_, h.bytes.size());
-    pos_ += h.bytes.size();
-    return true;
-  }
-  size_t left() const { return in_.size() - pos_; }
-
- private:
-  std::span<const uint8_t> in_;
-  size_t pos_ = 0;
-};
 
 // The next entry's index from the gap after `next` (the previous index + 1), or false when it
 // would pass `capacity`.
@@ -171,3 +141,62 @@ std::vector<DeltaEntry> merge_deltas(std::span<const DeltaEntry> older, std::spa
 }
 
 }  // namespace djinn::heapstore::internal
+
+namespace djinn::heapstore {
+
+namespace {
+constexpr std::string_view kManifestMagic = "DJHM";
+constexpr uint32_t kMaxPageSize = 1u << 30;
+}  // namespace
+
+std::vector<uint8_t> manifest_to_bytes(const Manifest& manifest) {
+  std::vector<uint8_t> out(kManifestMagic.begin(), kManifestMagic.end());
+  const VersionInfo& v = manifest.info;
+  for (uint64_t n : {v.version, v.parent, uint64_t{v.page_size}, v.capacity_pages, v.pages, v.pages_written,
+                     static_cast<uint64_t>(v.created_unix_ms), uint64_t{manifest.record.size()}}) {
+    internal::put_varint(out, n);
+  }
+  out.insert(out.end(), manifest.record.begin(), manifest.record.end());
+  std::vector<uint8_t> pages = internal::encode_full(manifest.pages);
+  out.insert(out.end(), pages.begin(), pages.end());
+  return out;
+}
+
+Result<Manifest> manifest_from_bytes(std::span<const uint8_t> bytes) {
+  auto bad = [](const std::string& why) { return invalid_argument("not a heap manifest: " + why); };
+  if (bytes.size() < kManifestMagic.size() ||
+      !std::equal(kManifestMagic.begin(), kManifestMagic.end(), bytes.begin())) {
+    return bad("it does not start with \"DJHM\"");
+  }
+  internal::Reader in(bytes.subspan(kManifestMagic.size()));
+  uint64_t n[8];
+  for (uint64_t& x : n) {
+    if (!in.varint(x)) return bad("its header is cut short");
+  }
+  Manifest m;
+  m.info = VersionInfo{n[0], n[1], 0, n[3], n[4], n[5], static_cast<int64_t>(n[6])};
+  if (n[2] == 0 || n[2] > kMaxPageSize || (n[2] & (n[2] - 1)) != 0) {
+    return bad("page size " + std::to_string(n[2]) + " is not a power of two up to 1 GiB");
+  }
+  m.info.page_size = static_cast<uint32_t>(n[2]);
+  if (m.info.capacity_pages == 0) return bad("a capacity of 0 pages");
+  if (n[7] > in.left()) return bad("its record of " + std::to_string(n[7]) + " bytes is cut short");
+  m.record.resize(n[7]);
+  for (char& c : m.record) {
+    uint8_t b = 0;
+    in.byte(b);
+    c = static_cast<char>(b);
+  }
+  Result<internal::DecodedManifest> pages =
+      internal::decode_manifest(bytes.subspan(bytes.size() - in.left()), m.info.capacity_pages, "a received manifest");
+  if (!pages.ok()) return bad(pages.status().message());
+  if (!pages->full) return bad("its pages are a delta, not a whole version");
+  if (pages->pages.size() != m.info.pages) {
+    return bad("it lists " + std::to_string(pages->pages.size()) + " pages and says it has " + std::to_string(m.info.pages));
+  }
+  m.pages = std::move(pages->pages);
+  return m;
+}
+
+}  // namespace djinn::heapstore
+

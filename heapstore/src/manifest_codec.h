@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <span>
 #include <string_view>
 #include <vector>
@@ -15,6 +16,40 @@
 namespace djinn::heapstore::internal {
 
 using PageList = std::vector<PageRef>;
+
+void put_varint(std::vector<uint8_t>& out, uint64_t v);
+
+// Reads varints, bytes and hashes from a blob, each false when the blob ends first.
+class Reader {
+ public:
+  explicit Reader(std::span<const uint8_t> in) : in_(in) {}
+  bool varint(uint64_t& v) {
+    v = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+      if (pos_ >= in_.size()) return false;
+      uint8_t b = in_[pos_++];
+      v |= static_cast<uint64_t>(b & 0x7f) << shift;
+      if (!(b & 0x80)) return true;
+    }
+    return false;
+  }
+  bool byte(uint8_t& b) {
+    if (pos_ >= in_.size()) return false;
+    b = in_[pos_++];
+    return true;
+  }
+  bool hash(PageHash& h) {
+    if (in_.size() - pos_ < h.bytes.size()) return false;
+    std::memcpy(h.bytes.data(), in_.data() + pos_, h.bytes.size());
+    pos_ += h.bytes.size();
+    return true;
+  }
+  size_t left() const { return in_.size() - pos_; }
+
+ private:
+  std::span<const uint8_t> in_;
+  size_t pos_ = 0;
+};
 
 struct DeltaEntry {
   uint64_t index = 0;

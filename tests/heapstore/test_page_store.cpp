@@ -878,6 +878,61 @@ TEST_CASE("export/import: the manifest, then only the pages the receiver lacks, 
   CHECK(b->stats().pages_stored == 60);
 }
 
+TEST_CASE("a manifest as bytes: round trip into an import elsewhere; malformed bytes refused, saying what") {
+  test::TempDir a_dir, b_dir;
+  auto a = open_store(a_dir.path());
+  auto b = open_store(b_dir.path());
+  Model model;
+  std::map<uint64_t, Bytes> changes;
+  for (uint64_t i : {0ull, 1ull, 7ull, 300ull, 1023ull}) changes[i] = page_of(i, kPage);
+  VersionInfo va = write_version(*a, 0, changes, model, std::string("record\0with a nul", 18));
+  Manifest m = must(a->manifest(va.version));
+  std::vector<uint8_t> bytes = manifest_to_bytes(m);
+  Manifest back = must(manifest_from_bytes(bytes));
+  CHECK(back.info.version == m.info.version);
+  CHECK(back.info.page_size == m.info.page_size);
+  CHECK(back.info.capacity_pages == m.info.capacity_pages);
+  CHECK(back.info.pages == 5);
+  CHECK(back.info.created_unix_ms == m.info.created_unix_ms);
+  CHECK(back.pages == m.pages);
+  CHECK(back.record == m.record);
+  // What arrives as bytes imports like the manifest itself.
+  auto import = must(b->import_begin(back));
+  for (const PageHash& h : import->needed()) {
+    Bytes page(kPage);
+    REQUIRE(a->read_page(h, page).ok());
+    REQUIRE(import->import_page(h, page).ok());
+  }
+  VersionInfo vb = must(import->import_commit());
+  check_version(*b, vb.version, model);
+
+  auto refused = [](std::vector<uint8_t> in, const std::string& says) {
+    Result<Manifest> r = manifest_from_bytes(in);
+    CHECK(r.status().code() == Code::kInvalidArgument);
+    CHECK_MESSAGE(r.status().message().find(says) != std::string::npos, r.status().message());
+  };
+  refused({}, "DJHM");
+  refused({'D', 'J', 'H', 'X', 1}, "DJHM");
+  for (size_t cut : {size_t{5}, size_t{12}, bytes.size() - 1}) {
+    refused(std::vector<uint8_t>(bytes.begin(), bytes.begin() + static_cast<std::ptrdiff_t>(cut)), "cut short");
+  }
+  std::vector<uint8_t> longer = bytes;
+  longer.push_back(0);
+  refused(longer, "follow the last entry");
+  Manifest odd = m;
+  odd.info.page_size = 3000;
+  refused(manifest_to_bytes(odd), "power of two");
+  Manifest small = m;
+  small.info.capacity_pages = 300;  // page 1023 lies beyond it
+  refused(manifest_to_bytes(small), "beyond the capacity");
+  Manifest miscounted = m;
+  miscounted.info.pages = 4;
+  refused(manifest_to_bytes(miscounted), "says it has 4");
+  Manifest unordered = m;
+  std::swap(unordered.pages[0], unordered.pages[1]);
+  CHECK(manifest_from_bytes(manifest_to_bytes(unordered)).status().code() == Code::kInvalidArgument);
+}
+
 TEST_CASE("export of a version larger than one read: every page sent once, in manifest order, bit-exact") {
   test::TempDir a_dir, b_dir;
   auto a = open_store(a_dir.path());

@@ -142,6 +142,15 @@ class VersionWriter {
 };
 
 // Receives an exported version (see PageStore::export_version): the manifest first, then pages.
+// A manifest as bytes, to travel or be kept elsewhere (a checkpoint's manifest as a value in the
+// space, fetched by the node it migrates to: DESIGN §9 step 7): "DJHM", the version's numbers as
+// varints, the runtime record, then the pages as the store keeps them (index gaps as varints,
+// 32-byte hashes). manifest_from_bytes checks all of it (a power-of-two page size, ascending
+// indexes below the capacity, the page count, nothing left over): INVALID_ARGUMENT saying what
+// is wrong.
+std::vector<uint8_t> manifest_to_bytes(const Manifest& manifest);
+Result<Manifest> manifest_from_bytes(std::span<const uint8_t> bytes);
+
 struct ExportSink {
   std::function<Status(const Manifest&)> manifest;
   std::function<Status(const PageHash&, std::span<const std::byte> page)> page;
