@@ -956,7 +956,7 @@ int main(int argc, char** argv) {
       report.note("renewals, " + tag + ": the target, 5x etcd's " + std::to_string(static_cast<int64_t>(*etcd_rate)) +
                   "/s = " + std::to_string(static_cast<int64_t>(5 * *etcd_rate)) + "/s, is above the loopback's " +
                   "own TCP ping-pong of " + std::to_string(static_cast<int64_t>(*tcp_rate)) + "/s in the same " +
-                  "round: no client making one blocking call at a time reaches it here, over any transport");
+                  "round: no client making one blocking call at a time over TCP on this loopback reaches it here");
     }
     report.add({"renew_" + tag + "_vs_redis_per_s", throughput_of(d).value_or(NAN), "renewals/s",
                 ref("redis_pexpire_" + tag + "_per_s", throughput_of(r)), std::nullopt, std::nullopt});

@@ -1,6 +1,8 @@
 // Encoding, checked decoding and merging of stored manifests (see manifest_codec.h).
 #include "manifest_codec.h"
 
+#include "store_core.h"
+
 #include <cstring>
 #include <string>
 
@@ -76,8 +78,10 @@ Result<DecodedManifest> decode_manifest(std::span<const uint8_t> blob, uint64_t 
   if ((kind != kFull && kind != kDelta) || format != kFormat) return corrupt("unknown format");
   uint64_t count = 0;
   if (!in.varint(count)) return corrupt("no entry count");
-  // Each entry takes at least two bytes, so a count beyond that is corrupt, not an allocation.
-  if (count > in.left() / 2 || count > capacity) return corrupt(std::to_string(count) + " entries cannot fit");
+  // Each entry takes at least its gap and its hash (full) or its gap and tag (delta), so a count
+  // beyond that is corrupt, not an allocation.
+  const size_t min_entry = kind == kFull ? 1 + sizeof(PageHash::bytes) : 2;
+  if (count > in.left() / min_entry || count > capacity) return corrupt(std::to_string(count) + " entries cannot fit");
   DecodedManifest out;
   out.full = kind == kFull;
   if (out.full) {
@@ -146,7 +150,6 @@ namespace djinn::heapstore {
 
 namespace {
 constexpr std::string_view kManifestMagic = "DJHM";
-constexpr uint32_t kMaxPageSize = 1u << 30;
 }  // namespace
 
 std::vector<uint8_t> manifest_to_bytes(const Manifest& manifest) {
@@ -173,13 +176,12 @@ Result<Manifest> manifest_from_bytes(std::span<const uint8_t> bytes) {
   for (uint64_t& x : n) {
     if (!in.varint(x)) return bad("its header is cut short");
   }
-  Manifest m;
-  m.info = VersionInfo{n[0], n[1], 0, n[3], n[4], n[5], static_cast<int64_t>(n[6])};
-  if (n[2] == 0 || n[2] > kMaxPageSize || (n[2] & (n[2] - 1)) != 0) {
-    return bad("page size " + std::to_string(n[2]) + " is not a power of two up to 1 GiB");
+  // The store's own limits, so that nothing sized from these numbers can be made huge.
+  for (const Status& st : {internal::check_page_size(n[2]), internal::check_capacity(n[3])}) {
+    if (!st.ok()) return bad(st.message());
   }
-  m.info.page_size = static_cast<uint32_t>(n[2]);
-  if (m.info.capacity_pages == 0) return bad("a capacity of 0 pages");
+  Manifest m;
+  m.info = VersionInfo{n[0], n[1], static_cast<uint32_t>(n[2]), n[3], n[4], n[5], static_cast<int64_t>(n[6])};
   if (n[7] > in.left()) return bad("its record of " + std::to_string(n[7]) + " bytes is cut short");
   m.record.resize(n[7]);
   for (char& c : m.record) {

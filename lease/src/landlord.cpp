@@ -495,6 +495,28 @@ struct Landlord::Impl {
     return out;
   }
 
+  // The holders of requests queued for `r`'s resource that `r` must not overtake: other holders'
+  // incompatible ones, unless `r`'s holder already holds a lease on the resource. A holder keeps
+  // what it has: its leases ending in a grace period pass to its new ones (expire_all_of_holder),
+  // and an upgrade does not queue behind requests that its own lease blocks.
+  std::vector<std::string> queued_ahead_locked(const GrantRequest& r) const {
+    std::vector<std::string> out;
+    if (waiters_.empty()) return out;
+    auto queued = waiters_.find(r.resource);
+    if (queued == waiters_.end()) return out;
+    for (const Waiter& w : queued->second) {
+      if (w.request.holder != r.holder && !compatible(w.request.kind, r.kind)) out.push_back(w.request.holder);
+    }
+    if (out.empty()) return out;
+    uint32_t res = resources_.find(r.resource);
+    uint32_t hol = holders_.find(r.holder);
+    if (res == kNone || hol == kNone) return out;
+    for (uint32_t slot = resources_[res].head; slot != kNone; slot = slots_[slot].res_next) {
+      if (slots_[slot].holder() == hol) return {};
+    }
+    return out;
+  }
+
   int64_t next_wake_locked() const {
     if (!retry_.empty() || fold_wanted_) return kExpiring;
     int64_t next = deadlines_.empty() ? kNoDeadline : deadlines_.front().deadline_ns;
@@ -582,16 +604,7 @@ struct Landlord::Impl {
     {
       std::lock_guard lock(mutex_);
       attempt.in_way = in_way_locked(r.resource, r.holder, r.kind);
-      if (behind_waiters && !waiters_.empty()) {
-        auto it = waiters_.find(r.resource);
-        if (it != waiters_.end()) {
-          for (const Waiter& w : it->second) {
-            if (w.request.holder != r.holder && !compatible(w.request.kind, r.kind)) {
-              attempt.waiting.push_back(w.request.holder);
-            }
-          }
-        }
-      }
+      if (behind_waiters) attempt.waiting = queued_ahead_locked(r);
       if (!attempt.in_way.empty() || !attempt.waiting.empty()) return attempt;
       if (ids_.size() >= std::min(options.policy.max_leases, kMaxLeases)) {
         attempt.result = resource_exhausted("landlord " + quoted(options.name) + " holds " +
@@ -704,12 +717,7 @@ struct Landlord::Impl {
         }
         Attempt a;
         a.in_way = in_way_locked(r.resource, r.holder, r.kind);
-        auto queued = waiters_.find(r.resource);
-        if (queued != waiters_.end()) {
-          for (const Waiter& w : queued->second) {
-            if (w.request.holder != r.holder && !compatible(w.request.kind, r.kind)) a.waiting.push_back(w.request.holder);
-          }
-        }
+        a.waiting = queued_ahead_locked(r);
         // An earlier request of the batch stands in the way only if one of the two excludes the
         // other: skipped for the common batch, all shared.
         bool excludes = level(r.kind) == 2;

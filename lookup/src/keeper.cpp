@@ -8,6 +8,7 @@
 #include <fstream>
 #include <condition_variable>
 #include <map>
+#include <set>
 #include <mutex>
 #include <thread>
 #include <utility>
@@ -38,6 +39,9 @@ struct RegistrationKeeper::Impl {
   ServiceItem item;
   uint64_t version = 1;
   std::map<std::string, Target> targets;
+  // Registrars where another item took the ServiceID: remembered when one is removed and added
+  // again (a lookup discarded and rediscovered), until set_item.
+  std::set<std::string, std::less<>> superseded_at;
   bool stopping = false;
   std::thread thread;
 
@@ -60,17 +64,6 @@ struct RegistrationKeeper::Impl {
     });
   }
 
-  // What the registrar holds under `id` when it is registered there under a lease other than the
-  // one lost: what a registration of the same ServiceID elsewhere (a migrated copy) does to ours,
-  // or a registration of our own whose reply never came back. nullopt: not registered there, not
-  // reachable, or still under the lost lease.
-  static std::optional<ServiceItem> registered_under_another_lease(RegistrarClient& client, const ServiceId& id,
-                                                                   uint64_t lost) {
-    Result<std::optional<ServiceItem>> found = client.lookup(ServiceTemplate{id, {}, {}});
-    if (!found.ok() || !found->has_value() || (*found)->lease.id == lost) return std::nullopt;
-    return **found;
-  }
-
   static bool same_item(ServiceItem theirs, const ServiceItem& ours) {
     theirs.lease = ours.lease;
     return theirs == ours;
@@ -82,6 +75,7 @@ struct RegistrationKeeper::Impl {
     o.default_timeout = options.call_timeout;
     Target t;
     t.client = std::make_shared<RegistrarClient>(o);
+    t.superseded = superseded_at.contains(endpoint);
     targets.emplace(endpoint, std::move(t));
     cv.notify_all();
   }
@@ -115,31 +109,23 @@ struct RegistrationKeeper::Impl {
       std::shared_ptr<RegistrarClient> client = t.client;
       std::optional<uint64_t> lost = std::exchange(t.lost, std::nullopt);
       lock.unlock();
-      std::optional<ServiceItem> now_there;
-      if (lost) now_there = registered_under_another_lease(*client, snapshot.service_id, *lost);
-      if (now_there) {
-        bool ours = same_item(*now_there, snapshot);
+      if (lost) {
+        // Why was it lost? Ask the registrar before registering over whatever it holds now.
+        Result<std::optional<ServiceItem>> found = client->lookup(ServiceTemplate{snapshot.service_id, {}, {}});
         lock.lock();
         auto it = targets.find(due);
         if (it == targets.end() || version != v) continue;  // decided again with what changed
-        if (ours) {
-          // Registering again would only replace it with itself, and a twin would do the same
-          // back: renew the lease it is registered under instead (lease ids are capabilities).
-          it->second.lease = Registered{*now_there, false, due}.held_lease();
-          it->second.version = v;
-          renewals.add(*it->second.lease, options.lease_ms);
-          DJINN_LOG(kInfo, "lookup") << snapshot.service_id.to_string() << " at " << due
-                                     << " is registered with this very item under lease " << now_there->lease.id
-                                     << ": renewing that one";
-          cv.notify_all();
-        } else {
-          it->second.superseded = true;
-          DJINN_LOG(kWarn, "lookup") << snapshot.service_id.to_string() << " at " << due
-                                     << " is registered by someone else now, with other endpoints or attributes "
-                                        "(the service moved to another node, or a second process has its ServiceID): "
-                                        "not registering there again";
+        Target& target = it->second;
+        if (!found.ok()) {
+          target.lost = lost;  // still unknown: ask again later
+          back_off_locked(target, snapshot, due, found.status());
+          continue;
         }
-        continue;
+        if (found->has_value() && (**found).lease.id != *lost) {
+          settle_elsewhere_locked(target, **found, snapshot, due, v);
+          continue;
+        }
+        lock.unlock();
       }
       Result<Registered> r = client->register_service(snapshot, options.lease_ms);
       lock.lock();
@@ -160,12 +146,39 @@ struct RegistrationKeeper::Impl {
                                    << " at " << due << ", lease " << target.lease->lease.id;
         cv.notify_all();
       } else {
-        target.backoff = std::clamp(target.backoff * 2, options.retry_min, options.retry_max);
-        target.next_try = Clock::now() + target.backoff;
-        DJINN_LOG(kDebug, "lookup") << "registering " << snapshot.service_id.to_string() << " at " << due << ": "
-                                    << r.status().to_string() << "; again in " << target.backoff.count() << " ms";
+        back_off_locked(target, snapshot, due, r.status());
       }
     }
+  }
+
+  void back_off_locked(Target& target, const ServiceItem& item_tried, const std::string& endpoint, const Status& why) {
+    target.backoff = std::clamp(target.backoff * 2, options.retry_min, options.retry_max);
+    target.next_try = Clock::now() + target.backoff;
+    DJINN_LOG(kDebug, "lookup") << "registering " << item_tried.service_id.to_string() << " at " << endpoint << ": "
+                                << why.to_string() << "; again in " << target.backoff.count() << " ms";
+  }
+
+  // The registrar holds `there` under the ServiceID, under another lease than the one lost.
+  void settle_elsewhere_locked(Target& target, const ServiceItem& there, const ServiceItem& ours,
+                               const std::string& endpoint, uint64_t v) {
+    if (same_item(there, ours)) {
+      // Registering again would only replace it with itself, and a twin would do the same back:
+      // renew the lease it is registered under instead (lease ids are capabilities).
+      target.lease = Registered{there, false, endpoint}.held_lease();
+      target.version = v;
+      renewals.add(*target.lease, options.lease_ms);
+      DJINN_LOG(kInfo, "lookup") << ours.service_id.to_string() << " at " << endpoint
+                                 << " is registered with this very item under lease " << there.lease.id
+                                 << ": renewing that one";
+    } else {
+      target.superseded = true;
+      superseded_at.insert(endpoint);
+      DJINN_LOG(kWarn, "lookup") << ours.service_id.to_string() << " at " << endpoint
+                                 << " is registered by someone else now, with other endpoints or attributes (the "
+                                    "service moved to another node, or a second process has its ServiceID): not "
+                                    "registering there again";
+    }
+    cv.notify_all();
   }
 };
 
@@ -229,9 +242,10 @@ void RegistrationKeeper::set_item(ServiceItem item) {
   item.service_id = impl_->item.service_id;
   impl_->item = std::move(item);
   ++impl_->version;
+  impl_->superseded_at.clear();  // a new item of this process's own: registered everywhere again
   for (auto& [endpoint, t] : impl_->targets) {
     t.next_try = Clock::now();
-    t.superseded = false;  // a new item of this process's own: registered everywhere again
+    t.superseded = false;
   }
   impl_->cv.notify_all();
 }
@@ -257,8 +271,9 @@ std::vector<std::string> RegistrationKeeper::registered() const {
 bool RegistrationKeeper::wait_registered(std::chrono::milliseconds timeout) const {
   std::unique_lock lock(impl_->mu);
   return impl_->cv.wait_for(lock, timeout, [&] {
-    return std::all_of(impl_->targets.begin(), impl_->targets.end(),
-                       [&](const auto& kv) { return kv.second.lease && kv.second.version == impl_->version; });
+    return std::all_of(impl_->targets.begin(), impl_->targets.end(), [&](const auto& kv) {
+      return kv.second.superseded || (kv.second.lease && kv.second.version == impl_->version);
+    });
   });
 }
 

@@ -597,9 +597,16 @@ TEST_CASE("expire_all_of_holder: leases end within the grace, kept across a reop
   REQUIRE(landlord->size() == 4);
   CHECK(landlord->find(printer.id)->expiration_ms == clocks.wall.load() + 1000);
   CHECK(landlord->find(forever.id)->expiration_ms == clocks.wall.load() + 1000);
-  // Another holder is kept out of the exclusive resources; the holder itself (on its new node) is not.
+  // Another holder is kept out of the exclusive resources, even one already waiting for it; the
+  // holder itself (on its new node) is not.
   CHECK(landlord->grant(request("printer", "thief", Kind::kExclusive)).status().code() == Code::kFailedPrecondition);
   CHECK(landlord->grant(request("disk", "thief", Kind::kSharedCopy)).status().code() == Code::kFailedPrecondition);
+  std::mutex waited_mu;
+  std::optional<Result<Lease>> waited;
+  landlord->grant_async(request("printer", "queued", Kind::kExclusive, 10'000, 60s), [&](Result<Lease> r) {
+    std::lock_guard lock(waited_mu);
+    waited = std::move(r);
+  });
   Lease again = must_grant(*landlord, request("printer", "app", Kind::kExclusive, 10'000));
   clocks.advance(399);  // t = +499
   CHECK(landlord->expire_due() == 0);
@@ -615,11 +622,19 @@ TEST_CASE("expire_all_of_holder: leases end within the grace, kept across a reop
   CHECK(held[0].id == again.id);
   CHECK(landlord->grant(request("printer", "thief", Kind::kExclusive)).status().code() == Code::kFailedPrecondition);
   must_grant(*landlord, request("disk", "thief", Kind::kSharedCopy));
-  // Zero grace cancels at once.
+  {
+    std::lock_guard lock(waited_mu);
+    CHECK_FALSE(waited.has_value());  // still queued: the printer went from the old lease to the new
+  }
+  // Zero grace cancels at once, and the printer goes to the request queued for it.
   auto cancelled = landlord->expire_all_of_holder("app", 0ms);
   REQUIRE(cancelled.ok());
   CHECK(cancelled->size() == 1);
   CHECK(landlord->leases_of_holder("app").empty());
+  CHECK(test::eventually([&] {
+    std::lock_guard lock(waited_mu);
+    return waited.has_value() && waited->ok() && (*waited)->holder == "queued";
+  }));
 }
 
 TEST_CASE("cancel_unheld: the leases of a resource that nothing holds, and only those") {

@@ -166,8 +166,9 @@ class Landlord {
   // all as they now are. Until they expire, the holder's leases keep other holders' incompatible
   // grants out while its own new ones succeed (a holder never stands in its own way): a migrating
   // application's leases expire while its new node grants them again under the same holder, and
-  // nobody else takes an exclusive resource in between (DESIGN §9 steps 5 and 9). `within` of
-  // zero or less cancels them at once, as cancel_all_of_holder.
+  // nobody else takes an exclusive resource in between, not even a request queued for it (DESIGN
+  // §9 steps 5 and 9). A renewal gives a shortened lease a new expiration as it would any lease.
+  // `within` of zero or less cancels them at once, as cancel_all_of_holder.
   Result<std::vector<Lease>> expire_all_of_holder(std::string_view holder, std::chrono::milliseconds within);
   size_t size() const;
   // Now on the landlord's monotonic clock (the injected one in tests), for Lease::deadline_ns.

@@ -3,7 +3,9 @@
 // registers again when a lease is lost (a lookup restarted without its data, or was unreachable
 // past the lease), and cancels everything on stop. A registration lost because another item took
 // its ServiceID at a lookup (the service moved to another node, which registered it there with its
-// own endpoints) is left to that item: the keeper stops registering there until set_item. One lost
+// own endpoints) is left to that item: the keeper stops registering there until set_item, even
+// when the registrar is removed and added again. Until the registrar answers what it holds, the
+// keeper does not register there again. One lost
 // while the very same item is registered there under another lease (a registration whose reply
 // was lost, or a twin process with the same item) renews that lease instead of registering again. The discovery issue's join manager feeds it the
 // lookups it discovers; daemons given --lookup endpoints use it directly.
@@ -46,7 +48,8 @@ class RegistrationKeeper {
   std::vector<std::string> registered() const;
   // The registrars where another item took the ServiceID (see above).
   std::vector<std::string> superseded() const;
-  // Waits until the item is registered with every registrar; false on timeout.
+  // Waits until the item is registered with every registrar where it was not superseded; false on
+  // timeout.
   bool wait_registered(std::chrono::milliseconds timeout) const;
 
  private:
