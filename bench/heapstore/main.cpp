@@ -17,6 +17,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <mutex>
 #include <numeric>
 #include <random>
 #include <string>
@@ -42,6 +43,8 @@ using heapstore::HeapOptions;
 using heapstore::HeapStats;
 using heapstore::kDefaultPageSize;
 using heapstore::Manifest;
+using heapstore::PageHash;
+using heapstore::PageSource;
 using heapstore::PageStore;
 using heapstore::tracking_name;
 using heapstore::VersionInfo;
@@ -258,6 +261,28 @@ struct HeapFigures {
   double page_in_sequential_evicting_no_pool_MBps = NAN;
   double zero_fault_us = NAN;  // per fault, random order, zero pages (no store read)
   double read_page_us = NAN;   // PageStore::read_page alone, per page
+  // Post-copy: a heap opened on the manifest of another store's version (Heap::open_incoming),
+  // its pages fetched from that store through a PageSource in this process: touched in random
+  // order (per page), and fetch_rest() of all of them.
+  double post_copy_random_us = NAN;
+  double post_copy_fetch_rest_MBps = NAN;
+};
+
+// Another store's pages, as a node's PageSource gets them from wherever they are kept: here a
+// store of this process, so the figures are the heap's and the stores' own cost, no network.
+struct StoreSource : PageSource {
+  explicit StoreSource(const PageStore& from, uint32_t page_size) : from(from), page(page_size) {}
+  Status fetch(std::span<const PageHash> hashes, const Deliver& deliver) override {
+    std::lock_guard lock(mu);
+    for (const PageHash& h : hashes) {
+      DJINN_RETURN_IF_ERROR(from.read_page(h, page));
+      DJINN_RETURN_IF_ERROR(deliver(h, page));
+    }
+    return Status();
+  }
+  const PageStore& from;
+  std::mutex mu;  // guards page
+  std::vector<std::byte> page;
 };
 
 // Writes each page of the heap once (distinct content).
@@ -439,6 +464,36 @@ HeapFigures heap_figures(const Setup& s, const std::string& dir, const std::stri
       reads.push_back(seconds_since(t0) * 1e6 / static_cast<double>(m.pages.size()));
     }
     f.read_page_us = median(reads);
+    // Post-copy, into an empty store each round.
+    {
+      std::vector<double> post_rnd, post_rest;
+      Manifest whole = must(store->manifest(version), "reading the manifest");
+      StoreSource source(*store, s.page_size);
+      for (int r = 0; r < s.rounds; ++r) {
+        for (bool rest : {false, true}) {
+          std::string receiver_dir = dir + "/receiver-" + tag;
+          std::filesystem::remove_all(receiver_dir);
+          auto receiver = must(PageStore::open(receiver_dir), "opening the receiving store");
+          auto h = must(Heap::open_incoming(*receiver, whole, source, heap_options(s, s.heap_bytes, s.tracking)),
+                        "opening an incoming heap");
+          if (rest) {
+            auto t0 = Clock::now();
+            must(h->fetch_rest(), "fetching the rest");
+            post_rest.push_back(static_cast<double>(s.heap_bytes) / 1e6 / seconds_since(t0));
+          } else {
+            std::shuffle(order.begin(), order.end(), gen);
+            post_rnd.push_back(touch_in(*h, order) * 1e6 / static_cast<double>(pages));
+          }
+          h.reset();
+          receiver.reset();
+          std::filesystem::remove_all(receiver_dir);
+        }
+      }
+      f.post_copy_random_us = median(post_rnd);
+      f.post_copy_fetch_rest_MBps = median(post_rest);
+      progress("  post-copy: random touches " + fixed(f.post_copy_random_us, 2) + " us/page, fetch_rest " +
+               fixed(f.post_copy_fetch_rest_MBps, 0) + " MB/s");
+    }
     f.page_in_random_us = median(rnd);
     f.page_in_random_fault_us = median(rnd_fault);
     f.page_in_random_pages_per_fault = median(rnd_ppf);
@@ -573,6 +628,10 @@ int main(int argc, char** argv) {
     report.add({"pool_reserve_MBps", djinn::bench::round_to(f.pool_reserve_MBps, 0), "MB/s", std::nullopt,
                 ref("kernel_minor_fault_MBps", static_cast<double>(kSystemPage) / minor_us, 0), std::nullopt});
   }
+  report.add({"post_copy_page_in_random_us", djinn::bench::round_to(f.post_copy_random_us, 2), per_page, std::nullopt,
+              ref("page_in_random_us_local", f.page_in_random_us, 2), std::nullopt});
+  report.add({"post_copy_fetch_rest_MBps", djinn::bench::round_to(f.post_copy_fetch_rest_MBps, 0), "MB/s",
+              std::nullopt, ref("raw_sequential_read_MBps", file.read_MBps, 0), std::nullopt});
   report.add({"page_in_sequential_evicting_MBps", djinn::bench::round_to(f.page_in_sequential_evicting_MBps, 0), "MB/s",
               std::nullopt, ref("page_pool_off_MBps", f.page_in_sequential_evicting_no_pool_MBps, 0), std::nullopt});
   report.add({"dirty_collect_1pct_ms", djinn::bench::round_to(f.collect_1pct_ms, 3), "ms", std::nullopt, std::nullopt,

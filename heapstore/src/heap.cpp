@@ -118,6 +118,12 @@ struct Heap::Impl {
   std::vector<uint8_t> mapped;  // which pages of a run the loader mapped
   std::unique_ptr<internal::PagePool> pool;  // null on kernels without UFFDIO_MOVE
   std::unique_ptr<internal::PageLoader> loader;
+  // Post-copy: the manifest being received and where its missing pages come from, until
+  // fetch_rest() commits it (then `version` names it and `completed` is its info).
+  PageSource* source = nullptr;
+  std::optional<Manifest> incoming;
+  std::optional<VersionInfo> completed;
+  std::mutex fetch_mu;  // one fetch_rest() at a time
 
   std::thread fault_thread;
   int stop_fd = -1;
@@ -126,6 +132,57 @@ struct Heap::Impl {
   uintptr_t addr(uint64_t page) const { return reinterpret_cast<uintptr_t>(base) + page * page_size; }
   std::span<std::byte> page_span(uint64_t page) const { return {base + page * page_size, page_size}; }
   bool async() const { return mode == DirtyTracking::kAsync; }
+
+  // Fetches from `from` those of `hashes` the store lacks and keeps them in the store (pending
+  // until a version holds them), appended a few MiB at a time; returns how many arrived. Needs no
+  // lock of the heap.
+  Result<uint64_t> fetch_missing(PageSource& from, std::span<const PageHash> hashes) const {
+    std::vector<PageHash> lacking = store->missing(hashes);
+    if (lacking.empty()) return uint64_t{0};
+    constexpr size_t kAppendBytes = size_t{4} << 20;
+    std::vector<std::byte> arrived;
+    std::vector<PageHash> names;
+    uint64_t got = 0;
+    auto keep = [&]() -> Status {
+      if (names.empty()) return Status();
+      Result<std::vector<PageHash>> kept = store->put_pages(arrived, page_size);
+      if (!kept.ok()) return Status(kept.status().code(), "incoming pages: " + kept.status().message());
+      for (size_t k = 0; k < names.size(); ++k) {
+        if ((*kept)[k] != names[k]) {
+          return data_loss("incoming page " + names[k].hex() + ": the content the source sent is another page's");
+        }
+      }
+      got += names.size();
+      arrived.clear();
+      names.clear();
+      return Status();
+    };
+    Status st = from.fetch(lacking, [&](const PageHash& hash, std::span<const std::byte> page) -> Status {
+      if (page.size() != page_size) {
+        return data_loss("incoming page " + hash.hex() + ": the source sent " + std::to_string(page.size()) +
+                         " bytes for a page of " + std::to_string(page_size));
+      }
+      arrived.insert(arrived.end(), page.begin(), page.end());
+      names.push_back(hash);
+      return arrived.size() >= kAppendBytes ? keep() : Status();
+    });
+    if (st.ok()) st = keep();
+    if (!st.ok()) return st;
+    return got;
+  }
+
+  // An incoming heap's run [first, first + n): its pages the store lacks, in one fetch, so that
+  // the faulting page and its neighbours cost one round trip. A failure is left to the loads.
+  void prefetch_locked(uint64_t first, uint64_t n) {
+    hashes.clear();
+    for (uint64_t p = first; p < first + n; ++p) {
+      const PageEntry* e = table.find(p);
+      if (e && e->state == PageState::kPersistent) hashes.push_back(e->hash);
+    }
+    if (hashes.empty()) return;
+    Result<uint64_t> got = fetch_missing(*source, hashes);
+    if (got.ok()) counters.pages_fetched += *got;
+  }
 
   void mark_pending(uint64_t i, PageEntry& e) {
     if (!e.has(PageEntry::kPending)) {
@@ -309,6 +366,7 @@ void Heap::Impl::read_ahead_locked() {
 
 bool Heap::Impl::load_run_locked(uint64_t i, uint64_t n, bool write, bool pooled) {
   Status error;
+  if (source && n > 1) prefetch_locked(i, n);
   if (pooled && pool->size() > 0) {
     // A moved page is writable until it is protected, so the faulting thread must not get past
     // its page before the run is protected: not only until it is woken, since a signal sends it
@@ -369,6 +427,15 @@ uint64_t Heap::Impl::install_locked(uint64_t first, uint64_t count, bool writabl
     if (from_store) {
       hashes.clear();
       for (uint64_t p = j; p < k; ++p) hashes.push_back(table.find(p)->hash);
+      Status fetch_error;
+      if (source) {
+        Result<uint64_t> got = fetch_missing(*source, hashes);
+        if (got.ok()) {
+          counters.pages_fetched += *got;
+        } else {
+          fetch_error = got.status();
+        }
+      }
       std::span<uint8_t> done(mapped.data(), k - j);
       const uint64_t pool_before = pool_size();
       uint64_t loaded = loader->load(hashes.data(), hashes.size(), staging.get(), addr(j), wp, done, error,
@@ -385,7 +452,11 @@ uint64_t Heap::Impl::install_locked(uint64_t first, uint64_t count, bool writabl
         Status st = mmu->wake(addr(j), loaded * page_size);
         if (!st.ok()) throw std::runtime_error(st.to_string());
       }
-      if (loaded < k - j) return j + loaded - first;
+      if (loaded < k - j) {
+        // A page the source could not give: say why rather than that the store lacks it.
+        if (error && !fetch_error.ok()) *error = fetch_error;
+        return j + loaded - first;
+      }
     } else {
       Status st = map_zero_locked(j, k - j, wp, from_pool);
       if (!st.ok()) throw std::runtime_error(st.to_string());
@@ -592,13 +663,35 @@ std::string Heap::tracking_support() {
 }
 
 Result<std::unique_ptr<Heap>> Heap::open(PageStore& store, uint64_t version, HeapOptions o) {
-  uint32_t page_size = o.page_size;
-  uint64_t capacity_pages = 0;
   std::optional<Manifest> manifest;
   if (version != 0) {
     Result<Manifest> m = store.manifest(version);
     if (!m.ok()) return m.status();
     manifest = std::move(*m);
+  }
+  return open_with(store, std::move(manifest), version, o);
+}
+
+Result<std::unique_ptr<Heap>> Heap::open_incoming(PageStore& store, const Manifest& manifest, PageSource& source,
+                                                  HeapOptions o) {
+  // The store checks the manifest as it would a migration's (and holds nothing once this goes).
+  Result<std::unique_ptr<PageStore::Import>> checked = store.import_begin(manifest);
+  if (!checked.ok()) return checked.status();
+  checked->reset();
+  Result<std::unique_ptr<Heap>> heap = open_with(store, manifest, 0, o);
+  if (!heap.ok()) return heap.status();
+  Impl& m = *(*heap)->impl_;
+  std::lock_guard lock(m.mu);
+  m.source = &source;
+  m.incoming = manifest;
+  return heap;
+}
+
+Result<std::unique_ptr<Heap>> Heap::open_with(PageStore& store, std::optional<Manifest> manifest, uint64_t version,
+                                              HeapOptions o) {
+  uint32_t page_size = o.page_size;
+  uint64_t capacity_pages = 0;
+  if (manifest) {
     page_size = manifest->info.page_size;
     capacity_pages = manifest->info.capacity_pages;
   }
@@ -606,7 +699,7 @@ Result<std::unique_ptr<Heap>> Heap::open(PageStore& store, uint64_t version, Hea
     return invalid_argument("heap page size " + std::to_string(page_size) +
                             ": must be a power of two from 4096 to 2097152 bytes");
   }
-  if (version == 0) {
+  if (!manifest) {
     if (o.capacity_bytes == 0 || o.capacity_bytes > kMaxHeapBytes) {
       return invalid_argument("heap capacity of " + std::to_string(o.capacity_bytes) +
                               " bytes: must be from 1 byte to 64 TiB");
@@ -736,6 +829,63 @@ uint64_t Heap::version() const {
   return impl_->version;
 }
 
+bool Heap::incoming() const {
+  std::lock_guard lock(impl_->mu);
+  return impl_->incoming.has_value();
+}
+
+Result<VersionInfo> Heap::fetch_rest(size_t batch, const std::function<void(uint64_t, uint64_t)>& progress) {
+  Impl& m = *impl_;
+  std::lock_guard serial(m.fetch_mu);
+  std::vector<PageHash> names;
+  PageSource* source = nullptr;
+  {
+    std::lock_guard lock(m.mu);
+    if (!m.incoming) {
+      if (m.completed) return *m.completed;
+      return failed_precondition("fetch_rest: this heap was not opened with open_incoming");
+    }
+    source = m.source;
+    names.reserve(m.incoming->pages.size());
+    for (const PageRef& p : m.incoming->pages) names.push_back(p.hash);
+  }
+  batch = std::clamp<size_t>(batch, 1, 65'536);
+  uint64_t fetched = 0;
+  for (size_t at = 0; at < names.size(); at += batch) {
+    std::span<const PageHash> part(names.data() + at, std::min(batch, names.size() - at));
+    Result<uint64_t> got = m.fetch_missing(*source, part);
+    if (!got.ok()) {
+      std::lock_guard lock(m.mu);
+      m.counters.pages_fetched += fetched;
+      return Status(got.status().code(), "fetch_rest: " + got.status().message());
+    }
+    fetched += *got;
+    if (progress) progress(at + part.size(), names.size());
+  }
+  // Every page is in the store now (pending): the manifest becomes one of its versions.
+  Manifest manifest;
+  {
+    std::lock_guard lock(m.mu);
+    m.counters.pages_fetched += fetched;
+    manifest = *m.incoming;
+  }
+  Result<std::unique_ptr<PageStore::Import>> import = m.store->import_begin(manifest);
+  if (!import.ok()) return import.status();
+  size_t lacking = (*import)->needed().size();
+  if (lacking > 0) {
+    return unavailable("fetch_rest: the source did not deliver " + std::to_string(lacking) +
+                       " of the pages it was asked for; call again");
+  }
+  Result<VersionInfo> committed = (*import)->import_commit();
+  if (!committed.ok()) return committed.status();
+  std::lock_guard lock(m.mu);
+  m.version = committed->version;
+  m.completed = *committed;
+  m.incoming.reset();
+  m.source = nullptr;
+  return *committed;
+}
+
 std::string Heap::record() const {
   std::lock_guard lock(impl_->mu);
   return impl_->record;
@@ -744,6 +894,11 @@ std::string Heap::record() const {
 // DESIGN §7's checkpoint, step by step.
 Result<VersionInfo> Heap::checkpoint(std::string_view record) {
   Impl& m = *impl_;
+  // An incoming heap's pages are all here first, and the version it came as is its parent.
+  if (incoming()) {
+    Result<VersionInfo> arrived = fetch_rest();
+    if (!arrived.ok()) return arrived.status();
+  }
   std::lock_guard lock(m.mu);
 
   // 1. The dirty set: pages written since the last checkpoint become kDirty (and pending) and are

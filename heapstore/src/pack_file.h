@@ -79,7 +79,7 @@ class PackFile {
   const std::byte* view(uint64_t offset, uint64_t length) const;
   Status sync();
   // Starts writing back [offset, offset + length) without waiting, so the commit's fdatasync
-  // finds less to do.
+  // finds less to do; ranges under a megabyte wait to be started with the next ones.
   void start_writeback(uint64_t offset, uint64_t length);
   // Frees the file system blocks of [offset, offset + length) (block-aligned); best effort.
   void punch_hole(uint64_t offset, uint64_t length);
@@ -94,6 +94,8 @@ class PackFile {
   mutable std::atomic<const std::byte*> view_{nullptr};
   mutable uint64_t view_length_ = 0;  // set before view_ is published
   mutable bool view_failed_ = false;  // view_mu_
+  std::mutex writeback_mu_;              // guards the two below
+  uint64_t writeback_from_ = 0, writeback_to_ = 0;  // written, write-back not started yet
 };
 
 struct Range {

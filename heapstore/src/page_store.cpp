@@ -426,37 +426,64 @@ size_t PageStore::visit_pages(std::span<const PageHash> hashes, uint32_t page_si
 }
 
 Result<PageHash> PageStore::put_page(std::span<const std::byte> page) {
-  DJINN_RETURN_IF_ERROR(internal::check_page_size(page.size()));
-  if (is_zero_page(page)) {
-    return invalid_argument("put_page: an all-zero page is never stored (a version records it with zero())");
+  Result<std::vector<PageHash>> put = put_pages(page, static_cast<uint32_t>(page.size()));
+  if (!put.ok()) return put.status();
+  return put->front();
+}
+
+Result<std::vector<PageHash>> PageStore::put_pages(std::span<const std::byte> pages, uint32_t page_size) {
+  DJINN_RETURN_IF_ERROR(internal::check_page_size(page_size));
+  if (pages.empty() || pages.size() % page_size != 0) {
+    return invalid_argument("put_pages: " + std::to_string(pages.size()) + " bytes are not whole pages of " +
+                            std::to_string(page_size));
   }
-  PageHash hash = PageHash::of(page);
-  {
-    std::lock_guard lock(impl_->mu);
-    if (impl_->pending.contains(hash)) return hash;
-    if (impl_->index.contains(hash)) {
-      // Pinned anyway: the versions that hold it now may be removed before one takes it again.
-      impl_->pending[hash] = internal::PendingPage{std::nullopt, static_cast<uint32_t>(page.size())};
-      return hash;
+  const size_t n = pages.size() / page_size;
+  auto page = [&](size_t k) { return pages.subspan(k * page_size, page_size); };
+  std::vector<PageHash> hashes;
+  hashes.reserve(n);
+  for (size_t k = 0; k < n; ++k) {
+    if (is_zero_page(page(k))) {
+      return invalid_argument("put_page: an all-zero page is never stored (a version records it with zero())");
     }
+    hashes.push_back(PageHash::of(page(k)));
   }
+  // Those new to the store are appended; the others are pinned where they are.
+  std::vector<std::span<const std::byte>> fresh;
+  std::vector<size_t> fresh_at;
   {
     std::lock_guard lock(impl_->mu);
-    ++impl_->loose_appends;  // keeps garbage collection from deleting the pack it lands in
+    HashSet seen;
+    for (size_t k = 0; k < n; ++k) {
+      const PageHash& hash = hashes[k];
+      if (impl_->pending.contains(hash) || !seen.insert(hash).second) continue;
+      if (impl_->index.contains(hash)) {
+        // Pinned anyway: the versions that hold it now may be removed before one takes it again.
+        impl_->pending[hash] = internal::PendingPage{std::nullopt, page_size};
+        continue;
+      }
+      fresh.push_back(page(k));
+      fresh_at.push_back(k);
+    }
+    if (fresh.empty()) return hashes;
+    ++impl_->loose_appends;  // keeps garbage collection from deleting the pack they land in
   }
-  std::span<const std::byte> pages[] = {page};
-  Result<std::vector<Location>> where = impl_->append(pages);
-  bool raced = false;
+  Result<std::vector<Location>> where = impl_->append(fresh);
+  std::vector<Range> raced;
   {
     std::lock_guard lock(impl_->mu);
     --impl_->loose_appends;
     if (where.ok()) {
-      raced = !impl_->pending.try_emplace(hash, internal::PendingPage{where->front(), static_cast<uint32_t>(page.size())}).second;
+      for (size_t j = 0; j < fresh.size(); ++j) {
+        const Location& loc = (*where)[j];
+        if (!impl_->pending.try_emplace(hashes[fresh_at[j]], internal::PendingPage{loc, page_size}).second) {
+          raced.push_back(Range{loc.pack, loc.offset, loc.length});
+        }
+      }
     }
   }
   if (!where.ok()) return where.status();
-  if (raced) impl_->packs->punch({Range{where->front().pack, where->front().offset, where->front().length}});
-  return hash;
+  if (!raced.empty()) impl_->packs->punch(std::move(raced));
+  return hashes;
 }
 
 std::vector<VersionInfo> PageStore::versions() const {

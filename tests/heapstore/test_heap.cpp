@@ -15,6 +15,11 @@
 #include <set>
 #include <thread>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <csignal>
+
 #include "djinn/core/fault.h"
 #include "heap_test_util.h"
 
@@ -596,4 +601,147 @@ TEST_CASE("the page pool: scans reuse evicted or reserved pages, which arrive cl
     CHECK_HEAP_MATCHES(image, *heap);
     CHECK(heap->stats().pages_from_pool == 0);
   }
+}
+
+namespace {
+
+// The pages of another store (the node an application left, or the space), counted, and failing
+// on demand.
+struct StoreSource : PageSource {
+  explicit StoreSource(const PageStore& from) : from(from) {}
+  Status fetch(std::span<const PageHash> hashes, const Deliver& deliver) override {
+    ++calls;
+    if (broken) return unavailable("the source is gone");
+    std::vector<std::byte> page(kPage);
+    for (const PageHash& h : hashes) {
+      DJINN_RETURN_IF_ERROR(from.read_page(h, page));
+      DJINN_RETURN_IF_ERROR(deliver(h, page));
+      ++pages;
+    }
+    return Status();
+  }
+  const PageStore& from;
+  std::atomic<uint64_t> calls{0}, pages{0};
+  std::atomic<bool> broken{false};
+};
+
+}  // namespace
+
+TEST_CASE("post-copy: a heap runs on a manifest from elsewhere, fetching pages as touched, then the rest") {
+  for (DirtyTracking mode : tracking_modes()) {
+    INFO("mode ", tracking_name(mode));
+    const size_t size = 4 << 20;  // 1,024 pages, every one marked
+    StoreDir a, b;
+    Image image(size);
+    const uint64_t version = marked_version(*a.store, mode, image, 7);
+    // The receiver already holds the first 100 of those pages (an earlier stay of the app).
+    {
+      auto earlier = must(Heap::open(*b.store, 0, small_heap(mode, size, size)));
+      for (uint64_t p = 0; p < 100; ++p) std::memcpy(earlier->base() + p * kPage, image.bytes.data() + p * kPage, kPage);
+      must(earlier->checkpoint("earlier"));
+    }
+    // The manifest travels as bytes.
+    Manifest manifest = must(manifest_from_bytes(manifest_to_bytes(must(a.store->manifest(version)))));
+    StoreSource source(*a.store);
+    HeapOptions o = small_heap(mode, size, 1 << 20);  // a quarter of it resident at most
+    o.fault_around_pages = 4;
+    o.fault_around_max_pages = 16;
+    auto heap = must(Heap::open_incoming(*b.store, manifest, source, o));
+    CHECK(heap->incoming());
+    CHECK(heap->version() == 0);
+    CHECK(heap->record() == "marked");
+    // Touched pages arrive with their run: one fetch each, none for pages the receiver had.
+    auto same = [&](uint64_t p) { return std::memcmp(heap->base() + p * kPage, image.bytes.data() + p * kPage, kPage) == 0; };
+    CHECK(same(500));
+    CHECK(source.calls == 1);
+    CHECK(source.pages == 4);
+    CHECK(same(10));
+    CHECK(source.calls == 1);
+    CHECK(same(501));  // in the run already
+    CHECK(source.calls == 1);
+    CHECK(heap->stats().pages_fetched == 4);
+    // Written while incoming: the write is kept through the rest's arrival and the checkpoint.
+    image.write(*heap, 700 * kPage + 8, 100, 99);
+    // The rest arrives while the application reads on.
+    std::atomic<uint64_t> last_done{0};
+    std::thread reader([&] {
+      for (uint64_t p = 0; p < 1024; p += 37) CHECK(same(p));
+    });
+    VersionInfo arrived = must(heap->fetch_rest(64, [&](uint64_t done, uint64_t total) {
+      CHECK(total == 1024);
+      last_done = done;
+    }));
+    reader.join();
+    CHECK(last_done == 1024);
+    CHECK_FALSE(heap->incoming());
+    CHECK(heap->version() == arrived.version);
+    CHECK(arrived.pages == 1024);
+    // Each missing page arrived, a few twice: a fault and the rest's fetch may both ask for a
+    // page neither has yet (the reader's runs are at most 16 pages).
+    CHECK(source.pages >= 1024 - 100);
+    CHECK(source.pages <= 1024 - 100 + 28 * 16);
+    CHECK(heap->stats().pages_fetched == source.pages);
+    CHECK(must(heap->fetch_rest()).version == arrived.version);  // done: the same again
+    CHECK_HEAP_MATCHES(image, *heap);
+    VersionInfo next = must(heap->checkpoint("after the move"));
+    CHECK(next.parent == arrived.version);
+    CHECK(next.pages_written == 1);
+    heap.reset();
+    // All of it is the receiver's own now, across a reopen of its store.
+    b.reopen();
+    auto again = must(Heap::open(*b.store, next.version, small_heap(mode, size, size)));
+    CHECK_HEAP_MATCHES(image, *again);
+    CHECK(again->record() == "after the move");
+  }
+}
+
+TEST_CASE("post-copy: a checkpoint fetches the rest first; a source that fails is an error, a touch SIGBUS") {
+  const DirtyTracking mode = tracking_modes().front();
+  const size_t size = 1 << 20;
+  StoreDir a, b;
+  Image image(size);
+  const uint64_t version = marked_version(*a.store, mode, image, 3);
+  Manifest manifest = must(a.store->manifest(version));
+  StoreSource source(*a.store);
+  {
+    auto heap = must(Heap::open_incoming(*b.store, manifest, source, small_heap(mode, size, size)));
+    image.write(*heap, 3 * kPage, 10, 5);
+    VersionInfo v = must(heap->checkpoint("moved"));
+    CHECK_FALSE(heap->incoming());
+    CHECK(v.pages_written == 1);
+    CHECK_HEAP_MATCHES(image, *heap);
+  }
+  // A malformed manifest is refused before anything is mapped.
+  Manifest bad = manifest;
+  std::swap(bad.pages[0], bad.pages[1]);
+  CHECK(Heap::open_incoming(*b.store, bad, source, small_heap(mode, size, size)).status().code() ==
+        Code::kInvalidArgument);
+  // A source that cannot give the rest: fetch_rest says so and the heap stays incoming.
+  StoreDir c;
+  source.broken = true;
+  auto heap = must(Heap::open_incoming(*c.store, manifest, source, small_heap(mode, size, size)));
+  Result<VersionInfo> failed = heap->fetch_rest();
+  CHECK(failed.status().code() == Code::kUnavailable);
+  CHECK(failed.status().message().find("the source is gone") != std::string::npos);
+  CHECK(heap->incoming());
+  // Touching a page that cannot arrive is a page that cannot be loaded: SIGBUS, as for a corrupt
+  // page. In a child, which has the heap's mapping but no fault thread: it opens its own.
+  pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  constexpr int kGotSigbus = 77;
+  if (child == 0) {
+    // Its own handler, so that a sanitizer's does not report it as a crash.
+    struct sigaction on_bus {};
+    on_bus.sa_handler = [](int) { ::_exit(kGotSigbus); };
+    ::sigaction(SIGBUS, &on_bus, nullptr);
+    auto own = Heap::open_incoming(*c.store, manifest, source, small_heap(mode, size, size));
+    if (!own.ok()) ::_exit(2);
+    volatile std::byte b0 = (*own)->base()[5 * kPage];
+    (void)b0;
+    ::_exit(0);
+  }
+  int status = 0;
+  REQUIRE(::waitpid(child, &status, 0) == child);
+  CHECK(WIFEXITED(status));
+  if (WIFEXITED(status)) CHECK(WEXITSTATUS(status) == kGotSigbus);
 }

@@ -403,6 +403,38 @@ TEST_CASE("a pack file with no live page left is deleted by garbage collection")
   check_version(*store, parent, model);
 }
 
+TEST_CASE("put_pages: a run appended together, repeats and stored pages once, bad runs refused whole") {
+  test::TempDir dir;
+  auto store = open_store(dir.path());
+  Model model;
+  std::map<uint64_t, Bytes> changes{{0, page_of(1, kPage)}};
+  write_version(*store, 0, changes, model);  // page_of(1) is in the index already
+  Bytes run;
+  for (uint64_t key : {1, 2, 3, 2}) {
+    Bytes p = page_of(key, kPage);
+    run.insert(run.end(), p.begin(), p.end());
+  }
+  std::vector<PageHash> hashes = must(store->put_pages(run, kPage));
+  REQUIRE(hashes.size() == 4);
+  for (size_t k = 0; k < 4; ++k) CHECK(hashes[k] == PageHash::of(std::span<const std::byte>(run).subspan(k * kPage, kPage)));
+  CHECK(hashes[1] == hashes[3]);
+  CHECK(store->stats().pages_pending == 2);  // pages 2 and 3 appended; 1 was stored, pinned
+  for (size_t k = 0; k < 4; ++k) {
+    Bytes out(kPage);
+    must_ok(store->read_page(hashes[k], out));
+    CHECK(std::equal(out.begin(), out.end(), run.begin() + static_cast<std::ptrdiff_t>(k * kPage)));
+  }
+  // Not whole pages, a bad page size, or a zero page among them: refused, nothing kept.
+  Bytes with_zero = page_of(9, kPage);
+  with_zero.resize(2 * kPage);
+  CHECK(store->put_pages(std::span<const std::byte>(run).first(kPage + 1), kPage).status().code() == Code::kInvalidArgument);
+  CHECK(store->put_pages(run, 3000).status().code() == Code::kInvalidArgument);
+  CHECK(store->put_pages({}, kPage).status().code() == Code::kInvalidArgument);
+  CHECK(store->put_pages(with_zero, kPage).status().code() == Code::kInvalidArgument);
+  CHECK_FALSE(store->contains(PageHash::of(std::span<const std::byte>(with_zero).first(kPage))));
+  CHECK(store->stats().pages_pending == 2);
+}
+
 TEST_CASE("put_page: pending pages survive garbage collection while the store is open, and a version takes them") {
   test::TempDir dir;
   Model model;

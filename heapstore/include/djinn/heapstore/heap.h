@@ -27,8 +27,10 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -130,9 +132,23 @@ struct HeapStats {
   uint64_t flushes = 0;          // pages put in the store by evictions
   uint64_t over_budget_loads = 0;  // faults served with the budget already full of pinned pages
   uint64_t load_errors = 0;      // pages the store could not give (the faulting thread got SIGBUS)
+  uint64_t pages_fetched = 0;    // incoming pages fetched from the PageSource (faults and fetch_rest)
   uint64_t dirty_scans = 0;      // PAGEMAP_SCAN collections (kAsync)
   uint64_t checkpoints = 0;
   uint64_t pages_checkpointed = 0;  // pages staged by checkpoints (content or hash or zero)
+};
+
+// Where a heap opened before its pages all arrived gets the rest (DESIGN §9, post-copy): the
+// node's own cache, the space, or the node the application came from. Called on the heap's fault
+// thread (one page run at a time, the faulting thread waiting) and on whichever thread runs
+// fetch_rest(); it must be safe to call from both at once.
+class PageSource {
+ public:
+  virtual ~PageSource() = default;
+  using Deliver = std::function<Status(const PageHash& hash, std::span<const std::byte> page)>;
+  // Fetches the pages named `hashes` and hands each to `deliver`, in any order; an error (or
+  // one from `deliver`) ends the fetch. A page not delivered counts as not fetched.
+  virtual Status fetch(std::span<const PageHash> hashes, const Deliver& deliver) = 0;
 };
 
 class Heap {
@@ -141,6 +157,25 @@ class Heap {
   // touch. The store must outlive the heap, and `version` must stay in the store while the heap
   // is open (its pages are loaded from it).
   static Result<std::unique_ptr<Heap>> open(PageStore& store, uint64_t version, HeapOptions options = {});
+  // Post-copy (DESIGN §9): opens the heap of `manifest`, a version of another store (received as
+  // bytes: manifest_from_bytes), before its pages are all in `store`. The application may run at
+  // once: a page the store lacks is fetched from `source` when it is first touched (with the run
+  // of neighbours a fault loads), checked against its hash and kept in `store`; fetch_rest()
+  // brings the others. Once all are here the manifest becomes a version of `store` and version()
+  // names it; until then version() is 0 and incoming() is true. A page the source cannot give
+  // when it is touched is a page that cannot be loaded: the touching thread gets SIGBUS.
+  // INVALID_ARGUMENT for a malformed manifest (as import_begin). `source` must outlive the heap's
+  // incoming phase.
+  static Result<std::unique_ptr<Heap>> open_incoming(PageStore& store, const Manifest& manifest, PageSource& source,
+                                                     HeapOptions options = {});
+  // Fetches every page of the incoming manifest still missing, `batch` pages a call to the
+  // source, in manifest order, and commits the manifest as a version of the store; returns it
+  // (the heap's version from then on). Safe from another thread while the application runs;
+  // `progress(done, total)` after each batch. After the first success it returns the version
+  // again. checkpoint() calls it first on an incoming heap.
+  Result<VersionInfo> fetch_rest(size_t batch = 256,
+                                 const std::function<void(uint64_t done, uint64_t total)>& progress = {});
+  bool incoming() const;
   // What kAuto would choose on this machine, and why not the other when it cannot.
   static DirtyTracking auto_tracking();
   static std::string tracking_support();
@@ -193,6 +228,8 @@ class Heap {
 
  private:
   explicit Heap(std::unique_ptr<Impl> impl);
+  static Result<std::unique_ptr<Heap>> open_with(PageStore& store, std::optional<Manifest> manifest, uint64_t version,
+                                                 HeapOptions options);
   std::unique_ptr<Impl> impl_;
 };
 

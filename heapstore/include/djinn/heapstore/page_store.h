@@ -190,6 +190,9 @@ class PageStore {
   // Stores content outside any version (an evicted dirty page, an imported page) and returns its
   // hash. Such a page is kept until this store is closed or a committed version refers to it.
   Result<PageHash> put_page(std::span<const std::byte> page);
+  // The same for `count` pages of `page_size` bytes at `pages`, appended together (one write, one
+  // write-back started): pages arriving in runs. Returns their hashes, in order.
+  Result<std::vector<PageHash>> put_pages(std::span<const std::byte> pages, uint32_t page_size);
 
   // --- versions
   // Starts a version on top of `parent` (0: an empty heap): unstaged pages keep the parent's
