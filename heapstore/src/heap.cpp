@@ -122,8 +122,14 @@ struct Heap::Impl {
   // fetch_rest() commits it (then `version` names it and `completed` is its info).
   PageSource* source = nullptr;
   std::optional<Manifest> incoming;
+  // Holds the manifest's pages that the store had when the heap opened, against garbage
+  // collection, until the manifest is a version.
+  std::unique_ptr<PageStore::Import> holding;
   std::optional<VersionInfo> completed;
   std::mutex fetch_mu;  // one fetch_rest() at a time
+  // The source's error for the run being loaded (load_run_locked's prefetch): the run's pages
+  // are not asked for again.
+  Status run_fetch_error;
 
   std::thread fault_thread;
   int stop_fd = -1;
@@ -134,8 +140,8 @@ struct Heap::Impl {
   bool async() const { return mode == DirtyTracking::kAsync; }
 
   // Fetches from `from` those of `hashes` the store lacks and keeps them in the store (pending
-  // until a version holds them), appended a few MiB at a time; returns how many arrived. Needs no
-  // lock of the heap.
+  // until a version holds them), each checked against its name, appended a few MiB at a time;
+  // returns how many arrived. What arrived before an error is kept. Needs no lock of the heap.
   Result<uint64_t> fetch_missing(PageSource& from, std::span<const PageHash> hashes) const {
     std::vector<PageHash> lacking = store->missing(hashes);
     if (lacking.empty()) return uint64_t{0};
@@ -145,13 +151,8 @@ struct Heap::Impl {
     uint64_t got = 0;
     auto keep = [&]() -> Status {
       if (names.empty()) return Status();
-      Result<std::vector<PageHash>> kept = store->put_pages(arrived, page_size);
+      Result<std::vector<PageHash>> kept = store->put_pages(arrived, page_size, names);
       if (!kept.ok()) return Status(kept.status().code(), "incoming pages: " + kept.status().message());
-      for (size_t k = 0; k < names.size(); ++k) {
-        if ((*kept)[k] != names[k]) {
-          return data_loss("incoming page " + names[k].hex() + ": the content the source sent is another page's");
-        }
-      }
       got += names.size();
       arrived.clear();
       names.clear();
@@ -166,8 +167,9 @@ struct Heap::Impl {
       names.push_back(hash);
       return arrived.size() >= kAppendBytes ? keep() : Status();
     });
-    if (st.ok()) st = keep();
+    Status kept = keep();
     if (!st.ok()) return st;
+    if (!kept.ok()) return kept;
     return got;
   }
 
@@ -181,7 +183,11 @@ struct Heap::Impl {
     }
     if (hashes.empty()) return;
     Result<uint64_t> got = fetch_missing(*source, hashes);
-    if (got.ok()) counters.pages_fetched += *got;
+    if (got.ok()) {
+      counters.pages_fetched += *got;
+    } else {
+      run_fetch_error = got.status();
+    }
   }
 
   void mark_pending(uint64_t i, PageEntry& e) {
@@ -366,7 +372,12 @@ void Heap::Impl::read_ahead_locked() {
 
 bool Heap::Impl::load_run_locked(uint64_t i, uint64_t n, bool write, bool pooled) {
   Status error;
-  if (source && n > 1) prefetch_locked(i, n);
+  run_fetch_error = Status();
+  if (source) prefetch_locked(i, n);
+  struct ClearFetchError {
+    Status& error;
+    ~ClearFetchError() { error = Status(); }
+  } clear_fetch_error{run_fetch_error};
   if (pooled && pool->size() > 0) {
     // A moved page is writable until it is protected, so the faulting thread must not get past
     // its page before the run is protected: not only until it is woken, since a signal sends it
@@ -427,8 +438,8 @@ uint64_t Heap::Impl::install_locked(uint64_t first, uint64_t count, bool writabl
     if (from_store) {
       hashes.clear();
       for (uint64_t p = j; p < k; ++p) hashes.push_back(table.find(p)->hash);
-      Status fetch_error;
-      if (source) {
+      Status fetch_error = run_fetch_error;
+      if (source && fetch_error.ok()) {
         Result<uint64_t> got = fetch_missing(*source, hashes);
         if (got.ok()) {
           counters.pages_fetched += *got;
@@ -677,13 +688,13 @@ Result<std::unique_ptr<Heap>> Heap::open_incoming(PageStore& store, const Manife
   // The store checks the manifest as it would a migration's (and holds nothing once this goes).
   Result<std::unique_ptr<PageStore::Import>> checked = store.import_begin(manifest);
   if (!checked.ok()) return checked.status();
-  checked->reset();
   Result<std::unique_ptr<Heap>> heap = open_with(store, manifest, 0, o);
   if (!heap.ok()) return heap.status();
   Impl& m = *(*heap)->impl_;
   std::lock_guard lock(m.mu);
   m.source = &source;
   m.incoming = manifest;
+  m.holding = std::move(*checked);
   return heap;
 }
 
@@ -883,6 +894,7 @@ Result<VersionInfo> Heap::fetch_rest(size_t batch, const std::function<void(uint
   m.completed = *committed;
   m.incoming.reset();
   m.source = nullptr;
+  m.holding.reset();  // the version holds its pages now
   return *committed;
 }
 

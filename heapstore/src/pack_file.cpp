@@ -213,7 +213,9 @@ Status PackFile::sync() {
 
 void PackFile::start_writeback(uint64_t offset, uint64_t length) {
   // Small appends (an evicted page, a run of pages arriving) are gathered until a megabyte is
-  // written: one request to the device then, rather than one for every few KiB.
+  // written: one request to the device then, rather than one for every few KiB. A checkpoint's
+  // batches start at once, as they come.
+  constexpr uint64_t kSmallAppendBytes = uint64_t{256} << 10;
   constexpr uint64_t kWritebackBytes = uint64_t{1} << 20;
   uint64_t from = offset, to = offset + length;
   {
@@ -222,7 +224,7 @@ void PackFile::start_writeback(uint64_t offset, uint64_t length) {
       from = std::min(from, writeback_from_);
       to = std::max(to, writeback_to_);
     }
-    if (to - from < kWritebackBytes) {
+    if (length < kSmallAppendBytes && to - from < kWritebackBytes) {
       writeback_from_ = from;
       writeback_to_ = to;
       return;

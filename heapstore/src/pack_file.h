@@ -79,7 +79,8 @@ class PackFile {
   const std::byte* view(uint64_t offset, uint64_t length) const;
   Status sync();
   // Starts writing back [offset, offset + length) without waiting, so the commit's fdatasync
-  // finds less to do; ranges under a megabyte wait to be started with the next ones.
+  // finds less to do; appends under 256 KiB wait to be started with the next ones, until a
+  // megabyte has gathered.
   void start_writeback(uint64_t offset, uint64_t length);
   // Frees the file system blocks of [offset, offset + length) (block-aligned); best effort.
   void punch_hole(uint64_t offset, uint64_t length);

@@ -431,21 +431,30 @@ Result<PageHash> PageStore::put_page(std::span<const std::byte> page) {
   return put->front();
 }
 
-Result<std::vector<PageHash>> PageStore::put_pages(std::span<const std::byte> pages, uint32_t page_size) {
+Result<std::vector<PageHash>> PageStore::put_pages(std::span<const std::byte> pages, uint32_t page_size,
+                                                   std::span<const PageHash> expected) {
   DJINN_RETURN_IF_ERROR(internal::check_page_size(page_size));
   if (pages.empty() || pages.size() % page_size != 0) {
     return invalid_argument("put_pages: " + std::to_string(pages.size()) + " bytes are not whole pages of " +
                             std::to_string(page_size));
   }
   const size_t n = pages.size() / page_size;
+  const bool arriving = !expected.empty();
+  if (arriving && expected.size() != n) {
+    return invalid_argument("put_pages: " + std::to_string(expected.size()) + " names for " + std::to_string(n) + " pages");
+  }
   auto page = [&](size_t k) { return pages.subspan(k * page_size, page_size); };
   std::vector<PageHash> hashes;
   hashes.reserve(n);
   for (size_t k = 0; k < n; ++k) {
+    hashes.push_back(PageHash::of(page(k)));
+    // Named pages are checked first: no manifest names a zero page.
+    if (arriving && hashes.back() != expected[k]) {
+      return data_loss("page " + expected[k].hex() + ": the content received is not that page; refused");
+    }
     if (is_zero_page(page(k))) {
       return invalid_argument("put_page: an all-zero page is never stored (a version records it with zero())");
     }
-    hashes.push_back(PageHash::of(page(k)));
   }
   // Those new to the store are appended; the others are pinned where they are.
   std::vector<std::span<const std::byte>> fresh;
@@ -458,7 +467,7 @@ Result<std::vector<PageHash>> PageStore::put_pages(std::span<const std::byte> pa
       if (impl_->pending.contains(hash) || !seen.insert(hash).second) continue;
       if (impl_->index.contains(hash)) {
         // Pinned anyway: the versions that hold it now may be removed before one takes it again.
-        impl_->pending[hash] = internal::PendingPage{std::nullopt, page_size};
+        if (!arriving) impl_->pending[hash] = internal::PendingPage{std::nullopt, page_size};
         continue;
       }
       fresh.push_back(page(k));

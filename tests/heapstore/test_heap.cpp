@@ -716,6 +716,23 @@ TEST_CASE("post-copy: a checkpoint fetches the rest first; a source that fails i
   std::swap(bad.pages[0], bad.pages[1]);
   CHECK(Heap::open_incoming(*b.store, bad, source, small_heap(mode, size, size)).status().code() ==
         Code::kInvalidArgument);
+  // A source that sends the wrong content: refused, nothing kept, the heap stays incoming.
+  struct LyingSource : PageSource {
+    Status fetch(std::span<const PageHash> hashes, const Deliver& deliver) override {
+      std::vector<std::byte> page(kPage, std::byte{0x5a});
+      for (const PageHash& h : hashes) DJINN_RETURN_IF_ERROR(deliver(h, page));
+      return Status();
+    }
+  } liar;
+  {
+    StoreDir d;
+    auto lied_to = must(Heap::open_incoming(*d.store, manifest, liar, small_heap(mode, size, size)));
+    Result<VersionInfo> refused = lied_to->fetch_rest();
+    CHECK(refused.status().code() == Code::kDataLoss);
+    CHECK(lied_to->incoming());
+    CHECK(lied_to->stats().pages_fetched == 0);
+    CHECK(d.store->stats().pages_pending == 0);
+  }
   // A source that cannot give the rest: fetch_rest says so and the heap stays incoming.
   StoreDir c;
   source.broken = true;
@@ -724,8 +741,11 @@ TEST_CASE("post-copy: a checkpoint fetches the rest first; a source that fails i
   CHECK(failed.status().code() == Code::kUnavailable);
   CHECK(failed.status().message().find("the source is gone") != std::string::npos);
   CHECK(heap->incoming());
+  heap.reset();
   // Touching a page that cannot arrive is a page that cannot be loaded: SIGBUS, as for a corrupt
-  // page. In a child, which has the heap's mapping but no fault thread: it opens its own.
+  // page. In a child, with a store and a heap of its own (nothing of the parent's is touched
+  // there but the manifest and the source that fails).
+  const std::filesystem::path child_store = c.dir.path() / "child-store";
   pid_t child = ::fork();
   REQUIRE(child >= 0);
   constexpr int kGotSigbus = 77;
@@ -734,7 +754,9 @@ TEST_CASE("post-copy: a checkpoint fetches the rest first; a source that fails i
     struct sigaction on_bus {};
     on_bus.sa_handler = [](int) { ::_exit(kGotSigbus); };
     ::sigaction(SIGBUS, &on_bus, nullptr);
-    auto own = Heap::open_incoming(*c.store, manifest, source, small_heap(mode, size, size));
+    auto store = PageStore::open(child_store, {.compression_level = 0, .durable = false});
+    if (!store.ok()) ::_exit(3);
+    auto own = Heap::open_incoming(**store, manifest, source, small_heap(mode, size, size));
     if (!own.ok()) ::_exit(2);
     volatile std::byte b0 = (*own)->base()[5 * kPage];
     (void)b0;

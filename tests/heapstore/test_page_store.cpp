@@ -433,6 +433,19 @@ TEST_CASE("put_pages: a run appended together, repeats and stored pages once, ba
   CHECK(store->put_pages(with_zero, kPage).status().code() == Code::kInvalidArgument);
   CHECK_FALSE(store->contains(PageHash::of(std::span<const std::byte>(with_zero).first(kPage))));
   CHECK(store->stats().pages_pending == 2);
+  // Pages received under names: one that is not what its name says refuses the run, nothing kept.
+  Bytes two = page_of(20, kPage);
+  Bytes second = page_of(21, kPage);
+  two.insert(two.end(), second.begin(), second.end());
+  std::vector<PageHash> names{PageHash::of(std::span<const std::byte>(two).first(kPage)), PageHash::of(page_of(22, kPage))};
+  Result<std::vector<PageHash>> lied = store->put_pages(two, kPage, names);
+  CHECK(lied.status().code() == Code::kDataLoss);
+  CHECK_FALSE(store->contains(names[0]));
+  CHECK(store->put_pages(two, kPage, std::span<const PageHash>(names).first(1)).status().code() == Code::kInvalidArgument);
+  names[1] = PageHash::of(second);
+  CHECK(must(store->put_pages(two, kPage, names)) == names);
+  CHECK(store->contains(names[0]));
+  CHECK(store->contains(names[1]));
 }
 
 TEST_CASE("put_page: pending pages survive garbage collection while the store is open, and a version takes them") {

@@ -170,9 +170,10 @@ class Heap {
                                                      HeapOptions options = {});
   // Fetches every page of the incoming manifest still missing, `batch` pages a call to the
   // source, in manifest order, and commits the manifest as a version of the store; returns it
-  // (the heap's version from then on). Safe from another thread while the application runs;
-  // `progress(done, total)` after each batch. After the first success it returns the version
-  // again. checkpoint() calls it first on an incoming heap.
+  // (the heap's version from then on). Safe from another thread while the application runs, but
+  // the heap must not be destroyed until it returns, and neither `progress(done, total)` (after
+  // each batch) nor the source may call back into the heap. After the first success it returns
+  // the version again. checkpoint() calls it first on an incoming heap.
   Result<VersionInfo> fetch_rest(size_t batch = 256,
                                  const std::function<void(uint64_t done, uint64_t total)>& progress = {});
   bool incoming() const;

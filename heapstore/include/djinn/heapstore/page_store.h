@@ -190,9 +190,13 @@ class PageStore {
   // Stores content outside any version (an evicted dirty page, an imported page) and returns its
   // hash. Such a page is kept until this store is closed or a committed version refers to it.
   Result<PageHash> put_page(std::span<const std::byte> page);
-  // The same for `count` pages of `page_size` bytes at `pages`, appended together (one write, one
-  // write-back started): pages arriving in runs. Returns their hashes, in order.
-  Result<std::vector<PageHash>> put_pages(std::span<const std::byte> pages, uint32_t page_size);
+  // The same for the pages of `page_size` bytes at `pages`, appended together (one write, one
+  // write-back started): pages arriving in runs. Returns their hashes, in order. With `expected`
+  // (one hash a page: pages received as those), a page that is not what its name says refuses
+  // the whole run with DATA_LOSS, nothing kept, and a page the store already holds is left as it
+  // is (the version arriving holds it once committed) rather than pinned.
+  Result<std::vector<PageHash>> put_pages(std::span<const std::byte> pages, uint32_t page_size,
+                                          std::span<const PageHash> expected = {});
 
   // --- versions
   // Starts a version on top of `parent` (0: an empty heap): unstaged pages keep the parent's
