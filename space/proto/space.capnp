@@ -20,6 +20,8 @@ struct WriteParams {
   entry @0 :Model.Entry;
   durationMs @1 :Int64;        # the entry's lease: > 0 ms, or -1 = ANY
   txn @2 :TxnRef;              # under a transaction: visible to it alone until it commits
+  holder @3 :Text;             # the holder of its lease (lease.holderLeases and lease.cancelHolder
+                               # find it by it: an application's entries); empty: the entry's type
 }
 struct WriteResult {
   lease @0 :Model.LeaseInfo;   # the entry's lease

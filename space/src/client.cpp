@@ -77,8 +77,8 @@ lease::HeldLease WriteReceipt::held_lease() const {
   return lease::HeldLease{std::move(l), landlord};
 }
 
-SpaceClient::SpaceClient(rpc::ClientOptions options)
-    : options_(options), client_(std::make_unique<rpc::Client>(std::move(options))) {}
+SpaceClient::SpaceClient(rpc::ClientOptions options, std::string holder)
+    : options_(options), holder_(std::move(holder)), client_(std::make_unique<rpc::Client>(std::move(options))) {}
 SpaceClient::~SpaceClient() = default;
 rpc::Client& SpaceClient::rpc() { return *client_; }
 const std::string& SpaceClient::endpoint() const { return client_->endpoint(); }
@@ -90,6 +90,7 @@ Result<WriteReceipt> SpaceClient::write(const Entry& entry, int64_t duration_ms,
   to_capnp(entry, p.initEntry());
   p.setDurationMs(duration_ms);
   if (txn) set_txn(p.initTxn(), txn);
+  if (!holder_.empty()) p.setHolder(holder_);
   rpc::Reply reply = client_->call("space.write", message, keyed(call));
   return rpc::read_reply<WriteReceipt>(reply, "space.write", [](rpc::Reply& r) -> Result<WriteReceipt> {
     auto res = r.results<proto::WriteResult>();

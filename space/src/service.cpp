@@ -266,6 +266,7 @@ void SpaceService::Impl::register_methods() {
           if (!entry.ok()) return responder.reply(Status(entry.status().code(), "space.write: " + entry.status().message()));
           request.entry = std::move(*entry);
           request.duration_ms = p.getDurationMs();
+          request.holder.assign(p.getHolder().cStr(), p.getHolder().size());
           Result<std::optional<TxnRef>> t = txn_from(p.hasTxn(), p.getTxn(), "space.write");
           if (!t.ok()) return responder.reply(t.status());
           request.txn = std::move(*t);

@@ -246,6 +246,7 @@ struct Space::Impl {
     std::optional<TxnId> txn;
     std::vector<uint64_t> seqs;  // delete
     std::string key;             // write: idempotency key
+    std::string holder;          // write: of the entry's lease (empty: its type)
   };
   struct OpOutcome {
     Status status;
@@ -566,8 +567,9 @@ struct Space::Impl {
     for (size_t i = 0; i < ops.size(); ++i) {
       if (!ops[i].write) continue;
       write_index.push_back(i);
-      grants.push_back(lease::GrantRequest{std::string(kEntryResource), ops[i].entry.type, lease::Kind::kShared,
-                                           ops[i].duration_ms, {}});
+      grants.push_back(lease::GrantRequest{std::string(kEntryResource),
+                                           ops[i].holder.empty() ? ops[i].entry.type : ops[i].holder,
+                                           lease::Kind::kShared, ops[i].duration_ms, {}});
     }
     std::vector<uint64_t> seq_of(ops.size(), 0);
     // Takers waiting when the batch is written get its entries directly: such an entry is written
@@ -1275,6 +1277,11 @@ void Space::write_async(WriteRequest request, WriteDone done) {
     if (request.idempotency_key.size() > 256) return done(invalid_argument("write: idempotency key over 256 bytes"));
     op.key = std::move(request.idempotency_key);
   }
+  if (request.holder.size() > m.landlord.policy().max_holder_bytes) {
+    return done(invalid_argument("write: holder of " + std::to_string(request.holder.size()) + " bytes: at most " +
+                                 std::to_string(m.landlord.policy().max_holder_bytes)));
+  }
+  op.holder = std::move(request.holder);
   op.entry = std::move(request.entry);
   op.duration_ms = d;
   if (request.txn) op.txn = request.txn->id;

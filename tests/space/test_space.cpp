@@ -18,6 +18,7 @@
 #include "djinn/space/client.h"
 #include "djinn/space/service.h"
 #include "djinn/space/space.h"
+#include "djinn/lease/client.h"
 #include "djinn/lease/landlord.h"
 #include "support/fake_clocks.h"
 #include "support/test_support.h"
@@ -399,6 +400,37 @@ TEST_CASE("expiry follows the landlord's monotonic clock: a wall-clock step hide
   CHECK_FALSE(present(2));
   CHECK((*landlord)->expire_due() == 1);
   CHECK(space->size() == 0);
+}
+
+TEST_CASE("an application's entries: held by it, found by holder, ended within a grace unless renewed") {
+  Harness h;
+  SpaceClient app({.endpoint = h.service->rpc_endpoint()}, "app-9");
+  lease::LeaseClient leases({.endpoint = h.service->rpc_endpoint()});
+  auto kept = must_write(app, entry("demo.Job", {{"i", 1}}));
+  auto dropped = must_write(app, entry("demo.Job", {{"i", 2}}));
+  must_write(*h.client, entry("demo.Job", {{"i", 3}}));  // someone else's: held by its type
+  auto held = leases.leases_of_holder("app-9");
+  REQUIRE(held.ok());
+  CHECK(held->size() == 2);
+  REQUIRE(leases.leases_of_holder("demo.Job").ok());
+  CHECK(leases.leases_of_holder("demo.Job")->size() == 1);
+  // The application moves: its leases end within the grace; its new node keeps one by renewing it.
+  auto ending = leases.expire_all_of_holder("app-9", 1500ms);
+  REQUIRE(ending.ok());
+  CHECK(ending->size() == 2);
+  CHECK(app.contents_all(tmpl("demo.Job"))->size() == 3);  // still there meanwhile
+  REQUIRE(leases.renew(kept.written.lease_id, 600'000).ok());
+  CHECK(test::eventually([&] { return h.service->space().size() == 2; }, 10'000));
+  CHECK(app.read_if_exists(tmpl("demo.Job", {{"i", 1}}))->has_value());
+  CHECK(!app.read_if_exists(tmpl("demo.Job", {{"i", 2}}))->has_value());
+  CHECK(app.read_if_exists(tmpl("demo.Job", {{"i", 3}}))->has_value());
+  CHECK(leases.get(dropped.written.lease_id).status().code() == Code::kNotFound);
+  // A holder over the landlord's limit is refused, nothing written.
+  SpaceClient long_named({.endpoint = h.service->rpc_endpoint()}, std::string(5000, 'h'));
+  auto refused = long_named.write(entry("demo.Job", {{"i", 4}}), 600'000);
+  CHECK(refused.status().code() == Code::kInvalidArgument);
+  CHECK(refused.status().message().find("holder") != std::string::npos);
+  CHECK(h.service->space().size() == 2);
 }
 
 TEST_CASE("eight concurrent takers over 10,000 entries: every entry taken exactly once") {

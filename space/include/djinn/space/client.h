@@ -58,7 +58,10 @@ struct ValueTransfer {
 // resent over a lost connection is applied once; reads are idempotent. Thread-safe.
 class SpaceClient {
  public:
-  explicit SpaceClient(rpc::ClientOptions options);
+  // `holder`: the holder of the leases of the entries this client writes (an application's id, so
+  // that lease.holderLeases and lease.cancelHolder at the space find its entries); empty: each
+  // entry's type.
+  explicit SpaceClient(rpc::ClientOptions options, std::string holder = {});
   ~SpaceClient();
 
   Result<WriteReceipt> write(const Entry& entry, int64_t duration_ms = lease::kDurationAny,
@@ -109,6 +112,7 @@ class SpaceClient {
                                    size_t max, const std::optional<TxnRef>& txn, rpc::CallOptions call, bool idempotent);
 
   rpc::ClientOptions options_;
+  std::string holder_;
   std::unique_ptr<rpc::Client> client_;
   std::once_flag leases_once_;
   std::unique_ptr<lease::LeaseClient> leases_;

@@ -86,6 +86,9 @@ struct WriteRequest {
   Entry entry;
   int64_t duration_ms = lease::kDurationAny;
   std::optional<TxnRef> txn;
+  // The holder of the entry's lease, so that lease queries find an application's entries and a
+  // migration can end or keep them with the rest of its leases; empty: the entry's type.
+  std::string holder;
   // The client's idempotency key, kept with the entry: a write resent to a restarted space after
   // its first reply was lost to a crash answers with the first write's lease instead of storing
   // the entry again (while the entry is still there, among the last 65,536 keyed writes).
