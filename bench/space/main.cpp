@@ -38,6 +38,8 @@ namespace {
 
 constexpr const char* kProgram = "bench-space";
 constexpr size_t kPayloadBytes = 100;
+// Entries a call in the batched writes (space.writeMany), and values an LPUSH beside them.
+constexpr int kWriteBatch = 100;
 constexpr int kValueRounds = 3;  // large values and disk probes, alternating
 
 struct Sizes {
@@ -125,6 +127,23 @@ Rate redis_lpush(RedisPeer& r, int clients, const bench::Plan& plan) {
     auto c = std::make_shared<bench::RedisConnection>(std::move(bench::RedisConnection::connect(r.server->port()).value()));
     return [c, &payload](uint64_t) { return c->command({"LPUSH", "queue", payload}).ok(); };
   });
+}
+
+// The same, `batch` values a command (LPUSH queue v1 .. vN): values pushed per second.
+Rate redis_lpush_batched(RedisPeer& r, int clients, const bench::Plan& plan, int batch) {
+  std::vector<std::string> command{"LPUSH", "queue"};
+  for (int i = 0; i < batch; ++i) command.push_back(std::string(kPayloadBytes, 'x'));
+  Rate calls = measure(clients, plan, [&](int) {
+    auto c = std::make_shared<bench::RedisConnection>(std::move(bench::RedisConnection::connect(r.server->port()).value()));
+    return [c, &command](uint64_t) {
+      c->append(std::span<const std::string>(command));
+      if (!c->flush()) return false;
+      auto r = c->read_reply();
+      return r.ok() && r->type != '-';
+    };
+  });
+  calls.per_second *= batch;
+  return calls;
 }
 
 Rate redis_brpop(RedisPeer& r, int clients, const bench::Plan& plan) {
@@ -365,6 +384,21 @@ int main(int argc, char** argv) {
     return [c, &next_id](uint64_t) { return c->write(task(next_id++), 24 * 3'600'000).ok(); };
   });
   Rate always_one = always ? redis_lpush(*always, 1, plan) : Rate{};
+  // Batches of kWriteBatch entries a call (space.writeMany), beside Redis's LPUSH of as many values.
+  Rate write_batched = measure(sizes.clients, plan, [&](int) {
+    auto c = std::make_shared<space::SpaceClient>(rpc::ClientOptions{.endpoint = endpoint});
+    return [c, &next_id](uint64_t) {
+      std::vector<Entry> batch;
+      batch.reserve(kWriteBatch);
+      for (int k = 0; k < kWriteBatch; ++k) batch.push_back(task(next_id++));
+      auto w = c->write_many(batch, 24 * 3'600'000);
+      return w.ok() && std::all_of(w->begin(), w->end(), [](const auto& r) { return r.ok(); });
+    };
+  });
+  write_batched.per_second *= kWriteBatch;
+  progress("durable writes in batches of " + std::to_string(kWriteBatch) + ": " +
+           std::to_string(static_cast<int64_t>(write_batched.per_second)) + " entries/s");
+  Rate always_batched = always ? redis_lpush_batched(*always, sizes.clients, plan, kWriteBatch) : Rate{};
 
   // ---- takes, beside Redis BRPOP ----
   Rate take_rate, always_pop, everysec_pop;
@@ -479,6 +513,11 @@ int main(int argc, char** argv) {
               bench::Target::at_least(bench::Target::Of::kPeer, 1.0)});
   report.add({"durable_writes_per_s_" + clients_tag + "_vs_redis_everysec", bench::round_to(write_rate.per_second, 0), "writes/s",
               peer(everysec, "lpush_appendfsync_everysec_per_s", everysec_push.per_second), std::nullopt, std::nullopt});
+  report.add({"durable_writes_batched" + std::to_string(kWriteBatch) + "_per_s_" + clients_tag,
+              bench::round_to(write_batched.per_second, 0), "entries/s",
+              peer(always, "lpush_" + std::to_string(kWriteBatch) + "_values_appendfsync_always_per_s",
+                   always_batched.per_second),
+              std::nullopt, std::nullopt});
   report.add({"durable_writes_per_s_1client", bench::round_to(write_one.per_second, 0), "writes/s",
               peer(always, "lpush_appendfsync_always_per_s_1client", always_one.per_second), std::nullopt, std::nullopt});
   report.add({"takes_per_s_" + clients_tag, bench::round_to(take_rate.per_second, 0), "takes/s",

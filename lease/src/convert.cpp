@@ -62,12 +62,6 @@ Result<Lease> lease_from_proto(proto::Lease::Reader in) {
   return lease;
 }
 
-Status status_from_wire(uint16_t code, std::string message) {
-  if (code == 0) return Status::Ok();
-  if (code > kMaxCode) return Status(Code::kUnknown, "code " + std::to_string(code) + ": " + message);
-  return Status(static_cast<Code>(code), std::move(message));
-}
-
 void status_to_item(const Status& status, proto::ItemResult::Builder out) {
   out.setCode(static_cast<uint16_t>(status.code()));
   if (!status.ok()) out.setMessage(status.message());

@@ -34,7 +34,7 @@ void lease_to_proto(const Lease& lease, std::string_view landlord, proto::Lease:
 Result<Lease> lease_from_proto(proto::Lease::Reader in);
 
 // A status carried in an ItemResult or RenewalFailure; unknown codes become UNKNOWN.
-Status status_from_wire(uint16_t code, std::string message);
+using djinn::status_from_wire;
 void status_to_item(const Status& status, proto::ItemResult::Builder out);
 
 // A Text field as it came, NUL bytes included (cStr() would cut at the first one and hide them

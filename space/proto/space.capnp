@@ -28,6 +28,24 @@ struct WriteResult {
   landlord @1 :Text;           # where to renew or cancel it
 }
 
+# space.writeMany: several entries in one durable transaction (JavaSpace05's write of a list),
+# each written or refused on its own, all with the same lease duration, transaction and holder.
+struct WriteManyParams {
+  entries @0 :List(Model.Entry);   # 1..1,000
+  durationMs @1 :Int64;
+  txn @2 :TxnRef;
+  holder @3 :Text;
+}
+struct WriteManyItem {
+  code @0 :UInt16;                 # djinn::Code; 0 = written
+  message @1 :Text;
+  lease @2 :Model.LeaseInfo;       # when written
+}
+struct WriteManyResult {
+  items @0 :List(WriteManyItem);   # in the order of the entries
+  landlord @1 :Text;               # where to renew or cancel their leases
+}
+
 # space.read, space.take, space.readIfExists, space.takeIfExists, space.takeMany.
 struct MatchParams {
   template @0 :Model.Template;

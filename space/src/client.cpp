@@ -99,6 +99,37 @@ Result<WriteReceipt> SpaceClient::write(const Entry& entry, int64_t duration_ms,
   });
 }
 
+Result<std::vector<Result<WriteReceipt>>> SpaceClient::write_many(std::span<const Entry> entries, int64_t duration_ms,
+                                                                  const std::optional<TxnRef>& txn, rpc::CallOptions call) {
+  capnp::MallocMessageBuilder message;
+  auto p = message.initRoot<proto::WriteManyParams>();
+  auto list = p.initEntries(static_cast<unsigned>(entries.size()));
+  for (size_t i = 0; i < entries.size(); ++i) to_capnp(entries[i], list[static_cast<unsigned>(i)]);
+  p.setDurationMs(duration_ms);
+  if (txn) set_txn(p.initTxn(), txn);
+  if (!holder_.empty()) p.setHolder(holder_);
+  rpc::Reply reply = client_->call("space.writeMany", message, keyed(call));
+  const size_t n = entries.size();
+  return rpc::read_reply<std::vector<Result<WriteReceipt>>>(
+      reply, "space.writeMany", [n](rpc::Reply& r) -> Result<std::vector<Result<WriteReceipt>>> {
+        auto res = r.results<proto::WriteManyResult>();
+        auto items = res.getItems();
+        if (items.size() != n) return internal_error("space.writeMany: the reply answers for a different number of entries");
+        std::string landlord(res.getLandlord().cStr());
+        std::vector<Result<WriteReceipt>> out;
+        out.reserve(n);
+        for (auto item : items) {
+          Status st = status_from_wire(item.getCode(), item.getMessage().cStr());
+          if (!st.ok()) {
+            out.emplace_back(std::move(st));
+            continue;
+          }
+          out.emplace_back(WriteReceipt{Written{item.getLease().getId(), item.getLease().getExpirationMillis()}, landlord});
+        }
+        return out;
+      });
+}
+
 Result<std::vector<Entry>> SpaceClient::match(const char* method, const Template& tmpl, std::chrono::milliseconds timeout,
                                               size_t max, const std::optional<TxnRef>& txn, rpc::CallOptions call,
                                               bool is_read) {

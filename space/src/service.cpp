@@ -285,6 +285,70 @@ void SpaceService::Impl::register_methods() {
       },
       {.min_role = security::Role::kClient});
 
+  s.handle_deferred(
+      "space.writeMany",
+      [this](const rpc::CallContext& ctx, capnp::MessageReader& message, rpc::Responder responder) {
+        Space* sp = space.load();
+        if (!sp) return responder.reply(unavailable("space.writeMany: the space is starting"));
+        std::vector<WriteRequest> requests;
+        // Entries that do not decode are refused on their own, like those the space refuses.
+        std::vector<std::pair<size_t, Status>> undecoded;
+        try {
+          auto p = message.getRoot<proto::WriteManyParams>();
+          auto list = p.getEntries();
+          if (list.size() == 0 || list.size() > kMaxWriteMany) {
+            return responder.reply(invalid_argument("space.writeMany: " + std::to_string(list.size()) +
+                                                    " entries: must be 1.." + std::to_string(kMaxWriteMany) +
+                                                    " (split the list)"));
+          }
+          Result<std::optional<TxnRef>> t = txn_from(p.hasTxn(), p.getTxn(), "space.writeMany");
+          if (!t.ok()) return responder.reply(t.status());
+          std::string holder(p.getHolder().cStr(), p.getHolder().size());
+          // Keys are per client and per entry: a resend answers each with its first outcome.
+          std::string key;
+          if (!ctx.idempotency_key.empty()) {
+            key = std::string(ctx.client_key) + ":" + std::string(ctx.idempotency_key.substr(0, 200)) + "#";
+          }
+          requests.resize(list.size());
+          for (unsigned i = 0; i < list.size(); ++i) {
+            WriteRequest& r = requests[i];
+            r.duration_ms = p.getDurationMs();
+            r.txn = *t;
+            r.holder = holder;
+            if (!key.empty()) r.idempotency_key = key + std::to_string(i);
+            Result<Entry> e = from_capnp(list[i]);
+            if (!e.ok()) {
+              undecoded.emplace_back(i, Status(e.status().code(), "space.writeMany: " + e.status().message()));
+              continue;
+            }
+            r.entry = std::move(*e);
+          }
+        } catch (const kj::Exception& e) {
+          return responder.reply(malformed("space.writeMany", e));
+        }
+        auto shared = std::make_shared<rpc::Responder>(std::move(responder));
+        auto write = [shared, undecoded, where = rpc_endpoint](std::vector<Result<Written>> results) {
+          for (const auto& [i, st] : undecoded) results[i] = st;
+          capnp::MallocMessageBuilder reply;
+          auto root = reply.initRoot<proto::WriteManyResult>();
+          auto items = root.initItems(static_cast<unsigned>(results.size()));
+          for (unsigned i = 0; i < results.size(); ++i) {
+            const Result<Written>& r = results[i];
+            items[i].setCode(static_cast<uint16_t>(r.status().code()));
+            if (!r.ok()) {
+              items[i].setMessage(r.status().message());
+              continue;
+            }
+            to_capnp(LeaseInfo{r->lease_id, r->expiration_ms}, items[i].initLease());
+          }
+          root.setLandlord(where);
+          shared->reply(Status::Ok(), reply);
+        };
+        // An entry that did not decode has no type: the space refuses it on its own.
+        sp->write_many_async(std::move(requests), std::move(write));
+      },
+      {.min_role = security::Role::kClient});
+
   register_match("space.read", false, true, false);
   register_match("space.take", true, true, false);
   register_match("space.readIfExists", false, false, false);

@@ -25,6 +25,7 @@
 #include <unordered_map>
 #include <unordered_set>
 #include <utility>
+#include <variant>
 
 #include "djinn/core/fault.h"
 #include "djinn/core/group_commit.h"
@@ -422,6 +423,8 @@ struct Space::Impl {
   }
 
   // The lease of a write already stored under `key` (mu held).
+  std::variant<Op, Result<Written>> prepare_write(WriteRequest& request, size_t pending);
+
   std::optional<Written> keyed_write_locked(const std::string& key) const {
     if (key.empty()) return std::nullopt;
     auto k = recent_keys.find(key);
@@ -1242,53 +1245,67 @@ Result<std::unique_ptr<Space>> Space::open(SpaceOptions options) {
   return std::unique_ptr<Space>(new Space(std::move(impl)));
 }
 
-void Space::write_async(WriteRequest request, WriteDone done) {
-  Impl& m = *impl_;
-  if (Status bad = validate(request.entry); !bad.ok()) return done(Status(bad.code(), "write: " + bad.message()));
-  if (request.entry.type.empty()) return done(invalid_argument("write: the entry has no type; give it a dotted type name"));
+// A write checked and encoded into its op; or its answer already: an error, or the first reply
+// of a keyed write seen before. `pending`: writes of the same batch, not in the space yet.
+std::variant<Space::Impl::Op, Result<Written>> Space::Impl::prepare_write(WriteRequest& request, size_t pending) {
+  if (Status bad = validate(request.entry); !bad.ok()) return Status(bad.code(), "write: " + bad.message());
+  if (request.entry.type.empty()) return invalid_argument("write: the entry has no type; give it a dotted type name");
   int64_t d = request.duration_ms;
   if (!(d > 0 || d == lease::kDurationAny || d == lease::kDurationForever)) {
-    return done(invalid_argument("write: lease duration " + std::to_string(d) + " ms: must be > 0, ANY (-1) or FOREVER (-2)"));
+    return invalid_argument("write: lease duration " + std::to_string(d) + " ms: must be > 0, ANY (-1) or FOREVER (-2)");
   }
-  Impl::Op op;
+  Op op;
   op.encoded = encode_entry(request.entry);
-  if (op.encoded.size() > m.options.max_entry_bytes) {
-    return done(invalid_argument("write: entry of " + std::to_string(op.encoded.size()) + " bytes (encoded): at most " +
-                                 std::to_string(m.options.max_entry_bytes) +
-                                 " allowed; store large content as a value and refer to it"));
+  if (op.encoded.size() > options.max_entry_bytes) {
+    return invalid_argument("write: entry of " + std::to_string(op.encoded.size()) + " bytes (encoded): at most " +
+                            std::to_string(options.max_entry_bytes) +
+                            " allowed; store large content as a value and refer to it");
   }
   for (const ContentHash& v : value_refs_of(request.entry)) {
-    if (!m.options.values) return done(invalid_argument("write: the entry refers to a value but this space stores none"));
-    if (!m.options.values->has_value(v)) {
-      return done(not_found("write: the entry refers to value " + to_hex(v) + ", which is not stored (put it first)"));
+    if (!options.values) return invalid_argument("write: the entry refers to a value but this space stores none");
+    if (!options.values->has_value(v)) {
+      return not_found("write: the entry refers to value " + to_hex(v) + ", which is not stored (put it first)");
     }
   }
-  if (size() >= m.options.max_entries) {
-    return done(resource_exhausted("write: space " + m.options.name + " holds " + std::to_string(size()) +
-                                   " entries, its maximum"));
+  size_t stored = 0;
+  {
+    std::shared_lock lock(mu);
+    stored = entries.size();
+  }
+  if (stored + pending >= options.max_entries) {
+    return resource_exhausted("write: space " + options.name + " holds " + std::to_string(stored) +
+                              " entries, its maximum");
   }
   if (!request.txn && !request.idempotency_key.empty()) {
     std::optional<Written> again;
     {
-      std::shared_lock lock(m.mu);
-      again = m.keyed_write_locked(request.idempotency_key);
+      std::shared_lock lock(mu);
+      again = keyed_write_locked(request.idempotency_key);
     }
-    if (again) return done(*again);
-    if (request.idempotency_key.size() > 256) return done(invalid_argument("write: idempotency key over 256 bytes"));
+    if (again) return *again;
+    if (request.idempotency_key.size() > 256) return invalid_argument("write: idempotency key over 256 bytes");
     op.key = std::move(request.idempotency_key);
   }
-  if (request.holder.size() > m.landlord.policy().max_holder_bytes) {
-    return done(invalid_argument("write: holder of " + std::to_string(request.holder.size()) + " bytes: at most " +
-                                 std::to_string(m.landlord.policy().max_holder_bytes)));
+  if (request.holder.size() > landlord.policy().max_holder_bytes) {
+    return invalid_argument("write: holder of " + std::to_string(request.holder.size()) + " bytes: at most " +
+                            std::to_string(landlord.policy().max_holder_bytes));
   }
   op.holder = std::move(request.holder);
   op.entry = std::move(request.entry);
   op.duration_ms = d;
   if (request.txn) op.txn = request.txn->id;
+  return op;
+}
+
+void Space::write_async(WriteRequest request, WriteDone done) {
+  Impl& m = *impl_;
+  std::optional<TxnRef> txn = request.txn;
+  auto prepared = m.prepare_write(request, 0);
+  if (auto* answer = std::get_if<Result<Written>>(&prepared)) return done(std::move(*answer));
   auto shared_done = std::make_shared<WriteDone>(std::move(done));
   m.with_txn(
-      request.txn,
-      [&m, op = std::move(op), shared_done]() mutable {
+      txn,
+      [&m, op = std::move(std::get<Impl::Op>(prepared)), shared_done]() mutable {
         m.commit->post({std::move(op)}, [shared_done](std::vector<Impl::OpOutcome> out) {
           Impl::OpOutcome& o = out.front();
           if (!o.status.ok()) return (*shared_done)(Status(o.status.code(), o.status.message()));
@@ -1296,6 +1313,59 @@ void Space::write_async(WriteRequest request, WriteDone done) {
         });
       },
       [shared_done](Status st) { (*shared_done)(Status(st.code(), "write: " + st.message())); });
+}
+
+void Space::write_many_async(std::vector<WriteRequest> requests, WriteManyDone done) {
+  Impl& m = *impl_;
+  std::vector<Result<Written>> results(requests.size(), Result<Written>(internal_error("write: not decided")));
+  std::optional<TxnRef> txn = requests.empty() ? std::nullopt : requests.front().txn;
+  for (const WriteRequest& r : requests) {
+    if (r.txn.has_value() != txn.has_value() || (txn && !(r.txn->id == txn->id))) {
+      for (auto& result : results) result = invalid_argument("write: the writes of one call must share one transaction");
+      return done(std::move(results));
+    }
+  }
+  std::vector<Impl::Op> ops;
+  std::vector<size_t> positions;  // of each op among the requests
+  for (size_t i = 0; i < requests.size(); ++i) {
+    auto prepared = m.prepare_write(requests[i], ops.size());
+    if (auto* answer = std::get_if<Result<Written>>(&prepared)) {
+      results[i] = std::move(*answer);
+      continue;
+    }
+    ops.push_back(std::move(std::get<Impl::Op>(prepared)));
+    positions.push_back(i);
+  }
+  if (ops.empty()) return done(std::move(results));
+  struct Call {
+    std::vector<Result<Written>> results;
+    std::vector<size_t> positions;
+    WriteManyDone done;
+  };
+  auto call = std::make_shared<Call>(Call{std::move(results), std::move(positions), std::move(done)});
+  m.with_txn(
+      txn,
+      [&m, ops = std::move(ops), call]() mutable {
+        // One group: written in one transaction, never split.
+        m.commit->post(std::move(ops), [call](std::vector<Impl::OpOutcome> out) {
+          for (size_t k = 0; k < out.size(); ++k) {
+            Impl::OpOutcome& o = out[k];
+            call->results[call->positions[k]] = o.status.ok() ? Result<Written>(o.written) : Result<Written>(o.status);
+          }
+          call->done(std::move(call->results));
+        });
+      },
+      [call](Status st) {
+        for (size_t p : call->positions) call->results[p] = Status(st.code(), "write: " + st.message());
+        call->done(std::move(call->results));
+      });
+}
+
+std::vector<Result<Written>> Space::write_many(std::vector<WriteRequest> requests) {
+  std::promise<std::vector<Result<Written>>> p;
+  auto f = p.get_future();
+  write_many_async(std::move(requests), [&p](std::vector<Result<Written>> r) { p.set_value(std::move(r)); });
+  return f.get();
 }
 
 Result<Written> Space::write(WriteRequest request) {

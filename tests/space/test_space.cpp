@@ -7,6 +7,7 @@
 #include <doctest/doctest.h>
 
 #include <atomic>
+#include <future>
 #include <map>
 #include <mutex>
 #include <set>
@@ -402,6 +403,56 @@ TEST_CASE("expiry follows the landlord's monotonic clock: a wall-clock step hide
   CHECK(space->size() == 0);
 }
 
+TEST_CASE("writeMany: entries written together, each refused on its own, a resend applied once, takers woken") {
+  Harness h;
+  SpaceClient& c = *h.client;
+  // A taker waits for one of them.
+  std::promise<Result<std::optional<Entry>>> taken;
+  std::thread taker([&] { taken.set_value(c.take(tmpl("demo.Batch", {{"i", 2}}), 5000ms)); });
+  REQUIRE(test::eventually([&] { return h.service->space().stats().waiters == 1; }));
+  std::vector<Entry> batch;
+  for (int i = 0; i < 5; ++i) batch.push_back(entry("demo.Batch", {{"i", i}}));
+  batch[3].type.clear();  // refused on its own
+  rpc::CallOptions keyed;
+  keyed.idempotency_key = "batch-1";
+  auto written = c.write_many(batch, 600'000, std::nullopt, keyed);
+  REQUIRE_MESSAGE(written.ok(), written.status().to_string());
+  REQUIRE(written->size() == 5);
+  std::set<uint64_t> leases;
+  for (int i = 0; i < 5; ++i) {
+    if (i == 3) {
+      CHECK((*written)[3].status().code() == Code::kInvalidArgument);
+      continue;
+    }
+    REQUIRE((*written)[i].ok());
+    leases.insert((*written)[i]->written.lease_id);
+  }
+  CHECK(leases.size() == 4);
+  taker.join();
+  auto got = taken.get_future().get();
+  REQUIRE(got.ok());
+  REQUIRE(got->has_value());
+  CHECK((*got)->field("i")->as_int() == 2);
+  CHECK(c.contents_all(tmpl("demo.Batch"))->size() == 3);
+  // The same call again (a reply lost on the way): each entry's first outcome, nothing added.
+  auto again = c.write_many(batch, 600'000, std::nullopt, keyed);
+  REQUIRE(again.ok());
+  for (int i : {0, 1, 4}) {
+    REQUIRE((*again)[i].ok());
+    CHECK((*again)[i]->written.lease_id == (*written)[i]->written.lease_id);
+  }
+  CHECK(c.contents_all(tmpl("demo.Batch"))->size() == 3);
+  // Lists that are empty or too long are refused whole.
+  CHECK(c.write_many({}, 600'000).status().code() == Code::kInvalidArgument);
+  std::vector<Entry> too_many(kMaxWriteMany + 1, entry("demo.Batch", {{"i", 9}}));
+  CHECK(c.write_many(too_many, 600'000).status().code() == Code::kInvalidArgument);
+  CHECK(c.contents_all(tmpl("demo.Batch"))->size() == 3);
+  // They survive a restart, written in one durable transaction.
+  h.stop();
+  h.start();
+  CHECK(h.client->contents_all(tmpl("demo.Batch"))->size() == 3);
+}
+
 TEST_CASE("an application's entries: held by it, found by holder, ended within a grace unless renewed") {
   Harness h;
   SpaceClient app({.endpoint = h.service->rpc_endpoint()}, "app-9");
@@ -540,7 +591,7 @@ TEST_CASE("bad input gets a clear status and changes nothing") {
   CHECK(code_of(c.read_if_exists(tmpl("demo.Keep"), TxnRef{txn::TxnId::random(), ""})) == Code::kInvalidArgument);
   CHECK(code_of(c.write(entry("demo.X", {}), 60'000, TxnRef{txn::TxnId::random(), "bogus"})) == Code::kInvalidArgument);
   // Garbage payloads.
-  for (const char* method : {"space.write", "space.take", "space.read", "space.contents", "space.takeMany",
+  for (const char* method : {"space.write", "space.writeMany", "space.take", "space.read", "space.contents", "space.takeMany",
                              "space.notify", "space.putChunk", "space.getChunk", "space.putValue", "txn.commit",
                              "participant.prepare"}) {
     kj::Array<capnp::word> junk = kj::heapArray<capnp::word>(3);

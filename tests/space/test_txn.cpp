@@ -137,6 +137,22 @@ TEST_CASE("take from one space and write to another, atomically, in-process over
   };
   move(0, true);
   CHECK(!ca.read_if_exists(tmpl("demo.Token", {{"i", 0}}))->has_value());
+  // Several writes under one transaction: visible together at its commit, or never.
+  for (bool commit : {false, true}) {
+    auto t = tm.create(30s);
+    REQUIRE(t.ok());
+    std::vector<Entry> batch{entry("demo.Many", {{"i", 1}}), entry("demo.Many", {{"i", 2}})};
+    auto w = cb.write_many(batch, 600'000, *t);
+    REQUIRE(w.ok());
+    for (const auto& r : *w) CHECK(r.ok());
+    CHECK(cb.contents_all(tmpl("demo.Many"))->empty());
+    if (commit) {
+      CHECK(*tm.commit(t->id) == txn::Outcome::kCommitted);
+    } else {
+      REQUIRE(tm.abort(t->id).ok());
+    }
+    CHECK(cb.contents_all(tmpl("demo.Many"))->size() == (commit ? 2u : 0u));
+  }
   CHECK(cb.read_if_exists(tmpl("demo.Token", {{"i", 0}}))->has_value());
   move(1, false);
   CHECK(ca.read_if_exists(tmpl("demo.Token", {{"i", 1}}))->has_value());

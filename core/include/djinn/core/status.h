@@ -60,6 +60,14 @@ inline Status already_exists(std::string m) { return {Code::kAlreadyExists, std:
 inline Status failed_precondition(std::string m) { return {Code::kFailedPrecondition, std::move(m)}; }
 inline Status permission_denied(std::string m) { return {Code::kPermissionDenied, std::move(m)}; }
 inline Status unauthenticated(std::string m) { return {Code::kUnauthenticated, std::move(m)}; }
+
+// A status received as a number and a message (a batch's item): an unknown number is UNKNOWN,
+// saying which.
+inline Status status_from_wire(uint16_t code, std::string message) {
+  if (code == 0) return Status::Ok();
+  if (code > kMaxCode) return Status(Code::kUnknown, "code " + std::to_string(code) + ": " + message);
+  return Status(static_cast<Code>(code), std::move(message));
+}
 inline Status resource_exhausted(std::string m) { return {Code::kResourceExhausted, std::move(m)}; }
 inline Status unavailable(std::string m) { return {Code::kUnavailable, std::move(m)}; }
 inline Status deadline_exceeded(std::string m) { return {Code::kDeadlineExceeded, std::move(m)}; }

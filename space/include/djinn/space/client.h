@@ -66,6 +66,12 @@ class SpaceClient {
 
   Result<WriteReceipt> write(const Entry& entry, int64_t duration_ms = lease::kDurationAny,
                              const std::optional<TxnRef>& txn = std::nullopt, rpc::CallOptions call = {});
+  // Several entries in one call and one durable transaction (at most kMaxWriteMany), each written
+  // or refused on its own: the call's status, then one outcome per entry in order.
+  Result<std::vector<Result<WriteReceipt>>> write_many(std::span<const Entry> entries,
+                                                       int64_t duration_ms = lease::kDurationAny,
+                                                       const std::optional<TxnRef>& txn = std::nullopt,
+                                                       rpc::CallOptions call = {});
   // Blocking forms wait up to `timeout` (the call's own timeout is stretched to cover it).
   Result<std::optional<Entry>> read(const Template& tmpl, std::chrono::milliseconds timeout,
                                     const std::optional<TxnRef>& txn = std::nullopt, rpc::CallOptions call = {});

@@ -45,6 +45,8 @@ inline constexpr std::string_view kNotifyResource = "space.notify";
 inline constexpr std::string_view kSpaceType = "djinn.space.JavaSpace";
 
 inline constexpr size_t kMaxTakeMany = 10'000;
+// space.writeMany takes at most this many entries a call.
+inline constexpr size_t kMaxWriteMany = 1'000;
 inline constexpr std::chrono::milliseconds kMaxWait = std::chrono::hours(24);
 
 // A transaction an operation runs under: its id and where its manager is (an RPC endpoint, or any
@@ -124,6 +126,7 @@ struct SpaceStats {
 };
 
 using WriteDone = std::function<void(Result<Written>)>;
+using WriteManyDone = std::function<void(std::vector<Result<Written>>)>;
 using MatchDone = std::function<void(Result<std::vector<Entry>>)>;
 
 class Space final : public txn::Participant {
@@ -136,6 +139,11 @@ class Space final : public txn::Participant {
   // Durable (with its lease) before `done` runs; under a transaction, visible only to it.
   void write_async(WriteRequest request, WriteDone done);
   Result<Written> write(WriteRequest request);
+  // Several writes in one durable transaction (one fsync for all), each written or refused on its
+  // own; `done` gets their outcomes in order. All must be under the same transaction (or none):
+  // otherwise each is refused with INVALID_ARGUMENT.
+  void write_many_async(std::vector<WriteRequest> requests, WriteManyDone done);
+  std::vector<Result<Written>> write_many(std::vector<WriteRequest> requests);
 
   // Answers with up to request.max matches, waiting up to the timeout for the first; `done` runs
   // exactly once. A take is durable before `done` runs.
