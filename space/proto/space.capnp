@@ -124,6 +124,17 @@ struct HasChunksParams {
 struct HasChunksResult {
   present @0 :List(Bool);
 }
+# space.getChunks: several chunks in one call (a post-copy heap's pages, fetched by hash), in the
+# order asked, as many whole ones as fit in 8 MiB (at least one); ask again for the rest.
+struct GetChunksParams {
+  hashes @0 :List(Data);       # at most 10,000
+}
+struct GetChunksResult {
+  chunks @0 :List(Data);       # the first `answered` are the chunks asked for, in order; an empty
+                               # one is not stored
+  answered @1 :UInt32;
+}
+
 # space.getChunk
 struct GetChunkParams {
   hash @0 :Data;

@@ -108,6 +108,13 @@ Result<std::vector<Result<WriteReceipt>>> SpaceClient::write_many(std::span<cons
   p.setDurationMs(duration_ms);
   if (txn) set_txn(p.initTxn(), txn);
   if (!holder_.empty()) p.setHolder(holder_);
+  // A call over the server's frame limit would not be answered: refused here, saying what to do.
+  size_t bytes = capnp::computeSerializedSizeInWords(message) * sizeof(capnp::word);
+  if (bytes > options_.limits.max_frame_bytes) {
+    return resource_exhausted("space.writeMany: " + std::to_string(entries.size()) + " entries take " +
+                              std::to_string(bytes) + " bytes, over the " + std::to_string(options_.limits.max_frame_bytes) +
+                              "-byte limit of a call: split the list");
+  }
   rpc::Reply reply = client_->call("space.writeMany", message, keyed(call));
   const size_t n = entries.size();
   return rpc::read_reply<std::vector<Result<WriteReceipt>>>(
@@ -329,6 +336,45 @@ Result<ContentHash> SpaceClient::put_manifest(uint64_t size, std::span<const Con
     if (!h) return internal_error("space.putValue: the value id in the reply is not 32 bytes");
     return *h;
   });
+}
+
+Status SpaceClient::get_chunks(std::span<const ContentHash> hashes,
+                               const std::function<Status(const ContentHash&, std::span<const uint8_t>)>& deliver,
+                               rpc::CallOptions call) {
+  std::optional<ContentHash> first_missing;
+  for (size_t at = 0; at < hashes.size();) {
+    std::span<const ContentHash> part = hashes.subspan(at, std::min(kMaxHashesPerCall, hashes.size() - at));
+    capnp::MallocMessageBuilder message;
+    auto list = message.initRoot<proto::GetChunksParams>().initHashes(static_cast<unsigned>(part.size()));
+    for (size_t i = 0; i < part.size(); ++i) list.set(static_cast<unsigned>(i), capnp::Data::Reader(part[i].data(), 32));
+    rpc::Reply reply = client_->call("space.getChunks", message, idempotent(call));
+    Result<size_t> answered = rpc::read_reply<size_t>(reply, "space.getChunks", [&](rpc::Reply& r) -> Result<size_t> {
+      auto res = r.results<proto::GetChunksResult>();
+      size_t n = res.getAnswered();
+      auto chunks = res.getChunks();
+      if (n == 0 || n > part.size() || chunks.size() < n) {
+        return internal_error("space.getChunks: the reply answers for " + std::to_string(n) + " of " +
+                              std::to_string(part.size()) + " chunks");
+      }
+      for (size_t i = 0; i < n; ++i) {
+        auto d = chunks[static_cast<unsigned>(i)];
+        std::span<const uint8_t> data(d.begin(), d.size());
+        if (data.empty()) {
+          if (!first_missing) first_missing = part[i];
+          continue;
+        }
+        if (hash_bytes(data) != part[i]) {
+          return data_loss("space.getChunks: the chunk received does not match its hash " + to_hex(part[i]));
+        }
+        DJINN_RETURN_IF_ERROR(deliver(part[i], data));
+      }
+      return n;
+    });
+    if (!answered.ok()) return answered.status();
+    at += *answered;
+  }
+  if (first_missing) return not_found("space.getChunks: chunk " + to_hex(*first_missing) + " is not stored");
+  return Status::Ok();
 }
 
 Result<std::vector<bool>> SpaceClient::has_chunks(std::span<const ContentHash> hashes, rpc::CallOptions call) {

@@ -344,7 +344,9 @@ void SpaceService::Impl::register_methods() {
           root.setLandlord(where);
           shared->reply(Status::Ok(), reply);
         };
-        // An entry that did not decode has no type: the space refuses it on its own.
+        // An entry that did not decode has no type: the space refuses it on its own. The entries
+        // are checked here, on the RPC thread, as single writes are: a list of 1,000 takes a few
+        // milliseconds of it.
         sp->write_many_async(std::move(requests), std::move(write));
       },
       {.min_role = security::Role::kClient});
@@ -453,6 +455,34 @@ void SpaceService::Impl::register_methods() {
         return Status::Ok();
       },
       client_inline);
+  s.method<proto::GetChunksParams, proto::GetChunksResult>(
+      "space.getChunks",
+      [this](const rpc::CallContext&, proto::GetChunksParams::Reader p, proto::GetChunksResult::Builder out) -> Status {
+        auto hashes = p.getHashes();
+        if (hashes.size() > kMaxHashesPerCall) {
+          return invalid_argument("space.getChunks: at most " + std::to_string(kMaxHashesPerCall) + " hashes per call");
+        }
+        auto chunks = out.initChunks(hashes.size());
+        size_t bytes = 0;
+        unsigned answered = 0;
+        for (; answered < hashes.size(); ++answered) {
+          Result<ContentHash> h = hash_from(hashes[answered], "space.getChunks");
+          if (!h.ok()) return h.status();
+          std::optional<uint64_t> size = values->chunk_size(*h);
+          if (!size) continue;  // not stored: left empty
+          if (answered > 0 && bytes + *size > kMaxChunksReplyBytes) break;
+          Status st = values->read_chunk(*h, [&](size_t n) { return chunks.init(answered, static_cast<unsigned>(n)).begin(); });
+          if (st.code() == Code::kNotFound) {
+            chunks.init(answered, 0);  // collected meanwhile
+            continue;
+          }
+          if (!st.ok()) return Status(st.code(), "space.getChunks: " + st.message());
+          bytes += *size;
+        }
+        out.setAnswered(answered);
+        return Status::Ok();
+      },
+      client_blocking);
   s.handle(
       "space.getChunk",
       [this](const rpc::CallContext&, capnp::MessageReader& params, capnp::MessageBuilder& results) -> Status {

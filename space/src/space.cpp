@@ -422,9 +422,9 @@ struct Space::Impl {
     }
   }
 
-  // The lease of a write already stored under `key` (mu held).
   std::variant<Op, Result<Written>> prepare_write(WriteRequest& request, size_t pending);
 
+  // The lease of a write already stored under `key` (mu held).
   std::optional<Written> keyed_write_locked(const std::string& key) const {
     if (key.empty()) return std::nullopt;
     auto k = recent_keys.find(key);

@@ -410,6 +410,13 @@ bool ValueStore::has_chunk(const ContentHash& hash) const {
   return true;
 }
 
+std::optional<uint64_t> ValueStore::chunk_size(const ContentHash& hash) const {
+  std::lock_guard lock(impl_->mu);
+  auto it = impl_->chunks.find(hash);
+  if (it == impl_->chunks.end() || !it->second.verified) return std::nullopt;
+  return it->second.size;
+}
+
 Status ValueStore::read_chunk(const ContentHash& hash, const std::function<uint8_t*(size_t)>& sink) const {
   uint8_t* data = nullptr;
   size_t size = 0;

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "djinn/proto/space.capnp.h"
 #include "djinn/space/client.h"
 #include "djinn/space/service.h"
 #include "support/test_support.h"
@@ -182,4 +183,43 @@ TEST_CASE("values: made of chunks already stored, asking first which ones the sp
   REQUIRE(answers->size() == many.size());
   CHECK(answers->back());
   CHECK(std::count(answers->begin(), answers->end(), true) == 1);
+}
+
+TEST_CASE("values: chunks fetched many a call, in order, checked; the missing named after the rest") {
+  test::TempDir dir;
+  auto s = start(dir);
+  SpaceClient c({.endpoint = s->rpc_endpoint()});
+  // Twenty chunks of 1 MiB: more than one reply's 8 MiB.
+  std::vector<std::vector<uint8_t>> chunks;
+  std::vector<ContentHash> names;
+  for (uint64_t i = 0; i < 20; ++i) {
+    chunks.push_back(pattern(1 << 20, 40 + i));
+    names.push_back(hash_bytes(chunks.back()));
+    REQUIRE(c.put_chunk(names.back(), chunks.back()).ok());
+  }
+  std::vector<ContentHash> got;
+  Status st = c.get_chunks(names, [&](const ContentHash& h, std::span<const uint8_t> data) {
+    size_t k = got.size();
+    got.push_back(h);
+    CHECK(std::equal(data.begin(), data.end(), chunks[k].begin(), chunks[k].end()));
+    return Status::Ok();
+  });
+  REQUIRE_MESSAGE(st.ok(), st.to_string());
+  CHECK(got == names);
+  // A chunk not stored: the others still arrive, then NOT_FOUND names it.
+  std::vector<ContentHash> some{names[0], hash_bytes(pattern(100, 99)), names[1]};
+  got.clear();
+  st = c.get_chunks(some, [&](const ContentHash& h, std::span<const uint8_t>) {
+    got.push_back(h);
+    return Status::Ok();
+  });
+  CHECK(st.code() == Code::kNotFound);
+  CHECK(st.message().find(to_hex(some[1])) != std::string::npos);
+  CHECK(got == std::vector<ContentHash>{names[0], names[1]});
+  // More hashes than one call takes are refused by the server, split by the client.
+  rpc::CallOptions call;
+  capnp::MallocMessageBuilder message;
+  auto list = message.initRoot<proto::GetChunksParams>().initHashes(kMaxHashesPerCall + 1);
+  for (unsigned i = 0; i < list.size(); ++i) list.set(i, capnp::Data::Reader(names[0].data(), 32));
+  CHECK(c.rpc().call("space.getChunks", message, call).status().code() == Code::kInvalidArgument);
 }

@@ -66,8 +66,9 @@ class SpaceClient {
 
   Result<WriteReceipt> write(const Entry& entry, int64_t duration_ms = lease::kDurationAny,
                              const std::optional<TxnRef>& txn = std::nullopt, rpc::CallOptions call = {});
-  // Several entries in one call and one durable transaction (at most kMaxWriteMany), each written
-  // or refused on its own: the call's status, then one outcome per entry in order.
+  // Several entries in one call and one durable transaction (at most kMaxWriteMany, and at most a
+  // call's frame limit encoded: RESOURCE_EXHAUSTED otherwise), each written or refused on its own:
+  // the call's status, then one outcome per entry in order.
   Result<std::vector<Result<WriteReceipt>>> write_many(std::span<const Entry> entries,
                                                        int64_t duration_ms = lease::kDurationAny,
                                                        const std::optional<TxnRef>& txn = std::nullopt,
@@ -99,6 +100,12 @@ class SpaceClient {
   Result<Manifest> get_manifest(const ContentHash& value_id, rpc::CallOptions call = {});
   Result<bool> put_chunk(const ContentHash& hash, std::span<const uint8_t> data, rpc::CallOptions call = {});
   Status get_chunk(const ContentHash& hash, std::vector<uint8_t>& out, rpc::CallOptions call = {});
+  // Fetches the chunks named `hashes`, many a call (as many as fit in 8 MiB): `deliver` gets each
+  // stored one, checked against its name, in order. NOT_FOUND (after delivering the others) names
+  // the first chunk the space does not store; DATA_LOSS for one that is not what its name says.
+  Status get_chunks(std::span<const ContentHash> hashes,
+                    const std::function<Status(const ContentHash& hash, std::span<const uint8_t> data)>& deliver,
+                    rpc::CallOptions call = {});
   // Which of `hashes` the space stores, in order (a call per 10,000): what a writer need not send
   // again, e.g. the pages of a checkpoint that an earlier one or a pre-copy round already stored.
   Result<std::vector<bool>> has_chunks(std::span<const ContentHash> hashes, rpc::CallOptions call = {});

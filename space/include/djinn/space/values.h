@@ -32,8 +32,10 @@ using ContentHash = std::array<uint8_t, 32>;
 inline constexpr size_t kMaxChunkBytes = 4u << 20;
 inline constexpr size_t kDefaultChunkBytes = 1u << 20;
 inline constexpr size_t kMaxValueChunks = 1'000'000;
-// space.hasChunks answers for at most this many hashes a call.
+// space.hasChunks and space.getChunks answer for at most this many hashes a call.
 inline constexpr size_t kMaxHashesPerCall = 10'000;
+// space.getChunks answers with at most this many bytes of chunks a call (at least one chunk).
+inline constexpr size_t kMaxChunksReplyBytes = 8u << 20;
 // An entry field of type bytes holding kValueRefMagic + a 32-byte value id refers to that value.
 inline constexpr std::string_view kValueRefMagic = "DJV1";
 
@@ -84,6 +86,8 @@ class ValueStore {
   // The same for data whose hash the caller computed itself just now (nothing to check).
   Result<bool> put_chunk_hashed(const ContentHash& hash, std::span<const uint8_t> data);
   bool has_chunk(const ContentHash& hash) const;
+  // Its size, when stored (as has_chunk).
+  std::optional<uint64_t> chunk_size(const ContentHash& hash) const;
   // Reads a chunk into `out` (resized); NOT_FOUND when unknown; DATA_LOSS when its file no longer
   // matches its hash.
   Status get_chunk(const ContentHash& hash, std::vector<uint8_t>& out) const;
