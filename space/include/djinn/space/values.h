@@ -6,7 +6,8 @@
 // Storage: one file per chunk under <dir>/chunks/<2 hex>/<64 hex>, and one per manifest under
 // <dir>/values/<2 hex>/<64 hex>, each written to a temporary file and renamed: a chunk is stored
 // once whatever refers to it. A value is durable when put_value returns: it fdatasyncs the chunks it
-// names that are not yet synced and their directories, then writes its manifest the same way; a
+// names that are not yet synced and their directories (many of them: one syncfs), then writes its
+// manifest the same way; a
 // chunk found at open that no manifest names may have been torn by a crash and counts as absent
 // until it is put again. Freeing space is an unlink, where an append-only pack would need compaction.
 #pragma once
