@@ -108,12 +108,14 @@ Result<std::vector<Result<WriteReceipt>>> SpaceClient::write_many(std::span<cons
   p.setDurationMs(duration_ms);
   if (txn) set_txn(p.initTxn(), txn);
   if (!holder_.empty()) p.setHolder(holder_);
-  // A call over the server's frame limit would not be answered: refused here, saying what to do.
+  // A call over the space's frame limit would not be answered: refused here, saying what to do
+  // (with room for the call's header beside the entries).
+  constexpr size_t kHeaderRoom = 16u << 10;
   size_t bytes = capnp::computeSerializedSizeInWords(message) * sizeof(capnp::word);
-  if (bytes > options_.limits.max_frame_bytes) {
+  if (bytes + kHeaderRoom > kMaxCallBytes) {
     return resource_exhausted("space.writeMany: " + std::to_string(entries.size()) + " entries take " +
-                              std::to_string(bytes) + " bytes, over the " + std::to_string(options_.limits.max_frame_bytes) +
-                              "-byte limit of a call: split the list");
+                              std::to_string(bytes) + " bytes, over what a call to the space carries (" +
+                              std::to_string(kMaxCallBytes - kHeaderRoom) + "): split the list");
   }
   rpc::Reply reply = client_->call("space.writeMany", message, keyed(call));
   const size_t n = entries.size();

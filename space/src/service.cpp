@@ -471,13 +471,17 @@ void SpaceService::Impl::register_methods() {
           std::optional<uint64_t> size = values->chunk_size(*h);
           if (!size) continue;  // not stored: left empty
           if (answered > 0 && bytes + *size > kMaxChunksReplyBytes) break;
-          Status st = values->read_chunk(*h, [&](size_t n) { return chunks.init(answered, static_cast<unsigned>(n)).begin(); });
+          size_t read = 0;
+          Status st = values->read_chunk(*h, [&](size_t n) {
+            read = n;
+            return chunks.init(answered, static_cast<unsigned>(n)).begin();
+          });
           if (st.code() == Code::kNotFound) {
             chunks.init(answered, 0);  // collected meanwhile
             continue;
           }
           if (!st.ok()) return Status(st.code(), "space.getChunks: " + st.message());
-          bytes += *size;
+          bytes += read;
         }
         out.setAnswered(answered);
         return Status::Ok();
@@ -606,7 +610,7 @@ Result<std::unique_ptr<SpaceService>> SpaceService::start(SpaceServiceOptions op
   server_options.curve = options.curve;
   server_options.plaintext_role = options.plaintext_role;
   server_options.name = options.name;
-  server_options.limits.max_frame_bytes = kMaxChunkBytes + (1u << 20);
+  server_options.limits.max_frame_bytes = kMaxCallBytes;
   im->server = std::make_unique<rpc::Server>(server_options);
   im->lease_service = std::make_unique<lease::LandlordService>(*im->landlord, *im->server, im->publisher.get(), "", 2);
   if (options.txn_manager) {

@@ -392,7 +392,9 @@ Result<bool> ValueStore::put_chunk_hashed(const ContentHash& hash, std::span<con
   std::lock_guard lock(m.mu);
   auto [it, fresh] = m.chunks.try_emplace(hash);
   it->second.touched = Clock::now();
-  if (fresh) {
+  if (fresh || !it->second.verified) {
+    // New, or found at open unverified (perhaps cut short by a crash): the size is what was written.
+    m.chunk_bytes -= it->second.size;
     it->second.size = data.size();
     m.chunk_bytes += data.size();
   }
@@ -472,7 +474,8 @@ Result<ContentHash> ValueStore::put_value(uint64_t size, std::span<const Content
   unsynced.erase(std::unique(unsynced.begin(), unsynced.end()), unsynced.end());
   if (unsynced.size() > kSyncEachUpTo) {
     // Many chunks (a checkpoint's pages): one sync of the file system writes them and their
-    // directories, where a fdatasync each would cost a device flush each.
+    // directories, where a fdatasync each would cost a device flush each. (A write-back error is
+    // reported once per file system: one that another syncfs met first goes unseen here.)
     int fd = ::open(m.chunk_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0) return errno_status("open " + m.chunk_dir.string());
     int rc = ::syncfs(fd);

@@ -122,7 +122,9 @@ TEST_CASE("post-copy through the space: pages as chunks, the heap running before
   auto same = [&](size_t p) { return std::memcmp((*heap)->base() + p * kPage, image.data() + p * kPage, kPage) == 0; };
   CHECK(same(300));
   CHECK(same(7));
-  CHECK(source.calls == 2);
+  CHECK(source.calls >= 1);
+  CHECK(source.calls <= 2);  // a fetch for each touch at most: a run's pages come together
+  CHECK((*heap)->stats().pages_fetched < 512);
   CHECK((*heap)->incoming());
   auto arrived = (*heap)->fetch_rest();
   REQUIRE_MESSAGE(arrived.ok(), arrived.status().to_string());

@@ -462,8 +462,8 @@ TEST_CASE("writeMany: entries written together, each refused on its own, a resen
     CHECK((*after)[i]->written.lease_id == (*written)[i]->written.lease_id);
   }
   CHECK(h.client->contents_all(tmpl("demo.Batch"))->size() == 4);  // i = 2 again
-  // A list over a call's frame limit is refused before it is sent.
-  std::vector<Entry> heavy(300, entry("demo.Batch", {{"blob", Value(Value::Bytes(60'000, 7))}}));
+  // A list over what a call to the space carries (5 MiB) is refused before it is sent.
+  std::vector<Entry> heavy(100, entry("demo.Batch", {{"blob", Value(Value::Bytes(60'000, 7))}}));
   auto refused = h.client->write_many(heavy, 600'000);
   CHECK(refused.status().code() == Code::kResourceExhausted);
   CHECK(refused.status().message().find("split the list") != std::string::npos);

@@ -67,7 +67,8 @@ class SpaceClient {
   Result<WriteReceipt> write(const Entry& entry, int64_t duration_ms = lease::kDurationAny,
                              const std::optional<TxnRef>& txn = std::nullopt, rpc::CallOptions call = {});
   // Several entries in one call and one durable transaction (at most kMaxWriteMany, and at most a
-  // call's frame limit encoded: RESOURCE_EXHAUSTED otherwise), each written or refused on its own:
+  // call's size encoded, kMaxCallBytes less a little: RESOURCE_EXHAUSTED otherwise), each written
+  // or refused on its own:
   // the call's status, then one outcome per entry in order.
   Result<std::vector<Result<WriteReceipt>>> write_many(std::span<const Entry> entries,
                                                        int64_t duration_ms = lease::kDurationAny,

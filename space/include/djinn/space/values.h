@@ -35,6 +35,8 @@ inline constexpr size_t kDefaultChunkBytes = 1u << 20;
 inline constexpr size_t kMaxValueChunks = 1'000'000;
 // space.hasChunks and space.getChunks answer for at most this many hashes a call.
 inline constexpr size_t kMaxHashesPerCall = 10'000;
+// The largest call djinn-space takes: a whole chunk and room for the rest of its message.
+inline constexpr size_t kMaxCallBytes = kMaxChunkBytes + (1u << 20);
 // space.getChunks answers with at most this many bytes of chunks a call (at least one chunk).
 inline constexpr size_t kMaxChunksReplyBytes = 8u << 20;
 // An entry field of type bytes holding kValueRefMagic + a 32-byte value id refers to that value.
