@@ -117,6 +117,20 @@ struct PutChunkResult {
   stored @0 :Bool;             # false: it was already there
   hash @1 :Data;               # the chunk's name: BLAKE2b-256 of data
 }
+# space.putChunks: several chunks in one call (a pre-copy round's pages), each stored or refused
+# on its own as by space.putChunk; at most 10,000 and what a call carries.
+struct PutChunksParams {
+  chunks @0 :List(PutChunkParams);
+}
+struct PutChunksItem {
+  code @0 :UInt16;             # djinn::Code; 0 = stored or already there
+  message @1 :Text;
+  stored @2 :Bool;
+  hash @3 :Data;
+}
+struct PutChunksResult {
+  items @0 :List(PutChunksItem);   # in the order of the chunks
+}
 # space.hasChunks: which of these chunks are stored (to skip uploading them).
 struct HasChunksParams {
   hashes @0 :List(Data);       # at most 10,000

@@ -340,6 +340,51 @@ Result<ContentHash> SpaceClient::put_manifest(uint64_t size, std::span<const Con
   });
 }
 
+Result<std::vector<Result<bool>>> SpaceClient::put_chunks(std::span<const std::span<const uint8_t>> chunks,
+                                                          std::span<const ContentHash> hashes, rpc::CallOptions call) {
+  if (!hashes.empty() && hashes.size() != chunks.size()) {
+    return invalid_argument("put_chunks: " + std::to_string(hashes.size()) + " hashes for " +
+                            std::to_string(chunks.size()) + " chunks");
+  }
+  constexpr size_t kRoom = 64u << 10;  // the call's header and the list's own words
+  std::vector<Result<bool>> out;
+  out.reserve(chunks.size());
+  for (size_t at = 0; at < chunks.size();) {
+    // As many as fit in one call (at least one).
+    size_t end = at, bytes = 0;
+    while (end < chunks.size() && end - at < kMaxHashesPerCall &&
+           (end == at || bytes + chunks[end].size() + 64 <= kMaxCallBytes - kRoom)) {
+      bytes += chunks[end].size() + 64;
+      ++end;
+    }
+    capnp::MallocMessageBuilder message;
+    auto list = message.initRoot<proto::PutChunksParams>().initChunks(static_cast<unsigned>(end - at));
+    for (size_t i = at; i < end; ++i) {
+      auto item = list[static_cast<unsigned>(i - at)];
+      if (!hashes.empty()) item.setHash(capnp::Data::Reader(hashes[i].data(), hashes[i].size()));
+      item.setData(capnp::Data::Reader(chunks[i].data(), chunks[i].size()));
+    }
+    rpc::Reply reply = client_->call("space.putChunks", message, idempotent(call));  // storing twice stores once
+    const size_t n = end - at;
+    Status st = rpc::read_reply<bool>(reply, "space.putChunks", [&](rpc::Reply& r) -> Result<bool> {
+      auto items = r.results<proto::PutChunksResult>().getItems();
+      if (items.size() != n) return internal_error("space.putChunks: the reply answers for a different number of chunks");
+      for (auto item : items) {
+        Status s = status_from_wire(item.getCode(), item.getMessage().cStr());
+        if (s.ok()) {
+          out.emplace_back(item.getStored());
+        } else {
+          out.emplace_back(std::move(s));
+        }
+      }
+      return true;
+    }).status();
+    if (!st.ok()) return st;
+    at = end;
+  }
+  return out;
+}
+
 Status SpaceClient::get_chunks(std::span<const ContentHash> hashes,
                                const std::function<Status(const ContentHash&, std::span<const uint8_t>)>& deliver,
                                rpc::CallOptions call) {

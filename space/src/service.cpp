@@ -439,6 +439,40 @@ void SpaceService::Impl::register_methods() {
         return Status::Ok();
       },
       client_blocking);
+  s.method<proto::PutChunksParams, proto::PutChunksResult>(
+      "space.putChunks",
+      [this](const rpc::CallContext&, proto::PutChunksParams::Reader p, proto::PutChunksResult::Builder out) -> Status {
+        auto chunks = p.getChunks();
+        if (chunks.size() == 0 || chunks.size() > kMaxHashesPerCall) {
+          return invalid_argument("space.putChunks: " + std::to_string(chunks.size()) + " chunks: must be 1.." +
+                                  std::to_string(kMaxHashesPerCall));
+        }
+        auto items = out.initItems(chunks.size());
+        for (unsigned i = 0; i < chunks.size(); ++i) {
+          auto data = chunks[i].getData();
+          std::span<const uint8_t> bytes(data.begin(), data.size());
+          Result<bool> stored = false;
+          ContentHash h{};
+          if (chunks[i].getHash().size() == 0) {
+            h = hash_bytes(bytes);
+            stored = values->put_chunk_hashed(h, bytes);
+          } else if (Result<ContentHash> given = hash_from(chunks[i].getHash(), "space.putChunks"); given.ok()) {
+            h = *given;
+            stored = values->put_chunk(h, bytes);
+          } else {
+            stored = given.status();
+          }
+          items[i].setCode(static_cast<uint16_t>(stored.status().code()));
+          if (!stored.ok()) {
+            items[i].setMessage("space.putChunks: " + stored.status().message());
+            continue;
+          }
+          items[i].setStored(*stored);
+          items[i].setHash(capnp::Data::Reader(h.data(), h.size()));
+        }
+        return Status::Ok();
+      },
+      client_blocking);
   s.method<proto::HasChunksParams, proto::HasChunksResult>(
       "space.hasChunks",
       [this](const rpc::CallContext&, proto::HasChunksParams::Reader p, proto::HasChunksResult::Builder out) -> Status {

@@ -82,12 +82,19 @@ TEST_CASE("post-copy through the space: pages as chunks, the heap running before
   for (const PageRef& p : m.pages) names.push_back(chunk_name(p.hash));
   auto stored = space.has_chunks(names);
   REQUIRE(stored.ok());
-  std::vector<std::byte> page(kPage);
+  std::vector<std::byte> pages(m.pages.size() * kPage);
+  std::vector<std::span<const uint8_t>> lacking;
+  std::vector<ContentHash> lacking_names;
   for (size_t i = 0; i < m.pages.size(); ++i) {
     if ((*stored)[i]) continue;
+    std::span<std::byte> page(pages.data() + i * kPage, kPage);
     REQUIRE((*sender)->read_page(m.pages[i].hash, page).ok());
-    REQUIRE(space.put_chunk(names[i], std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(page.data()), kPage)).ok());
+    lacking.emplace_back(reinterpret_cast<const uint8_t*>(page.data()), kPage);
+    lacking_names.push_back(names[i]);
   }
+  auto put = space.put_chunks(lacking, lacking_names);
+  REQUIRE(put.ok());
+  for (const auto& r : *put) REQUIRE(r.ok());
   auto pages_value = space.put_manifest(names.size() * kPage, names);
   REQUIRE_MESSAGE(pages_value.ok(), pages_value.status().to_string());
   std::vector<uint8_t> manifest_bytes = manifest_to_bytes(m);

@@ -608,7 +608,7 @@ TEST_CASE("bad input gets a clear status and changes nothing") {
   CHECK(code_of(c.write(entry("demo.X", {}), 60'000, TxnRef{txn::TxnId::random(), "bogus"})) == Code::kInvalidArgument);
   // Garbage payloads.
   for (const char* method : {"space.write", "space.writeMany", "space.take", "space.read", "space.contents", "space.takeMany",
-                             "space.notify", "space.putChunk", "space.getChunk", "space.putValue", "txn.commit",
+                             "space.notify", "space.putChunk", "space.putChunks", "space.getChunk", "space.getChunks", "space.putValue", "txn.commit",
                              "participant.prepare"}) {
     kj::Array<capnp::word> junk = kj::heapArray<capnp::word>(3);
     memset(static_cast<void*>(junk.begin()), 0xff, junk.size() * sizeof(capnp::word));

@@ -185,18 +185,32 @@ TEST_CASE("values: made of chunks already stored, asking first which ones the sp
   CHECK(std::count(answers->begin(), answers->end(), true) == 1);
 }
 
-TEST_CASE("values: chunks fetched many a call, in order, checked; the missing named after the rest") {
+TEST_CASE("values: chunks stored and fetched many a call, in order, checked; the missing named after the rest") {
   test::TempDir dir;
   auto s = start(dir);
   SpaceClient c({.endpoint = s->rpc_endpoint()});
-  // Twenty chunks of 1 MiB: more than one reply's 8 MiB.
+  // Twenty chunks of 1 MiB: more than one call's worth stored, more than one reply's fetched.
   std::vector<std::vector<uint8_t>> chunks;
   std::vector<ContentHash> names;
+  std::vector<std::span<const uint8_t>> spans;
   for (uint64_t i = 0; i < 20; ++i) {
     chunks.push_back(pattern(1 << 20, 40 + i));
     names.push_back(hash_bytes(chunks.back()));
-    REQUIRE(c.put_chunk(names.back(), chunks.back()).ok());
   }
+  for (const auto& ch : chunks) spans.emplace_back(ch);
+  auto put = c.put_chunks(spans, names);
+  REQUIRE_MESSAGE(put.ok(), put.status().to_string());
+  REQUIRE(put->size() == 20);
+  for (const auto& r : *put) CHECK((r.ok() && *r));
+  // Again: already there; a chunk under another chunk's name is refused on its own.
+  std::vector<ContentHash> wrong = names;
+  wrong[1] = names[2];
+  auto again = c.put_chunks(std::span(spans).first(3), std::span(wrong).first(3));
+  REQUIRE(again.ok());
+  CHECK(((*again)[0].ok() && !*(*again)[0]));
+  CHECK((*again)[1].status().code() == Code::kInvalidArgument);
+  CHECK(((*again)[2].ok() && !*(*again)[2]));
+  CHECK(c.put_chunks(spans, std::span(names).first(3)).status().code() == Code::kInvalidArgument);
   std::vector<ContentHash> got;
   Status st = c.get_chunks(names, [&](const ContentHash& h, std::span<const uint8_t> data) {
     size_t k = got.size();

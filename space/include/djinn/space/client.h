@@ -101,6 +101,10 @@ class SpaceClient {
   Result<Manifest> get_manifest(const ContentHash& value_id, rpc::CallOptions call = {});
   Result<bool> put_chunk(const ContentHash& hash, std::span<const uint8_t> data, rpc::CallOptions call = {});
   Status get_chunk(const ContentHash& hash, std::vector<uint8_t>& out, rpc::CallOptions call = {});
+  // Stores several chunks, many a call (up to 10,000 or what a call carries): one outcome each,
+  // in order (true: newly stored), each checked against `hashes` when given (one per chunk).
+  Result<std::vector<Result<bool>>> put_chunks(std::span<const std::span<const uint8_t>> chunks,
+                                               std::span<const ContentHash> hashes = {}, rpc::CallOptions call = {});
   // Fetches the chunks named `hashes`, many a call (as many as fit in 8 MiB): `deliver` gets each
   // stored one, checked against its name, in order. NOT_FOUND (after delivering the others) names
   // the first chunk the space does not store; DATA_LOSS for one that is not what its name says.
