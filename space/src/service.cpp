@@ -51,6 +51,29 @@ Result<ContentHash> hash_from(capnp::Data::Reader data, std::string_view method)
   return *h;
 }
 
+// One chunk of space.putChunk or space.putChunks, checked against the hash it carries or named
+// here; `out` (a PutChunkResult or a PutChunksItem) gets whether it was new and its name.
+template <class Out>
+Result<ContentHash> put_chunk(ValueStore& values, proto::PutChunkParams::Reader p, std::string_view method, Out out) {
+  auto data = p.getData();
+  std::span<const uint8_t> bytes(data.begin(), data.size());
+  Result<bool> stored = false;
+  ContentHash h{};
+  if (p.getHash().size() == 0) {
+    h = hash_bytes(bytes);
+    stored = values.put_chunk_hashed(h, bytes);
+  } else {
+    Result<ContentHash> given = hash_from(p.getHash(), method);
+    if (!given.ok()) return given.status();
+    h = *given;
+    stored = values.put_chunk(h, bytes);
+  }
+  if (!stored.ok()) return Status(stored.status().code(), std::string(method) + ": " + stored.status().message());
+  out.setStored(*stored);
+  out.setHash(capnp::Data::Reader(h.data(), h.size()));
+  return h;
+}
+
 void put_entries(capnp::List<proto::Entry>::Builder out, const std::vector<Entry>& entries) {
   for (size_t i = 0; i < entries.size(); ++i) to_capnp(entries[i], out[static_cast<unsigned>(i)]);
 }
@@ -420,23 +443,8 @@ void SpaceService::Impl::register_methods() {
   s.method<proto::PutChunkParams, proto::PutChunkResult>(
       "space.putChunk",
       [this](const rpc::CallContext&, proto::PutChunkParams::Reader p, proto::PutChunkResult::Builder out) -> Status {
-        auto data = p.getData();
-        std::span<const uint8_t> bytes(data.begin(), data.size());
-        Result<bool> stored = false;
-        ContentHash h;
-        if (p.getHash().size() == 0) {
-          h = hash_bytes(bytes);
-          stored = values->put_chunk_hashed(h, bytes);
-        } else {
-          Result<ContentHash> given = hash_from(p.getHash(), "space.putChunk");
-          if (!given.ok()) return given.status();
-          h = *given;
-          stored = values->put_chunk(h, bytes);
-        }
-        if (!stored.ok()) return Status(stored.status().code(), "space.putChunk: " + stored.status().message());
-        out.setStored(*stored);
-        out.setHash(capnp::Data::Reader(h.data(), h.size()));
-        return Status::Ok();
+        Result<ContentHash> h = put_chunk(*values, p, "space.putChunk", out);
+        return h.status();
       },
       client_blocking);
   s.method<proto::PutChunksParams, proto::PutChunksResult>(
@@ -449,26 +457,9 @@ void SpaceService::Impl::register_methods() {
         }
         auto items = out.initItems(chunks.size());
         for (unsigned i = 0; i < chunks.size(); ++i) {
-          auto data = chunks[i].getData();
-          std::span<const uint8_t> bytes(data.begin(), data.size());
-          Result<bool> stored = false;
-          ContentHash h{};
-          if (chunks[i].getHash().size() == 0) {
-            h = hash_bytes(bytes);
-            stored = values->put_chunk_hashed(h, bytes);
-          } else if (Result<ContentHash> given = hash_from(chunks[i].getHash(), "space.putChunks"); given.ok()) {
-            h = *given;
-            stored = values->put_chunk(h, bytes);
-          } else {
-            stored = given.status();
-          }
-          items[i].setCode(static_cast<uint16_t>(stored.status().code()));
-          if (!stored.ok()) {
-            items[i].setMessage("space.putChunks: " + stored.status().message());
-            continue;
-          }
-          items[i].setStored(*stored);
-          items[i].setHash(capnp::Data::Reader(h.data(), h.size()));
+          Result<ContentHash> h = put_chunk(*values, chunks[i], "space.putChunks", items[i]);
+          items[i].setCode(static_cast<uint16_t>(h.status().code()));
+          if (!h.ok()) items[i].setMessage(h.status().message());
         }
         return Status::Ok();
       },
