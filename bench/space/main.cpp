@@ -12,9 +12,12 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
+#include <filesystem>
 #include <functional>
 #include <future>
 #include <memory>
+#include <numeric>
 #include <optional>
 #include <random>
 #include <string>
@@ -25,6 +28,8 @@
 #include "bench_run.h"
 #include "djinn/core/config.h"
 #include "djinn/core/log.h"
+#include "djinn/heapstore/heap.h"
+#include "djinn/heapstore/page_store.h"
 #include "djinn/space/client.h"
 #include "djinn/space/service.h"
 #include "djinn_daemon.h"
@@ -144,6 +149,108 @@ Rate redis_lpush_batched(RedisPeer& r, int clients, const bench::Plan& plan, int
   });
   calls.per_second *= batch;
   return calls;
+}
+
+// A heap's pages in the space, as a post-copy heap's PageSource reads them: chunks named by the
+// pages' hashes, many a call.
+struct SpacePages : heapstore::PageSource {
+  explicit SpacePages(space::SpaceClient& space) : space(space) {}
+  Status fetch(std::span<const heapstore::PageHash> hashes, const Deliver& deliver) override {
+    std::vector<space::ContentHash> names(hashes.size());
+    for (size_t i = 0; i < hashes.size(); ++i) names[i] = hashes[i].bytes;
+    return space.get_chunks(names, [&](const space::ContentHash& name, std::span<const uint8_t> data) {
+      heapstore::PageHash h;
+      h.bytes = name;
+      return deliver(h, std::as_bytes(data));
+    });
+  }
+  space::SpaceClient& space;
+};
+
+struct PostCopyFigures {
+  double push_MBps = 0;         // the heap's pages into the space (has_chunks + put_chunks + put_manifest)
+  double random_us = 0;         // per page touched at random on the receiving heap
+  double fetch_rest_MBps = 0;   // the rest of it
+};
+
+// A heap of `bytes` moved through the space by post-copy: its pages pushed as chunks, then a heap
+// opened on its manifest elsewhere, 1,000 pages touched at random, then fetch_rest.
+std::optional<PostCopyFigures> post_copy_through_space(const std::string& endpoint, const std::string& dir,
+                                                       uint64_t bytes) {
+  constexpr uint32_t kPage = 4096;
+  const uint64_t pages = bytes / kPage;
+  auto fail = [](const std::string& what, const Status& st) -> std::optional<PostCopyFigures> {
+    progress("post-copy through the space: " + what + ": " + st.to_string());
+    return std::nullopt;
+  };
+  std::filesystem::remove_all(dir);
+  auto sender = heapstore::PageStore::open(dir + "/sender");
+  if (!sender.ok()) return fail("sender store", sender.status());
+  heapstore::Manifest manifest;
+  {
+    auto heap = heapstore::Heap::open(**sender, 0, {.capacity_bytes = bytes, .budget_bytes = bytes});
+    if (!heap.ok()) return fail("sender heap", heap.status());
+    std::mt19937_64 gen(11);
+    for (uint64_t off = 0; off < bytes; off += 8) {
+      uint64_t w = gen();
+      std::memcpy((*heap)->base() + off, &w, 8);
+    }
+    auto v = (*heap)->checkpoint("bench");
+    if (!v.ok()) return fail("checkpoint", v.status());
+    manifest = *(*sender)->manifest(v->version);
+  }
+  space::SpaceClient space({.endpoint = endpoint});
+  PostCopyFigures f;
+  {
+    auto t0 = Clock::now();
+    std::vector<space::ContentHash> names(manifest.pages.size());
+    for (size_t i = 0; i < names.size(); ++i) names[i] = manifest.pages[i].hash.bytes;
+    auto stored = space.has_chunks(names);
+    if (!stored.ok()) return fail("has_chunks", stored.status());
+    constexpr size_t kBatch = 1024;
+    std::vector<std::byte> buffer(kBatch * kPage);
+    for (size_t at = 0; at < names.size(); at += kBatch) {
+      std::vector<std::span<const uint8_t>> chunks;
+      std::vector<space::ContentHash> batch_names;
+      for (size_t i = at; i < std::min(names.size(), at + kBatch); ++i) {
+        if ((*stored)[i]) continue;
+        std::span<std::byte> page(buffer.data() + (i - at) * kPage, kPage);
+        if (Status st = (*sender)->read_page(manifest.pages[i].hash, page); !st.ok()) return fail("read_page", st);
+        chunks.emplace_back(reinterpret_cast<const uint8_t*>(page.data()), kPage);
+        batch_names.push_back(names[i]);
+      }
+      if (chunks.empty()) continue;
+      auto put = space.put_chunks(chunks, batch_names);
+      if (!put.ok()) return fail("put_chunks", put.status());
+    }
+    auto value = space.put_manifest(names.size() * uint64_t{kPage}, names);
+    if (!value.ok()) return fail("put_manifest", value.status());
+    f.push_MBps = static_cast<double>(bytes) / 1e6 / bench::seconds_of(Clock::now() - t0);
+  }
+  // Two receiving nodes, each starting empty: one touches pages at random, the other fetches all.
+  SpacePages source(space);
+  for (bool rest : {false, true}) {
+    std::string where = dir + (rest ? "/receiver-rest" : "/receiver-random");
+    auto receiver = heapstore::PageStore::open(where);
+    if (!receiver.ok()) return fail("receiver store", receiver.status());
+    auto heap = heapstore::Heap::open_incoming(**receiver, manifest, source, {.budget_bytes = bytes});
+    if (!heap.ok()) return fail("incoming heap", heap.status());
+    auto t0 = Clock::now();
+    if (rest) {
+      auto all = (*heap)->fetch_rest();
+      if (!all.ok()) return fail("fetch_rest", all.status());
+      f.fetch_rest_MBps = static_cast<double>(bytes) / 1e6 / bench::seconds_of(Clock::now() - t0);
+    } else {
+      std::vector<uint64_t> order(pages);
+      std::iota(order.begin(), order.end(), 0);
+      std::shuffle(order.begin(), order.end(), std::mt19937_64(5));
+      order.resize(std::min<uint64_t>(1000, pages / 16));  // few enough that runs rarely meet
+      for (uint64_t p : order) (void)*static_cast<volatile std::byte*>((*heap)->base() + p * kPage);
+      f.random_us = bench::seconds_of(Clock::now() - t0) * 1e6 / static_cast<double>(order.size());
+    }
+  }
+  std::filesystem::remove_all(dir);
+  return f;
 }
 
 Rate redis_brpop(RedisPeer& r, int clients, const bench::Plan& plan) {
@@ -498,6 +605,14 @@ int main(int argc, char** argv) {
              " MB/s, disk " + std::to_string(raw_mb_s) + " MB/s");
   }
 
+  // ---- a heap moved through the space by post-copy (DESIGN §9) ----
+  progress("post-copy through the space: a heap of " + std::to_string((sizes.value_bytes / 16) >> 20) + " MiB");
+  std::optional<PostCopyFigures> post = post_copy_through_space(endpoint, dir + "/post-copy", sizes.value_bytes / 16);
+  if (post) {
+    progress("post-copy: pages pushed " + std::to_string(post->push_MBps) + " MB/s, random touches " +
+             std::to_string(post->random_us) + " us/page, fetch_rest " + std::to_string(post->fetch_rest_MBps) + " MB/s");
+  }
+
   // Redis's memory last, so the append-only file's rewrite that a million pushes set off cannot land
   // in a measured round.
   std::optional<double> redis_bytes = everysec ? redis_bytes_per_element(*everysec, sizes.stored) : std::nullopt;
@@ -545,6 +660,19 @@ int main(int argc, char** argv) {
                 std::nullopt, std::nullopt});
   }
   report.add({"large_value_read_MB_per_s", bench::round_to(read_mb_s, 0), "MB/s", std::nullopt, std::nullopt, std::nullopt});
+  if (post) {
+    report.add({"heap_pages_to_space_MB_per_s", bench::round_to(post->push_MBps, 0), "MB/s", std::nullopt,
+                bench::Reference{"large_value_write_MB_per_s", bench::round_to(value_mb_s, 0)}, std::nullopt});
+    report.add({"post_copy_from_space_random_page_us", bench::round_to(post->random_us, 1), "us/page", std::nullopt,
+                std::nullopt, std::nullopt});
+    report.add({"post_copy_from_space_fetch_rest_MB_per_s", bench::round_to(post->fetch_rest_MBps, 0), "MB/s",
+                std::nullopt, bench::Reference{"large_value_read_MB_per_s", bench::round_to(read_mb_s, 0)}, std::nullopt});
+    report.note("post-copy: a heap of " + std::to_string((sizes.value_bytes / 16) >> 20) + " MiB (4 KiB pages, each "
+                "written) pushed into the space as chunks named by the pages' hashes (has_chunks, put_chunks of 1,024 "
+                "pages, put_manifest), then opened on two other nodes (empty stores) with Heap::open_incoming on a "
+                "PageSource reading the space with get_chunks: on one, up to 1,000 pages (a 16th of them) touched at "
+                "random, each fault fetching its run; on the other, fetch_rest of all of it");
+  }
   report.note(std::string(in_process ? "djinn-space served from a thread of this process" : "djinn-space in its own process") +
               " (data in " + dir + "), clients over loopback RPC; entries of type bench.Task "
               "with an int id, a text queue and a " + std::to_string(kPayloadBytes) + "-byte payload; Redis values of " +

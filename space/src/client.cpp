@@ -389,8 +389,11 @@ Status SpaceClient::get_chunks(std::span<const ContentHash> hashes,
                                const std::function<Status(const ContentHash&, std::span<const uint8_t>)>& deliver,
                                rpc::CallOptions call) {
   std::optional<ContentHash> first_missing;
+  // Asks for as many as the last reply held and as many again: large chunks come a few a reply,
+  // and asking for 10,000 each time would send their names over and over.
+  size_t ask = kMaxHashesPerCall;
   for (size_t at = 0; at < hashes.size();) {
-    std::span<const ContentHash> part = hashes.subspan(at, std::min(kMaxHashesPerCall, hashes.size() - at));
+    std::span<const ContentHash> part = hashes.subspan(at, std::min(ask, hashes.size() - at));
     capnp::MallocMessageBuilder message;
     auto list = message.initRoot<proto::GetChunksParams>().initHashes(static_cast<unsigned>(part.size()));
     for (size_t i = 0; i < part.size(); ++i) list.set(static_cast<unsigned>(i), capnp::Data::Reader(part[i].data(), 32));
@@ -419,6 +422,7 @@ Status SpaceClient::get_chunks(std::span<const ContentHash> hashes,
     });
     if (!answered.ok()) return answered.status();
     at += *answered;
+    if (*answered < part.size()) ask = std::clamp<size_t>(*answered * 2, 16, kMaxHashesPerCall);
   }
   if (first_missing) return not_found("space.getChunks: chunk " + to_hex(*first_missing) + " is not stored");
   return Status::Ok();
