@@ -118,13 +118,15 @@ struct Heap::Impl {
   std::vector<uint8_t> mapped;  // which pages of a run the loader mapped
   std::unique_ptr<internal::PagePool> pool;  // null on kernels without UFFDIO_MOVE
   std::unique_ptr<internal::PageLoader> loader;
-  // Post-copy: the manifest being received and where its missing pages come from, until
-  // fetch_rest() commits it (then `version` names it and `completed` is its info).
-  PageSource* source = nullptr;
-  std::optional<Manifest> incoming;
-  // Holds the manifest's pages that the store had when the heap opened, against garbage
-  // collection, until the manifest is a version.
-  std::unique_ptr<PageStore::Import> holding;
+  // Post-copy: the manifest being received, where its missing pages come from, and an import
+  // session holding against garbage collection the pages the store had when the heap opened;
+  // until fetch_rest() commits it (then `version` names it and `completed` is its info).
+  struct Incoming {
+    Manifest manifest;
+    PageSource* source;
+    std::unique_ptr<PageStore::Import> holding;
+  };
+  std::optional<Incoming> incoming;
   std::optional<VersionInfo> completed;
   std::mutex fetch_mu;  // one fetch_rest() at a time
   // The source's error for the run being loaded (load_run_locked's prefetch): the run's pages
@@ -173,6 +175,16 @@ struct Heap::Impl {
     return got;
   }
 
+  // An incoming heap's pages `names` that the store lacks, from its source, counted. Within a run
+  // whose prefetch failed, the source is not asked again: its error is the answer.
+  Status fetch_locked(std::span<const PageHash> names) {
+    if (!incoming || !run_fetch_error.ok()) return run_fetch_error;
+    Result<uint64_t> got = fetch_missing(*incoming->source, names);
+    if (!got.ok()) return got.status();
+    counters.pages_fetched += *got;
+    return Status();
+  }
+
   // An incoming heap's run [first, first + n): its pages the store lacks, in one fetch, so that
   // the faulting page and its neighbours cost one round trip. A failure is left to the loads.
   void prefetch_locked(uint64_t first, uint64_t n) {
@@ -181,13 +193,7 @@ struct Heap::Impl {
       const PageEntry* e = table.find(p);
       if (e && e->state == PageState::kPersistent) hashes.push_back(e->hash);
     }
-    if (hashes.empty()) return;
-    Result<uint64_t> got = fetch_missing(*source, hashes);
-    if (got.ok()) {
-      counters.pages_fetched += *got;
-    } else {
-      run_fetch_error = got.status();
-    }
+    if (!hashes.empty()) run_fetch_error = fetch_locked(hashes);
   }
 
   void mark_pending(uint64_t i, PageEntry& e) {
@@ -372,8 +378,7 @@ void Heap::Impl::read_ahead_locked() {
 
 bool Heap::Impl::load_run_locked(uint64_t i, uint64_t n, bool write, bool pooled) {
   Status error;
-  run_fetch_error = Status();
-  if (source) prefetch_locked(i, n);
+  if (incoming) prefetch_locked(i, n);
   struct ClearFetchError {
     Status& error;
     ~ClearFetchError() { error = Status(); }
@@ -438,15 +443,7 @@ uint64_t Heap::Impl::install_locked(uint64_t first, uint64_t count, bool writabl
     if (from_store) {
       hashes.clear();
       for (uint64_t p = j; p < k; ++p) hashes.push_back(table.find(p)->hash);
-      Status fetch_error = run_fetch_error;
-      if (source && fetch_error.ok()) {
-        Result<uint64_t> got = fetch_missing(*source, hashes);
-        if (got.ok()) {
-          counters.pages_fetched += *got;
-        } else {
-          fetch_error = got.status();
-        }
-      }
+      Status fetch_error = fetch_locked(hashes);
       std::span<uint8_t> done(mapped.data(), k - j);
       const uint64_t pool_before = pool_size();
       uint64_t loaded = loader->load(hashes.data(), hashes.size(), staging.get(), addr(j), wp, done, error,
@@ -692,9 +689,7 @@ Result<std::unique_ptr<Heap>> Heap::open_incoming(PageStore& store, const Manife
   if (!heap.ok()) return heap.status();
   Impl& m = *(*heap)->impl_;
   std::lock_guard lock(m.mu);
-  m.source = &source;
-  m.incoming = manifest;
-  m.holding = std::move(*checked);
+  m.incoming = Impl::Incoming{manifest, &source, std::move(*checked)};
   return heap;
 }
 
@@ -856,9 +851,9 @@ Result<VersionInfo> Heap::fetch_rest(size_t batch, const std::function<void(uint
       if (m.completed) return *m.completed;
       return failed_precondition("fetch_rest: this heap was not opened with open_incoming");
     }
-    source = m.source;
-    names.reserve(m.incoming->pages.size());
-    for (const PageRef& p : m.incoming->pages) names.push_back(p.hash);
+    source = m.incoming->source;
+    names.reserve(m.incoming->manifest.pages.size());
+    for (const PageRef& p : m.incoming->manifest.pages) names.push_back(p.hash);
   }
   batch = std::clamp<size_t>(batch, 1, 65'536);
   uint64_t fetched = 0;
@@ -878,7 +873,7 @@ Result<VersionInfo> Heap::fetch_rest(size_t batch, const std::function<void(uint
   {
     std::lock_guard lock(m.mu);
     m.counters.pages_fetched += fetched;
-    manifest = *m.incoming;
+    manifest = m.incoming->manifest;
   }
   Result<std::unique_ptr<PageStore::Import>> import = m.store->import_begin(manifest);
   if (!import.ok()) return import.status();
@@ -892,9 +887,7 @@ Result<VersionInfo> Heap::fetch_rest(size_t batch, const std::function<void(uint
   std::lock_guard lock(m.mu);
   m.version = committed->version;
   m.completed = *committed;
-  m.incoming.reset();
-  m.source = nullptr;
-  m.holding.reset();  // the version holds its pages now
+  m.incoming.reset();  // the version holds its pages now
   return *committed;
 }
 

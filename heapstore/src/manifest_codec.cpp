@@ -183,14 +183,10 @@ Result<Manifest> manifest_from_bytes(std::span<const uint8_t> bytes) {
   Manifest m;
   m.info = VersionInfo{n[0], n[1], static_cast<uint32_t>(n[2]), n[3], n[4], n[5], static_cast<int64_t>(n[6])};
   if (n[7] > in.left()) return bad("its record of " + std::to_string(n[7]) + " bytes is cut short");
-  m.record.resize(n[7]);
-  for (char& c : m.record) {
-    uint8_t b = 0;
-    in.byte(b);
-    c = static_cast<char>(b);
-  }
-  Result<internal::DecodedManifest> pages =
-      internal::decode_manifest(bytes.subspan(bytes.size() - in.left()), m.info.capacity_pages, "a received manifest");
+  std::span<const uint8_t> record = bytes.subspan(bytes.size() - in.left(), n[7]);
+  m.record.assign(record.begin(), record.end());
+  Result<internal::DecodedManifest> pages = internal::decode_manifest(
+      bytes.subspan(bytes.size() - in.left() + n[7]), m.info.capacity_pages, "a received manifest");
   if (!pages.ok()) return bad(pages.status().message());
   if (!pages->full) return bad("its pages are a delta, not a whole version");
   if (pages->pages.size() != m.info.pages) {

@@ -18,6 +18,15 @@ rpc::CallOptions idempotent(rpc::CallOptions call) {
   return call;
 }
 
+// What a call carries besides its payload's bulk (the RPC header, list pointers), kept free when a
+// call is sized against kMaxCallBytes.
+constexpr size_t kCallRoomBytes = 64u << 10;
+
+// A list of 32-byte names, as space.putValue, space.hasChunks and space.getChunks take them.
+void set_hashes(capnp::List<capnp::Data>::Builder list, std::span<const ContentHash> hashes) {
+  for (size_t i = 0; i < hashes.size(); ++i) list.set(static_cast<unsigned>(i), capnp::Data::Reader(hashes[i].data(), 32));
+}
+
 std::string fresh_key() {
   thread_local std::mt19937_64 rng{std::random_device{}()};
   return std::to_string(rng()) + "-" + std::to_string(rng());
@@ -108,14 +117,12 @@ Result<std::vector<Result<WriteReceipt>>> SpaceClient::write_many(std::span<cons
   p.setDurationMs(duration_ms);
   if (txn) set_txn(p.initTxn(), txn);
   if (!holder_.empty()) p.setHolder(holder_);
-  // A call over the space's frame limit would not be answered: refused here, saying what to do
-  // (with room for the call's header beside the entries).
-  constexpr size_t kHeaderRoom = 16u << 10;
+  // A call over the space's frame limit would not be answered: refused here, saying what to do.
   size_t bytes = capnp::computeSerializedSizeInWords(message) * sizeof(capnp::word);
-  if (bytes + kHeaderRoom > kMaxCallBytes) {
+  if (bytes + kCallRoomBytes > kMaxCallBytes) {
     return resource_exhausted("space.writeMany: " + std::to_string(entries.size()) + " entries take " +
                               std::to_string(bytes) + " bytes, over what a call to the space carries (" +
-                              std::to_string(kMaxCallBytes - kHeaderRoom) + "): split the list");
+                              std::to_string(kMaxCallBytes - kCallRoomBytes) + "): split the list");
   }
   rpc::Reply reply = client_->call("space.writeMany", message, keyed(call));
   const size_t n = entries.size();
@@ -329,7 +336,7 @@ Result<ContentHash> SpaceClient::put_manifest(uint64_t size, std::span<const Con
   auto p = message.initRoot<proto::PutValueParams>();
   p.setSize(size);
   auto list = p.initChunks(static_cast<unsigned>(chunks.size()));
-  for (size_t i = 0; i < chunks.size(); ++i) list.set(static_cast<unsigned>(i), capnp::Data::Reader(chunks[i].data(), 32));
+  set_hashes(list, chunks);
   // Storing the same manifest twice stores it once.
   rpc::Reply reply = client_->call("space.putValue", message, idempotent(call));
   return rpc::read_reply<ContentHash>(reply, "space.putValue", [](rpc::Reply& r) -> Result<ContentHash> {
@@ -346,14 +353,13 @@ Result<std::vector<Result<bool>>> SpaceClient::put_chunks(std::span<const std::s
     return invalid_argument("put_chunks: " + std::to_string(hashes.size()) + " hashes for " +
                             std::to_string(chunks.size()) + " chunks");
   }
-  constexpr size_t kRoom = 64u << 10;  // the call's header and the list's own words
   std::vector<Result<bool>> out;
   out.reserve(chunks.size());
   for (size_t at = 0; at < chunks.size();) {
     // As many as fit in one call (at least one).
     size_t end = at, bytes = 0;
     while (end < chunks.size() && end - at < kMaxHashesPerCall &&
-           (end == at || bytes + chunks[end].size() + 64 <= kMaxCallBytes - kRoom)) {
+           (end == at || bytes + chunks[end].size() + 64 <= kMaxCallBytes - kCallRoomBytes)) {
       bytes += chunks[end].size() + 64;
       ++end;
     }
@@ -396,7 +402,7 @@ Status SpaceClient::get_chunks(std::span<const ContentHash> hashes,
     std::span<const ContentHash> part = hashes.subspan(at, std::min(ask, hashes.size() - at));
     capnp::MallocMessageBuilder message;
     auto list = message.initRoot<proto::GetChunksParams>().initHashes(static_cast<unsigned>(part.size()));
-    for (size_t i = 0; i < part.size(); ++i) list.set(static_cast<unsigned>(i), capnp::Data::Reader(part[i].data(), 32));
+    set_hashes(list, part);
     rpc::Reply reply = client_->call("space.getChunks", message, idempotent(call));
     Result<size_t> answered = rpc::read_reply<size_t>(reply, "space.getChunks", [&](rpc::Reply& r) -> Result<size_t> {
       auto res = r.results<proto::GetChunksResult>();
@@ -435,7 +441,7 @@ Result<std::vector<bool>> SpaceClient::has_chunks(std::span<const ContentHash> h
     std::span<const ContentHash> part = hashes.subspan(at, std::min(kMaxHashesPerCall, hashes.size() - at));
     capnp::MallocMessageBuilder message;
     auto list = message.initRoot<proto::HasChunksParams>().initHashes(static_cast<unsigned>(part.size()));
-    for (size_t i = 0; i < part.size(); ++i) list.set(static_cast<unsigned>(i), capnp::Data::Reader(part[i].data(), 32));
+    set_hashes(list, part);
     rpc::Reply reply = client_->call("space.hasChunks", message, idempotent(call));
     Status st = rpc::read_reply<bool>(reply, "space.hasChunks", [&](rpc::Reply& r) -> Result<bool> {
       auto got = r.results<proto::HasChunksResult>().getPresent();
