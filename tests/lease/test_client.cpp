@@ -108,12 +108,13 @@ TEST_CASE("renewal manager drops a lease at `until` without reporting it") {
   Failures failures;
   RenewalManager renewals;
   renewals.on_failure(failures.handler());
-  auto l = h.grant("until", 300);
-  renewals.add(l, 300, std::chrono::system_clock::now() + 700ms);
-  std::this_thread::sleep_for(450ms);
+  // Leases of a second, so that a renewal is not late on a loaded machine.
+  auto l = h.grant("until", 1000);
+  renewals.add(l, 1000, std::chrono::system_clock::now() + 2000ms);
+  std::this_thread::sleep_for(1500ms);
   CHECK(h.client->get(l.lease.id).ok());  // renewed past its first expiration
-  CHECK(test::eventually([&] { return renewals.size() == 0; }, 2000));
-  CHECK(test::eventually([&] { return h.client->get(l.lease.id).status().code() == Code::kNotFound; }, 2000));
+  CHECK(test::eventually([&] { return renewals.size() == 0; }, 5000));
+  CHECK(test::eventually([&] { return h.client->get(l.lease.id).status().code() == Code::kNotFound; }, 5000));
   CHECK(failures.size() == 0);
 }
 
