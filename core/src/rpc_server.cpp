@@ -15,6 +15,7 @@
 #include <kj/exception.h>
 
 #include "djinn/core/context.h"
+#include "djinn/core/digest.h"
 #include "djinn/core/log.h"
 #include "djinn/core/reply_batch.h"
 #include "djinn/core/rpc.h"
@@ -35,11 +36,26 @@ struct StringHash {
   size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
 };
 
+// A call's idempotency key as the reply cache files it: a digest of the client's key, the method
+// and the caller's key.
+using DedupKey = Digest128;
+using DedupKeyHash = Digest128Hash;
+
+DedupKey dedup_key_of(std::string_view client_key, std::string_view method, std::string_view key) {
+  thread_local std::string scratch;
+  scratch.assign(client_key);
+  scratch.push_back('\0');
+  scratch.append(method);
+  scratch.push_back('\0');
+  scratch.append(key);
+  return digest128(scratch);
+}
+
 // A reply frame waiting to be sent by the I/O thread.
 struct Outgoing {
   std::string routing_id;
   zmq::message_t frame;
-  std::string dedup_key;  // non-empty: remember this reply for repeats of the key
+  std::optional<DedupKey> dedup_key;  // remember this reply for repeats of the key
 };
 
 // Shared with Responders, which may outlive the server: after close() replies are dropped.
@@ -88,7 +104,7 @@ struct Responder::State {
   std::shared_ptr<Outbox> outbox;
   std::string routing_id;
   uint64_t id = 0;
-  std::string dedup_key;
+  std::optional<DedupKey> dedup_key;
   Clock::time_point deadline;
 };
 
@@ -148,7 +164,7 @@ struct Server::Impl {
   // call was still running.
   struct DedupEntry {
     bool done = false;
-    std::string frame;  // the first reply, as sent
+    zmq::message_t frame;  // the first reply, sharing the sent frame's buffer
     std::vector<std::pair<std::string, uint64_t>> waiters;  // routing id, request id
   };
 
@@ -174,8 +190,8 @@ struct Server::Impl {
   bool stopping_workers = false;
 
   // Owned by the I/O thread.
-  std::unordered_map<std::string, DedupEntry> dedup;
-  std::deque<std::string> dedup_order;
+  std::unordered_map<DedupKey, DedupEntry, DedupKeyHash> dedup;
+  std::deque<DedupKey> dedup_order;
 
   std::atomic<uint64_t> n_requests{0}, n_errors{0}, n_rejected{0}, n_dedup_hits{0};
 
@@ -186,7 +202,8 @@ struct Server::Impl {
                std::vector<zmq::message_t>& replies);
   void send_outbox();
   void send_reply_message(const std::string& rid, std::vector<zmq::message_t>& frames);
-  void remember(const std::string& key, const zmq::message_t& frame);
+  // Files `frame` as the reply of `key`; returns its entry.
+  DedupEntry& remember(const DedupKey& key, zmq::message_t& frame);
   // The remembered reply of `key`, re-addressed to request `id`.
   zmq::message_t recall(const DedupEntry& entry, uint64_t id);
   void worker_loop();
@@ -356,11 +373,11 @@ void Server::Impl::on_call(const std::string& rid, zmq::message_t& frame, securi
                                                "; this client has role " +
                                                std::string(security::role_name(role))));
   }
-  std::string dedup_key;
+  std::optional<DedupKey> dedup_key;
   if (!h.idempotency_key.empty()) {
-    dedup_key = client_key + '\0' + h.method + '\0' + h.idempotency_key;
-    auto d = dedup.find(dedup_key);
-    if (d != dedup.end()) {
+    dedup_key = dedup_key_of(client_key, h.method, h.idempotency_key);
+    auto [d, fresh] = dedup.try_emplace(*dedup_key);
+    if (!fresh) {
       n_dedup_hits++;
       if (!d->second.done) {
         d->second.waiters.emplace_back(rid, h.id);
@@ -369,8 +386,7 @@ void Server::Impl::on_call(const std::string& rid, zmq::message_t& frame, securi
       replies.push_back(recall(d->second, h.id));
       return;
     }
-    dedup[dedup_key] = DedupEntry{};
-    dedup_order.push_back(dedup_key);
+    dedup_order.push_back(*dedup_key);
   }
   Clock::time_point deadline =
       h.timeout_micros ? Clock::now() + std::chrono::microseconds(h.timeout_micros) : Clock::time_point::max();
@@ -419,7 +435,7 @@ void Server::Impl::on_call(const std::string& rid, zmq::message_t& frame, securi
   Status st = run_handler(m, ctx, words, results);
   if (!st.ok()) n_errors++;
   zmq::message_t reply = internal::encode_reply(h.id, st, results);
-  if (!dedup_key.empty()) remember(dedup_key, reply);
+  if (dedup_key) remember(*dedup_key, reply);
   replies.push_back(std::move(reply));
 }
 
@@ -457,9 +473,9 @@ void Server::Impl::worker_loop() {
       st = run_handler(*job.method, ctx, words, results);
     }
     if (!st.ok()) n_errors++;
-    std::string dedup_key;
+    std::optional<DedupKey> dedup_key;
     if (!job.header.idempotency_key.empty()) {
-      dedup_key = job.client_key + '\0' + job.header.method + '\0' + job.header.idempotency_key;
+      dedup_key = dedup_key_of(job.client_key, job.header.method, job.header.idempotency_key);
     }
     post_reply(outbox, Outgoing{std::move(job.routing_id), internal::encode_reply(job.header.id, st, results),
                                 std::move(dedup_key)});
@@ -474,9 +490,8 @@ void Server::Impl::send_outbox() {
   }
   std::vector<zmq::message_t> one(1);
   for (auto& o : items) {
-    if (!o.dedup_key.empty()) {
-      remember(o.dedup_key, o.frame);
-      DedupEntry& d = dedup[o.dedup_key];
+    if (o.dedup_key) {
+      DedupEntry& d = remember(*o.dedup_key, o.frame);
       for (auto& [wrid, wid] : d.waiters) {
         one[0] = recall(d, wid);
         send_reply_message(wrid, one);
@@ -488,23 +503,31 @@ void Server::Impl::send_outbox() {
   }
 }
 
-void Server::Impl::remember(const std::string& key, const zmq::message_t& frame) {
+Server::Impl::DedupEntry& Server::Impl::remember(const DedupKey& key, zmq::message_t& frame) {
+  // Evict first, so the entry returned is not one evicted. Calls still running keep their entries
+  // (repeats wait on them) and go to the back of the order.
+  for (size_t budget = dedup_order.size(); dedup_order.size() > options.dedup_capacity && budget > 0; --budget) {
+    DedupKey oldest = dedup_order.front();
+    dedup_order.pop_front();
+    auto old = dedup.find(oldest);
+    if (old == dedup.end()) continue;
+    if (old->second.done && !(oldest == key)) {
+      dedup.erase(old);
+    } else {
+      dedup_order.push_back(oldest);
+    }
+  }
   auto& e = dedup[key];
   e.done = true;
-  e.frame.assign(static_cast<const char*>(frame.data()), frame.size());
-  while (dedup_order.size() > options.dedup_capacity) {
-    auto old = dedup.find(dedup_order.front());
-    if (old != dedup.end() && old->second.done) dedup.erase(old);
-    dedup_order.pop_front();
-  }
+  e.frame.copy(frame);  // shares the buffer, which nobody writes once built
+  return e;
 }
 
 zmq::message_t Server::Impl::recall(const DedupEntry& entry, uint64_t id) {
-  zmq::message_t frame(entry.frame.data(), entry.frame.size());
   uint64_t old_id;
   Status status;
   internal::SplitFrame split;
-  (void)internal::decode_reply(frame, options.limits, &old_id, &status, &split);
+  (void)internal::decode_reply(entry.frame, options.limits, &old_id, &status, &split);
   return internal::encode_reply(id, status, split.payload);
 }
 

@@ -27,6 +27,7 @@
 #include <utility>
 #include <variant>
 
+#include "djinn/core/digest.h"
 #include "djinn/core/fault.h"
 #include "djinn/core/group_commit.h"
 #include "djinn/core/log.h"
@@ -285,8 +286,8 @@ struct Space::Impl {
   std::multimap<Clock::time_point, uint64_t> deadlines;
   uint64_t next_waiter = 1;
   std::unordered_map<uint64_t, Watch> watches;
-  std::unordered_map<std::string, uint64_t> recent_keys;  // idempotency key -> seq
-  std::deque<std::string> key_order;
+  std::unordered_map<Digest128, uint64_t, Digest128Hash> recent_keys;  // idempotency key's digest -> seq
+  std::deque<Digest128> key_order;
   std::condition_variable_any timer_cv;
   bool stopping = false;
 
@@ -415,7 +416,8 @@ struct Space::Impl {
 
   void remember_key_locked(const std::string& key, uint64_t seq) {
     if (key.empty()) return;
-    if (recent_keys.insert_or_assign(key, seq).second) key_order.push_back(key);
+    Digest128 d = digest128(key);
+    if (recent_keys.insert_or_assign(d, seq).second) key_order.push_back(d);
     while (key_order.size() > kRememberKeys) {
       recent_keys.erase(key_order.front());
       key_order.pop_front();
@@ -427,7 +429,7 @@ struct Space::Impl {
   // The lease of a write already stored under `key` (mu held).
   std::optional<Written> keyed_write_locked(const std::string& key) const {
     if (key.empty()) return std::nullopt;
-    auto k = recent_keys.find(key);
+    auto k = recent_keys.find(digest128(key));
     if (k == recent_keys.end()) return std::nullopt;
     auto e = entries.find(k->second);
     if (e == entries.end() || e->second.written_by) return std::nullopt;

@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <future>
 #include <mutex>
 #include <thread>
 
@@ -326,6 +327,35 @@ TEST_CASE("an idempotency key makes a repeated call return the first reply witho
   CHECK(s.server.stats().dedup_hits == 1);
   rpc::Reply other = echo(c, "twice", {.idempotency_key = "op-2"});
   CHECK(other.results<EchoResults>().getServed() == 2);
+}
+
+TEST_CASE("the reply cache keeps the last dedup_capacity keys, and a call still running outlives eviction") {
+  rpc::ServerOptions options;
+  options.dedup_capacity = 4;
+  EchoServer s(options);
+  rpc::Client c({.endpoint = s.endpoint()});
+  auto key = [](int i) { return rpc::CallOptions{.idempotency_key = "k-" + std::to_string(i)}; };
+
+  // A slow call whose key is evicted from the order while it runs: its repeat still waits for it.
+  auto slow = std::async(std::launch::async, [&] { return echo(c, "slow", key(100), "echo.slow", 300); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  for (int i = 0; i < 8; ++i) REQUIRE(echo(c, "quick", key(i)).ok());
+  rpc::Reply again = echo(c, "slow", key(100), "echo.slow", 300);
+  rpc::Reply first = slow.get();
+  REQUIRE(first.ok());
+  REQUIRE(again.ok());
+  CHECK(again.results<EchoResults>().getServed() == first.results<EchoResults>().getServed());
+  CHECK(s.echo.served() == 9);
+
+  // The quick calls ran while the slow one slept (served 1..8, the slow one 9). The newest key is
+  // answered from the cache; the oldest ran out of it and runs again.
+  CHECK(first.results<EchoResults>().getServed() == 9);
+  rpc::Reply newest = echo(c, "quick", key(7));
+  CHECK(newest.results<EchoResults>().getServed() == 8);
+  CHECK(s.echo.served() == 9);
+  rpc::Reply oldest = echo(c, "quick", key(0));
+  CHECK(oldest.results<EchoResults>().getServed() == 10);
+  CHECK(s.server.stats().dedup_hits == 2);
 }
 
 TEST_CASE("hostile input gets an error reply and the server goes on serving") {
