@@ -8,6 +8,7 @@
 #include <sodium.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <condition_variable>
 #include <deque>
@@ -322,6 +323,8 @@ struct Landlord::Impl {
   size_t timed_live_ = 0;             // live leases with a deadline (not FOREVER)
   std::unordered_map<std::string, std::deque<Waiter>> waiters_;  // FIFO per resource
   std::set<std::string> retry_;       // resources freed up that have waiters
+  std::array<LeaseId, 64> id_pool_{};  // random ids not handed out yet: the last id_pool_left_
+  size_t id_pool_left_ = 0;
   std::unordered_map<LeaseId, bool> recent_;  // removed id -> expired (else cancelled)
   std::deque<LeaseId> recent_order_;
   int64_t sleeping_until_ = kExpiring;  // the expiry thread's wake-up; kExpiring while awake
@@ -378,10 +381,15 @@ struct Landlord::Impl {
   // A fresh random id: ids are capabilities on the wire, so they must not be guessable from one
   // another. A 64-bit collision with a live id is retried; one with an id that lived before is
   // as likely as guessing it, and nothing extra is persisted to rule it out.
-  LeaseId new_id_locked() const {
+  LeaseId new_id_locked() {
     for (;;) {
-      LeaseId id = 0;
-      randombytes_buf(&id, sizeof id);
+      // Ids are random (a holder cannot guess another's), drawn from the system's generator a
+      // batch at a time: one getrandom per id was a visible part of a batch of grants.
+      if (id_pool_left_ == 0) {
+        randombytes_buf(id_pool_.data(), sizeof id_pool_);
+        id_pool_left_ = id_pool_.size();
+      }
+      LeaseId id = id_pool_[--id_pool_left_];
       if (id != 0 && slot_of(id) == kNone) return id;
     }
   }
