@@ -323,6 +323,7 @@ int main(int argc, char** argv) {
   cfg.add_bool("quick", false, "small sizes: 20,000 stored entries, 64 MiB values, about a second per figure, under a minute in all");
   cfg.add_string("redis", bench::kRedisPath, "the redis-server binary; Redis figures are null when it is missing");
   cfg.add_int("clients", 50, "concurrent clients for writes, takes and reads (Redis gets the same number)", 1, 1000);
+  cfg.add_int("heap-mib", 0, "MiB of the heap moved through the space by post-copy (0: a 16th of the large value: 4 with --quick, else 64)", 0, 16384);
   cfg.add_string("dir", "", "directory for the space's data and the disk probe (default: a temporary directory)");
   cfg.add_string("space-binary", DJINN_SPACE_BINARY, "the djinn-space daemon measured");
   cfg.add_bool("in-process", false,
@@ -606,8 +607,10 @@ int main(int argc, char** argv) {
   }
 
   // ---- a heap moved through the space by post-copy (DESIGN §9) ----
-  progress("post-copy through the space: a heap of " + std::to_string((sizes.value_bytes / 16) >> 20) + " MiB");
-  std::optional<PostCopyFigures> post = post_copy_through_space(endpoint, dir + "/post-copy", sizes.value_bytes / 16);
+  const uint64_t heap_bytes = cfg.get_int("heap-mib") > 0 ? static_cast<uint64_t>(cfg.get_int("heap-mib")) << 20
+                                                         : sizes.value_bytes / 16;
+  progress("post-copy through the space: a heap of " + std::to_string(heap_bytes >> 20) + " MiB");
+  std::optional<PostCopyFigures> post = post_copy_through_space(endpoint, dir + "/post-copy", heap_bytes);
   if (post) {
     progress("post-copy: pages pushed " + std::to_string(post->push_MBps) + " MB/s, random touches " +
              std::to_string(post->random_us) + " us/page, fetch_rest " + std::to_string(post->fetch_rest_MBps) + " MB/s");
@@ -667,7 +670,7 @@ int main(int argc, char** argv) {
                 std::nullopt, std::nullopt});
     report.add({"post_copy_from_space_fetch_rest_MB_per_s", bench::round_to(post->fetch_rest_MBps, 0), "MB/s",
                 std::nullopt, bench::Reference{"large_value_read_MB_per_s", bench::round_to(read_mb_s, 0)}, std::nullopt});
-    report.note("post-copy: a heap of " + std::to_string((sizes.value_bytes / 16) >> 20) + " MiB (4 KiB pages, each "
+    report.note("post-copy: a heap of " + std::to_string(heap_bytes >> 20) + " MiB (4 KiB pages, each "
                 "written) pushed into the space as chunks named by the pages' hashes (has_chunks, put_chunks of 1,024 "
                 "pages, put_manifest), then opened on two other nodes (empty stores) with Heap::open_incoming on a "
                 "PageSource reading the space with get_chunks: on one, up to 1,000 pages (a 16th of them) touched at "
