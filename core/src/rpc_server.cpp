@@ -504,14 +504,14 @@ void Server::Impl::send_outbox() {
 }
 
 Server::Impl::DedupEntry& Server::Impl::remember(const DedupKey& key, zmq::message_t& frame) {
-  // Evict first, so the entry returned is not one evicted. Calls still running keep their entries
-  // (repeats wait on them) and go to the back of the order.
+  // Evict before filing. Calls still running keep their entries (repeats wait on them) and go to
+  // the back of the order; `key`'s own call is one of them until it is filed below.
   for (size_t budget = dedup_order.size(); dedup_order.size() > options.dedup_capacity && budget > 0; --budget) {
     DedupKey oldest = dedup_order.front();
     dedup_order.pop_front();
     auto old = dedup.find(oldest);
     if (old == dedup.end()) continue;
-    if (old->second.done && !(oldest == key)) {
+    if (old->second.done) {
       dedup.erase(old);
     } else {
       dedup_order.push_back(oldest);

@@ -383,8 +383,7 @@ struct Landlord::Impl {
   // as likely as guessing it, and nothing extra is persisted to rule it out.
   LeaseId new_id_locked() {
     for (;;) {
-      // Ids are random (a holder cannot guess another's), drawn from the system's generator a
-      // batch at a time: one getrandom per id was a visible part of a batch of grants.
+      // Drawn 64 at a time: one getrandom per id showed in every batch of grants.
       if (id_pool_left_ == 0) {
         randombytes_buf(id_pool_.data(), sizeof id_pool_);
         id_pool_left_ = id_pool_.size();
