@@ -1,5 +1,6 @@
-// The value store: chunk and manifest files named by their BLAKE2b-256 hashes, reference counts in
-// memory (rebuilt from the manifests and the entries at open), and the collector.
+// The value store: chunks (small ones appended to pack files, others a file each) and manifest
+// files named by their BLAKE2b-256 hashes, reference counts in memory (rebuilt from the manifests
+// and the entries at open), and the collector.
 #include "djinn/space/values.h"
 
 #include <fcntl.h>
@@ -8,14 +9,17 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <charconv>
 #include <condition_variable>
 #include <cstring>
 #include <filesystem>
+#include <map>
 #include <mutex>
 #include <random>
 #include <set>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "djinn/core/fault.h"
 #include "djinn/core/log.h"
@@ -27,6 +31,43 @@ namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
 constexpr char kManifestMagic[4] = {'D', 'J', 'V', 'M'};
+
+// Chunks up to this size (a heap's pages) are records appended to pack files: one costs an append
+// where a file of its own cost an inode, and creating many small files was most of a checkpoint's
+// push. A pack takes appends until it holds kPackRollBytes.
+constexpr size_t kPackedChunkMax = 64u << 10;
+constexpr uint64_t kPackRollBytes = 64ull << 20;
+// A record: magic, the chunk's size (little-endian u32), its hash, then its bytes.
+constexpr char kPackMagic[4] = {'D', 'J', 'P', 'K'};
+constexpr size_t kPackHeaderBytes = 4 + 4 + 32;
+// A pack of at least kCompactFrom bytes whose live records fill less than kCompactBelow of it is
+// compacted: its live records are appended anew and it is deleted. (A smaller one goes only when
+// nothing in it is live: compacting it would cost more than the space it wastes.)
+constexpr double kCompactBelow = 0.5;
+constexpr uint64_t kCompactFrom = 1u << 20;
+
+uint64_t record_bytes(uint64_t chunk_size) { return kPackHeaderBytes + chunk_size; }
+
+// Moves all of `n` bytes at `offset` with ::pread or ::pwrite; false at an error or the end of the
+// file.
+template <class Io, class Byte>
+bool positioned_all(Io io, int fd, Byte* data, size_t n, uint64_t offset) {
+  while (n > 0) {
+    ssize_t done = io(fd, data, n, static_cast<off_t>(offset));
+    if (done < 0 && errno == EINTR) continue;
+    if (done <= 0) return false;
+    data += done;
+    n -= static_cast<size_t>(done);
+    offset += static_cast<uint64_t>(done);
+  }
+  return true;
+}
+bool pwrite_all(int fd, const uint8_t* data, size_t n, uint64_t offset) {
+  return positioned_all(::pwrite, fd, data, n, offset);
+}
+bool pread_all(int fd, uint8_t* out, size_t n, uint64_t offset) {
+  return positioned_all(::pread, fd, out, n, offset);
+}
 
 struct HashOf {
   size_t operator()(const ContentHash& h) const {
@@ -224,6 +265,21 @@ struct ValueStore::Impl {
     Clock::time_point touched;
     bool synced = true;    // its content has been fdatasync'd
     bool verified = true;  // false: found at open and named by no manifest, so maybe torn by a crash
+    uint32_t pack = 0;     // the pack holding its record (0: a file of its own)
+    uint64_t offset = 0;   // where its record starts in that pack
+  };
+  // An open pack file; readers hold it while they read, so a pack deleted meanwhile stays readable.
+  struct PackFile {
+    int fd = -1;
+    fs::path path;
+    ~PackFile() {
+      if (fd >= 0) ::close(fd);
+    }
+  };
+  struct PackInfo {
+    std::shared_ptr<PackFile> file;
+    uint64_t size = 0;  // bytes appended (records of chunks gone or put twice included)
+    uint64_t live = 0;  // bytes of the records chunks are read from
   };
   struct ValueInfo {
     uint32_t refs = 0;  // entries referring to it
@@ -237,6 +293,13 @@ struct ValueStore::Impl {
   std::unordered_map<ContentHash, ChunkInfo, HashOf> chunks;
   std::unordered_map<ContentHash, ValueInfo, HashOf> values;
   uint64_t chunk_bytes = 0;
+  fs::path pack_dir;
+  std::map<uint32_t, PackInfo> packs;
+  uint32_t appending = 0;  // the pack taking appends (0: none yet; the next append opens one)
+  uint32_t next_pack = 1;
+  // Serialises appends (and compaction's), so a pack holds no hole before a record a value's sync
+  // made durable: a crash leaves at most a torn tail, which open stops at.
+  std::mutex append_mu;
   std::condition_variable gc_cv;
   bool gc_stop = false;
   std::thread gc;
@@ -249,16 +312,256 @@ struct ValueStore::Impl {
     std::string hex = to_hex(h);
     return value_dir / hex.substr(0, 2) / hex;
   }
+  fs::path pack_path(uint32_t id) const {
+    char name[32];
+    std::snprintf(name, sizeof name, "%08u.pack", id);
+    return pack_dir / name;
+  }
+
+  // Appends a record of `data` to the pack taking appends (append_mu held); returns where it went.
+  Result<std::pair<uint32_t, uint64_t>> append_locked(const ContentHash& hash, std::span<const uint8_t> data) {
+    uint32_t id = 0;
+    uint64_t at = 0;
+    std::shared_ptr<PackFile> file;
+    {
+      std::lock_guard lock(mu);
+      if (appending != 0 && packs[appending].size < kPackRollBytes) {
+        id = appending;
+        at = packs[id].size;
+        file = packs[id].file;
+      }
+    }
+    if (!file) {
+      id = next_pack++;
+      file = std::make_shared<PackFile>();
+      file->path = pack_path(id);
+      file->fd = ::open(file->path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+      if (file->fd < 0) return errno_status("create " + file->path.string());
+      // The pack's name must outlive a crash before any value relies on its records.
+      DJINN_RETURN_IF_ERROR(sync_dir(pack_dir));
+      std::lock_guard lock(mu);
+      packs[id].file = file;
+      appending = id;
+    }
+    thread_local std::vector<uint8_t> record;
+    record.resize(record_bytes(data.size()));
+    uint32_t size = static_cast<uint32_t>(data.size());
+    std::memcpy(record.data(), kPackMagic, 4);
+    for (int i = 0; i < 4; ++i) record[4 + i] = static_cast<uint8_t>(size >> (8 * i));
+    std::memcpy(record.data() + 8, hash.data(), hash.size());
+    std::memcpy(record.data() + kPackHeaderBytes, data.data(), data.size());
+    if (!pwrite_all(file->fd, record.data(), record.size(), at)) return errno_status("write " + file->path.string());
+    std::lock_guard lock(mu);
+    packs[id].size = at + record.size();
+    return std::make_pair(id, at);
+  }
+
+  // Files a chunk's new record at (pack, at) (mu held): the chunk now reads from it, unless a
+  // verified copy was stored meanwhile. Returns a file to delete: a torn copy's, found at open.
+  std::optional<fs::path> file_record_locked(const ContentHash& hash, uint64_t size, uint32_t pack, uint64_t at,
+                                             bool* fresh) {
+    auto [it, inserted] = chunks.try_emplace(hash);
+    ChunkInfo& c = it->second;
+    c.touched = Clock::now();
+    *fresh = inserted || !c.verified;
+    if (!*fresh) return std::nullopt;  // stored twice at once: this record is dead weight
+    std::optional<fs::path> stale;
+    if (!inserted) {
+      chunk_bytes -= c.size;
+      if (c.pack != 0) {
+        packs[c.pack].live -= record_bytes(c.size);
+      } else {
+        stale = chunk_path(hash);
+      }
+    }
+    c.size = size;
+    c.pack = pack;
+    c.offset = at;
+    c.verified = true;
+    c.synced = false;
+    chunk_bytes += size;
+    packs[pack].live += record_bytes(size);
+    return stale;
+  }
+
+  // Whether the record of `size` bytes at `at` in `file` holds the chunk named `hash`.
+  static bool record_holds(const PackFile& file, uint64_t at, uint64_t size, const ContentHash& hash) {
+    std::vector<uint8_t> data(size);
+    return pread_all(file.fd, data.data(), data.size(), at + kPackHeaderBytes) && hash_bytes(data) == hash;
+  }
+
+  // Reads the records of one pack at open: every whole record up to the first that is not (a
+  // tail a crash cut short). A chunk recorded more than once (put again after a crash or a
+  // collection, or copied by a compaction cut short) reads from the first record whose bytes match
+  // its name: a record a crash cut short can look whole, and only the copy a value's sync covered
+  // is sure to be intact. `checked`: chunks whose record was found intact so. Returns whether the
+  // pack ends with a whole record (so appends may go on after it).
+  Result<bool> load_pack(uint32_t id, const fs::path& path, Clock::time_point now,
+                         std::unordered_set<ContentHash, HashOf>& checked) {
+    auto file = std::make_shared<PackFile>();
+    file->path = path;
+    file->fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+    if (file->fd < 0) return errno_status("open " + path.string());
+    struct stat st {};
+    if (::fstat(file->fd, &st) != 0) return errno_status("stat " + path.string());
+    uint64_t end = static_cast<uint64_t>(st.st_size);
+    PackInfo& info = packs[id];
+    info.file = file;
+    uint64_t at = 0;
+    uint8_t header[kPackHeaderBytes];
+    while (at + kPackHeaderBytes <= end && pread_all(file->fd, header, kPackHeaderBytes, at)) {
+      uint32_t size = 0;
+      for (int i = 0; i < 4; ++i) size |= uint32_t{header[4 + i]} << (8 * i);
+      if (std::memcmp(header, kPackMagic, 4) != 0 || size == 0 || size > kPackedChunkMax ||
+          at + record_bytes(size) > end) {
+        break;
+      }
+      ContentHash h;
+      std::memcpy(h.data(), header + 8, h.size());
+      auto [it, inserted] = chunks.try_emplace(h);
+      ChunkInfo& c = it->second;
+      bool take = inserted;
+      if (!inserted && !checked.count(h)) {
+        if (record_holds(*packs.at(c.pack).file, c.offset, c.size, h)) {
+          checked.insert(h);
+        } else if (record_holds(*file, at, size, h)) {
+          checked.insert(h);
+          packs.at(c.pack).live -= record_bytes(c.size);
+          chunk_bytes -= c.size;
+          take = true;
+        }
+      }
+      if (take) {
+        c.size = size;
+        c.touched = now;
+        c.pack = id;
+        c.offset = at;
+        chunk_bytes += size;
+        info.live += record_bytes(size);
+      }
+      at += record_bytes(size);
+    }
+    if (at < end) {
+      DJINN_LOG(kWarn, "space") << path.string() << ": " << (end - at) << " bytes after its last whole record "
+                                << "(a write cut short, or a write-back the disk lost); they are ignored";
+    }
+    info.size = end;
+    next_pack = std::max(next_pack, id + 1);
+    return at == end;
+  }
+
+  // Copies the live records of pack `id` to another pack (a new one when `id` was taking appends),
+  // syncs them, and deletes `id`.
+  // Runs on the collector's thread; chunks removed meanwhile leave their copies as dead weight.
+  Status compact(uint32_t id) {
+    std::lock_guard append(append_mu);
+    std::vector<std::pair<ContentHash, ChunkInfo>> live;
+    std::shared_ptr<PackFile> from;
+    {
+      std::lock_guard lock(mu);
+      auto p = packs.find(id);
+      if (p == packs.end()) return Status::Ok();
+      if (id == appending) appending = 0;  // its copies go to a new pack
+      from = p->second.file;
+      for (auto it = chunks.begin(); it != chunks.end();) {
+        if (it->second.pack != id) {
+          ++it;
+        } else if (!it->second.verified) {
+          // Found at open, named by nothing, maybe torn: absent until put again, so not copied.
+          chunk_bytes -= it->second.size;
+          p->second.live -= record_bytes(it->second.size);
+          it = chunks.erase(it);
+        } else {
+          live.emplace_back(it->first, it->second);
+          ++it;
+        }
+      }
+    }
+    std::vector<uint8_t> data;
+    std::vector<std::pair<uint32_t, uint64_t>> moved;
+    for (const auto& [h, c] : live) {
+      data.resize(c.size);
+      if (!pread_all(from->fd, data.data(), data.size(), c.offset + kPackHeaderBytes)) {
+        return errno_status("read " + from->path.string());
+      }
+      Result<std::pair<uint32_t, uint64_t>> at = append_locked(h, data);
+      if (!at.ok()) return at.status();
+      moved.push_back(*at);
+    }
+    std::set<uint32_t> targets;
+    for (const auto& [pack, at] : moved) targets.insert(pack);
+    for (uint32_t t : targets) DJINN_RETURN_IF_ERROR(sync_pack(t));
+    {
+      std::lock_guard lock(mu);
+      for (size_t i = 0; i < live.size(); ++i) {
+        auto it = chunks.find(live[i].first);
+        if (it == chunks.end() || it->second.pack != id || it->second.offset != live[i].second.offset) continue;
+        uint64_t bytes = record_bytes(it->second.size);
+        it->second.pack = moved[i].first;
+        it->second.offset = moved[i].second;
+        it->second.synced = true;
+        packs[moved[i].first].live += bytes;
+      }
+      packs.erase(id);
+    }
+    if (::unlink(from->path.c_str()) != 0) return errno_status("unlink " + from->path.string());
+    DJINN_LOG(kInfo, "space") << "compacted " << from->path.filename().string() << ": " << live.size()
+                              << " chunks moved";
+    return Status::Ok();
+  }
+
+  // NOT_FOUND when the pack is gone: everything in it was collected meanwhile. A pack whose sync
+  // failed takes no more appends (the caller's retry goes to a new one).
+  Status sync_pack(uint32_t id) {
+    std::shared_ptr<PackFile> file;
+    {
+      std::lock_guard lock(mu);
+      auto p = packs.find(id);
+      if (p == packs.end()) {
+        return not_found("pack " + std::to_string(id) + " was collected while a value naming its chunks was stored; "
+                         "put the chunks again");
+      }
+      file = p->second.file;
+    }
+    if (::fdatasync(file->fd) != 0) {
+      Status st = errno_status("fdatasync " + file->path.string());
+      std::lock_guard lock(mu);
+      if (appending == id) appending = 0;
+      return st;
+    }
+    return Status::Ok();
+  }
 
   Status load() {
     std::error_code ec;
     fs::create_directories(chunk_dir, ec);
     fs::create_directories(value_dir, ec);
+    fs::create_directories(pack_dir, ec);
     if (ec) return failed_precondition("cannot create " + value_dir.string() + ": " + ec.message());
     auto now = Clock::now();
+    std::map<uint32_t, fs::path> pack_files;
+    for (auto it = fs::directory_iterator(pack_dir, ec); !ec && it != fs::directory_iterator(); it.increment(ec)) {
+      std::string name = it->path().filename().string();
+      uint32_t id = 0;
+      auto [end, err] = std::from_chars(name.data(), name.data() + name.size(), id);
+      if (err == std::errc() && id > 0 && std::string_view(end) == ".pack") pack_files[id] = it->path();
+    }
+    if (ec) return failed_precondition("reading " + pack_dir.string() + ": " + ec.message());
+    std::unordered_set<ContentHash, HashOf> checked;
+    for (const auto& [id, path] : pack_files) {
+      Result<bool> whole = load_pack(id, path, now, checked);
+      if (!whole.ok()) return whole.status();
+      // Appends go on in the last pack when it ends with a whole record, so restarts do not each
+      // leave a pack (and an open file) behind; after a torn tail they start a new one.
+      appending = *whole && packs[id].size < kPackRollBytes ? id : 0;
+    }
     for (const fs::path& dir : {chunk_dir, value_dir}) {
       for (auto it = fs::recursive_directory_iterator(dir, ec); !ec && it != fs::recursive_directory_iterator();
            it.increment(ec)) {
+        if (it->is_directory() && it->path() == pack_dir) {
+          it.disable_recursion_pending();
+          continue;
+        }
         if (!it->is_regular_file()) continue;
         std::string name = it->path().filename().string();
         if (name.rfind(".tmp-", 0) == 0) {  // a write cut off by a crash
@@ -268,7 +571,9 @@ struct ValueStore::Impl {
         std::optional<ContentHash> h = from_hex(name);
         if (!h) continue;
         if (dir == chunk_dir) {
-          ChunkInfo& c = chunks[*h];
+          auto [ci, inserted] = chunks.try_emplace(*h);
+          if (!inserted) continue;  // also in a pack, which it is read from
+          ChunkInfo& c = ci->second;
           c.size = it->file_size();
           c.touched = now;
           chunk_bytes += c.size;
@@ -297,7 +602,10 @@ struct ValueStore::Impl {
 
   size_t collect(std::chrono::milliseconds grace) {
     std::vector<fs::path> doomed;
+    size_t packed_gone = 0;
+    std::vector<uint32_t> to_compact;
     {
+      std::lock_guard append(append_mu);  // no append is under way in a pack deleted here
       std::lock_guard lock(mu);
       auto now = Clock::now();
       for (auto it = values.begin(); it != values.end();) {
@@ -314,17 +622,44 @@ struct ValueStore::Impl {
       }
       for (auto it = chunks.begin(); it != chunks.end();) {
         if (it->second.refs == 0 && now - it->second.touched >= grace) {
-          doomed.push_back(chunk_path(it->first));
+          if (it->second.pack != 0) {
+            packs[it->second.pack].live -= record_bytes(it->second.size);
+            ++packed_gone;
+          } else {
+            doomed.push_back(chunk_path(it->first));
+          }
           chunk_bytes -= it->second.size;
           it = chunks.erase(it);
         } else {
           ++it;
         }
       }
+      // A pack nothing is read from goes (the one taking appends too: the next append opens
+      // another); one mostly dead is compacted below. Packs of under a MiB are left to grow.
+      for (auto it = packs.begin(); it != packs.end();) {
+        if (it->second.live == 0) {
+          doomed.push_back(it->second.file->path);
+          if (it->first == appending) appending = 0;
+          it = packs.erase(it);
+          continue;
+        }
+        const PackInfo& pack = it->second;
+        if (pack.size >= kCompactFrom && pack.live < kCompactBelow * static_cast<double>(pack.size)) {
+          to_compact.push_back(it->first);
+        }
+        ++it;
+      }
     }
     for (const fs::path& p : doomed) ::unlink(p.c_str());
-    if (!doomed.empty()) DJINN_LOG(kInfo, "space") << "collected " << doomed.size() << " unreferenced value and chunk files";
-    return doomed.size();
+    for (uint32_t id : to_compact) {
+      Status st = compact(id);
+      if (!st.ok()) DJINN_LOG(kWarn, "space") << "compacting pack " << id << ": " << st.to_string();
+    }
+    size_t gone = doomed.size() + packed_gone;
+    if (gone > 0) {
+      DJINN_LOG(kInfo, "space") << "collected " << gone << " unreferenced values, chunks and emptied packs";
+    }
+    return gone;
   }
 
   void gc_loop() {
@@ -357,6 +692,7 @@ Result<std::unique_ptr<ValueStore>> ValueStore::open(ValueStoreOptions options) 
   impl->options = options;
   impl->chunk_dir = fs::path(options.dir) / "chunks";
   impl->value_dir = fs::path(options.dir) / "values";
+  impl->pack_dir = impl->chunk_dir / "packs";
   DJINN_RETURN_IF_ERROR(impl->load());
   Impl* m = impl.get();
   if (options.gc_interval.count() > 0) m->gc = std::thread([m] { m->gc_loop(); });
@@ -388,6 +724,19 @@ Result<bool> ValueStore::put_chunk_hashed(const ContentHash& hash, std::span<con
   }
   // Not synced here: put_value syncs a value's chunks together, which lets the disk write them as
   // one stream (one fdatasync per 1 MiB chunk measured at a third of the disk's rate).
+  if (data.size() <= kPackedChunkMax) {
+    std::lock_guard append(m.append_mu);
+    Result<std::pair<uint32_t, uint64_t>> at = m.append_locked(hash, data);
+    if (!at.ok()) return at.status();
+    bool fresh = false;
+    std::optional<fs::path> stale;
+    {
+      std::lock_guard lock(m.mu);
+      stale = m.file_record_locked(hash, data.size(), at->first, at->second, &fresh);
+    }
+    if (stale) ::unlink(stale->c_str());
+    return fresh;
+  }
   DJINN_RETURN_IF_ERROR(write_file_atomic(m.chunk_path(hash), data, false));
   std::lock_guard lock(m.mu);
   auto [it, fresh] = m.chunks.try_emplace(hash);
@@ -420,13 +769,32 @@ std::optional<uint64_t> ValueStore::chunk_size(const ContentHash& hash) const {
 }
 
 Status ValueStore::read_chunk(const ContentHash& hash, const std::function<uint8_t*(size_t)>& sink) const {
+  Impl& m = *impl_;
   uint8_t* data = nullptr;
   size_t size = 0;
-  DJINN_RETURN_IF_ERROR(read_whole(impl_->chunk_path(hash), [&](size_t n) {
-    size = n;
-    data = sink(n);
-    return data;
-  }, "chunk " + to_hex(hash)));
+  std::shared_ptr<Impl::PackFile> pack;
+  uint64_t at = 0;
+  {
+    std::lock_guard lock(m.mu);
+    auto it = m.chunks.find(hash);
+    if (it != m.chunks.end() && it->second.pack != 0) {
+      pack = m.packs.at(it->second.pack).file;
+      at = it->second.offset + kPackHeaderBytes;
+      size = it->second.size;
+    }
+  }
+  if (pack) {
+    data = sink(size);
+    if (!pread_all(pack->fd, data, size, at)) {
+      return data_loss("chunk " + to_hex(hash) + ": its record in " + pack->path.string() + " cannot be read whole");
+    }
+  } else {
+    DJINN_RETURN_IF_ERROR(read_whole(m.chunk_path(hash), [&](size_t n) {
+      size = n;
+      data = sink(n);
+      return data;
+    }, "chunk " + to_hex(hash)));
+  }
   if (hash_bytes(std::span<const uint8_t>(data, size)) != hash) {
     return data_loss("chunk " + to_hex(hash) + " no longer matches its hash on disk");
   }
@@ -472,7 +840,22 @@ Result<ContentHash> ValueStore::put_value(uint64_t size, std::span<const Content
   // not there (and was never part of a value).
   std::sort(unsynced.begin(), unsynced.end());
   unsynced.erase(std::unique(unsynced.begin(), unsynced.end()), unsynced.end());
-  if (unsynced.size() > kSyncEachUpTo) {
+  // Chunks in packs: one fdatasync per pack holding some (their names were synced at creation).
+  std::set<uint32_t> unsynced_packs;
+  std::vector<ContentHash> unsynced_files;
+  {
+    std::lock_guard lock(m.mu);
+    for (const ContentHash& c : unsynced) {
+      auto it = m.chunks.find(c);
+      if (it != m.chunks.end() && it->second.pack != 0) {
+        unsynced_packs.insert(it->second.pack);
+      } else {
+        unsynced_files.push_back(c);
+      }
+    }
+  }
+  for (uint32_t id : unsynced_packs) DJINN_RETURN_IF_ERROR(m.sync_pack(id));
+  if (unsynced_files.size() > kSyncEachUpTo) {
     // Many chunks (a checkpoint's pages): one sync of the file system writes them and their
     // directories, where a fdatasync each would cost a device flush each. (A write-back error is
     // reported once per file system: one that another syncfs met first goes unseen here.)
@@ -482,7 +865,7 @@ Result<ContentHash> ValueStore::put_value(uint64_t size, std::span<const Content
     ::close(fd);
     if (rc != 0) return errno_status("syncfs " + m.chunk_dir.string());
   } else {
-    for (const ContentHash& c : unsynced) {
+    for (const ContentHash& c : unsynced_files) {
       fs::path path = m.chunk_path(c);
       int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
       if (fd < 0) return errno_status("open " + path.string());
@@ -492,7 +875,7 @@ Result<ContentHash> ValueStore::put_value(uint64_t size, std::span<const Content
     }
     // The directories of the chunks synced now: those of chunks synced before were synced then.
     std::set<std::string> dirs;
-    for (const ContentHash& c : unsynced) dirs.insert(to_hex(c).substr(0, 2));
+    for (const ContentHash& c : unsynced_files) dirs.insert(to_hex(c).substr(0, 2));
     for (const std::string& d : dirs) DJINN_RETURN_IF_ERROR(sync_dir(m.chunk_dir / d));
   }
   std::vector<uint8_t> manifest = encode_manifest(size, chunk_list, sizes);

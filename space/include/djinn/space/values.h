@@ -3,13 +3,14 @@
 // entries, and garbage collection of what nothing refers to. This is where checkpoints and plugin
 // binaries live.
 //
-// Storage: one file per chunk under <dir>/chunks/<2 hex>/<64 hex>, and one per manifest under
-// <dir>/values/<2 hex>/<64 hex>, each written to a temporary file and renamed: a chunk is stored
-// once whatever refers to it. A value is durable when put_value returns: it fdatasyncs the chunks it
-// names that are not yet synced and their directories (many of them: one syncfs), then writes its
-// manifest the same way; a
-// chunk found at open that no manifest names may have been torn by a crash and counts as absent
-// until it is put again. Freeing space is an unlink, where an append-only pack would need compaction.
+// Storage: a chunk of up to 64 KiB (a heap's page) is a record appended to a pack file under
+// <dir>/chunks/packs/; a larger one is a file <dir>/chunks/<2 hex>/<64 hex>; a manifest is a file
+// <dir>/values/<2 hex>/<64 hex>. Files are written to a temporary name and renamed; a chunk is
+// stored once whatever refers to it. A value is durable when put_value returns: it fdatasyncs the
+// packs and chunk files holding chunks it names that are not yet synced (many files: one syncfs),
+// then writes its manifest the same way. A chunk found at open that no manifest names may have been
+// torn by a crash and counts as absent until it is put again; a pack's torn tail is ignored. The
+// collector unlinks chunk files, deletes packs nothing is read from, and compacts packs mostly dead.
 #pragma once
 
 #include <array>
@@ -73,8 +74,8 @@ struct ValueStats {
   uint64_t chunk_bytes = 0;
 };
 
-// Thread-safe. Chunk writes run concurrently (each on its own file); the bookkeeping is under
-// one mutex.
+// Thread-safe. Writes of chunk files run concurrently; appends to packs one at a time; the
+// bookkeeping is under one mutex.
 class ValueStore {
  public:
   static Result<std::unique_ptr<ValueStore>> open(ValueStoreOptions options);
@@ -107,8 +108,9 @@ class ValueStore {
   void ref(const ContentHash& value_id);
   void unref(const ContentHash& value_id);
 
-  // Deletes values and chunks unreferenced for longer than the grace period; returns how many
-  // files went. The collector thread calls it every gc_interval.
+  // Deletes values and chunks unreferenced for longer than the grace period, and compacts packs
+  // mostly dead; returns how many values, chunks and emptied packs went. The collector thread calls
+  // it every gc_interval.
   size_t collect();
   // For tests: collect with no grace period.
   size_t collect_now(std::chrono::milliseconds grace);
