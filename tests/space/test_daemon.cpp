@@ -45,6 +45,17 @@ struct Daemon {
                     "djinn-space did not come up on ", endpoint);
   }
   void kill9() { process->kill9(); }
+  // A client that reconnects quickly after a restart, and calls that last longer than one.
+  rpc::ClientOptions client_options() const {
+    rpc::ClientOptions o{.endpoint = endpoint};
+    o.reconnect_interval_max = 50ms;
+    return o;
+  }
+  static rpc::CallOptions call_riding_restarts() {
+    rpc::CallOptions call;
+    call.timeout = 10s;
+    return call;
+  }
   std::string endpoint;
   std::vector<std::string> args;
   std::unique_ptr<test::ChildProcess> process;
@@ -124,11 +135,8 @@ TEST_CASE("no acknowledged write is lost to kill -9, and nothing is half-written
   std::vector<std::thread> threads;
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
-      rpc::ClientOptions o{.endpoint = daemon.endpoint};
-      o.reconnect_interval_max = 50ms;
-      SpaceClient client(o);
-      rpc::CallOptions call;
-      call.timeout = 10s;  // longer than a restart: calls ride it out
+      SpaceClient client(daemon.client_options());
+      const rpc::CallOptions call = Daemon::call_riding_restarts();
       for (int n = 0; !stop.load(); ++n) {
         int64_t id = int64_t{t} << 32 | n;
         Entry e;
@@ -244,11 +252,8 @@ TEST_CASE("no value whose manifest was acknowledged loses a page to kill -9 (pag
   std::vector<std::thread> threads;
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
-      rpc::ClientOptions o{.endpoint = daemon.endpoint};
-      o.reconnect_interval_max = 50ms;
-      SpaceClient client(o);
-      rpc::CallOptions call;
-      call.timeout = 10s;  // longer than a restart: calls ride it out
+      SpaceClient client(daemon.client_options());
+      const rpc::CallOptions call = Daemon::call_riding_restarts();
       for (uint64_t n = 0; !stop.load(); ++n) {
         std::vector<uint64_t> seeds;
         std::vector<std::vector<uint8_t>> pages;
