@@ -40,6 +40,10 @@ constexpr uint64_t kPackRollBytes = 64ull << 20;
 // A record: magic, the chunk's size (little-endian u32), its hash, then its bytes.
 constexpr char kPackMagic[4] = {'D', 'J', 'P', 'K'};
 constexpr size_t kPackHeaderBytes = 4 + 4 + 32;
+// A pack takes appends while named so; one whose sync failed is renamed to the sealed suffix, so
+// that no later start appends to it either.
+constexpr const char* kPackSuffix = ".pack";
+constexpr const char* kSealedSuffix = ".sealed";
 // A pack of at least kCompactFrom bytes whose live records fill less than kCompactBelow of it is
 // compacted: its live records are appended anew and it is deleted. (A smaller one goes only when
 // nothing in it is live: compacting it would cost more than the space it wastes.)
@@ -263,7 +267,7 @@ struct ValueStore::Impl {
     uint32_t refs = 0;  // manifests naming it (a manifest naming it twice counts twice)
     uint64_t size = 0;
     Clock::time_point touched;
-    bool synced = true;    // its content has been fdatasync'd
+    bool synced = true;    // a chunk file's content has been fdatasync'd (one in a pack: see synced_locked)
     bool verified = true;  // false: found at open and named by no manifest, so maybe torn by a crash
     uint32_t pack = 0;     // the pack holding its record (0: a file of its own)
     uint64_t offset = 0;   // where its record starts in that pack
@@ -271,15 +275,20 @@ struct ValueStore::Impl {
   // An open pack file; readers hold it while they read, so a pack deleted meanwhile stays readable.
   struct PackFile {
     int fd = -1;
-    fs::path path;
+    fs::path path;  // guarded by mu (a pack whose sync failed is renamed)
+    // One sync at a time: a write-back error is reported to one fdatasync of the descriptor only,
+    // so a second caller must find the pack failed rather than a clean return.
+    std::mutex sync_mu;
     ~PackFile() {
       if (fd >= 0) ::close(fd);
     }
   };
   struct PackInfo {
     std::shared_ptr<PackFile> file;
-    uint64_t size = 0;  // bytes appended (records of chunks gone or put twice included)
-    uint64_t live = 0;  // bytes of the records chunks are read from
+    uint64_t size = 0;       // bytes appended (records of chunks gone or put twice included)
+    uint64_t live = 0;       // bytes of the records chunks are read from
+    uint64_t synced_to = 0;  // records starting below this offset have been fdatasync'd
+    bool failed = false;     // a sync failed: no appends, no more syncs; its unsynced chunks must be put again
   };
   struct ValueInfo {
     uint32_t refs = 0;  // entries referring to it
@@ -314,8 +323,12 @@ struct ValueStore::Impl {
   }
   fs::path pack_path(uint32_t id) const {
     char name[32];
-    std::snprintf(name, sizeof name, "%08u.pack", id);
+    std::snprintf(name, sizeof name, "%08u%s", id, kPackSuffix);
     return pack_dir / name;
+  }
+
+  bool synced_locked(const ChunkInfo& c) const {
+    return c.pack == 0 ? c.synced : c.offset < packs.at(c.pack).synced_to;
   }
 
   // Appends a record of `data` to the pack taking appends (append_mu held); returns where it went.
@@ -352,7 +365,9 @@ struct ValueStore::Impl {
     std::memcpy(record.data() + kPackHeaderBytes, data.data(), data.size());
     if (!pwrite_all(file->fd, record.data(), record.size(), at)) return errno_status("write " + file->path.string());
     std::lock_guard lock(mu);
-    packs[id].size = at + record.size();
+    PackInfo& pack = packs.at(id);
+    pack.size = at + record.size();
+    if (pack.failed) return unavailable("a sync of " + file->path.string() + " failed meanwhile; put the chunk again");
     return std::make_pair(id, at);
   }
 
@@ -378,7 +393,6 @@ struct ValueStore::Impl {
     c.pack = pack;
     c.offset = at;
     c.verified = true;
-    c.synced = false;
     chunk_bytes += size;
     packs[pack].live += record_bytes(size);
     return stale;
@@ -394,10 +408,12 @@ struct ValueStore::Impl {
   // tail a crash cut short). A chunk recorded more than once (put again after a crash or a
   // collection, or copied by a compaction cut short) reads from the first record whose bytes match
   // its name: a record a crash cut short can look whole, and only the copy a value's sync covered
-  // is sure to be intact. `checked`: chunks whose record was found intact so. Returns whether the
-  // pack ends with a whole record (so appends may go on after it).
+  // is sure to be intact. `checked`: chunks whose record was found intact so; `damaged`: chunks
+  // none of whose records is (they count as absent until put again). Returns whether the pack
+  // ends with a whole record (so appends may go on after it).
   Result<bool> load_pack(uint32_t id, const fs::path& path, Clock::time_point now,
-                         std::unordered_set<ContentHash, HashOf>& checked) {
+                         std::unordered_set<ContentHash, HashOf>& checked,
+                         std::unordered_set<ContentHash, HashOf>& damaged) {
     auto file = std::make_shared<PackFile>();
     file->path = path;
     file->fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
@@ -409,7 +425,8 @@ struct ValueStore::Impl {
     info.file = file;
     uint64_t at = 0;
     uint8_t header[kPackHeaderBytes];
-    while (at + kPackHeaderBytes <= end && pread_all(file->fd, header, kPackHeaderBytes, at)) {
+    while (at + kPackHeaderBytes <= end) {
+      if (!pread_all(file->fd, header, kPackHeaderBytes, at)) return errno_status("read " + path.string());
       uint32_t size = 0;
       for (int i = 0; i < 4; ++i) size |= uint32_t{header[4 + i]} << (8 * i);
       if (std::memcmp(header, kPackMagic, 4) != 0 || size == 0 || size > kPackedChunkMax ||
@@ -426,9 +443,12 @@ struct ValueStore::Impl {
           checked.insert(h);
         } else if (record_holds(*file, at, size, h)) {
           checked.insert(h);
+          damaged.erase(h);
           packs.at(c.pack).live -= record_bytes(c.size);
           chunk_bytes -= c.size;
           take = true;
+        } else {
+          damaged.insert(h);
         }
       }
       if (take) {
@@ -446,6 +466,7 @@ struct ValueStore::Impl {
                                 << "(a write cut short, or a write-back the disk lost); they are ignored";
     }
     info.size = end;
+    info.synced_to = end;  // what a value names of it was synced before the value was stored
     next_pack = std::max(next_pack, id + 1);
     return at == end;
   }
@@ -499,7 +520,6 @@ struct ValueStore::Impl {
         uint64_t bytes = record_bytes(it->second.size);
         it->second.pack = moved[i].first;
         it->second.offset = moved[i].second;
-        it->second.synced = true;
         packs[moved[i].first].live += bytes;
       }
       packs.erase(id);
@@ -510,26 +530,47 @@ struct ValueStore::Impl {
     return Status::Ok();
   }
 
-  // NOT_FOUND when the pack is gone: everything in it was collected meanwhile. A pack whose sync
-  // failed takes no more appends (the caller's retry goes to a new one).
+  // Makes every record appended to pack `id` so far durable. NOT_FOUND when the pack is gone (its
+  // records were collected, or compacted into another pack, which compaction synced). A failed
+  // sync fails the pack for good: it takes no more appends, is renamed so no later start appends
+  // to it, and its chunks not synced before count as absent until put again.
   Status sync_pack(uint32_t id) {
     std::shared_ptr<PackFile> file;
     {
       std::lock_guard lock(mu);
       auto p = packs.find(id);
-      if (p == packs.end()) {
-        return not_found("pack " + std::to_string(id) + " was collected while a value naming its chunks was stored; "
-                         "put the chunks again");
-      }
+      if (p == packs.end()) return not_found("pack " + std::to_string(id) + " is gone");
       file = p->second.file;
     }
-    if (::fdatasync(file->fd) != 0) {
-      Status st = errno_status("fdatasync " + file->path.string());
+    std::lock_guard one_at_a_time(file->sync_mu);
+    uint64_t size_at = 0;
+    {
       std::lock_guard lock(mu);
-      if (appending == id) appending = 0;
-      return st;
+      auto p = packs.find(id);
+      if (p == packs.end()) return not_found("pack " + std::to_string(id) + " is gone");
+      if (p->second.failed) return data_loss("a sync of " + file->path.string() + " failed; put its chunks again");
+      size_at = p->second.size;
     }
-    return Status::Ok();
+    if (::fdatasync(file->fd) == 0) {
+      std::lock_guard lock(mu);
+      if (auto p = packs.find(id); p != packs.end()) p->second.synced_to = std::max(p->second.synced_to, size_at);
+      return Status::Ok();
+    }
+    Status st = errno_status("fdatasync " + file->path.string());
+    std::lock_guard lock(mu);
+    auto p = packs.find(id);
+    if (p == packs.end()) return st;
+    PackInfo& pack = p->second;
+    pack.failed = true;
+    if (appending == id) appending = 0;
+    for (auto& [h, c] : chunks) {
+      if (c.pack == id && c.offset >= pack.synced_to) c.verified = false;
+    }
+    fs::path sealed = file->path;
+    sealed.replace_extension(kSealedSuffix);
+    if (::rename(file->path.c_str(), sealed.c_str()) == 0) file->path = sealed;
+    DJINN_LOG(kError, "space") << st.to_string() << ": its chunks not synced before must be put again";
+    return st;
   }
 
   Status load() {
@@ -544,16 +585,18 @@ struct ValueStore::Impl {
       std::string name = it->path().filename().string();
       uint32_t id = 0;
       auto [end, err] = std::from_chars(name.data(), name.data() + name.size(), id);
-      if (err == std::errc() && id > 0 && std::string_view(end) == ".pack") pack_files[id] = it->path();
+      std::string_view suffix(end);
+      if (err == std::errc() && id > 0 && (suffix == kPackSuffix || suffix == kSealedSuffix)) pack_files[id] = it->path();
     }
     if (ec) return failed_precondition("reading " + pack_dir.string() + ": " + ec.message());
-    std::unordered_set<ContentHash, HashOf> checked;
+    std::unordered_set<ContentHash, HashOf> checked, damaged;
     for (const auto& [id, path] : pack_files) {
-      Result<bool> whole = load_pack(id, path, now, checked);
+      Result<bool> whole = load_pack(id, path, now, checked, damaged);
       if (!whole.ok()) return whole.status();
       // Appends go on in the last pack when it ends with a whole record, so restarts do not each
       // leave a pack (and an open file) behind; after a torn tail they start a new one.
-      appending = *whole && packs[id].size < kPackRollBytes ? id : 0;
+      bool sealed = path.extension() == kSealedSuffix;
+      appending = *whole && !sealed && packs[id].size < kPackRollBytes ? id : 0;
     }
     for (const fs::path& dir : {chunk_dir, value_dir}) {
       for (auto it = fs::recursive_directory_iterator(dir, ec); !ec && it != fs::recursive_directory_iterator();
@@ -596,7 +639,7 @@ struct ValueStore::Impl {
       for (const ContentHash& c : v.chunks) chunks[c].refs++;
     }
     // A chunk no manifest names was never synced for sure: it counts as absent until put again.
-    for (auto& [h, c] : chunks) c.verified = c.refs > 0;
+    for (auto& [h, c] : chunks) c.verified = c.refs > 0 && !damaged.count(h);
     return Status::Ok();
   }
 
@@ -823,7 +866,7 @@ Result<ContentHash> ValueStore::put_value(uint64_t size, std::span<const Content
     std::lock_guard lock(m.mu);
     for (size_t i = 0; i < chunk_list.size(); ++i) {
       auto it = m.chunks.find(chunk_list[i]);
-      if (it != m.chunks.end() && !it->second.synced) unsynced.push_back(chunk_list[i]);
+      if (it != m.chunks.end() && it->second.pack == 0 && !it->second.synced) unsynced.push_back(chunk_list[i]);
       if (it == m.chunks.end() || !it->second.verified) {
         return not_found("value: chunk " + std::to_string(i) + " (" + to_hex(chunk_list[i]) + ") is not stored; put it first");
       }
@@ -840,21 +883,30 @@ Result<ContentHash> ValueStore::put_value(uint64_t size, std::span<const Content
   // not there (and was never part of a value).
   std::sort(unsynced.begin(), unsynced.end());
   unsynced.erase(std::unique(unsynced.begin(), unsynced.end()), unsynced.end());
-  // Chunks in packs: one fdatasync per pack holding some (their names were synced at creation).
-  std::set<uint32_t> unsynced_packs;
-  std::vector<ContentHash> unsynced_files;
-  {
-    std::lock_guard lock(m.mu);
-    for (const ContentHash& c : unsynced) {
-      auto it = m.chunks.find(c);
-      if (it != m.chunks.end() && it->second.pack != 0) {
-        unsynced_packs.insert(it->second.pack);
-      } else {
-        unsynced_files.push_back(c);
+  // Chunks in packs: one fdatasync per pack holding some not yet synced (their names were synced at
+  // creation). A compaction may move chunks to another pack meanwhile (synced there), so the
+  // packs are looked up again until none is left.
+  for (int round = 0;; ++round) {
+    std::set<uint32_t> need;
+    {
+      std::lock_guard lock(m.mu);
+      for (size_t i = 0; i < chunk_list.size(); ++i) {
+        auto it = m.chunks.find(chunk_list[i]);
+        if (it == m.chunks.end() || !it->second.verified) {
+          return not_found("value: chunk " + std::to_string(i) + " (" + to_hex(chunk_list[i]) +
+                           ") is not stored (collected or lost meanwhile); put it again");
+        }
+        if (it->second.pack != 0 && !m.synced_locked(it->second)) need.insert(it->second.pack);
       }
     }
+    if (need.empty()) break;
+    if (round == 8) return unavailable("value: its chunks kept moving between packs; try again");
+    for (uint32_t id : need) {
+      Status st = m.sync_pack(id);
+      if (!st.ok() && st.code() != Code::kNotFound) return st;
+    }
   }
-  for (uint32_t id : unsynced_packs) DJINN_RETURN_IF_ERROR(m.sync_pack(id));
+  std::vector<ContentHash>& unsynced_files = unsynced;
   if (unsynced_files.size() > kSyncEachUpTo) {
     // Many chunks (a checkpoint's pages): one sync of the file system writes them and their
     // directories, where a fdatasync each would cost a device flush each. (A write-back error is
