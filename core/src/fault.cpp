@@ -69,6 +69,7 @@ void internal::check(std::string_view point) {
     std::lock_guard lock(g_mu);
     auto it = points().find(point);
     if (it == points().end()) return;
+    if (it->second.action == Action::kFail) return;  // counted by fails()
     if (++it->second.seen != it->second.fire_at) return;
     action = it->second.action;
   }
@@ -78,6 +79,13 @@ void internal::check(std::string_view point) {
     _exit(137);
   }
   throw CrashPointHit(std::string(point));
+}
+
+bool internal::fails(std::string_view point) {
+  std::lock_guard lock(g_mu);
+  auto it = points().find(point);
+  if (it == points().end() || it->second.action != Action::kFail) return false;
+  return ++it->second.seen == it->second.fire_at;
 }
 
 }  // namespace djinn::fault

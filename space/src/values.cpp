@@ -551,7 +551,8 @@ struct ValueStore::Impl {
       if (p->second.failed) return data_loss("a sync of " + file->path.string() + " failed; put its chunks again");
       size_at = p->second.size;
     }
-    if (::fdatasync(file->fd) == 0) {
+    int rc = DJINN_FAIL_POINT("space.values.pack_sync") ? (errno = EIO, -1) : ::fdatasync(file->fd);
+    if (rc == 0) {
       std::lock_guard lock(mu);
       if (auto p = packs.find(id); p != packs.end()) p->second.synced_to = std::max(p->second.synced_to, size_at);
       return Status::Ok();

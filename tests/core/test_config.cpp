@@ -129,3 +129,16 @@ TEST_CASE("crash points fire on the armed hit and only there") {
   fault::crash_point("test.step");  // past the armed hit
   fault::disarm_all();
 }
+
+TEST_CASE("fail points report a failure on the armed hit only, and never crash") {
+  fault::disarm_all();
+  CHECK(!fault::fail_point("test.sync"));  // unarmed
+  fault::arm("test.sync", fault::Action::kFail, 2);
+  CHECK(!fault::fail_point("test.sync"));
+  CHECK(!fault::fail_point("test.other"));
+  fault::crash_point("test.sync");  // a crash point of the same name is not one to fire
+  CHECK(fault::fail_point("test.sync"));
+  CHECK(!fault::fail_point("test.sync"));
+  CHECK(fault::hits("test.sync") == 3);
+  fault::disarm_all();
+}

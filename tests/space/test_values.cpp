@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "djinn/core/fault.h"
 #include "djinn/proto/space.capnp.h"
 #include "djinn/space/client.h"
 #include "djinn/space/service.h"
@@ -430,4 +431,41 @@ TEST_CASE("values: the collector deletes emptied packs and compacts mostly dead 
   v->collect_now(0ms);
   CHECK(files_under(dir.file("values") + "/chunks/packs").empty());
   CHECK(v->stats().chunks == 0);
+}
+
+TEST_CASE("values: a pack whose sync failed is sealed, and its unsynced chunks must be put again") {
+  test::TempDir dir;
+  auto v = open_store(dir.file("values"));
+  auto synced = put_pages(*v, 500, 5);  // synced before the failure: these stay
+  std::vector<std::vector<uint8_t>> pages;
+  std::vector<ContentHash> names;
+  for (uint64_t i = 0; i < 5; ++i) {
+    pages.push_back(pattern(4096, 600 + i));
+    names.push_back(hash_bytes(pages.back()));
+    REQUIRE(v->put_chunk(names.back(), pages.back()).ok());
+  }
+  fault::arm("space.values.pack_sync", fault::Action::kFail);
+  auto failed = v->put_value(5 * 4096, names);
+  fault::disarm_all();
+  REQUIRE(!failed.ok());
+  CHECK(failed.status().code() == Code::kInternal);
+  // The pack takes nothing more and is renamed so no later start appends to it either.
+  auto packs = files_under(dir.file("values") + "/chunks/packs");
+  REQUIRE(packs.size() == 1);
+  CHECK(packs[0].extension() == ".sealed");
+  // Its unsynced chunks count as absent: the value cannot be stored until they are put again.
+  CHECK(!v->has_chunk(names[0]));
+  CHECK(v->put_value(5 * 4096, names).status().code() == Code::kNotFound);
+  for (size_t i = 0; i < pages.size(); ++i) CHECK(v->put_chunk(names[i], pages[i]).value() == true);
+  REQUIRE(v->put_value(5 * 4096, names).ok());
+  CHECK(files_under(dir.file("values") + "/chunks/packs").size() == 2);
+  check_pages(*v, 500, synced);
+  check_pages(*v, 600, names);
+  // After a reopen: both read, and appends go to a third pack, not to the sealed one.
+  v.reset();
+  v = open_store(dir.file("values"));
+  check_pages(*v, 500, synced);
+  check_pages(*v, 600, names);
+  put_pages(*v, 700, 1);
+  CHECK(std::filesystem::file_size(packs[0]) == 10 * (40 + 4096));
 }

@@ -4,6 +4,8 @@
 //    "txn.after_decision@3" (the third hit): the process dies by SIGKILL there, like kill -9;
 //  - in-process, with arm(name, Action::kThrow): the hit throws CrashPointHit, and the test
 //    abandons the object as a crashed process would and reopens its files.
+// Where an operation can fail without a crash (a disk's write-back), DJINN_FAIL_POINT("part.step")
+// is true at the hit a test armed with Action::kFail, and the code takes its failure path.
 // An unarmed point costs one relaxed atomic load.
 #pragma once
 
@@ -14,7 +16,7 @@
 
 namespace djinn::fault {
 
-enum class Action { kKill, kThrow };
+enum class Action { kKill, kThrow, kFail };
 
 struct CrashPointHit : std::runtime_error {
   explicit CrashPointHit(const std::string& point) : std::runtime_error("crash point " + point) {}
@@ -28,12 +30,18 @@ int hits(std::string_view point);
 namespace internal {
 extern std::atomic<bool> g_any_armed;
 void check(std::string_view point);
+bool fails(std::string_view point);
 }  // namespace internal
 
 inline void crash_point(std::string_view point) {
   if (internal::g_any_armed.load(std::memory_order_relaxed)) internal::check(point);
 }
 
+inline bool fail_point(std::string_view point) {
+  return internal::g_any_armed.load(std::memory_order_relaxed) && internal::fails(point);
+}
+
 }  // namespace djinn::fault
 
 #define DJINN_CRASH_POINT(name) ::djinn::fault::crash_point(name)
+#define DJINN_FAIL_POINT(name) ::djinn::fault::fail_point(name)
