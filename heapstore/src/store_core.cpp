@@ -8,6 +8,7 @@
 #include <string>
 
 #include "djinn/core/fault.h"
+#include "djinn/core/little_endian.h"
 
 namespace djinn::heapstore::internal {
 namespace {
@@ -41,19 +42,6 @@ Status check_capacity(uint64_t capacity_pages) {
   }
   return Status();
 }
-
-namespace {
-
-void put_le(uint8_t* out, uint64_t v, int bytes) {
-  for (int i = 0; i < bytes; ++i) out[i] = static_cast<uint8_t>(v >> (8 * i));
-}
-uint64_t get_le(const uint8_t* in, int bytes) {
-  uint64_t v = 0;
-  for (int i = 0; i < bytes; ++i) v |= uint64_t{in[i]} << (8 * i);
-  return v;
-}
-
-}  // namespace
 
 void reserve_index(HashMap<Location>& index, size_t more) {
   // Only ever up, and at least twice the size: reserve() to less than the table holds rehashes it

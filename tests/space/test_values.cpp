@@ -241,6 +241,9 @@ TEST_CASE("values: chunks stored and fetched many a call, in order, checked; the
 
 namespace {
 
+// A pack record's header: magic, size, name, XXH3 of the bytes.
+constexpr size_t kRecordHeader = 4 + 4 + 32 + 8;
+
 // A store of its own in `dir`, with no collector thread (the tests collect when they mean to).
 std::unique_ptr<ValueStore> open_store(const std::string& dir) {
   auto v = ValueStore::open({.dir = dir, .grace = 1h, .gc_interval = 0ms});
@@ -358,7 +361,7 @@ TEST_CASE("values: a chunk recorded twice is read from the record that matches i
   REQUIRE(packs.size() == 1);
   {
     std::fstream f(packs[0], std::ios::in | std::ios::out | std::ios::binary);
-    f.seekp(40 + 100);  // inside the record's bytes; its header stays whole
+    f.seekp(kRecordHeader + 100);  // inside the record's bytes; its header stays whole
     f.put('\x42');
   }
   v = open_store(dir.file("values"));
@@ -384,7 +387,7 @@ TEST_CASE("values: a changed byte in a pack is never served") {
   {
     // Ten bytes into the second record's data: after the first record and the second's header.
     std::fstream f(packs[0], std::ios::in | std::ios::out | std::ios::binary);
-    f.seekp((40 + 4096) + 40 + 10);
+    f.seekp((kRecordHeader + 4096) + kRecordHeader + 10);
     f.put('\x42');
   }
   std::vector<uint8_t> out;
@@ -421,7 +424,7 @@ TEST_CASE("values: the collector deletes emptied packs and compacts mostly dead 
   auto after = files_under(dir.file("values") + "/chunks/packs");
   REQUIRE(after.size() == 1);
   CHECK(after[0] != packs[0]);
-  CHECK(std::filesystem::file_size(after[0]) == 30 * (40 + 4096));
+  CHECK(std::filesystem::file_size(after[0]) == 30 * (kRecordHeader + 4096));
   CHECK(v->stats().chunks == 30);
   check_pages(*v, 700, kept);
   v.reset();
@@ -467,5 +470,37 @@ TEST_CASE("values: a pack whose sync failed is sealed, and its unsynced chunks m
   check_pages(*v, 500, synced);
   check_pages(*v, 600, names);
   put_pages(*v, 700, 1);
-  CHECK(std::filesystem::file_size(packs[0]) == 10 * (40 + 4096));
+  CHECK(std::filesystem::file_size(packs[0]) == 10 * (kRecordHeader + 4096));
+}
+
+TEST_CASE("values: compaction does not copy a damaged record; its chunk is absent until put again") {
+  test::TempDir dir;
+  auto v = open_store(dir.file("values"));
+  ContentHash all;
+  auto names = put_pages(*v, 800, 300, &all);
+  std::vector<ContentHash> kept(names.begin(), names.begin() + 30);
+  auto few = v->put_value(30 * 4096, kept);
+  REQUIRE(few.ok());
+  v->ref(*few);
+  auto packs = files_under(dir.file("values") + "/chunks/packs");
+  REQUIRE(packs.size() == 1);
+  {
+    // A byte of the fourth record's bytes changes on disk.
+    std::fstream f(packs[0], std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(3 * (kRecordHeader + 4096) + kRecordHeader + 7);
+    f.put('\x5a');
+  }
+  v->collect_now(0ms);  // the value of all 300 goes: the pack is a tenth live, and compacted
+  auto after = files_under(dir.file("values") + "/chunks/packs");
+  REQUIRE(after.size() == 1);
+  CHECK(after[0] != packs[0]);
+  CHECK(std::filesystem::file_size(after[0]) == 29 * (kRecordHeader + 4096));
+  CHECK(!v->has_chunk(kept[3]));
+  std::vector<uint8_t> out;
+  CHECK(v->get_chunk(kept[3], out).code() == Code::kNotFound);
+  // Put again, it is whole, and the value that names it still keeps it from the collector.
+  CHECK(v->put_chunk(kept[3], pattern(4096, 803)).value() == true);
+  v->collect_now(0ms);
+  check_pages(*v, 800, kept);
+  CHECK(v->stats().chunks == 30);
 }
