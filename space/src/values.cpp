@@ -34,6 +34,8 @@ namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
 constexpr char kManifestMagic[4] = {'D', 'J', 'V', 'M'};
+// Up to this many unsynced chunk files are synced one by one at put_value; more, with one syncfs.
+constexpr size_t kSyncEachUpTo = 64;
 
 // Chunks up to this size (a heap's pages) are records appended to pack files: one costs an append
 // where a file of its own cost an inode, and creating many small files was most of a checkpoint's
@@ -46,8 +48,8 @@ constexpr uint64_t kPackRollBytes = 64ull << 20;
 constexpr char kPackMagic[4] = {'D', 'J', 'P', 'K'};
 constexpr size_t kPackHeaderBytes = 4 + 4 + 32 + 8;
 
-// A pack takes appends while named so; one whose sync failed is renamed to the sealed suffix, so
-// that no later start appends to it either.
+// A pack takes appends while named so. One whose sync failed is renamed NNNNNNNN-OFFSET.sealed,
+// OFFSET being how far it was synced: no later start appends to it, nor reads records past that.
 constexpr const char* kPackSuffix = ".pack";
 constexpr const char* kSealedSuffix = ".sealed";
 // A pack of at least kCompactFrom bytes whose live records fill less than kCompactBelow of it is
@@ -380,13 +382,17 @@ struct ValueStore::Impl {
 
   // Files a chunk's new record at (pack, at) (mu held): the chunk now reads from it, unless a
   // verified copy was stored meanwhile. Returns a file to delete: a torn copy's, found at open.
-  std::optional<fs::path> file_record_locked(const ContentHash& hash, uint64_t size, uint32_t pack, uint64_t at,
-                                             bool* fresh) {
+  // UNAVAILABLE when the pack's sync failed since the append (the record is not to be trusted).
+  Result<std::optional<fs::path>> file_record_locked(const ContentHash& hash, uint64_t size, uint32_t pack,
+                                                     uint64_t at, bool* fresh) {
+    if (packs.at(pack).failed) {
+      return unavailable("a sync of " + packs.at(pack).file->path.string() + " failed meanwhile; put the chunk again");
+    }
     auto [it, inserted] = chunks.try_emplace(hash);
     ChunkInfo& c = it->second;
     c.touched = Clock::now();
     *fresh = inserted || !c.verified;
-    if (!*fresh) return std::nullopt;  // stored twice at once: this record is dead weight
+    if (!*fresh) return std::optional<fs::path>();  // stored twice at once: this record is dead weight
     std::optional<fs::path> stale;
     if (!inserted) {
       chunk_bytes -= c.size;
@@ -443,16 +449,24 @@ struct ValueStore::Impl {
   // is sure to be intact. `checked`: chunks whose record was found intact so; `damaged`: chunks
   // none of whose records is (they count as absent until put again). Returns whether the pack
   // ends with a whole record (so appends may go on after it).
-  Result<bool> load_pack(uint32_t id, const fs::path& path, Clock::time_point now,
+  // `trusted`: how far the pack is to be read (a sealed pack's synced part), else all of it.
+  Result<bool> load_pack(uint32_t id, const fs::path& path, std::optional<uint64_t> trusted, Clock::time_point now,
                          std::unordered_set<ContentHash, HashOf>& checked,
                          std::unordered_set<ContentHash, HashOf>& damaged) {
     auto file = std::make_shared<PackFile>();
     file->path = path;
     file->fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
     if (file->fd < 0) return errno_status("open " + path.string());
+    // What a killed process appended may still be only in the page cache: it is made durable
+    // now, since what is loaded counts as synced.
+    if (!trusted && ::fdatasync(file->fd) != 0) {
+      return errno_status("fdatasync " + path.string() + " at open (the disk lost writes to it: move it aside "
+                          "and put its chunks again)");
+    }
     struct stat st {};
     if (::fstat(file->fd, &st) != 0) return errno_status("stat " + path.string());
     uint64_t end = static_cast<uint64_t>(st.st_size);
+    if (trusted) end = std::min(end, *trusted);
     PackInfo& info = packs[id];
     info.file = file;
     uint64_t at = 0;
@@ -496,8 +510,9 @@ struct ValueStore::Impl {
       DJINN_LOG(kWarn, "space") << path.string() << ": " << (end - at) << " bytes after its last whole record "
                                 << "(a write cut short, or a write-back the disk lost); they are ignored";
     }
-    info.size = end;
-    info.synced_to = end;  // what a value names of it was synced before the value was stored
+    info.size = trusted ? std::max<uint64_t>(end, static_cast<uint64_t>(st.st_size)) : end;
+    info.synced_to = end;
+    if (trusted) info.failed = true;
     next_pack = std::max(next_pack, id + 1);
     return at == end;
   }
@@ -595,6 +610,34 @@ struct ValueStore::Impl {
     return std::next(it);
   }
 
+  // Makes chunk files durable: their content, then their directories (many files: one syncfs of
+  // the file system, where a fdatasync each would cost a device flush each).
+  Status sync_files(const std::vector<ContentHash>& files) const {
+    if (files.empty()) return Status::Ok();
+    if (files.size() > kSyncEachUpTo) {
+      int fd = ::open(chunk_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+      if (fd < 0) return errno_status("open " + chunk_dir.string());
+      int rc = DJINN_FAIL_POINT("space.values.file_sync") ? (errno = EIO, -1) : ::syncfs(fd);
+      int err = errno;
+      ::close(fd);
+      if (rc != 0) return internal_error("syncfs " + chunk_dir.string() + ": " + std::strerror(err));
+      return Status::Ok();
+    }
+    for (const ContentHash& c : files) {
+      fs::path path = chunk_path(c);
+      int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+      if (fd < 0) return errno_status("open " + path.string());
+      int rc = DJINN_FAIL_POINT("space.values.file_sync") ? (errno = EIO, -1) : ::fdatasync(fd);
+      int err = errno;
+      ::close(fd);
+      if (rc != 0) return internal_error("fdatasync " + path.string() + ": " + std::strerror(err));
+    }
+    std::set<std::string> dirs;
+    for (const ContentHash& c : files) dirs.insert(to_hex(c).substr(0, 2));
+    for (const std::string& d : dirs) DJINN_RETURN_IF_ERROR(sync_dir(chunk_dir / d));
+    return Status::Ok();
+  }
+
   // Makes every record appended to pack `id` so far durable. NOT_FOUND when the pack is gone (its
   // records were collected, or compacted into another pack, which compaction synced). A failed
   // sync fails the pack for good: it takes no more appends, is renamed so no later start appends
@@ -633,9 +676,13 @@ struct ValueStore::Impl {
     for (auto& [h, c] : chunks) {
       if (c.pack == id && c.offset >= pack.synced_to) c.verified = false;
     }
-    fs::path sealed = file->path;
-    sealed.replace_extension(kSealedSuffix);
-    if (::rename(file->path.c_str(), sealed.c_str()) == 0) file->path = sealed;
+    char name[64];
+    std::snprintf(name, sizeof name, "%08u-%llu%s", id, static_cast<unsigned long long>(pack.synced_to), kSealedSuffix);
+    fs::path sealed = pack_dir / name;
+    if (::rename(file->path.c_str(), sealed.c_str()) == 0) {
+      file->path = sealed;
+      (void)sync_dir(pack_dir);
+    }
     DJINN_LOG(kError, "space") << st.to_string() << ": its chunks not synced before must be put again";
     return st;
   }
@@ -647,23 +694,31 @@ struct ValueStore::Impl {
     fs::create_directories(pack_dir, ec);
     if (ec) return failed_precondition("cannot create " + value_dir.string() + ": " + ec.message());
     auto now = Clock::now();
-    std::map<uint32_t, fs::path> pack_files;
+    std::map<uint32_t, std::pair<fs::path, std::optional<uint64_t>>> pack_files;  // id -> path, sealed at
     for (auto it = fs::directory_iterator(pack_dir, ec); !ec && it != fs::directory_iterator(); it.increment(ec)) {
       std::string name = it->path().filename().string();
+      const char* last = name.data() + name.size();
       uint32_t id = 0;
-      auto [end, err] = std::from_chars(name.data(), name.data() + name.size(), id);
-      std::string_view suffix(end);
-      if (err == std::errc() && id > 0 && (suffix == kPackSuffix || suffix == kSealedSuffix)) pack_files[id] = it->path();
+      auto [end, err] = std::from_chars(name.data(), last, id);
+      if (err != std::errc() || id == 0) continue;
+      if (std::string_view(end) == kPackSuffix) {
+        pack_files[id] = {it->path(), std::nullopt};
+        continue;
+      }
+      uint64_t synced = 0;
+      if (*end != '-') continue;
+      auto [rest, err2] = std::from_chars(end + 1, last, synced);
+      if (err2 == std::errc() && std::string_view(rest) == kSealedSuffix) pack_files[id] = {it->path(), synced};
     }
     if (ec) return failed_precondition("reading " + pack_dir.string() + ": " + ec.message());
     std::unordered_set<ContentHash, HashOf> checked, damaged;
-    for (const auto& [id, path] : pack_files) {
-      Result<bool> whole = load_pack(id, path, now, checked, damaged);
+    for (const auto& [id, file] : pack_files) {
+      const auto& [path, sealed_at] = file;
+      Result<bool> whole = load_pack(id, path, sealed_at, now, checked, damaged);
       if (!whole.ok()) return whole.status();
       // Appends go on in the last pack when it ends with a whole record, so restarts do not each
       // leave a pack (and an open file) behind; after a torn tail they start a new one.
-      bool sealed = path.extension() == kSealedSuffix;
-      appending = *whole && !sealed && packs[id].size < kPackRollBytes ? id : 0;
+      appending = *whole && !sealed_at && packs[id].size < kPackRollBytes ? id : 0;
     }
     for (const fs::path& dir : {chunk_dir, value_dir}) {
       for (auto it = fs::recursive_directory_iterator(dir, ec); !ec && it != fs::recursive_directory_iterator();
@@ -706,7 +761,9 @@ struct ValueStore::Impl {
       for (const ContentHash& c : v.chunks) chunks[c].refs++;
     }
     // A chunk no manifest names was never synced for sure: it counts as absent until put again.
-    for (auto& [h, c] : chunks) c.verified = c.refs > 0 && !damaged.count(h);
+    // A chunk a manifest names but that is on no disk (size 0) stays as an absent placeholder,
+    // keeping its references until it is put again.
+    for (auto& [h, c] : chunks) c.verified = c.refs > 0 && c.size > 0 && !damaged.count(h);
     return Status::Ok();
   }
 
@@ -839,12 +896,13 @@ Result<bool> ValueStore::put_chunk_hashed(const ContentHash& hash, std::span<con
     Result<std::pair<uint32_t, uint64_t>> at = m.append_locked(hash, data);
     if (!at.ok()) return at.status();
     bool fresh = false;
-    std::optional<fs::path> stale;
+    Result<std::optional<fs::path>> stale = std::optional<fs::path>();
     {
       std::lock_guard lock(m.mu);
       stale = m.file_record_locked(hash, data.size(), at->first, at->second, &fresh);
     }
-    if (stale) ::unlink(stale->c_str());
+    if (!stale.ok()) return stale.status();
+    if (*stale) ::unlink((*stale)->c_str());
     return fresh;
   }
   DJINN_RETURN_IF_ERROR(write_file_atomic(m.chunk_path(hash), data, false));
@@ -887,6 +945,9 @@ Status ValueStore::read_chunk(const ContentHash& hash, const std::function<uint8
   {
     std::lock_guard lock(m.mu);
     auto it = m.chunks.find(hash);
+    if (it != m.chunks.end() && !it->second.verified) {
+      return not_found("chunk " + to_hex(hash) + " is not stored (lost to a crash or a disk error): put it again");
+    }
     if (it != m.chunks.end() && it->second.pack != 0) {
       pack = m.packs.at(it->second.pack).file;
       at = it->second.offset;
@@ -918,8 +979,6 @@ Status ValueStore::get_chunk(const ContentHash& hash, std::vector<uint8_t>& out)
   });
 }
 
-// Up to this many unsynced chunks are synced one by one at put_value; more, with one syncfs.
-constexpr size_t kSyncEachUpTo = 64;
 
 Result<ContentHash> ValueStore::put_value(uint64_t size, std::span<const ContentHash> chunk_list) {
   Impl& m = *impl_;
@@ -974,40 +1033,46 @@ Result<ContentHash> ValueStore::put_value(uint64_t size, std::span<const Content
     }
   }
   std::vector<ContentHash>& unsynced_files = unsynced;
-  if (unsynced_files.size() > kSyncEachUpTo) {
-    // Many chunks (a checkpoint's pages): one sync of the file system writes them and their
-    // directories, where a fdatasync each would cost a device flush each. (A write-back error is
-    // reported once per file system: one that another syncfs met first goes unseen here.)
-    int fd = ::open(m.chunk_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0) return errno_status("open " + m.chunk_dir.string());
-    int rc = ::syncfs(fd);
-    ::close(fd);
-    if (rc != 0) return errno_status("syncfs " + m.chunk_dir.string());
-  } else {
+  if (Status synced = m.sync_files(unsynced_files); !synced.ok()) {
+    // Linux reports a lost write-back to one sync only, and a later one of the same file returns
+    // 0: the chunks must be written again, not synced again.
+    std::lock_guard lock(m.mu);
     for (const ContentHash& c : unsynced_files) {
-      fs::path path = m.chunk_path(c);
-      int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-      if (fd < 0) return errno_status("open " + path.string());
-      int rc = ::fdatasync(fd);
-      ::close(fd);
-      if (rc != 0) return errno_status("fdatasync " + path.string());
+      if (auto it = m.chunks.find(c); it != m.chunks.end() && it->second.pack == 0) it->second.verified = false;
     }
-    // The directories of the chunks synced now: those of chunks synced before were synced then.
-    std::set<std::string> dirs;
-    for (const ContentHash& c : unsynced_files) dirs.insert(to_hex(c).substr(0, 2));
-    for (const std::string& d : dirs) DJINN_RETURN_IF_ERROR(sync_dir(m.chunk_dir / d));
+    return Status(synced.code(), synced.message() + "; its chunks count as absent until put again");
   }
   std::vector<uint8_t> manifest = encode_manifest(size, chunk_list, sizes);
   ContentHash id = hash_bytes(manifest);
   {
+    // The chunks are referenced before the manifest is written, so no collection takes one
+    // meanwhile; every one is still there (a collection or a failed sync since the check above
+    // would have made it absent).
     std::lock_guard lock(m.mu);
     if (auto it = m.values.find(id); it != m.values.end()) {
       it->second.touched = Clock::now();
       return id;
     }
+    for (size_t i = 0; i < chunk_list.size(); ++i) {
+      auto it = m.chunks.find(chunk_list[i]);
+      if (it == m.chunks.end() || !it->second.verified) {
+        return not_found("value: chunk " + std::to_string(i) + " (" + to_hex(chunk_list[i]) +
+                         ") is not stored (collected or lost meanwhile); put it again");
+      }
+    }
+    for (const ContentHash& c : chunk_list) m.chunks.at(c).refs++;
   }
-  DJINN_RETURN_IF_ERROR(write_file_atomic(m.value_path(id), manifest, true));
+  Status written = write_file_atomic(m.value_path(id), manifest, true);
   std::lock_guard lock(m.mu);
+  auto unref_chunks = [&] {
+    for (const ContentHash& c : chunk_list) {
+      if (auto it = m.chunks.find(c); it != m.chunks.end() && it->second.refs > 0) --it->second.refs;
+    }
+  };
+  if (!written.ok()) {
+    unref_chunks();
+    return written;
+  }
   for (const ContentHash& c : unsynced) {
     if (auto it = m.chunks.find(c); it != m.chunks.end()) it->second.synced = true;
   }
@@ -1015,7 +1080,8 @@ Result<ContentHash> ValueStore::put_value(uint64_t size, std::span<const Content
   it->second.touched = Clock::now();
   if (fresh) {
     it->second.chunks.assign(chunk_list.begin(), chunk_list.end());
-    for (const ContentHash& c : chunk_list) m.chunks[c].refs++;
+  } else {
+    unref_chunks();  // stored meanwhile by another call, which counted its references
   }
   return id;
 }

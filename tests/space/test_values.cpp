@@ -504,3 +504,40 @@ TEST_CASE("values: compaction does not copy a damaged record; its chunk is absen
   check_pages(*v, 800, kept);
   CHECK(v->stats().chunks == 30);
 }
+
+TEST_CASE("values: a chunk file whose sync failed must be put again; a chunk lost from disk too") {
+  test::TempDir dir;
+  auto v = open_store(dir.file("values"));
+  std::vector<uint8_t> big = pattern(100'000, 77);  // over 64 KiB: a file of its own
+  ContentHash name = hash_bytes(big);
+  REQUIRE(v->put_chunk(name, big).ok());
+  fault::arm("space.values.file_sync", fault::Action::kFail);
+  auto failed = v->put_value(big.size(), std::vector<ContentHash>{name});
+  fault::disarm_all();
+  REQUIRE(!failed.ok());
+  // Syncing it again could return 0 with the write lost: it has to be written again.
+  CHECK(!v->has_chunk(name));
+  CHECK(v->put_value(big.size(), std::vector<ContentHash>{name}).status().code() == Code::kNotFound);
+  CHECK(v->put_chunk(name, big).value() == true);
+  auto id = v->put_value(big.size(), std::vector<ContentHash>{name});
+  REQUIRE(id.ok());
+  v->ref(*id);
+
+  // Pages of a value whose pack is lost from disk: absent after a reopen, the value keeping its
+  // references; put again, they are read and stay through a collection.
+  ContentHash pages_value;
+  auto pages = put_pages(*v, 880, 4, &pages_value);
+  v.reset();
+  for (const auto& f : files_under(dir.file("values") + "/chunks/packs")) std::filesystem::remove(f);
+  v = open_store(dir.file("values"));
+  v->ref(pages_value);
+  v->ref(*id);
+  CHECK(!v->has_chunk(pages[0]));
+  std::vector<uint8_t> out;
+  CHECK(v->get_chunk(pages[0], out).code() == Code::kNotFound);
+  for (uint64_t i = 0; i < pages.size(); ++i) CHECK(v->put_chunk(pages[i], pattern(4096, 880 + i)).value() == true);
+  v->collect_now(0ms);
+  check_pages(*v, 880, pages);
+  REQUIRE(v->get_chunk(name, out).ok());
+  CHECK(out == big);
+}
