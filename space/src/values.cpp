@@ -679,9 +679,15 @@ struct ValueStore::Impl {
     char name[64];
     std::snprintf(name, sizeof name, "%08u-%llu%s", id, static_cast<unsigned long long>(pack.synced_to), kSealedSuffix);
     fs::path sealed = pack_dir / name;
-    if (::rename(file->path.c_str(), sealed.c_str()) == 0) {
+    Status renamed = ::rename(file->path.c_str(), sealed.c_str()) == 0 ? Status::Ok()
+                                                                        : errno_status("rename " + file->path.string());
+    if (renamed.ok()) {
       file->path = sealed;
-      (void)sync_dir(pack_dir);
+      renamed = sync_dir(pack_dir);
+    }
+    if (!renamed.ok()) {
+      DJINN_LOG(kError, "space") << renamed.to_string() << ": a restart may append to " << file->path.string()
+                                 << " again; move it aside by hand";
     }
     DJINN_LOG(kError, "space") << st.to_string() << ": its chunks not synced before must be put again";
     return st;
@@ -700,15 +706,19 @@ struct ValueStore::Impl {
       const char* last = name.data() + name.size();
       uint32_t id = 0;
       auto [end, err] = std::from_chars(name.data(), last, id);
-      if (err != std::errc() || id == 0) continue;
-      if (std::string_view(end) == kPackSuffix) {
+      if (err == std::errc() && id > 0 && std::string_view(end) == kPackSuffix) {
         pack_files[id] = {it->path(), std::nullopt};
         continue;
       }
       uint64_t synced = 0;
-      if (*end != '-') continue;
-      auto [rest, err2] = std::from_chars(end + 1, last, synced);
-      if (err2 == std::errc() && std::string_view(rest) == kSealedSuffix) pack_files[id] = {it->path(), synced};
+      if (err == std::errc() && id > 0 && *end == '-') {
+        auto [rest, err2] = std::from_chars(end + 1, last, synced);
+        if (err2 == std::errc() && std::string_view(rest) == kSealedSuffix) {
+          pack_files[id] = {it->path(), synced};
+          continue;
+        }
+      }
+      DJINN_LOG(kWarn, "space") << it->path().string() << ": not a pack of this store; left alone";
     }
     if (ec) return failed_precondition("reading " + pack_dir.string() + ": " + ec.message());
     std::unordered_set<ContentHash, HashOf> checked, damaged;
@@ -890,35 +900,54 @@ Result<bool> ValueStore::put_chunk_hashed(const ContentHash& hash, std::span<con
     }
   }
   // Not synced here: put_value syncs a value's chunks together, which lets the disk write them as
-  // one stream (one fdatasync per 1 MiB chunk measured at a third of the disk's rate).
+  // one stream (one fdatasync per 1 MiB chunk measured at a third of the disk's rate). A chunk a
+  // stored value already names (lost, and put again) is synced at once: no put_value may follow.
+  bool named = false;
   if (data.size() <= kPackedChunkMax) {
-    std::lock_guard append(m.append_mu);
-    Result<std::pair<uint32_t, uint64_t>> at = m.append_locked(hash, data);
-    if (!at.ok()) return at.status();
-    bool fresh = false;
-    Result<std::optional<fs::path>> stale = std::optional<fs::path>();
+    uint32_t pack = 0;
     {
-      std::lock_guard lock(m.mu);
-      stale = m.file_record_locked(hash, data.size(), at->first, at->second, &fresh);
+      std::lock_guard append(m.append_mu);
+      Result<std::pair<uint32_t, uint64_t>> at = m.append_locked(hash, data);
+      if (!at.ok()) return at.status();
+      bool fresh = false;
+      Result<std::optional<fs::path>> stale = std::optional<fs::path>();
+      {
+        std::lock_guard lock(m.mu);
+        stale = m.file_record_locked(hash, data.size(), at->first, at->second, &fresh);
+        named = fresh && m.chunks.at(hash).refs > 0;
+      }
+      if (!stale.ok()) return stale.status();
+      if (*stale) ::unlink((*stale)->c_str());
+      if (!fresh) return false;
+      pack = at->first;
     }
-    if (!stale.ok()) return stale.status();
-    if (*stale) ::unlink((*stale)->c_str());
-    return fresh;
+    if (named) DJINN_RETURN_IF_ERROR(m.sync_pack(pack));
+    return true;
   }
   DJINN_RETURN_IF_ERROR(write_file_atomic(m.chunk_path(hash), data, false));
-  std::lock_guard lock(m.mu);
-  auto [it, fresh] = m.chunks.try_emplace(hash);
-  it->second.touched = Clock::now();
-  if (fresh || !it->second.verified) {
-    // New, or found at open unverified (perhaps cut short by a crash): the size is what was written.
+  {
+    std::lock_guard lock(m.mu);
+    auto [it, fresh] = m.chunks.try_emplace(hash);
+    it->second.touched = Clock::now();
+    if (!fresh && it->second.verified) return false;
+    // New, or absent until now (found at open unverified, lost): the size is what was written.
     m.chunk_bytes -= it->second.size;
     it->second.size = data.size();
     m.chunk_bytes += data.size();
+    it->second.verified = true;
+    it->second.synced = false;
+    named = it->second.refs > 0;
   }
-  fresh = fresh || !it->second.verified;
-  it->second.verified = true;
-  it->second.synced = false;
-  return fresh;
+  if (named) {
+    Status synced = m.sync_files({hash});
+    std::lock_guard lock(m.mu);
+    if (auto it = m.chunks.find(hash); it != m.chunks.end()) {
+      if (!synced.ok()) it->second.verified = false;
+      else it->second.synced = true;
+    }
+    DJINN_RETURN_IF_ERROR(synced);
+  }
+  return true;
 }
 
 bool ValueStore::has_chunk(const ContentHash& hash) const {
@@ -978,7 +1007,6 @@ Status ValueStore::get_chunk(const ContentHash& hash, std::vector<uint8_t>& out)
     return out.data();
   });
 }
-
 
 Result<ContentHash> ValueStore::put_value(uint64_t size, std::span<const ContentHash> chunk_list) {
   Impl& m = *impl_;
@@ -1058,6 +1086,13 @@ Result<ContentHash> ValueStore::put_value(uint64_t size, std::span<const Content
       if (it == m.chunks.end() || !it->second.verified) {
         return not_found("value: chunk " + std::to_string(i) + " (" + to_hex(chunk_list[i]) +
                          ") is not stored (collected or lost meanwhile); put it again");
+      }
+      bool synced_now = it->second.pack != 0 ? m.synced_locked(it->second)
+                                             : it->second.synced || std::binary_search(unsynced.begin(), unsynced.end(),
+                                                                                       chunk_list[i]);
+      if (!synced_now) {
+        return unavailable("value: chunk " + std::to_string(i) + " (" + to_hex(chunk_list[i]) +
+                           ") was written again meanwhile; store the value again");
       }
     }
     for (const ContentHash& c : chunk_list) m.chunks.at(c).refs++;
