@@ -61,13 +61,17 @@ struct Daemon {
   std::unique_ptr<test::ChildProcess> process;
 };
 
+// The tests start the daemons found through DJINN_BUILD_DIR, which ctest sets.
+bool run_through_ctest() {
+  if (std::getenv("DJINN_BUILD_DIR")) return true;
+  MESSAGE("DJINN_BUILD_DIR is not set (run through ctest): skipped");
+  return false;
+}
+
 }  // namespace
 
 TEST_CASE("djinn-space: --help, refusals that say what to do, lookup registration") {
-  if (!std::getenv("DJINN_BUILD_DIR")) {
-    MESSAGE("DJINN_BUILD_DIR is not set (run through ctest): skipped");
-    return;
-  }
+  if (!run_through_ctest()) return;
   test::TempDir dir;
   std::vector<std::string> base{"--data-dir", dir.file("space"), "--listen", "tcp://127.0.0.1:*", "--events",
                                 "tcp://127.0.0.1:*", "--log-level", "off"};
@@ -81,11 +85,10 @@ TEST_CASE("djinn-space: --help, refusals that say what to do, lookup registratio
   CHECK(exit_code_of(with({"--insecure", "--lookup", "udp://x"})) == 2);
   CHECK(exit_code_of(with({"--insecure", "--data-dir", ""})) == 2);
   CHECK(exit_code_of(with({"--curve-key", dir.file("missing.key"), "--keyring", dir.file("ring")})) == 1);
-
 }
 
 TEST_CASE("djinn-space registers itself in lookup with a ServiceID kept in its data directory") {
-  if (!std::getenv("DJINN_BUILD_DIR")) return;
+  if (!run_through_ctest()) return;
   test::TempDir dir;
   std::string lookup_endpoint = "tcp://127.0.0.1:" + std::to_string(test::free_tcp_port());
   test::ChildProcess lookupd(test::build_path("lookup/djinn-lookup"),
@@ -117,10 +120,7 @@ TEST_CASE("djinn-space registers itself in lookup with a ServiceID kept in its d
 }
 
 TEST_CASE("no acknowledged write is lost to kill -9, and nothing is half-written") {
-  if (!std::getenv("DJINN_BUILD_DIR")) {
-    MESSAGE("DJINN_BUILD_DIR is not set (run through ctest): skipped");
-    return;
-  }
+  if (!run_through_ctest()) return;
   test::TempDir dir;
   Daemon daemon(dir, "space");
   daemon.start();
@@ -224,10 +224,7 @@ TEST_CASE("no acknowledged write is lost to kill -9, and nothing is half-written
 }
 
 TEST_CASE("no value whose manifest was acknowledged loses a page to kill -9 (pages in pack files)") {
-  if (!std::getenv("DJINN_BUILD_DIR")) {
-    MESSAGE("DJINN_BUILD_DIR is not set (run through ctest): skipped");
-    return;
-  }
+  if (!run_through_ctest()) return;
   test::TempDir dir;
   Daemon daemon(dir, "space");
   daemon.start();
