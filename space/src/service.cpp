@@ -51,6 +51,12 @@ Result<ContentHash> hash_from(capnp::Data::Reader data, std::string_view method)
   return *h;
 }
 
+// A list of hashes in one call (hasChunks, getChunks) is at most kMaxHashesPerCall long.
+Status check_hash_count(size_t n, std::string_view method) {
+  if (n <= kMaxHashesPerCall) return Status::Ok();
+  return invalid_argument(std::string(method) + ": at most " + std::to_string(kMaxHashesPerCall) + " hashes per call");
+}
+
 // One chunk of space.putChunk or space.putChunks, checked against the hash it carries or named
 // here; `out` (a PutChunkResult or a PutChunksItem) gets whether it was new and its name.
 template <class Out>
@@ -468,9 +474,7 @@ void SpaceService::Impl::register_methods() {
       "space.hasChunks",
       [this](const rpc::CallContext&, proto::HasChunksParams::Reader p, proto::HasChunksResult::Builder out) -> Status {
         auto hashes = p.getHashes();
-        if (hashes.size() > kMaxHashesPerCall) {
-          return invalid_argument("space.hasChunks: at most " + std::to_string(kMaxHashesPerCall) + " hashes per call");
-        }
+        DJINN_RETURN_IF_ERROR(check_hash_count(hashes.size(), "space.hasChunks"));
         auto present = out.initPresent(hashes.size());
         for (unsigned i = 0; i < hashes.size(); ++i) {
           Result<ContentHash> h = hash_from(hashes[i], "space.hasChunks");
@@ -484,9 +488,7 @@ void SpaceService::Impl::register_methods() {
       "space.getChunks",
       [this](const rpc::CallContext&, proto::GetChunksParams::Reader p, proto::GetChunksResult::Builder out) -> Status {
         auto hashes = p.getHashes();
-        if (hashes.size() > kMaxHashesPerCall) {
-          return invalid_argument("space.getChunks: at most " + std::to_string(kMaxHashesPerCall) + " hashes per call");
-        }
+        DJINN_RETURN_IF_ERROR(check_hash_count(hashes.size(), "space.getChunks"));
         auto chunks = out.initChunks(hashes.size());
         size_t bytes = 0;
         unsigned answered = 0;

@@ -60,6 +60,16 @@ constexpr uint64_t kCompactFrom = 1u << 20;
 
 uint64_t record_bytes(uint64_t chunk_size) { return kPackHeaderBytes + chunk_size; }
 
+// A sync call's result, or EIO when a test armed `fail_point` (a write-back the disk lost).
+template <class Sync>
+int sync_unless_failed(std::string_view fail_point, Sync sync) {
+  if (DJINN_FAIL_POINT(fail_point)) {
+    errno = EIO;
+    return -1;
+  }
+  return sync();
+}
+
 // Moves all of `n` bytes at `offset` with ::pread or ::pwrite; false at an error or the end of the
 // file.
 template <class Io, class Byte>
@@ -276,7 +286,9 @@ struct ValueStore::Impl {
     uint64_t size = 0;
     Clock::time_point touched;
     bool synced = true;    // a chunk file's content has been fdatasync'd (one in a pack: see synced_locked)
-    bool verified = true;  // false: found at open and named by no manifest, so maybe torn by a crash
+    // false: absent until put again (found at open named by no manifest, so maybe torn by a crash;
+    // unsynced in a failed sync; damaged; or a placeholder a manifest names but no disk holds)
+    bool verified = true;
     uint32_t pack = 0;     // the pack holding its record (0: a file of its own)
     uint64_t offset = 0;   // where its record starts in that pack
   };
@@ -306,7 +318,7 @@ struct ValueStore::Impl {
 
   ValueStoreOptions options;
   fs::path chunk_dir, value_dir;
-  mutable std::mutex mu;  // guards chunks, values, chunk_bytes, gc_stop
+  mutable std::mutex mu;  // guards chunks, values, chunk_bytes, packs, appending, PackFile::path, gc_stop
   std::unordered_map<ContentHash, ChunkInfo, HashOf> chunks;
   std::unordered_map<ContentHash, ValueInfo, HashOf> values;
   uint64_t chunk_bytes = 0;
@@ -329,9 +341,14 @@ struct ValueStore::Impl {
     std::string hex = to_hex(h);
     return value_dir / hex.substr(0, 2) / hex;
   }
-  fs::path pack_path(uint32_t id) const {
-    char name[32];
-    std::snprintf(name, sizeof name, "%08u%s", id, kPackSuffix);
+  // NNNNNNNN.pack, or NNNNNNNN-OFFSET.sealed for a pack sealed after a failed sync at OFFSET.
+  fs::path pack_path(uint32_t id, std::optional<uint64_t> sealed_at = std::nullopt) const {
+    char name[64];
+    if (sealed_at) {
+      std::snprintf(name, sizeof name, "%08u-%llu%s", id, static_cast<unsigned long long>(*sealed_at), kSealedSuffix);
+    } else {
+      std::snprintf(name, sizeof name, "%08u%s", id, kPackSuffix);
+    }
     return pack_dir / name;
   }
 
@@ -374,9 +391,7 @@ struct ValueStore::Impl {
     std::memcpy(record.data() + kPackHeaderBytes, data.data(), data.size());
     if (!pwrite_all(file->fd, record.data(), record.size(), at)) return errno_status("write " + path_of(*file).string());
     std::lock_guard lock(mu);
-    PackInfo& pack = packs.at(id);
-    pack.size = at + record.size();
-    if (pack.failed) return unavailable("a sync of " + file->path.string() + " failed meanwhile; put the chunk again");
+    packs.at(id).size = at + record.size();
     return std::make_pair(id, at);
   }
 
@@ -447,9 +462,9 @@ struct ValueStore::Impl {
   // collection, or copied by a compaction cut short) reads from the first record whose bytes match
   // its name: a record a crash cut short can look whole, and only the copy a value's sync covered
   // is sure to be intact. `checked`: chunks whose record was found intact so; `damaged`: chunks
-  // none of whose records is (they count as absent until put again). Returns whether the pack
-  // ends with a whole record (so appends may go on after it).
-  // `trusted`: how far the pack is to be read (a sealed pack's synced part), else all of it.
+  // none of whose records is (they count as absent until put again). `trusted`: how far a sealed
+  // pack is read (its synced part); others are read whole. Returns whether the pack ends with a
+  // whole record (so appends may go on after it).
   Result<bool> load_pack(uint32_t id, const fs::path& path, std::optional<uint64_t> trusted, Clock::time_point now,
                          std::unordered_set<ContentHash, HashOf>& checked,
                          std::unordered_set<ContentHash, HashOf>& damaged) {
@@ -510,7 +525,7 @@ struct ValueStore::Impl {
       DJINN_LOG(kWarn, "space") << path.string() << ": " << (end - at) << " bytes after its last whole record "
                                 << "(a write cut short, or a write-back the disk lost); they are ignored";
     }
-    info.size = trusted ? std::max<uint64_t>(end, static_cast<uint64_t>(st.st_size)) : end;
+    info.size = static_cast<uint64_t>(st.st_size);
     info.synced_to = end;
     if (trusted) info.failed = true;
     next_pack = std::max(next_pack, id + 1);
@@ -617,7 +632,7 @@ struct ValueStore::Impl {
     if (files.size() > kSyncEachUpTo) {
       int fd = ::open(chunk_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
       if (fd < 0) return errno_status("open " + chunk_dir.string());
-      int rc = DJINN_FAIL_POINT("space.values.file_sync") ? (errno = EIO, -1) : ::syncfs(fd);
+      int rc = sync_unless_failed("space.values.file_sync", [&] { return ::syncfs(fd); });
       int err = errno;
       ::close(fd);
       if (rc != 0) return internal_error("syncfs " + chunk_dir.string() + ": " + std::strerror(err));
@@ -627,7 +642,7 @@ struct ValueStore::Impl {
       fs::path path = chunk_path(c);
       int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
       if (fd < 0) return errno_status("open " + path.string());
-      int rc = DJINN_FAIL_POINT("space.values.file_sync") ? (errno = EIO, -1) : ::fdatasync(fd);
+      int rc = sync_unless_failed("space.values.file_sync", [&] { return ::fdatasync(fd); });
       int err = errno;
       ::close(fd);
       if (rc != 0) return internal_error("fdatasync " + path.string() + ": " + std::strerror(err));
@@ -659,7 +674,7 @@ struct ValueStore::Impl {
       if (p->second.failed) return data_loss("a sync of " + file->path.string() + " failed; put its chunks again");
       size_at = p->second.size;
     }
-    int rc = DJINN_FAIL_POINT("space.values.pack_sync") ? (errno = EIO, -1) : ::fdatasync(file->fd);
+    int rc = sync_unless_failed("space.values.pack_sync", [&] { return ::fdatasync(file->fd); });
     if (rc == 0) {
       std::lock_guard lock(mu);
       if (auto p = packs.find(id); p != packs.end()) p->second.synced_to = std::max(p->second.synced_to, size_at);
@@ -676,9 +691,7 @@ struct ValueStore::Impl {
     for (auto& [h, c] : chunks) {
       if (c.pack == id && c.offset >= pack.synced_to) c.verified = false;
     }
-    char name[64];
-    std::snprintf(name, sizeof name, "%08u-%llu%s", id, static_cast<unsigned long long>(pack.synced_to), kSealedSuffix);
-    fs::path sealed = pack_dir / name;
+    fs::path sealed = pack_path(id, pack.synced_to);
     Status renamed = ::rename(file->path.c_str(), sealed.c_str()) == 0 ? Status::Ok()
                                                                         : errno_status("rename " + file->path.string());
     if (renamed.ok()) {
