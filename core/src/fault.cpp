@@ -19,6 +19,7 @@ struct Armed {
   Action action;
   int fire_at;
   int seen = 0;
+  std::function<void()> call;  // kCall
 };
 
 std::mutex g_mu;  // guards g_points
@@ -51,6 +52,12 @@ void arm(std::string_view point, Action action, int hit) {
   internal::g_any_armed.store(true);
 }
 
+void arm_call(std::string_view point, std::function<void()> fn, int hit) {
+  std::lock_guard lock(g_mu);
+  points()[std::string(point)] = Armed{Action::kCall, hit, 0, std::move(fn)};
+  internal::g_any_armed.store(true);
+}
+
 void disarm_all() {
   std::lock_guard lock(g_mu);
   points().clear();
@@ -65,6 +72,7 @@ int hits(std::string_view point) {
 
 void internal::check(std::string_view point) {
   Action action;
+  std::function<void()> call;
   {
     std::lock_guard lock(g_mu);
     auto it = points().find(point);
@@ -72,6 +80,11 @@ void internal::check(std::string_view point) {
     if (it->second.action == Action::kFail) return;  // counted by fails()
     if (++it->second.seen != it->second.fire_at) return;
     action = it->second.action;
+    call = it->second.call;
+  }
+  if (action == Action::kCall) {
+    if (call) call();  // outside the lock: the function may pass points itself
+    return;
   }
   if (action == Action::kKill) {
     DJINN_LOG(kWarn, "fault") << "crash point " << point << " reached: killing this process";

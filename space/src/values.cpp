@@ -127,17 +127,19 @@ Status sync_dir(const fs::path& dir) {
   return rc == 0 ? Status::Ok() : errno_status("fsync " + dir.string());
 }
 
-// Writes `data` to `path` whole or not at all: a temporary file, then a rename. With `sync` the
-// content is fdatasync'd before the rename and the directory after it, so the file survives a
-// crash; chunks leave both to the manifest that names them (put_value syncs them once for all).
-Status write_file_atomic(const fs::path& path, std::span<const uint8_t> data, bool sync) {
+// Writes `data` to a temporary file beside `path` and returns its name; with `sync` the content is
+// fdatasync'd. Renamed to `path`, the file is there whole or not at all.
+Result<fs::path> write_temp(const fs::path& path, std::span<const uint8_t> data, bool sync) {
   fs::path dir = path.parent_path();
   thread_local std::mt19937_64 rng{std::random_device{}()};
   fs::path tmp = dir / (".tmp-" + std::to_string(rng()));
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd < 0 && errno == ENOENT) {
+    // A new fan-out directory: its name in the parent must outlive a crash like the files in it.
     std::error_code ec;
     fs::create_directories(dir, ec);
+    if (ec) return internal_error("create " + dir.string() + ": " + ec.message());
+    DJINN_RETURN_IF_ERROR(sync_dir(dir.parent_path()));
     fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   }
   if (fd < 0) return errno_status("create " + tmp.string());
@@ -162,14 +164,32 @@ Status write_file_atomic(const fs::path& path, std::span<const uint8_t> data, bo
     ::unlink(tmp.c_str());
     return st;
   }
-  ::close(fd);
+  // Checked: on some file systems close reports (and so consumes) a write-back error.
+  if (::close(fd) != 0) {
+    Status st = errno_status("close " + tmp.string());
+    ::unlink(tmp.c_str());
+    return st;
+  }
   DJINN_CRASH_POINT("space.values.before_rename");
+  return tmp;
+}
+
+Status rename_into_place(const fs::path& tmp, const fs::path& path) {
   if (::rename(tmp.c_str(), path.c_str()) != 0) {
     Status st = errno_status("rename " + tmp.string());
     ::unlink(tmp.c_str());
     return st;
   }
-  return sync ? sync_dir(dir) : Status::Ok();
+  return Status::Ok();
+}
+
+// Writes `data` to `path` whole or not at all. With `sync` the content is fdatasync'd before the
+// rename and the directory after it, so the file survives a crash.
+Status write_file_atomic(const fs::path& path, std::span<const uint8_t> data, bool sync) {
+  Result<fs::path> tmp = write_temp(path, data, sync);
+  if (!tmp.ok()) return tmp.status();
+  DJINN_RETURN_IF_ERROR(rename_into_place(*tmp, path));
+  return sync ? sync_dir(path.parent_path()) : Status::Ok();
 }
 
 Status read_whole(const fs::path& path, const std::function<uint8_t*(size_t)>& sink, const std::string& what) {
@@ -286,6 +306,7 @@ struct ValueStore::Impl {
     uint64_t size = 0;
     Clock::time_point touched;
     bool synced = true;    // a chunk file's content has been fdatasync'd (one in a pack: see synced_locked)
+    uint64_t written = 0;  // which write of its file this is (a sync counts for the file it synced only)
     // false: absent until put again (found at open named by no manifest, so maybe torn by a crash;
     // unsynced in a failed sync; damaged; or a placeholder a manifest names but no disk holds)
     bool verified = true;
@@ -329,6 +350,23 @@ struct ValueStore::Impl {
   // Serialises appends (and compaction's), so a pack holds no hole before a record a value's sync
   // made durable: a crash leaves at most a torn tail, which open stops at.
   std::mutex append_mu;
+  // Serialises syncs of chunk files, each with the marking of its outcome: a write-back error is
+  // reported to one sync only, so a second one must find the chunk absent rather than a clean
+  // return.
+  std::mutex file_sync_mu;
+  uint64_t file_writes = 0;  // numbers chunk files' writes (ChunkInfo::written)
+  // Failed syncs that may have reported any chunk file's error (a syncfs, a directory's): a chunk
+  // file written across one must be written again.
+  uint64_t syncfs_failures = 0;
+  int syncfs_fd = -1;  // chunk_dir, for syncfs
+  ~Impl() {
+    if (syncfs_fd >= 0) ::close(syncfs_fd);
+  }
+  // Chunk files and manifests a collection chose, until it has unlinked them: a put of one waits,
+  // so the unlink cannot take the file it writes.
+  std::unordered_set<ContentHash, HashOf> unlinking_chunks, unlinking_values;
+  std::condition_variable unlinked_cv;
+  std::mutex collect_mu;  // one collection at a time
   std::condition_variable gc_cv;
   bool gc_stop = false;
   std::thread gc;
@@ -626,30 +664,95 @@ struct ValueStore::Impl {
   }
 
   // Makes chunk files durable: their content, then their directories (many files: one syncfs of
-  // the file system, where a fdatasync each would cost a device flush each).
-  Status sync_files(const std::vector<ContentHash>& files) const {
+  // the file system, where a fdatasync each would cost a device flush each), and marks them
+  // synced. A chunk absent meanwhile fails the call with NOT_FOUND.
+  //
+  // Linux reports a write-back error once to each open file, and never to a file opened after
+  // the error was reported to another: a sync that fails cannot be retried (a second would
+  // return 0 with the data lost), and two syncs of one file at once could see one error between
+  // them and one clean return. So syncs run one at a time, each marking what it covered before
+  // the next starts: a failed one leaves those chunks absent until put again, and a failed syncfs
+  // or directory sync (which may have reported any file's error) every chunk file not yet synced.
+  Status sync_files(const std::vector<ContentHash>& files) {
     if (files.empty()) return Status::Ok();
-    if (files.size() > kSyncEachUpTo) {
-      int fd = ::open(chunk_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-      if (fd < 0) return errno_status("open " + chunk_dir.string());
-      int rc = sync_unless_failed("space.values.file_sync", [&] { return ::syncfs(fd); });
-      int err = errno;
-      ::close(fd);
-      if (rc != 0) return internal_error("syncfs " + chunk_dir.string() + ": " + std::strerror(err));
+    std::vector<std::pair<ContentHash, uint64_t>> todo;  // chunk, which write of its file
+    auto check = [&]() -> Status {
+      todo.clear();
+      std::lock_guard lock(mu);
+      for (const ContentHash& c : files) {
+        auto it = chunks.find(c);
+        if (it == chunks.end() || !it->second.verified) {
+          return not_found("chunk " + to_hex(c) + " is not stored (collected, or lost in a failed sync meanwhile); put it again");
+        }
+        if (it->second.pack == 0 && !it->second.synced) todo.emplace_back(c, it->second.written);
+      }
       return Status::Ok();
+    };
+    DJINN_RETURN_IF_ERROR(check());
+    if (todo.empty()) return Status::Ok();  // synced meanwhile by another value's call
+    std::lock_guard one_at_a_time(file_sync_mu);
+    DJINN_RETURN_IF_ERROR(check());
+    if (todo.empty()) return Status::Ok();
+    // Marks chunks absent (mu held): every chunk file not yet synced, or `failed` as it is now
+    // (whichever write of it the failed sync met) and the rest of `todo` as they were.
+    auto lose = [&](const std::optional<ContentHash>& failed) {
+      for (auto& [h, c] : chunks) {
+        if (c.pack == 0 && !c.synced && !failed) c.verified = false;
+      }
+      if (!failed) return;
+      if (auto it = chunks.find(*failed); it != chunks.end() && it->second.pack == 0 && !it->second.synced) {
+        it->second.verified = false;
+      }
+      for (const auto& [c, written] : todo) {
+        auto it = chunks.find(c);
+        if (it != chunks.end() && it->second.pack == 0 && it->second.written == written) it->second.verified = false;
+      }
+    };
+    auto fail = [&](const std::string& what, const std::optional<ContentHash>& failed) {
+      DJINN_CRASH_POINT("space.values.file_sync_failed");
+      std::lock_guard lock(mu);
+      if (!failed) ++syncfs_failures;
+      lose(failed);
+      return internal_error(what + "; its chunks count as absent until put again");
+    };
+    if (todo.size() > kSyncEachUpTo) {
+      int rc = sync_unless_failed("space.values.file_sync", [&] { return ::syncfs(syncfs_fd); });
+      if (rc != 0) {
+        int err = errno;
+        return fail("syncfs " + chunk_dir.string() + ": " + std::strerror(err), std::nullopt);
+      }
+    } else {
+      for (const auto& [c, written] : todo) {
+        fs::path path = chunk_path(c);
+        int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+        if (fd < 0) {
+          int err = errno;
+          {
+            // Collected (or lost and not put again) since the check: absent, not an I/O error.
+            std::lock_guard lock(mu);
+            auto it = chunks.find(c);
+            if (err == ENOENT && (it == chunks.end() || !it->second.verified || it->second.written != written)) {
+              return not_found("chunk " + to_hex(c) + " is not stored (collected meanwhile); put it again");
+            }
+          }
+          return fail("open " + path.string() + ": " + std::strerror(err), c);
+        }
+        int rc = sync_unless_failed("space.values.file_sync", [&] { return ::fdatasync(fd); });
+        int err = errno;
+        ::close(fd);
+        if (rc != 0) return fail("fdatasync " + path.string() + ": " + std::strerror(err), c);
+      }
+      std::set<std::string> dirs;
+      for (const auto& [c, written] : todo) dirs.insert(to_hex(c).substr(0, 2));
+      for (const std::string& d : dirs) {
+        if (Status st = sync_dir(chunk_dir / d); !st.ok()) return fail(st.message(), std::nullopt);
+      }
     }
-    for (const ContentHash& c : files) {
-      fs::path path = chunk_path(c);
-      int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-      if (fd < 0) return errno_status("open " + path.string());
-      int rc = sync_unless_failed("space.values.file_sync", [&] { return ::fdatasync(fd); });
-      int err = errno;
-      ::close(fd);
-      if (rc != 0) return internal_error("fdatasync " + path.string() + ": " + std::strerror(err));
+    std::lock_guard lock(mu);
+    for (const auto& [c, written] : todo) {
+      auto it = chunks.find(c);
+      if (it != chunks.end() && it->second.pack == 0 && it->second.written == written) it->second.synced = true;
     }
-    std::set<std::string> dirs;
-    for (const ContentHash& c : files) dirs.insert(to_hex(c).substr(0, 2));
-    for (const std::string& d : dirs) DJINN_RETURN_IF_ERROR(sync_dir(chunk_dir / d));
     return Status::Ok();
   }
 
@@ -712,6 +815,12 @@ struct ValueStore::Impl {
     fs::create_directories(value_dir, ec);
     fs::create_directories(pack_dir, ec);
     if (ec) return failed_precondition("cannot create " + value_dir.string() + ": " + ec.message());
+    for (const fs::path& d : {fs::path(options.dir), chunk_dir}) DJINN_RETURN_IF_ERROR(sync_dir(d));
+    // Kept open for the store's life: syncfs reports to a descriptor every write-back error since
+    // its last call (Linux 5.8 on), whoever else saw it first; one opened anew misses an error
+    // another syncfs (of any process on the file system) already reported.
+    syncfs_fd = ::open(chunk_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (syncfs_fd < 0) return errno_status("open " + chunk_dir.string());
     auto now = Clock::now();
     std::map<uint32_t, std::pair<fs::path, std::optional<uint64_t>>> pack_files;  // id -> path, sealed at
     for (auto it = fs::directory_iterator(pack_dir, ec); !ec && it != fs::directory_iterator(); it.increment(ec)) {
@@ -791,9 +900,28 @@ struct ValueStore::Impl {
   }
 
   size_t collect(std::chrono::milliseconds grace) {
-    std::vector<fs::path> doomed;
+    std::lock_guard one_at_a_time(collect_mu);  // each empties the unlinking sets it filled
+    // A file to unlink, and what a put of it waits for (none for a pack).
+    struct Doomed {
+      fs::path path;
+      std::unordered_set<ContentHash, HashOf>* set = nullptr;
+      ContentHash hash{};
+    };
+    std::vector<Doomed> doomed;
     size_t packed_gone = 0;
     std::vector<uint32_t> to_compact;
+    // However this ends, no put waits for an unlink any more.
+    struct Unlinked {
+      Impl& m;
+      ~Unlinked() {
+        {
+          std::lock_guard lock(m.mu);
+          m.unlinking_chunks.clear();
+          m.unlinking_values.clear();
+        }
+        m.unlinked_cv.notify_all();
+      }
+    } unlinked{*this};
     {
       std::lock_guard append(append_mu);  // no append is under way in a pack deleted here
       std::lock_guard lock(mu);
@@ -804,7 +932,8 @@ struct ValueStore::Impl {
             auto ci = chunks.find(c);
             if (ci != chunks.end() && ci->second.refs > 0 && --ci->second.refs == 0) ci->second.touched = now - grace;
           }
-          doomed.push_back(value_path(it->first));
+          doomed.push_back({value_path(it->first), &unlinking_values, it->first});
+          unlinking_values.insert(it->first);
           it = values.erase(it);
         } else {
           ++it;
@@ -816,7 +945,8 @@ struct ValueStore::Impl {
             packs[it->second.pack].live -= record_bytes(it->second.size);
             ++packed_gone;
           } else {
-            doomed.push_back(chunk_path(it->first));
+            doomed.push_back({chunk_path(it->first), &unlinking_chunks, it->first});
+            unlinking_chunks.insert(it->first);
           }
           chunk_bytes -= it->second.size;
           it = chunks.erase(it);
@@ -828,7 +958,7 @@ struct ValueStore::Impl {
       // another); one mostly dead is compacted below. Packs of under a MiB are left to grow.
       for (auto it = packs.begin(); it != packs.end();) {
         if (it->second.live == 0) {
-          doomed.push_back(it->second.file->path);
+          doomed.push_back({it->second.file->path});
           if (it->first == appending) appending = 0;
           it = packs.erase(it);
           continue;
@@ -840,7 +970,16 @@ struct ValueStore::Impl {
         ++it;
       }
     }
-    for (const fs::path& p : doomed) ::unlink(p.c_str());
+    DJINN_CRASH_POINT("space.values.collect_unlink");
+    for (const Doomed& d : doomed) {
+      ::unlink(d.path.c_str());
+      if (!d.set) continue;
+      {
+        std::lock_guard lock(mu);
+        d.set->erase(d.hash);
+      }
+      unlinked_cv.notify_all();  // a put of this file goes on
+    }
     for (uint32_t id : to_compact) {
       Status st = compact(id);
       if (!st.ok()) DJINN_LOG(kWarn, "space") << "compacting pack " << id << ": " << st.to_string();
@@ -904,6 +1043,7 @@ Result<bool> ValueStore::put_chunk_hashed(const ContentHash& hash, std::span<con
   if (data.empty() || data.size() > kMaxChunkBytes) {
     return invalid_argument("chunk of " + std::to_string(data.size()) + " bytes: must be 1.." + std::to_string(kMaxChunkBytes));
   }
+  uint64_t syncfs_failures = 0;
   {
     std::lock_guard lock(m.mu);
     auto it = m.chunks.find(hash);
@@ -911,6 +1051,7 @@ Result<bool> ValueStore::put_chunk_hashed(const ContentHash& hash, std::span<con
       it->second.touched = Clock::now();
       return false;
     }
+    syncfs_failures = m.syncfs_failures;
   }
   // Not synced here: put_value syncs a value's chunks together, which lets the disk write them as
   // one stream (one fdatasync per 1 MiB chunk measured at a third of the disk's rate). A chunk a
@@ -937,29 +1078,39 @@ Result<bool> ValueStore::put_chunk_hashed(const ContentHash& hash, std::span<con
     if (named) DJINN_RETURN_IF_ERROR(m.sync_pack(pack));
     return true;
   }
-  DJINN_RETURN_IF_ERROR(write_file_atomic(m.chunk_path(hash), data, false));
+  const fs::path path = m.chunk_path(hash);
+  Result<fs::path> tmp = write_temp(path, data, false);
+  if (!tmp.ok()) return tmp.status();
   {
-    std::lock_guard lock(m.mu);
+    // Renamed under the lock, so the file at `path` is always the one its ChunkInfo describes: a
+    // put that lost a race never replaces a file already synced with one that is not.
+    std::unique_lock lock(m.mu);
+    m.unlinked_cv.wait(lock, [&] { return !m.unlinking_chunks.count(hash); });
     auto [it, fresh] = m.chunks.try_emplace(hash);
     it->second.touched = Clock::now();
-    if (!fresh && it->second.verified) return false;
+    if (!fresh && it->second.verified) {
+      ::unlink(tmp->c_str());
+      return false;
+    }
+    if (Status renamed = rename_into_place(*tmp, path); !renamed.ok()) {
+      if (fresh) m.chunks.erase(it);
+      return renamed;
+    }
     // New, or absent until now (found at open unverified, lost): the size is what was written.
     m.chunk_bytes -= it->second.size;
     it->second.size = data.size();
     m.chunk_bytes += data.size();
-    it->second.verified = true;
     it->second.synced = false;
+    it->second.written = ++m.file_writes;
+    // A syncfs that failed while this file was written may have lost its write-back and told
+    // nobody else (the file system's error is reported once): written again, it will be sound.
+    it->second.verified = m.syncfs_failures == syncfs_failures;
+    if (!it->second.verified) {
+      return unavailable("chunk " + to_hex(hash) + ": a sync of the file system failed while it was written; put it again");
+    }
     named = it->second.refs > 0;
   }
-  if (named) {
-    Status synced = m.sync_files({hash});
-    std::lock_guard lock(m.mu);
-    if (auto it = m.chunks.find(hash); it != m.chunks.end()) {
-      if (!synced.ok()) it->second.verified = false;
-      else it->second.synced = true;
-    }
-    DJINN_RETURN_IF_ERROR(synced);
-  }
+  if (named) DJINN_RETURN_IF_ERROR(m.sync_files({hash}));
   return true;
 }
 
@@ -1027,7 +1178,7 @@ Result<ContentHash> ValueStore::put_value(uint64_t size, std::span<const Content
     return invalid_argument("value of " + std::to_string(chunk_list.size()) + " chunks: at most " + std::to_string(kMaxValueChunks));
   }
   std::vector<uint32_t> sizes(chunk_list.size());
-  std::vector<ContentHash> unsynced;
+  std::vector<ContentHash> unsynced;  // chunk files
   uint64_t total = 0;
   {
     std::lock_guard lock(m.mu);
@@ -1073,23 +1224,17 @@ Result<ContentHash> ValueStore::put_value(uint64_t size, std::span<const Content
       if (!st.ok() && st.code() != Code::kNotFound) return st;
     }
   }
-  std::vector<ContentHash>& unsynced_files = unsynced;
-  if (Status synced = m.sync_files(unsynced_files); !synced.ok()) {
-    // Linux reports a lost write-back to one sync only, and a later one of the same file returns
-    // 0: the chunks must be written again, not synced again.
-    std::lock_guard lock(m.mu);
-    for (const ContentHash& c : unsynced_files) {
-      if (auto it = m.chunks.find(c); it != m.chunks.end() && it->second.pack == 0) it->second.verified = false;
-    }
-    return Status(synced.code(), synced.message() + "; its chunks count as absent until put again");
-  }
+  // Linux reports a lost write-back to one sync only, and a later one of the same file returns 0:
+  // a failed sync leaves the chunks absent, to be written again, not synced again.
+  DJINN_RETURN_IF_ERROR(m.sync_files(unsynced));
   std::vector<uint8_t> manifest = encode_manifest(size, chunk_list, sizes);
   ContentHash id = hash_bytes(manifest);
   {
     // The chunks are referenced before the manifest is written, so no collection takes one
     // meanwhile; every one is still there (a collection or a failed sync since the check above
-    // would have made it absent).
-    std::lock_guard lock(m.mu);
+    // would have made it absent). A manifest a collection is unlinking is waited for.
+    std::unique_lock lock(m.mu);
+    m.unlinked_cv.wait(lock, [&] { return !m.unlinking_values.count(id); });
     if (auto it = m.values.find(id); it != m.values.end()) {
       it->second.touched = Clock::now();
       return id;
@@ -1100,10 +1245,7 @@ Result<ContentHash> ValueStore::put_value(uint64_t size, std::span<const Content
         return not_found("value: chunk " + std::to_string(i) + " (" + to_hex(chunk_list[i]) +
                          ") is not stored (collected or lost meanwhile); put it again");
       }
-      bool synced_now = it->second.pack != 0 ? m.synced_locked(it->second)
-                                             : it->second.synced || std::binary_search(unsynced.begin(), unsynced.end(),
-                                                                                       chunk_list[i]);
-      if (!synced_now) {
+      if (!m.synced_locked(it->second)) {
         return unavailable("value: chunk " + std::to_string(i) + " (" + to_hex(chunk_list[i]) +
                            ") was written again meanwhile; store the value again");
       }
@@ -1120,9 +1262,6 @@ Result<ContentHash> ValueStore::put_value(uint64_t size, std::span<const Content
   if (!written.ok()) {
     unref_chunks();
     return written;
-  }
-  for (const ContentHash& c : unsynced) {
-    if (auto it = m.chunks.find(c); it != m.chunks.end()) it->second.synced = true;
   }
   auto [it, fresh] = m.values.try_emplace(id);
   it->second.touched = Clock::now();

@@ -142,3 +142,22 @@ TEST_CASE("fail points report a failure on the armed hit only, and never crash")
   CHECK(fault::hits("test.sync") == 3);
   fault::disarm_all();
 }
+
+TEST_CASE("a point armed with a function runs it on the armed hit, on the passing thread") {
+  fault::disarm_all();
+  int calls = 0;
+  fault::arm_call("test.between", [&] {
+    ++calls;
+    fault::crash_point("test.between");  // past its hit: passing it again inside does nothing
+  }, 2);
+  fault::crash_point("test.between");
+  CHECK(calls == 0);
+  fault::crash_point("test.between");
+  CHECK(calls == 1);
+  fault::crash_point("test.between");
+  CHECK(calls == 1);
+  CHECK(!fault::fail_point("test.between"));  // not a fail point
+  fault::arm("test.empty", fault::Action::kCall);  // no function: passes like an unarmed point
+  fault::crash_point("test.empty");
+  fault::disarm_all();
+}

@@ -2,9 +2,14 @@
 // of what nothing refers to, tampered and missing chunks, and a value streamed through a client in
 // both directions with several chunks in flight.
 #include <doctest/doctest.h>
+#include <sys/stat.h>
 
+#include <atomic>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <optional>
+#include <thread>
 
 #include "djinn/core/fault.h"
 #include "djinn/proto/space.capnp.h"
@@ -250,6 +255,52 @@ std::unique_ptr<ValueStore> open_store(const std::string& dir) {
   REQUIRE_MESSAGE(v.ok(), v.status().to_string());
   return std::move(*v);
 }
+
+// 70 chunk files (over 64 KiB each) put but in no value yet: more than put_value syncs one by
+// one, so their value's sync is one syncfs.
+struct ChunkFiles {
+  std::vector<std::vector<uint8_t>> chunks;
+  std::vector<ContentHash> names;
+  uint64_t size = 0;
+};
+
+ChunkFiles put_chunk_files(ValueStore& v, uint64_t seed) {
+  ChunkFiles out;
+  for (uint64_t i = 0; i < 70; ++i) {
+    out.chunks.push_back(pattern(70'000, seed + i));
+    out.names.push_back(hash_bytes(out.chunks.back()));
+    out.size += out.chunks.back().size();
+    REQUIRE(v.put_chunk(out.names.back(), out.chunks.back()).ok());
+  }
+  return out;
+}
+
+// A call made from another thread at a point while its step is under way: given up to 200 ms to
+// finish there, which a call that must wait for the step does not.
+class CallInWindow {
+ public:
+  ~CallInWindow() {
+    if (thread_.joinable()) thread_.join();
+  }
+  void start(std::function<Result<ContentHash>()> call) {
+    thread_ = std::thread([this, call = std::move(call)] {
+      result_ = call();
+      done_ = true;
+    });
+    for (int i = 0; i < 100 && !done_; ++i) std::this_thread::sleep_for(2ms);
+  }
+  // Its outcome, once it has finished.
+  Result<ContentHash>& result() {
+    if (thread_.joinable()) thread_.join();
+    REQUIRE(result_.has_value());
+    return *result_;
+  }
+
+ private:
+  std::thread thread_;
+  std::optional<Result<ContentHash>> result_;
+  std::atomic<bool> done_{false};
+};
 
 std::vector<std::filesystem::path> files_under(const std::string& dir) {
   std::vector<std::filesystem::path> out;
@@ -540,4 +591,167 @@ TEST_CASE("values: a chunk file whose sync failed must be put again; a chunk los
   check_pages(*v, 880, pages);
   REQUIRE(v->get_chunk(name, out).ok());
   CHECK(out == big);
+}
+
+TEST_CASE("values: a chunk file and a manifest put again while a collection unlinks them are kept") {
+  test::TempDir dir;
+  auto v = open_store(dir.file("values"));
+  std::vector<uint8_t> big = pattern(100'000, 91);  // a file of its own
+  ContentHash name = hash_bytes(big);
+  REQUIRE(v->put_chunk(name, big).ok());
+  auto id = v->put_value(big.size(), std::vector<ContentHash>{name});
+  REQUIRE(id.ok());  // referred to by no entry: the collection below takes the value and its chunk
+
+  // The same chunk and value stored again in the instant between the collection's choice and its
+  // unlinks: the put waits for the unlinks instead of losing its files to them.
+  CallInWindow again;
+  fault::arm_call("space.values.collect_unlink", [&] {
+    again.start([&] {
+      (void)v->put_chunk(name, big);
+      return v->put_value(big.size(), std::vector<ContentHash>{name});
+    });
+  });
+  CHECK(v->collect_now(0ms) == 2);
+  fault::disarm_all();
+  Result<ContentHash>& again_id = again.result();
+  REQUIRE_MESSAGE(again_id.ok(), again_id.status().to_string());
+  CHECK(*again_id == *id);
+  v->ref(*id);
+  for (int reopen = 0; reopen < 2; ++reopen) {
+    std::vector<uint8_t> out;
+    REQUIRE(v->get_chunk(name, out).ok());
+    CHECK(out == big);
+    CHECK(v->get_value(*id).ok());
+    v.reset();
+    v = open_store(dir.file("values"));
+    v->ref(*id);
+  }
+}
+
+TEST_CASE("values: a failed sync of a chunk file leaves it absent to another value's sync at the same moment") {
+  test::TempDir dir;
+  auto v = open_store(dir.file("values"));
+  std::vector<uint8_t> big = pattern(100'000, 92);
+  ContentHash name = hash_bytes(big);
+  REQUIRE(v->put_chunk(name, big).ok());
+  // Another value naming the chunk is stored while the failed sync is still being handled: its
+  // own sync would return 0 (the error is reported once), so it must find the chunk absent.
+  CallInWindow other;
+  fault::arm("space.values.file_sync", fault::Action::kFail);
+  fault::arm_call("space.values.file_sync_failed", [&] {
+    other.start([&] { return v->put_value(2 * big.size(), std::vector<ContentHash>{name, name}); });
+  });
+  auto failed = v->put_value(big.size(), std::vector<ContentHash>{name});
+  fault::disarm_all();
+  CHECK(!failed.ok());
+  CHECK(other.result().status().code() == Code::kNotFound);
+  CHECK(!v->has_chunk(name));
+  // Put again, both values are stored.
+  CHECK(v->put_chunk(name, big).value() == true);
+  CHECK(v->put_value(big.size(), std::vector<ContentHash>{name}).ok());
+  CHECK(v->put_value(2 * big.size(), std::vector<ContentHash>{name, name}).ok());
+}
+
+TEST_CASE("values: a failed syncfs leaves every chunk file not yet synced absent, another upload's too") {
+  test::TempDir dir;
+  auto v = open_store(dir.file("values"));
+  ChunkFiles files = put_chunk_files(*v, 200);
+  auto& [chunks, names, size] = files;
+  // A chunk of another upload, not yet part of a value: the file system's error may have been its.
+  std::vector<uint8_t> bystander = pattern(90'000, 300);
+  ContentHash bystander_name = hash_bytes(bystander);
+  REQUIRE(v->put_chunk(bystander_name, bystander).ok());
+  fault::arm("space.values.file_sync", fault::Action::kFail);
+  auto failed = v->put_value(size, names);
+  fault::disarm_all();
+  CHECK(!failed.ok());
+  CHECK(!v->has_chunk(names[0]));
+  CHECK(!v->has_chunk(names[69]));
+  CHECK(!v->has_chunk(bystander_name));
+  CHECK(v->put_value(bystander.size(), std::vector<ContentHash>{bystander_name}).status().code() == Code::kNotFound);
+  // Put again, they are stored and read back.
+  for (size_t i = 0; i < chunks.size(); ++i) CHECK(v->put_chunk(names[i], chunks[i]).value() == true);
+  CHECK(v->put_chunk(bystander_name, bystander).value() == true);
+  auto id = v->put_value(size, names);
+  REQUIRE_MESSAGE(id.ok(), id.status().to_string());
+  REQUIRE(v->put_value(bystander.size(), std::vector<ContentHash>{bystander_name}).ok());
+  std::vector<uint8_t> out;
+  REQUIRE(v->get_chunk(names[33], out).ok());
+  CHECK(out == chunks[33]);
+}
+
+TEST_CASE("values: a manifest stored again while a collection unlinks it is kept") {
+  test::TempDir dir;
+  auto v = open_store(dir.file("values"));
+  std::vector<uint8_t> big = pattern(100'000, 93);
+  ContentHash name = hash_bytes(big);
+  REQUIRE(v->put_chunk(name, big).ok());
+  auto kept = v->put_value(2 * big.size(), std::vector<ContentHash>{name, name});
+  REQUIRE(kept.ok());
+  v->ref(*kept);  // keeps the chunk: the collection takes only the other value's manifest
+  auto id = v->put_value(big.size(), std::vector<ContentHash>{name});
+  REQUIRE(id.ok());
+  CallInWindow again;
+  fault::arm_call("space.values.collect_unlink", [&] {
+    again.start([&] { return v->put_value(big.size(), std::vector<ContentHash>{name}); });
+  });
+  CHECK(v->collect_now(0ms) == 1);
+  fault::disarm_all();
+  REQUIRE_MESSAGE(again.result().ok(), again.result().status().to_string());
+  v->ref(*id);
+  CHECK(v->get_value(*id).ok());
+  v.reset();
+  v = open_store(dir.file("values"));
+  CHECK(v->get_value(*id).ok());
+}
+
+TEST_CASE("values: a chunk file written while a syncfs fails must be put again") {
+  test::TempDir dir;
+  auto v = open_store(dir.file("values"));
+  ChunkFiles files = put_chunk_files(*v, 400);
+  auto& [chunks, names, size] = files;
+  // Written to its temporary file, not yet renamed, when another upload's syncfs fails: that
+  // syncfs may have met this file's lost write-back, and no later sync would say so.
+  std::vector<uint8_t> late = pattern(80'000, 500);
+  ContentHash late_name = hash_bytes(late);
+  std::optional<Result<ContentHash>> failed;
+  fault::arm_call("space.values.before_rename", [&] {
+    fault::arm("space.values.file_sync", fault::Action::kFail);
+    failed = v->put_value(size, names);
+  });
+  auto put = v->put_chunk(late_name, late);
+  fault::disarm_all();
+  REQUIRE(failed.has_value());
+  CHECK(!failed->ok());
+  CHECK(put.status().code() == Code::kUnavailable);
+  CHECK(!v->has_chunk(late_name));
+  CHECK(v->put_chunk(late_name, late).value() == true);
+  CHECK(v->put_value(late.size(), std::vector<ContentHash>{late_name}).ok());
+}
+
+TEST_CASE("values: a put of a chunk file that lost a race leaves the synced file in place") {
+  test::TempDir dir;
+  auto v = open_store(dir.file("values"));
+  std::vector<uint8_t> big = pattern(100'000, 94);
+  ContentHash name = hash_bytes(big);
+  std::string hex = to_hex(name);
+  std::filesystem::path path = std::filesystem::path(dir.file("values")) / "chunks" / hex.substr(0, 2) / hex;
+  // While this put is between its write and its rename, another stores the chunk and a value
+  // naming it, which syncs that file.
+  ino_t synced_inode = 0;
+  fault::arm_call("space.values.before_rename", [&] {
+    REQUIRE(v->put_chunk(name, big).value() == true);
+    REQUIRE(v->put_value(big.size(), std::vector<ContentHash>{name}).ok());
+    struct stat st {};
+    REQUIRE(::stat(path.c_str(), &st) == 0);
+    synced_inode = st.st_ino;
+  });
+  CHECK(v->put_chunk(name, big).value() == false);
+  fault::disarm_all();
+  struct stat st {};
+  REQUIRE(::stat(path.c_str(), &st) == 0);
+  CHECK(st.st_ino == synced_inode);
+  for (const auto& f : files_under(dir.file("values") + "/chunks")) {
+    CHECK_MESSAGE(f.filename().string().rfind(".tmp-", 0) != 0, f.string());
+  }
 }

@@ -16,6 +16,8 @@
 //   space.batch.after_commit    a group is durable, nobody answered yet
 //   space.prepare.after_commit  a transaction's prepared state is durable, the vote not sent
 //   space.values.before_rename  a chunk or manifest is written under its temporary name
+//   space.values.collect_unlink a collection chose its files and is about to unlink them
+//   space.values.file_sync_failed  a sync of chunk files failed, the chunks not yet marked absent
 // (and core's txn.participant.* points, passed in prepare and commit).
 #pragma once
 
