@@ -7,6 +7,7 @@
 #include <sodium.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
+#include <sys/utsname.h>
 #include <unistd.h>
 #include <xxhash.h>
 
@@ -133,15 +134,8 @@ Result<fs::path> write_temp(const fs::path& path, std::span<const uint8_t> data,
   fs::path dir = path.parent_path();
   thread_local std::mt19937_64 rng{std::random_device{}()};
   fs::path tmp = dir / (".tmp-" + std::to_string(rng()));
+  // The fan-out directories are made (and synced into their parents) when the store opens.
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd < 0 && errno == ENOENT) {
-    // A new fan-out directory: its name in the parent must outlive a crash like the files in it.
-    std::error_code ec;
-    fs::create_directories(dir, ec);
-    if (ec) return internal_error("create " + dir.string() + ": " + ec.message());
-    DJINN_RETURN_IF_ERROR(sync_dir(dir.parent_path()));
-    fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  }
   if (fd < 0) return errno_status("create " + tmp.string());
   size_t off = 0;
   while (off < data.size()) {
@@ -174,6 +168,15 @@ Result<fs::path> write_temp(const fs::path& path, std::span<const uint8_t> data,
   return tmp;
 }
 
+// Whether the running kernel is at least major.minor.
+bool kernel_at_least(int major, int minor) {
+  struct utsname u {};
+  if (::uname(&u) != 0) return false;
+  int got_major = 0, got_minor = 0;
+  if (std::sscanf(u.release, "%d.%d", &got_major, &got_minor) != 2) return false;
+  return got_major > major || (got_major == major && got_minor >= minor);
+}
+
 Status rename_into_place(const fs::path& tmp, const fs::path& path) {
   if (::rename(tmp.c_str(), path.c_str()) != 0) {
     Status st = errno_status("rename " + tmp.string());
@@ -181,15 +184,6 @@ Status rename_into_place(const fs::path& tmp, const fs::path& path) {
     return st;
   }
   return Status::Ok();
-}
-
-// Writes `data` to `path` whole or not at all. With `sync` the content is fdatasync'd before the
-// rename and the directory after it, so the file survives a crash.
-Status write_file_atomic(const fs::path& path, std::span<const uint8_t> data, bool sync) {
-  Result<fs::path> tmp = write_temp(path, data, sync);
-  if (!tmp.ok()) return tmp.status();
-  DJINN_RETURN_IF_ERROR(rename_into_place(*tmp, path));
-  return sync ? sync_dir(path.parent_path()) : Status::Ok();
 }
 
 Status read_whole(const fs::path& path, const std::function<uint8_t*(size_t)>& sink, const std::string& what) {
@@ -359,6 +353,7 @@ struct ValueStore::Impl {
   // file written across one must be written again.
   uint64_t syncfs_failures = 0;
   int syncfs_fd = -1;  // chunk_dir, for syncfs
+  bool syncfs_reports_errors = false;  // Linux 5.8 on; before, chunk files are synced one by one
   ~Impl() {
     if (syncfs_fd >= 0) ::close(syncfs_fd);
   }
@@ -367,6 +362,7 @@ struct ValueStore::Impl {
   std::unordered_set<ContentHash, HashOf> unlinking_chunks, unlinking_values;
   std::condition_variable unlinked_cv;
   std::mutex collect_mu;  // one collection at a time
+  std::mutex manifest_mu;  // see write_manifest
   std::condition_variable gc_cv;
   bool gc_stop = false;
   std::thread gc;
@@ -378,6 +374,19 @@ struct ValueStore::Impl {
   fs::path value_path(const ContentHash& h) const {
     std::string hex = to_hex(h);
     return value_dir / hex.substr(0, 2) / hex;
+  }
+
+  // Writes a value's manifest durably: content synced, renamed, its directory synced. Renames and
+  // directory syncs run one at a time: a directory's write-back error is reported to one sync,
+  // so a second manifest synced into the same directory at once could be told 0 while its name
+  // was lost.
+  Status write_manifest(const ContentHash& id, std::span<const uint8_t> manifest) {
+    fs::path path = value_path(id);
+    Result<fs::path> tmp = write_temp(path, manifest, true);
+    if (!tmp.ok()) return tmp.status();
+    std::lock_guard one_at_a_time(manifest_mu);
+    DJINN_RETURN_IF_ERROR(rename_into_place(*tmp, path));
+    return sync_dir(path.parent_path());
   }
   // NNNNNNNN.pack, or NNNNNNNN-OFFSET.sealed for a pack sealed after a failed sync at OFFSET.
   fs::path pack_path(uint32_t id, std::optional<uint64_t> sealed_at = std::nullopt) const {
@@ -671,8 +680,9 @@ struct ValueStore::Impl {
   // the error was reported to another: a sync that fails cannot be retried (a second would
   // return 0 with the data lost), and two syncs of one file at once could see one error between
   // them and one clean return. So syncs run one at a time, each marking what it covered before
-  // the next starts: a failed one leaves those chunks absent until put again, and a failed syncfs
-  // or directory sync (which may have reported any file's error) every chunk file not yet synced.
+  // the next starts: a failed fdatasync leaves its chunk absent until put again, and a failed
+  // syncfs or directory sync (which may have reported any file's error) every chunk file not yet
+  // synced.
   Status sync_files(const std::vector<ContentHash>& files) {
     if (files.empty()) return Status::Ok();
     std::vector<std::pair<ContentHash, uint64_t>> todo;  // chunk, which write of its file
@@ -693,29 +703,26 @@ struct ValueStore::Impl {
     std::lock_guard one_at_a_time(file_sync_mu);
     DJINN_RETURN_IF_ERROR(check());
     if (todo.empty()) return Status::Ok();
-    // Marks chunks absent (mu held): every chunk file not yet synced, or `failed` as it is now
-    // (whichever write of it the failed sync met) and the rest of `todo` as they were.
-    auto lose = [&](const std::optional<ContentHash>& failed) {
-      for (auto& [h, c] : chunks) {
-        if (c.pack == 0 && !c.synced && !failed) c.verified = false;
-      }
-      if (!failed) return;
-      if (auto it = chunks.find(*failed); it != chunks.end() && it->second.pack == 0 && !it->second.synced) {
-        it->second.verified = false;
-      }
-      for (const auto& [c, written] : todo) {
-        auto it = chunks.find(c);
-        if (it != chunks.end() && it->second.pack == 0 && it->second.written == written) it->second.verified = false;
-      }
-    };
+    // Makes absent what a failed sync may have lost: chunk `failed` as it is now (whichever write
+    // of it the sync met), or with none named every chunk file not yet synced. The others of the
+    // call stay as they are: their data was either synced or not tried, and nobody saw an error
+    // of theirs.
     auto fail = [&](const std::string& what, const std::optional<ContentHash>& failed) {
       DJINN_CRASH_POINT("space.values.file_sync_failed");
       std::lock_guard lock(mu);
-      if (!failed) ++syncfs_failures;
-      lose(failed);
-      return internal_error(what + "; its chunks count as absent until put again");
+      if (failed) {
+        if (auto it = chunks.find(*failed); it != chunks.end() && it->second.pack == 0 && !it->second.synced) {
+          it->second.verified = false;
+        }
+        return internal_error(what + "; the chunk counts as absent until put again");
+      }
+      ++syncfs_failures;
+      for (auto& [h, c] : chunks) {
+        if (c.pack == 0 && !c.synced) c.verified = false;
+      }
+      return internal_error(what + "; every chunk file not yet synced counts as absent until put again");
     };
-    if (todo.size() > kSyncEachUpTo) {
+    if (todo.size() > kSyncEachUpTo && syncfs_reports_errors) {
       int rc = sync_unless_failed("space.values.file_sync", [&] { return ::syncfs(syncfs_fd); });
       if (rc != 0) {
         int err = errno;
@@ -727,11 +734,12 @@ struct ValueStore::Impl {
         int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
         if (fd < 0) {
           int err = errno;
+          if (err != ENOENT) return internal_error("open " + path.string() + ": " + std::strerror(err));
           {
             // Collected (or lost and not put again) since the check: absent, not an I/O error.
             std::lock_guard lock(mu);
             auto it = chunks.find(c);
-            if (err == ENOENT && (it == chunks.end() || !it->second.verified || it->second.written != written)) {
+            if (it == chunks.end() || !it->second.verified || it->second.written != written) {
               return not_found("chunk " + to_hex(c) + " is not stored (collected meanwhile); put it again");
             }
           }
@@ -815,12 +823,22 @@ struct ValueStore::Impl {
     fs::create_directories(value_dir, ec);
     fs::create_directories(pack_dir, ec);
     if (ec) return failed_precondition("cannot create " + value_dir.string() + ": " + ec.message());
-    for (const fs::path& d : {fs::path(options.dir), chunk_dir}) DJINN_RETURN_IF_ERROR(sync_dir(d));
+    // Every fan-out directory is made now, and synced into its parent with the rest, so a file
+    // written later needs only its own directory synced.
+    for (int i = 0; i < 256; ++i) {
+      char hex[3];
+      std::snprintf(hex, sizeof hex, "%02x", i);
+      fs::create_directory(chunk_dir / hex, ec);
+      if (!ec) fs::create_directory(value_dir / hex, ec);
+      if (ec) return failed_precondition("cannot create " + (value_dir / hex).string() + ": " + ec.message());
+    }
+    for (const fs::path& d : {fs::path(options.dir), chunk_dir, value_dir}) DJINN_RETURN_IF_ERROR(sync_dir(d));
     // Kept open for the store's life: syncfs reports to a descriptor every write-back error since
     // its last call (Linux 5.8 on), whoever else saw it first; one opened anew misses an error
     // another syncfs (of any process on the file system) already reported.
     syncfs_fd = ::open(chunk_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (syncfs_fd < 0) return errno_status("open " + chunk_dir.string());
+    syncfs_reports_errors = kernel_at_least(5, 8);
     auto now = Clock::now();
     std::map<uint32_t, std::pair<fs::path, std::optional<uint64_t>>> pack_files;  // id -> path, sealed at
     for (auto it = fs::directory_iterator(pack_dir, ec); !ec && it != fs::directory_iterator(); it.increment(ec)) {
@@ -1252,7 +1270,7 @@ Result<ContentHash> ValueStore::put_value(uint64_t size, std::span<const Content
     }
     for (const ContentHash& c : chunk_list) m.chunks.at(c).refs++;
   }
-  Status written = write_file_atomic(m.value_path(id), manifest, true);
+  Status written = m.write_manifest(id, manifest);
   std::lock_guard lock(m.mu);
   auto unref_chunks = [&] {
     for (const ContentHash& c : chunk_list) {
