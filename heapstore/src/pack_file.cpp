@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <cstring>
 
+#include "djinn/core/fault.h"
 #include "djinn/core/log.h"
 
 namespace djinn::heapstore::internal {
@@ -207,7 +208,20 @@ Status PackFile::read_at(uint64_t offset, std::span<std::byte> out) const {
 }
 
 Status PackFile::sync() {
-  if (::fdatasync(fd_) != 0) return errno_status("fdatasync " + path_.string(), errno);
+  std::lock_guard one_at_a_time(sync_mu_);
+  if (failed_.load()) {
+    return data_loss("an earlier fdatasync of " + path_.string() +
+                     " failed: pages written to it since its last good sync may be lost (reopen the store; "
+                     "versions not committed must be written again)");
+  }
+  int rc = DJINN_FAIL_POINT("heapstore.pack_sync") ? (errno = EIO, -1) : ::fdatasync(fd_);
+  if (rc != 0) {
+    int err = errno;
+    failed_.store(true);
+    DJINN_LOG(kError, "heapstore") << "fdatasync " << path_.string() << ": " << std::strerror(err)
+                                   << ": no version that needs its unsynced pages will commit; new pages go to another pack";
+    return errno_status("fdatasync " + path_.string(), err);
+  }
   return Status();
 }
 
@@ -311,7 +325,7 @@ Result<std::shared_ptr<PackFile>> PackSet::create_locked(uint64_t id) {
 
 Result<PackSet::Reservation> PackSet::reserve(uint64_t length) {
   std::lock_guard lock(mu_);
-  if (current_ == 0 || (end_ > 0 && end_ + length > max_file_bytes_)) {
+  if (current_ == 0 || (end_ > 0 && end_ + length > max_file_bytes_) || files_.at(current_)->failed()) {
     uint64_t id = files_.empty() ? current_ + 1 : std::max(current_, files_.rbegin()->first) + 1;
     if (id > kMaxPackId) {
       return resource_exhausted("pack file number " + std::to_string(id) + " is beyond the index's limit of " +

@@ -77,7 +77,11 @@ class PackFile {
   // removed only under the store's exclusive reclaim lock, while views are used under its shared
   // one. A file cut shorter behind the store's back makes a later access raise SIGBUS.
   const std::byte* view(uint64_t offset, uint64_t length) const;
+  // Makes every byte written so far durable. Syncs run one at a time, and a failed one fails the
+  // pack for good: Linux reports a lost write-back to one fdatasync only, so a later one would
+  // return 0 with pages lost. A failed pack takes no more appends.
   Status sync();
+  bool failed() const { return failed_.load(); }
   // Starts writing back [offset, offset + length) without waiting, so the commit's fdatasync
   // finds less to do; appends under 256 KiB wait to be started with the next ones, until a
   // megabyte has gathered.
@@ -95,6 +99,8 @@ class PackFile {
   mutable std::atomic<const std::byte*> view_{nullptr};
   mutable uint64_t view_length_ = 0;  // set before view_ is published
   mutable bool view_failed_ = false;  // view_mu_
+  std::mutex sync_mu_;                   // one sync at a time
+  std::atomic<bool> failed_{false};      // a sync failed
   std::mutex writeback_mu_;              // guards the two below
   uint64_t writeback_from_ = 0, writeback_to_ = 0;  // written, write-back not started yet
 };
