@@ -325,7 +325,9 @@ Result<std::shared_ptr<PackFile>> PackSet::create_locked(uint64_t id) {
 
 Result<PackSet::Reservation> PackSet::reserve(uint64_t length) {
   std::lock_guard lock(mu_);
-  if (current_ == 0 || (end_ > 0 && end_ + length > max_file_bytes_) || files_.at(current_)->failed()) {
+  auto current = files_.find(current_);
+  if (current_ == 0 || (end_ > 0 && end_ + length > max_file_bytes_) || current == files_.end() ||
+      current->second->failed()) {
     uint64_t id = files_.empty() ? current_ + 1 : std::max(current_, files_.rbegin()->first) + 1;
     if (id > kMaxPackId) {
       return resource_exhausted("pack file number " + std::to_string(id) + " is beyond the index's limit of " +

@@ -12,6 +12,7 @@
 #include <xxhash.h>
 
 #include <algorithm>
+#include <array>
 #include <charconv>
 #include <condition_variable>
 #include <cstring>
@@ -362,7 +363,7 @@ struct ValueStore::Impl {
   std::unordered_set<ContentHash, HashOf> unlinking_chunks, unlinking_values;
   std::condition_variable unlinked_cv;
   std::mutex collect_mu;  // one collection at a time
-  std::mutex manifest_mu;  // see write_manifest
+  std::array<std::mutex, 256> manifest_dir_mu;  // one per fan-out directory of manifests: see write_manifest
   std::condition_variable gc_cv;
   bool gc_stop = false;
   std::thread gc;
@@ -377,14 +378,13 @@ struct ValueStore::Impl {
   }
 
   // Writes a value's manifest durably: content synced, renamed, its directory synced. Renames and
-  // directory syncs run one at a time: a directory's write-back error is reported to one sync,
-  // so a second manifest synced into the same directory at once could be told 0 while its name
-  // was lost.
+  // syncs into one directory run one at a time: a directory's write-back error is reported to one
+  // sync, so a second manifest synced into it at once could be told 0 while its name was lost.
   Status write_manifest(const ContentHash& id, std::span<const uint8_t> manifest) {
     fs::path path = value_path(id);
     Result<fs::path> tmp = write_temp(path, manifest, true);
     if (!tmp.ok()) return tmp.status();
-    std::lock_guard one_at_a_time(manifest_mu);
+    std::lock_guard one_at_a_time(manifest_dir_mu[id[0]]);
     DJINN_RETURN_IF_ERROR(rename_into_place(*tmp, path));
     return sync_dir(path.parent_path());
   }
@@ -914,6 +914,38 @@ struct ValueStore::Impl {
     // A chunk a manifest names but that is on no disk (size 0) stays as an absent placeholder,
     // keeping its references until it is put again.
     for (auto& [h, c] : chunks) c.verified = c.refs > 0 && c.size > 0 && !damaged.count(h);
+    return sync_loaded();
+  }
+
+  // What is loaded counts as synced, but a killed daemon may have left files only in the page
+  // cache (a manifest renamed, its directory not yet synced; a chunk file put again, its sync not
+  // done): made durable now, or the open fails.
+  Status sync_loaded() {
+    if (syncfs_reports_errors) {
+      if (::syncfs(syncfs_fd) != 0) {
+        return failed_precondition("syncfs " + chunk_dir.string() + ": " + std::strerror(errno) +
+                                   ": the disk did not take what the store holds; check it before opening the store again");
+      }
+      return Status::Ok();
+    }
+    auto sync_file = [](const fs::path& path) -> Status {
+      int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+      if (fd < 0) return errno_status("open " + path.string());
+      int rc = ::fdatasync(fd);
+      int err = errno;
+      ::close(fd);
+      return rc == 0 ? Status::Ok() : internal_error("fdatasync " + path.string() + ": " + std::strerror(err));
+    };
+    for (const auto& [h, c] : chunks) {
+      if (c.pack == 0 && c.size > 0) DJINN_RETURN_IF_ERROR(sync_file(chunk_path(h)));
+    }
+    for (const auto& [id, v] : values) DJINN_RETURN_IF_ERROR(sync_file(value_path(id)));
+    for (int i = 0; i < 256; ++i) {
+      char hex[3];
+      std::snprintf(hex, sizeof hex, "%02x", i);
+      DJINN_RETURN_IF_ERROR(sync_dir(chunk_dir / hex));
+      DJINN_RETURN_IF_ERROR(sync_dir(value_dir / hex));
+    }
     return Status::Ok();
   }
 
