@@ -9,6 +9,7 @@
 
 #include "djinn/core/fault.h"
 #include "djinn/core/little_endian.h"
+#include "djinn/core/log.h"
 
 namespace djinn::heapstore::internal {
 namespace {
@@ -158,6 +159,12 @@ Result<VersionInfo> StoreCore::commit_version(CommitPlan& plan) {
         if (auto own = plan.own->find(h); own != plan.own->end()) {
           rows.push_back(Row{h, own->second, true});
         } else if (auto p = pending.find(h); p != pending.end() && p->second.where) {
+          // Put in a pack whose sync failed after its last move (a commit that failed before its
+          // sync did, or a put that reserved there first): moved now.
+          if (std::shared_ptr<PackFile> f = packs->get(p->second.where->pack); f && f->failed()) {
+            std::pair<const PageHash, PendingPage>* entry = &*p;
+            move_pending_locked({&entry, 1});
+          }
           rows.push_back(Row{h, *p->second.where, false});
         }
       }
@@ -193,11 +200,13 @@ Result<VersionInfo> StoreCore::commit_version(CommitPlan& plan) {
   std::vector<Range> garbage;          // bytes nobody could read
   std::vector<Range> pending_garbage;  // bytes a reader may have looked up: punched exclusively
   std::unique_lock lock(mu);
-  // A put_page page another commit indexed meanwhile is no longer this commit's to index.
+  // A put_page page another commit indexed meanwhile is no longer this commit's to index. One
+  // moved meanwhile (out of a pack whose sync failed) is indexed where this commit synced it, if
+  // that sync succeeds.
   std::erase_if(rows, [&](const Row& r) {
     if (r.own) return false;
     auto p = pending.find(r.hash);
-    return p == pending.end() || !p->second.where || !p->second.where->same_place(r.where);
+    return p == pending.end() || !p->second.where;
   });
   row.info.parent = plan.parent;
   row.info.page_size = plan.page_size;
@@ -256,7 +265,12 @@ Result<VersionInfo> StoreCore::commit_version(CommitPlan& plan) {
                                        row.chain_length, blob, bytes_of(plan.record)));
   DJINN_RETURN_IF_ERROR((*insert_version)->run());
   row.info.version = static_cast<uint64_t>(db.last_insert_rowid());
-  if (synced.valid()) DJINN_RETURN_IF_ERROR(synced.get());
+  if (synced.valid()) {
+    if (Status st = synced.get(); !st.ok()) {
+      move_pending_from_failed_packs_locked();
+      return st;
+    }
+  }
   DJINN_CRASH_POINT("heapstore.commit.after_pack");
   DJINN_CRASH_POINT("heapstore.commit.before_index_commit");
   *plan.phase = Phase::kIndexCommitting;
@@ -285,7 +299,8 @@ Result<VersionInfo> StoreCore::commit_version(CommitPlan& plan) {
     for (const PageHash& h : referenced) {
       auto p = pending.find(h);
       if (p == pending.end()) continue;
-      if (p->second.where && !taken.contains(h)) {
+      auto ix = index.find(h);
+      if (p->second.where && (ix == index.end() || !ix->second.same_place(*p->second.where))) {
         pending_garbage.push_back(Range{p->second.where->pack, p->second.where->offset, p->second.where->length});
       }
       pending.erase(p);
@@ -350,6 +365,51 @@ Result<std::vector<Location>> StoreCore::append(std::span<const std::span<const 
     where.offset += r->offset;
   }
   return out;
+}
+
+void StoreCore::move_pending_from_failed_packs_locked() {
+  std::vector<std::pair<const PageHash, PendingPage>*> doomed;
+  for (auto& entry : pending) {
+    if (!entry.second.where) continue;
+    std::shared_ptr<PackFile> file = packs->get(entry.second.where->pack);
+    if (file && file->failed()) doomed.push_back(&entry);
+  }
+  move_pending_locked(doomed);
+}
+
+void StoreCore::move_pending_locked(std::span<std::pair<const PageHash, PendingPage>* const> entries) {
+  // The bytes come back from the page cache (a lost write-back leaves them there until the kernel
+  // drops them), checked against the page's name so a copy is never a wrong one; then appended
+  // together to the current pack.
+  std::vector<std::vector<std::byte>> copies;
+  std::vector<std::pair<const PageHash, PendingPage>*> moving;
+  size_t unreadable = 0;
+  for (auto* entry : entries) {
+    const Location& at = *entry->second.where;
+    std::shared_ptr<PackFile> file = packs->get(at.pack);
+    std::vector<std::byte> stored(at.length), page(at.size);
+    if (!file || !file->read_at(at.offset, stored).ok() || !decode_page(at, stored, page).ok() ||
+        PageHash::of(page) != entry->first) {
+      ++unreadable;
+      continue;
+    }
+    copies.push_back(std::move(page));
+    moving.push_back(entry);
+  }
+  if (unreadable > 0) {
+    DJINN_LOG(kError, "heapstore") << unreadable << " pages in a pack whose sync failed no longer read back as "
+                                   << "themselves: versions that need them will not commit";
+  }
+  if (moving.empty()) return;
+  std::vector<std::span<const std::byte>> parts(copies.begin(), copies.end());
+  Result<std::vector<Location>> moved = append(parts);
+  if (!moved.ok()) {
+    DJINN_LOG(kError, "heapstore") << "moving " << moving.size() << " pages out of a pack whose sync failed: "
+                                   << moved.status().to_string();
+    return;
+  }
+  for (size_t i = 0; i < moving.size(); ++i) moving[i]->second.where = (*moved)[i];
+  DJINN_LOG(kWarn, "heapstore") << "moved " << moving.size() << " pages out of a pack whose sync failed";
 }
 
 // =================================================================================================

@@ -171,6 +171,10 @@ struct StoreCore {
   Result<VersionInfo> commit_version(CommitPlan& plan);
   // Encodes and appends pages (already hashed) to the current pack; returns their locations.
   Result<std::vector<Location>> append(std::span<const std::span<const std::byte>> pages);
+  // After a pack's sync failed (mu held): its put_page pages are read back, checked and appended
+  // to the current pack, so the heaps that evicted them can still checkpoint.
+  void move_pending_from_failed_packs_locked();
+  void move_pending_locked(std::span<std::pair<const PageHash, PendingPage>* const> entries);
 };
 
 }  // namespace djinn::heapstore::internal
