@@ -114,7 +114,11 @@ Status write_file_atomically(const std::string& path, const std::string& content
   size_t slash = path.rfind('/');
   std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
   UniqueFd dir_fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (dir_fd.get() >= 0) ::fsync(dir_fd.get());
+  if (dir_fd.get() < 0 || ::fsync(dir_fd.get()) != 0) {
+    int err = errno;
+    return Status(Code::kUnavailable, what + " '" + path + "': written, but syncing its directory " + dir +
+                                          " failed (" + errno_text(err) + "): it may not survive a power loss; write it again");
+  }
   return Status::Ok();
 }
 
