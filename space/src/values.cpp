@@ -922,7 +922,7 @@ struct ValueStore::Impl {
   // done): made durable now, or the open fails.
   Status sync_loaded() {
     if (syncfs_reports_errors) {
-      if (::syncfs(syncfs_fd) != 0) {
+      if (sync_unless_failed("space.values.open_sync", [&] { return ::syncfs(syncfs_fd); }) != 0) {
         return failed_precondition("syncfs " + chunk_dir.string() + ": " + std::strerror(errno) +
                                    ": the disk did not take what the store holds; check it before opening the store again");
       }
@@ -931,10 +931,12 @@ struct ValueStore::Impl {
     auto sync_file = [](const fs::path& path) -> Status {
       int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
       if (fd < 0) return errno_status("open " + path.string());
-      int rc = ::fdatasync(fd);
+      int rc = sync_unless_failed("space.values.open_sync", [&] { return ::fdatasync(fd); });
       int err = errno;
       ::close(fd);
-      return rc == 0 ? Status::Ok() : internal_error("fdatasync " + path.string() + ": " + std::strerror(err));
+      return rc == 0 ? Status::Ok()
+                     : failed_precondition("fdatasync " + path.string() + ": " + std::strerror(err) +
+                                           ": the disk did not take what the store holds; check it before opening the store again");
     };
     for (const auto& [h, c] : chunks) {
       if (c.pack == 0 && c.size > 0) DJINN_RETURN_IF_ERROR(sync_file(chunk_path(h)));

@@ -781,3 +781,19 @@ TEST_CASE("values: a failed fdatasync makes absent its own chunk only") {
     CHECK(out == chunks[i]);
   }
 }
+
+TEST_CASE("values: an open whose sync of what it found fails is refused, saying so") {
+  test::TempDir dir;
+  {
+    auto v = open_store(dir.file("values"));
+    std::vector<uint8_t> big = pattern(100'000, 97);
+    REQUIRE(v->put_chunk(hash_bytes(big), big).ok());
+  }
+  fault::arm("space.values.open_sync", fault::Action::kFail);
+  auto refused = ValueStore::open({.dir = dir.file("values"), .grace = 1h, .gc_interval = 0ms});
+  fault::disarm_all();
+  REQUIRE(!refused.ok());
+  CHECK(refused.status().code() == Code::kFailedPrecondition);
+  CHECK(refused.status().message().find("check it before opening the store again") != std::string::npos);
+  CHECK(ValueStore::open({.dir = dir.file("values"), .grace = 1h, .gc_interval = 0ms}).ok());
+}
