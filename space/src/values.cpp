@@ -169,6 +169,20 @@ Result<fs::path> write_temp(const fs::path& path, std::span<const uint8_t> data,
   return tmp;
 }
 
+// The fan-out directories of chunk files and manifests: "00" to "ff".
+const std::vector<std::string>& fan_out_names() {
+  static const std::vector<std::string> names = [] {
+    std::vector<std::string> out;
+    for (int i = 0; i < 256; ++i) {
+      char hex[3];
+      std::snprintf(hex, sizeof hex, "%02x", i);
+      out.emplace_back(hex);
+    }
+    return out;
+  }();
+  return names;
+}
+
 // Whether the running kernel is at least major.minor.
 bool kernel_at_least(int major, int minor) {
   struct utsname u {};
@@ -825,9 +839,7 @@ struct ValueStore::Impl {
     if (ec) return failed_precondition("cannot create " + value_dir.string() + ": " + ec.message());
     // Every fan-out directory is made now, and synced into its parent with the rest, so a file
     // written later needs only its own directory synced.
-    for (int i = 0; i < 256; ++i) {
-      char hex[3];
-      std::snprintf(hex, sizeof hex, "%02x", i);
+    for (const std::string& hex : fan_out_names()) {
       fs::create_directory(chunk_dir / hex, ec);
       if (!ec) fs::create_directory(value_dir / hex, ec);
       if (ec) return failed_precondition("cannot create " + (value_dir / hex).string() + ": " + ec.message());
@@ -923,7 +935,8 @@ struct ValueStore::Impl {
   Status sync_loaded() {
     if (syncfs_reports_errors) {
       if (sync_unless_failed("space.values.open_sync", [&] { return ::syncfs(syncfs_fd); }) != 0) {
-        return failed_precondition("syncfs " + chunk_dir.string() + ": " + std::strerror(errno) +
+        int err = errno;
+        return failed_precondition("syncfs " + chunk_dir.string() + ": " + std::strerror(err) +
                                    ": the disk did not take what the store holds; check it before opening the store again");
       }
       return Status::Ok();
@@ -942,9 +955,7 @@ struct ValueStore::Impl {
       if (c.pack == 0 && c.size > 0) DJINN_RETURN_IF_ERROR(sync_file(chunk_path(h)));
     }
     for (const auto& [id, v] : values) DJINN_RETURN_IF_ERROR(sync_file(value_path(id)));
-    for (int i = 0; i < 256; ++i) {
-      char hex[3];
-      std::snprintf(hex, sizeof hex, "%02x", i);
+    for (const std::string& hex : fan_out_names()) {
       DJINN_RETURN_IF_ERROR(sync_dir(chunk_dir / hex));
       DJINN_RETURN_IF_ERROR(sync_dir(value_dir / hex));
     }
