@@ -368,13 +368,13 @@ Result<std::vector<Location>> StoreCore::append(std::span<const std::span<const 
 }
 
 void StoreCore::move_pending_from_failed_packs_locked() {
-  std::vector<std::pair<const PageHash, PendingPage>*> doomed;
+  std::vector<std::pair<const PageHash, PendingPage>*> stranded;
   for (auto& entry : pending) {
     if (!entry.second.where) continue;
     std::shared_ptr<PackFile> file = packs->get(entry.second.where->pack);
-    if (file && file->failed()) doomed.push_back(&entry);
+    if (file && file->failed()) stranded.push_back(&entry);
   }
-  move_pending_locked(doomed);
+  move_pending_locked(stranded);
 }
 
 void StoreCore::move_pending_locked(std::span<std::pair<const PageHash, PendingPage>* const> entries) {
