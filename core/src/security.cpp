@@ -13,6 +13,7 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "djinn/core/files.h"
 #include "djinn/core/log.h"
 #include "djinn/core/thread_name.h"
 
@@ -113,11 +114,9 @@ Status write_file_atomically(const std::string& path, const std::string& content
   // The rename is durable only once the directory is synced.
   size_t slash = path.rfind('/');
   std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
-  UniqueFd dir_fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (dir_fd.get() < 0 || ::fsync(dir_fd.get()) != 0) {
-    int err = errno;
-    return Status(Code::kUnavailable, what + " '" + path + "': written, but syncing its directory " + dir +
-                                          " failed (" + errno_text(err) + "): it may not survive a power loss; write it again");
+  if (Status synced = files::sync_directory(dir); !synced.ok()) {
+    return Status(synced.code(), what + " '" + path + "': written, but " + synced.message() +
+                                     ": it may not survive a power loss; write it again");
   }
   return Status::Ok();
 }

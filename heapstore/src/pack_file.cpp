@@ -15,6 +15,7 @@
 #include <cstring>
 
 #include "djinn/core/fault.h"
+#include "djinn/core/files.h"
 #include "djinn/core/log.h"
 
 namespace djinn::heapstore::internal {
@@ -24,15 +25,6 @@ Status errno_status(const std::string& what, int err) {
   std::string message = what + ": " + std::strerror(err);
   if (err == ENOSPC || err == EDQUOT) return resource_exhausted(message);
   return unavailable(message);
-}
-
-Status sync_dir(const std::filesystem::path& dir) {
-  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return errno_status("open directory " + dir.string(), errno);
-  int rc = ::fsync(fd);
-  int err = errno;
-  ::close(fd);
-  return rc == 0 ? Status() : errno_status("fsync directory " + dir.string(), err);
 }
 
 // A compression context per thread: creating one per page would cost more than compressing.
@@ -276,7 +268,7 @@ Result<std::unique_ptr<PackSet>> PackSet::open(const std::filesystem::path& dir,
     }
   }
   if (ec) return unavailable("list " + dir.string() + ": " + ec.message());
-  if (removed_any) DJINN_RETURN_IF_ERROR(sync_dir(dir));
+  if (removed_any) DJINN_RETURN_IF_ERROR(files::sync_directory(dir));
 
   for (const auto& [id, length] : committed) {
     std::filesystem::path path = pack_path(dir, id);
@@ -313,7 +305,7 @@ Result<std::shared_ptr<PackFile>> PackSet::create_locked(uint64_t id) {
   int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return errno_status("create " + path.string(), errno);
   // The directory entry must be durable before any commit refers to the file.
-  Status synced = sync_dir(dir_);
+  Status synced = files::sync_directory(dir_);
   if (!synced.ok()) {
     ::close(fd);
     return synced;

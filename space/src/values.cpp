@@ -26,6 +26,7 @@
 #include <unordered_set>
 
 #include "djinn/core/fault.h"
+#include "djinn/core/files.h"
 #include "djinn/core/little_endian.h"
 #include "djinn/core/log.h"
 
@@ -119,14 +120,6 @@ std::optional<ContentHash> from_hex(std::string_view text) {
 
 Status errno_status(const std::string& what) {
   return internal_error(what + ": " + std::strerror(errno));
-}
-
-Status sync_dir(const fs::path& dir) {
-  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd < 0) return errno_status("open " + dir.string());
-  int rc = ::fsync(dfd);
-  ::close(dfd);
-  return rc == 0 ? Status::Ok() : errno_status("fsync " + dir.string());
 }
 
 // Writes `data` to a temporary file beside `path` and returns its name; with `sync` the content is
@@ -400,7 +393,7 @@ struct ValueStore::Impl {
     if (!tmp.ok()) return tmp.status();
     std::lock_guard one_at_a_time(manifest_dir_mu[id[0]]);
     DJINN_RETURN_IF_ERROR(rename_into_place(*tmp, path));
-    return sync_dir(path.parent_path());
+    return files::sync_directory(path.parent_path());
   }
   // NNNNNNNN.pack, or NNNNNNNN-OFFSET.sealed for a pack sealed after a failed sync at OFFSET.
   fs::path pack_path(uint32_t id, std::optional<uint64_t> sealed_at = std::nullopt) const {
@@ -437,7 +430,7 @@ struct ValueStore::Impl {
       file->fd = ::open(file->path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
       if (file->fd < 0) return errno_status("create " + file->path.string());
       // The pack's name must outlive a crash before any value relies on its records.
-      DJINN_RETURN_IF_ERROR(sync_dir(pack_dir));
+      DJINN_RETURN_IF_ERROR(files::sync_directory(pack_dir));
       std::lock_guard lock(mu);
       packs[id].file = file;
       appending = id;
@@ -767,7 +760,7 @@ struct ValueStore::Impl {
       std::set<std::string> dirs;
       for (const auto& [c, written] : todo) dirs.insert(to_hex(c).substr(0, 2));
       for (const std::string& d : dirs) {
-        if (Status st = sync_dir(chunk_dir / d); !st.ok()) return fail(st.message(), std::nullopt);
+        if (Status st = files::sync_directory(chunk_dir / d); !st.ok()) return fail(st.message(), std::nullopt);
       }
     }
     std::lock_guard lock(mu);
@@ -821,7 +814,7 @@ struct ValueStore::Impl {
                                                                         : errno_status("rename " + file->path.string());
     if (renamed.ok()) {
       file->path = sealed;
-      renamed = sync_dir(pack_dir);
+      renamed = files::sync_directory(pack_dir);
     }
     if (!renamed.ok()) {
       DJINN_LOG(kError, "space") << renamed.to_string() << ": a restart may append to " << file->path.string()
@@ -844,7 +837,9 @@ struct ValueStore::Impl {
       if (!ec) fs::create_directory(value_dir / hex, ec);
       if (ec) return failed_precondition("cannot create " + (value_dir / hex).string() + ": " + ec.message());
     }
-    for (const fs::path& d : {fs::path(options.dir), chunk_dir, value_dir}) DJINN_RETURN_IF_ERROR(sync_dir(d));
+    for (const fs::path& d : {fs::path(options.dir), chunk_dir, value_dir}) {
+      DJINN_RETURN_IF_ERROR(files::sync_directory(d));
+    }
     // Kept open for the store's life: syncfs reports to a descriptor every write-back error since
     // its last call (Linux 5.8 on), whoever else saw it first; one opened anew misses an error
     // another syncfs (of any process on the file system) already reported.
@@ -956,8 +951,8 @@ struct ValueStore::Impl {
     }
     for (const auto& [id, v] : values) DJINN_RETURN_IF_ERROR(sync_file(value_path(id)));
     for (const std::string& hex : fan_out_names()) {
-      DJINN_RETURN_IF_ERROR(sync_dir(chunk_dir / hex));
-      DJINN_RETURN_IF_ERROR(sync_dir(value_dir / hex));
+      DJINN_RETURN_IF_ERROR(files::sync_directory(chunk_dir / hex));
+      DJINN_RETURN_IF_ERROR(files::sync_directory(value_dir / hex));
     }
     return Status::Ok();
   }
