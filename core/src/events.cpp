@@ -235,7 +235,7 @@ void Subscriber::stop() {
 int Subscriber::poll(std::chrono::milliseconds timeout) {
   open();
   zmq::pollitem_t item{socket_->handle(), 0, ZMQ_POLLIN, 0};
-  zmq::poll(&item, 1, timeout);
+  rpc::internal::poll_sockets(&item, 1, timeout);
   int delivered = 0;
   std::vector<zmq::message_t> parts;
   while (true) {

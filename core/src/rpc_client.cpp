@@ -87,7 +87,7 @@ class Channel {
     for (;;) {
       zmq::message_t ev, addr;
       if (!monitor_.recv(ev, zmq::recv_flags::dontwait)) return;
-      if (ev.more()) (void)monitor_.recv(addr, zmq::recv_flags::none);
+      if (ev.more()) (void)monitor_.recv(addr, zmq::recv_flags::dontwait);  // parts arrive together
       if (ev.size() < 6) continue;
       uint16_t event;
       uint32_t value;
@@ -291,7 +291,7 @@ Reply Client::Impl::call_sync(std::string_view method, kj::ArrayPtr<const capnp:
       n_timeouts++;
       return Reply(timeout_status(options.endpoint, method, timeout, link.ever_connected));
     }
-    zmq::poll(items, 2, std::chrono::ceil<std::chrono::milliseconds>(deadline - now));
+    internal::poll_sockets(items, 2, std::chrono::ceil<std::chrono::milliseconds>(deadline - now));
     if (items[0].revents & ZMQ_POLLIN) {
       while (true) {
         parts.clear();
@@ -414,7 +414,7 @@ void Client::Impl::io_loop() {
       auto d = std::chrono::ceil<std::chrono::milliseconds>(deadlines.begin()->first - Clock::now());
       wait = std::clamp(d, std::chrono::milliseconds(0), wait);
     }
-    if (local_submitted.empty()) zmq::poll(items, 3, wait);
+    if (local_submitted.empty()) internal::poll_sockets(items, 3, wait);
     if (items[2].revents & ZMQ_POLLIN) wakeup.drain();
     {
       std::lock_guard lock(submit_mu);

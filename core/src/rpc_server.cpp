@@ -303,12 +303,7 @@ void Server::Impl::io_loop() {
                               {nullptr, outbox->wakeup.fd(), ZMQ_POLLIN, 0}};
   std::vector<zmq::message_t> parts;
   while (running.load(std::memory_order_relaxed)) {
-    try {
-      zmq::poll(items, 2, std::chrono::milliseconds(-1));
-    } catch (const zmq::error_t& e) {
-      if (e.num() == EINTR) continue;
-      throw;
-    }
+    internal::poll_sockets(items, 2, std::chrono::milliseconds(-1));
     if (items[1].revents & ZMQ_POLLIN) {
       outbox->wakeup.drain();
       send_outbox();

@@ -175,6 +175,14 @@ Code code_from_wire(uint16_t wire) {
   return wire <= kMaxCode ? static_cast<Code>(wire) : Code::kUnknown;
 }
 
+int poll_sockets(zmq::pollitem_t* items, size_t count, std::chrono::milliseconds timeout) {
+  int rc = zmq_poll(items, static_cast<int>(count), static_cast<long>(timeout.count()));
+  if (rc >= 0) return rc;
+  if (zmq_errno() != EINTR) throw zmq::error_t();
+  for (size_t i = 0; i < count; ++i) items[i].revents = 0;
+  return 0;
+}
+
 Status bind_endpoint(zmq::socket_t& socket, const std::string& endpoint, std::string* bound) {
   auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(1);
   for (;;) {

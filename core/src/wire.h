@@ -5,6 +5,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -60,6 +61,11 @@ Code code_from_wire(uint16_t wire);
 // Binds, retrying for a moment on EADDRINUSE: ZeroMQ closes sockets asynchronously, so a port a
 // socket of this process just released may still be held for a few milliseconds.
 Status bind_endpoint(zmq::socket_t& socket, const std::string& endpoint, std::string* bound);
+
+// zmq_poll, except that a signal interrupting it counts as nothing ready (revents cleared, 0
+// returned) instead of an exception: every caller loops and recomputes its wait, and a signal the
+// process handles (SIGCHLD, a timer, a profiler's SIGPROF) must not end a call or a thread.
+int poll_sockets(zmq::pollitem_t* items, size_t count, std::chrono::milliseconds timeout);
 
 // An eventfd used to wake a thread that polls ZeroMQ sockets.
 class Wakeup {

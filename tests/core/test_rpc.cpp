@@ -2,7 +2,9 @@
 // batches, idempotency, hostile input.
 #include <doctest/doctest.h>
 
+#include <signal.h>
 #include <sodium.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <condition_variable>
@@ -147,6 +149,40 @@ TEST_CASE("asynchronous calls: many in flight, callbacks and futures, batched on
   rpc::Reply r = f.get();
   REQUIRE(r.ok());
   CHECK(std::string(r.results<EchoResults>().getText().cStr()) == "future");
+}
+
+TEST_CASE("signals the process handles do not end a call, blocking or not, nor the client's thread") {
+  // A handler without SA_RESTART, as a timer or a child watcher installs it: every blocking system
+  // call of a thread it lands on returns EINTR.
+  struct sigaction ignore {};
+  ignore.sa_handler = [](int) {};
+  sigemptyset(&ignore.sa_mask);
+  struct sigaction before {};
+  REQUIRE(sigaction(SIGUSR1, &ignore, &before) == 0);
+
+  EchoServer s;
+  rpc::Client c({.endpoint = s.endpoint()});
+  check_echo(c);
+  std::atomic<bool> done{false};
+  pthread_t caller = pthread_self();
+  std::thread signaller([&] {
+    while (!done.load()) {
+      pthread_kill(caller, SIGUSR1);  // the blocking call's own thread
+      kill(getpid(), SIGUSR1);        // any thread: the client's and the server's I/O threads
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+  });
+  capnp::MallocMessageBuilder msg;
+  msg.initRoot<EchoParams>().setSleepMillis(300);
+  auto later = c.call_async("echo.slow", msg);
+  rpc::Reply r = echo(c, "slow", {}, "echo.slow", 300);
+  rpc::Reply r2 = later.get();
+  done = true;
+  signaller.join();
+  CHECK_MESSAGE(r.ok(), r.status().to_string());
+  CHECK_MESSAGE(r2.ok(), r2.status().to_string());
+  check_echo(c);
+  REQUIRE(sigaction(SIGUSR1, &before, nullptr) == 0);
 }
 
 TEST_CASE("a call past its deadline fails with DEADLINE_EXCEEDED and the server goes on") {
