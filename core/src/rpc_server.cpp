@@ -51,6 +51,13 @@ DedupKey dedup_key_of(std::string_view client_key, std::string_view method, std:
   return digest128(scratch);
 }
 
+// False for the codes by which a reply says the call was not carried out (the server was not
+// ready, dropped the call, or its deadline passed before it ran): such a reply is not remembered
+// for the call's idempotency key.
+bool carried_out(Code code) {
+  return code != Code::kUnavailable && code != Code::kCancelled && code != Code::kDeadlineExceeded;
+}
+
 // A reply frame waiting to be sent by the I/O thread.
 struct Outgoing {
   std::string routing_id;
@@ -204,6 +211,9 @@ struct Server::Impl {
   void send_reply_message(const std::string& rid, std::vector<zmq::message_t>& frames);
   // Files `frame` as the reply of `key`; returns its entry.
   DedupEntry& remember(const DedupKey& key, zmq::message_t& frame);
+  // Files the reply and answers the repeats that waited for it. A reply saying the call was not
+  // carried out is then forgotten, so that a retry with the same key runs the call.
+  void settle(const DedupKey& key, zmq::message_t& frame);
   // The remembered reply of `key`, re-addressed to request `id`.
   zmq::message_t recall(const DedupEntry& entry, uint64_t id);
   void worker_loop();
@@ -430,7 +440,7 @@ void Server::Impl::on_call(const std::string& rid, zmq::message_t& frame, securi
   Status st = run_handler(m, ctx, words, results);
   if (!st.ok()) n_errors++;
   zmq::message_t reply = internal::encode_reply(h.id, st, results);
-  if (dedup_key) remember(*dedup_key, reply);
+  if (dedup_key) settle(*dedup_key, reply);
   replies.push_back(std::move(reply));
 }
 
@@ -485,14 +495,7 @@ void Server::Impl::send_outbox() {
   }
   std::vector<zmq::message_t> one(1);
   for (auto& o : items) {
-    if (o.dedup_key) {
-      DedupEntry& d = remember(*o.dedup_key, o.frame);
-      for (auto& [wrid, wid] : d.waiters) {
-        one[0] = recall(d, wid);
-        send_reply_message(wrid, one);
-      }
-      d.waiters.clear();
-    }
+    if (o.dedup_key) settle(*o.dedup_key, o.frame);
     one[0] = std::move(o.frame);
     send_reply_message(o.routing_id, one);
   }
@@ -516,6 +519,21 @@ Server::Impl::DedupEntry& Server::Impl::remember(const DedupKey& key, zmq::messa
   e.done = true;
   e.frame.copy(frame);  // shares the buffer, which nobody writes once built
   return e;
+}
+
+void Server::Impl::settle(const DedupKey& key, zmq::message_t& frame) {
+  DedupEntry& d = remember(key, frame);
+  std::vector<zmq::message_t> one(1);
+  for (auto& [wrid, wid] : d.waiters) {
+    one[0] = recall(d, wid);
+    send_reply_message(wrid, one);
+  }
+  d.waiters.clear();
+  uint64_t id;
+  Status status;
+  internal::SplitFrame split;
+  (void)internal::decode_reply(d.frame, options.limits, &id, &status, &split);
+  if (!carried_out(status.code())) dedup.erase(key);  // its place in dedup_order is skipped when reached
 }
 
 zmq::message_t Server::Impl::recall(const DedupEntry& entry, uint64_t id) {

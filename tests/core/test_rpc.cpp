@@ -365,6 +365,40 @@ TEST_CASE("an idempotency key makes a repeated call return the first reply witho
   CHECK(other.results<EchoResults>().getServed() == 2);
 }
 
+TEST_CASE("a reply saying the call was not carried out is not remembered: a retry with its key runs it") {
+  rpc::ServerOptions options;
+  options.workers = 1;
+  EchoServer s(options);
+  // Dropped unanswered the first time (CANCELLED), answered the second.
+  std::atomic<int> runs{0};
+  rpc::Server flaky({});
+  flaky.handle_deferred("t.flaky", [&](const rpc::CallContext&, capnp::MessageReader&, rpc::Responder r) {
+    if (++runs == 2) r.reply(Status::Ok());
+  });
+  REQUIRE(flaky.start().ok());
+  rpc::Client fc({.endpoint = flaky.endpoints()[0]});
+  rpc::CallOptions keyed{.idempotency_key = "once"};
+  CHECK(fc.call("t.flaky", keyed).status().code() == Code::kCancelled);
+  rpc::Reply second = fc.call("t.flaky", keyed);
+  CHECK_MESSAGE(second.ok(), second.status().to_string());
+  CHECK(runs == 2);
+  CHECK(fc.call("t.flaky", keyed).ok());  // now remembered
+  CHECK(runs == 2);
+
+  // The only worker is busy past the keyed call's deadline: the call never ran.
+  rpc::Client c({.endpoint = s.endpoint()});
+  auto busy = std::async(std::launch::async, [&] { return echo(c, "busy", {}, "echo.slow", 400); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  rpc::Reply late = echo(c, "keyed", {.timeout = std::chrono::milliseconds(100), .idempotency_key = "k"}, "echo.slow", 0);
+  CHECK(late.status().code() == Code::kDeadlineExceeded);
+  REQUIRE(busy.get().ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // the expired call's reply is filed
+  rpc::Reply retry = echo(c, "keyed", {.idempotency_key = "k"}, "echo.slow", 0);
+  REQUIRE_MESSAGE(retry.ok(), retry.status().to_string());
+  CHECK(std::string(retry.results<EchoResults>().getText().cStr()) == "keyed");
+  CHECK(s.echo.served() == 2);
+}
+
 TEST_CASE("the reply cache keeps the last dedup_capacity keys, and a call still running outlives eviction") {
   rpc::ServerOptions options;
   options.dedup_capacity = 4;

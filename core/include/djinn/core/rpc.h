@@ -219,7 +219,10 @@ struct ClientOptions {
 struct CallOptions {
   std::chrono::milliseconds timeout{0};  // 0: the client's default
   bool idempotent = false;               // safe to send again after a lost connection
-  std::string idempotency_key;           // makes any call safe to retry; the server dedups
+  // Makes any call safe to retry: the server answers a repeat with the first reply, unless that
+  // reply was UNAVAILABLE, CANCELLED or DEADLINE_EXCEEDED, which say the call was not carried out
+  // (a handler returning one of them must not have changed anything); a repeat then runs it.
+  std::string idempotency_key;
 };
 
 using Callback = std::function<void(Reply)>;
