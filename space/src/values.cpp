@@ -986,9 +986,11 @@ struct ValueStore::Impl {
       auto now = Clock::now();
       for (auto it = values.begin(); it != values.end();) {
         if (it->second.refs == 0 && now - it->second.touched >= grace) {
+          // A chunk it named keeps its own time: one put or asked about (has_chunk) within the grace
+          // period is about to be named again and stays.
           for (const ContentHash& c : it->second.chunks) {
             auto ci = chunks.find(c);
-            if (ci != chunks.end() && ci->second.refs > 0 && --ci->second.refs == 0) ci->second.touched = now - grace;
+            if (ci != chunks.end() && ci->second.refs > 0) --ci->second.refs;
           }
           doomed.push_back({value_path(it->first), &unlinking_values, it->first});
           unlinking_values.insert(it->first);
