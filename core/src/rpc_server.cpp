@@ -364,7 +364,7 @@ void Server::Impl::on_call(const std::string& rid, zmq::message_t& frame, securi
   internal::SplitFrame split;
   if (Status st = internal::decode_request(frame, options.limits, &h, &split); !st.ok()) {
     n_rejected++;
-    return reply_error(0, st);
+    return reply_error(h.id, st);  // 0 unless the header was read (an oversized call's was)
   }
   auto it = methods.find(h.method);
   if (it == methods.end()) {

@@ -40,16 +40,29 @@ Status frame_view(const zmq::message_t& frame, const Limits& limits, const char*
 
 // Reads the header message at the front of `words` with `read`, and points split->payload at
 // whatever follows it.
+// A frame over the size limit is refused, but its header is still read (from its first few KiB)
+// so that the refusal goes back under the call's own id.
 template <class F>
 Status split_frame(const zmq::message_t& frame, const Limits& limits, const char* what, SplitFrame* split, F&& read) {
+  constexpr size_t kHeaderViewBytes = 8192;  // headers are a few words (and read under a 1024-word limit)
+  Status oversized = Status::Ok();
   kj::ArrayPtr<const capnp::word> words;
-  DJINN_RETURN_IF_ERROR(frame_view(frame, limits, what, split, &words));
+  if (frame.size() > limits.max_frame_bytes && frame.size() % sizeof(capnp::word) == 0) {
+    oversized = resource_exhausted(std::string(what) + " frame of " + std::to_string(frame.size()) +
+                                   " bytes exceeds the limit of " + std::to_string(limits.max_frame_bytes) + " bytes");
+    split->storage = kj::heapArray<capnp::word>(words_of(std::min(frame.size(), kHeaderViewBytes)));
+    std::memcpy(split->storage.begin(), frame.data(), split->storage.size() * sizeof(capnp::word));
+    words = split->storage.asPtr();
+  } else {
+    DJINN_RETURN_IF_ERROR(frame_view(frame, limits, what, split, &words));
+  }
   try {
     capnp::ReaderOptions options;
     options.traversalLimitInWords = 1024;  // headers are a few words; anything bigger is hostile
     options.nestingLimit = 4;
     capnp::FlatArrayMessageReader reader(words, options);
     DJINN_RETURN_IF_ERROR(read(reader));
+    if (!oversized.ok()) return oversized;
     split->payload = kj::arrayPtr(reader.getEnd(), words.end());
     return Status::Ok();
   } catch (const kj::Exception& e) {
@@ -78,7 +91,14 @@ void fill_reply_header(capnp::MessageBuilder& b, uint64_t id, const Status& stat
   auto h = b.initRoot<proto::ReplyHeader>();
   h.setId(id);
   h.setStatus(static_cast<proto::StatusCode>(status.code()));
-  if (!status.ok()) h.setMessage(status.message());
+  if (status.ok()) return;
+  // Messages quote what was sent (a name, an endpoint), which may be long: cut, at a character's
+  // start, so that the header stays within what a reader takes (1024 words).
+  const std::string& m = status.message();
+  if (m.size() <= kMaxStatusMessageBytes) return h.setMessage(m);
+  size_t cut = kMaxStatusMessageBytes - 64;
+  while (cut > 0 && (static_cast<unsigned char>(m[cut]) & 0xC0) == 0x80) --cut;
+  h.setMessage(m.substr(0, cut) + "... (" + std::to_string(m.size() - cut) + " more bytes cut)");
 }
 
 }  // namespace

@@ -58,6 +58,9 @@ kj::ArrayPtr<const capnp::word> empty_message_words();
 
 Code code_from_wire(uint16_t wire);
 
+// The longest status message a reply carries; longer ones are cut.
+inline constexpr size_t kMaxStatusMessageBytes = 4096;
+
 // Binds, retrying for a moment on EADDRINUSE: ZeroMQ closes sockets asynchronously, so a port a
 // socket of this process just released may still be held for a few milliseconds.
 Status bind_endpoint(zmq::socket_t& socket, const std::string& endpoint, std::string* bound);

@@ -365,6 +365,22 @@ TEST_CASE("an idempotency key makes a repeated call return the first reply witho
   CHECK(other.results<EchoResults>().getServed() == 2);
 }
 
+TEST_CASE("a long error message is cut, and the reply still reaches its call") {
+  rpc::Server server({});
+  server.handle("t.fail", [](const rpc::CallContext&, capnp::MessageReader&, capnp::MessageBuilder&) {
+    return not_found("no such thing: " + std::string(100'000, 'n') + "\xc3\xa9" + std::string(100, 'e'));
+  });
+  REQUIRE(server.start().ok());
+  rpc::Client c({.endpoint = server.endpoints()[0]});
+  auto started = rpc::Clock::now();
+  rpc::Reply r = c.call("t.fail", {.timeout = std::chrono::seconds(10)});
+  CHECK(rpc::Clock::now() - started < std::chrono::seconds(5));
+  CHECK(r.status().code() == Code::kNotFound);
+  CHECK(r.status().message().rfind("no such thing: nnn", 0) == 0);
+  CHECK(r.status().message().size() <= 4096);
+  CHECK(r.status().message().find("more bytes cut") != std::string::npos);
+}
+
 TEST_CASE("a reply saying the call was not carried out is not remembered: a retry with its key runs it") {
   rpc::ServerOptions options;
   options.workers = 1;
@@ -475,6 +491,15 @@ TEST_CASE("hostile input gets an error reply and the server goes on serving") {
     Status st = reply_status(reply);
     CHECK(st.code() == Code::kResourceExhausted);
     CHECK(st.message().find("exceeds the limit") != std::string::npos);
+    // Answered under the call's own id, so a client's call fails at once rather than at its deadline.
+    capnp::MallocMessageBuilder big;
+    auto p = big.initRoot<EchoParams>();
+    std::vector<kj::byte> bytes(100 * 1024);
+    p.setBlob(kj::arrayPtr(bytes.data(), bytes.size()));
+    auto started = rpc::Clock::now();
+    rpc::Reply r = good.call("echo.echo", big, {.timeout = std::chrono::seconds(10)});
+    CHECK(r.status().code() == Code::kResourceExhausted);
+    CHECK(rpc::Clock::now() - started < std::chrono::seconds(5));
   }
   SUBCASE("a message over the hard limit drops only that connection") {
     std::vector<zmq::message_t> f;
