@@ -117,7 +117,7 @@ Result<std::vector<Result<WriteReceipt>>> SpaceClient::write_many(std::span<cons
   p.setDurationMs(duration_ms);
   if (txn) set_txn(p.initTxn(), txn);
   if (!holder_.empty()) p.setHolder(holder_);
-  // A call over the space's frame limit would not be answered: refused here, saying what to do.
+  // A call over the space's frame limit would be refused by the space: refused here, saying what to do.
   size_t bytes = capnp::computeSerializedSizeInWords(message) * sizeof(capnp::word);
   if (bytes + kCallRoomBytes > kMaxCallBytes) {
     return resource_exhausted("space.writeMany: " + std::to_string(entries.size()) + " entries take " +
@@ -332,11 +332,18 @@ Result<ContentHash> SpaceClient::put_manifest(uint64_t size, std::span<const Con
     return invalid_argument("put_manifest: " + std::to_string(chunks.size()) + " chunks: at most " +
                             std::to_string(kMaxValueChunks) + " per value");
   }
-  capnp::MallocMessageBuilder message;
+  // One segment: a hash then costs 40 bytes on the wire (a pointer and its 32 bytes), not 48 with
+  // the landing pads of pointers between segments, so kMaxValueChunks fit in one call.
+  capnp::MallocMessageBuilder message(static_cast<unsigned>(16 + chunks.size() * 5), capnp::AllocationStrategy::FIXED_SIZE);
   auto p = message.initRoot<proto::PutValueParams>();
   p.setSize(size);
   auto list = p.initChunks(static_cast<unsigned>(chunks.size()));
   set_hashes(list, chunks);
+  size_t bytes = capnp::computeSerializedSizeInWords(message) * sizeof(capnp::word);
+  if (bytes + kCallRoomBytes > kMaxCallBytes) {
+    return resource_exhausted("space.putValue: a manifest of " + std::to_string(chunks.size()) + " chunks takes " +
+                              std::to_string(bytes) + " bytes, over what a call to the space carries");
+  }
   // Storing the same manifest twice stores it once.
   rpc::Reply reply = client_->call("space.putValue", message, idempotent(call));
   return rpc::read_reply<ContentHash>(reply, "space.putValue", [](rpc::Reply& r) -> Result<ContentHash> {

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 
 #include <atomic>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -818,4 +819,18 @@ TEST_CASE("values: a chunk asked about keeps its grace when the last value namin
   std::vector<ContentHash> one{ha};
   auto next = store->put_value(5000, one);
   CHECK_MESSAGE(next.ok(), next.status().to_string());
+}
+
+TEST_CASE("values: a manifest of the most chunks a value may name fits in one call; one more is refused") {
+  test::TempDir dir;
+  auto s = start(dir);
+  SpaceClient c({.endpoint = s->rpc_endpoint()});
+  std::vector<ContentHash> names(kMaxValueChunks);
+  for (size_t i = 0; i < names.size(); ++i) std::memcpy(names[i].data(), &i, sizeof i);
+  auto most = c.put_manifest(names.size() * 4096, names);
+  CHECK_MESSAGE(most.status().code() == Code::kNotFound, most.status().to_string());  // reached the store
+  names.push_back(names.front());
+  auto over = c.put_manifest(names.size() * 4096, names);
+  CHECK(over.status().code() == Code::kInvalidArgument);
+  CHECK(over.status().message().find("at most " + std::to_string(kMaxValueChunks)) != std::string::npos);
 }

@@ -33,7 +33,9 @@ using ContentHash = std::array<uint8_t, 32>;
 
 inline constexpr size_t kMaxChunkBytes = 4u << 20;
 inline constexpr size_t kDefaultChunkBytes = 1u << 20;
-inline constexpr size_t kMaxValueChunks = 1'000'000;
+// Chunks a value names: as many hashes as fit in one space.putValue call (kMaxCallBytes, at 40
+// bytes a hash). 120 GiB of 1 MiB chunks, or 480 MiB of 4 KiB pages.
+inline constexpr size_t kMaxValueChunks = 120'000;
 // space.hasChunks and space.getChunks answer for at most this many hashes a call.
 inline constexpr size_t kMaxHashesPerCall = 10'000;
 // The largest call djinn-space takes: a whole chunk and room for the rest of its message.
