@@ -63,6 +63,7 @@ struct Outgoing {
   std::string routing_id;
   zmq::message_t frame;
   std::optional<DedupKey> dedup_key;  // remember this reply for repeats of the key
+  Code code = Code::kOk;              // the reply's status
 };
 
 // Shared with Responders, which may outlive the server: after close() replies are dropped.
@@ -138,14 +139,15 @@ void Responder::reply(const Status& status) {
   auto s = std::move(state_);
   post_reply(s->outbox, Outgoing{std::move(s->routing_id),
                                  internal::encode_reply(s->id, status, kj::ArrayPtr<const capnp::word>()),
-                                 std::move(s->dedup_key)});
+                                 std::move(s->dedup_key), status.code()});
 }
 
 void Responder::reply(const Status& status, capnp::MessageBuilder& results) {
   if (!state_) return;
   auto s = std::move(state_);
   post_reply(s->outbox,
-             Outgoing{std::move(s->routing_id), internal::encode_reply(s->id, status, results), std::move(s->dedup_key)});
+             Outgoing{std::move(s->routing_id), internal::encode_reply(s->id, status, results), std::move(s->dedup_key),
+                      status.code()});
 }
 
 struct Server::Impl {
@@ -213,7 +215,7 @@ struct Server::Impl {
   DedupEntry& remember(const DedupKey& key, zmq::message_t& frame);
   // Files the reply and answers the repeats that waited for it. A reply saying the call was not
   // carried out is then forgotten, so that a retry with the same key runs the call.
-  void settle(const DedupKey& key, zmq::message_t& frame);
+  void settle(const DedupKey& key, zmq::message_t& frame, Code code);
   // The remembered reply of `key`, re-addressed to request `id`.
   zmq::message_t recall(const DedupEntry& entry, uint64_t id);
   void worker_loop();
@@ -440,7 +442,7 @@ void Server::Impl::on_call(const std::string& rid, zmq::message_t& frame, securi
   Status st = run_handler(m, ctx, words, results);
   if (!st.ok()) n_errors++;
   zmq::message_t reply = internal::encode_reply(h.id, st, results);
-  if (dedup_key) settle(*dedup_key, reply);
+  if (dedup_key) settle(*dedup_key, reply, st.code());
   replies.push_back(std::move(reply));
 }
 
@@ -483,7 +485,7 @@ void Server::Impl::worker_loop() {
       dedup_key = dedup_key_of(job.client_key, job.header.method, job.header.idempotency_key);
     }
     post_reply(outbox, Outgoing{std::move(job.routing_id), internal::encode_reply(job.header.id, st, results),
-                                std::move(dedup_key)});
+                                std::move(dedup_key), st.code()});
   }
 }
 
@@ -495,7 +497,7 @@ void Server::Impl::send_outbox() {
   }
   std::vector<zmq::message_t> one(1);
   for (auto& o : items) {
-    if (o.dedup_key) settle(*o.dedup_key, o.frame);
+    if (o.dedup_key) settle(*o.dedup_key, o.frame, o.code);
     one[0] = std::move(o.frame);
     send_reply_message(o.routing_id, one);
   }
@@ -521,7 +523,7 @@ Server::Impl::DedupEntry& Server::Impl::remember(const DedupKey& key, zmq::messa
   return e;
 }
 
-void Server::Impl::settle(const DedupKey& key, zmq::message_t& frame) {
+void Server::Impl::settle(const DedupKey& key, zmq::message_t& frame, Code code) {
   DedupEntry& d = remember(key, frame);
   std::vector<zmq::message_t> one(1);
   for (auto& [wrid, wid] : d.waiters) {
@@ -529,11 +531,7 @@ void Server::Impl::settle(const DedupKey& key, zmq::message_t& frame) {
     send_reply_message(wrid, one);
   }
   d.waiters.clear();
-  uint64_t id;
-  Status status;
-  internal::SplitFrame split;
-  (void)internal::decode_reply(d.frame, options.limits, &id, &status, &split);
-  if (!carried_out(status.code())) dedup.erase(key);  // its place in dedup_order is skipped when reached
+  if (!carried_out(code)) dedup.erase(key);  // its place in dedup_order is skipped when reached
 }
 
 zmq::message_t Server::Impl::recall(const DedupEntry& entry, uint64_t id) {
