@@ -148,8 +148,10 @@ struct SpaceService::Impl final : txn::Participant {
   // service role on its own port).
   bool local_manager(const std::string& endpoint) const { return manager && endpoint == rpc_endpoint; }
 
-  Status join(const TxnRef& ref, const std::string& name) {
-    if (local_manager(ref.manager)) return manager->join(ref.id, name);
+  // Asynchronous to a remote manager: one that does not answer holds up only the operations under
+  // its own transactions.
+  void join(const TxnRef& ref, const std::string& name, std::function<void(Status)> done) {
+    if (local_manager(ref.manager)) return done(manager->join(ref.id, name));
     capnp::MallocMessageBuilder message;
     auto p = message.initRoot<proto::JoinParams>();
     p.initTxn().setHi(ref.id.hi);
@@ -158,7 +160,8 @@ struct SpaceService::Impl final : txn::Participant {
     rpc::CallOptions call;
     call.timeout = std::chrono::milliseconds(3000);
     call.idempotent = true;
-    return client_for(ref.manager)->call("txn.join", message, call).status();
+    client_for(ref.manager)->call_async("txn.join", message, call,
+                                        [done = std::move(done)](rpc::Reply reply) { done(reply.status()); });
   }
 
   txn::Outcome ask(const txn::InDoubt& d) {
@@ -620,7 +623,9 @@ Result<std::unique_ptr<SpaceService>> SpaceService::start(SpaceServiceOptions op
   space_options.max_entry_bytes = options.max_entry_bytes;
   space_options.max_entries = options.max_entries;
   space_options.name = options.name;
-  space_options.join = [im](const TxnRef& ref, const std::string& name) { return im->join(ref, name); };
+  space_options.join = [im](const TxnRef& ref, const std::string& name, std::function<void(Status)> done) {
+    im->join(ref, name, std::move(done));
+  };
   space_options.ask_outcome = [im](const txn::InDoubt& d) { return im->ask(d); };
   auto space = Space::open(std::move(space_options));
   if (!space.ok()) return space.status();

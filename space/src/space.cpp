@@ -304,50 +304,86 @@ struct Space::Impl {
   std::thread remover;
 
   // Joining a transaction is a call to its manager, which may be served by this very process:
-  // operations that still have to join run here, never on the RPC server's I/O thread.
-  std::mutex join_mu;
-  std::condition_variable join_cv;
-  std::deque<std::function<void()>> join_queue;
-  bool join_stop = false;
+  // joins start, and the operations that waited for them run, on the joiner thread, never on the
+  // RPC server's I/O thread. A join's answer comes back from any thread, possibly after the space
+  // stopped: the queue is shared with the calls, and a stopped queue fails what arrives.
+  struct JoinQueue {
+    struct Item {
+      std::function<void()> run;
+      std::function<void(Status)> fail;  // instead of run, when the space stops first
+    };
+    std::mutex mu;
+    std::condition_variable cv;
+    std::deque<Item> items;
+    bool stopped = false;
+    std::string stopping_message;
+
+    void push(Item item) {
+      {
+        std::lock_guard lock(mu);
+        if (!stopped) {
+          items.push_back(std::move(item));
+          cv.notify_one();
+          return;
+        }
+      }
+      item.fail(unavailable(stopping_message));
+    }
+  };
+  std::shared_ptr<JoinQueue> joins = std::make_shared<JoinQueue>();
   std::thread joiner;
 
-  explicit Impl(SpaceOptions o) : options(std::move(o)), landlord(*options.landlord) {}
+  explicit Impl(SpaceOptions o) : options(std::move(o)), landlord(*options.landlord) {
+    joins->stopping_message = "space " + options.name + " is stopping";
+  }
 
   void joiner_loop() {
-    std::unique_lock lock(join_mu);
+    JoinQueue& q = *joins;
+    std::unique_lock lock(q.mu);
     for (;;) {
-      join_cv.wait(lock, [&] { return join_stop || !join_queue.empty(); });
-      if (join_queue.empty()) return;
-      auto job = std::move(join_queue.front());
-      join_queue.pop_front();
+      q.cv.wait(lock, [&] { return q.stopped || !q.items.empty(); });
+      if (q.stopped) {
+        std::deque<JoinQueue::Item> left;
+        left.swap(q.items);
+        lock.unlock();
+        for (auto& item : left) item.fail(unavailable(q.stopping_message));
+        return;
+      }
+      JoinQueue::Item item = std::move(q.items.front());
+      q.items.pop_front();
       lock.unlock();
-      job();
+      item.run();
       lock.lock();
     }
   }
 
   // Runs `job` now when the space already takes part in `txn` (or there is none), else on the
-  // joiner thread after joining; `fail` gets the join's error.
+  // joiner thread once the manager has answered the join; `fail` gets the join's error.
   void with_txn(const std::optional<TxnRef>& txn, std::function<void()> job, std::function<void(Status)> fail) {
-    if (txn) {
-      bool known = false;
-      {
-        std::shared_lock lock(mu);
-        auto t = txns.find(txn->id);
-        known = t != txns.end() && !t->second.prepared;
-      }
-      if (!known) {
-        std::lock_guard lock(join_mu);
-        join_queue.push_back([this, ref = *txn, job = std::move(job), fail = std::move(fail)] {
-          Status st = ensure_joined(ref);
-          if (!st.ok()) return fail(st);
-          job();
-        });
-        join_cv.notify_one();
-        return;
-      }
+    if (!txn) return job();
+    Result<bool> needed = join_needed(*txn);
+    if (!needed.ok()) return fail(needed.status());
+    if (!*needed) return job();
+    auto shared_fail = std::make_shared<std::function<void(Status)>>(std::move(fail));
+    auto on_fail = [shared_fail](Status st) { (*shared_fail)(std::move(st)); };
+    joins->push({[this, ref = *txn, job = std::move(job), on_fail] { start_join(ref, job, on_fail); }, on_fail});
+  }
+
+  // On the joiner thread: asks the manager; its answer queues `job` (or `fail`) back here.
+  void start_join(const TxnRef& ref, std::function<void()> job, std::function<void(Status)> fail) {
+    std::string participant;
+    {
+      std::shared_lock lock(mu);
+      participant = options.participant_name;
     }
-    job();
+    options.join(ref, participant, [this, queue = joins, ref, job, fail](Status joined) {
+      queue->push({[this, ref, joined, job, fail] {
+                     Status st = joined_now(ref, joined);
+                     if (!st.ok()) return fail(st);
+                     job();
+                   },
+                   fail});
+    });
   }
 
   // ---- indexes (mu exclusive) ----
@@ -763,26 +799,24 @@ struct Space::Impl {
     }
   }
 
-  // Makes sure the space has joined `ref` (outside any lock: joining is a call to the manager).
-  Status ensure_joined(const TxnRef& ref) {
+  // Whether an operation under `ref` must first join it: false when the space takes part already;
+  // an error when it cannot (voting, ended, no manager client).
+  Result<bool> join_needed(const TxnRef& ref) {
     if (ref.id.is_nil()) return invalid_argument("transaction id is nil");
-    {
-      std::shared_lock lock(mu);
-      if (auto t = txns.find(ref.id); t != txns.end()) {
-        if (t->second.prepared) return failed_precondition("transaction " + ref.id.to_string() + " is already voting");
-        return Status::Ok();
-      }
-      if (ended.count(ref.id)) return aborted("transaction " + ref.id.to_string() + " has ended");
+    std::shared_lock lock(mu);
+    if (auto t = txns.find(ref.id); t != txns.end()) {
+      if (t->second.prepared) return failed_precondition("transaction " + ref.id.to_string() + " is already voting");
+      return false;
     }
+    if (ended.count(ref.id)) return aborted("transaction " + ref.id.to_string() + " has ended");
     if (!options.join) {
       return failed_precondition("space " + options.name + " takes part in no transactions (no transaction manager client)");
     }
-    std::string participant;
-    {
-      std::shared_lock lock(mu);
-      participant = options.participant_name;
-    }
-    Status joined = options.join(ref, participant);
+    return true;
+  }
+
+  // Records the manager's answer to a join of `ref`.
+  Status joined_now(const TxnRef& ref, const Status& joined) {
     if (!joined.ok()) {
       return Status(joined.code(), "transaction " + ref.id.to_string() + " at " + ref.manager + ": " + joined.message());
     }
@@ -792,6 +826,21 @@ struct Space::Impl {
     if (fresh) t->second.manager = ref.manager;
     if (t->second.prepared) return failed_precondition("transaction " + ref.id.to_string() + " is already voting");
     return Status::Ok();
+  }
+
+  // Joins `ref` if need be and waits for the answer (contents, which answers on its caller's thread).
+  Status ensure_joined(const TxnRef& ref) {
+    Result<bool> needed = join_needed(ref);
+    if (!needed.ok()) return needed.status();
+    if (!*needed) return Status::Ok();
+    auto answer = std::make_shared<std::promise<Status>>();
+    auto joined = answer->get_future();
+    joins->push({[this, ref, answer] {
+                   start_join(ref, [answer] { answer->set_value(Status::Ok()); },
+                              [answer](Status st) { answer->set_value(std::move(st)); });
+                 },
+                 [answer](Status st) { answer->set_value(std::move(st)); }});
+    return joined.get();
   }
 
   // ---- lease ends and the remover thread ----
@@ -1187,10 +1236,10 @@ Space::Space(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Space::~Space() {
   Impl& m = *impl_;
   {
-    std::lock_guard lock(m.join_mu);
-    m.join_stop = true;
+    std::lock_guard lock(m.joins->mu);
+    m.joins->stopped = true;
   }
-  m.join_cv.notify_all();
+  m.joins->cv.notify_all();
   if (m.joiner.joinable()) m.joiner.join();
   m.commit.reset();  // writes and takes not yet written are answered CANCELLED by their owners
   Impl::Deliveries d;

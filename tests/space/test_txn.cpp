@@ -109,6 +109,50 @@ TEST_CASE("visibility, commit and abort under a transaction") {
   CHECK(all->size() == 1);  // i = 4 (i = 2 went to the taker)
 }
 
+TEST_CASE("a manager that does not answer holds up only the operations under its own transactions") {
+  test::TempDir dir;
+  auto a = start_space(dir, "a", true);
+  TxnClient tm({.endpoint = a->rpc_endpoint()});
+  auto good = tm.create(30s);
+  REQUIRE(good.ok());
+  TxnRef lost{txn::TxnId::random(), "tcp://127.0.0.1:" + std::to_string(test::free_tcp_port())};
+
+  // Three writers under the transaction whose manager is gone, each waiting for its join...
+  std::vector<std::future<Result<WriteReceipt>>> stuck;
+  for (int i = 0; i < 3; ++i) {
+    stuck.push_back(std::async(std::launch::async, [&, i] {
+      SpaceClient c({.endpoint = a->rpc_endpoint(), .default_timeout = 10s});
+      return c.write(entry("demo.Slot", {{"i", 100 + i}}), 600'000, lost);
+    }));
+  }
+  std::this_thread::sleep_for(200ms);
+  // ...while a write under a transaction whose manager answers goes through at once.
+  SpaceClient c({.endpoint = a->rpc_endpoint()});
+  auto started = std::chrono::steady_clock::now();
+  auto w = c.write(entry("demo.Slot", {{"i", 1}}), 600'000, *good);
+  CHECK_MESSAGE(w.ok(), w.status().to_string());
+  CHECK(std::chrono::steady_clock::now() - started < 1s);
+  for (auto& f : stuck) {
+    auto r = f.get();
+    CHECK(!r.ok());
+    CHECK(r.status().message().find("txn.join") != std::string::npos);
+  }
+  CHECK(c.contents_all(tmpl("demo.Slot"))->empty());  // nothing written, and nothing visible before commit
+
+  // Stopping does not wait for joins queued behind one that hangs.
+  for (int i = 0; i < 3; ++i) {
+    stuck[static_cast<size_t>(i)] = std::async(std::launch::async, [&, i] {
+      SpaceClient c2({.endpoint = a->rpc_endpoint(), .default_timeout = 10s});
+      return c2.write(entry("demo.Slot", {{"i", 200 + i}}), 600'000, lost);
+    });
+  }
+  std::this_thread::sleep_for(200ms);
+  started = std::chrono::steady_clock::now();
+  a->stop();
+  CHECK(std::chrono::steady_clock::now() - started < 3s);
+  for (auto& f : stuck) CHECK(!f.get().ok());
+}
+
 TEST_CASE("take from one space and write to another, atomically, in-process over RPC") {
   test::TempDir dir;
   auto a = start_space(dir, "a", true);

@@ -72,10 +72,12 @@ struct SpaceOptions {
   std::string name = "space";
   // The name coordinators reach this space by (a participant name: "space:<id>@<endpoint>").
   std::string participant_name = "space";
-  // Joins this space to a transaction at its manager on the first operation under it. A failure
-  // (unknown or ended transaction, manager unreachable) fails the operation, nothing changed.
-  // Null: operations under a transaction are refused.
-  std::function<Status(const TxnRef& txn, const std::string& participant)> join;
+  // Joins this space to a transaction at its manager on the first operation under it, calling
+  // `done` once with the outcome, from any thread. A failure (unknown or ended transaction, manager
+  // unreachable) fails the operation, nothing changed. Asynchronous, so that a manager that does
+  // not answer holds up only the operations under its own transactions. Null: operations under a
+  // transaction are refused.
+  std::function<void(const TxnRef& txn, const std::string& participant, std::function<void(Status)> done)> join;
   // Asks a prepared transaction's outcome after a restart (kUnknown: ask again later).
   std::function<txn::Outcome(const txn::InDoubt&)> ask_outcome;
   std::chrono::milliseconds in_doubt_retry{1000};
