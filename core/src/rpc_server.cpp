@@ -173,6 +173,7 @@ struct Server::Impl {
   // call was still running.
   struct DedupEntry {
     bool done = false;
+    uint64_t generation = 0;  // tells its place in dedup_order from a forgotten entry's of the same key
     zmq::message_t frame;  // the first reply, sharing the sent frame's buffer
     std::vector<std::pair<std::string, uint64_t>> waiters;  // routing id, request id
   };
@@ -200,7 +201,8 @@ struct Server::Impl {
 
   // Owned by the I/O thread.
   std::unordered_map<DedupKey, DedupEntry, DedupKeyHash> dedup;
-  std::deque<DedupKey> dedup_order;
+  std::deque<std::pair<DedupKey, uint64_t>> dedup_order;  // key and generation, oldest first
+  uint64_t next_dedup_generation = 0;
 
   std::atomic<uint64_t> n_requests{0}, n_errors{0}, n_rejected{0}, n_dedup_hits{0};
 
@@ -393,7 +395,8 @@ void Server::Impl::on_call(const std::string& rid, zmq::message_t& frame, securi
       replies.push_back(recall(d->second, h.id));
       return;
     }
-    dedup_order.push_back(*dedup_key);
+    d->second.generation = ++next_dedup_generation;
+    dedup_order.emplace_back(*dedup_key, d->second.generation);
   }
   Clock::time_point deadline =
       h.timeout_micros ? Clock::now() + std::chrono::microseconds(h.timeout_micros) : Clock::time_point::max();
@@ -507,10 +510,10 @@ Server::Impl::DedupEntry& Server::Impl::remember(const DedupKey& key, zmq::messa
   // Evict before filing. Calls still running keep their entries (repeats wait on them) and go to
   // the back of the order; `key`'s own call is one of them until it is filed below.
   for (size_t budget = dedup_order.size(); dedup_order.size() > options.dedup_capacity && budget > 0; --budget) {
-    DedupKey oldest = dedup_order.front();
+    auto oldest = dedup_order.front();
     dedup_order.pop_front();
-    auto old = dedup.find(oldest);
-    if (old == dedup.end()) continue;
+    auto old = dedup.find(oldest.first);
+    if (old == dedup.end() || old->second.generation != oldest.second) continue;  // forgotten since
     if (old->second.done) {
       dedup.erase(old);
     } else {
@@ -531,14 +534,17 @@ void Server::Impl::settle(const DedupKey& key, zmq::message_t& frame, Code code)
     send_reply_message(wrid, one);
   }
   d.waiters.clear();
-  if (!carried_out(code)) dedup.erase(key);  // its place in dedup_order is skipped when reached
+  if (!carried_out(code)) dedup.erase(key);  // its place in dedup_order is skipped when reached (generation)
 }
 
 zmq::message_t Server::Impl::recall(const DedupEntry& entry, uint64_t id) {
   uint64_t old_id;
   Status status;
   internal::SplitFrame split;
-  (void)internal::decode_reply(entry.frame, options.limits, &old_id, &status, &split);
+  // A reply this server built, which may be larger than the requests it takes.
+  Limits own = options.limits;
+  own.max_frame_bytes = std::max(own.max_frame_bytes, entry.frame.size());
+  (void)internal::decode_reply(entry.frame, own, &old_id, &status, &split);
   return internal::encode_reply(id, status, split.payload);
 }
 

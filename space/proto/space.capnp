@@ -159,7 +159,7 @@ struct GetChunkResult {
 # space.putValue: stores a manifest whose chunks are all stored; returns the value id.
 struct PutValueParams {
   size @0 :UInt64;             # total bytes: the sum of the chunks' sizes
-  chunks @1 :List(Data);       # chunk hashes in order, at most 1,000,000
+  chunks @1 :List(Data);       # chunk hashes in order, at most 120,000
 }
 struct PutValueResult {
   valueId @0 :Data;            # 32 bytes

@@ -108,7 +108,10 @@ struct SpaceService::Impl final : txn::Participant {
   lease::LandlordService* forward_service = nullptr;
   Space* forward_space = nullptr;
 
-  std::mutex clients_mu;  // guards clients: managers this space joins transactions at
+  std::mutex clients_mu;  // guards clients and joins_in_flight: managers this space joins transactions at
+  // Joins awaiting an answer, by manager: a client with some is never dropped (dropping it would
+  // answer them CANCELLED). Declared before `clients`, whose destruction answers the last ones.
+  std::map<std::string, int> joins_in_flight;
   std::map<std::string, std::shared_ptr<rpc::Client>> clients;
 
   void forward(const lease::LeaseEvent& event) {
@@ -122,8 +125,10 @@ struct SpaceService::Impl final : txn::Participant {
   }
 
   // A client per manager, at most kMaxManagerClients of them: endpoints come from requests, so the
-  // oldest is dropped rather than letting callers make the space hold a connection per name.
-  std::shared_ptr<rpc::Client> client_for(const std::string& endpoint) {
+  // oldest with no join awaiting an answer is dropped rather than letting callers make the space
+  // hold a connection per name. `hold` counts a join on it, atomically with the lookup.
+  std::shared_ptr<rpc::Client> client_for(const std::string& endpoint, bool hold = false) {
+    std::shared_ptr<rpc::Client> dropped;  // destroyed after the lock: it joins its I/O thread
     std::lock_guard lock(clients_mu);
     auto& c = clients[endpoint];
     if (!c) {
@@ -133,9 +138,11 @@ struct SpaceService::Impl final : txn::Participant {
       c = std::make_shared<rpc::Client>(o);
     }
     std::shared_ptr<rpc::Client> out = c;
+    if (hold) ++joins_in_flight[endpoint];
     if (clients.size() > kMaxManagerClients) {
       for (auto it = clients.begin(); it != clients.end(); ++it) {
-        if (it->first != endpoint) {
+        if (it->first != endpoint && !joins_in_flight.count(it->first)) {
+          dropped = std::move(it->second);
           clients.erase(it);
           break;
         }
@@ -160,8 +167,14 @@ struct SpaceService::Impl final : txn::Participant {
     rpc::CallOptions call;
     call.timeout = std::chrono::milliseconds(3000);
     call.idempotent = true;
-    client_for(ref.manager)->call_async("txn.join", message, call,
-                                        [done = std::move(done)](rpc::Reply reply) { done(reply.status()); });
+    client_for(ref.manager, true)
+        ->call_async("txn.join", message, call, [this, endpoint = ref.manager, done = std::move(done)](rpc::Reply reply) {
+          {
+            std::lock_guard lock(clients_mu);
+            if (--joins_in_flight[endpoint] <= 0) joins_in_flight.erase(endpoint);
+          }
+          done(reply.status());
+        });
   }
 
   txn::Outcome ask(const txn::InDoubt& d) {

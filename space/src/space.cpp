@@ -833,6 +833,11 @@ struct Space::Impl {
     Result<bool> needed = join_needed(ref);
     if (!needed.ok()) return needed.status();
     if (!*needed) return Status::Ok();
+    if (std::this_thread::get_id() == joiner.get_id()) {  // it would wait for itself
+      return failed_precondition("transaction " + ref.id.to_string() +
+                                 ": its first operation here cannot run inside a space callback; call it from "
+                                 "another thread");
+    }
     auto answer = std::make_shared<std::promise<Status>>();
     auto joined = answer->get_future();
     joins->push({[this, ref, answer] {

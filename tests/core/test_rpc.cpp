@@ -415,6 +415,41 @@ TEST_CASE("a reply saying the call was not carried out is not remembered: a retr
   CHECK(s.echo.served() == 2);
 }
 
+TEST_CASE("the reply cache: a key forgotten and filed again keeps its place; a reply over the request limit is recalled whole") {
+  rpc::ServerOptions options;
+  options.dedup_capacity = 4;
+  options.limits.max_frame_bytes = 64 * 1024;
+  rpc::Server server(options);
+  std::atomic<int> runs{0};
+  server.handle_deferred("t.flaky", [&](const rpc::CallContext& ctx, capnp::MessageReader&, rpc::Responder r) {
+    if (ctx.idempotency_key == "K" && ++runs == 1) return;  // dropped: CANCELLED, not carried out
+    r.reply(Status::Ok());
+  });
+  server.handle("t.big", [](const rpc::CallContext&, capnp::MessageReader&, capnp::MessageBuilder& results) {
+    std::vector<kj::byte> bytes(200 * 1024, 7);
+    results.initRoot<EchoResults>().setBlob(kj::arrayPtr(bytes.data(), bytes.size()));
+    return Status::Ok();
+  });
+  REQUIRE(server.start().ok());
+  rpc::Client c({.endpoint = server.endpoints()[0]});
+  auto keyed = [](std::string k) { return rpc::CallOptions{.idempotency_key = std::move(k)}; };
+
+  CHECK(c.call("t.flaky", keyed("K")).status().code() == Code::kCancelled);
+  REQUIRE(c.call("t.flaky", keyed("K")).ok());  // runs, and is filed again
+  for (const char* k : {"a", "b", "c"}) REQUIRE(c.call("t.flaky", keyed(k)).ok());
+  // Four keys filed, the cache's capacity: the forgotten first filing of K is passed over, and
+  // the second stays.
+  REQUIRE(c.call("t.flaky", keyed("K")).ok());
+  CHECK(runs == 2);
+
+  rpc::Reply first = c.call("t.big", keyed("big"));
+  rpc::Reply again = c.call("t.big", keyed("big"));
+  REQUIRE(first.ok());
+  REQUIRE(again.ok());
+  CHECK(first.results<EchoResults>().getBlob().size() == 200 * 1024);
+  CHECK(again.results<EchoResults>().getBlob().size() == 200 * 1024);
+}
+
 TEST_CASE("the reply cache keeps the last dedup_capacity keys, and a call still running outlives eviction") {
   rpc::ServerOptions options;
   options.dedup_capacity = 4;

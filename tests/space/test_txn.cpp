@@ -153,6 +153,27 @@ TEST_CASE("a manager that does not answer holds up only the operations under its
   for (auto& f : stuck) CHECK(!f.get().ok());
 }
 
+TEST_CASE("joins awaiting their managers keep their connections while many other managers are named") {
+  test::TempDir dir;
+  auto a = start_space(dir, "a", true);
+  // More managers than the space keeps connections to (64), none answering: the first one's join
+  // ends at its own timeout, not cancelled by its connection being dropped for the others.
+  std::vector<std::future<Result<WriteReceipt>>> writes;
+  for (int i = 0; i < 80; ++i) {
+    TxnRef gone{txn::TxnId::random(), "tcp://127.0.0.1:" + std::to_string(1 + i)};
+    writes.push_back(std::async(std::launch::async, [&, gone] {
+      SpaceClient c({.endpoint = a->rpc_endpoint(), .default_timeout = 10s});
+      return c.write(entry("demo.Slot", {{"i", 1}}), 600'000, gone);
+    }));
+    if (i == 0) std::this_thread::sleep_for(100ms);
+  }
+  for (auto& f : writes) {
+    auto r = f.get();
+    REQUIRE(!r.ok());
+    CHECK_MESSAGE(r.status().code() == Code::kDeadlineExceeded, r.status().to_string());
+  }
+}
+
 TEST_CASE("take from one space and write to another, atomically, in-process over RPC") {
   test::TempDir dir;
   auto a = start_space(dir, "a", true);
