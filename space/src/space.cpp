@@ -364,9 +364,7 @@ struct Space::Impl {
     Result<bool> needed = join_needed(*txn);
     if (!needed.ok()) return fail(needed.status());
     if (!*needed) return job();
-    auto shared_fail = std::make_shared<std::function<void(Status)>>(std::move(fail));
-    auto on_fail = [shared_fail](Status st) { (*shared_fail)(std::move(st)); };
-    joins->push({[this, ref = *txn, job = std::move(job), on_fail] { start_join(ref, job, on_fail); }, on_fail});
+    joins->push({[this, ref = *txn, job = std::move(job), fail] { start_join(ref, job, fail); }, fail});
   }
 
   // On the joiner thread: asks the manager; its answer queues `job` (or `fail`) back here.
