@@ -14,48 +14,44 @@ namespace {
 
 size_t words_of(size_t bytes) { return bytes / sizeof(capnp::word); }
 
-// Checks a frame's size and gives its words, aligned (copied into split->storage if ZeroMQ handed
-// an unaligned buffer, which it does for messages read in place from its receive buffer).
+// Headers are a few words (read under a 1024-word limit): what is looked at of an oversized frame.
+constexpr size_t kHeaderViewBytes = 8192;
+
+// Checks a frame's shape and gives its words, aligned (copied into split->storage if ZeroMQ handed
+// an unaligned buffer, which it does for messages read in place from its receive buffer). A frame
+// over the size limit gives only its first kHeaderViewBytes, so that its header can still be read
+// and the refusal (*oversized) goes back under the call's own id.
 Status frame_view(const zmq::message_t& frame, const Limits& limits, const char* what, SplitFrame* split,
-                  kj::ArrayPtr<const capnp::word>* words) {
+                  kj::ArrayPtr<const capnp::word>* words, Status* oversized) {
   size_t size = frame.size();
   if (size == 0) return invalid_argument(std::string(what) + " frame is empty");
   if (size % sizeof(capnp::word) != 0) {
     return invalid_argument(std::string(what) + " frame of " + std::to_string(size) +
                             " bytes is not a whole number of 8-byte words");
   }
+  size_t view = size;
   if (size > limits.max_frame_bytes) {
-    return resource_exhausted(std::string(what) + " frame of " + std::to_string(size) +
-                              " bytes exceeds the limit of " + std::to_string(limits.max_frame_bytes) + " bytes");
+    *oversized = resource_exhausted(std::string(what) + " frame of " + std::to_string(size) +
+                                    " bytes exceeds the limit of " + std::to_string(limits.max_frame_bytes) + " bytes");
+    view = std::min(size, kHeaderViewBytes);
   }
   const capnp::word* data = static_cast<const capnp::word*>(frame.data());
-  if (reinterpret_cast<uintptr_t>(data) % alignof(capnp::word) != 0) {
-    split->storage = kj::heapArray<capnp::word>(words_of(size));
-    std::memcpy(split->storage.begin(), frame.data(), size);
+  if (view < size || reinterpret_cast<uintptr_t>(data) % alignof(capnp::word) != 0) {
+    split->storage = kj::heapArray<capnp::word>(words_of(view));
+    std::memcpy(split->storage.begin(), frame.data(), view);
     data = split->storage.begin();
   }
-  *words = kj::arrayPtr(data, words_of(size));
+  *words = kj::arrayPtr(data, words_of(view));
   return Status::Ok();
 }
 
 // Reads the header message at the front of `words` with `read`, and points split->payload at
 // whatever follows it.
-// A frame over the size limit is refused, but its header is still read (from its first few KiB)
-// so that the refusal goes back under the call's own id.
 template <class F>
 Status split_frame(const zmq::message_t& frame, const Limits& limits, const char* what, SplitFrame* split, F&& read) {
-  constexpr size_t kHeaderViewBytes = 8192;  // headers are a few words (and read under a 1024-word limit)
   Status oversized = Status::Ok();
   kj::ArrayPtr<const capnp::word> words;
-  if (frame.size() > limits.max_frame_bytes && frame.size() % sizeof(capnp::word) == 0) {
-    oversized = resource_exhausted(std::string(what) + " frame of " + std::to_string(frame.size()) +
-                                   " bytes exceeds the limit of " + std::to_string(limits.max_frame_bytes) + " bytes");
-    split->storage = kj::heapArray<capnp::word>(words_of(std::min(frame.size(), kHeaderViewBytes)));
-    std::memcpy(split->storage.begin(), frame.data(), split->storage.size() * sizeof(capnp::word));
-    words = split->storage.asPtr();
-  } else {
-    DJINN_RETURN_IF_ERROR(frame_view(frame, limits, what, split, &words));
-  }
+  DJINN_RETURN_IF_ERROR(frame_view(frame, limits, what, split, &words, &oversized));
   try {
     capnp::ReaderOptions options;
     options.traversalLimitInWords = 1024;  // headers are a few words; anything bigger is hostile
