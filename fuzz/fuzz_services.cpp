@@ -10,7 +10,6 @@
 //
 // A finding is a crash, a handler that threw (INTERNAL "failed:", or a deferred call dropped
 // unanswered), a call that never returns when it cannot wait, or a service that stops answering.
-#include <unistd.h>
 
 #include <algorithm>
 #include <array>
