@@ -9,6 +9,7 @@
 #include "djinn/core/log.h"
 #include "djinn/core/thread_name.h"
 #include "djinn/proto/rpc.capnp.h"
+#include "resolver.h"
 #include "wire.h"
 
 namespace djinn::events {
@@ -208,11 +209,43 @@ void Subscriber::open() {
   }
   // Whole kinds, always: see the header for why keys are filtered here.
   for (const auto& [kind, keys] : wanted_) s.set(zmq::sockopt::subscribe, topic_of(kind, ""));
+  // A host name is resolved off ZeroMQ's I/O thread (see resolver.h); poll() dials once it is.
+  if (auto named = rpc::internal::named_tcp_endpoint(options_.endpoint)) {
+    (void)rpc::internal::resolve(named->host);
+    return;
+  }
   s.connect(options_.endpoint);
+  dialled_ = true;
+}
+
+bool Subscriber::dial_by_name(std::chrono::steady_clock::time_point deadline) {
+  auto named = rpc::internal::named_tcp_endpoint(options_.endpoint);
+  auto r = rpc::internal::resolve(named->host);
+  if (!r->wait_until(deadline)) return false;
+  auto d = r->dial(named->port);
+  try {
+    if (d.ok()) {
+      if (d->ipv6) socket_->set(zmq::sockopt::ipv6, true);
+      socket_->connect(d->endpoint);
+      dialled_ = true;
+      return true;
+    }
+  } catch (const zmq::error_t& e) {
+    d = invalid_argument(std::string("cannot connect to ") + options_.endpoint + ": " + e.what());
+  }
+  if (d.status().message() != unresolved_) {
+    unresolved_ = d.status().message();
+    DJINN_LOG(kWarn, "events") << "no events from " << options_.endpoint << " yet: " << unresolved_;
+  }
+  std::this_thread::sleep_until(deadline);  // a poll loop does not spin on a failed name
+  return false;
 }
 
 Status Subscriber::start() {
   if (running_) return failed_precondition("subscriber already started");
+  if (auto named = rpc::internal::named_tcp_endpoint(options_.endpoint)) {
+    DJINN_RETURN_IF_ERROR(rpc::internal::check_dial_port(*named, options_.endpoint));
+  }
   try {
     open();
   } catch (const zmq::error_t& e) {
@@ -234,6 +267,11 @@ void Subscriber::stop() {
 
 int Subscriber::poll(std::chrono::milliseconds timeout) {
   open();
+  if (!dialled_) {
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    if (!dial_by_name(deadline)) return 0;
+    timeout = std::chrono::ceil<std::chrono::milliseconds>(std::max(deadline - std::chrono::steady_clock::now(), std::chrono::steady_clock::duration::zero()));
+  }
   zmq::pollitem_t item{socket_->handle(), 0, ZMQ_POLLIN, 0};
   rpc::internal::poll_sockets(&item, 1, timeout);
   int delivered = 0;

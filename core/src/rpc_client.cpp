@@ -17,6 +17,7 @@
 #include "djinn/core/log.h"
 #include "djinn/core/rpc.h"
 #include "djinn/core/thread_name.h"
+#include "resolver.h"
 #include "wire.h"
 
 namespace djinn::rpc {
@@ -51,16 +52,18 @@ struct Link {
   bool ever_connected = false;
 };
 
-// A DEALER socket with its monitor.
+// A DEALER socket with its monitor, dialling `dial` (an address: see resolver.h).
 class Channel {
  public:
-  Channel(zmq::context_t& ctx, const ClientOptions& o) : dealer_(ctx, zmq::socket_type::dealer) {
+  Channel(zmq::context_t& ctx, const ClientOptions& o, const internal::Resolution::Dial& dial)
+      : dealer_(ctx, zmq::socket_type::dealer) {
     dealer_.set(zmq::sockopt::linger, 0);
     dealer_.set(zmq::sockopt::sndhwm, 100000);
     dealer_.set(zmq::sockopt::rcvhwm, 100000);
     dealer_.set(zmq::sockopt::reconnect_ivl, static_cast<int>(o.reconnect_interval.count()));
     dealer_.set(zmq::sockopt::reconnect_ivl_max, static_cast<int>(o.reconnect_interval_max.count()));
     dealer_.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(o.limits.hard_max_message_bytes));
+    if (dial.ipv6) dealer_.set(zmq::sockopt::ipv6, true);
     if (o.curve) {
       dealer_.set(zmq::sockopt::curve_serverkey, o.curve->server_public_key);
       dealer_.set(zmq::sockopt::curve_publickey, o.curve->client.public_key);
@@ -71,7 +74,7 @@ class Channel {
     monitor_ = zmq::socket_t(ctx, zmq::socket_type::pair);
     monitor_.set(zmq::sockopt::linger, 0);
     monitor_.connect(mon);
-    dealer_.connect(o.endpoint);
+    dealer_.connect(dial.endpoint);
     endpoint_ = o.endpoint;
   }
   ~Channel() {
@@ -156,11 +159,25 @@ struct Pending {
 }  // namespace
 
 struct Client::Impl {
-  explicit Impl(ClientOptions o) : options(std::move(o)), context(options.context ? *options.context : default_context()) {
+  explicit Impl(ClientOptions o)
+      : options(std::move(o)),
+        context(options.context ? *options.context : default_context()),
+        named(internal::named_tcp_endpoint(options.endpoint)) {
+    if (named) {
+      // Resolved off ZeroMQ's I/O thread, starting now; calls wait for it up to their deadline.
+      if (Status st = internal::check_dial_port(*named, options.endpoint); !st.ok()) {
+        unusable = st;
+        return;
+      }
+      (void)internal::resolve(named->host);
+      return;
+    }
+    dial = internal::Resolution::Dial{options.endpoint, false};
+    dial_ready = true;
     // An endpoint ZeroMQ cannot dial fails every call with a status, never with an exception (the
     // I/O thread could not even report one): try one channel now.
     try {
-      release(std::make_unique<Channel>(context, options));
+      release(std::make_unique<Channel>(context, options, dial));
     } catch (const zmq::error_t& e) {
       unusable = invalid_argument("cannot connect to '" + options.endpoint + "': " + e.what() +
                                   " (expected tcp://HOST:PORT)");
@@ -178,6 +195,13 @@ struct Client::Impl {
   zmq::context_t& context;
   std::optional<Status> unusable;  // the endpoint cannot be dialled
 
+  // What the sockets dial: the endpoint itself, or for a host name, the address it resolved to
+  // (once, for the client's life). Set once; read without the lock after dial_ready.
+  const std::optional<internal::NamedTcpEndpoint> named;
+  std::mutex dial_mu;
+  internal::Resolution::Dial dial;
+  std::atomic<bool> dial_ready{false};
+
   std::mutex pool_mu;  // guards pool
   std::vector<std::unique_ptr<Channel>> pool;
 
@@ -193,6 +217,24 @@ struct Client::Impl {
 
   std::atomic<uint64_t> n_calls{0}, n_retries{0}, n_timeouts{0}, n_batches{0};
 
+  // The address to dial, waiting for the host name's resolution until `deadline` at most.
+  Result<internal::Resolution::Dial> dial_target(Clock::time_point deadline, std::chrono::milliseconds timeout) {
+    if (dial_ready.load(std::memory_order_acquire)) return dial;
+    auto r = internal::resolve(named->host);
+    if (!r->wait_until(deadline)) return internal::resolution_timeout(named->host, options.endpoint, timeout);
+    return settle_dial(*r);
+  }
+  Result<internal::Resolution::Dial> settle_dial(const internal::Resolution& r) {
+    auto d = r.dial(named->port);
+    if (!d.ok()) return d.status();
+    std::lock_guard lock(dial_mu);
+    if (!dial_ready.load(std::memory_order_relaxed)) {
+      dial = *d;
+      dial_ready.store(true, std::memory_order_release);
+    }
+    return dial;
+  }
+
   std::unique_ptr<Channel> acquire() {
     {
       std::lock_guard lock(pool_mu);
@@ -202,7 +244,7 @@ struct Client::Impl {
         return c;
       }
     }
-    return std::make_unique<Channel>(context, options);
+    return std::make_unique<Channel>(context, options, dial);
   }
   void release(std::unique_ptr<Channel> c) {
     std::lock_guard lock(pool_mu);
@@ -211,6 +253,8 @@ struct Client::Impl {
 
   Reply call_sync(std::string_view method, kj::ArrayPtr<const capnp::word> payload, const CallOptions& o);
   void submit(Pending p);
+  bool await_dial_on_io();
+  void cancel_queued();
   void io_loop();
 };
 
@@ -266,6 +310,10 @@ Reply Client::Impl::call_sync(std::string_view method, kj::ArrayPtr<const capnp:
   if (unusable) return Reply(*unusable);
   auto timeout = o.timeout.count() > 0 ? o.timeout : options.default_timeout;
   Clock::time_point deadline = Clock::now() + timeout;
+  if (auto d = dial_target(deadline, timeout); !d.ok()) {
+    if (d.status().code() == Code::kDeadlineExceeded) n_timeouts++;
+    return Reply(d.status());
+  }
   auto ch = acquire();
   struct Release {
     Impl* im;
@@ -366,9 +414,79 @@ void Client::Impl::submit(Pending p) {
   if (was_empty) wakeup.notify();
 }
 
+// Before the I/O thread's socket exists: waits for the host name to resolve, answering calls whose
+// deadline passes meanwhile, and every queued call when it does not resolve. False when stopping.
+bool Client::Impl::await_dial_on_io() {
+  std::vector<Pending> queue;
+  auto take_queue = [&] {
+    std::lock_guard lock(submit_mu);
+    for (auto& p : submitted) queue.push_back(std::move(p));
+    submitted.clear();
+    for (auto& p : local_submitted) queue.push_back(std::move(p));  // from callbacks answered here
+    local_submitted.clear();
+  };
+  auto give_back = [&] {
+    std::lock_guard lock(submit_mu);
+    for (auto& p : queue) submitted.push_back(std::move(p));
+    queue.clear();
+  };
+  zmq::pollitem_t wake{nullptr, wakeup.fd(), ZMQ_POLLIN, 0};
+  while (!stopping.load(std::memory_order_relaxed)) {
+    if (dial_ready.load(std::memory_order_acquire)) return true;
+    take_queue();
+    if (queue.empty()) {
+      internal::poll_sockets(&wake, 1, std::chrono::milliseconds(100));
+      if (wake.revents & ZMQ_POLLIN) wakeup.drain();
+      continue;
+    }
+    auto next = Clock::now() + std::chrono::milliseconds(20);  // how soon a stop is noticed
+    for (const auto& p : queue) next = std::min(next, p.deadline);
+    auto r = internal::resolve(named->host);
+    if (r->wait_until(next)) {
+      auto d = settle_dial(*r);
+      if (d.ok()) break;
+      for (auto& p : queue) p.done(Reply(d.status()));
+      queue.clear();
+      continue;
+    }
+    auto now = Clock::now();
+    std::vector<Pending> waiting;
+    for (auto& p : queue) {
+      if (p.deadline > now) {
+        waiting.push_back(std::move(p));
+        continue;
+      }
+      n_timeouts++;
+      p.done(Reply(internal::resolution_timeout(named->host, options.endpoint, p.timeout)));
+    }
+    queue.swap(waiting);
+    give_back();
+  }
+  give_back();
+  return dial_ready.load(std::memory_order_acquire);
+}
+
+void Client::Impl::cancel_queued() {
+  {
+    std::lock_guard lock(submit_mu);
+    for (auto& p : submitted) local_submitted.push_back(std::move(p));
+    submitted.clear();
+  }
+  while (!local_submitted.empty()) {
+    std::vector<Pending> left;
+    left.swap(local_submitted);
+    for (auto& p : left) p.done(Reply(Status(Code::kCancelled, "the client was closed")));
+  }
+}
+
 void Client::Impl::io_loop() {
   io_thread_id = std::this_thread::get_id();
-  Channel ch(context, options);
+  if (!await_dial_on_io()) {
+    cancel_queued();  // stopping before the name resolved
+    return;
+  }
+  wakeup.notify();  // calls queued while resolving leave in the first turn
+  Channel ch(context, options, dial);
   Link& link = ch.link();
   std::unordered_map<uint64_t, Pending> in_flight;
   // Ordered by deadline; an answered call leaves it at once, so it holds only calls in flight.
@@ -466,16 +584,7 @@ void Client::Impl::io_loop() {
     }
   }
   // Whatever is left is answered, so no caller waits forever.
-  {
-    std::lock_guard lock(submit_mu);
-    for (auto& p : submitted) local_submitted.push_back(std::move(p));
-    submitted.clear();
-  }
-  while (!local_submitted.empty()) {
-    std::vector<Pending> left;
-    left.swap(local_submitted);
-    for (auto& p : left) p.done(Reply(Status(Code::kCancelled, "the client was closed")));
-  }
+  cancel_queued();
   while (!in_flight.empty()) finish(in_flight.begin(), Reply(Status(Code::kCancelled, "the client was closed")));
 }
 

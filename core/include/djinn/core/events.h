@@ -148,6 +148,8 @@ class Subscriber {
 
  private:
   void open();
+  // Resolves the endpoint's host name, waiting until `deadline` at most, and dials the address.
+  bool dial_by_name(std::chrono::steady_clock::time_point deadline);
   void handle(std::vector<zmq::message_t>& parts);
 
   SubscriberOptions options_;
@@ -159,6 +161,8 @@ class Subscriber {
     uint64_t last = 0;
   };
   std::map<std::string, Stream, std::less<>> streams_;
+  bool dialled_ = false;  // connected to the publisher's address (a host name is resolved first)
+  std::string unresolved_;  // the last reason the host name did not resolve, logged once
   EventHandler on_event_;
   GapHandler on_gap_;
   std::atomic<bool> running_{false};

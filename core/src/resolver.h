@@ -1,0 +1,73 @@
+// Internal: host names resolved off ZeroMQ's I/O thread.
+//
+// ZeroMQ resolves a tcp:// endpoint's host name on its I/O thread, synchronously, at every
+// connection attempt (libzmq issues 2961 and 3243). A resolver that does not answer would stall
+// every socket of the context, the servers' included. So clients and subscribers give ZeroMQ
+// addresses only: a name is resolved here, on a thread of the resolver's own, and whoever needs
+// the address waits for it no longer than its own deadline.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "djinn/core/status.h"
+
+namespace djinn::rpc::internal {
+
+// "tcp://HOST:PORT" whose HOST is a name rather than an IPv4 or bracketed IPv6 address.
+struct NamedTcpEndpoint {
+  std::string host;
+  std::string port;
+};
+// Its parts, or nullopt for any other endpoint (an address, another transport, ZeroMQ's
+// "source;destination" form), which goes to ZeroMQ as it is.
+std::optional<NamedTcpEndpoint> named_tcp_endpoint(std::string_view endpoint);
+// A port ZeroMQ can dial: a number from 1 to 65535. The status says what is wrong, naming `endpoint`.
+Status check_dial_port(const NamedTcpEndpoint& named, std::string_view endpoint);
+
+// One resolution of one name, shared by everyone who asked for it while it ran.
+class Resolution {
+ public:
+  using Clock = std::chrono::steady_clock;
+  explicit Resolution(std::string host) : host_(std::move(host)) {}
+
+  // Whether the name was resolved (or found unresolvable) before `deadline`.
+  bool wait_until(Clock::time_point deadline) const;
+  // After wait_until returned true: the endpoint to dial for `port` ("tcp://10.0.0.7:4160",
+  // "tcp://[fd00::7]:4160") and whether it is IPv6, or why the name does not resolve.
+  struct Dial {
+    std::string endpoint;
+    bool ipv6 = false;
+  };
+  Result<Dial> dial(const std::string& port) const;
+  const std::string& host() const { return host_; }
+
+  // The resolver's side.
+  void finish(Status status, std::string address, bool ipv6);
+  bool finished_before(Clock::time_point t) const;
+  bool failed() const;
+
+ private:
+  const std::string host_;
+  mutable std::mutex mu_;
+  mutable std::condition_variable cv_;
+  bool done_ = false;
+  Clock::time_point done_at_{};
+  Status status_;
+  std::string address_;
+  bool ipv6_ = false;
+};
+
+// The resolution of `host`: one in flight or recently finished (an address is kept 30 s, a
+// failure 1 s), else a new one. Never blocks on the resolver.
+std::shared_ptr<const Resolution> resolve(const std::string& host);
+
+// The status of a resolution that did not finish by a call's deadline.
+Status resolution_timeout(const std::string& host, const std::string& endpoint, std::chrono::milliseconds waited);
+
+}  // namespace djinn::rpc::internal
