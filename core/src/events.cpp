@@ -197,8 +197,8 @@ void Subscriber::subscribe(std::string kind, std::string key) {
 
 void Subscriber::open() {
   if (socket_) return;
-  socket_ = std::make_unique<zmq::socket_t>(context_, zmq::socket_type::sub);
-  auto& s = *socket_;
+  auto socket = std::make_unique<zmq::socket_t>(context_, zmq::socket_type::sub);
+  auto& s = *socket;
   s.set(zmq::sockopt::linger, 0);
   s.set(zmq::sockopt::rcvhwm, options_.receive_high_water_mark);
   s.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(options_.limits.hard_max_message_bytes));
@@ -209,25 +209,43 @@ void Subscriber::open() {
   }
   // Whole kinds, always: see the header for why keys are filtered here.
   for (const auto& [kind, keys] : wanted_) s.set(zmq::sockopt::subscribe, topic_of(kind, ""));
+  dialled_.clear();
+  refreshing_.reset();
   // A host name is resolved off ZeroMQ's I/O thread (see resolver.h); poll() dials once it is.
   if (auto named = rpc::internal::named_tcp_endpoint(options_.endpoint)) {
     (void)rpc::internal::resolve(named->host);
-    return;
+  } else {
+    auto d = rpc::internal::dial_as_given(options_.endpoint);
+    if (d.ipv6) s.set(zmq::sockopt::ipv6, true);
+    s.connect(d.endpoint);
+    dialled_ = d.endpoint;
   }
-  s.connect(options_.endpoint);
-  dialled_ = true;
+  socket_ = std::move(socket);
+}
+
+void Subscriber::connect_to(const std::string& address, bool ipv6) {
+  if (!dialled_.empty()) {
+    try {
+      socket_->disconnect(dialled_);
+    } catch (const zmq::error_t&) {
+      // Already gone.
+    }
+  }
+  if (ipv6) socket_->set(zmq::sockopt::ipv6, true);
+  socket_->connect(address);
+  dialled_ = address;
+  dialled_at_ = last_heard_ = std::chrono::steady_clock::now();
 }
 
 bool Subscriber::dial_by_name(std::chrono::steady_clock::time_point deadline) {
   auto named = rpc::internal::named_tcp_endpoint(options_.endpoint);
+  if (!named) return false;  // open() dialled it, or failed
   auto r = rpc::internal::resolve(named->host);
   if (!r->wait_until(deadline)) return false;
   auto d = r->dial(named->port);
   try {
     if (d.ok()) {
-      if (d->ipv6) socket_->set(zmq::sockopt::ipv6, true);
-      socket_->connect(d->endpoint);
-      dialled_ = true;
+      connect_to(d->endpoint, d->ipv6);
       return true;
     }
   } catch (const zmq::error_t& e) {
@@ -241,10 +259,32 @@ bool Subscriber::dial_by_name(std::chrono::steady_clock::time_point deadline) {
   return false;
 }
 
+void Subscriber::consider_redial() {
+  auto named = rpc::internal::named_tcp_endpoint(options_.endpoint);
+  if (!named) return;
+  auto now = std::chrono::steady_clock::now();
+  if (refreshing_) {
+    if (!refreshing_->wait_until(now)) return;
+    auto d = refreshing_->dial(named->port);
+    refreshing_.reset();
+    dialled_at_ = now;
+    if (!d.ok() || d->endpoint == dialled_) return;
+    DJINN_LOG(kInfo, "events") << options_.endpoint << " now resolves to " << d->endpoint << " (was " << dialled_ << ")";
+    try {
+      connect_to(d->endpoint, d->ipv6);
+    } catch (const zmq::error_t& e) {
+      DJINN_LOG(kWarn, "events") << "cannot dial " << d->endpoint << ": " << e.what();
+    }
+    return;
+  }
+  auto after = options_.reresolve_after;
+  if (now - last_heard_ >= after && now - dialled_at_ >= after) refreshing_ = rpc::internal::resolve(named->host, after);
+}
+
 Status Subscriber::start() {
   if (running_) return failed_precondition("subscriber already started");
   if (auto named = rpc::internal::named_tcp_endpoint(options_.endpoint)) {
-    DJINN_RETURN_IF_ERROR(rpc::internal::check_dial_port(*named, options_.endpoint));
+    DJINN_RETURN_IF_ERROR(rpc::internal::check_named_endpoint(*named, options_.endpoint));
   }
   try {
     open();
@@ -267,22 +307,28 @@ void Subscriber::stop() {
 
 int Subscriber::poll(std::chrono::milliseconds timeout) {
   open();
-  if (!dialled_) {
+  if (dialled_.empty()) {
     auto deadline = std::chrono::steady_clock::now() + timeout;
     if (!dial_by_name(deadline)) return 0;
-    timeout = std::chrono::ceil<std::chrono::milliseconds>(std::max(deadline - std::chrono::steady_clock::now(), std::chrono::steady_clock::duration::zero()));
+    timeout = std::chrono::ceil<std::chrono::milliseconds>(
+        std::max(deadline - std::chrono::steady_clock::now(), std::chrono::steady_clock::duration::zero()));
+  } else {
+    consider_redial();
   }
   zmq::pollitem_t item{socket_->handle(), 0, ZMQ_POLLIN, 0};
   rpc::internal::poll_sockets(&item, 1, timeout);
   int delivered = 0;
+  bool heard = false;
   std::vector<zmq::message_t> parts;
   while (true) {
     parts.clear();
     if (!zmq::recv_multipart(*socket_, std::back_inserter(parts), zmq::recv_flags::dontwait)) break;
+    heard = true;
     if (parts.size() != 3) continue;  // not ours
     handle(parts);
     ++delivered;
   }
+  if (heard) last_heard_ = std::chrono::steady_clock::now();
   return delivered;
 }
 

@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cstring>
 #include <deque>
+#include <system_error>
 #include <thread>
 #include <unordered_map>
 
@@ -56,16 +57,15 @@ void run_getaddrinfo(Resolution& r) {
     }
     if (a->ai_family == AF_INET6 && !chosen) chosen = a;
   }
-  char text[INET6_ADDRSTRLEN] = {};
+  char text[NI_MAXHOST] = {};
   bool ipv6 = chosen && chosen->ai_family == AF_INET6;
-  if (chosen) {
-    const void* where = ipv6 ? static_cast<const void*>(&reinterpret_cast<const sockaddr_in6*>(chosen->ai_addr)->sin6_addr)
-                             : static_cast<const void*>(&reinterpret_cast<const sockaddr_in*>(chosen->ai_addr)->sin_addr);
-    ::inet_ntop(ipv6 ? AF_INET6 : AF_INET, where, text, sizeof text);
+  // Numeric, with an IPv6 address's scope ("fe80::1%eth0"), which ZeroMQ takes.
+  if (chosen && ::getnameinfo(chosen->ai_addr, chosen->ai_addrlen, text, sizeof text, nullptr, 0, NI_NUMERICHOST) != 0) {
+    chosen = nullptr;
   }
   ::freeaddrinfo(found);
   if (!chosen) {
-    r.finish(unavailable("host name '" + r.host() + "' has no IPv4 or IPv6 address"), "", false);
+    r.finish(unavailable("cannot resolve host name '" + r.host() + "': it has no IPv4 or IPv6 address"), "", false);
     return;
   }
   r.finish(Status::Ok(), text, ipv6);
@@ -73,11 +73,11 @@ void run_getaddrinfo(Resolution& r) {
 
 class Resolver {
  public:
-  std::shared_ptr<const Resolution> resolve(const std::string& host) {
+  std::shared_ptr<const Resolution> resolve(const std::string& host, std::chrono::milliseconds max_age) {
     auto now = Resolution::Clock::now();
     std::lock_guard lock(mu_);
     auto it = known_.find(host);
-    if (it != known_.end() && !stale(*it->second, now)) return it->second;
+    if (it != known_.end() && !stale(*it->second, now, max_age)) return it->second;
     if (known_.size() >= kMaxRemembered) forget_stale(now);
     auto r = std::make_shared<Resolution>(host);
     if (waiting_.size() >= kMaxWaitingNames) {
@@ -89,16 +89,29 @@ class Resolver {
     if (known_.size() < kMaxRemembered) known_[host] = r;  // else resolved for this caller alone
     waiting_.push_back(r);
     if (threads_ < kMaxResolverThreads && waiting_.size() > idle_) {
-      threads_++;
-      std::thread([this] { work(); }).detach();
+      try {
+        std::thread([this] { work(); }).detach();
+        threads_++;
+      } catch (const std::system_error& e) {
+        // A thread already running takes it, or none: then the name is not resolved now.
+        if (threads_ == 0) {
+          waiting_.pop_back();
+          known_.erase(host);
+          r->finish(unavailable("cannot resolve host name '" + host + "' now: no thread to resolve it on (" +
+                                e.what() + ")"),
+                    "", false);
+        }
+      }
     }
     cv_.notify_one();
     return r;
   }
 
  private:
-  static bool stale(const Resolution& r, Resolution::Clock::time_point now) {
-    return r.finished_before(now - (r.failed() ? kFailureKept : kAddressKept));
+  static bool stale(const Resolution& r, Resolution::Clock::time_point now,
+                    std::chrono::milliseconds max_age = kAddressKept) {
+    auto kept = r.failed() ? std::chrono::milliseconds(kFailureKept) : std::min<std::chrono::milliseconds>(max_age, kAddressKept);
+    return r.finished_before(now - kept);
   }
 
   void forget_stale(Resolution::Clock::time_point now) {
@@ -144,12 +157,22 @@ std::optional<NamedTcpEndpoint> named_tcp_endpoint(std::string_view endpoint) {
   return NamedTcpEndpoint{std::string(host), std::string(rest.substr(colon + 1))};
 }
 
-Status check_dial_port(const NamedTcpEndpoint& named, std::string_view endpoint) {
+Status check_named_endpoint(const NamedTcpEndpoint& named, std::string_view endpoint) {
+  const std::string& host = named.host;
+  if (host.size() > 253 ||
+      host.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.") != std::string::npos) {
+    return invalid_argument("cannot connect to '" + std::string(endpoint) + "': '" + host +
+                            "' is neither an address nor a host name (expected tcp://HOST:PORT)");
+  }
   const std::string& port = named.port;
   bool digits = !port.empty() && port.size() <= 5 && port.find_first_not_of("0123456789") == std::string::npos;
   if (digits && std::stoi(port) >= 1 && std::stoi(port) <= 65535) return Status::Ok();
   return invalid_argument("cannot connect to '" + std::string(endpoint) + "': the port '" + port +
                           "' is not a number from 1 to 65535 (expected tcp://HOST:PORT)");
+}
+
+Resolution::Dial dial_as_given(const std::string& endpoint) {
+  return Resolution::Dial{endpoint, endpoint.rfind("tcp://[", 0) == 0};
 }
 
 bool Resolution::wait_until(Clock::time_point deadline) const {
@@ -186,10 +209,10 @@ bool Resolution::failed() const {
   return done_ && !status_.ok();
 }
 
-std::shared_ptr<const Resolution> resolve(const std::string& host) {
+std::shared_ptr<const Resolution> resolve(const std::string& host, std::chrono::milliseconds max_age) {
   // Never destroyed: resolver threads may still be running when the process exits.
   static Resolver* resolver = new Resolver;
-  return resolver->resolve(host);
+  return resolver->resolve(host, max_age);
 }
 
 Status resolution_timeout(const std::string& host, const std::string& endpoint, std::chrono::milliseconds waited) {

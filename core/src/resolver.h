@@ -27,8 +27,9 @@ struct NamedTcpEndpoint {
 // Its parts, or nullopt for any other endpoint (an address, another transport, ZeroMQ's
 // "source;destination" form), which goes to ZeroMQ as it is.
 std::optional<NamedTcpEndpoint> named_tcp_endpoint(std::string_view endpoint);
-// A port ZeroMQ can dial: a number from 1 to 65535. The status says what is wrong, naming `endpoint`.
-Status check_dial_port(const NamedTcpEndpoint& named, std::string_view endpoint);
+// A host name (letters, digits, '-', '_' and '.', at most 253) and a port from 1 to 65535, or
+// INVALID_ARGUMENT saying what is wrong with `endpoint`.
+Status check_named_endpoint(const NamedTcpEndpoint& named, std::string_view endpoint);
 
 // One resolution of one name, shared by everyone who asked for it while it ran.
 class Resolution {
@@ -63,9 +64,13 @@ class Resolution {
   bool ipv6_ = false;
 };
 
-// The resolution of `host`: one in flight or recently finished (an address is kept 30 s, a
-// failure 1 s), else a new one. Never blocks on the resolver.
-std::shared_ptr<const Resolution> resolve(const std::string& host);
+// Any other endpoint, dialled as it is (IPv6 when its host is a bracketed address).
+Resolution::Dial dial_as_given(const std::string& endpoint);
+
+// The resolution of `host`: one in flight or recently finished (an address younger than
+// `max_age`, at most 30 s; a failure younger than 1 s), else a new one. Never blocks on the resolver.
+std::shared_ptr<const Resolution> resolve(const std::string& host,
+                                          std::chrono::milliseconds max_age = std::chrono::seconds(30));
 
 // The status of a resolution that did not finish by a call's deadline.
 Status resolution_timeout(const std::string& host, const std::string& endpoint, std::chrono::milliseconds waited);

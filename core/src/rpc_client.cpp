@@ -52,18 +52,17 @@ struct Link {
   bool ever_connected = false;
 };
 
-// A DEALER socket with its monitor, dialling `dial` (an address: see resolver.h).
+// A DEALER socket with its monitor. dial() connects it to an address (see resolver.h), and points
+// it at another when the client's host name has moved.
 class Channel {
  public:
-  Channel(zmq::context_t& ctx, const ClientOptions& o, const internal::Resolution::Dial& dial)
-      : dealer_(ctx, zmq::socket_type::dealer) {
+  Channel(zmq::context_t& ctx, const ClientOptions& o) : dealer_(ctx, zmq::socket_type::dealer) {
     dealer_.set(zmq::sockopt::linger, 0);
     dealer_.set(zmq::sockopt::sndhwm, 100000);
     dealer_.set(zmq::sockopt::rcvhwm, 100000);
     dealer_.set(zmq::sockopt::reconnect_ivl, static_cast<int>(o.reconnect_interval.count()));
     dealer_.set(zmq::sockopt::reconnect_ivl_max, static_cast<int>(o.reconnect_interval_max.count()));
     dealer_.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(o.limits.hard_max_message_bytes));
-    if (dial.ipv6) dealer_.set(zmq::sockopt::ipv6, true);
     if (o.curve) {
       dealer_.set(zmq::sockopt::curve_serverkey, o.curve->server_public_key);
       dealer_.set(zmq::sockopt::curve_publickey, o.curve->client.public_key);
@@ -74,8 +73,24 @@ class Channel {
     monitor_ = zmq::socket_t(ctx, zmq::socket_type::pair);
     monitor_.set(zmq::sockopt::linger, 0);
     monitor_.connect(mon);
-    dealer_.connect(dial.endpoint);
     endpoint_ = o.endpoint;
+  }
+
+  // Connects to `to`, dropping the connection to an earlier address; nothing when `generation`
+  // (the client's count of addresses) is the one dialled already.
+  void dial(const internal::Resolution::Dial& to, uint64_t generation) {
+    if (generation == generation_) return;
+    if (!dialled_.empty()) {
+      try {
+        dealer_.disconnect(dialled_);
+      } catch (const zmq::error_t&) {
+        // Already gone: ZeroMQ forgets an endpoint it failed to reach for good.
+      }
+    }
+    if (to.ipv6) dealer_.set(zmq::sockopt::ipv6, true);
+    dealer_.connect(to.endpoint);
+    dialled_ = to.endpoint;
+    generation_ = generation;
   }
   ~Channel() {
     zmq_socket_monitor(dealer_.handle(), nullptr, 0);
@@ -126,7 +141,9 @@ class Channel {
  private:
   zmq::socket_t dealer_;
   zmq::socket_t monitor_;
-  std::string endpoint_;
+  std::string endpoint_;  // as the client was given it
+  std::string dialled_;   // the address connected to
+  uint64_t generation_ = 0;
   Link link_;
 };
 
@@ -164,24 +181,28 @@ struct Client::Impl {
         context(options.context ? *options.context : default_context()),
         named(internal::named_tcp_endpoint(options.endpoint)) {
     if (named) {
-      // Resolved off ZeroMQ's I/O thread, starting now; calls wait for it up to their deadline.
-      if (Status st = internal::check_dial_port(*named, options.endpoint); !st.ok()) {
+      if (Status st = internal::check_named_endpoint(*named, options.endpoint); !st.ok()) {
         unusable = st;
         return;
       }
-      (void)internal::resolve(named->host);
-      return;
+    } else {
+      dial = internal::dial_as_given(options.endpoint);
+      dial_generation = 1;
     }
-    dial = internal::Resolution::Dial{options.endpoint, false};
-    dial_ready = true;
-    // An endpoint ZeroMQ cannot dial fails every call with a status, never with an exception (the
-    // I/O thread could not even report one): try one channel now.
+    // An endpoint or options ZeroMQ refuses fail every call with a status, never with an exception
+    // (the I/O thread could not even report one): set up one channel now, and dial an address.
     try {
-      release(std::make_unique<Channel>(context, options, dial));
+      auto ch = std::make_unique<Channel>(context, options);
+      if (!named) ch->dial(dial, 1);
+      release(std::move(ch));
     } catch (const zmq::error_t& e) {
       unusable = invalid_argument("cannot connect to '" + options.endpoint + "': " + e.what() +
                                   " (expected tcp://HOST:PORT)");
+      return;
     }
+    // A host name is resolved off ZeroMQ's I/O thread, starting now; calls wait for it up to their
+    // deadline.
+    if (named) (void)internal::resolve(named->host);
   }
   ~Impl() {
     if (io_thread.joinable()) {
@@ -195,12 +216,16 @@ struct Client::Impl {
   zmq::context_t& context;
   std::optional<Status> unusable;  // the endpoint cannot be dialled
 
-  // What the sockets dial: the endpoint itself, or for a host name, the address it resolved to
-  // (once, for the client's life). Set once; read without the lock after dial_ready.
+  // What the sockets dial: the endpoint itself, or for a host name, the address it resolved to.
+  // A name is resolved again while the connection is down once its address is
+  // options.reresolve_after old; a new address gets a new generation, and each socket re-dials at
+  // its next use.
   const std::optional<internal::NamedTcpEndpoint> named;
-  std::mutex dial_mu;
+  std::mutex dial_mu;  // guards dial, dial_resolved_at, refreshing (and dial for a name)
   internal::Resolution::Dial dial;
-  std::atomic<bool> dial_ready{false};
+  std::atomic<uint64_t> dial_generation{0};  // 0: the name is not resolved yet
+  Clock::time_point dial_resolved_at{};
+  std::shared_ptr<const internal::Resolution> refreshing;
 
   std::mutex pool_mu;  // guards pool
   std::vector<std::unique_ptr<Channel>> pool;
@@ -217,34 +242,74 @@ struct Client::Impl {
 
   std::atomic<uint64_t> n_calls{0}, n_retries{0}, n_timeouts{0}, n_batches{0};
 
-  // The address to dial, waiting for the host name's resolution until `deadline` at most.
-  Result<internal::Resolution::Dial> dial_target(Clock::time_point deadline, std::chrono::milliseconds timeout) {
-    if (dial_ready.load(std::memory_order_acquire)) return dial;
+  // Waits for the host name's first resolution until `deadline` at most.
+  Status await_dial(Clock::time_point deadline, std::chrono::milliseconds timeout) {
+    if (dial_generation.load(std::memory_order_acquire) > 0) return Status::Ok();
     auto r = internal::resolve(named->host);
     if (!r->wait_until(deadline)) return internal::resolution_timeout(named->host, options.endpoint, timeout);
     return settle_dial(*r);
   }
-  Result<internal::Resolution::Dial> settle_dial(const internal::Resolution& r) {
+  Status settle_dial(const internal::Resolution& r) {
     auto d = r.dial(named->port);
-    if (!d.ok()) return d.status();
     std::lock_guard lock(dial_mu);
-    if (!dial_ready.load(std::memory_order_relaxed)) {
-      dial = *d;
-      dial_ready.store(true, std::memory_order_release);
+    if (dial_generation.load(std::memory_order_relaxed) > 0) return Status::Ok();  // another call's
+    if (!d.ok()) return d.status();
+    dial = *d;
+    dial_resolved_at = Clock::now();
+    dial_generation.store(1, std::memory_order_release);
+    return Status::Ok();
+  }
+  // Points `ch` at the current address.
+  void redial(Channel& ch) {
+    if (!named) return;  // dialled once, in acquire
+    std::lock_guard lock(dial_mu);
+    try {
+      ch.dial(dial, dial_generation.load(std::memory_order_relaxed));
+    } catch (const zmq::error_t& e) {
+      DJINN_LOG(kWarn, "rpc") << "cannot dial " << dial.endpoint << " for " << options.endpoint << ": " << e.what();
     }
-    return dial;
+  }
+  // With the connection down: resolves the name again in the background once the address is
+  // options.reresolve_after old, and takes the new address when it differs (a service that came
+  // back elsewhere, as ZeroMQ's own resolution at each reconnection would have found).
+  void consider_redial(bool connected) {
+    if (!named || connected) return;
+    auto now = Clock::now();
+    std::lock_guard lock(dial_mu);
+    if (refreshing) {
+      if (!refreshing->wait_until(now)) return;
+      auto d = refreshing->dial(named->port);
+      refreshing.reset();
+      dial_resolved_at = now;
+      if (d.ok() && d->endpoint != dial.endpoint) {
+        DJINN_LOG(kInfo, "rpc") << options.endpoint << " now resolves to " << d->endpoint << " (was " << dial.endpoint
+                                << ")";
+        dial = *d;
+        dial_generation.fetch_add(1, std::memory_order_release);
+      }
+      return;
+    }
+    auto after = options.reresolve_after;
+    if (dial_generation.load(std::memory_order_relaxed) > 0 && now - dial_resolved_at >= after) {
+      refreshing = internal::resolve(named->host, after);
+    }
   }
 
   std::unique_ptr<Channel> acquire() {
+    std::unique_ptr<Channel> c;
     {
       std::lock_guard lock(pool_mu);
       if (!pool.empty()) {
-        auto c = std::move(pool.back());
+        c = std::move(pool.back());
         pool.pop_back();
-        return c;
       }
     }
-    return std::make_unique<Channel>(context, options, dial);
+    if (!c) {
+      c = std::make_unique<Channel>(context, options);
+      if (!named) c->dial(dial, 1);
+    }
+    redial(*c);
+    return c;
   }
   void release(std::unique_ptr<Channel> c) {
     std::lock_guard lock(pool_mu);
@@ -253,7 +318,7 @@ struct Client::Impl {
 
   Reply call_sync(std::string_view method, kj::ArrayPtr<const capnp::word> payload, const CallOptions& o);
   void submit(Pending p);
-  bool await_dial_on_io();
+  std::unique_ptr<Channel> open_io_channel();
   void cancel_queued();
   void io_loop();
 };
@@ -310,11 +375,18 @@ Reply Client::Impl::call_sync(std::string_view method, kj::ArrayPtr<const capnp:
   if (unusable) return Reply(*unusable);
   auto timeout = o.timeout.count() > 0 ? o.timeout : options.default_timeout;
   Clock::time_point deadline = Clock::now() + timeout;
-  if (auto d = dial_target(deadline, timeout); !d.ok()) {
-    if (d.status().code() == Code::kDeadlineExceeded) n_timeouts++;
-    return Reply(d.status());
+  if (named) {
+    if (Status st = await_dial(deadline, timeout); !st.ok()) {
+      if (st.code() == Code::kDeadlineExceeded) n_timeouts++;
+      return Reply(st);
+    }
   }
-  auto ch = acquire();
+  std::unique_ptr<Channel> ch;
+  try {
+    ch = acquire();
+  } catch (const zmq::error_t& e) {
+    return Reply(unavailable("cannot open a socket to " + options.endpoint + ": " + e.what()));
+  }
   struct Release {
     Impl* im;
     std::unique_ptr<Channel>& c;
@@ -325,6 +397,7 @@ Reply Client::Impl::call_sync(std::string_view method, kj::ArrayPtr<const capnp:
   Link& link = ch->link();
   link.lost = false;
   if (link.refused) return Reply(*link.refused);
+  consider_redial(link.connected);
 
   static std::atomic<uint64_t> next_id{0};
   uint64_t id = next_id.fetch_add(1) + 1;
@@ -414,9 +487,10 @@ void Client::Impl::submit(Pending p) {
   if (was_empty) wakeup.notify();
 }
 
-// Before the I/O thread's socket exists: waits for the host name to resolve, answering calls whose
-// deadline passes meanwhile, and every queued call when it does not resolve. False when stopping.
-bool Client::Impl::await_dial_on_io() {
+// Before the I/O thread has a socket: waits for the host name to resolve, answering calls whose
+// deadline passes meanwhile, and every queued call when the name does not resolve or no socket can
+// be opened. Null when stopping.
+std::unique_ptr<Channel> Client::Impl::open_io_channel() {
   std::vector<Pending> queue;
   auto take_queue = [&] {
     std::lock_guard lock(submit_mu);
@@ -425,28 +499,50 @@ bool Client::Impl::await_dial_on_io() {
     for (auto& p : local_submitted) queue.push_back(std::move(p));  // from callbacks answered here
     local_submitted.clear();
   };
-  auto give_back = [&] {
+  auto give_back = [&] {  // in front of what was submitted meanwhile, keeping the order of calls
     std::lock_guard lock(submit_mu);
-    for (auto& p : queue) submitted.push_back(std::move(p));
+    for (auto& p : submitted) queue.push_back(std::move(p));
+    submitted.swap(queue);
+    queue.clear();
+  };
+  auto fail_queue = [&](const Status& st) {
+    for (auto& p : queue) p.done(Reply(st));
     queue.clear();
   };
   zmq::pollitem_t wake{nullptr, wakeup.fd(), ZMQ_POLLIN, 0};
+  auto idle = [&] {
+    internal::poll_sockets(&wake, 1, std::chrono::milliseconds(100));
+    if (wake.revents & ZMQ_POLLIN) wakeup.drain();
+  };
+  std::shared_ptr<const internal::Resolution> r;  // kept until it finishes: one lookup at a time
   while (!stopping.load(std::memory_order_relaxed)) {
-    if (dial_ready.load(std::memory_order_acquire)) return true;
+    if (dial_generation.load(std::memory_order_acquire) > 0) {
+      try {
+        auto ch = std::make_unique<Channel>(context, options);
+        std::lock_guard lock(dial_mu);
+        ch->dial(dial, dial_generation.load(std::memory_order_relaxed));
+        give_back();
+        return ch;
+      } catch (const zmq::error_t& e) {
+        take_queue();
+        fail_queue(unavailable("cannot open a socket to " + options.endpoint + ": " + e.what()));
+        idle();
+        continue;
+      }
+    }
     take_queue();
     if (queue.empty()) {
-      internal::poll_sockets(&wake, 1, std::chrono::milliseconds(100));
-      if (wake.revents & ZMQ_POLLIN) wakeup.drain();
+      idle();
       continue;
     }
     auto next = Clock::now() + std::chrono::milliseconds(20);  // how soon a stop is noticed
     for (const auto& p : queue) next = std::min(next, p.deadline);
-    auto r = internal::resolve(named->host);
+    if (!r) r = internal::resolve(named->host);
     if (r->wait_until(next)) {
-      auto d = settle_dial(*r);
-      if (d.ok()) break;
-      for (auto& p : queue) p.done(Reply(d.status()));
-      queue.clear();
+      Status st = settle_dial(*r);
+      r.reset();
+      if (!st.ok()) fail_queue(st);
+      give_back();
       continue;
     }
     auto now = Clock::now();
@@ -463,7 +559,7 @@ bool Client::Impl::await_dial_on_io() {
     give_back();
   }
   give_back();
-  return dial_ready.load(std::memory_order_acquire);
+  return nullptr;
 }
 
 void Client::Impl::cancel_queued() {
@@ -481,12 +577,13 @@ void Client::Impl::cancel_queued() {
 
 void Client::Impl::io_loop() {
   io_thread_id = std::this_thread::get_id();
-  if (!await_dial_on_io()) {
-    cancel_queued();  // stopping before the name resolved
+  std::unique_ptr<Channel> channel = open_io_channel();
+  if (!channel) {
+    cancel_queued();  // stopping before there was a socket
     return;
   }
-  wakeup.notify();  // calls queued while resolving leave in the first turn
-  Channel ch(context, options, dial);
+  wakeup.notify();  // calls queued meanwhile leave in the first turn
+  Channel& ch = *channel;
   Link& link = ch.link();
   std::unordered_map<uint64_t, Pending> in_flight;
   // Ordered by deadline; an answered call leaves it at once, so it holds only calls in flight.
@@ -570,6 +667,10 @@ void Client::Impl::io_loop() {
           }
         }
       }
+    }
+    if (named && !link.connected) {
+      consider_redial(false);
+      redial(ch);
     }
     // Calls submitted by callbacks during this turn leave now, in one batch.
     if (!local_submitted.empty()) {

@@ -32,6 +32,16 @@ using djinn::examples::EchoResults;
 namespace {
 
 int g_silent_dns = -1;  // the UDP socket on 127.0.0.1:53 that reads nothing
+std::string g_dir;       // the files mounted over /etc's: resolv.conf, nsswitch.conf, hosts
+
+void write_file(const std::string& path, const std::string& text) {
+  std::ofstream(path, std::ios::trunc) << text;  // in place: the bind mount keeps the inode
+}
+
+void remove_files() {
+  for (const char* f : {"resolv.conf", "nsswitch.conf", "hosts"}) ::unlink((g_dir + "/" + f).c_str());
+  ::rmdir(g_dir.c_str());
+}
 
 // Once per process, while it is single-threaded (the first test case runs before any thread).
 bool private_resolver() {
@@ -40,24 +50,42 @@ bool private_resolver() {
     if (mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) return 0;
     char dir[] = "/tmp/djinn-resolver-XXXXXX";
     if (!mkdtemp(dir)) return 0;
-    std::string conf = std::string(dir) + "/resolv.conf";
+    g_dir = dir;
+    std::atexit(remove_files);
     // Two tries of 2 s each: a name lookup that is not answered takes about 4 s.
-    std::ofstream(conf) << "nameserver 127.0.0.1\noptions timeout:2 attempts:2\n";
-    if (mount(conf.c_str(), "/etc/resolv.conf", nullptr, MS_BIND, nullptr) != 0) return 0;
-    if (std::system("ip link set lo up") != 0) return 0;
-    g_silent_dns = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    sockaddr_in at{};
-    at.sin_family = AF_INET;
-    at.sin_port = htons(53);
-    at.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (::bind(g_silent_dns, reinterpret_cast<sockaddr*>(&at), sizeof at) != 0) return 0;
-    return 1;
+    write_file(g_dir + "/resolv.conf", "nameserver 127.0.0.1\noptions timeout:2 attempts:2\n");
+    write_file(g_dir + "/nsswitch.conf", "hosts: files dns\n");
+    write_file(g_dir + "/hosts", "127.0.0.1 localhost\n");
+    for (const char* f : {"resolv.conf", "nsswitch.conf", "hosts"}) {
+      std::string from = g_dir + "/" + f, to = std::string("/etc/") + f;
+      if (mount(from.c_str(), to.c_str(), nullptr, MS_BIND, nullptr) != 0) return 0;
+    }
+    return std::system("ip link set lo up") == 0 ? 1 : 0;
   }();
   return state == 1;
 }
 
+// The DNS server on 127.0.0.1:53: silent (a socket that reads nothing) or refusing (none).
+void dns_silent(bool silent) {
+  if (silent == (g_silent_dns >= 0)) return;
+  if (!silent) {
+    ::close(g_silent_dns);
+    g_silent_dns = -1;
+    return;
+  }
+  g_silent_dns = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  sockaddr_in at{};
+  at.sin_family = AF_INET;
+  at.sin_port = htons(53);
+  at.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::bind(g_silent_dns, reinterpret_cast<sockaddr*>(&at), sizeof at) == 0);
+}
+
 struct EchoServer {
-  EchoServer() : server(rpc::ServerOptions{}), echo(server) { REQUIRE(server.start().ok()); }
+  explicit EchoServer(std::string endpoint = "tcp://127.0.0.1:*")
+      : server(rpc::ServerOptions{.endpoints = {std::move(endpoint)}}), echo(server) {
+    REQUIRE(server.start().ok());
+  }
   std::string endpoint() const { return server.endpoints()[0]; }
   std::string port() const { return endpoint().substr(endpoint().rfind(':') + 1); }
   rpc::Server server;
@@ -90,6 +118,7 @@ TEST_CASE("a resolver that does not answer holds up only the calls to its name, 
     MESSAGE("no private network and mount namespaces (needs root): skipped");
     return;
   }
+  dns_silent(true);
   EchoServer server;
   events::Publisher publisher({});
   REQUIRE(publisher.start().ok());
@@ -107,7 +136,8 @@ TEST_CASE("a resolver that does not answer holds up only the calls to its name, 
   subscriber.subscribe("demo.kind");
   REQUIRE(subscriber.start().ok());
 
-  // Meanwhile the server answers at once, for 1.5 s, well into the unanswered lookups.
+  // Meanwhile the server answers at once, for 1.5 s, well into the unanswered lookups (stalled,
+  // it would not answer for about 4 s).
   double slowest = 0;
   int answered = 0;
   while (ms_since(t0) < 1500) {
@@ -118,8 +148,8 @@ TEST_CASE("a resolver that does not answer holds up only the calls to its name, 
     answered++;
     std::this_thread::sleep_for(10ms);
   }
-  CHECK(answered > 50);
-  CHECK_MESSAGE(slowest < 250, "slowest call while a name was being resolved: " << slowest << " ms");
+  CHECK(answered > 20);
+  CHECK_MESSAGE(slowest < 750, "slowest call while a name was being resolved: " << slowest << " ms");
 
   // The calls to the name end at their own deadline, saying why.
   for (std::future<rpc::Reply>* f : {&async_reply, &sync_reply}) {
@@ -143,8 +173,7 @@ TEST_CASE("a host name that does not resolve fails the call at once; a malformed
     MESSAGE("no private network and mount namespaces (needs root): skipped");
     return;
   }
-  ::close(g_silent_dns);  // 127.0.0.1:53 now refuses: lookups fail at once
-  g_silent_dns = -1;
+  dns_silent(false);  // 127.0.0.1:53 refuses: lookups fail at once
   EchoServer server;
   rpc::Client by_name({.endpoint = "tcp://nowhere.example:" + server.port()});
   for (int i = 0; i < 2; ++i) {  // the second is answered from the remembered failure
@@ -161,6 +190,8 @@ TEST_CASE("a host name that does not resolve fails the call at once; a malformed
   rpc::Reply r = echo(bad_port, "x");
   CHECK(r.status().code() == Code::kInvalidArgument);
   CHECK_MESSAGE(r.status().message().find("not a number from 1 to 65535") != std::string::npos, r.status().message());
+  rpc::Client bad_host({.endpoint = "tcp://bad host:1"});
+  CHECK(echo(bad_host, "x").status().code() == Code::kInvalidArgument);
   events::Subscriber bad_sub({.endpoint = "tcp://localhost:0x50"});
   CHECK(bad_sub.start().code() == Code::kInvalidArgument);
 }
@@ -170,8 +201,9 @@ TEST_CASE("names that resolve reach the server: blocking and asynchronous calls,
     MESSAGE("no private network and mount namespaces (needs root): skipped");
     return;
   }
+  dns_silent(true);  // /etc/hosts answers these
   EchoServer server;
-  rpc::Client by_name({.endpoint = "tcp://localhost:" + server.port()});  // from /etc/hosts
+  rpc::Client by_name({.endpoint = "tcp://localhost:" + server.port()});
   rpc::Reply r = echo(by_name, "hello");
   REQUIRE_MESSAGE(r.ok(), r.status().to_string());
   CHECK(std::string(r.results<EchoResults>().getText().cStr()) == "hello");
@@ -191,4 +223,49 @@ TEST_CASE("names that resolve reach the server: blocking and asynchronous calls,
     publisher.publish("demo.kind", "k");
     return got.load() > 0;
   }));
+}
+
+TEST_CASE("a client and a subscriber follow a host name to the address it moved to") {
+  if (!private_resolver()) {
+    MESSAGE("no private network and mount namespaces (needs root): skipped");
+    return;
+  }
+  dns_silent(false);
+  write_file(g_dir + "/hosts", "127.0.0.1 localhost\n127.0.0.1 mover.example\n");
+  auto first = std::make_unique<EchoServer>("tcp://127.0.0.1:*");
+  auto first_pub = std::make_unique<events::Publisher>(events::PublisherOptions{.heartbeat_interval = 0ms});
+  REQUIRE(first_pub->start().ok());
+  std::string port = first->port();
+  std::string pub = first_pub->endpoints()[0];
+  std::string pub_port = pub.substr(pub.rfind(':') + 1);
+
+  rpc::Client client({.endpoint = "tcp://mover.example:" + port, .reresolve_after = 300ms});
+  REQUIRE(echo(client, "here").ok());
+  REQUIRE(echo_async(client, "here", 2000ms).get().ok());
+  events::Subscriber subscriber({.endpoint = "tcp://mover.example:" + pub_port, .reresolve_after = 300ms});
+  subscriber.subscribe("demo.kind");
+  std::atomic<int> from_first{0}, from_second{0};
+  std::atomic<bool> moved{false};
+  subscriber.on_event([&](const events::Event&) { (moved ? from_second : from_first)++; });
+  REQUIRE(subscriber.start().ok());
+  REQUIRE(test::eventually([&] {
+    first_pub->publish("demo.kind", "k");
+    return from_first.load() > 0;
+  }));
+
+  // The service comes back at another address under the same name.
+  first.reset();
+  first_pub.reset();
+  moved = true;
+  write_file(g_dir + "/hosts", "127.0.0.1 localhost\n127.0.0.2 mover.example\n");
+  EchoServer second("tcp://127.0.0.2:" + port);
+  events::Publisher second_pub({.endpoints = {"tcp://127.0.0.2:" + pub_port}, .heartbeat_interval = 0ms});
+  REQUIRE(second_pub.start().ok());
+
+  CHECK(test::eventually([&] { return echo(client, "there", 200ms).ok(); }, 10000));
+  CHECK(test::eventually([&] { return echo_async(client, "there", 200ms).get().ok(); }, 10000));
+  CHECK(test::eventually([&] {
+    second_pub.publish("demo.kind", "k");
+    return from_second.load() > 0;
+  }, 10000));
 }

@@ -32,6 +32,10 @@
 #include "djinn/core/rpc.h"
 #include "djinn/core/status.h"
 
+namespace djinn::rpc::internal {
+class Resolution;
+}
+
 namespace djinn::events {
 
 struct PublisherOptions {
@@ -119,6 +123,9 @@ struct SubscriberOptions {
   int receive_high_water_mark = 100000;
   rpc::Limits limits;
   zmq::context_t* context = nullptr;
+  // A host name in `endpoint` is resolved again when nothing (not even a heartbeat) has come for
+  // this long, and the publisher followed to a new address.
+  std::chrono::milliseconds reresolve_after{30000};
 };
 
 class Subscriber {
@@ -150,6 +157,10 @@ class Subscriber {
   void open();
   // Resolves the endpoint's host name, waiting until `deadline` at most, and dials the address.
   bool dial_by_name(std::chrono::steady_clock::time_point deadline);
+  // After options_.reresolve_after without a message, resolves the name again and follows the
+  // publisher to a new address.
+  void consider_redial();
+  void connect_to(const std::string& address, bool ipv6);
   void handle(std::vector<zmq::message_t>& parts);
 
   SubscriberOptions options_;
@@ -161,7 +172,11 @@ class Subscriber {
     uint64_t last = 0;
   };
   std::map<std::string, Stream, std::less<>> streams_;
-  bool dialled_ = false;  // connected to the publisher's address (a host name is resolved first)
+  // The address the socket is connected to (empty: none yet; a host name is resolved first).
+  std::string dialled_;
+  std::chrono::steady_clock::time_point dialled_at_{};
+  std::chrono::steady_clock::time_point last_heard_{};  // the last message, a heartbeat included
+  std::shared_ptr<const rpc::internal::Resolution> refreshing_;
   std::string unresolved_;  // the last reason the host name did not resolve, logged once
   EventHandler on_event_;
   GapHandler on_gap_;

@@ -214,6 +214,9 @@ struct ClientOptions {
   zmq::context_t* context = nullptr;  // default_context() when null
   std::chrono::milliseconds reconnect_interval{20};
   std::chrono::milliseconds reconnect_interval_max{1000};
+  // A host name in `endpoint` is resolved off ZeroMQ's I/O thread, and again while the connection
+  // is down once the address is this old: a service that came back at another address is found.
+  std::chrono::milliseconds reresolve_after{30000};
 };
 
 struct CallOptions {
