@@ -423,6 +423,7 @@ struct Federation {
     lookup = std::move(*k);
     space::SpaceServiceOptions so;
     so.data_dir = dir / "space";
+    so.join_timeout = std::chrono::milliseconds(200);  // inputs name managers that never answer
     so.value_grace = std::chrono::milliseconds(0);
     auto s = space::SpaceService::start(so);
     if (!s.ok()) finding("space did not start: " + s.status().to_string());

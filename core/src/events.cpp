@@ -211,9 +211,12 @@ void Subscriber::open() {
   for (const auto& [kind, keys] : wanted_) s.set(zmq::sockopt::subscribe, topic_of(kind, ""));
   dialled_.clear();
   refreshing_.reset();
+  named_host_.clear();
   // A host name is resolved off ZeroMQ's I/O thread (see resolver.h); poll() dials once it is.
   if (auto named = rpc::internal::named_tcp_endpoint(options_.endpoint)) {
-    (void)rpc::internal::resolve(named->host);
+    named_host_ = named->host;
+    named_port_ = named->port;
+    (void)rpc::internal::resolve(named_host_);
   } else {
     auto d = rpc::internal::dial_as_given(options_.endpoint);
     if (d.ipv6) s.set(zmq::sockopt::ipv6, true);
@@ -238,11 +241,10 @@ void Subscriber::connect_to(const std::string& address, bool ipv6) {
 }
 
 bool Subscriber::dial_by_name(std::chrono::steady_clock::time_point deadline) {
-  auto named = rpc::internal::named_tcp_endpoint(options_.endpoint);
-  if (!named) return false;  // open() dialled it, or failed
-  auto r = rpc::internal::resolve(named->host);
+  if (named_host_.empty()) return false;  // open() dialled it, or failed
+  auto r = rpc::internal::resolve(named_host_);
   if (!r->wait_until(deadline)) return false;
-  auto d = r->dial(named->port);
+  auto d = r->dial(named_port_);
   try {
     if (d.ok()) {
       connect_to(d->endpoint, d->ipv6);
@@ -255,20 +257,21 @@ bool Subscriber::dial_by_name(std::chrono::steady_clock::time_point deadline) {
     unresolved_ = d.status().message();
     DJINN_LOG(kWarn, "events") << "no events from " << options_.endpoint << " yet: " << unresolved_;
   }
-  std::this_thread::sleep_until(deadline);  // a poll loop does not spin on a failed name
+  // A poll loop does not spin on a failed name, which is tried again after a second.
+  std::this_thread::sleep_until(std::min(deadline, std::chrono::steady_clock::now() + std::chrono::seconds(1)));
   return false;
 }
 
 void Subscriber::consider_redial() {
-  auto named = rpc::internal::named_tcp_endpoint(options_.endpoint);
-  if (!named) return;
+  if (named_host_.empty()) return;
   auto now = std::chrono::steady_clock::now();
   if (refreshing_) {
     if (!refreshing_->wait_until(now)) return;
-    auto d = refreshing_->dial(named->port);
+    auto d = refreshing_->dial(named_port_);
     refreshing_.reset();
     dialled_at_ = now;
-    if (!d.ok() || d->endpoint == dialled_) return;
+    // Heard from since the lookup started: the address dialled works.
+    if (!d.ok() || d->endpoint == dialled_ || last_heard_ > refresh_started_) return;
     DJINN_LOG(kInfo, "events") << options_.endpoint << " now resolves to " << d->endpoint << " (was " << dialled_ << ")";
     try {
       connect_to(d->endpoint, d->ipv6);
@@ -278,7 +281,10 @@ void Subscriber::consider_redial() {
     return;
   }
   auto after = options_.reresolve_after;
-  if (now - last_heard_ >= after && now - dialled_at_ >= after) refreshing_ = rpc::internal::resolve(named->host, after);
+  if (now - last_heard_ >= after && now - dialled_at_ >= after) {
+    refreshing_ = rpc::internal::resolve(named_host_, after);
+    refresh_started_ = now;
+  }
 }
 
 Status Subscriber::start() {

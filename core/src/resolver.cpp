@@ -30,8 +30,10 @@ bool is_address(std::string_view host) {
   in_addr v4;
   if (inet_pton(AF_INET, h.c_str(), &v4) == 1) return true;
   if (h.size() >= 2 && h.front() == '[' && h.back() == ']') {
+    std::string inside = h.substr(1, h.size() - 2);
+    inside = inside.substr(0, inside.find('%'));  // a scope ("fe80::1%eth0") goes to ZeroMQ as it is
     in6_addr v6;
-    return inet_pton(AF_INET6, h.substr(1, h.size() - 2).c_str(), &v6) == 1;
+    return inet_pton(AF_INET6, inside.c_str(), &v6) == 1;
   }
   return false;
 }
@@ -78,7 +80,10 @@ class Resolver {
     std::lock_guard lock(mu_);
     auto it = known_.find(host);
     if (it != known_.end() && !stale(*it->second, now, max_age)) return it->second;
-    if (known_.size() >= kMaxRemembered) forget_stale(now);
+    if (known_.size() >= kMaxRemembered && now - last_pruned_ >= std::chrono::seconds(1)) {
+      forget_stale(now);
+      last_pruned_ = now;
+    }
     auto r = std::make_shared<Resolution>(host);
     if (waiting_.size() >= kMaxWaitingNames) {
       r->finish(unavailable("cannot resolve host name '" + host + "' now: " + std::to_string(waiting_.size()) +
@@ -142,6 +147,7 @@ class Resolver {
   std::deque<std::shared_ptr<Resolution>> waiting_;
   size_t threads_ = 0;
   size_t idle_ = 0;
+  Resolution::Clock::time_point last_pruned_{};
 };
 
 }  // namespace

@@ -91,6 +91,15 @@ class Channel {
     dealer_.connect(to.endpoint);
     dialled_ = to.endpoint;
     generation_ = generation;
+    dialled_at_ = Clock::now();
+    link_.connected = false;  // to the old address; the new one reports its own handshake
+  }
+  uint64_t generation() const { return generation_; }
+  // No connection now, after one was lost or after trying for `patience`: time to ask whether
+  // the name still resolves to the address dialled. A socket still making its first connection
+  // is not down.
+  bool down(Clock::time_point now, std::chrono::milliseconds patience) const {
+    return !link_.connected && (link_.ever_connected || now - dialled_at_ >= patience);
   }
   ~Channel() {
     zmq_socket_monitor(dealer_.handle(), nullptr, 0);
@@ -144,6 +153,7 @@ class Channel {
   std::string endpoint_;  // as the client was given it
   std::string dialled_;   // the address connected to
   uint64_t generation_ = 0;
+  Clock::time_point dialled_at_{};
   Link link_;
 };
 
@@ -259,23 +269,27 @@ struct Client::Impl {
     dial_generation.store(1, std::memory_order_release);
     return Status::Ok();
   }
-  // Points `ch` at the current address.
-  void redial(Channel& ch) {
-    if (!named) return;  // dialled once, in acquire
+  // Points `ch` at the current address; true when it changed.
+  bool redial(Channel& ch) {
+    if (!named || ch.generation() == dial_generation.load(std::memory_order_acquire)) return false;
     std::lock_guard lock(dial_mu);
     try {
       ch.dial(dial, dial_generation.load(std::memory_order_relaxed));
+      return true;
     } catch (const zmq::error_t& e) {
       DJINN_LOG(kWarn, "rpc") << "cannot dial " << dial.endpoint << " for " << options.endpoint << ": " << e.what();
+      return false;
     }
   }
   // With the connection down: resolves the name again in the background once the address is
   // options.reresolve_after old, and takes the new address when it differs (a service that came
   // back elsewhere, as ZeroMQ's own resolution at each reconnection would have found).
-  void consider_redial(bool connected) {
-    if (!named || connected) return;
+  void consider_redial(const Channel& ch) {
     auto now = Clock::now();
+    if (!named || !ch.down(now, options.reresolve_after)) return;
     std::lock_guard lock(dial_mu);
+    // A lookup that finished long ago (the connection came back meanwhile) says nothing now.
+    if (refreshing && refreshing->finished_before(now - options.reresolve_after)) refreshing.reset();
     if (refreshing) {
       if (!refreshing->wait_until(now)) return;
       auto d = refreshing->dial(named->port);
@@ -308,7 +322,7 @@ struct Client::Impl {
       c = std::make_unique<Channel>(context, options);
       if (!named) c->dial(dial, 1);
     }
-    redial(*c);
+    if (c->generation() == 0) redial(*c);  // a named endpoint's first dial
     return c;
   }
   void release(std::unique_ptr<Channel> c) {
@@ -397,7 +411,10 @@ Reply Client::Impl::call_sync(std::string_view method, kj::ArrayPtr<const capnp:
   Link& link = ch->link();
   link.lost = false;
   if (link.refused) return Reply(*link.refused);
-  consider_redial(link.connected);
+  if (named && !link.connected) {
+    consider_redial(*ch);
+    redial(*ch);
+  }
 
   static std::atomic<uint64_t> next_id{0};
   uint64_t id = next_id.fetch_add(1) + 1;
@@ -620,6 +637,23 @@ void Client::Impl::io_loop() {
     queue.clear();
   };
 
+  // After a lost connection: retryable calls in flight are sent again (they leave once it is
+  // back), the others fail, since they may or may not have been applied.
+  auto resend_or_fail = [&] {
+    for (auto it = in_flight.begin(); it != in_flight.end();) {
+      if (retryable(it->second.options)) {
+        n_retries++;
+        send_call(ch.dealer(), it->first, it->second.method, it->second.deadline, it->second.options,
+                  it->second.payload);
+        ++it;
+      } else {
+        auto next = std::next(it);
+        finish(it, Reply(lost_status(options.endpoint, it->second.method)));
+        it = next;
+      }
+    }
+  };
+
   zmq::pollitem_t items[3] = {{ch.dealer().handle(), 0, ZMQ_POLLIN, 0},
                               {ch.monitor().handle(), 0, ZMQ_POLLIN, 0},
                               {nullptr, wakeup.fd(), ZMQ_POLLIN, 0}};
@@ -654,23 +688,14 @@ void Client::Impl::io_loop() {
         while (!in_flight.empty()) finish(in_flight.begin(), Reply(*link.refused));
       } else if (link.lost) {
         link.lost = false;
-        for (auto it = in_flight.begin(); it != in_flight.end();) {
-          if (retryable(it->second.options)) {
-            n_retries++;
-            send_call(ch.dealer(), it->first, it->second.method, it->second.deadline, it->second.options,
-                      it->second.payload);
-            ++it;
-          } else {
-            auto next = std::next(it);
-            finish(it, Reply(lost_status(options.endpoint, it->second.method)));
-            it = next;
-          }
-        }
+        resend_or_fail();
       }
     }
     if (named && !link.connected) {
-      consider_redial(false);
-      redial(ch);
+      consider_redial(ch);
+      // What was queued for the old address is dropped with its connection: as for a lost one,
+      // retryable calls go again and the others fail.
+      if (redial(ch)) resend_or_fail();
     }
     // Calls submitted by callbacks during this turn leave now, in one batch.
     if (!local_submitted.empty()) {

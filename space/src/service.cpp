@@ -165,7 +165,7 @@ struct SpaceService::Impl final : txn::Participant {
     p.getTxn().setLo(ref.id.lo);
     p.setParticipant(name);
     rpc::CallOptions call;
-    call.timeout = std::chrono::milliseconds(3000);
+    call.timeout = options.join_timeout;
     call.idempotent = true;
     client_for(ref.manager, true)
         ->call_async("txn.join", message, call, [this, endpoint = ref.manager, done = std::move(done)](rpc::Reply reply) {

@@ -60,6 +60,8 @@ bool private_resolver() {
       std::string from = g_dir + "/" + f, to = std::string("/etc/") + f;
       if (mount(from.c_str(), to.c_str(), nullptr, MS_BIND, nullptr) != 0) return 0;
     }
+    // glibc asks a running nscd before nsswitch.conf; hide its socket (absent is fine).
+    (void)mount("tmpfs", "/run/nscd", "tmpfs", 0, nullptr);
     return std::system("ip link set lo up") == 0 ? 1 : 0;
   }();
   return state == 1;

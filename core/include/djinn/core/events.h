@@ -177,6 +177,8 @@ class Subscriber {
   std::chrono::steady_clock::time_point dialled_at_{};
   std::chrono::steady_clock::time_point last_heard_{};  // the last message, a heartbeat included
   std::shared_ptr<const rpc::internal::Resolution> refreshing_;
+  std::chrono::steady_clock::time_point refresh_started_{};
+  std::string named_host_, named_port_;  // the endpoint's host name and port (empty: an address)
   std::string unresolved_;  // the last reason the host name did not resolve, logged once
   EventHandler on_event_;
   GapHandler on_gap_;

@@ -33,6 +33,9 @@ struct SpaceServiceOptions {
   security::Role plaintext_role = security::Role::kAdmin;
   // How the space calls transaction managers and the manager calls participants under CURVE.
   std::optional<rpc::CurveClient> client_curve;
+  // How long an operation under a transaction waits for its manager to take the space's join;
+  // past it the operation fails DEADLINE_EXCEEDED and changes nothing.
+  std::chrono::milliseconds join_timeout{3000};
   int workers = 4;
   std::chrono::milliseconds value_grace{std::chrono::minutes(10)};
   std::chrono::milliseconds value_gc_interval{std::chrono::seconds(30)};
