@@ -525,6 +525,10 @@ Status Coordinator::join(const TxnId& id, std::string_view participant) {
     for (const Member& m : t.members) {
       if (m.name == participant) return Status();
     }
+    if (t.members.size() >= kMaxParticipants) {
+      return resource_exhausted("join: " + s.describe(id) + " has " + std::to_string(t.members.size()) +
+                                " participants, the most a transaction may have");
+    }
     DJINN_RETURN_IF_ERROR(run_sql(s.db, "INSERT INTO txn_member (txn, name, seq) VALUES (?, ?, ?)",
                                   id.bytes(), participant, t.members.size()));
     t.members.push_back(Member{std::string(participant), std::nullopt, false});

@@ -662,6 +662,7 @@ Result<std::unique_ptr<SpaceService>> SpaceService::start(SpaceServiceOptions op
     TxnManagerOptions m;
     m.log_path = (dir / "txn.db").string();
     m.participant_curve = options.client_curve;
+    m.call_timeout = options.participant_timeout;
     im->manager = std::make_unique<TxnManager>(m, *im->server);
   }
   im->register_methods();

@@ -3,6 +3,8 @@
 #include "djinn/space/txn_manager.h"
 
 #include <condition_variable>
+#include <deque>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <shared_mutex>
@@ -11,6 +13,7 @@
 #include <kj/exception.h>
 
 #include "djinn/core/log.h"
+#include "djinn/core/thread_name.h"
 #include "djinn/core/model_capnp.h"
 #include "djinn/proto/space.capnp.h"
 
@@ -122,7 +125,58 @@ struct TxnManager::Impl {
   bool sweep_stop = false;
   std::thread sweeper;
 
-  explicit Impl(TxnManagerOptions o) : options(std::move(o)) {}
+  // Commits and aborts, queued for the manager's threads.
+  static constexpr size_t kMaxQueued = 4096;
+  std::mutex jobs_mu;
+  std::condition_variable jobs_cv;
+  std::deque<std::function<void()>> jobs;
+  bool jobs_stop = false;
+  std::vector<std::thread> job_threads;
+
+  explicit Impl(TxnManagerOptions o) : options(std::move(o)) {
+    for (int i = 0; i < std::max(1, options.threads); ++i) {
+      job_threads.emplace_back([this] {
+        name_this_thread("txn-manager");
+        run_jobs();
+      });
+    }
+  }
+
+  // False when the queue is full or the manager stopping: the caller answers UNAVAILABLE.
+  bool post(std::function<void()> job) {
+    {
+      std::lock_guard lock(jobs_mu);
+      if (jobs_stop || jobs.size() >= kMaxQueued) return false;
+      jobs.push_back(std::move(job));
+    }
+    jobs_cv.notify_one();
+    return true;
+  }
+  void run_jobs() {
+    std::unique_lock lock(jobs_mu);
+    for (;;) {
+      jobs_cv.wait(lock, [&] { return jobs_stop || !jobs.empty(); });
+      if (jobs.empty()) return;  // stopping, nothing left
+      auto job = std::move(jobs.front());
+      jobs.pop_front();
+      lock.unlock();
+      job();
+      lock.lock();
+    }
+  }
+  void stop_jobs() {
+    std::deque<std::function<void()>> dropped;  // their responders answer CANCELLED
+    {
+      std::lock_guard lock(jobs_mu);
+      jobs_stop = true;
+      dropped.swap(jobs);
+    }
+    dropped.clear();
+    jobs_cv.notify_all();
+    for (auto& t : job_threads) {
+      if (t.joinable()) t.join();
+    }
+  }
 
   template <class F>
   Status with(F&& f) {
@@ -165,11 +219,34 @@ TxnManager::TxnManager(TxnManagerOptions options, rpc::Server& server) : impl_(s
         });
       },
       client_blocking);
-  server.method<proto::TxnParams, proto::OutcomeResult>(
+  // On the manager's threads, answered through a Responder (deferred).
+  auto on_manager_threads = [m](const char* method, std::function<void(const rpc::CallContext&, txn::TxnId,
+                                                                        rpc::Responder&)> run) {
+    return [m, method, run = std::move(run)](const rpc::CallContext& ctx, capnp::MessageReader& message,
+                                             rpc::Responder responder) {
+      txn::TxnId id;
+      try {
+        id = txn_of(message.getRoot<proto::TxnParams>().getTxn());
+      } catch (const kj::Exception& e) {
+        return responder.reply(invalid_argument(std::string(method) + ": malformed params: " + e.getDescription().cStr()));
+      }
+      auto r = std::make_shared<rpc::Responder>(std::move(responder));
+      auto deadline = ctx.deadline;  // the context's views point into the request: not kept
+      bool queued = m->post([run, id, r, deadline] {
+        rpc::CallContext later{};
+        later.deadline = deadline;
+        run(later, id, *r);
+      });
+      if (!queued) r->reply(unavailable(std::string(method) + ": the transaction manager is stopping or has " +
+                                        std::to_string(Impl::kMaxQueued) + " commits and aborts queued"));
+    };
+  };
+  server.handle_deferred(
       "txn.commit",
-      [m](const rpc::CallContext& ctx, proto::TxnParams::Reader p, proto::OutcomeResult::Builder out) {
-        return m->with([&](txn::Coordinator& c) -> Status {
-          txn::TxnId id = txn_of(p.getTxn());
+      on_manager_threads("txn.commit", [m](const rpc::CallContext& ctx, txn::TxnId id, rpc::Responder& r) {
+        capnp::MallocMessageBuilder results;
+        auto out = results.initRoot<proto::OutcomeResult>();
+        Status st = m->with([&](txn::Coordinator& c) -> Status {
           // Phase 1 must end before the caller gives up, or the caller would not learn the outcome.
           auto deadline = ctx.deadline == rpc::Clock::time_point::max()
                               ? txn::Clock::time_point::max()
@@ -179,14 +256,15 @@ TxnManager::TxnManager(TxnManagerOptions options, rpc::Server& server) : impl_(s
           out.setOutcome(to_proto(*o));
           return Status::Ok();
         });
-      },
-      client_blocking);
-  server.method<proto::TxnParams, proto::SpaceEmpty>(
+        r.reply(st, results);
+      }),
+      client_inline);
+  server.handle_deferred(
       "txn.abort",
-      [m](const rpc::CallContext&, proto::TxnParams::Reader p, proto::SpaceEmpty::Builder) {
-        return m->with([&](txn::Coordinator& c) { return c.abort(txn_of(p.getTxn())); });
-      },
-      client_blocking);
+      on_manager_threads("txn.abort", [m](const rpc::CallContext&, txn::TxnId id, rpc::Responder& r) {
+        r.reply(m->with([&](txn::Coordinator& c) { return c.abort(id); }));
+      }),
+      client_inline);
   server.method<proto::TxnParams, proto::SpaceEmpty>(
       "txn.renew",
       [m](const rpc::CallContext&, proto::TxnParams::Reader p, proto::SpaceEmpty::Builder) {
@@ -282,6 +360,7 @@ Status TxnManager::abort(const txn::TxnId& txn) {
 
 void TxnManager::stop() {
   Impl& m = *impl_;
+  m.stop_jobs();  // answers what is still queued CANCELLED (its responders dropped)
   {
     std::lock_guard lock(m.sweep_mu);
     m.sweep_stop = true;

@@ -847,3 +847,19 @@ TEST_CASE("real process crash after the decision: recovery from the logs commits
 
 }  // namespace
 }  // namespace djinn::txn
+
+namespace djinn::txn {
+
+TEST_CASE("a transaction takes at most kMaxParticipants participants; a refused join changes nothing") {
+  using namespace std::chrono_literals;
+  Federation f(1);
+  auto txn = f.coord->begin(10s);
+  REQUIRE(txn.ok());
+  for (size_t i = 0; i < kMaxParticipants; ++i) REQUIRE(f.coord->join(*txn, "p" + std::to_string(i)).ok());
+  CHECK(f.coord->join(*txn, "p0").ok());  // joining again is still a no-op
+  Status over = f.coord->join(*txn, "one-more");
+  CHECK(over.code() == Code::kResourceExhausted);
+  CHECK_MESSAGE(over.message().find("the most a transaction may have") != std::string::npos, over.message());
+  REQUIRE(f.coord->abort(*txn).ok());
+}
+}  // namespace djinn::txn

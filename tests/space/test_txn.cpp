@@ -8,6 +8,7 @@
 #include <future>
 #include <thread>
 
+#include "djinn/proto/space.capnp.h"
 #include "djinn/space/client.h"
 #include "djinn/space/service.h"
 #include "djinn/space/txn_manager.h"
@@ -151,6 +152,52 @@ TEST_CASE("a manager that does not answer holds up only the operations under its
   a->stop();
   CHECK(std::chrono::steady_clock::now() - started < 3s);
   for (auto& f : stuck) CHECK(!f.get().ok());
+}
+
+TEST_CASE("commits waiting on a participant that does not answer hold up none of the space's own methods") {
+  test::TempDir dir;
+  SpaceServiceOptions o;
+  o.data_dir = dir.file("a");
+  o.workers = 2;
+  o.participant_timeout = 1500ms;
+  auto started_space = SpaceService::start(o);
+  REQUIRE_MESSAGE(started_space.ok(), started_space.status().to_string());
+  auto& a = *started_space;
+  TxnClient tm({.endpoint = a->rpc_endpoint()});
+  rpc::Client raw({.endpoint = a->rpc_endpoint()});
+  const std::string dead = "space:dead@tcp://127.0.0.1:" + std::to_string(test::free_tcp_port());
+
+  // Four transactions, each with a participant that never answers, committing at once: each
+  // commit waits 1.5 s for its prepare, then as long for its abort.
+  std::vector<std::future<Result<txn::Outcome>>> commits;
+  for (int i = 0; i < 4; ++i) {
+    auto t = tm.create(30s);
+    REQUIRE(t.ok());
+    capnp::MallocMessageBuilder join;
+    auto p = join.initRoot<proto::JoinParams>();
+    p.initTxn().setHi(t->id.hi);
+    p.getTxn().setLo(t->id.lo);
+    p.setParticipant(dead);
+    REQUIRE(raw.call("txn.join", join).ok());
+    commits.push_back(std::async(std::launch::async, [&, id = t->id] {
+      TxnClient own({.endpoint = a->rpc_endpoint(), .default_timeout = 20s});
+      return own.commit(id);
+    }));
+  }
+  std::this_thread::sleep_for(300ms);
+  // Meanwhile the space's blocking methods (contents runs on its two workers) answer at once.
+  SpaceClient c({.endpoint = a->rpc_endpoint()});
+  for (int i = 0; i < 5; ++i) {
+    auto t0 = std::chrono::steady_clock::now();
+    auto page = c.contents(tmpl("demo.Slot"), 0, 10, std::nullopt, {.timeout = 5s});
+    CHECK_MESSAGE(page.ok(), page.status().to_string());
+    CHECK(std::chrono::steady_clock::now() - t0 < 700ms);
+  }
+  for (auto& f : commits) {
+    auto outcome = f.get();
+    REQUIRE_MESSAGE(outcome.ok(), outcome.status().to_string());
+    CHECK(*outcome == txn::Outcome::kAborted);
+  }
 }
 
 TEST_CASE("joins awaiting their managers keep their connections while many other managers are named") {

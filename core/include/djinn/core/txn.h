@@ -143,6 +143,10 @@ struct CoordinatorOptions {
   std::function<Clock::time_point()> clock;
 };
 
+// Participants one transaction may have: each is called in turn at commit, so each one that does
+// not answer adds its call timeout to the commit.
+inline constexpr size_t kMaxParticipants = 256;
+
 // The transaction manager. Thread-safe; participants are called without any lock held, so a
 // participant may call outcome() or join() from inside prepare/commit/abort.
 class Coordinator {
@@ -163,7 +167,7 @@ class Coordinator {
   Status renew(const TxnId& txn, std::chrono::milliseconds lease);
   // Adds a participant by its resolvable name; joining twice is a no-op. Only an active
   // transaction can be joined (kAborted once it expired or aborted, kFailedPrecondition once
-  // voting has begun).
+  // voting has begun); kResourceExhausted beyond kMaxParticipants.
   Status join(const TxnId& txn, std::string_view participant);
   // Runs phase 1, logs the decision, runs phase 2 (see the protocol above). Returns the outcome:
   // kCommitted once the decision is logged even if some participant has not been told yet

@@ -36,6 +36,8 @@ struct SpaceServiceOptions {
   // How long an operation under a transaction waits for its manager to take the space's join;
   // past it the operation fails DEADLINE_EXCEEDED and changes nothing.
   std::chrono::milliseconds join_timeout{3000};
+  // How long the transaction manager waits for a participant's prepare, commit or abort.
+  std::chrono::milliseconds participant_timeout{10000};
   int workers = 4;
   std::chrono::milliseconds value_grace{std::chrono::minutes(10)};
   std::chrono::milliseconds value_gc_interval{std::chrono::seconds(30)};

@@ -25,6 +25,9 @@ struct TxnManagerOptions {
   std::optional<rpc::CurveClient> participant_curve;  // how it calls participants under CURVE
   std::chrono::milliseconds call_timeout{10000};     // each participant call
   std::chrono::milliseconds sweep_interval{500};     // expiry of transactions, phase 2 retries
+  // txn.commit and txn.abort run on threads of the manager's own: a participant that does not
+  // answer holds them up, never the server's workers (the space's own blocking methods).
+  int threads = 4;
 };
 
 // The endpoint a participant name points at ("space:x@tcp://h:p" -> "tcp://h:p"); empty when none.
