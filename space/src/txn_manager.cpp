@@ -86,12 +86,17 @@ class RpcResolver final : public txn::ParticipantResolver {
     if (auto it = local_.find(name); it != local_.end()) return it->second;
     std::string endpoint = participant_endpoint(name);
     if (endpoint.empty()) return nullptr;
+    if (remote_.size() >= kMaxRemote && !remote_.count(endpoint)) {
+      // Endpoints come from joins: connections not in use are closed rather than kept per name.
+      std::erase_if(remote_, [](const auto& kv) { return kv.second.use_count() == 1; });
+    }
     auto& p = remote_[endpoint];
     if (!p) p = std::make_shared<RpcParticipant>(endpoint, options_);
     return p;
   }
 
  private:
+  static constexpr size_t kMaxRemote = 256;
   const TxnManagerOptions& options_;
   std::mutex mu_;  // guards local_, remote_
   std::map<std::string, std::shared_ptr<txn::Participant>, std::less<>> local_;
