@@ -9,6 +9,7 @@
 #include <mutex>
 #include <shared_mutex>
 #include <thread>
+#include <vector>
 
 #include <kj/exception.h>
 
@@ -82,13 +83,22 @@ class RpcResolver final : public txn::ParticipantResolver {
   }
 
   std::shared_ptr<txn::Participant> resolve(std::string_view name) override {
+    std::vector<std::shared_ptr<txn::Participant>> closing;  // destroyed after the lock
     std::lock_guard lock(mu_);
     if (auto it = local_.find(name); it != local_.end()) return it->second;
     std::string endpoint = participant_endpoint(name);
     if (endpoint.empty()) return nullptr;
     if (remote_.size() >= kMaxRemote && !remote_.count(endpoint)) {
-      // Endpoints come from joins: connections not in use are closed rather than kept per name.
-      std::erase_if(remote_, [](const auto& kv) { return kv.second.use_count() == 1; });
+      // Endpoints come from joins: connections not in use are closed (after the lock) rather
+      // than kept per name.
+      for (auto it = remote_.begin(); it != remote_.end();) {
+        if (it->second.use_count() == 1) {
+          closing.push_back(std::move(it->second));
+          it = remote_.erase(it);
+        } else {
+          ++it;
+        }
+      }
     }
     auto& p = remote_[endpoint];
     if (!p) p = std::make_shared<RpcParticipant>(endpoint, options_);
@@ -138,6 +148,7 @@ struct TxnManager::Impl {
   bool jobs_stop = false;
   std::vector<std::thread> job_threads;
 
+  ~Impl() { stop_jobs(); }
   explicit Impl(TxnManagerOptions o) : options(std::move(o)) {
     for (int i = 0; i < std::max(1, options.threads); ++i) {
       job_threads.emplace_back([this] {
@@ -165,7 +176,12 @@ struct TxnManager::Impl {
       auto job = std::move(jobs.front());
       jobs.pop_front();
       lock.unlock();
-      job();
+      try {
+        job();
+      } catch (...) {
+        // Answered CANCELLED by its dropped responder; the thread goes on.
+        DJINN_LOG(kError, "txn") << "a commit or abort ended with an exception";
+      }
       lock.lock();
     }
   }
@@ -237,10 +253,23 @@ TxnManager::TxnManager(TxnManagerOptions options, rpc::Server& server) : impl_(s
       }
       auto r = std::make_shared<rpc::Responder>(std::move(responder));
       auto deadline = ctx.deadline;  // the context's views point into the request: not kept
-      bool queued = m->post([run, id, r, deadline] {
+      bool queued = m->post([run, method, id, r, deadline] {
+        // A call whose caller gave up while it waited is not started: a commit this late would
+        // only find its deadline passed and abort the transaction.
+        if (deadline != rpc::Clock::time_point::max() && rpc::Clock::now() >= deadline) {
+          return r->reply(deadline_exceeded(std::string(method) + ": waited for a free thread of the transaction "
+                                            "manager past its deadline; nothing was done"));
+        }
         rpc::CallContext later{};
         later.deadline = deadline;
-        run(later, id, *r);
+        try {
+          run(later, id, *r);
+        } catch (const std::exception& e) {
+          DJINN_LOG(kError, "txn") << method << " failed: " << e.what();
+          if (!r->done()) r->reply(internal_error(std::string(method) + " failed: " + e.what()));
+        } catch (const kj::Exception& e) {
+          if (!r->done()) r->reply(internal_error(std::string(method) + " failed: " + e.getDescription().cStr()));
+        }
       });
       if (!queued) r->reply(unavailable(std::string(method) + ": the transaction manager is stopping or has " +
                                         std::to_string(Impl::kMaxQueued) + " commits and aborts queued"));

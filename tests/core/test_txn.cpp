@@ -850,7 +850,7 @@ TEST_CASE("real process crash after the decision: recovery from the logs commits
 
 namespace djinn::txn {
 
-TEST_CASE("a transaction takes at most kMaxParticipants participants; a refused join changes nothing") {
+TEST_CASE("a transaction takes at most kMaxParticipants participants") {
   using namespace std::chrono_literals;
   Federation f(1);
   auto txn = f.coord->begin(10s);
@@ -860,6 +860,7 @@ TEST_CASE("a transaction takes at most kMaxParticipants participants; a refused 
   Status over = f.coord->join(*txn, "one-more");
   CHECK(over.code() == Code::kResourceExhausted);
   CHECK_MESSAGE(over.message().find("the most a transaction may have") != std::string::npos, over.message());
+  CHECK(f.coord->join(*txn, "one-more").code() == Code::kResourceExhausted);  // still not a member
   REQUIRE(f.coord->abort(*txn).ok());
 }
 }  // namespace djinn::txn

@@ -193,6 +193,7 @@ TEST_CASE("commits waiting on a participant that does not answer hold up none of
     CHECK_MESSAGE(page.ok(), page.status().to_string());
     CHECK(std::chrono::steady_clock::now() - t0 < 700ms);
   }
+  for (auto& f : commits) CHECK(f.wait_for(0s) == std::future_status::timeout);  // still waiting
   for (auto& f : commits) {
     auto outcome = f.get();
     REQUIRE_MESSAGE(outcome.ok(), outcome.status().to_string());
