@@ -233,6 +233,7 @@ void Subscriber::connect_to(const std::string& address, bool ipv6) {
     } catch (const zmq::error_t&) {
       // Already gone.
     }
+    dialled_.clear();  // a failed connect below leaves it to dial_by_name
   }
   if (ipv6) socket_->set(zmq::sockopt::ipv6, true);
   socket_->connect(address);

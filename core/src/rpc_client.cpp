@@ -86,6 +86,7 @@ class Channel {
       } catch (const zmq::error_t&) {
         // Already gone: ZeroMQ forgets an endpoint it failed to reach for good.
       }
+      dialled_.clear();
     }
     if (to.ipv6) dealer_.set(zmq::sockopt::ipv6, true);
     dealer_.connect(to.endpoint);
@@ -231,11 +232,14 @@ struct Client::Impl {
   // options.reresolve_after old; a new address gets a new generation, and each socket re-dials at
   // its next use.
   const std::optional<internal::NamedTcpEndpoint> named;
-  std::mutex dial_mu;  // guards dial, dial_resolved_at, refreshing (and dial for a name)
+  // Guards dial_resolved_at, refreshing, and dial (which changes after construction only for a
+  // host name).
+  std::mutex dial_mu;
   internal::Resolution::Dial dial;
   std::atomic<uint64_t> dial_generation{0};  // 0: the name is not resolved yet
   Clock::time_point dial_resolved_at{};
   std::shared_ptr<const internal::Resolution> refreshing;
+  uint64_t failed_generation = UINT64_MAX;  // the last address a socket could not dial (logged)
 
   std::mutex pool_mu;  // guards pool
   std::vector<std::unique_ptr<Channel>> pool;
@@ -277,7 +281,12 @@ struct Client::Impl {
       ch.dial(dial, dial_generation.load(std::memory_order_relaxed));
       return true;
     } catch (const zmq::error_t& e) {
-      DJINN_LOG(kWarn, "rpc") << "cannot dial " << dial.endpoint << " for " << options.endpoint << ": " << e.what();
+      // Tried again at the socket's next use; said once per address.
+      uint64_t target = dial_generation.load(std::memory_order_relaxed);
+      if (failed_generation != target) {
+        failed_generation = target;
+        DJINN_LOG(kWarn, "rpc") << "cannot dial " << dial.endpoint << " for " << options.endpoint << ": " << e.what();
+      }
       return false;
     }
   }

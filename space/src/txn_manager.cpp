@@ -150,11 +150,16 @@ struct TxnManager::Impl {
 
   ~Impl() { stop_jobs(); }
   explicit Impl(TxnManagerOptions o) : options(std::move(o)) {
-    for (int i = 0; i < std::max(1, options.threads); ++i) {
-      job_threads.emplace_back([this] {
-        name_this_thread("txn-manager");
-        run_jobs();
-      });
+    try {
+      for (int i = 0; i < std::max(1, options.threads); ++i) {
+        job_threads.emplace_back([this] {
+          name_this_thread("txn-manager");
+          run_jobs();
+        });
+      }
+    } catch (...) {
+      stop_jobs();  // joins the threads already started
+      throw;
     }
   }
 

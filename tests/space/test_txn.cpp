@@ -5,6 +5,11 @@
 // the manager gave up on it) and while committing.
 #include <doctest/doctest.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <future>
 #include <thread>
 
@@ -165,7 +170,19 @@ TEST_CASE("commits waiting on a participant that does not answer hold up none of
   auto& a = *started_space;
   TxnClient tm({.endpoint = a->rpc_endpoint()});
   rpc::Client raw({.endpoint = a->rpc_endpoint()});
-  const std::string dead = "space:dead@tcp://127.0.0.1:" + std::to_string(test::free_tcp_port());
+  // A port bound and never listened on: it refuses every connection, and no other test takes it.
+  int held = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in at{};
+  at.sin_family = AF_INET;
+  at.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof at;
+  REQUIRE(::bind(held, reinterpret_cast<sockaddr*>(&at), sizeof at) == 0);
+  REQUIRE(::getsockname(held, reinterpret_cast<sockaddr*>(&at), &len) == 0);
+  struct Close {
+    int fd;
+    ~Close() { ::close(fd); }
+  } close_held{held};
+  const std::string dead = "space:dead@tcp://127.0.0.1:" + std::to_string(ntohs(at.sin_port));
 
   // Four transactions, each with a participant that never answers, committing at once: each
   // commit waits 1.5 s for its prepare, then as long for its abort.
