@@ -108,10 +108,11 @@ TEST_CASE("renewal manager drops a lease at `until` without reporting it") {
   Failures failures;
   RenewalManager renewals;
   renewals.on_failure(failures.handler());
-  // Leases of a second, so that a renewal is not late on a loaded machine.
-  auto l = h.grant("until", 1000);
-  renewals.add(l, 1000, std::chrono::system_clock::now() + 2000ms);
-  std::this_thread::sleep_for(1500ms);
+  // Leases of two seconds, renewed with about 900 ms left: not late even on a loaded machine
+  // running sanitizer builds side by side (a second left about 450 ms, sometimes too little).
+  auto l = h.grant("until", 2000);
+  renewals.add(l, 2000, std::chrono::system_clock::now() + 4000ms);
+  std::this_thread::sleep_for(3000ms);
   CHECK(h.client->get(l.lease.id).ok());  // renewed past its first expiration
   CHECK(test::eventually([&] { return renewals.size() == 0; }, 5000));
   CHECK(test::eventually([&] { return h.client->get(l.lease.id).status().code() == Code::kNotFound; }, 5000));
