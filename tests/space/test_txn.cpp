@@ -13,7 +13,6 @@
 #include <future>
 #include <thread>
 
-#include "djinn/proto/space.capnp.h"
 #include "djinn/space/client.h"
 #include "djinn/space/service.h"
 #include "djinn/space/txn_manager.h"
@@ -169,7 +168,6 @@ TEST_CASE("commits waiting on a participant that does not answer hold up none of
   REQUIRE_MESSAGE(started_space.ok(), started_space.status().to_string());
   auto& a = *started_space;
   TxnClient tm({.endpoint = a->rpc_endpoint()});
-  rpc::Client raw({.endpoint = a->rpc_endpoint()});
   // A port bound and never listened on: it refuses every connection, and no other test takes it.
   int held = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   sockaddr_in at{};
@@ -190,12 +188,8 @@ TEST_CASE("commits waiting on a participant that does not answer hold up none of
   for (int i = 0; i < 4; ++i) {
     auto t = tm.create(30s);
     REQUIRE(t.ok());
-    capnp::MallocMessageBuilder join;
-    auto p = join.initRoot<proto::JoinParams>();
-    p.initTxn().setHi(t->id.hi);
-    p.getTxn().setLo(t->id.lo);
-    p.setParticipant(dead);
-    REQUIRE(raw.call("txn.join", join).ok());
+    REQUIRE(tm.join(t->id, dead).ok());
+    REQUIRE(tm.join(t->id, dead).ok());  // again: a no-op
     commits.push_back(std::async(std::launch::async, [&, id = t->id] {
       TxnClient own({.endpoint = a->rpc_endpoint(), .default_timeout = 20s});
       return own.commit(id);
@@ -216,6 +210,13 @@ TEST_CASE("commits waiting on a participant that does not answer hold up none of
     REQUIRE_MESSAGE(outcome.ok(), outcome.status().to_string());
     CHECK(*outcome == txn::Outcome::kAborted);
   }
+  // Joins of ended, unknown and malformed transactions and names are refused.
+  CHECK(tm.join(txn::TxnId::random(), dead).code() == Code::kNotFound);
+  auto t = tm.create(30s);
+  REQUIRE(t.ok());
+  CHECK(tm.join(t->id, "no-endpoint").code() == Code::kInvalidArgument);
+  REQUIRE(tm.abort(t->id).ok());
+  CHECK(tm.join(t->id, dead).code() == Code::kAborted);
 }
 
 TEST_CASE("joins awaiting their managers keep their connections while many other managers are named") {

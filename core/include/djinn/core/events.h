@@ -147,7 +147,8 @@ class Subscriber {
   // Runs the subscriber on its own thread.
   Status start();
   void stop();
-  // Or drive it from the caller's thread: waits up to `timeout` and handles what arrived.
+  // Or drive it from the caller's thread (never while start()'s thread runs: the socket is one
+  // thread's): waits up to `timeout` and handles what arrived.
   // Returns the number of events delivered.
   int poll(std::chrono::milliseconds timeout);
 

@@ -170,6 +170,10 @@ class TxnClient {
   Status abort(const txn::TxnId& id, rpc::CallOptions call = {});
   Status renew(const txn::TxnId& id, std::chrono::milliseconds lease, rpc::CallOptions call = {});
   Result<txn::Outcome> outcome(const txn::TxnId& id, rpc::CallOptions call = {});
+  // Enlists a participant ("<kind>:<id>@<rpc endpoint>", serving participant.*) in an active
+  // transaction; joining twice is a no-op. Needs the service role: a node joining a migration's
+  // transaction as its source or destination, say.
+  Status join(const txn::TxnId& id, std::string_view participant, rpc::CallOptions call = {});
 
   rpc::Client& rpc();
 
