@@ -180,6 +180,11 @@ capnp::FlatArrayMessageReader Event::reader(const rpc::Limits& limits) const {
   return capnp::FlatArrayMessageReader(words, rpc::reader_options(limits, words.size()));
 }
 
+struct Subscriber::Named {
+  rpc::internal::NamedTcpEndpoint endpoint;
+  rpc::internal::Relookup relookup;
+};
+
 Subscriber::Subscriber(SubscriberOptions options)
     : options_(std::move(options)), context_(options_.context ? *options_.context : default_context()) {}
 
@@ -210,13 +215,11 @@ void Subscriber::open() {
   // Whole kinds, always: see the header for why keys are filtered here.
   for (const auto& [kind, keys] : wanted_) s.set(zmq::sockopt::subscribe, topic_of(kind, ""));
   dialled_.clear();
-  refreshing_.reset();
-  named_host_.clear();
+  named_.reset();
   // A host name is resolved off ZeroMQ's I/O thread (see resolver.h); poll() dials once it is.
   if (auto named = rpc::internal::named_tcp_endpoint(options_.endpoint)) {
-    named_host_ = named->host;
-    named_port_ = named->port;
-    (void)rpc::internal::resolve(named_host_);
+    named_ = std::make_unique<Named>(Named{std::move(*named), {}});
+    (void)rpc::internal::resolve(named_->endpoint.host);
   } else {
     auto d = rpc::internal::dial_as_given(options_.endpoint);
     if (d.ipv6) s.set(zmq::sockopt::ipv6, true);
@@ -242,10 +245,10 @@ void Subscriber::connect_to(const std::string& address, bool ipv6) {
 }
 
 bool Subscriber::dial_by_name(std::chrono::steady_clock::time_point deadline) {
-  if (named_host_.empty()) return false;  // open() dialled it, or failed
-  auto r = rpc::internal::resolve(named_host_);
+  if (!named_) return false;  // open() dialled it, or failed
+  auto r = rpc::internal::resolve(named_->endpoint.host);
   if (!r->wait_until(deadline)) return false;
-  auto d = r->dial(named_port_);
+  auto d = r->dial(named_->endpoint.port);
   try {
     if (d.ok()) {
       connect_to(d->endpoint, d->ipv6);
@@ -264,27 +267,17 @@ bool Subscriber::dial_by_name(std::chrono::steady_clock::time_point deadline) {
 }
 
 void Subscriber::consider_redial() {
-  if (named_host_.empty()) return;
   auto now = std::chrono::steady_clock::now();
-  if (refreshing_) {
-    if (!refreshing_->wait_until(now)) return;
-    auto d = refreshing_->dial(named_port_);
-    refreshing_.reset();
-    dialled_at_ = now;
-    // Heard from since the lookup started: the address dialled works.
-    if (!d.ok() || d->endpoint == dialled_ || last_heard_ > refresh_started_) return;
-    DJINN_LOG(kInfo, "events") << options_.endpoint << " now resolves to " << d->endpoint << " (was " << dialled_ << ")";
-    try {
-      connect_to(d->endpoint, d->ipv6);
-    } catch (const zmq::error_t& e) {
-      DJINN_LOG(kWarn, "events") << "cannot dial " << d->endpoint << ": " << e.what();
-    }
-    return;
-  }
-  auto after = options_.reresolve_after;
-  if (now - last_heard_ >= after && now - dialled_at_ >= after) {
-    refreshing_ = rpc::internal::resolve(named_host_, after);
-    refresh_started_ = now;
+  // Silence counts as a connection down; a lookup under way while the publisher was heard from
+  // is dropped by the Relookup once it is old.
+  if (!named_ || now - last_heard_ < options_.reresolve_after) return;
+  auto moved = named_->relookup.check(named_->endpoint, dialled_, dialled_at_, options_.reresolve_after, now);
+  if (!moved) return;
+  DJINN_LOG(kInfo, "events") << options_.endpoint << " now resolves to " << moved->endpoint << " (was " << dialled_ << ")";
+  try {
+    connect_to(moved->endpoint, moved->ipv6);
+  } catch (const zmq::error_t& e) {
+    DJINN_LOG(kWarn, "events") << "cannot dial " << moved->endpoint << ": " << e.what();
   }
 }
 

@@ -172,13 +172,30 @@ Status check_named_endpoint(const NamedTcpEndpoint& named, std::string_view endp
   }
   const std::string& port = named.port;
   bool digits = !port.empty() && port.size() <= 5 && port.find_first_not_of("0123456789") == std::string::npos;
-  if (digits && std::stoi(port) >= 1 && std::stoi(port) <= 65535) return Status::Ok();
+  if (int n = digits ? std::stoi(port) : 0; n >= 1 && n <= 65535) return Status::Ok();
   return invalid_argument("cannot connect to '" + std::string(endpoint) + "': the port '" + port +
                           "' is not a number from 1 to 65535 (expected tcp://HOST:PORT)");
 }
 
 Resolution::Dial dial_as_given(const std::string& endpoint) {
   return Resolution::Dial{endpoint, endpoint.rfind("tcp://[", 0) == 0};
+}
+
+std::optional<Resolution::Dial> Relookup::check(const NamedTcpEndpoint& name, const std::string& current,
+                                                Clock::time_point& resolved_at, std::chrono::milliseconds after,
+                                                Clock::time_point now) {
+  // A lookup that finished long ago (the connection came back meanwhile) says nothing now.
+  if (pending_ && pending_->finished_before(now - after)) pending_.reset();
+  if (!pending_) {
+    if (now - resolved_at >= after) pending_ = resolve(name.host, after);
+    return std::nullopt;
+  }
+  if (!pending_->wait_until(now)) return std::nullopt;
+  auto d = pending_->dial(name.port);
+  pending_.reset();
+  resolved_at = now;
+  if (!d.ok() || d->endpoint == current) return std::nullopt;
+  return *d;
 }
 
 bool Resolution::wait_until(Clock::time_point deadline) const {

@@ -72,6 +72,23 @@ Resolution::Dial dial_as_given(const std::string& endpoint);
 std::shared_ptr<const Resolution> resolve(const std::string& host,
                                           std::chrono::milliseconds max_age = std::chrono::seconds(30));
 
+// What a client or subscriber whose connection went down does instead of ZeroMQ's resolution at
+// each reconnection: once the address in use is `after` old, look the name up again in the
+// background, and take the new address if the name moved. Not thread-safe.
+class Relookup {
+ public:
+  using Clock = Resolution::Clock;
+  // Call while the connection is down. `resolved_at`, when the address in use was found, is
+  // moved on when a lookup finishes. Returns the new address when the name now resolves elsewhere.
+  std::optional<Resolution::Dial> check(const NamedTcpEndpoint& name, const std::string& current,
+                                        Clock::time_point& resolved_at, std::chrono::milliseconds after,
+                                        Clock::time_point now);
+  void reset() { pending_.reset(); }
+
+ private:
+  std::shared_ptr<const Resolution> pending_;
+};
+
 // The status of a resolution that did not finish by a call's deadline.
 Status resolution_timeout(const std::string& host, const std::string& endpoint, std::chrono::milliseconds waited);
 

@@ -232,13 +232,13 @@ struct Client::Impl {
   // options.reresolve_after old; a new address gets a new generation, and each socket re-dials at
   // its next use.
   const std::optional<internal::NamedTcpEndpoint> named;
-  // Guards dial_resolved_at, refreshing, and dial (which changes after construction only for a
+  // Guards dial_resolved_at, relookup, and dial (which changes after construction only for a
   // host name).
   std::mutex dial_mu;
   internal::Resolution::Dial dial;
   std::atomic<uint64_t> dial_generation{0};  // 0: the name is not resolved yet
   Clock::time_point dial_resolved_at{};
-  std::shared_ptr<const internal::Resolution> refreshing;
+  internal::Relookup relookup;
   uint64_t failed_generation = UINT64_MAX;  // the last address a socket could not dial (logged)
 
   std::mutex pool_mu;  // guards pool
@@ -290,32 +290,19 @@ struct Client::Impl {
       return false;
     }
   }
-  // With the connection down: resolves the name again in the background once the address is
-  // options.reresolve_after old, and takes the new address when it differs (a service that came
-  // back elsewhere, as ZeroMQ's own resolution at each reconnection would have found).
+  // With the connection down: a service that came back elsewhere is found (see Relookup); the
+  // sockets re-dial at their next use.
   void consider_redial(const Channel& ch) {
     auto now = Clock::now();
     if (!named || !ch.down(now, options.reresolve_after)) return;
     std::lock_guard lock(dial_mu);
-    // A lookup that finished long ago (the connection came back meanwhile) says nothing now.
-    if (refreshing && refreshing->finished_before(now - options.reresolve_after)) refreshing.reset();
-    if (refreshing) {
-      if (!refreshing->wait_until(now)) return;
-      auto d = refreshing->dial(named->port);
-      refreshing.reset();
-      dial_resolved_at = now;
-      if (d.ok() && d->endpoint != dial.endpoint) {
-        DJINN_LOG(kInfo, "rpc") << options.endpoint << " now resolves to " << d->endpoint << " (was " << dial.endpoint
-                                << ")";
-        dial = *d;
-        dial_generation.fetch_add(1, std::memory_order_release);
-      }
-      return;
-    }
-    auto after = options.reresolve_after;
-    if (dial_generation.load(std::memory_order_relaxed) > 0 && now - dial_resolved_at >= after) {
-      refreshing = internal::resolve(named->host, after);
-    }
+    if (dial_generation.load(std::memory_order_relaxed) == 0) return;  // first resolution still pending
+    auto moved = relookup.check(*named, dial.endpoint, dial_resolved_at, options.reresolve_after, now);
+    if (!moved) return;
+    DJINN_LOG(kInfo, "rpc") << options.endpoint << " now resolves to " << moved->endpoint << " (was " << dial.endpoint
+                            << ")";
+    dial = *moved;
+    dial_generation.fetch_add(1, std::memory_order_release);
   }
 
   std::unique_ptr<Channel> acquire() {

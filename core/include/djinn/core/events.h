@@ -32,10 +32,6 @@
 #include "djinn/core/rpc.h"
 #include "djinn/core/status.h"
 
-namespace djinn::rpc::internal {
-class Resolution;
-}
-
 namespace djinn::events {
 
 struct PublisherOptions {
@@ -177,9 +173,9 @@ class Subscriber {
   std::string dialled_;
   std::chrono::steady_clock::time_point dialled_at_{};
   std::chrono::steady_clock::time_point last_heard_{};  // the last message, a heartbeat included
-  std::shared_ptr<const rpc::internal::Resolution> refreshing_;
-  std::chrono::steady_clock::time_point refresh_started_{};
-  std::string named_host_, named_port_;  // the endpoint's host name and port (empty: an address)
+  // The endpoint's host name, and its looking up again after a silence (null: an address).
+  struct Named;
+  std::unique_ptr<Named> named_;
   std::string unresolved_;  // the last reason the host name did not resolve, logged once
   EventHandler on_event_;
   GapHandler on_gap_;
