@@ -72,6 +72,7 @@ struct Outbox {
   std::vector<Outgoing> items;
   bool closed = false;
   internal::Wakeup wakeup;
+  bool self_posted = false;  // the I/O thread queued replies itself (touched by that thread only)
 
   // Queues a reply; true when the I/O thread must be woken for it (the queue was empty).
   bool push(Outgoing o) {
@@ -90,8 +91,16 @@ struct DeferredWakeups {
 };
 thread_local DeferredWakeups t_deferred;
 
+// The outbox of the server whose I/O thread this is: that thread sends its own replies before it
+// waits again, so replying there needs no wake-up.
+thread_local Outbox* t_serving = nullptr;
+
 void post_reply(const std::shared_ptr<Outbox>& outbox, Outgoing o) {
   if (!outbox->push(std::move(o))) return;
+  if (outbox.get() == t_serving) {
+    outbox->self_posted = true;
+    return;
+  }
   if (t_deferred.depth == 0) return outbox->wakeup.notify();
   auto& pending = t_deferred.outboxes;
   if (std::find(pending.begin(), pending.end(), outbox) == pending.end()) pending.push_back(outbox);
@@ -186,6 +195,7 @@ struct Server::Impl {
   ServerOptions options;
   zmq::context_t& context;
   std::unordered_map<std::string, Method, StringHash, std::equal_to<>> methods;
+  std::vector<std::function<void()>> burst_hooks;
   std::unique_ptr<zmq::socket_t> router;
   std::shared_ptr<Outbox> outbox;
   std::string zap_domain;
@@ -237,6 +247,8 @@ void Server::handle_deferred(std::string method, DeferredHandler handler, Method
   options.blocking = false;
   impl_->methods[std::move(method)] = Impl::Method{nullptr, std::move(handler), options};
 }
+
+void Server::after_burst(std::function<void()> hook) { impl_->burst_hooks.push_back(std::move(hook)); }
 
 Status Server::start() {
   Impl& im = *impl_;
@@ -316,20 +328,36 @@ void Server::Impl::io_loop() {
   zmq::pollitem_t items[2] = {{router->handle(), 0, ZMQ_POLLIN, 0},
                               {nullptr, outbox->wakeup.fd(), ZMQ_POLLIN, 0}};
   std::vector<zmq::message_t> parts;
+  t_serving = outbox.get();
   while (running.load(std::memory_order_relaxed)) {
     internal::poll_sockets(items, 2, std::chrono::milliseconds(-1));
-    if (items[1].revents & ZMQ_POLLIN) {
-      outbox->wakeup.drain();
-      send_outbox();
-    }
+    bool woken = items[1].revents & ZMQ_POLLIN;
+    if (woken) outbox->wakeup.drain();
     // A bounded drain keeps replies from workers flowing under a flood of requests.
-    for (int i = 0; i < 256; ++i) {
+    int read = 0;
+    for (; read < 256; ++read) {
       parts.clear();
       auto n = zmq::recv_multipart(*router, std::back_inserter(parts), zmq::recv_flags::dontwait);
       if (!n) break;
       on_message(parts);
     }
+    if (read > 0) {
+      for (const auto& hook : burst_hooks) {
+        try {
+          hook();
+        } catch (const std::exception& e) {
+          DJINN_LOG(kError, options.name) << "after-burst hook threw: " << e.what();
+        }
+      }
+    }
+    // Replies of other threads that woke this one, and those made here by deferred handlers and
+    // hooks. Replies queued inside another thread's ReplyBatch wait for its wake-up.
+    if (woken || outbox->self_posted) {
+      outbox->self_posted = false;
+      send_outbox();
+    }
   }
+  t_serving = nullptr;
 }
 
 void Server::Impl::on_message(std::vector<zmq::message_t>& parts) {

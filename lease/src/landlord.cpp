@@ -6,6 +6,7 @@
 
 #include <pthread.h>
 #include <sodium.h>
+#include <sqlite3.h>
 
 #include <algorithm>
 #include <array>
@@ -307,6 +308,11 @@ struct Landlord::Impl {
   std::atomic<int> requests_waiting_{0};
   std::optional<sqlite::Database> db_;
   sqlite::Sync db_sync_ = sqlite::Sync::kFull;
+  // Frames in the write-ahead log after the last commit, as its WAL hook counts them; and whether
+  // the commit under way is made by a caller that must not wait (try_renew_batch), which leaves
+  // the checkpoint to the next commit. Guarded by write_mutex_, like every commit.
+  int wal_frames_ = 0;
+  bool commit_must_not_wait_ = false;
   // Leases renewed since the last fold (repeats included), and the journal's last seq.
   std::vector<LeaseId> journaled_;
   int64_t journal_seq_ = 0;
@@ -550,6 +556,23 @@ struct Landlord::Impl {
   }
 
   // ---- durable writes (write_mutex_ held) ----
+
+  // After each commit (SQLite's WAL hook): checkpoints when the log is due, as SQLite's automatic
+  // checkpoint would, unless the committing caller must not wait.
+  static int on_wal_commit(void* arg, sqlite3* db, const char* name, int frames) {
+    auto* self = static_cast<Impl*>(arg);
+    self->wal_frames_ = frames;
+    if (frames >= kWalAutocheckpoint && !self->commit_must_not_wait_) {
+      // PASSIVE, as SQLite's own: it copies what it can without waiting for anyone. Once all of
+      // the log is copied, the next commit starts it over.
+      int in_log = 0, copied = 0;
+      if (sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, &in_log, &copied) == SQLITE_OK &&
+          copied == in_log) {
+        self->wal_frames_ = 0;
+      }
+    }
+    return SQLITE_OK;
+  }
 
   // One transaction at the given sync level around `body`; nothing when in memory only.
   // In WAL mode synchronous=NORMAL survives a process kill (the WAL is in the OS page cache) but
@@ -1232,6 +1255,9 @@ struct Landlord::Impl {
     }
     db_.emplace(std::move(*db));
     db_sync_ = sqlite::Sync::kFull;
+    // Replaces SQLite's automatic checkpoint (same threshold), which would otherwise run, fsync
+    // included, inside whichever commit crosses it.
+    sqlite3_wal_hook(db_->handle(), &Impl::on_wal_commit, this);
     DJINN_RETURN_IF_ERROR(upgrade_store());
     DJINN_RETURN_IF_ERROR(db_->ensure_schema(kSchemaVersion, kCreateSchema, "lease store " + options.path));
     {
@@ -1412,6 +1438,25 @@ std::vector<Result<Lease>> Landlord::renew_batch(std::span<const RenewRequest> r
     Impl::RequestLock write(*impl_);
     return impl_->renew_locked(requests, events);
   }();
+  impl_->deliver(events);
+  return results;
+}
+
+std::optional<std::vector<Result<Lease>>> Landlord::try_renew_batch(std::span<const RenewRequest> requests) {
+  // A renewal to FOREVER syncs its commit (see renew_locked).
+  for (const RenewRequest& r : requests) {
+    Result<int64_t> granted = negotiate(impl_->options.policy, r.duration_ms);
+    if (granted.ok() && *granted == kDurationForever) return std::nullopt;
+  }
+  std::vector<LeaseEvent> events;
+  std::vector<Result<Lease>> results;
+  {
+    std::unique_lock write(impl_->write_mutex_, std::try_to_lock);
+    if (!write.owns_lock() || impl_->wal_frames_ >= kWalAutocheckpoint) return std::nullopt;
+    impl_->commit_must_not_wait_ = true;
+    results = impl_->renew_locked(requests, events);
+    impl_->commit_must_not_wait_ = false;
+  }
   impl_->deliver(events);
   return results;
 }

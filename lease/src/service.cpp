@@ -125,6 +125,36 @@ struct LandlordService::Impl {
   GroupCommit<LeaseId, Status> cancels;
   GrantThreads grants;
   std::function<void()> after_cancel;  // set before the server starts
+  // The lease.renew calls of the server's current burst of requests (its I/O thread only).
+  std::vector<RenewRequest> burst_renewals;
+  std::vector<rpc::Responder> burst_responders;
+  // Bursts handed to the renewal group commit and not yet written. While there are any, later
+  // bursts follow them there, so that renewals of one lease are applied in the order they came.
+  std::shared_ptr<std::atomic<int>> renewals_queued = std::make_shared<std::atomic<int>>(0);
+
+  // Renews a burst's leases at once on the I/O thread when the engine's write lock is free
+  // (no thread hand-off on either side of the commit); else queues them for the group commit.
+  void commit_burst_renewals() {
+    if (burst_renewals.empty()) return;
+    std::string where = get_endpoint();
+    if (renewals_queued->load() == 0) {
+      if (auto outcomes = landlord.try_renew_batch(burst_renewals)) {
+        for (size_t i = 0; i < outcomes->size(); ++i) reply_lease(burst_responders[i], (*outcomes)[i], where);
+        burst_renewals.clear();
+        burst_responders.clear();
+        return;
+      }
+    }
+    renewals_queued->fetch_add(1);
+    auto responders = std::make_shared<std::vector<rpc::Responder>>(std::move(burst_responders));
+    renewals.post(std::move(burst_renewals),
+                  [responders, where, queued = renewals_queued](std::vector<Result<Lease>> outcomes) {
+                    for (size_t i = 0; i < outcomes.size(); ++i) reply_lease((*responders)[i], outcomes[i], where);
+                    queued->fetch_sub(1);
+                  });
+    burst_renewals.clear();
+    burst_responders.clear();
+  }
 
   void settle_cancels() const {
     if (after_cancel) after_cancel();
@@ -144,8 +174,9 @@ struct LandlordService::Impl {
 };
 
 void LandlordService::Impl::register_methods(rpc::Server& server) {
-  // Writes block on an fsync and reads may wait for the engine's lock behind one: all run on the
-  // worker pool, never on the server's I/O thread.
+  // Writes may block on an fsync, and queries of many leases take time: they run on the worker
+  // pool or a group commit, never on the server's I/O thread. A renewal is written there only
+  // when it can be without waiting (commit_burst_renewals).
   const rpc::MethodOptions client_blocking{.min_role = security::Role::kClient, .blocking = true};
 
   server.handle_deferred(
@@ -215,12 +246,12 @@ void LandlordService::Impl::register_methods(rpc::Server& server) {
         for (const Status& st : {check_id(request.id), check_duration(request.duration_ms, "renewal duration")}) {
           if (!st.ok()) return responder.reply(st);
         }
-        auto shared = std::make_shared<rpc::Responder>(std::move(responder));
-        renewals.post({request}, [shared, where = get_endpoint()](std::vector<Result<Lease>> outcomes) {
-          reply_lease(*shared, outcomes.front(), where);
-        });
+        burst_renewals.push_back(request);
+        burst_responders.push_back(std::move(responder));
+        if (burst_renewals.size() >= kMaxBatchItems) commit_burst_renewals();
       },
       {.min_role = security::Role::kClient});
+  server.after_burst([this] { commit_burst_renewals(); });
 
   server.handle_deferred(
       "lease.cancel",
@@ -255,7 +286,8 @@ void LandlordService::Impl::register_methods(rpc::Server& server) {
         internal::lease_to_proto(*lease, get_endpoint(), r.initLease());
         return Status::Ok();
       },
-      client_blocking);
+      // One lease, under the engine's in-memory lock, which is never held across a write.
+      {.min_role = security::Role::kClient});
 
   server.handle_deferred(
       "lease.renewBatch",
@@ -284,8 +316,9 @@ void LandlordService::Impl::register_methods(rpc::Server& server) {
           return responder.reply(invalid_argument(std::string("malformed lease.renewBatch: ") + e.getDescription().cStr()));
         }
         auto shared = std::make_shared<rpc::Responder>(std::move(responder));
-        renewals.post(std::move(requests), [shared, invalid, positions,
-                                            where = get_endpoint()](std::vector<Result<Lease>> results) {
+        renewals_queued->fetch_add(1);
+        renewals.post(std::move(requests), [shared, invalid, positions, where = get_endpoint(),
+                                            queued = renewals_queued](std::vector<Result<Lease>> results) {
           capnp::MallocMessageBuilder message;
           auto out = message.initRoot<proto::BatchResults>().initItems(static_cast<unsigned>(invalid->size()));
           for (unsigned i = 0; i < invalid->size(); ++i) {
@@ -297,6 +330,7 @@ void LandlordService::Impl::register_methods(rpc::Server& server) {
             if (results[k].ok()) internal::lease_to_proto(*results[k], where, item.initLease());
           }
           shared->reply(Status::Ok(), message);
+          queued->fetch_sub(1);
         });
       },
       {.min_role = security::Role::kClient});

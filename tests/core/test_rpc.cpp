@@ -6,10 +6,12 @@
 #include <sodium.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <future>
 #include <mutex>
+#include <stdexcept>
 #include <thread>
 
 #include <zmq_addon.hpp>
@@ -348,6 +350,49 @@ TEST_CASE("replies made inside a ReplyBatch go out when it ends, all of them, ne
   }
   held.back().reply(Status::Ok());
   late.join();
+}
+
+TEST_CASE("after_burst: the calls a deferred handler held are answered together, on the I/O thread") {
+  std::vector<rpc::Responder> held;  // touched by the server's I/O thread only
+  std::thread::id handler_thread, hook_thread;
+  std::vector<size_t> burst_sizes;
+  std::atomic<bool> throw_once{true};
+  rpc::Server server({});
+  server.handle_deferred("test.held", [&](const rpc::CallContext&, capnp::MessageReader&, rpc::Responder r) {
+    handler_thread = std::this_thread::get_id();
+    held.push_back(std::move(r));
+  });
+  server.after_burst([&] {
+    if (throw_once.exchange(false)) throw std::runtime_error("a hook that fails is logged and skipped");
+  });
+  server.after_burst([&] {
+    hook_thread = std::this_thread::get_id();
+    if (held.empty()) return;
+    burst_sizes.push_back(held.size());
+    for (auto& r : held) r.reply(Status::Ok());
+    held.clear();
+  });
+  examples::EchoService echo_service(server);
+  REQUIRE(server.start().ok());
+  rpc::Client c({.endpoint = server.endpoints()[0]});
+
+  // A blocking call: its reply, made in the hook, goes out with no other event to wake the server.
+  CHECK(c.call("test.held", {.timeout = std::chrono::seconds(2)}).ok());
+  // Calls sent together arrive in one message, and the hook answers them at once.
+  constexpr int kCalls = 64;
+  std::vector<std::future<rpc::Reply>> replies;
+  capnp::MallocMessageBuilder empty;
+  empty.initRoot<EchoParams>();
+  for (int i = 0; i < kCalls; ++i) replies.push_back(c.call_async("test.held", empty));
+  for (auto& f : replies) CHECK(f.get().ok());
+  // Quick handlers beside it are untouched.
+  CHECK(echo(c, "beside").ok());
+  server.stop();
+  CHECK(handler_thread == hook_thread);
+  size_t total = 0;
+  for (size_t n : burst_sizes) total += n;
+  CHECK(total == kCalls + 1);
+  CHECK(*std::max_element(burst_sizes.begin(), burst_sizes.end()) > 1);
 }
 
 TEST_CASE("an idempotency key makes a repeated call return the first reply without running it again") {

@@ -10,6 +10,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <filesystem>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -524,6 +525,73 @@ TEST_CASE("batch renew and cancel with good and bad ids") {
   CHECK(statuses[4].code() == Code::kNotFound);
   CHECK(landlord->size() == 0);
   CHECK(log.of(EventType::kCancelled).size() == 2);
+}
+
+TEST_CASE("try_renew_batch renews at once, or declines and changes nothing") {
+  test::TempDir dir;
+  std::string path = dir.file("leases.db");
+  FakeClocks clocks;
+  EventLog log;
+  auto landlord = fake_landlord(clocks, &log, forever_policy(), path);
+  Lease a = must_grant(*landlord, request("r1", "h"));
+  Lease b = must_grant(*landlord, request("r2", "h"));
+  log.clear();
+  clocks.advance(10);
+
+  SUBCASE("renews when nothing else is being written, like renew_batch") {
+    std::vector<RenewRequest> renewals{{a.id, 3000}, {12345, 1000}};
+    auto results = landlord->try_renew_batch(renewals);
+    REQUIRE(results.has_value());
+    REQUIRE(results->size() == 2);
+    REQUIRE((*results)[0].ok());
+    CHECK((*results)[0]->expiration_ms == clocks.wall.load() + 3000);
+    CHECK((*results)[1].status().code() == Code::kNotFound);
+    CHECK(log.of(EventType::kRenewed).size() == 1);
+    landlord.reset();
+    landlord = fake_landlord(clocks, nullptr, forever_policy(), path);
+    CHECK(landlord->find(a.id)->expiration_ms == clocks.wall.load() + 3000);
+  }
+
+  SUBCASE("declines a renewal to FOREVER, whose commit is synced") {
+    std::vector<RenewRequest> renewals{{a.id, 3000}, {b.id, kDurationForever}};
+    CHECK_FALSE(landlord->try_renew_batch(renewals).has_value());
+    CHECK(landlord->find(a.id)->expiration_ms == a.expiration_ms);
+    CHECK(log.count() == 0);
+  }
+
+  SUBCASE("declines while another change is being written") {
+    std::atomic<bool> inside{false}, release{false};
+    std::thread writer([&] {
+      Status st = landlord->transact(sqlite::Sync::kNormal, [&](sqlite::Database&) {
+        inside = true;
+        while (!release) std::this_thread::sleep_for(1ms);
+        return Status::Ok();
+      });
+      CHECK(st.ok());
+    });
+    while (!inside) std::this_thread::sleep_for(1ms);
+    std::vector<RenewRequest> renewals{{a.id, 3000}};
+    CHECK_FALSE(landlord->try_renew_batch(renewals).has_value());
+    release = true;
+    writer.join();
+    CHECK(landlord->find(a.id)->expiration_ms == a.expiration_ms);
+    CHECK(log.count() == 0);
+    CHECK(landlord->try_renew_batch(renewals).has_value());
+  }
+
+  SUBCASE("declines once the log is due for a checkpoint, which the next waiting writer makes") {
+    std::vector<RenewRequest> renewals{{a.id, 3000}};
+    int accepted = 0;
+    while (accepted < 100000 && landlord->try_renew_batch(renewals).has_value()) ++accepted;
+    INFO("renewals before declining: " << accepted);
+    CHECK(accepted > 100);
+    REQUIRE(accepted < 100000);
+    // The log stopped growing: no more than the threshold and the frames of one commit.
+    auto wal = std::filesystem::file_size(path + "-wal");
+    CHECK(wal < 9000u * 1100u);
+    REQUIRE(landlord->renew_batch(renewals).front().ok());
+    CHECK(landlord->try_renew_batch(renewals).has_value());
+  }
 }
 
 TEST_CASE("queries by holder and resource; cancel all of a holder") {

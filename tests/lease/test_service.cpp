@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "djinn/core/events.h"
+#include "djinn/core/sqlite.h"
 #include "djinn/lease/client.h"
 #include "djinn/lease/service.h"
 #include "djinn/proto/lease.capnp.h"
@@ -173,6 +174,51 @@ TEST_CASE("every lease method round-trips over RPC") {
   CHECK((*all)[0].id == big->lease.id);
   CHECK(c.leases_of_holder("alice")->empty());
   CHECK(h.manager->landlord().size() == 0);
+}
+
+TEST_CASE("renewals that arrive while another change is written wait for it, then apply in order") {
+  Harness h;
+  auto a = h.client->grant(grant_of("printer", "alice", Kind::kShared, 10'000));
+  REQUIRE(a.ok());
+  // A write holding the engine: a renewal cannot be made on the server's I/O thread meanwhile,
+  // and goes to the renewal group commit, which waits for it.
+  std::atomic<bool> inside{false}, release{false};
+  std::thread writer([&] {
+    CHECK(h.manager->landlord()
+              .transact(sqlite::Sync::kNormal,
+                        [&](sqlite::Database&) {
+                          inside = true;
+                          while (!release) std::this_thread::sleep_for(1ms);
+                          return Status::Ok();
+                        })
+              .ok());
+  });
+  while (!inside) std::this_thread::sleep_for(1ms);
+  auto renew = [&](int64_t ms) {
+    return std::async(std::launch::async, [&h, id = a->lease.id, ms] {
+      LeaseClient c(rpc::ClientOptions{.endpoint = h.manager->rpc_endpoint()});
+      return c.renew(id, ms);
+    });
+  };
+  auto first = renew(20'000);
+  std::this_thread::sleep_for(50ms);
+  auto second = renew(40'000);
+  // Other calls go on meanwhile.
+  CHECK(h.client->get(a->lease.id).ok());
+  CHECK(first.wait_for(100ms) == std::future_status::timeout);
+  release = true;
+  writer.join();
+  auto r1 = first.get();
+  auto r2 = second.get();
+  REQUIRE_MESSAGE(r1.ok(), r1.status().to_string());
+  REQUIRE_MESSAGE(r2.ok(), r2.status().to_string());
+  CHECK(r1->lease.granted_ms == 20'000);
+  CHECK(r2->lease.granted_ms == 40'000);
+  CHECK(h.client->get(a->lease.id)->lease.granted_ms == 40'000);
+  // With the engine free again, a renewal is answered at once.
+  auto r3 = h.client->renew(a->lease.id, 30'000, {.timeout = 2s});
+  REQUIRE(r3.ok());
+  CHECK(h.client->get(a->lease.id)->lease.granted_ms == 30'000);
 }
 
 TEST_CASE("a grant resent with its idempotency key is applied once") {

@@ -140,6 +140,10 @@ class Server {
   // Register before start().
   void handle(std::string method, Handler handler, MethodOptions options = {});
   void handle_deferred(std::string method, DeferredHandler handler, MethodOptions options = {});
+  // Runs `hook` on the I/O thread after each burst of requests it read (up to 256 messages),
+  // before it sends the replies made meanwhile and waits for more. A deferred handler that keeps
+  // its calls until then can carry out a burst's calls together: one commit, no thread hand-off.
+  void after_burst(std::function<void()> hook);
 
   template <class Params, class Results, class F>
   void method(std::string name, F fn, MethodOptions options = {}) {

@@ -149,6 +149,11 @@ class Landlord {
   // body is not run and the result is ok. `body` must not call back into the landlord.
   Status transact(sqlite::Sync sync, const std::function<Status(sqlite::Database&)>& body);
   std::vector<Result<Lease>> renew_batch(std::span<const RenewRequest> requests);
+  // renew_batch for a caller that must not wait (a server's I/O thread): renews now when no
+  // other change is being written, else does nothing and returns nullopt, and the caller hands
+  // the batch to a thread that may wait. Declines too when the batch, or the store, needs a sync
+  // (a renewal to FOREVER, a checkpoint that is due).
+  std::optional<std::vector<Result<Lease>>> try_renew_batch(std::span<const RenewRequest> requests);
   std::vector<Status> cancel_batch(std::span<const LeaseId> ids);
 
   std::optional<Lease> find(LeaseId id) const;
