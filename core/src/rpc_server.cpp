@@ -331,8 +331,10 @@ void Server::Impl::io_loop() {
   t_serving = outbox.get();
   while (running.load(std::memory_order_relaxed)) {
     internal::poll_sockets(items, 2, std::chrono::milliseconds(-1));
-    bool woken = items[1].revents & ZMQ_POLLIN;
-    if (woken) outbox->wakeup.drain();
+    if (items[1].revents & ZMQ_POLLIN) {
+      outbox->wakeup.drain();
+      send_outbox();
+    }
     // A bounded drain keeps replies from workers flowing under a flood of requests.
     int read = 0;
     for (; read < 256; ++read) {
@@ -347,12 +349,16 @@ void Server::Impl::io_loop() {
           hook();
         } catch (const std::exception& e) {
           DJINN_LOG(kError, options.name) << "after-burst hook threw: " << e.what();
+        } catch (const kj::Exception& e) {
+          DJINN_LOG(kError, options.name) << "after-burst hook threw: " << e.getDescription().cStr();
+        } catch (...) {
+          DJINN_LOG(kError, options.name) << "after-burst hook threw";
         }
       }
     }
-    // Replies of other threads that woke this one, and those made here by deferred handlers and
-    // hooks. Replies queued inside another thread's ReplyBatch wait for its wake-up.
-    if (woken || outbox->self_posted) {
+    // Replies made here by deferred handlers and hooks. Replies queued inside another thread's
+    // ReplyBatch wait for its wake-up.
+    if (outbox->self_posted) {
       outbox->self_posted = false;
       send_outbox();
     }

@@ -313,6 +313,9 @@ struct Landlord::Impl {
   // the checkpoint to the next commit. Guarded by write_mutex_, like every commit.
   int wal_frames_ = 0;
   bool commit_must_not_wait_ = false;
+  // A checkpoint copied the whole log: the next commit starts it over, writing and syncing its
+  // header, so that commit must be one that may wait.
+  bool wal_restart_due_ = false;
   // Leases renewed since the last fold (repeats included), and the journal's last seq.
   std::vector<LeaseId> journaled_;
   int64_t journal_seq_ = 0;
@@ -562,13 +565,16 @@ struct Landlord::Impl {
   static int on_wal_commit(void* arg, sqlite3* db, const char* name, int frames) {
     auto* self = static_cast<Impl*>(arg);
     self->wal_frames_ = frames;
-    if (frames >= kWalAutocheckpoint && !self->commit_must_not_wait_) {
+    if (self->commit_must_not_wait_) return SQLITE_OK;
+    self->wal_restart_due_ = false;
+    if (frames >= kWalAutocheckpoint) {
       // PASSIVE, as SQLite's own: it copies what it can without waiting for anyone. Once all of
       // the log is copied, the next commit starts it over.
       int in_log = 0, copied = 0;
       if (sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, &in_log, &copied) == SQLITE_OK &&
           copied == in_log) {
         self->wal_frames_ = 0;
+        self->wal_restart_due_ = true;
       }
     }
     return SQLITE_OK;
@@ -1054,13 +1060,16 @@ struct Landlord::Impl {
     std::sort(ids.begin(), ids.end());
     ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
     {
-      // In row order, so each chunk rewrites neighbouring rows.
+      // In row order, so each chunk rewrites neighbouring rows. Looked up a few thousand at a
+      // time and sorted outside the lock, which the RPC I/O thread takes to renew and to read.
       std::vector<std::pair<int64_t, LeaseId>> by_row;
       by_row.reserve(ids.size());
-      std::lock_guard lock(mutex_);
-      for (LeaseId id : ids) {
-        uint32_t slot = slot_of(id);
-        if (slot != kNone) by_row.emplace_back(slots_[slot].row, id);
+      for (size_t begin = 0; begin < ids.size(); begin += kFoldChunk * 8) {
+        std::lock_guard lock(mutex_);
+        for (size_t i = begin; i < std::min(ids.size(), begin + kFoldChunk * 8); ++i) {
+          uint32_t slot = slot_of(ids[i]);
+          if (slot != kNone) by_row.emplace_back(slots_[slot].row, ids[i]);
+        }
       }
       std::sort(by_row.begin(), by_row.end());
       ids.clear();
@@ -1452,10 +1461,15 @@ std::optional<std::vector<Result<Lease>>> Landlord::try_renew_batch(std::span<co
   std::vector<Result<Lease>> results;
   {
     std::unique_lock write(impl_->write_mutex_, std::try_to_lock);
-    if (!write.owns_lock() || impl_->wal_frames_ >= kWalAutocheckpoint) return std::nullopt;
-    impl_->commit_must_not_wait_ = true;
+    if (!write.owns_lock() || impl_->wal_frames_ >= kWalAutocheckpoint || impl_->wal_restart_due_) {
+      return std::nullopt;
+    }
+    struct MustNotWait {
+      bool& flag;
+      explicit MustNotWait(bool& f) : flag(f) { flag = true; }
+      ~MustNotWait() { flag = false; }
+    } must_not_wait(impl_->commit_must_not_wait_);
     results = impl_->renew_locked(requests, events);
-    impl_->commit_must_not_wait_ = false;
   }
   impl_->deliver(events);
   return results;

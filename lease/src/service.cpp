@@ -8,6 +8,7 @@
 #include <span>
 #include <filesystem>
 #include <mutex>
+#include <shared_mutex>
 #include <thread>
 #include <type_traits>
 
@@ -145,15 +146,28 @@ struct LandlordService::Impl {
         return;
       }
     }
-    renewals_queued->fetch_add(1);
     auto responders = std::make_shared<std::vector<rpc::Responder>>(std::move(burst_responders));
-    renewals.post(std::move(burst_renewals),
-                  [responders, where, queued = renewals_queued](std::vector<Result<Lease>> outcomes) {
-                    for (size_t i = 0; i < outcomes.size(); ++i) reply_lease((*responders)[i], outcomes[i], where);
-                    queued->fetch_sub(1);
-                  });
+    std::vector<RenewRequest> requests = std::move(burst_renewals);
     burst_renewals.clear();
     burst_responders.clear();
+    post_renewals(std::move(requests), [responders, where](std::vector<Result<Lease>> outcomes) {
+      for (size_t i = 0; i < outcomes.size(); ++i) reply_lease((*responders)[i], outcomes[i], where);
+    });
+  }
+
+  // Hands renewals to the group commit, counted in renewals_queued until they are written.
+  void post_renewals(std::vector<RenewRequest> requests, std::function<void(std::vector<Result<Lease>>)> done) {
+    renewals_queued->fetch_add(1);
+    try {
+      renewals.post(std::move(requests),
+                    [done = std::move(done), queued = renewals_queued](std::vector<Result<Lease>> outcomes) {
+                      done(std::move(outcomes));
+                      queued->fetch_sub(1);
+                    });
+    } catch (...) {
+      renewals_queued->fetch_sub(1);
+      throw;
+    }
   }
 
   void settle_cancels() const {
@@ -316,9 +330,10 @@ void LandlordService::Impl::register_methods(rpc::Server& server) {
           return responder.reply(invalid_argument(std::string("malformed lease.renewBatch: ") + e.getDescription().cStr()));
         }
         auto shared = std::make_shared<rpc::Responder>(std::move(responder));
-        renewals_queued->fetch_add(1);
-        renewals.post(std::move(requests), [shared, invalid, positions, where = get_endpoint(),
-                                            queued = renewals_queued](std::vector<Result<Lease>> results) {
+        // Renewals of this burst that came before this batch go first.
+        commit_burst_renewals();
+        post_renewals(std::move(requests), [shared, invalid, positions,
+                                            where = get_endpoint()](std::vector<Result<Lease>> results) {
           capnp::MallocMessageBuilder message;
           auto out = message.initRoot<proto::BatchResults>().initItems(static_cast<unsigned>(invalid->size()));
           for (unsigned i = 0; i < invalid->size(); ++i) {
@@ -330,7 +345,6 @@ void LandlordService::Impl::register_methods(rpc::Server& server) {
             if (results[k].ok()) internal::lease_to_proto(*results[k], where, item.initLease());
           }
           shared->reply(Status::Ok(), message);
-          queued->fetch_sub(1);
         });
       },
       {.min_role = security::Role::kClient});
@@ -469,12 +483,14 @@ struct LeaseManager::Impl {
 
   // Where engine events go. The engine reports on several threads, from its open() (expiries
   // found on restart) until its destruction, so the targets come and go under this mutex.
-  std::mutex forward_mu;  // guards forward_service, forward_renewal
+  // Shared by the threads that report events (the RPC I/O thread among them, for renewals): one
+  // whose callback waits (the renewal service dropping a set writes its file) holds up no other.
+  std::shared_mutex forward_mu;  // guards forward_service, forward_renewal
   LandlordService* forward_service = nullptr;
   internal::RenewalService* forward_renewal = nullptr;
 
   void forward(const LeaseEvent& event) {
-    std::lock_guard lock(forward_mu);
+    std::shared_lock lock(forward_mu);
     if (forward_service) {
       forward_service->on_event(event);
     } else if (publisher) {

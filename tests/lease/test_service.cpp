@@ -194,26 +194,29 @@ TEST_CASE("renewals that arrive while another change is written wait for it, the
               .ok());
   });
   while (!inside) std::this_thread::sleep_for(1ms);
+  // Two renewals in flight on one connection, which keeps their order on the wire.
+  rpc::Client raw({.endpoint = h.manager->rpc_endpoint()});
   auto renew = [&](int64_t ms) {
-    return std::async(std::launch::async, [&h, id = a->lease.id, ms] {
-      LeaseClient c(rpc::ClientOptions{.endpoint = h.manager->rpc_endpoint()});
-      return c.renew(id, ms);
-    });
+    capnp::MallocMessageBuilder message;
+    auto p = message.initRoot<proto::RenewParams>();
+    p.setId(a->lease.id);
+    p.setDurationMs(ms);
+    return raw.call_async("lease.renew", message, {.timeout = 30s});
   };
   auto first = renew(20'000);
-  std::this_thread::sleep_for(50ms);
   auto second = renew(40'000);
   // Other calls go on meanwhile.
   CHECK(h.client->get(a->lease.id).ok());
   CHECK(first.wait_for(100ms) == std::future_status::timeout);
   release = true;
   writer.join();
-  auto r1 = first.get();
-  auto r2 = second.get();
-  REQUIRE_MESSAGE(r1.ok(), r1.status().to_string());
-  REQUIRE_MESSAGE(r2.ok(), r2.status().to_string());
-  CHECK(r1->lease.granted_ms == 20'000);
-  CHECK(r2->lease.granted_ms == 40'000);
+  auto granted_ms = [](std::future<rpc::Reply>& f) -> int64_t {
+    rpc::Reply r = f.get();
+    REQUIRE_MESSAGE(r.ok(), r.status().to_string());
+    return r.results<proto::LeaseResult>().getLease().getGrantedMs();
+  };
+  CHECK(granted_ms(first) == 20'000);
+  CHECK(granted_ms(second) == 40'000);
   CHECK(h.client->get(a->lease.id)->lease.granted_ms == 40'000);
   // With the engine free again, a renewal is answered at once.
   auto r3 = h.client->renew(a->lease.id, 30'000, {.timeout = 2s});
