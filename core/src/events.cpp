@@ -168,9 +168,9 @@ uint64_t Publisher::send(std::string_view kind, std::string_view key, bool heart
   zmq::message_t pf;
   if (payload) pf.copy(*const_cast<zmq::message_t*>(payload));
   // PUB never blocks: past the high-water mark ZeroMQ drops, and subscribers see the gap.
-  socket_->send(t, zmq::send_flags::sndmore);
-  socket_->send(hf, zmq::send_flags::sndmore);
-  socket_->send(pf, zmq::send_flags::none);
+  rpc::internal::send_frame(*socket_, t, zmq::send_flags::sndmore);
+  rpc::internal::send_frame(*socket_, hf, zmq::send_flags::sndmore);
+  rpc::internal::send_frame(*socket_, pf, zmq::send_flags::none);
   return seq;
 }
 
@@ -322,7 +322,7 @@ int Subscriber::poll(std::chrono::milliseconds timeout) {
   std::vector<zmq::message_t> parts;
   while (true) {
     parts.clear();
-    if (!zmq::recv_multipart(*socket_, std::back_inserter(parts), zmq::recv_flags::dontwait)) break;
+    if (!rpc::internal::recv_parts(*socket_, parts, zmq::recv_flags::dontwait)) break;
     heard = true;
     if (parts.size() != 3) continue;  // not ours
     handle(parts);

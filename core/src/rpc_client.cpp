@@ -114,8 +114,8 @@ class Channel {
   void read_events() {
     for (;;) {
       zmq::message_t ev, addr;
-      if (!monitor_.recv(ev, zmq::recv_flags::dontwait)) return;
-      if (ev.more()) (void)monitor_.recv(addr, zmq::recv_flags::dontwait);  // parts arrive together
+      if (!internal::recv_frame(monitor_, ev, zmq::recv_flags::dontwait)) return;
+      if (ev.more()) (void)internal::recv_frame(monitor_, addr, zmq::recv_flags::dontwait);  // parts arrive together
       if (ev.size() < 6) continue;
       uint16_t event;
       uint32_t value;
@@ -373,7 +373,9 @@ bool send_call(zmq::socket_t& s, uint64_t id, std::string_view method, Clock::ti
   auto left = std::chrono::duration_cast<std::chrono::microseconds>(deadline - Clock::now()).count();
   zmq::message_t frame = internal::encode_request(id, method, left > 0 ? static_cast<uint64_t>(left) : 1,
                                                   o.idempotent, o.idempotency_key, payload);
-  return s.send(frame, (more_follows ? zmq::send_flags::sndmore : zmq::send_flags::none) | zmq::send_flags::dontwait)
+  return internal::send_frame(s, frame,
+                              (more_follows ? zmq::send_flags::sndmore : zmq::send_flags::none) |
+                                  zmq::send_flags::dontwait)
       .has_value();
 }
 
@@ -429,7 +431,7 @@ Reply Client::Impl::call_sync(std::string_view method, kj::ArrayPtr<const capnp:
     if (items[0].revents & ZMQ_POLLIN) {
       while (true) {
         parts.clear();
-        if (!zmq::recv_multipart(ch->dealer(), std::back_inserter(parts), zmq::recv_flags::dontwait)) break;
+        if (!internal::recv_parts(ch->dealer(), parts, zmq::recv_flags::dontwait)) break;
         // Anything but our id is a late reply to an earlier call that timed out: dropped.
         for (auto& frame : parts) {
           uint64_t got = 0;
@@ -669,7 +671,7 @@ void Client::Impl::io_loop() {
     if (items[0].revents & ZMQ_POLLIN) {
       for (int n = 0; n < 1024; ++n) {
         parts.clear();
-        if (!zmq::recv_multipart(ch.dealer(), std::back_inserter(parts), zmq::recv_flags::dontwait)) break;
+        if (!internal::recv_parts(ch.dealer(), parts, zmq::recv_flags::dontwait)) break;
         for (auto& frame : parts) {
           uint64_t id = 0;
           Reply r = to_reply(frame, options.limits, &id);

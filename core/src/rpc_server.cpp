@@ -339,8 +339,7 @@ void Server::Impl::io_loop() {
     int read = 0;
     for (; read < 256; ++read) {
       parts.clear();
-      auto n = zmq::recv_multipart(*router, std::back_inserter(parts), zmq::recv_flags::dontwait);
-      if (!n) break;
+      if (!internal::recv_parts(*router, parts, zmq::recv_flags::dontwait)) break;
       on_message(parts);
     }
     if (read > 0) {
@@ -585,10 +584,10 @@ zmq::message_t Server::Impl::recall(const DedupEntry& entry, uint64_t id) {
 void Server::Impl::send_reply_message(const std::string& rid, std::vector<zmq::message_t>& frames) {
   // A peer that went away, or a full pipe, only loses this reply: the client times out or retries.
   zmq::message_t id(rid.data(), rid.size());
-  if (!router->send(id, zmq::send_flags::sndmore | zmq::send_flags::dontwait)) return;
+  if (!internal::send_frame(*router, id, zmq::send_flags::sndmore | zmq::send_flags::dontwait)) return;
   for (size_t i = 0; i < frames.size(); ++i) {
     auto flags = i + 1 < frames.size() ? zmq::send_flags::sndmore : zmq::send_flags::none;
-    router->send(frames[i], flags | zmq::send_flags::dontwait);
+    internal::send_frame(*router, frames[i], flags | zmq::send_flags::dontwait);
   }
 }
 

@@ -16,6 +16,7 @@
 #include "djinn/core/files.h"
 #include "djinn/core/log.h"
 #include "djinn/core/thread_name.h"
+#include "wire.h"
 
 namespace djinn::security {
 namespace {
@@ -487,19 +488,16 @@ void ZapHandler::run() {
       }
       if ((item.revents & ZMQ_POLLIN) == 0) continue;
       std::vector<zmq::message_t> request;
-      do {
-        request.emplace_back();
-        if (!socket_.recv(request.back())) break;
-      } while (request.back().more());
+      if (!rpc::internal::recv_parts(socket_, request, zmq::recv_flags::dontwait)) continue;
       ZapReply reply = decide(request);
       // A REP socket must answer every request, even a malformed one, to take the next.
       std::string request_id = request.size() > 1 ? request[1].to_string() : "";
-      socket_.send(zmq::buffer(std::string_view("1.0")), zmq::send_flags::sndmore);
-      socket_.send(zmq::buffer(request_id), zmq::send_flags::sndmore);
-      socket_.send(zmq::buffer(reply.status_code), zmq::send_flags::sndmore);
-      socket_.send(zmq::buffer(reply.status_text), zmq::send_flags::sndmore);
-      socket_.send(zmq::buffer(reply.user_id), zmq::send_flags::sndmore);
-      socket_.send(zmq::buffer(reply.metadata), zmq::send_flags::none);
+      const std::string_view parts[] = {"1.0", request_id, reply.status_code, reply.status_text, reply.user_id,
+                                        reply.metadata};
+      for (size_t i = 0; i < std::size(parts); ++i) {
+        zmq::message_t part(parts[i].data(), parts[i].size());
+        rpc::internal::send_frame(socket_, part, i + 1 < std::size(parts) ? zmq::send_flags::sndmore : zmq::send_flags::none);
+      }
     }
   } catch (const zmq::error_t& e) {
     // ETERM: the context is being terminated and waits for this socket to close.

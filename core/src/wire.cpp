@@ -199,6 +199,45 @@ int poll_sockets(zmq::pollitem_t* items, size_t count, std::chrono::milliseconds
   return 0;
 }
 
+std::optional<size_t> recv_frame(zmq::socket_t& socket, zmq::message_t& message, zmq::recv_flags flags) {
+  for (;;) {
+    try {
+      zmq::recv_result_t got = socket.recv(message, flags);
+      if (got) return *got;
+      return std::nullopt;
+    } catch (const zmq::error_t& e) {
+      if (e.num() != EINTR) throw;
+    }
+  }
+}
+
+bool recv_parts(zmq::socket_t& socket, std::vector<zmq::message_t>& parts, zmq::recv_flags flags) {
+  zmq::message_t part;
+  if (!recv_frame(socket, part, flags)) return false;
+  bool more = part.more();
+  parts.push_back(std::move(part));
+  // The parts of a message arrive together: the rest are there once the first is.
+  while (more) {
+    zmq::message_t next;
+    if (!recv_frame(socket, next, zmq::recv_flags::none)) break;
+    more = next.more();
+    parts.push_back(std::move(next));
+  }
+  return true;
+}
+
+std::optional<size_t> send_frame(zmq::socket_t& socket, zmq::message_t& message, zmq::send_flags flags) {
+  for (;;) {
+    try {
+      zmq::send_result_t sent = socket.send(message, flags);
+      if (sent) return *sent;
+      return std::nullopt;
+    } catch (const zmq::error_t& e) {
+      if (e.num() != EINTR) throw;
+    }
+  }
+}
+
 Status bind_endpoint(zmq::socket_t& socket, const std::string& endpoint, std::string* bound) {
   auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(1);
   for (;;) {

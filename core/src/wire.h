@@ -7,8 +7,10 @@
 
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <capnp/message.h>
 #include <capnp/serialize.h>
@@ -69,6 +71,15 @@ Status bind_endpoint(zmq::socket_t& socket, const std::string& endpoint, std::st
 // returned) instead of an exception: every caller loops and recomputes its wait, and a signal the
 // process handles (SIGCHLD, a timer, a profiler's SIGPROF) must not end a call or a thread.
 int poll_sockets(zmq::pollitem_t* items, size_t count, std::chrono::milliseconds timeout);
+
+// Receiving and sending that ride out a signal the same way. ZeroMQ fails even a non-blocking
+// call with EINTR while a signal is pending (it reads its command mailbox with a zero-timeout
+// poll()), and cppzmq throws for it; these try again. recv_frame and send_frame return what
+// cppzmq returns (nullopt: nothing ready / the pipe is full, under dontwait). recv_parts appends
+// every part of one message to `parts`; false when none is ready.
+std::optional<size_t> recv_frame(zmq::socket_t& socket, zmq::message_t& message, zmq::recv_flags flags);
+bool recv_parts(zmq::socket_t& socket, std::vector<zmq::message_t>& parts, zmq::recv_flags flags);
+std::optional<size_t> send_frame(zmq::socket_t& socket, zmq::message_t& message, zmq::send_flags flags);
 
 // An eventfd used to wake a thread that polls ZeroMQ sockets.
 class Wakeup {
