@@ -22,6 +22,7 @@
 #include <unordered_map>
 #include <utility>
 
+#include "djinn/core/digest.h"
 #include "djinn/core/fault.h"
 #include "djinn/core/log.h"
 #include "djinn/core/sqlite.h"
@@ -98,8 +99,9 @@ constexpr int64_t kExpiring = std::numeric_limits<int64_t>::min();
 constexpr size_t kExpiryChunk = 1000;
 // Ids remembered after removal, so renewing one says "expired" or "cancelled", not just unknown.
 constexpr size_t kRecentlyRemoved = 4096;
-// Version 2 added the renewal journal; version 3 keys lease rows by write order (seq), not by id.
-constexpr int64_t kSchemaVersion = 3;
+// Version 2 added the renewal journal; version 3 keys lease rows by write order (seq), not by id;
+// version 4 stores a grant's idempotency key (its digest) with the lease.
+constexpr int64_t kSchemaVersion = 4;
 // The renewal journal is folded into the lease rows once it holds this many renewals, or as many
 // as there are live leases if that is more: each fold then rewrites a page of lease rows for many
 // renewals rather than one.
@@ -120,7 +122,8 @@ constexpr std::string_view kCreateSchema =
     "  holder TEXT NOT NULL,"
     "  kind INTEGER NOT NULL,"
     "  expiration_ms INTEGER NOT NULL,"  // Unix ms, wall clock; INT64_MAX = never
-    "  granted_ms INTEGER NOT NULL);"
+    "  granted_ms INTEGER NOT NULL,"
+    "  grant_key BLOB);"  // 16-byte digest of the grant's idempotency key, or NULL
     // Renewals, appended in commit order (seq); folded into lease rows in bulk, replayed on open.
     // A renewal names its lease's row and id: SQLite may give a deleted last row's seq to the next
     // grant, and a renewal of the old lease must not land on the new one.
@@ -131,8 +134,9 @@ constexpr std::string_view kCreateSchema =
     "  expiration_ms INTEGER NOT NULL,"
     "  granted_ms INTEGER NOT NULL)";
 constexpr std::string_view kInsertLease =
-    "INSERT INTO lease(id, resource, holder, kind, expiration_ms, granted_ms) "
-    "VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+    "INSERT INTO lease(id, resource, holder, kind, expiration_ms, granted_ms, grant_key) "
+    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+constexpr std::string_view kUpgradeV3ToV4 = "ALTER TABLE lease ADD COLUMN grant_key BLOB";
 // Folds, cancels and expiries rewrite rows scattered over the table, and each dirty page goes
 // whole into the WAL: 1 KiB pages write a quarter of what SQLite's default 4 KiB pages do.
 constexpr int kPageSize = 1024;
@@ -167,7 +171,7 @@ constexpr std::string_view kCopyV2Rows =
     "DROP TABLE lease_v2;";
 constexpr std::string_view kDeleteLease = "DELETE FROM lease WHERE seq = ?1";
 constexpr std::string_view kSelectLeases =
-    "SELECT id, resource, holder, kind, expiration_ms, granted_ms, seq FROM lease";
+    "SELECT id, resource, holder, kind, expiration_ms, granted_ms, seq, grant_key FROM lease";
 
 // The kind rides in the top bits of a record's holder index, which keeps a record at 64 bytes
 // (a separate byte would pad it to 72). Bounds the number of distinct holders, hence of leases.
@@ -292,6 +296,7 @@ struct Landlord::Impl {
   // or blocked by held leases and/or by incompatible requests already waiting.
   struct Attempt {
     std::optional<Result<Lease>> result;
+    bool repeat = false;  // result is the lease an earlier grant with the same key got
     std::vector<Lease> in_way;
     std::vector<std::string> waiting;  // holders queued ahead with an incompatible kind
   };
@@ -335,6 +340,9 @@ struct Landlord::Impl {
   std::array<LeaseId, 64> id_pool_{};  // random ids not handed out yet: the last id_pool_left_
   size_t id_pool_left_ = 0;
   std::unordered_map<LeaseId, bool> recent_;  // removed id -> expired (else cancelled)
+  // The idempotency keys of the last kRememberedGrantKeys grants that had one, oldest first.
+  std::unordered_map<Digest128, LeaseId, Digest128Hash> grant_keys_;
+  std::deque<Digest128> grant_key_order_;
   std::deque<LeaseId> recent_order_;
   int64_t sleeping_until_ = kExpiring;  // the expiry thread's wake-up; kExpiring while awake
   bool fold_wanted_ = false;            // the journal is due to be folded (expiry thread's job)
@@ -598,11 +606,18 @@ struct Landlord::Impl {
   }
 
   // Appends the lease's row; `row` receives its seq.
-  static Status insert_row(sqlite::Database& db, const Lease& lease, int64_t& row) {
+  static Status insert_row(sqlite::Database& db, const Lease& lease, int64_t& row,
+                           const std::optional<Digest128>& key = std::nullopt) {
     Result<sqlite::Statement*> st = db.cached(kInsertLease);
     if (!st.ok()) return st.status();
+    std::array<uint8_t, 16> stored{};
+    std::optional<std::span<const uint8_t>> key_bytes;
+    if (key) {
+      stored = grant_key_bytes(*key);
+      key_bytes = std::span<const uint8_t>(stored);
+    }
     DJINN_RETURN_IF_ERROR((*st)->bind_all(lease.id, lease.resource, lease.holder, static_cast<int64_t>(lease.kind),
-                                          lease.expiration_ms, lease.granted_ms));
+                                          lease.expiration_ms, lease.granted_ms, key_bytes));
     DJINN_RETURN_IF_ERROR((*st)->run());
     row = db.last_insert_rowid();
     return Status::Ok();
@@ -617,6 +632,57 @@ struct Landlord::Impl {
 
   // ---- grant ----
 
+  // A grant key as stored: the digest's two halves, little-endian.
+  static std::array<uint8_t, 16> grant_key_bytes(const Digest128& d) {
+    std::array<uint8_t, 16> out{};
+    for (int i = 0; i < 8; ++i) {
+      out[i] = static_cast<uint8_t>(d.lo >> (8 * i));
+      out[8 + i] = static_cast<uint8_t>(d.hi >> (8 * i));
+    }
+    return out;
+  }
+  static std::optional<Digest128> grant_key_of(const std::vector<uint8_t>& bytes) {
+    if (bytes.size() != 16) return std::nullopt;
+    Digest128 d;
+    for (int i = 0; i < 8; ++i) {
+      d.lo |= static_cast<uint64_t>(bytes[i]) << (8 * i);
+      d.hi |= static_cast<uint64_t>(bytes[8 + i]) << (8 * i);
+    }
+    return d;
+  }
+  static std::optional<Digest128> key_digest(const GrantRequest& r) {
+    if (r.idempotency_key.empty()) return std::nullopt;
+    return digest128(r.idempotency_key);
+  }
+
+  // Files the key of a lease just granted (mutex_ held), forgetting the oldest beyond the limit.
+  void remember_grant_key_locked(const Digest128& key, LeaseId id) {
+    if (grant_keys_.insert_or_assign(key, id).second) grant_key_order_.push_back(key);
+    while (grant_key_order_.size() > kRememberedGrantKeys) {
+      grant_keys_.erase(grant_key_order_.front());
+      grant_key_order_.pop_front();
+    }
+  }
+
+  // The answer to a request whose key an earlier grant used (mutex_ held): that lease while it is
+  // held, a refusal when the request asks for something else; nothing when the key is new or its
+  // lease is gone (the request is then granted as any other).
+  std::optional<Result<Lease>> keyed_grant_locked(const GrantRequest& r, const std::optional<Digest128>& key) const {
+    if (!key) return std::nullopt;
+    auto it = grant_keys_.find(*key);
+    if (it == grant_keys_.end()) return std::nullopt;
+    uint32_t slot = slot_of(it->second);
+    if (slot == kNone) return std::nullopt;
+    Lease held = to_lease(slot);
+    if (held.resource != r.resource || held.holder != r.holder || held.kind != r.kind) {
+      return Result<Lease>(invalid_argument("idempotency key already used for lease " + std::to_string(held.id) +
+                                            " (" + std::string(kind_name(held.kind)) + " on " +
+                                            quoted(held.resource) + " for " + quoted(held.holder) +
+                                            "): a new grant needs a new key"));
+    }
+    return Result<Lease>(std::move(held));
+  }
+
   Status validate(const GrantRequest& r) const {
     const Policy& p = options.policy;
     if (static_cast<uint8_t>(r.kind) > static_cast<uint8_t>(Kind::kExclusiveCopy)) {
@@ -625,6 +691,10 @@ struct Landlord::Impl {
     }
     DJINN_RETURN_IF_ERROR(validate_name("resource", r.resource, p.max_resource_bytes));
     DJINN_RETURN_IF_ERROR(validate_name("holder", r.holder, p.max_holder_bytes));
+    if (r.idempotency_key.size() > kMaxGrantKeyBytes) {
+      return invalid_argument("idempotency key of " + std::to_string(r.idempotency_key.size()) + " bytes: at most " +
+                              std::to_string(kMaxGrantKeyBytes));
+    }
     if (r.wait.count() < 0) {
       return invalid_argument("lease wait " + std::to_string(r.wait.count()) + " ms: must be >= 0");
     }
@@ -637,8 +707,14 @@ struct Landlord::Impl {
   Attempt attempt_grant(const GrantRequest& r, int64_t granted, bool behind_waiters) {
     Attempt attempt;
     Lease lease;
+    std::optional<Digest128> key = key_digest(r);
     {
       std::lock_guard lock(mutex_);
+      if (auto again = keyed_grant_locked(r, key)) {
+        attempt.result = std::move(*again);
+        attempt.repeat = attempt.result->ok();
+        return attempt;
+      }
       attempt.in_way = in_way_locked(r.resource, r.holder, r.kind);
       if (behind_waiters) attempt.waiting = queued_ahead_locked(r);
       if (!attempt.in_way.empty() || !attempt.waiting.empty()) return attempt;
@@ -654,7 +730,7 @@ struct Landlord::Impl {
     }
     int64_t row = 0;
     Status written = durable(sqlite::Sync::kFull, [&](sqlite::Database& db) -> Status {
-      DJINN_RETURN_IF_ERROR(insert_row(db, lease, row));
+      DJINN_RETURN_IF_ERROR(insert_row(db, lease, row, key));
       DJINN_CRASH_POINT("lease.landlord.before_commit");
       return Status::Ok();
     });
@@ -666,6 +742,7 @@ struct Landlord::Impl {
     {
       std::lock_guard lock(mutex_);
       insert_locked(lease, row);
+      if (key) remember_grant_key_locked(*key, lease.id);
     }
     attempt.result = std::move(lease);
     return attempt;
@@ -701,7 +778,7 @@ struct Landlord::Impl {
       Attempt a = attempt_grant(r, *granted, /*behind_waiters=*/true);
       if (a.result) {
         result = std::move(*a.result);
-        if (result->ok()) events.push_back(LeaseEvent{EventType::kGranted, result->value(), {}, r.kind});
+        if (result->ok() && !a.repeat) events.push_back(LeaseEvent{EventType::kGranted, result->value(), {}, r.kind});
       } else {
         add_conflicts(r, a, events);
         if (r.wait.count() > 0 && done) {
@@ -728,6 +805,7 @@ struct Landlord::Impl {
       size_t index;
       Lease lease;
       int64_t row = 0;
+      std::optional<Digest128> key;
     };
     std::vector<std::optional<Result<Lease>>> decided(requests.size());
     std::vector<Planned> plans;
@@ -744,6 +822,15 @@ struct Landlord::Impl {
         }
         if (r.wait.count() != 0) {
           decided[i] = Result<Lease>(invalid_argument("a batch grant cannot wait: wait must be 0"));
+          continue;
+        }
+        std::optional<Digest128> key = key_digest(r);
+        if (auto again = keyed_grant_locked(r, key)) {
+          decided[i] = std::move(*again);
+          continue;
+        }
+        if (key && std::any_of(plans.begin(), plans.end(), [&](const Planned& p) { return p.key == key; })) {
+          decided[i] = Result<Lease>(invalid_argument("idempotency key used twice in one batch"));
           continue;
         }
         Result<int64_t> granted = negotiate(options.policy, r.duration_ms);
@@ -780,13 +867,15 @@ struct Landlord::Impl {
         }
         bool forever = *granted == kDurationForever;
         if (level(r.kind) == 2) ++planned_exclusive;
-        plans.push_back(Planned{i, Lease{id, r.resource, r.holder, r.kind,
-                                         forever ? kNeverExpires : saturating_add(wall, *granted), *granted,
-                                         forever ? kNoDeadline : add_ms(now, *granted)}});
+        plans.push_back(Planned{i,
+                                Lease{id, r.resource, r.holder, r.kind,
+                                      forever ? kNeverExpires : saturating_add(wall, *granted), *granted,
+                                      forever ? kNoDeadline : add_ms(now, *granted)},
+                                0, key});
       }
     }
     Status written = plans.empty() ? Status::Ok() : durable(sqlite::Sync::kFull, [&](sqlite::Database& db) -> Status {
-      for (Planned& p : plans) DJINN_RETURN_IF_ERROR(insert_row(db, p.lease, p.row));
+      for (Planned& p : plans) DJINN_RETURN_IF_ERROR(insert_row(db, p.lease, p.row, p.key));
       if (also_write && *also_write) {
         std::vector<Result<Lease>> tentative;
         tentative.reserve(decided.size());
@@ -807,6 +896,7 @@ struct Landlord::Impl {
           continue;
         }
         insert_locked(p.lease, p.row);
+        if (p.key) remember_grant_key_locked(*p.key, p.lease.id);
         events.push_back(LeaseEvent{EventType::kGranted, p.lease, {}, p.lease.kind});
         decided[p.index] = Result<Lease>(std::move(p.lease));
       }
@@ -1235,6 +1325,15 @@ struct Landlord::Impl {
   Status upgrade_store() {
     Result<int64_t> version = db_->user_version();
     if (!version.ok()) return version.status();
+    if (*version == 3) {
+      Result<sqlite::Transaction> tx = sqlite::Transaction::begin(*db_);
+      if (!tx.ok()) return tx.status();
+      DJINN_RETURN_IF_ERROR(db_->exec(kUpgradeV3ToV4));
+      DJINN_RETURN_IF_ERROR(db_->set_user_version(kSchemaVersion));
+      DJINN_LOG(kInfo, "lease") << options.name << ": lease store " << options.path
+                                << " upgraded from schema 3 to " << kSchemaVersion;
+      return tx->commit();
+    }
     if (*version != 1 && *version != 2) return Status::Ok();
     Result<sqlite::Transaction> tx = sqlite::Transaction::begin(*db_);
     if (!tx.ok()) return tx.status();
@@ -1281,6 +1380,12 @@ struct Landlord::Impl {
     int64_t now = now_ns();
     int64_t wall = wall_ms();
     std::vector<int64_t> expired_rows;
+    struct KeyedRow {
+      int64_t row;
+      Digest128 key;
+      LeaseId id;
+    };
+    std::vector<KeyedRow> keyed;  // of the leases kept
     std::lock_guard lock(mutex_);
     for (;;) {
       Result<bool> more = select->step();
@@ -1295,6 +1400,11 @@ struct Landlord::Impl {
         DJINN_LOG(kWarn, "lease") << options.name << ": skipping a malformed lease row, id " << lease.id;
         continue;
       }
+      if (lease.expiration_ms == kNeverExpires || lease.expiration_ms > wall) {
+        if (!select->column_is_null(7)) {
+          if (std::optional<Digest128> key = grant_key_of(select->column_blob(7))) keyed.push_back({row, *key, lease.id});
+        }
+      }
       if (lease.expiration_ms == kNeverExpires) {
         lease.deadline_ns = kNoDeadline;
         insert_locked(lease, row);
@@ -1308,6 +1418,14 @@ struct Landlord::Impl {
         insert_locked(lease, row);
       }
     }
+    // The keys of the latest grants (rows are numbered in grant order), oldest first.
+    if (keyed.size() > kRememberedGrantKeys) {
+      std::nth_element(keyed.begin(), keyed.end() - kRememberedGrantKeys, keyed.end(),
+                       [](const KeyedRow& a, const KeyedRow& b) { return a.row < b.row; });
+      keyed.erase(keyed.begin(), keyed.end() - kRememberedGrantKeys);
+    }
+    std::sort(keyed.begin(), keyed.end(), [](const KeyedRow& a, const KeyedRow& b) { return a.row < b.row; });
+    for (const KeyedRow& k : keyed) remember_grant_key_locked(k.key, k.id);
     if (!expired.empty()) {
       Status written = durable(sqlite::Sync::kNormal, [&](sqlite::Database& d) -> Status {
         for (int64_t row : expired_rows) DJINN_RETURN_IF_ERROR(delete_row(d, row));

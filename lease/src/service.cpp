@@ -218,6 +218,12 @@ void LandlordService::Impl::register_methods(rpc::Server& server) {
         } catch (const kj::Exception& e) {
           return responder.reply(invalid_argument(std::string("malformed lease.grant: ") + e.getDescription().cStr()));
         }
+        // Stored with the lease, so a grant resent to a landlord restarted after a crash is not
+        // granted twice (the RPC server's reply cache does not outlive the process). Per client,
+        // as that cache's keys are.
+        if (!ctx.idempotency_key.empty()) {
+          request.idempotency_key = std::string(ctx.client_key) + ":" + std::string(ctx.idempotency_key.substr(0, 200));
+        }
         const Policy& policy = landlord.policy();
         for (const Status& st : {check_text(request.resource, policy.max_resource_bytes, "resource"),
                                  check_text(request.holder, policy.max_holder_bytes, "holder"),

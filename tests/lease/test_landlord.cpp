@@ -600,6 +600,61 @@ TEST_CASE("try_renew_batch renews at once, or declines and changes nothing") {
   }
 }
 
+TEST_CASE("a grant resent with its idempotency key gets the same lease, across a reopen too") {
+  test::TempDir dir;
+  std::string path = dir.file("leases.db");
+  FakeClocks clocks;
+  EventLog log;
+  auto keyed = [](GrantRequest r, std::string key) {
+    r.idempotency_key = std::move(key);
+    return r;
+  };
+  auto landlord = fake_landlord(clocks, &log, test_policy(), path);
+  Lease a = must_grant(*landlord, keyed(request("printer", "alice", Kind::kExclusive, 5000), "k1"));
+  log.clear();
+
+  // A resend: the same lease, no second grant, no event; an exclusive lease does not stand in
+  // its own way.
+  Lease again = must_grant(*landlord, keyed(request("printer", "alice", Kind::kExclusive, 5000), "k1"));
+  CHECK(again.id == a.id);
+  CHECK(landlord->size() == 1);
+  CHECK(log.count() == 0);
+  // The same key for another request is refused, and changes nothing.
+  Result<Lease> other = landlord->grant(keyed(request("scanner", "alice", Kind::kExclusive, 5000), "k1"));
+  CHECK(other.status().code() == Code::kInvalidArgument);
+  CHECK(other.status().message().find("new key") != std::string::npos);
+  CHECK(landlord->size() == 1);
+  // A key over the limit is refused.
+  CHECK(landlord->grant(keyed(request("scanner", "alice"), std::string(kMaxGrantKeyBytes + 1, 'k'))).status().code() ==
+        Code::kInvalidArgument);
+
+  // Batches: a new key, a resend, and a key used twice in the batch.
+  std::vector<GrantRequest> batch{keyed(request("disk", "bob"), "k2"),
+                                  keyed(request("printer", "alice", Kind::kExclusive, 5000), "k1"),
+                                  keyed(request("tape", "bob"), "k2")};
+  auto results = landlord->grant_batch(batch);
+  REQUIRE(results[0].ok());
+  REQUIRE(results[1].ok());
+  CHECK(results[1]->id == a.id);
+  CHECK(results[2].status().code() == Code::kInvalidArgument);
+  CHECK(landlord->size() == 2);
+  CHECK(log.of(EventType::kGranted).size() == 1);
+  LeaseId disk = results[0]->id;
+
+  // After a reopen the keys still answer.
+  landlord.reset();
+  landlord = fake_landlord(clocks, nullptr, test_policy(), path);
+  CHECK(must_grant(*landlord, keyed(request("printer", "alice", Kind::kExclusive, 5000), "k1")).id == a.id);
+  CHECK(landlord->grant_batch(std::vector<GrantRequest>{keyed(request("disk", "bob"), "k2")}).front()->id == disk);
+  CHECK(landlord->size() == 2);
+
+  // A key whose lease is gone grants anew.
+  REQUIRE(landlord->cancel(a.id).ok());
+  Lease fresh = must_grant(*landlord, keyed(request("printer", "alice", Kind::kExclusive, 5000), "k1"));
+  CHECK(fresh.id != a.id);
+  CHECK(landlord->size() == 2);
+}
+
 TEST_CASE("queries by holder and resource; cancel all of a holder") {
   FakeClocks clocks;
   EventLog log;
@@ -802,6 +857,39 @@ TEST_CASE("persistence: a renewal of a cancelled lease never lands on the lease 
   CHECK(same_lease(*found, second));
 }
 
+TEST_CASE("persistence: a store of schema 3 (no grant keys) opens with every lease and keeps keys from then on") {
+  test::TempDir dir;
+  std::string path = dir.file("leases.db");
+  Lease kept;
+  {
+    auto landlord = open_or_fail(LandlordOptions{.path = path, .policy = test_policy()});
+    kept = must_grant(*landlord, request("r1", "h1", Kind::kShared, 60'000));
+  }
+  {
+    auto db = sqlite::Database::open(path);
+    REQUIRE(db.ok());
+    REQUIRE(db->exec("ALTER TABLE lease DROP COLUMN grant_key").ok());
+    REQUIRE(db->set_user_version(3).ok());
+  }
+  GrantRequest keyed = request("r2", "h2", Kind::kExclusive, 60'000);
+  keyed.idempotency_key = "k";
+  LeaseId granted;
+  {
+    auto landlord = open_or_fail(LandlordOptions{.path = path, .policy = test_policy()});
+    CHECK(landlord->size() == 1);
+    REQUIRE(landlord->find(kept.id).has_value());
+    CHECK(same_lease(*landlord->find(kept.id), kept));
+    granted = must_grant(*landlord, keyed).id;
+  }
+  auto landlord = open_or_fail(LandlordOptions{.path = path, .policy = test_policy()});
+  CHECK(must_grant(*landlord, keyed).id == granted);
+  CHECK(landlord->size() == 2);
+  landlord.reset();
+  auto db = sqlite::Database::open(path);
+  REQUIRE(db.ok());
+  CHECK(db->user_version().value() == 4);
+}
+
 TEST_CASE("persistence: a store of schema 2 (rows keyed by id, journal of ids) opens with every lease") {
   test::TempDir dir;
   std::string path = dir.file("leases.db");
@@ -943,7 +1031,9 @@ std::vector<Reported> run_granting_child(const std::string& path, const char* cr
     auto landlord = Landlord::open(options);
     if (!landlord.ok()) _exit(2);
     for (int i = 0;; ++i) {
-      auto lease = (*landlord)->grant(request("res-" + std::to_string(i), "child", Kind::kShared, 3'600'000));
+      GrantRequest req = request("res-" + std::to_string(i), "child", Kind::kShared, 3'600'000);
+      req.idempotency_key = "key-" + std::to_string(i);
+      auto lease = (*landlord)->grant(req);
       if (!lease.ok()) _exit(3);
       Reported r{lease->id, lease->expiration_ms};
       if (write(fds[1], &r, sizeof r) != sizeof r) _exit(4);
@@ -994,11 +1084,33 @@ TEST_CASE("persistence: a child killed at the crash points of a grant") {
     std::vector<Reported> before = run_granting_child(dir2.file("a.db"), "lease.landlord.before_commit", 30, 0);
     CHECK(before.size() == 29);
     options.path = dir2.file("a.db");
-    CHECK(open_or_fail(options)->size() == 29);  // the 30th never committed
+    // The 30th grant, resent with its key after the restart, is granted then.
+    GrantRequest resent = request("res-29", "child", Kind::kShared, 3'600'000);
+    resent.idempotency_key = "key-29";
+    {
+      auto landlord = open_or_fail(options);
+      CHECK(landlord->size() == 29);  // the 30th never committed
+      REQUIRE(landlord->grant(resent).ok());
+      CHECK(landlord->size() == 30);
+    }
     std::vector<Reported> after = run_granting_child(dir2.file("b.db"), "lease.landlord.after_commit", 30, 0);
     CHECK(after.size() == 29);
     options.path = dir2.file("b.db");
-    CHECK(open_or_fail(options)->size() == 30);  // committed, never acknowledged: kept
+    auto landlord = open_or_fail(options);
+    CHECK(landlord->size() == 30);  // committed, never acknowledged: kept
+    // Resent with its key, it gets the lease committed before the kill, not a second one; an
+    // acknowledged one resent gets its own lease back.
+    Result<Lease> again = landlord->grant(resent);
+    REQUIRE(again.ok());
+    CHECK(landlord->size() == 30);
+    CHECK(landlord->leases_of_resource("res-29").size() == 1);
+    CHECK(landlord->leases_of_resource("res-29").front().id == again->id);
+    GrantRequest first = request("res-0", "child", Kind::kShared, 3'600'000);
+    first.idempotency_key = "key-0";
+    Result<Lease> first_again = landlord->grant(first);
+    REQUIRE(first_again.ok());
+    CHECK(first_again->id == after.front().id);
+    CHECK(landlord->size() == 30);
   }
 }
 

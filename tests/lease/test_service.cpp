@@ -457,6 +457,34 @@ TEST_CASE("leases survive a restart of the manager") {
   CHECK(again->lease.holder == "kim");
 }
 
+TEST_CASE("a grant resent with its key to a restarted manager gets the lease it was granted") {
+  // The RPC server's reply cache is gone with the process; the key stored with the lease is not.
+  test::TempDir dir;
+  LeaseManagerOptions o;
+  o.data_dir = dir.file("lease");
+  const rpc::CallOptions call{.idempotency_key = "grant-of-vault"};
+  Lease granted;
+  {
+    auto m = LeaseManager::start(o);
+    REQUIRE(m.ok());
+    LeaseClient c({.endpoint = (*m)->rpc_endpoint()});
+    auto a = c.grant(grant_of("vault", "kim", Kind::kExclusive), call);
+    REQUIRE(a.ok());
+    granted = a->lease;
+  }
+  auto m = LeaseManager::start(o);
+  REQUIRE(m.ok());
+  LeaseClient c({.endpoint = (*m)->rpc_endpoint()});
+  auto resent = c.grant(grant_of("vault", "kim", Kind::kExclusive), call);
+  REQUIRE_MESSAGE(resent.ok(), resent.status().to_string());
+  CHECK(resent->lease.id == granted.id);
+  CHECK(resent->lease.expiration_ms == granted.expiration_ms);
+  CHECK((*m)->landlord().size() == 1);
+  // A new key grants.
+  CHECK(c.grant(grant_of("safe", "kim")).ok());
+  CHECK((*m)->landlord().size() == 2);
+}
+
 TEST_CASE("a second manager on the same data directory is refused, saying why") {
   test::TempDir dir;
   LeaseManagerOptions o;

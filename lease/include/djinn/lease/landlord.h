@@ -77,7 +77,17 @@ struct GrantRequest {
   // How long a request that conflicts may wait for the resource to free up; 0 refuses at once
   // (FAILED_PRECONDITION naming the holders in the way).
   std::chrono::milliseconds wait{0};
+  // Names this request for its retries (at most kMaxGrantKeyBytes; empty: none). A grant resent
+  // with the key of one that was granted, while that lease is held, returns the same lease
+  // instead of a second one, also after the landlord restarts (a kill -9 between the commit and
+  // the reply included): the key's digest is stored with the lease. The keys of the last
+  // kRememberedGrantKeys grants are kept. The same key with another resource, holder or kind is
+  // refused (INVALID_ARGUMENT).
+  std::string idempotency_key;
 };
+
+inline constexpr size_t kMaxGrantKeyBytes = 256;
+inline constexpr size_t kRememberedGrantKeys = 65536;
 
 struct RenewRequest {
   LeaseId id = 0;
