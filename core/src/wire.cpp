@@ -199,16 +199,24 @@ int poll_sockets(zmq::pollitem_t* items, size_t count, std::chrono::milliseconds
   return 0;
 }
 
-std::optional<size_t> recv_frame(zmq::socket_t& socket, zmq::message_t& message, zmq::recv_flags flags) {
+namespace {
+
+// Calls `op` (a cppzmq send or receive) until it is not interrupted by a signal.
+template <class Op>
+std::optional<size_t> past_signals(Op&& op) {
   for (;;) {
     try {
-      zmq::recv_result_t got = socket.recv(message, flags);
-      if (got) return *got;
-      return std::nullopt;
+      return op();
     } catch (const zmq::error_t& e) {
       if (e.num() != EINTR) throw;
     }
   }
+}
+
+}  // namespace
+
+std::optional<size_t> recv_frame(zmq::socket_t& socket, zmq::message_t& message, zmq::recv_flags flags) {
+  return past_signals([&] { return socket.recv(message, flags); });
 }
 
 bool recv_parts(zmq::socket_t& socket, std::vector<zmq::message_t>& parts, zmq::recv_flags flags) {
@@ -227,15 +235,7 @@ bool recv_parts(zmq::socket_t& socket, std::vector<zmq::message_t>& parts, zmq::
 }
 
 std::optional<size_t> send_frame(zmq::socket_t& socket, zmq::message_t& message, zmq::send_flags flags) {
-  for (;;) {
-    try {
-      zmq::send_result_t sent = socket.send(message, flags);
-      if (sent) return *sent;
-      return std::nullopt;
-    } catch (const zmq::error_t& e) {
-      if (e.num() != EINTR) throw;
-    }
-  }
+  return past_signals([&] { return socket.send(message, flags); });
 }
 
 Status bind_endpoint(zmq::socket_t& socket, const std::string& endpoint, std::string* bound) {
