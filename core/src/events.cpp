@@ -223,7 +223,7 @@ void Subscriber::open() {
   } else {
     auto d = rpc::internal::dial_as_given(options_.endpoint);
     if (d.ipv6) s.set(zmq::sockopt::ipv6, true);
-    s.connect(d.endpoint);
+    rpc::internal::past_signals([&] { s.connect(d.endpoint); });
     dialled_ = d.endpoint;
   }
   socket_ = std::move(socket);
@@ -232,14 +232,14 @@ void Subscriber::open() {
 void Subscriber::connect_to(const std::string& address, bool ipv6) {
   if (!dialled_.empty()) {
     try {
-      socket_->disconnect(dialled_);
+      rpc::internal::past_signals([&] { socket_->disconnect(dialled_); });
     } catch (const zmq::error_t&) {
       // Already gone.
     }
     dialled_.clear();  // a failed connect below leaves it to dial_by_name
   }
   if (ipv6) socket_->set(zmq::sockopt::ipv6, true);
-  socket_->connect(address);
+  rpc::internal::past_signals([&] { socket_->connect(address); });
   dialled_ = address;
   dialled_at_ = last_heard_ = std::chrono::steady_clock::now();
 }

@@ -69,10 +69,12 @@ class Channel {
       dealer_.set(zmq::sockopt::curve_secretkey, o.curve->client.secret_key);
     }
     std::string mon = "inproc://djinn-client-monitor-" + std::to_string(g_monitor_seq.fetch_add(1));
-    if (zmq_socket_monitor(dealer_.handle(), mon.c_str(), kMonitorEvents) != 0) throw zmq::error_t();
+    internal::past_signals([&] {
+      if (zmq_socket_monitor(dealer_.handle(), mon.c_str(), kMonitorEvents) != 0) throw zmq::error_t();
+    });
     monitor_ = zmq::socket_t(ctx, zmq::socket_type::pair);
     monitor_.set(zmq::sockopt::linger, 0);
-    monitor_.connect(mon);
+    internal::past_signals([&] { monitor_.connect(mon); });
     endpoint_ = o.endpoint;
   }
 
@@ -82,14 +84,14 @@ class Channel {
     if (generation == generation_) return;
     if (!dialled_.empty()) {
       try {
-        dealer_.disconnect(dialled_);
+        internal::past_signals([&] { dealer_.disconnect(dialled_); });
       } catch (const zmq::error_t&) {
         // Already gone: ZeroMQ forgets an endpoint it failed to reach for good.
       }
       dialled_.clear();
     }
     if (to.ipv6) dealer_.set(zmq::sockopt::ipv6, true);
-    dealer_.connect(to.endpoint);
+    internal::past_signals([&] { dealer_.connect(to.endpoint); });
     dialled_ = to.endpoint;
     generation_ = generation;
     dialled_at_ = Clock::now();

@@ -410,7 +410,7 @@ ZapHandler& ZapHandler::for_context(zmq::context_t& context) {
 ZapHandler::ZapHandler(zmq::context_t& context) : socket_(context, zmq::socket_type::rep) {
   socket_.set(zmq::sockopt::linger, 0);
   // Bound before for_context() returns, so no CURVE server can accept a client unchecked.
-  socket_.bind(kZapEndpoint);
+  rpc::internal::past_signals([&] { socket_.bind(kZapEndpoint); });
   thread_ = std::thread([this] {
     name_this_thread("zap");
     run();

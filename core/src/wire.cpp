@@ -199,22 +199,6 @@ int poll_sockets(zmq::pollitem_t* items, size_t count, std::chrono::milliseconds
   return 0;
 }
 
-namespace {
-
-// Calls `op` (a cppzmq send or receive) until it is not interrupted by a signal.
-template <class Op>
-std::optional<size_t> past_signals(Op&& op) {
-  for (;;) {
-    try {
-      return op();
-    } catch (const zmq::error_t& e) {
-      if (e.num() != EINTR) throw;
-    }
-  }
-}
-
-}  // namespace
-
 std::optional<size_t> recv_frame(zmq::socket_t& socket, zmq::message_t& message, zmq::recv_flags flags) {
   return past_signals([&] { return socket.recv(message, flags); });
 }
@@ -242,7 +226,7 @@ Status bind_endpoint(zmq::socket_t& socket, const std::string& endpoint, std::st
   auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(1);
   for (;;) {
     try {
-      socket.bind(endpoint);
+      past_signals([&] { socket.bind(endpoint); });
       *bound = socket.get(zmq::sockopt::last_endpoint);
       return Status::Ok();
     } catch (const zmq::error_t& e) {

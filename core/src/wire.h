@@ -72,6 +72,18 @@ Status bind_endpoint(zmq::socket_t& socket, const std::string& endpoint, std::st
 // process handles (SIGCHLD, a timer, a profiler's SIGPROF) must not end a call or a thread.
 int poll_sockets(zmq::pollitem_t* items, size_t count, std::chrono::milliseconds timeout);
 
+// Calls `op` (a cppzmq call that may throw zmq::error_t) until a signal does not interrupt it.
+template <class Op>
+decltype(auto) past_signals(Op&& op) {
+  for (;;) {
+    try {
+      return op();
+    } catch (const zmq::error_t& e) {
+      if (e.num() != EINTR) throw;
+    }
+  }
+}
+
 // Receiving and sending that ride out a signal the same way. ZeroMQ fails even a non-blocking
 // call with EINTR while a signal is pending (it reads its command mailbox with a zero-timeout
 // poll()), and cppzmq throws for it; these try again. recv_frame and send_frame return what

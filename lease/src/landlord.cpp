@@ -341,8 +341,13 @@ struct Landlord::Impl {
   size_t id_pool_left_ = 0;
   std::unordered_map<LeaseId, bool> recent_;  // removed id -> expired (else cancelled)
   // The idempotency keys of the last kRememberedGrantKeys grants that had one, oldest first.
-  std::unordered_map<Digest128, LeaseId, Digest128Hash> grant_keys_;
-  std::deque<Digest128> grant_key_order_;
+  struct GrantKey {
+    LeaseId id;
+    uint64_t generation;  // which filing in grant_key_order_ is this key's latest
+  };
+  std::unordered_map<Digest128, GrantKey, Digest128Hash> grant_keys_;
+  std::deque<std::pair<Digest128, uint64_t>> grant_key_order_;
+  uint64_t grant_key_generation_ = 0;
   std::deque<LeaseId> recent_order_;
   int64_t sleeping_until_ = kExpiring;  // the expiry thread's wake-up; kExpiring while awake
   bool fold_wanted_ = false;            // the journal is due to be folded (expiry thread's job)
@@ -656,11 +661,17 @@ struct Landlord::Impl {
   }
 
   // Files the key of a lease just granted (mutex_ held), forgetting the oldest beyond the limit.
+  // A key filed again (its earlier lease ended) takes its place at the back: the order holds
+  // each filing with its generation, and only the key's latest one forgets it.
   void remember_grant_key_locked(const Digest128& key, LeaseId id) {
-    if (grant_keys_.insert_or_assign(key, id).second) grant_key_order_.push_back(key);
-    while (grant_key_order_.size() > kRememberedGrantKeys) {
-      grant_keys_.erase(grant_key_order_.front());
+    uint64_t generation = ++grant_key_generation_;
+    grant_keys_[key] = GrantKey{id, generation};
+    grant_key_order_.emplace_back(key, generation);
+    while (grant_keys_.size() > kRememberedGrantKeys || grant_key_order_.size() > 2 * kRememberedGrantKeys) {
+      auto [oldest, filed] = grant_key_order_.front();
       grant_key_order_.pop_front();
+      auto it = grant_keys_.find(oldest);
+      if (it != grant_keys_.end() && it->second.generation == filed) grant_keys_.erase(it);
     }
   }
 
@@ -671,7 +682,7 @@ struct Landlord::Impl {
     if (!key) return std::nullopt;
     auto it = grant_keys_.find(*key);
     if (it == grant_keys_.end()) return std::nullopt;
-    uint32_t slot = slot_of(it->second);
+    uint32_t slot = slot_of(it->second.id);
     if (slot == kNone) return std::nullopt;
     Lease held = to_lease(slot);
     if (held.resource != r.resource || held.holder != r.holder || held.kind != r.kind) {
@@ -1274,7 +1285,7 @@ struct Landlord::Impl {
         Attempt a = attempt_grant(request, granted.ok() ? *granted : 0, /*behind_waiters=*/false);
         if (!a.result) return;  // still blocked; the queue keeps its order
         result = std::move(*a.result);
-        if (result->ok()) events.push_back(LeaseEvent{EventType::kGranted, result->value(), {}, request.kind});
+        if (result->ok() && !a.repeat) events.push_back(LeaseEvent{EventType::kGranted, result->value(), {}, request.kind});
         std::lock_guard lock(mutex_);
         auto it = waiters_.find(resource);
         done = std::move(it->second.front().done);

@@ -15,6 +15,7 @@
 #include <kj/exception.h>
 
 #include "convert.h"
+#include "djinn/core/digest.h"
 #include "djinn/core/group_commit.h"
 #include "djinn/core/daemon_flags.h"
 #include "djinn/core/log.h"
@@ -220,9 +221,9 @@ void LandlordService::Impl::register_methods(rpc::Server& server) {
         }
         // Stored with the lease, so a grant resent to a landlord restarted after a crash is not
         // granted twice (the RPC server's reply cache does not outlive the process). Per client,
-        // as that cache's keys are.
+        // as that cache's keys are, and the whole key counts.
         if (!ctx.idempotency_key.empty()) {
-          request.idempotency_key = std::string(ctx.client_key) + ":" + std::string(ctx.idempotency_key.substr(0, 200));
+          request.idempotency_key = std::string(ctx.client_key) + ":" + to_hex(digest128(ctx.idempotency_key));
         }
         const Policy& policy = landlord.policy();
         for (const Status& st : {check_text(request.resource, policy.max_resource_bytes, "resource"),

@@ -12,6 +12,7 @@
 #include <kj/exception.h>
 
 #include "djinn/core/daemon_flags.h"
+#include "djinn/core/digest.h"
 #include "djinn/core/events.h"
 #include "djinn/core/log.h"
 #include "djinn/core/model_capnp.h"
@@ -302,7 +303,7 @@ void SpaceService::Impl::register_methods() {
         WriteRequest request;
         // Keys are per client, as in the RPC server's own reply cache.
         if (!ctx.idempotency_key.empty()) {
-          request.idempotency_key = std::string(ctx.client_key) + ":" + std::string(ctx.idempotency_key.substr(0, 200));
+          request.idempotency_key = std::string(ctx.client_key) + ":" + to_hex(digest128(ctx.idempotency_key));
         }
         try {
           auto p = message.getRoot<proto::WriteParams>();
@@ -352,7 +353,7 @@ void SpaceService::Impl::register_methods() {
           // Keys are per client and per entry: a resend answers each with its first outcome.
           std::string key;
           if (!ctx.idempotency_key.empty()) {
-            key = std::string(ctx.client_key) + ":" + std::string(ctx.idempotency_key.substr(0, 200)) + "#";
+            key = std::string(ctx.client_key) + ":" + to_hex(digest128(ctx.idempotency_key)) + "#";
           }
           requests.resize(list.size());
           for (unsigned i = 0; i < list.size(); ++i) {

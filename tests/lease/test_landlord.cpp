@@ -655,6 +655,56 @@ TEST_CASE("a grant resent with its idempotency key gets the same lease, across a
   CHECK(landlord->size() == 2);
 }
 
+TEST_CASE("grant keys: a key filed again is remembered from then on; queued resends share one lease") {
+  FakeClocks clocks;
+  EventLog log;
+  auto landlord = fake_landlord(clocks, &log);
+  auto keyed = [](std::string resource, std::string key, Kind kind = Kind::kShared) {
+    GrantRequest r = request(std::move(resource), "h", kind, 60'000);
+    r.idempotency_key = std::move(key);
+    return r;
+  };
+
+  SUBCASE("a key whose lease ended and was granted again is not forgotten with its first filing") {
+    Lease first = must_grant(*landlord, keyed("r", "k"));
+    for (int i = 0; i < 100; ++i) must_grant(*landlord, keyed("early-" + std::to_string(i), "e" + std::to_string(i)));
+    REQUIRE(landlord->cancel(first.id).ok());
+    Lease second = must_grant(*landlord, keyed("r", "k"));
+    CHECK(second.id != first.id);
+    // Enough later grants to forget the oldest filings, the key's first among them.
+    for (size_t i = 0; i < kRememberedGrantKeys - 50; ++i) {
+      REQUIRE(landlord->grant(keyed("late-" + std::to_string(i), "l" + std::to_string(i))).ok());
+    }
+    CHECK(must_grant(*landlord, keyed("r", "k")).id == second.id);
+    // The oldest keys are forgotten: a resend of one is granted again.
+    Lease early_again = must_grant(*landlord, keyed("early-0", "e0"));
+    CHECK(landlord->leases_of_resource("early-0").size() == 2);
+    CHECK(early_again.resource == "early-0");
+  }
+
+  SUBCASE("two queued requests with one key: one lease, one granted event") {
+    Lease in_way = must_grant(*landlord, request("printer", "other", Kind::kExclusive, 60'000));
+    std::vector<Result<Lease>> got;
+    std::mutex mu;
+    GrantRequest r = keyed("printer", "k", Kind::kExclusive);
+    r.wait = 10s;
+    for (int i = 0; i < 2; ++i) {
+      landlord->grant_async(r, [&](Result<Lease> l) {
+        std::lock_guard lock(mu);
+        got.push_back(std::move(l));
+      });
+    }
+    log.clear();
+    REQUIRE(landlord->cancel(in_way.id).ok());
+    std::lock_guard lock(mu);
+    REQUIRE(got.size() == 2);
+    REQUIRE(got[0].ok());
+    REQUIRE(got[1].ok());
+    CHECK(got[0]->id == got[1]->id);
+    CHECK(log.of(EventType::kGranted).size() == 1);
+  }
+}
+
 TEST_CASE("queries by holder and resource; cancel all of a holder") {
   FakeClocks clocks;
   EventLog log;

@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <string_view>
 
 namespace djinn {
@@ -21,5 +22,7 @@ struct Digest128Hash {
 };
 
 Digest128 digest128(std::string_view bytes);
+// 32 lowercase hex digits, high half first.
+std::string to_hex(const Digest128& d);
 
 }  // namespace djinn
