@@ -153,13 +153,7 @@ TEST_CASE("asynchronous calls: many in flight, callbacks and futures, batched on
 }
 
 TEST_CASE("signals the process handles do not end a call, blocking or not, nor the client's thread") {
-  // A handler without SA_RESTART, as a timer or a child watcher installs it: every blocking system
-  // call of a thread it lands on returns EINTR.
-  struct sigaction ignore {};
-  ignore.sa_handler = [](int) {};
-  sigemptyset(&ignore.sa_mask);
-  struct sigaction before {};
-  REQUIRE(sigaction(SIGUSR1, &ignore, &before) == 0);
+  test::InterruptingSignal usr1(SIGUSR1);
 
   EchoServer s;
   rpc::Client c({.endpoint = s.endpoint()});
@@ -198,7 +192,6 @@ TEST_CASE("signals the process handles do not end a call, blocking or not, nor t
   CHECK_MESSAGE(r2.ok(), r2.status().to_string());
   CHECK(quick_failures == 0);
   check_echo(c);
-  REQUIRE(sigaction(SIGUSR1, &before, nullptr) == 0);
 }
 
 TEST_CASE("a call past its deadline fails with DEADLINE_EXCEEDED and the server goes on") {

@@ -1,10 +1,19 @@
 // RPC under CURVE: the keyring decides who gets in, roles decide which methods they may call.
 #include <doctest/doctest.h>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <filesystem>
+#include <string>
+#include <thread>
 
 #include "djinn/core/rpc.h"
 #include "djinn/core/security.h"
 #include "djinn/examples/echo.capnp.h"
 #include "echo_service.h"
+#include "support/test_support.h"
 
 using namespace djinn;
 using djinn::examples::EchoParams;
@@ -86,6 +95,38 @@ TEST_CASE("CURVE: known keys are admitted in their role, unknown and plaintext c
     CHECK_FALSE(echo(c).ok());
   }
   CHECK(echo_service.served() <= 2);
+}
+
+TEST_CASE("CURVE handshakes go on while the process handles signals") {
+  // ZeroMQ calls on any thread, the ZAP handler's included, then fail with EINTR while a signal
+  // is pending.
+  test::InterruptingSignal usr1(SIGUSR1);
+  Federation fed;
+  rpc::Server server({.curve = rpc::CurveServer{fed.server, fed.keyring}});
+  examples::EchoService echo_service(server);
+  REQUIRE(server.start().ok());
+  std::atomic<bool> done{false};
+  // Every thread of the process in turn, the ZAP handler's among them (a process-wide signal
+  // mostly lands on the main thread).
+  std::thread signaller([&] {
+    while (!done.load()) {
+      for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
+        pid_t tid = static_cast<pid_t>(std::stol(task.path().filename().string()));
+        if (tid != static_cast<pid_t>(syscall(SYS_gettid))) syscall(SYS_tgkill, getpid(), tid, SIGUSR1);
+      }
+      std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
+  });
+  int failed = 0;
+  for (int i = 0; i < 100; ++i) {
+    rpc::Client c(fed.client(server.endpoints()[0], fed.service));  // a handshake each
+    for (int k = 0; k < 20; ++k) {
+      if (!echo(c).ok()) ++failed;
+    }
+  }
+  done = true;
+  signaller.join();
+  CHECK(failed == 0);
 }
 
 TEST_CASE("without CURVE every client has the configured plaintext role") {

@@ -144,4 +144,13 @@ int exit_code_of(const std::string& relative_program, const std::vector<std::str
   return WEXITSTATUS(status);
 }
 
+InterruptingSignal::InterruptingSignal(int signal) : signal_(signal) {
+  struct sigaction ignore {};
+  ignore.sa_handler = [](int) {};
+  sigemptyset(&ignore.sa_mask);
+  if (sigaction(signal_, &ignore, &before_) != 0) throw std::runtime_error("sigaction failed");
+}
+
+InterruptingSignal::~InterruptingSignal() { sigaction(signal_, &before_, nullptr); }
+
 }  // namespace djinn::test

@@ -1,6 +1,8 @@
 // Shared helpers for tests: the seeded generator, temporary directories, child processes.
 #pragma once
 
+#include <signal.h>
+
 #include <cstdint>
 #include <filesystem>
 #include <functional>
@@ -70,5 +72,20 @@ std::vector<std::string> args_with(const std::vector<std::string>& base, const s
 // policy flags), each with exit code 2: `base` alone (neither CURVE nor --insecure), a keyring
 // that does not exist, an unknown --plaintext-role, a default lease above the maximum.
 std::vector<std::vector<std::string>> shared_refusals(const std::vector<std::string>& base, const TempDir& dir);
+
+// While alive, `signal` has a handler that does nothing, installed without SA_RESTART (as a timer
+// or a child watcher installs one): a blocking system call of a thread it lands on returns EINTR.
+// The handler before it comes back on destruction.
+class InterruptingSignal {
+ public:
+  explicit InterruptingSignal(int signal);
+  ~InterruptingSignal();
+  InterruptingSignal(const InterruptingSignal&) = delete;
+  InterruptingSignal& operator=(const InterruptingSignal&) = delete;
+
+ private:
+  int signal_;
+  struct sigaction before_ {};
+};
 
 }  // namespace djinn::test
