@@ -283,6 +283,7 @@ void Subscriber::consider_redial() {
 
 Status Subscriber::start() {
   if (running_) return failed_precondition("subscriber already started");
+  heard_.store(false);
   if (auto named = rpc::internal::named_tcp_endpoint(options_.endpoint)) {
     DJINN_RETURN_IF_ERROR(rpc::internal::check_named_endpoint(*named, options_.endpoint));
   }
@@ -328,7 +329,10 @@ int Subscriber::poll(std::chrono::milliseconds timeout) {
     handle(parts);
     ++delivered;
   }
-  if (heard) last_heard_ = std::chrono::steady_clock::now();
+  if (heard) {
+    last_heard_ = std::chrono::steady_clock::now();
+    heard_.store(true);
+  }
   return delivered;
 }
 

@@ -70,6 +70,23 @@ TEST_CASE("events arrive numbered, filtered by kind and key, without false gaps"
   CHECK(gaps.empty());
 }
 
+TEST_CASE("heard(): a declared kind's heartbeat tells a subscriber its subscription is in place") {
+  events::Publisher pub({.heartbeat_interval = std::chrono::milliseconds(50)});
+  REQUIRE(pub.start().ok());
+  pub.declare("quiet.kind");
+  events::Subscriber sub({.endpoint = pub.endpoints()[0]});
+  sub.subscribe("quiet.kind");
+  std::atomic<int> events_seen{0};
+  sub.on_event([&](const events::Event&) { events_seen++; });
+  CHECK_FALSE(sub.heard());
+  REQUIRE(sub.start().ok());
+  REQUIRE(test::eventually([&] { return sub.heard(); }, 5000));
+  // From then on nothing published is missed.
+  publish_text(pub, "quiet.kind", "k", "first");
+  CHECK(test::eventually([&] { return events_seen.load() == 1; }, 5000));
+  sub.stop();
+}
+
 TEST_CASE("a subscriber detects events dropped under the high-water mark and calls its re-sync hook") {
   events::Publisher pub({.send_high_water_mark = 10, .heartbeat_interval = std::chrono::milliseconds(0)});
   REQUIRE(pub.start().ok());

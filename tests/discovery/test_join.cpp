@@ -176,7 +176,8 @@ TEST_CASE("the discovery service: interest in groups, snapshot, discovered and d
     got.push_back(*ev);
   });
   REQUIRE(sub.start().ok());
-  std::this_thread::sleep_for(300ms);  // the subscription reaches the publisher (slow joiner)
+  // The subscription reaches the publisher (slow joiner): the kind's first heartbeat arrives.
+  REQUIRE(test::eventually([&] { return sub.heard(); }, 5000));
 
   a.reset();
   CHECK(test::eventually([&] {

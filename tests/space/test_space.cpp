@@ -305,7 +305,8 @@ TEST_CASE("a blocking take is woken by a matching write; timeouts are honoured; 
     seen.emplace_back(ev.seq, *e);
   });
   REQUIRE(sub.start().ok());
-  std::this_thread::sleep_for(300ms);  // the subscription reaches the publisher (slow joiner)
+  // The subscription reaches the publisher (slow joiner): the kind's first heartbeat arrives.
+  REQUIRE(test::eventually([&] { return sub.heard(); }, 5000));
   must_write(c, entry("demo.Event", {{"level", "low"}, {"i", 0}}));
   must_write(c, entry("demo.Event", {{"level", "high"}, {"i", 1}}));
   must_write(c, entry("demo.Other", {{"level", "high"}, {"i", 2}}));

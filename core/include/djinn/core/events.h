@@ -149,6 +149,11 @@ class Subscriber {
   int poll(std::chrono::milliseconds timeout);
 
   uint64_t gaps() const { return gaps_; }
+  // Whether anything (an event or a heartbeat of a subscribed kind) has arrived since start():
+  // the subscription has reached the publisher. A SUB socket drops what is published before its
+  // subscription arrives there, so a caller that must not miss the next event waits for this
+  // (with a declared kind, the first heartbeat comes within the publisher's interval).
+  bool heard() const { return heard_.load(); }
 
  private:
   void open();
@@ -182,6 +187,7 @@ class Subscriber {
   std::atomic<bool> running_{false};
   std::thread thread_;
   std::atomic<uint64_t> gaps_{0};
+  std::atomic<bool> heard_{false};
 };
 
 }  // namespace djinn::events
