@@ -83,7 +83,6 @@ class Relookup {
   std::optional<Resolution::Dial> check(const NamedTcpEndpoint& name, const std::string& current,
                                         Clock::time_point& resolved_at, std::chrono::milliseconds after,
                                         Clock::time_point now);
-  void reset() { pending_.reset(); }
 
  private:
   std::shared_ptr<const Resolution> pending_;

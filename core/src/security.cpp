@@ -482,10 +482,7 @@ void ZapHandler::run() {
   try {
     while (!stop_.load()) {
       zmq::pollitem_t item{socket_.handle(), 0, ZMQ_POLLIN, 0};
-      if (zmq_poll(&item, 1, kZapPollMs) < 0) {
-        if (zmq_errno() == EINTR) continue;
-        throw zmq::error_t();
-      }
+      rpc::internal::poll_sockets(&item, 1, std::chrono::milliseconds(kZapPollMs));
       if ((item.revents & ZMQ_POLLIN) == 0) continue;
       std::vector<zmq::message_t> request;
       if (!rpc::internal::recv_parts(socket_, request, zmq::recv_flags::dontwait)) continue;
