@@ -615,13 +615,16 @@ struct Space::Impl {
     // and taken in the same transaction, so it never needs a row of its own.
     std::vector<std::optional<Waiter>> consumer(ops.size());
     bool rows_written = false;
+    // `granting` is empty when every grant was refused before the landlord wrote anything; the
+    // batch's takes are then written alone.
     auto write_rows = [&](sqlite::Database* db, std::span<const Result<lease::Lease>> granting) -> Status {
       rows_written = true;
+      auto granted = [&](size_t k) { return k < granting.size() && granting[k].ok(); };
       {
         std::unique_lock lock(mu);
         for (size_t k = 0; k < write_index.size(); ++k) {
           size_t i = write_index[k];
-          if (!granting[k].ok()) continue;
+          if (!granted(k)) continue;
           seq_of[i] = next_seq++;
           if (ops[i].txn) continue;  // staged until prepare
           consumer[i] = claim_taker_locked(ops[i].entry);
@@ -630,7 +633,7 @@ struct Space::Impl {
       if (!db) return Status::Ok();
       for (size_t k = 0; k < write_index.size(); ++k) {
         size_t i = write_index[k];
-        if (!granting[k].ok() || ops[i].txn || consumer[i]) continue;
+        if (!granted(k) || ops[i].txn || consumer[i]) continue;
         Result<sqlite::Statement*> st = db->cached(kInsertEntry);
         if (!st.ok()) return st.status();
         std::optional<std::string_view> key;

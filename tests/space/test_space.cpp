@@ -634,6 +634,44 @@ TEST_CASE("bad input gets a clear status and changes nothing") {
   CHECK(h.service->space().stats().transactions == 0);
 }
 
+TEST_CASE("writes the landlord refuses, batched with takes, leave the takes done and the space serving") {
+  // A group commit whose every write is refused before anything is written still writes its
+  // takes, on their own.
+  Harness h;
+  constexpr int kEntries = 800;
+  constexpr int kThreads = 4;
+  std::vector<Entry> fill;
+  for (int i = 0; i < kEntries; ++i) fill.push_back(entry("demo.Fill", {{"i", i}}));
+  auto written = h.client->write_many(fill, 600'000);
+  REQUIRE(written.ok());
+  std::atomic<int> refused{0}, other{0}, taken{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&] {
+      SpaceClient own({.endpoint = h.service->rpc_endpoint()});
+      for (int i = 0; i < kEntries / kThreads; ++i) {
+        auto w = own.write(entry("demo.Forever", {}), lease::kDurationForever);
+        (w.status().code() == Code::kPermissionDenied ? refused : other)++;
+      }
+    });
+    threads.emplace_back([&] {
+      SpaceClient own({.endpoint = h.service->rpc_endpoint()});
+      for (int i = 0; i < kEntries / kThreads; ++i) {
+        auto e = own.take_if_exists(tmpl("demo.Fill"));
+        if (e.ok() && e->has_value()) taken++;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  CHECK(refused == kEntries);
+  CHECK(other == 0);
+  CHECK(taken == kEntries);
+  CHECK(h.client->contents_all(tmpl(""))->empty());
+  h.stop();
+  h.start();
+  CHECK(h.client->contents_all(tmpl(""))->empty());
+}
+
 TEST_CASE("roles: clients use entries and values; participant, join and collect need service or admin") {
   test::TempDir dir;
   SpaceServiceOptions o;
