@@ -302,6 +302,9 @@ struct Space::Impl {
   std::vector<uint64_t> dead_watches;
   bool remover_stop = false;
   std::thread remover;
+  bool in_doubt_stop = false;  // under ended_mu
+  std::condition_variable in_doubt_cv;
+  std::thread in_doubt;
 
   // Joining a transaction is a call to its manager, which may be served by this very process:
   // joins start, and the operations that waited for them run, on the joiner thread, never on the
@@ -853,42 +856,49 @@ struct Space::Impl {
 
   void remover_loop() {
     std::unique_lock lock(ended_mu);
-    auto next_doubt = Clock::now() + options.in_doubt_retry;
     for (;;) {
-      ended_cv.wait_until(lock, next_doubt, [&] { return remover_stop || !dead_rows.empty() || !dead_watches.empty(); });
+      ended_cv.wait(lock, [&] { return remover_stop || !dead_rows.empty() || !dead_watches.empty(); });
       if (remover_stop) return;
       std::vector<uint64_t> rows, watch_ids;
       rows.swap(dead_rows);
       watch_ids.swap(dead_watches);
       lock.unlock();
-      if (!rows.empty() || !watch_ids.empty()) {
-        Status st = landlord.transact(sqlite::Sync::kNormal, [&](sqlite::Database& db) -> Status {
-          for (uint64_t seq : rows) {
-            Result<sqlite::Statement*> s = db.cached(kDeleteEntry);
-            if (!s.ok()) return s.status();
-            DJINN_RETURN_IF_ERROR((*s)->bind_all(seq));
-            DJINN_RETURN_IF_ERROR((*s)->run());
-          }
-          for (uint64_t id : watch_ids) {
-            Result<sqlite::Statement*> s = db.cached(kDeleteWatch);
-            if (!s.ok()) return s.status();
-            DJINN_RETURN_IF_ERROR((*s)->bind_all(id));
-            DJINN_RETURN_IF_ERROR((*s)->run());
-          }
-          return Status::Ok();
-        });
-        if (!st.ok()) DJINN_LOG(kWarn, "space") << options.name << ": deleting ended entries: " << st.to_string();
-      }
-      if (Clock::now() >= next_doubt) {
-        bool any;
-        {
-          std::shared_lock l(mu);
-          any = std::any_of(txns.begin(), txns.end(), [](const auto& t) { return t.second.recovered; });
+      Status st = landlord.transact(sqlite::Sync::kNormal, [&](sqlite::Database& db) -> Status {
+        for (uint64_t seq : rows) {
+          Result<sqlite::Statement*> s = db.cached(kDeleteEntry);
+          if (!s.ok()) return s.status();
+          DJINN_RETURN_IF_ERROR((*s)->bind_all(seq));
+          DJINN_RETURN_IF_ERROR((*s)->run());
         }
-        if (any && options.ask_outcome) (void)resolve();
-        next_doubt = Clock::now() + options.in_doubt_retry;
-      }
+        for (uint64_t id : watch_ids) {
+          Result<sqlite::Statement*> s = db.cached(kDeleteWatch);
+          if (!s.ok()) return s.status();
+          DJINN_RETURN_IF_ERROR((*s)->bind_all(id));
+          DJINN_RETURN_IF_ERROR((*s)->run());
+        }
+        return Status::Ok();
+      });
+      if (!st.ok()) DJINN_LOG(kWarn, "space") << options.name << ": deleting ended entries: " << st.to_string();
       lock.lock();
+    }
+  }
+
+  // ---- transactions left in doubt by a crash ----
+
+  // Asks the outcome of what the last run left prepared, every in_doubt_retry until nothing is in
+  // doubt. A thread of its own: a coordinator that does not answer costs the asking call's timeout,
+  // and must hold up neither the deletion of ended entries nor the other coordinators' answers.
+  void in_doubt_loop() {
+    std::unique_lock lock(ended_mu);
+    for (;;) {
+      if (in_doubt_cv.wait_for(lock, options.in_doubt_retry, [&] { return in_doubt_stop; })) return;
+      lock.unlock();
+      Result<size_t> still = resolve();
+      lock.lock();
+      if (still.ok() && *still == 0) {
+        DJINN_LOG(kInfo, "space") << options.name << ": no transaction left in doubt";
+        return;
+      }
     }
   }
 
@@ -1215,22 +1225,46 @@ void Space::Impl::cancel_orphan_leases() {
 }
 
 Result<size_t> Space::Impl::resolve() {
-  std::vector<txn::InDoubt> doubts;
+  // Grouped by coordinator, each group asked on a thread of its own. A coordinator that gives no
+  // answer (kUnknown: unreachable, or not answering within the call's timeout) is not asked about
+  // its other transactions in this round, so a round costs at most one timeout however many
+  // transactions a lost coordinator left in doubt.
+  std::map<std::string, std::vector<TxnId>> by_coordinator;
   {
     std::shared_lock lock(mu);
     for (const auto& [id, t] : txns) {
-      if (t.recovered) doubts.push_back(txn::InDoubt{id, t.coordinator, {}});
+      if (t.recovered) by_coordinator[t.coordinator].push_back(id);
     }
   }
-  size_t still = 0;
-  for (const txn::InDoubt& d : doubts) {
-    txn::Outcome outcome = options.ask_outcome ? options.ask_outcome(d) : txn::Outcome::kUnknown;
-    if (outcome == txn::Outcome::kCommitted || outcome == txn::Outcome::kAborted) {
-      Status st = finish(d.txn, outcome == txn::Outcome::kCommitted);
-      if (!st.ok()) ++still;
-    } else {
-      ++still;
+  if (by_coordinator.empty() || !options.ask_outcome) {
+    size_t n = 0;
+    for (const auto& [c, ids] : by_coordinator) n += ids.size();
+    return n;
+  }
+  auto ask_group = [this](const std::string& coordinator, const std::vector<TxnId>& ids) {
+    size_t still = 0;
+    for (size_t i = 0; i < ids.size(); ++i) {
+      txn::Outcome outcome = options.ask_outcome(txn::InDoubt{ids[i], coordinator, {}});
+      if (outcome == txn::Outcome::kCommitted || outcome == txn::Outcome::kAborted) {
+        if (!finish(ids[i], outcome == txn::Outcome::kCommitted).ok()) ++still;
+      } else if (outcome == txn::Outcome::kUnknown) {
+        return still + (ids.size() - i);
+      } else {
+        ++still;  // still active at its coordinator
+      }
     }
+    return still;
+  };
+  // A handful of coordinators at a time: each group is one blocking call after another.
+  constexpr size_t kAskAtOnce = 8;
+  size_t still = 0;
+  auto it = by_coordinator.begin();
+  while (it != by_coordinator.end()) {
+    std::vector<std::future<size_t>> asking;
+    for (; it != by_coordinator.end() && asking.size() < kAskAtOnce; ++it) {
+      asking.push_back(std::async(std::launch::async, ask_group, std::cref(it->first), std::cref(it->second)));
+    }
+    for (auto& f : asking) still += f.get();
   }
   return still;
 }
@@ -1241,6 +1275,12 @@ Space::Space(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 Space::~Space() {
   Impl& m = *impl_;
+  {
+    std::lock_guard lock(m.ended_mu);
+    m.in_doubt_stop = true;
+  }
+  m.in_doubt_cv.notify_all();
+  if (m.in_doubt.joinable()) m.in_doubt.join();  // waits out a call to a coordinator in flight
   {
     std::lock_guard lock(m.joins->mu);
     m.joins->stopped = true;
@@ -1294,6 +1334,12 @@ Result<std::unique_ptr<Space>> Space::open(SpaceOptions options) {
   });
   size_t doubt = 0;
   for (const auto& [id, t] : m->txns) doubt += t.recovered;
+  if (doubt > 0 && m->options.ask_outcome) {
+    m->in_doubt = std::thread([m] {
+      name_this_thread("space-in-doubt");
+      m->in_doubt_loop();
+    });
+  }
   DJINN_LOG(kInfo, "space") << m->options.name << ": open" << (m->has_store ? "" : " in memory") << ", "
                             << m->entries.size() << " entries, " << m->watches.size() << " notify registrations, "
                             << doubt << " transactions in doubt, in "

@@ -2,7 +2,8 @@
 // aborted transaction coming back (and waking a blocked taker), and the atomic move of an entry
 // from one space to another through the transaction manager: in-process over RPC, then with two
 // real djinn-space processes, one of them killed while prepared (back at once, and back only after
-// the manager gave up on it) and while committing.
+// the manager gave up on it) and while committing; and, on the engine, how a space restarted with
+// transactions in doubt asks their managers.
 #include <doctest/doctest.h>
 
 #include <arpa/inet.h>
@@ -10,11 +11,17 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <condition_variable>
 #include <future>
+#include <mutex>
+#include <set>
 #include <thread>
 
+#include "djinn/lease/landlord.h"
 #include "djinn/space/client.h"
 #include "djinn/space/service.h"
+#include "djinn/space/space.h"
 #include "djinn/space/txn_manager.h"
 #include "support/test_support.h"
 
@@ -471,4 +478,127 @@ TEST_CASE("two djinn-space processes: atomic move, abort, and a participant kill
   REQUIRE(all_a.ok());
   REQUIRE(all_b.ok());
   CHECK(all_a->size() + all_b->size() == 5);
+}
+
+namespace {
+
+// The engine on its own landlord file, joined to any transaction at once.
+struct Engine {
+  Engine(const std::string& path, std::function<txn::Outcome(const txn::InDoubt&)> ask) {
+    lease::LandlordOptions lo;
+    lo.path = path;
+    lo.on_event = [this](const lease::LeaseEvent& e) {
+      if (Space* s = target.load()) s->on_lease_event(e);
+    };
+    auto l = lease::Landlord::open(std::move(lo));
+    REQUIRE_MESSAGE(l.ok(), l.status().to_string());
+    landlord = std::move(*l);
+    SpaceOptions so;
+    so.landlord = landlord.get();
+    so.join = [](const TxnRef&, const std::string&, std::function<void(Status)> done) { done(Status::Ok()); };
+    so.ask_outcome = std::move(ask);
+    so.in_doubt_retry = 20ms;
+    auto s = Space::open(so);
+    REQUIRE_MESSAGE(s.ok(), s.status().to_string());
+    space = std::move(*s);
+    target = space.get();
+  }
+  ~Engine() {
+    target = nullptr;
+    space.reset();
+    landlord.reset();
+  }
+  std::atomic<Space*> target{nullptr};
+  std::unique_ptr<lease::Landlord> landlord;
+  std::unique_ptr<Space> space;
+};
+
+}  // namespace
+
+TEST_CASE("a space restarted in doubt asks each manager apart: one that does not answer costs one call a round") {
+  test::TempDir dir;
+  const std::string path = dir.file("space.db");
+  // Three transactions of a manager that will not answer, one of a manager that will.
+  const std::vector<txn::TxnId> lost = {{1, 1}, {1, 2}, {1, 3}};
+  const txn::TxnId answered{2, 1};
+  {
+    Engine e(path, nullptr);
+    auto prepare = [&](const txn::TxnId& id, const std::string& manager, int i) {
+      WriteRequest w{entry("demo.Doubt", {{"i", i}}), 600'000};
+      w.txn = TxnRef{id, manager};
+      REQUIRE(e.space->write(std::move(w)).ok());
+      auto vote = e.space->prepare(id, manager);
+      REQUIRE_MESSAGE(vote.ok(), vote.status().to_string());
+      REQUIRE(*vote == txn::Vote::kPrepared);
+    };
+    for (size_t i = 0; i < lost.size(); ++i) prepare(lost[i], "a-lost-manager", static_cast<int>(i));
+    prepare(answered, "b-manager", 9);
+  }
+
+  // The lost manager's calls hang until the test lets them go, then answer nothing.
+  std::mutex mu;
+  std::condition_variable cv;
+  bool released = false;
+  bool abort_lost = false;
+  std::set<uint64_t> asked_lost;
+  int lost_calls = 0;
+  auto ask = [&](const txn::InDoubt& d) {
+    if (d.coordinator == "b-manager") return txn::Outcome::kCommitted;
+    std::unique_lock lock(mu);
+    asked_lost.insert(d.txn.lo);
+    ++lost_calls;
+    cv.notify_all();
+    cv.wait(lock, [&] { return released; });
+    return abort_lost ? txn::Outcome::kAborted : txn::Outcome::kUnknown;
+  };
+  Engine e(path, ask);
+  struct Release {  // before the engine joins its asking thread, whatever fails
+    ~Release() {
+      {
+        std::lock_guard lock(mu);
+        released = true;
+      }
+      cv.notify_all();
+    }
+    std::mutex& mu;
+    std::condition_variable& cv;
+    bool& released;
+  } release{mu, cv, released};
+  auto visible = [&](int i) { return e.space->read(tmpl("demo.Doubt", {{"i", i}}))->has_value(); };
+  CHECK(e.space->stats().in_doubt == 4);
+
+  // The answered manager's transaction commits while the lost one's first call still hangs.
+  REQUIRE(test::eventually([&] { return visible(9); }, 10000));
+  {
+    std::lock_guard lock(mu);
+    CHECK(lost_calls == 1);
+  }
+  CHECK(e.space->stats().in_doubt == 3);
+
+  // Let the lost manager's calls end unanswered: each round asks it about one transaction only.
+  {
+    std::lock_guard lock(mu);
+    released = true;
+  }
+  cv.notify_all();
+  {
+    std::unique_lock lock(mu);
+    REQUIRE(cv.wait_for(lock, 10s, [&] { return lost_calls >= 5; }));
+    CHECK(asked_lost == std::set<uint64_t>{1});
+  }
+  CHECK(e.space->stats().in_doubt == 3);
+  for (int i = 0; i < 3; ++i) CHECK_FALSE(visible(i));
+
+  // Once it answers, the rest follow in the same round.
+  {
+    std::lock_guard lock(mu);
+    abort_lost = true;
+  }
+  REQUIRE(test::eventually([&] { return e.space->stats().in_doubt == 0; }, 10000));
+  {
+    std::lock_guard lock(mu);
+    CHECK(asked_lost == std::set<uint64_t>{1, 2, 3});
+  }
+  for (int i = 0; i < 3; ++i) CHECK_FALSE(visible(i));
+  CHECK(visible(9));
 }

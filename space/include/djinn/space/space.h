@@ -78,7 +78,10 @@ struct SpaceOptions {
   // not answer holds up only the operations under its own transactions. Null: operations under a
   // transaction are refused.
   std::function<void(const TxnRef& txn, const std::string& participant, std::function<void(Status)> done)> join;
-  // Asks a prepared transaction's outcome after a restart (kUnknown: ask again later).
+  // Asks a prepared transaction's outcome after a restart (kUnknown: ask again later), from a
+  // thread of the space's own, every in_doubt_retry until none is in doubt. Several coordinators
+  // are asked at once, so it must be thread-safe; a coordinator that answers kUnknown is asked
+  // nothing more until the next round.
   std::function<txn::Outcome(const txn::InDoubt&)> ask_outcome;
   std::chrono::milliseconds in_doubt_retry{1000};
 };
