@@ -31,11 +31,16 @@ Status malformed(std::string_view method, const kj::Exception& e) {
   return invalid_argument("malformed " + std::string(method) + ": " + e.getDescription().cStr());
 }
 
-// The transaction of a request: none when unset or nil.
+// The transaction of a request: none when unset. A TxnRef without an id is refused, not taken as
+// none: its sender meant a transaction, and doing the operation outside it could not be undone.
 Result<std::optional<TxnRef>> txn_from(bool has, proto::TxnRef::Reader in, std::string_view method) {
-  if (!has || !in.hasId()) return std::optional<TxnRef>();
-  txn::TxnId id{in.getId().getHi(), in.getId().getLo()};
-  if (id.is_nil()) return std::optional<TxnRef>();
+  if (!has) return std::optional<TxnRef>();
+  txn::TxnId id;
+  if (in.hasId()) id = txn::TxnId{in.getId().getHi(), in.getId().getLo()};
+  if (id.is_nil()) {
+    return invalid_argument(std::string(method) + ": the transaction's id is nil; leave txn unset to work outside a "
+                            "transaction, or use the id txn.create answered");
+  }
   std::string manager(in.getManager().cStr(), in.getManager().size());
   bool endpoint = manager.rfind("tcp://", 0) == 0 || manager.rfind("ipc://", 0) == 0 || manager.rfind("inproc://", 0) == 0;
   if (!endpoint || manager.size() > kMaxManagerBytes) {

@@ -607,6 +607,10 @@ TEST_CASE("bad input gets a clear status and changes nothing") {
   CHECK(code_of(c.take_if_exists(tmpl("demo.Keep"), unknown)) == Code::kNotFound);
   CHECK(code_of(c.read_if_exists(tmpl("demo.Keep"), TxnRef{txn::TxnId::random(), ""})) == Code::kInvalidArgument);
   CHECK(code_of(c.write(entry("demo.X", {}), 60'000, TxnRef{txn::TxnId::random(), "bogus"})) == Code::kInvalidArgument);
+  // A transaction without an id is refused, not taken as none.
+  TxnRef nil{txn::TxnId{}, h.service->rpc_endpoint()};
+  CHECK(code_of(c.write(entry("demo.X", {}), 60'000, nil)) == Code::kInvalidArgument);
+  CHECK(code_of(c.take_if_exists(tmpl("demo.Keep"), nil)) == Code::kInvalidArgument);
   // Garbage payloads.
   for (const char* method : {"space.write", "space.writeMany", "space.take", "space.read", "space.contents", "space.takeMany",
                              "space.notify", "space.putChunk", "space.putChunks", "space.getChunk", "space.getChunks", "space.putValue", "txn.commit",
