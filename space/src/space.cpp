@@ -548,9 +548,12 @@ struct Space::Impl {
         ++it;
         continue;
       }
-      if (w.txn && !txns.count(*w.txn)) {
-        ++it;
-        continue;
+      if (w.txn) {
+        auto t = txns.find(*w.txn);
+        if (t == txns.end() || t->second.prepared) {  // voting or over: answered by end_waiters_of_locked
+          ++it;
+          continue;
+        }
       }
       remove_deadline_locked(it->first, w.deadline);
       if (!w.take) {
@@ -566,6 +569,22 @@ struct Space::Impl {
       }
       waiters.erase(it);
       return;
+    }
+  }
+
+  // Answers the blocked reads and takes under `id` (mu exclusive): once a transaction votes or
+  // ends, nothing may be read or taken under it, and its waiters would otherwise only time out.
+  void end_waiters_of_locked(const TxnId& id, Deliveries& out) {
+    for (auto it = waiters.begin(); it != waiters.end();) {
+      if (!it->second.txn || *it->second.txn != id) {
+        ++it;
+        continue;
+      }
+      remove_deadline_locked(it->first, it->second.deadline);
+      out.replies.emplace_back(std::move(it->second.done),
+                               aborted(std::string(it->second.take ? "take" : "read") + " under transaction " +
+                                       id.to_string() + ": the transaction completed while it waited"));
+      it = waiters.erase(it);
     }
   }
 
@@ -739,6 +758,7 @@ struct Space::Impl {
           s.written_by = *op.txn;
           t->second.written.push_back(seq);
           insert_locked(seq, std::move(s), op.entry);
+          offer_locked(seq, d);  // to waiters under the same transaction, the only ones it is visible to
           continue;
         }
         insert_locked(seq, std::move(s), op.entry);
@@ -1685,6 +1705,7 @@ Result<txn::Vote> Space::prepare(const txn::TxnId& id, std::string_view coordina
       ++taken_alive;
       if (e->second.has_row) taken_rows.push_back(seq);
     }
+    m.end_waiters_of_locked(id, d);
     if (rows.empty() && taken_alive == 0) {
       for (uint64_t seq : own_taken) {
         if (uint64_t l = m.erase_locked(seq)) d.cancel.push_back(l);
@@ -1698,6 +1719,7 @@ Result<txn::Vote> Space::prepare(const txn::TxnId& id, std::string_view coordina
     st.prepared = true;  // from here no operation joins it
     st.coordinator = std::string(coordinator);
   }
+  m.deliver(d);
   std::vector<uint8_t> state = encode_seqs(taken_rows);
   std::array<uint8_t, 16> id_bytes = id.bytes();
   Status written = m.landlord.transact(sqlite::Sync::kFull, [&](sqlite::Database& db) -> Status {
@@ -1733,6 +1755,7 @@ Status Space::Impl::finish(const TxnId& id, bool commit_it) {
   std::vector<std::pair<uint64_t, std::pair<uint64_t, std::string>>> inserts;  // written, never prepared
   std::vector<uint64_t> deletes;
   bool prepared = false;
+  Deliveries ended;
   {
     std::unique_lock lock(mu);
     auto t = txns.find(id);
@@ -1743,6 +1766,7 @@ Status Space::Impl::finish(const TxnId& id, bool commit_it) {
     TxnState& st = t->second;
     prepared = st.prepared && !st.coordinator.empty();
     st.prepared = true;  // no operation joins it any more
+    end_waiters_of_locked(id, ended);
     if (commit_it) {
       for (uint64_t seq : st.written) {
         auto e = entries.find(seq);
@@ -1758,6 +1782,7 @@ Status Space::Impl::finish(const TxnId& id, bool commit_it) {
       }
     }
   }
+  deliver(ended);
   std::array<uint8_t, 16> id_bytes = id.bytes();
   Status written = Status::Ok();
   if (commit_it || prepared) {

@@ -121,6 +121,52 @@ TEST_CASE("visibility, commit and abort under a transaction") {
   CHECK(all->size() == 1);  // i = 4 (i = 2 went to the taker)
 }
 
+TEST_CASE("waiters under a transaction: woken by its own writes, answered when it completes") {
+  test::TempDir dir;
+  auto a = start_space(dir, "a", true);
+  SpaceClient c({.endpoint = a->rpc_endpoint()});
+  TxnClient tm({.endpoint = a->rpc_endpoint()});
+  auto blocked = [&](const TxnRef& t, std::string type) {
+    return std::async(std::launch::async, [&a, t, type] {
+      SpaceClient own({.endpoint = a->rpc_endpoint()});
+      return own.take(tmpl(type), 30s, t);
+    });
+  };
+
+  // A take under T is woken by a write under T, the only operations that see the entry.
+  auto t = tm.create(30s);
+  REQUIRE(t.ok());
+  auto own = blocked(*t, "demo.Own");
+  REQUIRE(test::eventually([&] { return a->space().stats().waiters == 1; }));
+  REQUIRE(c.write(entry("demo.Own", {{"i", 1}}), 600'000, *t).ok());
+  REQUIRE(own.wait_for(10s) == std::future_status::ready);
+  auto got = own.get();
+  REQUIRE_MESSAGE(got.ok(), got.status().to_string());
+  CHECK(got->has_value());
+
+  // A take under T still waiting when T commits is answered then, not at its timeout, and takes
+  // nothing written afterwards.
+  auto late = blocked(*t, "demo.Later");
+  REQUIRE(test::eventually([&] { return a->space().stats().waiters == 1; }));
+  REQUIRE(*tm.commit(t->id) == txn::Outcome::kCommitted);
+  REQUIRE(late.wait_for(10s) == std::future_status::ready);
+  auto ended = late.get();
+  CHECK(ended.status().code() == Code::kAborted);
+  CHECK(a->space().stats().waiters == 0);
+  REQUIRE(c.write(entry("demo.Later", {}), 600'000).ok());
+  CHECK(c.read_if_exists(tmpl("demo.Later"))->has_value());
+  CHECK(!c.read_if_exists(tmpl("demo.Own"))->has_value());  // written and taken by T
+
+  // The same when T aborts.
+  auto u = tm.create(30s);
+  REQUIRE(u.ok());
+  auto aborting = blocked(*u, "demo.Never");
+  REQUIRE(test::eventually([&] { return a->space().stats().waiters == 1; }));
+  REQUIRE(tm.abort(u->id).ok());
+  REQUIRE(aborting.wait_for(10s) == std::future_status::ready);
+  CHECK(aborting.get().status().code() == Code::kAborted);
+}
+
 TEST_CASE("a manager that does not answer holds up only the operations under its own transactions") {
   test::TempDir dir;
   auto a = start_space(dir, "a", true);
