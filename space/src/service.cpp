@@ -631,6 +631,7 @@ Result<std::unique_ptr<SpaceService>> SpaceService::start(SpaceServiceOptions op
   value_options.dir = (dir / "values").string();
   value_options.grace = options.value_grace;
   value_options.gc_interval = options.value_gc_interval;
+  value_options.start_collector = false;  // after the space has taken its entries' references
   auto values = ValueStore::open(value_options);
   if (!values.ok()) return values.status();
   im->values = std::move(*values);
@@ -649,6 +650,7 @@ Result<std::unique_ptr<SpaceService>> SpaceService::start(SpaceServiceOptions op
   auto space = Space::open(std::move(space_options));
   if (!space.ok()) return space.status();
   im->space_owner = std::move(*space);
+  im->values->start_collector();
   {
     std::unique_lock lock(im->forward_mu);
     im->forward_space = im->space_owner.get();

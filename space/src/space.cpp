@@ -1333,6 +1333,7 @@ Result<std::unique_ptr<Space>> Space::open(SpaceOptions options) {
   auto impl = std::make_unique<Impl>(std::move(options));
   Impl* m = impl.get();
   const auto started = Clock::now();
+  DJINN_CRASH_POINT("space.open.before_load");
   if (Status st = m->landlord.transact(sqlite::Sync::kFull, [m](sqlite::Database& db) { return m->load_store(db); });
       !st.ok()) {
     return Status(st.code(), "space " + m->options.name + ": " + st.message());

@@ -1083,9 +1083,16 @@ Result<std::unique_ptr<ValueStore>> ValueStore::open(ValueStoreOptions options) 
   impl->value_dir = fs::path(options.dir) / "values";
   impl->pack_dir = impl->chunk_dir / "packs";
   DJINN_RETURN_IF_ERROR(impl->load());
-  Impl* m = impl.get();
-  if (options.gc_interval.count() > 0) m->gc = std::thread([m] { m->gc_loop(); });
-  return std::unique_ptr<ValueStore>(new ValueStore(std::move(impl)));
+  auto store = std::unique_ptr<ValueStore>(new ValueStore(std::move(impl)));
+  if (options.start_collector) store->start_collector();
+  return store;
+}
+
+void ValueStore::start_collector() {
+  Impl* m = impl_.get();
+  std::lock_guard lock(m->mu);
+  if (m->options.gc_interval.count() <= 0 || m->gc.joinable() || m->gc_stop) return;
+  m->gc = std::thread([m] { m->gc_loop(); });
 }
 
 Result<bool> ValueStore::put_chunk(const ContentHash& hash, std::span<const uint8_t> data) {

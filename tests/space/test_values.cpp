@@ -107,6 +107,42 @@ TEST_CASE("values: streamed both ways, stored once, referred to by entries, coll
   CHECK(files == 0);
 }
 
+TEST_CASE("values: a restarted space with a short grace collects nothing its entries refer to") {
+  // The collector starts once the space has loaded its entries and taken their references; before
+  // that every value looks unreferenced.
+  test::TempDir dir;
+  std::vector<uint8_t> data = pattern(200'000, 3);
+  ContentHash id{};
+  {
+    auto s = start(dir);
+    SpaceClient c({.endpoint = s->rpc_endpoint()});
+    auto v = c.put_value(data);
+    REQUIRE_MESSAGE(v.ok(), v.status().to_string());
+    id = *v;
+    Entry e;
+    e.type = "demo.Held";
+    e.fields["heap"] = value_ref(id);
+    REQUIRE(c.write(e, 600'000).ok());
+  }
+  SpaceServiceOptions o;
+  o.data_dir = dir.file("space");
+  o.value_grace = 1ms;
+  o.value_gc_interval = 10ms;
+  fault::arm_call("space.open.before_load", [] { std::this_thread::sleep_for(300ms); });  // a long load
+  auto s = SpaceService::start(o);
+  fault::disarm_all();
+  REQUIRE_MESSAGE(s.ok(), s.status().to_string());
+  std::this_thread::sleep_for(50ms);  // a few collections more
+  CHECK((*s)->values().has_value(id));
+  SpaceClient c({.endpoint = (*s)->rpc_endpoint()});
+  std::vector<uint8_t> back;
+  REQUIRE(c.get_value(id, [&](std::span<const uint8_t> b) {
+    back.insert(back.end(), b.begin(), b.end());
+    return Status::Ok();
+  }).ok());
+  CHECK(back == data);
+}
+
 TEST_CASE("values: tampered, missing and mismatched chunks are refused") {
   test::TempDir dir;
   auto s = start(dir);

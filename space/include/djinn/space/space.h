@@ -12,6 +12,7 @@
 // threads, never under its locks, and must not block for long.
 //
 // Crash points (fault.h):
+//   space.open.before_load      a space is opening, its entries (and their values' references) not loaded
 //   space.batch.before_commit   a group's rows are written, its transaction not committed
 //   space.batch.after_commit    a group is durable, nobody answered yet
 //   space.prepare.after_commit  a transaction's prepared state is durable, the vote not sent

@@ -68,6 +68,9 @@ struct ValueStoreOptions {
   // before the entry that refers to it).
   std::chrono::milliseconds grace{std::chrono::minutes(10)};
   std::chrono::milliseconds gc_interval{std::chrono::seconds(30)};  // 0: no collector thread
+  // False: the collector thread starts only at start_collector(), once the owner has taken its
+  // references (a space loading its entries); until then every value looks unreferenced.
+  bool start_collector = true;
 };
 
 struct ValueStats {
@@ -105,6 +108,9 @@ class ValueStore {
   Result<ContentHash> put_value(uint64_t size, std::span<const ContentHash> chunks);
   Result<Manifest> get_value(const ContentHash& value_id) const;
   bool has_value(const ContentHash& value_id) const;
+
+  // Starts the collector thread (every gc_interval) if it is not running.
+  void start_collector();
 
   // References from entries: a value with references is never collected.
   void ref(const ContentHash& value_id);
