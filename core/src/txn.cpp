@@ -53,6 +53,7 @@ struct Member {
   std::string name;
   std::optional<Vote> vote;
   bool done = false;
+  uint64_t incarnation = 0;  // in memory: a transaction with no decision does not outlive a restart
 };
 
 struct Txn {
@@ -497,7 +498,7 @@ Status Coordinator::renew(const TxnId& id, std::chrono::milliseconds lease) {
   return Status();
 }
 
-Status Coordinator::join(const TxnId& id, std::string_view participant) {
+Status Coordinator::join(const TxnId& id, std::string_view participant, uint64_t incarnation) {
   Impl& s = *impl_;
   if (participant.empty()) return invalid_argument("join: participant name is empty");
   {
@@ -522,8 +523,15 @@ Status Coordinator::join(const TxnId& id, std::string_view participant) {
       case State::kCommitted: return failed_precondition("join: " + s.describe(id) + " has committed");
       case State::kAborted: return aborted("join: " + s.describe(id) + " aborted");
     }
-    for (const Member& m : t.members) {
-      if (m.name == participant) return Status();
+    for (Member& m : t.members) {
+      if (m.name != participant) continue;
+      if (incarnation != 0 && m.incarnation != 0 && m.incarnation != incarnation) {
+        std::string why = "participant " + std::string(participant) + " restarted since it joined";
+        s.decide_abort_locked(id, t, why);
+        return aborted("join: " + s.describe(id) + " aborted: " + why + ", losing what it did under it");
+      }
+      if (m.incarnation == 0) m.incarnation = incarnation;
+      return Status();
     }
     if (t.members.size() >= kMaxParticipants) {
       return resource_exhausted("join: " + s.describe(id) + " has " + std::to_string(t.members.size()) +
@@ -531,7 +539,7 @@ Status Coordinator::join(const TxnId& id, std::string_view participant) {
     }
     DJINN_RETURN_IF_ERROR(run_sql(s.db, "INSERT INTO txn_member (txn, name, seq) VALUES (?, ?, ?)",
                                   id.bytes(), participant, t.members.size()));
-    t.members.push_back(Member{std::string(participant), std::nullopt, false});
+    t.members.push_back(Member{std::string(participant), std::nullopt, false, incarnation});
   }
   DJINN_CRASH_POINT("txn.coordinator.after_join");
   return Status();

@@ -203,6 +203,8 @@ struct JoinParams {
   txn @0 :Model.Uuid;
   participant @1 :Text;        # "<kind>:<id>@<rpc endpoint>": the manager calls participant.*
                                # at the endpoint after '@'
+  incarnation @2 :UInt64;      # the participant's run, new at each start (0: not given); a join
+                               # under another one than before aborts the transaction
 }
 enum Outcome {
   active @0;

@@ -600,12 +600,14 @@ Status TxnClient::renew(const txn::TxnId& id, std::chrono::milliseconds lease, r
   return client_->call("txn.renew", message, idempotent(call)).status();
 }
 
-Status TxnClient::join(const txn::TxnId& id, std::string_view participant, rpc::CallOptions call) {
+Status TxnClient::join(const txn::TxnId& id, std::string_view participant, uint64_t incarnation,
+                       rpc::CallOptions call) {
   capnp::MallocMessageBuilder message;
   auto p = message.initRoot<proto::JoinParams>();
   p.initTxn().setHi(id.hi);
   p.getTxn().setLo(id.lo);
   p.setParticipant(std::string(participant));
+  p.setIncarnation(incarnation);
   return client_->call("txn.join", message, idempotent(call)).status();  // joining twice is a no-op
 }
 

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <map>
 #include <mutex>
+#include <random>
 #include <shared_mutex>
 
 #include <kj/exception.h>
@@ -26,6 +27,13 @@ namespace {
 
 constexpr size_t kMaxManagerBytes = 1024;
 constexpr size_t kMaxManagerClients = 64;
+
+uint64_t random_incarnation() {
+  std::random_device random;
+  uint64_t n = 0;
+  while (n == 0) n = (uint64_t{random()} << 32) | random();  // 0 means "not given"
+  return n;
+}
 
 Status malformed(std::string_view method, const kj::Exception& e) {
   return invalid_argument("malformed " + std::string(method) + ": " + e.getDescription().cStr());
@@ -99,6 +107,9 @@ struct SpaceService::Impl final : txn::Participant {
   std::string events_endpoint;
   std::string participant;
   ServiceId id;
+  // This run, given with every join: what the space did under a transaction before a restart is
+  // lost, so a manager that sees it join again under a new one aborts the transaction.
+  uint64_t incarnation = random_incarnation();
   std::unique_ptr<events::Publisher> publisher;
   std::unique_ptr<lease::Landlord> landlord;
   std::unique_ptr<ValueStore> values;
@@ -164,12 +175,13 @@ struct SpaceService::Impl final : txn::Participant {
   // Asynchronous to a remote manager: one that does not answer holds up only the operations under
   // its own transactions.
   void join(const TxnRef& ref, const std::string& name, std::function<void(Status)> done) {
-    if (local_manager(ref.manager)) return done(manager->join(ref.id, name));
+    if (local_manager(ref.manager)) return done(manager->join(ref.id, name, incarnation));
     capnp::MallocMessageBuilder message;
     auto p = message.initRoot<proto::JoinParams>();
     p.initTxn().setHi(ref.id.hi);
     p.getTxn().setLo(ref.id.lo);
     p.setParticipant(name);
+    p.setIncarnation(incarnation);
     rpc::CallOptions call;
     call.timeout = options.join_timeout;
     call.idempotent = true;

@@ -329,7 +329,7 @@ TxnManager::TxnManager(TxnManagerOptions options, rpc::Server& server) : impl_(s
           return invalid_argument("txn.join: participant '" + participant.substr(0, 100) +
                                   "' is not <kind>:<id>@<rpc endpoint>");
         }
-        return m->with([&](txn::Coordinator& c) { return c.join(txn_of(p.getTxn()), participant); });
+        return m->with([&](txn::Coordinator& c) { return c.join(txn_of(p.getTxn()), participant, p.getIncarnation()); });
       },
       {.min_role = security::Role::kService, .blocking = false});
 }
@@ -358,8 +358,8 @@ void TxnManager::add_local(const std::string& name, txn::Participant& participan
   impl_->resolver.add_local(name, participant);
 }
 
-Status TxnManager::join(const txn::TxnId& txn, std::string_view participant) {
-  return impl_->with([&](txn::Coordinator& c) { return c.join(txn, participant); });
+Status TxnManager::join(const txn::TxnId& txn, std::string_view participant, uint64_t incarnation) {
+  return impl_->with([&](txn::Coordinator& c) { return c.join(txn, participant, incarnation); });
 }
 
 txn::Outcome TxnManager::outcome(const txn::TxnId& txn) {

@@ -385,6 +385,25 @@ TEST_CASE("abort before commit tells every participant") {
   CHECK_FALSE(f.coord->join(txn, "late").ok());
 }
 
+TEST_CASE("a participant joining again under another incarnation aborts the transaction") {
+  Federation f(2);
+  auto txn = f.coord->begin(10s);
+  REQUIRE(txn.ok());
+  REQUIRE(f.coord->join(*txn, participant_name(0), 7).ok());
+  REQUIRE(f.coord->join(*txn, participant_name(1)).ok());
+  CHECK(f.coord->join(*txn, participant_name(0), 7).ok());  // the same run: a no-op
+  CHECK(f.coord->join(*txn, participant_name(0)).ok());     // not given: a no-op
+  CHECK(f.coord->join(*txn, participant_name(1), 3).ok());  // first given now: recorded
+  CHECK(f.coord->outcome(*txn) == Outcome::kActive);
+  Status again = f.coord->join(*txn, participant_name(0), 8);  // restarted since
+  CHECK(again.code() == Code::kAborted);
+  CHECK(again.message().find("restarted") != std::string::npos);
+  CHECK(f.coord->outcome(*txn) == Outcome::kAborted);
+  auto outcome = f.coord->commit(*txn);
+  REQUIRE(outcome.ok());
+  CHECK(*outcome == Outcome::kAborted);
+}
+
 TEST_CASE("one participant voting no aborts everyone") {
   Federation f(3);
   TxnId txn = f.start("v1");

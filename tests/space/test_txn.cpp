@@ -167,6 +167,53 @@ TEST_CASE("waiters under a transaction: woken by its own writes, answered when i
   CHECK(aborting.get().status().code() == Code::kAborted);
 }
 
+TEST_CASE("a participant restarted during a transaction: the manager aborts it rather than commit half of it") {
+  test::TempDir dir;
+  auto a = start_space(dir, "a", true);
+  SpaceServiceOptions bo;
+  bo.data_dir = dir.file("b");
+  bo.name = "b";
+  bo.txn_manager = false;
+  bo.policy.max_duration = 1h;
+  bo.rpc_endpoint = "tcp://127.0.0.1:" + std::to_string(test::free_tcp_port());  // the same after a restart
+  auto start_b = [&] {
+    auto s = SpaceService::start(bo);
+    REQUIRE_MESSAGE(s.ok(), s.status().to_string());
+    return std::move(*s);
+  };
+  auto b = start_b();
+  const std::string b_name = b->participant_name();
+  rpc::ClientOptions co{.endpoint = bo.rpc_endpoint};
+  co.reconnect_interval_max = 50ms;
+  SpaceClient ca({.endpoint = a->rpc_endpoint()});
+  SpaceClient cb(co);
+  TxnClient tm({.endpoint = a->rpc_endpoint()});
+  for (int i = 0; i < 2; ++i) REQUIRE(ca.write(entry("demo.Part", {{"i", i}}), 600'000).ok());
+  auto t = tm.create(60s);
+  REQUIRE(t.ok());
+  auto move = [&](int i) -> Status {
+    auto e = ca.take_if_exists(tmpl("demo.Part", {{"i", i}}), *t);
+    REQUIRE(e.ok());
+    REQUIRE(e->has_value());
+    return cb.write(**e, 600'000, *t).status();
+  };
+  REQUIRE(move(0).ok());
+
+  // B restarts under the same name and loses entry 0's write, staged in memory until prepare.
+  b.reset();
+  b = start_b();
+  REQUIRE(b->participant_name() == b_name);
+  Status second = move(1);
+  CHECK(second.code() == Code::kAborted);
+  CHECK_MESSAGE(second.message().find("restarted") != std::string::npos, second.to_string());
+  CHECK(*tm.outcome(t->id) == txn::Outcome::kAborted);
+  auto committed = tm.commit(t->id);  // too late: it stays aborted
+  CHECK((!committed.ok() || *committed == txn::Outcome::kAborted));
+  // Both entries are back in A, none is in B.
+  CHECK(test::eventually([&] { return ca.contents_all(tmpl("demo.Part"))->size() == 2; }, 10000));
+  CHECK(cb.contents_all(tmpl("demo.Part"))->empty());
+}
+
 TEST_CASE("a manager that does not answer holds up only the operations under its own transactions") {
   test::TempDir dir;
   auto a = start_space(dir, "a", true);

@@ -168,7 +168,10 @@ class Coordinator {
   // Adds a participant by its resolvable name; joining twice is a no-op. Only an active
   // transaction can be joined (kAborted once it expired or aborted, kFailedPrecondition once
   // voting has begun); kResourceExhausted beyond kMaxParticipants.
-  Status join(const TxnId& txn, std::string_view participant);
+  // `incarnation` names the participant's run (Jini's crash count; 0: not given). A participant
+  // that joins again under another incarnation restarted since its first join and lost what it
+  // did under the transaction before its prepare: the transaction is aborted, and so is the join.
+  Status join(const TxnId& txn, std::string_view participant, uint64_t incarnation = 0);
   // Runs phase 1, logs the decision, runs phase 2 (see the protocol above). Returns the outcome:
   // kCommitted once the decision is logged even if some participant has not been told yet
   // (retry_pending() tells it), kAborted otherwise. Phase 1 must finish by `deadline` (the

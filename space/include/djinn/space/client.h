@@ -172,8 +172,11 @@ class TxnClient {
   Result<txn::Outcome> outcome(const txn::TxnId& id, rpc::CallOptions call = {});
   // Enlists a participant ("<kind>:<id>@<rpc endpoint>", serving participant.*) in an active
   // transaction; joining twice is a no-op. Needs the service role: a node joining a migration's
-  // transaction as its source or destination, say.
-  Status join(const txn::TxnId& id, std::string_view participant, rpc::CallOptions call = {});
+  // transaction as its source or destination, say. `incarnation`: the participant's run, new at
+  // each of its starts (0: not given); a join under another one than before aborts the
+  // transaction, since the participant lost what it did under it.
+  Status join(const txn::TxnId& id, std::string_view participant, uint64_t incarnation = 0,
+              rpc::CallOptions call = {});
 
   rpc::Client& rpc();
 

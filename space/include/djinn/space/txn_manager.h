@@ -47,7 +47,7 @@ class TxnManager {
   // A participant of this process, called directly instead of through RPC.
   void add_local(const std::string& name, txn::Participant& participant);
   // Coordinator calls for this process's own participants; UNAVAILABLE (or kUnknown) unless serving.
-  Status join(const txn::TxnId& txn, std::string_view participant);
+  Status join(const txn::TxnId& txn, std::string_view participant, uint64_t incarnation = 0);
   txn::Outcome outcome(const txn::TxnId& txn);
   // The same transactions from this process, as a coordinator that runs its own (a migrator
   // embedding a manager on its server): what txn.create, txn.renew, txn.commit and txn.abort do.
