@@ -218,6 +218,7 @@ struct Space::Impl {
     Hold hold = Hold::kFree;
     TxnId held_by;                    // kTxn: the transaction that took it
     bool has_row = false;
+    bool lease_ended = false;  // while kTaking: removed if the take fails instead of freed
   };
   struct TxnState {
     std::string manager;
@@ -608,6 +609,7 @@ struct Space::Impl {
   }
 
   void post_delete(std::vector<uint64_t> seqs, MatchDone done) {
+    DJINN_CRASH_POINT("space.take.before_commit");
     Op op;
     op.write = false;
     op.seqs = std::move(seqs);
@@ -672,6 +674,7 @@ struct Space::Impl {
           DJINN_RETURN_IF_ERROR((*st)->run());
         }
       }
+      if (DJINN_FAIL_POINT("space.batch.write_failed")) return internal_error("space.batch.write_failed (injected)");
       DJINN_CRASH_POINT("space.batch.before_commit");
       return Status::Ok();
     };
@@ -701,6 +704,7 @@ struct Space::Impl {
     if (rows_written && has_store) DJINN_CRASH_POINT("space.batch.after_commit");
 
     Deliveries d;
+    std::vector<uint64_t> ended_rows;
     {
       std::unique_lock lock(mu);
       // Deletes: the entries were marked kTaking when they were matched.
@@ -711,6 +715,11 @@ struct Space::Impl {
           for (uint64_t seq : ops[i].seqs) {
             auto it = entries.find(seq);
             if (it == entries.end()) continue;
+            if (it->second.lease_ended) {  // its expiry or cancel came during the take, and left it to it
+              if (it->second.has_row) ended_rows.push_back(seq);
+              erase_locked(seq);
+              continue;
+            }
             it->second.hold = Hold::kFree;
             offer_locked(seq, d);
           }
@@ -767,8 +776,16 @@ struct Space::Impl {
         offer_locked(seq, d);
       }
     }
+    if (!ended_rows.empty()) delete_rows_later(ended_rows);
     deliver(d);
     return outcomes;
+  }
+
+  // Rows of entries whose leases ended, for the remover thread.
+  void delete_rows_later(std::span<const uint64_t> seqs) {
+    std::lock_guard lock(ended_mu);
+    dead_rows.insert(dead_rows.end(), seqs.begin(), seqs.end());
+    ended_cv.notify_one();
   }
 
   // The first waiting taker (outside any transaction) that `e` would satisfy, removed from the
@@ -1880,15 +1897,14 @@ void Space::on_lease_event(const lease::LeaseEvent& event) {
       if (it == m.by_lease.end()) return;  // taken, or never committed
       seq = it->second;
       Impl::Stored& s = m.entries.at(seq);
-      if (s.hold == Impl::Hold::kTaking) return;  // its take removes it
+      if (s.hold == Impl::Hold::kTaking) {  // its take removes it, or if the take fails, sees this
+        s.lease_ended = true;
+        return;
+      }
       row = s.has_row;
       m.erase_locked(seq);
     }
-    if (row) {
-      std::lock_guard lock(m.ended_mu);
-      m.dead_rows.push_back(seq);
-      m.ended_cv.notify_one();
-    }
+    if (row) m.delete_rows_later({&seq, 1});
     return;
   }
   if (l.resource == kNotifyResource &&

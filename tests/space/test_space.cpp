@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "djinn/core/events.h"
+#include "djinn/core/fault.h"
 #include "djinn/core/model_capnp.h"
 #include "djinn/proto/space.capnp.h"
 #include "djinn/space/client.h"
@@ -674,6 +675,24 @@ TEST_CASE("writes the landlord refuses, batched with takes, leave the takes done
   h.stop();
   h.start();
   CHECK(h.client->contents_all(tmpl(""))->empty());
+}
+
+TEST_CASE("an entry whose lease ends during a take that then fails is gone, not back") {
+  Harness h;
+  WriteReceipt r = must_write(*h.client, entry("demo.Brief", {{"i", 1}}));
+  Status cancelled = internal_error("the take never reached its commit");
+  fault::arm_call("space.take.before_commit", [&] { cancelled = h.service->landlord().cancel(r.written.lease_id); });
+  fault::arm("space.batch.write_failed", fault::Action::kFail);
+  auto taken = h.client->take_if_exists(tmpl("demo.Brief"));
+  fault::disarm_all();
+  REQUIRE_MESSAGE(cancelled.ok(), cancelled.to_string());
+  CHECK(taken.status().code() == Code::kInternal);
+  CHECK(!h.client->read_if_exists(tmpl("demo.Brief"))->has_value());
+  CHECK(h.service->space().size() == 0);
+  h.stop();
+  h.start();
+  CHECK(h.service->space().size() == 0);
+  CHECK(!h.client->read_if_exists(tmpl("demo.Brief"))->has_value());
 }
 
 TEST_CASE("roles: clients use entries and values; participant, join and collect need service or admin") {

@@ -13,6 +13,8 @@
 //
 // Crash points (fault.h):
 //   space.open.before_load      a space is opening, its entries (and their values' references) not loaded
+//   space.take.before_commit    a take matched its entries (held for it), not yet queued to be written
+//   space.batch.write_failed    (fail point) a group's SQLite transaction fails and rolls back
 //   space.batch.before_commit   a group's rows are written, its transaction not committed
 //   space.batch.after_commit    a group is durable, nobody answered yet
 //   space.prepare.after_commit  a transaction's prepared state is durable, the vote not sent
