@@ -475,7 +475,7 @@ Result<Manifest> SpaceClient::get_manifest(const ContentHash& value_id, rpc::Cal
   capnp::MallocMessageBuilder message;
   message.initRoot<proto::GetValueParams>().setValueId(capnp::Data::Reader(value_id.data(), 32));
   rpc::Reply reply = client_->call("space.getValue", message, idempotent(call));
-  return rpc::read_reply<Manifest>(reply, "space.getValue", [](rpc::Reply& r) -> Result<Manifest> {
+  return rpc::read_reply<Manifest>(reply, "space.getValue", [&value_id](rpc::Reply& r) -> Result<Manifest> {
     auto res = r.results<proto::GetValueResult>();
     Manifest m;
     m.size = res.getSize();
@@ -488,6 +488,11 @@ Result<Manifest> SpaceClient::get_manifest(const ContentHash& value_id, rpc::Cal
       if (!h) return internal_error("space.getValue: a chunk hash is not 32 bytes");
       m.chunks.push_back(*h);
       m.chunk_sizes.push_back(sizes[i]);
+    }
+    // Each chunk is checked against the manifest as it arrives; the manifest against the id here.
+    if (value_id_of(m) != value_id) {
+      return data_loss("space.getValue: the manifest served for value " + to_hex(value_id) +
+                       " is not that value's (its hash differs); the space's store may be damaged");
     }
     return m;
   });

@@ -254,6 +254,10 @@ std::optional<Manifest> decode_manifest(const std::vector<uint8_t>& bytes) {
 
 }  // namespace
 
+ContentHash value_id_of(const Manifest& manifest) {
+  return hash_bytes(encode_manifest(manifest.size, manifest.chunks, manifest.chunk_sizes));
+}
+
 ContentHash hash_bytes(std::span<const uint8_t> data) {
   ContentHash h{};
   crypto_generichash(h.data(), h.size(), data.data(), data.size(), nullptr, 0);

@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "djinn/core/fault.h"
+#include "djinn/core/rpc.h"
 #include "djinn/proto/space.capnp.h"
 #include "djinn/space/client.h"
 #include "djinn/space/service.h"
@@ -141,6 +142,42 @@ TEST_CASE("values: a restarted space with a short grace collects nothing its ent
     return Status::Ok();
   }).ok());
   CHECK(back == data);
+}
+
+TEST_CASE("values: a client refuses a manifest that is not the value's it asked for") {
+  test::TempDir dir;
+  auto s = start(dir);
+  SpaceClient c({.endpoint = s->rpc_endpoint()});
+  auto asked = c.put_value(pattern(100'000, 4));
+  auto other = c.put_value(pattern(100'000, 5));
+  REQUIRE(asked.ok());
+  REQUIRE(other.ok());
+  // A server that answers with another value's manifest, whose chunks are all whole and stored:
+  // a damaged index, or a bug.
+  rpc::Server wrong({});
+  wrong.method<proto::GetValueParams, proto::GetValueResult>(
+      "space.getValue", [&](const rpc::CallContext&, proto::GetValueParams::Reader, proto::GetValueResult::Builder out) {
+        Result<Manifest> m = s->values().get_value(*other);
+        if (!m.ok()) return m.status();
+        out.setSize(m->size);
+        auto chunks = out.initChunks(static_cast<unsigned>(m->chunks.size()));
+        auto sizes = out.initChunkSizes(static_cast<unsigned>(m->chunks.size()));
+        for (unsigned i = 0; i < m->chunks.size(); ++i) {
+          chunks.set(i, capnp::Data::Reader(m->chunks[i].data(), 32));
+          sizes.set(i, m->chunk_sizes[i]);
+        }
+        return Status::Ok();
+      });
+  REQUIRE(wrong.start().ok());
+  SpaceClient misled({.endpoint = wrong.endpoints().front()});
+  size_t delivered = 0;
+  Status got = misled.get_value(*asked, [&](std::span<const uint8_t> b) {
+    delivered += b.size();
+    return Status::Ok();
+  });
+  CHECK(got.code() == Code::kDataLoss);
+  CHECK(delivered == 0);
+  wrong.stop();
 }
 
 TEST_CASE("values: tampered, missing and mismatched chunks are refused") {

@@ -62,6 +62,10 @@ struct Manifest {
   std::vector<uint32_t> chunk_sizes;
 };
 
+// A value's id: the hash of its manifest's encoding, so a reader can check a manifest it was given
+// against the id it asked for.
+ContentHash value_id_of(const Manifest& manifest);
+
 struct ValueStoreOptions {
   std::string dir;  // created if missing
   // How long an unreferenced value or chunk is kept (an upload in progress, a value written just
