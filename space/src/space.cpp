@@ -222,6 +222,8 @@ struct Space::Impl {
   };
   struct TxnState {
     std::string manager;
+    Clock::time_point joined_at;                    // when this space joined it
+    std::optional<Clock::time_point> silent_since;  // its manager has not answered since
     std::vector<uint64_t> written;
     std::vector<uint64_t> taken;
     bool prepared = false;
@@ -303,9 +305,9 @@ struct Space::Impl {
   std::vector<uint64_t> dead_watches;
   bool remover_stop = false;
   std::thread remover;
-  bool in_doubt_stop = false;  // under ended_mu
-  std::condition_variable in_doubt_cv;
-  std::thread in_doubt;
+  bool watch_stop = false;  // under ended_mu
+  std::condition_variable watch_cv;
+  std::thread txn_watch;
 
   // Joining a transaction is a call to its manager, which may be served by this very process:
   // joins start, and the operations that waited for them run, on the joiner thread, never on the
@@ -864,7 +866,10 @@ struct Space::Impl {
     std::unique_lock lock(mu);
     if (ended.count(ref.id)) return aborted("transaction " + ref.id.to_string() + " has ended");
     auto [t, fresh] = txns.try_emplace(ref.id);
-    if (fresh) t->second.manager = ref.manager;
+    if (fresh) {
+      t->second.manager = ref.manager;
+      t->second.joined_at = Clock::now();
+    }
     if (t->second.prepared) return failed_precondition("transaction " + ref.id.to_string() + " is already voting");
     return Status::Ok();
   }
@@ -920,24 +925,64 @@ struct Space::Impl {
     }
   }
 
-  // ---- transactions left in doubt by a crash ----
+  // ---- transactions whose manager must be asked ----
 
   // Asks the outcome of what the last run left prepared, every in_doubt_retry until nothing is in
-  // doubt. A thread of its own: a coordinator that does not answer costs the asking call's timeout,
-  // and must hold up neither the deletion of ended entries nor the other coordinators' answers.
-  void in_doubt_loop() {
+  // doubt; and, every txn_check_interval, that of transactions joined longer ago than that and not
+  // yet voting (check_active). A thread of its own: a manager that does not answer costs the asking
+  // call's timeout, and must hold up neither the deletion of ended entries nor other managers.
+  void txn_watch_loop(bool doubts) {
+    const bool checks = options.txn_check_interval.count() > 0;
+    auto next_doubt = Clock::now() + options.in_doubt_retry;
+    auto next_check = Clock::now() + options.txn_check_interval;
     std::unique_lock lock(ended_mu);
     for (;;) {
-      if (in_doubt_cv.wait_for(lock, options.in_doubt_retry, [&] { return in_doubt_stop; })) return;
+      if (!doubts && !checks) return;
+      auto wake = !doubts ? next_check : !checks ? next_doubt : std::min(next_doubt, next_check);
+      if (watch_cv.wait_until(lock, wake, [&] { return watch_stop; })) return;
       lock.unlock();
-      Result<size_t> still = resolve();
-      lock.lock();
-      if (still.ok() && *still == 0) {
-        DJINN_LOG(kInfo, "space") << options.name << ": no transaction left in doubt";
-        return;
+      if (doubts && Clock::now() >= next_doubt) {
+        Result<size_t> still = resolve();
+        if (still.ok() && *still == 0) {
+          DJINN_LOG(kInfo, "space") << options.name << ": no transaction left in doubt";
+          doubts = false;
+        }
+        next_doubt = Clock::now() + options.in_doubt_retry;
       }
+      if (checks && Clock::now() >= next_check) {
+        check_active();
+        next_check = Clock::now() + options.txn_check_interval;
+      }
+      lock.lock();
     }
   }
+
+  // Asks the outcome of each transaction of `by_manager` (keyed by the endpoint to ask), each
+  // manager's in turn on a thread of its own, up to kAskAtOnce managers at once. A manager that
+  // gives no answer (kUnknown: unreachable, or silent past the call's timeout) is asked nothing
+  // more this round, and `answer` gets kUnknown for its other transactions: a round costs at most
+  // one timeout however many transactions a lost manager has here. `answer` runs on those threads.
+  void ask_outcomes(const std::map<std::string, std::vector<TxnId>>& by_manager,
+                    const std::function<void(const TxnId&, txn::Outcome)>& answer) {
+    auto ask_group = [&](const std::string& manager, const std::vector<TxnId>& ids) {
+      txn::Outcome outcome = txn::Outcome::kActive;
+      for (const TxnId& id : ids) {
+        if (outcome != txn::Outcome::kUnknown) outcome = options.ask_outcome(txn::InDoubt{id, manager, {}});
+        answer(id, outcome);
+      }
+    };
+    constexpr size_t kAskAtOnce = 8;
+    auto it = by_manager.begin();
+    while (it != by_manager.end()) {
+      std::vector<std::future<void>> asking;
+      for (; it != by_manager.end() && asking.size() < kAskAtOnce; ++it) {
+        asking.push_back(std::async(std::launch::async, ask_group, std::cref(it->first), std::cref(it->second)));
+      }
+      for (auto& f : asking) f.get();
+    }
+  }
+
+  void check_active();
 
   Result<size_t> resolve();
   Status finish(const TxnId& id, bool commit);
@@ -1262,10 +1307,6 @@ void Space::Impl::cancel_orphan_leases() {
 }
 
 Result<size_t> Space::Impl::resolve() {
-  // Grouped by coordinator, each group asked on a thread of its own. A coordinator that gives no
-  // answer (kUnknown: unreachable, or not answering within the call's timeout) is not asked about
-  // its other transactions in this round, so a round costs at most one timeout however many
-  // transactions a lost coordinator left in doubt.
   std::map<std::string, std::vector<TxnId>> by_coordinator;
   {
     std::shared_lock lock(mu);
@@ -1273,37 +1314,70 @@ Result<size_t> Space::Impl::resolve() {
       if (t.recovered) by_coordinator[t.coordinator].push_back(id);
     }
   }
-  if (by_coordinator.empty() || !options.ask_outcome) {
-    size_t n = 0;
-    for (const auto& [c, ids] : by_coordinator) n += ids.size();
-    return n;
+  std::atomic<size_t> still{0};
+  if (!options.ask_outcome) {
+    for (const auto& [c, ids] : by_coordinator) still += ids.size();
+    return still.load();
   }
-  auto ask_group = [this](const std::string& coordinator, const std::vector<TxnId>& ids) {
-    size_t still = 0;
-    for (size_t i = 0; i < ids.size(); ++i) {
-      txn::Outcome outcome = options.ask_outcome(txn::InDoubt{ids[i], coordinator, {}});
-      if (outcome == txn::Outcome::kCommitted || outcome == txn::Outcome::kAborted) {
-        if (!finish(ids[i], outcome == txn::Outcome::kCommitted).ok()) ++still;
-      } else if (outcome == txn::Outcome::kUnknown) {
-        return still + (ids.size() - i);
+  ask_outcomes(by_coordinator, [&](const TxnId& id, txn::Outcome outcome) {
+    bool decided = outcome == txn::Outcome::kCommitted || outcome == txn::Outcome::kAborted;
+    if (!decided || !finish(id, outcome == txn::Outcome::kCommitted).ok()) ++still;
+  });
+  return still.load();
+}
+
+// A transaction this space joined and that has not voted is aborted here when its manager says it
+// aborted (a manager answers so for a transaction it does not know: one it lost, or forgot after
+// deciding while this space was unreachable), or when the manager has not answered for
+// abandon_txn_after. Either is safe: without this space's PREPARED vote the transaction cannot
+// commit, and a prepare that comes later finds nothing and votes ABORTED. Without it, what such a
+// transaction took would stay hidden until a restart.
+void Space::Impl::check_active() {
+  const auto now = Clock::now();
+  std::map<std::string, std::vector<TxnId>> by_manager;
+  {
+    std::shared_lock lock(mu);
+    for (const auto& [id, t] : txns) {
+      if (t.prepared || t.manager.empty() || now - t.joined_at < options.txn_check_interval) continue;
+      by_manager[t.manager].push_back(id);
+    }
+  }
+  if (by_manager.empty()) return;
+  std::mutex abort_mu;
+  std::vector<std::pair<TxnId, std::string>> to_abort;
+  ask_outcomes(by_manager, [&](const TxnId& id, txn::Outcome outcome) {
+    std::string why;
+    {
+      std::unique_lock lock(mu);
+      auto t = txns.find(id);
+      if (t == txns.end() || t->second.prepared) return;
+      if (outcome == txn::Outcome::kAborted) {
+        why = "its manager " + t->second.manager + " says it aborted";
+      } else if (outcome != txn::Outcome::kUnknown) {
+        t->second.silent_since.reset();
+        return;
+      } else if (!t->second.silent_since) {
+        t->second.silent_since = now;
+        return;
+      } else if (now - *t->second.silent_since >= options.abandon_txn_after) {
+        why = "its manager " + t->second.manager + " has not answered for " +
+              std::to_string(std::chrono::duration_cast<std::chrono::seconds>(now - *t->second.silent_since).count()) + " s";
       } else {
-        ++still;  // still active at its coordinator
+        return;
       }
     }
-    return still;
-  };
-  // A handful of coordinators at a time: each group is one blocking call after another.
-  constexpr size_t kAskAtOnce = 8;
-  size_t still = 0;
-  auto it = by_coordinator.begin();
-  while (it != by_coordinator.end()) {
-    std::vector<std::future<size_t>> asking;
-    for (; it != by_coordinator.end() && asking.size() < kAskAtOnce; ++it) {
-      asking.push_back(std::async(std::launch::async, ask_group, std::cref(it->first), std::cref(it->second)));
+    std::lock_guard lock(abort_mu);
+    to_abort.emplace_back(id, std::move(why));
+  });
+  for (const auto& [id, why] : to_abort) {
+    Status st = finish(id, false);
+    if (st.ok()) {
+      DJINN_LOG(kInfo, "space") << options.name << ": transaction " << id.to_string() << " aborted here, before its vote: " << why;
+    } else {
+      DJINN_LOG(kWarn, "space") << options.name << ": aborting transaction " << id.to_string() << " (" << why
+                                << "): " << st.to_string();
     }
-    for (auto& f : asking) still += f.get();
   }
-  return still;
 }
 
 // ---- Space ----
@@ -1314,10 +1388,10 @@ Space::~Space() {
   Impl& m = *impl_;
   {
     std::lock_guard lock(m.ended_mu);
-    m.in_doubt_stop = true;
+    m.watch_stop = true;
   }
-  m.in_doubt_cv.notify_all();
-  if (m.in_doubt.joinable()) m.in_doubt.join();  // waits out a call to a coordinator in flight
+  m.watch_cv.notify_all();
+  if (m.txn_watch.joinable()) m.txn_watch.join();  // waits out a call to a manager in flight
   {
     std::lock_guard lock(m.joins->mu);
     m.joins->stopped = true;
@@ -1372,10 +1446,10 @@ Result<std::unique_ptr<Space>> Space::open(SpaceOptions options) {
   });
   size_t doubt = 0;
   for (const auto& [id, t] : m->txns) doubt += t.recovered;
-  if (doubt > 0 && m->options.ask_outcome) {
-    m->in_doubt = std::thread([m] {
-      name_this_thread("space-in-doubt");
-      m->in_doubt_loop();
+  if (m->options.ask_outcome) {
+    m->txn_watch = std::thread([m, doubts = doubt > 0] {
+      name_this_thread("space-txn-watch");
+      m->txn_watch_loop(doubts);
     });
   }
   DJINN_LOG(kInfo, "space") << m->options.name << ": open" << (m->has_store ? "" : " in memory") << ", "

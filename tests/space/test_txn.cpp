@@ -577,7 +577,8 @@ namespace {
 
 // The engine on its own landlord file, joined to any transaction at once.
 struct Engine {
-  Engine(const std::string& path, std::function<txn::Outcome(const txn::InDoubt&)> ask) {
+  Engine(const std::string& path, std::function<txn::Outcome(const txn::InDoubt&)> ask,
+         const std::function<void(SpaceOptions&)>& tune = {}) {
     lease::LandlordOptions lo;
     lo.path = path;
     lo.on_event = [this](const lease::LeaseEvent& e) {
@@ -591,6 +592,7 @@ struct Engine {
     so.join = [](const TxnRef&, const std::string&, std::function<void(Status)> done) { done(Status::Ok()); };
     so.ask_outcome = std::move(ask);
     so.in_doubt_retry = 20ms;
+    if (tune) tune(so);
     auto s = Space::open(so);
     REQUIRE_MESSAGE(s.ok(), s.status().to_string());
     space = std::move(*s);
@@ -661,6 +663,10 @@ TEST_CASE("a space restarted in doubt asks each manager apart: one that does not
   CHECK(e.space->stats().in_doubt == 4);
 
   // The answered manager's transaction commits while the lost one's first call still hangs.
+  {
+    std::unique_lock lock(mu);
+    REQUIRE(cv.wait_for(lock, 10s, [&] { return lost_calls == 1; }));
+  }
   REQUIRE(test::eventually([&] { return visible(9); }, 10000));
   {
     std::lock_guard lock(mu);
@@ -694,4 +700,52 @@ TEST_CASE("a space restarted in doubt asks each manager apart: one that does not
   }
   for (int i = 0; i < 3; ++i) CHECK_FALSE(visible(i));
   CHECK(visible(9));
+}
+
+TEST_CASE("a transaction not yet voting is aborted here once its manager says it aborted, or stays silent too long") {
+  test::TempDir dir;
+  // "live" still runs its transaction, "forgot" lost it (a manager answers ABORTED for an id it
+  // does not know), "silent" never answers.
+  auto ask = [](const txn::InDoubt& d) {
+    if (d.coordinator == "live") return txn::Outcome::kActive;
+    if (d.coordinator == "forgot") return txn::Outcome::kAborted;
+    return txn::Outcome::kUnknown;
+  };
+  Engine e(dir.file("space.db"), ask, [](SpaceOptions& o) {
+    o.txn_check_interval = 20ms;
+    o.abandon_txn_after = 300ms;
+  });
+  const std::vector<std::string> managers = {"live", "forgot", "silent"};
+  for (size_t i = 0; i < managers.size(); ++i) {
+    REQUIRE(e.space->write({entry("demo.Held", {{"i", static_cast<int>(i)}}), 600'000}).ok());
+  }
+  const auto started = std::chrono::steady_clock::now();
+  for (size_t i = 0; i < managers.size(); ++i) {
+    TxnRef t{txn::TxnId{7, i + 1}, managers[i]};
+    WriteRequest w{entry("demo.Staged", {{"i", static_cast<int>(i)}}), 600'000};
+    w.txn = t;
+    REQUIRE(e.space->write(std::move(w)).ok());
+    auto taken = e.space->take(tmpl("demo.Held", {{"i", static_cast<int>(i)}}), 0ms, t);
+    REQUIRE(taken.ok());
+    REQUIRE(taken->has_value());
+  }
+  auto held_back = [&](int i) { return e.space->read(tmpl("demo.Held", {{"i", i}}))->has_value(); };
+  CHECK(e.space->stats().transactions == 3);
+
+  // The forgotten one is aborted at the first check: what it took is back, what it wrote gone.
+  REQUIRE(test::eventually([&] { return held_back(1); }, 10000));
+  CHECK(e.space->stats().transactions == 2);
+  // The silent one once its manager has not answered for abandon_txn_after.
+  REQUIRE(test::eventually([&] { return held_back(2); }, 10000));
+  CHECK(std::chrono::steady_clock::now() - started >= 300ms);
+  CHECK(e.space->stats().transactions == 1);
+  // The live one stays, its take held and its write staged.
+  std::this_thread::sleep_for(100ms);
+  CHECK(!held_back(0));
+  CHECK(e.space->stats().transactions == 1);
+  CHECK(e.space->contents(tmpl("demo.Staged"), 0, 10)->entries.empty());
+  // A prepare that comes after all finds nothing of the aborted ones and votes ABORTED.
+  auto vote = e.space->prepare(txn::TxnId{7, 2}, "forgot");
+  REQUIRE(vote.ok());
+  CHECK(*vote == txn::Vote::kAborted);
 }

@@ -81,12 +81,18 @@ struct SpaceOptions {
   // not answer holds up only the operations under its own transactions. Null: operations under a
   // transaction are refused.
   std::function<void(const TxnRef& txn, const std::string& participant, std::function<void(Status)> done)> join;
-  // Asks a prepared transaction's outcome after a restart (kUnknown: ask again later), from a
-  // thread of the space's own, every in_doubt_retry until none is in doubt. Several coordinators
-  // are asked at once, so it must be thread-safe; a coordinator that answers kUnknown is asked
-  // nothing more until the next round.
+  // Asks a transaction's outcome (kUnknown: no answer; ask again later) of InDoubt::coordinator:
+  // after a restart, that of each prepared transaction, every in_doubt_retry until none is in
+  // doubt; and that of transactions that have not voted (txn_check_interval below). From a thread
+  // of the space's own; several managers are asked at once, so it must be thread-safe; a manager
+  // that answers kUnknown is asked nothing more until the next round.
   std::function<txn::Outcome(const txn::InDoubt&)> ask_outcome;
   std::chrono::milliseconds in_doubt_retry{1000};
+  // A transaction joined longer ago than this and not yet voting has its manager asked, every
+  // this often, whether it still runs (0: never): one its manager says aborted is aborted here,
+  // and so is one whose manager has not answered for abandon_txn_after. Both through ask_outcome.
+  std::chrono::milliseconds txn_check_interval{std::chrono::seconds(30)};
+  std::chrono::milliseconds abandon_txn_after{std::chrono::minutes(10)};
 };
 
 struct Written {
