@@ -667,6 +667,7 @@ Result<std::unique_ptr<SpaceService>> SpaceService::start(SpaceServiceOptions op
     std::unique_lock lock(im->forward_mu);
     im->forward_space = im->space_owner.get();
   }
+  im->space_owner->drop_lapsed();  // expired during the load, before the line above
   im->space = im->space_owner.get();
 
   rpc::ServerOptions server_options;

@@ -709,6 +709,8 @@ struct Space::Impl {
     std::vector<uint64_t> ended_rows;
     {
       std::unique_lock lock(mu);
+      // An expiry after this instant waits for mu, and finds what this batch inserts.
+      const int64_t now_ns = landlord.now_ns();
       // Deletes: the entries were marked kTaking when they were matched.
       for (size_t i = 0; i < ops.size(); ++i) {
         if (ops[i].write) continue;
@@ -745,6 +747,12 @@ struct Space::Impl {
         const lease::Lease& l = *leases[k];
         outcomes[i].written = Written{l.id, l.expiration_ms};
         uint64_t seq = seq_of[i];
+        if (l.deadline_ns <= now_ns && !consumer[i]) {
+          // Its lease ended before the entry got here (a lease of a millisecond outlasts no fsync),
+          // and its expiry, finding no entry, was dropped: the entry must not stay behind.
+          if (has_store && !op.txn) ended_rows.push_back(seq);
+          continue;
+        }
         if (consumer[i]) {
           d.replies.emplace_back(std::move(consumer[i]->done), std::vector<Entry>{op.entry});
           d.cancel.push_back(l.id);
@@ -783,10 +791,15 @@ struct Space::Impl {
     return outcomes;
   }
 
-  // Rows of entries whose leases ended, for the remover thread.
+  // Rows of entries and notify registrations whose leases ended, for the remover thread.
   void delete_rows_later(std::span<const uint64_t> seqs) {
     std::lock_guard lock(ended_mu);
     dead_rows.insert(dead_rows.end(), seqs.begin(), seqs.end());
+    ended_cv.notify_one();
+  }
+  void delete_watches_later(std::span<const uint64_t> ids) {
+    std::lock_guard lock(ended_mu);
+    dead_watches.insert(dead_watches.end(), ids.begin(), ids.end());
     ended_cv.notify_one();
   }
 
@@ -1430,6 +1443,7 @@ Result<std::unique_ptr<Space>> Space::open(SpaceOptions options) {
     return Status(st.code(), "space " + m->options.name + ": " + st.message());
   }
   m->cancel_orphan_leases();
+  DJINN_CRASH_POINT("space.open.after_load");
   m->commit = std::make_unique<GroupCommit<Impl::Op, Impl::OpOutcome>>(
       m->options.max_batch, [m](std::span<Impl::Op> ops) { return m->run_batch(ops); }, "space-commit");
   m->timer = std::thread([m] {
@@ -1752,9 +1766,15 @@ Result<NotifyRegistration> Space::notify(const Template& tmpl, int64_t duration_
       });
   if (!leases[0].ok()) return Status(leases[0].status().code(), "notify: " + leases[0].status().message());
   const lease::Lease& l = *leases[0];
-  std::unique_lock lock(m.mu);
-  m.watches[l.id] = Impl::Watch{tmpl, notify_event_kind(l.id)};
-  if (m.options.publisher) m.options.publisher->declare(m.watches[l.id].kind);
+  {
+    std::unique_lock lock(m.mu);
+    if (l.deadline_ns > m.landlord.now_ns()) {  // else its expiry came first and found nothing
+      m.watches[l.id] = Impl::Watch{tmpl, notify_event_kind(l.id)};
+      if (m.options.publisher) m.options.publisher->declare(m.watches[l.id].kind);
+      return NotifyRegistration{l.id, l.expiration_ms, notify_event_kind(l.id)};
+    }
+  }
+  m.delete_watches_later({&l.id, 1});
   return NotifyRegistration{l.id, l.expiration_ms, notify_event_kind(l.id)};
 }
 
@@ -1945,6 +1965,53 @@ Status Space::commit(const txn::TxnId& id) { return impl_->finish(id, true); }
 Status Space::abort(const txn::TxnId& id) { return impl_->finish(id, false); }
 Result<size_t> Space::resolve_in_doubt() { return impl_->resolve(); }
 
+size_t Space::drop_lapsed() {
+  Impl& m = *impl_;
+  std::vector<uint64_t> rows;
+  size_t dropped = 0;
+  {
+    std::unique_lock lock(m.mu);
+    const int64_t now = m.landlord.now_ns();
+    for (auto it = m.entries.begin(); it != m.entries.end();) {
+      uint64_t seq = it->first;
+      const Impl::Stored& s = it->second;
+      ++it;  // erase_locked invalidates the entry's iterator only
+      if (s.deadline_ns > now || s.hold != Impl::Hold::kFree) continue;
+      if (s.has_row) rows.push_back(seq);
+      m.erase_locked(seq);
+      ++dropped;
+    }
+  }
+  if (!rows.empty()) m.delete_rows_later(rows);
+  // Notify registrations keep no deadline: the landlord says which leases it no longer holds.
+  std::vector<uint64_t> watch_ids, ended_watches;
+  {
+    std::shared_lock lock(m.mu);
+    for (const auto& [id, w] : m.watches) watch_ids.push_back(id);
+  }
+  for (uint64_t id : watch_ids) {
+    if (!m.landlord.find(id)) ended_watches.push_back(id);
+  }
+  if (!ended_watches.empty()) {
+    {
+      std::unique_lock lock(m.mu);
+      for (uint64_t id : ended_watches) {
+        auto it = m.watches.find(id);
+        if (it == m.watches.end()) continue;
+        if (m.options.publisher) m.options.publisher->forget(it->second.kind);
+        m.watches.erase(it);
+      }
+    }
+    m.delete_watches_later(ended_watches);
+    dropped += ended_watches.size();
+  }
+  if (dropped > 0) {
+    DJINN_LOG(kInfo, "space") << m.options.name << ": dropped " << dropped
+                              << " entries and notify registrations whose leases ended while it opened";
+  }
+  return dropped;
+}
+
 void Space::on_lease_event(const lease::LeaseEvent& event) {
   Impl& m = *impl_;
   const lease::Lease& l = event.lease;
@@ -1990,9 +2057,7 @@ void Space::on_lease_event(const lease::LeaseEvent& event) {
       if (m.options.publisher) m.options.publisher->forget(it->second.kind);
       m.watches.erase(it);
     }
-    std::lock_guard lock(m.ended_mu);
-    m.dead_watches.push_back(l.id);
-    m.ended_cv.notify_one();
+    m.delete_watches_later({&l.id, 1});
   }
 }
 

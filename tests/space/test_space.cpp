@@ -695,6 +695,54 @@ TEST_CASE("an entry whose lease ends during a take that then fails is gone, not 
   CHECK(!h.client->read_if_exists(tmpl("demo.Brief"))->has_value());
 }
 
+TEST_CASE("an entry whose lease expires between its commit and its arrival in memory is not left behind") {
+  // The expiry runs in that instant, as a landlord's expiry thread may: it finds no entry yet.
+  test::TempDir dir;
+  test::FakeClocks clocks;
+  lease::LandlordOptions lo;
+  lo.path = dir.file("space.db");
+  lo.clocks = clocks.clocks();
+  lo.run_expiry_thread = false;
+  std::atomic<Space*> target{nullptr};
+  lo.on_event = [&](const lease::LeaseEvent& e) {
+    if (Space* s = target.load()) s->on_lease_event(e);
+  };
+  auto landlord = lease::Landlord::open(std::move(lo));
+  REQUIRE(landlord.ok());
+  SpaceOptions so;
+  so.landlord = landlord->get();
+  auto opened = Space::open(so);
+  REQUIRE(opened.ok());
+  std::unique_ptr<Space> space = std::move(*opened);
+  target = space.get();
+  size_t expired = 0;
+  fault::arm_call("space.batch.after_commit", [&] {
+    clocks.mono_ns += 2'000'000'000;
+    expired = (*landlord)->expire_due();
+  });
+  auto w = space->write({entry("demo.Brief", {{"i", 1}}), 1000});
+  fault::disarm_all();
+  REQUIRE_MESSAGE(w.ok(), w.status().to_string());
+  CHECK(expired == 1);
+  CHECK(space->size() == 0);
+  target = nullptr;
+  space.reset();
+}
+
+TEST_CASE("entries whose leases end while the space opens are dropped once it is wired") {
+  Harness h;
+  must_write(*h.client, entry("demo.Brief", {{"i", 1}}), 1500);
+  must_write(*h.client, entry("demo.Stays", {{"i", 2}}));
+  h.stop();
+  // The load finds the entry alive; its lease ends before the landlord's events reach the space.
+  fault::arm_call("space.open.after_load", [] { std::this_thread::sleep_for(2500ms); });
+  h.start();
+  fault::disarm_all();
+  CHECK(h.service->space().size() == 1);
+  CHECK(!h.client->read_if_exists(tmpl("demo.Brief"))->has_value());
+  CHECK(h.client->read_if_exists(tmpl("demo.Stays"))->has_value());
+}
+
 TEST_CASE("roles: clients use entries and values; participant, join and collect need service or admin") {
   test::TempDir dir;
   SpaceServiceOptions o;

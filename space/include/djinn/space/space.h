@@ -13,6 +13,7 @@
 //
 // Crash points (fault.h):
 //   space.open.before_load      a space is opening, its entries (and their values' references) not loaded
+//   space.open.after_load       its entries are loaded; the owner has not wired on_lease_event yet
 //   space.take.before_commit    a take matched its entries (held for it), not yet queued to be written
 //   space.batch.write_failed    (fail point) a group's SQLite transaction fails and rolls back
 //   space.batch.before_commit   a group's rows are written, its transaction not committed
@@ -189,6 +190,10 @@ class Space final : public txn::Participant {
   // Wire as the landlord's on_event: expired or cancelled entry leases remove their entries at
   // once, notify leases their registrations.
   void on_lease_event(const lease::LeaseEvent& event);
+  // Removes the entries and notify registrations whose leases ended while the space was opening,
+  // before on_lease_event was wired (their events went nowhere); returns how many. Call once,
+  // after wiring.
+  size_t drop_lapsed();
 
   // The name it joins transactions under, once its endpoint is known (before it serves).
   void set_participant_name(std::string name);
