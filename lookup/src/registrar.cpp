@@ -13,6 +13,7 @@
 #include <limits>
 #include <mutex>
 #include <shared_mutex>
+#include <span>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -363,6 +364,15 @@ struct Registrar::Impl {
 
   // ---- leases that ended (the remover thread) ----
 
+  void queue_ended(std::span<const std::pair<uint64_t, bool>> ended) {
+    {
+      std::lock_guard lock(ended_mu_);
+      for (const auto& e : ended) ended_.push_back(e);
+      ended_reported_ += ended.size();
+    }
+    ended_cv_.notify_one();
+  }
+
   void remove_ended(uint64_t lease_id, bool registration) {
     Impl& m = *this;
     if (registration) {
@@ -585,6 +595,7 @@ Result<std::unique_ptr<Registrar>> Registrar::open(RegistrarOptions options) {
     return Status(st.code(), "registrar " + impl->options.name + ": " + st.message());
   }
   impl->cancel_orphan_leases();
+  DJINN_CRASH_POINT("lookup.open.after_load");  // loaded; the owner has not wired on_lease_event yet
   Impl* raw = impl.get();
   impl->remover_ = std::thread([raw] { raw->remover_loop(); });
   DJINN_LOG(kInfo, "lookup") << impl->options.name << ": open"
@@ -874,19 +885,36 @@ void Registrar::on_lease_event(const lease::LeaseEvent& event) {
   }
   bool ended = event.type == lease::EventType::kExpired || event.type == lease::EventType::kCancelled;
   if (!ended || (l.resource != kRegistrationResource && l.resource != kNotifyResource)) return;
+  // Removed on the registrar's own thread: the landlord reports from threads that may be inside
+  // a registrar change (a grant, a cancel), so this must not wait for one. Queued even when no
+  // item or watch holds the lease yet: one granted a moment ago may be on its way in (a lease of a
+  // millisecond can end before its registration's commit returns), and the remover, which waits
+  // for write_mu_, sees it once it is in; otherwise it finds nothing and moves on.
+  const std::pair<uint64_t, bool> end{l.id, l.resource == kRegistrationResource};
+  m.queue_ended({&end, 1});
+}
+
+size_t Registrar::drop_lapsed() {
+  Impl& m = *impl_;
+  std::vector<std::pair<uint64_t, bool>> ended;
+  std::vector<uint64_t> watch_ids;
   {
     std::shared_lock lock(m.mu_);
-    bool ours = l.resource == kRegistrationResource ? m.by_lease_.count(l.id) > 0 : m.watches_.count(l.id) > 0;
-    if (!ours) return;  // superseded by a new registration, or never committed
+    const int64_t now = m.landlord.now_ns();
+    for (const auto& [lease_id, slot] : m.by_lease_) {
+      if (m.deadlines_[slot] <= now) ended.emplace_back(lease_id, true);
+    }
+    for (const auto& [id, w] : m.watches_) watch_ids.push_back(id);
   }
-  // Removed on the registrar's own thread: the landlord reports from threads that may be inside
-  // a registrar change (a grant, a cancel), so this must not wait for one.
-  {
-    std::lock_guard lock(m.ended_mu_);
-    m.ended_.push_back({l.id, l.resource == kRegistrationResource});
-    ++m.ended_reported_;
+  for (uint64_t id : watch_ids) {  // watches keep no deadline: the landlord says which it still holds
+    if (!m.landlord.find(id)) ended.emplace_back(id, false);
   }
-  m.ended_cv_.notify_one();
+  if (!ended.empty()) {
+    DJINN_LOG(kInfo, "lookup") << m.options.name << ": " << ended.size()
+                               << " items and notify registrations whose leases ended while it opened are removed";
+    m.queue_ended(ended);
+  }
+  return ended.size();
 }
 
 }  // namespace djinn::lookup

@@ -306,6 +306,7 @@ Result<std::unique_ptr<LookupService>> LookupService::start(LookupServiceOptions
     im->forward_service = im->lease_service.get();
     im->forward_registrar = im->registrar.get();
   }
+  im->registrar->drop_lapsed();  // ended during the load, before the line above
   if (Status st = im->server->start(); !st.ok()) {
     return Status(st.code(), "rpc endpoint " + options.rpc_endpoint + ": " + st.message());
   }

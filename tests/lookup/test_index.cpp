@@ -4,8 +4,10 @@
 // on injected clocks, never answered.
 #include <doctest/doctest.h>
 
+#include <atomic>
 #include <map>
 
+#include "djinn/core/fault.h"
 #include "djinn/lookup/registrar.h"
 #include "support/fake_clocks.h"
 #include "support/test_support.h"
@@ -184,4 +186,40 @@ TEST_CASE("an item past its lease deadline is never returned, even before its re
   clocks.mono_ns += 60'000'000'000;  // c's deadline, kept through its attribute change
   CHECK(answers(by_type) == 0);
   CHECK_FALSE(registrar->lookup(by_name).has_value());
+}
+
+TEST_CASE("a registration whose lease expires between its commit and its arrival in memory is removed") {
+  // The expiry runs in that instant, as the landlord's expiry thread may, and finds no item yet.
+  test::TempDir dir;
+  test::FakeClocks clocks;
+  lease::LandlordOptions lo;
+  lo.path = dir.file("lookup.db");
+  lo.clocks = clocks.clocks();
+  lo.run_expiry_thread = false;
+  std::atomic<Registrar*> target{nullptr};
+  lo.on_event = [&](const lease::LeaseEvent& e) {
+    if (Registrar* r = target.load()) r->on_lease_event(e);
+  };
+  auto landlord = lease::Landlord::open(lo);
+  REQUIRE(landlord.ok());
+  auto opened = Registrar::open(RegistrarOptions{.landlord = landlord->get()});
+  REQUIRE(opened.ok());
+  std::unique_ptr<Registrar> registrar = std::move(*opened);
+  target = registrar.get();
+  ServiceItem item;
+  item.service_id = ServiceId::random();
+  item.interface_types = {"demo.Printer"};
+  size_t expired = 0;
+  fault::arm_call("lookup.register.after_commit", [&] {
+    clocks.mono_ns += 2'000'000'000;
+    expired = (*landlord)->expire_due();
+  });
+  auto r = registrar->register_item({item, 1000});
+  fault::disarm_all();
+  REQUIRE_MESSAGE(r.ok(), r.status().to_string());
+  CHECK(expired == 1);
+  registrar->settle_ended();
+  CHECK(registrar->size() == 0);
+  target = nullptr;
+  registrar.reset();
 }

@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "djinn/core/events.h"
+#include "djinn/core/fault.h"
 #include "djinn/lookup/client.h"
 #include "djinn/lookup/service.h"
 #include "djinn/proto/lookup.capnp.h"
@@ -409,6 +410,21 @@ TEST_CASE("persistence: a restarted registrar has every registration with its le
   std::this_thread::sleep_for(200ms);
   must_register(*h.client, item({"demo.Printer"}, {}));
   CHECK(test::eventually([&] { return w.count() == 1; }));
+}
+
+TEST_CASE("registrations whose leases end while the registrar opens are removed once it is wired") {
+  Harness h;
+  ServiceItem brief = item({"demo.Printer"}, {});
+  must_register(*h.client, brief, 1500);
+  Registered kept = must_register(*h.client, item({"demo.Printer"}, {}), 60'000);
+  h.stop();
+  // The load finds both leases alive; they end before the landlord's events reach the registrar.
+  fault::arm_call("lookup.open.after_load", [] { std::this_thread::sleep_for(2500ms); });
+  h.start();
+  fault::disarm_all();
+  h.service->registrar().settle_ended();
+  CHECK(h.service->registrar().size() == 2);  // `kept` and its own item
+  CHECK(h.client->lookup(ServiceTemplate{kept.item.service_id, {}, {}})->has_value());
 }
 
 TEST_CASE("a registrar bound to a wildcard address advertises endpoints others can dial") {

@@ -139,6 +139,10 @@ class Registrar {
   // expired or cancelled registration leases remove their items, notify leases their
   // registrations.
   void on_lease_event(const lease::LeaseEvent& event);
+  // Removes the items and notify registrations whose leases ended while the registrar was
+  // opening, before on_lease_event was wired (their events went nowhere); returns how many were
+  // found. Call once, after wiring.
+  size_t drop_lapsed();
   // Returns once what every lease ended so far held is removed (a thread of the registrar's own
   // removes it soon anyway): a cancel answers after this, so its caller never finds the item.
   void settle_ended();
