@@ -145,8 +145,11 @@ Result<ServiceItem> RegistrarClient::modify_attributes(uint64_t lease_id, std::s
   }
   auto added = p.initAdd(static_cast<unsigned>(add.size()));
   for (size_t i = 0; i < add.size(); ++i) to_capnp(add[i], added[i]);
-  // Applying the same change twice gives the same item: safe to resend.
-  rpc::Reply reply = client_->call("lookup.modifyAttributes", message, idempotent(call));
+  // Not idempotent: applied twice, `add` is appended twice, and a change whose template no
+  // longer matches after the first fails the second. The registrar remembers the reply under
+  // this key, so a change resent after a lost connection is answered, not applied again.
+  if (call.idempotency_key.empty()) call.idempotency_key = ServiceId::random().to_string();
+  rpc::Reply reply = client_->call("lookup.modifyAttributes", message, call);
   return rpc::read_reply<ServiceItem>(reply, "lookup.modifyAttributes", [](rpc::Reply& r) {
     return item_from(r.results<proto::ModifyResult>().getItem(), "lookup.modifyAttributes");
   });
