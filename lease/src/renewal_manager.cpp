@@ -85,6 +85,7 @@ struct RenewalManager::Impl {
   std::set<std::pair<int64_t, Key>> schedule;  // (due_ms, key) of every idle tracked lease
   std::deque<Completion> completions;
   FailureHandler on_failure;
+  RenewedHandler on_renewed;
   uint64_t next_generation = 1;
   bool stopping = false;
   // One client per landlord. Destroyed outside `mu`: a client's destructor answers its calls in
@@ -170,11 +171,13 @@ struct RenewalManager::Impl {
     return c;
   }
 
-  void apply(Completion& c, int64_t now, std::vector<std::pair<HeldLease, Status>>& failed);
+  void apply(Completion& c, int64_t now, std::vector<HeldLease>& renewed_out,
+             std::vector<std::pair<HeldLease, Status>>& failed);
   void run();
 };
 
-void RenewalManager::Impl::apply(Completion& c, int64_t now, std::vector<std::pair<HeldLease, Status>>& failed) {
+void RenewalManager::Impl::apply(Completion& c, int64_t now, std::vector<HeldLease>& renewed_out,
+                                 std::vector<std::pair<HeldLease, Status>>& failed) {
   Status call_status = c.reply.status();
   std::vector<Status> item_status(c.items.size());
   std::vector<std::optional<Lease>> renewed(c.items.size());
@@ -212,6 +215,7 @@ void RenewalManager::Impl::apply(Completion& c, int64_t now, std::vector<std::pa
       t.held.lease.granted_ms = renewed[i]->granted_ms;
       t.backoff = std::chrono::milliseconds(0);
       schedule_at(key, t, due_for(t.held.lease, now));
+      if (on_renewed) renewed_out.push_back(t.held);
       continue;
     }
     if (transient(st.code()) && now < t.held.lease.expiration_ms) {
@@ -240,12 +244,13 @@ void RenewalManager::Impl::run() {
   };
   std::unique_lock lock(mu);
   while (!stopping) {
+    std::vector<HeldLease> renewed;
     std::vector<std::pair<HeldLease, Status>> failed;
     int64_t now = wall_now_ms();
     while (!completions.empty()) {
       Completion c = std::move(completions.front());
       completions.pop_front();
-      apply(c, now, failed);
+      apply(c, now, renewed, failed);
     }
 
     // Everything due within the batch window goes now, one batch per landlord.
@@ -290,8 +295,9 @@ void RenewalManager::Impl::run() {
     }
 
     int64_t next_due = schedule.empty() ? INT64_MAX : schedule.begin()->first;
-    if (!outgoing.empty() || !failed.empty()) {
+    if (!outgoing.empty() || !failed.empty() || !renewed.empty()) {
       FailureHandler handler = on_failure;
+      RenewedHandler renewed_handler = on_renewed;
       lock.unlock();
       for (auto& out : outgoing) {
         rpc::CallOptions call;
@@ -310,6 +316,7 @@ void RenewalManager::Impl::run() {
       // these may be a client's last references, and destroying a client joins its I/O thread,
       // whose reply callbacks take the lock.
       outgoing.clear();
+      if (renewed_handler && !renewed.empty()) renewed_handler(renewed);
       for (auto& [held, why] : failed) {
         DJINN_LOG(kInfo, "renewal") << "lease " << held.lease.id << " at " << held.landlord
                                     << " could not be renewed: " << why.to_string();
@@ -343,6 +350,11 @@ RenewalManager::~RenewalManager() {
 void RenewalManager::on_failure(FailureHandler handler) {
   std::lock_guard lock(impl_->mu);
   impl_->on_failure = std::move(handler);
+}
+
+void RenewalManager::on_renewed(RenewedHandler handler) {
+  std::lock_guard lock(impl_->mu);
+  impl_->on_renewed = std::move(handler);
 }
 
 void RenewalManager::add(const HeldLease& lease, int64_t renew_ms,

@@ -1,11 +1,14 @@
 // The renewal service: sets of leases (held at any landlord) kept renewed on behalf of clients by
 // one RenewalManager. The store (renewal.db) records what to renew, not how far: after a restart
-// every member is renewed at once, which tells alive leases from lost ones.
+// every member is renewed at once, which tells alive leases from lost ones, and retried until the
+// longest it could have been renewed for runs out.
 #include "renewal_service.h"
 
+#include <algorithm>
 #include <map>
 #include <mutex>
 #include <set>
+#include <span>
 
 #include <kj/exception.h>
 
@@ -34,7 +37,7 @@ CREATE TABLE IF NOT EXISTS renewal_member (
   holder TEXT NOT NULL,
   kind INTEGER NOT NULL,
   expiration_ms INTEGER NOT NULL,    -- as handed over; renewals are not written back
-  granted_ms INTEGER NOT NULL,
+  granted_ms INTEGER NOT NULL,       -- the latest renewal's grant, written when it changes
   renew_ms INTEGER NOT NULL,
   until_ms INTEGER NOT NULL,
   PRIMARY KEY (landlord, lease_id)
@@ -57,6 +60,7 @@ struct RenewalService::Impl {
   struct Member {
     uint64_t set_id = 0;
     int64_t until_ms = 0;
+    int64_t granted_ms = 0;  // as in the store
   };
   struct Set {
     std::string holder;
@@ -80,6 +84,7 @@ struct RenewalService::Impl {
 
   Status load();
   void on_failure(const HeldLease& held, const Status& why);
+  void on_renewed(std::span<const HeldLease> renewed);
   // Removes a set and its members from the store and the maps; returns the members to forget.
   std::vector<Key> drop_set_locked(uint64_t set_id);
   // Members whose `until` passed: the manager has dropped them; the store follows.
@@ -146,12 +151,13 @@ Status RenewalService::Impl::load() {
     int64_t until_ms = st->column_int64(9);
     Key key{held.landlord, held.lease.id};
     set->second.members.insert(key);
-    members[key] = Member{set_id, until_ms};
+    members[key] = Member{set_id, until_ms, held.lease.granted_ms};
     // The stored expiration is the one handed over, likely long renewed since: granted_ms 0 has
-    // it renewed at once, and a landlord slow to answer after our restart has the call timeout
-    // before the lease counts as lost.
-    held.lease.expiration_ms =
-        std::max(held.lease.expiration_ms, wall_now_ms() + options.manager.call_timeout.count());
+    // it renewed at once. Its last renewal, before our restart, granted at most the stored grant
+    // (or what was asked, should the last change of grant not have reached the store), so the
+    // lease may live that long from now: a landlord that comes back within that time keeps it.
+    int64_t longest = std::max({held.lease.granted_ms, renew_ms, options.manager.call_timeout.count()});
+    held.lease.expiration_ms = std::max(held.lease.expiration_ms, wall_now_ms() + longest);
     held.lease.granted_ms = 0;
     manager.add(held, renew_ms, std::chrono::system_clock::time_point(std::chrono::milliseconds(until_ms)));
     ++resumed;
@@ -222,6 +228,35 @@ void RenewalService::Impl::on_failure(const HeldLease& held, const Status& why) 
   out.setCode(static_cast<uint16_t>(why.code()));
   out.setMessage(why.message());
   options.publisher->publish(kFailedKind, std::to_string(set_id), message);
+}
+
+void RenewalService::Impl::on_renewed(std::span<const HeldLease> renewed) {
+  std::lock_guard lock(mu);
+  if (stopped) return;
+  // A grant rarely changes from one renewal to the next: only a change is written, all of one
+  // answer's in one transaction, so renewals cost no write of their own.
+  std::vector<std::pair<Member*, const HeldLease*>> changed;
+  for (const HeldLease& held : renewed) {
+    auto it = members.find(Key{held.landlord, held.lease.id});
+    if (it != members.end() && it->second.granted_ms != held.lease.granted_ms) changed.emplace_back(&it->second, &held);
+  }
+  if (changed.empty()) return;
+  Status s = [&]() -> Status {
+    auto tx = sqlite::Transaction::begin(db);
+    if (!tx.ok()) return tx.status();
+    for (const auto& [member, held] : changed) {
+      auto st = db.cached("UPDATE renewal_member SET granted_ms = ? WHERE landlord = ? AND lease_id = ?");
+      if (!st.ok()) return st.status();
+      DJINN_RETURN_IF_ERROR((*st)->bind_all(held->lease.granted_ms, held->landlord, held->lease.id));
+      DJINN_RETURN_IF_ERROR((*st)->run());
+    }
+    return tx->commit();
+  }();
+  if (!s.ok()) {
+    DJINN_LOG(kWarn, "renewal") << "noting renewed grants: " << s.to_string();
+    return;  // left as stored: the next renewal tries again
+  }
+  for (auto& [member, held] : changed) member->granted_ms = held->lease.granted_ms;
 }
 
 Status RenewalService::Impl::create(proto::CreateSetParams::Reader p, proto::SetResult::Builder r) {
@@ -298,7 +333,7 @@ Status RenewalService::Impl::add(proto::AddParams::Reader p) {
                                         held.lease.expiration_ms, held.lease.granted_ms, p.getRenewMs(), until_ms));
   DJINN_RETURN_IF_ERROR((*st)->run());
   set->second.members.insert(key);
-  members[key] = Member{set->first, until_ms};
+  members[key] = Member{set->first, until_ms, held.lease.granted_ms};
   manager.add(held, p.getRenewMs(), std::chrono::system_clock::time_point(std::chrono::milliseconds(until_ms)));
   return Status::Ok();
 }
@@ -351,6 +386,7 @@ Result<std::unique_ptr<RenewalService>> RenewalService::open(RenewalServiceOptio
   auto impl = std::make_unique<Impl>(std::move(options), std::move(*db));
   Impl* im = impl.get();
   im->manager.on_failure([im](const HeldLease& held, const Status& why) { im->on_failure(held, why); });
+  im->manager.on_renewed([im](std::span<const HeldLease> renewed) { im->on_renewed(renewed); });
   {
     std::lock_guard lock(im->mu);
     if (Status st = im->load(); !st.ok()) return Status(st.code(), "renewal store: " + st.message());

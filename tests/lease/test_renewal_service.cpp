@@ -1,12 +1,14 @@
 // The renewal service of djinn-lease (in-process LeaseManager): leases handed over stay alive past
 // their expiration, a lease cancelled behind the service's back gives exactly one renewal.failed,
-// an abandoned set is dropped, and sets survive a restart.
+// an abandoned set is dropped, and sets survive a restart, even one their landlords are slow to
+// come back from.
 #include <doctest/doctest.h>
 
 #include <mutex>
 #include <thread>
 
 #include "djinn/core/events.h"
+#include "djinn/core/sqlite.h"
 #include "djinn/lease/client.h"
 #include "djinn/lease/service.h"
 #include "djinn/proto/lease.capnp.h"
@@ -18,9 +20,11 @@ using namespace std::chrono_literals;
 
 namespace {
 
-std::unique_ptr<LeaseManager> start_manager(const std::string& dir, const std::string& endpoint = "tcp://127.0.0.1:*") {
+std::unique_ptr<LeaseManager> start_manager(const std::string& dir, const std::string& endpoint = "tcp://127.0.0.1:*",
+                                           Policy policy = {}) {
   LeaseManagerOptions o;
   o.data_dir = dir;
+  o.policy = policy;
   o.rpc_endpoint = endpoint;
   auto m = LeaseManager::start(o);
   REQUIRE_MESSAGE(m.ok(), m.status().to_string());
@@ -178,6 +182,59 @@ TEST_CASE("renewal sets survive a restart of the manager") {
   auto now = leases.get(held.lease.id);
   REQUIRE_MESSAGE(now.ok(), now.status().to_string());
   CHECK(now->lease.expiration_ms > held.lease.expiration_ms);
+  auto members = renewal.members(set_id);
+  REQUIRE(members.ok());
+  CHECK(members->size() == 1);
+}
+
+TEST_CASE("after a restart, a lease is kept while its landlord is away for less than the lease's last grant") {
+  test::TempDir dir;
+  std::string renewer_endpoint = "tcp://127.0.0.1:" + std::to_string(test::free_tcp_port());
+  std::string landlord_endpoint = "tcp://127.0.0.1:" + std::to_string(test::free_tcp_port());
+  Policy policy;
+  policy.default_duration = 8s;  // what the renewals (ANY) get: longer than the handed-over lease
+  auto renewer = start_manager(dir.file("renewer"), renewer_endpoint);
+  auto landlord = start_manager(dir.file("landlord"), landlord_endpoint, policy);
+  LeaseClient at_landlord({.endpoint = landlord_endpoint});
+  HeldLease held;
+  uint64_t set_id = 0;
+  {
+    RenewalClient renewal({.endpoint = renewer_endpoint});
+    auto set = renewal.create_set("owner", 60'000);
+    REQUIRE(set.ok());
+    set_id = set->id;
+    held = grant(at_landlord, "slow-landlord", 1000);
+    REQUIRE(renewal.add(set_id, held, kDurationAny, std::chrono::system_clock::now() + 60s).ok());
+  }
+  // The renewal service has renewed it for 8 s and noted that grant in its store.
+  {
+    auto db = sqlite::Database::open(dir.file("renewer") + "/renewal.db");
+    REQUIRE(db.ok());
+    REQUIRE(test::eventually([&] {
+      auto st = db->prepare("SELECT granted_ms FROM renewal_member");
+      REQUIRE(st.ok());
+      auto row = st->step();
+      return row.ok() && *row && st->column_int64(0) == 8000;
+    }, 3000));
+  }
+  auto before = at_landlord.get(held.lease.id);
+  REQUIRE(before.ok());
+  renewer.reset();
+  landlord.reset();
+
+  // The renewal service comes back first; the landlord stays away longer than a renewal call's
+  // timeout (2 s), not as long as the lease's 8 s.
+  renewer = start_manager(dir.file("renewer"), renewer_endpoint);
+  LeaseClient at_renewer({.endpoint = renewer_endpoint});
+  FailureLog failures(*renewer, at_renewer);
+  std::this_thread::sleep_for(3000ms);
+  landlord = start_manager(dir.file("landlord"), landlord_endpoint, policy);
+  CHECK(test::eventually([&] {
+    auto now = at_landlord.get(held.lease.id);
+    return now.ok() && now->lease.expiration_ms > before->lease.expiration_ms;
+  }, 5000));
+  CHECK(failures.size() == 0);
+  RenewalClient renewal({.endpoint = renewer_endpoint});
   auto members = renewal.members(set_id);
   REQUIRE(members.ok());
   CHECK(members->size() == 1);

@@ -121,6 +121,8 @@ struct RenewalManagerOptions {
 class RenewalManager {
  public:
   using FailureHandler = std::function<void(const HeldLease& lease, const Status& why)>;
+  // The leases one landlord's answer renewed, as renewed.
+  using RenewedHandler = std::function<void(std::span<const HeldLease> renewed)>;
 
   explicit RenewalManager(RenewalManagerOptions options = {});
   ~RenewalManager();  // stops cleanly: no renewal runs after it returns
@@ -128,6 +130,9 @@ class RenewalManager {
   RenewalManager& operator=(const RenewalManager&) = delete;
 
   void on_failure(FailureHandler handler);
+  // Called like on_failure (the manager's thread, no lock held) after each answer that renewed
+  // leases: a holder that must outlive its own restart can note what each renewal granted.
+  void on_renewed(RenewedHandler handler);
   // Keeps `lease` renewed, `renew_ms` at a time (ANY: the landlord chooses), until `until`
   // (nullopt: until removed). The first renewal is due when renew_at_remaining of
   // lease.granted_ms is left before lease.expiration_ms; at once when granted_ms is 0 (unknown).
