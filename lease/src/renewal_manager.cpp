@@ -2,6 +2,8 @@
 // renewal is due, sends the due renewals as one lease.renewBatch per landlord (asynchronously, so a
 // landlord that does not answer holds up no other), and applies the answers, which the RPC
 // clients' I/O threads queue back to it. Failures are reported on that thread, once each.
+// Renewals are scheduled on this process's monotonic clock, from when each renewal was sent plus
+// what it was granted: a landlord's expiration is on its own wall clock, which ours may not match.
 #include <algorithm>
 #include <condition_variable>
 #include <deque>
@@ -20,10 +22,13 @@
 namespace djinn::lease {
 namespace {
 
-int64_t wall_now_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+int64_t steady_now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
       .count();
 }
+
+// Steady-clock times stay far from the limits; a far expiration must not overflow them.
+int64_t plus(int64_t at_ms, int64_t ms) { return at_ms + std::clamp<int64_t>(ms, -(int64_t{1} << 52), int64_t{1} << 52); }
 
 // Worth another try before the lease runs out: the landlord is unreachable, restarting or busy.
 // Anything else (NOT_FOUND: expired or cancelled; FAILED_PRECONDITION; PERMISSION_DENIED;
@@ -56,7 +61,10 @@ struct RenewalManager::Impl {
     HeldLease held;
     int64_t renew_ms = kDurationAny;
     std::optional<int64_t> until_ms;
-    int64_t due_ms = 0;        // when idle: the next renewal is due then (wall ms)
+    int64_t due_ms = 0;        // when idle: the next renewal is due then (steady ms)
+    // By then (steady ms) the lease has run out at its landlord, as far as this side can tell;
+    // INT64_MAX for a FOREVER lease.
+    int64_t ends_ms = 0;
     bool in_flight = false;    // a renewal of it is out; not in `schedule` meanwhile
     uint64_t generation = 0;   // answers to an older generation (before a remove/add) are ignored
     std::chrono::milliseconds backoff{0};
@@ -66,10 +74,12 @@ struct RenewalManager::Impl {
   struct Completion {
     std::string landlord;
     std::vector<std::pair<LeaseId, uint64_t>> items;  // (id, generation), in request order
+    int64_t sent_ms = 0;  // steady: the landlord renewed them after this
     rpc::Reply reply;
   };
 
   explicit Impl(RenewalManagerOptions o) : options(std::move(o)), rng(std::random_device{}()) {
+    if (!options.wall_clock) options.wall_clock = [] { return std::chrono::system_clock::now(); };
     options.renew_at_remaining = std::clamp(options.renew_at_remaining, 0.01, 1.0);
     options.jitter = std::clamp(options.jitter, 0.0, 0.9);
     options.max_batch = std::clamp<size_t>(options.max_batch, 1, internal::kMaxBatchItems);
@@ -102,15 +112,52 @@ struct RenewalManager::Impl {
     if (!t.in_flight) schedule.erase({t.due_ms, key});
   }
 
-  // When `renew_at_remaining` of the granted duration is left, give or take the jitter; at once
-  // when the granted duration is unknown (0).
-  int64_t due_for(const Lease& lease, int64_t now) {
-    if (lease.expiration_ms == kNeverExpires) return INT64_MAX;
-    if (lease.granted_ms <= 0) return now;
-    double left = static_cast<double>(lease.granted_ms) * options.renew_at_remaining;
+  int64_t wall_now_ms() const {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(options.wall_clock().time_since_epoch()).count();
+  }
+  // What a lease's expiration (the landlord's wall clock) leaves of it, read on ours; >= 0.
+  int64_t left_by_wall(const Lease& lease) const {
+    return lease.expiration_ms - std::min(wall_now_ms(), lease.expiration_ms);
+  }
+
+  // When `renew_at_remaining` of the granted duration is left before `ends_ms`, give or take the
+  // jitter.
+  int64_t due_before(int64_t ends_ms, int64_t granted_ms, int64_t now) {
+    double left = static_cast<double>(granted_ms) * options.renew_at_remaining;
     std::uniform_real_distribution<double> spread(-options.jitter, options.jitter);
     left += left * spread(rng);
-    return std::max(now, lease.expiration_ms - static_cast<int64_t>(left));
+    return std::max(now, ends_ms - static_cast<int64_t>(left));
+  }
+
+  // A lease as added: all there is is its landlord's expiration, read here on our own wall clock,
+  // and its grant, which it cannot outlive. Renewed by the nearer of the two, given up on after
+  // the later; at once when the grant is unknown (0).
+  void schedule_added(const Key& key, Tracked& t, int64_t now) {
+    const Lease& lease = t.held.lease;
+    if (lease.expiration_ms == kNeverExpires) {
+      t.ends_ms = INT64_MAX;
+      return schedule_at(key, t, INT64_MAX);
+    }
+    int64_t left = left_by_wall(lease);
+    if (lease.granted_ms <= 0) {
+      t.ends_ms = plus(now, left);
+      return schedule_at(key, t, now);
+    }
+    t.ends_ms = plus(now, std::max(left, lease.granted_ms));
+    schedule_at(key, t, due_before(plus(now, std::min(left, lease.granted_ms)), lease.granted_ms, now));
+  }
+
+  // A lease just renewed: the landlord granted `renewed.granted_ms` at some time after `sent_ms`.
+  void schedule_renewed(const Key& key, Tracked& t, const Lease& renewed, int64_t sent_ms, int64_t now) {
+    if (renewed.expiration_ms == kNeverExpires) {
+      t.ends_ms = INT64_MAX;
+      return schedule_at(key, t, INT64_MAX);
+    }
+    int64_t granted = renewed.granted_ms;
+    // A landlord that reports no grant: what its expiration leaves on our clock, re-read soon.
+    if (granted <= 0) granted = std::max<int64_t>(left_by_wall(renewed), 1);
+    t.ends_ms = plus(sent_ms, granted);
+    schedule_at(key, t, due_before(t.ends_ms, granted, now));
   }
 
   void add(const HeldLease& lease, int64_t renew_ms, std::optional<int64_t> until_ms) {
@@ -127,7 +174,7 @@ struct RenewalManager::Impl {
       t.renew_ms = renew_ms;
       t.until_ms = until_ms;
       t.generation = next_generation++;
-      schedule_at(key, t, due_for(lease.lease, wall_now_ms()));
+      schedule_added(key, t, steady_now_ms());
     }
     cv.notify_one();
   }
@@ -214,19 +261,20 @@ void RenewalManager::Impl::apply(Completion& c, int64_t now, std::vector<HeldLea
       t.held.lease.expiration_ms = renewed[i]->expiration_ms;
       t.held.lease.granted_ms = renewed[i]->granted_ms;
       t.backoff = std::chrono::milliseconds(0);
-      schedule_at(key, t, due_for(t.held.lease, now));
+      schedule_renewed(key, t, *renewed[i], c.sent_ms, now);
       if (on_renewed) renewed_out.push_back(t.held);
       continue;
     }
-    if (transient(st.code()) && now < t.held.lease.expiration_ms) {
+    if (transient(st.code()) && now < t.ends_ms) {
       t.backoff = t.backoff.count() == 0 ? options.retry_backoff_min
                                          : std::min(t.backoff * 2, options.retry_backoff_max);
-      schedule_at(key, t, std::min(now + t.backoff.count(), t.held.lease.expiration_ms));
+      schedule_at(key, t, std::min(now + t.backoff.count(), t.ends_ms));
       continue;
     }
     if (transient(st.code())) {
-      st = deadline_exceeded("lease " + std::to_string(key.second) + " at " + key.first + " expired at " +
-                             std::to_string(t.held.lease.expiration_ms) + " ms before it could be renewed: " +
+      st = deadline_exceeded("lease " + std::to_string(key.second) + " at " + key.first +
+                             " ran out before it could be renewed (expiration " +
+                             std::to_string(t.held.lease.expiration_ms) + " ms on the landlord's clock): " +
                              st.to_string());
     }
     failed.emplace_back(std::move(t.held), std::move(st));
@@ -246,7 +294,8 @@ void RenewalManager::Impl::run() {
   while (!stopping) {
     std::vector<HeldLease> renewed;
     std::vector<std::pair<HeldLease, Status>> failed;
-    int64_t now = wall_now_ms();
+    int64_t now = steady_now_ms();
+    int64_t wall_now = wall_now_ms();  // for `until`, which is on the holder's wall clock
     while (!completions.empty()) {
       Completion c = std::move(completions.front());
       completions.pop_front();
@@ -260,7 +309,7 @@ void RenewalManager::Impl::run() {
       Key key = schedule.begin()->second;
       schedule.erase(schedule.begin());
       Tracked& t = tracked.at(key);
-      if (t.until_ms && now >= *t.until_ms) {
+      if (t.until_ms && wall_now >= *t.until_ms) {
         tracked.erase(key);  // kept as long as asked: done, not failed
         continue;
       }
@@ -279,11 +328,11 @@ void RenewalManager::Impl::run() {
           Tracked& t = tracked.at(keys[k]);
           int64_t duration = t.renew_ms;
           // Not past `until`: what is asked beyond it would only be given back.
-          if (duration > 0 && t.until_ms) duration = std::clamp<int64_t>(*t.until_ms - now, 1, duration);
+          if (duration > 0 && t.until_ms) duration = std::clamp<int64_t>(*t.until_ms - wall_now, 1, duration);
           list[static_cast<unsigned>(k - start)].setId(keys[k].second);
           list[static_cast<unsigned>(k - start)].setDurationMs(duration);
           out.items.emplace_back(keys[k].second, t.generation);
-          earliest = std::min(earliest, t.held.lease.expiration_ms);
+          earliest = std::min(earliest, t.ends_ms);
         }
         // Retried across a reconnection until the earliest lease of the batch runs out.
         if (earliest != INT64_MAX) {
@@ -304,10 +353,12 @@ void RenewalManager::Impl::run() {
         call.timeout = out.timeout;
         call.idempotent = true;  // a renewal applied twice only extends the lease twice
         out.client->call_async("lease.renewBatch", *out.message, call,
-                               [this, landlord = out.landlord, items = std::move(out.items)](rpc::Reply reply) mutable {
+                               [this, landlord = out.landlord, items = std::move(out.items),
+                                sent_ms = steady_now_ms()](rpc::Reply reply) mutable {
                                  {
                                    std::lock_guard l(mu);
-                                   completions.push_back(Completion{std::move(landlord), std::move(items), std::move(reply)});
+                                   completions.push_back(
+                                       Completion{std::move(landlord), std::move(items), sent_ms, std::move(reply)});
                                  }
                                  cv.notify_one();
                                });
@@ -329,8 +380,8 @@ void RenewalManager::Impl::run() {
     if (next_due == INT64_MAX) {
       cv.wait(lock);
     } else {
-      // Capped: a far wall-clock due time would overflow the wait's nanoseconds.
-      cv.wait_for(lock, std::chrono::milliseconds(std::clamp<int64_t>(next_due - wall_now_ms(), 1, 3'600'000)));
+      // Capped: a far due time would overflow the wait's nanoseconds.
+      cv.wait_for(lock, std::chrono::milliseconds(std::clamp<int64_t>(next_due - steady_now_ms(), 1, 3'600'000)));
     }
   }
 }

@@ -135,6 +135,25 @@ TEST_CASE("renewal manager reports a landlord that never answers once the lease 
   CHECK(renewals.size() == 0);
 }
 
+TEST_CASE("renewal manager renews on time whatever its wall clock says of the landlord's") {
+  Harness h;
+  // A holder whose clock is 10 s behind the landlord's, one 10 s ahead: both renew each lease
+  // about a second after its grant, neither hastily nor late.
+  for (auto skew : {-10s, 10s}) {
+    CAPTURE(skew.count());
+    Failures failures;
+    RenewalManager renewals({.wall_clock = [skew] { return std::chrono::system_clock::now() + skew; }});
+    renewals.on_failure(failures.handler());
+    auto l = h.grant("skewed" + std::to_string(skew.count()), 2000);
+    renewals.add(l, 2000);
+    std::this_thread::sleep_for(3000ms);  // past the first expiration, and the one after it
+    auto now = h.client->get(l.lease.id);
+    REQUIRE_MESSAGE(now.ok(), now.status().to_string());
+    CHECK(now->lease.expiration_ms > l.lease.expiration_ms + 1000);
+    CHECK(failures.size() == 0);
+  }
+}
+
 TEST_CASE("a failure handler may call back into the manager and stop it") {
   Harness h;
   std::atomic<int> calls{0};

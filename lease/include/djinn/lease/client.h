@@ -109,6 +109,10 @@ struct RenewalManagerOptions {
   std::chrono::milliseconds retry_backoff_min{20};   // after a failed renewal call, doubling
   std::chrono::milliseconds retry_backoff_max{500};
   size_t max_batch = 1000;  // renewals in one lease.renewBatch call
+  // This holder's wall clock (default: system_clock), which `until` is on and a lease's
+  // expiration is read with when it is added; renewals are scheduled on the monotonic clock.
+  // Tests skew it.
+  std::function<std::chrono::system_clock::time_point()> wall_clock;
 };
 
 // Keeps leases renewed before they expire, batching renewals per landlord. Survives a landlord
@@ -135,8 +139,11 @@ class RenewalManager {
   void on_renewed(RenewedHandler handler);
   // Keeps `lease` renewed, `renew_ms` at a time (ANY: the landlord chooses), until `until`
   // (nullopt: until removed). The first renewal is due when renew_at_remaining of
-  // lease.granted_ms is left before lease.expiration_ms; at once when granted_ms is 0 (unknown).
-  // Adding a lease already tracked replaces it.
+  // lease.granted_ms is left before lease.expiration_ms as read on this holder's clock, or before
+  // granted_ms from now if that comes sooner (the landlord's clock may be ahead); at once when
+  // granted_ms is 0 (unknown). Later renewals are due renew_at_remaining of their grant before
+  // the time they were sent plus that grant, on the monotonic clock: the landlord's expiration
+  // is only reported. Adding a lease already tracked replaces it.
   void add(const HeldLease& lease, int64_t renew_ms = kDurationAny,
            std::optional<std::chrono::system_clock::time_point> until = std::nullopt);
   // Stops renewing (the lease is left to expire, or cancel it yourself).
