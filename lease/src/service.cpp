@@ -193,6 +193,7 @@ void LandlordService::Impl::register_methods(rpc::Server& server) {
   // pool or a group commit, never on the server's I/O thread. A renewal is written there only
   // when it can be without waiting (commit_burst_renewals).
   const rpc::MethodOptions client_blocking{.min_role = security::Role::kClient, .blocking = true};
+  const rpc::MethodOptions service_blocking{.min_role = security::Role::kService, .blocking = true};
 
   server.handle_deferred(
       "lease.grant",
@@ -389,7 +390,10 @@ void LandlordService::Impl::register_methods(rpc::Server& server) {
       client_blocking);
 
   // The list methods: one name (a holder or a resource) in, its leases out. The event numbers
-  // are read first, so every event at or below them is already reflected in the list.
+  // are read first, so every event at or below them is already reflected in the list. A lease id
+  // is a capability (whoever knows it may renew or cancel it), and a holder's name is no proof of
+  // being that holder: the lists hand out other holders' ids, so only services (a node acting for
+  // its applications, lookup, the space) and admins may read them.
   auto list_method = [&](const char* method, auto params_tag, auto name_of, const char* what, size_t max_bytes,
                          auto fetch, rpc::MethodOptions options) {
     using Params = typename decltype(params_tag)::type;
@@ -411,11 +415,11 @@ void LandlordService::Impl::register_methods(rpc::Server& server) {
   auto holder_of = [](proto::HolderParams::Reader p) { return p.getHolder(); };
   list_method("lease.holderLeases", std::type_identity<proto::HolderParams>(), holder_of, "holder", policy.max_holder_bytes,
               [this](const std::string& h) -> Result<std::vector<Lease>> { return landlord.leases_of_holder(h); },
-              client_blocking);
+              service_blocking);
   list_method("lease.resourceLeases", std::type_identity<proto::ResourceParams>(),
               [](proto::ResourceParams::Reader p) { return p.getResource(); }, "resource", policy.max_resource_bytes,
               [this](const std::string& r) -> Result<std::vector<Lease>> { return landlord.leases_of_resource(r); },
-              client_blocking);
+              service_blocking);
   // A migrating application gives up everything it holds at once: its node (a service) asks, or
   // an admin. At once, or within a grace period during which the holder's own new grants succeed
   // and nobody else's incompatible ones do.
@@ -438,7 +442,7 @@ void LandlordService::Impl::register_methods(rpc::Server& server) {
         list_reply(*leases, get_endpoint(), r);
         return Status::Ok();
       },
-      {.min_role = security::Role::kService, .blocking = true});
+      service_blocking);
 }
 
 LandlordService::LandlordService(Landlord& landlord, rpc::Server& server, events::Publisher* publisher,

@@ -297,14 +297,17 @@ TEST_CASE("a malformed payload is refused with INVALID_ARGUMENT") {
   CHECK(h.manager->landlord().size() == 0);
 }
 
-TEST_CASE("cancelHolder needs the service role") {
+TEST_CASE("cancelHolder and the lists of leases need the service role") {
   Harness client_only(security::Role::kClient);
   auto a = client_only.client->grant(grant_of("r1", "erin"));
   REQUIRE(a.ok());
+  // The lists would hand a client the ids (capabilities) of leases it was never granted.
   for (auto refused : {client_only.client->cancel_all_of_holder("erin"),
-                       client_only.client->expire_all_of_holder("erin", 1000ms)}) {
+                       client_only.client->expire_all_of_holder("erin", 1000ms),
+                       client_only.client->leases_of_holder("erin"), client_only.client->leases_of_resource("r1")}) {
     CHECK(refused.status().code() == Code::kPermissionDenied);
-    CHECK(refused.status().message().find("service") != std::string::npos);
+    CHECK_MESSAGE(refused.status().message().find("needs role service") != std::string::npos,
+                  refused.status().to_string());
   }
   auto still = client_only.client->get(a->lease.id);
   REQUIRE(still.ok());
@@ -313,6 +316,8 @@ TEST_CASE("cancelHolder needs the service role") {
 
   Harness node(security::Role::kService);
   REQUIRE(node.client->grant(grant_of("r1", "erin")).ok());
+  CHECK(node.client->leases_of_holder("erin")->size() == 1);
+  CHECK(node.client->leases_of_resource("r1")->size() == 1);
   auto cancelled = node.client->cancel_all_of_holder("erin");
   REQUIRE(cancelled.ok());
   CHECK(cancelled->size() == 1);

@@ -48,6 +48,7 @@ class LeaseClient {
   Result<HeldLease> get(LeaseId id, rpc::CallOptions call = {});
   std::vector<Result<Lease>> renew_batch(std::span<const RenewRequest> requests, rpc::CallOptions call = {});
   std::vector<Status> cancel_batch(std::span<const LeaseId> ids, rpc::CallOptions call = {});
+  // The lists hand out lease ids, which are capabilities: they need the service role or admin.
   Result<std::vector<Lease>> leases_of_holder(const std::string& holder, rpc::CallOptions call = {});
   Result<std::vector<Lease>> leases_of_resource(const std::string& resource, rpc::CallOptions call = {});
   // Needs the service role (a node giving up what its application holds) or admin. Each call

@@ -20,7 +20,7 @@
 namespace djinn::lease {
 
 // Registers lease.grant, lease.renew, lease.cancel, lease.get, lease.renewBatch,
-// lease.cancelBatch, lease.holderLeases, lease.resourceLeases and lease.cancelHolder (service role) on
+// lease.cancelBatch, and (service role) lease.holderLeases, lease.resourceLeases and lease.cancelHolder on
 // `server`, and publishes the landlord's events on `publisher` (kinds "lease.<event>", key =
 // holder). Call before server.start(); the landlord's on_event must forward to on_event() below.
 // Every input is checked at the edge (sizes against the landlord's policy, kinds, durations, batch
