@@ -87,6 +87,9 @@ struct RenewalService::Impl {
   void on_renewed(std::span<const HeldLease> renewed);
   // Removes a set and its members from the store and the maps; returns the members to forget.
   std::vector<Key> drop_set_locked(uint64_t set_id);
+  // Drops the sets whose lease the landlord no longer holds; returns the members to forget.
+  std::vector<Key> drop_ended_sets_locked();
+  void forget(const std::vector<Key>& dropped);
   // Members whose `until` passed: the manager has dropped them; the store follows.
   void sweep_locked(int64_t now);
   Status create(proto::CreateSetParams::Reader p, proto::SetResult::Builder r);
@@ -109,23 +112,12 @@ Status RenewalService::Impl::load() {
                           Set{st->column_text(1), static_cast<LeaseId>(st->column_int64(2)), {}});
     }
   }
-  // A set whose lease ended while the service was down was abandoned: drop it.
   for (auto& [id, set] : loaded) {
-    if (set.lease_id != 0 && options.landlord->find(set.lease_id)) {
-      set_of_lease[set.lease_id] = id;
-      sets.emplace(id, std::move(set));
-      continue;
-    }
-    DJINN_LOG(kInfo, "renewal") << "dropping renewal set " << id << ": its lease ended";
-    auto del = db.prepare("DELETE FROM renewal_member WHERE set_id = ?");
-    if (!del.ok()) return del.status();
-    DJINN_RETURN_IF_ERROR(del->bind_all(id));
-    DJINN_RETURN_IF_ERROR(del->run());
-    auto del_set = db.prepare("DELETE FROM renewal_set WHERE id = ?");
-    if (!del_set.ok()) return del_set.status();
-    DJINN_RETURN_IF_ERROR(del_set->bind_all(id));
-    DJINN_RETURN_IF_ERROR(del_set->run());
+    set_of_lease[set.lease_id] = id;
+    sets.emplace(id, std::move(set));
   }
+  // A set whose lease ended while the service was down was abandoned.
+  drop_ended_sets_locked();
   sweep_locked(wall_now_ms());
   auto st = db.prepare(
       "SELECT set_id, landlord, lease_id, resource, holder, kind, expiration_ms, granted_ms, renew_ms, until_ms "
@@ -186,6 +178,24 @@ std::vector<RenewalService::Impl::Key> RenewalService::Impl::drop_set_locked(uin
     if (!s.ok()) DJINN_LOG(kWarn, "renewal") << "dropping renewal set " << set_id << ": " << s.to_string();
   }
   return dropped;
+}
+
+std::vector<RenewalService::Impl::Key> RenewalService::Impl::drop_ended_sets_locked() {
+  std::vector<Key> dropped;
+  for (auto it = sets.begin(); it != sets.end();) {
+    uint64_t set_id = it->first;
+    bool held = it->second.lease_id != 0 && options.landlord->find(it->second.lease_id);
+    ++it;  // before drop_set_locked erases the set
+    if (held) continue;
+    DJINN_LOG(kInfo, "renewal") << "renewal set " << set_id << " dropped: its lease ended";
+    std::vector<Key> keys = drop_set_locked(set_id);
+    dropped.insert(dropped.end(), keys.begin(), keys.end());
+  }
+  return dropped;
+}
+
+void RenewalService::Impl::forget(const std::vector<Key>& dropped) {
+  for (const auto& [landlord, id] : dropped) manager.remove(id, landlord);
 }
 
 void RenewalService::Impl::sweep_locked(int64_t now) {
@@ -289,6 +299,12 @@ Status RenewalService::Impl::create(proto::CreateSetParams::Reader p, proto::Set
   DJINN_RETURN_IF_ERROR((*st)->run());
   sets[set_id] = Set{holder, lease->id, {}};
   set_of_lease[lease->id] = set_id;
+  // Its lease may have ended while it was granted without the lock (a duration of 1 ms, a slow
+  // disk), and its event then found no set to drop. The set is dropped now, as at any such event.
+  if (!options.landlord->find(lease->id)) {
+    DJINN_LOG(kInfo, "renewal") << "renewal set " << set_id << " dropped: its lease ended as it was granted";
+    drop_set_locked(set_id);
+  }
   r.setSetId(set_id);
   lease_to_proto(*lease, where, r.initSetLease());
   return Status::Ok();
@@ -433,7 +449,16 @@ void RenewalService::on_lease_event(const LeaseEvent& event) {
                                 << (event.type == EventType::kExpired ? "not renewed" : "cancelled");
     dropped = impl_->drop_set_locked(it->second);
   }
-  for (const auto& [landlord, id] : dropped) impl_->manager.remove(id, landlord);
+  impl_->forget(dropped);
+}
+
+void RenewalService::drop_ended_sets() {
+  std::vector<Impl::Key> dropped;
+  {
+    std::lock_guard lock(impl_->mu);
+    dropped = impl_->drop_ended_sets_locked();
+  }
+  impl_->forget(dropped);
 }
 
 void RenewalService::stop() {

@@ -35,6 +35,9 @@ class RenewalService {
   // Engine events of the manager's own landlord: a set whose lease was cancelled or expired is
   // dropped. Must not be called with an engine lock held (the engine never does).
   void on_lease_event(const LeaseEvent& event);
+  // Drops the sets whose lease is no longer held: call once on_lease_event receives the engine's
+  // events, for the leases that ended before.
+  void drop_ended_sets();
   // Stops renewing; no event is published after it returns.
   void stop();
 

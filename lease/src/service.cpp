@@ -587,6 +587,8 @@ Result<std::unique_ptr<LeaseManager>> LeaseManager::start(LeaseManagerOptions op
     im->forward_service = im->service.get();
     im->forward_renewal = im->renewal.get();
   }
+  // Set leases that ended since the renewal service read its sets reported events it never saw.
+  im->renewal->drop_ended_sets();
 
   if (Status st = im->server->start(); !st.ok()) {
     return Status(st.code(), "rpc endpoint " + options.rpc_endpoint + ": " + st.message());

@@ -12,6 +12,7 @@
 #include "djinn/lease/client.h"
 #include "djinn/lease/service.h"
 #include "djinn/proto/lease.capnp.h"
+#include "../../lease/src/renewal_service.h"
 #include "support/test_support.h"
 
 using namespace djinn;
@@ -131,6 +132,83 @@ TEST_CASE("the renewal service keeps a set's leases alive and reports a lost one
   CHECK(renewal.members(set->id).status().code() == Code::kNotFound);
   CHECK(test::eventually([&] { return leases.get(held[1].lease.id).status().code() == Code::kNotFound; }, 3000));
   CHECK(failures.size() == 1);  // dropped, not failed
+}
+
+TEST_CASE("a set whose lease ends before renewal.create has registered it is dropped") {
+  // The set's lease is cancelled from the engine's report of its grant, as a 1 ms lease or a slow
+  // disk has it end: the end is reported before renewal.create has registered the set.
+  internal::RenewalService* service = nullptr;
+  Landlord* engine = nullptr;
+  LandlordOptions landlord_options;
+  landlord_options.on_event = [&](const LeaseEvent& e) {
+    if (e.type == EventType::kGranted) {
+      REQUIRE(engine->cancel(e.lease.id).ok());
+    } else if (service) {
+      service->on_lease_event(e);
+    }
+  };
+  auto landlord = Landlord::open(landlord_options);
+  REQUIRE(landlord.ok());
+  engine = landlord->get();
+  auto renewal_service = internal::RenewalService::open({.landlord = engine});
+  REQUIRE(renewal_service.ok());
+  service = renewal_service->get();
+  rpc::Server server({});
+  service->register_methods(server);
+  REQUIRE(server.start().ok());
+  RenewalClient renewal({.endpoint = server.endpoints().at(0)});
+  auto set = renewal.create_set("hasty", 10'000);
+  REQUIRE_MESSAGE(set.ok(), set.status().to_string());
+  CHECK(renewal.members(set->id).status().code() == Code::kNotFound);
+  server.stop();
+  service = nullptr;  // the engine outlives the service
+}
+
+TEST_CASE("a set whose lease ended before the renewal service heard of its end is dropped when it does") {
+  // As at the start of djinn-lease: the engine runs (and ends leases) before the renewal service
+  // receives its events.
+  test::TempDir dir;
+  internal::RenewalService* service = nullptr;
+  LandlordOptions landlord_options;
+  landlord_options.on_event = [&](const LeaseEvent& e) {
+    if (service) service->on_lease_event(e);
+  };
+  auto landlord = Landlord::open(landlord_options);
+  REQUIRE(landlord.ok());
+  internal::RenewalServiceOptions options{.path = dir.file("renewal.db"), .landlord = landlord->get()};
+  auto first = internal::RenewalService::open(options);
+  REQUIRE(first.ok());
+  auto granted = (*landlord)->grant(GrantRequest{"kept", "owner", Kind::kShared, 10'000, {}});
+  REQUIRE(granted.ok());
+  LeaseId set_lease = 0;
+  uint64_t set_id = 0;
+  {
+    rpc::Server server({});
+    (*first)->register_methods(server);
+    REQUIRE(server.start().ok());
+    RenewalClient renewal({.endpoint = server.endpoints().at(0)});
+    auto set = renewal.create_set("owner", 10'000);
+    REQUIRE(set.ok());
+    set_lease = set->lease.lease.id;
+    set_id = set->id;
+    REQUIRE(renewal.add(set->id, {*granted, server.endpoints().at(0)}, 10'000,
+                        std::chrono::system_clock::now() + 60s).ok());
+    server.stop();
+  }
+  first->reset();
+
+  auto second = internal::RenewalService::open(options);
+  REQUIRE(second.ok());
+  REQUIRE((*landlord)->cancel(set_lease).ok());  // heard by nobody
+  service = second->get();
+  service->drop_ended_sets();
+  rpc::Server server({});
+  service->register_methods(server);
+  REQUIRE(server.start().ok());
+  RenewalClient renewal({.endpoint = server.endpoints().at(0)});
+  CHECK(renewal.members(set_id).status().code() == Code::kNotFound);
+  server.stop();
+  service = nullptr;  // the engine outlives the service
 }
 
 TEST_CASE("renewal calls refuse bad input") {
