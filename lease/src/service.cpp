@@ -121,12 +121,14 @@ struct LandlordService::Impl {
   events::Publisher* publisher;
   mutable std::mutex endpoint_mu;  // guards endpoint
   std::string endpoint;
+  // Set before the server starts. Declared before the group commits, so it outlives them: a cancel
+  // batch that completes while they are joined calls it.
+  std::function<void()> after_cancel;
   // Last: joined first, while the rest is still alive.
   GroupCommit<GrantRequest, Result<Lease>> grant_group;
   GroupCommit<RenewRequest, Result<Lease>> renewals;
   GroupCommit<LeaseId, Status> cancels;
   GrantThreads grants;
-  std::function<void()> after_cancel;  // set before the server starts
   // The lease.renew calls of the server's current burst of requests (its I/O thread only).
   std::vector<RenewRequest> burst_renewals;
   std::vector<rpc::Responder> burst_responders;
