@@ -36,7 +36,7 @@ CREATE TABLE IF NOT EXISTS renewal_member (
   resource TEXT NOT NULL,
   holder TEXT NOT NULL,
   kind INTEGER NOT NULL,
-  expiration_ms INTEGER NOT NULL,    -- as handed over; renewals are not written back
+  expiration_ms INTEGER NOT NULL,    -- as handed over, or a renewal's if that is sooner
   granted_ms INTEGER NOT NULL,       -- the latest renewal's grant, written when it changes
   renew_ms INTEGER NOT NULL,
   until_ms INTEGER NOT NULL,
@@ -60,7 +60,8 @@ struct RenewalService::Impl {
   struct Member {
     uint64_t set_id = 0;
     int64_t until_ms = 0;
-    int64_t granted_ms = 0;  // as in the store
+    int64_t granted_ms = 0;     // as in the store
+    int64_t expiration_ms = 0;  // as in the store
   };
   struct Set {
     std::string holder;
@@ -143,7 +144,7 @@ Status RenewalService::Impl::load() {
     int64_t until_ms = st->column_int64(9);
     Key key{held.landlord, held.lease.id};
     set->second.members.insert(key);
-    members[key] = Member{set_id, until_ms, held.lease.granted_ms};
+    members[key] = Member{set_id, until_ms, held.lease.granted_ms, held.lease.expiration_ms};
     // The stored expiration is the one handed over, likely long renewed since: granted_ms 0 has
     // it renewed at once. Its last renewal, before our restart, granted at most the stored grant
     // (or what was asked, should the last change of grant not have reached the store), so the
@@ -244,20 +245,27 @@ void RenewalService::Impl::on_renewed(std::span<const HeldLease> renewed) {
   std::lock_guard lock(mu);
   if (stopped) return;
   // A grant rarely changes from one renewal to the next: only a change is written, all of one
-  // answer's in one transaction, so renewals cost no write of their own.
+  // answer's in one transaction, so renewals cost no write of their own. So is an expiration
+  // handed over later than the landlord's (a made-up one), which a restart would wait for.
   std::vector<std::pair<Member*, const HeldLease*>> changed;
   for (const HeldLease& held : renewed) {
     auto it = members.find(Key{held.landlord, held.lease.id});
-    if (it != members.end() && it->second.granted_ms != held.lease.granted_ms) changed.emplace_back(&it->second, &held);
+    if (it == members.end()) continue;
+    const Member& m = it->second;
+    if (m.granted_ms != held.lease.granted_ms || m.expiration_ms > held.lease.expiration_ms) {
+      changed.emplace_back(&it->second, &held);
+    }
   }
   if (changed.empty()) return;
   Status s = [&]() -> Status {
     auto tx = sqlite::Transaction::begin(db);
     if (!tx.ok()) return tx.status();
     for (const auto& [member, held] : changed) {
-      auto st = db.cached("UPDATE renewal_member SET granted_ms = ? WHERE landlord = ? AND lease_id = ?");
+      auto st = db.cached(
+          "UPDATE renewal_member SET granted_ms = ?, expiration_ms = min(expiration_ms, ?) WHERE landlord = ? AND lease_id = ?");
       if (!st.ok()) return st.status();
-      DJINN_RETURN_IF_ERROR((*st)->bind_all(held->lease.granted_ms, held->landlord, held->lease.id));
+      DJINN_RETURN_IF_ERROR(
+          (*st)->bind_all(held->lease.granted_ms, held->lease.expiration_ms, held->landlord, held->lease.id));
       DJINN_RETURN_IF_ERROR((*st)->run());
     }
     return tx->commit();
@@ -266,7 +274,10 @@ void RenewalService::Impl::on_renewed(std::span<const HeldLease> renewed) {
     DJINN_LOG(kWarn, "renewal") << "noting renewed grants: " << s.to_string();
     return;  // left as stored: the next renewal tries again
   }
-  for (auto& [member, held] : changed) member->granted_ms = held->lease.granted_ms;
+  for (auto& [member, held] : changed) {
+    member->granted_ms = held->lease.granted_ms;
+    member->expiration_ms = std::min(member->expiration_ms, held->lease.expiration_ms);
+  }
 }
 
 Status RenewalService::Impl::create(proto::CreateSetParams::Reader p, proto::SetResult::Builder r) {
@@ -321,6 +332,10 @@ Status RenewalService::Impl::add(proto::AddParams::Reader p) {
     return invalid_argument("lease resource/holder over 4096 bytes: send the lease as the landlord returned it");
   }
   DJINN_RETURN_IF_ERROR(check_duration(p.getRenewMs(), "renewal duration"));
+  if (held.lease.expiration_ms == kNeverExpires) {
+    return invalid_argument("lease " + std::to_string(held.lease.id) + " never expires (expirationMs " +
+                            std::to_string(kNeverExpires) + "): it needs no renewal");
+  }
   int64_t now = wall_now_ms();
   int64_t until_ms = p.getUntilMs();
   if (until_ms <= now) {
@@ -349,7 +364,10 @@ Status RenewalService::Impl::add(proto::AddParams::Reader p) {
                                         held.lease.expiration_ms, held.lease.granted_ms, p.getRenewMs(), until_ms));
   DJINN_RETURN_IF_ERROR((*st)->run());
   set->second.members.insert(key);
-  members[key] = Member{set->first, until_ms, held.lease.granted_ms};
+  members[key] = Member{set->first, until_ms, held.lease.granted_ms, held.lease.expiration_ms};
+  // The caller's copy of the lease may say anything (an expiration and a grant hours away would
+  // have it renewed hours late): renewed at once, the landlord's answer says what it really is.
+  held.lease.granted_ms = 0;
   manager.add(held, p.getRenewMs(), std::chrono::system_clock::time_point(std::chrono::milliseconds(until_ms)));
   return Status::Ok();
 }

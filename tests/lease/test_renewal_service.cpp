@@ -231,11 +231,49 @@ TEST_CASE("renewal calls refuse bad input") {
   bogus = l;
   bogus.lease.id = 0;
   CHECK(renewal.add(set->id, bogus, 1000, later).code() == Code::kInvalidArgument);
+  bogus = l;
+  bogus.lease.expiration_ms = kNeverExpires;  // nothing to renew, and it would never be
+  auto never = renewal.add(set->id, bogus, 1000, later);
+  CHECK(never.code() == Code::kInvalidArgument);
+  CHECK_MESSAGE(never.message().find("needs no renewal") != std::string::npos, never.to_string());
   CHECK(renewal.members(set->id)->empty());
   // The same lease in two sets would be renewed twice and reported twice.
   auto other = renewal.create_set("owner", 10'000);
   REQUIRE(renewal.add(set->id, l, 1000, later).ok());
   CHECK(renewal.add(other->id, l, 1000, later).code() == Code::kAlreadyExists);
+}
+
+TEST_CASE("a lease handed over with a made-up expiration and grant is renewed as it really is") {
+  test::TempDir dir;
+  auto manager = start_manager(dir.file("lease"));
+  LeaseClient leases({.endpoint = manager->rpc_endpoint()});
+  RenewalClient renewal({.endpoint = manager->rpc_endpoint()});
+  FailureLog failures(*manager, leases);
+  auto set = renewal.create_set("owner", 30'000);
+  REQUIRE(set.ok());
+  HeldLease held = grant(leases, "claims-an-hour", 600);
+  HeldLease told = held;
+  told.lease.expiration_ms = kNeverExpires - 1;
+  told.lease.granted_ms = 3'600'000;
+  REQUIRE(renewal.add(set->id, told, 600, std::chrono::system_clock::now() + 30s).ok());
+  std::this_thread::sleep_for(1300ms);  // two lifetimes of the real lease
+  auto now = leases.get(held.lease.id);
+  REQUIRE_MESSAGE(now.ok(), now.status().to_string());
+  CHECK(now->lease.expiration_ms > held.lease.expiration_ms);
+  auto members = renewal.members(set->id);
+  REQUIRE(members.ok());
+  REQUIRE(members->size() == 1);
+  CHECK(members->front().lease.granted_ms == 600);
+  CHECK(failures.size() == 0);
+  // Nor does the made-up expiration outlive the first renewal in the store, where a restart would
+  // take it for how long to try a landlord that does not answer.
+  auto db = sqlite::Database::open(dir.file("lease") + "/renewal.db");
+  REQUIRE(db.ok());
+  auto st = db->prepare("SELECT expiration_ms, granted_ms FROM renewal_member");
+  REQUIRE(st.ok());
+  REQUIRE(*st->step());
+  CHECK(st->column_int64(0) < held.lease.expiration_ms + 60'000);
+  CHECK(st->column_int64(1) == 600);
 }
 
 TEST_CASE("renewal sets survive a restart of the manager") {
