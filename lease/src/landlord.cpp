@@ -325,6 +325,17 @@ struct Landlord::Impl {
   std::vector<LeaseId> journaled_;
   int64_t journal_seq_ = 0;
 
+  // The fold of the renewal journal under way, a step per call of expire_due (fold_step), so
+  // that leases go on expiring while a large journal is folded.
+  struct Fold {
+    bool active = false;
+    std::vector<LeaseId> ids;  // the leases renewed before it began, in row order
+    size_t next = 0;           // ids[0, next) are written
+    int64_t upto = 0;          // the journal's last seq when it began: the rows it drops
+  };
+  std::mutex fold_mutex_;  // guards fold_; held through a step (expire_due may run on a test's thread)
+  Fold fold_;
+
   // Guards the in-memory state below.
   mutable std::mutex mutex_;
   std::condition_variable wake_;  // the expiry thread sleeps on it
@@ -351,6 +362,7 @@ struct Landlord::Impl {
   std::deque<LeaseId> recent_order_;
   int64_t sleeping_until_ = kExpiring;  // the expiry thread's wake-up; kExpiring while awake
   bool fold_wanted_ = false;            // the journal is due to be folded (expiry thread's job)
+  bool folding_ = false;                // a fold is under way: the expiry thread stays awake
   bool stopping_ = false;
 
   std::thread expiry_thread_;
@@ -547,7 +559,7 @@ struct Landlord::Impl {
   }
 
   int64_t next_wake_locked() const {
-    if (!retry_.empty() || fold_wanted_) return kExpiring;
+    if (!retry_.empty() || fold_wanted_ || folding_) return kExpiring;
     int64_t next = deadlines_.empty() ? kNoDeadline : deadlines_.front().deadline_ns;
     for (const auto& [resource, queue] : waiters_) {
       for (const Waiter& w : queue) next = std::min(next, w.deadline_ns);
@@ -1090,7 +1102,9 @@ struct Landlord::Impl {
   // ---- expiry and waiters ----
 
   size_t expire_due() {
-    fold_journal_if_wanted();
+    // One step, not the whole fold: at a million live leases a fold is thousands of chunks, and
+    // the leases due meanwhile expire between them.
+    fold_step();
     size_t total = 0;
     for (bool more = true; more;) {
       std::vector<LeaseEvent> events;
@@ -1141,11 +1155,24 @@ struct Landlord::Impl {
     return total;
   }
 
-  // Writes the current expiration of every lease renewed since the last fold into its row, in row
-  // order and in chunks (requests go on between them), then drops the journal rows folded. A
-  // crash part-way leaves rows and journal that replay to the same leases: a row holds the last
-  // renewal journaled before its chunk, and replay applies every later journal row over it.
-  void fold_journal_if_wanted() {
+  // Folding writes the current expiration of every lease renewed since the last fold into its
+  // row, in row order and in chunks (requests and expiries go on between them), then drops the
+  // journal rows folded. A crash part-way leaves rows and journal that replay to the same leases:
+  // a row holds the last renewal journaled before its chunk, and replay applies every later
+  // journal row over it. Each call takes one step: the start (when a fold is wanted), one chunk,
+  // or the end.
+  void fold_step() {
+    std::lock_guard step(fold_mutex_);
+    if (!fold_.active) {
+      start_fold();
+    } else if (fold_.next < fold_.ids.size()) {
+      fold_chunk();
+    } else {
+      finish_fold();
+    }
+  }
+
+  void start_fold() {
     std::vector<LeaseId> ids;
     int64_t upto;
     {
@@ -1154,6 +1181,7 @@ struct Landlord::Impl {
         std::lock_guard lock(mutex_);
         if (!fold_wanted_) return;
         fold_wanted_ = false;
+        folding_ = true;
       }
       ids.swap(journaled_);
       upto = journal_seq_;
@@ -1176,48 +1204,66 @@ struct Landlord::Impl {
       ids.clear();
       for (const auto& [row, id] : by_row) ids.push_back(id);
     }
-    for (size_t begin = 0; begin < ids.size(); begin += kFoldChunk) {
-      size_t end = std::min(ids.size(), begin + kFoldChunk);
+    fold_ = Fold{true, std::move(ids), 0, upto};
+  }
+
+  void fold_chunk() {
+    size_t begin = fold_.next;
+    size_t end = std::min(fold_.ids.size(), begin + kFoldChunk);
+    {
+      std::lock_guard write(write_mutex_);
+      // Looked up again: a lease cancelled or expired since is skipped (its row may even hold a
+      // newer lease).
+      std::vector<std::tuple<int64_t, int64_t, int64_t>> rows;
       {
-        std::lock_guard write(write_mutex_);
-        // Looked up again: a lease cancelled since is skipped (its row may even hold a newer lease).
-        std::vector<std::tuple<int64_t, int64_t, int64_t>> rows;
-        {
-          std::lock_guard lock(mutex_);
-          for (size_t i = begin; i < end; ++i) {
-            uint32_t slot = slot_of(ids[i]);
-            if (slot != kNone) rows.emplace_back(slots_[slot].row, slots_[slot].expiration_ms, slots_[slot].granted_ms);
-          }
+        std::lock_guard lock(mutex_);
+        for (size_t i = begin; i < end; ++i) {
+          uint32_t slot = slot_of(fold_.ids[i]);
+          if (slot != kNone) rows.emplace_back(slots_[slot].row, slots_[slot].expiration_ms, slots_[slot].granted_ms);
         }
-        Status written = durable(sqlite::Sync::kNormal, [&](sqlite::Database& db) -> Status {
-          for (const auto& [row, expiration, granted] : rows) {
-            Result<sqlite::Statement*> st = db.cached(kUpdateLease);
-            if (!st.ok()) return st.status();
-            DJINN_RETURN_IF_ERROR((*st)->bind_all(row, expiration, granted));
-            DJINN_RETURN_IF_ERROR((*st)->run());
-          }
-          return Status::Ok();
-        });
-        if (!written.ok()) {
-          // The journal keeps every renewal; the next fold takes these leases again.
-          DJINN_LOG(kWarn, "lease") << options.name << ": folding renewals failed: " << written.to_string();
-          journaled_.insert(journaled_.end(), ids.begin() + begin, ids.end());
-          return;
-        }
-        DJINN_CRASH_POINT("lease.landlord.fold_chunk");
       }
-      step_aside_for_requests();
+      Status written = durable(sqlite::Sync::kNormal, [&](sqlite::Database& db) -> Status {
+        for (const auto& [row, expiration, granted] : rows) {
+          Result<sqlite::Statement*> st = db.cached(kUpdateLease);
+          if (!st.ok()) return st.status();
+          DJINN_RETURN_IF_ERROR((*st)->bind_all(row, expiration, granted));
+          DJINN_RETURN_IF_ERROR((*st)->run());
+        }
+        return Status::Ok();
+      });
+      if (!written.ok()) {
+        // The journal keeps every renewal; the next fold takes these leases again.
+        DJINN_LOG(kWarn, "lease") << options.name << ": folding renewals failed: " << written.to_string();
+        journaled_.insert(journaled_.end(), fold_.ids.begin() + static_cast<std::ptrdiff_t>(begin), fold_.ids.end());
+        end_fold();
+        return;
+      }
+      DJINN_CRASH_POINT("lease.landlord.fold_chunk");
     }
-    std::lock_guard write(write_mutex_);
-    Status dropped = durable(sqlite::Sync::kNormal, [&](sqlite::Database& db) -> Status {
-      Result<sqlite::Statement*> st = db.cached(kDropFoldedRenewals);
-      if (!st.ok()) return st.status();
-      DJINN_RETURN_IF_ERROR((*st)->bind_all(upto));
-      return (*st)->run();
-    });
-    if (!dropped.ok()) {
-      DJINN_LOG(kWarn, "lease") << options.name << ": dropping folded renewals failed: " << dropped.to_string();
+    fold_.next = end;
+    step_aside_for_requests();
+  }
+
+  void finish_fold() {
+    {
+      std::lock_guard write(write_mutex_);
+      Status dropped = durable(sqlite::Sync::kNormal, [&](sqlite::Database& db) -> Status {
+        Result<sqlite::Statement*> st = db.cached(kDropFoldedRenewals);
+        if (!st.ok()) return st.status();
+        DJINN_RETURN_IF_ERROR((*st)->bind_all(fold_.upto));
+        return (*st)->run();
+      });
+      if (!dropped.ok()) {
+        DJINN_LOG(kWarn, "lease") << options.name << ": dropping folded renewals failed: " << dropped.to_string();
+      }
     }
+    end_fold();
+  }
+
+  void end_fold() {
+    fold_ = Fold{};
+    std::lock_guard lock(mutex_);
+    folding_ = false;
   }
 
   // Lets requests that queued up during a chunk of background work go first (bounded, so the

@@ -189,8 +189,10 @@ class Landlord {
   // Now on the landlord's monotonic clock (the injected one in tests), for Lease::deadline_ns.
   int64_t now_ns() const;
 
-  // Expires every lease whose deadline is at or before now; returns how many. The expiry thread
-  // calls this; tests with an injected clock call it after moving the clock.
+  // Expires every lease whose deadline is at or before now; returns how many. First takes one
+  // step of folding the renewal journal when a fold is due or under way (a chunk of rows), so a
+  // fold spans many calls. The expiry thread calls this; tests with an injected clock call it
+  // after moving the clock.
   size_t expire_due();
 
   const Policy& policy() const;
