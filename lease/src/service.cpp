@@ -5,6 +5,7 @@
 
 #include <condition_variable>
 #include <deque>
+#include <map>
 #include <span>
 #include <filesystem>
 #include <mutex>
@@ -119,6 +120,11 @@ struct LandlordService::Impl {
 
   Landlord& landlord;
   events::Publisher* publisher;
+  struct Reserved {
+    std::string granted_by;
+    security::Role change_role;
+  };
+  std::map<std::string, Reserved, std::less<>> reserved;  // set before the server starts
   mutable std::mutex endpoint_mu;  // guards endpoint
   std::string endpoint;
   // Set before the server starts. Declared before the group commits, so it outlives them: a cancel
@@ -188,6 +194,25 @@ struct LandlordService::Impl {
   }
 
   void register_methods(rpc::Server& server);
+
+  // Whether lease.grant may grant on `resource`: not on one its owner grants through its own calls.
+  Status check_grant(std::string_view resource) const {
+    auto r = reserved.find(resource);
+    if (r == reserved.end()) return Status::Ok();
+    return permission_denied("resource " + std::string(resource) + " is granted through " + r->second.granted_by +
+                             ", not lease.grant");
+  }
+  // Whether a caller of `role` may renew or cancel lease `id` (one it names is not found later).
+  Status check_change(security::Role role, LeaseId id, std::string_view verb) const {
+    if (reserved.empty()) return Status::Ok();
+    std::optional<Lease> l = landlord.find(id);
+    if (!l) return Status::Ok();
+    auto r = reserved.find(l->resource);
+    if (r == reserved.end() || role >= r->second.change_role) return Status::Ok();
+    return permission_denied(std::string(verb) + " lease " + std::to_string(id) + " (" + l->resource + ") needs role " +
+                             std::string(security::role_name(r->second.change_role)) + ", as " + r->second.granted_by +
+                             " does");
+  }
 };
 
 void LandlordService::Impl::register_methods(rpc::Server& server) {
@@ -222,6 +247,7 @@ void LandlordService::Impl::register_methods(rpc::Server& server) {
         } catch (const kj::Exception& e) {
           return responder.reply(invalid_argument(std::string("malformed lease.grant: ") + e.getDescription().cStr()));
         }
+        if (Status st = check_grant(request.resource); !st.ok()) return responder.reply(st);
         // Stored with the lease, so a grant resent to a landlord restarted after a crash is not
         // granted twice (the RPC server's reply cache does not outlive the process). Per client,
         // as that cache's keys are, and the whole key counts.
@@ -259,7 +285,7 @@ void LandlordService::Impl::register_methods(rpc::Server& server) {
 
   server.handle_deferred(
       "lease.renew",
-      [this](const rpc::CallContext&, capnp::MessageReader& message, rpc::Responder responder) {
+      [this](const rpc::CallContext& ctx, capnp::MessageReader& message, rpc::Responder responder) {
         RenewRequest request;
         try {
           auto p = message.getRoot<proto::RenewParams>();
@@ -267,7 +293,8 @@ void LandlordService::Impl::register_methods(rpc::Server& server) {
         } catch (const kj::Exception& e) {
           return responder.reply(invalid_argument(std::string("malformed lease.renew: ") + e.getDescription().cStr()));
         }
-        for (const Status& st : {check_id(request.id), check_duration(request.duration_ms, "renewal duration")}) {
+        for (const Status& st : {check_id(request.id), check_duration(request.duration_ms, "renewal duration"),
+                                 check_change(ctx.role, request.id, "renewing")}) {
           if (!st.ok()) return responder.reply(st);
         }
         burst_renewals.push_back(request);
@@ -279,7 +306,7 @@ void LandlordService::Impl::register_methods(rpc::Server& server) {
 
   server.handle_deferred(
       "lease.cancel",
-      [this](const rpc::CallContext&, capnp::MessageReader& message, rpc::Responder responder) {
+      [this](const rpc::CallContext& ctx, capnp::MessageReader& message, rpc::Responder responder) {
         uint64_t id = 0;
         try {
           id = message.getRoot<proto::LeaseIdParams>().getId();
@@ -287,6 +314,7 @@ void LandlordService::Impl::register_methods(rpc::Server& server) {
           return responder.reply(invalid_argument(std::string("malformed lease.cancel: ") + e.getDescription().cStr()));
         }
         if (Status st = check_id(id); !st.ok()) return responder.reply(st);
+        if (Status st = check_change(ctx.role, id, "cancelling"); !st.ok()) return responder.reply(st);
         auto shared = std::make_shared<rpc::Responder>(std::move(responder));
         cancels.post({id}, [this, shared](std::vector<Status> outcomes) {
           const Status& st = outcomes.front();
@@ -315,7 +343,7 @@ void LandlordService::Impl::register_methods(rpc::Server& server) {
 
   server.handle_deferred(
       "lease.renewBatch",
-      [this](const rpc::CallContext&, capnp::MessageReader& message, rpc::Responder responder) {
+      [this](const rpc::CallContext& ctx, capnp::MessageReader& message, rpc::Responder responder) {
         // Invalid items fail on their own; the valid ones join the next group commit together.
         auto invalid = std::make_shared<std::vector<Status>>();
         std::vector<RenewRequest> requests;
@@ -332,6 +360,7 @@ void LandlordService::Impl::register_methods(rpc::Server& server) {
             Status& st = (*invalid)[i];
             st = check_id(items[i].getId());
             if (st.ok()) st = check_duration(items[i].getDurationMs(), "renewal duration");
+            if (st.ok()) st = check_change(ctx.role, items[i].getId(), "renewing");
             if (!st.ok()) continue;
             requests.push_back(RenewRequest{items[i].getId(), items[i].getDurationMs()});
             positions->push_back(i);
@@ -361,7 +390,7 @@ void LandlordService::Impl::register_methods(rpc::Server& server) {
 
   server.method<proto::CancelBatchParams, proto::BatchResults>(
       "lease.cancelBatch",
-      [this](const rpc::CallContext&, proto::CancelBatchParams::Reader p, proto::BatchResults::Builder r) -> Status {
+      [this](const rpc::CallContext& ctx, proto::CancelBatchParams::Reader p, proto::BatchResults::Builder r) -> Status {
         auto ids = p.getIds();
         if (ids.size() > kMaxBatchItems) {
           return resource_exhausted("cancelBatch of " + std::to_string(ids.size()) + " ids: at most " +
@@ -369,8 +398,11 @@ void LandlordService::Impl::register_methods(rpc::Server& server) {
         }
         std::vector<LeaseId> valid;
         std::vector<size_t> positions;
+        std::vector<Status> refused(ids.size());
         for (unsigned i = 0; i < ids.size(); ++i) {
           if (ids[i] == 0) continue;
+          refused[i] = check_change(ctx.role, ids[i], "cancelling");
+          if (!refused[i].ok()) continue;
           valid.push_back(ids[i]);
           positions.push_back(i);
         }
@@ -383,6 +415,7 @@ void LandlordService::Impl::register_methods(rpc::Server& server) {
         auto out = r.initItems(ids.size());
         for (unsigned i = 0; i < ids.size(); ++i) {
           if (ids[i] == 0) internal::status_to_item(check_id(0), out[i]);
+          if (!refused[i].ok()) internal::status_to_item(refused[i], out[i]);
         }
         for (size_t k = 0; k < results.size(); ++k) {
           internal::status_to_item(results[k], out[static_cast<unsigned>(positions[k])]);
@@ -454,6 +487,10 @@ LandlordService::LandlordService(Landlord& landlord, rpc::Server& server, events
 }
 
 LandlordService::~LandlordService() = default;
+
+void LandlordService::reserve(std::string resource, std::string granted_by, security::Role change_role) {
+  impl_->reserved[std::move(resource)] = Impl::Reserved{std::move(granted_by), change_role};
+}
 
 void LandlordService::set_after_cancel(std::function<void()> settle) { impl_->after_cancel = std::move(settle); }
 

@@ -297,6 +297,10 @@ Result<std::unique_ptr<LookupService>> LookupService::start(LookupServiceOptions
   im->lease_service = std::make_unique<lease::LandlordService>(*im->landlord, *im->server, im->publisher.get(), "",
                                                                options.workers);
   im->lease_service->set_after_cancel([im] { im->registrar->settle_ended(); });
+  // Registrations are made, renewed and cancelled by services (a client that read an item's lease
+  // id must not drop it); notify leases by whoever registered them.
+  im->lease_service->reserve(std::string(kRegistrationResource), "lookup.register", security::Role::kService);
+  im->lease_service->reserve(std::string(kNotifyResource), "lookup.notify", security::Role::kClient);
   im->registrations = std::make_unique<GroupCommit<RegisterRequest, Result<Registration>>>(
       kMaxRegisterBatch, [im](std::span<const RegisterRequest> r) { return im->registrar->register_batch(r); },
       "lookup-commit");

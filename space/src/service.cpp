@@ -679,6 +679,8 @@ Result<std::unique_ptr<SpaceService>> SpaceService::start(SpaceServiceOptions op
   server_options.limits.max_frame_bytes = kMaxCallBytes;
   im->server = std::make_unique<rpc::Server>(server_options);
   im->lease_service = std::make_unique<lease::LandlordService>(*im->landlord, *im->server, im->publisher.get(), "", 2);
+  im->lease_service->reserve(std::string(kEntryResource), "space.write", security::Role::kClient);
+  im->lease_service->reserve(std::string(kNotifyResource), "space.notify", security::Role::kClient);
   if (options.txn_manager) {
     TxnManagerOptions m;
     m.log_path = (dir / "txn.db").string();

@@ -323,6 +323,40 @@ TEST_CASE("cancelHolder and the lists of leases need the service role") {
   CHECK(cancelled->size() == 1);
 }
 
+TEST_CASE("a reserved resource: lease.grant refuses it, and changing its leases needs the owner's role") {
+  // As lookup reserves its registrations: granted by lookup.register, renewed and cancelled by services.
+  auto landlord = Landlord::open(LandlordOptions{});
+  REQUIRE(landlord.ok());
+  rpc::ServerOptions so;
+  so.plaintext_role = security::Role::kClient;
+  rpc::Server server(so);
+  LandlordService service(**landlord, server, nullptr, "");
+  service.reserve("demo.registration", "demo.register", security::Role::kService);
+  REQUIRE(server.start().ok());
+  LeaseClient client({.endpoint = server.endpoints().front()});
+
+  // An exclusive lease here would hold up every registration after it.
+  auto taken = client.grant(grant_of("demo.registration", "mallory", Kind::kExclusive));
+  CHECK(taken.status().code() == Code::kPermissionDenied);
+  CHECK_MESSAGE(taken.status().message().find("demo.register") != std::string::npos, taken.status().to_string());
+  auto owned = (*landlord)->grant(grant_of("demo.registration", "printer"));  // as its owner grants it
+  REQUIRE(owned.ok());
+  CHECK(client.cancel(owned->id).code() == Code::kPermissionDenied);
+  CHECK(client.renew(owned->id, 1000).status().code() == Code::kPermissionDenied);
+  const LeaseId ids[] = {owned->id};
+  CHECK(client.cancel_batch(ids).at(0).code() == Code::kPermissionDenied);
+  const RenewRequest renewals[] = {{owned->id, 1000}};
+  CHECK(client.renew_batch(renewals).at(0).status().code() == Code::kPermissionDenied);
+  auto still = (*landlord)->find(owned->id);
+  REQUIRE(still.has_value());
+  CHECK(still->expiration_ms == owned->expiration_ms);
+  // Other resources are as before.
+  auto other = client.grant(grant_of("demo.other", "erin"));
+  REQUIRE(other.ok());
+  CHECK(client.cancel(other->lease.id).ok());
+  server.stop();
+}
+
 TEST_CASE("cancelHolder with a grace period: the holder's leases end then, and only it may grant meanwhile") {
   Harness h;
   LeaseClient& c = *h.client;

@@ -42,6 +42,11 @@ class LandlordService {
   // its own finishes that here, so whoever cancels finds it gone once the call returns. Set it
   // before the server starts.
   void set_after_cancel(std::function<void()> settle);
+  // A resource the owner grants through calls of its own (lookup.register, space.write): lease.grant
+  // refuses it, so nobody can take an exclusive lease on it that would hold up every grant, and
+  // renewing or cancelling its leases needs `change_role` (client: whoever holds the id). Set it
+  // before the server starts.
+  void reserve(std::string resource, std::string granted_by, security::Role change_role);
   // The endpoint written into every Lease sent (set it once the server has bound its port).
   void set_endpoint(std::string endpoint);
   std::string endpoint() const;
