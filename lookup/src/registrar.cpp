@@ -634,16 +634,26 @@ std::vector<Result<Registration>> Registrar::register_batch(std::span<const Regi
   {
     std::lock_guard write(m.write_mu_);
     {
+      // Decided per request, in order: a replacement adds nothing and always fits, and a new
+      // ServiceID fits while there is room (the same one twice in a batch counts once).
       std::shared_lock lock(m.mu_);
-      size_t fresh = 0;
-      for (const Plan& p : plans) fresh += !m.by_id_.count(p.item.service_id);
-      if (m.by_id_.size() + fresh > m.options.max_items) {
-        for (const Plan& p : plans) {
-          decided[p.index] = Result<Registration>(resource_exhausted(
-              "lookup " + m.options.name + " holds " + std::to_string(m.by_id_.size()) + " items, its maximum"));
+      const size_t room = m.options.max_items > m.by_id_.size() ? m.options.max_items - m.by_id_.size() : 0;
+      std::unordered_set<ServiceId, IdHash> admitted;
+      std::vector<Plan> fitting;
+      fitting.reserve(plans.size());
+      for (Plan& p : plans) {
+        if (!m.by_id_.count(p.item.service_id) && !admitted.count(p.item.service_id)) {
+          if (admitted.size() >= room) {
+            decided[p.index] = Result<Registration>(resource_exhausted(
+                "lookup " + m.options.name + " holds " + std::to_string(m.by_id_.size()) +
+                " items, its maximum (--max-items); a service already registered may still re-register"));
+            continue;
+          }
+          admitted.insert(p.item.service_id);
         }
-        plans.clear();
+        fitting.push_back(std::move(p));
       }
+      plans = std::move(fitting);
     }
     std::vector<lease::GrantRequest> grants;
     grants.reserve(plans.size());

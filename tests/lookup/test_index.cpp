@@ -223,3 +223,32 @@ TEST_CASE("a registration whose lease expires between its commit and its arrival
   target = nullptr;
   registrar.reset();
 }
+
+TEST_CASE("at its item limit, a batch admits replacements and the new ServiceIDs that fit, each decided alone") {
+  auto landlord = lease::Landlord::open(lease::LandlordOptions{});
+  REQUIRE(landlord.ok());
+  auto opened = Registrar::open(RegistrarOptions{.landlord = landlord->get(), .max_items = 2});
+  REQUIRE(opened.ok());
+  Registrar& registrar = **opened;
+  auto item_of = [](ServiceId id) {
+    ServiceItem item;
+    item.service_id = id;
+    item.interface_types = {"demo.Printer"};
+    return item;
+  };
+  ServiceId a = ServiceId::random(), b = ServiceId::random(), c = ServiceId::random();
+  REQUIRE(registrar.register_item({item_of(a), 60'000}).ok());
+  // One place left: a's replacement fits, b twice counts once, c does not fit.
+  std::vector<RegisterRequest> batch = {{item_of(b), 60'000}, {item_of(a), 60'000}, {item_of(b), 60'000},
+                                        {item_of(c), 60'000}};
+  auto results = registrar.register_batch(batch);
+  REQUIRE(results.size() == 4);
+  CHECK(results[0].ok());
+  CHECK(results[1].ok());
+  CHECK(results[2].ok());
+  CHECK(results[3].status().code() == Code::kResourceExhausted);
+  CHECK(registrar.size() == 2);
+  CHECK(registrar.find(a).has_value());
+  CHECK(registrar.find(b).has_value());
+  CHECK_FALSE(registrar.find(c).has_value());
+}
