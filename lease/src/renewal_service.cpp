@@ -149,7 +149,9 @@ Status RenewalService::Impl::load() {
     // it renewed at once. Its last renewal, before our restart, granted at most the stored grant
     // (or what was asked, should the last change of grant not have reached the store), so the
     // lease may live that long from now: a landlord that comes back within that time keeps it.
-    int64_t longest = std::max({held.lease.granted_ms, renew_ms, options.manager.call_timeout.count()});
+    // renew_ms is a client's, and any positive number: bounded so the sum cannot overflow.
+    constexpr int64_t kLongest = int64_t{1} << 52;
+    int64_t longest = std::min(std::max({held.lease.granted_ms, renew_ms, options.manager.call_timeout.count()}), kLongest);
     held.lease.expiration_ms = std::max(held.lease.expiration_ms, wall_now_ms() + longest);
     held.lease.granted_ms = 0;
     manager.add(held, renew_ms, std::chrono::system_clock::time_point(std::chrono::milliseconds(until_ms)));

@@ -585,8 +585,8 @@ struct Space::Impl {
       }
       remove_deadline_locked(it->first, it->second.deadline);
       out.replies.emplace_back(std::move(it->second.done),
-                               aborted(std::string(it->second.take ? "take" : "read") + " under transaction " +
-                                       id.to_string() + ": the transaction completed while it waited"));
+                               failed_precondition(std::string(it->second.take ? "take" : "read") + " under transaction " +
+                                                   id.to_string() + ": the transaction is voting or over; it waited no longer"));
       it = waiters.erase(it);
     }
   }
@@ -980,6 +980,7 @@ struct Space::Impl {
     auto ask_group = [&](const std::string& manager, const std::vector<TxnId>& ids) {
       txn::Outcome outcome = txn::Outcome::kActive;
       for (const TxnId& id : ids) {
+        if (outcome != txn::Outcome::kUnknown && stopping_watch()) outcome = txn::Outcome::kUnknown;
         if (outcome != txn::Outcome::kUnknown) outcome = options.ask_outcome(txn::InDoubt{id, manager, {}});
         answer(id, outcome);
       }
@@ -997,8 +998,15 @@ struct Space::Impl {
 
   void check_active();
 
+  bool stopping_watch() {
+    std::lock_guard lock(ended_mu);
+    return watch_stop;
+  }
+
   Result<size_t> resolve();
-  Status finish(const TxnId& id, bool commit);
+  // `unvoted_only`: an abort decided here, which must not touch a transaction that has voted
+  // since (its manager may commit it now).
+  Status finish(const TxnId& id, bool commit, bool unvoted_only = false);
 
   // ---- the timer: blocking reads and takes that time out ----
 
@@ -1383,7 +1391,7 @@ void Space::Impl::check_active() {
     to_abort.emplace_back(id, std::move(why));
   });
   for (const auto& [id, why] : to_abort) {
-    Status st = finish(id, false);
+    Status st = finish(id, false, /*unvoted_only=*/true);
     if (st.ok()) {
       DJINN_LOG(kInfo, "space") << options.name << ": transaction " << id.to_string() << " aborted here, before its vote: " << why;
     } else {
@@ -1863,7 +1871,7 @@ Result<txn::Vote> Space::prepare(const txn::TxnId& id, std::string_view coordina
 
 // Phase 2 (txn.h step 3), or the outcome of a transaction recovered in doubt: durable first, then
 // applied in memory. Idempotent: an unknown transaction is done already.
-Status Space::Impl::finish(const TxnId& id, bool commit_it) {
+Status Space::Impl::finish(const TxnId& id, bool commit_it, bool unvoted_only) {
   std::vector<std::pair<uint64_t, std::pair<uint64_t, std::string>>> inserts;  // written, never prepared
   std::vector<uint64_t> deletes;
   bool prepared = false;
@@ -1876,6 +1884,7 @@ Status Space::Impl::finish(const TxnId& id, bool commit_it) {
       return Status::Ok();
     }
     TxnState& st = t->second;
+    if (unvoted_only && st.prepared) return failed_precondition("transaction " + id.to_string() + " has voted");
     prepared = st.prepared && !st.coordinator.empty();
     st.prepared = true;  // no operation joins it any more
     end_waiters_of_locked(id, ended);
@@ -1976,7 +1985,7 @@ size_t Space::drop_lapsed() {
       uint64_t seq = it->first;
       const Impl::Stored& s = it->second;
       ++it;  // erase_locked invalidates the entry's iterator only
-      if (s.deadline_ns > now || s.hold != Impl::Hold::kFree) continue;
+      if (s.deadline_ns > now || s.hold == Impl::Hold::kTaking) continue;  // a take removes those
       if (s.has_row) rows.push_back(seq);
       m.erase_locked(seq);
       ++dropped;

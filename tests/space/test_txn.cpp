@@ -151,7 +151,7 @@ TEST_CASE("waiters under a transaction: woken by its own writes, answered when i
   REQUIRE(*tm.commit(t->id) == txn::Outcome::kCommitted);
   REQUIRE(late.wait_for(10s) == std::future_status::ready);
   auto ended = late.get();
-  CHECK(ended.status().code() == Code::kAborted);
+  CHECK(ended.status().code() == Code::kFailedPrecondition);
   CHECK(a->space().stats().waiters == 0);
   REQUIRE(c.write(entry("demo.Later", {}), 600'000).ok());
   CHECK(c.read_if_exists(tmpl("demo.Later"))->has_value());
@@ -164,7 +164,7 @@ TEST_CASE("waiters under a transaction: woken by its own writes, answered when i
   REQUIRE(test::eventually([&] { return a->space().stats().waiters == 1; }));
   REQUIRE(tm.abort(u->id).ok());
   REQUIRE(aborting.wait_for(10s) == std::future_status::ready);
-  CHECK(aborting.get().status().code() == Code::kAborted);
+  CHECK(aborting.get().status().code() == Code::kFailedPrecondition);
 }
 
 TEST_CASE("a participant restarted during a transaction: the manager aborts it rather than commit half of it") {
@@ -713,7 +713,7 @@ TEST_CASE("a transaction not yet voting is aborted here once its manager says it
   };
   Engine e(dir.file("space.db"), ask, [](SpaceOptions& o) {
     o.txn_check_interval = 20ms;
-    o.abandon_txn_after = 300ms;
+    o.abandon_txn_after = 2s;
   });
   const std::vector<std::string> managers = {"live", "forgot", "silent"};
   for (size_t i = 0; i < managers.size(); ++i) {
@@ -737,7 +737,7 @@ TEST_CASE("a transaction not yet voting is aborted here once its manager says it
   CHECK(e.space->stats().transactions == 2);
   // The silent one once its manager has not answered for abandon_txn_after.
   REQUIRE(test::eventually([&] { return held_back(2); }, 10000));
-  CHECK(std::chrono::steady_clock::now() - started >= 300ms);
+  CHECK(std::chrono::steady_clock::now() - started >= 2s);
   CHECK(e.space->stats().transactions == 1);
   // The live one stays, its take held and its write staged.
   std::this_thread::sleep_for(100ms);
