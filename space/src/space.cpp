@@ -707,6 +707,7 @@ struct Space::Impl {
 
     Deliveries d;
     std::vector<uint64_t> ended_rows;
+    std::vector<std::pair<uint64_t, uint64_t>> inserted;  // (seq, lease) of the entries this batch put in
     {
       std::unique_lock lock(mu);
       // An expiry after this instant waits for mu, and finds what this batch inserts.
@@ -776,19 +777,47 @@ struct Space::Impl {
           }
           s.written_by = *op.txn;
           t->second.written.push_back(seq);
+          inserted.emplace_back(seq, l.id);
           insert_locked(seq, std::move(s), op.entry);
           offer_locked(seq, d);  // to waiters under the same transaction, the only ones it is visible to
           continue;
         }
+        inserted.emplace_back(seq, l.id);
         insert_locked(seq, std::move(s), op.entry);
         remember_key_locked(op.key, seq);
         publish_locked(op.entry);
         offer_locked(seq, d);
       }
     }
-    if (!ended_rows.empty()) delete_rows_later(ended_rows);
     deliver(d);
+    // A lease cancelled between its grant's commit and its entry's insertion (cancelHolder racing
+    // the write) had its event find no entry; the landlord says which it no longer holds. Asked
+    // outside the lock, which its events take.
+    std::vector<std::pair<uint64_t, uint64_t>> gone;
+    for (const auto& [seq, lease] : inserted) {
+      if (!landlord.find(lease)) gone.emplace_back(seq, lease);
+    }
+    if (!gone.empty()) {
+      std::unique_lock lock(mu);
+      for (const auto& [seq, lease] : gone) {
+        auto it = entries.find(seq);
+        if (it != entries.end() && it->second.lease == lease) end_entry_locked(seq, ended_rows);
+      }
+    }
+    if (!ended_rows.empty()) delete_rows_later(ended_rows);
     return outcomes;
+  }
+
+  // An entry whose lease ended: removed, its row queued in `rows`; or, while a take holds it, left
+  // to the take, which removes it whether it succeeds or fails (mu exclusive).
+  void end_entry_locked(uint64_t seq, std::vector<uint64_t>& rows) {
+    Stored& s = entries.at(seq);
+    if (s.hold == Hold::kTaking) {
+      s.lease_ended = true;
+      return;
+    }
+    if (s.has_row) rows.push_back(seq);
+    erase_locked(seq);
   }
 
   // Rows of entries and notify registrations whose leases ended, for the remover thread.
@@ -2039,22 +2068,14 @@ void Space::on_lease_event(const lease::LeaseEvent& event) {
       return;
     }
     if (event.type != lease::EventType::kExpired && event.type != lease::EventType::kCancelled) return;
-    bool row = false;
-    uint64_t seq = 0;
+    std::vector<uint64_t> rows;
     {
       std::unique_lock lock(m.mu);
       auto it = m.by_lease.find(l.id);
-      if (it == m.by_lease.end()) return;  // taken, or never committed
-      seq = it->second;
-      Impl::Stored& s = m.entries.at(seq);
-      if (s.hold == Impl::Hold::kTaking) {  // its take removes it, or if the take fails, sees this
-        s.lease_ended = true;
-        return;
-      }
-      row = s.has_row;
-      m.erase_locked(seq);
+      if (it == m.by_lease.end()) return;  // taken, not yet in (run_batch asks the landlord), or never committed
+      m.end_entry_locked(it->second, rows);
     }
-    if (row) m.delete_rows_later({&seq, 1});
+    if (!rows.empty()) m.delete_rows_later(rows);
     return;
   }
   if (l.resource == kNotifyResource &&

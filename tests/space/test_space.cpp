@@ -695,7 +695,7 @@ TEST_CASE("an entry whose lease ends during a take that then fails is gone, not 
   CHECK(!h.client->read_if_exists(tmpl("demo.Brief"))->has_value());
 }
 
-TEST_CASE("an entry whose lease expires between its commit and its arrival in memory is not left behind") {
+TEST_CASE("an entry whose lease ends between its commit and its arrival in memory is not left behind") {
   // The expiry runs in that instant, as a landlord's expiry thread may: it finds no entry yet.
   test::TempDir dir;
   test::FakeClocks clocks;
@@ -724,6 +724,18 @@ TEST_CASE("an entry whose lease expires between its commit and its arrival in me
   fault::disarm_all();
   REQUIRE_MESSAGE(w.ok(), w.status().to_string());
   CHECK(expired == 1);
+  CHECK(space->size() == 0);
+
+  // The same with a cancel of the holder's leases (a migration's) in that instant.
+  size_t cancelled = 0;
+  fault::arm_call("space.batch.after_commit", [&] {
+    auto c = (*landlord)->cancel_all_of_holder("demo.Gone");
+    if (c.ok()) cancelled = c->size();
+  });
+  auto g = space->write({entry("demo.Gone", {{"i", 2}}), 60'000});
+  fault::disarm_all();
+  REQUIRE_MESSAGE(g.ok(), g.status().to_string());
+  CHECK(cancelled == 1);
   CHECK(space->size() == 0);
   target = nullptr;
   space.reset();
