@@ -7,7 +7,6 @@
 #include <filesystem>
 #include <map>
 #include <mutex>
-#include <random>
 #include <shared_mutex>
 
 #include <kj/exception.h>
@@ -27,13 +26,6 @@ namespace {
 
 constexpr size_t kMaxManagerBytes = 1024;
 constexpr size_t kMaxManagerClients = 64;
-
-uint64_t random_incarnation() {
-  std::random_device random;
-  uint64_t n = 0;
-  while (n == 0) n = (uint64_t{random()} << 32) | random();  // 0 means "not given"
-  return n;
-}
 
 Status malformed(std::string_view method, const kj::Exception& e) {
   return invalid_argument("malformed " + std::string(method) + ": " + e.getDescription().cStr());
@@ -109,7 +101,8 @@ struct SpaceService::Impl final : txn::Participant {
   ServiceId id;
   // This run, given with every join: what the space did under a transaction before a restart is
   // lost, so a manager that sees it join again under a new one aborts the transaction.
-  uint64_t incarnation = random_incarnation();
+  // 62 random bits, never 0 ("not given"): a version-4 id's low word has its variant bits set.
+  uint64_t incarnation = txn::TxnId::random().lo;
   std::unique_ptr<events::Publisher> publisher;
   std::unique_ptr<lease::Landlord> landlord;
   std::unique_ptr<ValueStore> values;

@@ -710,8 +710,6 @@ struct Space::Impl {
     std::vector<std::pair<uint64_t, uint64_t>> inserted;  // (seq, lease) of the entries this batch put in
     {
       std::unique_lock lock(mu);
-      // An expiry after this instant waits for mu, and finds what this batch inserts.
-      const int64_t now_ns = landlord.now_ns();
       // Deletes: the entries were marked kTaking when they were matched.
       for (size_t i = 0; i < ops.size(); ++i) {
         if (ops[i].write) continue;
@@ -720,12 +718,11 @@ struct Space::Impl {
           for (uint64_t seq : ops[i].seqs) {
             auto it = entries.find(seq);
             if (it == entries.end()) continue;
+            it->second.hold = Hold::kFree;
             if (it->second.lease_ended) {  // its expiry or cancel came during the take, and left it to it
-              if (it->second.has_row) ended_rows.push_back(seq);
-              erase_locked(seq);
+              end_entry_locked(seq, ended_rows);
               continue;
             }
-            it->second.hold = Hold::kFree;
             offer_locked(seq, d);
           }
           continue;
@@ -748,12 +745,6 @@ struct Space::Impl {
         const lease::Lease& l = *leases[k];
         outcomes[i].written = Written{l.id, l.expiration_ms};
         uint64_t seq = seq_of[i];
-        if (l.deadline_ns <= now_ns && !consumer[i]) {
-          // Its lease ended before the entry got here (a lease of a millisecond outlasts no fsync),
-          // and its expiry, finding no entry, was dropped: the entry must not stay behind.
-          if (has_store && !op.txn) ended_rows.push_back(seq);
-          continue;
-        }
         if (consumer[i]) {
           d.replies.emplace_back(std::move(consumer[i]->done), std::vector<Entry>{op.entry});
           d.cancel.push_back(l.id);
@@ -790,9 +781,9 @@ struct Space::Impl {
       }
     }
     deliver(d);
-    // A lease cancelled between its grant's commit and its entry's insertion (cancelHolder racing
-    // the write) had its event find no entry; the landlord says which it no longer holds. Asked
-    // outside the lock, which its events take.
+    // A lease that ended between its grant's commit and its entry's insertion (one shorter than the
+    // fsync, a cancelHolder racing the write) had its event find no entry; the landlord says which
+    // it no longer holds. Asked outside the lock, which its events take.
     std::vector<std::pair<uint64_t, uint64_t>> gone;
     for (const auto& [seq, lease] : inserted) {
       if (!landlord.find(lease)) gone.emplace_back(seq, lease);
@@ -820,15 +811,24 @@ struct Space::Impl {
     erase_locked(seq);
   }
 
-  // Rows of entries and notify registrations whose leases ended, for the remover thread.
+  // A notify registration whose lease ended: forgotten, its row queued for deletion.
+  void end_watch(uint64_t id) {
+    {
+      std::unique_lock lock(mu);
+      auto it = watches.find(id);
+      if (it == watches.end()) return;
+      if (options.publisher) options.publisher->forget(it->second.kind);
+      watches.erase(it);
+    }
+    std::lock_guard lock(ended_mu);
+    dead_watches.push_back(id);
+    ended_cv.notify_one();
+  }
+
+  // Rows of entries whose leases ended, for the remover thread.
   void delete_rows_later(std::span<const uint64_t> seqs) {
     std::lock_guard lock(ended_mu);
     dead_rows.insert(dead_rows.end(), seqs.begin(), seqs.end());
-    ended_cv.notify_one();
-  }
-  void delete_watches_later(std::span<const uint64_t> ids) {
-    std::lock_guard lock(ended_mu);
-    dead_watches.insert(dead_watches.end(), ids.begin(), ids.end());
     ended_cv.notify_one();
   }
 
@@ -1805,13 +1805,11 @@ Result<NotifyRegistration> Space::notify(const Template& tmpl, int64_t duration_
   const lease::Lease& l = *leases[0];
   {
     std::unique_lock lock(m.mu);
-    if (l.deadline_ns > m.landlord.now_ns()) {  // else its expiry came first and found nothing
-      m.watches[l.id] = Impl::Watch{tmpl, notify_event_kind(l.id)};
-      if (m.options.publisher) m.options.publisher->declare(m.watches[l.id].kind);
-      return NotifyRegistration{l.id, l.expiration_ms, notify_event_kind(l.id)};
-    }
+    m.watches[l.id] = Impl::Watch{tmpl, notify_event_kind(l.id)};
+    if (m.options.publisher) m.options.publisher->declare(m.watches[l.id].kind);
   }
-  m.delete_watches_later({&l.id, 1});
+  // As for entries (run_batch): a lease that ended before the watch was in had its event find none.
+  if (!m.landlord.find(l.id)) m.end_watch(l.id);
   return NotifyRegistration{l.id, l.expiration_ms, notify_event_kind(l.id)};
 }
 
@@ -2012,36 +2010,24 @@ size_t Space::drop_lapsed() {
     const int64_t now = m.landlord.now_ns();
     for (auto it = m.entries.begin(); it != m.entries.end();) {
       uint64_t seq = it->first;
-      const Impl::Stored& s = it->second;
+      bool lapsed = it->second.deadline_ns <= now;
       ++it;  // erase_locked invalidates the entry's iterator only
-      if (s.deadline_ns > now || s.hold == Impl::Hold::kTaking) continue;  // a take removes those
-      if (s.has_row) rows.push_back(seq);
-      m.erase_locked(seq);
+      if (!lapsed) continue;
+      m.end_entry_locked(seq, rows);
       ++dropped;
     }
   }
   if (!rows.empty()) m.delete_rows_later(rows);
   // Notify registrations keep no deadline: the landlord says which leases it no longer holds.
-  std::vector<uint64_t> watch_ids, ended_watches;
+  std::vector<uint64_t> watch_ids;
   {
     std::shared_lock lock(m.mu);
     for (const auto& [id, w] : m.watches) watch_ids.push_back(id);
   }
   for (uint64_t id : watch_ids) {
-    if (!m.landlord.find(id)) ended_watches.push_back(id);
-  }
-  if (!ended_watches.empty()) {
-    {
-      std::unique_lock lock(m.mu);
-      for (uint64_t id : ended_watches) {
-        auto it = m.watches.find(id);
-        if (it == m.watches.end()) continue;
-        if (m.options.publisher) m.options.publisher->forget(it->second.kind);
-        m.watches.erase(it);
-      }
-    }
-    m.delete_watches_later(ended_watches);
-    dropped += ended_watches.size();
+    if (m.landlord.find(id)) continue;
+    m.end_watch(id);
+    ++dropped;
   }
   if (dropped > 0) {
     DJINN_LOG(kInfo, "space") << m.options.name << ": dropped " << dropped
@@ -2080,14 +2066,7 @@ void Space::on_lease_event(const lease::LeaseEvent& event) {
   }
   if (l.resource == kNotifyResource &&
       (event.type == lease::EventType::kExpired || event.type == lease::EventType::kCancelled)) {
-    {
-      std::unique_lock lock(m.mu);
-      auto it = m.watches.find(l.id);
-      if (it == m.watches.end()) return;
-      if (m.options.publisher) m.options.publisher->forget(it->second.kind);
-      m.watches.erase(it);
-    }
-    m.delete_watches_later({&l.id, 1});
+    m.end_watch(l.id);
   }
 }
 
