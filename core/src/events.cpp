@@ -46,6 +46,9 @@ Status Publisher::start() {
   auto s = std::make_unique<zmq::socket_t>(context_, zmq::socket_type::pub);
   s->set(zmq::sockopt::linger, 0);
   s->set(zmq::sockopt::sndhwm, options_.send_high_water_mark);
+  // What a PUB socket reads is subscriptions: a topic is an event kind, never more than a few
+  // hundred bytes; a peer sending more is dropped instead of kept in the topic tree.
+  s->set(zmq::sockopt::maxmsgsize, int64_t{4096});
   if (options_.curve) {
     if (!options_.curve->keyring) return invalid_argument("CURVE publisher needs a keyring");
     char buf[32];

@@ -360,10 +360,9 @@ namespace {
 Reply to_reply(const zmq::message_t& frame, const Limits& limits, uint64_t* id) {
   Status st;
   internal::SplitFrame split;
-  if (Status fs = internal::decode_reply(frame, limits, id, &st, &split); !fs.ok()) {
-    *id = 0;
-    return Reply(fs);
-  }
+  // An oversized reply's header is read, so its call learns why instead of waiting out its deadline.
+  *id = 0;
+  if (Status fs = internal::decode_reply(frame, limits, id, &st, &split); !fs.ok()) return Reply(fs);
   auto words = kj::heapArray<capnp::word>(split.payload.size());
   if (words.size()) std::memcpy(words.begin(), split.payload.begin(), words.size() * sizeof(capnp::word));
   auto options = reader_options(limits, words.size());

@@ -36,6 +36,10 @@ struct StringHash {
   size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
 };
 
+// Longer timeouts are taken as none: a deadline past this is no deadline, and adding more to the
+// clock would overflow.
+constexpr uint64_t kMaxTimeoutMicros = uint64_t{10} * 365 * 24 * 3600 * 1'000'000;
+
 // A call's idempotency key as the reply cache files it: a digest of the client's key, the method
 // and the caller's key.
 using DedupKey = Digest128;
@@ -209,10 +213,14 @@ struct Server::Impl {
   std::deque<Job> jobs;
   bool stopping_workers = false;
 
-  // Owned by the I/O thread.
+  size_t queued_bytes = 0;  // frames of `jobs` (guarded by jobs_mu)
+
+  // Owned by the I/O thread. A key's entry is made when its first call arrives; it joins
+  // dedup_order (and counts against the capacity) once its reply is filed.
   std::unordered_map<DedupKey, DedupEntry, DedupKeyHash> dedup;
   std::deque<std::pair<DedupKey, uint64_t>> dedup_order;  // key and generation, oldest first
   uint64_t next_dedup_generation = 0;
+  size_t dedup_bytes = 0;  // of the replies filed in dedup
 
   std::atomic<uint64_t> n_requests{0}, n_errors{0}, n_rejected{0}, n_dedup_hits{0};
 
@@ -309,6 +317,7 @@ void Server::stop() {
   for (auto& w : im.workers) w.join();
   im.workers.clear();
   im.jobs.clear();
+  im.queued_bytes = 0;
   {
     std::lock_guard lock(im.outbox->mu);
     im.outbox->closed = true;
@@ -422,27 +431,42 @@ void Server::Impl::on_call(const std::string& rid, zmq::message_t& frame, securi
     if (!fresh) {
       n_dedup_hits++;
       if (!d->second.done) {
+        if (d->second.waiters.size() >= options.max_waiting_repeats) {
+          return reply_error(h.id, unavailable("method '" + h.method + "': " +
+                                               std::to_string(d->second.waiters.size()) +
+                                               " repeats of this idempotency key already wait for its first call; "
+                                               "retry later"));
+        }
         d->second.waiters.emplace_back(rid, h.id);
         return;
       }
       replies.push_back(recall(d->second, h.id));
       return;
     }
-    d->second.generation = ++next_dedup_generation;
-    dedup_order.emplace_back(*dedup_key, d->second.generation);
   }
-  Clock::time_point deadline =
-      h.timeout_micros ? Clock::now() + std::chrono::microseconds(h.timeout_micros) : Clock::time_point::max();
+  Clock::time_point deadline = h.timeout_micros && h.timeout_micros <= kMaxTimeoutMicros
+                                   ? Clock::now() + std::chrono::microseconds(h.timeout_micros)
+                                   : Clock::time_point::max();
 
   if (m.options.blocking) {
     // The job keeps the frame: the payload view points into it (or into split.storage).
-    Job job{&m, rid, std::move(h), std::move(frame), std::move(split), role, client_key, deadline};
+    size_t queued = 0;
     {
       std::lock_guard lock(jobs_mu);
-      jobs.push_back(std::move(job));
+      queued = jobs.size();
+      if (queued < options.max_queued_calls && queued_bytes + frame.size() <= options.max_queued_bytes) {
+        queued_bytes += frame.size();
+        jobs.push_back(Job{&m, rid, std::move(h), std::move(frame), std::move(split), role, client_key, deadline});
+        queued = SIZE_MAX;
+      }
     }
-    jobs_cv.notify_one();
-    return;
+    if (queued == SIZE_MAX) {
+      jobs_cv.notify_one();
+      return;
+    }
+    if (dedup_key) dedup.erase(*dedup_key);  // not carried out: a retry runs it
+    return reply_error(h.id, unavailable("server busy: " + std::to_string(queued) +
+                                         " calls wait for a worker; retry later"));
   }
 
   kj::ArrayPtr<const capnp::word> words = split.payload.size() ? split.payload : internal::empty_message_words();
@@ -504,6 +528,7 @@ void Server::Impl::worker_loop() {
       if (stopping_workers) return;
       job = std::move(jobs.front());
       jobs.pop_front();
+      queued_bytes -= job.frame.size();
     }
     Status st;
     capnp::MallocMessageBuilder results(kResultsFirstSegmentWords);
@@ -540,22 +565,22 @@ void Server::Impl::send_outbox() {
 }
 
 Server::Impl::DedupEntry& Server::Impl::remember(const DedupKey& key, zmq::message_t& frame) {
-  // Evict before filing. Calls still running keep their entries (repeats wait on them) and go to
-  // the back of the order; `key`'s own call is one of them until it is filed below.
-  for (size_t budget = dedup_order.size(); dedup_order.size() > options.dedup_capacity && budget > 0; --budget) {
+  auto& e = dedup[key];
+  e.done = true;
+  e.frame.copy(frame);  // shares the buffer, which nobody writes once built
+  e.generation = ++next_dedup_generation;
+  dedup_bytes += e.frame.size();
+  dedup_order.emplace_back(key, e.generation);
+  // The oldest go first; the reply just filed stays, however large, for its waiters.
+  while (dedup_order.size() > 1 &&
+         (dedup_order.size() > options.dedup_capacity || dedup_bytes > options.dedup_capacity_bytes)) {
     auto oldest = dedup_order.front();
     dedup_order.pop_front();
     auto old = dedup.find(oldest.first);
     if (old == dedup.end() || old->second.generation != oldest.second) continue;  // forgotten since
-    if (old->second.done) {
-      dedup.erase(old);
-    } else {
-      dedup_order.push_back(oldest);
-    }
+    dedup_bytes -= old->second.frame.size();
+    dedup.erase(old);
   }
-  auto& e = dedup[key];
-  e.done = true;
-  e.frame.copy(frame);  // shares the buffer, which nobody writes once built
   return e;
 }
 
@@ -567,7 +592,10 @@ void Server::Impl::settle(const DedupKey& key, zmq::message_t& frame, Code code)
     send_reply_message(wrid, one);
   }
   d.waiters.clear();
-  if (!carried_out(code)) dedup.erase(key);  // its place in dedup_order is skipped when reached (generation)
+  if (!carried_out(code)) {  // its place in dedup_order is skipped when reached (generation)
+    dedup_bytes -= d.frame.size();
+    dedup.erase(key);
+  }
 }
 
 zmq::message_t Server::Impl::recall(const DedupEntry& entry, uint64_t id) {

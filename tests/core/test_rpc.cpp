@@ -79,12 +79,12 @@ Status reply_status(const std::vector<zmq::message_t>& reply) {
   return Status(static_cast<Code>(h.getStatus()), h.getMessage().cStr());
 }
 
-std::string header_bytes(const std::string& method, uint64_t id = 7) {
+std::string header_bytes(const std::string& method, uint64_t id = 7, uint64_t timeout_micros = 1'000'000) {
   capnp::MallocMessageBuilder b;
   auto h = b.initRoot<proto::RequestHeader>();
   h.setId(id);
   h.setMethod(method);
-  h.setTimeoutMicros(1'000'000);
+  h.setTimeoutMicros(timeout_micros);
   auto words = capnp::messageToFlatArray(b);
   return std::string(reinterpret_cast<const char*>(words.begin()), words.size() * 8);
 }
@@ -538,6 +538,166 @@ TEST_CASE("the reply cache keeps the last dedup_capacity keys, and a call still 
   rpc::Reply oldest = echo(c, "quick", key(0));
   CHECK(oldest.results<EchoResults>().getServed() == 10);
   CHECK(s.server.stats().dedup_hits == 2);
+}
+
+TEST_CASE("the reply cache is bounded by bytes too: the oldest replies go first, the newest stays however large") {
+  std::atomic<int> runs{0};
+  auto serve_big = [&](rpc::Server& server) {
+    server.handle("t.big", [&](const rpc::CallContext&, capnp::MessageReader&, capnp::MessageBuilder& results) {
+      ++runs;
+      std::vector<kj::byte> bytes(200 * 1024, 7);
+      results.initRoot<EchoResults>().setBlob(kj::arrayPtr(bytes.data(), bytes.size()));
+      return Status::Ok();
+    });
+    REQUIRE(server.start().ok());
+  };
+  auto keyed = [](int i) { return rpc::CallOptions{.idempotency_key = "big-" + std::to_string(i)}; };
+
+  rpc::ServerOptions options;
+  options.dedup_capacity_bytes = 500 * 1024;  // two replies of 200 KiB
+  rpc::Server server(options);
+  serve_big(server);
+  rpc::Client c({.endpoint = server.endpoints()[0]});
+  for (int i = 0; i < 4; ++i) REQUIRE(c.call("t.big", keyed(i)).ok());
+  REQUIRE(c.call("t.big", keyed(3)).ok());
+  REQUIRE(c.call("t.big", keyed(2)).ok());
+  CHECK(runs == 4);
+  CHECK(server.stats().dedup_hits == 2);
+  REQUIRE(c.call("t.big", keyed(1)).ok());  // gone from the cache: runs again
+  CHECK(runs == 5);
+
+  runs = 0;
+  options.dedup_capacity_bytes = 100 * 1024;  // less than one reply
+  rpc::Server small(options);
+  serve_big(small);
+  rpc::Client d({.endpoint = small.endpoints()[0]});
+  rpc::Reply first = d.call("t.big", keyed(0));
+  rpc::Reply again = d.call("t.big", keyed(0));
+  REQUIRE(first.ok());
+  REQUIRE(again.ok());
+  CHECK(again.results<EchoResults>().getBlob().size() == 200 * 1024);
+  CHECK(runs == 1);
+}
+
+TEST_CASE("repeats of a running call past max_waiting_repeats, and calls past the worker queue's bound, get UNAVAILABLE") {
+  rpc::ServerOptions options;
+  options.max_waiting_repeats = 2;
+  options.workers = 1;
+  options.max_queued_calls = 2;
+  rpc::Server server(options);
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<rpc::Responder> held;
+  bool release = false;
+  int running = 0;
+  server.handle_deferred("t.hold", [&](const rpc::CallContext&, capnp::MessageReader&, rpc::Responder r) {
+    std::lock_guard lock(mu);
+    held.push_back(std::move(r));
+  });
+  server.handle(
+      "t.wait",
+      [&](const rpc::CallContext&, capnp::MessageReader&, capnp::MessageBuilder&) {
+        std::unique_lock lock(mu);
+        ++running;
+        cv.notify_all();
+        cv.wait(lock, [&] { return release; });
+        return Status::Ok();
+      },
+      {.blocking = true});
+  REQUIRE(server.start().ok());
+  rpc::Client c({.endpoint = server.endpoints()[0]});
+  capnp::MallocMessageBuilder none(rpc::kSmallMessageWords);
+  none.initRoot<EchoParams>();
+
+  SUBCASE("repeats") {
+    rpc::CallOptions o{.timeout = std::chrono::seconds(10), .idempotency_key = "K"};
+    std::vector<std::future<rpc::Reply>> calls;
+    for (int i = 0; i < 4; ++i) calls.push_back(c.call_async("t.hold", none, o));
+    // The first runs, two repeats wait for it, the fourth is turned away at once.
+    std::vector<rpc::Reply> turned_away;
+    for (auto& f : calls) {
+      if (f.wait_for(std::chrono::seconds(2)) == std::future_status::ready) turned_away.push_back(f.get());
+    }
+    REQUIRE(turned_away.size() == 1);
+    CHECK(turned_away[0].status().code() == Code::kUnavailable);
+    CHECK(turned_away[0].status().message().find("retry later") != std::string::npos);
+    {
+      std::lock_guard lock(mu);
+      REQUIRE(held.size() == 1);
+      held[0].reply(Status::Ok());
+    }
+    int answered = 0;
+    for (auto& f : calls) {
+      if (f.valid() && f.get().ok()) ++answered;
+    }
+    CHECK(answered == 3);
+  }
+  SUBCASE("queued calls") {
+    rpc::CallOptions o{.timeout = std::chrono::seconds(10)};
+    std::vector<std::future<rpc::Reply>> calls;
+    calls.push_back(c.call_async("t.wait", none, o));
+    {
+      std::unique_lock lock(mu);
+      REQUIRE(cv.wait_for(lock, std::chrono::seconds(5), [&] { return running == 1; }));
+    }
+    for (int i = 0; i < 4; ++i) calls.push_back(c.call_async("t.wait", none, o));
+    // One runs on the worker, two queue, the other two are turned away at once.
+    int busy = 0;
+    for (auto& f : calls) {
+      if (f.wait_for(std::chrono::seconds(2)) != std::future_status::ready) continue;
+      rpc::Reply r = f.get();
+      CHECK(r.status().code() == Code::kUnavailable);
+      CHECK(r.status().message().find("server busy") != std::string::npos);
+      ++busy;
+    }
+    CHECK(busy == 2);
+    {
+      std::lock_guard lock(mu);
+      release = true;
+    }
+    cv.notify_all();
+    int answered = 0;
+    for (auto& f : calls) {
+      if (f.valid() && f.get().ok()) ++answered;
+    }
+    CHECK(answered == 3);
+    // The queue drained: calls are taken again.
+    CHECK(c.call("t.wait", none).ok());
+  }
+}
+
+TEST_CASE("a reply over the client's frame limit fails its call at once with RESOURCE_EXHAUSTED") {
+  rpc::Server server({});
+  server.handle("t.big", [&](const rpc::CallContext&, capnp::MessageReader&, capnp::MessageBuilder& results) {
+    std::vector<kj::byte> bytes(200 * 1024, 7);
+    results.initRoot<EchoResults>().setBlob(kj::arrayPtr(bytes.data(), bytes.size()));
+    return Status::Ok();
+  });
+  REQUIRE(server.start().ok());
+  rpc::ClientOptions co{.endpoint = server.endpoints()[0]};
+  co.limits.max_frame_bytes = 64 * 1024;
+  rpc::Client c(co);
+  auto start = rpc::Clock::now();
+  rpc::Reply r = c.call("t.big", {.timeout = std::chrono::seconds(10)});
+  CHECK(r.status().code() == Code::kResourceExhausted);
+  CHECK(rpc::Clock::now() - start < std::chrono::seconds(5));
+  capnp::MallocMessageBuilder none(rpc::kSmallMessageWords);
+  none.initRoot<EchoParams>();
+  rpc::Reply a = c.call_async("t.big", none, {.timeout = std::chrono::seconds(10)}).get();
+  CHECK(a.status().code() == Code::kResourceExhausted);
+  CHECK(rpc::Clock::now() - start < std::chrono::seconds(5));
+}
+
+TEST_CASE("a timeout too long to add to the clock is taken as none") {
+  EchoServer s;
+  for (uint64_t timeout : {uint64_t{1} << 62, UINT64_MAX}) {
+    std::string bytes = header_bytes("echo.echo", 9, timeout) + echo_payload("far");
+    std::vector<zmq::message_t> f;
+    f.emplace_back(bytes.data(), bytes.size());
+    auto reply = raw_exchange(s.endpoint(), std::move(f));
+    REQUIRE(reply.size() == 1);
+    CHECK(reply_status(reply).ok());
+  }
 }
 
 TEST_CASE("hostile input gets an error reply and the server goes on serving") {

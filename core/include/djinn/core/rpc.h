@@ -77,7 +77,15 @@ struct ServerOptions {
   std::optional<CurveServer> curve;
   // The role of every client when CURVE is off (plaintext has no identity to check).
   security::Role plaintext_role = security::Role::kAdmin;
-  size_t dedup_capacity = 65536;  // replies remembered by idempotency key
+  // Replies remembered by idempotency key, and their bytes: past either bound the oldest go.
+  size_t dedup_capacity = 65536;
+  size_t dedup_capacity_bytes = 64u << 20;
+  // Repeats of a key that wait for its first call to end; more get UNAVAILABLE.
+  size_t max_waiting_repeats = 16;
+  // Calls waiting for a worker, and their frames' bytes; more get UNAVAILABLE (the client may
+  // retry) instead of piling up behind a slow disk.
+  size_t max_queued_calls = 10000;
+  size_t max_queued_bytes = 256u << 20;
   zmq::context_t* context = nullptr;  // default_context() when null
   std::string name = "rpc";           // for logs
 };
