@@ -14,6 +14,7 @@
 #include "djinn/core/daemon_flags.h"
 #include "djinn/core/digest.h"
 #include "djinn/core/events.h"
+#include "djinn/core/fault.h"
 #include "djinn/core/log.h"
 #include "djinn/core/model_capnp.h"
 #include "djinn/lease/service.h"
@@ -84,6 +85,19 @@ Result<ContentHash> put_chunk(ValueStore& values, proto::PutChunkParams::Reader 
   out.setStored(*stored);
   out.setHash(capnp::Data::Reader(h.data(), h.size()));
   return h;
+}
+
+// A template from a request. It is matched against every entry it waits for, and a notify
+// template is stored: it may be no larger than the largest entry.
+Result<Template> template_from(proto::Template::Reader in, size_t max_bytes, std::string_view method) {
+  size_t bytes = in.totalSize().wordCount * sizeof(capnp::word);
+  if (bytes > max_bytes) {
+    return invalid_argument(std::string(method) + ": template of " + std::to_string(bytes) + " bytes: at most " +
+                            std::to_string(max_bytes) + " (the largest entry this space takes)");
+  }
+  Result<Template> t = from_capnp(in);
+  if (!t.ok()) return Status(t.status().code(), std::string(method) + ": " + t.status().message());
+  return t;
 }
 
 void put_entries(capnp::List<proto::Entry>::Builder out, const std::vector<Entry>& entries) {
@@ -258,8 +272,8 @@ void SpaceService::Impl::register_match(const std::string& method, bool take, bo
         request.take = take;
         try {
           auto p = message.getRoot<proto::MatchParams>();
-          Result<Template> tmpl = from_capnp(p.getTemplate());
-          if (!tmpl.ok()) return responder.reply(Status(tmpl.status().code(), method + ": " + tmpl.status().message()));
+          Result<Template> tmpl = template_from(p.getTemplate(), options.max_entry_bytes, method);
+          if (!tmpl.ok()) return responder.reply(tmpl.status());
           request.tmpl = std::move(*tmpl);
           Result<std::optional<TxnRef>> t = txn_from(p.hasTxn(), p.getTxn(), method);
           if (!t.ok()) return responder.reply(t.status());
@@ -418,8 +432,8 @@ void SpaceService::Impl::register_methods() {
       [this](const rpc::CallContext&, proto::ContentsParams::Reader p, proto::ContentsResult::Builder out) -> Status {
         Space* sp = space.load();
         if (!sp) return unavailable("space.contents: the space is starting");
-        Result<Template> tmpl = from_capnp(p.getTemplate());
-        if (!tmpl.ok()) return Status(tmpl.status().code(), "space.contents: " + tmpl.status().message());
+        Result<Template> tmpl = template_from(p.getTemplate(), options.max_entry_bytes, "space.contents");
+        if (!tmpl.ok()) return tmpl.status();
         Result<std::optional<TxnRef>> t = txn_from(p.hasTxn(), p.getTxn(), "space.contents");
         if (!t.ok()) return t.status();
         Result<ContentsPage> page = sp->contents(*tmpl, p.getCursor(), p.getMaxEntries(), *t);
@@ -436,13 +450,9 @@ void SpaceService::Impl::register_methods() {
       [this](const rpc::CallContext&, proto::SpaceNotifyParams::Reader p, proto::SpaceNotifyResult::Builder out) -> Status {
         Space* sp = space.load();
         if (!sp) return unavailable("space.notify: the space is starting");
-        Result<Template> tmpl = from_capnp(p.getTemplate());
-        if (!tmpl.ok()) return Status(tmpl.status().code(), "space.notify: " + tmpl.status().message());
+        Result<Template> tmpl = template_from(p.getTemplate(), options.max_entry_bytes, "space.notify");
+        if (!tmpl.ok()) return tmpl.status();
         std::string holder(p.getHolder().cStr(), p.getHolder().size());
-        if (holder.size() > landlord->policy().max_holder_bytes) {
-          return invalid_argument("space.notify: holder of " + std::to_string(holder.size()) + " bytes: at most " +
-                                  std::to_string(landlord->policy().max_holder_bytes));
-        }
         Result<NotifyRegistration> reg = sp->notify(*tmpl, p.getDurationMs(), std::move(holder));
         if (!reg.ok()) return reg.status();
         out.setId(reg->id);
@@ -661,7 +671,6 @@ Result<std::unique_ptr<SpaceService>> SpaceService::start(SpaceServiceOptions op
     im->forward_space = im->space_owner.get();
   }
   im->space_owner->drop_lapsed();  // expired during the load, before the line above
-  im->space = im->space_owner.get();
 
   rpc::ServerOptions server_options;
   server_options.endpoints = {options.rpc_endpoint};
@@ -691,6 +700,9 @@ Result<std::unique_ptr<SpaceService>> SpaceService::start(SpaceServiceOptions op
   if (Status st = im->server->start(); !st.ok()) {
     return Status(st.code(), "rpc endpoint " + options.rpc_endpoint + ": " + st.message());
   }
+  // Served from here on, but the methods answer "starting" until the endpoint they give out in
+  // receipts and joins is known: it is the bound one (a port * is picked by the bind).
+  DJINN_CRASH_POINT("space.service.after_server_start");
   im->rpc_endpoint = rpc::advertised_endpoint(im->server->endpoints().at(0), options.advertise_host);
   im->lease_service->set_endpoint(im->rpc_endpoint);
   im->participant = "space:" + im->id.to_string() + "@" + im->rpc_endpoint;
@@ -701,6 +713,7 @@ Result<std::unique_ptr<SpaceService>> SpaceService::start(SpaceServiceOptions op
     }
     im->manager->add_local(im->participant, *im->space_owner);
   }
+  im->space = im->space_owner.get();
 
   DJINN_LOG(kInfo, "space") << options.name << ": serving on " << im->rpc_endpoint << ", events on "
                             << im->events_endpoint << (options.curve ? " with CURVE" : "") << ", ServiceID "

@@ -520,7 +520,10 @@ struct Space::Impl {
   // otherwise marked for durable removal.
   std::vector<uint64_t> take_locked(const Template& t, size_t max, const std::optional<TxnId>& txn) {
     std::vector<uint64_t> seqs;
-    scan_locked(t, 0, txn, [&](uint64_t seq, const Stored&) {
+    size_t bytes = 0;
+    scan_locked(t, 0, txn, [&](uint64_t seq, const Stored& s) {
+      bytes += s.entry.bytes().size();
+      if (!seqs.empty() && bytes > kMaxEntriesReplyBytes) return false;
       seqs.push_back(seq);
       return seqs.size() < max;
     });
@@ -1511,6 +1514,23 @@ Result<std::unique_ptr<Space>> Space::open(SpaceOptions options) {
   return std::unique_ptr<Space>(new Space(std::move(impl)));
 }
 
+namespace {
+
+// A holder as a write or notify names it (empty: the space picks one). It becomes a lease's
+// holder, which holderLeases and cancelHolder look up as plain text.
+Status check_holder(std::string_view holder, size_t max_bytes, std::string_view what) {
+  if (holder.size() > max_bytes) {
+    return invalid_argument(std::string(what) + ": holder of " + std::to_string(holder.size()) + " bytes: at most " +
+                            std::to_string(max_bytes));
+  }
+  if (holder.find('\0') != std::string_view::npos) {
+    return invalid_argument(std::string(what) + ": holder contains a NUL byte: it must be plain text");
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
 // A write checked and encoded into its op; or its answer already: an error, or the first reply
 // of a keyed write seen before. `pending`: writes of the same batch, not in the space yet.
 std::variant<Space::Impl::Op, Result<Written>> Space::Impl::prepare_write(WriteRequest& request, size_t pending) {
@@ -1552,10 +1572,7 @@ std::variant<Space::Impl::Op, Result<Written>> Space::Impl::prepare_write(WriteR
     if (request.idempotency_key.size() > 256) return invalid_argument("write: idempotency key over 256 bytes");
     op.key = std::move(request.idempotency_key);
   }
-  if (request.holder.size() > landlord.policy().max_holder_bytes) {
-    return invalid_argument("write: holder of " + std::to_string(request.holder.size()) + " bytes: at most " +
-                            std::to_string(landlord.policy().max_holder_bytes));
-  }
+  DJINN_RETURN_IF_ERROR(check_holder(request.holder, landlord.policy().max_holder_bytes, "write"));
   op.holder = std::move(request.holder);
   op.entry = std::move(request.entry);
   op.duration_ms = d;
@@ -1763,9 +1780,11 @@ Result<ContentsPage> Space::contents(const Template& tmpl, uint64_t cursor, size
   ContentsPage page;
   page.cursor = cursor;
   page.done = true;
+  size_t bytes = 0;
   std::shared_lock lock(m.mu);
   m.scan_locked(tmpl, cursor, id, [&](uint64_t seq, const Impl::Stored& s) {
-    if (page.entries.size() == max) {
+    bytes += s.entry.bytes().size();
+    if (page.entries.size() == max || (!page.entries.empty() && bytes > kMaxEntriesReplyBytes)) {
       page.done = false;
       return false;
     }
@@ -1782,6 +1801,7 @@ Result<NotifyRegistration> Space::notify(const Template& tmpl, int64_t duration_
   if (!(duration_ms > 0 || duration_ms == lease::kDurationAny)) {
     return invalid_argument("notify: lease duration " + std::to_string(duration_ms) + " ms: must be > 0 or ANY (-1)");
   }
+  DJINN_RETURN_IF_ERROR(check_holder(holder, m.landlord.policy().max_holder_bytes, "notify"));
   if (holder.empty()) holder = "anonymous";
   {
     std::shared_lock lock(m.mu);

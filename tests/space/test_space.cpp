@@ -32,14 +32,16 @@ using namespace std::chrono_literals;
 namespace {
 
 struct Harness {
-  Harness() : data_dir(dir.file("space")) { start(); }
+  explicit Harness(size_t max_entry_bytes = 4096) : data_dir(dir.file("space")), max_entry_bytes(max_entry_bytes) {
+    start();
+  }
   void start() {
     SpaceServiceOptions o;
     o.data_dir = data_dir;
     o.policy.max_duration = 1h;
     o.policy.default_duration = 10min;
     o.policy.min_duration = 10ms;
-    o.max_entry_bytes = 4096;
+    o.max_entry_bytes = max_entry_bytes;
     auto s = SpaceService::start(o);
     REQUIRE_MESSAGE(s.ok(), s.status().to_string());
     service = std::move(*s);
@@ -51,6 +53,7 @@ struct Harness {
   }
   test::TempDir dir;
   std::string data_dir;
+  size_t max_entry_bytes;
   std::unique_ptr<SpaceService> service;
   std::unique_ptr<SpaceClient> client;
 };
@@ -136,6 +139,24 @@ TEST_CASE("write, read, take, IfExists, contents and take of many") {
   CHECK(h.service->space().size() == before);
   CHECK(h.client->contents_all(tmpl("demo.Task", {{"queue", "p"}}))->size() == 5);
   CHECK(!h.client->read_if_exists(tmpl("demo.Task", {{"n", 1}}))->has_value());
+}
+
+TEST_CASE("takeMany and a contents page stop short of 8 MiB of entries: what is taken is always answered") {
+  Harness h(64 * 1024);
+  SpaceClient& c = *h.client;
+  // 300 entries of 60 KB: 18 MB, more than a client reads in one reply.
+  std::vector<Entry> batch(50, entry("demo.Heavy", {{"blob", Value(Value::Bytes(60'000, 7))}}));
+  for (int i = 0; i < 6; ++i) REQUIRE(c.write_many(batch, 600'000).ok());
+  auto page = c.contents(tmpl("demo.Heavy"), 0, 1000);
+  REQUIRE_MESSAGE(page.ok(), page.status().to_string());
+  CHECK(!page->done);
+  CHECK(page->entries.size() > 100);
+  CHECK(page->entries.size() * 60'000 <= kMaxEntriesReplyBytes);
+  CHECK(c.contents_all(tmpl("demo.Heavy"))->size() == 300);
+  auto taken = c.take_many(tmpl("demo.Heavy"), 1000);
+  REQUIRE_MESSAGE(taken.ok(), taken.status().to_string());
+  CHECK(taken->size() == page->entries.size());
+  CHECK(c.contents_all(tmpl("demo.Heavy"))->size() == 300 - taken->size());
 }
 
 TEST_CASE("an index key gathering many entries pages in write order as it grows past its inline size, and after takes") {
@@ -597,6 +618,20 @@ TEST_CASE("bad input gets a clear status and changes nothing") {
   CHECK(code_of(c.take_many(tmpl("demo.Keep"), 0)) == Code::kInvalidArgument);
   CHECK(code_of(c.take_many(tmpl("demo.Keep"), 100'000)) == Code::kInvalidArgument);
   CHECK(code_of(c.contents(tmpl("demo.Keep"), 0, 0)) == Code::kInvalidArgument);
+  // A template larger than the largest entry, waited on or stored with a notify.
+  Template huge = tmpl("demo.Keep", {{"blob", Value(Value::Bytes(8000, 1))}});
+  auto too_big = c.read_if_exists(huge);
+  CHECK(code_of(too_big) == Code::kInvalidArgument);
+  CHECK(too_big.status().message().find("template of") != std::string::npos);
+  CHECK(code_of(c.take(huge, 1000ms)) == Code::kInvalidArgument);
+  CHECK(code_of(c.notify(huge, 60'000)) == Code::kInvalidArgument);
+  // A holder is plain text: holderLeases and cancelHolder could never name one with a NUL.
+  Space& space = h.service->space();
+  std::string nul("app\0x", 5);
+  auto held = space.write(WriteRequest{.entry = entry("demo.Held", {}), .duration_ms = 60'000, .holder = nul});
+  CHECK(code_of(held) == Code::kInvalidArgument);
+  CHECK(held.status().message().find("NUL") != std::string::npos);
+  CHECK(code_of(space.notify(tmpl("demo.Held"), 60'000, nul)) == Code::kInvalidArgument);
   // A reference to a value that is not stored.
   ContentHash fake{};
   fake[0] = 1;
@@ -753,6 +788,28 @@ TEST_CASE("entries whose leases end while the space opens are dropped once it is
   CHECK(h.service->space().size() == 1);
   CHECK(!h.client->read_if_exists(tmpl("demo.Brief"))->has_value());
   CHECK(h.client->read_if_exists(tmpl("demo.Stays"))->has_value());
+}
+
+TEST_CASE("until its endpoint is known a space answers 'starting', never a receipt without a landlord") {
+  test::TempDir dir;
+  SpaceServiceOptions o;
+  o.data_dir = dir.file("space");
+  o.rpc_endpoint = "tcp://127.0.0.1:" + std::to_string(test::free_tcp_port());
+  Status early = Status::Ok();
+  fault::arm_call("space.service.after_server_start", [&] {
+    SpaceClient c({.endpoint = o.rpc_endpoint});
+    early = c.write(entry("demo.Early", {}), 60'000).status();
+  });
+  auto s = SpaceService::start(o);
+  fault::disarm_all();
+  REQUIRE_MESSAGE(s.ok(), s.status().to_string());
+  CHECK(early.code() == Code::kUnavailable);
+  CHECK(early.message().find("starting") != std::string::npos);
+  SpaceClient c({.endpoint = (*s)->rpc_endpoint()});
+  auto w = c.write(entry("demo.Later", {}), 60'000);
+  REQUIRE(w.ok());
+  CHECK(w->landlord == (*s)->rpc_endpoint());
+  CHECK((*s)->space().size() == 1);
 }
 
 TEST_CASE("roles: clients use entries and values; participant, join and collect need service or admin") {
