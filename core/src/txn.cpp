@@ -306,6 +306,7 @@ void Coordinator::Impl::decide_abort_locked(const TxnId& id, Txn& t, const std::
 
 Status Coordinator::Impl::log_commit_decision_locked(const TxnId& id, const Txn& t) {
   // The only forced write of the protocol: synchronous=FULL fsyncs the WAL at this commit.
+  DJINN_CRASH_POINT("txn.coordinator.logging_decision");
   DJINN_RETURN_IF_ERROR(db.set_sync(sqlite::Sync::kFull));
   Status logged = [&]() -> Status {
     auto tx = sqlite::Transaction::begin(db);

@@ -229,6 +229,8 @@ struct TxnManager::Impl {
 
 TxnManager::TxnManager(TxnManagerOptions options, rpc::Server& server) : impl_(std::make_unique<Impl>(std::move(options))) {
   Impl* m = impl_.get();
+  // Every method that takes the coordinator's lock runs off the I/O thread: a commit holds it
+  // across its decision's fsync, and the I/O thread serves the space's other calls meanwhile.
   const rpc::MethodOptions client_blocking{.min_role = security::Role::kClient, .blocking = true};
   const rpc::MethodOptions client_inline{.min_role = security::Role::kClient, .blocking = false};
 
@@ -311,7 +313,7 @@ TxnManager::TxnManager(TxnManagerOptions options, rpc::Server& server) : impl_(s
           return c.renew(txn_of(p.getTxn()), std::chrono::milliseconds(p.getLeaseMs()));
         });
       },
-      client_inline);
+      client_blocking);
   server.method<proto::TxnParams, proto::OutcomeResult>(
       "txn.outcome",
       [m](const rpc::CallContext&, proto::TxnParams::Reader p, proto::OutcomeResult::Builder out) {
@@ -320,7 +322,7 @@ TxnManager::TxnManager(TxnManagerOptions options, rpc::Server& server) : impl_(s
           return Status::Ok();
         });
       },
-      client_inline);
+      client_blocking);
   server.method<proto::JoinParams, proto::SpaceEmpty>(
       "txn.join",
       [m](const rpc::CallContext&, proto::JoinParams::Reader p, proto::SpaceEmpty::Builder) {
@@ -331,7 +333,7 @@ TxnManager::TxnManager(TxnManagerOptions options, rpc::Server& server) : impl_(s
         }
         return m->with([&](txn::Coordinator& c) { return c.join(txn_of(p.getTxn()), participant, p.getIncarnation()); });
       },
-      {.min_role = security::Role::kService, .blocking = false});
+      {.min_role = security::Role::kService, .blocking = true});
 }
 
 TxnManager::~TxnManager() { stop(); }

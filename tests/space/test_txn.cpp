@@ -18,6 +18,7 @@
 #include <set>
 #include <thread>
 
+#include "djinn/core/fault.h"
 #include "djinn/lease/landlord.h"
 #include "djinn/space/client.h"
 #include "djinn/space/service.h"
@@ -317,6 +318,42 @@ TEST_CASE("commits waiting on a participant that does not answer hold up none of
   CHECK(tm.join(t->id, "no-endpoint").code() == Code::kInvalidArgument);
   REQUIRE(tm.abort(t->id).ok());
   CHECK(tm.join(t->id, dead).code() == Code::kAborted);
+}
+
+TEST_CASE("a commit holding the manager's lock across its decision holds up none of the space's own methods") {
+  test::TempDir dir;
+  auto a = start_space(dir, "a", true);
+  SpaceClient c({.endpoint = a->rpc_endpoint()});
+  TxnClient tm({.endpoint = a->rpc_endpoint()});
+  auto t = tm.create(30s);
+  REQUIRE(t.ok());
+  REQUIRE(c.write(entry("demo.Slot", {{"i", 1}}), 600'000, *t).ok());
+  auto other = tm.create(30s);
+  REQUIRE(other.ok());
+  // On the thread that holds the lock while the decision is written: a call that needs the lock
+  // (txn.outcome), then one that needs only the I/O thread.
+  TxnClient asker({.endpoint = a->rpc_endpoint()});
+  SpaceClient reader({.endpoint = a->rpc_endpoint()});
+  std::future<Result<txn::Outcome>> pending;
+  Status read = internal_error("not run");
+  std::chrono::steady_clock::duration took{};
+  fault::arm_call("txn.coordinator.logging_decision", [&] {
+    pending = std::async(std::launch::async, [&] { return asker.outcome(other->id); });
+    std::this_thread::sleep_for(100ms);
+    auto start = std::chrono::steady_clock::now();
+    read = reader.read_if_exists(tmpl("demo.None"), std::nullopt, {.timeout = 2s}).status();
+    took = std::chrono::steady_clock::now() - start;
+  });
+  auto committed = tm.commit(t->id);
+  fault::disarm_all();
+  REQUIRE_MESSAGE(committed.ok(), committed.status().to_string());
+  CHECK(*committed == txn::Outcome::kCommitted);
+  CHECK_MESSAGE(read.ok(), read.to_string());
+  CHECK(took < 1s);
+  REQUIRE(pending.valid());
+  auto o = pending.get();
+  REQUIRE(o.ok());
+  CHECK(*o == txn::Outcome::kActive);
 }
 
 TEST_CASE("joins awaiting their managers keep their connections while many other managers are named") {
