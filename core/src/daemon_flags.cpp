@@ -4,6 +4,8 @@
 
 #include <filesystem>
 
+#include "djinn/core/files.h"
+
 namespace djinn {
 
 void add_security_flags(Config& cfg) {
@@ -49,11 +51,10 @@ Result<ServerSecurity> security_from_flags(const Config& cfg) {
 
 Status ensure_data_dir(const std::string& path) {
   if (path.empty()) return Status::Ok();
-  std::error_code ec;
-  std::filesystem::create_directories(path, ec);
-  if (ec) {
-    return failed_precondition("cannot create data directory '" + path + "': " + ec.message() +
-                               " (choose a writable --data-dir)");
+  Status made = files::create_directories_synced(path);
+  if (!made.ok()) {
+    return Status(made.code(), "cannot create data directory '" + path + "': " + made.message() +
+                                   " (choose a writable --data-dir)");
   }
   return Status::Ok();
 }

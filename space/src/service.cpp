@@ -15,6 +15,7 @@
 #include "djinn/core/digest.h"
 #include "djinn/core/events.h"
 #include "djinn/core/fault.h"
+#include "djinn/core/files.h"
 #include "djinn/core/log.h"
 #include "djinn/core/model_capnp.h"
 #include "djinn/lease/service.h"
@@ -647,6 +648,9 @@ Result<std::unique_ptr<SpaceService>> SpaceService::start(SpaceServiceOptions op
   value_options.grace = options.value_grace;
   value_options.gc_interval = options.value_gc_interval;
   value_options.start_collector = false;  // after the space has taken its entries' references
+  // Entry leases are cancelled without an fsync (docs/lease.md): the log is synced before values
+  // they referred to go.
+  value_options.before_collect = [wal = dir / "space.db-wal"] { return files::sync_file(wal); };
   auto values = ValueStore::open(value_options);
   if (!values.ok()) return values.status();
   im->values = std::move(*values);

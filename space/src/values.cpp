@@ -841,9 +841,11 @@ struct ValueStore::Impl {
       if (!ec) fs::create_directory(value_dir / hex, ec);
       if (ec) return failed_precondition("cannot create " + (value_dir / hex).string() + ": " + ec.message());
     }
-    for (const fs::path& d : {fs::path(options.dir), chunk_dir, value_dir}) {
+    for (const fs::path& d : {fs::path(options.dir), chunk_dir, value_dir, pack_dir}) {
       DJINN_RETURN_IF_ERROR(files::sync_directory(d));
     }
+    // And the store's own name in its parent (made above when new).
+    DJINN_RETURN_IF_ERROR(files::sync_directory(fs::absolute(options.dir).lexically_normal().parent_path()));
     // Kept open for the store's life: syncfs reports to a descriptor every write-back error since
     // its last call (Linux 5.8 on), whoever else saw it first; one opened anew misses an error
     // another syncfs (of any process on the file system) already reported.
@@ -963,6 +965,14 @@ struct ValueStore::Impl {
 
   size_t collect(std::chrono::milliseconds grace) {
     std::lock_guard one_at_a_time(collect_mu);  // each empties the unlinking sets it filled
+    // A value is collected a grace after its last reference ended: what ended it happened
+    // before this, and is durable once it returns.
+    if (options.before_collect) {
+      if (Status st = options.before_collect(); !st.ok()) {
+        DJINN_LOG(kWarn, "space") << "value collection skipped: " << st.to_string();
+        return 0;
+      }
+    }
     // A file to unlink, and what a put of it waits for (none for a pack).
     struct Doomed {
       fs::path path;

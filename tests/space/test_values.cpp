@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "djinn/core/fault.h"
+#include "djinn/core/files.h"
 #include "djinn/core/rpc.h"
 #include "djinn/proto/space.capnp.h"
 #include "djinn/space/client.h"
@@ -870,6 +871,40 @@ TEST_CASE("values: an open whose sync of what it found fails is refused, saying 
   CHECK(refused.status().code() == Code::kFailedPrecondition);
   CHECK(refused.status().message().find("check it before opening the store again") != std::string::npos);
   CHECK(ValueStore::open({.dir = dir.file("values"), .grace = 1h, .gc_interval = 0ms}).ok());
+}
+
+TEST_CASE("values: a collection runs only once its owner has made the references' ends durable") {
+  test::TempDir dir;
+  Status sync = unavailable("fdatasync space.db-wal: no space left on device");
+  int calls = 0;
+  auto opened = ValueStore::open({.dir = dir.file("values"), .grace = 1h, .gc_interval = 0ms,
+                                  .before_collect = [&] { ++calls; return sync; }});
+  REQUIRE(opened.ok());
+  auto v = std::move(*opened);
+  std::vector<uint8_t> data(5000, 9);
+  ContentHash chunk = hash_bytes(data);
+  REQUIRE(v->put_chunk(chunk, data).ok());
+  auto value = v->put_value(data.size(), std::vector<ContentHash>{chunk});
+  REQUIRE(value.ok());
+  CHECK(v->collect_now(0ms) == 0);  // the sync failed: nothing goes
+  CHECK(calls == 1);
+  CHECK(v->has_value(*value));
+  sync = Status::Ok();
+  CHECK(v->collect_now(0ms) > 0);
+  CHECK(calls == 2);
+  CHECK(!v->has_value(*value));
+}
+
+TEST_CASE("files: a directory made with its parents is synced into each") {
+  test::TempDir dir;
+  std::string deep = dir.file("a/b/c");
+  REQUIRE(files::create_directories_synced(deep).ok());
+  CHECK(std::filesystem::is_directory(deep));
+  CHECK(files::create_directories_synced(deep).ok());  // there already
+  CHECK(files::sync_file(dir.file("a/none")).ok());     // nothing to sync
+  std::string blocked = dir.file("a/file");
+  { std::ofstream(blocked) << "x"; }
+  CHECK(!files::create_directories_synced(blocked + "/d").ok());
 }
 
 TEST_CASE("values: a chunk asked about keeps its grace when the last value naming it is collected") {

@@ -75,6 +75,11 @@ struct ValueStoreOptions {
   // False: the collector thread starts only at start_collector(), once the owner has taken its
   // references (a space loading its entries); until then every value looks unreferenced.
   bool start_collector = true;
+  // Runs before each collection, which is skipped when it fails: makes durable what dropped
+  // references so far. An owner whose references end in commits made without an fsync (a space's
+  // lease cancels) syncs them here, or a power loss could bring back an entry naming a value
+  // already collected.
+  std::function<Status()> before_collect;
 };
 
 struct ValueStats {
