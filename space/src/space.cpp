@@ -220,13 +220,25 @@ struct Space::Impl {
     bool has_row = false;
     bool lease_ended = false;  // while kTaking: removed if the take fails instead of freed
   };
+  // A transaction's part here moves one way, each step under mu:
+  //   kActive     operations join it;
+  //   kPreparing  prepare is writing its prepared state (mu released): nothing joins it, and a
+  //               second prepare, commit or abort waits for that write's outcome (txn_cv);
+  //   kPrepared   its prepared state is durable: PREPARED is the vote;
+  //   kFinishing  its outcome is being written and applied: a prepare now votes ABORTED, another
+  //               commit or abort waits;
+  // then it is erased. Only the call that moved it to kPreparing or kFinishing moves it on: a
+  // failed prepare aborts it (ABORTED), a failed finish puts it back where it was. Keeping
+  // "voting" apart from "durably prepared" is what stops a prepare from answering PREPARED for a
+  // state that is not (or will never be) on disk.
+  enum class Phase : uint8_t { kActive, kPreparing, kPrepared, kFinishing };
   struct TxnState {
     std::string manager;
     Clock::time_point joined_at;                    // when this space joined it
     std::optional<Clock::time_point> silent_since;  // its manager has not answered since
     std::vector<uint64_t> written;
     std::vector<uint64_t> taken;
-    bool prepared = false;
+    Phase phase = Phase::kActive;
     bool recovered = false;  // prepared before a restart: its outcome must be asked
     std::string coordinator;
   };
@@ -283,6 +295,7 @@ struct Space::Impl {
   std::unordered_map<uint64_t, size_t> as_supertype;  // keys.type(t) -> live entries listing t as a supertype
   uint64_t next_seq = 1;
   std::map<TxnId, TxnState> txns;
+  std::condition_variable_any txn_cv;  // a transaction left kPreparing or kFinishing (with mu)
   std::set<TxnId> ended;
   std::deque<TxnId> ended_order;
   std::map<uint64_t, Waiter> waiters;  // by arrival: the first waiter gets the first match
@@ -556,7 +569,7 @@ struct Space::Impl {
       }
       if (w.txn) {
         auto t = txns.find(*w.txn);
-        if (t == txns.end() || t->second.prepared) {  // voting or over: answered by end_waiters_of_locked
+        if (t == txns.end() || t->second.phase != Phase::kActive) {  // voting or over: answered by end_waiters_of_locked
           ++it;
           continue;
         }
@@ -763,7 +776,7 @@ struct Space::Impl {
         s.has_row = has_store && !op.txn;
         if (op.txn) {
           auto t = txns.find(*op.txn);
-          if (t == txns.end() || t->second.prepared) {
+          if (t == txns.end() || t->second.phase != Phase::kActive) {
             outcomes[i].status = aborted("write: transaction " + op.txn->to_string() +
                                          (t == txns.end() ? " ended" : " is already voting") + " before the write");
             d.cancel.push_back(l.id);
@@ -887,13 +900,41 @@ struct Space::Impl {
     }
   }
 
+  // Why no operation may join a transaction that is no longer kActive.
+  static Status closed_to_operations(const TxnId& id, Phase phase) {
+    if (phase == Phase::kFinishing) return aborted("transaction " + id.to_string() + " has ended");
+    return failed_precondition("transaction " + id.to_string() + " is already voting");
+  }
+
+  // Waits (mu held through `lock`) while another call is writing `id`'s state: a prepare
+  // (kPreparing), and with `finishing` also a finish (kFinishing). Returns where `id` stands then,
+  // or txns.end() once it is over.
+  std::map<TxnId, TxnState>::iterator settled_locked(std::unique_lock<std::shared_mutex>& lock, const TxnId& id,
+                                                     bool finishing) {
+    bool announced = false;
+    for (;;) {
+      auto t = txns.find(id);
+      if (t == txns.end()) return t;
+      const Phase p = t->second.phase;
+      if (p != Phase::kPreparing && !(finishing && p == Phase::kFinishing)) return t;
+      if (!announced) {  // tests land a call here; the point is passed without the lock
+        announced = true;
+        lock.unlock();
+        DJINN_CRASH_POINT("space.txn.waiting");
+        lock.lock();
+        continue;
+      }
+      txn_cv.wait(lock);
+    }
+  }
+
   // Whether an operation under `ref` must first join it: false when the space takes part already;
   // an error when it cannot (voting, ended, no manager client).
   Result<bool> join_needed(const TxnRef& ref) {
     if (ref.id.is_nil()) return invalid_argument("transaction id is nil");
     std::shared_lock lock(mu);
     if (auto t = txns.find(ref.id); t != txns.end()) {
-      if (t->second.prepared) return failed_precondition("transaction " + ref.id.to_string() + " is already voting");
+      if (t->second.phase != Phase::kActive) return closed_to_operations(ref.id, t->second.phase);
       return false;
     }
     if (ended.count(ref.id)) return aborted("transaction " + ref.id.to_string() + " has ended");
@@ -915,7 +956,7 @@ struct Space::Impl {
       t->second.manager = ref.manager;
       t->second.joined_at = Clock::now();
     }
-    if (t->second.prepared) return failed_precondition("transaction " + ref.id.to_string() + " is already voting");
+    if (t->second.phase != Phase::kActive) return closed_to_operations(ref.id, t->second.phase);
     return Status::Ok();
   }
 
@@ -1039,6 +1080,7 @@ struct Space::Impl {
   // `unvoted_only`: an abort decided here, which must not touch a transaction that has voted
   // since (its manager may commit it now).
   Status finish(const TxnId& id, bool commit, bool unvoted_only = false);
+  void apply_outcome_locked(const TxnId& id, const TxnState& st, bool commit_it, Deliveries& d);
 
   // ---- the timer: blocking reads and takes that time out ----
 
@@ -1271,7 +1313,8 @@ Status Space::Impl::load_store(sqlite::Database& db) {
           s.written_by = *r.txn;
           TxnState& st = txns[*r.txn];
           st.written.push_back(r.seq);
-          st.prepared = st.recovered = true;
+          st.phase = Phase::kPrepared;
+          st.recovered = true;
         }
         insert_keyed_locked(r.seq, std::move(s), std::span<const IndexKey>(block.keys).subspan(r.keys_at, r.keys_count),
                             r.refs);
@@ -1310,7 +1353,8 @@ Status Space::Impl::load_store(sqlite::Database& db) {
   if (!doubts.ok()) return doubts.status();
   for (const txn::InDoubt& d : *doubts) {
     TxnState& st = txns[d.txn];
-    st.prepared = st.recovered = true;
+    st.phase = Phase::kPrepared;
+    st.recovered = true;
     st.coordinator = d.coordinator;
     for (uint64_t seq : decode_seqs(d.state)) {
       auto it = entries.find(seq);
@@ -1391,7 +1435,7 @@ void Space::Impl::check_active() {
   {
     std::shared_lock lock(mu);
     for (const auto& [id, t] : txns) {
-      if (t.prepared || t.manager.empty() || now - t.joined_at < options.txn_check_interval) continue;
+      if (t.phase != Phase::kActive || t.manager.empty() || now - t.joined_at < options.txn_check_interval) continue;
       by_manager[t.manager].push_back(id);
     }
   }
@@ -1403,7 +1447,7 @@ void Space::Impl::check_active() {
     {
       std::unique_lock lock(mu);
       auto t = txns.find(id);
-      if (t == txns.end() || t->second.prepared) return;
+      if (t == txns.end() || t->second.phase != Phase::kActive) return;
       if (outcome == txn::Outcome::kAborted) {
         why = "its manager " + t->second.manager + " says it aborted";
       } else if (outcome != txn::Outcome::kUnknown) {
@@ -1692,7 +1736,7 @@ void Space::match_async(MatchRequest request, MatchDone done) {
       std::unique_lock lock(m.mu);
       if (txn) {
         auto t = m.txns.find(*txn);
-        if (t == m.txns.end() || t->second.prepared) {
+        if (t == m.txns.end() || t->second.phase != Impl::Phase::kActive) {
           lock.unlock();
           return reply(aborted("transaction " + txn->to_string() + " ended or is voting"));
         }
@@ -1847,13 +1891,18 @@ Result<txn::Vote> Space::prepare(const txn::TxnId& id, std::string_view coordina
   Impl::Deliveries d;
   {
     std::unique_lock lock(m.mu);
-    auto t = m.txns.find(id);
+    // A prepare sent again while the first still writes (the RPC client resends on reconnect)
+    // waits for that write and answers as it does: PREPARED only once the state is durable.
+    auto t = m.settled_locked(lock, id, /*finishing=*/false);
     if (t == m.txns.end()) {
       m.remember_ended_locked(id);
-      return txn::Vote::kAborted;  // lost in a crash before prepare, or never joined here
+      return txn::Vote::kAborted;  // lost in a crash before prepare, never joined here, or its prepare failed
     }
     Impl::TxnState& st = t->second;
-    if (st.prepared) return txn::Vote::kPrepared;
+    if (st.phase == Impl::Phase::kPrepared) return txn::Vote::kPrepared;
+    // Its outcome is being applied already: an abort this space decided on its own (check_active),
+    // which drops what it did here, so it must not be voted PREPARED.
+    if (st.phase == Impl::Phase::kFinishing) return txn::Vote::kAborted;
     std::vector<uint64_t> own_taken;  // written and taken by this transaction: they never were
     for (uint64_t seq : st.written) {
       auto e = m.entries.find(seq);
@@ -1883,10 +1932,10 @@ Result<txn::Vote> Space::prepare(const txn::TxnId& id, std::string_view coordina
       m.deliver(d);
       return txn::Vote::kNotChanged;
     }
-    st.prepared = true;  // from here no operation joins it
+    st.phase = Impl::Phase::kPreparing;  // from here no operation joins it
     st.coordinator = std::string(coordinator);
   }
-  m.deliver(d);
+  DJINN_CRASH_POINT("space.prepare.before_write");
   std::vector<uint8_t> state = encode_seqs(taken_rows);
   std::array<uint8_t, 16> id_bytes = id.bytes();
   Status written = m.landlord.transact(sqlite::Sync::kFull, [&](sqlite::Database& db) -> Status {
@@ -1898,22 +1947,43 @@ Result<txn::Vote> Space::prepare(const txn::TxnId& id, std::string_view coordina
     }
     Result<txn::ParticipantLog> log = txn::ParticipantLog::open(db);
     if (!log.ok()) return log.status();
-    return log->prepared(id, coordinator, state);
+    DJINN_RETURN_IF_ERROR(log->prepared(id, coordinator, state));
+    if (DJINN_FAIL_POINT("space.prepare.write_failed")) return internal_error("space.prepare.write_failed (injected)");
+    return Status::Ok();
   });
   DJINN_CRASH_POINT("space.prepare.after_commit");
-  std::unique_lock lock(m.mu);
-  auto t = m.txns.find(id);
-  if (!written.ok()) {
-    if (t != m.txns.end()) t->second.prepared = false;
-    return Status(written.code(), "prepare " + id.to_string() + ": " + written.message());
-  }
-  if (m.has_store) {
-    for (const Row& r : rows) {
-      auto e = m.entries.find(r.seq);
-      if (e != m.entries.end()) e->second.has_row = true;
+  txn::Vote vote = txn::Vote::kPrepared;
+  {
+    std::unique_lock lock(m.mu);
+    // Still kPreparing: only this call moves it on (finish waits for it), so an abort cannot have
+    // ended it meanwhile and left the record just written behind.
+    auto t = m.txns.find(id);
+    if (!written.ok()) {
+      // Rolled back: nothing of it is durable, so it is aborted here and the vote is ABORTED. (Had
+      // the record reached the disk after all, a restart finds it in doubt and its manager, told
+      // ABORTED, answers so.)
+      DJINN_LOG(kWarn, "space") << m.options.name << ": prepare " << id.to_string() << " failed, voting ABORTED: "
+                                << written.to_string();
+      vote = txn::Vote::kAborted;
+      if (t != m.txns.end()) {
+        Impl::TxnState st = std::move(t->second);
+        m.txns.erase(t);
+        m.apply_outcome_locked(id, st, /*commit_it=*/false, d);
+      }
+      m.remember_ended_locked(id);
+    } else if (t != m.txns.end()) {
+      if (m.has_store) {
+        for (const Row& r : rows) {
+          auto e = m.entries.find(r.seq);
+          if (e != m.entries.end()) e->second.has_row = true;
+        }
+      }
+      t->second.phase = Impl::Phase::kPrepared;
     }
   }
-  return txn::Vote::kPrepared;
+  m.txn_cv.notify_all();
+  m.deliver(d);
+  return vote;
 }
 
 // Phase 2 (txn.h step 3), or the outcome of a transaction recovered in doubt: durable first, then
@@ -1922,19 +1992,26 @@ Status Space::Impl::finish(const TxnId& id, bool commit_it, bool unvoted_only) {
   std::vector<std::pair<uint64_t, std::pair<uint64_t, std::string>>> inserts;  // written, never prepared
   std::vector<uint64_t> deletes;
   bool prepared = false;
-  Deliveries ended;
+  Phase was = Phase::kActive;
+  Deliveries d;  // delivered once it is over, so no callback runs while it is kFinishing
   {
     std::unique_lock lock(mu);
-    auto t = txns.find(id);
+    // Phase 2 arriving while the prepare still writes waits for it: applied earlier, an abort
+    // would leave the prepared record that write then commits behind it. A second finish (the
+    // manager's, beside the space's own) waits for the first.
+    auto t = unvoted_only ? txns.find(id) : settled_locked(lock, id, /*finishing=*/true);
     if (t == txns.end()) {
       remember_ended_locked(id);
       return Status::Ok();
     }
     TxnState& st = t->second;
-    if (unvoted_only && st.prepared) return failed_precondition("transaction " + id.to_string() + " has voted");
-    prepared = st.prepared && !st.coordinator.empty();
-    st.prepared = true;  // no operation joins it any more
-    end_waiters_of_locked(id, ended);
+    if (unvoted_only && st.phase != Phase::kActive) {
+      return failed_precondition("transaction " + id.to_string() + " is voting or ending");
+    }
+    was = st.phase;
+    prepared = was == Phase::kPrepared;
+    st.phase = Phase::kFinishing;  // no operation joins it, and a prepare votes ABORTED
+    end_waiters_of_locked(id, d);
     if (commit_it) {
       for (uint64_t seq : st.written) {
         auto e = entries.find(seq);
@@ -1950,7 +2027,7 @@ Status Space::Impl::finish(const TxnId& id, bool commit_it, bool unvoted_only) {
       }
     }
   }
-  deliver(ended);
+  DJINN_CRASH_POINT("space.finish.before_write");
   std::array<uint8_t, 16> id_bytes = id.bytes();
   Status written = Status::Ok();
   if (commit_it || prepared) {
@@ -1976,45 +2053,51 @@ Status Space::Impl::finish(const TxnId& id, bool commit_it, bool unvoted_only) {
       return log->resolved(id);
     });
   }
-  if (!written.ok()) {
-    std::unique_lock lock(mu);
-    auto t = txns.find(id);
-    if (t != txns.end() && !prepared) t->second.prepared = false;
-    return Status(written.code(), std::string(commit_it ? "commit " : "abort ") + id.to_string() + ": " + written.message());
-  }
-  Deliveries d;
   {
     std::unique_lock lock(mu);
-    auto t = txns.find(id);
-    if (t == txns.end()) return Status::Ok();
-    TxnState st = std::move(t->second);
-    txns.erase(t);
-    remember_ended_locked(id);
-    for (uint64_t seq : st.taken) {
-      auto e = entries.find(seq);
-      if (e == entries.end() || e->second.hold != Hold::kTxn || e->second.held_by != id) continue;
-      if (commit_it || e->second.written_by == id) {
-        if (uint64_t l = erase_locked(seq)) d.cancel.push_back(l);
-      } else {
-        e->second.hold = Hold::kFree;
-        offer_locked(seq, d);
-      }
+    auto t = txns.find(id);  // still kFinishing: only this call moves it on
+    if (!written.ok()) {
+      if (t != txns.end()) t->second.phase = was;
+    } else if (t != txns.end()) {
+      TxnState st = std::move(t->second);
+      txns.erase(t);
+      apply_outcome_locked(id, st, commit_it, d);
     }
-    for (uint64_t seq : st.written) {
-      auto e = entries.find(seq);
-      if (e == entries.end() || e->second.written_by != id) continue;
-      if (!commit_it) {
-        if (uint64_t l = erase_locked(seq)) d.cancel.push_back(l);
-        continue;
-      }
-      e->second.written_by.reset();
-      e->second.has_row = has_store;
-      if (watched_locked()) publish_locked(e->second.entry.decode());  // decoded only for watchers
+    if (written.ok()) remember_ended_locked(id);
+  }
+  txn_cv.notify_all();
+  deliver(d);
+  if (!written.ok()) {
+    return Status(written.code(), std::string(commit_it ? "commit " : "abort ") + id.to_string() + ": " + written.message());
+  }
+  return Status::Ok();
+}
+
+// Applies `id`'s outcome in memory, its state `st` already out of txns (mu exclusive): what it
+// took goes (commit) or comes back (abort), what it wrote becomes visible or goes.
+void Space::Impl::apply_outcome_locked(const TxnId& id, const TxnState& st, bool commit_it, Deliveries& d) {
+  for (uint64_t seq : st.taken) {
+    auto e = entries.find(seq);
+    if (e == entries.end() || e->second.hold != Hold::kTxn || e->second.held_by != id) continue;
+    if (commit_it || e->second.written_by == id) {
+      if (uint64_t l = erase_locked(seq)) d.cancel.push_back(l);
+    } else {
+      e->second.hold = Hold::kFree;
       offer_locked(seq, d);
     }
   }
-  deliver(d);
-  return Status::Ok();
+  for (uint64_t seq : st.written) {
+    auto e = entries.find(seq);
+    if (e == entries.end() || e->second.written_by != id) continue;
+    if (!commit_it) {
+      if (uint64_t l = erase_locked(seq)) d.cancel.push_back(l);
+      continue;
+    }
+    e->second.written_by.reset();
+    e->second.has_row = has_store;
+    if (watched_locked()) publish_locked(e->second.entry.decode());  // decoded only for watchers
+    offer_locked(seq, d);
+  }
 }
 
 Status Space::commit(const txn::TxnId& id) { return impl_->finish(id, true); }

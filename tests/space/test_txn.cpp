@@ -9,6 +9,8 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -785,4 +787,265 @@ TEST_CASE("a transaction not yet voting is aborted here once its manager says it
   auto vote = e.space->prepare(txn::TxnId{7, 2}, "forgot");
   REQUIRE(vote.ok());
   CHECK(*vote == txn::Vote::kAborted);
+}
+
+namespace {
+
+// Disarms every fault point when it goes, whatever fails first.
+struct Disarm {
+  ~Disarm() { fault::disarm_all(); }
+};
+
+// Which of two things happened first, for a call that lands in another's window.
+class FirstOf {
+ public:
+  void mark(int what) {
+    std::lock_guard lock(mu_);
+    if (first_ == 0) first_ = what;
+    cv_.notify_all();
+  }
+  // 0 when neither happened within `timeout`.
+  int wait(std::chrono::milliseconds timeout) {
+    std::unique_lock lock(mu_);
+    cv_.wait_for(lock, timeout, [&] { return first_ != 0; });
+    return first_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int first_ = 0;
+};
+constexpr int kWaited = 1;    // the late call reached the point where it waits for the first's write
+constexpr int kAnswered = 2;  // it answered without waiting
+
+// Gives transaction `t` of the engine `e` something to prepare: it takes demo.Kept n (written
+// first, outside it) and, with `write`, writes demo.Staged n; n is t's id's low half.
+void stage(Engine& e, const TxnRef& t, bool write = true) {
+  const int n = static_cast<int>(t.id.lo);
+  REQUIRE(e.space->write({entry("demo.Kept", {{"n", n}}), 600'000}).ok());
+  auto taken = e.space->take(tmpl("demo.Kept", {{"n", n}}), 0ms, t);
+  REQUIRE(taken.ok());
+  REQUIRE(taken->has_value());
+  if (!write) return;
+  WriteRequest w{entry("demo.Staged", {{"n", n}}), 600'000};
+  w.txn = t;
+  REQUIRE(e.space->write(std::move(w)).ok());
+}
+
+TxnRef txn_ref(uint64_t n, std::string manager = "manager") { return TxnRef{txn::TxnId{11, n}, std::move(manager)}; }
+
+bool visible(Engine& e, const std::string& type, uint64_t n) {
+  auto r = e.space->read(tmpl(type, {{"n", static_cast<int>(n)}}));
+  return r.ok() && r->has_value();
+}
+
+// Runs prepare(t) with `late` started on another thread while that prepare has marked t voting and
+// not yet written its state; returns the prepare's vote, and says whether `late` answered before
+// that write instead of waiting for it.
+template <class T>
+Result<txn::Vote> prepare_with(Engine& e, const TxnRef& t, std::function<T()> late, std::future<T>& answer,
+                               bool& answered_early) {
+  auto first = std::make_shared<FirstOf>();  // the late call may outlive this function
+  fault::arm_call("space.txn.waiting", [first] { first->mark(kWaited); });
+  fault::arm_call("space.prepare.before_write", [&] {
+    answer = std::async(std::launch::async, [first, late] {
+      T r = late();
+      first->mark(kAnswered);
+      return r;
+    });
+    answered_early = first->wait(10s) == kAnswered;
+  });
+  Result<txn::Vote> vote = e.space->prepare(t.id, t.manager);
+  fault::disarm_all();
+  return vote;
+}
+
+}  // namespace
+
+TEST_CASE("a transaction the space aborts on its own is never voted PREPARED, wherever the prepare lands") {
+  test::TempDir dir;
+  // Its manager forgot it (a manager answers ABORTED for an id it does not know), so the space
+  // aborts it at a check; the manager's prepare comes while that abort runs. (Only takes under
+  // it, so that no operation of the test races the check.)
+  Engine e(dir.file("space.db"), [](const txn::InDoubt&) { return txn::Outcome::kAborted; },
+           [](SpaceOptions& o) { o.txn_check_interval = 200ms; });
+  Disarm disarm;
+
+  // From a blocked take under T, answered by the abort.
+  const TxnRef t = txn_ref(1, "forgot");
+  stage(e, t, /*write=*/false);
+  std::promise<Result<txn::Vote>> from_callback;
+  std::atomic<Code> take_answer{Code::kOk};
+  e.space->match_async(MatchRequest{tmpl("demo.Never"), true, 1, 60s, t}, [&](Result<std::vector<Entry>> r) {
+    take_answer = r.status().code();
+    from_callback.set_value(e.space->prepare(t.id, t.manager));
+  });
+  auto voted = from_callback.get_future();
+  REQUIRE(voted.wait_for(10s) == std::future_status::ready);
+  CHECK(take_answer == Code::kFailedPrecondition);  // ended by the abort, not refused at its start
+  Result<txn::Vote> vote = voted.get();
+  REQUIRE_MESSAGE(vote.ok(), vote.status().to_string());
+  CHECK(*vote == txn::Vote::kAborted);
+  REQUIRE(test::eventually([&] { return e.space->stats().transactions == 0; }, 10000));
+  // A commit that came anyway finds nothing to apply: the take is back.
+  CHECK(e.space->commit(t.id).ok());
+  CHECK(visible(e, "demo.Kept", 1));
+
+  // Between the abort marking it ending and dropping what it did.
+  const TxnRef u = txn_ref(2, "forgot");
+  std::mutex mu;
+  std::optional<Result<txn::Vote>> in_gap;
+  fault::arm_call("space.finish.before_write", [&] {
+    Result<txn::Vote> v = e.space->prepare(u.id, u.manager);
+    std::lock_guard lock(mu);
+    in_gap = v;
+  });
+  stage(e, u, /*write=*/false);
+  REQUIRE(test::eventually([&] {
+    std::lock_guard lock(mu);
+    return in_gap.has_value() && e.space->stats().transactions == 0;
+  }, 10000));
+  REQUIRE_MESSAGE(in_gap->ok(), in_gap->status().to_string());
+  CHECK(**in_gap == txn::Vote::kAborted);
+  CHECK(e.space->commit(u.id).ok());
+  CHECK(visible(e, "demo.Kept", 2));
+}
+
+TEST_CASE("a prepare sent again while the first one writes waits for it and gives the same vote") {
+  test::TempDir dir;
+  Engine e(dir.file("space.db"), nullptr);
+  Disarm disarm;
+  auto again = [&](const TxnRef& t) { return std::function<Result<txn::Vote>()>([&e, t] { return e.space->prepare(t.id, t.manager); }); };
+
+  // The first write succeeds: both PREPARED, the second only once the state is durable.
+  const TxnRef t = txn_ref(1);
+  stage(e, t);
+  std::future<Result<txn::Vote>> second;
+  bool early = false;
+  Result<txn::Vote> first = prepare_with(e, t, again(t), second, early);
+  REQUIRE_MESSAGE(first.ok(), first.status().to_string());
+  CHECK(*first == txn::Vote::kPrepared);
+  CHECK_FALSE(early);
+  Result<txn::Vote> repeated = second.get();
+  REQUIRE_MESSAGE(repeated.ok(), repeated.status().to_string());
+  CHECK(*repeated == txn::Vote::kPrepared);
+  REQUIRE(e.space->commit(t.id).ok());
+  CHECK(!visible(e, "demo.Kept", 1));
+  CHECK(visible(e, "demo.Staged", 1));
+
+  // The first write fails: both ABORTED, and what the transaction did is undone at once.
+  const TxnRef u = txn_ref(2);
+  stage(e, u);
+  fault::arm("space.prepare.write_failed", fault::Action::kFail);
+  first = prepare_with(e, u, again(u), second, early);
+  REQUIRE_MESSAGE(first.ok(), first.status().to_string());
+  CHECK(*first == txn::Vote::kAborted);
+  CHECK_FALSE(early);
+  repeated = second.get();
+  REQUIRE_MESSAGE(repeated.ok(), repeated.status().to_string());
+  CHECK(*repeated == txn::Vote::kAborted);
+  CHECK(e.space->stats().transactions == 0);
+  CHECK(visible(e, "demo.Kept", 2));
+  CHECK(!visible(e, "demo.Staged", 2));
+  CHECK(*e.space->prepare(u.id, u.manager) == txn::Vote::kAborted);
+}
+
+TEST_CASE("phase 2 arriving while the prepare writes waits for it: nothing of the prepare is left behind") {
+  test::TempDir dir;
+  const std::string path = dir.file("space.db");
+  {
+    Engine e(path, nullptr);
+    Disarm disarm;
+    for (bool commit : {false, true}) {
+      CAPTURE(commit);
+      const TxnRef t = txn_ref(commit ? 2 : 1);
+      stage(e, t);
+      std::future<Status> phase2;
+      bool early = false;
+      Result<txn::Vote> vote = prepare_with(
+          e, t, std::function<Status()>([&e, t, commit] { return commit ? e.space->commit(t.id) : e.space->abort(t.id); }),
+          phase2, early);
+      REQUIRE_MESSAGE(vote.ok(), vote.status().to_string());
+      CHECK(*vote == txn::Vote::kPrepared);
+      CHECK_FALSE(early);
+      Status done = phase2.get();
+      REQUIRE_MESSAGE(done.ok(), done.to_string());
+      CHECK(e.space->stats().transactions == 0);
+    }
+    CHECK(visible(e, "demo.Kept", 1));
+    CHECK(!visible(e, "demo.Staged", 1));
+    CHECK(!visible(e, "demo.Kept", 2));
+    CHECK(visible(e, "demo.Staged", 2));
+  }
+  // No prepared record outlived its transaction.
+  Engine e(path, [](const txn::InDoubt&) { return txn::Outcome::kUnknown; });
+  CHECK(e.space->stats().in_doubt == 0);
+  CHECK(visible(e, "demo.Kept", 1));
+  CHECK(!visible(e, "demo.Staged", 1));
+  CHECK(!visible(e, "demo.Kept", 2));
+  CHECK(visible(e, "demo.Staged", 2));
+}
+
+TEST_CASE("killed while a prepare writes, with the same prepare sent again: no PREPARED vote without its record") {
+  test::TempDir dir;
+  const std::string path = dir.file("space.db");
+  int fds[2];
+  REQUIRE(::pipe(fds) == 0);
+  pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    // Child: no doctest assertions; it reports each vote it gives as one byte, and its exit code
+    // says how far it got if it is not killed.
+    ::close(fds[0]);
+    lease::LandlordOptions lo;
+    lo.path = path;
+    auto landlord = lease::Landlord::open(std::move(lo));
+    if (!landlord.ok()) ::_exit(2);
+    SpaceOptions so;
+    so.landlord = landlord->get();
+    so.join = [](const TxnRef&, const std::string&, std::function<void(Status)> done) { done(Status::Ok()); };
+    auto space = Space::open(so);
+    if (!space.ok()) ::_exit(3);
+    Space& s = **space;
+    const TxnRef t{txn::TxnId{11, 1}, "manager"};
+    if (!s.write({entry("demo.Kept", {{"n", 1}}), 600'000}).ok()) ::_exit(4);
+    auto taken = s.take(tmpl("demo.Kept"), 0ms, t);
+    if (!taken.ok() || !taken->has_value()) ::_exit(5);
+    auto report = [fd = fds[1]](Result<txn::Vote> v) {
+      char c = !v.ok() ? 'e' : *v == txn::Vote::kPrepared ? 'P' : *v == txn::Vote::kAborted ? 'A' : 'N';
+      if (::write(fd, &c, 1) != 1) ::_exit(6);
+    };
+    FirstOf first;
+    fault::arm_call("space.txn.waiting", [&] { first.mark(kWaited); });
+    fault::arm_call("space.prepare.before_write", [&] {
+      std::thread([&] {
+        report(s.prepare(t.id, t.manager));
+        first.mark(kAnswered);
+      }).detach();
+      first.wait(10s);  // the resent prepare waits, or answers
+      ::kill(::getpid(), SIGKILL);
+    });
+    report(s.prepare(t.id, t.manager));
+    ::_exit(7);
+  }
+  ::close(fds[1]);
+  std::string votes;
+  char c;
+  while (::read(fds[0], &c, 1) == 1) votes.push_back(c);
+  ::close(fds[0]);
+  int status = 0;
+  REQUIRE(::waitpid(pid, &status, 0) == pid);
+  REQUIRE_MESSAGE(WIFSIGNALED(status), "the child exited with code ", WEXITSTATUS(status));
+  CHECK(WTERMSIG(status) == SIGKILL);
+
+  Engine e(path, [](const txn::InDoubt&) { return txn::Outcome::kUnknown; });
+  const uint64_t in_doubt = e.space->stats().in_doubt;
+  MESSAGE("votes given before the kill: '", votes, "', transactions in doubt after it: ", in_doubt);
+  // A PREPARED vote promises the record. The resent prepare waited for the first, so neither
+  // answered: the transaction is gone with the process, and what it took is back.
+  CHECK_FALSE((votes.find('P') != std::string::npos && in_doubt == 0));
+  CHECK(votes.empty());
+  CHECK(in_doubt == 0);
+  CHECK(visible(e, "demo.Kept", 1));
 }

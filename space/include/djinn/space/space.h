@@ -18,7 +18,12 @@
 //   space.batch.write_failed    (fail point) a group's SQLite transaction fails and rolls back
 //   space.batch.before_commit   a group's rows are written, its transaction not committed
 //   space.batch.after_commit    a group is durable, nobody answered yet
+//   space.prepare.before_write  a prepare marked its transaction voting, its prepared state not written
+//   space.prepare.write_failed  (fail point) a prepare's SQLite transaction fails and rolls back
 //   space.prepare.after_commit  a transaction's prepared state is durable, the vote not sent
+//   space.finish.before_write   a commit or abort marked its transaction ending, its outcome not written
+//   space.txn.waiting           a prepare, commit or abort is about to wait for another's write of
+//                               the same transaction
 //   space.values.before_rename  a chunk or manifest is written under its temporary name
 //   space.values.collect_unlink a collection chose its files and is about to unlink them
 //   space.values.file_sync_failed  a sync of chunk files failed, the chunks not yet marked absent
