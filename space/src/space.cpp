@@ -11,6 +11,7 @@
 #include <boost/container/small_vector.hpp>
 
 #include <algorithm>
+#include <array>
 #include <condition_variable>
 #include <cstdlib>
 #include <cstring>
@@ -30,6 +31,7 @@
 #include "djinn/core/digest.h"
 #include "djinn/core/fault.h"
 #include "djinn/core/group_commit.h"
+#include "djinn/core/little_endian.h"
 #include "djinn/core/log.h"
 #include "djinn/core/model_capnp.h"
 #include "djinn/core/thread_name.h"
@@ -139,20 +141,38 @@ std::span<const uint8_t> as_bytes(const std::string& s) {
   return std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(s.data()), s.size());
 }
 
-std::vector<uint8_t> encode_seqs(const std::vector<uint64_t>& seqs) {
-  std::vector<uint8_t> out(seqs.size() * 8);
-  for (size_t i = 0; i < seqs.size(); ++i) {
-    for (int b = 0; b < 8; ++b) out[i * 8 + b] = static_cast<uint8_t>(seqs[i] >> (8 * b));
+// A prepared transaction's participant-log state names the entries it took, each by sequence and
+// lease: after a restart a sequence alone could name another entry (one whose row took it once
+// the taken entry's own row was gone), which would then be held, and deleted at the commit. The
+// tag sets this format apart from the first one, sequences alone (8 bytes each, still read): its
+// length is never a multiple of 8.
+struct TakenRef {
+  uint64_t seq = 0;
+  uint64_t lease = 0;  // 0: not recorded (the first format)
+};
+constexpr std::array<uint8_t, 4> kTakenTag = {'T', 'K', 'N', '2'};
+
+std::vector<uint8_t> encode_taken(const std::vector<TakenRef>& taken) {
+  std::vector<uint8_t> out(kTakenTag.size() + taken.size() * 16);
+  std::copy(kTakenTag.begin(), kTakenTag.end(), out.begin());
+  uint8_t* at = out.data() + kTakenTag.size();
+  for (const TakenRef& t : taken) {
+    put_le(at, t.seq, 8);
+    put_le(at + 8, t.lease, 8);
+    at += 16;
   }
   return out;
 }
 
-std::vector<uint64_t> decode_seqs(const std::vector<uint8_t>& bytes) {
-  std::vector<uint64_t> out(bytes.size() / 8);
-  for (size_t i = 0; i < out.size(); ++i) {
-    uint64_t v = 0;
-    for (int b = 0; b < 8; ++b) v |= uint64_t{bytes[i * 8 + b]} << (8 * b);
-    out[i] = v;
+std::vector<TakenRef> decode_taken(const std::vector<uint8_t>& bytes) {
+  std::vector<TakenRef> out;
+  if (bytes.size() % 8 == 0) {  // the first format
+    for (size_t i = 0; i < bytes.size(); i += 8) out.push_back(TakenRef{get_le(&bytes[i], 8), 0});
+    return out;
+  }
+  if (bytes.size() < kTakenTag.size() || !std::equal(kTakenTag.begin(), kTakenTag.end(), bytes.begin())) return out;
+  for (size_t i = kTakenTag.size(); i + 16 <= bytes.size(); i += 16) {
+    out.push_back(TakenRef{get_le(&bytes[i], 8), get_le(&bytes[i + 8], 8)});
   }
   return out;
 }
@@ -1356,12 +1376,15 @@ Status Space::Impl::load_store(sqlite::Database& db) {
     st.phase = Phase::kPrepared;
     st.recovered = true;
     st.coordinator = d.coordinator;
-    for (uint64_t seq : decode_seqs(d.state)) {
-      auto it = entries.find(seq);
-      if (it == entries.end()) continue;
+    for (const TakenRef& taken : decode_taken(d.state)) {
+      // No entry written from here on gets a sequence the state names, even once the taken
+      // entry's row is gone (its lease ended while the transaction is in doubt).
+      next_seq = std::max(next_seq, taken.seq + 1);
+      auto it = entries.find(taken.seq);
+      if (it == entries.end() || (taken.lease != 0 && it->second.lease != taken.lease)) continue;
       it->second.hold = Hold::kTxn;
       it->second.held_by = d.txn;
-      st.taken.push_back(seq);
+      st.taken.push_back(taken.seq);
     }
   }
   // Rows of a transaction without a prepared record cannot exist (both are written in one SQLite
@@ -1887,7 +1910,7 @@ Result<txn::Vote> Space::prepare(const txn::TxnId& id, std::string_view coordina
     std::string data;
   };
   std::vector<Row> rows;
-  std::vector<uint64_t> taken_rows;
+  std::vector<TakenRef> taken_rows;
   Impl::Deliveries d;
   {
     std::unique_lock lock(m.mu);
@@ -1919,7 +1942,7 @@ Result<txn::Vote> Space::prepare(const txn::TxnId& id, std::string_view coordina
       if (e == m.entries.end() || e->second.hold != Impl::Hold::kTxn || e->second.held_by != id) continue;
       if (e->second.written_by) continue;  // counted above
       ++taken_alive;
-      if (e->second.has_row) taken_rows.push_back(seq);
+      if (e->second.has_row) taken_rows.push_back(TakenRef{seq, e->second.lease});
     }
     m.end_waiters_of_locked(id, d);
     if (rows.empty() && taken_alive == 0) {
@@ -1936,7 +1959,7 @@ Result<txn::Vote> Space::prepare(const txn::TxnId& id, std::string_view coordina
     st.coordinator = std::string(coordinator);
   }
   DJINN_CRASH_POINT("space.prepare.before_write");
-  std::vector<uint8_t> state = encode_seqs(taken_rows);
+  std::vector<uint8_t> state = encode_taken(taken_rows);
   std::array<uint8_t, 16> id_bytes = id.bytes();
   Status written = m.landlord.transact(sqlite::Sync::kFull, [&](sqlite::Database& db) -> Status {
     for (const Row& r : rows) {

@@ -1049,3 +1049,82 @@ TEST_CASE("killed while a prepare writes, with the same prepare sent again: no P
   CHECK(in_doubt == 0);
   CHECK(visible(e, "demo.Kept", 1));
 }
+
+TEST_CASE("an entry written after a restart never takes the place of one a transaction in doubt took") {
+  test::TempDir dir;
+  const std::string path = dir.file("space.db");
+  std::atomic<txn::Outcome> answer{txn::Outcome::kUnknown};  // its manager is unreachable, then commits
+  auto ask = [&](const txn::InDoubt&) { return answer.load(); };
+  const TxnRef t = txn_ref(1);
+  {
+    // The space's newest entry is taken under T, which prepares; its lease ends while T is in
+    // doubt, and its row goes with it.
+    Engine e(path, ask);
+    auto kept = e.space->write({entry("demo.Kept", {{"n", 1}}), 600'000});
+    REQUIRE(kept.ok());
+    REQUIRE(e.space->take(tmpl("demo.Kept"), 0ms, t)->has_value());
+    REQUIRE(*e.space->prepare(t.id, t.manager) == txn::Vote::kPrepared);
+    REQUIRE(e.landlord->cancel(kept->lease_id).ok());
+  }
+  {
+    // An acknowledged write after a restart.
+    Engine e(path, ask);
+    CHECK(e.space->stats().in_doubt == 1);
+    REQUIRE(e.space->write({entry("demo.Fresh", {{"n", 2}}), 600'000}).ok());
+    CHECK(visible(e, "demo.Fresh", 2));
+  }
+  {
+    // After another, it is not held for T, and T's commit leaves it alone.
+    Engine e(path, ask);
+    CHECK(visible(e, "demo.Fresh", 2));
+    answer = txn::Outcome::kCommitted;
+    REQUIRE(test::eventually([&] { return e.space->stats().in_doubt == 0; }, 10000));
+    CHECK(visible(e, "demo.Fresh", 2));
+  }
+  Engine e(path, ask);
+  CHECK(visible(e, "demo.Fresh", 2));
+  CHECK(!visible(e, "demo.Kept", 1));
+}
+
+TEST_CASE("prepared states name what they took by sequence and lease; the first format, by sequence alone, still loads") {
+  test::TempDir dir;
+  const std::string path = dir.file("space.db");
+  {
+    // A fresh space numbers its entries from 1.
+    Engine e(path, nullptr);
+    REQUIRE(e.space->write({entry("demo.Kept", {{"n", 1}}), 600'000}).ok());
+    REQUIRE(e.space->write({entry("demo.Kept", {{"n", 2}}), 600'000}).ok());
+  }
+  // T's state, in the first format, names sequence 1; U's names sequence 2 with a lease that is
+  // not entry 2's, so it took another entry that had that sequence once.
+  const TxnRef t = txn_ref(1), u = txn_ref(2);
+  {
+    lease::LandlordOptions lo;
+    lo.path = path;
+    auto landlord = lease::Landlord::open(std::move(lo));
+    REQUIRE(landlord.ok());
+    const std::vector<uint8_t> first_format = {1, 0, 0, 0, 0, 0, 0, 0};
+    const std::vector<uint8_t> other_lease = {'T', 'K', 'N', '2', 2, 0, 0, 0, 0, 0, 0, 0, 0x39, 0x30, 0, 0, 0, 0, 0, 0};
+    Status st = (*landlord)->transact(sqlite::Sync::kFull, [&](sqlite::Database& db) -> Status {
+      Result<txn::ParticipantLog> log = txn::ParticipantLog::open(db);
+      if (!log.ok()) return log.status();
+      DJINN_RETURN_IF_ERROR(log->prepared(t.id, t.manager, first_format));
+      return log->prepared(u.id, u.manager, other_lease);
+    });
+    REQUIRE_MESSAGE(st.ok(), st.to_string());
+  }
+  std::atomic<txn::Outcome> answer{txn::Outcome::kUnknown};
+  {
+    Engine e(path, [&](const txn::InDoubt&) { return answer.load(); });
+    CHECK(e.space->stats().in_doubt == 2);
+    CHECK(!visible(e, "demo.Kept", 1));
+    CHECK(visible(e, "demo.Kept", 2));
+    answer = txn::Outcome::kCommitted;
+    REQUIRE(test::eventually([&] { return e.space->stats().in_doubt == 0; }, 10000));
+    CHECK(!visible(e, "demo.Kept", 1));
+    CHECK(visible(e, "demo.Kept", 2));
+  }
+  Engine e(path, nullptr);
+  CHECK(e.space->size() == 1);
+  CHECK(visible(e, "demo.Kept", 2));
+}
