@@ -1518,7 +1518,10 @@ Space::~Space() {
   }
   m.joins->cv.notify_all();
   if (m.joiner.joinable()) m.joiner.join();
-  m.commit.reset();  // writes and takes not yet written are answered CANCELLED by their owners
+  // Stopped, and kept until the Impl goes: the batch being written may still post (a take of the
+  // entry it hands to a waiting taker), and that post must find it. Writes and takes not written
+  // by then are answered UNAVAILABLE.
+  m.commit->stop();
   Impl::Deliveries d;
   {
     std::unique_lock lock(m.mu);

@@ -9,6 +9,7 @@
 #include <thread>
 #include <vector>
 
+#include "djinn/core/fault.h"
 #include "djinn/core/group_commit.h"
 
 using namespace djinn;
@@ -131,4 +132,40 @@ TEST_CASE("groups posted while a batch is written go together in the next one") 
   REQUIRE(answered == 11);
   std::lock_guard lock(mu);
   CHECK(sizes == std::vector<size_t>{1, 10});
+}
+
+TEST_CASE("stop: the batch being written is answered and may post; what is not written is answered UNAVAILABLE") {
+  std::promise<void> started, release;
+  std::shared_future<void> released = release.get_future().share();
+  std::atomic<int> batches{0};
+  GroupCommit<int, Status> gc(64, [&](std::span<int> r) {
+    if (batches++ == 0) {
+      started.set_value();
+      released.wait();
+    }
+    return std::vector<Status>(r.size(), Status::Ok());
+  });
+  std::vector<Status> queued_answer, posted_from_completion, posted_after;
+  std::vector<Status> first_answer;
+  gc.post({1}, [&](std::vector<Status> out) {
+    first_answer = std::move(out);
+    // A completion of the batch being written posts more while stop() waits for it.
+    gc.post({3}, [&](std::vector<Status> again) { posted_from_completion = std::move(again); });
+  });
+  started.get_future().wait();
+  gc.post({2}, [&](std::vector<Status> out) { queued_answer = std::move(out); });
+  // The batch goes on once stop() has asked the thread to stop.
+  fault::arm_call("group_commit.stopping", [&] { release.set_value(); });
+  gc.stop();
+  fault::disarm_all();
+  gc.post({4, 5}, [&](std::vector<Status> out) { posted_after = std::move(out); });  // answered at once
+  CHECK(batches == 1);
+  REQUIRE(first_answer.size() == 1);
+  CHECK(first_answer[0].ok());
+  for (const auto* answer : {&queued_answer, &posted_from_completion}) {
+    REQUIRE(answer->size() == 1);
+    CHECK(answer->front().code() == Code::kUnavailable);
+  }
+  REQUIRE(posted_after.size() == 2);
+  CHECK(posted_after[1].code() == Code::kUnavailable);
 }

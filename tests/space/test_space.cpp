@@ -846,3 +846,58 @@ TEST_CASE("roles: clients use entries and values; participant, join and collect 
   CHECK(tm.abort(t->id).ok());
   CHECK(!c.read_if_exists(tmpl("demo.R", {{"i", 2}}))->has_value());
 }
+
+TEST_CASE("a space destroyed while its commit thread writes a batch: the take that batch hands an entry to is answered") {
+  // The batch is durable and its entry not yet in memory when a taker comes and another thread
+  // starts destroying the space; putting the entry in then hands it to the taker, whose take is
+  // posted to the group commit the destructor is stopping.
+  test::TempDir dir;
+  lease::LandlordOptions lo;
+  lo.path = dir.file("space.db");
+  std::atomic<Space*> target{nullptr};
+  lo.on_event = [&](const lease::LeaseEvent& e) {
+    if (Space* s = target.load()) s->on_lease_event(e);
+  };
+  auto landlord = lease::Landlord::open(std::move(lo));
+  REQUIRE(landlord.ok());
+  SpaceOptions so;
+  so.landlord = landlord->get();
+  auto opened = Space::open(so);
+  REQUIRE(opened.ok());
+  std::unique_ptr<Space> space = std::move(*opened);
+  target = space.get();
+
+  std::promise<void> posted, stopping;
+  std::promise<Result<std::vector<Entry>>> take_answer;
+  std::promise<Result<Written>> write_answer;
+  std::thread closer;
+  fault::arm_call("group_commit.stopping", [&] { stopping.set_value(); });
+  fault::arm_call("space.batch.after_commit", [&, s = space.get()] {
+    posted.get_future().wait();  // the writer has left write_async
+    s->match_async(MatchRequest{tmpl("demo.Last"), true, 1, 60s, std::nullopt},
+                   [&](Result<std::vector<Entry>> r) { take_answer.set_value(std::move(r)); });
+    target = nullptr;
+    closer = std::thread([&] { space.reset(); });
+    stopping.get_future().wait_for(5s);
+  });
+  space->write_async({entry("demo.Last", {{"i", 1}}), 600'000}, [&](Result<Written> w) { write_answer.set_value(w); });
+  posted.set_value();
+  auto written = write_answer.get_future();
+  REQUIRE(written.wait_for(10s) == std::future_status::ready);
+  CHECK(written.get().ok());
+  auto taken = take_answer.get_future();
+  REQUIRE(taken.wait_for(10s) == std::future_status::ready);
+  Result<std::vector<Entry>> t = taken.get();
+  CHECK(t.status().code() == Code::kUnavailable);
+  closer.join();
+  fault::disarm_all();
+
+  // The take was never written: the entry is still there.
+  auto reopened = Space::open(so);
+  REQUIRE(reopened.ok());
+  target = reopened->get();
+  auto found = (*reopened)->read(tmpl("demo.Last"));
+  REQUIRE(found.ok());
+  CHECK(found->has_value());
+  target = nullptr;
+}

@@ -14,9 +14,12 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
+#include "djinn/core/fault.h"
 #include "djinn/core/reply_batch.h"
+#include "djinn/core/status.h"
 #include "djinn/core/thread_name.h"
 
 namespace djinn {
@@ -26,6 +29,9 @@ namespace djinn {
 // are the batch's own). A posted group (one call's requests) is never split, so a group larger
 // than max_batch goes alone. Groups are written in the order posted. Completions run on that
 // thread.
+//
+// Crash points (fault.h): group_commit.stopping  stop() was called; the batch being written (if
+// any) is not done yet.
 template <class Request, class Outcome>
 class GroupCommit {
  public:
@@ -44,18 +50,50 @@ class GroupCommit {
       stop_ = true;
     }
     cv_.notify_all();
-    thread_.join();
+    if (thread_.joinable()) thread_.join();
     // Groups never written drop their completions (an RPC Responder dropped answers CANCELLED).
   }
   GroupCommit(const GroupCommit&) = delete;
   GroupCommit& operator=(const GroupCommit&) = delete;
 
-  void post(std::vector<Request> requests, Done done) {
+  // Waits for the batch being written, if any, to be written and answered, and writes nothing
+  // more. Groups still queued then, and any posted afterwards, get their `done` at once, on the
+  // caller's thread, with UNAVAILABLE outcomes (dropped, as at destruction, when an Outcome cannot
+  // be made from a Status). An owner stops it before it lets go of it: that batch's completions
+  // may post more (a write that hands its entry to a waiting taker), and must find it there.
+  // Called once, not from a completion.
+  void stop() {
     {
       std::lock_guard lock(mu_);
-      queue_.push_back(Group{std::move(requests), std::move(done)});
+      stop_ = true;
     }
-    cv_.notify_one();
+    cv_.notify_all();
+    DJINN_CRASH_POINT("group_commit.stopping");
+    if (thread_.joinable()) thread_.join();
+    std::deque<Group> left;
+    {
+      std::lock_guard lock(mu_);
+      stopped_ = true;
+      left.swap(queue_);
+    }
+    for (Group& g : left) refuse(g);
+  }
+
+  void post(std::vector<Request> requests, Done done) {
+    Group g{std::move(requests), std::move(done)};
+    bool queued = false;
+    {
+      std::lock_guard lock(mu_);
+      if (!stopped_) {
+        queue_.push_back(std::move(g));
+        queued = true;
+      }
+    }
+    if (queued) {
+      cv_.notify_one();
+    } else {
+      refuse(g);
+    }
   }
 
  private:
@@ -98,12 +136,22 @@ class GroupCommit {
     }
   }
 
+  static void refuse(Group& g) {
+    if constexpr (std::is_constructible_v<Outcome, Status>) {
+      std::vector<Outcome> out;
+      out.reserve(g.requests.size());
+      for (size_t i = 0; i < g.requests.size(); ++i) out.emplace_back(unavailable("stopped before it was written"));
+      g.done(std::move(out));
+    }
+  }
+
   const size_t max_batch_;
   Batch batch_;
-  std::mutex mu_;  // guards queue_, stop_
+  std::mutex mu_;  // guards queue_, stop_, stopped_
   std::condition_variable cv_;
   std::deque<Group> queue_;
   bool stop_ = false;
+  bool stopped_ = false;  // stop() joined the thread: nothing is queued any more
   std::thread thread_;
 };
 
