@@ -27,8 +27,10 @@ int64_t steady_now_ms() {
       .count();
 }
 
-// Steady-clock times stay far from the limits; a far expiration must not overflow them.
-int64_t plus(int64_t at_ms, int64_t ms) { return at_ms + std::clamp<int64_t>(ms, -(int64_t{1} << 52), int64_t{1} << 52); }
+// Steady-clock times stay far from the limits; a far expiration must not overflow them. Durations
+// (a landlord's grant included, which is its word) are taken at most this long: 142,000 years.
+constexpr int64_t kLongestMs = int64_t{1} << 52;
+int64_t plus(int64_t at_ms, int64_t ms) { return at_ms + std::clamp<int64_t>(ms, -kLongestMs, kLongestMs); }
 
 // Worth another try before the lease runs out: the landlord is unreachable, restarting or busy.
 // Anything else (NOT_FOUND: expired or cancelled; FAILED_PRECONDITION; PERMISSION_DENIED;
@@ -123,7 +125,7 @@ struct RenewalManager::Impl {
   // When `renew_at_remaining` of the granted duration is left before `ends_ms`, give or take the
   // jitter.
   int64_t due_before(int64_t ends_ms, int64_t granted_ms, int64_t now) {
-    double left = static_cast<double>(granted_ms) * options.renew_at_remaining;
+    double left = static_cast<double>(std::min(granted_ms, kLongestMs)) * options.renew_at_remaining;
     std::uniform_real_distribution<double> spread(-options.jitter, options.jitter);
     left += left * spread(rng);
     return std::max(now, ends_ms - static_cast<int64_t>(left));

@@ -22,6 +22,12 @@ namespace {
 constexpr std::string_view kFailedKind = "renewal.failed";
 // Members across all sets; more is refused (RESOURCE_EXHAUSTED) rather than renewed late.
 constexpr size_t kMaxMembers = 1'000'000;
+// The latest untilMs a renewal may run to: the last millisecond a system_clock::time_point holds
+// (nanoseconds since 1970, in 2262), which RenewalClient::add sends for time_point::max() ("until
+// removed"). A later one would overflow the nanoseconds and wrap into the past.
+constexpr int64_t kMaxUntilMs =
+    std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::time_point::max().time_since_epoch())
+        .count();
 
 constexpr std::string_view kSchema = R"(
 CREATE TABLE IF NOT EXISTS renewal_set (
@@ -51,6 +57,12 @@ int64_t wall_now_ms() {
 }
 
 std::string set_resource(uint64_t set_id) { return "djinn.renewal-set/" + std::to_string(set_id); }
+
+// `until_ms` as the manager takes it. Clamped: a store written before untilMs was bounded may hold
+// one past what a time_point can.
+std::chrono::system_clock::time_point until_point(int64_t until_ms) {
+  return std::chrono::system_clock::time_point(std::chrono::milliseconds(std::clamp(until_ms, -kMaxUntilMs, kMaxUntilMs)));
+}
 
 }  // namespace
 
@@ -154,7 +166,7 @@ Status RenewalService::Impl::load() {
     int64_t longest = std::min(std::max({held.lease.granted_ms, renew_ms, options.manager.call_timeout.count()}), kLongest);
     held.lease.expiration_ms = std::max(held.lease.expiration_ms, wall_now_ms() + longest);
     held.lease.granted_ms = 0;
-    manager.add(held, renew_ms, std::chrono::system_clock::time_point(std::chrono::milliseconds(until_ms)));
+    manager.add(held, renew_ms, until_point(until_ms));
     ++resumed;
   }
   if (!sets.empty()) {
@@ -344,6 +356,10 @@ Status RenewalService::Impl::add(proto::AddParams::Reader p) {
     return invalid_argument("untilMs " + std::to_string(until_ms) + " is not in the future (now " + std::to_string(now) +
                             "): renew until a later time");
   }
+  if (until_ms > kMaxUntilMs) {
+    return invalid_argument("untilMs " + std::to_string(until_ms) + " is past the latest time a renewal can run to (" +
+                            std::to_string(kMaxUntilMs) + ", in the year 2262): send that to renew until removed");
+  }
   std::lock_guard lock(mu);
   sweep_locked(now);
   auto set = sets.find(p.getSetId());
@@ -370,7 +386,7 @@ Status RenewalService::Impl::add(proto::AddParams::Reader p) {
   // The caller's copy of the lease may say anything (an expiration and a grant hours away would
   // have it renewed hours late): renewed at once, the landlord's answer says what it really is.
   held.lease.granted_ms = 0;
-  manager.add(held, p.getRenewMs(), std::chrono::system_clock::time_point(std::chrono::milliseconds(until_ms)));
+  manager.add(held, p.getRenewMs(), until_point(until_ms));
   return Status::Ok();
 }
 

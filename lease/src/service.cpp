@@ -262,8 +262,12 @@ void LandlordService::Impl::register_methods(rpc::Server& server) {
           if (!st.ok()) return responder.reply(st);
         }
         if (request.wait.count() > 0 && ctx.deadline != rpc::Clock::time_point::max()) {
-          auto left = std::chrono::duration_cast<std::chrono::milliseconds>(ctx.deadline - rpc::Clock::now()) -
-                      kDeadlineMargin;
+          // Compared before subtracting: the deadline comes from the caller's timeout, and one
+          // already past (or wrapped) would overflow the difference.
+          auto now = rpc::Clock::now();
+          auto left = ctx.deadline <= now
+                          ? std::chrono::milliseconds(0)
+                          : std::chrono::duration_cast<std::chrono::milliseconds>(ctx.deadline - now) - kDeadlineMargin;
           request.wait = std::clamp(left, std::chrono::milliseconds(0), request.wait);
         }
         auto shared = std::make_shared<rpc::Responder>(std::move(responder));

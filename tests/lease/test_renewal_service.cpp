@@ -84,6 +84,22 @@ struct FailureLog {
   bool warm = false;
 };
 
+// renewal.add with an untilMs RenewalClient::add cannot send (it takes a time_point).
+Status add_until_ms(RenewalClient& renewal, uint64_t set_id, const HeldLease& held, int64_t renew_ms, int64_t until_ms) {
+  capnp::MallocMessageBuilder message;
+  auto p = message.initRoot<proto::AddParams>();
+  p.setSetId(set_id);
+  p.initLease().setId(held.lease.id);
+  p.getLease().setResource(held.lease.resource);
+  p.getLease().setHolder(held.lease.holder);
+  p.getLease().setExpirationMs(held.lease.expiration_ms);
+  p.getLease().setGrantedMs(held.lease.granted_ms);
+  p.getLease().setLandlord(held.landlord);
+  p.setRenewMs(renew_ms);
+  p.setUntilMs(until_ms);
+  return renewal.rpc().call("renewal.add", message).status();
+}
+
 }  // namespace
 
 TEST_CASE("the renewal service keeps a set's leases alive and reports a lost one once") {
@@ -351,6 +367,69 @@ TEST_CASE("after a restart, a lease is kept while its landlord is away for less 
   }, 5000));
   CHECK(failures.size() == 0);
   RenewalClient renewal({.endpoint = renewer_endpoint});
+  auto members = renewal.members(set_id);
+  REQUIRE(members.ok());
+  CHECK(members->size() == 1);
+}
+
+TEST_CASE("renewal.add refuses an untilMs past 2262 and renews one of time_point::max() until removed") {
+  test::TempDir dir;
+  auto manager = start_manager(dir.file("lease"));
+  LeaseClient leases({.endpoint = manager->rpc_endpoint()});
+  RenewalClient renewal({.endpoint = manager->rpc_endpoint()});
+  FailureLog failures(*manager, leases);
+  auto set = renewal.create_set("owner", 30'000);
+  REQUIRE(set.ok());
+  HeldLease refused = grant(leases, "until-int64-max", 600);
+  // Once taken as a time_point of nanoseconds, these wrapped into the past: accepted, then dropped
+  // at once without a renewal or a report.
+  for (int64_t until_ms : {INT64_MAX, int64_t{9'223'372'036'855}, int64_t{1} << 62}) {
+    CAPTURE(until_ms);
+    Status st = add_until_ms(renewal, set->id, refused, 600, until_ms);
+    CHECK(st.code() == Code::kInvalidArgument);
+    CHECK_MESSAGE(st.message().find("9223372036854") != std::string::npos, st.to_string());
+  }
+  CHECK(renewal.members(set->id)->empty());
+
+  // The latest time there is, as RenewalClient::add sends time_point::max(): renewed until removed.
+  HeldLease kept = grant(leases, "until-removed", 600);
+  REQUIRE(renewal.add(set->id, kept, 600, std::chrono::system_clock::time_point::max()).ok());
+  std::this_thread::sleep_for(1300ms);  // two lifetimes of the lease
+  auto now = leases.get(kept.lease.id);
+  REQUIRE_MESSAGE(now.ok(), now.status().to_string());
+  CHECK(now->lease.expiration_ms > kept.lease.expiration_ms);
+  CHECK(renewal.members(set->id)->size() == 1);
+  CHECK(failures.size() == 0);
+}
+
+TEST_CASE("a member stored with an untilMs past 2262 is renewed after a restart, not dropped") {
+  test::TempDir dir;
+  std::string endpoint = "tcp://127.0.0.1:" + std::to_string(test::free_tcp_port());
+  HeldLease held;
+  uint64_t set_id = 0;
+  {
+    auto manager = start_manager(dir.file("lease"), endpoint);
+    LeaseClient leases({.endpoint = endpoint});
+    RenewalClient renewal({.endpoint = endpoint});
+    auto set = renewal.create_set("owner", 30'000);
+    REQUIRE(set.ok());
+    set_id = set->id;
+    held = grant(leases, "stored-far", 1500);
+    REQUIRE(renewal.add(set_id, held, 1500, std::chrono::system_clock::now() + 30s).ok());
+  }
+  {
+    // As a store written before untilMs was bounded may hold it.
+    auto db = sqlite::Database::open(dir.file("lease") + "/renewal.db");
+    REQUIRE(db.ok());
+    REQUIRE(db->exec("UPDATE renewal_member SET until_ms = 9223372036854775807").ok());
+  }
+  auto manager = start_manager(dir.file("lease"), endpoint);
+  LeaseClient leases({.endpoint = endpoint});
+  RenewalClient renewal({.endpoint = endpoint});
+  std::this_thread::sleep_for(2000ms);  // past the lease's first expiration
+  auto now = leases.get(held.lease.id);
+  REQUIRE_MESSAGE(now.ok(), now.status().to_string());
+  CHECK(now->lease.expiration_ms > held.lease.expiration_ms);
   auto members = renewal.members(set_id);
   REQUIRE(members.ok());
   CHECK(members->size() == 1);
