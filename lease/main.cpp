@@ -26,6 +26,10 @@ int main(int argc, char** argv) {
   cfg.add_string("data-dir", "./.djinn/lease", "directory of lease.db and renewal.db (created if missing)");
   add_endpoint_flags(cfg, 4160, 4161);
   lease::add_policy_flags(cfg, "lease", true);
+  cfg.add_int("max-waiting-grants", static_cast<int64_t>(lease::Policy{}.max_waiting_grants),
+              "grants that may wait at once (waitMs > 0) for resources others hold; more are refused "
+              "(RESOURCE_EXHAUSTED)",
+              0, 10'000'000);
   cfg.add_string("lookup", "",
                  "comma-separated RPC endpoints of lookup services to register with (tcp://HOST:PORT,...); the "
                  "registration is renewed and made again whenever a lookup loses it");
@@ -45,6 +49,7 @@ int main(int argc, char** argv) {
   Result<lease::Policy> policy = lease::policy_from_flags(cfg, true);
   if (!policy.ok()) return cfg.fail(policy.status().message(), 2);
   options.policy = *policy;
+  options.policy.max_waiting_grants = static_cast<size_t>(cfg.get_int("max-waiting-grants"));
   Result<ServerSecurity> security = security_from_flags(cfg);
   if (!security.ok()) return cfg.fail(security.status().message(), security.status().code() == Code::kInvalidArgument ? 2 : 1);
   options.curve = security->curve;

@@ -16,6 +16,8 @@
 #include <exception>
 #include <future>
 #include <limits>
+#include <list>
+#include <map>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -210,8 +212,10 @@ struct LaterFirst {  // makes std::push_heap a min-heap on deadlines
 struct Waiter {
   GrantRequest request;
   int64_t deadline_ns;
+  uint64_t ticket;  // in queueing order: tells apart waits that end at the same time
   std::function<void(Result<Lease>)> done;
 };
+using WaitQueue = std::list<Waiter>;  // a list: a wait that ends leaves from anywhere in its queue
 
 int64_t saturating_add(int64_t a, int64_t b) {
   if (b > 0 && a > std::numeric_limits<int64_t>::max() - b) return std::numeric_limits<int64_t>::max() - 1;
@@ -346,7 +350,11 @@ struct Landlord::Impl {
   internal::StringPool holders_;
   std::vector<HeapEntry> deadlines_;  // min-heap; entries of renewed or removed leases are stale
   size_t timed_live_ = 0;             // live leases with a deadline (not FOREVER)
-  std::unordered_map<std::string, std::deque<Waiter>> waiters_;  // FIFO per resource
+  std::unordered_map<std::string, WaitQueue> waiters_;  // FIFO per resource
+  // Every queued request by the end of its wait (deadline, ticket): the next wait to end is the
+  // first, and the ones due are found without walking the queues.
+  std::map<std::pair<int64_t, uint64_t>, WaitQueue::iterator> wait_ends_;
+  uint64_t next_ticket_ = 0;
   std::set<std::string> retry_;       // resources freed up that have waiters
   std::array<LeaseId, 64> id_pool_{};  // random ids not handed out yet: the last id_pool_left_
   size_t id_pool_left_ = 0;
@@ -545,8 +553,12 @@ struct Landlord::Impl {
     if (waiters_.empty()) return out;
     auto queued = waiters_.find(r.resource);
     if (queued == waiters_.end()) return out;
+    // The first such request is enough to refuse or queue `r` (and the refusal names it).
     for (const Waiter& w : queued->second) {
-      if (w.request.holder != r.holder && !compatible(w.request.kind, r.kind)) out.push_back(w.request.holder);
+      if (w.request.holder != r.holder && !compatible(w.request.kind, r.kind)) {
+        out.push_back(w.request.holder);
+        break;
+      }
     }
     if (out.empty()) return out;
     uint32_t res = resources_.find(r.resource);
@@ -561,9 +573,7 @@ struct Landlord::Impl {
   int64_t next_wake_locked() const {
     if (!retry_.empty() || fold_wanted_ || folding_) return kExpiring;
     int64_t next = deadlines_.empty() ? kNoDeadline : deadlines_.front().deadline_ns;
-    for (const auto& [resource, queue] : waiters_) {
-      for (const Waiter& w : queue) next = std::min(next, w.deadline_ns);
-    }
+    if (!wait_ends_.empty()) next = std::min(next, wait_ends_.begin()->first.first);
     return next;
   }
 
@@ -788,6 +798,23 @@ struct Landlord::Impl {
     }
   }
 
+  void queue_waiter_locked(Waiter w) {
+    WaitQueue& queue = waiters_[w.request.resource];
+    std::pair<int64_t, uint64_t> end{w.deadline_ns, w.ticket};
+    queue.push_back(std::move(w));
+    wait_ends_.emplace(end, std::prev(queue.end()));
+  }
+
+  // Takes a queued request out of its queue (and the queue out of waiters_ once empty).
+  Waiter unqueue_waiter_locked(WaitQueue::iterator w) {
+    wait_ends_.erase({w->deadline_ns, w->ticket});
+    auto queue = waiters_.find(w->request.resource);
+    Waiter out = std::move(*w);
+    queue->second.erase(w);
+    if (queue->second.empty()) waiters_.erase(queue);
+    return out;
+  }
+
   // Decides now, or queues `done` (when the request may wait) and returns nothing.
   std::optional<Result<Lease>> grant_or_queue(const GrantRequest& r,
                                               std::function<void(Result<Lease>)> done) {
@@ -806,9 +833,15 @@ struct Landlord::Impl {
         add_conflicts(r, a, events);
         if (r.wait.count() > 0 && done) {
           std::lock_guard lock(mutex_);
-          int64_t deadline = add_ms(now_ns(), r.wait.count());
-          waiters_[r.resource].push_back(Waiter{r, deadline, std::move(done)});
-          if (deadline < sleeping_until_) wake_.notify_one();
+          if (wait_ends_.size() >= options.policy.max_waiting_grants) {
+            result = Result<Lease>(resource_exhausted(
+                "landlord " + quoted(options.name) + " already has " + std::to_string(wait_ends_.size()) +
+                " grants waiting, its maximum: " + refusal(r, a) + "; ask again later, or without a wait"));
+          } else {
+            int64_t deadline = add_ms(now_ns(), r.wait.count());
+            queue_waiter_locked(Waiter{r, deadline, ++next_ticket_, std::move(done)});
+            if (deadline < sleeping_until_) wake_.notify_one();
+          }
         } else {
           result = Result<Lease>(failed_precondition(refusal(r, a)));
         }
@@ -1283,26 +1316,18 @@ struct Landlord::Impl {
         std::lock_guard write(write_mutex_);
         std::lock_guard lock(mutex_);
         int64_t now = now_ns();
-        for (auto it = waiters_.begin(); it != waiters_.end();) {
-          auto& queue = it->second;
-          for (auto w = queue.begin(); w != queue.end();) {
-            if (w->deadline_ns > now) {
-              ++w;
-              continue;
-            }
-            const GrantRequest& r = w->request;
-            std::vector<Lease> in_way = in_way_locked(r.resource, r.holder, r.kind);
-            std::string why = in_way.empty() ? "requests ahead of it still wait"
-                                             : "still conflicts with " + describe_in_way(in_way);
-            ended.emplace_back(std::move(w->done),
-                               deadline_exceeded(std::string(kind_name(r.kind)) + " lease on " +
-                                                 quoted(r.resource) + " for " + quoted(r.holder) +
-                                                 ": waited " + std::to_string(r.wait.count()) +
-                                                 " ms; " + why));
-            retry.insert(it->first);
-            w = queue.erase(w);
-          }
-          it = queue.empty() ? waiters_.erase(it) : std::next(it);
+        // The waits due, soonest first, a chunk per lock hold.
+        while (!wait_ends_.empty() && wait_ends_.begin()->first.first <= now && ended.size() < kExpiryChunk) {
+          Waiter w = unqueue_waiter_locked(wait_ends_.begin()->second);
+          const GrantRequest& r = w.request;
+          std::vector<Lease> in_way = in_way_locked(r.resource, r.holder, r.kind);
+          std::string why = in_way.empty() ? "requests ahead of it still wait"
+                                           : "still conflicts with " + describe_in_way(in_way);
+          ended.emplace_back(std::move(w.done),
+                             deadline_exceeded(std::string(kind_name(r.kind)) + " lease on " + quoted(r.resource) +
+                                               " for " + quoted(r.holder) + ": waited " +
+                                               std::to_string(r.wait.count()) + " ms; " + why));
+          retry.insert(r.resource);
         }
         retry.merge(retry_);
         retry_.clear();
@@ -1333,10 +1358,7 @@ struct Landlord::Impl {
         result = std::move(*a.result);
         if (result->ok() && !a.repeat) events.push_back(LeaseEvent{EventType::kGranted, result->value(), {}, request.kind});
         std::lock_guard lock(mutex_);
-        auto it = waiters_.find(resource);
-        done = std::move(it->second.front().done);
-        it->second.pop_front();
-        if (it->second.empty()) waiters_.erase(it);
+        done = unqueue_waiter_locked(waiters_.find(resource)->second.begin()).done;
       }
       deliver(events);
       done(std::move(*result));
@@ -1516,6 +1538,7 @@ struct Landlord::Impl {
         for (Waiter& w : queue) left.push_back(std::move(w));
       }
       waiters_.clear();
+      wait_ends_.clear();
     }
     for (Waiter& w : left) {
       w.done(Result<Lease>(unavailable("landlord " + quoted(options.name) +

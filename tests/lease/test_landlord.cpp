@@ -488,6 +488,103 @@ TEST_CASE("a waiting grant ends at its deadline; a new request does not overtake
   (void)held;
 }
 
+TEST_CASE("waiting grants: no more than the policy's limit wait, and each wait ends at its own deadline") {
+  FakeClocks clocks;
+  Policy policy = test_policy();
+  policy.max_waiting_grants = 3;
+  auto landlord = fake_landlord(clocks, nullptr, policy);
+  Lease disk = must_grant(*landlord, request("disk", "a", Kind::kExclusive, 10'000));
+  must_grant(*landlord, request("tape", "a", Kind::kExclusive, 10'000));
+  std::map<std::string, Result<Lease>> done;
+  auto wait_for = [&](std::string resource, std::string holder, std::chrono::milliseconds wait) {
+    landlord->grant_async(request(std::move(resource), holder, Kind::kExclusive, 1000, wait),
+                          [&done, holder](Result<Lease> r) { done.emplace(holder, std::move(r)); });
+  };
+  // Queued out of the order of their deadlines.
+  wait_for("disk", "b", 900ms);
+  wait_for("disk", "c", 300ms);
+  wait_for("tape", "d", 600ms);
+  CHECK(done.empty());
+  // The limit counts across resources; a grant that does not wait is refused as before.
+  wait_for("disk", "e", 100ms);
+  wait_for("tape", "f", 100ms);
+  REQUIRE(done.size() == 2);
+  for (const char* refused : {"e", "f"}) {
+    CAPTURE(refused);
+    CHECK(done.at(refused).status().code() == Code::kResourceExhausted);
+    CHECK_MESSAGE(done.at(refused).status().message().find("3 grants waiting") != std::string::npos,
+                  done.at(refused).status().to_string());
+  }
+  CHECK(landlord->grant(request("disk", "g", Kind::kExclusive)).status().code() == Code::kFailedPrecondition);
+
+  clocks.advance(299);
+  landlord->expire_due();
+  CHECK(done.size() == 2);
+  clocks.advance(1);
+  landlord->expire_due();
+  REQUIRE(done.count("c"));
+  CHECK(done.at("c").status().code() == Code::kDeadlineExceeded);
+  // A wait that ended makes room for another.
+  wait_for("disk", "h", 100ms);
+  CHECK_FALSE(done.count("h"));
+  clocks.advance(100);
+  landlord->expire_due();
+  REQUIRE(done.count("h"));
+  CHECK(done.at("h").status().code() == Code::kDeadlineExceeded);
+  CHECK_FALSE(done.count("d"));
+  clocks.advance(200);
+  landlord->expire_due();
+  REQUIRE(done.count("d"));
+  CHECK(done.at("d").status().code() == Code::kDeadlineExceeded);
+  // The one left is handed the disk when it frees up.
+  REQUIRE(landlord->cancel(disk.id).ok());
+  REQUIRE(done.count("b"));
+  REQUIRE_MESSAGE(done.at("b").ok(), done.at("b").status().to_string());
+  CHECK(done.at("b")->holder == "b");
+
+  policy.max_waiting_grants = 0;  // none may wait
+  auto strict = fake_landlord(clocks, nullptr, policy);
+  must_grant(*strict, request("disk", "a", Kind::kExclusive));
+  std::optional<Result<Lease>> refused;
+  strict->grant_async(request("disk", "b", Kind::kExclusive, 1000, 100ms), [&](Result<Lease> r) { refused = r; });
+  REQUIRE(refused.has_value());
+  CHECK(refused->status().code() == Code::kResourceExhausted);
+}
+
+TEST_CASE("many waiting grants end exactly at their deadlines") {
+  FakeClocks clocks;
+  Policy policy = test_policy();
+  policy.max_waiting_grants = 20'000;
+  auto landlord = fake_landlord(clocks, nullptr, policy);
+  for (int r = 0; r < 10; ++r) must_grant(*landlord, request("r" + std::to_string(r), "owner", Kind::kExclusive, 10'000));
+  std::map<int64_t, int> due_at;  // wait in ms -> how many end then
+  size_t ended = 0;
+  std::uniform_int_distribution<int64_t> wait_ms(1, 2000);
+  for (int i = 0; i < 20'000; ++i) {
+    int64_t wait = wait_ms(test::rng());
+    ++due_at[wait];
+    landlord->grant_async(request("r" + std::to_string(i % 10), "w" + std::to_string(i), Kind::kExclusive, 1000,
+                                  std::chrono::milliseconds(wait)),
+                          [&](Result<Lease> r) {
+                            CHECK(r.status().code() == Code::kDeadlineExceeded);
+                            ++ended;
+                          });
+  }
+  CHECK(ended == 0);
+  size_t expected = 0;
+  for (int64_t t = 1;; t = std::min<int64_t>(t + 37, 2000)) {
+    clocks.mono_ns = 1'000'000'000'000 + t * 1'000'000;
+    landlord->expire_due();
+    for (auto it = due_at.begin(); it != due_at.end() && it->first <= t;) {
+      expected += static_cast<size_t>(it->second);
+      it = due_at.erase(it);
+    }
+    REQUIRE(ended == expected);
+    if (t == 2000) break;
+  }
+  CHECK(ended == 20'000);
+}
+
 TEST_CASE("batch renew and cancel with good and bad ids") {
   FakeClocks clocks;
   EventLog log;

@@ -67,6 +67,9 @@ struct Policy {
   size_t max_resource_bytes = 1024;
   size_t max_holder_bytes = 256;
   size_t max_leases = 10'000'000;  // RESOURCE_EXHAUSTED beyond
+  // Grants queued at once with a wait (GrantRequest::wait > 0), across all resources; one more
+  // that would wait is refused (RESOURCE_EXHAUSTED) instead. 0: none waits.
+  size_t max_waiting_grants = 100'000;
 };
 
 struct GrantRequest {
