@@ -85,12 +85,13 @@ struct RenewalManager::Impl {
     options.renew_at_remaining = std::clamp(options.renew_at_remaining, 0.01, 1.0);
     options.jitter = std::clamp(options.jitter, 0.0, 0.9);
     options.max_batch = std::clamp<size_t>(options.max_batch, 1, internal::kMaxBatchItems);
+    options.max_landlords = std::max<size_t>(options.max_landlords, 1);
     thread = std::thread([this] { run(); });
   }
 
   RenewalManagerOptions options;
 
-  mutable std::mutex mu;  // guards everything down to `clients`
+  mutable std::mutex mu;  // guards everything down to `remotes`
   std::condition_variable cv;
   std::mt19937_64 rng;
   std::map<Key, Tracked> tracked;
@@ -100,9 +101,17 @@ struct RenewalManager::Impl {
   RenewedHandler on_renewed;
   uint64_t next_generation = 1;
   bool stopping = false;
-  // One client per landlord. Destroyed outside `mu`: a client's destructor answers its calls in
-  // flight, and those callbacks take `mu`.
-  std::map<std::string, std::shared_ptr<rpc::Client>> clients;
+  // The landlords of the tracked leases: how many are at each, and its client once a renewal went
+  // there. Dropped with the landlord's last lease, so landlords named once (an unreachable
+  // endpoint each time) do not pile up clients, each a few sockets and a thread. A client is
+  // destroyed outside `mu`: its destructor answers its calls in flight, and those callbacks take
+  // `mu`.
+  struct Remote {
+    size_t leases = 0;
+    std::shared_ptr<rpc::Client> client;
+  };
+  std::map<std::string, Remote> remotes;
+  using Closing = std::vector<std::shared_ptr<rpc::Client>>;  // clients to destroy once unlocked
 
   std::thread thread;  // last: started once everything above exists
 
@@ -162,14 +171,31 @@ struct RenewalManager::Impl {
     schedule_at(key, t, due_before(t.ends_ms, granted, now));
   }
 
-  void add(const HeldLease& lease, int64_t renew_ms, std::optional<int64_t> until_ms) {
+  // Stops tracking a lease; its landlord's client goes to `closing` with its last lease.
+  void untrack_locked(std::map<Key, Tracked>::iterator it, Closing& closing) {
+    auto remote = remotes.find(it->first.first);
+    tracked.erase(it);
+    if (remote == remotes.end() || --remote->second.leases > 0) return;
+    if (remote->second.client) closing.push_back(std::move(remote->second.client));
+    remotes.erase(remote);
+  }
+
+  Status add(const HeldLease& lease, int64_t renew_ms, std::optional<int64_t> until_ms) {
     {
       std::lock_guard lock(mu);
       Key key{lease.landlord, lease.lease.id};
       auto it = tracked.find(key);
       if (it != tracked.end()) {
         unschedule(key, it->second);
-        tracked.erase(it);
+        tracked.erase(it);  // replaced at the same landlord, which keeps its count
+      } else {
+        if (!remotes.count(lease.landlord) && remotes.size() >= options.max_landlords) {
+          return resource_exhausted("lease " + std::to_string(lease.lease.id) + " at " + lease.landlord +
+                                    ": this renewal manager already renews at " + std::to_string(remotes.size()) +
+                                    " landlords, its limit (max_landlords); renew it elsewhere, or stop renewing "
+                                    "the leases at another landlord first");
+        }
+        ++remotes[lease.landlord].leases;
       }
       Tracked& t = tracked[key];
       t.held = lease;
@@ -179,16 +205,18 @@ struct RenewalManager::Impl {
       schedule_added(key, t, steady_now_ms());
     }
     cv.notify_one();
+    return Status::Ok();
   }
 
   void remove(LeaseId id, const std::string& landlord) {
+    Closing closing;
     std::lock_guard lock(mu);
     Key key{landlord, id};
     auto it = tracked.find(key);
     if (it == tracked.end()) return;
     unschedule(key, it->second);
-    tracked.erase(it);
-  }
+    untrack_locked(it, closing);
+  }  // `closing` goes after the lock is released
 
   void stop() {
     {
@@ -199,16 +227,19 @@ struct RenewalManager::Impl {
     // From inside a failure handler (the manager's own thread) there is nothing to join: the loop
     // ends when the handler returns, and the destructor, called elsewhere, joins it.
     if (thread.joinable() && thread.get_id() != std::this_thread::get_id()) thread.join();
-    std::map<std::string, std::shared_ptr<rpc::Client>> closing;
+    Closing closing;
     {
       std::lock_guard lock(mu);
-      closing.swap(clients);
+      for (auto& [landlord, remote] : remotes) {
+        if (remote.client) closing.push_back(std::move(remote.client));
+      }
     }
     closing.clear();
   }
 
+  // The client of a landlord that a tracked lease is at.
   std::shared_ptr<rpc::Client> client_for(const std::string& landlord) {
-    auto& c = clients[landlord];
+    auto& c = remotes.at(landlord).client;
     if (!c) {
       rpc::ClientOptions o;
       o.endpoint = landlord;
@@ -221,12 +252,12 @@ struct RenewalManager::Impl {
   }
 
   void apply(Completion& c, int64_t now, std::vector<HeldLease>& renewed_out,
-             std::vector<std::pair<HeldLease, Status>>& failed);
+             std::vector<std::pair<HeldLease, Status>>& failed, Closing& closing);
   void run();
 };
 
 void RenewalManager::Impl::apply(Completion& c, int64_t now, std::vector<HeldLease>& renewed_out,
-                                 std::vector<std::pair<HeldLease, Status>>& failed) {
+                                 std::vector<std::pair<HeldLease, Status>>& failed, Closing& closing) {
   Status call_status = c.reply.status();
   std::vector<Status> item_status(c.items.size());
   std::vector<std::optional<Lease>> renewed(c.items.size());
@@ -280,7 +311,7 @@ void RenewalManager::Impl::apply(Completion& c, int64_t now, std::vector<HeldLea
                              st.to_string());
     }
     failed.emplace_back(std::move(t.held), std::move(st));
-    tracked.erase(it);
+    untrack_locked(it, closing);
   }
 }
 
@@ -296,12 +327,13 @@ void RenewalManager::Impl::run() {
   while (!stopping) {
     std::vector<HeldLease> renewed;
     std::vector<std::pair<HeldLease, Status>> failed;
+    Closing closing;
     int64_t now = steady_now_ms();
     int64_t wall_now = wall_now_ms();  // for `until`, which is on the holder's wall clock
     while (!completions.empty()) {
       Completion c = std::move(completions.front());
       completions.pop_front();
-      apply(c, now, renewed, failed);
+      apply(c, now, renewed, failed, closing);
     }
 
     // Everything due within the batch window goes now, one batch per landlord.
@@ -310,9 +342,10 @@ void RenewalManager::Impl::run() {
     while (!schedule.empty() && schedule.begin()->first <= horizon) {
       Key key = schedule.begin()->second;
       schedule.erase(schedule.begin());
-      Tracked& t = tracked.at(key);
+      auto it = tracked.find(key);
+      Tracked& t = it->second;
       if (t.until_ms && wall_now >= *t.until_ms) {
-        tracked.erase(key);  // kept as long as asked: done, not failed
+        untrack_locked(it, closing);  // kept as long as asked: done, not failed
         continue;
       }
       t.in_flight = true;
@@ -346,7 +379,7 @@ void RenewalManager::Impl::run() {
     }
 
     int64_t next_due = schedule.empty() ? INT64_MAX : schedule.begin()->first;
-    if (!outgoing.empty() || !failed.empty() || !renewed.empty()) {
+    if (!outgoing.empty() || !failed.empty() || !renewed.empty() || !closing.empty()) {
       FailureHandler handler = on_failure;
       RenewedHandler renewed_handler = on_renewed;
       lock.unlock();
@@ -369,6 +402,7 @@ void RenewalManager::Impl::run() {
       // these may be a client's last references, and destroying a client joins its I/O thread,
       // whose reply callbacks take the lock.
       outgoing.clear();
+      closing.clear();
       if (renewed_handler && !renewed.empty()) renewed_handler(renewed);
       for (auto& [held, why] : failed) {
         DJINN_LOG(kInfo, "renewal") << "lease " << held.lease.id << " at " << held.landlord
@@ -410,13 +444,13 @@ void RenewalManager::on_renewed(RenewedHandler handler) {
   impl_->on_renewed = std::move(handler);
 }
 
-void RenewalManager::add(const HeldLease& lease, int64_t renew_ms,
-                         std::optional<std::chrono::system_clock::time_point> until) {
+Status RenewalManager::add(const HeldLease& lease, int64_t renew_ms,
+                           std::optional<std::chrono::system_clock::time_point> until) {
   std::optional<int64_t> until_ms;
   if (until) {
     until_ms = std::chrono::duration_cast<std::chrono::milliseconds>(until->time_since_epoch()).count();
   }
-  impl_->add(lease, renew_ms, until_ms);
+  return impl_->add(lease, renew_ms, until_ms);
 }
 
 void RenewalManager::remove(LeaseId id, const std::string& landlord) { impl_->remove(id, landlord); }
@@ -431,6 +465,11 @@ std::optional<HeldLease> RenewalManager::get(LeaseId id, const std::string& land
 size_t RenewalManager::size() const {
   std::lock_guard lock(impl_->mu);
   return impl_->tracked.size();
+}
+
+size_t RenewalManager::landlords() const {
+  std::lock_guard lock(impl_->mu);
+  return impl_->remotes.size();
 }
 
 void RenewalManager::stop() { impl_->stop(); }

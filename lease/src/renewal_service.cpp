@@ -95,7 +95,9 @@ struct RenewalService::Impl {
   // Declared last: destroyed (its thread joined) first, while everything it calls back into lives.
   RenewalManager manager;
 
-  Status load();
+  // Reads the store and hands every member to the manager; those it refuses (more landlords than
+  // it renews at, from a store written before that limit) go to `refused`, still members.
+  Status load(std::vector<std::pair<HeldLease, Status>>& refused);
   void on_failure(const HeldLease& held, const Status& why);
   void on_renewed(std::span<const HeldLease> renewed);
   // Removes a set and its members from the store and the maps; returns the members to forget.
@@ -111,7 +113,7 @@ struct RenewalService::Impl {
   Status list(proto::SetIdParams::Reader p, proto::LeaseList::Builder r);
 };
 
-Status RenewalService::Impl::load() {
+Status RenewalService::Impl::load(std::vector<std::pair<HeldLease, Status>>& refused) {
   DJINN_RETURN_IF_ERROR(db.exec(kSchema));
   std::vector<std::pair<uint64_t, Set>> loaded;
   {
@@ -166,7 +168,10 @@ Status RenewalService::Impl::load() {
     int64_t longest = std::min(std::max({held.lease.granted_ms, renew_ms, options.manager.call_timeout.count()}), kLongest);
     held.lease.expiration_ms = std::max(held.lease.expiration_ms, wall_now_ms() + longest);
     held.lease.granted_ms = 0;
-    manager.add(held, renew_ms, until_point(until_ms));
+    if (Status tracked = manager.add(held, renew_ms, until_point(until_ms)); !tracked.ok()) {
+      refused.emplace_back(std::move(held), std::move(tracked));
+      continue;
+    }
     ++resumed;
   }
   if (!sets.empty()) {
@@ -381,12 +386,26 @@ Status RenewalService::Impl::add(proto::AddParams::Reader p) {
                                         held.lease.holder, static_cast<int64_t>(held.lease.kind),
                                         held.lease.expiration_ms, held.lease.granted_ms, p.getRenewMs(), until_ms));
   DJINN_RETURN_IF_ERROR((*st)->run());
-  set->second.members.insert(key);
-  members[key] = Member{set->first, until_ms, held.lease.granted_ms, held.lease.expiration_ms};
+  Member member{set->first, until_ms, held.lease.granted_ms, held.lease.expiration_ms};
   // The caller's copy of the lease may say anything (an expiration and a grant hours away would
   // have it renewed hours late): renewed at once, the landlord's answer says what it really is.
   held.lease.granted_ms = 0;
-  manager.add(held, p.getRenewMs(), until_point(until_ms));
+  if (Status tracked = manager.add(held, p.getRenewMs(), until_point(until_ms)); !tracked.ok()) {
+    // Its landlord would be one too many. A lease the manager does not renew is not kept: a
+    // member replaced here was no longer renewed either (only a lease the manager has dropped
+    // can be refused).
+    auto undo = db.cached("DELETE FROM renewal_member WHERE landlord = ? AND lease_id = ?");
+    Status s = undo.ok() ? (*undo)->bind_all(key.first, key.second) : undo.status();
+    if (s.ok()) s = (*undo)->run();
+    if (!s.ok()) DJINN_LOG(kWarn, "renewal") << "forgetting a refused lease: " << s.to_string();
+    if (auto it = members.find(key); it != members.end()) {
+      if (auto old = sets.find(it->second.set_id); old != sets.end()) old->second.members.erase(key);
+      members.erase(it);
+    }
+    return tracked;
+  }
+  set->second.members.insert(key);
+  members[key] = member;
   return Status::Ok();
 }
 
@@ -439,10 +458,13 @@ Result<std::unique_ptr<RenewalService>> RenewalService::open(RenewalServiceOptio
   Impl* im = impl.get();
   im->manager.on_failure([im](const HeldLease& held, const Status& why) { im->on_failure(held, why); });
   im->manager.on_renewed([im](std::span<const HeldLease> renewed) { im->on_renewed(renewed); });
+  std::vector<std::pair<HeldLease, Status>> refused;
   {
     std::lock_guard lock(im->mu);
-    if (Status st = im->load(); !st.ok()) return Status(st.code(), "renewal store: " + st.message());
+    if (Status st = im->load(refused); !st.ok()) return Status(st.code(), "renewal store: " + st.message());
   }
+  // Reported as leases that could not be renewed, and dropped, as any other.
+  for (const auto& [held, why] : refused) im->on_failure(held, why);
   return std::unique_ptr<RenewalService>(new RenewalService(std::move(impl)));
 }
 

@@ -141,13 +141,22 @@ struct RegistrationKeeper::Impl {
         target.lease = r->held_lease();
         target.version = v;
         target.backoff = std::chrono::milliseconds(0);
-        renewals.add(*target.lease, options.lease_ms);
+        renew_locked(target, due);
         DJINN_LOG(kInfo, "lookup") << (r->replaced ? "registered again " : "registered ") << snapshot.service_id.to_string()
                                    << " at " << due << ", lease " << target.lease->lease.id;
         cv.notify_all();
       } else {
         back_off_locked(target, snapshot, due, r.status());
       }
+    }
+  }
+
+  // Hands the target's lease to the renewal manager. It refuses a lease at one lookup more than
+  // its limit of landlords (64), far beyond the few a service registers with: that registration
+  // is then not renewed and lapses when its lease runs out.
+  void renew_locked(const Target& target, const std::string& endpoint) {
+    if (Status st = renewals.add(*target.lease, options.lease_ms); !st.ok()) {
+      DJINN_LOG(kWarn, "lookup") << "the registration at " << endpoint << " will not be renewed: " << st.to_string();
     }
   }
 
@@ -166,7 +175,7 @@ struct RegistrationKeeper::Impl {
       // renew the lease it is registered under instead (lease ids are capabilities).
       target.lease = Registered{there, false, endpoint}.held_lease();
       target.version = v;
-      renewals.add(*target.lease, options.lease_ms);
+      renew_locked(target, endpoint);
       DJINN_LOG(kInfo, "lookup") << ours.service_id.to_string() << " at " << endpoint
                                  << " is registered with this very item under lease " << there.lease.id
                                  << ": renewing that one";

@@ -293,7 +293,10 @@ struct LookupCache::Impl::Feed {
       }
       lease::HeldLease held = handle.held_lease();
       held.landlord = handle.landlord;
-      renewals->add(held, cache.options.notify_lease_ms);
+      if (Status tracked = renewals->add(held, cache.options.notify_lease_ms); !tracked.ok()) {
+        (void)client->cancel(handle.id, cancel_call());
+        return Status(tracked.code(), "renewing the notify lease: " + tracked.message());
+      }
       live_notify_id = handle.id;
       notify = std::move(handle);
       subscriber = std::move(sub);

@@ -65,7 +65,7 @@ TEST_CASE("renewal manager keeps leases past their expiration and reports a canc
   std::vector<HeldLease> held;
   for (int i = 0; i < 20; ++i) {
     held.push_back(h.grant("res-" + std::to_string(i), 600));
-    renewals.add(held.back(), 600);
+    REQUIRE(renewals.add(held.back(), 600).ok());
   }
   int64_t first_expiry = held.back().lease.expiration_ms;
   // Past every first expiration: all still there, renewed (batched: far fewer calls than leases).
@@ -111,7 +111,7 @@ TEST_CASE("renewal manager drops a lease at `until` without reporting it") {
   // Leases of two seconds, renewed with about 900 ms left: not late even on a loaded machine
   // running sanitizer builds side by side (a second left about 450 ms, sometimes too little).
   auto l = h.grant("until", 2000);
-  renewals.add(l, 2000, std::chrono::system_clock::now() + 4000ms);
+  REQUIRE(renewals.add(l, 2000, std::chrono::system_clock::now() + 4000ms).ok());
   std::this_thread::sleep_for(3000ms);
   CHECK(h.client->get(l.lease.id).ok());  // renewed past its first expiration
   CHECK(test::eventually([&] { return renewals.size() == 0; }, 5000));
@@ -129,7 +129,7 @@ TEST_CASE("renewal manager reports a landlord that never answers once the lease 
   ghost.lease.granted_ms = 400;
   ghost.lease.expiration_ms =
       std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count() + 400;
-  renewals.add(ghost);
+  REQUIRE(renewals.add(ghost).ok());
   CHECK(test::eventually([&] { return failures.size() == 1; }, 3000));
   CHECK(failures.seen[0].second == Code::kDeadlineExceeded);
   CHECK(renewals.size() == 0);
@@ -145,7 +145,7 @@ TEST_CASE("renewal manager renews on time whatever its wall clock says of the la
     RenewalManager renewals({.wall_clock = [skew] { return std::chrono::system_clock::now() + skew; }});
     renewals.on_failure(failures.handler());
     auto l = h.grant("skewed" + std::to_string(skew.count()), 2000);
-    renewals.add(l, 2000);
+    REQUIRE(renewals.add(l, 2000).ok());
     std::this_thread::sleep_for(3000ms);  // past the first expiration, and the one after it
     auto now = h.client->get(l.lease.id);
     REQUIRE_MESSAGE(now.ok(), now.status().to_string());
@@ -166,11 +166,56 @@ TEST_CASE("a failure handler may call back into the manager and stop it") {
   });
   auto a = h.grant("a", 400);
   auto b = h.grant("b", 400);
-  renewals->add(a, 400);
-  renewals->add(b, 400);
+  REQUIRE(renewals->add(a, 400).ok());
+  REQUIRE(renewals->add(b, 400).ok());
   REQUIRE(h.client->cancel(a.lease.id).ok());
   REQUIRE(h.client->cancel(b.lease.id).ok());
   CHECK(test::eventually([&] { return calls.load() >= 1; }, 3000));
   renewals.reset();  // joins; at most the batch being reported when stop() was called
   CHECK(calls.load() <= 2);
+}
+
+TEST_CASE("renewal manager keeps a landlord's client only while a lease is there, and caps landlords") {
+  Failures failures;
+  RenewalManager renewals({.call_timeout = 300ms, .max_landlords = 8});
+  renewals.on_failure(failures.handler());
+  int64_t now_ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+  // Unreachable landlords, a new one per lease (TEST-NET-1 addresses route nowhere). Renewed at
+  // once (grant unknown) and retried until their minute runs out: each has a client meanwhile.
+  auto at = [&](int landlord, LeaseId id, int64_t ms) {
+    HeldLease held;
+    held.landlord = "tcp://192.0.2.1:" + std::to_string(20000 + landlord);
+    held.lease.id = id;
+    held.lease.expiration_ms = now_ms + ms;
+    return held;
+  };
+  std::vector<HeldLease> held;
+  for (int i = 0; i < 8; ++i) {
+    held.push_back(at(i, 100 + static_cast<LeaseId>(i), 60'000));
+    REQUIRE(renewals.add(held.back()).ok());
+  }
+  CHECK(renewals.landlords() == 8);
+  // A second lease at a landlord already there, and a lease added again, take no room.
+  REQUIRE(renewals.add(at(0, 200, 60'000)).ok());
+  REQUIRE(renewals.add(held[1]).ok());
+  CHECK(renewals.landlords() == 8);
+  Status refused = renewals.add(at(8, 300, 60'000));
+  CHECK(refused.code() == Code::kResourceExhausted);
+  CHECK_MESSAGE(refused.message().find("8 landlords") != std::string::npos, refused.to_string());
+  CHECK(renewals.size() == 9);
+
+  renewals.remove(200, held[0].landlord);
+  CHECK(renewals.landlords() == 8);  // lease 100 is still there
+  for (const HeldLease& l : held) renewals.remove(l.lease.id, l.landlord);
+  CHECK(renewals.size() == 0);
+  CHECK(renewals.landlords() == 0);
+  REQUIRE(renewals.add(at(8, 300, 60'000)).ok());
+  renewals.remove(300, at(8, 300, 0).landlord);
+
+  // A lease given up on (its landlord never answered) takes its landlord's client with it.
+  REQUIRE(renewals.add(at(9, 400, 300)).ok());
+  CHECK(test::eventually([&] { return failures.size() == 1; }, 3000));
+  CHECK(renewals.landlords() == 0);
+  CHECK(failures.size() == 1);
 }

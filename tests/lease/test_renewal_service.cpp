@@ -434,3 +434,34 @@ TEST_CASE("a member stored with an untilMs past 2262 is renewed after a restart,
   REQUIRE(members.ok());
   CHECK(members->size() == 1);
 }
+
+TEST_CASE("renewal.add refuses a lease at one landlord more than it renews at, and forgets landlords left") {
+  test::TempDir dir;
+  auto manager = start_manager(dir.file("lease"));
+  RenewalClient renewal({.endpoint = manager->rpc_endpoint()});
+  auto set = renewal.create_set("owner", 60'000);
+  REQUIRE(set.ok());
+  auto until = std::chrono::system_clock::now() + 60s;
+  // Each at an unreachable landlord of its own (TEST-NET-1 routes nowhere), retried meanwhile.
+  auto at = [](int landlord) {
+    HeldLease held;
+    held.landlord = "tcp://192.0.2.1:" + std::to_string(20000 + landlord);
+    held.lease.id = 1000 + static_cast<LeaseId>(landlord);
+    held.lease.resource = "far";
+    held.lease.holder = "owner";
+    held.lease.expiration_ms =
+        std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count() +
+        60'000;
+    return held;
+  };
+  constexpr int kLimit = 64;  // RenewalManagerOptions::max_landlords
+  for (int i = 0; i < kLimit; ++i) REQUIRE(renewal.add(set->id, at(i), 10'000, until).ok());
+  Status refused = renewal.add(set->id, at(kLimit), 10'000, until);
+  CHECK(refused.code() == Code::kResourceExhausted);
+  CHECK_MESSAGE(refused.message().find("64 landlords") != std::string::npos, refused.to_string());
+  CHECK(renewal.members(set->id)->size() == kLimit);
+  // Once no lease is left at them, their clients go, and others may come.
+  for (int i = 0; i < kLimit; ++i) REQUIRE(renewal.remove(set->id, at(i).lease.id, at(i).landlord).ok());
+  for (int i = kLimit; i < 2 * kLimit; ++i) REQUIRE(renewal.add(set->id, at(i), 10'000, until).ok());
+  CHECK(renewal.members(set->id)->size() == kLimit);
+}

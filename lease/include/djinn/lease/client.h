@@ -110,6 +110,10 @@ struct RenewalManagerOptions {
   std::chrono::milliseconds retry_backoff_min{20};   // after a failed renewal call, doubling
   std::chrono::milliseconds retry_backoff_max{500};
   size_t max_batch = 1000;  // renewals in one lease.renewBatch call
+  // Landlords renewed at, at once: add refuses a lease at one more (RESOURCE_EXHAUSTED). Each has
+  // an RPC client of its own (a few ZeroMQ sockets and a thread), kept while a tracked lease is
+  // there; a process's ZeroMQ context has room for 1,023 sockets in all.
+  size_t max_landlords = 64;
   // This holder's wall clock (default: system_clock), which `until` is on and a lease's
   // expiration is read with when it is added; renewals are scheduled on the monotonic clock.
   // Tests skew it.
@@ -144,14 +148,17 @@ class RenewalManager {
   // granted_ms from now if that comes sooner (the landlord's clock may be ahead); at once when
   // granted_ms is 0 (unknown). Later renewals are due renew_at_remaining of their grant before
   // the time they were sent plus that grant, on the monotonic clock: the landlord's expiration
-  // is only reported. Adding a lease already tracked replaces it.
-  void add(const HeldLease& lease, int64_t renew_ms = kDurationAny,
-           std::optional<std::chrono::system_clock::time_point> until = std::nullopt);
+  // is only reported. Adding a lease already tracked replaces it. A lease at a landlord other than
+  // the max_landlords already renewed at is refused (RESOURCE_EXHAUSTED) and not tracked.
+  Status add(const HeldLease& lease, int64_t renew_ms = kDurationAny,
+             std::optional<std::chrono::system_clock::time_point> until = std::nullopt);
   // Stops renewing (the lease is left to expire, or cancel it yourself).
   void remove(LeaseId id, const std::string& landlord);
   // The current view of a tracked lease (its latest expiration).
   std::optional<HeldLease> get(LeaseId id, const std::string& landlord) const;
   size_t size() const;
+  // The landlords it renews at: each has its client (connection) while a tracked lease is there.
+  size_t landlords() const;
   void stop();
 
  private:
