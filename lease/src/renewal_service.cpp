@@ -5,16 +5,19 @@
 #include "renewal_service.h"
 
 #include <algorithm>
+#include <condition_variable>
 #include <map>
 #include <mutex>
 #include <set>
 #include <span>
+#include <thread>
 
 #include <kj/exception.h>
 
 #include "convert.h"
 #include "djinn/core/log.h"
 #include "djinn/core/sqlite.h"
+#include "djinn/core/thread_name.h"
 
 namespace djinn::lease::internal {
 namespace {
@@ -28,6 +31,13 @@ constexpr size_t kMaxMembers = 1'000'000;
 constexpr int64_t kMaxUntilMs =
     std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::time_point::max().time_since_epoch())
         .count();
+
+// Members whose `until` passed, taken out of the maps and the store per lock hold: a million due
+// at once (one `until` for a whole set) become a thousand short holds, between which calls and
+// the manager's reports go on.
+constexpr size_t kSweepChunk = 1000;
+// 1: the index of members by until_ms (a store without it, of version 0, gains it when opened).
+constexpr int64_t kSchemaVersion = 1;
 
 constexpr std::string_view kSchema = R"(
 CREATE TABLE IF NOT EXISTS renewal_set (
@@ -49,6 +59,7 @@ CREATE TABLE IF NOT EXISTS renewal_member (
   PRIMARY KEY (landlord, lease_id)
 );
 CREATE INDEX IF NOT EXISTS renewal_member_set ON renewal_member(set_id);
+CREATE INDEX IF NOT EXISTS renewal_member_until ON renewal_member(until_ms);
 )";
 
 int64_t wall_now_ms() {
@@ -90,8 +101,12 @@ struct RenewalService::Impl {
   std::map<uint64_t, Set> sets;
   std::map<LeaseId, uint64_t> set_of_lease;
   std::map<Key, Member> members;
+  // Every member by its `until`, soonest first: the sweeper's order.
+  std::set<std::pair<int64_t, Key>> by_until;
   std::string endpoint;
   bool stopped = false;
+  std::condition_variable sweep_wake;  // with `mu`: a member due sooner, or stop
+  std::thread sweeper;                 // joined by stop()
   // Declared last: destroyed (its thread joined) first, while everything it calls back into lives.
   RenewalManager manager;
 
@@ -105,8 +120,17 @@ struct RenewalService::Impl {
   // Drops the sets whose lease the landlord no longer holds; returns the members to forget.
   std::vector<Key> drop_ended_sets_locked();
   void forget(const std::vector<Key>& dropped);
-  // Members whose `until` passed: the manager has dropped them; the store follows.
-  void sweep_locked(int64_t now);
+  // Files a member in `members`, its set and `by_until`, in place of the key's earlier filing.
+  void file_member_locked(const Key& key, const Member& member);
+  // Takes a member out of `members`, its set and `by_until` (not out of the store).
+  void unfile_member_locked(std::map<Key, Member>::iterator it);
+  // Members whose `until` passed (the manager dropped them then): the first kSweepChunk of them
+  // leave the maps, and the store follows. Returns whether more are due.
+  bool sweep_locked(int64_t now);
+  // Deletes the store's members due by `upto` (indexed by until_ms).
+  void delete_finished_rows_locked(int64_t upto);
+  // The sweeper thread: sleeps until the next member's `until`, then sweeps.
+  void sweep_loop();
   Status create(proto::CreateSetParams::Reader p, proto::SetResult::Builder r);
   Status add(proto::AddParams::Reader p);
   Status remove(proto::RemoveParams::Reader p);
@@ -114,7 +138,7 @@ struct RenewalService::Impl {
 };
 
 Status RenewalService::Impl::load(std::vector<std::pair<HeldLease, Status>>& refused) {
-  DJINN_RETURN_IF_ERROR(db.exec(kSchema));
+  DJINN_RETURN_IF_ERROR(db.ensure_schema(kSchemaVersion, kSchema, "renewal store " + options.path));
   std::vector<std::pair<uint64_t, Set>> loaded;
   {
     auto st = db.prepare("SELECT id, holder, lease_id FROM renewal_set");
@@ -133,7 +157,7 @@ Status RenewalService::Impl::load(std::vector<std::pair<HeldLease, Status>>& ref
   }
   // A set whose lease ended while the service was down was abandoned.
   drop_ended_sets_locked();
-  sweep_locked(wall_now_ms());
+  delete_finished_rows_locked(wall_now_ms());
   auto st = db.prepare(
       "SELECT set_id, landlord, lease_id, resource, holder, kind, expiration_ms, granted_ms, renew_ms, until_ms "
       "FROM renewal_member");
@@ -157,8 +181,7 @@ Status RenewalService::Impl::load(std::vector<std::pair<HeldLease, Status>>& ref
     int64_t renew_ms = st->column_int64(8);
     int64_t until_ms = st->column_int64(9);
     Key key{held.landlord, held.lease.id};
-    set->second.members.insert(key);
-    members[key] = Member{set_id, until_ms, held.lease.granted_ms, held.lease.expiration_ms};
+    file_member_locked(key, Member{set_id, until_ms, held.lease.granted_ms, held.lease.expiration_ms});
     // The stored expiration is the one handed over, likely long renewed since: granted_ms 0 has
     // it renewed at once. Its last renewal, before our restart, granted at most the stored grant
     // (or what was asked, should the last change of grant not have reached the store), so the
@@ -184,9 +207,9 @@ std::vector<RenewalService::Impl::Key> RenewalService::Impl::drop_set_locked(uin
   std::vector<Key> dropped;
   auto it = sets.find(set_id);
   if (it == sets.end()) return dropped;
-  for (const Key& key : it->second.members) {
-    members.erase(key);
-    dropped.push_back(key);
+  dropped.assign(it->second.members.begin(), it->second.members.end());
+  for (const Key& key : dropped) {
+    if (auto m = members.find(key); m != members.end()) unfile_member_locked(m);
   }
   set_of_lease.erase(it->second.lease_id);
   sets.erase(it);
@@ -218,20 +241,59 @@ void RenewalService::Impl::forget(const std::vector<Key>& dropped) {
   for (const auto& [landlord, id] : dropped) manager.remove(id, landlord);
 }
 
-void RenewalService::Impl::sweep_locked(int64_t now) {
-  for (auto it = members.begin(); it != members.end();) {
-    if (it->second.until_ms > now) {
-      ++it;
-      continue;
-    }
-    auto set = sets.find(it->second.set_id);
-    if (set != sets.end()) set->second.members.erase(it->first);
-    it = members.erase(it);
+void RenewalService::Impl::file_member_locked(const Key& key, const Member& member) {
+  if (auto old = members.find(key); old != members.end()) unfile_member_locked(old);
+  members.emplace(key, member);
+  by_until.emplace(member.until_ms, key);
+  if (auto set = sets.find(member.set_id); set != sets.end()) set->second.members.insert(key);
+  if (by_until.begin()->second == key) sweep_wake.notify_one();  // due before the one slept on
+}
+
+void RenewalService::Impl::unfile_member_locked(std::map<Key, Member>::iterator it) {
+  by_until.erase({it->second.until_ms, it->first});
+  if (auto set = sets.find(it->second.set_id); set != sets.end()) set->second.members.erase(it->first);
+  members.erase(it);
+}
+
+bool RenewalService::Impl::sweep_locked(int64_t now) {
+  size_t swept = 0;
+  int64_t upto = 0;
+  while (!by_until.empty() && by_until.begin()->first <= now && swept < kSweepChunk) {
+    upto = by_until.begin()->first;
+    unfile_member_locked(members.find(by_until.begin()->second));
+    ++swept;
   }
+  if (swept == 0) return false;
+  // Rows due by `upto` that the maps still hold (the same `until`, past the chunk) go with these:
+  // the next chunk finds nothing left of them in the store.
+  delete_finished_rows_locked(upto);
+  return !by_until.empty() && by_until.begin()->first <= now;
+}
+
+void RenewalService::Impl::delete_finished_rows_locked(int64_t upto) {
   auto st = db.cached("DELETE FROM renewal_member WHERE until_ms <= ?");
-  Status s = st.ok() ? (*st)->bind_all(now) : st.status();
+  Status s = st.ok() ? (*st)->bind_all(upto) : st.status();
   if (s.ok()) s = (*st)->run();
   if (!s.ok()) DJINN_LOG(kWarn, "renewal") << "removing finished renewals: " << s.to_string();
+}
+
+void RenewalService::Impl::sweep_loop() {
+  name_this_thread("renewal-sweep");
+  std::unique_lock lock(mu);
+  while (!stopped) {
+    int64_t now = wall_now_ms();
+    if (sweep_locked(now)) {
+      // More are due: the calls and reports waiting for the lock go first.
+      lock.unlock();
+      std::this_thread::yield();
+      lock.lock();
+      continue;
+    }
+    // Capped: the wall clock may be stepped meanwhile, and a far `until` must not overflow the wait.
+    int64_t next = by_until.empty() ? INT64_MAX : by_until.begin()->first;
+    int64_t wait_ms = next == INT64_MAX ? 3'600'000 : std::clamp<int64_t>(next - now, 1, 3'600'000);
+    sweep_wake.wait_for(lock, std::chrono::milliseconds(wait_ms));
+  }
 }
 
 void RenewalService::Impl::on_failure(const HeldLease& held, const Status& why) {
@@ -243,8 +305,7 @@ void RenewalService::Impl::on_failure(const HeldLease& held, const Status& why) 
     auto it = members.find(key);
     if (it == members.end()) return;  // removed, or its set dropped, meanwhile: nobody to tell
     set_id = it->second.set_id;
-    members.erase(it);
-    if (auto set = sets.find(set_id); set != sets.end()) set->second.members.erase(key);
+    unfile_member_locked(it);
     auto st = db.cached("DELETE FROM renewal_member WHERE landlord = ? AND lease_id = ?");
     Status s = st.ok() ? (*st)->bind_all(held.landlord, held.lease.id) : st.status();
     if (s.ok()) s = (*st)->run();
@@ -366,13 +427,13 @@ Status RenewalService::Impl::add(proto::AddParams::Reader p) {
                             std::to_string(kMaxUntilMs) + ", in the year 2262): send that to renew until removed");
   }
   std::lock_guard lock(mu);
-  sweep_locked(now);
   auto set = sets.find(p.getSetId());
   if (set == sets.end()) {
     return not_found("renewal set " + std::to_string(p.getSetId()) + " not found: create one with renewal.create");
   }
   Key key{held.landlord, held.lease.id};
-  if (auto it = members.find(key); it != members.end() && it->second.set_id != set->first) {
+  // A member past its `until` is done, whether or not the sweeper has taken it out yet.
+  if (auto it = members.find(key); it != members.end() && it->second.set_id != set->first && it->second.until_ms > now) {
     return already_exists("lease " + std::to_string(key.second) + " at " + key.first + " is already in renewal set " +
                           std::to_string(it->second.set_id) + ": remove it there first");
   } else if (it == members.end() && members.size() >= kMaxMembers) {
@@ -398,28 +459,22 @@ Status RenewalService::Impl::add(proto::AddParams::Reader p) {
     Status s = undo.ok() ? (*undo)->bind_all(key.first, key.second) : undo.status();
     if (s.ok()) s = (*undo)->run();
     if (!s.ok()) DJINN_LOG(kWarn, "renewal") << "forgetting a refused lease: " << s.to_string();
-    if (auto it = members.find(key); it != members.end()) {
-      if (auto old = sets.find(it->second.set_id); old != sets.end()) old->second.members.erase(key);
-      members.erase(it);
-    }
+    if (auto it = members.find(key); it != members.end()) unfile_member_locked(it);
     return tracked;
   }
-  set->second.members.insert(key);
-  members[key] = member;
+  file_member_locked(key, member);
   return Status::Ok();
 }
 
 Status RenewalService::Impl::remove(proto::RemoveParams::Reader p) {
   Key key{text_of(p.getLandlord()), p.getLeaseId()};
   std::lock_guard lock(mu);
-  sweep_locked(wall_now_ms());
   auto it = members.find(key);
-  if (it == members.end() || it->second.set_id != p.getSetId()) {
+  if (it == members.end() || it->second.set_id != p.getSetId() || it->second.until_ms <= wall_now_ms()) {
     return not_found("lease " + std::to_string(key.second) + " at " + key.first + " is not in renewal set " +
                      std::to_string(p.getSetId()));
   }
-  members.erase(it);
-  if (auto set = sets.find(p.getSetId()); set != sets.end()) set->second.members.erase(key);
+  unfile_member_locked(it);
   auto st = db.cached("DELETE FROM renewal_member WHERE landlord = ? AND lease_id = ?");
   if (!st.ok()) return st.status();
   DJINN_RETURN_IF_ERROR((*st)->bind_all(key.first, key.second));
@@ -432,13 +487,14 @@ Status RenewalService::Impl::list(proto::SetIdParams::Reader p, proto::LeaseList
   std::vector<HeldLease> out;
   {
     std::lock_guard lock(mu);
-    sweep_locked(wall_now_ms());
+    int64_t now = wall_now_ms();
     auto set = sets.find(p.getSetId());
     if (set == sets.end()) {
       return not_found("renewal set " + std::to_string(p.getSetId()) + " not found: it was never created or its lease ended");
     }
     r.setEventSeq(options.publisher ? options.publisher->last_seq(kFailedKind) : 0);
     for (const Key& key : set->second.members) {
+      if (members.at(key).until_ms <= now) continue;  // done, left to the sweeper
       if (auto held = manager.get(key.second, key.first)) out.push_back(std::move(*held));
     }
   }
@@ -465,6 +521,7 @@ Result<std::unique_ptr<RenewalService>> RenewalService::open(RenewalServiceOptio
   }
   // Reported as leases that could not be renewed, and dropped, as any other.
   for (const auto& [held, why] : refused) im->on_failure(held, why);
+  im->sweeper = std::thread([im] { im->sweep_loop(); });
   return std::unique_ptr<RenewalService>(new RenewalService(std::move(impl)));
 }
 
@@ -524,6 +581,8 @@ void RenewalService::stop() {
     std::lock_guard lock(impl_->mu);
     impl_->stopped = true;
   }
+  impl_->sweep_wake.notify_all();
+  if (impl_->sweeper.joinable()) impl_->sweeper.join();
   impl_->manager.stop();
 }
 

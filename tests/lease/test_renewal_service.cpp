@@ -465,3 +465,53 @@ TEST_CASE("renewal.add refuses a lease at one landlord more than it renews at, a
   for (int i = kLimit; i < 2 * kLimit; ++i) REQUIRE(renewal.add(set->id, at(i), 10'000, until).ok());
   CHECK(renewal.members(set->id)->size() == kLimit);
 }
+
+TEST_CASE("members are swept at their untilMs without any call, through an index on until_ms") {
+  test::TempDir dir;
+  std::string endpoint = "tcp://127.0.0.1:" + std::to_string(test::free_tcp_port());
+  uint64_t set_id = 0;
+  {
+    auto manager = start_manager(dir.file("lease"), endpoint);
+    LeaseClient leases({.endpoint = endpoint});
+    RenewalClient renewal({.endpoint = endpoint});
+    auto set = renewal.create_set("owner", 60'000);
+    REQUIRE(set.ok());
+    set_id = set->id;
+    REQUIRE(renewal.add(set_id, grant(leases, "kept", 10'000), 10'000, std::chrono::system_clock::now() + 60s).ok());
+  }
+  auto rows = [&](const std::string& sql) {
+    auto db = sqlite::Database::open(dir.file("lease") + "/renewal.db");
+    REQUIRE(db.ok());
+    auto st = db->prepare(sql);
+    REQUIRE(st.ok());
+    auto row = st->step();
+    REQUIRE(row.ok());
+    return *row ? st->column_int64(0) : int64_t{-1};
+  };
+  {
+    // A store as written before the index.
+    auto db = sqlite::Database::open(dir.file("lease") + "/renewal.db");
+    REQUIRE(db.ok());
+    REQUIRE(db->exec("DROP INDEX IF EXISTS renewal_member_until; PRAGMA user_version = 0").ok());
+  }
+  auto manager = start_manager(dir.file("lease"), endpoint);
+  CHECK(rows("SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = 'renewal_member_until'") == 1);
+  CHECK(rows("PRAGMA user_version") == 1);
+  CHECK(rows("SELECT count(*) FROM renewal_member") == 1);
+
+  LeaseClient leases({.endpoint = endpoint});
+  RenewalClient renewal({.endpoint = endpoint});
+  auto soon = grant(leases, "soon", 10'000);
+  REQUIRE(renewal.add(set_id, soon, 10'000, std::chrono::system_clock::now() + 300ms).ok());
+  CHECK(rows("SELECT count(*) FROM renewal_member") == 2);
+  // No call of the service after it: the row goes at its untilMs all the same.
+  CHECK(test::eventually([&] { return rows("SELECT count(*) FROM renewal_member") == 1; }, 3000));
+  auto members = renewal.members(set_id);
+  REQUIRE(members.ok());
+  REQUIRE(members->size() == 1);
+  CHECK(members->front().lease.resource == "kept");
+  // Its lease may go into another set now.
+  auto other = renewal.create_set("owner", 60'000);
+  REQUIRE(other.ok());
+  CHECK(renewal.add(other->id, soon, 10'000, std::chrono::system_clock::now() + 60s).ok());
+}
