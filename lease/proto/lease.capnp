@@ -70,19 +70,24 @@ struct CancelBatchParams {
   ids @0 :List(UInt64);
 }
 
-# lease.holderLeases, lease.resourceLeases (lease.cancelHolder: CancelHolderParams)
+# lease.holderLeases, lease.resourceLeases (lease.cancelHolder: CancelHolderParams). A reply holds
+# the leases in id order, as many as fit in 8 MiB (at least one); LeaseList.more says whether
+# there are more: ask again with afterId = the last id listed.
 struct HolderParams {
   holder @0 :Text;
+  afterId @1 :UInt64;       # only leases with larger ids (0: from the first); set by the client
 }
 # lease.cancelHolder: graceMs 0 cancels the holder's leases at once; graceMs > 0 ends each of them
 # within that many ms instead (a migration's step 5: the holder's new node grants them again
-# meanwhile). Its first field is HolderParams's, so a HolderParams is read as graceMs 0.
+# meanwhile). Its first field is HolderParams's, so a HolderParams without afterId is read as
+# graceMs 0.
 struct CancelHolderParams {
   holder @0 :Text;
   graceMs @1 :Int64;
 }
 struct ResourceParams {
   resource @0 :Text;
+  afterId @1 :UInt64;       # as in HolderParams
 }
 struct LeaseList {
   leases @0 :List(Lease);
@@ -90,6 +95,12 @@ struct LeaseList {
                             # (the sum over the five kinds: it moves whenever any of them does)
   kindSeqs @2 :List(KindSeq);  # the same, kind by kind, read before the list was taken: events
                             # numbered above these may or may not be reflected in `leases`
+  more @3 :Bool;            # set by the landlord when `leases` stops at the reply's size (8 MiB):
+                            # holderLeases, resourceLeases: ask again after the last id listed;
+                            # cancelHolder: the leases beyond were ended too, but are not listed
+  total @4 :UInt64;         # set by the landlord: the leases it found (the lists: on every page
+                            # together, as this page was read) or ended (cancelHolder); 0 from a
+                            # landlord that predates it (count `leases`)
 }
 struct KindSeq {
   kind @0 :Text;            # "lease.granted", ...

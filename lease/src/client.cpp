@@ -1,5 +1,8 @@
 // LeaseClient and RenewalClient: typed calls of the lease protocol and of the renewal service over
 // one rpc::Client. Replies are untrusted input: a malformed one becomes an error status.
+#include <algorithm>
+#include <functional>
+
 #include <kj/exception.h>
 
 #include "convert.h"
@@ -21,19 +24,54 @@ Result<HeldLease> held_from(proto::Lease::Reader in, const std::string& landlord
   return HeldLease{std::move(*lease), landlord};
 }
 
-Result<LeaseSnapshot> snapshot_from(rpc::Reply& reply, std::string_view method) {
-  return rpc::read_reply<LeaseSnapshot>(reply, method, [](rpc::Reply& r) -> Result<LeaseSnapshot> {
+// One LeaseList reply: its leases and event numbers, whether more were left out, how many in all.
+struct ListPage {
+  LeaseSnapshot snapshot;
+  bool more = false;
+  uint64_t total = 0;
+};
+
+Result<ListPage> page_from(rpc::Reply& reply, std::string_view method) {
+  return rpc::read_reply<ListPage>(reply, method, [](rpc::Reply& r) -> Result<ListPage> {
     auto list = r.results<proto::LeaseList>();
-    LeaseSnapshot out;
-    out.event_seq = list.getEventSeq();
+    ListPage out;
+    out.snapshot.event_seq = list.getEventSeq();
     for (auto item : list.getLeases()) {
       auto lease = internal::lease_from_proto(item);
       if (!lease.ok()) return internal_error("the landlord sent a bad lease: " + lease.status().message());
-      out.leases.push_back(std::move(*lease));
+      out.snapshot.leases.push_back(std::move(*lease));
     }
-    for (auto seq : list.getKindSeqs()) out.kind_seqs.emplace_back(seq.getKind().cStr(), seq.getSeq());
+    for (auto seq : list.getKindSeqs()) out.snapshot.kind_seqs.emplace_back(seq.getKind().cStr(), seq.getSeq());
+    out.more = list.getMore();
+    out.total = list.getTotal();
     return out;
   });
+}
+
+// Every page of a list method, the first page's event numbers with them. `call_page(after)`
+// makes the call for the leases with ids above `after`.
+Result<LeaseSnapshot> all_pages(std::string_view method, const std::function<rpc::Reply(LeaseId after)>& call_page) {
+  LeaseSnapshot out;
+  for (LeaseId after = 0;;) {
+    rpc::Reply reply = call_page(after);
+    Result<ListPage> page = page_from(reply, method);
+    if (!page.ok()) return page.status();
+    if (after == 0) {
+      out.event_seq = page->snapshot.event_seq;
+      out.kind_seqs = std::move(page->snapshot.kind_seqs);
+    }
+    LeaseId before = after;
+    for (Lease& lease : page->snapshot.leases) {
+      after = std::max(after, lease.id);
+      out.leases.push_back(std::move(lease));
+    }
+    if (!page->more) return out;
+    // Each page must move on, or a confused landlord would have us ask forever.
+    if (after == before) {
+      return internal_error(std::string(method) + ": the landlord said more leases follow but listed none after " +
+                            std::to_string(before));
+    }
+  }
 }
 
 Result<std::vector<Lease>> leases_of(Result<LeaseSnapshot> snapshot) {
@@ -146,17 +184,23 @@ std::vector<Status> LeaseClient::cancel_batch(std::span<const LeaseId> ids, rpc:
 }
 
 Result<LeaseSnapshot> LeaseClient::holder_snapshot(const std::string& holder, rpc::CallOptions call) {
-  capnp::MallocMessageBuilder message;
-  message.initRoot<proto::HolderParams>().setHolder(holder);
-  rpc::Reply reply = client_->call("lease.holderLeases", message, idempotent(call));
-  return snapshot_from(reply, "lease.holderLeases");
+  return all_pages("lease.holderLeases", [&](LeaseId after) {
+    capnp::MallocMessageBuilder message;
+    auto p = message.initRoot<proto::HolderParams>();
+    p.setHolder(holder);
+    p.setAfterId(after);
+    return client_->call("lease.holderLeases", message, idempotent(call));
+  });
 }
 
 Result<LeaseSnapshot> LeaseClient::resource_snapshot(const std::string& resource, rpc::CallOptions call) {
-  capnp::MallocMessageBuilder message;
-  message.initRoot<proto::ResourceParams>().setResource(resource);
-  rpc::Reply reply = client_->call("lease.resourceLeases", message, idempotent(call));
-  return snapshot_from(reply, "lease.resourceLeases");
+  return all_pages("lease.resourceLeases", [&](LeaseId after) {
+    capnp::MallocMessageBuilder message;
+    auto p = message.initRoot<proto::ResourceParams>();
+    p.setResource(resource);
+    p.setAfterId(after);
+    return client_->call("lease.resourceLeases", message, idempotent(call));
+  });
 }
 
 Result<std::vector<Lease>> LeaseClient::leases_of_holder(const std::string& holder, rpc::CallOptions call) {
@@ -167,12 +211,12 @@ Result<std::vector<Lease>> LeaseClient::leases_of_resource(const std::string& re
   return leases_of(resource_snapshot(resource, std::move(call)));
 }
 
-Result<std::vector<Lease>> LeaseClient::cancel_all_of_holder(const std::string& holder, rpc::CallOptions call) {
+Result<EndedLeases> LeaseClient::cancel_all_of_holder(const std::string& holder, rpc::CallOptions call) {
   return expire_all_of_holder(holder, std::chrono::milliseconds(0), std::move(call));
 }
 
-Result<std::vector<Lease>> LeaseClient::expire_all_of_holder(const std::string& holder, std::chrono::milliseconds within,
-                                                             rpc::CallOptions call) {
+Result<EndedLeases> LeaseClient::expire_all_of_holder(const std::string& holder, std::chrono::milliseconds within,
+                                                      rpc::CallOptions call) {
   capnp::MallocMessageBuilder message;
   auto p = message.initRoot<proto::CancelHolderParams>();
   p.setHolder(holder);
@@ -181,7 +225,11 @@ Result<std::vector<Lease>> LeaseClient::expire_all_of_holder(const std::string& 
   // list, losing what the first one cancelled.
   if (call.idempotency_key.empty()) call.idempotency_key = ServiceId::random().to_string();
   rpc::Reply reply = client_->call("lease.cancelHolder", message, call);
-  return leases_of(snapshot_from(reply, "lease.cancelHolder"));
+  Result<ListPage> page = page_from(reply, "lease.cancelHolder");
+  if (!page.ok()) return page.status();
+  // A landlord that predates `total` lists all it ended.
+  uint64_t total = std::max<uint64_t>(page->total, page->snapshot.leases.size());
+  return EndedLeases{std::move(page->snapshot.leases), total};
 }
 
 // ---------------------------------------------------------------------------------------------

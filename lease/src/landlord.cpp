@@ -1699,6 +1699,14 @@ std::vector<Lease> Landlord::leases_of_resource(std::string_view resource) const
   return impl_->chain_of(impl_->resources_, resource, &Record::res_next);
 }
 
+std::vector<LeaseId> Landlord::lease_ids_of_holder(std::string_view holder) const {
+  return impl_->chain_of(impl_->holders_, holder, &Record::hol_next, [&](uint32_t s) { return impl_->slots_[s].id; });
+}
+
+std::vector<LeaseId> Landlord::lease_ids_of_resource(std::string_view resource) const {
+  return impl_->chain_of(impl_->resources_, resource, &Record::res_next, [&](uint32_t s) { return impl_->slots_[s].id; });
+}
+
 size_t Landlord::cancel_unheld(std::string_view resource, const std::function<bool(LeaseId)>& held) {
   // The ids alone: a start-up sweep over a million leases copies no names.
   std::vector<LeaseId> orphans =

@@ -3,6 +3,7 @@
 // engine's statuses go back unchanged, since the codes are the wire's.
 #include "djinn/lease/service.h"
 
+#include <algorithm>
 #include <condition_variable>
 #include <deque>
 #include <map>
@@ -34,6 +35,26 @@ constexpr std::string_view kEventKinds[] = {"lease.granted", "lease.renewed", "l
 // A waiting grant must be answered before the caller's deadline, or its answer is lost: the wait
 // ends this much earlier, leaving time for the reply to travel.
 constexpr auto kDeadlineMargin = std::chrono::milliseconds(50);
+// The leases in one LeaseList reply, by their encoded size (at least one lease): half a client's
+// frame limit (16 MiB), as the space's getChunks. A holder may have half a million leases.
+constexpr size_t kMaxListReplyBytes = 8u << 20;
+
+// What a Lease takes in a LeaseList: its struct (4 data and 3 pointer words) and its three texts,
+// each NUL-terminated and padded to a word.
+size_t wire_bytes(const Lease& lease, size_t landlord_bytes) {
+  auto text = [](size_t bytes) { return (bytes + 8) / 8 * 8; };
+  return 56 + text(lease.resource.size()) + text(lease.holder.size()) + text(landlord_bytes);
+}
+
+// How many of `leases`, from the first, fit in one reply (at least one).
+size_t fitting_in_reply(std::span<const Lease> leases, size_t landlord_bytes) {
+  size_t bytes = 0;
+  for (size_t n = 0; n < leases.size(); ++n) {
+    bytes += wire_bytes(leases[n], landlord_bytes);
+    if (n > 0 && bytes > kMaxListReplyBytes) return n;
+  }
+  return leases.size();
+}
 
 // A few threads of the service's own for grants: a grant writes durably (an fsync), which must not
 // stall the RPC server's I/O thread, and lease.grant is a deferred method (a waiting grant holds
@@ -189,9 +210,32 @@ struct LandlordService::Impl {
     return endpoint;
   }
 
-  void list_reply(const std::vector<Lease>& leases, const std::string& where, proto::LeaseList::Builder out) {
+  void list_reply(std::span<const Lease> leases, const std::string& where, proto::LeaseList::Builder out) {
     auto list = out.initLeases(static_cast<unsigned>(leases.size()));
     for (size_t i = 0; i < leases.size(); ++i) internal::lease_to_proto(leases[i], where, list[i]);
+  }
+
+  // One page of the leases `ids` name (read a moment ago; a lease ended since is left out): those
+  // with ids above `after`, in id order, as many as fit in a reply.
+  void page_reply(std::vector<LeaseId> ids, LeaseId after, proto::LeaseList::Builder out) {
+    std::sort(ids.begin(), ids.end());
+    std::string where = get_endpoint();
+    std::vector<Lease> page;
+    size_t bytes = 0;
+    bool more = false;
+    for (auto id = std::upper_bound(ids.begin(), ids.end(), after); id != ids.end(); ++id) {
+      std::optional<Lease> lease = landlord.find(*id);
+      if (!lease) continue;
+      bytes += wire_bytes(*lease, where.size());
+      if (!page.empty() && bytes > kMaxListReplyBytes) {
+        more = true;
+        break;
+      }
+      page.push_back(std::move(*lease));
+    }
+    list_reply(page, where, out);
+    out.setMore(more);
+    out.setTotal(ids.size());
   }
 
   void register_methods(rpc::Server& server);
@@ -429,24 +473,22 @@ void LandlordService::Impl::register_methods(rpc::Server& server) {
       },
       client_blocking);
 
-  // The list methods: one name (a holder or a resource) in, its leases out. The event numbers
-  // are read first, so every event at or below them is already reflected in the list. A lease id
-  // is a capability (whoever knows it may renew or cancel it), and a holder's name is no proof of
-  // being that holder: the lists hand out other holders' ids, so only services (a node acting for
-  // its applications, lookup, the space) and admins may read them.
+  // The list methods: one name (a holder or a resource) in, a page of its leases out. The event
+  // numbers are read first, so every event at or below them is already reflected in the page. A
+  // lease id is a capability (whoever knows it may renew or cancel it), and a holder's name is no
+  // proof of being that holder: the lists hand out other holders' ids, so only services (a node
+  // acting for its applications, lookup, the space) and admins may read them.
   auto list_method = [&](const char* method, auto params_tag, auto name_of, const char* what, size_t max_bytes,
-                         auto fetch, rpc::MethodOptions options) {
+                         auto ids_of, rpc::MethodOptions options) {
     using Params = typename decltype(params_tag)::type;
     server.method<Params, proto::LeaseList>(
         method,
-        [this, name_of, what, max_bytes, fetch](const rpc::CallContext&, typename Params::Reader p,
-                                                proto::LeaseList::Builder r) -> Status {
+        [this, name_of, what, max_bytes, ids_of](const rpc::CallContext&, typename Params::Reader p,
+                                                 proto::LeaseList::Builder r) -> Status {
           std::string name = internal::text_of(name_of(p));
           DJINN_RETURN_IF_ERROR(check_text(name, max_bytes, what));
           fill_seqs(publisher, r);
-          Result<std::vector<Lease>> leases = fetch(name);
-          if (!leases.ok()) return leases.status();
-          list_reply(*leases, get_endpoint(), r);
+          page_reply(ids_of(name), p.getAfterId(), r);
           return Status::Ok();
         },
         options);
@@ -454,12 +496,10 @@ void LandlordService::Impl::register_methods(rpc::Server& server) {
   const Policy& policy = landlord.policy();
   auto holder_of = [](proto::HolderParams::Reader p) { return p.getHolder(); };
   list_method("lease.holderLeases", std::type_identity<proto::HolderParams>(), holder_of, "holder", policy.max_holder_bytes,
-              [this](const std::string& h) -> Result<std::vector<Lease>> { return landlord.leases_of_holder(h); },
-              service_blocking);
+              [this](const std::string& h) { return landlord.lease_ids_of_holder(h); }, service_blocking);
   list_method("lease.resourceLeases", std::type_identity<proto::ResourceParams>(),
               [](proto::ResourceParams::Reader p) { return p.getResource(); }, "resource", policy.max_resource_bytes,
-              [this](const std::string& r) -> Result<std::vector<Lease>> { return landlord.leases_of_resource(r); },
-              service_blocking);
+              [this](const std::string& r) { return landlord.lease_ids_of_resource(r); }, service_blocking);
   // A migrating application gives up everything it holds at once: its node (a service) asks, or
   // an admin. At once, or within a grace period during which the holder's own new grants succeed
   // and nobody else's incompatible ones do.
@@ -479,7 +519,12 @@ void LandlordService::Impl::register_methods(rpc::Server& server) {
         Result<std::vector<Lease>> leases = landlord.expire_all_of_holder(holder, std::chrono::milliseconds(grace_ms));
         if (grace_ms == 0) settle_cancels();
         if (!leases.ok()) return leases.status();
-        list_reply(*leases, get_endpoint(), r);
+        // All of them ended; the reply lists as many as fit, and how many there were.
+        std::string where = get_endpoint();
+        size_t listed = fitting_in_reply(*leases, where.size());
+        list_reply(std::span<const Lease>(*leases).first(listed), where, r);
+        r.setMore(listed < leases->size());
+        r.setTotal(leases->size());
         return Status::Ok();
       },
       service_blocking);

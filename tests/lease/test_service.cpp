@@ -6,6 +6,7 @@
 #include <cstring>
 #include <future>
 #include <mutex>
+#include <set>
 #include <thread>
 
 #include "djinn/core/events.h"
@@ -170,8 +171,9 @@ TEST_CASE("every lease method round-trips over RPC") {
 
   auto all = c.cancel_all_of_holder("alice");
   REQUIRE(all.ok());
-  REQUIRE(all->size() == 1);
-  CHECK((*all)[0].id == big->lease.id);
+  REQUIRE(all->leases.size() == 1);
+  CHECK(all->total == 1);
+  CHECK(all->leases[0].id == big->lease.id);
   CHECK(c.leases_of_holder("alice")->empty());
   CHECK(h.manager->landlord().size() == 0);
 }
@@ -302,12 +304,12 @@ TEST_CASE("cancelHolder and the lists of leases need the service role") {
   auto a = client_only.client->grant(grant_of("r1", "erin"));
   REQUIRE(a.ok());
   // The lists would hand a client the ids (capabilities) of leases it was never granted.
-  for (auto refused : {client_only.client->cancel_all_of_holder("erin"),
-                       client_only.client->expire_all_of_holder("erin", 1000ms),
-                       client_only.client->leases_of_holder("erin"), client_only.client->leases_of_resource("r1")}) {
-    CHECK(refused.status().code() == Code::kPermissionDenied);
-    CHECK_MESSAGE(refused.status().message().find("needs role service") != std::string::npos,
-                  refused.status().to_string());
+  for (const Status& refused : {client_only.client->cancel_all_of_holder("erin").status(),
+                                client_only.client->expire_all_of_holder("erin", 1000ms).status(),
+                                client_only.client->leases_of_holder("erin").status(),
+                                client_only.client->leases_of_resource("r1").status()}) {
+    CHECK(refused.code() == Code::kPermissionDenied);
+    CHECK_MESSAGE(refused.message().find("needs role service") != std::string::npos, refused.to_string());
   }
   auto still = client_only.client->get(a->lease.id);
   REQUIRE(still.ok());
@@ -320,7 +322,7 @@ TEST_CASE("cancelHolder and the lists of leases need the service role") {
   CHECK(node.client->leases_of_resource("r1")->size() == 1);
   auto cancelled = node.client->cancel_all_of_holder("erin");
   REQUIRE(cancelled.ok());
-  CHECK(cancelled->size() == 1);
+  CHECK(cancelled->leases.size() == 1);
 }
 
 TEST_CASE("a reserved resource: lease.grant refuses it, and changing its leases needs the owner's role") {
@@ -385,8 +387,9 @@ TEST_CASE("cancelHolder with a grace period: the holder's leases end then, and o
   // A grace long enough for the calls below on a slow machine; the lamp ends before it anyway.
   auto expiring = c.expire_all_of_holder("app-7", 4000ms, keyed);
   REQUIRE(expiring.ok());
-  REQUIRE(expiring->size() == 3);
-  for (const Lease& l : *expiring) {
+  REQUIRE(expiring->leases.size() == 3);
+  CHECK(expiring->total == 3);
+  for (const Lease& l : expiring->leases) {
     if (l.id == soon->lease.id) {
       CHECK(l.expiration_ms == soon->lease.expiration_ms);  // ends sooner anyway: unchanged
     } else {
@@ -398,7 +401,7 @@ TEST_CASE("cancelHolder with a grace period: the holder's leases end then, and o
   // A resend of the same call (a reply lost on the way) gets the same list back.
   auto again = c.expire_all_of_holder("app-7", 4000ms, keyed);
   REQUIRE(again.ok());
-  CHECK(again->size() == 3);
+  CHECK(again->leases.size() == 3);
   auto untouched = c.get(other->lease.id);
   REQUIRE(untouched.ok());
   CHECK(untouched->lease.expiration_ms == other->lease.expiration_ms);
@@ -537,4 +540,55 @@ TEST_CASE("a second manager on the same data directory is refused, saying why") 
   // The first goes on serving.
   LeaseClient c({.endpoint = (*first)->rpc_endpoint()});
   CHECK(c.grant(grant_of("vault", "kim")).ok());
+}
+
+TEST_CASE("a holder's leases past a reply's size come in pages, and cancelHolder ends them all") {
+  Harness h;
+  // 14,000 leases of one holder on one resource, both names at their longest: some 19 MiB as one
+  // list, over a client's frame limit (16 MiB).
+  const std::string resource(1024, 'r');
+  const std::string holder(256, 'h');
+  constexpr size_t kLeases = 14'000;
+  std::set<LeaseId> granted;
+  for (size_t done = 0; done < kLeases; done += 1000) {
+    std::vector<GrantRequest> batch(1000, grant_of(resource, holder, Kind::kShared, 60'000));
+    for (const Result<Lease>& l : h.manager->landlord().grant_batch(batch)) {
+      REQUIRE_MESSAGE(l.ok(), l.status().to_string());
+      granted.insert(l->id);
+    }
+  }
+  REQUIRE(granted.size() == kLeases);
+
+  // One page by hand: it fits, and says more follow.
+  capnp::MallocMessageBuilder message;
+  message.initRoot<proto::HolderParams>().setHolder(holder);
+  rpc::Reply first = h.client->rpc().call("lease.holderLeases", message);
+  REQUIRE_MESSAGE(first.ok(), first.status().to_string());
+  auto page = first.results<proto::LeaseList>();
+  CHECK(page.getMore());
+  CHECK(page.getTotal() == kLeases);
+  CHECK(page.getLeases().size() > 0);
+  CHECK(page.getLeases().size() < kLeases);
+  CHECK(page.getKindSeqs().size() == 5);
+
+  // The client reads every page: each lease once.
+  for (auto list : {h.client->leases_of_holder(holder), h.client->leases_of_resource(resource)}) {
+    REQUIRE_MESSAGE(list.ok(), list.status().to_string());
+    CHECK(list->size() == kLeases);
+    std::set<LeaseId> listed;
+    for (const Lease& l : *list) listed.insert(l.id);
+    CHECK(listed == granted);
+  }
+
+  // All of them end; the reply lists what fits and counts the rest.
+  auto ended = h.client->cancel_all_of_holder(holder);
+  REQUIRE_MESSAGE(ended.ok(), ended.status().to_string());
+  CHECK(ended->total == kLeases);
+  CHECK(ended->leases.size() > 0);
+  CHECK(ended->leases.size() < kLeases);
+  for (const Lease& l : ended->leases) CHECK(granted.count(l.id) == 1);
+  CHECK(h.manager->landlord().size() == 0);
+  auto none = h.client->leases_of_holder(holder);
+  REQUIRE(none.ok());
+  CHECK(none->empty());
 }

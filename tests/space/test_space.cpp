@@ -507,7 +507,7 @@ TEST_CASE("an application's entries: held by it, found by holder, ended within a
   // The application moves: its leases end within the grace; its new node keeps one by renewing it.
   auto ending = leases.expire_all_of_holder("app-9", 5000ms);
   REQUIRE(ending.ok());
-  CHECK(ending->size() == 2);
+  CHECK(ending->leases.size() == 2);
   CHECK(app.contents_all(tmpl("demo.Job"))->size() == 3);  // still there meanwhile
   REQUIRE(leases.renew(kept.written.lease_id, 600'000).ok());
   CHECK(test::eventually([&] { return h.service->space().size() == 2; }, 20'000));

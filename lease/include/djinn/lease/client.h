@@ -26,10 +26,20 @@ struct HeldLease {
 
 // A list of leases with where the event streams stood when it was taken (LeaseList on the wire):
 // events numbered at or below kind_seqs are reflected in `leases`, later ones may or may not be.
+// A long list comes in pages (a reply holds at most 8 MiB of leases): the numbers are the first
+// page's, and every page was read after them.
 struct LeaseSnapshot {
   std::vector<Lease> leases;
   uint64_t event_seq = 0;                                  // sum over the lease event kinds
   std::vector<std::pair<std::string, uint64_t>> kind_seqs;  // ("lease.granted", seq), ...
+};
+
+// What lease.cancelHolder ended: the leases as they ended (cancelled, or with their shortened
+// expiration), as many as fit in a reply (8 MiB, some 50,000 leases of short names), and how many
+// it ended in all. The rest ended too; list them with leases_of_holder first if they matter.
+struct EndedLeases {
+  std::vector<Lease> leases;
+  uint64_t total = 0;  // more than leases.size() when the list was cut short
 };
 
 // Typed calls of the lease protocol. grant carries a fresh random idempotency key (unless the
@@ -49,17 +59,18 @@ class LeaseClient {
   std::vector<Result<Lease>> renew_batch(std::span<const RenewRequest> requests, rpc::CallOptions call = {});
   std::vector<Status> cancel_batch(std::span<const LeaseId> ids, rpc::CallOptions call = {});
   // The lists hand out lease ids, which are capabilities: they need the service role or admin.
+  // A long list is read a page (a call) at a time, until the last.
   Result<std::vector<Lease>> leases_of_holder(const std::string& holder, rpc::CallOptions call = {});
   Result<std::vector<Lease>> leases_of_resource(const std::string& resource, rpc::CallOptions call = {});
   // Needs the service role (a node giving up what its application holds) or admin. Each call
   // carries an idempotency key, so a resend after a lost reply returns the first reply's list (the
   // server keeps replies in memory: keep the list from leases_of_holder beforehand when a landlord
   // restart in between must not lose it).
-  Result<std::vector<Lease>> cancel_all_of_holder(const std::string& holder, rpc::CallOptions call = {});
+  Result<EndedLeases> cancel_all_of_holder(const std::string& holder, rpc::CallOptions call = {});
   // Landlord::expire_all_of_holder over RPC: each lease of `holder` ends within `within` (at most
   // the landlord's longest lease), the same role and retries as cancel_all_of_holder.
-  Result<std::vector<Lease>> expire_all_of_holder(const std::string& holder, std::chrono::milliseconds within,
-                                                  rpc::CallOptions call = {});
+  Result<EndedLeases> expire_all_of_holder(const std::string& holder, std::chrono::milliseconds within,
+                                           rpc::CallOptions call = {});
   // The lists with their event numbers, to re-sync a subscriber that saw a gap.
   Result<LeaseSnapshot> holder_snapshot(const std::string& holder, rpc::CallOptions call = {});
   Result<LeaseSnapshot> resource_snapshot(const std::string& resource, rpc::CallOptions call = {});

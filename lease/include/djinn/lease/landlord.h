@@ -172,6 +172,10 @@ class Landlord {
   std::optional<Lease> find(LeaseId id) const;
   std::vector<Lease> leases_of_holder(std::string_view holder) const;
   std::vector<Lease> leases_of_resource(std::string_view resource) const;
+  // The ids alone, for a caller that pages through them (a reply of half a million leases would
+  // not fit in a message): cheaper to take under the lock than the leases.
+  std::vector<LeaseId> lease_ids_of_holder(std::string_view holder) const;
+  std::vector<LeaseId> lease_ids_of_resource(std::string_view resource) const;
   // Cancels the leases of `resource` that `held` says nothing holds (an owner's start-up sweep of
   // leases whose grant outlived what they were granted for); returns how many. `held` is called
   // without the landlord's lock; the owner's own lock must not be held across this call, since
