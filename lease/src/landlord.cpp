@@ -110,6 +110,9 @@ constexpr int64_t kSchemaVersion = 4;
 constexpr size_t kFoldMinimum = 16384;
 // Lease rows rewritten per lock hold and per SQLite transaction while folding, in id order.
 constexpr size_t kFoldChunk = 512;
+// Records read per lock hold while the deadline heap is rebuilt: at a million leases a rebuild
+// under one hold took tens of milliseconds, during which every find() and lease.get waited.
+constexpr size_t kRebuildChunk = 16384;
 constexpr int64_t kNsPerMs = 1'000'000;
 
 constexpr std::string_view kCreateSchema =
@@ -350,6 +353,12 @@ struct Landlord::Impl {
   internal::StringPool holders_;
   std::vector<HeapEntry> deadlines_;  // min-heap; entries of renewed or removed leases are stale
   size_t timed_live_ = 0;             // live leases with a deadline (not FOREVER)
+  // Stale entries outnumber live ones: the expiry step rebuilds the heap (rebuild_deadlines), a
+  // chunk of records per lock hold, off the threads that renew. Entries pushed meanwhile are also
+  // kept aside, for the heap that replaces this one.
+  bool rebuild_wanted_ = false;
+  bool rebuilding_ = false;
+  std::vector<HeapEntry> pushed_while_rebuilding_;
   std::unordered_map<std::string, WaitQueue> waiters_;  // FIFO per resource
   // Every queued request by the end of its wait (deadline, ticket): the next wait to end is the
   // first, and the ones due are found without walking the queues.
@@ -435,20 +444,46 @@ struct Landlord::Impl {
     }
   }
 
+  // The heap's size at which it is due to be rebuilt: stale entries (renewals, cancels) outnumber
+  // live ones.
+  size_t rebuild_threshold_locked() const { return 2 * timed_live_ + 4096; }
+  // Past this the heap is rebuilt by whoever pushes, if it may wait (try_renew_batch declines
+  // instead): the expiry step has not kept up, or nothing runs it (an injected clock). Twice the
+  // threshold's share of live leases, and room for bursts of renewals meanwhile.
+  size_t heap_limit_locked() const { return 4 * timed_live_ + 65536; }
+
+  // Requires write_mutex_ (for commit_must_not_wait_), except while opening.
   void push_deadline_locked(LeaseId id, int64_t deadline_ns) {
-    if (deadlines_.size() > 2 * timed_live_ + 4096) {
-      // Stale entries (renewals, cancels) outnumber live ones: rebuild from the records.
-      deadlines_.clear();
-      for (const Record& r : slots_) {
-        if (r.id != 0 && r.deadline_ns != kNoDeadline && r.deadline_ns != kExpiring) {
-          deadlines_.push_back({r.deadline_ns, r.id});
-        }
-      }
-      std::make_heap(deadlines_.begin(), deadlines_.end(), LaterFirst{});
-    }
     deadlines_.push_back({deadline_ns, id});
     std::push_heap(deadlines_.begin(), deadlines_.end(), LaterFirst{});
+    if (rebuilding_) {
+      pushed_while_rebuilding_.push_back({deadline_ns, id});
+    } else if (deadlines_.size() > heap_limit_locked() && !commit_must_not_wait_) {
+      rebuild_deadlines_now_locked();
+    } else if (deadlines_.size() > rebuild_threshold_locked() && !rebuild_wanted_) {
+      rebuild_wanted_ = true;
+      wake_.notify_one();
+    }
     if (deadline_ns < sleeping_until_) wake_.notify_one();
+  }
+
+  // Appends the deadline of every timed live lease among the records in [begin, end).
+  void collect_deadlines_locked(size_t begin, size_t end, std::vector<HeapEntry>& out) const {
+    for (size_t i = begin; i < end; ++i) {
+      const Record& r = slots_[i];
+      if (r.id != 0 && r.deadline_ns != kNoDeadline && r.deadline_ns != kExpiring) out.push_back({r.deadline_ns, r.id});
+    }
+  }
+
+  // The whole rebuild under one hold: only where the heap outgrew its limit.
+  void rebuild_deadlines_now_locked() {
+    DJINN_CRASH_POINT("lease.landlord.rebuild_deadlines");
+    std::vector<HeapEntry> fresh;
+    fresh.reserve(timed_live_);
+    collect_deadlines_locked(0, slots_.size(), fresh);
+    std::make_heap(fresh.begin(), fresh.end(), LaterFirst{});
+    deadlines_.swap(fresh);
+    rebuild_wanted_ = false;
   }
 
   // Keeps `lease` with its deadline (lease.deadline_ns).
@@ -571,7 +606,7 @@ struct Landlord::Impl {
   }
 
   int64_t next_wake_locked() const {
-    if (!retry_.empty() || fold_wanted_ || folding_) return kExpiring;
+    if (!retry_.empty() || fold_wanted_ || folding_ || rebuild_wanted_) return kExpiring;
     int64_t next = deadlines_.empty() ? kNoDeadline : deadlines_.front().deadline_ns;
     if (!wait_ends_.empty()) next = std::min(next, wait_ends_.begin()->first.first);
     return next;
@@ -1135,6 +1170,7 @@ struct Landlord::Impl {
   // ---- expiry and waiters ----
 
   size_t expire_due() {
+    rebuild_deadlines();
     // One step, not the whole fold: at a million live leases a fold is thousands of chunks, and
     // the leases due meanwhile expire between them.
     fold_step();
@@ -1186,6 +1222,40 @@ struct Landlord::Impl {
     }
     service_waiters();
     return total;
+  }
+
+  // Rebuilds the deadline heap from the records when it is due, a chunk of records per hold of
+  // mutex_, and the heap itself outside it. A lease live at the end has its deadline in the new
+  // heap: pushed before the rebuild began, it was in its record when the record was read; pushed
+  // after, it was kept aside too. Entries of leases that ended meanwhile are stale, as in any heap.
+  void rebuild_deadlines() {
+    {
+      std::lock_guard lock(mutex_);
+      if (!rebuild_wanted_ || rebuilding_) return;
+      rebuild_wanted_ = false;
+      rebuilding_ = true;
+    }
+    DJINN_CRASH_POINT("lease.landlord.rebuild_deadlines");
+    std::vector<HeapEntry> fresh;
+    for (size_t begin = 0;; begin += kRebuildChunk) {
+      std::lock_guard lock(mutex_);
+      if (begin >= slots_.size()) break;
+      collect_deadlines_locked(begin, std::min(slots_.size(), begin + kRebuildChunk), fresh);
+    }
+    std::make_heap(fresh.begin(), fresh.end(), LaterFirst{});
+    std::vector<HeapEntry> old, aside;
+    {
+      std::lock_guard lock(mutex_);
+      for (const HeapEntry& e : pushed_while_rebuilding_) {
+        fresh.push_back(e);
+        std::push_heap(fresh.begin(), fresh.end(), LaterFirst{});
+      }
+      aside.swap(pushed_while_rebuilding_);
+      old.swap(deadlines_);
+      deadlines_.swap(fresh);
+      rebuilding_ = false;
+    }
+    // `old` and `aside` are freed here, outside the lock.
   }
 
   // Folding writes the current expiration of every lease renewed since the last fold into its
@@ -1661,6 +1731,11 @@ std::optional<std::vector<Result<Lease>>> Landlord::try_renew_batch(std::span<co
     std::unique_lock write(impl_->write_mutex_, std::try_to_lock);
     if (!write.owns_lock() || impl_->wal_frames_ >= kWalAutocheckpoint || impl_->wal_restart_due_) {
       return std::nullopt;
+    }
+    {
+      // A deadline heap past its limit is rebuilt by the next renewal that may wait.
+      std::lock_guard lock(impl_->mutex_);
+      if (impl_->deadlines_.size() + requests.size() > impl_->heap_limit_locked()) return std::nullopt;
     }
     struct MustNotWait {
       bool& flag;

@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -695,6 +696,56 @@ TEST_CASE("try_renew_batch renews at once, or declines and changes nothing") {
     for (int i = 0; i < 100; ++i) REQUIRE(landlord->try_renew_batch(renewals).has_value());
     CHECK(std::filesystem::file_size(path + "-wal") == restarted);
   }
+}
+
+TEST_CASE("the deadline heap is rebuilt by the expiry step, not by renewals that must not wait") {
+  FakeClocks clocks;
+  auto landlord = fake_landlord(clocks);
+  std::vector<RenewRequest> all;
+  for (int i = 0; i < 100; ++i) all.push_back({must_grant(*landlord, request("r" + std::to_string(i), "h", Kind::kShared, 1000)).id, 5000});
+  constexpr const char* kRebuild = "lease.landlord.rebuild_deadlines";
+  fault::arm_call(kRebuild, [] {}, std::numeric_limits<int>::max());  // counts the rebuilds
+  // 6,000 renewals: stale entries well past the rebuild's threshold (2 x 100 + 4,096).
+  for (int round = 0; round < 60; ++round) {
+    auto renewed = landlord->try_renew_batch(all);
+    REQUIRE(renewed.has_value());
+    for (const auto& r : *renewed) REQUIRE(r.ok());
+  }
+  CHECK(fault::hits(kRebuild) == 0);
+  landlord->expire_due();
+  CHECK(fault::hits(kRebuild) == 1);
+  // The rebuilt heap holds every lease's deadline: each expires at it, not before.
+  clocks.advance(4999);
+  CHECK(landlord->expire_due() == 0);
+  CHECK(landlord->size() == 100);
+  clocks.advance(1);
+  CHECK(landlord->expire_due() == 100);
+  fault::disarm_all();
+}
+
+TEST_CASE("the deadline heap stays bounded when nothing runs the expiry step") {
+  FakeClocks clocks;
+  auto landlord = fake_landlord(clocks);
+  std::vector<RenewRequest> all;
+  for (int i = 0; i < 100; ++i) all.push_back({must_grant(*landlord, request("r" + std::to_string(i), "h", Kind::kShared, 1000)).id, 5000});
+  constexpr const char* kRebuild = "lease.landlord.rebuild_deadlines";
+  fault::arm_call(kRebuild, [] {}, std::numeric_limits<int>::max());
+  // try_renew_batch declines once the heap would pass its limit (4 x 100 + 65,536 entries)...
+  int accepted = 0;
+  while (accepted < 10'000 && landlord->try_renew_batch(all).has_value()) ++accepted;
+  INFO("batches before declining: " << accepted);
+  CHECK(accepted > 600);
+  CHECK(accepted < 700);
+  CHECK(fault::hits(kRebuild) == 0);
+  // ...and a renewal that may wait rebuilds it, after which the renewals go on at once.
+  for (const auto& r : landlord->renew_batch(all)) REQUIRE(r.ok());
+  CHECK(fault::hits(kRebuild) == 1);
+  CHECK(landlord->try_renew_batch(all).has_value());
+  clocks.advance(4999);
+  CHECK(landlord->expire_due() == 0);
+  clocks.advance(1);
+  CHECK(landlord->expire_due() == 100);
+  fault::disarm_all();
 }
 
 TEST_CASE("a grant resent with its idempotency key gets the same lease, across a reopen too") {
