@@ -472,6 +472,10 @@ Result<TxnId> Coordinator::begin(std::chrono::milliseconds lease) {
   TxnId id = TxnId::random();
   {
     std::lock_guard lock(s.mu);
+    if (s.txns.size() >= s.options.max_transactions) {
+      return resource_exhausted("begin: " + std::to_string(s.txns.size()) +
+                                " transactions are not ended yet, the limit; commit or abort some first");
+    }
     DJINN_RETURN_IF_ERROR(run_sql(s.db, "INSERT INTO txn_log (id, state) VALUES (?, 0)", id.bytes()));
     Txn& t = s.txns[id];
     t.expires = s.now() + lease;

@@ -184,6 +184,17 @@ struct SpaceService::Impl final : txn::Participant {
   // its own transactions.
   void join(const TxnRef& ref, const std::string& name, std::function<void(Status)> done) {
     if (local_manager(ref.manager)) return done(manager->join(ref.id, name, incarnation));
+    {
+      // Managers named in requests that have not answered yet each pin a client (sockets and a
+      // thread): past kMaxManagerClients of them a join to yet another is refused, retryably.
+      std::unique_lock lock(clients_mu);
+      if (!joins_in_flight.count(ref.manager) && joins_in_flight.size() >= kMaxManagerClients) {
+        size_t waiting = joins_in_flight.size();
+        lock.unlock();
+        return done(unavailable("transaction " + ref.id.to_string() + ": joins at " + std::to_string(waiting) +
+                                " other managers still await their answers; retry later"));
+      }
+    }
     capnp::MallocMessageBuilder message;
     auto p = message.initRoot<proto::JoinParams>();
     p.initTxn().setHi(ref.id.hi);

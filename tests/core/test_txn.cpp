@@ -230,11 +230,12 @@ struct Federation {
     registry.add(participant_name(i), parts[i]);
   }
 
-  void reopen_coordinator() {
+  void reopen_coordinator(size_t max_transactions = CoordinatorOptions{}.max_transactions) {
     coord.reset();  // a crashed coordinator's object is dropped, as its process would be
     CoordinatorOptions options;
     options.path = dir.file("coordinator.db");
     options.name = kCoordinatorName;
+    options.max_transactions = max_transactions;
     options.clock = [this] { return Clock::time_point(std::chrono::milliseconds(now_ms.load())); };
     auto c = Coordinator::open(std::move(options), registry);
     REQUIRE_MESSAGE(c.ok(), c.status().to_string());
@@ -367,6 +368,19 @@ TEST_CASE("commit with three participants") {
     CHECK(p->commits == 1);
     CHECK(p->aborts == 0);
   }
+}
+
+TEST_CASE("transactions not yet ended are bounded: begin past the limit is refused until one ends") {
+  Federation f(1);
+  f.reopen_coordinator(3);
+  std::vector<TxnId> open;
+  for (int i = 0; i < 3; ++i) open.push_back(*f.coord->begin(10s));
+  auto refused = f.coord->begin(10s);
+  CHECK(refused.status().code() == Code::kResourceExhausted);
+  CHECK(refused.status().message().find("commit or abort some first") != std::string::npos);
+  CHECK(f.coord->active_count() == 3);
+  REQUIRE(f.coord->abort(open[0]).ok());
+  CHECK(f.coord->begin(10s).ok());
 }
 
 TEST_CASE("abort before commit tells every participant") {

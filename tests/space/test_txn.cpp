@@ -358,11 +358,12 @@ TEST_CASE("a commit holding the manager's lock across its decision holds up none
   CHECK(*o == txn::Outcome::kActive);
 }
 
-TEST_CASE("joins awaiting their managers keep their connections while many other managers are named") {
+TEST_CASE("joins awaiting their managers keep their connections; past 64 such managers a join is refused") {
   test::TempDir dir;
   auto a = start_space(dir, "a", true);
   // More managers than the space keeps connections to (64), none answering: the first one's join
-  // ends at its own timeout, not cancelled by its connection being dropped for the others.
+  // ends at its own timeout, not cancelled by its connection being dropped for the others; joins
+  // at managers past the 64th are refused at once, and a client for each is never made.
   std::vector<std::future<Result<WriteReceipt>>> writes;
   for (int i = 0; i < 80; ++i) {
     TxnRef gone{txn::TxnId::random(), "tcp://127.0.0.1:" + std::to_string(1 + i)};
@@ -372,11 +373,22 @@ TEST_CASE("joins awaiting their managers keep their connections while many other
     }));
     if (i == 0) std::this_thread::sleep_for(100ms);
   }
+  int timed_out = 0, refused = 0;
   for (auto& f : writes) {
     auto r = f.get();
     REQUIRE(!r.ok());
-    CHECK_MESSAGE(r.status().code() == Code::kDeadlineExceeded, r.status().to_string());
+    if (r.status().code() == Code::kDeadlineExceeded) ++timed_out;
+    if (r.status().code() == Code::kUnavailable) {
+      CHECK(r.status().message().find("retry later") != std::string::npos);
+      ++refused;
+    }
   }
+  CHECK(timed_out == 64);
+  CHECK(refused == 16);
+  // Once they have answered (timed out), joins go out again.
+  TxnRef later{txn::TxnId::random(), "tcp://127.0.0.1:200"};
+  SpaceClient c({.endpoint = a->rpc_endpoint(), .default_timeout = 10s});
+  CHECK(c.write(entry("demo.Slot", {{"i", 1}}), 600'000, later).status().code() == Code::kDeadlineExceeded);
 }
 
 TEST_CASE("take from one space and write to another, atomically, in-process over RPC") {

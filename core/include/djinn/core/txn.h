@@ -139,6 +139,9 @@ struct CoordinatorOptions {
   // Transaction leases are granted up to this; an active transaction not committed by its
   // expiry is aborted.
   std::chrono::milliseconds max_lease = std::chrono::minutes(10);
+  // Transactions not yet ended (each a row of the log, looked at by every expiry pass): begin()
+  // beyond this many gets RESOURCE_EXHAUSTED.
+  size_t max_transactions = 100'000;
   // The time source for leases and deadlines; tests inject one. Default: Clock::now.
   std::function<Clock::time_point()> clock;
 };
