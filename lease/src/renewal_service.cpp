@@ -15,6 +15,7 @@
 #include <kj/exception.h>
 
 #include "convert.h"
+#include "djinn/core/fault.h"
 #include "djinn/core/log.h"
 #include "djinn/core/sqlite.h"
 #include "djinn/core/thread_name.h"
@@ -474,11 +475,14 @@ Status RenewalService::Impl::remove(proto::RemoveParams::Reader p) {
     return not_found("lease " + std::to_string(key.second) + " at " + key.first + " is not in renewal set " +
                      std::to_string(p.getSetId()));
   }
-  unfile_member_locked(it);
+  // Its row first: a member whose row stays (the delete failed) stays renewed and listed, and the
+  // caller may remove it again.
   auto st = db.cached("DELETE FROM renewal_member WHERE landlord = ? AND lease_id = ?");
   if (!st.ok()) return st.status();
   DJINN_RETURN_IF_ERROR((*st)->bind_all(key.first, key.second));
+  if (DJINN_FAIL_POINT("renewal.remove.delete_failed")) return unavailable("renewal.remove.delete_failed (injected)");
   DJINN_RETURN_IF_ERROR((*st)->run());
+  unfile_member_locked(it);
   manager.remove(key.second, key.first);
   return Status::Ok();
 }

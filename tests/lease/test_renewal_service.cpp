@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "djinn/core/events.h"
+#include "djinn/core/fault.h"
 #include "djinn/core/sqlite.h"
 #include "djinn/lease/client.h"
 #include "djinn/lease/service.h"
@@ -148,6 +149,26 @@ TEST_CASE("the renewal service keeps a set's leases alive and reports a lost one
   CHECK(renewal.members(set->id).status().code() == Code::kNotFound);
   CHECK(test::eventually([&] { return leases.get(held[1].lease.id).status().code() == Code::kNotFound; }, 3000));
   CHECK(failures.size() == 1);  // dropped, not failed
+}
+
+TEST_CASE("a member whose row could not be deleted stays renewed and listed, and a retry removes it") {
+  test::TempDir dir;
+  auto manager = start_manager(dir.file("lease"));
+  LeaseClient leases({.endpoint = manager->rpc_endpoint()});
+  RenewalClient renewal({.endpoint = manager->rpc_endpoint()});
+  auto set = renewal.create_set("owner", 20'000);
+  REQUIRE(set.ok());
+  HeldLease held = grant(leases, "kept", 600);
+  REQUIRE(renewal.add(set->id, held, 600, std::chrono::system_clock::now() + 30s).ok());
+  fault::arm("renewal.remove.delete_failed", fault::Action::kFail);
+  Status failed = renewal.remove(set->id, held.lease.id, held.landlord);
+  fault::disarm_all();
+  CHECK(failed.code() == Code::kUnavailable);
+  CHECK(renewal.members(set->id)->size() == 1);
+  std::this_thread::sleep_for(1300ms);  // two lifetimes of the lease: renewed all along
+  CHECK(leases.get(held.lease.id).ok());
+  CHECK(renewal.remove(set->id, held.lease.id, held.landlord).ok());
+  CHECK(renewal.members(set->id)->empty());
 }
 
 TEST_CASE("a set whose lease ends before renewal.create has registered it is dropped") {
