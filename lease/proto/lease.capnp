@@ -143,6 +143,10 @@ struct RemoveParams {
 # "renewal.failed").
 struct SetIdParams {
   setId @0 :UInt64;
+  # renewal.members lists a set's members in (landlord, lease id) order, a page of at most 8 MiB
+  # (LeaseList.more set when it stops there): ask again after the last member listed.
+  afterLandlord @1 :Text;      # empty: from the first member
+  afterLeaseId @2 :UInt64;
 }
 # Event kind "renewal.failed", key = the set id in decimal: a lease could not be renewed.
 struct RenewalFailure {

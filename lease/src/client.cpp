@@ -275,18 +275,28 @@ Status RenewalClient::remove(uint64_t set_id, LeaseId id, const std::string& lan
 }
 
 Result<std::vector<HeldLease>> RenewalClient::members(uint64_t set_id, rpc::CallOptions call) {
-  capnp::MallocMessageBuilder message;
-  message.initRoot<proto::SetIdParams>().setSetId(set_id);
-  rpc::Reply reply = client_->call("renewal.members", message, idempotent(call));
-  return rpc::read_reply<std::vector<HeldLease>>(reply, "renewal.members", [&](rpc::Reply& r) -> Result<std::vector<HeldLease>> {
-    std::vector<HeldLease> out;
-    for (auto item : r.results<proto::LeaseList>().getLeases()) {
-      auto held = held_from(item, item.getLandlord().cStr());
-      if (!held.ok()) return held.status();
-      out.push_back(std::move(*held));
+  std::vector<HeldLease> out;
+  for (;;) {  // a page at a time, after the last member listed
+    capnp::MallocMessageBuilder message;
+    auto p = message.initRoot<proto::SetIdParams>();
+    p.setSetId(set_id);
+    if (!out.empty()) {
+      p.setAfterLandlord(out.back().landlord);
+      p.setAfterLeaseId(out.back().lease.id);
     }
-    return out;
-  });
+    rpc::Reply reply = client_->call("renewal.members", message, idempotent(call));
+    Result<bool> more = rpc::read_reply<bool>(reply, "renewal.members", [&](rpc::Reply& r) -> Result<bool> {
+      auto list = r.results<proto::LeaseList>();
+      for (auto item : list.getLeases()) {
+        auto held = held_from(item, item.getLandlord().cStr());
+        if (!held.ok()) return held.status();
+        out.push_back(std::move(*held));
+      }
+      return list.getMore() && list.getLeases().size() > 0;
+    });
+    if (!more.ok()) return more.status();
+    if (!*more) return out;
+  }
 }
 
 }  // namespace djinn::lease

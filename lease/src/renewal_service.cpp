@@ -26,6 +26,10 @@ namespace {
 constexpr std::string_view kFailedKind = "renewal.failed";
 // Members across all sets; more is refused (RESOURCE_EXHAUSTED) rather than renewed late.
 constexpr size_t kMaxMembers = 1'000'000;
+// A page of renewal.members stops short of this many bytes of leases (one at least), within the
+// client's 16 MiB frame; a listed lease costs its strings and about this much more.
+constexpr size_t kMaxMembersReplyBytes = 8u << 20;
+constexpr size_t kListedLeaseBytes = 96;
 // The latest untilMs a renewal may run to: the last millisecond a system_clock::time_point holds
 // (nanoseconds since 1970, in 2262), which RenewalClient::add sends for time_point::max() ("until
 // removed"). A later one would overflow the nanoseconds and wrap into the past.
@@ -497,10 +501,24 @@ Status RenewalService::Impl::list(proto::SetIdParams::Reader p, proto::LeaseList
       return not_found("renewal set " + std::to_string(p.getSetId()) + " not found: it was never created or its lease ended");
     }
     r.setEventSeq(options.publisher ? options.publisher->last_seq(kFailedKind) : 0);
-    for (const Key& key : set->second.members) {
-      if (members.at(key).until_ms <= now) continue;  // done, left to the sweeper
-      if (auto held = manager.get(key.second, key.first)) out.push_back(std::move(*held));
+    const std::set<Key>& all = set->second.members;
+    auto it = all.begin();
+    if (p.hasAfterLandlord() && p.getAfterLandlord().size() > 0) {
+      it = all.upper_bound(Key{text_of(p.getAfterLandlord()), p.getAfterLeaseId()});
     }
+    size_t bytes = 0;
+    for (; it != all.end(); ++it) {
+      if (members.at(*it).until_ms <= now) continue;  // done, left to the sweeper
+      auto held = manager.get(it->second, it->first);
+      if (!held) continue;
+      bytes += kListedLeaseBytes + held->landlord.size() + held->lease.resource.size() + held->lease.holder.size();
+      if (!out.empty() && bytes > kMaxMembersReplyBytes) {
+        r.setMore(true);
+        break;
+      }
+      out.push_back(std::move(*held));
+    }
+    r.setTotal(all.size());
   }
   auto list = r.initLeases(static_cast<unsigned>(out.size()));
   for (size_t i = 0; i < out.size(); ++i) lease_to_proto(out[i].lease, out[i].landlord, list[static_cast<unsigned>(i)]);

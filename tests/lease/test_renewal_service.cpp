@@ -5,6 +5,7 @@
 #include <doctest/doctest.h>
 
 #include <mutex>
+#include <set>
 #include <thread>
 
 #include "djinn/core/events.h"
@@ -169,6 +170,43 @@ TEST_CASE("a member whose row could not be deleted stays renewed and listed, and
   CHECK(leases.get(held.lease.id).ok());
   CHECK(renewal.remove(set->id, held.lease.id, held.landlord).ok());
   CHECK(renewal.members(set->id)->empty());
+}
+
+TEST_CASE("renewal.members of a set over 8 MiB comes in pages, each member once") {
+  test::TempDir dir;
+  auto manager = start_manager(dir.file("lease"));
+  LeaseClient leases({.endpoint = manager->rpc_endpoint()});
+  RenewalClient renewal({.endpoint = manager->rpc_endpoint()});
+  auto set = renewal.create_set("owner", 60'000);
+  REQUIRE(set.ok());
+  // 6,500 members of about 1.3 KB each (long resource and holder names): 8.5 MB listed.
+  std::set<LeaseId> added;
+  auto until = std::chrono::system_clock::now() + 60s;
+  for (int i = 0; i < 6500; ++i) {
+    GrantRequest r;
+    r.resource = std::string(990, 'r') + std::to_string(i);
+    r.holder = std::string(250, 'h');
+    r.duration_ms = 60'000;
+    auto held = leases.grant(r);
+    REQUIRE(held.ok());
+    REQUIRE(renewal.add(set->id, *held, 60'000, until).ok());
+    added.insert(held->lease.id);
+  }
+  rpc::Client raw({.endpoint = manager->rpc_endpoint()});
+  capnp::MallocMessageBuilder message;
+  message.initRoot<proto::SetIdParams>().setSetId(set->id);
+  rpc::Reply first = raw.call("renewal.members", message);
+  REQUIRE(first.ok());
+  auto page = first.results<proto::LeaseList>();
+  CHECK(page.getMore());
+  CHECK(page.getTotal() == 6500);
+  CHECK(page.getLeases().size() < 6500);
+  auto all = renewal.members(set->id);
+  REQUIRE_MESSAGE(all.ok(), all.status().to_string());
+  std::set<LeaseId> listed;
+  for (const HeldLease& h : *all) listed.insert(h.lease.id);
+  CHECK(all->size() == 6500);
+  CHECK(listed == added);
 }
 
 TEST_CASE("a set whose lease ends before renewal.create has registered it is dropped") {
