@@ -518,11 +518,12 @@ TEST_CASE("the reply cache keeps the last dedup_capacity keys, and a call still 
   rpc::Client c({.endpoint = s.endpoint()});
   auto key = [](int i) { return rpc::CallOptions{.idempotency_key = "k-" + std::to_string(i)}; };
 
-  // A slow call whose key is evicted from the order while it runs: its repeat still waits for it.
-  auto slow = std::async(std::launch::async, [&] { return echo(c, "slow", key(100), "echo.slow", 300); });
+  // A slow call still running while more keys than the cache holds are filed: its repeat still
+  // waits for it. (It sleeps long enough for the quick calls to end first on a loaded machine.)
+  auto slow = std::async(std::launch::async, [&] { return echo(c, "slow", key(100), "echo.slow", 1500); });
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
   for (int i = 0; i < 8; ++i) REQUIRE(echo(c, "quick", key(i)).ok());
-  rpc::Reply again = echo(c, "slow", key(100), "echo.slow", 300);
+  rpc::Reply again = echo(c, "slow", key(100), "echo.slow", 1500);
   rpc::Reply first = slow.get();
   REQUIRE(first.ok());
   REQUIRE(again.ok());
