@@ -431,13 +431,14 @@ void Server::Impl::on_call(const std::string& rid, zmq::message_t& frame, securi
     if (!fresh) {
       n_dedup_hits++;
       if (!d->second.done) {
-        if (d->second.waiters.size() >= options.max_waiting_repeats) {
-          return reply_error(h.id, unavailable("method '" + h.method + "': " +
-                                               std::to_string(d->second.waiters.size()) +
-                                               " repeats of this idempotency key already wait for its first call; "
-                                               "retry later"));
-        }
-        d->second.waiters.emplace_back(rid, h.id);
+        auto& waiters = d->second.waiters;
+        std::pair<std::string, uint64_t> waiter(rid, h.id);
+        if (std::find(waiters.begin(), waiters.end(), waiter) != waiters.end()) return;  // resent: waits already
+        // Past the bound the oldest repeat makes room: a client resends after a lost connection,
+        // so the oldest is the likeliest to have no connection left. It is not answered (an
+        // answer saying "not carried out" could be wrong: the first call may yet take effect).
+        if (waiters.size() >= options.max_waiting_repeats) waiters.erase(waiters.begin());
+        waiters.push_back(std::move(waiter));
         return;
       }
       replies.push_back(recall(d->second, h.id));

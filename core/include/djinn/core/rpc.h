@@ -80,7 +80,8 @@ struct ServerOptions {
   // Replies remembered by idempotency key, and their bytes: past either bound the oldest go.
   size_t dedup_capacity = 65536;
   size_t dedup_capacity_bytes = 64u << 20;
-  // Repeats of a key that wait for its first call to end; more get UNAVAILABLE.
+  // Repeats of a key that wait for its first call to end; past it the oldest is let go
+  // unanswered (its caller times out).
   size_t max_waiting_repeats = 16;
   // Calls waiting for a worker, and their frames' bytes; more get UNAVAILABLE (the client may
   // retry) instead of piling up behind a slow disk.
