@@ -17,6 +17,14 @@ rpc::CallOptions idempotent(rpc::CallOptions call) {
   return call;
 }
 
+// A page of a list: a read, safe to resend, and without the caller's idempotency key, under which
+// the server would answer every page with the first.
+rpc::CallOptions page_call(rpc::CallOptions call) {
+  call.idempotent = true;
+  call.idempotency_key.clear();
+  return call;
+}
+
 
 Result<HeldLease> held_from(proto::Lease::Reader in, const std::string& landlord) {
   auto lease = internal::lease_from_proto(in);
@@ -189,7 +197,7 @@ Result<LeaseSnapshot> LeaseClient::holder_snapshot(const std::string& holder, rp
     auto p = message.initRoot<proto::HolderParams>();
     p.setHolder(holder);
     p.setAfterId(after);
-    return client_->call("lease.holderLeases", message, idempotent(call));
+    return client_->call("lease.holderLeases", message, page_call(call));
   });
 }
 
@@ -199,7 +207,7 @@ Result<LeaseSnapshot> LeaseClient::resource_snapshot(const std::string& resource
     auto p = message.initRoot<proto::ResourceParams>();
     p.setResource(resource);
     p.setAfterId(after);
-    return client_->call("lease.resourceLeases", message, idempotent(call));
+    return client_->call("lease.resourceLeases", message, page_call(call));
   });
 }
 
@@ -284,7 +292,8 @@ Result<std::vector<HeldLease>> RenewalClient::members(uint64_t set_id, rpc::Call
       p.setAfterLandlord(out.back().landlord);
       p.setAfterLeaseId(out.back().lease.id);
     }
-    rpc::Reply reply = client_->call("renewal.members", message, idempotent(call));
+    rpc::Reply reply = client_->call("renewal.members", message, page_call(call));
+    size_t before = out.size();
     Result<bool> more = rpc::read_reply<bool>(reply, "renewal.members", [&](rpc::Reply& r) -> Result<bool> {
       auto list = r.results<proto::LeaseList>();
       for (auto item : list.getLeases()) {
@@ -292,10 +301,14 @@ Result<std::vector<HeldLease>> RenewalClient::members(uint64_t set_id, rpc::Call
         if (!held.ok()) return held.status();
         out.push_back(std::move(*held));
       }
-      return list.getMore() && list.getLeases().size() > 0;
+      return list.getMore();
     });
     if (!more.ok()) return more.status();
     if (!*more) return out;
+    // Each page must move on, or a confused service would have us ask forever.
+    if (out.size() == before) {
+      return internal_error("renewal.members: the service said more members follow but listed none");
+    }
   }
 }
 
