@@ -286,6 +286,9 @@ struct Space::Impl {
     std::string holder;          // write: of the entry's lease (empty: its type)
   };
   struct OpOutcome {
+    OpOutcome() = default;
+    // What GroupCommit answers for a request it did not write (stopped).
+    explicit OpOutcome(Status s) : status(std::move(s)) {}
     Status status;
     Written written;
     std::vector<Entry> taken;
