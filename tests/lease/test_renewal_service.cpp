@@ -159,14 +159,14 @@ TEST_CASE("a member whose row could not be deleted stays renewed and listed, and
   RenewalClient renewal({.endpoint = manager->rpc_endpoint()});
   auto set = renewal.create_set("owner", 20'000);
   REQUIRE(set.ok());
-  HeldLease held = grant(leases, "kept", 600);
-  REQUIRE(renewal.add(set->id, held, 600, std::chrono::system_clock::now() + 30s).ok());
+  HeldLease held = grant(leases, "kept", 1500);
+  REQUIRE(renewal.add(set->id, held, 1500, std::chrono::system_clock::now() + 30s).ok());
   fault::arm("renewal.remove.delete_failed", fault::Action::kFail);
   Status failed = renewal.remove(set->id, held.lease.id, held.landlord);
   fault::disarm_all();
   CHECK(failed.code() == Code::kUnavailable);
   CHECK(renewal.members(set->id)->size() == 1);
-  std::this_thread::sleep_for(1300ms);  // two lifetimes of the lease: renewed all along
+  std::this_thread::sleep_for(2500ms);  // past the lease's first lifetime: renewed all along
   CHECK(leases.get(held.lease.id).ok());
   CHECK(renewal.remove(set->id, held.lease.id, held.landlord).ok());
   CHECK(renewal.members(set->id)->empty());
