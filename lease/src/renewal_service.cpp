@@ -26,10 +26,6 @@ namespace {
 constexpr std::string_view kFailedKind = "renewal.failed";
 // Members across all sets; more is refused (RESOURCE_EXHAUSTED) rather than renewed late.
 constexpr size_t kMaxMembers = 1'000'000;
-// A page of renewal.members stops short of this many bytes of leases (one at least), within the
-// client's 16 MiB frame; a listed lease costs its strings and about this much more.
-constexpr size_t kMaxMembersReplyBytes = 8u << 20;
-constexpr size_t kListedLeaseBytes = 96;
 // The latest untilMs a renewal may run to: the last millisecond a system_clock::time_point holds
 // (nanoseconds since 1970, in 2262), which RenewalClient::add sends for time_point::max() ("until
 // removed"). A later one would overflow the nanoseconds and wrap into the past.
@@ -511,8 +507,8 @@ Status RenewalService::Impl::list(proto::SetIdParams::Reader p, proto::LeaseList
       if (members.at(*it).until_ms <= now) continue;  // done, left to the sweeper
       auto held = manager.get(it->second, it->first);
       if (!held) continue;
-      bytes += kListedLeaseBytes + held->landlord.size() + held->lease.resource.size() + held->lease.holder.size();
-      if (!out.empty() && bytes > kMaxMembersReplyBytes) {
+      bytes += wire_bytes(held->lease, held->landlord.size());
+      if (!out.empty() && bytes > kMaxListReplyBytes) {
         r.setMore(true);
         break;
       }

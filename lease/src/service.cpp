@@ -29,22 +29,14 @@ namespace {
 using internal::check_duration;
 using internal::check_text;
 using internal::kMaxBatchItems;
+using internal::kMaxListReplyBytes;
+using internal::wire_bytes;
 
 constexpr std::string_view kEventKinds[] = {"lease.granted", "lease.renewed", "lease.cancelled", "lease.expired",
                                             "lease.conflict"};
 // A waiting grant must be answered before the caller's deadline, or its answer is lost: the wait
 // ends this much earlier, leaving time for the reply to travel.
 constexpr auto kDeadlineMargin = std::chrono::milliseconds(50);
-// The leases in one LeaseList reply, by their encoded size (at least one lease): half a client's
-// frame limit (16 MiB), as the space's getChunks. A holder may have half a million leases.
-constexpr size_t kMaxListReplyBytes = 8u << 20;
-
-// What a Lease takes in a LeaseList: its struct (4 data and 3 pointer words) and its three texts,
-// each NUL-terminated and padded to a word.
-size_t wire_bytes(const Lease& lease, size_t landlord_bytes) {
-  auto text = [](size_t bytes) { return (bytes + 8) / 8 * 8; };
-  return 56 + text(lease.resource.size()) + text(lease.holder.size()) + text(landlord_bytes);
-}
 
 // How many of `leases`, from the first, fit in one reply (at least one).
 size_t fitting_in_reply(std::span<const Lease> leases, size_t landlord_bytes) {
