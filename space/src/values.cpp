@@ -830,10 +830,10 @@ struct ValueStore::Impl {
 
   Status load() {
     std::error_code ec;
-    fs::create_directories(chunk_dir, ec);
-    fs::create_directories(value_dir, ec);
-    fs::create_directories(pack_dir, ec);
-    if (ec) return failed_precondition("cannot create " + value_dir.string() + ": " + ec.message());
+    // Made with their parents, each new name synced into its parent.
+    for (const fs::path& d : {chunk_dir, value_dir, pack_dir}) {
+      DJINN_RETURN_IF_ERROR(files::create_directories_synced(d));
+    }
     // Every fan-out directory is made now, and synced into its parent with the rest, so a file
     // written later needs only its own directory synced.
     for (const std::string& hex : fan_out_names()) {
@@ -841,11 +841,9 @@ struct ValueStore::Impl {
       if (!ec) fs::create_directory(value_dir / hex, ec);
       if (ec) return failed_precondition("cannot create " + (value_dir / hex).string() + ": " + ec.message());
     }
-    for (const fs::path& d : {fs::path(options.dir), chunk_dir, value_dir, pack_dir}) {
+    for (const fs::path& d : {fs::path(options.dir), chunk_dir, value_dir}) {
       DJINN_RETURN_IF_ERROR(files::sync_directory(d));
     }
-    // And the store's own name in its parent (made above when new).
-    DJINN_RETURN_IF_ERROR(files::sync_directory(fs::absolute(options.dir).lexically_normal().parent_path()));
     // Kept open for the store's life: syncfs reports to a descriptor every write-back error since
     // its last call (Linux 5.8 on), whoever else saw it first; one opened anew misses an error
     // another syncfs (of any process on the file system) already reported.
