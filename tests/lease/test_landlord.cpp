@@ -698,12 +698,25 @@ TEST_CASE("try_renew_batch renews at once, or declines and changes nothing") {
   }
 }
 
+namespace {
+
+constexpr const char* kRebuild = "lease.landlord.rebuild_deadlines";
+
+// Grants 100 shared leases of a second; the batch renewing each for 5 s.
+std::vector<RenewRequest> renew_hundred(Landlord& landlord) {
+  std::vector<RenewRequest> all;
+  for (int i = 0; i < 100; ++i) {
+    all.push_back({must_grant(landlord, request("r" + std::to_string(i), "h", Kind::kShared, 1000)).id, 5000});
+  }
+  return all;
+}
+
+}  // namespace
+
 TEST_CASE("the deadline heap is rebuilt by the expiry step, not by renewals that must not wait") {
   FakeClocks clocks;
   auto landlord = fake_landlord(clocks);
-  std::vector<RenewRequest> all;
-  for (int i = 0; i < 100; ++i) all.push_back({must_grant(*landlord, request("r" + std::to_string(i), "h", Kind::kShared, 1000)).id, 5000});
-  constexpr const char* kRebuild = "lease.landlord.rebuild_deadlines";
+  std::vector<RenewRequest> all = renew_hundred(*landlord);
   fault::arm_call(kRebuild, [] {}, std::numeric_limits<int>::max());  // counts the rebuilds
   // 6,000 renewals: stale entries well past the rebuild's threshold (2 x 100 + 4,096).
   for (int round = 0; round < 60; ++round) {
@@ -726,9 +739,7 @@ TEST_CASE("the deadline heap is rebuilt by the expiry step, not by renewals that
 TEST_CASE("the deadline heap stays bounded when nothing runs the expiry step") {
   FakeClocks clocks;
   auto landlord = fake_landlord(clocks);
-  std::vector<RenewRequest> all;
-  for (int i = 0; i < 100; ++i) all.push_back({must_grant(*landlord, request("r" + std::to_string(i), "h", Kind::kShared, 1000)).id, 5000});
-  constexpr const char* kRebuild = "lease.landlord.rebuild_deadlines";
+  std::vector<RenewRequest> all = renew_hundred(*landlord);
   fault::arm_call(kRebuild, [] {}, std::numeric_limits<int>::max());
   // try_renew_batch declines once the heap would pass its limit (4 x 100 + 65,536 entries)...
   int accepted = 0;

@@ -102,6 +102,20 @@ Status add_until_ms(RenewalClient& renewal, uint64_t set_id, const HeldLease& he
   return renewal.rpc().call("renewal.add", message).status();
 }
 
+// A manager at `endpoint` (its store in dir/lease) given a set renewing one lease of 1.5 s on
+// `resource` for 30 s, then stopped: the set's id and the lease.
+std::pair<uint64_t, HeldLease> set_of_one(const test::TempDir& dir, const std::string& endpoint,
+                                          const std::string& resource) {
+  auto manager = start_manager(dir.file("lease"), endpoint);
+  LeaseClient leases({.endpoint = endpoint});
+  RenewalClient renewal({.endpoint = endpoint});
+  auto set = renewal.create_set("owner", 30'000);
+  REQUIRE(set.ok());
+  HeldLease held = grant(leases, resource, 1500);
+  REQUIRE(renewal.add(set->id, held, 1500, std::chrono::system_clock::now() + 30s).ok());
+  return {set->id, held};
+}
+
 }  // namespace
 
 TEST_CASE("the renewal service keeps a set's leases alive and reports a lost one once") {
@@ -354,18 +368,7 @@ TEST_CASE("a lease handed over with a made-up expiration and grant is renewed as
 TEST_CASE("renewal sets survive a restart of the manager") {
   test::TempDir dir;
   std::string endpoint = "tcp://127.0.0.1:" + std::to_string(test::free_tcp_port());
-  HeldLease held;
-  uint64_t set_id = 0;
-  {
-    auto manager = start_manager(dir.file("lease"), endpoint);
-    LeaseClient leases({.endpoint = endpoint});
-    RenewalClient renewal({.endpoint = endpoint});
-    auto set = renewal.create_set("owner", 30'000);
-    REQUIRE(set.ok());
-    set_id = set->id;
-    held = grant(leases, "durable", 1500);
-    REQUIRE(renewal.add(set_id, held, 1500, std::chrono::system_clock::now() + 30s).ok());
-  }
+  auto [set_id, held] = set_of_one(dir, endpoint, "durable");
   auto manager = start_manager(dir.file("lease"), endpoint);
   LeaseClient leases({.endpoint = endpoint});
   RenewalClient renewal({.endpoint = endpoint});
@@ -464,18 +467,7 @@ TEST_CASE("renewal.add refuses an untilMs past 2262 and renews one of time_point
 TEST_CASE("a member stored with an untilMs past 2262 is renewed after a restart, not dropped") {
   test::TempDir dir;
   std::string endpoint = "tcp://127.0.0.1:" + std::to_string(test::free_tcp_port());
-  HeldLease held;
-  uint64_t set_id = 0;
-  {
-    auto manager = start_manager(dir.file("lease"), endpoint);
-    LeaseClient leases({.endpoint = endpoint});
-    RenewalClient renewal({.endpoint = endpoint});
-    auto set = renewal.create_set("owner", 30'000);
-    REQUIRE(set.ok());
-    set_id = set->id;
-    held = grant(leases, "stored-far", 1500);
-    REQUIRE(renewal.add(set_id, held, 1500, std::chrono::system_clock::now() + 30s).ok());
-  }
+  auto [set_id, held] = set_of_one(dir, endpoint, "stored-far");
   {
     // As a store written before untilMs was bounded may hold it.
     auto db = sqlite::Database::open(dir.file("lease") + "/renewal.db");

@@ -58,6 +58,35 @@ struct Harness {
   std::unique_ptr<SpaceClient> client;
 };
 
+// The engine alone on a landlord of its own, the landlord's events forwarded to it.
+struct Engine {
+  explicit Engine(lease::LandlordOptions lo) {
+    lo.on_event = [this](const lease::LeaseEvent& e) {
+      if (Space* s = target.load()) s->on_lease_event(e);
+    };
+    auto l = lease::Landlord::open(std::move(lo));
+    REQUIRE_MESSAGE(l.ok(), l.status().to_string());
+    landlord = std::move(*l);
+    space = open();
+  }
+  ~Engine() {
+    target = nullptr;
+    space.reset();
+  }
+  // A space on the landlord, which sends its events there from now on.
+  std::unique_ptr<Space> open() {
+    SpaceOptions so;
+    so.landlord = landlord.get();
+    auto opened = Space::open(so);
+    REQUIRE_MESSAGE(opened.ok(), opened.status().to_string());
+    target = opened->get();
+    return std::move(*opened);
+  }
+  std::atomic<Space*> target{nullptr};
+  std::unique_ptr<lease::Landlord> landlord;
+  std::unique_ptr<Space> space;
+};
+
 Entry entry(std::string type, Fields fields, std::vector<std::string> supertypes = {}) {
   Entry e;
   e.type = std::move(type);
@@ -738,22 +767,12 @@ TEST_CASE("an entry whose lease ends between its commit and its arrival in memor
   lo.path = dir.file("space.db");
   lo.clocks = clocks.clocks();
   lo.run_expiry_thread = false;
-  std::atomic<Space*> target{nullptr};
-  lo.on_event = [&](const lease::LeaseEvent& e) {
-    if (Space* s = target.load()) s->on_lease_event(e);
-  };
-  auto landlord = lease::Landlord::open(std::move(lo));
-  REQUIRE(landlord.ok());
-  SpaceOptions so;
-  so.landlord = landlord->get();
-  auto opened = Space::open(so);
-  REQUIRE(opened.ok());
-  std::unique_ptr<Space> space = std::move(*opened);
-  target = space.get();
+  Engine e(std::move(lo));
+  std::unique_ptr<Space>& space = e.space;
   size_t expired = 0;
   fault::arm_call("space.batch.after_commit", [&] {
     clocks.mono_ns += 2'000'000'000;
-    expired = (*landlord)->expire_due();
+    expired = e.landlord->expire_due();
   });
   auto w = space->write({entry("demo.Brief", {{"i", 1}}), 1000});
   fault::disarm_all();
@@ -764,7 +783,7 @@ TEST_CASE("an entry whose lease ends between its commit and its arrival in memor
   // The same with a cancel of the holder's leases (a migration's) in that instant.
   size_t cancelled = 0;
   fault::arm_call("space.batch.after_commit", [&] {
-    auto c = (*landlord)->cancel_all_of_holder("demo.Gone");
+    auto c = e.landlord->cancel_all_of_holder("demo.Gone");
     if (c.ok()) cancelled = c->size();
   });
   auto g = space->write({entry("demo.Gone", {{"i", 2}}), 60'000});
@@ -772,8 +791,6 @@ TEST_CASE("an entry whose lease ends between its commit and its arrival in memor
   REQUIRE_MESSAGE(g.ok(), g.status().to_string());
   CHECK(cancelled == 1);
   CHECK(space->size() == 0);
-  target = nullptr;
-  space.reset();
 }
 
 TEST_CASE("entries whose leases end while the space opens are dropped once it is wired") {
@@ -854,18 +871,8 @@ TEST_CASE("a space destroyed while its commit thread writes a batch: the take th
   test::TempDir dir;
   lease::LandlordOptions lo;
   lo.path = dir.file("space.db");
-  std::atomic<Space*> target{nullptr};
-  lo.on_event = [&](const lease::LeaseEvent& e) {
-    if (Space* s = target.load()) s->on_lease_event(e);
-  };
-  auto landlord = lease::Landlord::open(std::move(lo));
-  REQUIRE(landlord.ok());
-  SpaceOptions so;
-  so.landlord = landlord->get();
-  auto opened = Space::open(so);
-  REQUIRE(opened.ok());
-  std::unique_ptr<Space> space = std::move(*opened);
-  target = space.get();
+  Engine e(std::move(lo));
+  std::unique_ptr<Space>& space = e.space;
 
   std::promise<void> posted, stopping;
   std::promise<Result<std::vector<Entry>>> take_answer;
@@ -876,7 +883,7 @@ TEST_CASE("a space destroyed while its commit thread writes a batch: the take th
     posted.get_future().wait();  // the writer has left write_async
     s->match_async(MatchRequest{tmpl("demo.Last"), true, 1, 60s, std::nullopt},
                    [&](Result<std::vector<Entry>> r) { take_answer.set_value(std::move(r)); });
-    target = nullptr;
+    e.target = nullptr;
     closer = std::thread([&] { space.reset(); });
     stopping.get_future().wait_for(5s);
   });
@@ -893,11 +900,8 @@ TEST_CASE("a space destroyed while its commit thread writes a batch: the take th
   fault::disarm_all();
 
   // The take was never written: the entry is still there.
-  auto reopened = Space::open(so);
-  REQUIRE(reopened.ok());
-  target = reopened->get();
-  auto found = (*reopened)->read(tmpl("demo.Last"));
+  space = e.open();
+  auto found = space->read(tmpl("demo.Last"));
   REQUIRE(found.ok());
   CHECK(found->has_value());
-  target = nullptr;
 }
