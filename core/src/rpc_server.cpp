@@ -452,16 +452,17 @@ void Server::Impl::on_call(const std::string& rid, zmq::message_t& frame, securi
   if (m.options.blocking) {
     // The job keeps the frame: the payload view points into it (or into split.storage).
     size_t queued = 0;
+    bool accepted = false;
     {
       std::lock_guard lock(jobs_mu);
       queued = jobs.size();
-      if (queued < options.max_queued_calls && queued_bytes + frame.size() <= options.max_queued_bytes) {
+      accepted = queued < options.max_queued_calls && queued_bytes + frame.size() <= options.max_queued_bytes;
+      if (accepted) {
         queued_bytes += frame.size();
         jobs.push_back(Job{&m, rid, std::move(h), std::move(frame), std::move(split), role, client_key, deadline});
-        queued = SIZE_MAX;
       }
     }
-    if (queued == SIZE_MAX) {
+    if (accepted) {
       jobs_cv.notify_one();
       return;
     }
