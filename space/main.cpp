@@ -38,8 +38,9 @@ int main(int argc, char** argv) {
   cfg.add_int("max-entries", 10'000'000, "most entries held; writes beyond get RESOURCE_EXHAUSTED", 1, 1'000'000'000);
   cfg.add_bool("txn-manager", true, "also serve a transaction manager (txn.*) on the RPC port, its log in txn.db");
   cfg.add_duration("value-grace", std::chrono::minutes(10),
-                   "how long a value or chunk no entry refers to is kept before it is collected (at least 1s; "
-                   "longer than the slowest upload)");
+                   "how long a value no entry refers to, or a chunk no value names, is kept after its last put or "
+                   "ask before it is collected (at least 1s; SpaceClient::put_value keeps its chunks through a "
+                   "longer upload)");
   cfg.add_duration("value-gc-interval", std::chrono::seconds(30), "time between collections of unreferenced values");
   cfg.add_string("lookup", "",
                  "comma-separated RPC endpoints of lookup services to register with (tcp://HOST:PORT,...); the "
@@ -63,7 +64,7 @@ int main(int argc, char** argv) {
   options.max_entries = static_cast<size_t>(cfg.get_int("max-entries"));
   options.txn_manager = cfg.get_bool("txn-manager");
   options.value_grace = cfg.get_duration("value-grace");
-  // Chunks are put before the value naming them: a grace shorter than an upload would collect them.
+  // Chunks are put before the value naming them: an uploader asks about them every half grace.
   if (options.value_grace < std::chrono::seconds(1)) return cfg.fail("--value-grace: at least 1s", 2);
   options.value_gc_interval = cfg.get_duration("value-gc-interval");
   if (options.value_gc_interval.count() < 100) return cfg.fail("--value-gc-interval: at least 100ms", 2);

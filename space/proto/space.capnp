@@ -116,6 +116,8 @@ struct PutChunkParams {
 struct PutChunkResult {
   stored @0 :Bool;             # false: it was already there
   hash @1 :Data;               # the chunk's name: BLAKE2b-256 of data
+  keptMs @2 :UInt64;           # how long the space keeps a chunk no value names after its last put
+                               # or space.hasChunks (its --value-grace); 0 from older spaces
 }
 # space.putChunks: several chunks in one call (a pre-copy round's pages), each stored or refused
 # on its own as by space.putChunk; at most 10,000 and what a call carries.
@@ -130,6 +132,7 @@ struct PutChunksItem {
 }
 struct PutChunksResult {
   items @0 :List(PutChunksItem);   # in the order of the chunks
+  keptMs @1 :UInt64;               # as in PutChunkResult
 }
 # space.hasChunks: which of these chunks are stored (to skip uploading them).
 struct HasChunksParams {

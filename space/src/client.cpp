@@ -1,6 +1,8 @@
 // SpaceClient and TxnClient: typed calls over one rpc::Client each.
 #include "djinn/space/client.h"
 
+#include <algorithm>
+#include <chrono>
 #include <deque>
 #include <future>
 #include <random>
@@ -21,6 +23,10 @@ rpc::CallOptions idempotent(rpc::CallOptions call) {
 // What a call carries besides its payload's bulk (the RPC header, list pointers), kept free when a
 // call is sized against kMaxCallBytes.
 constexpr size_t kCallRoomBytes = 64u << 10;
+// How often an upload keeps its chunks when the space does not say how long it keeps them, and
+// the longest keeping believed (a larger figure is no reason never to ask).
+constexpr std::chrono::milliseconds kKeepChunksEvery{60'000};
+constexpr uint64_t kMaxKeptMs = 24ull * 3600 * 1000;
 
 // A list of 32-byte names, as space.putValue, space.hasChunks and space.getChunks take them.
 void set_hashes(capnp::List<capnp::Data>::Builder list, std::span<const ContentHash> hashes) {
@@ -291,23 +297,54 @@ Result<ContentHash> SpaceClient::put_value(const ValueReader& read, ValueTransfe
   // The space names each chunk (one BLAKE2b pass over the content, on its side): the manifest is
   // made of the names it answers, in order.
   std::vector<ContentHash> chunks;
-  std::deque<std::future<rpc::Reply>> pending;
+  struct Sent {
+    std::future<rpc::Reply> reply;
+    std::chrono::steady_clock::time_point at;
+  };
+  std::deque<Sent> pending;
   uint64_t total = 0;
   std::vector<uint8_t> buffer(transfer.chunk_bytes);
+  // The space keeps a chunk no value names for a while (its --value-grace, told in each putChunk
+  // reply) after the chunk's last put or hasChunks: an upload that takes longer asks about the
+  // chunks it has put, which keeps them, every half of that while.
+  std::chrono::milliseconds kept{0};
+  std::chrono::steady_clock::time_point kept_from;  // every chunk in `chunks` was put or asked about since
+  auto keep_chunks = [&]() -> Status {
+    auto every = kept.count() > 0 ? kept / 2 : kKeepChunksEvery;
+    auto now = std::chrono::steady_clock::now();
+    if (chunks.empty() || now - kept_from < every) return Status::Ok();
+    Result<std::vector<bool>> present = has_chunks(chunks, call);
+    if (!present.ok()) return present.status();
+    for (size_t i = 0; i < present->size(); ++i) {
+      if (!(*present)[i]) {
+        std::string how_long = kept.count() > 0 ? std::to_string(kept.count()) + " ms (its --value-grace)" : "its --value-grace";
+        return failed_precondition("space.putValue: chunk " + std::to_string(i) + " (" + to_hex(chunks[i]) +
+                                   ") is no longer stored: the space keeps a chunk no value names for " + how_long +
+                                   " and collected it before the upload ended; store the value again");
+      }
+    }
+    kept_from = now;
+    return Status::Ok();
+  };
   auto settle = [&]() -> Status {
-    rpc::Reply r = pending.front().get();
+    rpc::Reply r = pending.front().reply.get();
+    auto sent_at = pending.front().at;
     pending.pop_front();
-    Result<ContentHash> h = rpc::read_reply<ContentHash>(r, "space.putChunk", [](rpc::Reply& reply) -> Result<ContentHash> {
-      auto d = reply.results<proto::PutChunkResult>().getHash();
+    Result<ContentHash> h = rpc::read_reply<ContentHash>(r, "space.putChunk", [&](rpc::Reply& reply) -> Result<ContentHash> {
+      auto res = reply.results<proto::PutChunkResult>();
+      auto d = res.getHash();
       std::optional<ContentHash> got = hash_from_bytes(std::span<const uint8_t>(d.begin(), d.size()));
       if (!got) return internal_error("space.putChunk: the reply names no 32-byte hash");
+      if (res.getKeptMs() > 0) kept = std::chrono::milliseconds(std::min<uint64_t>(res.getKeptMs(), kMaxKeptMs));
       return *got;
     });
     if (!h.ok()) return h.status();
+    kept_from = chunks.empty() ? sent_at : std::min(kept_from, sent_at);
     chunks.push_back(*h);
-    return Status::Ok();
+    return keep_chunks();
   };
   for (;;) {
+    DJINN_RETURN_IF_ERROR(keep_chunks());  // a slow reader may leave the settled chunks waiting
     size_t filled = 0;
     while (filled < buffer.size()) {
       Result<size_t> n = read(buffer.data() + filled, buffer.size() - filled);
@@ -320,10 +357,12 @@ Result<ContentHash> SpaceClient::put_value(const ValueReader& read, ValueTransfe
     if (static_cast<int>(pending.size()) >= transfer.in_flight) DJINN_RETURN_IF_ERROR(settle());
     capnp::MallocMessageBuilder message;
     message.initRoot<proto::PutChunkParams>().setData(capnp::Data::Reader(buffer.data(), filled));
-    pending.push_back(client_->call_async("space.putChunk", message, call));  // the message is copied out here
+    auto sent_at = std::chrono::steady_clock::now();
+    pending.push_back({client_->call_async("space.putChunk", message, call), sent_at});  // the message is copied out here
     if (filled < buffer.size()) break;
   }
   while (!pending.empty()) DJINN_RETURN_IF_ERROR(settle());
+  DJINN_RETURN_IF_ERROR(keep_chunks());
   return put_manifest(total, chunks, call);
 }
 

@@ -499,6 +499,7 @@ void SpaceService::Impl::register_methods() {
       "space.putChunk",
       [this](const rpc::CallContext&, proto::PutChunkParams::Reader p, proto::PutChunkResult::Builder out) -> Status {
         Result<ContentHash> h = put_chunk(*values, p, "space.putChunk", out);
+        out.setKeptMs(static_cast<uint64_t>(options.value_grace.count()));
         return h.status();
       },
       client_blocking);
@@ -516,6 +517,7 @@ void SpaceService::Impl::register_methods() {
           items[i].setCode(static_cast<uint16_t>(h.status().code()));
           if (!h.ok()) items[i].setMessage(h.status().message());
         }
+        out.setKeptMs(static_cast<uint64_t>(options.value_grace.count()));
         return Status::Ok();
       },
       client_blocking);
