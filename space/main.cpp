@@ -41,6 +41,10 @@ int main(int argc, char** argv) {
                    "how long a value no entry refers to, or a chunk no value names, is kept after its last put or "
                    "ask before it is collected (at least 1s; SpaceClient::put_value keeps its chunks through a "
                    "longer upload)");
+  cfg.add_int("max-value-bytes", 0,
+              "most bytes of value chunks and manifests held (0: no limit); a put past it gets RESOURCE_EXHAUSTED "
+              "and stores nothing",
+              0, INT64_MAX);
   cfg.add_duration("value-gc-interval", std::chrono::seconds(30), "time between collections of unreferenced values");
   cfg.add_string("lookup", "",
                  "comma-separated RPC endpoints of lookup services to register with (tcp://HOST:PORT,...); the "
@@ -67,6 +71,7 @@ int main(int argc, char** argv) {
   // Chunks are put before the value naming them: an uploader asks about them every half grace.
   if (options.value_grace < std::chrono::seconds(1)) return cfg.fail("--value-grace: at least 1s", 2);
   options.value_gc_interval = cfg.get_duration("value-gc-interval");
+  options.max_value_bytes = static_cast<uint64_t>(cfg.get_int("max-value-bytes"));
   if (options.value_gc_interval.count() < 100) return cfg.fail("--value-gc-interval: at least 100ms", 2);
   options.workers = static_cast<int>(cfg.get_int("workers"));
   Result<ServerSecurity> security = security_from_flags(cfg);

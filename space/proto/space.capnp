@@ -100,6 +100,8 @@ struct StatsResult {
   chunkBytes @3 :UInt64;       # bytes of chunk content stored (each chunk once)
   waiters @4 :UInt64;          # blocking reads and takes waiting
   inDoubt @5 :UInt64;          # prepared transactions waiting for their outcome
+  manifestBytes @6 :UInt64;    # bytes of value manifests stored
+  maxValueBytes @7 :UInt64;    # the most bytes of chunks and manifests held (--max-value-bytes; 0: no limit)
 }
 
 # ---- large values ----

@@ -257,7 +257,8 @@ Result<RemoteStats> SpaceClient::stats(rpc::CallOptions call) {
   rpc::Reply reply = client_->call("space.stats", message, idempotent(call));
   return rpc::read_reply<RemoteStats>(reply, "space.stats", [](rpc::Reply& r) -> Result<RemoteStats> {
     auto s = r.results<proto::StatsResult>();
-    return RemoteStats{s.getEntries(), s.getValues(), s.getChunks(), s.getChunkBytes(), s.getWaiters(), s.getInDoubt()};
+    return RemoteStats{s.getEntries(),  s.getValues(),  s.getChunks(),        s.getChunkBytes(),
+                       s.getWaiters(),  s.getInDoubt(), s.getManifestBytes(), s.getMaxValueBytes()};
   });
 }
 

@@ -489,6 +489,8 @@ void SpaceService::Impl::register_methods() {
         out.setValues(vs.values);
         out.setChunks(vs.chunks);
         out.setChunkBytes(vs.chunk_bytes);
+        out.setManifestBytes(vs.manifest_bytes);
+        out.setMaxValueBytes(vs.max_bytes);
         return Status::Ok();
       },
       client_inline);
@@ -660,6 +662,7 @@ Result<std::unique_ptr<SpaceService>> SpaceService::start(SpaceServiceOptions op
   value_options.dir = (dir / "values").string();
   value_options.grace = options.value_grace;
   value_options.gc_interval = options.value_gc_interval;
+  value_options.max_bytes = options.max_value_bytes;
   value_options.start_collector = false;  // after the space has taken its entries' references
   // Entry leases are cancelled without an fsync (docs/lease.md): the log is synced before values
   // they referred to go.

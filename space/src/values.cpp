@@ -223,8 +223,10 @@ Status read_whole(const fs::path& path, const std::function<uint8_t*(size_t)>& s
   return Status::Ok();
 }
 
+constexpr uint64_t manifest_size(size_t chunks) { return 4 + 4 + 8 + chunks * 36; }
+
 std::vector<uint8_t> encode_manifest(uint64_t size, std::span<const ContentHash> chunks, std::span<const uint32_t> sizes) {
-  std::vector<uint8_t> out(4 + 4 + 8 + chunks.size() * 36);
+  std::vector<uint8_t> out(manifest_size(chunks.size()));
   std::memcpy(out.data(), kManifestMagic, 4);
   uint32_t n = static_cast<uint32_t>(chunks.size());
   std::memcpy(out.data() + 4, &n, 4);
@@ -345,10 +347,12 @@ struct ValueStore::Impl {
 
   ValueStoreOptions options;
   fs::path chunk_dir, value_dir;
-  mutable std::mutex mu;  // guards chunks, values, chunk_bytes, packs, appending, PackFile::path, gc_stop
+  mutable std::mutex mu;  // guards chunks, values, the byte counts, packs, appending, PackFile::path, gc_stop
   std::unordered_map<ContentHash, ChunkInfo, HashOf> chunks;
   std::unordered_map<ContentHash, ValueInfo, HashOf> values;
   uint64_t chunk_bytes = 0;
+  uint64_t manifest_bytes = 0;
+  uint64_t reserved_bytes = 0;  // of puts under way, counted against options.max_bytes
   fs::path pack_dir;
   std::map<uint32_t, PackInfo> packs;
   uint32_t appending = 0;  // the pack taking appends (0: none yet; the next append opens one)
@@ -366,6 +370,39 @@ struct ValueStore::Impl {
   uint64_t syncfs_failures = 0;
   int syncfs_fd = -1;  // chunk_dir, for syncfs
   bool syncfs_reports_errors = false;  // Linux 5.8 on; before, chunk files are synced one by one
+  // Bytes a put is about to store, counted against options.max_bytes from the check until the
+  // put has counted them itself or failed, so concurrent puts cannot pass the limit together.
+  class Reservation {
+   public:
+    Reservation() = default;
+    Reservation(const Reservation&) = delete;
+    Reservation& operator=(const Reservation&) = delete;
+    ~Reservation() {
+      if (!m_) return;
+      std::lock_guard lock(m_->mu);
+      m_->reserved_bytes -= bytes_;
+    }
+    Status take_locked(Impl& m, uint64_t bytes, std::string_view what) {
+      uint64_t held = m.chunk_bytes + m.manifest_bytes + m.reserved_bytes;
+      if (m.options.max_bytes > 0 && held + bytes > m.options.max_bytes) {
+        return resource_exhausted(std::string(what) + " of " + std::to_string(bytes) +
+                                  " bytes would take the value store past its limit of " +
+                                  std::to_string(m.options.max_bytes) + " bytes (--max-value-bytes; " +
+                                  std::to_string(held) + " held): values no entry refers to are collected "
+                                  "after --value-grace; end the entries naming values no longer needed, or "
+                                  "raise the limit");
+      }
+      m.reserved_bytes += bytes;
+      m_ = &m;
+      bytes_ = bytes;
+      return Status::Ok();
+    }
+
+   private:
+    Impl* m_ = nullptr;
+    uint64_t bytes_ = 0;
+  };
+
   ~Impl() {
     if (syncfs_fd >= 0) ::close(syncfs_fd);
   }
@@ -914,6 +951,7 @@ struct ValueStore::Impl {
           ValueInfo& v = values[*h];
           v.touched = now;
           v.chunks = std::move(m->chunks);
+          manifest_bytes += manifest_size(v.chunks.size());
         }
       }
     }
@@ -1006,6 +1044,7 @@ struct ValueStore::Impl {
           }
           doomed.push_back({value_path(it->first), &unlinking_values, it->first});
           unlinking_values.insert(it->first);
+          manifest_bytes -= manifest_size(it->second.chunks.size());
           it = values.erase(it);
         } else {
           ++it;
@@ -1123,6 +1162,7 @@ Result<bool> ValueStore::put_chunk_hashed(const ContentHash& hash, std::span<con
     return invalid_argument("chunk of " + std::to_string(data.size()) + " bytes: must be 1.." + std::to_string(kMaxChunkBytes));
   }
   uint64_t syncfs_failures = 0;
+  Impl::Reservation room;
   {
     std::lock_guard lock(m.mu);
     auto it = m.chunks.find(hash);
@@ -1130,6 +1170,7 @@ Result<bool> ValueStore::put_chunk_hashed(const ContentHash& hash, std::span<con
       it->second.touched = Clock::now();
       return false;
     }
+    DJINN_RETURN_IF_ERROR(room.take_locked(m, data.size(), "chunk " + to_hex(hash)));
     syncfs_failures = m.syncfs_failures;
   }
   // Not synced here: put_value syncs a value's chunks together, which lets the disk write them as
@@ -1308,6 +1349,7 @@ Result<ContentHash> ValueStore::put_value(uint64_t size, std::span<const Content
   DJINN_RETURN_IF_ERROR(m.sync_files(unsynced));
   std::vector<uint8_t> manifest = encode_manifest(size, chunk_list, sizes);
   ContentHash id = hash_bytes(manifest);
+  Impl::Reservation room;
   {
     // The chunks are referenced before the manifest is written, so no collection takes one
     // meanwhile; every one is still there (a collection or a failed sync since the check above
@@ -1318,6 +1360,7 @@ Result<ContentHash> ValueStore::put_value(uint64_t size, std::span<const Content
       it->second.touched = Clock::now();
       return id;
     }
+    DJINN_RETURN_IF_ERROR(room.take_locked(m, manifest.size(), "value " + to_hex(id) + ": its manifest"));
     for (size_t i = 0; i < chunk_list.size(); ++i) {
       auto it = m.chunks.find(chunk_list[i]);
       if (it == m.chunks.end() || !it->second.verified) {
@@ -1346,6 +1389,7 @@ Result<ContentHash> ValueStore::put_value(uint64_t size, std::span<const Content
   it->second.touched = Clock::now();
   if (fresh) {
     it->second.chunks.assign(chunk_list.begin(), chunk_list.end());
+    m.manifest_bytes += manifest.size();
   } else {
     unref_chunks();  // stored meanwhile by another call, which counted its references
   }
@@ -1388,7 +1432,8 @@ size_t ValueStore::collect_now(std::chrono::milliseconds grace) { return impl_->
 
 ValueStats ValueStore::stats() const {
   std::lock_guard lock(impl_->mu);
-  return ValueStats{impl_->values.size(), impl_->chunks.size(), impl_->chunk_bytes};
+  return ValueStats{impl_->values.size(), impl_->chunks.size(), impl_->chunk_bytes, impl_->manifest_bytes,
+                    impl_->options.max_bytes};
 }
 
 }  // namespace djinn::space

@@ -82,6 +82,8 @@ TEST_CASE("djinn-space: --help, refusals that say what to do, lookup registratio
     CHECK(exit_code_of(refused) == 2);
   }
   CHECK(exit_code_of(with({"--insecure", "--max-entry-bytes", "10"})) == 2);
+  CHECK(exit_code_of(with({"--insecure", "--max-value-bytes", "-1"})) == 2);
+  CHECK(exit_code_of(with({"--insecure", "--value-grace", "500ms"})) == 2);
   CHECK(exit_code_of(with({"--insecure", "--lookup", "udp://x"})) == 2);
   CHECK(exit_code_of(with({"--insecure", "--data-dir", ""})) == 2);
   CHECK(exit_code_of(with({"--curve-key", dir.file("missing.key"), "--keyring", dir.file("ring")})) == 1);

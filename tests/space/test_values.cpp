@@ -49,12 +49,13 @@ std::vector<uint8_t> read_back(SpaceClient& c, const ContentHash& id, ValueTrans
   return back;
 }
 
-std::unique_ptr<SpaceService> start(const test::TempDir& dir) {
+// A space whose collector waits an hour, unless `adjust` says otherwise.
+std::unique_ptr<SpaceService> start(const test::TempDir& dir, const std::function<void(SpaceServiceOptions&)>& adjust = {}) {
   SpaceServiceOptions o;
   o.data_dir = dir.file("space");
-  o.value_gc_interval = std::chrono::milliseconds(0);
   o.value_grace = 1h;
   o.value_gc_interval = std::chrono::hours(1);
+  if (adjust) adjust(o);
   auto s = SpaceService::start(o);
   REQUIRE_MESSAGE(s.ok(), s.status().to_string());
   return std::move(*s);
@@ -152,13 +153,11 @@ TEST_CASE("values: an upload longer than the grace keeps its chunks until its ma
   // Chunks are put before the manifest naming them; unnamed, each is kept for the grace after its
   // last put or hasChunks. The client asks about those it has put every half grace.
   test::TempDir dir;
-  SpaceServiceOptions o;
-  o.data_dir = dir.file("space");
-  o.value_grace = 1s;
-  o.value_gc_interval = 100ms;
-  auto s = SpaceService::start(o);
-  REQUIRE_MESSAGE(s.ok(), s.status().to_string());
-  SpaceClient c({.endpoint = (*s)->rpc_endpoint()});
+  auto s = start(dir, [](SpaceServiceOptions& o) {
+    o.value_grace = 1s;
+    o.value_gc_interval = 100ms;
+  });
+  SpaceClient c({.endpoint = s->rpc_endpoint()});
   std::vector<uint8_t> data = pattern(10 * 64 * 1024, 11);
   size_t at = 0;
   auto slow = [&](uint8_t* out, size_t max) -> Result<size_t> {
@@ -966,4 +965,77 @@ TEST_CASE("values: a manifest of the most chunks a value may name fits in one ca
   auto over = c.put_manifest(names.size() * 4096, names);
   CHECK(over.status().code() == Code::kInvalidArgument);
   CHECK(over.status().message().find("at most " + std::to_string(kMaxValueChunks)) != std::string::npos);
+}
+
+TEST_CASE("values: a store at its byte limit refuses chunks and manifests, stores nothing, and takes them once collected") {
+  test::TempDir dir;
+  constexpr uint64_t kManifestOf3 = 16 + 3 * 36;
+  auto opened = ValueStore::open({.dir = dir.file("values"), .grace = 1h, .gc_interval = 0ms, .max_bytes = 3 * 65536 + kManifestOf3});
+  REQUIRE(opened.ok());
+  ValueStore& v = **opened;
+  std::vector<std::vector<uint8_t>> chunks;
+  std::vector<ContentHash> names;
+  for (int i = 0; i < 4; ++i) {
+    chunks.push_back(pattern(65536, 40 + i));  // page-sized: records in a pack
+    names.push_back(hash_bytes(chunks.back()));
+  }
+  for (int i = 0; i < 3; ++i) REQUIRE(v.put_chunk(names[i], chunks[i]).ok());
+  auto over = v.put_chunk(names[3], chunks[3]);
+  CHECK(over.status().code() == Code::kResourceExhausted);
+  CHECK(over.status().message().find("--max-value-bytes") != std::string::npos);
+  CHECK(!v.has_chunk(names[3]));
+  CHECK(v.put_chunk(names[0], chunks[0]).value() == false);  // stored already: no room needed
+  // The manifest of the three fits exactly; another order of them is another manifest, refused.
+  std::vector<ContentHash> three(names.begin(), names.begin() + 3);
+  auto id = v.put_value(3 * 65536, three);
+  REQUIRE_MESSAGE(id.ok(), id.status().to_string());
+  std::swap(three[0], three[1]);
+  auto second = v.put_value(3 * 65536, three);
+  CHECK(second.status().code() == Code::kResourceExhausted);
+  ValueStats full = v.stats();
+  CHECK(full.values == 1);
+  CHECK(full.chunk_bytes + full.manifest_bytes == full.max_bytes);
+  // Collected (nothing refers to them), the room is free again.
+  v.collect_now(0ms);
+  CHECK(v.stats().chunk_bytes + v.stats().manifest_bytes == 0);
+  CHECK(v.put_chunk(names[3], chunks[3]).ok());
+}
+
+TEST_CASE("values: concurrent puts never take the store past its byte limit together") {
+  test::TempDir dir;
+  constexpr uint64_t kLimit = 10 * 100'000;
+  auto opened = ValueStore::open({.dir = dir.file("values"), .grace = 1h, .gc_interval = 0ms, .max_bytes = kLimit});
+  REQUIRE(opened.ok());
+  ValueStore& v = **opened;
+  std::atomic<int> stored{0}, refused{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 4; ++i) {
+        std::vector<uint8_t> chunk = pattern(100'000, 1000 + t * 10 + i);  // files, written outside the lock
+        auto r = v.put_chunk(hash_bytes(chunk), chunk);
+        if (r.ok()) ++stored;
+        else if (r.status().code() == Code::kResourceExhausted) ++refused;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  CHECK(stored.load() == 10);
+  CHECK(refused.load() == 22);
+  CHECK(v.stats().chunk_bytes == kLimit);
+}
+
+TEST_CASE("values: djinn-space's value limit refuses an upload past it and says so in its stats") {
+  test::TempDir dir;
+  auto s = start(dir, [](SpaceServiceOptions& o) { o.max_value_bytes = 1'000'000; });
+  SpaceClient c({.endpoint = s->rpc_endpoint()});
+  auto small = c.put_value(pattern(500'000, 5));
+  REQUIRE_MESSAGE(small.ok(), small.status().to_string());
+  auto big = c.put_value(pattern(600'000, 6));
+  CHECK(big.status().code() == Code::kResourceExhausted);
+  auto st = c.stats();
+  REQUIRE(st.ok());
+  CHECK(st->chunk_bytes == 500'000);
+  CHECK(st->manifest_bytes == 16 + 36);
+  CHECK(st->max_value_bytes == 1'000'000);
 }

@@ -40,6 +40,7 @@ struct NotifyHandle {
 
 struct RemoteStats {
   uint64_t entries = 0, values = 0, chunks = 0, chunk_bytes = 0, waiters = 0, in_doubt = 0;
+  uint64_t manifest_bytes = 0, max_value_bytes = 0;  // 0 from older spaces; max 0: no limit
 };
 
 // Where put_value reads from: fills up to `max` bytes at `out`, returns how many (0: the end), or

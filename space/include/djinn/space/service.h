@@ -41,6 +41,7 @@ struct SpaceServiceOptions {
   int workers = 4;
   std::chrono::milliseconds value_grace{std::chrono::minutes(10)};
   std::chrono::milliseconds value_gc_interval{std::chrono::seconds(30)};
+  uint64_t max_value_bytes = 0;  // chunks and manifests held (ValueStoreOptions::max_bytes; 0: no limit)
 };
 
 class SpaceService {

@@ -72,6 +72,9 @@ struct ValueStoreOptions {
   // before the entry that refers to it).
   std::chrono::milliseconds grace{std::chrono::minutes(10)};
   std::chrono::milliseconds gc_interval{std::chrono::seconds(30)};  // 0: no collector thread
+  // The most bytes of chunks and manifests held (0: no limit); a put past it is refused with
+  // RESOURCE_EXHAUSTED and stores nothing. What collection and compaction free counts at once.
+  uint64_t max_bytes = 0;
   // False: the collector thread starts only at start_collector(), once the owner has taken its
   // references (a space loading its entries); until then every value looks unreferenced.
   bool start_collector = true;
@@ -86,6 +89,8 @@ struct ValueStats {
   uint64_t values = 0;
   uint64_t chunks = 0;
   uint64_t chunk_bytes = 0;
+  uint64_t manifest_bytes = 0;
+  uint64_t max_bytes = 0;  // ValueStoreOptions::max_bytes
 };
 
 // Thread-safe. Writes of chunk files run concurrently; appends to packs one at a time; the
@@ -98,7 +103,8 @@ class ValueStore {
   ValueStore& operator=(const ValueStore&) = delete;
 
   // Stores `data` under `hash` (durable once a value names it: put_value);
-  // INVALID_ARGUMENT when the hash is not the data's or the size is out of 1..kMaxChunkBytes.
+  // INVALID_ARGUMENT when the hash is not the data's or the size is out of 1..kMaxChunkBytes;
+  // RESOURCE_EXHAUSTED when it would take the store past max_bytes.
   // Returns false when it was stored already.
   Result<bool> put_chunk(const ContentHash& hash, std::span<const uint8_t> data);
   // The same for data whose hash the caller computed itself just now (nothing to check).
@@ -113,7 +119,7 @@ class ValueStore {
   Status read_chunk(const ContentHash& hash, const std::function<uint8_t*(size_t size)>& sink) const;
 
   // Stores a manifest of stored chunks; NOT_FOUND naming the first missing chunk, INVALID_ARGUMENT
-  // when the size does not add up. Returns the value id.
+  // when the size does not add up, RESOURCE_EXHAUSTED past max_bytes. Returns the value id.
   Result<ContentHash> put_value(uint64_t size, std::span<const ContentHash> chunks);
   Result<Manifest> get_value(const ContentHash& value_id) const;
   bool has_value(const ContentHash& value_id) const;
