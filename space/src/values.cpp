@@ -60,6 +60,10 @@ constexpr const char* kSealedSuffix = ".sealed";
 // nothing in it is live: compacting it would cost more than the space it wastes.)
 constexpr double kCompactBelow = 0.5;
 constexpr uint64_t kCompactFrom = 1u << 20;
+// A collection looks at this many hash buckets of a table each time it takes the store's lock, so
+// puts and asks wait for a slice (well under a millisecond), not for a scan of every chunk (150 ms
+// at a million).
+constexpr size_t kSweepBuckets = 4096;
 
 uint64_t record_bytes(uint64_t chunk_size) { return kPackHeaderBytes + chunk_size; }
 
@@ -999,6 +1003,29 @@ struct ValueStore::Impl {
     return Status::Ok();
   }
 
+  // Calls take(it) for every element of `table` that pick(element) chooses, under the lock, a
+  // slice of buckets at a time. An element a rehash moves between slices may be looked at twice
+  // (it is gone, or picked again only if still doomed) or not at all (the next collection does).
+  template <class Table, class Pick, class Take>
+  void sweep(Table& table, const Pick& pick, const Take& take) {
+    std::vector<typename Table::key_type> picked;
+    // Between slices the sweep sleeps a moment: a call blocked on the lock is woken by the unlock but
+    // would find it taken again before it runs.
+    for (size_t bucket = 0;; std::this_thread::sleep_for(std::chrono::microseconds(20))) {
+      std::lock_guard lock(mu);
+      size_t buckets = table.bucket_count();
+      if (bucket >= buckets) return;
+      size_t end = std::min(buckets, bucket + kSweepBuckets);
+      picked.clear();
+      for (; bucket < end; ++bucket) {
+        for (auto it = table.begin(bucket); it != table.end(bucket); ++it) {
+          if (pick(it->second)) picked.push_back(it->first);
+        }
+      }
+      for (const auto& key : picked) take(table.find(key));
+    }
+  }
+
   size_t collect(std::chrono::milliseconds grace) {
     std::lock_guard one_at_a_time(collect_mu);  // each empties the unlinking sets it filled
     // A value is collected a grace after its last reference ended: what ended it happened
@@ -1030,41 +1057,36 @@ struct ValueStore::Impl {
         m.unlinked_cv.notify_all();
       }
     } unlinked{*this};
+    const auto now = Clock::now();
+    // Values first, so the chunks of a value collected now are collected with it.
+    sweep(values, [&](const ValueInfo& v) { return v.refs == 0 && now - v.touched >= grace; },
+          [&](auto it) {
+            // A chunk it named keeps its own time: one put or asked about (has_chunk) within the
+            // grace period is about to be named again and stays.
+            for (const ContentHash& c : it->second.chunks) {
+              auto ci = chunks.find(c);
+              if (ci != chunks.end() && ci->second.refs > 0) --ci->second.refs;
+            }
+            doomed.push_back({value_path(it->first), &unlinking_values, it->first});
+            unlinking_values.insert(it->first);
+            manifest_bytes -= manifest_size(it->second.chunks.size());
+            values.erase(it);
+          });
+    sweep(chunks, [&](const ChunkInfo& c) { return c.refs == 0 && now - c.touched >= grace; },
+          [&](auto it) {
+            if (it->second.pack != 0) {
+              packs[it->second.pack].live -= record_bytes(it->second.size);
+              ++packed_gone;
+            } else {
+              doomed.push_back({chunk_path(it->first), &unlinking_chunks, it->first});
+              unlinking_chunks.insert(it->first);
+            }
+            chunk_bytes -= it->second.size;
+            chunks.erase(it);
+          });
     {
       std::lock_guard append(append_mu);  // no append is under way in a pack deleted here
       std::lock_guard lock(mu);
-      auto now = Clock::now();
-      for (auto it = values.begin(); it != values.end();) {
-        if (it->second.refs == 0 && now - it->second.touched >= grace) {
-          // A chunk it named keeps its own time: one put or asked about (has_chunk) within the grace
-          // period is about to be named again and stays.
-          for (const ContentHash& c : it->second.chunks) {
-            auto ci = chunks.find(c);
-            if (ci != chunks.end() && ci->second.refs > 0) --ci->second.refs;
-          }
-          doomed.push_back({value_path(it->first), &unlinking_values, it->first});
-          unlinking_values.insert(it->first);
-          manifest_bytes -= manifest_size(it->second.chunks.size());
-          it = values.erase(it);
-        } else {
-          ++it;
-        }
-      }
-      for (auto it = chunks.begin(); it != chunks.end();) {
-        if (it->second.refs == 0 && now - it->second.touched >= grace) {
-          if (it->second.pack != 0) {
-            packs[it->second.pack].live -= record_bytes(it->second.size);
-            ++packed_gone;
-          } else {
-            doomed.push_back({chunk_path(it->first), &unlinking_chunks, it->first});
-            unlinking_chunks.insert(it->first);
-          }
-          chunk_bytes -= it->second.size;
-          it = chunks.erase(it);
-        } else {
-          ++it;
-        }
-      }
       // A pack nothing is read from goes (the one taking appends too: the next append opens
       // another); one mostly dead is compacted below. Packs of under a MiB are left to grow.
       for (auto it = packs.begin(); it != packs.end();) {

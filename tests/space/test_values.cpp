@@ -1039,3 +1039,54 @@ TEST_CASE("values: djinn-space's value limit refuses an upload past it and says 
   CHECK(st->manifest_bytes == 16 + 36);
   CHECK(st->max_value_bytes == 1'000'000);
 }
+
+TEST_CASE("values: collections sweeping in slices while chunks and values are put keep all that is named") {
+  // Tables of 20,000 chunks span several slices of the sweep, and grow (rehash) between them.
+  test::TempDir dir;
+  auto opened = ValueStore::open({.dir = dir.file("values"), .grace = 2s, .gc_interval = 0ms});
+  REQUIRE(opened.ok());
+  ValueStore& v = **opened;
+  std::atomic<bool> putting{true};
+  std::thread collector([&] {
+    while (putting) v.collect_now(2s);
+  });
+  constexpr int kThreads = 4, kValues = 10, kPages = 500;
+  std::vector<std::vector<ContentHash>> values(kThreads);
+  std::vector<std::thread> writers;
+  for (int t = 0; t < kThreads; ++t) {
+    writers.emplace_back([&, t] {
+      for (int n = 0; n < kValues; ++n) {
+        std::vector<ContentHash> names;
+        for (int i = 0; i < kPages; ++i) {
+          uint64_t x = (static_cast<uint64_t>(t) << 32) | (n * kPages + i);
+          std::span<const uint8_t> page(reinterpret_cast<const uint8_t*>(&x), sizeof x);
+          names.push_back(hash_bytes(page));
+          REQUIRE(v.put_chunk_hashed(names.back(), page).ok());
+        }
+        auto id = v.put_value(kPages * sizeof(uint64_t), names);
+        REQUIRE_MESSAGE(id.ok(), id.status().to_string());
+        v.ref(*id);  // as an entry naming it
+        values[t].push_back(*id);
+      }
+    });
+  }
+  for (auto& w : writers) w.join();
+  putting = false;
+  collector.join();
+  CHECK(v.stats().chunks == kThreads * kValues * kPages);
+  // Past the grace, a collection takes what nothing names any more, and only that.
+  for (int t = 0; t < kThreads; t += 2) {
+    for (const ContentHash& id : values[t]) v.unref(id);
+  }
+  CHECK(v.collect_now(0ms) == 2 * kValues * (1 + kPages));  // the values and their chunks
+  for (int t = 0; t < kThreads; ++t) {
+    for (const ContentHash& id : values[t]) CHECK(v.has_value(id) == (t % 2 == 1));
+  }
+  CHECK(v.stats().chunks == kThreads / 2 * kValues * kPages);
+  std::vector<uint8_t> page;
+  for (const ContentHash& id : values[1]) {
+    auto m = v.get_value(id);
+    REQUIRE(m.ok());
+    for (const ContentHash& c : m->chunks) REQUIRE(v.get_chunk(c, page).ok());
+  }
+}
