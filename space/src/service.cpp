@@ -439,21 +439,40 @@ void SpaceService::Impl::register_methods() {
   register_match("space.takeIfExists", true, false, false);
   register_match("space.takeMany", true, true, true);
 
-  s.method<proto::ContentsParams, proto::ContentsResult>(
+  // On a worker (a page is a scan); one under a transaction the space must first join is answered
+  // from the joiner thread once its manager has answered, and holds no worker meanwhile.
+  s.handle_deferred(
       "space.contents",
-      [this](const rpc::CallContext&, proto::ContentsParams::Reader p, proto::ContentsResult::Builder out) -> Status {
+      [this](const rpc::CallContext&, capnp::MessageReader& message, rpc::Responder responder) {
         Space* sp = space.load();
-        if (!sp) return unavailable("space.contents: the space is starting");
-        Result<Template> tmpl = template_from(p.getTemplate(), options.max_entry_bytes, "space.contents");
-        if (!tmpl.ok()) return tmpl.status();
-        Result<std::optional<TxnRef>> t = txn_from(p.hasTxn(), p.getTxn(), "space.contents");
-        if (!t.ok()) return t.status();
-        Result<ContentsPage> page = sp->contents(*tmpl, p.getCursor(), p.getMaxEntries(), *t);
-        if (!page.ok()) return Status(page.status().code(), "space.contents: " + page.status().message());
-        put_entries(out.initEntries(static_cast<unsigned>(page->entries.size())), page->entries);
-        out.setCursor(page->cursor);
-        out.setDone(page->done);
-        return Status::Ok();
+        if (!sp) return responder.reply(unavailable("space.contents: the space is starting"));
+        std::optional<Template> tmpl;
+        std::optional<TxnRef> txn;
+        uint64_t cursor = 0;
+        uint32_t max = 0;
+        try {
+          auto p = message.getRoot<proto::ContentsParams>();
+          Result<Template> read = template_from(p.getTemplate(), options.max_entry_bytes, "space.contents");
+          if (!read.ok()) return responder.reply(read.status());
+          tmpl = std::move(*read);
+          Result<std::optional<TxnRef>> t = txn_from(p.hasTxn(), p.getTxn(), "space.contents");
+          if (!t.ok()) return responder.reply(t.status());
+          txn = std::move(*t);
+          cursor = p.getCursor();
+          max = p.getMaxEntries();
+        } catch (const kj::Exception& e) {
+          return responder.reply(malformed("space.contents", e));
+        }
+        auto shared = std::make_shared<rpc::Responder>(std::move(responder));
+        sp->contents_async(*tmpl, cursor, max, std::move(txn), [shared](Result<ContentsPage> page) {
+          if (!page.ok()) return shared->reply(Status(page.status().code(), "space.contents: " + page.status().message()));
+          capnp::MallocMessageBuilder reply;
+          auto out = reply.initRoot<proto::ContentsResult>();
+          put_entries(out.initEntries(static_cast<unsigned>(page->entries.size())), page->entries);
+          out.setCursor(page->cursor);
+          out.setDone(page->done);
+          shared->reply(Status::Ok(), reply);
+        });
       },
       client_blocking);
 

@@ -983,6 +983,8 @@ struct Space::Impl {
     return Status::Ok();
   }
 
+  ContentsPage contents_page(const Template& tmpl, uint64_t cursor, size_t max, const std::optional<TxnId>& txn);
+
   // Joins `ref` if need be and waits for the answer (contents, which answers on its caller's thread).
   Status ensure_joined(const TxnRef& ref) {
     Result<bool> needed = join_needed(ref);
@@ -1839,23 +1841,25 @@ Result<std::vector<Entry>> Space::take_many(const Template& tmpl, size_t max, st
   return wait_match(*this, MatchRequest{tmpl, true, max, timeout, std::move(txn)});
 }
 
-Result<ContentsPage> Space::contents(const Template& tmpl, uint64_t cursor, size_t max, std::optional<TxnRef> txn) {
-  Impl& m = *impl_;
+namespace {
+
+Status check_page(const Template& tmpl, size_t max) {
   DJINN_RETURN_IF_ERROR(validate(tmpl));
   if (max == 0 || max > kMaxTakeMany) {
     return invalid_argument("contents: page of " + std::to_string(max) + " entries: must be 1.." + std::to_string(kMaxTakeMany));
   }
-  std::optional<TxnId> id;
-  if (txn) {
-    DJINN_RETURN_IF_ERROR(m.ensure_joined(*txn));
-    id = txn->id;
-  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+ContentsPage Space::Impl::contents_page(const Template& tmpl, uint64_t cursor, size_t max, const std::optional<TxnId>& txn) {
   ContentsPage page;
   page.cursor = cursor;
   page.done = true;
   size_t bytes = 0;
-  std::shared_lock lock(m.mu);
-  m.scan_locked(tmpl, cursor, id, [&](uint64_t seq, const Impl::Stored& s) {
+  std::shared_lock lock(mu);
+  scan_locked(tmpl, cursor, txn, [&](uint64_t seq, const Stored& s) {
     bytes += s.entry.bytes().size();
     if (page.entries.size() == max || (!page.entries.empty() && bytes > kMaxEntriesReplyBytes)) {
       page.done = false;
@@ -1866,6 +1870,27 @@ Result<ContentsPage> Space::contents(const Template& tmpl, uint64_t cursor, size
     return true;
   });
   return page;
+}
+
+Result<ContentsPage> Space::contents(const Template& tmpl, uint64_t cursor, size_t max, std::optional<TxnRef> txn) {
+  Impl& m = *impl_;
+  DJINN_RETURN_IF_ERROR(check_page(tmpl, max));
+  std::optional<TxnId> id;
+  if (txn) {
+    DJINN_RETURN_IF_ERROR(m.ensure_joined(*txn));
+    id = txn->id;
+  }
+  return m.contents_page(tmpl, cursor, max, id);
+}
+
+void Space::contents_async(const Template& tmpl, uint64_t cursor, size_t max, std::optional<TxnRef> txn, ContentsDone done) {
+  Impl& m = *impl_;
+  if (Status bad = check_page(tmpl, max); !bad.ok()) return done(bad);
+  auto shared_done = std::make_shared<ContentsDone>(std::move(done));
+  std::optional<TxnId> id;
+  if (txn) id = txn->id;
+  m.with_txn(txn, [&m, tmpl, cursor, max, id, shared_done] { (*shared_done)(m.contents_page(tmpl, cursor, max, id)); },
+             [shared_done](Status st) { (*shared_done)(std::move(st)); });
 }
 
 Result<NotifyRegistration> Space::notify(const Template& tmpl, int64_t duration_ms, std::string holder) {

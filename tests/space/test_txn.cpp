@@ -227,7 +227,8 @@ TEST_CASE("a manager that does not answer holds up only the operations under its
   REQUIRE(good.ok());
   TxnRef lost{txn::TxnId::random(), "tcp://127.0.0.1:" + std::to_string(test::free_tcp_port())};
 
-  // Three writers under the transaction whose manager is gone, each waiting for its join...
+  // Three writers under the transaction whose manager is gone, each waiting for its join, and
+  // readers of its contents, more than the space has workers...
   std::vector<std::future<Result<WriteReceipt>>> stuck;
   for (int i = 0; i < 3; ++i) {
     stuck.push_back(std::async(std::launch::async, [&, i] {
@@ -235,14 +236,29 @@ TEST_CASE("a manager that does not answer holds up only the operations under its
       return c.write(entry("demo.Slot", {{"i", 100 + i}}), 600'000, lost);
     }));
   }
+  std::vector<std::future<Result<ContentsPage>>> stuck_pages;
+  for (int i = 0; i < SpaceServiceOptions{}.workers + 2; ++i) {
+    stuck_pages.push_back(std::async(std::launch::async, [&] {
+      SpaceClient c({.endpoint = a->rpc_endpoint(), .default_timeout = 10s});
+      return c.contents(tmpl("demo.Slot"), 0, 100, lost);
+    }));
+  }
   std::this_thread::sleep_for(200ms);
-  // ...while a write under a transaction whose manager answers goes through at once.
+  // ...while a write under a transaction whose manager answers goes through at once, and so
+  // does a page of contents, which runs on a worker.
   SpaceClient c({.endpoint = a->rpc_endpoint()});
   auto started = std::chrono::steady_clock::now();
   auto w = c.write(entry("demo.Slot", {{"i", 1}}), 600'000, *good);
   CHECK_MESSAGE(w.ok(), w.status().to_string());
+  auto page = c.contents(tmpl("demo.Slot"), 0, 100);
+  CHECK_MESSAGE(page.ok(), page.status().to_string());
   CHECK(std::chrono::steady_clock::now() - started < 1s);
   for (auto& f : stuck) {
+    auto r = f.get();
+    CHECK(!r.ok());
+    CHECK(r.status().message().find("txn.join") != std::string::npos);
+  }
+  for (auto& f : stuck_pages) {
     auto r = f.get();
     CHECK(!r.ok());
     CHECK(r.status().message().find("txn.join") != std::string::npos);

@@ -154,6 +154,7 @@ struct SpaceStats {
 using WriteDone = std::function<void(Result<Written>)>;
 using WriteManyDone = std::function<void(std::vector<Result<Written>>)>;
 using MatchDone = std::function<void(Result<std::vector<Entry>>)>;
+using ContentsDone = std::function<void(Result<ContentsPage>)>;
 
 class Space final : public txn::Participant {
  public:
@@ -184,6 +185,9 @@ class Space final : public txn::Participant {
   // Matches in write order after `cursor` (0: from the start), at most `max`.
   Result<ContentsPage> contents(const Template& tmpl, uint64_t cursor, size_t max,
                                 std::optional<TxnRef> txn = std::nullopt);
+  // The same; `done` runs on this thread, or, when the space must first join `txn`, on the joiner
+  // thread once its manager has answered: the caller's thread does not wait for the manager.
+  void contents_async(const Template& tmpl, uint64_t cursor, size_t max, std::optional<TxnRef> txn, ContentsDone done);
 
   Result<NotifyRegistration> notify(const Template& tmpl, int64_t duration_ms, std::string holder);
 
