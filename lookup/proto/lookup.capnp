@@ -29,18 +29,22 @@ struct LookupResult {
   item @1 :Model.ServiceItem;
 }
 
-# lookup.lookupMany: up to maxMatches items and the total that match. With notifyId set (a notify
-# registration of the caller's), also the last event number of that registration at the moment
-# of the snapshot: a client applies only later events (the lookup cache's re-sync).
+# lookup.lookupMany: up to maxMatches items, in ServiceID order, and the total that match. With
+# notifyId set (a notify registration of the caller's), also the last event number of that
+# registration at the moment of the snapshot: a client applies only later events (the lookup
+# cache's re-sync). A reply stops short of 8 MiB of items (at least one): `more` says matches
+# were left out, to be asked for with afterId set to the last item's ServiceID.
 struct LookupManyParams {
   template @0 :Model.ServiceTemplate;
   maxMatches @1 :UInt32;        # at most 100,000
   notifyId @2 :UInt64;          # 0: none
+  afterId @3 :Model.Uuid;       # unset: from the first match; set: matches after this ServiceID
 }
 struct LookupManyResult {
   items @0 :List(Model.ServiceItem);
-  totalMatches @1 :UInt64;
+  totalMatches @1 :UInt64;      # every match, before and after the page
   eventSeq @2 :UInt64;          # with notifyId: the registration's last event number
+  more @3 :Bool;                # matches after the last item were left out
 }
 
 # lookup.modifyAttributes: Jini's modifyAttributes and addAttributes in one durable step. For each

@@ -109,11 +109,37 @@ void RegistrarClient::lookup_async(const ServiceTemplate& tmpl,
 
 Result<LookupMany> RegistrarClient::lookup_many(const ServiceTemplate& tmpl, size_t max_matches, uint64_t notify_id,
                                                 rpc::CallOptions call) {
+  return lookup_page(tmpl, max_matches, std::nullopt, notify_id, call);
+}
+
+Result<LookupMany> RegistrarClient::lookup_all(const ServiceTemplate& tmpl, size_t max_matches, uint64_t notify_id,
+                                               rpc::CallOptions call) {
+  Result<LookupMany> all = lookup_page(tmpl, max_matches, std::nullopt, notify_id, call);
+  while (all.ok() && all->more && all->items.size() < max_matches && !all->items.empty()) {
+    Result<LookupMany> next = lookup_page(tmpl, max_matches - all->items.size(), all->items.back().service_id, 0, call);
+    if (!next.ok()) return next.status();
+    // A registrar that pages by nothing (older than afterId) answers the first page again.
+    if (!next->items.empty() && !(all->items.back().service_id < next->items.front().service_id)) {
+      return failed_precondition("lookup.lookupMany: the registrar does not page its matches (afterId); upgrade it");
+    }
+    for (ServiceItem& item : next->items) all->items.push_back(std::move(item));
+    all->more = next->more;
+    if (next->items.empty()) break;
+  }
+  return all;
+}
+
+Result<LookupMany> RegistrarClient::lookup_page(const ServiceTemplate& tmpl, size_t max_matches,
+                                                const std::optional<ServiceId>& after, uint64_t notify_id,
+                                                rpc::CallOptions call) {
   capnp::MallocMessageBuilder message;
   auto p = message.initRoot<proto::LookupManyParams>();
   to_capnp(tmpl, p.initTemplate());
   p.setMaxMatches(static_cast<uint32_t>(std::min<size_t>(max_matches, UINT32_MAX)));
   p.setNotifyId(notify_id);
+  if (after) to_capnp(*after, p.initAfterId());
+  // A read needs no key; one the caller gave would have the server answer every page with the first.
+  call.idempotency_key.clear();
   rpc::Reply reply = client_->call("lookup.lookupMany", message, idempotent(call));
   return rpc::read_reply<LookupMany>(reply, "lookup.lookupMany", [](rpc::Reply& r) -> Result<LookupMany> {
     auto res = r.results<proto::LookupManyResult>();
@@ -125,6 +151,7 @@ Result<LookupMany> RegistrarClient::lookup_many(const ServiceTemplate& tmpl, siz
     }
     out.total = res.getTotalMatches();
     out.event_seq = res.getEventSeq();
+    out.more = res.getMore();
     return out;
   });
 }

@@ -311,7 +311,9 @@ struct LookupCache::Impl::Feed {
       DJINN_LOG(kDebug, "lookup-cache") << endpoint << ": notify registration " << notify->id << ", events from "
                                         << notify->events_endpoint;
     }
-    Result<LookupMany> snap = client->lookup_many(cache.options.tmpl, kMaxMatches, notify->id, call());
+    // Page after page: the events after the first page's number are applied over the whole, so an
+    // item that changed between pages ends as its last event left it.
+    Result<LookupMany> snap = client->lookup_all(cache.options.tmpl, kMaxMatches, notify->id, call());
     if (!snap.ok()) return Status(snap.status().code(), "snapshot: " + snap.status().message());
     if (snap->total > snap->items.size()) {
       DJINN_LOG(kWarn, "lookup-cache") << endpoint << ": " << snap->total << " items match, the cache holds the first "

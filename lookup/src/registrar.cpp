@@ -729,7 +729,26 @@ bool Registrar::visit_one(const ServiceTemplate& tmpl, const std::function<void(
   return found;
 }
 
-LookupMany Registrar::lookup_many(const ServiceTemplate& tmpl, size_t max_matches, uint64_t notify_id) const {
+size_t reply_bytes_of(const ServiceItem& item) {
+  // Cap'n Proto: a pointer (8 bytes) per text and list, text rounded up to words, a struct of a few
+  // words per value, entry and item.
+  auto text = [](const std::string& s) { return s.size() + 16; };
+  size_t bytes = 128 + text(item.endpoints.rpc) + text(item.endpoints.events) + text(item.public_key);
+  for (const std::string& t : item.interface_types) bytes += text(t);
+  for (const Entry& e : item.attributes) {
+    bytes += 32 + text(e.type);
+    for (const std::string& t : e.supertypes) bytes += text(t);
+    for (const auto& [name, value] : e.fields) {
+      bytes += 48 + text(name);
+      if (value.type() == ValueType::kText) bytes += value.as_text().size();
+      if (value.type() == ValueType::kBytes) bytes += value.as_bytes().size();
+    }
+  }
+  return bytes;
+}
+
+LookupMany Registrar::lookup_many(const ServiceTemplate& tmpl, size_t max_matches, uint64_t notify_id,
+                                  const LookupPage& page) const {
   const Impl& m = *impl_;
   LookupMany out;
   std::shared_lock lock(m.mu_);
@@ -738,12 +757,35 @@ LookupMany Registrar::lookup_many(const ServiceTemplate& tmpl, size_t max_matche
     if (w != m.watches_.end()) out.event_seq = m.options.publisher->last_seq(w->second.kind);
   }
   // Every match is counted (items past their deadline are not), so this walks the whole
-  // smallest posting list; an exact template skips matching.
+  // smallest posting list; an exact template skips matching. The first max_matches after the
+  // page's start, by ServiceID, are kept in a heap whose top is the greatest.
+  auto by_id = [](const ServiceItem* a, const ServiceItem* b) { return a->service_id < b->service_id; };
+  std::vector<const ServiceItem*> first;
+  size_t after = 0;
   m.for_each_match_locked(tmpl, [&](const ServiceItem& item) {
     ++out.total;
-    if (out.items.size() < max_matches) out.items.push_back(item);
+    if (page.after && !(*page.after < item.service_id)) return true;
+    ++after;
+    if (max_matches == 0) return true;
+    if (first.size() < max_matches) {
+      first.push_back(&item);
+      std::push_heap(first.begin(), first.end(), by_id);
+    } else if (by_id(&item, first.front())) {
+      std::pop_heap(first.begin(), first.end(), by_id);
+      first.back() = &item;
+      std::push_heap(first.begin(), first.end(), by_id);
+    }
     return true;
   });
+  std::sort_heap(first.begin(), first.end(), by_id);
+  size_t bytes = 0;
+  for (const ServiceItem* item : first) {
+    size_t b = reply_bytes_of(*item);
+    if (!out.items.empty() && bytes + b > page.max_bytes) break;
+    bytes += b;
+    out.items.push_back(*item);
+  }
+  out.more = out.items.size() < after;
   return out;
 }
 

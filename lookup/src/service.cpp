@@ -143,11 +143,18 @@ void LookupService::Impl::register_methods() {
           return invalid_argument("lookup.lookupMany: maxMatches " + std::to_string(p.getMaxMatches()) + " is over " +
                                   std::to_string(kMaxMatches) + "; page with narrower templates");
         }
-        LookupMany many = registrar->lookup_many(*tmpl, p.getMaxMatches(), p.getNotifyId());
+        LookupPage page{.max_bytes = kMaxMatchesReplyBytes};
+        if (p.hasAfterId()) {
+          Result<ServiceId> after = from_capnp(p.getAfterId());
+          if (!after.ok()) return Status(after.status().code(), "lookup.lookupMany: afterId: " + after.status().message());
+          page.after = *after;
+        }
+        LookupMany many = registrar->lookup_many(*tmpl, p.getMaxMatches(), p.getNotifyId(), page);
         auto items = out.initItems(static_cast<unsigned>(many.items.size()));
         for (size_t i = 0; i < many.items.size(); ++i) to_capnp(many.items[i], items[i]);
         out.setTotalMatches(many.total);
         out.setEventSeq(many.event_seq);
+        out.setMore(many.more);
         return Status::Ok();
       },
       client_blocking);

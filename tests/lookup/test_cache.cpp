@@ -62,7 +62,7 @@ struct Lookup {
     REQUIRE_MESSAGE(st.ok(), st.to_string());
   }
   std::vector<ServiceItem> truth(const ServiceTemplate& tmpl) {
-    auto many = client->lookup_many(tmpl, kMaxMatches);
+    auto many = client->lookup_all(tmpl, kMaxMatches);
     REQUIRE_MESSAGE(many.ok(), many.status().to_string());
     return many->items;
   }
@@ -473,6 +473,24 @@ TEST_CASE("a registrar restarted on the same data and ports: the cache re-syncs 
   CHECK(state_of(*cache, lookup.endpoint()).synced);
   CHECK(cache->stats().bad_input == 0);
   CHECK(quiet->stats().bad_input == 0);
+}
+
+TEST_CASE("a cache holds every match however many replies its snapshot takes") {
+  Lookup lookup;
+  ServiceTemplate tmpl;
+  tmpl.interface_types = {"test.Printer"};
+  // 300 items of 60 KB: the snapshot is three replies or more.
+  for (int i = 0; i < 300; ++i) {
+    ServiceItem item = printer("p" + std::to_string(i));
+    item.attributes.push_back(Entry{"test.Manual", {}, {{"text", Value(std::string(60'000, 'm'))}}});
+    lookup.add(item);
+  }
+  LookupCacheOptions o;
+  o.tmpl = tmpl;
+  o.registrars = {lookup.endpoint()};
+  auto cache = start_cache(std::move(o));
+  CHECK(cache->size() == 300);
+  CHECK(cache->lookup_many(tmpl, 1000).size() == 300);
 }
 
 TEST_CASE("lookups are answered from memory, even with the registrar gone") {

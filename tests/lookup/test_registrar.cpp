@@ -291,6 +291,51 @@ TEST_CASE("a snapshot carries the event number it reflects") {
   CHECK(many->event_seq == 5);
 }
 
+TEST_CASE("lookupMany pages: replies stop short of 8 MiB, matches come in ServiceID order after a cursor") {
+  Harness h;
+  ServiceTemplate t{std::nullopt, {"demo.Big"}, {}};
+  // 300 items of 60 KB: 18 MB, over the 16 MiB a client reads in one reply.
+  std::vector<ServiceId> ids;
+  for (int i = 0; i < 300; ++i) {
+    ServiceItem it = item({"demo.Big"}, {entry("demo.Blob", {{"text", Value(std::string(60'000, 'a' + i % 26))}})});
+    ids.push_back(must_register(*h.client, it).item.service_id);
+  }
+  std::sort(ids.begin(), ids.end());
+  auto first = h.client->lookup_many(t, 300);
+  REQUIRE_MESSAGE(first.ok(), first.status().to_string());
+  CHECK(first->total == 300);
+  CHECK(first->more);
+  CHECK(first->items.size() < 300);
+  CHECK(first->items.size() * 60'000 <= kMaxMatchesReplyBytes);
+  for (size_t i = 0; i < first->items.size(); ++i) CHECK(first->items[i].service_id == ids[i]);
+
+  // Page by page (a key given by the caller does not make every page the first).
+  rpc::CallOptions keyed;
+  keyed.idempotency_key = "the caller's";
+  auto all = h.client->lookup_all(t, 1000, 0, keyed);
+  REQUIRE_MESSAGE(all.ok(), all.status().to_string());
+  CHECK(!all->more);
+  REQUIRE(all->items.size() == 300);
+  for (size_t i = 0; i < ids.size(); ++i) CHECK(all->items[i].service_id == ids[i]);
+
+  // A page of ten after the hundredth; the maximum counts too; after the last, nothing.
+  auto ten = h.client->lookup_page(t, 10, ids[99]);
+  REQUIRE(ten.ok());
+  REQUIRE(ten->items.size() == 10);
+  CHECK(ten->items.front().service_id == ids[100]);
+  CHECK(ten->more);
+  auto capped = h.client->lookup_all(t, 250);
+  REQUIRE(capped.ok());
+  CHECK(capped->items.size() == 250);
+  CHECK(capped->items.back().service_id == ids[249]);
+  CHECK(capped->more);
+  auto none = h.client->lookup_page(t, 10, ids.back());
+  REQUIRE(none.ok());
+  CHECK(none->items.empty());
+  CHECK(!none->more);
+  CHECK(none->total == 300);
+}
+
 TEST_CASE("renewing a registration lease shows in the item; an unrenewed one expires") {
   Harness h;
   ServiceItem p = item({"demo.Printer"}, {});

@@ -60,8 +60,17 @@ class RegistrarClient {
   // Many in flight at once; `done` runs on the client's I/O thread (keep it short).
   void lookup_async(const ServiceTemplate& tmpl, std::function<void(Result<std::optional<ServiceItem>>)> done,
                     rpc::CallOptions call = {});
+  // The first page of up to max_matches matches, in ServiceID order (a reply holds at most 8 MiB
+  // of items: `more` says matches were left out).
   Result<LookupMany> lookup_many(const ServiceTemplate& tmpl, size_t max_matches, uint64_t notify_id = 0,
                                  rpc::CallOptions call = {});
+  // The page of matches after `after` (from the first when none).
+  Result<LookupMany> lookup_page(const ServiceTemplate& tmpl, size_t max_matches, const std::optional<ServiceId>& after,
+                                 uint64_t notify_id = 0, rpc::CallOptions call = {});
+  // Up to max_matches matches, page after page; event_seq is the first page's. Items that change
+  // between pages are as each page found them.
+  Result<LookupMany> lookup_all(const ServiceTemplate& tmpl, size_t max_matches, uint64_t notify_id = 0,
+                                rpc::CallOptions call = {});
   Result<ServiceItem> modify_attributes(uint64_t lease_id, std::span<const AttributeChange> changes,
                                         std::span<const Entry> add = {}, rpc::CallOptions call = {});
   Result<NotifyHandle> notify(const ServiceTemplate& tmpl, uint8_t transitions, int64_t duration_ms,

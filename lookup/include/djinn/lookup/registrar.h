@@ -69,10 +69,23 @@ struct Registration {
 };
 
 struct LookupMany {
-  std::vector<ServiceItem> items;  // at most the maximum asked
+  std::vector<ServiceItem> items;  // at most the maximum asked, in ServiceID order
   uint64_t total = 0;              // every match
   uint64_t event_seq = 0;          // with a notify id: its stream's last event number at the snapshot
+  // Matches after the last item were left out (by the maximum, or the page's byte bound): ask for
+  // the page after it.
+  bool more = false;
 };
+
+// Which page of matches lookup_many answers: those after `after` in ServiceID order (all when
+// none), as many as fit in `max_bytes` of items (at least one).
+struct LookupPage {
+  std::optional<ServiceId> after;
+  size_t max_bytes = SIZE_MAX;
+};
+
+// About what `item` takes in a reply (a little over its Cap'n Proto encoding), for bounding pages.
+size_t reply_bytes_of(const ServiceItem& item);
 
 // modifyAttributes (Jini): each change's template picks the first attribute it matches exactly
 // (same type, every non-null field equal); that attribute is replaced by `entry`, or deleted.
@@ -116,9 +129,11 @@ class Registrar {
   // Calls `visit` with an arbitrary match, under the registrar's shared lock (so without copying
   // it: `visit` must not call back into the registrar); false when nothing matches.
   bool visit_one(const ServiceTemplate& tmpl, const std::function<void(const ServiceItem&)>& visit) const;
-  // Up to max_matches matches and how many there are. With notify_id, also the last event number
-  // of that registration's stream, taken atomically with the matches.
-  LookupMany lookup_many(const ServiceTemplate& tmpl, size_t max_matches, uint64_t notify_id = 0) const;
+  // Up to max_matches matches of `page`, in ServiceID order, and how many match in all. With
+  // notify_id, also the last event number of that registration's stream, taken atomically with
+  // the matches.
+  LookupMany lookup_many(const ServiceTemplate& tmpl, size_t max_matches, uint64_t notify_id = 0,
+                         const LookupPage& page = {}) const;
   std::optional<ServiceItem> find(const ServiceId& id) const;
   size_t size() const;  // items held, including any past their deadline and not yet removed
 

@@ -34,6 +34,9 @@ struct LookupServiceOptions {
 
 // Largest lookupMany answer.
 inline constexpr size_t kMaxMatches = 100'000;
+// A lookup.lookupMany reply stops short of this many bytes of items (at least one), half the
+// frame a client reads: 100,000 items of up to 64 KiB each would be gigabytes.
+inline constexpr size_t kMaxMatchesReplyBytes = 8u << 20;
 
 class LookupService {
  public:
