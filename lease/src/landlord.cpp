@@ -114,6 +114,8 @@ constexpr size_t kFoldChunk = 512;
 // under one hold took tens of milliseconds, during which every find() and lease.get waited.
 constexpr size_t kRebuildChunk = 16384;
 constexpr int64_t kNsPerMs = 1'000'000;
+// Start-up logs how far its load has got every this many leases.
+constexpr uint64_t kLoadProgressRows = 1'000'000;
 
 constexpr std::string_view kCreateSchema =
     // Rows are appended in grant order and found by seq, which the landlord keeps with each lease
@@ -1536,10 +1538,17 @@ struct Landlord::Impl {
     };
     std::vector<KeyedRow> keyed;  // of the leases kept
     std::lock_guard lock(mutex_);
-    for (;;) {
+    const auto load_started = std::chrono::steady_clock::now();
+    for (uint64_t read = 0;; ++read) {
       Result<bool> more = select->step();
       if (!more.ok()) return more.status();
       if (!*more) break;
+      if (read > 0 && read % kLoadProgressRows == 0) {  // a start-up of millions of leases says how far it is
+        DJINN_LOG(kInfo, "lease") << options.name << ": loading leases, " << read << " read after "
+                                  << std::chrono::duration_cast<std::chrono::milliseconds>(
+                                         std::chrono::steady_clock::now() - load_started).count()
+                                  << " ms";
+      }
       Lease lease{static_cast<LeaseId>(select->column_int64(0)), select->column_text(1),
                   select->column_text(2), static_cast<Kind>(select->column_int64(3)),
                   select->column_int64(4), select->column_int64(5)};
