@@ -32,13 +32,16 @@ struct LookupResult {
 # lookup.lookupMany: up to maxMatches items, in ServiceID order, and the total that match. With
 # notifyId set (a notify registration of the caller's), also the last event number of that
 # registration at the moment of the snapshot: a client applies only later events (the lookup
-# cache's re-sync). A reply stops short of 8 MiB of items (at least one): `more` says matches
-# were left out, to be asked for with afterId set to the last item's ServiceID.
+# cache's re-sync). A reply to a caller that pages stops short of 8 MiB of items (at least one):
+# `more` says matches were left out, to be asked for with afterId set to the last item's
+# ServiceID. One to a caller that does not (older clients) holds up to 15 MiB, what their 16 MiB
+# frame read before.
 struct LookupManyParams {
   template @0 :Model.ServiceTemplate;
   maxMatches @1 :UInt32;        # at most 100,000
   notifyId @2 :UInt64;          # 0: none
   afterId @3 :Model.Uuid;       # unset: from the first match; set: matches after this ServiceID
+  paged @4 :Bool;               # the caller reads `more` and asks for the rest
 }
 struct LookupManyResult {
   items @0 :List(Model.ServiceItem);

@@ -114,19 +114,25 @@ Result<LookupMany> RegistrarClient::lookup_many(const ServiceTemplate& tmpl, siz
 
 Result<LookupMany> RegistrarClient::lookup_all(const ServiceTemplate& tmpl, size_t max_matches, uint64_t notify_id,
                                                rpc::CallOptions call) {
-  Result<LookupMany> all = lookup_page(tmpl, max_matches, std::nullopt, notify_id, call);
-  while (all.ok() && all->more && all->items.size() < max_matches && !all->items.empty()) {
-    Result<LookupMany> next = lookup_page(tmpl, max_matches - all->items.size(), all->items.back().service_id, 0, call);
-    if (!next.ok()) return next.status();
-    // A registrar that pages by nothing (older than afterId) answers the first page again.
-    if (!next->items.empty() && !(all->items.back().service_id < next->items.front().service_id)) {
-      return failed_precondition("lookup.lookupMany: the registrar does not page its matches (afterId); upgrade it");
+  // With a notify registration each page says its stream's number: when it moved between pages,
+  // items changed meanwhile, and the pages are asked for again (a few times; then the whole is
+  // kept, the events after the first page's number bringing it up to date).
+  constexpr int kAttempts = 3;
+  for (int attempt = 1;; ++attempt) {
+    Result<LookupMany> all = lookup_page(tmpl, max_matches, std::nullopt, notify_id, call);
+    bool moved = false;
+    while (all.ok() && all->more && all->items.size() < max_matches && !all->items.empty()) {
+      Result<LookupMany> next =
+          lookup_page(tmpl, max_matches - all->items.size(), all->items.back().service_id, notify_id, call);
+      if (!next.ok()) return next.status();
+      moved = moved || next->event_seq != all->event_seq;
+      for (ServiceItem& item : next->items) all->items.push_back(std::move(item));
+      all->more = next->more;
+      all->total = next->total;
+      if (next->items.empty()) break;
     }
-    for (ServiceItem& item : next->items) all->items.push_back(std::move(item));
-    all->more = next->more;
-    if (next->items.empty()) break;
+    if (!all.ok() || !moved || attempt == kAttempts) return all;
   }
-  return all;
 }
 
 Result<LookupMany> RegistrarClient::lookup_page(const ServiceTemplate& tmpl, size_t max_matches,
@@ -138,6 +144,7 @@ Result<LookupMany> RegistrarClient::lookup_page(const ServiceTemplate& tmpl, siz
   p.setMaxMatches(static_cast<uint32_t>(std::min<size_t>(max_matches, UINT32_MAX)));
   p.setNotifyId(notify_id);
   if (after) to_capnp(*after, p.initAfterId());
+  p.setPaged(true);
   // A read needs no key; one the caller gave would have the server answer every page with the first.
   call.idempotency_key.clear();
   rpc::Reply reply = client_->call("lookup.lookupMany", message, idempotent(call));

@@ -757,33 +757,44 @@ LookupMany Registrar::lookup_many(const ServiceTemplate& tmpl, size_t max_matche
     if (w != m.watches_.end()) out.event_seq = m.options.publisher->last_seq(w->second.kind);
   }
   // Every match is counted (items past their deadline are not), so this walks the whole
-  // smallest posting list; an exact template skips matching. The first max_matches after the
-  // page's start, by ServiceID, are kept in a heap whose top is the greatest.
-  auto by_id = [](const ServiceItem* a, const ServiceItem* b) { return a->service_id < b->service_id; };
-  std::vector<const ServiceItem*> first;
+  // smallest posting list; an exact template skips matching. The first matches after the page's
+  // start, by ServiceID, are kept in a heap whose top is the greatest: at most max_matches, and
+  // none that the others (smaller ids, answered first) leave no room for in the page.
+  struct Kept {
+    const ServiceItem* item;
+    size_t bytes;
+  };
+  auto by_id = [](const Kept& a, const Kept& b) { return a.item->service_id < b.item->service_id; };
+  std::vector<Kept> first;
+  size_t kept_bytes = 0;
   size_t after = 0;
   m.for_each_match_locked(tmpl, [&](const ServiceItem& item) {
     ++out.total;
     if (page.after && !(*page.after < item.service_id)) return true;
     ++after;
     if (max_matches == 0) return true;
-    if (first.size() < max_matches) {
-      first.push_back(&item);
-      std::push_heap(first.begin(), first.end(), by_id);
-    } else if (by_id(&item, first.front())) {
+    Kept k{&item, 0};
+    // Past the greatest kept, with the count or the bytes used up: not in this page.
+    if (!first.empty() && !by_id(k, first.front()) && (first.size() == max_matches || kept_bytes >= page.max_bytes)) {
+      return true;
+    }
+    k.bytes = reply_bytes_of(item);
+    first.push_back(k);
+    std::push_heap(first.begin(), first.end(), by_id);
+    kept_bytes += k.bytes;
+    while (first.size() > max_matches || (first.size() > 1 && kept_bytes > page.max_bytes)) {
+      kept_bytes -= first.front().bytes;
       std::pop_heap(first.begin(), first.end(), by_id);
-      first.back() = &item;
-      std::push_heap(first.begin(), first.end(), by_id);
+      first.pop_back();
     }
     return true;
   });
   std::sort_heap(first.begin(), first.end(), by_id);
   size_t bytes = 0;
-  for (const ServiceItem* item : first) {
-    size_t b = reply_bytes_of(*item);
-    if (!out.items.empty() && bytes + b > page.max_bytes) break;
-    bytes += b;
-    out.items.push_back(*item);
+  for (const Kept& k : first) {
+    if (!out.items.empty() && bytes + k.bytes > page.max_bytes) break;
+    bytes += k.bytes;
+    out.items.push_back(*k.item);
   }
   out.more = out.items.size() < after;
   return out;

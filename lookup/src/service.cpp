@@ -143,7 +143,7 @@ void LookupService::Impl::register_methods() {
           return invalid_argument("lookup.lookupMany: maxMatches " + std::to_string(p.getMaxMatches()) + " is over " +
                                   std::to_string(kMaxMatches) + "; page with narrower templates");
         }
-        LookupPage page{.max_bytes = kMaxMatchesReplyBytes};
+        LookupPage page{.max_bytes = p.getPaged() ? kMaxMatchesReplyBytes : kUnpagedMatchesReplyBytes};
         if (p.hasAfterId()) {
           Result<ServiceId> after = from_capnp(p.getAfterId());
           if (!after.ok()) return Status(after.status().code(), "lookup.lookupMany: afterId: " + after.status().message());

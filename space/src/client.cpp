@@ -310,7 +310,12 @@ Result<ContentHash> SpaceClient::put_value(const ValueReader& read, ValueTransfe
   // chunks it has put, which keeps them, every half of that while.
   std::chrono::milliseconds kept{0};
   std::chrono::steady_clock::time_point kept_from;  // every chunk in `chunks` was put or asked about since
+  std::function<Status()> settle_front;
   auto keep_chunks = [&]() -> Status {
+    // Chunks answered already are named, so they can be asked about.
+    while (!pending.empty() && pending.front().reply.wait_for(std::chrono::seconds(0)) == std::future_status::ready) {
+      DJINN_RETURN_IF_ERROR(settle_front());
+    }
     auto every = kept.count() > 0 ? kept / 2 : kKeepChunksEvery;
     auto now = std::chrono::steady_clock::now();
     if (chunks.empty() || now - kept_from < every) return Status::Ok();
@@ -327,7 +332,7 @@ Result<ContentHash> SpaceClient::put_value(const ValueReader& read, ValueTransfe
     kept_from = now;
     return Status::Ok();
   };
-  auto settle = [&]() -> Status {
+  settle_front = [&]() -> Status {
     rpc::Reply r = pending.front().reply.get();
     auto sent_at = pending.front().at;
     pending.pop_front();
@@ -342,12 +347,16 @@ Result<ContentHash> SpaceClient::put_value(const ValueReader& read, ValueTransfe
     if (!h.ok()) return h.status();
     kept_from = chunks.empty() ? sent_at : std::min(kept_from, sent_at);
     chunks.push_back(*h);
+    return Status::Ok();
+  };
+  auto settle = [&]() -> Status {
+    DJINN_RETURN_IF_ERROR(settle_front());
     return keep_chunks();
   };
   for (;;) {
-    DJINN_RETURN_IF_ERROR(keep_chunks());  // a slow reader may leave the settled chunks waiting
     size_t filled = 0;
     while (filled < buffer.size()) {
+      DJINN_RETURN_IF_ERROR(keep_chunks());  // a slow reader may take longer than a grace to fill one
       Result<size_t> n = read(buffer.data() + filled, buffer.size() - filled);
       if (!n.ok()) return n.status();
       if (*n == 0) break;

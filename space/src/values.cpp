@@ -375,7 +375,8 @@ struct ValueStore::Impl {
   int syncfs_fd = -1;  // chunk_dir, for syncfs
   bool syncfs_reports_errors = false;  // Linux 5.8 on; before, chunk files are synced one by one
   // Bytes a put is about to store, counted against options.max_bytes from the check until the
-  // put has counted them itself or failed, so concurrent puts cannot pass the limit together.
+  // put has counted them itself (settle_locked, in the same hold of the lock) or failed, so
+  // concurrent puts cannot pass the limit together, nor be refused for bytes counted twice.
   class Reservation {
    public:
     Reservation() = default;
@@ -384,11 +385,16 @@ struct ValueStore::Impl {
     ~Reservation() {
       if (!m_) return;
       std::lock_guard lock(m_->mu);
+      settle_locked();
+    }
+    void settle_locked() {
+      if (!m_) return;
       m_->reserved_bytes -= bytes_;
+      m_ = nullptr;
     }
     Status take_locked(Impl& m, uint64_t bytes, std::string_view what) {
       uint64_t held = m.chunk_bytes + m.manifest_bytes + m.reserved_bytes;
-      if (m.options.max_bytes > 0 && held + bytes > m.options.max_bytes) {
+      if (m.options.max_bytes > 0 && bytes > 0 && held + bytes > m.options.max_bytes) {
         return resource_exhausted(std::string(what) + " of " + std::to_string(bytes) +
                                   " bytes would take the value store past its limit of " +
                                   std::to_string(m.options.max_bytes) + " bytes (--max-value-bytes; " +
@@ -1192,7 +1198,9 @@ Result<bool> ValueStore::put_chunk_hashed(const ContentHash& hash, std::span<con
       it->second.touched = Clock::now();
       return false;
     }
-    DJINN_RETURN_IF_ERROR(room.take_locked(m, data.size(), "chunk " + to_hex(hash)));
+    // A chunk absent until put again (found at open unnamed, damaged, lost) may be counted already.
+    uint64_t counted = it != m.chunks.end() ? it->second.size : 0;
+    DJINN_RETURN_IF_ERROR(room.take_locked(m, data.size() > counted ? data.size() - counted : 0, "chunk " + to_hex(hash)));
     syncfs_failures = m.syncfs_failures;
   }
   // Not synced here: put_value syncs a value's chunks together, which lets the disk write them as
@@ -1211,6 +1219,7 @@ Result<bool> ValueStore::put_chunk_hashed(const ContentHash& hash, std::span<con
         std::lock_guard lock(m.mu);
         stale = m.file_record_locked(hash, data.size(), at->first, at->second, &fresh);
         named = fresh && m.chunks.at(hash).refs > 0;
+        room.settle_locked();
       }
       if (!stale.ok()) return stale.status();
       if (*stale) ::unlink((*stale)->c_str());
@@ -1242,6 +1251,7 @@ Result<bool> ValueStore::put_chunk_hashed(const ContentHash& hash, std::span<con
     m.chunk_bytes -= it->second.size;
     it->second.size = data.size();
     m.chunk_bytes += data.size();
+    room.settle_locked();
     it->second.synced = false;
     it->second.written = ++m.file_writes;
     // A syncfs that failed while this file was written may have lost its write-back and told
@@ -1412,6 +1422,7 @@ Result<ContentHash> ValueStore::put_value(uint64_t size, std::span<const Content
   if (fresh) {
     it->second.chunks.assign(chunk_list.begin(), chunk_list.end());
     m.manifest_bytes += manifest.size();
+    room.settle_locked();
   } else {
     unref_chunks();  // stored meanwhile by another call, which counted its references
   }

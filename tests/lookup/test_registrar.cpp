@@ -11,6 +11,7 @@
 
 #include "djinn/core/events.h"
 #include "djinn/core/fault.h"
+#include "djinn/core/model_capnp.h"
 #include "djinn/lookup/client.h"
 #include "djinn/lookup/service.h"
 #include "djinn/proto/lookup.capnp.h"
@@ -334,6 +335,18 @@ TEST_CASE("lookupMany pages: replies stop short of 8 MiB, matches come in Servic
   CHECK(none->items.empty());
   CHECK(!none->more);
   CHECK(none->total == 300);
+
+  // A caller that does not page (built before pages) gets what its 16 MiB frame read before.
+  capnp::MallocMessageBuilder message;
+  auto p = message.initRoot<proto::LookupManyParams>();
+  to_capnp(t, p.initTemplate());
+  p.setMaxMatches(300);
+  rpc::Reply reply = h.client->rpc().call("lookup.lookupMany", message);
+  REQUIRE_MESSAGE(reply.status().ok(), reply.status().to_string());
+  auto unpaged = reply.results<proto::LookupManyResult>();
+  CHECK(unpaged.getItems().size() > first->items.size());
+  CHECK(unpaged.getItems().size() * 60'000 <= kUnpagedMatchesReplyBytes);
+  CHECK(unpaged.getMore());
 }
 
 TEST_CASE("renewing a registration lease shows in the item; an unrenewed one expires") {

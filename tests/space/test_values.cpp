@@ -158,16 +158,17 @@ TEST_CASE("values: an upload longer than the grace keeps its chunks until its ma
     o.value_gc_interval = 100ms;
   });
   SpaceClient c({.endpoint = s->rpc_endpoint()});
-  std::vector<uint8_t> data = pattern(10 * 64 * 1024, 11);
+  std::vector<uint8_t> data = pattern(3 * 64 * 1024, 11);
   size_t at = 0;
+  // 3.6 s for the whole; each chunk takes 1.2 s to fill, more than a grace.
   auto slow = [&](uint8_t* out, size_t max) -> Result<size_t> {
-    std::this_thread::sleep_for(300ms);  // 3 s for the whole: three graces
-    size_t n = std::min(max, data.size() - at);
+    std::this_thread::sleep_for(75ms);
+    size_t n = std::min({max, data.size() - at, size_t{4096}});
     std::memcpy(out, data.data() + at, n);
     at += n;
     return n;
   };
-  auto id = c.put_value(slow, ValueTransfer{.chunk_bytes = 64 * 1024, .in_flight = 1});
+  auto id = c.put_value(slow, ValueTransfer{.chunk_bytes = 16 * 4096, .in_flight = 1});
   REQUIRE_MESSAGE(id.ok(), id.status().to_string());
   std::vector<uint8_t> back = read_back(c, *id);
   CHECK(back == data);
@@ -999,6 +1000,28 @@ TEST_CASE("values: a store at its byte limit refuses chunks and manifests, store
   v.collect_now(0ms);
   CHECK(v.stats().chunk_bytes + v.stats().manifest_bytes == 0);
   CHECK(v.put_chunk(names[3], chunks[3]).ok());
+}
+
+TEST_CASE("values: a chunk counted already (found at open, named by nothing) is put again at the limit") {
+  test::TempDir dir;
+  const ValueStoreOptions options{.dir = dir.file("values"), .grace = 1h, .gc_interval = 0ms, .max_bytes = 2 * 65536};
+  std::vector<uint8_t> a = pattern(65536, 60), b = pattern(65536, 61), c = pattern(65536, 62);
+  {
+    auto v = ValueStore::open(options);
+    REQUIRE(v.ok());
+    REQUIRE((*v)->put_chunk(hash_bytes(a), a).ok());
+    REQUIRE((*v)->put_chunk(hash_bytes(b), b).ok());
+  }
+  // Reopened, both count and are absent until put again (no value names them).
+  auto v = ValueStore::open(options);
+  REQUIRE(v.ok());
+  CHECK(!(*v)->has_chunk(hash_bytes(a)));
+  CHECK((*v)->stats().chunk_bytes == 2 * 65536);
+  auto again = (*v)->put_chunk(hash_bytes(a), a);
+  CHECK_MESSAGE(again.ok(), again.status().to_string());
+  CHECK((*v)->has_chunk(hash_bytes(a)));
+  CHECK((*v)->put_chunk(hash_bytes(c), c).status().code() == Code::kResourceExhausted);
+  CHECK((*v)->stats().chunk_bytes == 2 * 65536);
 }
 
 TEST_CASE("values: concurrent puts never take the store past its byte limit together") {
