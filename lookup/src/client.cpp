@@ -4,6 +4,7 @@
 
 #include <kj/exception.h>
 
+#include "djinn/core/fault.h"
 #include "djinn/core/model_capnp.h"
 #include "djinn/proto/lookup.capnp.h"
 
@@ -122,6 +123,7 @@ Result<LookupMany> RegistrarClient::lookup_all(const ServiceTemplate& tmpl, size
     Result<LookupMany> all = lookup_page(tmpl, max_matches, std::nullopt, notify_id, call);
     bool moved = false;
     while (all.ok() && all->more && all->items.size() < max_matches && !all->items.empty()) {
+      DJINN_CRASH_POINT("lookup.client.between_pages");
       Result<LookupMany> next =
           lookup_page(tmpl, max_matches - all->items.size(), all->items.back().service_id, notify_id, call);
       if (!next.ok()) return next.status();

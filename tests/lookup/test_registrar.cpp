@@ -349,6 +349,29 @@ TEST_CASE("lookupMany pages: replies stop short of 8 MiB, matches come in Servic
   CHECK(unpaged.getMore());
 }
 
+TEST_CASE("lookup_all asks for its pages again when items change between them") {
+  Harness h;
+  ServiceTemplate t{std::nullopt, {"demo.Big"}, {}};
+  auto handle = h.client->notify(t, kAllTransitions, 30'000);
+  REQUIRE(handle.ok());
+  for (int i = 0; i < 200; ++i) {
+    must_register(*h.client, item({"demo.Big"}, {entry("demo.Blob", {{"text", Value(std::string(60'000, 'b'))}})}));
+  }
+  // Between the first page and the second, an item with the smallest ServiceID there is: a second
+  // page after the first's last item cannot hold it.
+  ServiceItem early = item({"demo.Big"}, {});
+  early.service_id = ServiceId::from_halves(0, 1);
+  RegistrarClient other(rpc::ClientOptions{.endpoint = h.service->rpc_endpoint()});
+  fault::arm_call("lookup.client.between_pages", [&] { must_register(other, early); });
+  auto all = h.client->lookup_all(t, 1000, handle->id);
+  fault::disarm_all();
+  REQUIRE_MESSAGE(all.ok(), all.status().to_string());
+  CHECK(all->items.size() == 201);
+  CHECK(all->items.front().service_id == early.service_id);
+  CHECK(all->event_seq == 201);  // the snapshot holds every event it names
+  CHECK(all->total == 201);
+}
+
 TEST_CASE("renewing a registration lease shows in the item; an unrenewed one expires") {
   Harness h;
   ServiceItem p = item({"demo.Printer"}, {});
