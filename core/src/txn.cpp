@@ -3,10 +3,13 @@
 #include "djinn/core/txn.h"
 
 #include <algorithm>
+#include <condition_variable>
 #include <cstdio>
 #include <deque>
+#include <future>
 #include <ostream>
 #include <random>
+#include <thread>
 
 #include "djinn/core/fault.h"
 #include "djinn/core/log.h"
@@ -195,15 +198,108 @@ std::shared_ptr<Participant> ParticipantRegistry::resolve(std::string_view name)
 struct Coordinator::Impl {
   Impl(CoordinatorOptions o, ParticipantResolver& r, sqlite::Database d)
       : options(std::move(o)), resolver(r), db(std::move(d)) {}
+  ~Impl() { stop_log(); }
 
   const CoordinatorOptions options;
   ParticipantResolver& resolver;
 
-  mutable std::mutex mu;  // guards db, txns, finished, finished_order
-  sqlite::Database db;
+  mutable std::mutex mu;  // guards txns, finished, finished_order; the log is queued to under it
+  sqlite::Database db;    // load() before the writer starts, then the writer thread alone
   std::map<TxnId, Txn> txns;
   std::map<TxnId, Outcome> finished;  // forgotten recently: see kRememberFinished
   std::deque<TxnId> finished_order;
+
+  // The log's writer. Records are queued under mu, so they reach SQLite in the order of the
+  // changes they record, a batch at a time in one SQLite transaction. A batch holding a commit
+  // decision is fsync'd (synchronous=FULL) before the decisions in it are answered: decisions
+  // made together share one fsync, and no lock is held across it. Other records (begins, joins,
+  // aborts, acknowledgements, forgetting) are not waited for: one lost in a crash is what presumed
+  // abort and redelivery cover already, and a decision is queued after every record it needs.
+  // A batch that fails leaves the log failed: every later decision fails, and begins and joins
+  // are refused, until the coordinator is reopened and recovers from what the log holds.
+  struct LogRecord {
+    std::function<Status(sqlite::Database&)> write;
+    std::shared_ptr<std::promise<Status>> forced;  // a decision's: answered once durable
+  };
+  std::mutex log_mu;  // after mu, never before
+  std::condition_variable log_cv;
+  std::deque<LogRecord> log_queue;
+  bool log_stop = false;
+  std::optional<Status> log_failed;
+  std::thread log_writer;
+
+  void start_log() { log_writer = std::thread([this] { log_loop(); }); }
+  void stop_log() {
+    {
+      std::lock_guard lock(log_mu);
+      log_stop = true;
+    }
+    log_cv.notify_all();
+    if (log_writer.joinable()) log_writer.join();  // what was queued is written first
+  }
+  // mu held. Refused (and nothing queued) once the log has failed.
+  Status log_locked(std::function<Status(sqlite::Database&)> write) {
+    std::lock_guard lock(log_mu);
+    if (log_failed) return *log_failed;
+    log_queue.push_back({std::move(write), nullptr});
+    log_cv.notify_one();
+    return Status::Ok();
+  }
+  std::future<Status> log_forced_locked(std::function<Status(sqlite::Database&)> write) {
+    auto done = std::make_shared<std::promise<Status>>();
+    std::future<Status> durable = done->get_future();
+    std::lock_guard lock(log_mu);
+    if (log_failed) {
+      done->set_value(*log_failed);
+    } else {
+      log_queue.push_back({std::move(write), done});
+      log_cv.notify_one();
+    }
+    return durable;
+  }
+  void log_loop() {
+    std::unique_lock lock(log_mu);
+    for (;;) {
+      log_cv.wait(lock, [&] { return log_stop || !log_queue.empty(); });
+      if (log_queue.empty()) return;
+      std::deque<LogRecord> batch;
+      batch.swap(log_queue);
+      std::optional<Status> failed = log_failed;
+      lock.unlock();
+      Status written = Status::Ok();
+      try {
+        written = failed ? *failed : write_batch(batch);
+      } catch (const fault::CrashPointHit& hit) {  // a test's crash here: nothing more is written
+        written = unavailable(hit.what());
+      }
+      lock.lock();
+      if (!written.ok() && !log_failed) {
+        log_failed = Status(written.code(), "the coordinator's log " + options.path + " failed (" + written.message() +
+                                                "); reopen the coordinator to recover from what it holds");
+        DJINN_LOG(kError, "txn") << log_failed->message();
+      }
+      for (LogRecord& r : batch) {
+        if (r.forced) r.forced->set_value(written.ok() ? written : *log_failed);
+      }
+    }
+  }
+  Status write_batch(std::deque<LogRecord>& batch) {
+    DJINN_CRASH_POINT("txn.coordinator.writing_log");
+    bool forced = std::any_of(batch.begin(), batch.end(), [](const LogRecord& r) { return r.forced != nullptr; });
+    if (forced) DJINN_CRASH_POINT("txn.coordinator.writing_decisions");
+    if (forced) DJINN_RETURN_IF_ERROR(db.set_sync(sqlite::Sync::kFull));
+    Status written = [&]() -> Status {
+      auto tx = sqlite::Transaction::begin(db);
+      if (!tx.ok()) return tx.status();
+      for (LogRecord& r : batch) DJINN_RETURN_IF_ERROR(r.write(db));
+      return tx->commit();
+    }();
+    if (forced) {
+      Status relaxed = db.set_sync(sqlite::Sync::kNormal);
+      if (!relaxed.ok()) DJINN_LOG(kWarn, "txn") << "synchronous=NORMAL: " << relaxed.to_string();
+    }
+    return written;
+  }
 
   Clock::time_point now() const { return options.clock ? options.clock() : Clock::now(); }
   std::string describe(const TxnId& id) const {
@@ -213,7 +309,7 @@ struct Coordinator::Impl {
   Status load();
   bool expired_locked(const Txn& t) const { return t.state == State::kActive && now() >= t.expires; }
   void decide_abort_locked(const TxnId& id, Txn& t, const std::string& reason);
-  Status log_commit_decision_locked(const TxnId& id, const Txn& t);
+  std::future<Status> log_commit_decision_locked(const TxnId& id, const Txn& t);
   void mark_done_locked(const TxnId& id, Txn& t, const std::vector<std::string>& names);
   void forget_locked(const TxnId& id, Outcome outcome);
   // Delivers the decision of `id` to every participant that has not acknowledged it. Returns
@@ -287,16 +383,14 @@ void Coordinator::Impl::decide_abort_locked(const TxnId& id, Txn& t, const std::
   }
   // Not forced to disk: under presumed abort a lost abort record reads as "no decision", which
   // the next open aborts just the same.
-  Status logged = [&]() -> Status {
-    auto tx = sqlite::Transaction::begin(db);
-    if (!tx.ok()) return tx.status();
-    DJINN_RETURN_IF_ERROR(run_sql(db, "UPDATE txn_log SET state = 2 WHERE id = ?", id.bytes()));
+  Status logged = log_locked([id, dropped_out](sqlite::Database& log) -> Status {
+    DJINN_RETURN_IF_ERROR(run_sql(log, "UPDATE txn_log SET state = 2 WHERE id = ?", id.bytes()));
     for (const auto& name : dropped_out) {
       DJINN_RETURN_IF_ERROR(
-          run_sql(db, "UPDATE txn_member SET done = 1 WHERE txn = ? AND name = ?", id.bytes(), name));
+          run_sql(log, "UPDATE txn_member SET done = 1 WHERE txn = ? AND name = ?", id.bytes(), name));
     }
-    return tx->commit();
-  }();
+    return Status::Ok();
+  });
   if (!logged.ok()) {
     DJINN_LOG(kWarn, "txn") << "could not log the abort of " << id << " (presumed anyway): "
                             << logged.to_string();
@@ -304,25 +398,22 @@ void Coordinator::Impl::decide_abort_locked(const TxnId& id, Txn& t, const std::
   DJINN_LOG(kInfo, "txn") << describe(id) << " aborted: " << reason;
 }
 
-Status Coordinator::Impl::log_commit_decision_locked(const TxnId& id, const Txn& t) {
-  // The only forced write of the protocol: synchronous=FULL fsyncs the WAL at this commit.
-  DJINN_CRASH_POINT("txn.coordinator.logging_decision");
-  DJINN_RETURN_IF_ERROR(db.set_sync(sqlite::Sync::kFull));
-  Status logged = [&]() -> Status {
-    auto tx = sqlite::Transaction::begin(db);
-    if (!tx.ok()) return tx.status();
-    DJINN_RETURN_IF_ERROR(run_sql(db, "UPDATE txn_log SET state = 1 WHERE id = ?", id.bytes()));
-    if (db.changes() != 1) return internal_error("the log has no row for " + describe(id));
-    for (const Member& m : t.members) {
-      if (m.vote == Vote::kPrepared) continue;
-      DJINN_RETURN_IF_ERROR(run_sql(db, "UPDATE txn_member SET done = 1 WHERE txn = ? AND name = ?",
-                                    id.bytes(), m.name));
+std::future<Status> Coordinator::Impl::log_commit_decision_locked(const TxnId& id, const Txn& t) {
+  // The only forced write of the protocol: its batch is written with synchronous=FULL, which
+  // fsyncs the WAL at its commit.
+  std::vector<std::string> owe_none;
+  for (const Member& m : t.members) {
+    if (m.vote != Vote::kPrepared) owe_none.push_back(m.name);
+  }
+  return log_forced_locked([id, owe_none, what = describe(id)](sqlite::Database& log) -> Status {
+    DJINN_RETURN_IF_ERROR(run_sql(log, "UPDATE txn_log SET state = 1 WHERE id = ?", id.bytes()));
+    if (log.changes() != 1) return internal_error("the log has no row for " + what);
+    for (const auto& name : owe_none) {
+      DJINN_RETURN_IF_ERROR(
+          run_sql(log, "UPDATE txn_member SET done = 1 WHERE txn = ? AND name = ?", id.bytes(), name));
     }
-    return tx->commit();
-  }();
-  Status relaxed = db.set_sync(sqlite::Sync::kNormal);
-  if (!relaxed.ok()) DJINN_LOG(kWarn, "txn") << "synchronous=NORMAL: " << relaxed.to_string();
-  return logged;
+    return Status::Ok();
+  });
 }
 
 void Coordinator::Impl::mark_done_locked(const TxnId& id, Txn& t,
@@ -331,15 +422,13 @@ void Coordinator::Impl::mark_done_locked(const TxnId& id, Txn& t,
     if (std::find(names.begin(), names.end(), m.name) != names.end()) m.done = true;
   }
   // Not forced: a lost acknowledgement only means phase 2 is sent again, which is idempotent.
-  Status logged = [&]() -> Status {
-    auto tx = sqlite::Transaction::begin(db);
-    if (!tx.ok()) return tx.status();
+  Status logged = log_locked([id, names](sqlite::Database& log) -> Status {
     for (const auto& name : names) {
       DJINN_RETURN_IF_ERROR(
-          run_sql(db, "UPDATE txn_member SET done = 1 WHERE txn = ? AND name = ?", id.bytes(), name));
+          run_sql(log, "UPDATE txn_member SET done = 1 WHERE txn = ? AND name = ?", id.bytes(), name));
     }
-    return tx->commit();
-  }();
+    return Status::Ok();
+  });
   if (!logged.ok()) {
     DJINN_LOG(kWarn, "txn") << "could not log phase 2 acknowledgements of " << id << ": "
                             << logged.to_string();
@@ -347,13 +436,10 @@ void Coordinator::Impl::mark_done_locked(const TxnId& id, Txn& t,
 }
 
 void Coordinator::Impl::forget_locked(const TxnId& id, Outcome outcome) {
-  Status logged = [&]() -> Status {
-    auto tx = sqlite::Transaction::begin(db);
-    if (!tx.ok()) return tx.status();
-    DJINN_RETURN_IF_ERROR(run_sql(db, "DELETE FROM txn_member WHERE txn = ?", id.bytes()));
-    DJINN_RETURN_IF_ERROR(run_sql(db, "DELETE FROM txn_log WHERE id = ?", id.bytes()));
-    return tx->commit();
-  }();
+  Status logged = log_locked([id](sqlite::Database& log) -> Status {
+    DJINN_RETURN_IF_ERROR(run_sql(log, "DELETE FROM txn_member WHERE txn = ?", id.bytes()));
+    return run_sql(log, "DELETE FROM txn_log WHERE id = ?", id.bytes());
+  });
   if (!logged.ok()) {
     // The rows stay; the next open finds every participant done and forgets them then.
     DJINN_LOG(kWarn, "txn") << "could not forget " << id << ": " << logged.to_string();
@@ -454,6 +540,7 @@ Result<std::unique_ptr<Coordinator>> Coordinator::open(CoordinatorOptions option
     std::lock_guard lock(impl->mu);
     DJINN_RETURN_IF_ERROR(impl->load());
   }
+  impl->start_log();
   return std::unique_ptr<Coordinator>(new Coordinator(std::move(impl)));
 }
 
@@ -476,7 +563,9 @@ Result<TxnId> Coordinator::begin(std::chrono::milliseconds lease) {
       return resource_exhausted("begin: " + std::to_string(s.txns.size()) +
                                 " transactions are not ended yet, the limit; commit or abort some first");
     }
-    DJINN_RETURN_IF_ERROR(run_sql(s.db, "INSERT INTO txn_log (id, state) VALUES (?, 0)", id.bytes()));
+    DJINN_RETURN_IF_ERROR(s.log_locked([id](sqlite::Database& log) {
+      return run_sql(log, "INSERT INTO txn_log (id, state) VALUES (?, 0)", id.bytes());
+    }));
     Txn& t = s.txns[id];
     t.expires = s.now() + lease;
   }
@@ -542,8 +631,9 @@ Status Coordinator::join(const TxnId& id, std::string_view participant, uint64_t
       return resource_exhausted("join: " + s.describe(id) + " has " + std::to_string(t.members.size()) +
                                 " participants, the most a transaction may have");
     }
-    DJINN_RETURN_IF_ERROR(run_sql(s.db, "INSERT INTO txn_member (txn, name, seq) VALUES (?, ?, ?)",
-                                  id.bytes(), participant, t.members.size()));
+    DJINN_RETURN_IF_ERROR(s.log_locked([id, name = std::string(participant), seq = t.members.size()](sqlite::Database& log) {
+      return run_sql(log, "INSERT INTO txn_member (txn, name, seq) VALUES (?, ?, ?)", id.bytes(), name, seq);
+    }));
     t.members.push_back(Member{std::string(participant), std::nullopt, false, incarnation});
   }
   DJINN_CRASH_POINT("txn.coordinator.after_join");
@@ -630,11 +720,20 @@ Result<Outcome> Coordinator::commit(const TxnId& id, Clock::time_point deadline)
   // Step 2, the commit point: once this write is durable the transaction commits, whatever
   // crashes next.
   DJINN_CRASH_POINT("txn.coordinator.before_decision");
+  std::future<Status> decision;
   {
     std::lock_guard lock(s.mu);
     Txn& t = s.txns.at(id);
     record_votes(t);
-    Status logged = s.log_commit_decision_locked(id, t);
+    decision = s.log_commit_decision_locked(id, t);
+  }
+  // No lock is held while the decision is written: the coordinator's other calls go on, and
+  // decisions queued meanwhile share its fsync.
+  DJINN_CRASH_POINT("txn.coordinator.logging_decision");
+  Status logged = decision.get();
+  {
+    std::lock_guard lock(s.mu);
+    Txn& t = s.txns.at(id);
     if (!logged.ok()) {
       // The write may or may not have reached the disk, so neither outcome can be announced:
       // the transaction stays in doubt (voting) until a reopen reads the log and settles it.

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <future>
 #include <chrono>
 #include <cstring>
 #include <map>
@@ -474,6 +475,46 @@ TEST_CASE("a NOTCHANGED participant is not sent phase 2") {
   REQUIRE(outcome.ok());
   CHECK(*outcome == Outcome::kCommitted);
   CHECK(f.parts[2]->commits == 0);
+}
+
+TEST_CASE("a decision being written holds up none of the coordinator's calls, and decisions made meanwhile share one fsync") {
+  Federation f(2);
+  TxnId a = f.start("v1");
+  auto b = f.coord->begin(10s);
+  REQUIRE(b.ok());
+  for (size_t i = 0; i < f.parts.size(); ++i) {
+    REQUIRE(f.coord->join(*b, participant_name(i)).ok());
+    f.parts[i]->stage(*b, "other" + std::to_string(i), "v2");
+  }
+  // The log's writer is held up in its next batch (a begin's) while both commits decide.
+  std::atomic<bool> held{false};
+  fault::arm_call("txn.coordinator.writing_log", [&] {
+    held = true;
+    std::this_thread::sleep_for(500ms);
+  });
+  fault::arm_call("txn.coordinator.writing_decisions", [] {}, 1000);  // counts the fsync'd batches
+  REQUIRE(f.coord->begin(10s).ok());
+  REQUIRE(test::eventually([&] { return held.load(); }));
+  auto commit_a = std::async(std::launch::async, [&] { return f.coord->commit(a); });
+  auto commit_b = std::async(std::launch::async, [&] { return f.coord->commit(*b); });
+  std::this_thread::sleep_for(100ms);  // both prepared, their decisions queued
+  // Meanwhile the coordinator answers at once.
+  auto started = std::chrono::steady_clock::now();
+  CHECK(f.coord->outcome(a) == Outcome::kActive);
+  auto c = f.coord->begin(10s);
+  REQUIRE(c.ok());
+  CHECK(f.coord->join(*c, participant_name(0)).ok());
+  CHECK(f.coord->renew(*c, 10s).ok());
+  CHECK(std::chrono::steady_clock::now() - started < 200ms);
+  REQUIRE(commit_a.get().value() == Outcome::kCommitted);
+  REQUIRE(commit_b.get().value() == Outcome::kCommitted);
+  CHECK(fault::hits("txn.coordinator.writing_decisions") == 1);
+  fault::disarm_all();
+  f.check_all("v1");
+  CHECK(f.parts[0]->get("other0") == "v2");
+  REQUIRE(f.coord->abort(*c).ok());
+  f.reopen_coordinator();  // the writer drains its queue first; nothing is left to finish
+  CHECK(f.coord->pending_count() == 0);
 }
 
 TEST_CASE("coordinator crash after the decision: recovery commits everywhere") {

@@ -340,7 +340,7 @@ TEST_CASE("commits waiting on a participant that does not answer hold up none of
   CHECK(tm.join(t->id, dead).code() == Code::kAborted);
 }
 
-TEST_CASE("a commit holding the manager's lock across its decision holds up none of the space's own methods") {
+TEST_CASE("a commit whose decision is being logged holds up none of the space's own methods") {
   test::TempDir dir;
   auto a = start_space(dir, "a", true);
   SpaceClient c({.endpoint = a->rpc_endpoint()});
@@ -350,8 +350,8 @@ TEST_CASE("a commit holding the manager's lock across its decision holds up none
   REQUIRE(c.write(entry("demo.Slot", {{"i", 1}}), 600'000, *t).ok());
   auto other = tm.create(30s);
   REQUIRE(other.ok());
-  // On the thread that holds the lock while the decision is written: a call that needs the lock
-  // (txn.outcome), then one that needs only the I/O thread.
+  // On the committing thread while the decision is written: a call to the manager (txn.outcome,
+  // which needs its lock, held by none across the write), then one that needs only the I/O thread.
   TxnClient asker({.endpoint = a->rpc_endpoint()});
   SpaceClient reader({.endpoint = a->rpc_endpoint()});
   std::future<Result<txn::Outcome>> pending;

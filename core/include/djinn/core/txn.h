@@ -11,7 +11,13 @@
 //      A participant voting NOTCHANGED (read-only) drops out: it gets no phase 2.
 //   2. The commit point: the COMMIT decision is written to the log and fsynced. Only commit
 //      decisions are forced (presumed abort): a transaction the log does not show committed is
-//      aborted, so nothing else needs to survive a power loss.
+//      aborted, so nothing else needs to survive a power loss. The log has a writer thread of its
+//      own: records are queued in the order of the changes they record and written a batch at a
+//      time, so no lock is held across the fsync, and decisions queued while one is written share
+//      the next fsync. Begins, joins, aborts and acknowledgements are not waited for; a decision
+//      is queued after every record it needs. A batch that fails leaves the log failed: later
+//      decisions fail (in doubt) and begins and joins are refused until the coordinator is
+//      reopened.
 //   3. Phase 2: commit (or abort) is sent to every participant that voted PREPARED (or, for an
 //      abort, that may hold state). A participant that fails is retried later (retry_pending(),
 //      recover()); the decision stands. The transaction is forgotten once all acknowledged.
@@ -21,11 +27,14 @@
 //   in_doubt() and asks the coordinator's outcome(): an id it does not know is aborted.
 //
 // Crash points (fault.h), in protocol order:
-//   txn.coordinator.after_begin          begin() logged the transaction, id not yet returned
-//   txn.coordinator.after_join           join() logged a participant
+//   txn.coordinator.after_begin          begin() queued the transaction's record, id not yet returned
+//   txn.coordinator.after_join           join() queued a participant's record
 //   txn.coordinator.during_prepare       the first participant voted, the others not yet asked
 //   txn.coordinator.after_prepare_votes  every vote is in, nothing decided
 //   txn.coordinator.before_decision      all voted to commit, the decision not yet logged
+//   txn.coordinator.logging_decision     the decision queued, no lock held, maybe not yet written
+//   txn.coordinator.writing_log          the log's writer took a batch, nothing of it written
+//   txn.coordinator.writing_decisions    the batch holds decisions: its fsync is next
 //   txn.coordinator.after_decision       the COMMIT decision is durable (the commit point)
 //   txn.coordinator.after_abort_decision an abort is decided, no participant told yet
 //   txn.coordinator.during_phase2        the first participant got its commit/abort
