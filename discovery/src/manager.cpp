@@ -23,6 +23,13 @@ namespace {
 
 constexpr const char* kLog = "discovery";
 using Clock = std::chrono::steady_clock;
+// An announcement is believed for three of its intervals; one claiming more than this interval
+// (a spoofed packet can claim 49 days) is taken to mean this.
+constexpr std::chrono::milliseconds kMaxAnnounceInterval = std::chrono::minutes(10);
+// Lookups heard of and not yet discovered, each probed through a client of its own (sockets, and
+// a thread's share of work): past this many, a new one is heard only in place of one that never
+// answered. Discovered lookups and locators given by the application are always kept.
+constexpr size_t kMaxCandidates = 64;
 
 struct SelfAnswer {
   ServiceItem item;
@@ -35,7 +42,17 @@ Result<SelfAnswer> read_self(rpc::Reply& reply) {
     Result<ServiceItem> item = from_capnp(res.getItem());
     if (!item.ok()) return item.status();
     SelfAnswer out{std::move(*item), {}};
-    for (auto g : res.getGroups()) out.groups.emplace_back(g.cStr());
+    if (res.getGroups().size() > kMaxGroups) {
+      return invalid_argument("lookup.self: " + std::to_string(res.getGroups().size()) + " groups, more than " +
+                              std::to_string(kMaxGroups));
+    }
+    // What a lookup says of itself is passed on (DiscoveredLookup, the discovery service's
+    // answers): groups a client would refuse are refused here, as a failed probe.
+    for (auto g : res.getGroups()) {
+      std::string_view group(g.cStr(), g.size());
+      if (Status bad = check_group(group); !bad.ok()) return Status(bad.code(), "lookup.self: " + bad.message());
+      out.groups.emplace_back(group);
+    }
     return out;
   });
 }
@@ -86,6 +103,25 @@ struct DiscoveryManager::Impl : std::enable_shared_from_this<Impl> {
   std::thread thread;
   std::mutex stop_mu;
 
+  // The candidate an announcement names, or nullptr when there is no room for another (see
+  // kMaxCandidates): one that never answered and is not being probed makes way.
+  Candidate* heard_of_locked(const std::string& endpoint) {
+    if (!candidates.count(endpoint) && candidates.size() >= kMaxCandidates) {
+      auto victim = std::find_if(candidates.begin(), candidates.end(), [](const auto& entry) {
+        const Candidate& c = entry.second;
+        return c.state != State::kDiscovered && !c.unicast && !c.probing && c.last_alive == Clock::time_point{};
+      });
+      if (victim == candidates.end()) {
+        ++stats.crowded_out;
+        return nullptr;
+      }
+      if (victim->second.client) retired.push_back(std::move(victim->second.client));
+      candidates.erase(victim);
+      ++stats.crowded_out;
+    }
+    return &candidate_locked(endpoint);
+  }
+
   Candidate& candidate_locked(const std::string& endpoint) {
     auto [it, fresh] = candidates.try_emplace(endpoint);
     if (fresh) {
@@ -120,7 +156,9 @@ struct DiscoveryManager::Impl : std::enable_shared_from_this<Impl> {
     for (auto& [ep, c] : candidates) {
       if (ep != a.rpc_endpoint()) c.avahi_keys.erase(key);
     }
-    Candidate& c = candidate_locked(a.rpc_endpoint());
+    Candidate* heard = heard_of_locked(a.rpc_endpoint());
+    if (!heard) return;
+    Candidate& c = *heard;
     c.avahi_keys.insert(key);
     c.withdrawn = false;
     heard_locked(c, a, "avahi");
@@ -143,7 +181,10 @@ struct DiscoveryManager::Impl : std::enable_shared_from_this<Impl> {
     if (!groups_match(options.groups, a.groups)) return;
     std::lock_guard lock(mu);
     if (stopping) return;
-    Candidate& c = candidate_locked(a.rpc_endpoint());
+    if (a.leaving && !candidates.count(a.rpc_endpoint())) return;
+    Candidate* heard = heard_of_locked(a.rpc_endpoint());
+    if (!heard) return;
+    Candidate& c = *heard;
     Clock::time_point now = Clock::now();
     if (a.leaving) {
       c.multicast_until = Clock::time_point{};
@@ -152,7 +193,8 @@ struct DiscoveryManager::Impl : std::enable_shared_from_this<Impl> {
       wake.notify_all();
       return;
     }
-    std::chrono::milliseconds valid = std::max(options.discard_after, std::chrono::milliseconds(3 * int64_t(a.interval_ms)));
+    std::chrono::milliseconds interval = std::min(std::chrono::milliseconds(a.interval_ms), kMaxAnnounceInterval);
+    std::chrono::milliseconds valid = std::max(options.discard_after, 3 * interval);
     c.multicast_until = now + valid;
     c.withdrawn = false;
     heard_locked(c, a, "multicast");

@@ -10,11 +10,14 @@
 #include <mutex>
 #include <thread>
 
+#include "djinn/core/model_capnp.h"
+#include "djinn/core/rpc.h"
 #include "djinn/discovery/join.h"
 #include "djinn/discovery/manager.h"
 #include "djinn/discovery/service.h"
 #include "djinn/lookup/client.h"
 #include "djinn/lookup/service.h"
+#include "djinn/proto/lookup.capnp.h"
 #include "support/test_support.h"
 
 using namespace djinn;
@@ -103,6 +106,33 @@ TEST_CASE("discovery by locator: groups filter, a silent lookup is discarded and
   CHECK(test::eventually([&] { return events.count("+" + ep) == 2 && events.count("-" + ep) == 1; }, 2000));
   CHECK(!parse_locator("bogus").ok());
   CHECK(!DiscoveryManager::start(unicast_only({"tcp://x:1"})).ok());
+}
+
+TEST_CASE("discovery by locator: a lookup that names groups no client would take is not discovered") {
+  // What a lookup says of itself is passed on to every client of the discovery service, whose
+  // decoding refuses such groups: the probe fails here instead.
+  int port = test::free_tcp_port();
+  rpc::ServerOptions so;
+  so.endpoints = {"tcp://127.0.0.1:" + std::to_string(port)};
+  rpc::Server fake(so);
+  ServiceItem self;
+  self.service_id = ServiceId::random();
+  self.interface_types = {"djinn.lookup.ServiceRegistrar"};
+  self.endpoints = Endpoints{"tcp://127.0.0.1:" + std::to_string(port), ""};
+  fake.method<proto::SelfParams, proto::SelfResult>(
+      "lookup.self", [&](const rpc::CallContext&, proto::SelfParams::Reader, proto::SelfResult::Builder out) {
+        to_capnp(self, out.initItem());
+        auto groups = out.initGroups(2);
+        groups.set(0, "public");
+        groups.set(1, "a b");
+        return Status::Ok();
+      });
+  REQUIRE(fake.start().ok());
+  DiscoveryOptions o = unicast_only({locator(port)});
+  auto d = DiscoveryManager::start(o);
+  REQUIRE(d.ok());
+  CHECK(test::eventually([&] { return (*d)->stats().probe_failures >= 2; }, 3000));
+  CHECK((*d)->lookups().empty());
 }
 
 TEST_CASE("join: registered with every lookup, attributes everywhere, registered again after a restart") {

@@ -14,6 +14,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <mutex>
+#include <thread>
 
 #include "djinn/discovery/manager.h"
 #include "djinn/discovery/multicast.h"
@@ -157,4 +158,48 @@ TEST_CASE("discovery manager by multicast alone: discovered, discarded after sil
   lookup = lookup::LookupService::start(o);
   REQUIRE(lookup.ok());
   CHECK(test::eventually([&] { return discovered == 2; }, 3000));
+}
+
+TEST_CASE("discovery manager under a flood of spoofed announcements: a bounded number kept, the real lookup discovered") {
+  if (!private_loopback()) {
+    MESSAGE("no private network namespace (needs root): skipped");
+    return;
+  }
+  DiscoveryOptions d;
+  d.avahi = false;
+  d.multicast_options = on_lo();
+  d.groups = {"public"};
+  d.probe_interval = 100ms;
+  d.probe_timeout = 200ms;
+  d.discard_after = 800ms;
+  std::atomic<int> discovered{0};
+  d.on_discovered = [&](const DiscoveredLookup&) { ++discovered; };
+  auto manager = DiscoveryManager::start(d);
+  REQUIRE(manager.ok());
+  // 500 lookups that never answer, each claiming to announce every 49 days.
+  for (int i = 0; i < 500; ++i) {
+    Announcement fake = lookup_announcement(static_cast<uint16_t>(20000 + i));
+    fake.interval_ms = UINT32_MAX;
+    auto bytes = encode_packet(fake);
+    REQUIRE(bytes.ok());
+    send_raw(*bytes);
+  }
+  CHECK(test::eventually([&] { return (*manager)->stats().crowded_out > 0; }, 3000));
+  uint64_t probes_then = (*manager)->stats().probes;
+
+  test::TempDir dir;
+  lookup::LookupServiceOptions o;
+  o.data_dir = dir.file("l");
+  int port = test::free_tcp_port();
+  o.rpc_endpoint = "tcp://127.0.0.1:" + std::to_string(port);
+  auto lookup = lookup::LookupService::start(o);
+  REQUIRE(lookup.ok());
+  Announcement self = lookup_announcement(static_cast<uint16_t>(port));
+  self.service_id = (*lookup)->registrar().self_id();
+  auto announcer = MulticastAnnouncer::start(self, 200ms, on_lo());
+  REQUIRE(announcer.ok());
+  CHECK(test::eventually([&] { return discovered == 1; }, 5000));
+  // A second's probes of what is kept: 64 candidates every 100 ms at most, not 500.
+  std::this_thread::sleep_for(1s);
+  CHECK((*manager)->stats().probes - probes_then < 64 * 12 + 50);
 }

@@ -66,6 +66,7 @@ struct DiscoveryStats {
   uint64_t discovered = 0;
   uint64_t discarded = 0;
   uint64_t ignored = 0;  // answered but serves none of the groups
+  uint64_t crowded_out = 0;  // lookups heard of past the most kept pending (64): dropped, or one that never answered
   bool avahi_running = false;
   bool multicast_running = false;
 };
