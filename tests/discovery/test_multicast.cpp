@@ -63,6 +63,43 @@ void send_raw(const std::vector<uint8_t>& bytes) {
   ::close(fd);
 }
 
+// A lookup on a free loopback port announcing itself by multicast every 200 ms; restartable on
+// the same data and port while its announcer goes on.
+struct AnnouncedLookup {
+  explicit AnnouncedLookup(const test::TempDir& dir) {
+    options.data_dir = dir.file("l");
+    port = test::free_tcp_port();
+    options.rpc_endpoint = "tcp://127.0.0.1:" + std::to_string(port);
+    start();
+    Announcement self = lookup_announcement(static_cast<uint16_t>(port));
+    self.service_id = service->registrar().self_id();
+    auto a = MulticastAnnouncer::start(self, 200ms, on_lo());
+    REQUIRE_MESSAGE(a.ok(), a.status().to_string());
+    announcer = std::move(*a);
+  }
+  void start() {
+    auto s = lookup::LookupService::start(options);
+    REQUIRE_MESSAGE(s.ok(), s.status().to_string());
+    service = std::move(*s);
+  }
+  lookup::LookupServiceOptions options;
+  int port = 0;
+  std::unique_ptr<lookup::LookupService> service;
+  std::unique_ptr<MulticastAnnouncer> announcer;
+};
+
+// A discovery manager of group public listening by multicast alone, quick to probe and discard.
+DiscoveryOptions multicast_only() {
+  DiscoveryOptions d;
+  d.avahi = false;
+  d.multicast_options = on_lo();
+  d.groups = {"public"};
+  d.probe_interval = 100ms;
+  d.probe_timeout = 200ms;
+  d.discard_after = 800ms;
+  return d;
+}
+
 }  // namespace
 
 TEST_CASE("multicast: announcements, requests and goodbyes on a private loopback; hostile datagrams dropped") {
@@ -119,25 +156,10 @@ TEST_CASE("discovery manager by multicast alone: discovered, discarded after sil
     return;
   }
   test::TempDir dir;
-  lookup::LookupServiceOptions o;
-  o.data_dir = dir.file("l");
-  int port = test::free_tcp_port();
-  o.rpc_endpoint = "tcp://127.0.0.1:" + std::to_string(port);
-  auto lookup = lookup::LookupService::start(o);
-  REQUIRE(lookup.ok());
-  Announcement self = lookup_announcement(static_cast<uint16_t>(port));
-  self.service_id = (*lookup)->registrar().self_id();
-  auto announcer = MulticastAnnouncer::start(self, 200ms, on_lo());
-  REQUIRE(announcer.ok());
+  AnnouncedLookup lookup(dir);
 
   std::atomic<int> discovered{0}, discarded{0};
-  DiscoveryOptions d;
-  d.avahi = false;
-  d.multicast_options = on_lo();
-  d.groups = {"public"};
-  d.probe_interval = 100ms;
-  d.probe_timeout = 200ms;
-  d.discard_after = 800ms;
+  DiscoveryOptions d = multicast_only();
   d.on_discovered = [&](const DiscoveredLookup& l) {
     CHECK(l.via == "multicast");
     ++discovered;
@@ -147,16 +169,14 @@ TEST_CASE("discovery manager by multicast alone: discovered, discarded after sil
   REQUIRE(manager.ok());
   CHECK(test::eventually([&] { return discovered == 1; }, 3000));
 
-  // The lookup dies without a goodbye (its announcer simply stops): discarded after the silence.
-  (*lookup)->stop();
-  lookup->reset();
+  // The lookup dies without a goodbye (its announcer goes on): discarded after the silence.
+  lookup.service->stop();
+  lookup.service.reset();
   auto t0 = std::chrono::steady_clock::now();
   CHECK(test::eventually([&] { return discarded == 1; }, 5000));
   MESSAGE("discarded " << std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count()
                        << " ms after the lookup stopped (discard after 800 ms)");
-  o.data_dir = dir.file("l");
-  lookup = lookup::LookupService::start(o);
-  REQUIRE(lookup.ok());
+  lookup.start();
   CHECK(test::eventually([&] { return discovered == 2; }, 3000));
 }
 
@@ -165,13 +185,7 @@ TEST_CASE("discovery manager under a flood of spoofed announcements: a bounded n
     MESSAGE("no private network namespace (needs root): skipped");
     return;
   }
-  DiscoveryOptions d;
-  d.avahi = false;
-  d.multicast_options = on_lo();
-  d.groups = {"public"};
-  d.probe_interval = 100ms;
-  d.probe_timeout = 200ms;
-  d.discard_after = 800ms;
+  DiscoveryOptions d = multicast_only();
   std::atomic<int> discovered{0};
   d.on_discovered = [&](const DiscoveredLookup&) { ++discovered; };
   auto manager = DiscoveryManager::start(d);
@@ -188,16 +202,7 @@ TEST_CASE("discovery manager under a flood of spoofed announcements: a bounded n
   uint64_t probes_then = (*manager)->stats().probes;
 
   test::TempDir dir;
-  lookup::LookupServiceOptions o;
-  o.data_dir = dir.file("l");
-  int port = test::free_tcp_port();
-  o.rpc_endpoint = "tcp://127.0.0.1:" + std::to_string(port);
-  auto lookup = lookup::LookupService::start(o);
-  REQUIRE(lookup.ok());
-  Announcement self = lookup_announcement(static_cast<uint16_t>(port));
-  self.service_id = (*lookup)->registrar().self_id();
-  auto announcer = MulticastAnnouncer::start(self, 200ms, on_lo());
-  REQUIRE(announcer.ok());
+  AnnouncedLookup lookup(dir);
   CHECK(test::eventually([&] { return discovered == 1; }, 5000));
   // A second's probes of what is kept: 64 candidates every 100 ms at most, not 500.
   std::this_thread::sleep_for(1s);
