@@ -27,6 +27,7 @@ struct RegistrationKeeper::Impl {
     std::optional<lease::HeldLease> lease;  // registered under it
     uint64_t version = 0;                   // of the item registered
     std::optional<uint64_t> lost;           // the lease it lost, until it knows why
+    bool renewed = true;                    // the renewal manager took `lease` (else: register again)
     bool superseded = false;                // another item under the same ServiceID replaced it
     Clock::time_point next_try{};
     std::chrono::milliseconds backoff{0};
@@ -47,7 +48,7 @@ struct RegistrationKeeper::Impl {
 
   Impl(ServiceItem i, KeeperOptions o)
       : options(std::move(o)),
-        renewals(lease::RenewalManagerOptions{.curve = options.curve}),
+        renewals(lease::RenewalManagerOptions{.curve = options.curve, .max_landlords = options.max_landlords}),
         item(std::move(i)) {
     renewals.on_failure([this](const lease::HeldLease& held, const Status& why) {
       std::lock_guard lock(mu);
@@ -87,7 +88,7 @@ struct RegistrationKeeper::Impl {
       Clock::time_point next = Clock::time_point::max();
       std::string due;
       for (auto& [endpoint, t] : targets) {
-        bool needed = (!t.lease || t.version != version) && !t.superseded;
+        bool needed = (!t.lease || t.version != version || !t.renewed) && !t.superseded;
         if (!needed) continue;
         if (t.next_try <= now) {
           due = endpoint;
@@ -140,10 +141,9 @@ struct RegistrationKeeper::Impl {
         if (target.lease) renewals.remove(target.lease->lease.id, target.lease->landlord);
         target.lease = r->held_lease();
         target.version = v;
-        target.backoff = std::chrono::milliseconds(0);
-        renew_locked(target, due);
         DJINN_LOG(kInfo, "lookup") << (r->replaced ? "registered again " : "registered ") << snapshot.service_id.to_string()
-                                   << " at " << due << ", lease " << target.lease->lease.id;
+                                   << " at " << due << ", lease " << r->item.lease.id;
+        if (renew_locked(target, due, snapshot)) target.backoff = std::chrono::milliseconds(0);
         cv.notify_all();
       } else {
         back_off_locked(target, snapshot, due, r.status());
@@ -152,12 +152,17 @@ struct RegistrationKeeper::Impl {
   }
 
   // Hands the target's lease to the renewal manager. It refuses a lease at one lookup more than
-  // its limit of landlords (64), far beyond the few a service registers with: that registration
-  // is then not renewed and lapses when its lease runs out.
-  void renew_locked(const Target& target, const std::string& endpoint) {
-    if (Status st = renewals.add(*target.lease, options.lease_ms); !st.ok()) {
-      DJINN_LOG(kWarn, "lookup") << "the registration at " << endpoint << " will not be renewed: " << st.to_string();
-    }
+  // its limit of landlords (64 unless told), far beyond the few a service registers with (unless
+  // lookups that are not what they say fill the LAN): the registration is then made again at each
+  // retry, backing off, each one good for its lease, until the manager takes one.
+  bool renew_locked(Target& target, const std::string& endpoint, const ServiceItem& registered) {
+    Status st = renewals.add(*target.lease, options.lease_ms);
+    target.renewed = st.ok();
+    if (st.ok()) return true;
+    DJINN_LOG(kWarn, "lookup") << "the registration at " << endpoint << " cannot be renewed (" << st.to_string()
+                               << "): registering again later";
+    back_off_locked(target, registered, endpoint, st);
+    return false;
   }
 
   void back_off_locked(Target& target, const ServiceItem& item_tried, const std::string& endpoint, const Status& why) {
@@ -175,7 +180,7 @@ struct RegistrationKeeper::Impl {
       // renew the lease it is registered under instead (lease ids are capabilities).
       target.lease = Registered{there, false, endpoint}.held_lease();
       target.version = v;
-      renew_locked(target, endpoint);
+      renew_locked(target, endpoint, ours);
       DJINN_LOG(kInfo, "lookup") << ours.service_id.to_string() << " at " << endpoint
                                  << " is registered with this very item under lease " << there.lease.id
                                  << ": renewing that one";

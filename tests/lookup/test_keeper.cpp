@@ -77,6 +77,32 @@ TEST_CASE("a keeper registers everywhere, renews, re-registers after a loss, and
   CHECK(test::eventually([&] { return !a->registrar().find(item.service_id) && !b->registrar().find(item.service_id); }));
 }
 
+TEST_CASE("a registration the renewal manager cannot take is made again until it can, and never lapses for good") {
+  // Past the renewal manager's landlords (here one; 64 by default, which lookups that are not what
+  // they say could fill), a registration is not renewed: the keeper registers it again at each
+  // retry, each one good for its lease, and hands it over once a landlord's place frees.
+  test::TempDir dir;
+  auto a = start_lookup(dir.file("a"), test::free_tcp_port());
+  auto b = start_lookup(dir.file("b"), test::free_tcp_port());
+  ServiceItem item;
+  item.service_id = ServiceId::random();
+  item.interface_types = {"demo.Printer"};
+  KeeperOptions options;
+  options.lease_ms = 600;
+  options.retry_max = 200ms;
+  options.max_landlords = 1;
+  RegistrationKeeper keeper(item, {a->rpc_endpoint(), b->rpc_endpoint()}, options);
+  REQUIRE(keeper.wait_registered(5s));
+  for (int i = 0; i < 10; ++i) {  // 2 s, over three leases: at both all along
+    std::this_thread::sleep_for(200ms);
+    CHECK(a->registrar().find(item.service_id).has_value());
+    CHECK(b->registrar().find(item.service_id).has_value());
+  }
+  keeper.remove_registrar(a->rpc_endpoint());  // frees the one place
+  std::this_thread::sleep_for(1500ms);
+  CHECK(b->registrar().find(item.service_id).has_value());
+}
+
 TEST_CASE("a service moved to another node: the old node's keeper leaves the ServiceID to the new one") {
   test::TempDir dir;
   auto a = start_lookup(dir.file("a"), test::free_tcp_port());

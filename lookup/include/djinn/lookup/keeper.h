@@ -29,6 +29,9 @@ struct KeeperOptions {
   std::chrono::milliseconds call_timeout{2000};
   std::chrono::milliseconds retry_min{100};  // after a failed registration, doubling
   std::chrono::milliseconds retry_max{5000};
+  // Landlords (lookups) whose leases are renewed at once: a registration past them is made again
+  // at each retry until one frees (lease::RenewalManagerOptions::max_landlords).
+  size_t max_landlords = 64;
 };
 
 class RegistrationKeeper {
