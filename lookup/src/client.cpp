@@ -113,6 +113,23 @@ Result<LookupMany> RegistrarClient::lookup_many(const ServiceTemplate& tmpl, siz
   return lookup_page(tmpl, max_matches, std::nullopt, notify_id, call);
 }
 
+namespace {
+
+// A page after the first goes on in ServiceID order after the one before, so every page adds
+// new matches and lookup_all ends by max_matches at the latest, whatever a registrar answers.
+Status in_order_after(const ServiceId* last, const std::vector<ServiceItem>& page) {
+  for (const ServiceItem& item : page) {
+    if (last && !(*last < item.service_id)) {
+      return failed_precondition("lookup.lookupMany: the registrar's pages are not in ServiceID order after " +
+                                 last->to_string() + " (a registrar older than pages?)");
+    }
+    last = &item.service_id;
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
 Result<LookupMany> RegistrarClient::lookup_all(const ServiceTemplate& tmpl, size_t max_matches, uint64_t notify_id,
                                                rpc::CallOptions call) {
   // With a notify registration each page says its stream's number: when it moved between pages,
@@ -127,6 +144,7 @@ Result<LookupMany> RegistrarClient::lookup_all(const ServiceTemplate& tmpl, size
       Result<LookupMany> next =
           lookup_page(tmpl, max_matches - all->items.size(), all->items.back().service_id, notify_id, call);
       if (!next.ok()) return next.status();
+      DJINN_RETURN_IF_ERROR(in_order_after(&all->items.back().service_id, next->items));
       moved = moved || next->event_seq != all->event_seq;
       for (ServiceItem& item : next->items) all->items.push_back(std::move(item));
       all->more = next->more;

@@ -372,6 +372,24 @@ TEST_CASE("lookup_all asks for its pages again when items change between them") 
   CHECK(all->total == 201);
 }
 
+TEST_CASE("lookup_all refuses pages that do not go on after the last, whatever a registrar says") {
+  // A registrar that says there is more and answers the same item again would be asked forever.
+  rpc::Server fake(rpc::ServerOptions{});
+  ServiceItem same = item({"demo.Big"}, {});
+  fake.method<proto::LookupManyParams, proto::LookupManyResult>(
+      "lookup.lookupMany", [&](const rpc::CallContext&, proto::LookupManyParams::Reader, proto::LookupManyResult::Builder out) {
+        to_capnp(same, out.initItems(1)[0]);
+        out.setTotalMatches(2);
+        out.setMore(true);
+        return Status::Ok();
+      });
+  REQUIRE(fake.start().ok());
+  RegistrarClient c({.endpoint = fake.endpoints().at(0)});
+  auto all = c.lookup_all(ServiceTemplate{std::nullopt, {"demo.Big"}, {}}, 1000);
+  CHECK(all.status().code() == Code::kFailedPrecondition);
+  CHECK(all.status().message().find("ServiceID order") != std::string::npos);
+}
+
 TEST_CASE("renewing a registration lease shows in the item; an unrenewed one expires") {
   Harness h;
   ServiceItem p = item({"demo.Printer"}, {});
