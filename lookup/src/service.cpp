@@ -95,9 +95,18 @@ void LookupService::Impl::register_methods() {
       "lookup.register",
       [this](const rpc::CallContext&, capnp::MessageReader& message, rpc::Responder responder) {
         RegisterRequest request;
+        size_t wire_bytes = 0;
         try {
           auto p = message.getRoot<proto::RegisterParams>();
           if (!p.hasItem()) return responder.reply(invalid_argument("lookup.register: item is missing"));
+          // Far over the limit is refused before it is decoded; the registrar checks the encoding
+          // it stores against the limit exactly.
+          wire_bytes = p.getItem().totalSize().wordCount * sizeof(capnp::word);
+          if (wire_bytes > 2 * options.max_item_bytes + 4096) {
+            return responder.reply(invalid_argument("lookup.register: service item of " + std::to_string(wire_bytes) +
+                                                    " bytes: at most " + std::to_string(options.max_item_bytes) +
+                                                    " allowed; keep attributes small and put large content in the space"));
+          }
           Result<ServiceItem> item = from_capnp(p.getItem());
           if (!item.ok()) return responder.reply(Status(item.status().code(), "lookup.register: " + item.status().message()));
           if (item->service_id.is_nil()) {
@@ -120,7 +129,7 @@ void LookupService::Impl::register_methods() {
           root.setReplaced(r->replaced);
           root.setLandlord(where);
           shared->reply(Status::Ok(), reply);
-        });
+        }, wire_bytes);
       },
       {.min_role = security::Role::kService});
 

@@ -654,11 +654,12 @@ struct Space::Impl {
     Op op;
     op.write = false;
     op.seqs = std::move(seqs);
+    // Never refused as busy: the entries are the taker's already, hidden from everyone else.
     commit->post({std::move(op)}, [done = std::move(done)](std::vector<OpOutcome> out) {
       OpOutcome& o = out.front();
       if (!o.status.ok()) return done(o.status);
       done(std::move(o.taken));
-    });
+    }, 0, false);
   }
 
   // ---- the group commit's batch ----
@@ -1664,11 +1665,12 @@ void Space::write_async(WriteRequest request, WriteDone done) {
   m.with_txn(
       txn,
       [&m, op = std::move(std::get<Impl::Op>(prepared)), shared_done]() mutable {
+        size_t bytes = op.encoded.size();
         m.commit->post({std::move(op)}, [shared_done](std::vector<Impl::OpOutcome> out) {
           Impl::OpOutcome& o = out.front();
           if (!o.status.ok()) return (*shared_done)(Status(o.status.code(), o.status.message()));
           (*shared_done)(o.written);
-        });
+        }, bytes);
       },
       [shared_done](Status st) { (*shared_done)(Status(st.code(), "write: " + st.message())); });
 }
@@ -1705,13 +1707,15 @@ void Space::write_many_async(std::vector<WriteRequest> requests, WriteManyDone d
       txn,
       [&m, ops = std::move(ops), call]() mutable {
         // One group: written in one transaction, never split.
+        size_t bytes = 0;
+        for (const Impl::Op& op : ops) bytes += op.encoded.size();
         m.commit->post(std::move(ops), [call](std::vector<Impl::OpOutcome> out) {
           for (size_t k = 0; k < out.size(); ++k) {
             Impl::OpOutcome& o = out[k];
             call->results[call->positions[k]] = o.status.ok() ? Result<Written>(o.written) : Result<Written>(o.status);
           }
           call->done(std::move(call->results));
-        });
+        }, bytes);
       },
       [call](Status st) {
         for (size_t p : call->positions) call->results[p] = Status(st.code(), "write: " + st.message());

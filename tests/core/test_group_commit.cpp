@@ -11,6 +11,7 @@
 
 #include "djinn/core/fault.h"
 #include "djinn/core/group_commit.h"
+#include "support/test_support.h"
 
 using namespace djinn;
 
@@ -168,4 +169,49 @@ TEST_CASE("stop: the batch being written is answered and may post; what is not w
   }
   REQUIRE(posted_after.size() == 2);
   CHECK(posted_after[1].code() == Code::kUnavailable);
+}
+
+TEST_CASE("a queue past its bounds refuses posts as busy, except those told to wait whatever the bounds") {
+  std::promise<void> started, release;
+  std::shared_future<void> released = release.get_future().share();
+  std::atomic<int> batches{0};
+  GroupCommit<int, Status> gc(
+      64,
+      [&](std::span<int> r) {
+        if (batches++ == 0) {
+          started.set_value();
+          released.wait();
+        }
+        return std::vector<Status>(r.size(), Status::Ok());
+      },
+      "test-commit", GroupCommitLimits{.max_queued_requests = 3, .max_queued_bytes = 1000});
+  std::mutex mu;
+  std::vector<Status> answers(8, internal_error("not answered"));
+  auto answer = [&](size_t i) {
+    return [&, i](std::vector<Status> out) {
+      std::lock_guard lock(mu);
+      answers[i] = out.front();
+    };
+  };
+  gc.post({0}, answer(0));  // being written, held
+  started.get_future().wait();
+  gc.post({1}, answer(1), 600);
+  gc.post({2}, answer(2), 600);  // 1,200 bytes queued: over the bound
+  gc.post({3}, answer(3), 100);
+  gc.post({4}, answer(4));
+  gc.post({5}, answer(5));       // four requests queued: over the bound
+  gc.post({6}, answer(6), 5000, false);  // queued whatever the bounds
+  {
+    std::lock_guard lock(mu);
+    CHECK(answers[2].code() == Code::kUnavailable);
+    CHECK(answers[2].message().find("busy") != std::string::npos);
+    CHECK(answers[5].code() == Code::kUnavailable);
+  }
+  release.set_value();
+  REQUIRE(test::eventually([&] {
+    std::lock_guard lock(mu);
+    return answers[6].ok();
+  }));
+  std::lock_guard lock(mu);
+  for (size_t i : {0, 1, 3, 4, 6}) CHECK(answers[i].ok());
 }

@@ -28,10 +28,17 @@ namespace djinn {
 // function, which returns one outcome per request in order and may move from the requests (they
 // are the batch's own). A posted group (one call's requests) is never split, so a group larger
 // than max_batch goes alone. Groups are written in the order posted. Completions run on that
-// thread.
+// thread. The queue is bounded (Limits): past either bound a post is refused at once with
+// UNAVAILABLE outcomes ("busy", retry), so callers faster than the disk get back-pressure rather
+// than the process's memory.
 //
 // Crash points (fault.h): group_commit.stopping  stop() was called; the batch being written (if
 // any) is not done yet.
+struct GroupCommitLimits {
+  size_t max_queued_requests = 100'000;
+  size_t max_queued_bytes = 256u << 20;  // as the posters count them (post's `bytes`)
+};
+
 template <class Request, class Outcome>
 class GroupCommit {
  public:
@@ -39,8 +46,8 @@ class GroupCommit {
   using Done = std::function<void(std::vector<Outcome>)>;
 
   // `thread_name` names the committing thread (15 bytes are kept).
-  GroupCommit(size_t max_batch, Batch batch, std::string_view thread_name = "group-commit")
-      : max_batch_(max_batch), batch_(std::move(batch)), thread_([this, name = std::string(thread_name)] {
+  GroupCommit(size_t max_batch, Batch batch, std::string_view thread_name = "group-commit", GroupCommitLimits limits = {})
+      : max_batch_(max_batch), limits_(limits), batch_(std::move(batch)), thread_([this, name = std::string(thread_name)] {
           name_this_thread(name);
           run();
         }) {}
@@ -76,23 +83,37 @@ class GroupCommit {
       stopped_ = true;
       left.swap(queue_);
     }
-    for (Group& g : left) refuse(g);
+    for (Group& g : left) refuse(g, "stopped before it was written");
   }
 
-  void post(std::vector<Request> requests, Done done) {
-    Group g{std::move(requests), std::move(done)};
+  // `bytes`: what the requests hold, counted against Limits::max_queued_bytes. `bounded` false:
+  // queued whatever the bounds (a request that finishes what was already promised, such as the
+  // removal of an entry a taker has been handed, must not be refused).
+  void post(std::vector<Request> requests, Done done, size_t bytes = 0, bool bounded = true) {
+    Group g{std::move(requests), std::move(done), bytes};
     bool queued = false;
+    std::string busy;
     {
       std::lock_guard lock(mu_);
       if (!stopped_) {
-        queue_.push_back(std::move(g));
-        queued = true;
+        // An empty queue takes any group, so one larger than the bounds is written, alone.
+        if (bounded && !queue_.empty() &&
+            (queued_requests_ + g.requests.size() > limits_.max_queued_requests ||
+             queued_bytes_ + bytes > limits_.max_queued_bytes)) {
+          busy = "busy: " + std::to_string(queued_requests_) + " requests (" + std::to_string(queued_bytes_) +
+                 " bytes) wait to be written; retry";
+        } else {
+          queued_requests_ += g.requests.size();
+          queued_bytes_ += bytes;
+          queue_.push_back(std::move(g));
+          queued = true;
+        }
       }
     }
     if (queued) {
       cv_.notify_one();
     } else {
-      refuse(g);
+      refuse(g, busy.empty() ? "stopped before it was written" : busy);
     }
   }
 
@@ -100,6 +121,7 @@ class GroupCommit {
   struct Group {
     std::vector<Request> requests;
     Done done;
+    size_t bytes = 0;
   };
 
   void run() {
@@ -112,6 +134,8 @@ class GroupCommit {
       size_t total = 0;
       while (!queue_.empty() && (groups.empty() || total + queue_.front().requests.size() <= max_batch_)) {
         total += queue_.front().requests.size();
+        queued_requests_ -= queue_.front().requests.size();
+        queued_bytes_ -= queue_.front().bytes;
         groups.push_back(std::move(queue_.front()));
         queue_.pop_front();
       }
@@ -136,20 +160,23 @@ class GroupCommit {
     }
   }
 
-  static void refuse(Group& g) {
+  static void refuse(Group& g, const std::string& why) {
     if constexpr (std::is_constructible_v<Outcome, Status>) {
       std::vector<Outcome> out;
       out.reserve(g.requests.size());
-      for (size_t i = 0; i < g.requests.size(); ++i) out.emplace_back(unavailable("stopped before it was written"));
+      for (size_t i = 0; i < g.requests.size(); ++i) out.emplace_back(unavailable(why));
       g.done(std::move(out));
     }
   }
 
   const size_t max_batch_;
+  const GroupCommitLimits limits_;
   Batch batch_;
-  std::mutex mu_;  // guards queue_, stop_, stopped_
+  std::mutex mu_;  // guards queue_, its counts, stop_, stopped_
   std::condition_variable cv_;
   std::deque<Group> queue_;
+  size_t queued_requests_ = 0;
+  size_t queued_bytes_ = 0;
   bool stop_ = false;
   bool stopped_ = false;  // stop() joined the thread: nothing is queued any more
   std::thread thread_;
