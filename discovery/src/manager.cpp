@@ -212,6 +212,14 @@ struct DiscoveryManager::Impl : std::enable_shared_from_this<Impl> {
   void discard_locked(Candidate& c, const std::string& why) {
     DJINN_LOG(kInfo, kLog) << "discarded lookup " << c.info.service_id.to_string() << " at " << c.endpoint << ": " << why;
     c.state = State::kPending;
+    // Another address of the same lookup (or another endpoint claiming its ServiceID) was set
+    // aside while this one stood for it: ask it again now.
+    for (auto& [ep, other] : candidates) {
+      if (&other != &c && other.state == State::kIgnored && other.info.service_id == c.info.service_id) {
+        other.state = State::kPending;
+        other.next_probe = Clock::now();
+      }
+    }
     ++stats.discarded;
     events.push_back({false, c.info});
     changed.notify_all();
@@ -290,6 +298,7 @@ struct DiscoveryManager::Impl : std::enable_shared_from_this<Impl> {
       if (ep != endpoint && other.state == State::kDiscovered && other.info.service_id == a.item.service_id) {
         // Reached at another address already: one lookup is discovered once.
         c.state = State::kIgnored;
+        c.info.service_id = a.item.service_id;
         c.info.groups = a.groups;
         c.next_probe = Clock::time_point::max();
         return;

@@ -18,6 +18,7 @@
 #include <cstring>
 #include <mutex>
 #include <thread>
+#include <unordered_map>
 
 #include "djinn/core/log.h"
 
@@ -192,6 +193,27 @@ struct MulticastAnnouncer::Impl {
   mutable std::mutex stats_mu;
   Stats stats;
   std::vector<uint8_t> packet;
+  // Answers go to whatever address a request claims to come from: they are rationed, so spoofed
+  // requests cannot turn the lookups of a LAN on one victim. On the announcer's thread only.
+  std::unordered_map<uint32_t, Clock::time_point> answered_at;  // by source IPv4 address
+  Clock::time_point window_start{};
+  int answers_in_window = 0;
+  static constexpr std::chrono::milliseconds kPerSource{250};
+  static constexpr int kPerSecond = 40;
+
+  bool may_answer(const sockaddr_in& from, Clock::time_point now) {
+    if (now - window_start >= std::chrono::seconds(1)) {
+      window_start = now;
+      answers_in_window = 0;
+    }
+    if (answers_in_window >= kPerSecond) return false;
+    if (answered_at.size() > 4096) answered_at.clear();  // forgetting only lets a source be answered early
+    auto [it, fresh] = answered_at.try_emplace(from.sin_addr.s_addr, now);
+    if (!fresh && now - it->second < kPerSource) return false;
+    it->second = now;
+    ++answers_in_window;
+    return true;
+  }
 
   void announce(const std::vector<uint8_t>& bytes) {
     Status st = send_to(send_fd.get(), bytes, target.group);
@@ -218,6 +240,11 @@ struct MulticastAnnouncer::Impl {
     }
     if (!groups_match(r->groups, self.groups)) return;
     if (std::find(r->known.begin(), r->known.end(), *self.service_id) != r->known.end()) return;
+    if (!may_answer(from, Clock::now())) {
+      std::lock_guard lock(stats_mu);
+      ++stats.not_answered;
+      return;
+    }
     if (send_to(send_fd.get(), packet, from).ok()) {
       std::lock_guard lock(stats_mu);
       ++stats.answers;

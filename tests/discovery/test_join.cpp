@@ -72,6 +72,31 @@ struct Recorder {
   }
 };
 
+// A lookup that answers lookup.self only, with the groups it is told to name.
+struct FakeLookup {
+  FakeLookup(ServiceId id, std::vector<std::string> groups) : port(test::free_tcp_port()) {
+    endpoint = "tcp://127.0.0.1:" + std::to_string(port);
+    rpc::ServerOptions so;
+    so.endpoints = {endpoint};
+    server = std::make_unique<rpc::Server>(so);
+    self.service_id = id;
+    self.interface_types = {"djinn.lookup.ServiceRegistrar"};
+    self.endpoints = Endpoints{endpoint, ""};
+    server->method<proto::SelfParams, proto::SelfResult>(
+        "lookup.self", [this, groups](const rpc::CallContext&, proto::SelfParams::Reader, proto::SelfResult::Builder out) {
+          to_capnp(self, out.initItem());
+          auto list = out.initGroups(static_cast<unsigned>(groups.size()));
+          for (unsigned i = 0; i < groups.size(); ++i) list.set(i, groups[i]);
+          return Status::Ok();
+        });
+    REQUIRE(server->start().ok());
+  }
+  int port;
+  std::string endpoint;
+  ServiceItem self;
+  std::unique_ptr<rpc::Server> server;
+};
+
 }  // namespace
 
 TEST_CASE("discovery by locator: groups filter, a silent lookup is discarded and rediscovered") {
@@ -111,28 +136,32 @@ TEST_CASE("discovery by locator: groups filter, a silent lookup is discarded and
 TEST_CASE("discovery by locator: a lookup that names groups no client would take is not discovered") {
   // What a lookup says of itself is passed on to every client of the discovery service, whose
   // decoding refuses such groups: the probe fails here instead.
-  int port = test::free_tcp_port();
-  rpc::ServerOptions so;
-  so.endpoints = {"tcp://127.0.0.1:" + std::to_string(port)};
-  rpc::Server fake(so);
-  ServiceItem self;
-  self.service_id = ServiceId::random();
-  self.interface_types = {"djinn.lookup.ServiceRegistrar"};
-  self.endpoints = Endpoints{"tcp://127.0.0.1:" + std::to_string(port), ""};
-  fake.method<proto::SelfParams, proto::SelfResult>(
-      "lookup.self", [&](const rpc::CallContext&, proto::SelfParams::Reader, proto::SelfResult::Builder out) {
-        to_capnp(self, out.initItem());
-        auto groups = out.initGroups(2);
-        groups.set(0, "public");
-        groups.set(1, "a b");
-        return Status::Ok();
-      });
-  REQUIRE(fake.start().ok());
-  DiscoveryOptions o = unicast_only({locator(port)});
-  auto d = DiscoveryManager::start(o);
+  FakeLookup fake(ServiceId::random(), {"public", "a b"});
+  auto d = DiscoveryManager::start(unicast_only({locator(fake.port)}));
   REQUIRE(d.ok());
   CHECK(test::eventually([&] { return (*d)->stats().probe_failures >= 2; }, 3000));
   CHECK((*d)->lookups().empty());
+}
+
+TEST_CASE("discovery by locator: a lookup set aside for another address of its ServiceID is taken once that one goes") {
+  ServiceId id = ServiceId::random();
+  auto first = std::make_unique<FakeLookup>(id, std::vector<std::string>{"public"});
+  DiscoveryOptions o = unicast_only({locator(first->port)});
+  auto d = DiscoveryManager::start(o);
+  REQUIRE(d.ok());
+  REQUIRE((*d)->wait_for(1, 5s));
+  // The same ServiceID answers at a second address: one lookup is discovered once.
+  FakeLookup second(id, {"public"});
+  REQUIRE((*d)->add_locator(locator(second.port)).ok());
+  CHECK(test::eventually([&] { return (*d)->stats().probes >= 6; }, 3000));
+  REQUIRE((*d)->lookups().size() == 1);
+  CHECK((*d)->lookups()[0].rpc_endpoint == first->endpoint);
+  // The first goes silent: discarded, and the second, set aside until then, is discovered.
+  first.reset();
+  CHECK(test::eventually([&] {
+    auto found = (*d)->lookups();
+    return found.size() == 1 && found[0].rpc_endpoint == second.endpoint;
+  }, 5000));
 }
 
 TEST_CASE("join: registered with every lookup, attributes everywhere, registered again after a restart") {

@@ -142,6 +142,21 @@ TEST_CASE("multicast: announcements, requests and goodbyes on a private loopback
   auto answers_before = (*announcer)->stats().answers;
   (*listener)->request();
   CHECK(test::eventually([&] { return (*announcer)->stats().answers > answers_before; }, 3000));
+  // Answers are rationed (a request's source may be spoofed): a burst of fifty from one address
+  // gets at most a few.
+  std::this_thread::sleep_for(300ms);
+  answers_before = (*announcer)->stats().answers;
+  auto requests_before = (*announcer)->stats().requests;
+  Request burst;
+  burst.groups = {"public"};
+  for (int i = 0; i < 50; ++i) send_raw(encode_packet(burst));
+  CHECK(test::eventually([&] { return (*announcer)->stats().requests >= requests_before + 40; }, 3000));
+  std::this_thread::sleep_for(100ms);
+  auto after = (*announcer)->stats();
+  MESSAGE((after.requests - requests_before) << " requests, " << (after.answers - answers_before) << " answered, "
+                                             << after.not_answered << " not");
+  CHECK((*announcer)->stats().answers - answers_before <= 3);
+  CHECK((*announcer)->stats().not_answered > 0);
 
   announcer->reset();
   CHECK(test::eventually([&] {

@@ -39,6 +39,7 @@ class MulticastAnnouncer {
   struct Stats {
     uint64_t announcements = 0;  // sent to the group
     uint64_t answers = 0;        // sent by unicast to requesters
+    uint64_t not_answered = 0;   // requests past the answer rate (one a source each 250 ms, 40 a second in all)
     uint64_t requests = 0;       // received
     uint64_t bad_packets = 0;    // received and rejected
   };
