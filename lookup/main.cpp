@@ -32,6 +32,10 @@ int main(int argc, char** argv) {
   lease::add_policy_flags(cfg, "registration or notify lease", false);
   cfg.add_int("max-item-bytes", 64 * 1024, "largest service item accepted (encoded bytes)", 1024, 16 << 20);
   cfg.add_int("max-items", 1'000'000, "most items held; registrations beyond get RESOURCE_EXHAUSTED", 1, 100'000'000);
+  cfg.add_int("max-notify", 100'000,
+              "most notify registrations held, from all clients together (each change is matched against every one, "
+              "and sends its item to each it concerns); more get RESOURCE_EXHAUSTED",
+              1, 10'000'000);
   add_security_flags(cfg);
   cfg.add_int("workers", 2, "threads for queries that may be long and for durable writes", 1, 256);
   cfg.add_string("announce", "avahi,multicast",
@@ -58,6 +62,7 @@ int main(int argc, char** argv) {
   options.policy = *policy;
   options.max_item_bytes = static_cast<size_t>(cfg.get_int("max-item-bytes"));
   options.max_items = static_cast<size_t>(cfg.get_int("max-items"));
+  options.max_notify = static_cast<size_t>(cfg.get_int("max-notify"));
   options.workers = static_cast<int>(cfg.get_int("workers"));
   Result<ServerSecurity> security = security_from_flags(cfg);
   if (!security.ok()) return cfg.fail(security.status().message(), security.status().code() == Code::kInvalidArgument ? 2 : 1);

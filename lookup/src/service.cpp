@@ -204,6 +204,13 @@ void LookupService::Impl::register_methods() {
   s.method<proto::NotifyParams, proto::NotifyResult>(
       "lookup.notify",
       [this](const rpc::CallContext&, proto::NotifyParams::Reader p, proto::NotifyResult::Builder out) -> Status {
+        // A watch's template is kept, and matched against every change: it may be no larger than
+        // the largest item.
+        size_t template_bytes = p.getTemplate().totalSize().wordCount * sizeof(capnp::word);
+        if (template_bytes > options.max_item_bytes) {
+          return invalid_argument("lookup.notify: template of " + std::to_string(template_bytes) + " bytes: at most " +
+                                  std::to_string(options.max_item_bytes) + " (the largest item this lookup takes)");
+        }
         Result<ServiceTemplate> tmpl = from_capnp(p.getTemplate());
         if (!tmpl.ok()) return Status(tmpl.status().code(), "lookup.notify: " + tmpl.status().message());
         if (Status st = check_duration(p.getDurationMs()); !st.ok()) return st;
@@ -298,6 +305,7 @@ Result<std::unique_ptr<LookupService>> LookupService::start(LookupServiceOptions
   registrar_options.publisher = im->publisher.get();
   registrar_options.max_item_bytes = options.max_item_bytes;
   registrar_options.max_items = options.max_items;
+  registrar_options.max_notify = options.max_notify;
   registrar_options.name = options.name;
   auto registrar = Registrar::open(std::move(registrar_options));
   if (!registrar.ok()) return registrar.status();

@@ -390,6 +390,25 @@ TEST_CASE("lookup_all refuses pages that do not go on after the last, whatever a
   CHECK(all.status().message().find("ServiceID order") != std::string::npos);
 }
 
+TEST_CASE("notify registrations: a template no larger than the largest item, and at most --max-notify in all") {
+  test::TempDir dir;
+  LookupServiceOptions o;
+  o.data_dir = dir.file("lookup");
+  o.max_item_bytes = 2048;
+  o.max_notify = 2;
+  auto s = LookupService::start(o);
+  REQUIRE_MESSAGE(s.ok(), s.status().to_string());
+  RegistrarClient c({.endpoint = (*s)->rpc_endpoint()});
+  ServiceTemplate big{std::nullopt, {}, {tmpl("demo.Blob", {{"text", Value(std::string(4096, 'x'))}})}};
+  auto refused = c.notify(big, kAllTransitions, 30'000);
+  CHECK(refused.status().code() == Code::kInvalidArgument);
+  CHECK(refused.status().message().find("template of") != std::string::npos);
+  ServiceTemplate t{std::nullopt, {"demo.Printer"}, {}};
+  REQUIRE(c.notify(t, kAllTransitions, 30'000).ok());
+  REQUIRE(c.notify(t, kAllTransitions, 30'000).ok());
+  CHECK(c.notify(t, kAllTransitions, 30'000).status().code() == Code::kResourceExhausted);
+}
+
 TEST_CASE("renewing a registration lease shows in the item; an unrenewed one expires") {
   Harness h;
   ServiceItem p = item({"demo.Printer"}, {});

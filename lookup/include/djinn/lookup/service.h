@@ -27,6 +27,9 @@ struct LookupServiceOptions {
   lease::Policy policy;                           // registration and notify leases
   size_t max_item_bytes = 64 * 1024;
   size_t max_items = 1'000'000;
+  // Notify registrations held, from every client together: each change is matched against all of
+  // them and sends an event with the item to each that it concerns.
+  size_t max_notify = 100'000;
   std::optional<rpc::CurveServer> curve;
   security::Role plaintext_role = security::Role::kAdmin;
   int workers = 2;
