@@ -238,23 +238,19 @@ struct Coordinator::Impl {
     if (log_writer.joinable()) log_writer.join();  // what was queued is written first
   }
   // mu held. Refused (and nothing queued) once the log has failed.
-  Status log_locked(std::function<Status(sqlite::Database&)> write) {
+  Status queue_locked(LogRecord record) {
     std::lock_guard lock(log_mu);
     if (log_failed) return *log_failed;
-    log_queue.push_back({std::move(write), nullptr});
+    log_queue.push_back(std::move(record));
     log_cv.notify_one();
     return Status::Ok();
   }
+  Status log_locked(std::function<Status(sqlite::Database&)> write) { return queue_locked({std::move(write), nullptr}); }
+  // The future is answered once the record is durable (or could not be written).
   std::future<Status> log_forced_locked(std::function<Status(sqlite::Database&)> write) {
     auto done = std::make_shared<std::promise<Status>>();
     std::future<Status> durable = done->get_future();
-    std::lock_guard lock(log_mu);
-    if (log_failed) {
-      done->set_value(*log_failed);
-    } else {
-      log_queue.push_back({std::move(write), done});
-      log_cv.notify_one();
-    }
+    if (Status queued = queue_locked({std::move(write), done}); !queued.ok()) done->set_value(queued);
     return durable;
   }
   void log_loop() {
@@ -286,8 +282,10 @@ struct Coordinator::Impl {
   Status write_batch(std::deque<LogRecord>& batch) {
     DJINN_CRASH_POINT("txn.coordinator.writing_log");
     bool forced = std::any_of(batch.begin(), batch.end(), [](const LogRecord& r) { return r.forced != nullptr; });
-    if (forced) DJINN_CRASH_POINT("txn.coordinator.writing_decisions");
-    if (forced) DJINN_RETURN_IF_ERROR(db.set_sync(sqlite::Sync::kFull));
+    if (forced) {
+      DJINN_CRASH_POINT("txn.coordinator.writing_decisions");
+      DJINN_RETURN_IF_ERROR(db.set_sync(sqlite::Sync::kFull));
+    }
     Status written = [&]() -> Status {
       auto tx = sqlite::Transaction::begin(db);
       if (!tx.ok()) return tx.status();

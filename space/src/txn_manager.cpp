@@ -229,9 +229,9 @@ struct TxnManager::Impl {
 
 TxnManager::TxnManager(TxnManagerOptions options, rpc::Server& server) : impl_(std::make_unique<Impl>(std::move(options))) {
   Impl* m = impl_.get();
-  // Every method that takes the coordinator's lock runs off the I/O thread: a commit holds it
-  // across its decision's fsync, and the I/O thread serves the space's other calls meanwhile.
-  const rpc::MethodOptions client_blocking{.min_role = security::Role::kClient, .blocking = true};
+  // create, renew, outcome and join touch the coordinator's memory and queue a log record (its
+  // writer thread writes it; no lock is held across a disk write): they run on the I/O thread.
+  // commit and abort call participants, on the manager's own threads.
   const rpc::MethodOptions client_inline{.min_role = security::Role::kClient, .blocking = false};
 
   server.method<proto::CreateTxnParams, proto::CreateTxnResult>(
@@ -246,7 +246,7 @@ TxnManager::TxnManager(TxnManagerOptions options, rpc::Server& server) : impl_(s
           return Status::Ok();
         });
       },
-      client_blocking);
+      client_inline);
   // On the manager's threads, answered through a Responder (deferred).
   auto on_manager_threads = [m](const char* method, std::function<void(const rpc::CallContext&, txn::TxnId,
                                                                         rpc::Responder&)> run) {
@@ -313,7 +313,7 @@ TxnManager::TxnManager(TxnManagerOptions options, rpc::Server& server) : impl_(s
           return c.renew(txn_of(p.getTxn()), std::chrono::milliseconds(p.getLeaseMs()));
         });
       },
-      client_blocking);
+      client_inline);
   server.method<proto::TxnParams, proto::OutcomeResult>(
       "txn.outcome",
       [m](const rpc::CallContext&, proto::TxnParams::Reader p, proto::OutcomeResult::Builder out) {
@@ -322,7 +322,7 @@ TxnManager::TxnManager(TxnManagerOptions options, rpc::Server& server) : impl_(s
           return Status::Ok();
         });
       },
-      client_blocking);
+      client_inline);
   server.method<proto::JoinParams, proto::SpaceEmpty>(
       "txn.join",
       [m](const rpc::CallContext&, proto::JoinParams::Reader p, proto::SpaceEmpty::Builder) {
@@ -333,7 +333,7 @@ TxnManager::TxnManager(TxnManagerOptions options, rpc::Server& server) : impl_(s
         }
         return m->with([&](txn::Coordinator& c) { return c.join(txn_of(p.getTxn()), participant, p.getIncarnation()); });
       },
-      {.min_role = security::Role::kService, .blocking = true});
+      {.min_role = security::Role::kService, .blocking = false});
 }
 
 TxnManager::~TxnManager() { stop(); }

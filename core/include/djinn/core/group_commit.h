@@ -28,7 +28,7 @@ namespace djinn {
 // function, which returns one outcome per request in order and may move from the requests (they
 // are the batch's own). A posted group (one call's requests) is never split, so a group larger
 // than max_batch goes alone. Groups are written in the order posted. Completions run on that
-// thread. The queue is bounded (Limits): past either bound a post is refused at once with
+// thread. The queue is bounded (GroupCommitLimits): past either bound a post is refused at once with
 // UNAVAILABLE outcomes ("busy", retry), so callers faster than the disk get back-pressure rather
 // than the process's memory.
 //
@@ -52,12 +52,7 @@ class GroupCommit {
           run();
         }) {}
   ~GroupCommit() {
-    {
-      std::lock_guard lock(mu_);
-      stop_ = true;
-    }
-    cv_.notify_all();
-    if (thread_.joinable()) thread_.join();
+    halt();
     // Groups never written drop their completions (an RPC Responder dropped answers CANCELLED).
   }
   GroupCommit(const GroupCommit&) = delete;
@@ -70,13 +65,7 @@ class GroupCommit {
   // may post more (a write that hands its entry to a waiting taker), and must find it there.
   // Called once, not from a completion.
   void stop() {
-    {
-      std::lock_guard lock(mu_);
-      stop_ = true;
-    }
-    cv_.notify_all();
-    DJINN_CRASH_POINT("group_commit.stopping");
-    if (thread_.joinable()) thread_.join();
+    halt("group_commit.stopping");
     std::deque<Group> left;
     {
       std::lock_guard lock(mu_);
@@ -118,6 +107,17 @@ class GroupCommit {
   }
 
  private:
+  // Asks the thread to stop and joins it once the batch being written is answered.
+  void halt(const char* crash_point = nullptr) {
+    {
+      std::lock_guard lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    if (crash_point) DJINN_CRASH_POINT(crash_point);
+    if (thread_.joinable()) thread_.join();
+  }
+
   struct Group {
     std::vector<Request> requests;
     Done done;
