@@ -8,6 +8,7 @@
 #include <string>
 #include <string_view>
 
+#include "djinn/core/model.h"
 #include "djinn/core/status.h"
 #include "djinn/lease/landlord.h"
 #include "djinn/proto/lease.capnp.h"
@@ -41,10 +42,8 @@ void status_to_item(const Status& status, proto::ItemResult::Builder out);
 // from the checks).
 inline std::string text_of(capnp::Text::Reader text) { return std::string(text.begin(), text.size()); }
 
-// Edge checks, with messages that say what was wrong and what was expected.
-// The leases in one LeaseList reply, by their encoded size (at least one lease): half a client's
-// frame limit (16 MiB), as the space's getChunks.
-inline constexpr size_t kMaxListReplyBytes = 8u << 20;
+// The leases in one LeaseList reply, by their encoded size (at least one lease).
+inline constexpr size_t kMaxListReplyBytes = kMaxPageReplyBytes;
 
 // What a Lease takes in a LeaseList: its struct (4 data and 3 pointer words) and its three texts,
 // each NUL-terminated and padded to a word.
@@ -53,6 +52,7 @@ inline size_t wire_bytes(const Lease& lease, size_t landlord_bytes) {
   return 56 + text(lease.resource.size()) + text(lease.holder.size()) + text(landlord_bytes);
 }
 
+// Edge checks, with messages that say what was wrong and what was expected.
 Status check_duration(int64_t duration_ms, std::string_view what);
 Status check_text(std::string_view value, size_t max_bytes, std::string_view what);
 Status check_endpoint(std::string_view endpoint);

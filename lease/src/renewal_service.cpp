@@ -130,6 +130,8 @@ struct RenewalService::Impl {
   bool sweep_locked(int64_t now);
   // Deletes the store's members due by `upto` (indexed by until_ms).
   void delete_finished_rows_locked(int64_t upto);
+  // Deletes one member's row from the store.
+  Status delete_member_row_locked(const Key& key);
   // The sweeper thread: sleeps until the next member's `until`, then sweeps.
   void sweep_loop();
   Status create(proto::CreateSetParams::Reader p, proto::SetResult::Builder r);
@@ -278,6 +280,13 @@ void RenewalService::Impl::delete_finished_rows_locked(int64_t upto) {
   if (!s.ok()) DJINN_LOG(kWarn, "renewal") << "removing finished renewals: " << s.to_string();
 }
 
+Status RenewalService::Impl::delete_member_row_locked(const Key& key) {
+  auto st = db.cached("DELETE FROM renewal_member WHERE landlord = ? AND lease_id = ?");
+  if (!st.ok()) return st.status();
+  DJINN_RETURN_IF_ERROR((*st)->bind_all(key.first, key.second));
+  return (*st)->run();
+}
+
 void RenewalService::Impl::sweep_loop() {
   name_this_thread("renewal-sweep");
   std::unique_lock lock(mu);
@@ -307,10 +316,9 @@ void RenewalService::Impl::on_failure(const HeldLease& held, const Status& why) 
     if (it == members.end()) return;  // removed, or its set dropped, meanwhile: nobody to tell
     set_id = it->second.set_id;
     unfile_member_locked(it);
-    auto st = db.cached("DELETE FROM renewal_member WHERE landlord = ? AND lease_id = ?");
-    Status s = st.ok() ? (*st)->bind_all(held.landlord, held.lease.id) : st.status();
-    if (s.ok()) s = (*st)->run();
-    if (!s.ok()) DJINN_LOG(kWarn, "renewal") << "forgetting a failed lease: " << s.to_string();
+    if (Status s = delete_member_row_locked(key); !s.ok()) {
+      DJINN_LOG(kWarn, "renewal") << "forgetting a failed lease: " << s.to_string();
+    }
   }
   if (!options.publisher) return;
   capnp::MallocMessageBuilder message;
@@ -456,10 +464,9 @@ Status RenewalService::Impl::add(proto::AddParams::Reader p) {
     // Its landlord would be one too many. A lease the manager does not renew is not kept: a
     // member replaced here was no longer renewed either (only a lease the manager has dropped
     // can be refused).
-    auto undo = db.cached("DELETE FROM renewal_member WHERE landlord = ? AND lease_id = ?");
-    Status s = undo.ok() ? (*undo)->bind_all(key.first, key.second) : undo.status();
-    if (s.ok()) s = (*undo)->run();
-    if (!s.ok()) DJINN_LOG(kWarn, "renewal") << "forgetting a refused lease: " << s.to_string();
+    if (Status s = delete_member_row_locked(key); !s.ok()) {
+      DJINN_LOG(kWarn, "renewal") << "forgetting a refused lease: " << s.to_string();
+    }
     if (auto it = members.find(key); it != members.end()) unfile_member_locked(it);
     return tracked;
   }
@@ -477,11 +484,8 @@ Status RenewalService::Impl::remove(proto::RemoveParams::Reader p) {
   }
   // Its row first: a member whose row stays (the delete failed) stays renewed and listed, and the
   // caller may remove it again.
-  auto st = db.cached("DELETE FROM renewal_member WHERE landlord = ? AND lease_id = ?");
-  if (!st.ok()) return st.status();
-  DJINN_RETURN_IF_ERROR((*st)->bind_all(key.first, key.second));
   if (DJINN_FAIL_POINT("renewal.remove.delete_failed")) return unavailable("renewal.remove.delete_failed (injected)");
-  DJINN_RETURN_IF_ERROR((*st)->run());
+  DJINN_RETURN_IF_ERROR(delete_member_row_locked(key));
   unfile_member_locked(it);
   manager.remove(key.second, key.first);
   return Status::Ok();

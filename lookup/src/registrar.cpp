@@ -82,6 +82,25 @@ std::string encode(const Message& value) {
   return flat_bytes(message);
 }
 
+// About what `item` takes in a reply (a little over its Cap'n Proto encoding), for bounding pages.
+size_t reply_bytes_of(const ServiceItem& item) {
+  // Cap'n Proto: a pointer (8 bytes) per text and list, text rounded up to words, a struct of a few
+  // words per value, entry and item.
+  auto text = [](const std::string& s) { return s.size() + 16; };
+  size_t bytes = 128 + text(item.endpoints.rpc) + text(item.endpoints.events) + text(item.public_key);
+  for (const std::string& t : item.interface_types) bytes += text(t);
+  for (const Entry& e : item.attributes) {
+    bytes += 32 + text(e.type);
+    for (const std::string& t : e.supertypes) bytes += text(t);
+    for (const auto& [name, value] : e.fields) {
+      bytes += 48 + text(name);
+      if (value.type() == ValueType::kText) bytes += value.as_text().size();
+      if (value.type() == ValueType::kBytes) bytes += value.as_bytes().size();
+    }
+  }
+  return bytes;
+}
+
 }  // namespace
 
 std::string_view transition_name(Transition t) {
@@ -729,24 +748,6 @@ bool Registrar::visit_one(const ServiceTemplate& tmpl, const std::function<void(
   return found;
 }
 
-size_t reply_bytes_of(const ServiceItem& item) {
-  // Cap'n Proto: a pointer (8 bytes) per text and list, text rounded up to words, a struct of a few
-  // words per value, entry and item.
-  auto text = [](const std::string& s) { return s.size() + 16; };
-  size_t bytes = 128 + text(item.endpoints.rpc) + text(item.endpoints.events) + text(item.public_key);
-  for (const std::string& t : item.interface_types) bytes += text(t);
-  for (const Entry& e : item.attributes) {
-    bytes += 32 + text(e.type);
-    for (const std::string& t : e.supertypes) bytes += text(t);
-    for (const auto& [name, value] : e.fields) {
-      bytes += 48 + text(name);
-      if (value.type() == ValueType::kText) bytes += value.as_text().size();
-      if (value.type() == ValueType::kBytes) bytes += value.as_bytes().size();
-    }
-  }
-  return bytes;
-}
-
 LookupMany Registrar::lookup_many(const ServiceTemplate& tmpl, size_t max_matches, uint64_t notify_id,
                                   const LookupPage& page) const {
   const Impl& m = *impl_;
@@ -789,13 +790,9 @@ LookupMany Registrar::lookup_many(const ServiceTemplate& tmpl, size_t max_matche
     }
     return true;
   });
+  // What is kept fits in the page (or is one item): all of it is answered, in ServiceID order.
   std::sort_heap(first.begin(), first.end(), by_id);
-  size_t bytes = 0;
-  for (const Kept& k : first) {
-    if (!out.items.empty() && bytes + k.bytes > page.max_bytes) break;
-    bytes += k.bytes;
-    out.items.push_back(*k.item);
-  }
+  for (const Kept& k : first) out.items.push_back(*k.item);
   out.more = out.items.size() < after;
   return out;
 }

@@ -101,7 +101,7 @@ void LookupService::Impl::register_methods() {
           if (!p.hasItem()) return responder.reply(invalid_argument("lookup.register: item is missing"));
           // Far over the limit is refused before it is decoded; the registrar checks the encoding
           // it stores against the limit exactly.
-          wire_bytes = p.getItem().totalSize().wordCount * sizeof(capnp::word);
+          wire_bytes = encoded_bytes(p.getItem());
           if (wire_bytes > 2 * options.max_item_bytes + 4096) {
             return responder.reply(invalid_argument("lookup.register: service item of " + std::to_string(wire_bytes) +
                                                     " bytes: at most " + std::to_string(options.max_item_bytes) +
@@ -206,7 +206,7 @@ void LookupService::Impl::register_methods() {
       [this](const rpc::CallContext&, proto::NotifyParams::Reader p, proto::NotifyResult::Builder out) -> Status {
         // A watch's template is kept, and matched against every change: it may be no larger than
         // the largest item.
-        size_t template_bytes = p.getTemplate().totalSize().wordCount * sizeof(capnp::word);
+        size_t template_bytes = encoded_bytes(p.getTemplate());
         if (template_bytes > options.max_item_bytes) {
           return invalid_argument("lookup.notify: template of " + std::to_string(template_bytes) + " bytes: at most " +
                                   std::to_string(options.max_item_bytes) + " (the largest item this lookup takes)");

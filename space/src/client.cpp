@@ -310,7 +310,23 @@ Result<ContentHash> SpaceClient::put_value(const ValueReader& read, ValueTransfe
   // chunks it has put, which keeps them, every half of that while.
   std::chrono::milliseconds kept{0};
   std::chrono::steady_clock::time_point kept_from;  // every chunk in `chunks` was put or asked about since
-  std::function<Status()> settle_front;
+  auto settle_front = [&]() -> Status {
+    rpc::Reply r = pending.front().reply.get();
+    auto sent_at = pending.front().at;
+    pending.pop_front();
+    Result<ContentHash> h = rpc::read_reply<ContentHash>(r, "space.putChunk", [&](rpc::Reply& reply) -> Result<ContentHash> {
+      auto res = reply.results<proto::PutChunkResult>();
+      auto d = res.getHash();
+      std::optional<ContentHash> got = hash_from_bytes(std::span<const uint8_t>(d.begin(), d.size()));
+      if (!got) return internal_error("space.putChunk: the reply names no 32-byte hash");
+      if (res.getKeptMs() > 0) kept = std::chrono::milliseconds(std::min<uint64_t>(res.getKeptMs(), kMaxKeptMs));
+      return *got;
+    });
+    if (!h.ok()) return h.status();
+    kept_from = chunks.empty() ? sent_at : std::min(kept_from, sent_at);
+    chunks.push_back(*h);
+    return Status::Ok();
+  };
   auto keep_chunks = [&]() -> Status {
     // Chunks answered already are named, so they can be asked about.
     while (!pending.empty() && pending.front().reply.wait_for(std::chrono::seconds(0)) == std::future_status::ready) {
@@ -330,23 +346,6 @@ Result<ContentHash> SpaceClient::put_value(const ValueReader& read, ValueTransfe
       }
     }
     kept_from = now;
-    return Status::Ok();
-  };
-  settle_front = [&]() -> Status {
-    rpc::Reply r = pending.front().reply.get();
-    auto sent_at = pending.front().at;
-    pending.pop_front();
-    Result<ContentHash> h = rpc::read_reply<ContentHash>(r, "space.putChunk", [&](rpc::Reply& reply) -> Result<ContentHash> {
-      auto res = reply.results<proto::PutChunkResult>();
-      auto d = res.getHash();
-      std::optional<ContentHash> got = hash_from_bytes(std::span<const uint8_t>(d.begin(), d.size()));
-      if (!got) return internal_error("space.putChunk: the reply names no 32-byte hash");
-      if (res.getKeptMs() > 0) kept = std::chrono::milliseconds(std::min<uint64_t>(res.getKeptMs(), kMaxKeptMs));
-      return *got;
-    });
-    if (!h.ok()) return h.status();
-    kept_from = chunks.empty() ? sent_at : std::min(kept_from, sent_at);
-    chunks.push_back(*h);
     return Status::Ok();
   };
   auto settle = [&]() -> Status {

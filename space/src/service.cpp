@@ -91,7 +91,7 @@ Result<ContentHash> put_chunk(ValueStore& values, proto::PutChunkParams::Reader 
 // A template from a request. It is matched against every entry it waits for, and a notify
 // template is stored: it may be no larger than the largest entry.
 Result<Template> template_from(proto::Template::Reader in, size_t max_bytes, std::string_view method) {
-  size_t bytes = in.totalSize().wordCount * sizeof(capnp::word);
+  size_t bytes = encoded_bytes(in);
   if (bytes > max_bytes) {
     return invalid_argument(std::string(method) + ": template of " + std::to_string(bytes) + " bytes: at most " +
                             std::to_string(max_bytes) + " (the largest entry this space takes)");

@@ -32,6 +32,11 @@ inline constexpr size_t kMaxAttributes = 256;
 inline constexpr size_t kMaxInterfaceTypes = 64;
 inline constexpr size_t kMaxEndpointBytes = 1024;
 
+// A reply that lists what a service holds (a page of leases, entries, items or chunks) stops short
+// of this many bytes of them, one at least: half the 16 MiB frame a client reads
+// (rpc::Limits::max_frame_bytes), the rest left for the message around them.
+inline constexpr size_t kMaxPageReplyBytes = 8u << 20;
+
 // A 128-bit UUID. Random ids are version 4 (RFC 4122); any 128-bit value parses, so ids minted
 // elsewhere are kept as they are. The all-zero id is "nil" and names nothing.
 class ServiceId {

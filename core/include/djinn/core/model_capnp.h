@@ -40,6 +40,13 @@ Result<LeaseInfo> from_capnp(proto::LeaseInfo::Reader in);
 Result<ServiceItem> from_capnp(proto::ServiceItem::Reader in);
 Result<ServiceTemplate> from_capnp(proto::ServiceTemplate::Reader in);
 
+// What a part of a received message takes on the wire (its words, pointers included), to check
+// against a limit before the part is read.
+template <class Reader>
+size_t encoded_bytes(Reader in) {
+  return in.totalSize().wordCount * sizeof(capnp::word);
+}
+
 // from_capnp for an entry this process encoded from a checked Entry: read without checking it
 // again (a malformed message still gives an error, never an exception).
 Result<Entry> from_capnp_unchecked(proto::Entry::Reader in);

@@ -84,9 +84,6 @@ struct LookupPage {
   size_t max_bytes = SIZE_MAX;
 };
 
-// About what `item` takes in a reply (a little over its Cap'n Proto encoding), for bounding pages.
-size_t reply_bytes_of(const ServiceItem& item);
-
 // modifyAttributes (Jini): each change's template picks the first attribute it matches exactly
 // (same type, every non-null field equal); that attribute is replaced by `entry`, or deleted.
 // A template that matches no attribute is an error (nothing changes).

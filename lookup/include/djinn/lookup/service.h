@@ -39,7 +39,7 @@ struct LookupServiceOptions {
 inline constexpr size_t kMaxMatches = 100'000;
 // A lookup.lookupMany reply stops short of this many bytes of items (at least one), half the
 // frame a client reads: 100,000 items of up to 64 KiB each would be gigabytes.
-inline constexpr size_t kMaxMatchesReplyBytes = 8u << 20;
+inline constexpr size_t kMaxMatchesReplyBytes = kMaxPageReplyBytes;
 // The same for a caller that does not page (built before pages): what its frame of 16 MiB read.
 inline constexpr size_t kUnpagedMatchesReplyBytes = 15u << 20;
 

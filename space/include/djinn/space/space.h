@@ -59,7 +59,7 @@ inline constexpr size_t kMaxTakeMany = 10'000;
 // takeMany and a contents page stop short of this many encoded bytes of entries (one entry at
 // least), so that the reply stays within what a client reads (16 MiB frames): what is taken is
 // always answered.
-inline constexpr size_t kMaxEntriesReplyBytes = 8u << 20;
+inline constexpr size_t kMaxEntriesReplyBytes = kMaxPageReplyBytes;
 // space.writeMany takes at most this many entries a call.
 inline constexpr size_t kMaxWriteMany = 1'000;
 inline constexpr std::chrono::milliseconds kMaxWait = std::chrono::hours(24);

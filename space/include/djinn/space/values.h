@@ -41,7 +41,7 @@ inline constexpr size_t kMaxHashesPerCall = 10'000;
 // The largest call djinn-space takes: a whole chunk and room for the rest of its message.
 inline constexpr size_t kMaxCallBytes = kMaxChunkBytes + (1u << 20);
 // space.getChunks answers with at most this many bytes of chunks a call (at least one chunk).
-inline constexpr size_t kMaxChunksReplyBytes = 8u << 20;
+inline constexpr size_t kMaxChunksReplyBytes = kMaxPageReplyBytes;
 // An entry field of type bytes holding kValueRefMagic + a 32-byte value id refers to that value.
 inline constexpr std::string_view kValueRefMagic = "DJV1";
 
