@@ -22,6 +22,9 @@ struct Lease {
   expirationMs @4 :Int64;   # Unix ms; 9223372036854775807 = never (FOREVER)
   grantedMs @5 :Int64;      # duration granted by the last grant or renewal
   landlord @6 :Text;        # the landlord's RPC endpoint, so the holder knows where to renew
+  ref @7 :UInt64;           # events only: lease_ref(id), the lease's public reference; an event
+                            # carries it with id 0, since the id lets whoever knows it renew or
+                            # cancel the lease (0 elsewhere)
 }
 
 # Requested durations: > 0 ms, or -1 = ANY (the landlord chooses), -2 = FOREVER (where allowed).
@@ -108,7 +111,8 @@ struct KindSeq {
 }
 
 # Events, published with kind "lease.granted" | "lease.renewed" | "lease.cancelled" |
-# "lease.expired" | "lease.conflict" and key = the lease's holder.
+# "lease.expired" | "lease.conflict" and key = the lease's holder. Every subscriber admitted to the
+# event socket reads them, so the lease in them has id 0 and its ref set.
 struct LeaseEvent {
   lease @0 :Lease;
   requestedBy @1 :Text;     # conflict only: who asked
@@ -123,7 +127,7 @@ struct CreateSetParams {
   durationMs @1 :Int64;     # the lease on the set
 }
 struct SetResult {
-  setId @0 :UInt64;
+  setId @0 :UInt64;         # random: whoever knows it may add, remove and list the set's members
   setLease @1 :Lease;       # renew it (lease.renew at this service) or the set is dropped
 }
 # renewal.add: keep `lease` renewed (by `renewMs` per renewal) until `untilMs` (Unix ms).
@@ -148,10 +152,12 @@ struct SetIdParams {
   afterLandlord @1 :Text;      # empty: from the first member
   afterLeaseId @2 :UInt64;
 }
-# Event kind "renewal.failed", key = the set id in decimal: a lease could not be renewed.
+# Event kind "renewal.failed", key = the set's ref in 16 hex digits (public_ref_hex of its id): a
+# lease could not be renewed. Set ids are capabilities, like lease ids: the event names neither.
 struct RenewalFailure {
-  setId @0 :UInt64;
-  lease @1 :Lease;
+  setId @0 :UInt64;         # 0 (a service of an earlier release sent the id)
+  lease @1 :Lease;          # id 0, ref set
   code @2 :UInt16;
   message @3 :Text;
+  setRef @4 :UInt64;        # public_ref(set id)
 }

@@ -46,6 +46,12 @@ void lease_to_proto(const Lease& lease, std::string_view landlord, proto::Lease:
   out.setLandlord(std::string(landlord));
 }
 
+void lease_to_event_proto(const Lease& lease, std::string_view landlord, proto::Lease::Builder out) {
+  lease_to_proto(lease, landlord, out);
+  out.setId(0);
+  out.setRef(lease_ref(lease.id));
+}
+
 Result<Lease> lease_from_proto(proto::Lease::Reader in) {
   auto kind = kind_from_proto(in.getKind());
   if (!kind) {

@@ -31,6 +31,8 @@ std::optional<Kind> kind_from_proto(proto::LeaseKind kind);
 std::string_view event_kind(EventType type);
 
 void lease_to_proto(const Lease& lease, std::string_view landlord, proto::Lease::Builder out);
+// The lease as an event shows it to every subscriber: its ref (lease_ref) in place of its id.
+void lease_to_event_proto(const Lease& lease, std::string_view landlord, proto::Lease::Builder out);
 // Fails on an unknown kind; copies text as it is (callers check sizes where it matters).
 Result<Lease> lease_from_proto(proto::Lease::Reader in);
 
@@ -45,11 +47,11 @@ inline std::string text_of(capnp::Text::Reader text) { return std::string(text.b
 // The leases in one LeaseList reply, by their encoded size (at least one lease).
 inline constexpr size_t kMaxListReplyBytes = kMaxPageReplyBytes;
 
-// What a Lease takes in a LeaseList: its struct (4 data and 3 pointer words) and its three texts,
+// What a Lease takes in a LeaseList: its struct (5 data and 3 pointer words) and its three texts,
 // each NUL-terminated and padded to a word.
 inline size_t wire_bytes(const Lease& lease, size_t landlord_bytes) {
   auto text = [](size_t bytes) { return (bytes + 8) / 8 * 8; };
-  return 56 + text(lease.resource.size()) + text(lease.holder.size()) + text(landlord_bytes);
+  return 64 + text(lease.resource.size()) + text(lease.holder.size()) + text(landlord_bytes);
 }
 
 // Edge checks, with messages that say what was wrong and what was expected.

@@ -13,8 +13,10 @@
 #include <thread>
 
 #include <kj/exception.h>
+#include <sodium.h>
 
 #include "convert.h"
+#include "djinn/core/digest.h"
 #include "djinn/core/fault.h"
 #include "djinn/core/log.h"
 #include "djinn/core/sqlite.h"
@@ -68,7 +70,19 @@ int64_t wall_now_ms() {
       .count();
 }
 
-std::string set_resource(uint64_t set_id) { return "djinn.renewal-set/" + std::to_string(set_id); }
+// The set's own lease is named by the set's ref: lease events show the resource to everyone.
+std::string set_resource(uint64_t set_id) { return "djinn.renewal-set/" + public_ref_hex(set_id); }
+
+// A set id is a capability (whoever knows it may list, add to and remove from the set), so it is
+// drawn at random: positive, as SQLite keeps it, and nonzero.
+uint64_t random_set_id() {
+  for (;;) {
+    uint64_t id = 0;
+    randombytes_buf(&id, sizeof id);
+    id &= static_cast<uint64_t>(INT64_MAX);
+    if (id != 0) return id;
+  }
+}
 
 // `until_ms` as the manager takes it. Clamped: a store written before untilMs was bounded may hold
 // one past what a time_point can.
@@ -323,11 +337,11 @@ void RenewalService::Impl::on_failure(const HeldLease& held, const Status& why) 
   if (!options.publisher) return;
   capnp::MallocMessageBuilder message;
   auto out = message.initRoot<proto::RenewalFailure>();
-  out.setSetId(set_id);
-  lease_to_proto(held.lease, held.landlord, out.initLease());
+  out.setSetRef(public_ref(set_id));
+  lease_to_event_proto(held.lease, held.landlord, out.initLease());
   out.setCode(static_cast<uint16_t>(why.code()));
   out.setMessage(why.message());
-  options.publisher->publish(kFailedKind, std::to_string(set_id), message);
+  options.publisher->publish(kFailedKind, public_ref_hex(set_id), message);
 }
 
 void RenewalService::Impl::on_renewed(std::span<const HeldLease> renewed) {
@@ -377,11 +391,13 @@ Status RenewalService::Impl::create(proto::CreateSetParams::Reader p, proto::Set
   std::string where;
   {
     std::lock_guard lock(mu);
-    auto st = db.cached("INSERT INTO renewal_set(holder, lease_id) VALUES (?, 0)");
+    do {
+      set_id = random_set_id();
+    } while (sets.count(set_id));
+    auto st = db.cached("INSERT INTO renewal_set(id, holder, lease_id) VALUES (?, ?, 0)");
     if (!st.ok()) return st.status();
-    DJINN_RETURN_IF_ERROR((*st)->bind_all(holder));
+    DJINN_RETURN_IF_ERROR((*st)->bind_all(set_id, holder));
     DJINN_RETURN_IF_ERROR((*st)->run());
-    set_id = static_cast<uint64_t>(db.last_insert_rowid());
     where = endpoint;
   }
   // Granted without the lock: the engine reports the grant on this thread, into on_lease_event.

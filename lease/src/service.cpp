@@ -551,7 +551,7 @@ void LandlordService::on_event(const LeaseEvent& event) {
 void LandlordService::publish(events::Publisher& publisher, const LeaseEvent& event, std::string_view endpoint) {
   capnp::MallocMessageBuilder message(rpc::kSmallMessageWords);
   auto out = message.initRoot<proto::LeaseEvent>();
-  internal::lease_to_proto(event.lease, endpoint, out.initLease());
+  internal::lease_to_event_proto(event.lease, endpoint, out.initLease());
   if (event.type == EventType::kConflict) {
     out.setRequestedBy(event.requested_by);
     out.setRequestedKind(internal::kind_to_proto(event.requested_kind));

@@ -71,8 +71,10 @@ struct ModifyResult {
 }
 
 # lookup.notify: events for the transitions of items against a template, leased like any grant
-# (renew and cancel through lease.*). Events go out as kind "lookup.notify.<id>" (id in decimal)
-# on the registrar's event socket, numbered by the event stream itself.
+# (renew and cancel through lease.*). Events go out as kind "lookup.notify.<ref>" (16 hex digits of
+# lease_ref(id): every subscriber sees every kind, and the id would let any of them cancel the
+# registration) on the registrar's event socket, numbered by the event stream itself. A
+# registration made by a registrar of an earlier release keeps "lookup.notify.<id in decimal>".
 struct NotifyParams {
   template @0 :Model.ServiceTemplate;
   transitions @1 :UInt8;        # a mask of: 1 = nomatch -> match, 2 = match -> nomatch,
@@ -83,7 +85,7 @@ struct NotifyParams {
 struct NotifyResult {
   id @0 :UInt64;                # the notify registration = its lease id
   expirationMs @1 :Int64;
-  eventKind @2 :Text;           # "lookup.notify.<id>"
+  eventKind @2 :Text;           # "lookup.notify.<ref>"
   eventsEndpoint @3 :Text;      # the registrar's PUB endpoint
   landlord @4 :Text;
 }
@@ -93,13 +95,14 @@ enum Transition {
   matchToNoMatch @1;
   matchToMatch @2;
 }
-# The payload of a "lookup.notify.<id>" event.
+# The payload of a "lookup.notify.<ref>" event.
 struct NotifyEvent {
-  notifyId @0 :UInt64;
+  notifyId @0 :UInt64;          # 0 (a registrar of an earlier release sent the id)
   transition @1 :Transition;
   serviceId @2 :Model.Uuid;
   item @3 :Model.ServiceItem;   # the item after the change; for matchToNoMatch, the item before
   removed @4 :Bool;             # matchToNoMatch because the item is gone (expired or cancelled)
+  notifyRef @5 :UInt64;         # lease_ref of the registration's id
 }
 
 # lookup.self: the registrar's own item (ServiceID, groups, endpoints); also registered in itself.

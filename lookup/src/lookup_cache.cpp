@@ -271,7 +271,9 @@ struct LookupCache::Impl::Feed {
                                               cache.options.holder, call());
       if (!h.ok()) return Status(h.status().code(), "notify: " + h.status().message());
       NotifyHandle handle = std::move(*h);
-      if (handle.id == 0 || handle.event_kind != notify_event_kind(handle.id) || handle.events_endpoint.empty()) {
+      bool kind_ok = handle.event_kind == notify_event_kind(handle.id) ||
+                     handle.event_kind == id_notify_event_kind(handle.id);  // a registrar of an earlier release
+      if (handle.id == 0 || !kind_ok || handle.events_endpoint.empty()) {
         bad_input("notify answer with id " + std::to_string(handle.id) + ", event kind '" + handle.event_kind +
                   "', events endpoint '" + handle.events_endpoint + "': expected a nonzero id, kind " +
                   notify_event_kind(handle.id) + " and an endpoint");
@@ -385,9 +387,12 @@ struct LookupCache::Impl::Feed {
       return;
     }
     NotifyEvent& n = *decoded;
-    if (n.notify_id != notify->id || ev.key != n.item.service_id.to_string()) {
-      bad_input("event " + std::to_string(ev.seq) + " names notify " + std::to_string(n.notify_id) + " and key '" +
-                ev.key + "': expected notify " + std::to_string(notify->id) + " and the item's ServiceID");
+    bool ours = n.notify_ref ? n.notify_ref == lease::lease_ref(notify->id)
+                             : n.notify_id == notify->id;  // a registrar of an earlier release
+    if (!ours || ev.key != n.item.service_id.to_string()) {
+      bad_input("event " + std::to_string(ev.seq) + " names notify ref " + std::to_string(n.notify_ref) + " (id " +
+                std::to_string(n.notify_id) + ") and key '" + ev.key + "': expected ref " +
+                std::to_string(lease::lease_ref(notify->id)) + " and the item's ServiceID");
       need_snapshot = true;
       mark_unsynced();
       return;

@@ -29,7 +29,9 @@ namespace {
 
 // The registrar's tables live in its landlord's SQLite file (Landlord::transact), so a
 // registration and its lease commit in one transaction. Their version is kept in `meta`.
-constexpr int64_t kSchemaVersion = 1;
+// 2: watch.by_ref, whether a registration's event kind names its lease's ref (1) or, made before
+// version 2, its lease id (0).
+constexpr int64_t kSchemaVersion = 2;
 constexpr std::string_view kCreateSchema =
     // Items are appended in write order and found by row number (the registrar keeps each item's
     // row in memory): a group of registrations fills pages in order, where rows keyed by random
@@ -48,7 +50,8 @@ constexpr std::string_view kCreateSchema =
     "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value BLOB NOT NULL);";
 constexpr std::string_view kInsertItem = "INSERT INTO service_item(sid, lease, data) VALUES (?1, ?2, ?3)";
 constexpr std::string_view kDeleteItem = "DELETE FROM service_item WHERE seq = ?1";
-constexpr std::string_view kInsertWatch = "INSERT INTO watch(id, mask, template) VALUES (?1, ?2, ?3)";
+constexpr std::string_view kUpgradeV1ToV2 = "ALTER TABLE watch ADD COLUMN by_ref INTEGER NOT NULL DEFAULT 0";
+constexpr std::string_view kInsertWatch = "INSERT INTO watch(id, mask, template, by_ref) VALUES (?1, ?2, ?3, 1)";
 constexpr std::string_view kDeleteWatch = "DELETE FROM watch WHERE id = ?1";
 
 struct IdHash {
@@ -112,7 +115,8 @@ std::string_view transition_name(Transition t) {
   }
 }
 
-std::string notify_event_kind(uint64_t notify_id) { return "lookup.notify." + std::to_string(notify_id); }
+std::string notify_event_kind(uint64_t notify_id) { return "lookup.notify." + public_ref_hex(notify_id); }
+std::string id_notify_event_kind(uint64_t notify_id) { return "lookup.notify." + std::to_string(notify_id); }
 
 struct Registrar::Impl {
   struct Watch {
@@ -260,7 +264,7 @@ struct Registrar::Impl {
       const ServiceItem& item = t == kMatchToNoMatch ? *before : *after;
       capnp::MallocMessageBuilder message;
       auto ev = message.initRoot<proto::NotifyEvent>();
-      ev.setNotifyId(id);
+      ev.setNotifyRef(lease::lease_ref(id));
       ev.setTransition(t == kNoMatchToMatch   ? proto::Transition::NO_MATCH_TO_MATCH
                        : t == kMatchToNoMatch ? proto::Transition::MATCH_TO_NO_MATCH
                                               : proto::Transition::MATCH_TO_MATCH);
@@ -495,6 +499,8 @@ struct Registrar::Impl {
         return failed_precondition("the registrar's tables have schema version " + std::to_string(version) +
                                    ", newer than this build's " + std::to_string(kSchemaVersion) + " (use a newer djinn)");
       }
+      get->reset();
+      if (version < 2) DJINN_RETURN_IF_ERROR(db.exec(kUpgradeV1ToV2));
       Result<sqlite::Statement> put = db.prepare("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema', ?1)");
       if (!put.ok()) return put.status();
       DJINN_RETURN_IF_ERROR(put->bind_all(kSchemaVersion));
@@ -553,7 +559,7 @@ struct Registrar::Impl {
         rows_[item->service_id] = select->column_int64(0);
         put_locked(std::move(*item), deadline_ns);
       }
-      Result<sqlite::Statement> watches = db.prepare("SELECT id, mask, template FROM watch");
+      Result<sqlite::Statement> watches = db.prepare("SELECT id, mask, template, by_ref FROM watch");
       if (!watches.ok()) return watches.status();
       for (;;) {
         Result<bool> row = watches->step();
@@ -565,7 +571,8 @@ struct Registrar::Impl {
           lapsed_watches.push_back(static_cast<int64_t>(id));
           continue;
         }
-        watches_[id] = Watch{std::move(*tmpl), static_cast<uint8_t>(watches->column_int64(1)), notify_event_kind(id)};
+        watches_[id] = Watch{std::move(*tmpl), static_cast<uint8_t>(watches->column_int64(1)),
+                             watches->column_int64(3) ? notify_event_kind(id) : id_notify_event_kind(id)};
         if (options.publisher) options.publisher->declare(watches_[id].kind);
       }
     }

@@ -81,14 +81,16 @@ struct SpaceNotifyParams {
 struct SpaceNotifyResult {
   id @0 :UInt64;               # the registration = its lease id
   expirationMs @1 :Int64;
-  eventKind @2 :Text;          # "space.notify.<id>"
+  eventKind @2 :Text;          # "space.notify.<ref>": 16 hex digits of lease_ref(id), never the
+                               # id, which lets whoever knows it cancel the registration
   eventsEndpoint @3 :Text;
   landlord @4 :Text;
 }
-# The payload of a "space.notify.<id>" event; the event's own sequence number numbers it.
+# The payload of a "space.notify.<ref>" event; the event's own sequence number numbers it.
 struct SpaceNotifyEvent {
-  notifyId @0 :UInt64;
+  notifyId @0 :UInt64;         # 0 (a space of an earlier release sent the id)
   entry @1 :Model.Entry;
+  notifyRef @2 :UInt64;        # lease_ref of the registration's id
 }
 
 # space.stats: what the space holds.

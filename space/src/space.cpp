@@ -45,7 +45,9 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using txn::TxnId;
 
-constexpr int64_t kSchemaVersion = 1;
+// 2: space_watch.by_ref, whether a registration's event kind names its lease's ref (1) or, made
+// before version 2, its lease id (0).
+constexpr int64_t kSchemaVersion = 2;
 // Entries are appended in write order and keyed by that order (seq), which the space keeps in
 // memory: a group of writes fills the table's last pages instead of dirtying a page anywhere in it
 // per write (see docs/lease.md on the landlord's rows). `txn` is set while the entry was written by
@@ -65,7 +67,8 @@ constexpr std::string_view kInsertEntry = "INSERT INTO space_entry(seq, lease, t
 constexpr std::string_view kDeleteEntry = "DELETE FROM space_entry WHERE seq = ?1";
 constexpr std::string_view kCommitEntries = "UPDATE space_entry SET txn = NULL WHERE txn = ?1";
 constexpr std::string_view kAbortEntries = "DELETE FROM space_entry WHERE txn = ?1";
-constexpr std::string_view kInsertWatch = "INSERT INTO space_watch(id, template) VALUES (?1, ?2)";
+constexpr std::string_view kUpgradeV1ToV2 = "ALTER TABLE space_watch ADD COLUMN by_ref INTEGER NOT NULL DEFAULT 0";
+constexpr std::string_view kInsertWatch = "INSERT INTO space_watch(id, template, by_ref) VALUES (?1, ?2, 1)";
 constexpr std::string_view kDeleteWatch = "DELETE FROM space_watch WHERE id = ?1";
 
 // Transactions that ended recently: an operation still in flight under one is refused rather than
@@ -225,7 +228,12 @@ class StoredEntry {
 
 }  // namespace
 
-std::string notify_event_kind(uint64_t notify_id) { return "space.notify." + std::to_string(notify_id); }
+std::string notify_event_kind(uint64_t notify_id) { return "space.notify." + public_ref_hex(notify_id); }
+
+namespace {
+// The kind of a registration made before kinds named refs: kept, since its subscriber listens there.
+std::string id_notify_event_kind(uint64_t notify_id) { return "space.notify." + std::to_string(notify_id); }
+}  // namespace
 
 struct Space::Impl {
   enum class Hold : uint8_t { kFree, kTaking, kTxn };
@@ -908,7 +916,7 @@ struct Space::Impl {
       if (!matches(w.tmpl, e)) continue;
       capnp::MallocMessageBuilder message(rpc::kSmallMessageWords);
       auto ev = message.initRoot<proto::SpaceNotifyEvent>();
-      ev.setNotifyId(id);
+      ev.setNotifyRef(lease::lease_ref(id));
       to_capnp(e, ev.initEntry());
       options.publisher->publish(w.kind, e.type, message);
     }
@@ -1296,6 +1304,7 @@ Status Space::Impl::load_store(sqlite::Database& db) {
       return failed_precondition("the space's tables have schema version " + std::to_string(version) +
                                  ", newer than this build's " + std::to_string(kSchemaVersion) + " (use a newer djinn)");
     }
+    if (version < 2) DJINN_RETURN_IF_ERROR(db.exec(kUpgradeV1ToV2));
     Result<sqlite::Statement> put = db.prepare("INSERT OR REPLACE INTO space_meta(key, value) VALUES ('schema', ?1)");
     if (!put.ok()) return put.status();
     DJINN_RETURN_IF_ERROR(put->bind_all(kSchemaVersion));
@@ -1350,7 +1359,7 @@ Status Space::Impl::load_store(sqlite::Database& db) {
     DJINN_RETURN_IF_ERROR(loader.status());
   }
   {
-    Result<sqlite::Statement> select = db.prepare("SELECT id, template FROM space_watch");
+    Result<sqlite::Statement> select = db.prepare("SELECT id, template, by_ref FROM space_watch");
     if (!select.ok()) return select.status();
     std::vector<uint64_t> dead;
     for (;;) {
@@ -1363,7 +1372,7 @@ Status Space::Impl::load_store(sqlite::Database& db) {
         dead.push_back(id);
         continue;
       }
-      watches[id] = Watch{std::move(*tmpl), notify_event_kind(id)};
+      watches[id] = Watch{std::move(*tmpl), select->column_int64(2) ? notify_event_kind(id) : id_notify_event_kind(id)};
       if (options.publisher) options.publisher->declare(watches[id].kind);
     }
     for (uint64_t id : dead) {

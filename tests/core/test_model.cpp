@@ -20,6 +20,7 @@
 #include <unordered_set>
 #include <vector>
 
+#include "djinn/core/digest.h"
 #include "djinn/core/model.h"
 #include "djinn/core/model_capnp.h"
 #include "djinn/proto/fuzz.capnp.h"
@@ -94,6 +95,15 @@ double nan_with_payload(uint64_t payload) {
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
+TEST_CASE("public_ref: BLAKE2b-64 of the little-endian number, personal djinn.public.ref") {
+  // Known answers from another BLAKE2b (Python's hashlib.blake2b(digest_size=8,
+  // person=b"djinn.public.ref")), so a client in any language computes the same refs.
+  CHECK(djinn::public_ref(1) == 0x538a9a7cf4650d81ULL);
+  CHECK(djinn::public_ref(0x0123456789abcdefULL) == 0xc225b7a09a3f1672ULL);
+  CHECK(djinn::public_ref_hex(0x0123456789abcdefULL) == "c225b7a09a3f1672");
+  CHECK(djinn::public_ref_hex(1).size() == 16);
+}
+
 TEST_CASE("ServiceId: random ids are v4, distinct and print canonically") {
   std::unordered_set<ServiceId> seen;
   for (int i = 0; i < 1000; ++i) {

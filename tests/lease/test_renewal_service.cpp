@@ -57,7 +57,7 @@ struct FailureLog {
       }
       auto reader = e.reader();  // owns what the root points into
       auto f = reader.getRoot<proto::RenewalFailure>();
-      seen.push_back({e.key, f.getSetId(), f.getLease().getId(), f.getCode()});
+      seen.push_back({e.key, f.getSetId(), f.getSetRef(), f.getLease().getId(), f.getLease().getRef(), f.getCode()});
     });
     REQUIRE(sub.start().ok());
     REQUIRE(test::eventually([&] {
@@ -72,8 +72,10 @@ struct FailureLog {
   ~FailureLog() { sub.stop(); }
   struct Seen {
     std::string key;
-    uint64_t set_id;
-    LeaseId id;
+    uint64_t set_id;  // on the wire: 0, ids are capabilities
+    uint64_t set_ref;
+    LeaseId id;       // on the wire: 0
+    LeaseRef ref;
     uint16_t code;
   };
   size_t size() {
@@ -129,6 +131,10 @@ TEST_CASE("the renewal service keeps a set's leases alive and reports a lost one
   REQUIRE_MESSAGE(set.ok(), set.status().to_string());
   CHECK(set->id != 0);
   CHECK(set->lease.lease.holder == "owner");
+  // A set id lets whoever knows it list and change the set: drawn at random (below 2^32 once in
+  // 2^31 sets), and the set's lease, which lease events show everyone, names its ref instead.
+  CHECK(set->id > (uint64_t{1} << 32));
+  CHECK(set->lease.lease.resource == "djinn.renewal-set/" + public_ref_hex(set->id));
   auto until = std::chrono::system_clock::now() + 30s;
   std::vector<HeldLease> held;
   for (int i = 0; i < 5; ++i) {
@@ -149,9 +155,12 @@ TEST_CASE("the renewal service keeps a set's leases alive and reports a lost one
   CHECK(test::eventually([&] { return failures.size() == 1; }, 3000));
   std::this_thread::sleep_for(700ms);
   REQUIRE(failures.size() == 1);
-  CHECK(failures.seen[0].key == std::to_string(set->id));
-  CHECK(failures.seen[0].set_id == set->id);
-  CHECK(failures.seen[0].id == held[2].lease.id);
+  // Named by refs only: set ids and lease ids let whoever knows them change the set or the lease.
+  CHECK(failures.seen[0].key == renewal_event_key(set->id));
+  CHECK(failures.seen[0].set_id == 0);
+  CHECK(failures.seen[0].set_ref == public_ref(set->id));
+  CHECK(failures.seen[0].id == 0);
+  CHECK(failures.seen[0].ref == lease_ref(held[2].lease.id));
   CHECK(failures.seen[0].code == static_cast<uint16_t>(Code::kNotFound));
   CHECK(renewal.members(set->id)->size() == 4);
 

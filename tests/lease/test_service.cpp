@@ -52,12 +52,13 @@ int64_t now_ms() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
-// Every lease event the manager publishes, as (kind, key, lease id).
+// Every lease event the manager publishes, as (kind, key, lease ref, and the id on the wire).
 struct EventLog {
   struct Seen {
     std::string kind;
     std::string key;
-    LeaseId id;
+    LeaseRef ref;
+    LeaseId wire_id;  // 0: events never hand out the capability
     std::string requested_by;
   };
   explicit EventLog(Harness& h) : sub({.endpoint = h.manager->events_endpoint()}) {
@@ -68,7 +69,7 @@ struct EventLog {
       auto reader = e.reader();  // owns what the root points into
       auto ev = reader.getRoot<proto::LeaseEvent>();
       std::lock_guard lock(mu);
-      seen.push_back({e.kind, e.key, ev.getLease().getId(), ev.getRequestedBy().cStr()});
+      seen.push_back({e.kind, e.key, ev.getLease().getRef(), ev.getLease().getId(), ev.getRequestedBy().cStr()});
     });
     REQUIRE(sub.start().ok());
     // PUB/SUB drops what is published before the subscription arrives: grant until one is seen.
@@ -86,7 +87,7 @@ struct EventLog {
   size_t count(const std::string& kind, const std::string& key, LeaseId id = 0) {
     std::lock_guard lock(mu);
     size_t n = 0;
-    for (const auto& s : seen) n += s.kind == kind && s.key == key && (id == 0 || s.id == id);
+    for (const auto& s : seen) n += s.kind == kind && s.key == key && (id == 0 || s.ref == lease_ref(id));
     return n;
   }
   std::vector<Seen> snapshot() {
@@ -433,6 +434,12 @@ TEST_CASE("events arrive for grant, renew, cancel and expiry with the holder as 
   CHECK(log.count("lease.renewed", "frank", a->lease.id) == 1);
   CHECK(test::eventually([&] { return log.count("lease.expired", "grace", brief->lease.id) == 1; }, 3000));
   CHECK(log.count("lease.granted", "grace", brief->lease.id) == 1);
+  // An id lets whoever knows it renew or cancel: no event, which any subscriber reads, carries one.
+  for (const auto& s : log.snapshot()) {
+    CHECK(s.wire_id == 0);
+    CHECK(s.ref != 0);
+  }
+  CHECK(lease_ref(a->lease.id) != lease_ref(brief->lease.id));
   // A list says where the streams stood: every event so far is at or below its numbers.
   auto snap = c.holder_snapshot("frank");
   REQUIRE(snap.ok());

@@ -193,6 +193,10 @@ TEST_CASE("notify: transitions for register, replace, modify, cancel and expiry,
   REQUIRE_MESSAGE(handle.ok(), handle.status().to_string());
   auto only_new = h.client->notify(t, kNoMatchToMatch, 30'000, "test");
   REQUIRE(only_new.ok());
+  // Every subscriber sees every kind: the kind names the registration's ref, never its id, which
+  // lets whoever knows it cancel the registration.
+  CHECK(handle->event_kind == "lookup.notify." + public_ref_hex(handle->id));
+  CHECK(handle->event_kind.find(std::to_string(handle->id)) == std::string::npos);
   Watcher w(*handle);
   Watcher w_new(*only_new);
   std::this_thread::sleep_for(200ms);  // PUB/SUB joins asynchronously: let the subscriptions land
@@ -232,7 +236,8 @@ TEST_CASE("notify: transitions for register, replace, modify, cancel and expiry,
     CHECK(ev.transition == want[i].t);
     CHECK(ev.item.service_id == want[i].id);
     CHECK(ev.removed == want[i].removed);
-    CHECK(ev.notify_id == handle->id);
+    CHECK(ev.notify_id == 0);
+    CHECK(ev.notify_ref == lease::lease_ref(handle->id));
   }
   // The third event carries the moved location; the nomatch one the item as it was.
   CHECK(w.at(2).first.item.attributes.back().field("building")->as_text() == "B2");
@@ -528,6 +533,31 @@ TEST_CASE("persistence: a restarted registrar has every registration with its le
   std::this_thread::sleep_for(200ms);
   must_register(*h.client, item({"demo.Printer"}, {}));
   CHECK(test::eventually([&] { return w.count() == 1; }));
+}
+
+TEST_CASE("a notify registration made before kinds named refs keeps its kind across the upgrade") {
+  Harness h;
+  auto handle = h.client->notify(ServiceTemplate{std::nullopt, {"demo.Printer"}, {}}, kAllTransitions, 60'000);
+  REQUIRE(handle.ok());
+  h.stop();
+  // The store as schema version 1 left it: no by_ref column.
+  REQUIRE(test::run_sql(h.data_dir + "/lookup.db", {"ALTER TABLE watch DROP COLUMN by_ref",
+                                                    "UPDATE meta SET value = 1 WHERE key = 'schema'"}) == "");
+  h.start();
+  // Its subscriber listens on the kind it was given then, which named the id.
+  NotifyHandle old = *handle;
+  old.event_kind = id_notify_event_kind(handle->id);
+  CHECK(old.event_kind == "lookup.notify." + std::to_string(handle->id));
+  old.events_endpoint = h.service->events_endpoint();  // a port of this run
+  Watcher w(old);
+  REQUIRE(test::eventually([&] { return w.sub.heard(); }, 5000));
+  must_register(*h.client, item({"demo.Printer"}, {}));
+  REQUIRE(test::eventually([&] { return w.count() == 1; }));
+  CHECK(w.at(0).first.notify_ref == lease::lease_ref(handle->id));
+  // New registrations are named by their refs.
+  auto fresh = h.client->notify(ServiceTemplate{std::nullopt, {"demo.Printer"}, {}}, kAllTransitions, 60'000);
+  REQUIRE(fresh.ok());
+  CHECK(fresh->event_kind == notify_event_kind(fresh->id));
 }
 
 TEST_CASE("registrations whose leases end while the registrar opens are removed once it is wired") {

@@ -16,6 +16,7 @@
 #include "djinn/core/events.h"
 #include "djinn/core/fault.h"
 #include "djinn/core/model_capnp.h"
+#include "djinn/proto/lease.capnp.h"
 #include "djinn/proto/space.capnp.h"
 #include "djinn/space/client.h"
 #include "djinn/space/service.h"
@@ -374,6 +375,102 @@ TEST_CASE("a blocking take is woken by a matching write; timeouts are honoured; 
   CHECK(seen[1].first == 2);
   CHECK(seen[0].second.field("i")->as_int() == 1);
   CHECK(seen[1].second.field("i")->as_int() == 3);
+}
+
+TEST_CASE("events name leases by their refs: a subscriber learns no entry's or registration's lease id") {
+  Harness h;
+  SpaceClient& c = *h.client;
+  auto n = c.notify(tmpl("demo.Secret"), 60'000, "owner");
+  REQUIRE(n.ok());
+  // The kind every subscriber sees names the registration's ref, not its id.
+  CHECK(n->event_kind == notify_event_kind(n->id));
+  CHECK(n->event_kind == "space.notify." + public_ref_hex(n->id));
+  CHECK(n->event_kind.find(std::to_string(n->id)) == std::string::npos);
+
+  // A stranger listening to the space's lease events and to the registration's kind (which
+  // heartbeats show to any subscriber).
+  events::Subscriber stranger({.endpoint = h.service->events_endpoint()});
+  std::mutex mu;
+  struct Seen {
+    std::string kind;
+    uint64_t id, ref;
+  };
+  std::vector<Seen> seen;
+  for (const std::string& kind : {std::string("lease.granted"), std::string("lease.cancelled"), n->event_kind}) {
+    stranger.subscribe(kind);
+  }
+  stranger.on_event([&](const events::Event& ev) {
+    auto reader = ev.reader();
+    std::lock_guard lock(mu);
+    if (ev.kind.rfind("space.notify.", 0) == 0) {
+      auto p = reader.getRoot<proto::SpaceNotifyEvent>();
+      seen.push_back({ev.kind, p.getNotifyId(), p.getNotifyRef()});
+    } else {
+      auto l = reader.getRoot<proto::LeaseEvent>().getLease();
+      seen.push_back({ev.kind, l.getId(), l.getRef()});
+    }
+  });
+  REQUIRE(stranger.start().ok());
+  REQUIRE(test::eventually([&] { return stranger.heard(); }, 5000));
+  auto seen_kind = [&](const std::string& kind) {
+    std::lock_guard lock(mu);
+    return std::any_of(seen.begin(), seen.end(), [&](const Seen& s) { return s.kind == kind; });
+  };
+  WriteReceipt w;
+  REQUIRE(test::eventually([&] {  // PUB/SUB joins asynchronously: write until both events come
+    w = must_write(c, entry("demo.Secret", {{"n", 1}}));
+    return seen_kind(n->event_kind) && seen_kind("lease.granted");
+  }, 5000));
+  REQUIRE(c.cancel(w.written.lease_id).ok());
+  REQUIRE(test::eventually([&] { return seen_kind("lease.cancelled"); }, 5000));
+  std::lock_guard lock(mu);
+  for (const Seen& s : seen) {
+    CAPTURE(s.kind);
+    CHECK(s.id == 0);
+    CHECK(s.ref != 0);
+    CHECK(s.kind.find(std::to_string(w.written.lease_id)) == std::string::npos);
+    if (s.kind == n->event_kind) CHECK(s.ref == lease::lease_ref(n->id));
+    if (s.kind == "lease.cancelled") CHECK(s.ref == lease::lease_ref(w.written.lease_id));
+  }
+}
+
+TEST_CASE("a notify registration made before kinds named refs keeps its kind across the upgrade") {
+  Harness h;
+  auto n = h.client->notify(tmpl("demo.Old"), 600'000, "owner");
+  REQUIRE(n.ok());
+  h.stop();
+  // The store as schema version 1 left it: no by_ref column.
+  REQUIRE(test::run_sql(h.data_dir + "/space.db", {"ALTER TABLE space_watch DROP COLUMN by_ref",
+                                                   "UPDATE space_meta SET value = 1 WHERE key = 'schema'"}) == "");
+  h.start();
+  // Its subscriber listens on the kind it was given then, which named the id.
+  std::string old_kind = "space.notify." + std::to_string(n->id);
+  events::Subscriber sub({.endpoint = h.service->events_endpoint()});
+  std::atomic<int> got{0};
+  sub.subscribe(old_kind);
+  sub.on_event([&](const events::Event&) { ++got; });
+  REQUIRE(sub.start().ok());
+  REQUIRE(test::eventually([&] { return sub.heard(); }, 5000));
+  must_write(*h.client, entry("demo.Old", {{"n", 1}}));
+  CHECK(test::eventually([&] { return got.load() == 1; }, 5000));
+  // New registrations are named by their refs.
+  auto fresh = h.client->notify(tmpl("demo.Old"), 600'000, "owner");
+  REQUIRE(fresh.ok());
+  CHECK(fresh->event_kind == notify_event_kind(fresh->id));
+  sub.stop();
+  // And both stay as they are across another restart.
+  h.stop();
+  h.start();
+  events::Subscriber again({.endpoint = h.service->events_endpoint()});
+  std::atomic<int> old_events{0}, new_events{0};
+  again.subscribe(old_kind);
+  again.subscribe(fresh->event_kind);
+  again.on_event([&](const events::Event& ev) { ++(ev.kind == old_kind ? old_events : new_events); });
+  REQUIRE(again.start().ok());
+  REQUIRE(test::eventually([&] { return again.heard(); }, 5000));
+  must_write(*h.client, entry("demo.Old", {{"n", 2}}));
+  CHECK(test::eventually([&] { return old_events.load() == 1 && new_events.load() == 1; }, 5000));
+  again.stop();
 }
 
 TEST_CASE("an expired entry disappears and is never returned afterwards") {

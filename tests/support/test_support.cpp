@@ -13,6 +13,8 @@
 #include <stdexcept>
 #include <thread>
 
+#include "djinn/core/sqlite.h"
+
 namespace djinn::test {
 namespace {
 uint64_t g_seed = 0;
@@ -152,5 +154,14 @@ InterruptingSignal::InterruptingSignal(int signal) : signal_(signal) {
 }
 
 InterruptingSignal::~InterruptingSignal() { sigaction(signal_, &before_, nullptr); }
+
+std::string run_sql(const std::string& path, const std::vector<std::string>& statements) {
+  Result<sqlite::Database> db = sqlite::Database::open(path);
+  if (!db.ok()) return db.status().to_string();
+  for (const std::string& sql : statements) {
+    if (Status st = db->exec(sql); !st.ok()) return st.to_string();
+  }
+  return "";
+}
 
 }  // namespace djinn::test

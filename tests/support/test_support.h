@@ -18,6 +18,10 @@ void init_seed();
 uint64_t seed();
 std::mt19937_64& rng();
 
+// Runs SQL on the SQLite file at `path`, as a test does to make a store look as an earlier release
+// left it: empty when every statement ran, else the first failure.
+std::string run_sql(const std::string& path, const std::vector<std::string>& statements);
+
 // A fresh directory under the system temp dir, removed with everything in it on destruction.
 class TempDir {
  public:

@@ -83,12 +83,16 @@ class LeaseClient {
 
 // A set at the renewal service of djinn-lease.
 struct RenewalSet {
-  uint64_t id = 0;
+  uint64_t id = 0;  // random, and a capability: whoever knows it may list and change the set
   HeldLease lease;  // the set's own lease: renew it (LeaseClient::renew) or the set is dropped
 };
 
+// The key of a set's "renewal.failed" events: its ref (public_ref_hex of its id), never the id.
+inline std::string renewal_event_key(uint64_t set_id) { return public_ref_hex(set_id); }
+
 // Typed calls of the renewal service ("renewal.*" on djinn-lease). Failures arrive as events of
-// kind "renewal.failed" with key = the set id in decimal (payload proto::RenewalFailure).
+// kind "renewal.failed" with key = renewal_event_key(set id) (payload proto::RenewalFailure, whose
+// lease carries its ref, lease_ref, in place of its id).
 class RenewalClient {
  public:
   explicit RenewalClient(rpc::ClientOptions options);

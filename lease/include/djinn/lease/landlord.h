@@ -19,13 +19,22 @@
 #include <string_view>
 #include <vector>
 
+#include "djinn/core/digest.h"
 #include "djinn/core/sqlite.h"
 #include "djinn/core/status.h"
 
 namespace djinn::lease {
 
-// Nonzero, unique per landlord for its whole life (persisted), never reused.
+// Nonzero, unique per landlord for its whole life (persisted), never reused. Drawn at random: an
+// id is the capability to renew or cancel its lease, so it goes only to the holder (and to callers
+// of the service-only lists).
 using LeaseId = uint64_t;
+
+// The lease's public reference: a one-way digest of its id (public_ref). The events of a landlord
+// service, and the event kinds of notify registrations, name a lease by it; a holder computes it
+// from the id it holds to recognise its own.
+using LeaseRef = uint64_t;
+inline LeaseRef lease_ref(LeaseId id) { return public_ref(id); }
 
 // The kinds of DESIGN §4. kShared and kExclusive are the plain kinds (exclusive: one holder per
 // resource at a time); kInterest, kSharedCopy and kExclusiveCopy are the compact levels:

@@ -92,7 +92,7 @@ class RegistrarClient {
   std::unique_ptr<lease::LeaseClient> leases_;
 };
 
-// The payload of a "lookup.notify.<id>" event; INVALID_ARGUMENT when it is malformed.
+// The payload of a "lookup.notify.<ref>" event; INVALID_ARGUMENT when it is malformed.
 Result<NotifyEvent> decode_notify_event(const events::Event& event);
 
 }  // namespace djinn::lookup

@@ -50,7 +50,7 @@ struct RegistrarOptions {
   // watches in the landlord's SQLite file (Landlord::transact), so a registration and its lease
   // commit together; a landlord in memory keeps the registrar in memory too.
   lease::Landlord* landlord = nullptr;
-  // Where notify events go ("lookup.notify.<id>"); may be null (no events).
+  // Where notify events go (notify_event_kind); may be null (no events).
   events::Publisher* publisher = nullptr;
   size_t max_item_bytes = 64 * 1024;  // encoded size of one item; larger: INVALID_ARGUMENT
   size_t max_items = 1'000'000;       // RESOURCE_EXHAUSTED beyond
@@ -95,12 +95,13 @@ struct AttributeChange {
 struct NotifyRegistration {
   uint64_t id = 0;  // = its lease id
   int64_t expiration_ms = 0;
-  std::string event_kind;  // "lookup.notify.<id>"
+  std::string event_kind;  // notify_event_kind(id)
 };
 
 // One transition as published (proto NotifyEvent is its wire form).
 struct NotifyEvent {
-  uint64_t notify_id = 0;
+  uint64_t notify_ref = 0;  // lease::lease_ref of the registration's id
+  uint64_t notify_id = 0;   // 0, but for a registrar of an earlier release, which sent the id
   Transition transition = kNoMatchToMatch;
   ServiceItem item;  // after the change; for kMatchToNoMatch, before it
   bool removed = false;
@@ -165,6 +166,12 @@ class Registrar {
   std::unique_ptr<Impl> impl_;
 };
 
+// "lookup.notify.<ref>": the event kind of notify registration `notify_id`, named by its lease's
+// ref (lease::lease_ref in 16 hex digits), since every subscriber sees every kind and the id would
+// let any of them cancel the registration.
 std::string notify_event_kind(uint64_t notify_id);
+// "lookup.notify.<id in decimal>": the kind of a registration made by a registrar of an earlier
+// release, which keeps it.
+std::string id_notify_event_kind(uint64_t notify_id);
 
 }  // namespace djinn::lookup

@@ -1,6 +1,6 @@
 // The lookup service (djinn-lookup) in one object: a Registrar over RPC ("lookup.*"), the lease
 // protocol ("lease.*") for its registration and notify leases, and one event socket for both the
-// notify events ("lookup.notify.<id>") and the lease events. The daemon's main and the tests use it
+// notify events ("lookup.notify.<ref>") and the lease events. The daemon's main and the tests use it
 // alike.
 #pragma once
 

@@ -156,7 +156,7 @@ class ContentsIterator {
   bool done_ = false;
 };
 
-// The payload of a "space.notify.<id>" event: the entry that became visible.
+// The payload of a "space.notify.<ref>" event (notify_event_kind): the entry that became visible.
 Result<Entry> decode_notify_event(const events::Event& event);
 
 // Typed calls of a transaction manager (txn.*). Thread-safe.

@@ -75,7 +75,7 @@ struct SpaceOptions {
   // The landlord of entry and notify leases; it must send its events to Space::on_lease_event and
   // outlive the Space. Entries are kept in its SQLite file (in memory when it has none).
   lease::Landlord* landlord = nullptr;
-  events::Publisher* publisher = nullptr;  // notify events ("space.notify.<id>"); may be null
+  events::Publisher* publisher = nullptr;  // notify events (notify_event_kind); may be null
   ValueStore* values = nullptr;            // large values entries refer to; null: none accepted
   size_t max_entry_bytes = 64 * 1024;      // encoded size of one entry
   size_t max_entries = 10'000'000;
@@ -220,6 +220,9 @@ class Space final : public txn::Participant {
   std::unique_ptr<Impl> impl_;
 };
 
+// "space.notify.<ref>": the event kind of notify registration `notify_id`, named by its lease's ref
+// (lease::lease_ref in 16 hex digits), since every subscriber sees every kind and the id would let
+// any of them cancel the registration. One made before schema version 2 keeps "space.notify.<id>".
 std::string notify_event_kind(uint64_t notify_id);
 
 }  // namespace djinn::space
