@@ -4,6 +4,7 @@
 #include "djinn/core/model.h"
 
 #include <sodium.h>
+#include <xxhash.h>
 
 #include <algorithm>
 #include <bit>
@@ -510,6 +511,22 @@ void append_index_key(std::string& out, const Value& v) {
     case ValueType::kBytes: out.append(reinterpret_cast<const char*>(v.as_bytes().data()), v.as_bytes().size()); break;
     case ValueType::kUuid: out.append(reinterpret_cast<const char*>(v.as_uuid().bytes().data()), 16); break;
   }
+}
+
+IndexHasher::IndexHasher() { randombytes_buf(&seed_, sizeof seed_); }
+
+uint64_t IndexHasher::type(std::string_view type) const { return XXH3_64bits_withSeed(type.data(), type.size(), seed_); }
+
+uint64_t IndexHasher::field(std::string_view type, std::string_view name, const Value& value,
+                            std::string& scratch) const {
+  // Type and field names hold no NUL (validated), so NUL separates the parts unambiguously.
+  scratch.clear();
+  scratch.append(type);
+  scratch.push_back('\0');
+  scratch.append(name);
+  scratch.push_back('\0');
+  append_index_key(scratch, value);
+  return XXH3_64bits_withSeed(scratch.data(), scratch.size(), seed_);
 }
 
 }  // namespace djinn

@@ -62,18 +62,6 @@ using Posting = std::unordered_set<uint32_t>;
 
 std::span<const uint8_t> id_bytes(const ServiceId& id) { return std::span<const uint8_t>(id.bytes().data(), 16); }
 
-// Type names and field names hold no NUL (validated), so NUL separates the parts unambiguously.
-std::string field_key(std::string_view type, std::string_view field, const Value& value) {
-  std::string key;
-  key.reserve(type.size() + field.size() + 16);
-  key.append(type);
-  key.push_back('\0');
-  key.append(field);
-  key.push_back('\0');
-  append_index_key(key, value);
-  return key;
-}
-
 template <class Message>
 std::string encode(const Message& value) {
   capnp::MallocMessageBuilder message;
@@ -145,7 +133,10 @@ struct Registrar::Impl {
   Posting all_;
   std::unordered_map<std::string, Posting> by_interface_;
   std::unordered_map<std::string, Posting> by_attr_type_;  // "" holds every item with an attribute
-  std::unordered_map<std::string, Posting> by_field_;      // field_key(type or supertype or "", ...)
+  // Keyed by IndexHasher::field(type or supertype or "", name, value): eight bytes a key, where the
+  // value itself, kept once for each supertype of its attribute, cost megabytes for one item.
+  IndexHasher hasher_;
+  std::unordered_map<uint64_t, Posting> by_field_;
   std::unordered_map<uint64_t, Watch> watches_;
   ServiceId self_id_;
   bool has_store_ = false;  // the landlord persists: the registrar's tables are in its file
@@ -165,33 +156,35 @@ struct Registrar::Impl {
   // ---- indexes (mu_ exclusive) ----
 
   // Every index key an item is filed under, each once.
-  static void keys_of(const ServiceItem& item, std::vector<std::string>& types, std::vector<std::string>& attr_types,
-                      std::vector<std::string>& fields) {
+  void keys_of(const ServiceItem& item, std::vector<std::string>& types, std::vector<std::string>& attr_types,
+               std::vector<uint64_t>& fields) const {
     types.assign(item.interface_types.begin(), item.interface_types.end());
     attr_types.clear();
     fields.clear();
+    std::string scratch;
     for (const Entry& e : item.attributes) {
       auto file = [&](std::string_view type) {
         attr_types.emplace_back(type);
         for (const auto& [name, value] : e.fields) {
-          if (!value.is_null()) fields.push_back(field_key(type, name, value));
+          if (!value.is_null()) fields.push_back(hasher_.field(type, name, value, scratch));
         }
       };
       file(e.type);
       for (const std::string& s : e.supertypes) file(s);
       file("");
     }
-    for (auto* v : {&attr_types, &fields}) {
-      std::sort(v->begin(), v->end());
-      v->erase(std::unique(v->begin(), v->end()), v->end());
-    }
+    std::sort(attr_types.begin(), attr_types.end());
+    attr_types.erase(std::unique(attr_types.begin(), attr_types.end()), attr_types.end());
+    std::sort(fields.begin(), fields.end());
+    fields.erase(std::unique(fields.begin(), fields.end()), fields.end());
   }
 
   void index(uint32_t slot, bool add) {
-    std::vector<std::string> types, attr_types, fields;
+    std::vector<std::string> types, attr_types;
+    std::vector<uint64_t> fields;
     keys_of(*slots_[slot], types, attr_types, fields);
-    auto apply = [&](std::unordered_map<std::string, Posting>& map, const std::vector<std::string>& keys) {
-      for (const std::string& k : keys) {
+    auto apply = [&](auto& map, const auto& keys) {
+      for (const auto& k : keys) {
         if (add) {
           map[k].insert(slot);
         } else {
@@ -278,13 +271,15 @@ struct Registrar::Impl {
   // ---- queries (mu_ shared) ----
 
   // The smallest posting list that every match is in (nullptr: nothing can match), and whether
-  // every member of it matches (the template is that one index constraint and nothing more).
+  // every member of it matches (the template is that one index constraint and nothing more, and
+  // the constraint a type: a field key is a hash, whose candidates are checked).
   std::pair<const Posting*, bool> candidates_locked(const ServiceTemplate& t) const {
     static const Posting kEmpty;
     const Posting* best = &all_;
     int constraints = 0;
     bool single_exact = false;
-    auto consider = [&](const std::unordered_map<std::string, Posting>& map, const std::string& key, bool exact) {
+    std::string scratch;
+    auto consider = [&](const auto& map, const auto& key, bool exact) {
       ++constraints;
       auto it = map.find(key);
       const Posting* p = it == map.end() ? &kEmpty : &it->second;
@@ -297,10 +292,9 @@ struct Registrar::Impl {
       for (const auto& [name, value] : a.fields) {
         if (value.is_null()) continue;
         ++given;
-        consider(by_field_, field_key(a.type, name, value), false);
+        consider(by_field_, hasher_.field(a.type, name, value, scratch), false);
       }
       if (given == 0) consider(by_attr_type_, a.type, true);
-      if (given == 1) single_exact = true;
     }
     if (t.service_id) return {best, false};
     return {best, constraints == 0 || (constraints == 1 && single_exact)};

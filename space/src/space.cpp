@@ -5,8 +5,6 @@
 
 #include <capnp/message.h>
 #include <capnp/serialize.h>
-#include <sodium.h>
-#include <xxhash.h>
 
 #include <boost/container/small_vector.hpp>
 
@@ -87,15 +85,10 @@ struct IndexKey {
   Kind kind;
 };
 
-// Index keys are 64-bit seeded XXH3 hashes of a type, or of (type, field name, value): a key costs
-// no allocation and stays eight bytes however large the value, and a collision only adds a
-// candidate that matches() then rejects. The seed is drawn for each space, so colliding values
-// cannot be chosen. Type and field keys live in maps of their own, so they need no separation from
-// each other.
+// Index keys are IndexHasher's (model.h), its seed drawn for each space. Type and field keys live
+// in maps of their own, so they need no separation from each other.
 class IndexKeys {
  public:
-  IndexKeys() { randombytes_buf(&seed_, sizeof seed_); }
-
   // Appends every index key of `e` to `out`: its type, each supertype and the empty type; each
   // non-null field under its own type and under the empty type.
   template <class Out>
@@ -111,20 +104,13 @@ class IndexKeys {
     }
   }
 
-  uint64_t type(std::string_view type) const { return XXH3_64bits_withSeed(type.data(), type.size(), seed_); }
-  // Type and field names hold no NUL (validated), so NUL separates the parts unambiguously.
+  uint64_t type(std::string_view type) const { return hasher_.type(type); }
   uint64_t field(std::string_view type, std::string_view name, const Value& value, std::string& scratch) const {
-    scratch.clear();
-    scratch.append(type);
-    scratch.push_back('\0');
-    scratch.append(name);
-    scratch.push_back('\0');
-    append_index_key(scratch, value);
-    return XXH3_64bits_withSeed(scratch.data(), scratch.size(), seed_);
+    return hasher_.field(type, name, value, scratch);
   }
 
  private:
-  uint64_t seed_ = 0;
+  IndexHasher hasher_;
 };
 
 std::string encode_entry(const Entry& e) {

@@ -154,9 +154,25 @@ struct Template {
 // template field exists in the entry with an equal Value.
 bool matches(const Template& tmpl, const Entry& entry);
 
-// Appends `value` as index key bytes: its type, then its content, so equal keys mean equal values
-// (the indexes of lookup and the space are keyed so).
+// Appends `value` as index key bytes: its type, then its content, so equal keys mean equal values.
 void append_index_key(std::string& out, const Value& value);
+
+// The index keys of lookup and the space: 64-bit seeded XXH3 hashes of a type name, or of (type,
+// field name, value), so a key costs no allocation and stays eight bytes however large the value
+// (an item's 64 KiB text filed under each of its attribute's supertypes would otherwise be kept
+// that many times). A collision only adds a candidate that matches() then rejects: callers check
+// every candidate of a field key. The seed is drawn for each hasher, so colliding values cannot be
+// chosen.
+class IndexHasher {
+ public:
+  IndexHasher();
+  uint64_t type(std::string_view type) const;
+  // `scratch` is reused between calls, to save an allocation per key.
+  uint64_t field(std::string_view type, std::string_view name, const Value& value, std::string& scratch) const;
+
+ private:
+  uint64_t seed_ = 0;
+};
 
 // Where a service is reached, as ZeroMQ endpoints ("tcp://10.0.0.2:7001"); empty = none.
 struct Endpoints {
