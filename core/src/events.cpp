@@ -108,6 +108,12 @@ uint64_t Publisher::publish(std::string_view kind, std::string_view key, capnp::
 
 uint64_t Publisher::publish(std::string_view kind, std::string_view key) { return send(kind, key, false, nullptr, 0); }
 
+SharedPayload::SharedPayload(capnp::MessageBuilder& message) : frame_(rpc::internal::message_frame(message)) {}
+
+uint64_t Publisher::publish(std::string_view kind, std::string_view key, const SharedPayload& payload) {
+  return send(kind, key, false, &payload.frame_, 0);
+}
+
 uint64_t Publisher::last_seq(std::string_view kind) const {
   std::lock_guard lock(mu_);
   auto it = seq_.find(kind);

@@ -95,14 +95,14 @@ enum Transition {
   matchToNoMatch @1;
   matchToMatch @2;
 }
-# The payload of a "lookup.notify.<ref>" event.
+# The payload of a "lookup.notify.<ref>" event, the same for every registration a change goes to
+# (the event's kind names the registration).
 struct NotifyEvent {
   notifyId @0 :UInt64;          # 0 (a registrar of an earlier release sent the id)
   transition @1 :Transition;
   serviceId @2 :Model.Uuid;
   item @3 :Model.ServiceItem;   # the item after the change; for matchToNoMatch, the item before
   removed @4 :Bool;             # matchToNoMatch because the item is gone (expired or cancelled)
-  notifyRef @5 :UInt64;         # lease_ref of the registration's id
 }
 
 # lookup.self: the registrar's own item (ServiceID, groups, endpoints); also registered in itself.

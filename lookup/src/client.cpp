@@ -249,7 +249,6 @@ Result<NotifyEvent> decode_notify_event(const events::Event& event) {
     auto reader = event.reader();
     auto ev = reader.getRoot<proto::NotifyEvent>();
     NotifyEvent out;
-    out.notify_ref = ev.getNotifyRef();
     out.notify_id = ev.getNotifyId();
     switch (ev.getTransition()) {
       case proto::Transition::NO_MATCH_TO_MATCH: out.transition = kNoMatchToMatch; break;

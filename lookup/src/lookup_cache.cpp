@@ -387,12 +387,12 @@ struct LookupCache::Impl::Feed {
       return;
     }
     NotifyEvent& n = *decoded;
-    bool ours = n.notify_ref ? n.notify_ref == lease::lease_ref(notify->id)
-                             : n.notify_id == notify->id;  // a registrar of an earlier release
+    // The kind names the registration; a registrar of an earlier release named it in the payload too.
+    bool ours = ev.kind == notify->event_kind && (n.notify_id == 0 || n.notify_id == notify->id);
     if (!ours || ev.key != n.item.service_id.to_string()) {
-      bad_input("event " + std::to_string(ev.seq) + " names notify ref " + std::to_string(n.notify_ref) + " (id " +
-                std::to_string(n.notify_id) + ") and key '" + ev.key + "': expected ref " +
-                std::to_string(lease::lease_ref(notify->id)) + " and the item's ServiceID");
+      bad_input("event " + std::to_string(ev.seq) + " of kind " + ev.kind + " names notify " +
+                std::to_string(n.notify_id) + " and key '" + ev.key + "': expected kind " + notify->event_kind +
+                " and the item's ServiceID");
       need_snapshot = true;
       mark_unsynced();
       return;

@@ -121,6 +121,23 @@ struct Registrar::Impl {
   std::mutex write_mu_;
   std::unordered_map<ServiceId, int64_t, IdHash> rows_;  // each stored item's row (write_mu_)
 
+  // Notify events of the changes made under mu_, published once it is released (write_mu_, still
+  // held, keeps them in the order of the changes, and the watches as they are): queries do not
+  // wait for a fan-out to many registrations. A change's event is encoded once for each of its
+  // transitions and shared by every registration it goes to; the kind names the registration.
+  struct PendingNotify {
+    const std::string* kind;  // the watch's, in watches_
+    std::shared_ptr<const std::string> key;  // the item's ServiceID
+    std::shared_ptr<const events::SharedPayload> payload;
+  };
+  std::vector<PendingNotify> pending_;  // (write_mu_, and mu_ exclusive to add)
+  // Declared after the write_mu_ guard and before the mu_ lock of a change, so that it publishes
+  // between the two releases.
+  struct PublishPending {
+    Impl& m;
+    ~PublishPending() { m.publish_pending(); }
+  };
+
   // Guards everything below: shared for queries, exclusive for changes (and their events).
   mutable std::shared_mutex mu_;
   std::vector<std::optional<ServiceItem>> slots_;
@@ -240,6 +257,23 @@ struct Registrar::Impl {
 
   void transitions_locked(const ServiceItem* before, const ServiceItem* after) {
     if (!options.publisher || watches_.empty()) return;
+    std::shared_ptr<const events::SharedPayload> payloads[3];  // by transition
+    std::shared_ptr<const std::string> key;
+    auto payload_of = [&](Transition t, const ServiceItem& item) {
+      int at = t == kNoMatchToMatch ? 0 : t == kMatchToNoMatch ? 1 : 2;
+      if (!payloads[at]) {
+        capnp::MallocMessageBuilder message;
+        auto ev = message.initRoot<proto::NotifyEvent>();
+        ev.setTransition(at == 0 ? proto::Transition::NO_MATCH_TO_MATCH
+                         : at == 1 ? proto::Transition::MATCH_TO_NO_MATCH
+                                   : proto::Transition::MATCH_TO_MATCH);
+        to_capnp(item.service_id, ev.initServiceId());
+        to_capnp(item, ev.initItem());
+        ev.setRemoved(after == nullptr);
+        payloads[at] = std::make_shared<const events::SharedPayload>(message);
+      }
+      return payloads[at];
+    };
     for (const auto& [id, w] : watches_) {
       bool was = before && matches(w.tmpl, *before);
       bool is = after && matches(w.tmpl, *after);
@@ -255,17 +289,18 @@ struct Registrar::Impl {
       }
       if (!(w.mask & t)) continue;
       const ServiceItem& item = t == kMatchToNoMatch ? *before : *after;
-      capnp::MallocMessageBuilder message;
-      auto ev = message.initRoot<proto::NotifyEvent>();
-      ev.setNotifyRef(lease::lease_ref(id));
-      ev.setTransition(t == kNoMatchToMatch   ? proto::Transition::NO_MATCH_TO_MATCH
-                       : t == kMatchToNoMatch ? proto::Transition::MATCH_TO_NO_MATCH
-                                              : proto::Transition::MATCH_TO_MATCH);
-      to_capnp(item.service_id, ev.initServiceId());
-      to_capnp(item, ev.initItem());
-      ev.setRemoved(after == nullptr);
-      options.publisher->publish(w.kind, item.service_id.to_string(), message);
+      if (!key) key = std::make_shared<const std::string>(item.service_id.to_string());
+      pending_.push_back(PendingNotify{&w.kind, key, payload_of(t, item)});
     }
+  }
+
+  // Publishes the pending notify events (write_mu_ held, mu_ not).
+  void publish_pending() {
+    std::vector<PendingNotify> pending;
+    pending.swap(pending_);
+    if (pending.empty()) return;
+    DJINN_CRASH_POINT("lookup.notify.publishing");
+    for (const PendingNotify& p : pending) options.publisher->publish(*p.kind, *p.key, *p.payload);
   }
 
   // ---- queries (mu_ shared) ----
@@ -412,6 +447,7 @@ struct Registrar::Impl {
       } else {
         DJINN_LOG(kWarn, "lookup") << m.options.name << ": deleting item " << sid.to_string() << ": " << written.to_string();
       }
+      Impl::PublishPending publish{m};  // after mu_ is released
       std::unique_lock lock(m.mu_);
       auto it = m.by_lease_.find(lease_id);
       if (it != m.by_lease_.end()) m.remove_locked(it->second);
@@ -706,6 +742,7 @@ std::vector<Result<Registration>> Registrar::register_batch(std::span<const Regi
     // A transaction that failed fails every grant of the batch: its rows were rolled back.
     if (!granted.empty()) m.commit_rows(rows);
     if (!granted.empty() && m.has_store_) DJINN_CRASH_POINT("lookup.register.after_commit");
+    Impl::PublishPending publish{m};  // after mu_ is released
     std::unique_lock lock(m.mu_);
     for (Plan& p : granted) {
       bool replaced = false;
@@ -857,6 +894,7 @@ Result<ServiceItem> Registrar::modify_attributes(uint64_t lease_id, std::span<co
   Status written = m.durable(sqlite::Sync::kFull, [&](sqlite::Database& db) { return m.put_row(db, item, encoded, rows); });
   if (!written.ok()) return Status(written.code(), "modifyAttributes: " + written.message());
   m.commit_rows(rows);
+  Impl::PublishPending publish{m};  // after mu_ is released
   std::unique_lock lock(m.mu_);
   // The item is still there (write_mu_ keeps the remover out), but a renewal may have moved its
   // expiration meanwhile (renewals take mu_ alone): keep what it set.
@@ -918,6 +956,7 @@ Status Registrar::set_self(ServiceItem item) {
   Impl::RowChanges rows;
   DJINN_RETURN_IF_ERROR(m.durable(sqlite::Sync::kFull, [&](sqlite::Database& db) { return m.put_row(db, item, encoded, rows); }));
   m.commit_rows(rows);
+  Impl::PublishPending publish{m};  // after mu_ is released
   std::unique_lock lock(m.mu_);
   m.put_locked(std::move(item), std::numeric_limits<int64_t>::max());
   return Status::Ok();

@@ -86,11 +86,11 @@ struct SpaceNotifyResult {
   eventsEndpoint @3 :Text;
   landlord @4 :Text;
 }
-# The payload of a "space.notify.<ref>" event; the event's own sequence number numbers it.
+# The payload of a "space.notify.<ref>" event, the same for every registration the entry goes to
+# (the event's kind names the registration); the event's own sequence number numbers it.
 struct SpaceNotifyEvent {
   notifyId @0 :UInt64;         # 0 (a space of an earlier release sent the id)
   entry @1 :Model.Entry;
-  notifyRef @2 :UInt64;        # lease_ref of the registration's id
 }
 
 # space.stats: what the space holds.

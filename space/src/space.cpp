@@ -896,15 +896,19 @@ struct Space::Impl {
 
   bool watched_locked() const { return options.publisher && !watches.empty(); }
 
+  // The event is encoded once and shared by every registration it goes to (its kind names the
+  // registration), so a write matching many costs a send to each, not an encoding.
   void publish_locked(const Entry& e) {
     if (!watched_locked()) return;
+    std::optional<events::SharedPayload> payload;
     for (const auto& [id, w] : watches) {
       if (!matches(w.tmpl, e)) continue;
-      capnp::MallocMessageBuilder message(rpc::kSmallMessageWords);
-      auto ev = message.initRoot<proto::SpaceNotifyEvent>();
-      ev.setNotifyRef(lease::lease_ref(id));
-      to_capnp(e, ev.initEntry());
-      options.publisher->publish(w.kind, e.type, message);
+      if (!payload) {
+        capnp::MallocMessageBuilder message(rpc::kSmallMessageWords);
+        to_capnp(e, message.initRoot<proto::SpaceNotifyEvent>().initEntry());
+        payload.emplace(message);
+      }
+      options.publisher->publish(w.kind, e.type, *payload);
     }
   }
 

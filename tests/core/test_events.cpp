@@ -3,6 +3,7 @@
 
 #include <atomic>
 #include <mutex>
+#include <tuple>
 
 #include "djinn/core/events.h"
 #include "djinn/core/security.h"
@@ -31,6 +32,39 @@ void wait_until_connected(events::Publisher& p, events::Subscriber& s, std::atom
 }
 
 }  // namespace
+
+TEST_CASE("a shared payload goes out whole under every kind it is published to, each numbered on its own") {
+  events::Publisher pub({.heartbeat_interval = std::chrono::milliseconds(0)});
+  REQUIRE(pub.start().ok());
+  events::Subscriber sub({.endpoint = pub.endpoints()[0]});
+  std::atomic<int> warm{0};
+  std::vector<std::tuple<std::string, uint64_t, std::string>> got;
+  sub.subscribe("warmup");
+  sub.subscribe("notify.a");
+  sub.subscribe("notify.b");
+  sub.on_event([&](const events::Event& e) {
+    if (e.kind == "warmup") {
+      warm++;
+      return;
+    }
+    got.emplace_back(e.kind, e.seq, e.reader().getRoot<EchoParams>().getText().cStr());
+  });
+  wait_until_connected(pub, sub, warm);
+  const std::string text(100'000, 's');  // past ZeroMQ's inline size: shared, not copied
+  capnp::MallocMessageBuilder msg;
+  msg.initRoot<EchoParams>().setText(text);
+  events::SharedPayload shared(msg);
+  CHECK(pub.publish("notify.a", "k", shared) == 1);
+  CHECK(pub.publish("notify.b", "k", shared) == 1);
+  CHECK(pub.publish("notify.a", "k", shared) == 2);
+  REQUIRE(test::eventually([&] {
+    sub.poll(std::chrono::milliseconds(5));
+    return got.size() == 3;
+  }));
+  CHECK(got[0] == std::make_tuple(std::string("notify.a"), uint64_t{1}, text));
+  CHECK(got[1] == std::make_tuple(std::string("notify.b"), uint64_t{1}, text));
+  CHECK(got[2] == std::make_tuple(std::string("notify.a"), uint64_t{2}, text));
+}
 
 TEST_CASE("events arrive numbered, filtered by kind and key, without false gaps") {
   events::Publisher pub({.heartbeat_interval = std::chrono::milliseconds(0)});

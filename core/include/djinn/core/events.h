@@ -42,6 +42,19 @@ struct PublisherOptions {
   zmq::context_t* context = nullptr;
 };
 
+// A payload encoded once for many events, as when one change goes out to many notify
+// registrations: each publish shares its bytes (ZeroMQ counts the references) instead of encoding
+// and copying them again.
+class SharedPayload {
+ public:
+  explicit SharedPayload(capnp::MessageBuilder& message);
+  size_t size() const { return frame_.size(); }
+
+ private:
+  friend class Publisher;
+  zmq::message_t frame_;  // shared by the Publisher's sends, under its lock
+};
+
 class Publisher {
  public:
   explicit Publisher(PublisherOptions options);
@@ -57,6 +70,7 @@ class Publisher {
   // contain '/' in the kind.
   uint64_t publish(std::string_view kind, std::string_view key, capnp::MessageBuilder& payload);
   uint64_t publish(std::string_view kind, std::string_view key);  // no payload
+  uint64_t publish(std::string_view kind, std::string_view key, const SharedPayload& payload);
   // The last number published for a kind (0: none yet); RPC snapshots carry it so a subscriber
   // knows where the stream stood when the snapshot was taken.
   uint64_t last_seq(std::string_view kind) const;

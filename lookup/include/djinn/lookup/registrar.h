@@ -100,8 +100,8 @@ struct NotifyRegistration {
 
 // One transition as published (proto NotifyEvent is its wire form).
 struct NotifyEvent {
-  uint64_t notify_ref = 0;  // lease::lease_ref of the registration's id
-  uint64_t notify_id = 0;   // 0, but for a registrar of an earlier release, which sent the id
+  uint64_t notify_id = 0;  // 0 (the event's kind names the registration), but from a registrar of
+                           // an earlier release, which sent the id
   Transition transition = kNoMatchToMatch;
   ServiceItem item;  // after the change; for kMatchToNoMatch, before it
   bool removed = false;
