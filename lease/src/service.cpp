@@ -19,6 +19,7 @@
 #include "convert.h"
 #include "djinn/core/digest.h"
 #include "djinn/core/group_commit.h"
+#include "djinn/core/job_threads.h"
 #include "djinn/core/daemon_flags.h"
 #include "djinn/core/log.h"
 #include "renewal_service.h"
@@ -47,52 +48,6 @@ size_t fitting_in_reply(std::span<const Lease> leases, size_t landlord_bytes) {
   }
   return leases.size();
 }
-
-// A few threads of the service's own for grants: a grant writes durably (an fsync), which must not
-// stall the RPC server's I/O thread, and lease.grant is a deferred method (a waiting grant holds
-// only its Responder), which the server's worker pool does not run.
-class GrantThreads {
- public:
-  explicit GrantThreads(int count) {
-    for (int i = 0; i < std::max(count, 1); ++i) threads_.emplace_back([this] { run(); });
-  }
-  ~GrantThreads() {
-    {
-      std::lock_guard lock(mu_);
-      stop_ = true;
-    }
-    cv_.notify_all();
-    for (auto& t : threads_) t.join();
-    // Jobs never run drop their Responders, which answer CANCELLED.
-  }
-  void post(std::function<void()> job) {
-    {
-      std::lock_guard lock(mu_);
-      jobs_.push_back(std::move(job));
-    }
-    cv_.notify_one();
-  }
-
- private:
-  void run() {
-    std::unique_lock lock(mu_);
-    for (;;) {
-      cv_.wait(lock, [&] { return stop_ || !jobs_.empty(); });
-      if (stop_) return;
-      auto job = std::move(jobs_.front());
-      jobs_.pop_front();
-      lock.unlock();
-      job();
-      lock.lock();
-    }
-  }
-
-  std::mutex mu_;  // guards jobs_, stop_
-  std::condition_variable cv_;
-  std::deque<std::function<void()>> jobs_;
-  bool stop_ = false;
-  std::vector<std::thread> threads_;
-};
 
 // Answers a call whose result is one lease (LeaseResult), or its error.
 void reply_lease(rpc::Responder& responder, const Result<Lease>& lease, const std::string& where) {
@@ -129,7 +84,7 @@ struct LandlordService::Impl {
         grant_group(kMaxBatchItems, [this](std::span<const GrantRequest> r) { return landlord.grant_batch(r); }, "lease-grants"),
         renewals(kMaxBatchItems, [this](std::span<const RenewRequest> r) { return landlord.renew_batch(r); }, "lease-renewals"),
         cancels(kMaxBatchItems, [this](std::span<const LeaseId> ids) { return landlord.cancel_batch(ids); }, "lease-cancels"),
-        grants(threads) {}
+        grants(threads, "lease-grant-job") {}
 
   Landlord& landlord;
   events::Publisher* publisher;
@@ -148,7 +103,9 @@ struct LandlordService::Impl {
   GroupCommit<GrantRequest, Result<Lease>> grant_group;
   GroupCommit<RenewRequest, Result<Lease>> renewals;
   GroupCommit<LeaseId, Status> cancels;
-  GrantThreads grants;
+  // A grant writes durably (an fsync), which must not stall the RPC server's I/O thread, and a
+  // waiting grant holds only its Responder.
+  JobThreads grants;
   // The lease.renew calls of the server's current burst of requests (its I/O thread only).
   std::vector<RenewRequest> burst_renewals;
   std::vector<rpc::Responder> burst_responders;

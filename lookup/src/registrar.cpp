@@ -344,22 +344,29 @@ struct Registrar::Impl {
     return it->second;
   }
 
+  // Visits matches until `visit` returns false. False when it stopped after checking
+  // `max_candidates` items that did not match (or were past their deadline) instead.
   template <class Visit>
-  void for_each_match_locked(const ServiceTemplate& t, Visit&& visit) const {
+  bool for_each_match_locked(const ServiceTemplate& t, Visit&& visit, size_t max_candidates = SIZE_MAX) const {
     if (t.service_id) {
       std::optional<uint32_t> slot = live_slot_locked(*t.service_id);
       if (slot && matches(t, *slots_[*slot])) visit(*slots_[*slot]);
-      return;
+      return true;
     }
     const int64_t now = landlord.now_ns();
     auto [posting, exact] = candidates_locked(t);
+    size_t missed = 0;
     for (uint32_t slot : *posting) {
-      if (!live_locked(slot, now)) continue;
-      const ServiceItem& item = *slots_[slot];
-      if (exact || matches(t, item)) {
-        if (!visit(item)) return;
+      if (live_locked(slot, now)) {
+        const ServiceItem& item = *slots_[slot];
+        if (exact || matches(t, item)) {
+          if (!visit(item)) return true;
+          continue;
+        }
       }
+      if (++missed >= max_candidates) return false;
     }
+    return true;
   }
 
   // ---- durable writes (write_mu_ held) ----
@@ -776,13 +783,19 @@ std::optional<ServiceItem> Registrar::lookup(const ServiceTemplate& tmpl) const 
 }
 
 bool Registrar::visit_one(const ServiceTemplate& tmpl, const std::function<void(const ServiceItem&)>& visit) const {
+  return *visit_one_within(tmpl, SIZE_MAX, visit);
+}
+
+std::optional<bool> Registrar::visit_one_within(const ServiceTemplate& tmpl, size_t max_candidates,
+                                                const std::function<void(const ServiceItem&)>& visit) const {
   std::shared_lock lock(impl_->mu_);
   bool found = false;
-  impl_->for_each_match_locked(tmpl, [&](const ServiceItem& item) {
+  bool finished = impl_->for_each_match_locked(tmpl, [&](const ServiceItem& item) {
     visit(item);
     found = true;
     return false;
-  });
+  }, max_candidates);
+  if (!finished) return std::nullopt;
   return found;
 }
 

@@ -10,7 +10,9 @@
 #include <kj/exception.h>
 
 #include "djinn/core/group_commit.h"
+#include "djinn/core/job_threads.h"
 #include "djinn/core/daemon_flags.h"
+#include "djinn/core/fault.h"
 #include "djinn/core/log.h"
 #include "djinn/core/model_capnp.h"
 #include "djinn/lease/service.h"
@@ -22,6 +24,10 @@ namespace {
 // Registrations in one durable write; a bigger queue waits for the next.
 constexpr size_t kMaxRegisterBatch = 1000;
 constexpr size_t kMaxAttributeChanges = 256;
+// Items a lookup.lookup checks on the I/O thread before it goes to the lookup threads (a few
+// hundred microseconds at most), and the lookups that may wait for those.
+constexpr size_t kInlineCandidates = 1024;
+constexpr size_t kMaxLongLookups = 1024;
 
 Status malformed(std::string_view method, const kj::Exception& e) {
   return invalid_argument("malformed " + std::string(method) + ": " + e.getDescription().cStr());
@@ -44,6 +50,8 @@ struct LookupService::Impl {
   std::unique_ptr<rpc::Server> server;
   std::unique_ptr<lease::LandlordService> lease_service;
   std::unique_ptr<GroupCommit<RegisterRequest, Result<Registration>>> registrations;
+  // Lookups that would walk too long a list for the I/O thread (lookup.lookup).
+  std::unique_ptr<JobThreads> long_lookups;
   std::mutex stop_mu;  // serialises stop()
   bool stopped = false;
 
@@ -68,6 +76,7 @@ struct LookupService::Impl {
     if (stopped) return;
     stopped = true;
     if (server) server->stop();
+    long_lookups.reset();  // before the registrar its jobs read; those never run answer CANCELLED
     registrations.reset();
     {
       std::unique_lock lock(forward_mu);
@@ -83,6 +92,18 @@ struct LookupService::Impl {
 
   void register_methods();
   Status publish_self();
+
+  // Answers lookup.lookup unless it checked `max_candidates` items without a match first.
+  bool answer_lookup(const ServiceTemplate& tmpl, size_t max_candidates, rpc::Responder& responder) {
+    capnp::MallocMessageBuilder message;
+    auto out = message.initRoot<proto::LookupResult>();
+    std::optional<bool> found =
+        registrar->visit_one_within(tmpl, max_candidates, [&](const ServiceItem& item) { to_capnp(item, out.initItem()); });
+    if (!found) return false;
+    out.setFound(*found);
+    responder.reply(Status::Ok(), message);
+    return true;
+  }
 };
 
 void LookupService::Impl::register_methods() {
@@ -133,13 +154,34 @@ void LookupService::Impl::register_methods() {
       },
       {.min_role = security::Role::kService});
 
-  s.method<proto::LookupParams, proto::LookupResult>(
+  // Answered on the I/O thread when a match is found among the first kInlineCandidates items the
+  // lookup checks (or there are no more). One that would walk further, as a template of two large
+  // constraints that few items share does, goes to the lookup threads, and the I/O thread serves
+  // the other calls meanwhile.
+  s.handle_deferred(
       "lookup.lookup",
-      [this](const rpc::CallContext&, proto::LookupParams::Reader p, proto::LookupResult::Builder out) -> Status {
-        Result<ServiceTemplate> tmpl = from_capnp(p.getTemplate());
-        if (!tmpl.ok()) return Status(tmpl.status().code(), "lookup.lookup: " + tmpl.status().message());
-        out.setFound(registrar->visit_one(*tmpl, [&](const ServiceItem& item) { to_capnp(item, out.initItem()); }));
-        return Status::Ok();
+      [this](const rpc::CallContext&, capnp::MessageReader& params, rpc::Responder responder) {
+        Result<ServiceTemplate> tmpl = [&]() -> Result<ServiceTemplate> {
+          try {
+            return from_capnp(params.getRoot<proto::LookupParams>().getTemplate());
+          } catch (const kj::Exception& e) {
+            return invalid_argument(std::string("malformed: ") + e.getDescription().cStr());
+          }
+        }();
+        if (!tmpl.ok()) return responder.reply(Status(tmpl.status().code(), "lookup.lookup: " + tmpl.status().message()));
+        if (answer_lookup(*tmpl, kInlineCandidates, responder)) return;
+        auto waiting = std::make_shared<rpc::Responder>(std::move(responder));
+        bool queued = long_lookups->post([this, t = std::move(*tmpl), waiting] {
+          if (rpc::Clock::now() >= waiting->deadline()) {
+            return waiting->reply(deadline_exceeded("lookup.lookup: the call's deadline passed while it waited"));
+          }
+          DJINN_CRASH_POINT("lookup.lookup.long");
+          answer_lookup(t, SIZE_MAX, *waiting);
+        });
+        if (!queued) {
+          waiting->reply(unavailable("lookup.lookup: " + std::to_string(kMaxLongLookups) +
+                                     " lookups of long candidate lists wait already; retry later, or narrow the template"));
+        }
       },
       client_inline);
 
@@ -328,6 +370,7 @@ Result<std::unique_ptr<LookupService>> LookupService::start(LookupServiceOptions
   im->registrations = std::make_unique<GroupCommit<RegisterRequest, Result<Registration>>>(
       kMaxRegisterBatch, [im](std::span<const RegisterRequest> r) { return im->registrar->register_batch(r); },
       "lookup-commit");
+  im->long_lookups = std::make_unique<JobThreads>(options.workers, "lookup-long", kMaxLongLookups);
   im->register_methods();
   {
     std::unique_lock lock(im->forward_mu);

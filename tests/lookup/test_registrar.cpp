@@ -280,6 +280,36 @@ TEST_CASE("queries are answered while a change's notify events go out") {
   CHECK(test::eventually([&] { return w.count() == 1; }));
 }
 
+TEST_CASE("a lookup that walks a long list leaves the I/O thread to other calls, and answers rightly") {
+  Harness h;
+  // Two large groups that share no item: a template asking for both walks the smaller whole.
+  std::vector<ServiceItem> red, blue;
+  for (int i = 0; i < 1500; ++i) {
+    red.push_back(must_register(*h.client, item({"demo.Lamp"}, {entry("demo.Color", {{"c", Value("red")}})}), 60'000).item);
+    blue.push_back(must_register(*h.client, item({"demo.Lamp"}, {entry("demo.Shape", {{"s", Value("round")}})}), 60'000).item);
+  }
+  ServiceTemplate both{std::nullopt, {}, {tmpl("demo.Color", {{"c", Value("red")}}), tmpl("demo.Shape", {{"s", Value("round")}})}};
+  // While it walks, on the lookup threads, a lookup by ServiceID from another client is answered.
+  RegistrarClient other({.endpoint = h.service->rpc_endpoint()});
+  std::atomic<bool> answered_in_time{false};
+  fault::arm_call("lookup.lookup.long", [&] {
+    auto found = other.lookup(ServiceTemplate{red[7].service_id, {}, {}}, rpc::CallOptions{.timeout = 2000ms});
+    answered_in_time = found.ok() && found->has_value();
+  });
+  auto none = h.client->lookup(both);
+  fault::disarm_all();
+  REQUIRE_MESSAGE(none.ok(), none.status().to_string());
+  CHECK_FALSE(none->has_value());
+  CHECK(answered_in_time);
+  // A match among them is found, on the I/O thread or the lookup threads.
+  ServiceItem purple = item({"demo.Lamp"}, {entry("demo.Color", {{"c", Value("red")}}), entry("demo.Shape", {{"s", Value("round")}})});
+  must_register(*h.client, purple, 60'000);
+  auto found = h.client->lookup(both);
+  REQUIRE(found.ok());
+  REQUIRE(found->has_value());
+  CHECK((*found)->service_id == purple.service_id);
+}
+
 TEST_CASE("a cancelled registration is gone when the cancel returns, and its event comes first") {
   Harness h;
   ServiceTemplate printers{std::nullopt, {"demo.Printer"}, {}};

@@ -127,6 +127,10 @@ class Registrar {
   // Calls `visit` with an arbitrary match, under the registrar's shared lock (so without copying
   // it: `visit` must not call back into the registrar); false when nothing matches.
   bool visit_one(const ServiceTemplate& tmpl, const std::function<void(const ServiceItem&)>& visit) const;
+  // visit_one, giving up (nullopt, nothing visited) once it has checked `max_candidates` items
+  // without a match: what a caller that must not wait long (the RPC I/O thread) tries first.
+  std::optional<bool> visit_one_within(const ServiceTemplate& tmpl, size_t max_candidates,
+                                       const std::function<void(const ServiceItem&)>& visit) const;
   // Up to max_matches matches of `page`, in ServiceID order, and how many match in all. With
   // notify_id, also the last event number of that registration's stream, taken atomically with
   // the matches.
