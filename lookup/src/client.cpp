@@ -131,7 +131,7 @@ Status in_order_after(const ServiceId* last, const std::vector<ServiceItem>& pag
 }  // namespace
 
 Result<LookupMany> RegistrarClient::lookup_all(const ServiceTemplate& tmpl, size_t max_matches, uint64_t notify_id,
-                                               rpc::CallOptions call) {
+                                               rpc::CallOptions call, const std::function<bool()>& cancelled) {
   // With a notify registration each page says its stream's number: when it moved between pages,
   // items changed meanwhile, and the pages are asked for again (a few times; then the whole is
   // kept, the events after the first page's number bringing it up to date).
@@ -141,6 +141,7 @@ Result<LookupMany> RegistrarClient::lookup_all(const ServiceTemplate& tmpl, size
     bool moved = false;
     while (all.ok() && all->more && all->items.size() < max_matches && !all->items.empty()) {
       DJINN_CRASH_POINT("lookup.client.between_pages");
+      if (cancelled && cancelled()) return Status(Code::kCancelled, "lookup.lookupMany: cancelled between pages");
       Result<LookupMany> next =
           lookup_page(tmpl, max_matches - all->items.size(), all->items.back().service_id, notify_id, call);
       if (!next.ok()) return next.status();

@@ -315,7 +315,8 @@ struct LookupCache::Impl::Feed {
     }
     // Page after page: the events after the first page's number are applied over the whole, so an
     // item that changed between pages ends as its last event left it.
-    Result<LookupMany> snap = client->lookup_all(cache.options.tmpl, kMaxMatches, notify->id, call());
+    Result<LookupMany> snap =
+        client->lookup_all(cache.options.tmpl, cache.options.max_items, notify->id, call(), [this] { return stopping.load(); });
     if (!snap.ok()) return Status(snap.status().code(), "snapshot: " + snap.status().message());
     if (snap->total > snap->items.size()) {
       DJINN_LOG(kWarn, "lookup-cache") << endpoint << ": " << snap->total << " items match, the cache holds the first "
@@ -405,8 +406,17 @@ struct LookupCache::Impl::Feed {
       return;
     }
     last_seq = ev.seq;
-    std::lock_guard lock(cache.mu);
+    std::unique_lock lock(cache.mu);
     if (stopping) return;
+    if (n.transition != kMatchToNoMatch && copies.size() + rejected.size() >= cache.options.max_items &&
+        !copies.count(n.item.service_id) && !rejected.count(n.item.service_id)) {
+      // A registrar holds no more matches than a snapshot brings (max_items): one that reports
+      // ever new items between audits would grow the cache without bound.
+      lock.unlock();
+      bad_input("event " + std::to_string(ev.seq) + " adds " + n.item.service_id.to_string() + " past the " +
+                std::to_string(cache.options.max_items) + " matches the cache holds of a registrar; narrow the template");
+      return;
+    }
     if (n.transition == kMatchToNoMatch) {
       rejected.erase(n.item.service_id);
       cache.drop_copy_locked(*this, n.item.service_id);
@@ -442,8 +452,10 @@ struct LookupCache::Impl::Feed {
         held = copies.size() + rejected.size();
       }
       // Same event number, so the same set: a different count means changes no event reported
-      // (items that lapsed while a registrar was down, or a stream that restarted unseen).
-      if (r->total != held && r->total <= kMaxMatches) {
+      // (items that lapsed while a registrar was down, or a stream that restarted unseen). A
+      // registrar with more matches than the cache holds differs for good once the cache is full.
+      bool full = r->total > cache.options.max_items && held >= cache.options.max_items;
+      if (r->total != held && !full) {
         lost("the registrar holds " + std::to_string(r->total) + " matches at event " + std::to_string(last_seq) +
              ", the cache " + std::to_string(held));
       }
@@ -789,6 +801,10 @@ Result<std::unique_ptr<LookupCache>> LookupCache::start(LookupCacheOptions optio
   }
   if (options.retry_backoff_min.count() <= 0 || options.retry_backoff_max < options.retry_backoff_min) {
     return invalid_argument("retry back-off: need 0 < retry_backoff_min <= retry_backoff_max");
+  }
+  if (options.max_items == 0 || options.max_items > kMaxMatches) {
+    return invalid_argument("max_items of " + std::to_string(options.max_items) + ": must be 1 to " +
+                            std::to_string(kMaxMatches));
   }
   if (options.holder.size() > 256) return invalid_argument("holder of " + std::to_string(options.holder.size()) + " bytes: at most 256");
   for (const std::string& endpoint : options.registrars) {

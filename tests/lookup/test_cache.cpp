@@ -556,6 +556,16 @@ struct FakeRegistrar {
     server.method<proto::LookupManyParams, proto::LookupManyResult>(
         "lookup.lookupMany",
         [this](const rpc::CallContext&, proto::LookupManyParams::Reader p, proto::LookupManyResult::Builder out) {
+          if (endless_pages) {
+            // One new item a page, each after the last, and always more, slowly.
+            std::this_thread::sleep_for(100ms);
+            uint64_t after = p.hasAfterId() ? from_capnp(p.getAfterId())->lo() : 0;
+            if (p.getMaxMatches() == 0) return Status::Ok();
+            to_capnp(printer("endless", ServiceId::from_halves(0, after + 1)), out.initItems(1)[0]);
+            out.setTotalMatches(1'000'000);
+            out.setMore(true);
+            return Status::Ok();
+          }
           std::lock_guard lock(mu);
           size_t n = std::min<size_t>(p.getMaxMatches(), items.size());
           auto list = out.initItems(static_cast<unsigned>(n));
@@ -587,6 +597,7 @@ struct FakeRegistrar {
     }
   }
   static constexpr uint64_t kId = 7;
+  std::atomic<bool> endless_pages{false};  // lookupMany answers a page of one new item, forever
   std::mutex mu;  // guards items and orders publishing with snapshots
   std::vector<ServiceItem> items;
   events::Publisher publisher;
@@ -668,6 +679,48 @@ TEST_CASE("bad events are counted and logged, never applied, never fatal") {
   CHECK(cache->stats().snapshots >= 6);
 }
 
+TEST_CASE("a cache holds at most max_items of a registrar: events past them are refused, audits do not re-sync") {
+  FakeRegistrar fake;
+  Recorder rec;
+  LookupCacheOptions o;
+  o.tmpl = printers_on(3);
+  o.registrars = {fake.server.endpoints().at(0)};
+  o.audit_interval = 100ms;
+  o.call_timeout = 500ms;
+  o.max_items = 3;
+  rec.attach(o);
+  auto cache = start_cache(std::move(o));
+  std::vector<ServiceItem> sent;
+  for (int i = 0; i < 5; ++i) sent.push_back(printer("p" + std::to_string(i)));
+  fake.publish_added(sent[0]);
+  rec.expect({"added p0"});
+  for (int i = 1; i < 5; ++i) fake.publish_added(sent[i]);
+  CHECK(test::eventually([&] { return cache->stats().bad_input >= 2; }));
+  CHECK(cache->size() == 3);
+  // The registrar holds 5, the cache the 3 it may: the audits see a full cache, not lost events.
+  LookupCacheStats before = cache->stats();
+  std::this_thread::sleep_for(500ms);
+  CHECK(cache->stats().snapshots == before.snapshots);
+  CHECK(cache->size() == 3);
+}
+
+TEST_CASE("stop cuts short a snapshot that pages on and on") {
+  FakeRegistrar fake;
+  fake.endless_pages = true;
+  LookupCacheOptions o;
+  o.tmpl = printers_on(3);
+  o.registrars = {fake.server.endpoints().at(0)};
+  auto started_cache = LookupCache::start(std::move(o));
+  REQUIRE(started_cache.ok());
+  auto& cache = *started_cache;
+  std::this_thread::sleep_for(500ms);  // a few pages in
+  CHECK(!cache->ready());
+  auto started = std::chrono::steady_clock::now();
+  cache->stop();
+  // Between two pages: one page's wait at most, and the notify cancel (answered at once here).
+  CHECK(std::chrono::steady_clock::now() - started < 1500ms);
+}
+
 TEST_CASE("bad options are refused with a clear status") {
   LookupCacheOptions o;
   o.registrars = {"127.0.0.1:7000"};
@@ -682,6 +735,12 @@ TEST_CASE("bad options are refused with a clear status") {
   LookupCacheOptions t;
   t.tmpl.interface_types = {"not a type"};
   CHECK(!LookupCache::start(t).ok());
+
+  for (size_t bad : {size_t{0}, kMaxMatches + 1}) {
+    LookupCacheOptions m;
+    m.max_items = bad;
+    CHECK(LookupCache::start(m).status().code() == Code::kInvalidArgument);
+  }
 
   // No registrars: ready at once, empty.
   auto empty = LookupCache::start(LookupCacheOptions{});

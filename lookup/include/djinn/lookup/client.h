@@ -68,9 +68,10 @@ class RegistrarClient {
   Result<LookupMany> lookup_page(const ServiceTemplate& tmpl, size_t max_matches, const std::optional<ServiceId>& after,
                                  uint64_t notify_id = 0, rpc::CallOptions call = {});
   // Up to max_matches matches, page after page; event_seq is the first page's. Items that change
-  // between pages are as each page found them.
+  // between pages are as each page found them. `cancelled`, asked between pages, cuts it short
+  // (CANCELLED): a caller that is stopping need not wait for the rest of a large answer.
   Result<LookupMany> lookup_all(const ServiceTemplate& tmpl, size_t max_matches, uint64_t notify_id = 0,
-                                rpc::CallOptions call = {});
+                                rpc::CallOptions call = {}, const std::function<bool()>& cancelled = {});
   Result<ServiceItem> modify_attributes(uint64_t lease_id, std::span<const AttributeChange> changes,
                                         std::span<const Entry> add = {}, rpc::CallOptions call = {});
   Result<NotifyHandle> notify(const ServiceTemplate& tmpl, uint8_t transitions, int64_t duration_ms,

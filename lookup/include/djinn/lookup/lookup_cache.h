@@ -48,6 +48,11 @@ struct LookupCacheOptions {
   // cache still agree: it catches what no event can show (a registrar that restarted and lost
   // items while no event was published, events lost at the tail of a burst).
   std::chrono::milliseconds audit_interval{5000};
+  // Matches held from each registrar, 1 to 100,000 (kMaxMatches): a snapshot brings at most this
+  // many, and an event that would add one more is refused as bad input, so a registrar that
+  // reports ever new items cannot grow the cache without bound. A registrar with more matches
+  // than this is logged once per snapshot: narrow the template.
+  size_t max_items = 100'000;
   // Back-off between failed attempts to register notify or take a snapshot, doubling.
   std::chrono::milliseconds retry_backoff_min{50};
   std::chrono::milliseconds retry_backoff_max{2000};
