@@ -307,9 +307,10 @@ void RenewalService::Impl::sweep_loop() {
   while (!stopped) {
     int64_t now = wall_now_ms();
     if (sweep_locked(now)) {
-      // More are due: the calls and reports waiting for the lock go first.
+      // More are due: the calls and reports waiting for the lock go first. A mutex is not fair, and
+      // a yield on an idle core hands it to nobody: a short sleep lets a waiter take it.
       lock.unlock();
-      std::this_thread::yield();
+      std::this_thread::sleep_for(std::chrono::microseconds(20));
       lock.lock();
       continue;
     }
