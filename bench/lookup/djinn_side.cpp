@@ -241,7 +241,7 @@ std::vector<std::string> DjinnSide::notes() const {
           std::to_string(kLoadClients) + " clients with " + std::to_string(kLoadDepth) + " registrations in flight each",
       "djinn: a lookup is one round trip (lookup.lookup returns the item); fan-out: each subscriber holds its own "
       "notify registration (nomatch->match on the service type) and receives only its own event stream "
-      "(lookup.notify.<id>), filtered by the publisher",
+      "(lookup.notify.<ref>), filtered by the publisher",
   };
 }
 

@@ -3,6 +3,8 @@
 
 #include <sodium.h>
 
+#include <algorithm>
+
 #include <kj/exception.h>
 
 #include "djinn/core/context.h"
@@ -114,10 +116,21 @@ uint64_t Publisher::publish(std::string_view kind, std::string_view key, const S
   return send(kind, key, false, &payload.frame_, 0);
 }
 
+uint64_t Publisher::number(std::string_view kind) {
+  std::lock_guard lock(mu_);
+  auto it = seq_.find(kind);
+  if (it == seq_.end()) it = seq_.emplace(std::string(kind), Stream{}).first;
+  return ++it->second.numbered;
+}
+
+void Publisher::send_numbered(std::string_view kind, std::string_view key, const SharedPayload& payload, uint64_t seq) {
+  send(kind, key, false, &payload.frame_, seq);
+}
+
 uint64_t Publisher::last_seq(std::string_view kind) const {
   std::lock_guard lock(mu_);
   auto it = seq_.find(kind);
-  return it == seq_.end() ? 0 : it->second;
+  return it == seq_.end() ? 0 : it->second.numbered;
 }
 
 Result<std::unique_ptr<Publisher>> start_publisher(const std::string& endpoint, std::optional<rpc::CurveServer> curve) {
@@ -131,7 +144,7 @@ Result<std::unique_ptr<Publisher>> start_publisher(const std::string& endpoint, 
 
 void Publisher::declare(std::string_view kind) {
   std::lock_guard lock(mu_);
-  if (seq_.find(kind) == seq_.end()) seq_.emplace(std::string(kind), 0);
+  if (seq_.find(kind) == seq_.end()) seq_.emplace(std::string(kind), Stream{});
 }
 
 void Publisher::forget(std::string_view kind) {
@@ -144,7 +157,7 @@ void Publisher::heartbeat() {
   std::vector<std::pair<std::string, uint64_t>> kinds;
   {
     std::lock_guard lock(mu_);
-    kinds.assign(seq_.begin(), seq_.end());
+    for (const auto& [kind, stream] : seq_) kinds.emplace_back(kind, stream.sent);
   }
   for (auto& [kind, seq] : kinds) send(kind, "", true, nullptr, seq);
 }
@@ -158,8 +171,10 @@ uint64_t Publisher::send(std::string_view kind, std::string_view key, bool heart
     seq = seq_override;
   } else {
     auto it = seq_.find(kind);
-    if (it == seq_.end()) it = seq_.emplace(std::string(kind), 0).first;
-    seq = ++it->second;
+    if (it == seq_.end()) it = seq_.emplace(std::string(kind), Stream{}).first;
+    // Numbered already (send_numbered), or the next number now.
+    seq = seq_override ? seq_override : ++it->second.numbered;
+    it->second.sent = std::max(it->second.sent, seq);
   }
   capnp::word scratch[64];
   memset(scratch, 0, sizeof scratch);

@@ -51,7 +51,9 @@ struct DiscoveredLookup {
 
 # discovery.register: interest in lookups of some groups, for durationMs (> 0); renewed with
 # discovery.renew, dropped with discovery.cancel or when it expires. Events of kind
-# "discovery.interest.<id>" follow on the service's event socket, numbered from eventSeq on.
+# "discovery.interest.<ref>" (16 hex digits of public_ref(id): the id, drawn at random, lets whoever
+# knows it renew or cancel the interest) follow on the service's event socket, numbered from
+# eventSeq on.
 struct RegisterInterestParams {
   groups @0 :List(Text);         # empty: every group
   durationMs @1 :Int64;
@@ -86,7 +88,7 @@ struct SnapshotResult {
   eventSeq @1 :UInt64;
 }
 
-# The payload of a "discovery.interest.<id>" event (key: the lookup's ServiceID).
+# The payload of a "discovery.interest.<ref>" event (key: the lookup's ServiceID).
 struct DiscoveryEvent {
   discarded @0 :Bool;            # false: discovered
   lookup @1 :DiscoveredLookup;

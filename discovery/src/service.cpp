@@ -9,7 +9,9 @@
 #include <thread>
 
 #include <kj/exception.h>
+#include <sodium.h>
 
+#include "djinn/core/digest.h"
 #include "djinn/core/log.h"
 #include "djinn/core/model_capnp.h"
 #include "djinn/proto/discovery.capnp.h"
@@ -81,10 +83,9 @@ struct DiscoveryService::Impl {
   std::unique_ptr<DiscoveryManager> manager;
   std::string rpc_endpoint, events_endpoint;
 
-  mutable std::mutex mu;  // guards interests, next_id, stopping
+  mutable std::mutex mu;  // guards interests, stopping
   std::condition_variable cv;
   std::map<uint64_t, InterestState> interests;
-  uint64_t next_id = 1;
   bool stopping = false;
   std::thread reaper;  // drops expired interests
   std::mutex stop_mu;
@@ -154,8 +155,11 @@ struct DiscoveryService::Impl {
           if (interests.size() >= options.max_interests) {
             return resource_exhausted("already " + std::to_string(interests.size()) + " interests registered (--max-interests)");
           }
-          uint64_t id = next_id++;
-          st.kind = "discovery.interest." + std::to_string(id);
+          // An interest id lets whoever knows it renew or cancel the interest: drawn at random, and
+          // the kind every subscriber sees names its ref.
+          uint64_t id = 0;
+          while (id == 0 || interests.count(id)) randombytes_buf(&id, sizeof id);
+          st.kind = "discovery.interest." + public_ref_hex(id);
           publisher->declare(st.kind);
           std::vector<DiscoveredLookup> matching;
           fill_snapshot_locked(st, matching);

@@ -239,13 +239,14 @@ std::string quoted(std::string_view text) {
   return out;
 }
 
-// Names the leases in the way: "exclusive lease 42 held by 'app-1', shared lease 7 held by ...".
+// Names the leases in the way by their refs, which the refused caller may not use to cancel
+// them: "exclusive lease ref 1f0c... held by 'app-1', shared lease ref ... held by ...".
 std::string describe_in_way(const std::vector<Lease>& in_way) {
   std::string out;
   size_t shown = std::min<size_t>(in_way.size(), 3);
   for (size_t i = 0; i < shown; ++i) {
     if (i) out += ", ";
-    out += std::string(kind_name(in_way[i].kind)) + " lease " + std::to_string(in_way[i].id) +
+    out += std::string(kind_name(in_way[i].kind)) + " lease ref " + public_ref_hex(in_way[i].id) +
            " held by " + quoted(in_way[i].holder);
   }
   if (in_way.size() > shown) out += " and " + std::to_string(in_way.size() - shown) + " more";

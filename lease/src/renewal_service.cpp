@@ -460,8 +460,9 @@ Status RenewalService::Impl::add(proto::AddParams::Reader p) {
   Key key{held.landlord, held.lease.id};
   // A member past its `until` is done, whether or not the sweeper has taken it out yet.
   if (auto it = members.find(key); it != members.end() && it->second.set_id != set->first && it->second.until_ms > now) {
-    return already_exists("lease " + std::to_string(key.second) + " at " + key.first + " is already in renewal set " +
-                          std::to_string(it->second.set_id) + ": remove it there first");
+    // The other set is not named: its id would let the caller list and change it.
+    return already_exists("lease " + std::to_string(key.second) + " at " + key.first +
+                          " is already in another renewal set: remove it there first");
   } else if (it == members.end() && members.size() >= kMaxMembers) {
     return resource_exhausted("the renewal service already renews " + std::to_string(members.size()) + " leases (the limit)");
   }

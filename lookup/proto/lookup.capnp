@@ -74,13 +74,18 @@ struct ModifyResult {
 # (renew and cancel through lease.*). Events go out as kind "lookup.notify.<ref>" (16 hex digits of
 # lease_ref(id): every subscriber sees every kind, and the id would let any of them cancel the
 # registration) on the registrar's event socket, numbered by the event stream itself. A
-# registration made by a registrar of an earlier release keeps "lookup.notify.<id in decimal>".
+# registration made by a client or registrar of an earlier release keeps "lookup.notify.<id in
+# decimal>" and events that name its id.
 struct NotifyParams {
   template @0 :Model.ServiceTemplate;
   transitions @1 :UInt8;        # a mask of: 1 = nomatch -> match, 2 = match -> nomatch,
                                 # 4 = match -> match (changed); 0 means all
   durationMs @2 :Int64;         # > 0 ms, or -1 = ANY
   holder @3 :Text;              # who registers (for lease queries); may be empty
+  kindByRef @4 :Bool;           # set by the clients of this release: the kind names the lease's
+                                # ref and events carry no id. Unset (a client of an earlier
+                                # release): "lookup.notify.<id>" and events naming the id, as it
+                                # expects
 }
 struct NotifyResult {
   id @0 :UInt64;                # the notify registration = its lease id

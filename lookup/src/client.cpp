@@ -218,6 +218,7 @@ Result<NotifyHandle> RegistrarClient::notify(const ServiceTemplate& tmpl, uint8_
   p.setTransitions(transitions);
   p.setDurationMs(duration_ms);
   p.setHolder(holder);
+  p.setKindByRef(true);
   if (call.idempotency_key.empty()) call.idempotency_key = ServiceId::random().to_string();
   rpc::Reply reply = client_->call("lookup.notify", message, call);
   return rpc::read_reply<NotifyHandle>(reply, "lookup.notify", [](rpc::Reply& r) -> Result<NotifyHandle> {

@@ -177,6 +177,7 @@ struct LookupCache::Impl::Feed {
   // Items of the last snapshot that did not match the template (a registrar's bug): kept out of
   // the view, but counted, so the audit's count agrees.
   std::set<ServiceId> rejected;
+  bool full_logged = false;  // an event past max_items was logged since the last snapshot
   bool ever_synced = false;
   RegistrarState state;
 
@@ -236,6 +237,7 @@ struct LookupCache::Impl::Feed {
       }
       bool subscribing = need_register;
       if (Status st = sync(); !st.ok()) {
+        if (stopping) return;  // cut short by stop(): no failure of the registrar's
         failed(st);
         return;
       }
@@ -329,6 +331,7 @@ struct LookupCache::Impl::Feed {
     std::lock_guard lock(cache.mu);
     if (stopping) return Status::Ok();
     cache.apply_snapshot_locked(*this, snap->items);
+    full_logged = false;
     cache.stats.snapshots++;
     ever_synced = true;
     state.synced = true;
@@ -411,10 +414,17 @@ struct LookupCache::Impl::Feed {
     if (n.transition != kMatchToNoMatch && copies.size() + rejected.size() >= cache.options.max_items &&
         !copies.count(n.item.service_id) && !rejected.count(n.item.service_id)) {
       // A registrar holds no more matches than a snapshot brings (max_items): one that reports
-      // ever new items between audits would grow the cache without bound.
+      // ever new items between audits would grow the cache without bound. Counted each time,
+      // logged once a snapshot.
+      if (full_logged) {
+        cache.stats.bad_input++;
+        return;
+      }
+      full_logged = true;
       lock.unlock();
       bad_input("event " + std::to_string(ev.seq) + " adds " + n.item.service_id.to_string() + " past the " +
-                std::to_string(cache.options.max_items) + " matches the cache holds of a registrar; narrow the template");
+                std::to_string(cache.options.max_items) + " matches the cache holds of a registrar; narrow the " +
+                "template (logged once until the next snapshot)");
       return;
     }
     if (n.transition == kMatchToNoMatch) {

@@ -51,7 +51,7 @@ constexpr std::string_view kCreateSchema =
 constexpr std::string_view kInsertItem = "INSERT INTO service_item(sid, lease, data) VALUES (?1, ?2, ?3)";
 constexpr std::string_view kDeleteItem = "DELETE FROM service_item WHERE seq = ?1";
 constexpr std::string_view kUpgradeV1ToV2 = "ALTER TABLE watch ADD COLUMN by_ref INTEGER NOT NULL DEFAULT 0";
-constexpr std::string_view kInsertWatch = "INSERT INTO watch(id, mask, template, by_ref) VALUES (?1, ?2, ?3, 1)";
+constexpr std::string_view kInsertWatch = "INSERT INTO watch(id, mask, template, by_ref) VALUES (?1, ?2, ?3, ?4)";
 constexpr std::string_view kDeleteWatch = "DELETE FROM watch WHERE id = ?1";
 
 struct IdHash {
@@ -111,6 +111,7 @@ struct Registrar::Impl {
     ServiceTemplate tmpl;
     uint8_t mask;
     std::string kind;
+    bool by_ref = true;  // false: made before refs, or by a client of an earlier release
   };
 
   RegistrarOptions options;
@@ -121,12 +122,15 @@ struct Registrar::Impl {
   std::mutex write_mu_;
   std::unordered_map<ServiceId, int64_t, IdHash> rows_;  // each stored item's row (write_mu_)
 
-  // Notify events of the changes made under mu_, published once it is released (write_mu_, still
-  // held, keeps them in the order of the changes, and the watches as they are): queries do not
-  // wait for a fan-out to many registrations. A change's event is encoded once for each of its
-  // transitions and shared by every registration it goes to; the kind names the registration.
+  // Notify events of the changes made under mu_, numbered there (so a lookupMany, under mu_
+  // shared, reports a number that covers every change it sees) and sent once it is released
+  // (write_mu_, still held, keeps them in the order of the changes, and the watches as they are):
+  // queries do not wait for a fan-out to many registrations. A change's event is encoded once for
+  // each of its transitions and shared by every registration it goes to; the kind names the
+  // registration.
   struct PendingNotify {
     const std::string* kind;  // the watch's, in watches_
+    uint64_t seq;
     std::shared_ptr<const std::string> key;  // the item's ServiceID
     std::shared_ptr<const events::SharedPayload> payload;
   };
@@ -259,20 +263,24 @@ struct Registrar::Impl {
     if (!options.publisher || watches_.empty()) return;
     std::shared_ptr<const events::SharedPayload> payloads[3];  // by transition
     std::shared_ptr<const std::string> key;
-    auto payload_of = [&](Transition t, const ServiceItem& item) {
-      int at = t == kNoMatchToMatch ? 0 : t == kMatchToNoMatch ? 1 : 2;
-      if (!payloads[at]) {
-        capnp::MallocMessageBuilder message;
-        auto ev = message.initRoot<proto::NotifyEvent>();
-        ev.setTransition(at == 0 ? proto::Transition::NO_MATCH_TO_MATCH
-                         : at == 1 ? proto::Transition::MATCH_TO_NO_MATCH
-                                   : proto::Transition::MATCH_TO_MATCH);
-        to_capnp(item.service_id, ev.initServiceId());
-        to_capnp(item, ev.initItem());
-        ev.setRemoved(after == nullptr);
-        payloads[at] = std::make_shared<const events::SharedPayload>(message);
-      }
-      return payloads[at];
+    // `id` only for a registration of a client of an earlier release, whose events name it.
+    auto encode = [&](Transition t, const ServiceItem& item, uint64_t id) {
+      capnp::MallocMessageBuilder message;
+      auto ev = message.initRoot<proto::NotifyEvent>();
+      ev.setNotifyId(id);
+      ev.setTransition(t == kNoMatchToMatch   ? proto::Transition::NO_MATCH_TO_MATCH
+                       : t == kMatchToNoMatch ? proto::Transition::MATCH_TO_NO_MATCH
+                                              : proto::Transition::MATCH_TO_MATCH);
+      to_capnp(item.service_id, ev.initServiceId());
+      to_capnp(item, ev.initItem());
+      ev.setRemoved(after == nullptr);
+      return std::make_shared<const events::SharedPayload>(message);
+    };
+    auto payload_of = [&](Transition t, const ServiceItem& item, uint64_t id, bool by_ref) {
+      if (!by_ref) return encode(t, item, id);
+      auto& shared = payloads[t == kNoMatchToMatch ? 0 : t == kMatchToNoMatch ? 1 : 2];
+      if (!shared) shared = encode(t, item, 0);
+      return shared;
     };
     for (const auto& [id, w] : watches_) {
       bool was = before && matches(w.tmpl, *before);
@@ -290,7 +298,8 @@ struct Registrar::Impl {
       if (!(w.mask & t)) continue;
       const ServiceItem& item = t == kMatchToNoMatch ? *before : *after;
       if (!key) key = std::make_shared<const std::string>(item.service_id.to_string());
-      pending_.push_back(PendingNotify{&w.kind, key, payload_of(t, item)});
+      pending_.push_back(
+          PendingNotify{&w.kind, options.publisher->number(w.kind), key, payload_of(t, item, id, w.by_ref)});
     }
   }
 
@@ -300,7 +309,7 @@ struct Registrar::Impl {
     pending.swap(pending_);
     if (pending.empty()) return;
     DJINN_CRASH_POINT("lookup.notify.publishing");
-    for (const PendingNotify& p : pending) options.publisher->publish(*p.kind, *p.key, *p.payload);
+    for (const PendingNotify& p : pending) options.publisher->send_numbered(*p.kind, *p.key, *p.payload, p.seq);
   }
 
   // ---- queries (mu_ shared) ----
@@ -357,6 +366,7 @@ struct Registrar::Impl {
     auto [posting, exact] = candidates_locked(t);
     size_t missed = 0;
     for (uint32_t slot : *posting) {
+      if (missed >= max_candidates) return false;  // and more to check
       if (live_locked(slot, now)) {
         const ServiceItem& item = *slots_[slot];
         if (exact || matches(t, item)) {
@@ -364,7 +374,7 @@ struct Registrar::Impl {
           continue;
         }
       }
-      if (++missed >= max_candidates) return false;
+      ++missed;
     }
     return true;
   }
@@ -608,8 +618,9 @@ struct Registrar::Impl {
           lapsed_watches.push_back(static_cast<int64_t>(id));
           continue;
         }
+        bool by_ref = watches->column_int64(3) != 0;
         watches_[id] = Watch{std::move(*tmpl), static_cast<uint8_t>(watches->column_int64(1)),
-                             watches->column_int64(3) ? notify_event_kind(id) : id_notify_event_kind(id)};
+                             by_ref ? notify_event_kind(id) : id_notify_event_kind(id), by_ref};
         if (options.publisher) options.publisher->declare(watches_[id].kind);
       }
     }
@@ -921,7 +932,7 @@ Result<ServiceItem> Registrar::modify_attributes(uint64_t lease_id, std::span<co
 }
 
 Result<NotifyRegistration> Registrar::notify(const ServiceTemplate& tmpl, uint8_t transitions, int64_t duration_ms,
-                                             std::string holder) {
+                                             std::string holder, bool by_ref) {
   Impl& m = *impl_;
   DJINN_RETURN_IF_ERROR(validate(tmpl));
   if (transitions == 0) transitions = kAllTransitions;
@@ -948,15 +959,17 @@ Result<NotifyRegistration> Registrar::notify(const ServiceTemplate& tmpl, uint8_
         Result<sqlite::Statement*> st = db.cached(kInsertWatch);
         if (!st.ok()) return st.status();
         DJINN_RETURN_IF_ERROR((*st)->bind_all(granting[0]->id, static_cast<int64_t>(transitions),
-                                              std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(encoded.data()), encoded.size())));
+                                              std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(encoded.data()), encoded.size()),
+                                              int64_t{by_ref}));
         return (*st)->run();
       });
   if (!leases[0].ok()) return Status(leases[0].status().code(), "notify: " + leases[0].status().message());
   const lease::Lease& l = *leases[0];
   std::unique_lock lock(m.mu_);
-  m.watches_[l.id] = Impl::Watch{tmpl, transitions, notify_event_kind(l.id)};
-  if (m.options.publisher) m.options.publisher->declare(m.watches_[l.id].kind);
-  return NotifyRegistration{l.id, l.expiration_ms, notify_event_kind(l.id)};
+  std::string kind = by_ref ? notify_event_kind(l.id) : id_notify_event_kind(l.id);
+  m.watches_[l.id] = Impl::Watch{tmpl, transitions, kind, by_ref};
+  if (m.options.publisher) m.options.publisher->declare(kind);
+  return NotifyRegistration{l.id, l.expiration_ms, kind};
 }
 
 Status Registrar::set_self(ServiceItem item) {

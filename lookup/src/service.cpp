@@ -261,7 +261,8 @@ void LookupService::Impl::register_methods() {
           return invalid_argument("lookup.notify: holder of " + std::to_string(holder.size()) + " bytes: at most " +
                                   std::to_string(landlord->policy().max_holder_bytes));
         }
-        Result<NotifyRegistration> reg = registrar->notify(*tmpl, p.getTransitions(), p.getDurationMs(), std::move(holder));
+        Result<NotifyRegistration> reg =
+            registrar->notify(*tmpl, p.getTransitions(), p.getDurationMs(), std::move(holder), p.getKindByRef());
         if (!reg.ok()) return reg.status();
         out.setId(reg->id);
         out.setExpirationMs(reg->expiration_ms);

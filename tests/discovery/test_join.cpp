@@ -221,6 +221,9 @@ TEST_CASE("the discovery service: interest in groups, snapshot, discovered and d
   DiscoveryClient client({.endpoint = (*service)->rpc_endpoint()});
   auto interest = client.register_interest({"public"}, 10'000);
   REQUIRE_MESSAGE(interest.ok(), interest.status().to_string());
+  // The id lets whoever knows it renew or cancel: random, and kept out of the kind subscribers see.
+  CHECK(interest->event_kind == "discovery.interest." + public_ref_hex(interest->id));
+  CHECK(interest->id > (uint64_t{1} << 32));  // below once in 2^32
   REQUIRE(interest->lookups.size() == 1);
   CHECK(interest->lookups[0].service_id == a->registrar().self_id());
 

@@ -338,7 +338,9 @@ TEST_CASE("renewal calls refuse bad input") {
   // The same lease in two sets would be renewed twice and reported twice.
   auto other = renewal.create_set("owner", 10'000);
   REQUIRE(renewal.add(set->id, l, 1000, later).ok());
-  CHECK(renewal.add(other->id, l, 1000, later).code() == Code::kAlreadyExists);
+  Status twice = renewal.add(other->id, l, 1000, later);
+  CHECK(twice.code() == Code::kAlreadyExists);
+  CHECK(twice.message().find(std::to_string(set->id)) == std::string::npos);  // a set id is a capability
 }
 
 TEST_CASE("a lease handed over with a made-up expiration and grant is renewed as it really is") {

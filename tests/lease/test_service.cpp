@@ -459,6 +459,9 @@ TEST_CASE("an exclusive lease refuses a conflicting grant and hands over to a wa
   auto refused = c.grant(grant_of("door", "ivan", Kind::kExclusive));
   CHECK(refused.status().code() == Code::kFailedPrecondition);
   CHECK(refused.status().message().find("heidi") != std::string::npos);
+  // The lease in the way is named by its ref: its id would let the refused caller cancel it.
+  CHECK(refused.status().message().find(public_ref_hex(held->lease.id)) != std::string::npos);
+  CHECK(refused.status().message().find(std::to_string(held->lease.id)) == std::string::npos);
   CHECK(c.grant(grant_of("door", "ivan", Kind::kInterest)).ok());  // interest is compatible
   CHECK(test::eventually([&] { return log.count("lease.conflict", "heidi", held->lease.id) >= 1; }));
   for (const auto& s : log.snapshot()) {

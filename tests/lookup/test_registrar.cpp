@@ -263,31 +263,42 @@ TEST_CASE("queries are answered while a change's notify events go out") {
   Watcher w(*handle);
   REQUIRE(test::eventually([&] { return w.sub.heard(); }, 5000));
   // While the registration's events are published (to many registrations, this takes a while), a
-  // lookup on another thread gets its answer.
+  // lookup on another thread gets its answer; a snapshot then has the item and the number of its
+  // event, though the event is not sent yet (a subscriber skips it as already in the snapshot).
   std::atomic<bool> answered{false}, answered_in_time{false};
-  std::thread query;
+  LookupMany snapshot;
+  std::optional<std::thread> query;
   fault::arm_call("lookup.notify.publishing", [&] {
-    query = std::thread([&] {
-      (void)h.service->registrar().lookup(ServiceTemplate{std::nullopt, {"demo.Printer"}, {}});
+    if (query) return;
+    query.emplace([&] {
+      snapshot = h.service->registrar().lookup_many(ServiceTemplate{std::nullopt, {"demo.Printer"}, {}}, 10, handle->id);
       answered = true;
     });
     answered_in_time = test::eventually([&] { return answered.load(); }, 2000);
   });
   must_register(*h.client, item({"demo.Printer"}, {}));
   fault::disarm_all();
-  query.join();
+  REQUIRE(query);
+  query->join();
   CHECK(answered_in_time);
+  CHECK(snapshot.items.size() == 1);
+  CHECK(snapshot.event_seq == 1);
   CHECK(test::eventually([&] { return w.count() == 1; }));
+  CHECK(w.at(0).second == 1);
 }
 
 TEST_CASE("a lookup that walks a long list leaves the I/O thread to other calls, and answers rightly") {
   Harness h;
   // Two large groups that share no item: a template asking for both walks the smaller whole.
-  std::vector<ServiceItem> red, blue;
+  // Registered in one batch (one commit), with leases far longer than the test.
+  std::vector<ServiceItem> red;
+  std::vector<RegisterRequest> batch;
   for (int i = 0; i < 1500; ++i) {
-    red.push_back(must_register(*h.client, item({"demo.Lamp"}, {entry("demo.Color", {{"c", Value("red")}})}), 60'000).item);
-    blue.push_back(must_register(*h.client, item({"demo.Lamp"}, {entry("demo.Shape", {{"s", Value("round")}})}), 60'000).item);
+    red.push_back(item({"demo.Lamp"}, {entry("demo.Color", {{"c", Value("red")}})}));
+    batch.push_back({red.back(), 60'000});
+    batch.push_back({item({"demo.Lamp"}, {entry("demo.Shape", {{"s", Value("round")}})}), 60'000});
   }
+  for (const auto& r : h.service->registrar().register_batch(batch)) REQUIRE_MESSAGE(r.ok(), r.status().to_string());
   ServiceTemplate both{std::nullopt, {}, {tmpl("demo.Color", {{"c", Value("red")}}), tmpl("demo.Shape", {{"s", Value("round")}})}};
   // While it walks, on the lookup threads, a lookup by ServiceID from another client is answered.
   RegistrarClient other({.endpoint = h.service->rpc_endpoint()});
@@ -606,10 +617,35 @@ TEST_CASE("a notify registration made before kinds named refs keeps its kind acr
   REQUIRE(test::eventually([&] { return w.sub.heard(); }, 5000));
   must_register(*h.client, item({"demo.Printer"}, {}));
   REQUIRE(test::eventually([&] { return w.count() == 1; }));
+  CHECK(w.at(0).first.notify_id == handle->id);  // as the cache that registered it checks
   // New registrations are named by their refs.
   auto fresh = h.client->notify(ServiceTemplate{std::nullopt, {"demo.Printer"}, {}}, kAllTransitions, 60'000);
   REQUIRE(fresh.ok());
   CHECK(fresh->event_kind == notify_event_kind(fresh->id));
+}
+
+TEST_CASE("a client of an earlier release gets the kind and events it expects: named by the id") {
+  Harness h;
+  capnp::MallocMessageBuilder message;
+  auto p = message.initRoot<proto::NotifyParams>();
+  to_capnp(ServiceTemplate{std::nullopt, {"demo.Printer"}, {}}, p.initTemplate());
+  p.setDurationMs(60'000);  // kindByRef unset, as such a client sends it
+  rpc::Reply reply = h.client->rpc().call("lookup.notify", message);
+  REQUIRE_MESSAGE(reply.ok(), reply.status().to_string());
+  auto res = reply.results<proto::NotifyResult>();
+  NotifyHandle old{res.getId(), res.getExpirationMs(), res.getEventKind().cStr(), res.getEventsEndpoint().cStr(),
+                   res.getLandlord().cStr()};
+  CHECK(old.event_kind == "lookup.notify." + std::to_string(old.id));
+  // A client of this release, registered alongside, gets a ref kind and id-less events.
+  auto fresh = h.client->notify(ServiceTemplate{std::nullopt, {"demo.Printer"}, {}}, kAllTransitions, 60'000);
+  REQUIRE(fresh.ok());
+  Watcher w_old(old), w_new(*fresh);
+  REQUIRE(test::eventually([&] { return w_old.sub.heard() && w_new.sub.heard(); }, 5000));
+  must_register(*h.client, item({"demo.Printer"}, {}));
+  REQUIRE(test::eventually([&] { return w_old.count() == 1 && w_new.count() == 1; }));
+  CHECK(w_old.at(0).first.notify_id == old.id);
+  CHECK(w_new.at(0).first.notify_id == 0);
+  CHECK(w_old.at(0).first.item == w_new.at(0).first.item);
 }
 
 TEST_CASE("registrations whose leases end while the registrar opens are removed once it is wired") {

@@ -71,8 +71,14 @@ class Publisher {
   uint64_t publish(std::string_view kind, std::string_view key, capnp::MessageBuilder& payload);
   uint64_t publish(std::string_view kind, std::string_view key);  // no payload
   uint64_t publish(std::string_view kind, std::string_view key, const SharedPayload& payload);
-  // The last number published for a kind (0: none yet); RPC snapshots carry it so a subscriber
-  // knows where the stream stood when the snapshot was taken.
+  // Numbers the next event of `kind` now, for send_numbered later: a service numbers the events of
+  // a change under the lock it makes the change under, so a snapshot taken under that lock carries
+  // a number that covers the change, and sends them once the lock is released. Numbered events of
+  // a kind must be sent in their order, and no publish() of that kind may come in between.
+  uint64_t number(std::string_view kind);
+  void send_numbered(std::string_view kind, std::string_view key, const SharedPayload& payload, uint64_t seq);
+  // The last number given to an event of a kind (0: none yet), sent or only numbered; RPC
+  // snapshots carry it so a subscriber knows where the stream stood when the snapshot was taken.
   uint64_t last_seq(std::string_view kind) const;
   // Starts a kind's stream before its first event (number 0), so its heartbeats flow at once: a
   // subscriber learns of a new incarnation (a restarted publisher) without waiting for an event.
@@ -81,7 +87,8 @@ class Publisher {
   // starts a new stream at 1, which subscribers of the old one see as a gap.
   void forget(std::string_view kind);
   uint64_t incarnation() const { return incarnation_; }
-  // Sends one heartbeat per kind now (the heartbeat thread calls it on its interval).
+  // Sends one heartbeat per kind now (the heartbeat thread calls it on its interval), with the
+  // last number sent: a number given but not yet sent announces no loss.
   void heartbeat();
 
  private:
@@ -94,7 +101,11 @@ class Publisher {
   std::vector<std::string> bound_;
   mutable std::mutex mu_;  // guards socket_, seq_, zap_domain_
   std::unique_ptr<zmq::socket_t> socket_;
-  std::map<std::string, uint64_t, std::less<>> seq_;
+  struct Stream {
+    uint64_t numbered = 0;  // the last number given
+    uint64_t sent = 0;      // the last number sent: what heartbeats announce
+  };
+  std::map<std::string, Stream, std::less<>> seq_;
   std::string zap_domain_;
   std::mutex hb_mu_;  // guards hb_stop_
   std::condition_variable hb_cv_;

@@ -1,7 +1,7 @@
 // The discovery service (djinn-discovery, DESIGN §5): discovery on behalf of clients that cannot
 // discover for themselves (the bridge's compact clients, a client on another subnet). A client
 // registers interest in groups ("discovery.register", leased: renew or lose it) and receives a
-// snapshot of the lookups discovered now, then "discovery.interest.<id>" events for each lookup
+// snapshot of the lookups discovered now, then "discovery.interest.<ref>" events for each lookup
 // discovered or discarded; "discovery.snapshot" re-syncs after a gap in the events.
 #pragma once
 

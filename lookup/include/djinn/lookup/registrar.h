@@ -144,8 +144,10 @@ class Registrar {
   Result<ServiceItem> modify_attributes(uint64_t lease_id, std::span<const AttributeChange> changes,
                                         std::span<const Entry> add);
 
+  // `by_ref` false: the kind and events of a client of an earlier release, which name the id
+  // (id_notify_event_kind, and NotifyEvent.notifyId).
   Result<NotifyRegistration> notify(const ServiceTemplate& tmpl, uint8_t transitions, int64_t duration_ms,
-                                    std::string holder);
+                                    std::string holder, bool by_ref = true);
 
   // The registrar's own item: stored and matched like any other, leased by nobody (it lives as
   // long as the registrar serves). Its ServiceID is kept across restarts (self_id()).
