@@ -116,11 +116,15 @@ uint64_t Publisher::publish(std::string_view kind, std::string_view key, const S
   return send(kind, key, false, &payload.frame_, 0);
 }
 
-uint64_t Publisher::number(std::string_view kind) {
-  std::lock_guard lock(mu_);
+Publisher::Stream& Publisher::stream_locked(std::string_view kind) {
   auto it = seq_.find(kind);
   if (it == seq_.end()) it = seq_.emplace(std::string(kind), Stream{}).first;
-  return ++it->second.numbered;
+  return it->second;
+}
+
+uint64_t Publisher::number(std::string_view kind) {
+  std::lock_guard lock(mu_);
+  return ++stream_locked(kind).numbered;
 }
 
 void Publisher::send_numbered(std::string_view kind, std::string_view key, const SharedPayload& payload, uint64_t seq) {
@@ -144,7 +148,7 @@ Result<std::unique_ptr<Publisher>> start_publisher(const std::string& endpoint, 
 
 void Publisher::declare(std::string_view kind) {
   std::lock_guard lock(mu_);
-  if (seq_.find(kind) == seq_.end()) seq_.emplace(std::string(kind), Stream{});
+  stream_locked(kind);
 }
 
 void Publisher::forget(std::string_view kind) {
@@ -170,11 +174,10 @@ uint64_t Publisher::send(std::string_view kind, std::string_view key, bool heart
   if (heartbeat) {
     seq = seq_override;
   } else {
-    auto it = seq_.find(kind);
-    if (it == seq_.end()) it = seq_.emplace(std::string(kind), Stream{}).first;
+    Stream& stream = stream_locked(kind);
     // Numbered already (send_numbered), or the next number now.
-    seq = seq_override ? seq_override : ++it->second.numbered;
-    it->second.sent = std::max(it->second.sent, seq);
+    seq = seq_override ? seq_override : ++stream.numbered;
+    stream.sent = std::max(stream.sent, seq);
   }
   capnp::word scratch[64];
   memset(scratch, 0, sizeof scratch);

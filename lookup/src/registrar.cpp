@@ -106,6 +106,12 @@ std::string_view transition_name(Transition t) {
 std::string notify_event_kind(uint64_t notify_id) { return "lookup.notify." + public_ref_hex(notify_id); }
 std::string id_notify_event_kind(uint64_t notify_id) { return "lookup.notify." + std::to_string(notify_id); }
 
+namespace {
+std::string watch_kind(uint64_t notify_id, bool by_ref) {
+  return by_ref ? notify_event_kind(notify_id) : id_notify_event_kind(notify_id);
+}
+}  // namespace
+
 struct Registrar::Impl {
   struct Watch {
     ServiceTemplate tmpl;
@@ -619,8 +625,7 @@ struct Registrar::Impl {
           continue;
         }
         bool by_ref = watches->column_int64(3) != 0;
-        watches_[id] = Watch{std::move(*tmpl), static_cast<uint8_t>(watches->column_int64(1)),
-                             by_ref ? notify_event_kind(id) : id_notify_event_kind(id), by_ref};
+        watches_[id] = Watch{std::move(*tmpl), static_cast<uint8_t>(watches->column_int64(1)), watch_kind(id, by_ref), by_ref};
         if (options.publisher) options.publisher->declare(watches_[id].kind);
       }
     }
@@ -966,7 +971,7 @@ Result<NotifyRegistration> Registrar::notify(const ServiceTemplate& tmpl, uint8_
   if (!leases[0].ok()) return Status(leases[0].status().code(), "notify: " + leases[0].status().message());
   const lease::Lease& l = *leases[0];
   std::unique_lock lock(m.mu_);
-  std::string kind = by_ref ? notify_event_kind(l.id) : id_notify_event_kind(l.id);
+  std::string kind = watch_kind(l.id, by_ref);
   m.watches_[l.id] = Impl::Watch{tmpl, transitions, kind, by_ref};
   if (m.options.publisher) m.options.publisher->declare(kind);
   return NotifyRegistration{l.id, l.expiration_ms, kind};

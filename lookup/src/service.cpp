@@ -161,17 +161,16 @@ void LookupService::Impl::register_methods() {
   s.handle_deferred(
       "lookup.lookup",
       [this](const rpc::CallContext&, capnp::MessageReader& params, rpc::Responder responder) {
-        Result<ServiceTemplate> tmpl = [&]() -> Result<ServiceTemplate> {
-          try {
-            return from_capnp(params.getRoot<proto::LookupParams>().getTemplate());
-          } catch (const kj::Exception& e) {
-            return invalid_argument(std::string("malformed: ") + e.getDescription().cStr());
-          }
-        }();
-        if (!tmpl.ok()) return responder.reply(Status(tmpl.status().code(), "lookup.lookup: " + tmpl.status().message()));
-        if (answer_lookup(*tmpl, kInlineCandidates, responder)) return;
+        std::optional<Result<ServiceTemplate>> tmpl;
+        try {
+          tmpl.emplace(from_capnp(params.getRoot<proto::LookupParams>().getTemplate()));
+        } catch (const kj::Exception& e) {
+          return responder.reply(malformed("lookup.lookup", e));
+        }
+        if (!tmpl->ok()) return responder.reply(Status(tmpl->status().code(), "lookup.lookup: " + tmpl->status().message()));
+        if (answer_lookup(**tmpl, kInlineCandidates, responder)) return;
         auto waiting = std::make_shared<rpc::Responder>(std::move(responder));
-        bool queued = long_lookups->post([this, t = std::move(*tmpl), waiting] {
+        bool queued = long_lookups->post([this, t = std::move(**tmpl), waiting] {
           if (rpc::Clock::now() >= waiting->deadline()) {
             return waiting->reply(deadline_exceeded("lookup.lookup: the call's deadline passed while it waited"));
           }

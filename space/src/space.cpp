@@ -87,7 +87,7 @@ struct IndexKey {
 
 // Index keys are IndexHasher's (model.h), its seed drawn for each space. Type and field keys live
 // in maps of their own, so they need no separation from each other.
-class IndexKeys {
+class IndexKeys : public IndexHasher {
  public:
   // Appends every index key of `e` to `out`: its type, each supertype and the empty type; each
   // non-null field under its own type and under the empty type.
@@ -103,14 +103,6 @@ class IndexKeys {
       out.push_back({field("", name, value, scratch), IndexKey::kField});
     }
   }
-
-  uint64_t type(std::string_view type) const { return hasher_.type(type); }
-  uint64_t field(std::string_view type, std::string_view name, const Value& value, std::string& scratch) const {
-    return hasher_.field(type, name, value, scratch);
-  }
-
- private:
-  IndexHasher hasher_;
 };
 
 std::string encode_entry(const Entry& e) {

@@ -48,7 +48,6 @@ struct PublisherOptions {
 class SharedPayload {
  public:
   explicit SharedPayload(capnp::MessageBuilder& message);
-  size_t size() const { return frame_.size(); }
 
  private:
   friend class Publisher;
@@ -94,6 +93,8 @@ class Publisher {
  private:
   uint64_t send(std::string_view kind, std::string_view key, bool heartbeat, const zmq::message_t* payload,
                 uint64_t seq_override);
+  struct Stream;
+  Stream& stream_locked(std::string_view kind);  // mu_ held; created at number 0
 
   PublisherOptions options_;
   zmq::context_t& context_;
