@@ -20,6 +20,7 @@
 #include "djinn/core/fault.h"
 #include "djinn/core/log.h"
 #include "djinn/core/model_capnp.h"
+#include "djinn/core/shared_mutex.h"
 #include "djinn/core/sqlite.h"
 #include "djinn/proto/lookup.capnp.h"
 #include "djinn/proto/model.capnp.h"
@@ -149,7 +150,7 @@ struct Registrar::Impl {
   };
 
   // Guards everything below: shared for queries, exclusive for changes (and their events).
-  mutable std::shared_mutex mu_;
+  mutable SharedMutex mu_;
   std::vector<std::optional<ServiceItem>> slots_;
   // Each slot's lease deadline on the landlord's monotonic clock (INT64_MAX: no lease). Queries
   // skip an item from its deadline on, before the remover thread has taken it out.

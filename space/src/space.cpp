@@ -32,6 +32,7 @@
 #include "djinn/core/little_endian.h"
 #include "djinn/core/log.h"
 #include "djinn/core/model_capnp.h"
+#include "djinn/core/shared_mutex.h"
 #include "djinn/core/thread_name.h"
 #include "djinn/proto/model.capnp.h"
 #include "djinn/proto/space.capnp.h"
@@ -291,7 +292,7 @@ struct Space::Impl {
   bool has_store = false;
 
   // Guards everything below: shared for reads that do not wait, exclusive for changes.
-  mutable std::shared_mutex mu;
+  mutable SharedMutex mu;
   std::unordered_map<uint64_t, Stored> entries;
   std::unordered_map<uint64_t, uint64_t> by_lease;  // lease id -> seq
   IndexKeys keys;
@@ -923,7 +924,7 @@ struct Space::Impl {
   // Waits (mu held through `lock`) while another call is writing `id`'s state: a prepare
   // (kPreparing), and with `finishing` also a finish (kFinishing). Returns where `id` stands then,
   // or txns.end() once it is over.
-  std::map<TxnId, TxnState>::iterator settled_locked(std::unique_lock<std::shared_mutex>& lock, const TxnId& id,
+  std::map<TxnId, TxnState>::iterator settled_locked(std::unique_lock<SharedMutex>& lock, const TxnId& id,
                                                      bool finishing) {
     bool announced = false;
     for (;;) {

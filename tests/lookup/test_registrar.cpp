@@ -4,6 +4,7 @@
 #include <doctest/doctest.h>
 
 #include <atomic>
+#include <future>
 #include <map>
 #include <mutex>
 #include <set>
@@ -319,6 +320,38 @@ TEST_CASE("a lookup that walks a long list leaves the I/O thread to other calls,
   REQUIRE(found.ok());
   REQUIRE(found->has_value());
   CHECK((*found)->service_id == purple.service_id);
+}
+
+TEST_CASE("a registration gets in while long lookups keep coming on several threads") {
+  Harness h;
+  std::vector<RegisterRequest> batch;
+  for (int i = 0; i < 4000; ++i) {
+    batch.push_back({item({"demo.Lamp"}, {entry("demo.Color", {{"c", Value("red")}})}), 60'000});
+    batch.push_back({item({"demo.Lamp"}, {entry("demo.Shape", {{"s", Value("round")}})}), 60'000});
+  }
+  for (const auto& r : h.service->registrar().register_batch(batch)) REQUIRE_MESSAGE(r.ok(), r.status().to_string());
+  ServiceTemplate both{std::nullopt, {}, {tmpl("demo.Color", {{"c", Value("red")}}), tmpl("demo.Shape", {{"s", Value("round")}})}};
+  // Four threads walk the 4,000 candidates over and over, as the lookup threads do under a stream
+  // of such lookups: their holds of the registrar's lock overlap, so it is never free of readers.
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> walks{0};
+  std::vector<std::thread> readers;
+  for (int t = 0; t < 4; ++t) {
+    readers.emplace_back([&] {
+      while (!stop) {
+        h.service->registrar().visit_one(both, [](const ServiceItem&) {});
+        walks++;
+      }
+    });
+  }
+  REQUIRE(test::eventually([&] { return walks.load() >= 8; }, 5000));
+  auto registered = std::async(std::launch::async, [&] { return h.client->register_service(item({"demo.Printer"}, {}), 30'000); });
+  bool in_time = registered.wait_for(3s) == std::future_status::ready;
+  stop = true;
+  for (auto& t : readers) t.join();
+  CHECK_MESSAGE(in_time, "the registration waited for the readers to stop");
+  auto r = registered.get();
+  CHECK_MESSAGE(r.ok(), r.status().to_string());
 }
 
 TEST_CASE("a cancelled registration is gone when the cancel returns, and its event comes first") {

@@ -648,6 +648,46 @@ TEST_CASE("an application's entries: held by it, found by holder, ended within a
   CHECK(h.service->space().size() == 2);
 }
 
+TEST_CASE("a write is stored while long template reads keep coming on several threads") {
+  Harness h;
+  Space& space = h.service->space();
+  // Two large groups that share no entry: a template asking for both walks the smaller whole.
+  for (int batch = 0; batch < 8; ++batch) {
+    std::vector<WriteRequest> writes;
+    for (int i = 0; i < 500; ++i) {
+      writes.push_back(WriteRequest{.entry = entry("demo.Lamp", {{"color", Value("red")}}), .duration_ms = 600'000});
+      writes.push_back(WriteRequest{.entry = entry("demo.Lamp", {{"shape", Value("round")}}), .duration_ms = 600'000});
+    }
+    for (const auto& r : space.write_many(std::move(writes))) REQUIRE_MESSAGE(r.ok(), r.status().to_string());
+  }
+  const Template both = tmpl("demo.Lamp", {{"color", Value("red")}, {"shape", Value("round")}});
+  // Four threads read with it over and over (readIfExists, a contents page): their holds of the
+  // space's lock overlap, so it is never free of readers.
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> walks{0};
+  std::vector<std::thread> readers;
+  for (int t = 0; t < 4; ++t) {
+    readers.emplace_back([&, t] {
+      while (!stop) {
+        if (t % 2 == 0) {
+          (void)space.read(both);
+        } else {
+          (void)space.contents(both, 0, 100);
+        }
+        walks++;
+      }
+    });
+  }
+  REQUIRE(test::eventually([&] { return walks.load() >= 8; }, 5000));
+  auto written = std::async(std::launch::async, [&] { return h.client->write(entry("demo.Lamp", {{"color", Value("blue")}}), 600'000); });
+  bool in_time = written.wait_for(3s) == std::future_status::ready;
+  stop = true;
+  for (auto& t : readers) t.join();
+  CHECK_MESSAGE(in_time, "the write waited for the readers to stop");
+  auto r = written.get();
+  CHECK_MESSAGE(r.ok(), r.status().to_string());
+}
+
 TEST_CASE("eight concurrent takers over 10,000 entries: every entry taken exactly once") {
   Harness h;
   constexpr int kEntries = 10'000;
