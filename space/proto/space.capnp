@@ -66,7 +66,7 @@ struct ContentsParams {
   txn @3 :TxnRef;
 }
 struct ContentsResult {
-  entries @0 :List(Model.Entry);
+  entries @0 :List(Model.Entry);  # may be fewer than asked, or none, before done: a page walks a bounded slice
   cursor @1 :UInt64;           # pass it back for the next page
   done @2 :Bool;               # no entry after this page matched when it was read
 }

@@ -316,6 +316,10 @@ struct Space::Impl {
   std::deque<Digest128> key_order;
   std::condition_variable_any timer_cv;
   bool stopping = false;
+  // A contents page walks at most this many candidates (some 300 ns each), so that a template
+  // whose smallest posting is long but matches few holds neither the thread the call runs on
+  // (the RPC server's I/O thread, the joiner) nor the lock for the whole list.
+  static constexpr size_t kContentsWalk = 4096;
 
   std::unique_ptr<GroupCommit<Op, OpOutcome>> commit;
   std::thread timer;
@@ -528,15 +532,23 @@ struct Space::Impl {
     return s.deadline_ns > now_ns;
   }
 
-  // Calls f(seq, stored) for visible matches after `after`, in write order, until f returns false.
+  // Calls f(seq, stored) for visible matches after `after`, in write order, until f returns false,
+  // walking at most `budget` candidates. False when the budget ran out first: `last` is then the
+  // last candidate walked, the place to go on from.
   template <class F>
-  void scan_locked(const Template& t, uint64_t after, const std::optional<TxnId>& txn, F&& f) const {
+  bool scan_locked(const Template& t, uint64_t after, const std::optional<TxnId>& txn, F&& f,
+                   size_t budget = SIZE_MAX, uint64_t* last = nullptr) const {
     const Posting* p = candidates_locked(t);
     int64_t now = landlord.now_ns();
+    bool walked_all = true;
     p->for_each_after(after, [&](uint64_t seq) {
+      if (budget == 0) return walked_all = false;
+      --budget;
+      if (last) *last = seq;
       const Stored& s = entries.at(seq);
       return !visible(s, txn, now) || !s.entry.matches(t) || f(seq, s);
     });
+    return walked_all;
   }
 
   // Takes up to `max` visible matches now (mu exclusive): under a transaction they are held by it,
@@ -1855,7 +1867,8 @@ ContentsPage Space::Impl::contents_page(const Template& tmpl, uint64_t cursor, s
   page.done = true;
   size_t bytes = 0;
   std::shared_lock lock(mu);
-  scan_locked(tmpl, cursor, txn, [&](uint64_t seq, const Stored& s) {
+  uint64_t walked_to = cursor;
+  bool walked = scan_locked(tmpl, cursor, txn, [&](uint64_t seq, const Stored& s) {
     bytes += s.entry.bytes().size();
     if (page.entries.size() == max || (!page.entries.empty() && bytes > kMaxEntriesReplyBytes)) {
       page.done = false;
@@ -1864,7 +1877,11 @@ ContentsPage Space::Impl::contents_page(const Template& tmpl, uint64_t cursor, s
     page.entries.push_back(s.entry.decode());
     page.cursor = seq;
     return true;
-  });
+  }, kContentsWalk, &walked_to);
+  if (!walked) {  // a page of what the walk found (perhaps nothing); the next goes on after it
+    page.done = false;
+    page.cursor = walked_to;
+  }
   return page;
 }
 

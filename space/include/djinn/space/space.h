@@ -182,7 +182,8 @@ class Space final : public txn::Participant {
   Result<std::vector<Entry>> take_many(const Template& tmpl, size_t max, std::chrono::milliseconds timeout = {},
                                        std::optional<TxnRef> txn = std::nullopt);
 
-  // Matches in write order after `cursor` (0: from the start), at most `max`.
+  // Matches in write order after `cursor` (0: from the start), at most `max`, from a walk of at
+  // most 4,096 candidates: a page may be short, even empty, before `done`.
   Result<ContentsPage> contents(const Template& tmpl, uint64_t cursor, size_t max,
                                 std::optional<TxnRef> txn = std::nullopt);
   // The same; `done` runs on this thread, or, when the space must first join `txn`, on the joiner
