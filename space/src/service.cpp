@@ -315,6 +315,7 @@ void SpaceService::Impl::register_match(const std::string& method, bool take, bo
         } catch (const kj::Exception& e) {
           return responder.reply(malformed(method, e));
         }
+        request.deadline = ctx.deadline;
         auto shared = std::make_shared<rpc::Responder>(std::move(responder));
         sp->match_async(std::move(request), [shared](Result<std::vector<Entry>> r) {
           if (!r.ok()) return shared->reply(r.status());

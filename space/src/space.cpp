@@ -29,6 +29,7 @@
 #include "djinn/core/digest.h"
 #include "djinn/core/fault.h"
 #include "djinn/core/group_commit.h"
+#include "djinn/core/job_threads.h"
 #include "djinn/core/little_endian.h"
 #include "djinn/core/log.h"
 #include "djinn/core/model_capnp.h"
@@ -316,13 +317,25 @@ struct Space::Impl {
   std::deque<Digest128> key_order;
   std::condition_variable_any timer_cv;
   bool stopping = false;
-  // A contents page walks at most this many candidates (some 300 ns each), so that a template
-  // whose smallest posting is long but matches few holds neither the thread the call runs on
-  // (the RPC server's I/O thread, the joiner) nor the lock for the whole list.
-  static constexpr size_t kContentsWalk = 4096;
+  // Entries visible again under their old seq (a failed take's, an abort's, a commit's), which a
+  // walk in slices may have passed: numbered, the last kRevivedKept kept as (number, seq).
+  static constexpr size_t kRevivedKept = 4096;
+  uint64_t revived = 0;
+  std::deque<std::pair<uint64_t, uint64_t>> revived_log;
 
   std::unique_ptr<GroupCommit<Op, OpOutcome>> commit;
   std::thread timer;
+
+  // A template whose smallest posting is long but matches few walks many candidates (some 300 ns
+  // each). Neither the thread a call arrives on (the RPC server's I/O thread, the joiner) nor the
+  // lock is held for such a walk: the arriving thread walks at most kScanSlice candidates, and a
+  // read or take not decided by then goes, having taken nothing, to the scan threads. Outside a
+  // transaction they walk kScanSlice candidates per shared hold of mu and hold it exclusively only
+  // to hold what a slice found and to decide; under one, whose view must be one, the walk is one
+  // exclusive hold. A contents page stops after kScanSlice candidates.
+  static constexpr size_t kScanSlice = 4096;
+  static constexpr size_t kMaxQueuedScans = 1024;
+  std::unique_ptr<JobThreads> scans;
 
   // Rows of entries whose leases ended, deleted by the remover thread (synchronous=NORMAL, like the
   // landlord's expiries: a row left behind by a crash is dropped at the next open, its lease gone).
@@ -551,21 +564,6 @@ struct Space::Impl {
     return walked_all;
   }
 
-  // Takes up to `max` visible matches now (mu exclusive): under a transaction they are held by it,
-  // otherwise marked for durable removal.
-  std::vector<uint64_t> take_locked(const Template& t, size_t max, const std::optional<TxnId>& txn) {
-    std::vector<uint64_t> seqs;
-    size_t bytes = 0;
-    scan_locked(t, 0, txn, [&](uint64_t seq, const Stored& s) {
-      bytes += s.entry.bytes().size();
-      if (!seqs.empty() && bytes > kMaxEntriesReplyBytes) return false;
-      seqs.push_back(seq);
-      return seqs.size() < max;
-    });
-    for (uint64_t seq : seqs) hold_locked(seq, txn);
-    return seqs;
-  }
-
   void hold_locked(uint64_t seq, const std::optional<TxnId>& txn) {
     Stored& s = entries.at(seq);
     if (txn) {
@@ -575,6 +573,13 @@ struct Space::Impl {
     } else {
       s.hold = Hold::kTaking;
     }
+  }
+
+  // An entry visible again under its old seq (committed, or freed by an abort or a failed take).
+  void revive_locked(uint64_t seq, Deliveries& out) {
+    revived_log.emplace_back(++revived, seq);
+    if (revived_log.size() > kRevivedKept) revived_log.pop_front();
+    offer_locked(seq, out);
   }
 
   // An entry just became visible (written, committed, or freed by an abort or a failed take):
@@ -646,6 +651,278 @@ struct Space::Impl {
     for (auto& [seqs, done] : d.takes) post_delete(std::move(seqs), std::move(done));
     for (auto& [done, result] : d.replies) done(std::move(result));
     d = Deliveries{};
+  }
+
+  // ---- reads and takes ----
+
+  // A read or take in progress: where its walk got to and what it has taken so far.
+  struct Match {
+    MatchRequest request;
+    MatchDone reply;
+    std::optional<TxnId> txn;
+    Clock::time_point arrived;
+    uint64_t after = 0;          // the last candidate walked
+    uint64_t revived_at_start = 0;
+    int restarts = 0;            // walks started over because more entries came back than are kept
+    std::vector<uint64_t> held;  // taken so far, outside a transaction (kTaking)
+    size_t held_bytes = 0;
+    MatchDone answer() { return std::exchange(reply, nullptr); }
+    ~Match() {
+      if (reply) answer()(unavailable(std::string("the space stopped before the ") + (request.take ? "take" : "read") + " was done"));
+    }
+  };
+
+  // What a step of a call found: a read's first match, or a take's matches within what is left
+  // of its count and bytes (counting what it holds).
+  struct Found {
+    std::vector<uint64_t> seqs;
+    std::optional<Entry> entry;
+    size_t bytes = 0;
+    bool capped = false;  // a take's next match would pass the reply's byte bound
+  };
+
+  static bool enough(const Match& x, const Found& f) {
+    return x.request.take ? f.capped || x.held.size() + f.seqs.size() >= x.request.max : f.entry.has_value();
+  }
+
+  // Adds the visible match `seq` to `f`; false once the call has enough.
+  static bool collect(const Match& x, Found& f, uint64_t seq, const Stored& s) {
+    if (!x.request.take) {
+      f.entry = s.entry.decode();
+      return false;
+    }
+    if (std::find(f.seqs.begin(), f.seqs.end(), seq) != f.seqs.end()) return true;
+    size_t bytes = s.entry.bytes().size();
+    if ((!x.held.empty() || !f.seqs.empty()) && f.bytes + bytes > kMaxEntriesReplyBytes) {
+      f.capped = true;
+      return false;
+    }
+    f.bytes += bytes;
+    f.seqs.push_back(seq);
+    return x.held.size() + f.seqs.size() < x.request.max;
+  }
+
+  // Collects the matches that came back since `x` started walking, behind where it walked (mu
+  // held). False when more came back than are kept: the walk must start over.
+  bool behind_locked(const Match& x, Found& f) const {
+    const uint64_t since = revived - x.revived_at_start;
+    if (since == 0) return true;
+    if (since > revived_log.size()) return false;
+    const int64_t now = landlord.now_ns();
+    for (auto it = revived_log.end() - static_cast<std::ptrdiff_t>(since); it != revived_log.end(); ++it) {
+      const uint64_t seq = it->second;
+      if (seq > x.after) continue;  // ahead: the walk gets there
+      auto e = entries.find(seq);
+      if (e == entries.end() || !visible(e->second, x.txn, now) || !e->second.entry.matches(x.request.tmpl)) continue;
+      if (!collect(x, f, seq, e->second)) break;
+    }
+    return true;
+  }
+
+  void restart_locked(Match& x) const {
+    x.after = 0;
+    x.revived_at_start = revived;
+    ++x.restarts;
+  }
+
+  // Holds for `x` what a step found (mu exclusive): under a transaction for it, otherwise for
+  // durable removal. A match taken or ended since it was found (under a shared hold) is skipped.
+  void hold_found_locked(Match& x, Found& f) {
+    const int64_t now = landlord.now_ns();
+    for (uint64_t seq : f.seqs) {
+      auto e = entries.find(seq);
+      if (e == entries.end() || !visible(e->second, x.txn, now) || !e->second.entry.matches(x.request.tmpl)) continue;
+      hold_locked(seq, x.txn);
+      x.held.push_back(seq);
+      x.held_bytes += e->second.entry.bytes().size();
+    }
+    f.seqs.clear();
+  }
+
+  // Frees what `x` holds outside a transaction (mu exclusive): a call given up before its answer.
+  void release_held_locked(Match& x, Deliveries& d) {
+    std::vector<uint64_t> ended_rows;
+    for (uint64_t seq : x.held) {
+      auto e = entries.find(seq);
+      if (e == entries.end() || e->second.hold != Hold::kTaking) continue;
+      e->second.hold = Hold::kFree;
+      if (e->second.lease_ended) {
+        end_entry_locked(seq, ended_rows);
+        continue;
+      }
+      revive_locked(seq, d);
+    }
+    x.held.clear();
+    x.held_bytes = 0;
+    if (!ended_rows.empty()) delete_rows_later(ended_rows);
+  }
+
+  // Answers `x` with what it holds or found (mu exclusive); false when it has nothing.
+  bool answer_found_locked(Match& x, Found& f, Deliveries& d) {
+    if (f.entry) {
+      d.replies.emplace_back(x.answer(), std::vector<Entry>{std::move(*f.entry)});
+      return true;
+    }
+    if (x.held.empty()) return false;
+    if (x.txn) {
+      std::vector<Entry> out;
+      for (uint64_t seq : x.held) out.push_back(entries.at(seq).entry.decode());
+      d.replies.emplace_back(x.answer(), std::move(out));
+    } else {
+      d.takes.emplace_back(std::exchange(x.held, {}), x.answer());
+    }
+    return true;
+  }
+
+  // Nothing matched: `x` waits for a match until its timeout (from its arrival), or is answered
+  // empty (mu exclusive).
+  void wait_or_answer_locked(Match& x, Deliveries& d) {
+    const MatchRequest& r = x.request;
+    const Clock::time_point deadline = x.arrived + r.timeout;
+    if (r.timeout.count() == 0 || deadline <= Clock::now()) {
+      d.replies.emplace_back(x.answer(), std::vector<Entry>{});
+    } else if (waiters.size() >= options.max_waiters) {
+      d.replies.emplace_back(x.answer(), resource_exhausted("space " + options.name + " has " + std::to_string(waiters.size()) +
+                                                            " blocking reads and takes waiting, its maximum"));
+    } else {
+      uint64_t id = next_waiter++;
+      Waiter w{r.tmpl, r.take, r.max, x.txn, deadline, x.answer()};
+      bool first = deadlines.empty() || w.deadline < deadlines.begin()->first;
+      deadlines.emplace(deadline, id);
+      waiters.emplace(id, std::move(w));
+      if (first) timer_cv.notify_one();
+    }
+  }
+
+  // The whole call in one hold of mu, walking at most `budget` candidates: true when answered (or
+  // waiting as a waiter). On the thread the call arrived on (`arrived`), a walk that runs out
+  // takes nothing, and a scan thread starts it over (a readIfExists outside a transaction goes on
+  // from where it got to).
+  bool whole_step(Match& x, size_t budget, bool arrived) {
+    const MatchRequest& r = x.request;
+    Deliveries d;
+    const bool answered = [&] {
+      Found f;
+      if (!r.take && r.timeout.count() == 0) {  // nothing to hold, nothing to wait for
+        std::shared_lock lock(mu);
+        if (arrived) x.revived_at_start = revived;
+        uint64_t last = x.after;
+        bool walked = scan_locked(r.tmpl, x.after, x.txn, [&](uint64_t seq, const Stored& s) { return collect(x, f, seq, s); },
+                                  budget, &last);
+        if (!walked && !f.entry) {
+          if (!x.txn) x.after = last;
+          return false;
+        }
+        d.replies.emplace_back(x.answer(), f.entry ? std::vector<Entry>{std::move(*f.entry)} : std::vector<Entry>{});
+        return true;
+      }
+      std::unique_lock lock(mu);
+      if (arrived) x.revived_at_start = revived;
+      if (x.txn) {
+        auto t = txns.find(*x.txn);
+        if (t == txns.end() || t->second.phase != Phase::kActive) {
+          d.replies.emplace_back(x.answer(), aborted("transaction " + x.txn->to_string() + " ended or is voting"));
+          return true;
+        }
+      }
+      f.bytes = x.held_bytes;
+      bool walked = scan_locked(r.tmpl, 0, x.txn, [&](uint64_t seq, const Stored& s) { return collect(x, f, seq, s); }, budget);
+      if (!walked && !enough(x, f)) return false;
+      hold_found_locked(x, f);
+      if (!answer_found_locked(x, f, d)) wait_or_answer_locked(x, d);
+      return true;
+    }();
+    deliver(d);
+    return answered;
+  }
+
+  // One slice of a call outside a transaction, on a scan thread: true when answered (or waiting).
+  bool slice_step(Match& x) {
+    const MatchRequest& r = x.request;
+    const char* what = r.take ? "take" : "read";
+    Deliveries d;
+    const bool answered = [&] {
+      if (Clock::now() >= r.deadline) {
+        std::unique_lock lock(mu);
+        release_held_locked(x, d);
+        d.replies.emplace_back(x.answer(), deadline_exceeded(std::string(what) + ": the caller's deadline passed during its walk"));
+        return true;
+      }
+      Found f;
+      f.bytes = x.held_bytes;
+      bool walked = false;
+      {
+        std::shared_lock lock(mu);
+        walked = scan_locked(r.tmpl, x.after, std::nullopt, [&](uint64_t seq, const Stored& s) { return collect(x, f, seq, s); },
+                             kScanSlice, &x.after);
+        // An IfExists call answers from what it saw: with what came back behind it, if anything.
+        if (walked && !enough(x, f) && r.timeout.count() == 0 && !behind_locked(x, f)) {
+          restart_locked(x);
+          walked = false;
+        }
+      }
+      if (!r.take) {
+        if (f.entry) {
+          d.replies.emplace_back(x.answer(), std::vector<Entry>{std::move(*f.entry)});
+          return true;
+        }
+        if (!walked) return false;
+        if (r.timeout.count() == 0) {
+          d.replies.emplace_back(x.answer(), std::vector<Entry>{});
+          return true;
+        }
+      } else if (f.seqs.empty() && !walked) {
+        return false;
+      }
+      // A take holds what it found; a walk at its end is decided; both in an exclusive hold.
+      std::unique_lock lock(mu);
+      hold_found_locked(x, f);
+      if (!enough(x, f) && !walked) return false;
+      if (!enough(x, f) && r.timeout.count() > 0) {
+        // Before it waits: what was written since its last slice, and what came back behind it,
+        // which no offer brings it once it waits.
+        bool rest = scan_locked(r.tmpl, x.after, std::nullopt, [&](uint64_t seq, const Stored& s) { return collect(x, f, seq, s); },
+                                kScanSlice, &x.after);
+        if (rest && !behind_locked(x, f)) {
+          hold_found_locked(x, f);
+          if (!enough(x, f) && !f.entry) {
+            restart_locked(x);
+            return false;
+          }
+        }
+        hold_found_locked(x, f);
+        if (!rest && !enough(x, f) && !f.entry) return false;
+      }
+      if (!answer_found_locked(x, f, d)) wait_or_answer_locked(x, d);
+      return true;
+    }();
+    deliver(d);
+    return answered;
+  }
+
+  // Runs a read or take: where it arrived if that is quick, else on a scan thread.
+  void match(std::shared_ptr<Match> x) {
+    if (whole_step(*x, kScanSlice, /*arrived=*/true)) return;
+    bool queued = scans->post([this, x] {
+      DJINN_CRASH_POINT("space.match.long");
+      if (Clock::now() >= x->request.deadline) {
+        x->answer()(deadline_exceeded(std::string(x->request.take ? "take" : "read") +
+                                      ": the caller's deadline passed before its walk"));
+        return;
+      }
+      if (x->txn) {
+        whole_step(*x, SIZE_MAX, /*arrived=*/false);
+        return;
+      }
+      // A walk started over twice (entries coming back faster than they are kept) goes whole.
+      while (!(x->restarts > 2 ? whole_step(*x, SIZE_MAX, /*arrived=*/false) : slice_step(*x))) {
+        DJINN_CRASH_POINT("space.match.between_slices");
+      }
+    });
+    if (!queued) {
+      x->answer()(unavailable("space " + options.name + " is busy: " + std::to_string(kMaxQueuedScans) +
+                              " reads and takes that walk long lists wait already; retry"));
+    }
   }
 
   void post_delete(std::vector<uint64_t> seqs, MatchDone done) {
@@ -762,7 +1039,7 @@ struct Space::Impl {
               end_entry_locked(seq, ended_rows);
               continue;
             }
-            offer_locked(seq, d);
+            revive_locked(seq, d);
           }
           continue;
         }
@@ -1528,6 +1805,9 @@ Space::~Space() {
   }
   m.joins->cv.notify_all();
   if (m.joiner.joinable()) m.joiner.join();
+  // After the joiner, which hands them calls: the walk under way ends (a take it finishes is
+  // posted to the group commit, still running); calls still queued are answered UNAVAILABLE.
+  m.scans.reset();
   // Stopped, and kept until the Impl goes: the batch being written may still post (a take of the
   // entry it hands to a waiting taker), and that post must find it. Writes and takes not written
   // by then are answered UNAVAILABLE.
@@ -1566,6 +1846,7 @@ Result<std::unique_ptr<Space>> Space::open(SpaceOptions options) {
   DJINN_CRASH_POINT("space.open.after_load");
   m->commit = std::make_unique<GroupCommit<Impl::Op, Impl::OpOutcome>>(
       m->options.max_batch, [m](std::span<Impl::Op> ops) { return m->run_batch(ops); }, "space-commit");
+  m->scans = std::make_unique<JobThreads>(2, "space-scan", Impl::kMaxQueuedScans);
   m->timer = std::thread([m] {
     name_this_thread("space-timer");
     m->timer_loop();
@@ -1754,72 +2035,15 @@ void Space::match_async(MatchRequest request, MatchDone done) {
                                  " ms: must be 0.." + std::to_string(kMaxWait.count())));
   }
   if (request.txn && request.txn->id.is_nil()) return done(invalid_argument(std::string(what) + ": transaction id is nil"));
-  auto shared_done = std::make_shared<MatchDone>(std::move(done));
-  auto run = [&m, request, shared_done]() {
-    MatchDone reply = [shared_done](Result<std::vector<Entry>> r) { (*shared_done)(std::move(r)); };
-    std::optional<TxnId> txn;
-    if (request.txn) txn = request.txn->id;
-    if (!request.take && request.timeout.count() == 0) {
-      std::vector<Entry> found;
-      {
-        std::shared_lock lock(m.mu);
-        m.scan_locked(request.tmpl, 0, txn, [&](uint64_t, const Impl::Stored& s) {
-          found.push_back(s.entry.decode());
-          return false;
-        });
-      }
-      return reply(std::move(found));
-    }
-    Impl::Deliveries d;
-    {
-      std::unique_lock lock(m.mu);
-      if (txn) {
-        auto t = m.txns.find(*txn);
-        if (t == m.txns.end() || t->second.phase != Impl::Phase::kActive) {
-          lock.unlock();
-          return reply(aborted("transaction " + txn->to_string() + " ended or is voting"));
-        }
-      }
-      if (request.take) {
-        std::vector<uint64_t> seqs = m.take_locked(request.tmpl, request.max, txn);
-        if (!seqs.empty()) {
-          if (txn) {
-            std::vector<Entry> out;
-            for (uint64_t seq : seqs) out.push_back(m.entries.at(seq).entry.decode());
-            d.replies.emplace_back(std::move(reply), std::move(out));
-          } else {
-            d.takes.emplace_back(std::move(seqs), std::move(reply));
-          }
-        }
-      } else {
-        std::vector<Entry> found;
-        m.scan_locked(request.tmpl, 0, txn, [&](uint64_t, const Impl::Stored& s) {
-          found.push_back(s.entry.decode());
-          return false;
-        });
-        if (!found.empty()) d.replies.emplace_back(std::move(reply), std::move(found));
-      }
-      if (reply) {  // nothing matched now
-        if (request.timeout.count() == 0) {
-          d.replies.emplace_back(std::move(reply), std::vector<Entry>{});
-        } else if (m.waiters.size() >= m.options.max_waiters) {
-          d.replies.emplace_back(std::move(reply), resource_exhausted("space " + m.options.name + " has " +
-                                                                      std::to_string(m.waiters.size()) +
-                                                                      " blocking reads and takes waiting, its maximum"));
-        } else {
-          uint64_t id = m.next_waiter++;
-          Impl::Waiter w{request.tmpl, request.take, request.max, txn, Clock::now() + request.timeout, std::move(reply)};
-          bool first = m.deadlines.empty() || w.deadline < m.deadlines.begin()->first;
-          m.deadlines.emplace(w.deadline, id);
-          m.waiters.emplace(id, std::move(w));
-          if (first) m.timer_cv.notify_one();
-        }
-      }
-    }
-    m.deliver(d);
-  };
-  m.with_txn(request.txn, std::move(run),
-             [shared_done, what](Status st) { (*shared_done)(Status(st.code(), std::string(what) + ": " + st.message())); });
+  auto x = std::make_shared<Impl::Match>();
+  x->arrived = Clock::now();
+  if (request.txn) x->txn = request.txn->id;
+  std::optional<TxnRef> txn = request.txn;
+  x->request = std::move(request);
+  x->reply = std::move(done);
+  m.with_txn(
+      txn, [&m, x] { m.match(x); },
+      [x, what](Status st) { x->answer()(Status(st.code(), std::string(what) + ": " + st.message())); });
 }
 
 namespace {
@@ -1877,7 +2101,7 @@ ContentsPage Space::Impl::contents_page(const Template& tmpl, uint64_t cursor, s
     page.entries.push_back(s.entry.decode());
     page.cursor = seq;
     return true;
-  }, kContentsWalk, &walked_to);
+  }, kScanSlice, &walked_to);
   if (!walked) {  // a page of what the walk found (perhaps nothing); the next goes on after it
     page.done = false;
     page.cursor = walked_to;
@@ -2150,7 +2374,7 @@ void Space::Impl::apply_outcome_locked(const TxnId& id, const TxnState& st, bool
       if (uint64_t l = erase_locked(seq)) d.cancel.push_back(l);
     } else {
       e->second.hold = Hold::kFree;
-      offer_locked(seq, d);
+      revive_locked(seq, d);
     }
   }
   for (uint64_t seq : st.written) {
@@ -2163,7 +2387,7 @@ void Space::Impl::apply_outcome_locked(const TxnId& id, const TxnState& st, bool
     e->second.written_by.reset();
     e->second.has_row = has_store;
     if (watched_locked()) publish_locked(e->second.entry.decode());  // decoded only for watchers
-    offer_locked(seq, d);
+    revive_locked(seq, d);
   }
 }
 

@@ -648,26 +648,51 @@ TEST_CASE("an application's entries: held by it, found by holder, ended within a
   CHECK(h.service->space().size() == 2);
 }
 
-TEST_CASE("a contents page walks a bounded slice of a long list and says where to go on") {
-  Harness h;
-  // 6,000 entries in each of two groups that share none: a template asking for both walks the
-  // smaller whole, more than a page walks.
-  for (int done = 0; done < 6000; done += 500) {
+// `count` entries in each of two groups that share none, written through the engine: a template
+// asking for both (`both_lamps`) walks the smaller group whole.
+void write_lamps(Space& space, int count) {
+  for (int done = 0; done < count; done += 500) {
     std::vector<WriteRequest> writes;
     for (int i = 0; i < 500; ++i) {
       writes.push_back(WriteRequest{.entry = entry("demo.Lamp", {{"color", Value("red")}}), .duration_ms = 600'000});
       writes.push_back(WriteRequest{.entry = entry("demo.Lamp", {{"shape", Value("round")}}), .duration_ms = 600'000});
     }
-    for (const auto& r : h.service->space().write_many(std::move(writes))) REQUIRE_MESSAGE(r.ok(), r.status().to_string());
+    for (const auto& r : space.write_many(std::move(writes))) REQUIRE_MESSAGE(r.ok(), r.status().to_string());
   }
-  const Template both = tmpl("demo.Lamp", {{"color", Value("red")}, {"shape", Value("round")}});
+}
+
+const Template both_lamps = tmpl("demo.Lamp", {{"color", Value("red")}, {"shape", Value("round")}});
+
+Entry purple_lamp(int n) { return entry("demo.Lamp", {{"color", Value("red")}, {"shape", Value("round")}, {"n", n}}); }
+
+// A space on an in-memory landlord that joins every transaction at once.
+struct JoiningEngine {
+  JoiningEngine() {
+    auto l = lease::Landlord::open(lease::LandlordOptions{});
+    REQUIRE_MESSAGE(l.ok(), l.status().to_string());
+    landlord = std::move(*l);
+    SpaceOptions so;
+    so.landlord = landlord.get();
+    so.join = [](const TxnRef&, const std::string&, std::function<void(Status)> done) { done(Status::Ok()); };
+    auto opened = Space::open(so);
+    REQUIRE_MESSAGE(opened.ok(), opened.status().to_string());
+    space = std::move(*opened);
+  }
+  std::unique_ptr<lease::Landlord> landlord;
+  std::unique_ptr<Space> space;
+};
+
+TEST_CASE("a contents page walks a bounded slice of a long list and says where to go on") {
+  Harness h;
+  write_lamps(h.service->space(), 6000);  // more candidates than a page walks
+  const Template& both = both_lamps;
   auto first = h.client->contents(both, 0, 100);
   REQUIRE(first.ok());
   CHECK(first->entries.empty());
   CHECK_FALSE(first->done);
   CHECK(first->cursor > 0);
   // Matches past the first slice: every one listed once, in write order, page by page.
-  for (int n = 1; n <= 3; ++n) must_write(*h.client, entry("demo.Lamp", {{"color", Value("red")}, {"shape", Value("round")}, {"n", n}}));
+  for (int n = 1; n <= 3; ++n) must_write(*h.client, purple_lamp(n));
   auto listed = h.client->contents_all(both, 2);
   REQUIRE(listed.ok());
   REQUIRE(listed->size() == 3);
@@ -681,6 +706,149 @@ TEST_CASE("a contents page walks a bounded slice of a long list and says where t
     ++seen;
   }
   CHECK(seen == 3);
+}
+
+TEST_CASE("reads and takes that walk long lists leave the server to other calls, and answer rightly") {
+  Harness h;
+  write_lamps(h.service->space(), 6000);  // more candidates than the arriving thread walks
+  const Template& both = both_lamps;
+  // While the walk waits for a scan thread, another client's call is answered.
+  SpaceClient other({.endpoint = h.service->rpc_endpoint()});
+  std::atomic<bool> answered_in_time{false};
+  fault::arm_call("space.match.long", [&] {
+    auto found = other.read_if_exists(tmpl("demo.Lamp", {{"color", Value("red")}}), std::nullopt, rpc::CallOptions{.timeout = 2000ms});
+    answered_in_time = found.ok() && found->has_value();
+  });
+  auto none = h.client->read_if_exists(both);
+  fault::disarm_all();
+  REQUIRE_MESSAGE(none.ok(), none.status().to_string());
+  CHECK_FALSE(none->has_value());
+  CHECK(answered_in_time);
+  auto no_take = h.client->take_if_exists(both);
+  REQUIRE(no_take.ok());
+  CHECK_FALSE(no_take->has_value());
+  // Matches past the slices: found by a read, taken by a take of many in write order, and a
+  // blocking take woken by a write once it waits.
+  for (int n = 1; n <= 3; ++n) must_write(*h.client, purple_lamp(n));
+  auto one = h.client->read_if_exists(both);
+  REQUIRE(one.ok());
+  REQUIRE(one->has_value());
+  CHECK((*one)->field("n")->as_int() == 1);
+  auto taken = h.client->take_many(both, 10, 0ms);
+  REQUIRE(taken.ok());
+  REQUIRE(taken->size() == 3);
+  for (int n = 1; n <= 3; ++n) CHECK((*taken)[n - 1].field("n")->as_int() == n);
+  auto waiting = std::async(std::launch::async, [&] { return other.take(both, 5000ms); });
+  REQUIRE(test::eventually([&] { return h.service->space().stats().waiters == 1; }, 5000));
+  must_write(*h.client, purple_lamp(4));
+  auto woken = waiting.get();
+  REQUIRE_MESSAGE(woken.ok(), woken.status().to_string());
+  REQUIRE(woken->has_value());
+  CHECK((*woken)->field("n")->as_int() == 4);
+  CHECK(h.service->space().stats().entries == 12000);
+}
+
+TEST_CASE("a walk held up past its caller's deadline takes nothing; a wait counts from the call's arrival") {
+  Harness h;
+  write_lamps(h.service->space(), 6000);
+  must_write(*h.client, purple_lamp(1));  // past the first slice
+  // The caller stops listening while the take waits for a scan thread: the entry stays.
+  fault::arm_call("space.match.long", [] { std::this_thread::sleep_for(600ms); });
+  auto late = h.client->take_if_exists(both_lamps, std::nullopt, rpc::CallOptions{.timeout = 300ms});
+  CHECK_FALSE(late.ok());
+  REQUIRE(test::eventually([&] { return fault::hits("space.match.long") >= 1; }, 2000));
+  std::this_thread::sleep_for(500ms);  // the walk ran out of its caller's time
+  fault::disarm_all();
+  auto still = h.client->read_if_exists(both_lamps);
+  REQUIRE(still.ok());
+  CHECK(still->has_value());
+  // A blocking read of another template held up as long as its timeout is answered at once
+  // after, not a timeout later.
+  REQUIRE(h.client->take_if_exists(both_lamps).ok());
+  fault::arm_call("space.match.long", [] { std::this_thread::sleep_for(400ms); });
+  auto t0 = std::chrono::steady_clock::now();
+  auto nothing = h.client->read(both_lamps, 300ms);
+  auto waited = std::chrono::steady_clock::now() - t0;
+  fault::disarm_all();
+  REQUIRE_MESSAGE(nothing.ok(), nothing.status().to_string());
+  CHECK_FALSE(nothing->has_value());
+  CHECK(waited < 650ms);
+}
+
+TEST_CASE("takers walking long lists in slices, side by side: every match taken exactly once") {
+  Harness h;
+  Space& space = h.service->space();
+  // 200 matches spread among 24,000 candidates, so that takes hold some and go on walking.
+  constexpr int kMatches = 200;
+  for (int n = 0; n < kMatches; ++n) {
+    if (n % 20 == 0) write_lamps(space, 1000);
+    REQUIRE(space.write({purple_lamp(n), 600'000}).ok());
+  }
+  write_lamps(space, 2000);
+  std::mutex mu;
+  std::map<int64_t, int> taken;
+  std::atomic<int> count{0}, errors{0};
+  std::vector<std::thread> takers;
+  for (int t = 0; t < 4; ++t) {
+    takers.emplace_back([&, t] {
+      SpaceClient c({.endpoint = h.service->rpc_endpoint()});
+      while (count.load() < kMatches && errors.load() == 0) {
+        auto got = c.take_many(both_lamps, t % 2 == 0 ? 1 : 7, 200ms);
+        if (!got.ok()) {
+          errors++;
+          MESSAGE(got.status().to_string());
+          return;
+        }
+        std::lock_guard lock(mu);
+        for (const Entry& e : *got) taken[e.field("n")->as_int()]++;
+        count += static_cast<int>(got->size());
+      }
+    });
+  }
+  for (auto& t : takers) t.join();
+  CHECK(errors.load() == 0);
+  CHECK(taken.size() == kMatches);
+  for (const auto& [n, times] : taken) {
+    CAPTURE(n);
+    CHECK(times == 1);
+  }
+  auto left = h.client->read_if_exists(both_lamps);
+  REQUIRE(left.ok());
+  CHECK_FALSE(left->has_value());
+}
+
+TEST_CASE("a walk in slices sees an entry that came back behind it: a blocking take, and IfExists") {
+  JoiningEngine e;
+  Space& space = *e.space;
+  // The match, first in write order, is held by a transaction; thousands of candidates follow it.
+  REQUIRE(space.write({purple_lamp(1), 600'000}).ok());
+  write_lamps(space, 12000);
+  for (bool blocking : {true, false}) {
+    CAPTURE(blocking);
+    const TxnRef t{txn::TxnId{11, blocking ? 1u : 2u}, "manager"};
+    auto held = space.take(both_lamps, 0ms, t);
+    REQUIRE(held.ok());
+    REQUIRE(held->has_value());
+    // Between two slices of the walk the transaction aborts: the entry is back, behind the walk.
+    fault::arm_call("space.match.between_slices", [&] { REQUIRE(space.abort(t.id).ok()); });
+    auto t0 = std::chrono::steady_clock::now();
+    auto got = blocking ? space.read(both_lamps, 3000ms) : space.read(both_lamps);
+    auto waited = std::chrono::steady_clock::now() - t0;
+    fault::disarm_all();
+    REQUIRE_MESSAGE(got.ok(), got.status().to_string());
+    REQUIRE_MESSAGE(got->has_value(), "the read passed the entry that came back");
+    CHECK((*got)->field("n")->as_int() == 1);
+    CHECK(waited < 2s);
+  }
+  // The same for a take that would wait.
+  const TxnRef t{txn::TxnId{11, 3}, "manager"};
+  REQUIRE(space.take(both_lamps, 0ms, t)->has_value());
+  fault::arm_call("space.match.between_slices", [&] { REQUIRE(space.abort(t.id).ok()); });
+  auto got = space.take(both_lamps, 3000ms);
+  fault::disarm_all();
+  REQUIRE(got.ok());
+  REQUIRE_MESSAGE(got->has_value(), "the take waited out its timeout beside a matching entry");
+  CHECK((*got)->field("n")->as_int() == 1);
 }
 
 TEST_CASE("a write is stored while long template reads keep coming on several threads") {

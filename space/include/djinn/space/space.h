@@ -130,6 +130,9 @@ struct MatchRequest {
   size_t max = 1;                            // entries at most (takeMany)
   std::chrono::milliseconds timeout{0};      // 0: answer at once
   std::optional<TxnRef> txn;
+  // When the caller stops listening (an RPC call's deadline): a call still walking then is
+  // answered DEADLINE_EXCEEDED, having taken nothing.
+  std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
 };
 
 struct ContentsPage {
@@ -172,8 +175,10 @@ class Space final : public txn::Participant {
   void write_many_async(std::vector<WriteRequest> requests, WriteManyDone done);
   std::vector<Result<Written>> write_many(std::vector<WriteRequest> requests);
 
-  // Answers with up to request.max matches, waiting up to the timeout for the first; `done` runs
-  // exactly once. A take is durable before `done` runs.
+  // Answers with up to request.max matches, waiting up to the timeout (from now) for the first;
+  // `done` runs exactly once. A take is durable before `done` runs. A template whose smallest
+  // posting is long is walked on the space's scan threads, 4,096 candidates per hold of its lock
+  // outside a transaction: `done` may run there, and must not wait for another call of this space.
   void match_async(MatchRequest request, MatchDone done);
   Result<std::optional<Entry>> read(const Template& tmpl, std::chrono::milliseconds timeout = {},
                                     std::optional<TxnRef> txn = std::nullopt);
