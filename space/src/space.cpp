@@ -43,6 +43,11 @@ namespace djinn::space {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+// Set on the space's scan threads, where completions of long reads and takes may run: a blocking
+// read or take there could wait for the thread it runs on.
+thread_local bool on_scan_thread = false;
+
 using txn::TxnId;
 
 // 2: space_watch.by_ref, whether a registration's event kind names its lease's ref (1) or, made
@@ -678,7 +683,8 @@ struct Space::Impl {
     std::vector<uint64_t> seqs;
     std::optional<Entry> entry;
     size_t bytes = 0;
-    bool capped = false;  // a take's next match would pass the reply's byte bound
+    bool capped = false;     // a take's next match would pass the reply's byte bound
+    uint64_t capped_at = 0;  // that match, walked but not collected
   };
 
   static bool enough(const Match& x, const Found& f) {
@@ -691,10 +697,10 @@ struct Space::Impl {
       f.entry = s.entry.decode();
       return false;
     }
-    if (std::find(f.seqs.begin(), f.seqs.end(), seq) != f.seqs.end()) return true;
     size_t bytes = s.entry.bytes().size();
     if ((!x.held.empty() || !f.seqs.empty()) && f.bytes + bytes > kMaxEntriesReplyBytes) {
       f.capped = true;
+      f.capped_at = seq;
       return false;
     }
     f.bytes += bytes;
@@ -714,6 +720,7 @@ struct Space::Impl {
       if (seq > x.after) continue;  // ahead: the walk gets there
       auto e = entries.find(seq);
       if (e == entries.end() || !visible(e->second, x.txn, now) || !e->second.entry.matches(x.request.tmpl)) continue;
+      if (std::find(f.seqs.begin(), f.seqs.end(), seq) != f.seqs.end()) continue;  // found by the walk too
       if (!collect(x, f, seq, e->second)) break;
     }
     return true;
@@ -726,17 +733,43 @@ struct Space::Impl {
   }
 
   // Holds for `x` what a step found (mu exclusive): under a transaction for it, otherwise for
-  // durable removal. A match taken or ended since it was found (under a shared hold) is skipped.
-  void hold_found_locked(Match& x, Found& f) {
+  // durable removal. A match taken or ended since it was found (under a shared hold) is skipped;
+  // then what the step counted on is short, and false says the walk must go on (from before the
+  // match it stopped at for the byte bound, which it did not collect).
+  bool hold_found_locked(Match& x, Found& f) {
     const int64_t now = landlord.now_ns();
+    bool all = true;
     for (uint64_t seq : f.seqs) {
       auto e = entries.find(seq);
-      if (e == entries.end() || !visible(e->second, x.txn, now) || !e->second.entry.matches(x.request.tmpl)) continue;
+      if (e == entries.end() || !visible(e->second, x.txn, now) || !e->second.entry.matches(x.request.tmpl)) {
+        all = false;
+        continue;
+      }
       hold_locked(seq, x.txn);
       x.held.push_back(seq);
       x.held_bytes += e->second.entry.bytes().size();
     }
     f.seqs.clear();
+    f.bytes = x.held_bytes;
+    if (!all && f.capped) {
+      x.after = std::min(x.after, f.capped_at - 1);
+      f.capped = false;
+    }
+    return all;
+  }
+
+  // Past its caller's deadline, `x` frees what it holds and is answered DEADLINE_EXCEEDED.
+  bool give_up_if_late(Match& x) {
+    if (Clock::now() < x.request.deadline) return false;
+    Deliveries d;
+    if (!x.held.empty()) {
+      std::unique_lock lock(mu);
+      release_held_locked(x, d);
+    }
+    d.replies.emplace_back(x.answer(), deadline_exceeded(std::string(x.request.take ? "take" : "read") +
+                                                         ": the caller's deadline passed during its walk"));
+    deliver(d);
+    return true;
   }
 
   // Frees what `x` holds outside a transaction (mu exclusive): a call given up before its answer.
@@ -839,15 +872,8 @@ struct Space::Impl {
   // One slice of a call outside a transaction, on a scan thread: true when answered (or waiting).
   bool slice_step(Match& x) {
     const MatchRequest& r = x.request;
-    const char* what = r.take ? "take" : "read";
     Deliveries d;
     const bool answered = [&] {
-      if (Clock::now() >= r.deadline) {
-        std::unique_lock lock(mu);
-        release_held_locked(x, d);
-        d.replies.emplace_back(x.answer(), deadline_exceeded(std::string(what) + ": the caller's deadline passed during its walk"));
-        return true;
-      }
       Found f;
       f.bytes = x.held_bytes;
       bool walked = false;
@@ -875,8 +901,9 @@ struct Space::Impl {
         return false;
       }
       // A take holds what it found; a walk at its end is decided; both in an exclusive hold.
+      if (!f.seqs.empty()) DJINN_CRASH_POINT("space.match.found");
       std::unique_lock lock(mu);
-      hold_found_locked(x, f);
+      if (!hold_found_locked(x, f)) return false;  // a match went meanwhile: not decided on it
       if (!enough(x, f) && !walked) return false;
       if (!enough(x, f) && r.timeout.count() > 0) {
         // Before it waits: what was written since its last slice, and what came back behind it,
@@ -904,18 +931,16 @@ struct Space::Impl {
   void match(std::shared_ptr<Match> x) {
     if (whole_step(*x, kScanSlice, /*arrived=*/true)) return;
     bool queued = scans->post([this, x] {
+      on_scan_thread = true;
       DJINN_CRASH_POINT("space.match.long");
-      if (Clock::now() >= x->request.deadline) {
-        x->answer()(deadline_exceeded(std::string(x->request.take ? "take" : "read") +
-                                      ": the caller's deadline passed before its walk"));
-        return;
-      }
+      if (give_up_if_late(*x)) return;
       if (x->txn) {
         whole_step(*x, SIZE_MAX, /*arrived=*/false);
         return;
       }
-      // A walk started over twice (entries coming back faster than they are kept) goes whole.
-      while (!(x->restarts > 2 ? whole_step(*x, SIZE_MAX, /*arrived=*/false) : slice_step(*x))) {
+      // The third walk of a call whose walks were started over (entries coming back faster than
+      // they are kept) goes whole.
+      while (!give_up_if_late(*x) && !(x->restarts >= 2 ? whole_step(*x, SIZE_MAX, /*arrived=*/false) : slice_step(*x))) {
         DJINN_CRASH_POINT("space.match.between_slices");
       }
     });
@@ -2048,6 +2073,10 @@ void Space::match_async(MatchRequest request, MatchDone done) {
 
 namespace {
 Result<std::vector<Entry>> wait_match(Space& space, MatchRequest request) {
+  if (on_scan_thread) {
+    return failed_precondition(std::string(request.take ? "take" : "read") +
+                               ": called from a completion on the space's scan thread, which it could wait for; use match_async");
+  }
   std::promise<Result<std::vector<Entry>>> p;
   auto f = p.get_future();
   space.match_async(std::move(request), [&p](Result<std::vector<Entry>> r) { p.set_value(std::move(r)); });

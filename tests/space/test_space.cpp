@@ -817,6 +817,41 @@ TEST_CASE("takers walking long lists in slices, side by side: every match taken 
   CHECK_FALSE(left->has_value());
 }
 
+TEST_CASE("a take whose match goes between finding and holding it walks on to the next") {
+  Harness h;
+  write_lamps(h.service->space(), 5000);
+  must_write(*h.client, purple_lamp(1));  // past the arriving thread's walk: found by a scan thread
+  write_lamps(h.service->space(), 3000);
+  must_write(*h.client, purple_lamp(2));
+  // Another client takes the first match after the slice found it and before it is held.
+  SpaceClient other({.endpoint = h.service->rpc_endpoint()});
+  bool taken_between = false;
+  fault::arm_call("space.match.found", [&] {
+    auto t = other.take_if_exists(tmpl("demo.Lamp", {{"n", 1}}));
+    taken_between = t.ok() && t->has_value();
+  });
+  auto got = h.client->take_if_exists(both_lamps);
+  fault::disarm_all();
+  CHECK(taken_between);
+  REQUIRE_MESSAGE(got.ok(), got.status().to_string());
+  REQUIRE_MESSAGE(got->has_value(), "the take answered none beside a visible match");
+  CHECK((*got)->field("n")->as_int() == 2);
+}
+
+TEST_CASE("a blocking read from a completion on a scan thread is refused rather than left to wait for it") {
+  JoiningEngine e;
+  write_lamps(*e.space, 5000);  // a walk long enough for a scan thread
+  std::promise<Status> inner;
+  e.space->match_async(MatchRequest{both_lamps, false, 1, 0ms, std::nullopt}, [&](Result<std::vector<Entry>> r) {
+    REQUIRE(r.ok());
+    inner.set_value(e.space->read(both_lamps, 0ms).status());
+  });
+  auto answered = inner.get_future();
+  REQUIRE(answered.wait_for(5s) == std::future_status::ready);
+  CHECK(answered.get().code() == Code::kFailedPrecondition);
+  CHECK(e.space->read(both_lamps, 0ms).ok());  // from any other thread, as ever
+}
+
 TEST_CASE("a walk in slices sees an entry that came back behind it: a blocking take, and IfExists") {
   JoiningEngine e;
   Space& space = *e.space;
