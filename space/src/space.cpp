@@ -733,15 +733,17 @@ struct Space::Impl {
   }
 
   // Holds for `x` what a step found (mu exclusive): under a transaction for it, otherwise for
-  // durable removal. A match taken or ended since it was found (under a shared hold) is skipped;
-  // then what the step counted on is short, and false says the walk must go on (from before the
-  // match it stopped at for the byte bound, which it did not collect).
-  bool hold_found_locked(Match& x, Found& f) {
+  // durable removal. What was found under an earlier, shared hold (`found_before`) is checked
+  // again: a match taken or ended since is skipped; then what the step counted on is short, and
+  // false says the walk must go on (from before the match it stopped at for the byte bound, which
+  // it did not collect). What was found in this same hold is held as found.
+  bool hold_found_locked(Match& x, Found& f, bool found_before) {
     const int64_t now = landlord.now_ns();
     bool all = true;
     for (uint64_t seq : f.seqs) {
       auto e = entries.find(seq);
-      if (e == entries.end() || !visible(e->second, x.txn, now) || !e->second.entry.matches(x.request.tmpl)) {
+      if (e == entries.end() ||
+          (found_before && (!visible(e->second, x.txn, now) || !e->second.entry.matches(x.request.tmpl)))) {
         all = false;
         continue;
       }
@@ -861,7 +863,7 @@ struct Space::Impl {
       f.bytes = x.held_bytes;
       bool walked = scan_locked(r.tmpl, 0, x.txn, [&](uint64_t seq, const Stored& s) { return collect(x, f, seq, s); }, budget);
       if (!walked && !enough(x, f)) return false;
-      hold_found_locked(x, f);
+      hold_found_locked(x, f, /*found_before=*/false);
       if (!answer_found_locked(x, f, d)) wait_or_answer_locked(x, d);
       return true;
     }();
@@ -903,7 +905,7 @@ struct Space::Impl {
       // A take holds what it found; a walk at its end is decided; both in an exclusive hold.
       if (!f.seqs.empty()) DJINN_CRASH_POINT("space.match.found");
       std::unique_lock lock(mu);
-      if (!hold_found_locked(x, f)) return false;  // a match went meanwhile: not decided on it
+      if (!hold_found_locked(x, f, /*found_before=*/true)) return false;  // a match went meanwhile: not decided on it
       if (!enough(x, f) && !walked) return false;
       if (!enough(x, f) && r.timeout.count() > 0) {
         // Before it waits: what was written since its last slice, and what came back behind it,
@@ -911,13 +913,13 @@ struct Space::Impl {
         bool rest = scan_locked(r.tmpl, x.after, std::nullopt, [&](uint64_t seq, const Stored& s) { return collect(x, f, seq, s); },
                                 kScanSlice, &x.after);
         if (rest && !behind_locked(x, f)) {
-          hold_found_locked(x, f);
+          hold_found_locked(x, f, /*found_before=*/false);
           if (!enough(x, f) && !f.entry) {
             restart_locked(x);
             return false;
           }
         }
-        hold_found_locked(x, f);
+        hold_found_locked(x, f, /*found_before=*/false);
         if (!rest && !enough(x, f) && !f.entry) return false;
       }
       if (!answer_found_locked(x, f, d)) wait_or_answer_locked(x, d);
