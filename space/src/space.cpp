@@ -48,6 +48,13 @@ using Clock = std::chrono::steady_clock;
 // read or take there could wait for the thread it runs on.
 thread_local bool on_scan_thread = false;
 
+// A reply of one entry, moved in (a braced list would copy it).
+std::vector<Entry> just(Entry e) {
+  std::vector<Entry> out;
+  out.push_back(std::move(e));
+  return out;
+}
+
 using txn::TxnId;
 
 // 2: space_watch.by_ref, whether a registration's event kind names its lease's ref (1) or, made
@@ -608,13 +615,13 @@ struct Space::Impl {
       }
       remove_deadline_locked(it->first, w.deadline);
       if (!w.take) {
-        out.replies.emplace_back(std::move(w.done), std::vector<Entry>{s.entry.decode()});
+        out.replies.emplace_back(std::move(w.done), just(s.entry.decode()));
         it = waiters.erase(it);
         continue;
       }
       hold_locked(seq, w.txn);
       if (w.txn) {
-        out.replies.emplace_back(std::move(w.done), std::vector<Entry>{s.entry.decode()});
+        out.replies.emplace_back(std::move(w.done), just(s.entry.decode()));
       } else {
         out.takes.emplace_back(std::vector<uint64_t>{seq}, std::move(w.done));
       }
@@ -795,7 +802,7 @@ struct Space::Impl {
   // Answers `x` with what it holds or found (mu exclusive); false when it has nothing.
   bool answer_found_locked(Match& x, Found& f, Deliveries& d) {
     if (f.entry) {
-      d.replies.emplace_back(x.answer(), std::vector<Entry>{std::move(*f.entry)});
+      d.replies.emplace_back(x.answer(), just(std::move(*f.entry)));
       return true;
     }
     if (x.held.empty()) return false;
@@ -848,7 +855,7 @@ struct Space::Impl {
           if (!x.txn) x.after = last;
           return false;
         }
-        d.replies.emplace_back(x.answer(), f.entry ? std::vector<Entry>{std::move(*f.entry)} : std::vector<Entry>{});
+        d.replies.emplace_back(x.answer(), f.entry ? just(std::move(*f.entry)) : std::vector<Entry>{});
         return true;
       }
       std::unique_lock lock(mu);
@@ -891,7 +898,7 @@ struct Space::Impl {
       }
       if (!r.take) {
         if (f.entry) {
-          d.replies.emplace_back(x.answer(), std::vector<Entry>{std::move(*f.entry)});
+          d.replies.emplace_back(x.answer(), just(std::move(*f.entry)));
           return true;
         }
         if (!walked) return false;
