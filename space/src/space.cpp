@@ -587,6 +587,19 @@ struct Space::Impl {
     }
   }
 
+  // An entry marked for a take outside a transaction that will not be taken (the take failed or
+  // was given up) is free again; or gone, when its lease ended meanwhile and left it to the take.
+  void untake_locked(uint64_t seq, Deliveries& d, std::vector<uint64_t>& ended_rows) {
+    auto it = entries.find(seq);
+    if (it == entries.end() || it->second.hold != Hold::kTaking) return;
+    it->second.hold = Hold::kFree;
+    if (it->second.lease_ended) {
+      end_entry_locked(seq, ended_rows);
+      return;
+    }
+    revive_locked(seq, d);
+  }
+
   // An entry visible again under its old seq (committed, or freed by an abort or a failed take).
   void revive_locked(uint64_t seq, Deliveries& out) {
     revived_log.emplace_back(++revived, seq);
@@ -784,16 +797,7 @@ struct Space::Impl {
   // Frees what `x` holds outside a transaction (mu exclusive): a call given up before its answer.
   void release_held_locked(Match& x, Deliveries& d) {
     std::vector<uint64_t> ended_rows;
-    for (uint64_t seq : x.held) {
-      auto e = entries.find(seq);
-      if (e == entries.end() || e->second.hold != Hold::kTaking) continue;
-      e->second.hold = Hold::kFree;
-      if (e->second.lease_ended) {
-        end_entry_locked(seq, ended_rows);
-        continue;
-      }
-      revive_locked(seq, d);
-    }
+    for (uint64_t seq : x.held) untake_locked(seq, d, ended_rows);
     x.held.clear();
     x.held_bytes = 0;
     if (!ended_rows.empty()) delete_rows_later(ended_rows);
@@ -919,15 +923,12 @@ struct Space::Impl {
         // which no offer brings it once it waits.
         bool rest = scan_locked(r.tmpl, x.after, std::nullopt, [&](uint64_t seq, const Stored& s) { return collect(x, f, seq, s); },
                                 kScanSlice, &x.after);
-        if (rest && !behind_locked(x, f)) {
-          hold_found_locked(x, f, /*found_before=*/false);
-          if (!enough(x, f) && !f.entry) {
-            restart_locked(x);
-            return false;
-          }
-        }
+        bool overflowed = rest && !behind_locked(x, f);
         hold_found_locked(x, f, /*found_before=*/false);
-        if (!rest && !enough(x, f) && !f.entry) return false;
+        if (!enough(x, f)) {
+          if (overflowed) restart_locked(x);
+          if (overflowed || !rest) return false;
+        }
       }
       if (!answer_found_locked(x, f, d)) wait_or_answer_locked(x, d);
       return true;
@@ -949,8 +950,9 @@ struct Space::Impl {
       }
       // The third walk of a call whose walks were started over (entries coming back faster than
       // they are kept) goes whole.
-      while (!give_up_if_late(*x) && !(x->restarts >= 2 ? whole_step(*x, SIZE_MAX, /*arrived=*/false) : slice_step(*x))) {
+      while (!(x->restarts >= 2 ? whole_step(*x, SIZE_MAX, /*arrived=*/false) : slice_step(*x))) {
         DJINN_CRASH_POINT("space.match.between_slices");
+        if (give_up_if_late(*x)) return;
       }
     });
     if (!queued) {
@@ -1065,16 +1067,7 @@ struct Space::Impl {
         if (ops[i].write) continue;
         if (!written.ok()) {
           outcomes[i].status = Status(written.code(), "take: " + written.message());
-          for (uint64_t seq : ops[i].seqs) {
-            auto it = entries.find(seq);
-            if (it == entries.end()) continue;
-            it->second.hold = Hold::kFree;
-            if (it->second.lease_ended) {  // its expiry or cancel came during the take, and left it to it
-              end_entry_locked(seq, ended_rows);
-              continue;
-            }
-            revive_locked(seq, d);
-          }
+          for (uint64_t seq : ops[i].seqs) untake_locked(seq, d, ended_rows);
           continue;
         }
         for (uint64_t seq : ops[i].seqs) {
@@ -2072,11 +2065,10 @@ void Space::match_async(MatchRequest request, MatchDone done) {
   auto x = std::make_shared<Impl::Match>();
   x->arrived = Clock::now();
   if (request.txn) x->txn = request.txn->id;
-  std::optional<TxnRef> txn = request.txn;
   x->request = std::move(request);
   x->reply = std::move(done);
   m.with_txn(
-      txn, [&m, x] { m.match(x); },
+      x->request.txn, [&m, x] { m.match(x); },
       [x, what](Status st) { x->answer()(Status(st.code(), std::string(what) + ": " + st.message())); });
 }
 

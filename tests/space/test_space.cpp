@@ -889,16 +889,8 @@ TEST_CASE("a walk in slices sees an entry that came back behind it: a blocking t
 TEST_CASE("a write is stored while long template reads keep coming on several threads") {
   Harness h;
   Space& space = h.service->space();
-  // Two large groups that share no entry: a template asking for both walks the smaller whole.
-  for (int batch = 0; batch < 8; ++batch) {
-    std::vector<WriteRequest> writes;
-    for (int i = 0; i < 500; ++i) {
-      writes.push_back(WriteRequest{.entry = entry("demo.Lamp", {{"color", Value("red")}}), .duration_ms = 600'000});
-      writes.push_back(WriteRequest{.entry = entry("demo.Lamp", {{"shape", Value("round")}}), .duration_ms = 600'000});
-    }
-    for (const auto& r : space.write_many(std::move(writes))) REQUIRE_MESSAGE(r.ok(), r.status().to_string());
-  }
-  const Template both = tmpl("demo.Lamp", {{"color", Value("red")}, {"shape", Value("round")}});
+  write_lamps(space, 4000);  // within one slice: each read walks them in one hold
+  const Template& both = both_lamps;
   // Four threads read with it over and over (readIfExists, a contents page): their holds of the
   // space's lock overlap, so it is never free of readers.
   std::atomic<bool> stop{false};
