@@ -40,6 +40,15 @@ uint64_t public_ref(uint64_t secret) {
   return ref;
 }
 
+uint64_t random_secret_id() {
+  for (;;) {
+    uint64_t id = 0;
+    randombytes_buf(&id, sizeof id);
+    id &= static_cast<uint64_t>(INT64_MAX);
+    if (id != 0) return id;
+  }
+}
+
 std::string public_ref_hex(uint64_t secret) {
   uint64_t ref = public_ref(secret);
   std::string out(16, '0');

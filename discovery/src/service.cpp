@@ -9,7 +9,6 @@
 #include <thread>
 
 #include <kj/exception.h>
-#include <sodium.h>
 
 #include "djinn/core/digest.h"
 #include "djinn/core/log.h"
@@ -157,8 +156,8 @@ struct DiscoveryService::Impl {
           }
           // An interest id lets whoever knows it renew or cancel the interest: drawn at random, and
           // the kind every subscriber sees names its ref.
-          uint64_t id = 0;
-          while (id == 0 || interests.count(id)) randombytes_buf(&id, sizeof id);
+          uint64_t id = random_secret_id();
+          while (interests.count(id)) id = random_secret_id();
           st.kind = "discovery.interest." + public_ref_hex(id);
           publisher->declare(st.kind);
           std::vector<DiscoveredLookup> matching;

@@ -13,7 +13,6 @@
 #include <thread>
 
 #include <kj/exception.h>
-#include <sodium.h>
 
 #include "convert.h"
 #include "djinn/core/digest.h"
@@ -72,17 +71,6 @@ int64_t wall_now_ms() {
 
 // The set's own lease is named by the set's ref: lease events show the resource to everyone.
 std::string set_resource(uint64_t set_id) { return "djinn.renewal-set/" + public_ref_hex(set_id); }
-
-// A set id is a capability (whoever knows it may list, add to and remove from the set), so it is
-// drawn at random: positive, as SQLite keeps it, and nonzero.
-uint64_t random_set_id() {
-  for (;;) {
-    uint64_t id = 0;
-    randombytes_buf(&id, sizeof id);
-    id &= static_cast<uint64_t>(INT64_MAX);
-    if (id != 0) return id;
-  }
-}
 
 // `until_ms` as the manager takes it. Clamped: a store written before untilMs was bounded may hold
 // one past what a time_point can.
@@ -393,7 +381,7 @@ Status RenewalService::Impl::create(proto::CreateSetParams::Reader p, proto::Set
   {
     std::lock_guard lock(mu);
     do {
-      set_id = random_set_id();
+      set_id = random_secret_id();  // a capability: whoever knows it may list and change the set
     } while (sets.count(set_id));
     auto st = db.cached("INSERT INTO renewal_set(id, holder, lease_id) VALUES (?, ?, 0)");
     if (!st.ok()) return st.status();

@@ -35,4 +35,8 @@ uint64_t public_ref(uint64_t secret);
 // public_ref as 16 lowercase hex digits, for event kinds and keys.
 std::string public_ref_hex(uint64_t secret);
 
+// A fresh secret id (a capability: whoever knows it may use what it names), drawn at random so
+// that ids cannot be guessed from one another: nonzero, and below 2^63 so SQLite keeps it as is.
+uint64_t random_secret_id();
+
 }  // namespace djinn
