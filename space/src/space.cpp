@@ -1403,6 +1403,9 @@ struct Space::Impl {
   }
 
   void check_active();
+  // FAILED_PRECONDITION for a blocking call made on a thread of the space's own (a completion's)
+  // that the call would have to wait for.
+  Status may_wait(std::string_view what) const;
 
   bool stopping_watch() {
     std::lock_guard lock(ended_mu);
@@ -2036,6 +2039,9 @@ void Space::write_many_async(std::vector<WriteRequest> requests, WriteManyDone d
 }
 
 std::vector<Result<Written>> Space::write_many(std::vector<WriteRequest> requests) {
+  if (Status refused = impl_->may_wait("write"); !refused.ok()) {
+    return std::vector<Result<Written>>(requests.size(), refused);
+  }
   std::promise<std::vector<Result<Written>>> p;
   auto f = p.get_future();
   write_many_async(std::move(requests), [&p](std::vector<Result<Written>> r) { p.set_value(std::move(r)); });
@@ -2043,6 +2049,7 @@ std::vector<Result<Written>> Space::write_many(std::vector<WriteRequest> request
 }
 
 Result<Written> Space::write(WriteRequest request) {
+  DJINN_RETURN_IF_ERROR(impl_->may_wait("write"));
   std::promise<Result<Written>> p;
   auto f = p.get_future();
   write_async(std::move(request), [&p](Result<Written> r) { p.set_value(std::move(r)); });
@@ -2072,12 +2079,15 @@ void Space::match_async(MatchRequest request, MatchDone done) {
       [x, what](Status st) { x->answer()(Status(st.code(), std::string(what) + ": " + st.message())); });
 }
 
+Status Space::Impl::may_wait(std::string_view what) const {
+  const char* thread = on_scan_thread ? "scan" : commit->on_commit_thread() ? "group-commit" : nullptr;
+  if (!thread) return Status::Ok();
+  return failed_precondition(std::string(what) + ": called from a completion on the space's " + thread +
+                             " thread, which it would wait for; use the _async call");
+}
+
 namespace {
 Result<std::vector<Entry>> wait_match(Space& space, MatchRequest request) {
-  if (on_scan_thread) {
-    return failed_precondition(std::string(request.take ? "take" : "read") +
-                               ": called from a completion on the space's scan thread, which it could wait for; use match_async");
-  }
   std::promise<Result<std::vector<Entry>>> p;
   auto f = p.get_future();
   space.match_async(std::move(request), [&p](Result<std::vector<Entry>> r) { p.set_value(std::move(r)); });
@@ -2091,15 +2101,18 @@ Result<std::optional<Entry>> first_of(Result<std::vector<Entry>> r) {
 }  // namespace
 
 Result<std::optional<Entry>> Space::read(const Template& tmpl, std::chrono::milliseconds timeout, std::optional<TxnRef> txn) {
+  DJINN_RETURN_IF_ERROR(impl_->may_wait("read"));
   return first_of(wait_match(*this, MatchRequest{tmpl, false, 1, timeout, std::move(txn)}));
 }
 
 Result<std::optional<Entry>> Space::take(const Template& tmpl, std::chrono::milliseconds timeout, std::optional<TxnRef> txn) {
+  DJINN_RETURN_IF_ERROR(impl_->may_wait("take"));
   return first_of(wait_match(*this, MatchRequest{tmpl, true, 1, timeout, std::move(txn)}));
 }
 
 Result<std::vector<Entry>> Space::take_many(const Template& tmpl, size_t max, std::chrono::milliseconds timeout,
                                             std::optional<TxnRef> txn) {
+  DJINN_RETURN_IF_ERROR(impl_->may_wait("take"));
   return wait_match(*this, MatchRequest{tmpl, true, max, timeout, std::move(txn)});
 }
 

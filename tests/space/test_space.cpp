@@ -852,6 +852,42 @@ TEST_CASE("a blocking read from a completion on a scan thread is refused rather 
   CHECK(e.space->read(both_lamps, 0ms).ok());  // from any other thread, as ever
 }
 
+TEST_CASE("blocking calls from a completion on the group-commit thread are refused rather than left to wait for it") {
+  JoiningEngine e;
+  REQUIRE(e.space->write({purple_lamp(1), 600'000}).ok());
+  // A write's completion and a take's both run on the group-commit thread; a blocking call made
+  // there would wait for a batch that thread is to write after it.
+  std::promise<std::vector<Status>> from_write;
+  e.space->write_async({purple_lamp(2), 600'000}, [&](Result<Written> w) {
+    std::vector<Status> got{w.status(), e.space->write({purple_lamp(3), 600'000}).status()};
+    got.push_back(e.space->write_many({{purple_lamp(4), 600'000}}).front().status());
+    got.push_back(e.space->take(both_lamps, 0ms).status());
+    got.push_back(e.space->read(both_lamps, 0ms).status());
+    got.push_back(e.space->take_many(both_lamps, 2, 0ms).status());
+    from_write.set_value(std::move(got));
+  });
+  auto answered = from_write.get_future();
+  REQUIRE(answered.wait_for(5s) == std::future_status::ready);
+  std::vector<Status> got = answered.get();
+  CHECK_MESSAGE(got[0].ok(), got[0].to_string());
+  for (size_t i = 1; i < got.size(); ++i) {
+    CAPTURE(i);
+    CHECK_MESSAGE(got[i].code() == Code::kFailedPrecondition, got[i].to_string());
+  }
+  std::promise<Status> from_take;
+  e.space->match_async(MatchRequest{both_lamps, true, 1, 0ms, std::nullopt}, [&](Result<std::vector<Entry>> r) {
+    from_take.set_value(r.ok() ? e.space->take(both_lamps, 0ms).status() : r.status());
+  });
+  auto taken = from_take.get_future();
+  REQUIRE(taken.wait_for(5s) == std::future_status::ready);
+  CHECK(taken.get().code() == Code::kFailedPrecondition);
+  // Nothing was changed by the refusals; from any other thread the calls work as ever.
+  auto rest = e.space->take_many(both_lamps, 10, 0ms);
+  REQUIRE(rest.ok());
+  CHECK(rest->size() == 1);
+  CHECK(e.space->write({purple_lamp(5), 600'000}).ok());
+}
+
 TEST_CASE("a walk in slices sees an entry that came back behind it: a blocking take, and IfExists") {
   JoiningEngine e;
   Space& space = *e.space;

@@ -75,6 +75,10 @@ class GroupCommit {
     for (Group& g : left) refuse(g, "stopped before it was written");
   }
 
+  // Whether the caller runs on the committing thread, as completions do: a call made there that
+  // waits for a later batch waits for its own thread.
+  bool on_commit_thread() const { return std::this_thread::get_id() == thread_.get_id(); }
+
   // `bytes`: what the requests hold, counted against Limits::max_queued_bytes. `bounded` false:
   // queued whatever the bounds (a request that finishes what was already promised, such as the
   // removal of an entry a taker has been handed, must not be refused).

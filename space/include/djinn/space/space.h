@@ -167,6 +167,10 @@ class Space final : public txn::Participant {
   Space& operator=(const Space&) = delete;
 
   // Durable (with its lease) before `done` runs; under a transaction, visible only to it.
+  // Completions of writes and takes outside a transaction run on the space's group-commit thread:
+  // the blocking calls (write, write_many, read, take, take_many) made from one, or from the scan
+  // thread of a match_async completion, would wait for their own thread and answer
+  // FAILED_PRECONDITION instead.
   void write_async(WriteRequest request, WriteDone done);
   Result<Written> write(WriteRequest request);
   // Several writes in one durable transaction (one fsync for all), each written or refused on its
