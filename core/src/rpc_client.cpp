@@ -6,10 +6,12 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
-#include <mutex>
+#include <deque>
 #include <map>
+#include <mutex>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 
 #include <kj/exception.h>
 
@@ -58,6 +60,10 @@ class Channel {
  public:
   Channel(zmq::context_t& ctx, const ClientOptions& o) : dealer_(ctx, zmq::socket_type::dealer) {
     dealer_.set(zmq::sockopt::linger, 0);
+    // A call leaves only on a connection that is up: queued for one still to come, it would reach
+    // a server that starts after its caller was told DEADLINE_EXCEEDED, and run then. What a lost
+    // connection held is dropped with it, and a call that was never sent is sent once it is back.
+    dealer_.set(zmq::sockopt::immediate, true);
     dealer_.set(zmq::sockopt::sndhwm, 100000);
     dealer_.set(zmq::sockopt::rcvhwm, 100000);
     dealer_.set(zmq::sockopt::reconnect_ivl, static_cast<int>(o.reconnect_interval.count()));
@@ -369,6 +375,9 @@ Reply to_reply(const zmq::message_t& frame, const Limits& limits, uint64_t* id) 
   return Reply(std::move(st), std::move(words), options);
 }
 
+// How often a call that found no room on an open connection tries again.
+constexpr std::chrono::milliseconds kUnsentRetry{10};
+
 bool send_call(zmq::socket_t& s, uint64_t id, std::string_view method, Clock::time_point deadline,
                const CallOptions& o, kj::ArrayPtr<const capnp::word> payload, bool more_follows = false) {
   auto left = std::chrono::duration_cast<std::chrono::microseconds>(deadline - Clock::now()).count();
@@ -417,9 +426,8 @@ Reply Client::Impl::call_sync(std::string_view method, kj::ArrayPtr<const capnp:
 
   static std::atomic<uint64_t> next_id{0};
   uint64_t id = next_id.fetch_add(1) + 1;
-  if (!send_call(ch->dealer(), id, method, deadline, o, payload)) {
-    return Reply(unavailable("the send queue to " + options.endpoint + " is full; the server is not keeping up"));
-  }
+  // Unsent while there is no connection (or no room on it): sent when the monitor says it is up.
+  bool sent = send_call(ch->dealer(), id, method, deadline, o, payload);
   zmq::pollitem_t items[2] = {{ch->dealer().handle(), 0, ZMQ_POLLIN, 0}, {ch->monitor().handle(), 0, ZMQ_POLLIN, 0}};
   std::vector<zmq::message_t> parts;
   for (;;) {
@@ -428,7 +436,9 @@ Reply Client::Impl::call_sync(std::string_view method, kj::ArrayPtr<const capnp:
       n_timeouts++;
       return Reply(timeout_status(options.endpoint, method, timeout, link.ever_connected));
     }
-    internal::poll_sockets(items, 2, std::chrono::ceil<std::chrono::milliseconds>(deadline - now));
+    auto wait = std::chrono::ceil<std::chrono::milliseconds>(deadline - now);
+    if (!sent && link.connected) wait = std::min(wait, kUnsentRetry);  // no room yet: no event will say when
+    internal::poll_sockets(items, 2, wait);
     if (items[0].revents & ZMQ_POLLIN) {
       while (true) {
         parts.clear();
@@ -446,12 +456,14 @@ Reply Client::Impl::call_sync(std::string_view method, kj::ArrayPtr<const capnp:
       if (link.refused) return Reply(*link.refused);
       if (link.lost) {
         link.lost = false;
-        if (!retryable(o)) return Reply(lost_status(options.endpoint, method));
-        n_retries++;
-        // Queued on the socket; ZeroMQ delivers it once the connection is back.
-        send_call(ch->dealer(), id, method, deadline, o, payload);
+        if (sent) {
+          if (!retryable(o)) return Reply(lost_status(options.endpoint, method));
+          n_retries++;
+          sent = false;  // dropped with the connection: sent again once it is back
+        }
       }
     }
+    if (!sent) sent = send_call(ch->dealer(), id, method, deadline, o, payload);
   }
 }
 
@@ -602,6 +614,9 @@ void Client::Impl::io_loop() {
   Channel& ch = *channel;
   Link& link = ch.link();
   std::unordered_map<uint64_t, Pending> in_flight;
+  // Calls in flight whose message has not left (no connection, or no room on it), in call order.
+  // An id answered meanwhile (its deadline passed) is skipped.
+  std::deque<uint64_t> unsent;
   // Ordered by deadline; an answered call leaves it at once, so it holds only calls in flight.
   std::multimap<Clock::time_point, uint64_t> deadlines;
   uint64_t next_id = 0;
@@ -615,35 +630,55 @@ void Client::Impl::io_loop() {
     cb(std::move(r));
   };
 
-  // Sends the queued calls, as few messages as the batch limit allows.
-  auto flush = [&](std::vector<Pending>& queue) {
-    size_t i = 0;
-    while (i < queue.size()) {
-      size_t end = std::min(queue.size(), i + options.limits.max_batch);
-      if (link.refused) {
-        for (; i < end; ++i) queue[i].done(Reply(*link.refused));
-        continue;
+  // Sends the unsent calls in order, as few messages as the batch limit allows, until the socket
+  // takes no more. Once a batch's first call is taken the rest go with it: ZeroMQ drops a message
+  // whose later parts it could not take along with the whole of it, as with a lost connection.
+  std::vector<uint64_t> going;
+  auto send_unsent = [&] {
+    while (!unsent.empty() && !link.refused) {
+      going.clear();
+      while (!unsent.empty() && going.size() < options.limits.max_batch) {
+        if (in_flight.count(unsent.front())) going.push_back(unsent.front());
+        unsent.pop_front();
       }
-      n_batches++;
-      for (; i < end; ++i) {
-        Pending& p = queue[i];
-        uint64_t id = ++next_id;
-        send_call(ch.dealer(), id, p.method, p.deadline, p.options, p.payload, i + 1 < end);
-        p.due = deadlines.emplace(p.deadline, id);
-        in_flight.emplace(id, std::move(p));
+      for (size_t k = 0; k < going.size(); ++k) {
+        const Pending& p = in_flight.at(going[k]);
+        bool taken = send_call(ch.dealer(), going[k], p.method, p.deadline, p.options, p.payload, k + 1 < going.size());
+        if (k == 0 && !taken) {
+          unsent.insert(unsent.begin(), going.begin(), going.end());
+          return;
+        }
       }
+      if (!going.empty()) n_batches++;
     }
-    queue.clear();
   };
 
-  // After a lost connection: retryable calls in flight are sent again (they leave once it is
-  // back), the others fail, since they may or may not have been applied.
+  // Takes the queued calls in flight and sends them.
+  auto flush = [&](std::vector<Pending>& queue) {
+    for (Pending& p : queue) {
+      if (link.refused) {
+        p.done(Reply(*link.refused));
+        continue;
+      }
+      uint64_t id = ++next_id;
+      p.due = deadlines.emplace(p.deadline, id);
+      in_flight.emplace(id, std::move(p));
+      unsent.push_back(id);
+    }
+    queue.clear();
+    send_unsent();
+  };
+
+  // After a lost connection (dropped with what it held): retryable calls in flight are sent again
+  // once it is back, and so are calls never sent; the others fail, since they may or may not have
+  // been applied.
   auto resend_or_fail = [&] {
+    std::unordered_set<uint64_t> never_sent(unsent.begin(), unsent.end());
+    std::vector<uint64_t> again;
     for (auto it = in_flight.begin(); it != in_flight.end();) {
-      if (retryable(it->second.options)) {
-        n_retries++;
-        send_call(ch.dealer(), it->first, it->second.method, it->second.deadline, it->second.options,
-                  it->second.payload);
+      if (never_sent.count(it->first) || retryable(it->second.options)) {
+        if (!never_sent.count(it->first)) n_retries++;
+        again.push_back(it->first);
         ++it;
       } else {
         auto next = std::next(it);
@@ -651,6 +686,9 @@ void Client::Impl::io_loop() {
         it = next;
       }
     }
+    std::sort(again.begin(), again.end());  // ids count up in call order
+    unsent.assign(again.begin(), again.end());
+    send_unsent();
   };
 
   zmq::pollitem_t items[3] = {{ch.dealer().handle(), 0, ZMQ_POLLIN, 0},
@@ -658,6 +696,7 @@ void Client::Impl::io_loop() {
                               {nullptr, wakeup.fd(), ZMQ_POLLIN, 0}};
   while (!stopping.load(std::memory_order_relaxed)) {
     auto wait = std::chrono::milliseconds(100);
+    if (!unsent.empty() && link.connected) wait = kUnsentRetry;  // no room yet: no event will say when
     if (!deadlines.empty()) {
       auto d = std::chrono::ceil<std::chrono::milliseconds>(deadlines.begin()->first - Clock::now());
       wait = std::clamp(d, std::chrono::milliseconds(0), wait);
@@ -684,12 +723,14 @@ void Client::Impl::io_loop() {
     if (items[1].revents & ZMQ_POLLIN) {
       ch.read_events();
       if (link.refused) {
+        unsent.clear();
         while (!in_flight.empty()) finish(in_flight.begin(), Reply(*link.refused));
       } else if (link.lost) {
         link.lost = false;
         resend_or_fail();
       }
     }
+    send_unsent();  // the connection may be up now, or have room
     if (named && !link.connected) {
       consider_redial(ch);
       // What was queued for the old address is dropped with its connection: as for a lost one,

@@ -219,6 +219,44 @@ TEST_CASE("a call past its deadline fails with DEADLINE_EXCEEDED and the server 
   CHECK(none.status().message().find("no connection") != std::string::npos);
 }
 
+TEST_CASE("a call that timed out before there was a server never runs once one starts") {
+  std::string ep = "tcp://127.0.0.1:" + std::to_string(test::free_tcp_port());
+  rpc::Client c({.endpoint = ep});
+  // Blocking and asynchronous, keyed (retryable) and not: each is told DEADLINE_EXCEEDED.
+  CHECK(echo(c, "too late", {.timeout = std::chrono::milliseconds(150)}).status().code() == Code::kDeadlineExceeded);
+  CHECK(echo(c, "too late", {.timeout = std::chrono::milliseconds(150), .idempotency_key = "late-1"}).status().code() ==
+        Code::kDeadlineExceeded);
+  capnp::MallocMessageBuilder msg;
+  msg.initRoot<EchoParams>().setText("too late");
+  auto late = c.call_async("echo.echo", msg, {.timeout = std::chrono::milliseconds(150)});
+  auto late_keyed = c.call_async("echo.echo", msg, {.timeout = std::chrono::milliseconds(150), .idempotent = true});
+  CHECK(late.get().status().code() == Code::kDeadlineExceeded);
+  CHECK(late_keyed.get().status().code() == Code::kDeadlineExceeded);
+
+  // The server comes up on that endpoint: the client connects, and none of those calls reaches it
+  // (they waited in the client's socket and ran then, with a fresh deadline, before).
+  EchoServer s({.endpoints = {ep}});
+  rpc::Reply after = echo(c, "on time", {.timeout = std::chrono::seconds(5)});
+  REQUIRE_MESSAGE(after.ok(), after.status().to_string());
+  auto async_after = c.call_async("echo.echo", msg, {.timeout = std::chrono::seconds(5)});
+  REQUIRE_MESSAGE(async_after.get().ok(), "the asynchronous path connects too");
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  CHECK(s.echo.served() == 2);
+
+  // A call made before the server is up but within its timeout still goes through once it is.
+  std::string ep2 = "tcp://127.0.0.1:" + std::to_string(test::free_tcp_port());
+  rpc::Client early({.endpoint = ep2});
+  auto sync_early = std::async(std::launch::async, [&] { return echo(early, "early", {.timeout = std::chrono::seconds(10)}); });
+  auto async_early = early.call_async("echo.echo", msg, {.timeout = std::chrono::seconds(10)});
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EchoServer s2({.endpoints = {ep2}});
+  rpc::Reply r1 = sync_early.get();
+  CHECK_MESSAGE(r1.ok(), r1.status().to_string());
+  rpc::Reply r2 = async_early.get();
+  CHECK_MESSAGE(r2.ok(), r2.status().to_string());
+  CHECK(s2.echo.served() == 2);
+}
+
 TEST_CASE("the client reconnects after the server process is killed and restarted") {
   int port = test::free_tcp_port();
   std::string ep = "tcp://127.0.0.1:" + std::to_string(port);
