@@ -38,6 +38,8 @@ constexpr std::string_view kEventKinds[] = {"lease.granted", "lease.renewed", "l
 // A waiting grant must be answered before the caller's deadline, or its answer is lost: the wait
 // ends this much earlier, leaving time for the reply to travel.
 constexpr auto kDeadlineMargin = std::chrono::milliseconds(50);
+// Grants that may wait, queued for the threads that carry them out; past this, UNAVAILABLE.
+constexpr size_t kMaxQueuedWaitingGrants = 1024;
 
 // How many of `leases`, from the first, fit in one reply (at least one).
 size_t fitting_in_reply(std::span<const Lease> leases, size_t landlord_bytes) {
@@ -84,7 +86,7 @@ struct LandlordService::Impl {
         grant_group(kMaxBatchItems, [this](std::span<const GrantRequest> r) { return landlord.grant_batch(r); }, "lease-grants"),
         renewals(kMaxBatchItems, [this](std::span<const RenewRequest> r) { return landlord.renew_batch(r); }, "lease-renewals"),
         cancels(kMaxBatchItems, [this](std::span<const LeaseId> ids) { return landlord.cancel_batch(ids); }, "lease-cancels"),
-        grants(threads, "lease-grant-job") {}
+        grants(threads, "lease-grant-job", kMaxQueuedWaitingGrants) {}
 
   Landlord& landlord;
   events::Publisher* publisher;
@@ -271,13 +273,20 @@ void LandlordService::Impl::register_methods(rpc::Server& server) {
           });
           return;
         }
-        grants.post([this, request = std::move(request), shared] {
+        bool queued = grants.post([this, request = std::move(request), shared, deadline = ctx.deadline] {
+          if (rpc::Clock::now() >= deadline) {
+            return shared->reply(deadline_exceeded("lease.grant: the call's deadline passed while it waited"));
+          }
           // The completion may run after this service is gone (a wait ends on the engine's thread):
           // it holds the endpoint by value and nothing of `this`.
           landlord.grant_async(request, [shared, where = get_endpoint()](Result<Lease> result) {
             reply_lease(*shared, result, where);
           });
         });
+        if (!queued) {
+          shared->reply(unavailable("lease.grant: " + std::to_string(kMaxQueuedWaitingGrants) +
+                                    " grants that may wait are queued already; retry later"));
+        }
       },
       {.min_role = security::Role::kClient});
 

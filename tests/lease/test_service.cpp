@@ -2,7 +2,9 @@
 // input refused without effect, roles, events with the holder as key, conflicts and waiting grants.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <cstring>
 #include <future>
 #include <mutex>
@@ -10,6 +12,7 @@
 #include <thread>
 
 #include "djinn/core/events.h"
+#include "djinn/core/fault.h"
 #include "djinn/core/sqlite.h"
 #include "djinn/lease/client.h"
 #include "djinn/lease/service.h"
@@ -601,4 +604,57 @@ TEST_CASE("a holder's leases past a reply's size come in pages, and cancelHolder
   auto none = h.client->leases_of_holder(holder);
   REQUIRE(none.ok());
   CHECK(none->empty());
+}
+
+TEST_CASE("grants that may wait are queued up to a bound; past it UNAVAILABLE, and the queued ones are granted") {
+  Harness h;
+  // The threads that carry out waiting grants are held at their first durable write.
+  std::mutex mu;
+  std::condition_variable cv;
+  bool released = false;
+  fault::arm_call("lease.landlord.before_commit", [&] {
+    std::unique_lock lock(mu);
+    cv.wait(lock, [&] { return released; });
+  });
+  rpc::Client raw({.endpoint = h.manager->rpc_endpoint()});
+  constexpr int kCalls = 1400;
+  std::vector<std::future<rpc::Reply>> replies;
+  for (int i = 0; i < kCalls; ++i) {
+    capnp::MallocMessageBuilder msg;
+    auto p = msg.initRoot<proto::GrantParams>();
+    p.setResource("room-" + std::to_string(i));
+    p.setHolder("queue");
+    p.setKind(proto::LeaseKind::SHARED);
+    p.setDurationMs(10'000);
+    p.setWaitMs(1'000);
+    replies.push_back(raw.call_async("lease.grant", msg, {.timeout = 30s}));
+  }
+  auto answered = [&] {
+    return std::count_if(replies.begin(), replies.end(), [](auto& r) { return r.wait_for(0s) == std::future_status::ready; });
+  };
+  // Past the bound (1,024 queued, one held on each of the two threads) answered while the rest wait.
+  REQUIRE(test::eventually([&] { return answered() >= kCalls - 1024 - 2; }));
+  std::this_thread::sleep_for(200ms);
+  auto answered_while_held = answered();
+  {
+    std::lock_guard lock(mu);
+    released = true;
+  }
+  cv.notify_all();
+  int granted = 0, refused = 0;
+  for (auto& r : replies) {
+    rpc::Reply got = r.get();
+    if (got.ok()) {
+      ++granted;
+      continue;
+    }
+    ++refused;
+    CHECK_MESSAGE(got.status().code() == Code::kUnavailable, got.status().to_string());
+    CHECK(got.status().message().find("retry") != std::string::npos);
+  }
+  fault::disarm_all();
+  CHECK(refused == answered_while_held);
+  CHECK(granted == kCalls - refused);
+  CHECK(granted >= 1024);
+  CHECK(h.client->leases_of_holder("queue")->size() == static_cast<size_t>(granted));
 }
