@@ -348,7 +348,7 @@ int Subscriber::poll(std::chrono::milliseconds timeout) {
   int delivered = 0;
   bool heard = false;
   std::vector<zmq::message_t> parts;
-  while (true) {
+  for (int n = 0; n < kMaxPerPoll; ++n) {
     parts.clear();
     if (!rpc::internal::recv_parts(*socket_, parts, zmq::recv_flags::dontwait)) break;
     heard = true;

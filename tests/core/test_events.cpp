@@ -3,6 +3,7 @@
 
 #include <atomic>
 #include <mutex>
+#include <thread>
 #include <tuple>
 
 #include "djinn/core/events.h"
@@ -284,4 +285,42 @@ TEST_CASE("events under CURVE: a subscriber in the keyring receives, a stranger 
     stranger_sub->poll(std::chrono::milliseconds(5));
   }
   CHECK(stranger_seen == 0);
+}
+
+TEST_CASE("poll() returns while a publisher keeps sending faster than the handler keeps up, and so does stop()") {
+  events::Publisher pub({.heartbeat_interval = std::chrono::milliseconds(0)});
+  REQUIRE(pub.start().ok());
+  events::Subscriber sub({.endpoint = pub.endpoints()[0]});
+  std::atomic<int> seen{0};
+  sub.subscribe("warmup");
+  sub.subscribe("flood");
+  sub.on_event([&](const events::Event&) {
+    seen++;
+    std::this_thread::sleep_for(std::chrono::microseconds(50));
+  });
+  wait_until_connected(pub, sub, seen);
+  std::atomic<bool> flooding{true};
+  std::thread flood([&] {
+    // Capped, so a poll that never returns still lets the test end.
+    auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (flooding && std::chrono::steady_clock::now() < until) publish_text(pub, "flood", "", "x");
+  });
+  // The socket comes to hold far more than one poll handles: each call handles a bounded share and
+  // returns (it drained until the publisher paused before), so the thread of start() sees stop()
+  // as soon.
+  for (int i = 0; i < 8; ++i) {
+    auto t0 = std::chrono::steady_clock::now();
+    int handled = sub.poll(std::chrono::milliseconds(50));
+    auto took = std::chrono::steady_clock::now() - t0;
+    CHECK(handled <= events::Subscriber::kMaxPerPoll);
+    CHECK(took < std::chrono::seconds(1));
+  }
+  CHECK(seen.load() > events::Subscriber::kMaxPerPoll);
+  flooding = false;
+  flood.join();
+  // The subscriber goes first, and the publisher's side of its connection sees it go before the
+  // publisher closes: libzmq 4.3 aborts when a PUB socket closes while a lagging connection is
+  // part-way through a multipart message and that connection then fails (libzmq issue 3442).
+  sub.stop();
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
 }

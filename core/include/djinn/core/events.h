@@ -170,8 +170,10 @@ class Subscriber {
   Status start();
   void stop();
   // Or drive it from the caller's thread (never while start()'s thread runs: the socket is one
-  // thread's): waits up to `timeout` and handles what arrived.
+  // thread's): waits up to `timeout` and handles what arrived, at most kMaxPerPoll messages, so a
+  // publisher that never pauses cannot keep a call (or stop()) waiting.
   // Returns the number of events delivered.
+  static constexpr int kMaxPerPoll = 1024;
   int poll(std::chrono::milliseconds timeout);
 
   uint64_t gaps() const { return gaps_; }
