@@ -199,6 +199,10 @@ struct Client::Impl {
       : options(std::move(o)),
         context(options.context ? *options.context : default_context()),
         named(internal::named_tcp_endpoint(options.endpoint)) {
+    if (Status st = wakeup.status(); !st.ok()) {
+      unusable = st;
+      return;
+    }
     if (named) {
       if (Status st = internal::check_named_endpoint(*named, options.endpoint); !st.ok()) {
         unusable = st;
@@ -375,6 +379,12 @@ Reply to_reply(const zmq::message_t& frame, const Limits& limits, uint64_t* id) 
   return Reply(std::move(st), std::move(words), options);
 }
 
+// The call's timeout, or the client's default; one too long to add to the clock is the longest.
+std::chrono::milliseconds call_timeout(const CallOptions& call, const ClientOptions& client) {
+  auto t = call.timeout.count() > 0 ? call.timeout : client.default_timeout;
+  return std::clamp(t, std::chrono::milliseconds(1), kMaxCallTimeout);
+}
+
 // How often a call that found no room on an open connection tries again.
 constexpr std::chrono::milliseconds kUnsentRetry{10};
 
@@ -395,7 +405,7 @@ Reply Client::Impl::call_sync(std::string_view method, kj::ArrayPtr<const capnp:
                               const CallOptions& o) {
   n_calls++;
   if (unusable) return Reply(*unusable);
-  auto timeout = o.timeout.count() > 0 ? o.timeout : options.default_timeout;
+  auto timeout = call_timeout(o, options);
   Clock::time_point deadline = Clock::now() + timeout;
   if (named) {
     if (Status st = await_dial(deadline, timeout); !st.ok()) {
@@ -492,7 +502,7 @@ void Client::call_async_raw(std::string_view method, kj::Array<capnp::word> payl
     });
   });
   im.n_calls++;
-  auto timeout = options.timeout.count() > 0 ? options.timeout : im.options.default_timeout;
+  auto timeout = call_timeout(options, im.options);
   im.submit(Pending{std::string(method), std::move(payload), std::move(options), Clock::now() + timeout, timeout,
                     std::move(done)});
 }

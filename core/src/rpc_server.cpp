@@ -261,7 +261,13 @@ void Server::after_burst(std::function<void()> hook) { impl_->burst_hooks.push_b
 Status Server::start() {
   Impl& im = *impl_;
   if (im.running) return failed_precondition("server already started");
-  im.router = std::make_unique<zmq::socket_t>(im.context, zmq::socket_type::router);
+  DJINN_RETURN_IF_ERROR(im.outbox->wakeup.status());
+  try {
+    im.router = std::make_unique<zmq::socket_t>(im.context, zmq::socket_type::router);
+  } catch (const zmq::error_t& e) {
+    return resource_exhausted(std::string("cannot open the server's socket: ") + e.what() +
+                              (e.num() == EMFILE ? " (raise the limit on open files, ulimit -n)" : ""));
+  }
   auto& s = *im.router;
   s.set(zmq::sockopt::linger, 0);
   s.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(im.options.limits.hard_max_message_bytes));

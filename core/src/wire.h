@@ -5,8 +5,10 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -93,11 +95,19 @@ std::optional<size_t> recv_frame(zmq::socket_t& socket, zmq::message_t& message,
 bool recv_parts(zmq::socket_t& socket, std::vector<zmq::message_t>& parts, zmq::recv_flags flags);
 std::optional<size_t> send_frame(zmq::socket_t& socket, zmq::message_t& message, zmq::send_flags flags);
 
-// An eventfd used to wake a thread that polls ZeroMQ sockets.
+// An eventfd used to wake a thread that polls ZeroMQ sockets. Its owner checks status() before a
+// thread waits on it: one that could not be made (out of file descriptors) would never wake it.
 class Wakeup {
  public:
-  Wakeup() : fd_(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {}
-  ~Wakeup() { ::close(fd_); }
+  Wakeup() : fd_(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)), error_(fd_ < 0 ? errno : 0) {}
+  ~Wakeup() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  Status status() const {
+    if (fd_ >= 0) return Status::Ok();
+    return resource_exhausted(std::string("cannot make an eventfd: ") + std::strerror(error_) +
+                              " (raise the limit on open files, ulimit -n)");
+  }
   Wakeup(const Wakeup&) = delete;
   Wakeup& operator=(const Wakeup&) = delete;
   int fd() const { return fd_; }
@@ -114,6 +124,7 @@ class Wakeup {
 
  private:
   int fd_;
+  int error_;
 };
 
 }  // namespace djinn::rpc::internal

@@ -107,7 +107,7 @@ Result<HeldLease> LeaseClient::grant(const GrantRequest& request, rpc::CallOptio
   // A waiting grant must not time out before its wait is over.
   if (request.wait.count() > 0) {
     auto timeout = call.timeout.count() > 0 ? call.timeout : std::chrono::milliseconds(5000);
-    call.timeout = std::max(timeout, request.wait + std::chrono::milliseconds(1000));
+    call.timeout = std::max(timeout, std::min(request.wait, rpc::kMaxCallTimeout) + std::chrono::milliseconds(1000));
   }
   rpc::Reply reply = client_->call("lease.grant", message, call);
   return rpc::read_reply<HeldLease>(reply, "lease.grant", [&](rpc::Reply& r) {

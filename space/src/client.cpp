@@ -162,7 +162,9 @@ Result<std::vector<Entry>> SpaceClient::match(const char* method, const Template
   p.setMaxEntries(static_cast<uint32_t>(max));
   if (txn) set_txn(p.initTxn(), txn);
   if (call.timeout.count() == 0) call.timeout = options_.default_timeout;
-  call.timeout += timeout;  // the server answers by `timeout`; the call waits for that answer
+  // The server answers by `timeout`; the call waits for that answer (each capped, so the sum
+  // cannot overflow).
+  call.timeout = std::min(call.timeout, rpc::kMaxCallTimeout) + std::min(timeout, rpc::kMaxCallTimeout);
   call = is_read ? idempotent(call) : keyed(call);
   rpc::Reply reply = client_->call(method, message, call);
   return rpc::read_reply<std::vector<Entry>>(reply, method, [method](rpc::Reply& r) {

@@ -4,6 +4,8 @@
 
 #include <signal.h>
 #include <sodium.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -730,6 +732,50 @@ TEST_CASE("a timeout too long to add to the clock is taken as none") {
     REQUIRE(reply.size() == 1);
     CHECK(reply_status(reply).ok());
   }
+}
+
+TEST_CASE("a caller's timeout too long to add to the clock is taken as the longest, blocking or not") {
+  EchoServer s;
+  rpc::Client c({.endpoint = s.endpoint()});
+  for (auto timeout : {std::chrono::milliseconds(std::chrono::hours(24 * 365 * 300)), std::chrono::milliseconds::max()}) {
+    rpc::Reply r = echo(c, "far", {.timeout = timeout});
+    CHECK_MESSAGE(r.ok(), r.status().to_string());
+    capnp::MallocMessageBuilder msg;
+    msg.initRoot<EchoParams>().setText("far");
+    rpc::Reply a = c.call_async("echo.echo", msg, {.timeout = timeout}).get();
+    CHECK_MESSAGE(a.ok(), a.status().to_string());
+  }
+}
+
+TEST_CASE("out of file descriptors: a server refuses to start and a client's calls fail, saying why") {
+  // In a child, whose descriptor limit can be lowered without harm to the rest of the tests.
+  pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    zmq::context_t ctx;
+    { zmq::socket_t warm(ctx, zmq::socket_type::dealer); }  // the context's own threads and descriptors
+    rlimit few{256, 256};
+    if (::setrlimit(RLIMIT_NOFILE, &few) != 0) ::_exit(10);
+    while (::dup(0) >= 0) {
+    }  // every descriptor left taken
+    if (errno != EMFILE) ::_exit(13);
+    rpc::Server server({.endpoints = {"tcp://127.0.0.1:*"}, .context = &ctx});
+    Status started = server.start();
+    if (started.code() != Code::kResourceExhausted || started.message().find("ulimit") == std::string::npos) ::_exit(11);
+    // One descriptor free: the eventfd is made, the socket is not.
+    ::close(200);
+    rpc::Server second({.endpoints = {"tcp://127.0.0.1:*"}, .context = &ctx});
+    started = second.start();
+    if (started.code() != Code::kResourceExhausted || started.message().find("ulimit") == std::string::npos) ::_exit(14);
+    rpc::Client client({.endpoint = "tcp://127.0.0.1:9", .context = &ctx});
+    rpc::Reply r = client.call("echo.echo", {.timeout = std::chrono::milliseconds(200)});
+    if (r.status().code() != Code::kResourceExhausted) ::_exit(12);
+    ::_exit(0);
+  }
+  int status = 0;
+  REQUIRE(::waitpid(pid, &status, 0) == pid);
+  REQUIRE(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
 }
 
 TEST_CASE("hostile input gets an error reply and the server goes on serving") {

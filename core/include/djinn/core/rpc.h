@@ -232,6 +232,9 @@ struct ClientOptions {
   std::chrono::milliseconds reresolve_after{30000};
 };
 
+// A call's longest timeout (ten years, as the server takes them); a longer one is taken as this.
+inline constexpr std::chrono::milliseconds kMaxCallTimeout{int64_t{10} * 365 * 24 * 3600 * 1000};
+
 struct CallOptions {
   std::chrono::milliseconds timeout{0};  // 0: the client's default
   bool idempotent = false;               // safe to send again after a lost connection
