@@ -18,6 +18,7 @@
 #include <cstring>
 #include <mutex>
 #include <thread>
+#include <unordered_set>
 
 #include "djinn/core/fault.h"
 #include "djinn/core/log.h"
@@ -160,7 +161,13 @@ struct Heap::Impl {
       names.clear();
       return Status();
     };
+    // Only what was asked, once: a source that sent more would fill the store with pages nothing
+    // holds.
+    std::unordered_set<PageHash, PageHashHasher> asked(lacking.begin(), lacking.end());
     Status st = from.fetch(lacking, [&](const PageHash& hash, std::span<const std::byte> page) -> Status {
+      if (asked.erase(hash) == 0) {
+        return data_loss("incoming page " + hash.hex() + ": the source sent a page that was not asked for, or sent it twice");
+      }
       if (page.size() != page_size) {
         return data_loss("incoming page " + hash.hex() + ": the source sent " + std::to_string(page.size()) +
                          " bytes for a page of " + std::to_string(page_size));
@@ -254,6 +261,26 @@ struct Heap::Impl {
   uint64_t drop_locked(std::vector<uint64_t>& victims, bool to_pool);
   // The hash of a clean resident page, learnt by hashing it; nullopt for a zero page.
   std::optional<PageHash> clean_hash_locked(uint64_t i, PageEntry& e);
+  // The copies dirty evictions hold in the store for pages still pending (kHeld), no longer held
+  // by them: a checkpoint holds those pages now, or the heap is closing.
+  std::vector<PageHash> take_held_locked() {
+    std::vector<PageHash> out;
+    for (uint64_t p : pending) {
+      PageEntry& e = table.at(p);
+      if (!e.has(PageEntry::kHeld)) continue;
+      out.push_back(e.hash);
+      e.clear(PageEntry::kHeld);
+    }
+    return out;
+  }
+  // Gives the store back copies that evictions held. Put for good instead, every dirty eviction's
+  // copy would stay until the store closed, each rewrite of a page one more.
+  void give_back(std::span<const PageHash> hashes) {
+    if (hashes.empty()) return;
+    if (Status st = store->release_pages(hashes); !st.ok()) {
+      DJINN_LOG(kError, "heapstore") << "giving back pages evicted from a heap: " << st.to_string();
+    }
+  }
 };
 
 Heap::Impl::~Impl() {
@@ -264,6 +291,7 @@ Heap::Impl::~Impl() {
     fault_thread.join();
   }
   if (stop_fd >= 0) ::close(stop_fd);
+  give_back(take_held_locked());  // what was not checkpointed is lost, as after a crash
   loader.reset();
   pool.reset();
   mmu.reset();  // unregisters before the range goes away
@@ -600,6 +628,7 @@ uint64_t Heap::Impl::evict_locked(uint64_t want, bool to_pool) {
 uint64_t Heap::Impl::drop_locked(std::vector<uint64_t>& victims, bool to_pool) {
   uint64_t dropped = 0;
   size_t out = 0;  // victims[0, out) are dropped; one that could not be written stays resident
+  std::vector<PageHash> superseded;  // copies an earlier eviction held, of pages since rewritten
   for (uint64_t i : victims) {
     PageEntry& e = table.at(i);
     e.clear(PageEntry::kVictim);
@@ -607,17 +636,19 @@ uint64_t Heap::Impl::drop_locked(std::vector<uint64_t>& victims, bool to_pool) {
     PageState next;
     if (e.state == PageState::kDirty) {
       if (is_zero_page(page)) {
-        e.clear(PageEntry::kHashKnown);
+        if (e.has(PageEntry::kHeld)) superseded.push_back(e.hash);
+        e.clear(PageEntry::kHashKnown | PageEntry::kHeld);
         next = PageState::kEmpty;
       } else {
-        Result<PageHash> h = store->put_page(page);
+        Result<PageHash> h = store->hold_page(page);
         if (!h.ok()) {
           DJINN_LOG(kWarn, "heapstore") << "evicting dirty page " << i << ": " << h.status().to_string()
                                         << "; it stays resident";
           continue;
         }
+        if (e.has(PageEntry::kHeld)) superseded.push_back(e.hash);
         e.hash = *h;
-        e.set(PageEntry::kHashKnown);
+        e.set(PageEntry::kHashKnown | PageEntry::kHeld);
         next = PageState::kPersistent;
         ++counters.flushes;
       }
@@ -635,6 +666,7 @@ uint64_t Heap::Impl::drop_locked(std::vector<uint64_t>& victims, bool to_pool) {
     victims[out++] = i;
   }
   victims.resize(out);
+  give_back(superseded);
   size_t run_start = 0;
   for (size_t k = 1; k <= victims.size(); ++k) {
     if (k == victims.size() || victims[k] != victims[k - 1] + 1) {
@@ -947,7 +979,9 @@ Result<VersionInfo> Heap::checkpoint(std::string_view record) {
   DJINN_CRASH_POINT("heapstore.heap.checkpoint.committed");
 
   // 4. The new version is the heap's: written pages are clean (their hash, computed by the store,
-  //    is learnt again when needed), nothing is pending.
+  //    is learnt again when needed), nothing is pending, and the copies evictions held in the
+  //    store are given back: the version holds every page the heap needs.
+  const std::vector<PageHash> held = m.take_held_locked();
   for (uint64_t p : flushing) {
     PageEntry& e = m.table.at(p);
     e.state = PageState::kResident;
@@ -956,6 +990,7 @@ Result<VersionInfo> Heap::checkpoint(std::string_view record) {
   for (uint64_t p : m.pending) m.table.at(p).clear(PageEntry::kPending);
   m.counters.pages_checkpointed += m.pending.size();
   ++m.counters.checkpoints;
+  m.give_back(held);
   m.pending.clear();
   m.version = info->version;
   m.record = std::string(record);

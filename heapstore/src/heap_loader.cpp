@@ -46,21 +46,30 @@ void PageLoader::work(Job& job) {
     // Each run of pages is mapped straight from the store's view of its pack file where it has
     // one: the page cache's bytes go into the heap in one copy.
     Status st;
-    size_t handed = store_.visit_pages(
-        std::span<const PageHash>(job.hashes + k, n), page_size_,
-        std::span<std::byte>(job.buffer + k * page_size_, n * page_size_),
-        [&](size_t first, std::span<const std::byte> pages) {
-          size_t count = pages.size() / page_size_;
-          Status mapped = map(job, k + first, pages.data(), count);
-          if (!mapped.ok()) {
-            std::lock_guard lock(job.error_mu);
-            if (job.broken.ok()) job.broken = mapped;
-            return mapped;
-          }
-          std::fill_n(job.mapped + k + first, count, uint8_t{1});
-          return Status();
-        },
-        &st);
+    size_t handed = 0;
+    try {
+      handed = store_.visit_pages(
+          std::span<const PageHash>(job.hashes + k, n), page_size_,
+          std::span<std::byte>(job.buffer + k * page_size_, n * page_size_),
+          [&](size_t first, std::span<const std::byte> pages) {
+            size_t count = pages.size() / page_size_;
+            Status mapped = map(job, k + first, pages.data(), count);
+            if (!mapped.ok()) {
+              std::lock_guard lock(job.error_mu);
+              if (job.broken.ok()) job.broken = mapped;
+              return mapped;
+            }
+            std::fill_n(job.mapped + k + first, count, uint8_t{1});
+            return Status();
+          },
+          &st);
+    } catch (const std::exception& e) {
+      // A read that throws (out of memory, say) fails its pages like any failed read. Let through,
+      // it would end a helper thread with std::terminate, or leave the run's other threads
+      // working on a job whose owner's stack is gone.
+      handed = static_cast<size_t>(std::find(job.mapped + k, job.mapped + k + n, uint8_t{0}) - (job.mapped + k));
+      st = internal_error(std::string("loading pages: ") + e.what());
+    }
     if (handed < n) fail(job, k + handed, std::move(st));
     job.finished.fetch_add(n, std::memory_order_release);
   }

@@ -30,6 +30,9 @@ struct PageEntry {
   static constexpr uint8_t kPending = 8;
   // Chosen by the sweep under way (a second turn of the hand must not choose it again).
   static constexpr uint8_t kVictim = 16;
+  // `hash` is the copy its last dirty eviction holds in the store (PageStore::hold_page), needed
+  // until a checkpoint holds the page or an eviction holds a newer copy; then given back.
+  static constexpr uint8_t kHeld = 32;
 
   bool has(uint8_t f) const { return (flags & f) != 0; }
   void set(uint8_t f) { flags |= f; }

@@ -90,6 +90,10 @@ Status decode_page(const Location& where, std::span<const std::byte> stored, std
   return Status();
 }
 
+uint64_t max_stored_length(uint32_t size, uint32_t flags) {
+  return (flags & kFlagZstd) ? ZSTD_compressBound(size) : size;
+}
+
 // ---- PackFile ----
 
 PackFile::~PackFile() {
@@ -247,28 +251,34 @@ void PackFile::punch_hole(uint64_t offset, uint64_t length) {
 
 // ---- PackSet ----
 
-Result<std::unique_ptr<PackSet>> PackSet::open(const std::filesystem::path& dir,
-                                               const std::map<uint64_t, uint64_t>& committed,
-                                               uint64_t max_file_bytes) {
+Result<std::map<uint64_t, std::filesystem::path>> find_pack_files(const std::filesystem::path& dir) {
+  std::map<uint64_t, std::filesystem::path> found;
   std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
-  if (ec) return unavailable("create " + dir.string() + ": " + ec.message());
-  std::unique_ptr<PackSet> set(new PackSet(dir, std::max<uint64_t>(max_file_bytes, kBlock)));
-
-  bool removed_any = false;
-  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
-    std::string name = entry.path().filename().string();
+  if (!std::filesystem::exists(dir, ec)) {
+    if (ec) return unavailable("list " + dir.string() + ": " + ec.message());
+    return found;
+  }
+  for (std::filesystem::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    std::string name = it->path().filename().string();
     unsigned long long id = 0;
     char tail = 0;
     if (std::sscanf(name.c_str(), "pack-%llu.da%c", &id, &tail) != 2 || tail != 't') continue;
-    if (!committed.contains(id)) {
-      // Created, maybe written, but no commit ever recorded it: nothing refers to it.
-      std::filesystem::remove(entry.path(), ec);
-      removed_any = true;
-    }
+    found[id] = it->path();
   }
   if (ec) return unavailable("list " + dir.string() + ": " + ec.message());
-  if (removed_any) DJINN_RETURN_IF_ERROR(files::sync_directory(dir));
+  return found;
+}
+
+Result<std::unique_ptr<PackSet>> PackSet::open(const std::filesystem::path& dir,
+                                               const std::map<uint64_t, uint64_t>& committed,
+                                               uint64_t max_file_bytes) {
+  std::unique_ptr<PackSet> set(new PackSet(dir, std::max<uint64_t>(max_file_bytes, kBlock)));
+  Result<std::map<uint64_t, std::filesystem::path>> found = find_pack_files(dir);
+  if (!found.ok()) return found.status();
+  for (const auto& [id, path] : *found) {
+    // Created, maybe written, but no commit ever recorded it: nothing refers to it.
+    if (!committed.contains(id)) set->leftovers_.push_back(path);
+  }
 
   for (const auto& [id, length] : committed) {
     std::filesystem::path path = pack_path(dir, id);
@@ -281,11 +291,7 @@ Result<std::unique_ptr<PackSet>> PackSet::open(const std::filesystem::path& dir,
     struct stat st {};
     if (::fstat(fd, &st) == 0 && static_cast<uint64_t>(st.st_size) > length) {
       // A torn tail: appends after the last commit that recorded this pack.
-      if (::ftruncate(fd, static_cast<off_t>(length)) != 0) {
-        int err = errno;
-        ::close(fd);
-        return errno_status("truncate " + path.string(), err);
-      }
+      set->torn_.emplace_back(id, length);
     } else if (static_cast<uint64_t>(st.st_size) < length) {
       DJINN_LOG(kError, "heapstore") << "pack file " << path.string() << " has " << st.st_size
                                      << " bytes, the index committed " << length;
@@ -298,6 +304,27 @@ Result<std::unique_ptr<PackSet>> PackSet::open(const std::filesystem::path& dir,
     if (!set->files_.contains(set->current_)) set->end_ = set->max_file_bytes_;  // start a new pack
   }
   return set;
+}
+
+Status PackSet::clean_up() {
+  std::error_code ec;
+  std::filesystem::create_directories(dir_, ec);
+  if (ec) return unavailable("create " + dir_.string() + ": " + ec.message());
+  for (const auto& [id, length] : torn_) {
+    std::filesystem::path path = pack_path(dir_, id);
+    if (::truncate(path.c_str(), static_cast<off_t>(length)) != 0) {
+      return errno_status("truncate " + path.string(), errno);
+    }
+  }
+  torn_.clear();
+  for (const std::filesystem::path& path : leftovers_) {
+    std::filesystem::remove(path, ec);
+    if (ec) return unavailable("remove " + path.string() + ": " + ec.message());
+  }
+  const bool removed_any = !leftovers_.empty();
+  leftovers_.clear();
+  if (removed_any) DJINN_RETURN_IF_ERROR(files::sync_directory(dir_));
+  return Status();
 }
 
 Result<std::shared_ptr<PackFile>> PackSet::create_locked(uint64_t id) {

@@ -13,6 +13,7 @@
 #include <mutex>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "djinn/core/status.h"
@@ -54,6 +55,10 @@ struct Encoded {
 Encoded encode_page(std::span<const std::byte> page, int level, std::vector<std::byte>& out);
 // Decodes stored bytes into `out` (exactly the page's size). DATA_LOSS when they do not decode.
 Status decode_page(const Location& where, std::span<const std::byte> stored, std::span<std::byte> out);
+// The most bytes a page of `size` bytes can take in a pack stored with `flags`: its size raw,
+// zstd's bound for that size compressed. A location that claims more is corrupt, and reading it
+// would allocate what it claims.
+uint64_t max_stored_length(uint32_t size, uint32_t flags);
 
 class PackFile {
  public:
@@ -114,12 +119,16 @@ struct Range {
 // The pack files of one store: appends at the end of the current one, reads from any.
 class PackSet {
  public:
-  // Opens the pack files in `dir` (created when missing). `committed` is the index's record of
-  // each pack's committed length: a file the index does not know is an uncommitted leftover and
-  // is deleted; a longer file is cut to its committed length.
+  // Opens the pack files in `dir` that `committed` (the index's record of each pack's committed
+  // length) lists. A file the index does not know is an uncommitted leftover and a longer file
+  // has a torn tail, but open changes nothing on disk (nor creates `dir`): the index they were
+  // judged by may yet turn out corrupt. clean_up deletes the one and cuts the other.
   static Result<std::unique_ptr<PackSet>> open(const std::filesystem::path& dir,
                                                const std::map<uint64_t, uint64_t>& committed,
                                                uint64_t max_file_bytes);
+  // Once the index has been checked: deletes the leftovers, cuts the torn tails to their
+  // committed length, and creates `dir` when missing. Before any append.
+  Status clean_up();
 
   struct Reservation {
     std::shared_ptr<PackFile> file;
@@ -144,6 +153,8 @@ class PackSet {
 
   std::filesystem::path dir_;
   uint64_t max_file_bytes_;
+  std::vector<std::filesystem::path> leftovers_;          // for clean_up
+  std::vector<std::pair<uint64_t, uint64_t>> torn_;       // pack, committed length; for clean_up
   mutable std::mutex mu_;  // guards files_, current_, end_
   std::map<uint64_t, std::shared_ptr<PackFile>> files_;
   uint64_t current_ = 0;
@@ -151,5 +162,8 @@ class PackSet {
 };
 
 std::filesystem::path pack_path(const std::filesystem::path& dir, uint64_t id);
+// The pack files (pack-N.dat) in `dir` by number, whatever any index says; none when `dir` is
+// missing.
+Result<std::map<uint64_t, std::filesystem::path>> find_pack_files(const std::filesystem::path& dir);
 
 }  // namespace djinn::heapstore::internal

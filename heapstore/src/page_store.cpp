@@ -59,6 +59,19 @@ CREATE TABLE IF NOT EXISTS versions(
   record BLOB NOT NULL);
 )sql";
 
+// Each pack's committed length, from the packs table.
+Result<std::map<uint64_t, uint64_t>> committed_lengths(sqlite::Database& db) {
+  std::map<uint64_t, uint64_t> committed;
+  Result<sqlite::Statement> st = db.prepare("SELECT id, committed_bytes FROM packs");
+  if (!st.ok()) return st.status();
+  for (;;) {
+    Result<bool> more = st->step();
+    if (!more.ok()) return more.status();
+    if (!*more) return committed;
+    committed[static_cast<uint64_t>(st->column_int64(0))] = static_cast<uint64_t>(st->column_int64(1));
+  }
+}
+
 // A store of schema 1, 2 or 3 (a row per page) has its pages moved into the page log, in pack
 // order, in one transaction.
 Status upgrade_schema(sqlite::Database& db, const std::filesystem::path& dir) {
@@ -68,6 +81,8 @@ Status upgrade_schema(sqlite::Database& db, const std::filesystem::path& dir) {
   Result<sqlite::Transaction> tx = sqlite::Transaction::begin(db);
   if (!tx.ok()) return tx.status();
   DJINN_RETURN_IF_ERROR(db.exec(kSchema));
+  Result<std::map<uint64_t, uint64_t>> committed = committed_lengths(db);
+  if (!committed.ok()) return committed.status();
   const bool checked = *current >= 2;
   Result<sqlite::Statement> rows = db.prepare(std::string("SELECT hash, pack, at, length, size, flags, ") +
                                               (checked ? "checksum" : "0") + " FROM pages ORDER BY pack, at");
@@ -75,13 +90,17 @@ Status upgrade_schema(sqlite::Database& db, const std::filesystem::path& dir) {
   uint64_t id = 1;
   uint64_t moved = 0;
   std::vector<uint8_t> entries;
+  const std::string where = "page store " + dir.string() + ": ";
   auto flush = [&]() -> Status {
     if (entries.empty()) return Status();
+    // Checked as the page log is at open, before the rows they come from are dropped: a corrupt
+    // row leaves the store as it was.
+    Status sound = internal::for_each_log_entry(entries, id, [](const PageHash&, const Location&) {}, &*committed);
+    if (!sound.ok()) return Status(sound.code(), where + "moving the index into the page log: " + sound.message());
     DJINN_RETURN_IF_ERROR(internal::insert_log_blob(db, id++, entries));
     entries.clear();
     return Status();
   };
-  const std::string where = "page store " + dir.string() + ": ";
   for (;;) {
     Result<bool> more = rows->step();
     if (!more.ok()) return more.status();
@@ -242,39 +261,61 @@ Result<std::unique_ptr<PageStore>> PageStore::open(const std::filesystem::path& 
   if (ec) return unavailable("create page store directory " + dir.string() + ": " + ec.message());
   Result<internal::DirLock> lock = internal::DirLock::acquire(dir);
   if (!lock.ok()) return lock.status();
+  const std::string where = "page store " + dir.string() + ": ";
+
+  // Every check comes before anything on disk changes: a store whose index is lost or corrupt is
+  // left as it was found, for its owner to restore.
+  // An index that is missing or empty beside pack files is not a new store but a lost index: with
+  // it, every pack would look like a leftover of an uncommitted version and be deleted. Checked
+  // before SQLite opens the file, which would create it or write its header.
+  const std::filesystem::path index_path = dir / "index.db";
+  Result<std::map<uint64_t, std::filesystem::path>> pack_files = internal::find_pack_files(dir / "packs");
+  if (!pack_files.ok()) return pack_files.status();
+  auto lost_index = [&] {
+    return data_loss(where + "index.db is missing or empty but packs/ holds " + std::to_string(pack_files->size()) +
+                     " pack files; restore index.db from a backup, or move packs/ away to start an empty store");
+  };
+  if (!pack_files->empty()) {
+    std::error_code ec;
+    const bool exists = std::filesystem::exists(index_path, ec);
+    if (ec) return unavailable(where + "look for " + index_path.string() + ": " + ec.message());
+    if (!exists || std::filesystem::file_size(index_path, ec) == 0) return lost_index();
+    if (ec) return unavailable(where + "size of " + index_path.string() + ": " + ec.message());
+  }
 
   sqlite::OpenOptions db_options;
   db_options.sync = options.durable ? sqlite::Sync::kFull : sqlite::Sync::kOff;
   db_options.cache_kib = 32 * 1024;  // the pages index of a 256 MiB heap is about 6 MiB
-  Result<sqlite::Database> db = sqlite::Database::open((dir / "index.db").string(), db_options);
+  Result<sqlite::Database> db = sqlite::Database::open(index_path.string(), db_options);
   if (!db.ok()) return db.status();
+  if (!pack_files->empty()) {
+    // A file with no schema (a header alone, its log gone) is as empty as no file.
+    Result<int64_t> schema = db->user_version();
+    if (!schema.ok()) return schema.status();
+    if (*schema == 0) return lost_index();
+  }
   DJINN_RETURN_IF_ERROR(upgrade_schema(*db, dir));
   DJINN_RETURN_IF_ERROR(db->ensure_schema(kSchemaVersion, kSchema, "page store " + dir.string()));
 
   auto impl = std::make_unique<Impl>(dir, options, std::move(*lock), std::move(*db));
-  std::map<uint64_t, uint64_t> committed;
-  {
-    Result<sqlite::Statement> st = impl->db.prepare("SELECT id, committed_bytes FROM packs");
-    if (!st.ok()) return st.status();
-    for (;;) {
-      Result<bool> more = st->step();
-      if (!more.ok()) return more.status();
-      if (!*more) break;
-      committed[static_cast<uint64_t>(st->column_int64(0))] = static_cast<uint64_t>(st->column_int64(1));
-    }
-  }
+  Result<std::map<uint64_t, uint64_t>> committed = committed_lengths(impl->db);
+  if (!committed.ok()) return committed.status();
   Result<std::unique_ptr<internal::PackSet>> packs =
-      internal::PackSet::open(dir / "packs", committed, options.pack_file_bytes);
+      internal::PackSet::open(dir / "packs", *committed, options.pack_file_bytes);
   if (!packs.ok()) return packs.status();
   impl->packs = std::move(*packs);
 
   std::lock_guard guard(impl->mu);
   DJINN_RETURN_IF_ERROR(impl->load_versions_locked());
-  DJINN_RETURN_IF_ERROR(impl->load_index_locked());
+  if (Status loaded = impl->load_index_locked(*committed); !loaded.ok()) {
+    return Status(loaded.code(), where + loaded.message());
+  }
   Result<std::unique_ptr<internal::Checkpointer>> checkpointer =
-      internal::Checkpointer::start(impl->db, (dir / "index.db").string(), db_options.sync);
+      internal::Checkpointer::start(impl->db, index_path.string(), db_options.sync);
   if (!checkpointer.ok()) return checkpointer.status();
   impl->checkpointer = std::move(*checkpointer);
+  // The index is whole: what it does not know in packs/ can go.
+  DJINN_RETURN_IF_ERROR(impl->packs->clean_up());
   unsigned threads = options.writer_threads;
   if (threads == 0) threads = std::clamp(std::thread::hardware_concurrency(), 1u, 8u);
   impl->workers = std::make_unique<internal::WorkerPool>(threads, "page-writer");
@@ -334,6 +375,7 @@ size_t PageStore::visit_pages(std::span<const PageHash> hashes, uint32_t page_si
     return fail(0, invalid_argument("read pages: a buffer of " + std::to_string(scratch.size()) + " bytes for " +
                                     std::to_string(hashes.size()) + " pages of " + std::to_string(page_size)));
   }
+  DJINN_CRASH_POINT("heapstore.visit_pages");  // a read that throws, as one out of memory would
   std::shared_lock reclaim(impl_->reclaim_mu);
   thread_local std::vector<Location> where;
   where.resize(hashes.size());
@@ -371,6 +413,11 @@ size_t PageStore::visit_pages(std::span<const PageHash> hashes, uint32_t page_si
     if (!file || file->id() != w.pack) file = impl_->packs->get(w.pack);
     if (!file) return fail(i, data_loss("page " + hash.hex() + ": its pack file " + std::to_string(w.pack) + " is missing"));
     if (w.flags & internal::kFlagZstd) {
+      // Checked when the index was loaded; checked again before it sizes an allocation.
+      if (w.length > internal::max_stored_length(w.size, w.flags)) {
+        return fail(i, data_loss("page " + hash.hex() + ": stored compressed with " + std::to_string(w.length) +
+                                 " bytes, more than a page of " + std::to_string(w.size) + " can take"));
+      }
       thread_local std::vector<std::byte> stored;
       stored.resize(w.length);
       if (Status st = file->read_at(w.offset, stored); !st.ok()) return fail(i, std::move(st));
@@ -425,14 +472,12 @@ size_t PageStore::visit_pages(std::span<const PageHash> hashes, uint32_t page_si
   return hashes.size();
 }
 
-Result<PageHash> PageStore::put_page(std::span<const std::byte> page) {
-  Result<std::vector<PageHash>> put = put_pages(page, static_cast<uint32_t>(page.size()));
-  if (!put.ok()) return put.status();
-  return put->front();
-}
+namespace {
 
-Result<std::vector<PageHash>> PageStore::put_pages(std::span<const std::byte> pages, uint32_t page_size,
-                                                   std::span<const PageHash> expected) {
+// put_pages and hold_page: each page is kept until a committed version holds it (put), or once
+// more until released (`held`).
+Result<std::vector<PageHash>> store_pages(StoreCore& store, std::span<const std::byte> pages, uint32_t page_size,
+                                          std::span<const PageHash> expected, bool held) {
   DJINN_RETURN_IF_ERROR(internal::check_page_size(page_size));
   if (pages.empty() || pages.size() % page_size != 0) {
     return invalid_argument("put_pages: " + std::to_string(pages.size()) + " bytes are not whole pages of " +
@@ -446,6 +491,7 @@ Result<std::vector<PageHash>> PageStore::put_pages(std::span<const std::byte> pa
   auto page = [&](size_t k) { return pages.subspan(k * page_size, page_size); };
   std::vector<PageHash> hashes;
   hashes.reserve(n);
+  HashMap<uint64_t> times;  // a hold for each time a page is given
   for (size_t k = 0; k < n; ++k) {
     hashes.push_back(PageHash::of(page(k)));
     // Named pages are checked first: no manifest names a zero page.
@@ -455,44 +501,116 @@ Result<std::vector<PageHash>> PageStore::put_pages(std::span<const std::byte> pa
     if (is_zero_page(page(k))) {
       return invalid_argument("put_page: an all-zero page is never stored (a version records it with zero())");
     }
+    if (held) ++times[hashes.back()];
   }
+  auto keep = [&](internal::PendingPage& p, const PageHash& hash) {
+    if (held) {
+      p.holds += times[hash];
+    } else {
+      p.until_version = true;
+    }
+  };
   // Those new to the store are appended; the others are pinned where they are.
   std::vector<std::span<const std::byte>> fresh;
   std::vector<size_t> fresh_at;
   {
-    std::lock_guard lock(impl_->mu);
+    std::lock_guard lock(store.mu);
     HashSet seen;
     for (size_t k = 0; k < n; ++k) {
       const PageHash& hash = hashes[k];
-      if (impl_->pending.contains(hash) || !seen.insert(hash).second) continue;
-      if (impl_->index.contains(hash)) {
+      if (!seen.insert(hash).second) continue;
+      if (auto p = store.pending.find(hash); p != store.pending.end()) {
+        keep(p->second, hash);
+        continue;
+      }
+      if (store.index.contains(hash)) {
         // Pinned anyway: the versions that hold it now may be removed before one takes it again.
-        if (!arriving) impl_->pending[hash] = internal::PendingPage{std::nullopt, page_size};
+        if (!arriving) keep(store.pending[hash] = internal::PendingPage{std::nullopt, page_size}, hash);
         continue;
       }
       fresh.push_back(page(k));
       fresh_at.push_back(k);
     }
     if (fresh.empty()) return hashes;
-    ++impl_->loose_appends;  // keeps garbage collection from deleting the pack they land in
+    ++store.loose_appends;  // keeps garbage collection from deleting the pack they land in
   }
-  Result<std::vector<Location>> where = impl_->append(fresh);
+  Result<std::vector<Location>> where = store.append(fresh);
   std::vector<Range> raced;
   {
-    std::lock_guard lock(impl_->mu);
-    --impl_->loose_appends;
+    std::lock_guard lock(store.mu);
+    --store.loose_appends;
     if (where.ok()) {
       for (size_t j = 0; j < fresh.size(); ++j) {
         const Location& loc = (*where)[j];
-        if (!impl_->pending.try_emplace(hashes[fresh_at[j]], internal::PendingPage{loc, page_size}).second) {
-          raced.push_back(Range{loc.pack, loc.offset, loc.length});
-        }
+        const PageHash& hash = hashes[fresh_at[j]];
+        auto [p, inserted] = store.pending.try_emplace(hash, internal::PendingPage{loc, page_size});
+        if (!inserted) raced.push_back(Range{loc.pack, loc.offset, loc.length});
+        keep(p->second, hash);
       }
     }
   }
   if (!where.ok()) return where.status();
-  if (!raced.empty()) impl_->packs->punch(std::move(raced));
+  if (!raced.empty()) store.packs->punch(std::move(raced));
   return hashes;
+}
+
+}  // namespace
+
+Result<PageHash> PageStore::put_page(std::span<const std::byte> page) {
+  Result<std::vector<PageHash>> put = put_pages(page, static_cast<uint32_t>(page.size()));
+  if (!put.ok()) return put.status();
+  return put->front();
+}
+
+Result<std::vector<PageHash>> PageStore::put_pages(std::span<const std::byte> pages, uint32_t page_size,
+                                                   std::span<const PageHash> expected) {
+  return store_pages(*impl_, pages, page_size, expected, false);
+}
+
+Result<PageHash> PageStore::hold_page(std::span<const std::byte> page) {
+  Result<std::vector<PageHash>> put = store_pages(*impl_, page, static_cast<uint32_t>(page.size()), {}, true);
+  if (!put.ok()) return put.status();
+  return put->front();
+}
+
+Status PageStore::release_pages(std::span<const PageHash> hashes) {
+  std::vector<Range> garbage;
+  {
+    std::lock_guard lock(impl_->mu);
+    HashMap<uint64_t> times;
+    for (const PageHash& h : hashes) ++times[h];
+    for (const auto& [h, n] : times) {
+      auto p = impl_->pending.find(h);
+      const uint64_t holds = p == impl_->pending.end() ? 0 : p->second.holds;
+      if (holds < n) {
+        return failed_precondition("release pages: page " + h.hex() + " is held " + std::to_string(holds) +
+                                   " times, released " + std::to_string(n) + " times; nothing released");
+      }
+    }
+    for (const auto& [h, n] : times) {
+      auto p = impl_->pending.find(h);
+      internal::PendingPage& page = p->second;
+      page.holds -= n;
+      if (page.holds > 0 || page.until_version) continue;
+      // A writer or an import that staged it counts on finding it at commit: kept as a put_page.
+      if (std::any_of(impl_->sessions.begin(), impl_->sessions.end(),
+                      [&](const internal::Session* s) { return s->held.contains(h); })) {
+        page.until_version = true;
+        continue;
+      }
+      auto ix = impl_->index.find(h);
+      if (page.where && (ix == impl_->index.end() || !ix->second.same_place(*page.where))) {
+        garbage.push_back(Range{page.where->pack, page.where->offset, page.where->length});
+      }
+      impl_->pending.erase(p);
+    }
+  }
+  if (!garbage.empty()) {
+    // Readers that looked the pages up before they went are done once the exclusive lock is ours.
+    std::unique_lock reclaim(impl_->reclaim_mu);
+    impl_->packs->punch(std::move(garbage));
+  }
+  return Status();
 }
 
 std::vector<VersionInfo> PageStore::versions() const {

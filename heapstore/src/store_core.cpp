@@ -96,7 +96,8 @@ Status insert_log_blob(sqlite::Database& db, uint64_t id, const std::vector<uint
 }
 
 Status for_each_log_entry(std::span<const uint8_t> blob, uint64_t id,
-                          const std::function<void(const PageHash&, const Location&)>& fn) {
+                          const std::function<void(const PageHash&, const Location&)>& fn,
+                          const std::map<uint64_t, uint64_t>* committed) {
   if (blob.size() % kLogEntryBytes != 0) {
     return data_loss("page log entry " + std::to_string(id) + " has " + std::to_string(blob.size()) +
                      " bytes, not a whole number of " + std::to_string(kLogEntryBytes) + "-byte entries");
@@ -112,6 +113,28 @@ Status for_each_log_entry(std::span<const uint8_t> blob, uint64_t id,
     where.length = static_cast<uint32_t>(get_le(p + 48, 4));
     where.size = static_cast<uint32_t>(get_le(p + 52, 4));
     where.check = get_le(p + 56, 8);
+    auto corrupt = [&](const std::string& what) {
+      return data_loss("index.db: page log entry " + std::to_string(id) + ", page " +
+                       std::to_string(at / kLogEntryBytes) + " (" + h.hex() + "), is corrupt: " + what);
+    };
+    if (where.pack == 0) return corrupt("pack 0");
+    if ((where.flags & ~(kFlagZstd | kFlagChecked)) != 0) {
+      return corrupt("unknown flags " + std::to_string(where.flags));
+    }
+    if (!check_page_size(where.size).ok()) return corrupt("size " + std::to_string(where.size) + " is no page size");
+    const uint64_t most = max_stored_length(where.size, where.flags);
+    if (where.length == 0 || where.length > most || (!(where.flags & kFlagZstd) && where.length != where.size)) {
+      return corrupt("length " + std::to_string(where.length) + " for a page of " + std::to_string(where.size) +
+                     " bytes stored " + ((where.flags & kFlagZstd) ? "compressed (at most " + std::to_string(most) + ")"
+                                                                     : std::string("raw (exactly that)")));
+    }
+    if (committed) {
+      auto pack = committed->find(where.pack);
+      if (pack != committed->end() && (where.offset > pack->second || where.length > pack->second - where.offset)) {
+        return corrupt("bytes [" + std::to_string(where.offset) + ", +" + std::to_string(where.length) + ") of pack " +
+                       std::to_string(where.pack) + ", which committed " + std::to_string(pack->second));
+      }
+    }
     fn(h, where);
   }
   return Status();
@@ -290,7 +313,7 @@ Result<VersionInfo> StoreCore::commit_version(CommitPlan& plan) {
   bytes_stored += inserted_bytes;
   if (!pending.empty()) {
     // A put_page page this version holds is an ordinary page now; its bytes are garbage unless
-    // the index took them.
+    // the index took them. A held page stays held, as the index's page, until released.
     HashSet taken;
     for (const Row& r : rows) {
       if (!r.own && r.inserted) taken.insert(r.hash);
@@ -303,7 +326,12 @@ Result<VersionInfo> StoreCore::commit_version(CommitPlan& plan) {
       if (p->second.where && (ix == index.end() || !ix->second.same_place(*p->second.where))) {
         pending_garbage.push_back(Range{p->second.where->pack, p->second.where->offset, p->second.where->length});
       }
-      pending.erase(p);
+      if (p->second.holds > 0) {
+        p->second.where.reset();
+        p->second.until_version = false;
+      } else {
+        pending.erase(p);
+      }
     }
   }
   if (own_used < plan.own->size()) {
@@ -446,7 +474,7 @@ std::optional<Location> StoreCore::lookup_locked(const PageHash& hash) const {
   return it == index.end() ? std::nullopt : std::optional<Location>(it->second);
 }
 
-Status StoreCore::load_index_locked() {
+Status StoreCore::load_index_locked(const std::map<uint64_t, uint64_t>& committed) {
   Result<sqlite::Statement> all = db.prepare("SELECT id, pages FROM page_log ORDER BY id");
   if (!all.ok()) return all.status();
   index.clear();
@@ -466,7 +494,7 @@ Status StoreCore::load_index_locked() {
         ++pages_stored;
         bytes_stored += where.length;
       }
-    }));
+    }, &committed));
     next_log = std::max(next_log, id + 1);
   }
 }

@@ -67,10 +67,13 @@ struct Session {
   HashSet held;  // guarded by StoreCore::mu
 };
 
-// A page stored with put_page that no committed version holds yet.
+// A page stored with put_page that no committed version holds yet, or with hold_page and not yet
+// released. It is kept while either is so.
 struct PendingPage {
-  std::optional<Location> where;  // its own bytes; nullopt when it was already in the index
+  std::optional<Location> where;  // its own bytes; nullopt when the index has the page
   uint32_t size = 0;
+  bool until_version = false;  // put (or arrived): until a committed version holds it
+  uint64_t holds = 0;          // hold_page calls not yet released
 };
 
 // The index table (page_log): each entry a blob of the pages one commit indexed, packed in
@@ -81,9 +84,14 @@ inline constexpr size_t kLogEntriesPerBlob = 65536;
 void append_log_entry(std::vector<uint8_t>& out, const PageHash& hash, const Location& where);
 // Adds blob `entries` to the page log as entry `id` (in the caller's transaction).
 Status insert_log_blob(sqlite::Database& db, uint64_t id, const std::vector<uint8_t>& entries);
-// Calls `fn` for each page of a page log blob; DATA_LOSS for a blob that is not whole entries.
+// Calls `fn` for each page of page log entry `id`, checking each page's place first: DATA_LOSS,
+// naming the entry and the page, for a blob that is not whole entries or a place no page could
+// be stored at (an unknown pack number or flag, a size that is no page size, more bytes than a
+// page of that size can take, or, where `committed` gives its pack's committed length, bytes
+// beyond it). A corrupt length would otherwise become an allocation of up to 4 GiB on a read.
 Status for_each_log_entry(std::span<const uint8_t> blob, uint64_t id,
-                          const std::function<void(const PageHash&, const Location&)>& fn);
+                          const std::function<void(const PageHash&, const Location&)>& fn,
+                          const std::map<uint64_t, uint64_t>* committed = nullptr);
 
 // Grows `index` for `more` pages, never shrinking it.
 void reserve_index(HashMap<Location>& index, size_t more);
@@ -160,8 +168,9 @@ struct StoreCore {
   std::optional<Location> lookup_locked(const PageHash& hash) const;
   // Whether the store holds `hash` (indexed or pending).
   bool knows_locked(const PageHash& hash) const;
-  // `index` from the table.
-  Status load_index_locked();
+  // `index` from the table, every place checked against `committed` (each pack's committed
+  // length).
+  Status load_index_locked(const std::map<uint64_t, uint64_t>& committed);
   Result<std::vector<uint8_t>> blob_locked(uint64_t version, const char* column);
   Result<std::shared_ptr<const PageList>> pages_locked(uint64_t version);
   void cache_locked(uint64_t version, std::shared_ptr<const PageList> pages);

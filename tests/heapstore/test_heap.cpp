@@ -1,20 +1,26 @@
 // Unit tests of the heap (heapstore/include/djinn/heapstore/heap.h), each run in every dirty
 // tracking mode this kernel has (asynchronous write-protect and the synchronous fallback):
 // reopening, restoring any kept version bit-exact, incremental checkpoints writing exactly the
-// pages touched, a workload eight times its budget, dirty evictions, pinning, zero pages, larger
-// pages, a checkpoint that fails and the retry that follows, a corrupt page in a run shared by load
-// threads, read-ahead of sequential scans, the page pool, and bad options.
+// pages touched, a workload eight times its budget, dirty evictions and the copies they leave in
+// the store given back, pinning, zero pages, larger pages, a checkpoint that fails and the retry
+// that follows, a corrupt page in a run shared by load threads, a read that throws, read-ahead of
+// sequential scans, the page pool, and bad options.
 #include <doctest/doctest.h>
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
+#include <new>
 #include <set>
 #include <thread>
 
+#include <pthread.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -209,6 +215,53 @@ TEST_CASE("dirty pages evicted before a checkpoint, then reloaded and evicted cl
     heap.reset();
     heap = must(Heap::open(*s.store, v2.version, small_heap(mode, size, 64 * kPage)));
     CHECK_HEAP_MATCHES(image, *heap);
+  }
+}
+
+TEST_CASE("copies of pages evicted dirty are given back once rewritten or checkpointed: garbage collection reclaims them") {
+  for (DirtyTracking mode : tracking_modes()) {
+    INFO("mode ", tracking_name(mode));
+    StoreDir s;
+    const size_t pages = 256;
+    const size_t size = pages * kPage;
+    auto heap = must(Heap::open(*s.store, 0, small_heap(mode, size, 16 * kPage)));
+    Image image(size);
+    uint64_t dirty_evictions = 0;
+    for (uint64_t round = 0; round < 5; ++round) {
+      INFO("round ", round);
+      // Every page rewritten five times through a budget of 16: each rewrite is evicted dirty
+      // (held in the store) and loaded again for the next.
+      for (uint64_t pass = 0; pass < 5; ++pass) {
+        for (size_t p = 0; p < pages; ++p) image.write(*heap, p * kPage, 64, (round * 5 + pass) * pages + p + 1);
+      }
+      // Until the checkpoint, the store keeps one copy a page: the last one evicted.
+      CHECK(s.store->stats().pages_pending <= pages);
+      must(heap->checkpoint("round"));
+      CHECK(heap->stats().dirty_evictions - dirty_evictions >= 4 * pages);
+      dirty_evictions = heap->stats().dirty_evictions;
+      // The version holds the last copy of each page; the four before it are gone.
+      CHECK(s.store->stats().pages_pending == 0);
+      CHECK(must(s.store->remove_by_policy({.keep_last = 1})) == (round == 0 ? 0u : 1u));
+      must(s.store->collect_garbage());
+      CHECK(s.store->stats().pages_stored == pages);
+      CHECK(s.store->stats().bytes_stored == size);
+      uint64_t allocated = 0;
+      for (const auto& e : std::filesystem::directory_iterator(s.dir.path() / "store" / "packs")) {
+        struct stat st {};
+        if (::stat(e.path().c_str(), &st) == 0) allocated += static_cast<uint64_t>(st.st_blocks) * 512;
+      }
+      CHECK(allocated <= 2 * size);
+    }
+    CHECK_HEAP_MATCHES(image, *heap);
+    const uint64_t version = heap->version();
+    heap.reset();
+    heap = must(Heap::open(*s.store, version, small_heap(mode, size, 16 * kPage)));
+    CHECK_HEAP_MATCHES(image, *heap);
+    // A heap closed without a checkpoint gives back what its evictions held.
+    for (size_t p = 0; p < pages; ++p) std::memset(heap->base() + p * kPage, 0x5a, 64);
+    CHECK(s.store->stats().pages_pending > 0);
+    heap.reset();
+    CHECK(s.store->stats().pages_pending == 0);
   }
 }
 
@@ -466,6 +519,74 @@ TEST_CASE("a run shared by load threads: a corrupt page ends it, pages mapped pa
         CHECK(st.pool_pages == size / kPage - 127);
       }
       CHECK(must(heap->checkpoint("after")).pages_written == 0);
+    }
+  }
+}
+
+TEST_CASE("a read that throws fails its pages, on the fault thread or a load thread, and the process goes on") {
+  const size_t size = 4 << 20;
+  for (DirtyTracking mode : tracking_modes()) {
+    INFO("mode ", tracking_name(mode));
+    StoreDir s;
+    Image image(size);
+    const uint64_t version = marked_version(*s.store, mode, image, 9);
+    s.store.reset();  // the child opens it
+    for (bool on_load_thread : {false, true}) {
+      INFO("on a load thread: ", on_load_thread);
+      // In a child: a failed page is SIGBUS to the thread touching it, and an exception let out
+      // of a loading thread would end the process.
+      constexpr int kGotSigbus = 77, kNeverThrown = 5, kWrongContent = 4;
+      pid_t child = ::fork();
+      REQUIRE(child >= 0);
+      if (child == 0) {
+        struct sigaction on_bus {};
+        on_bus.sa_handler = [](int) { ::_exit(kGotSigbus); };
+        ::sigaction(SIGBUS, &on_bus, nullptr);
+        auto store = PageStore::open(s.dir.path() / "store", s.options);
+        if (!store.ok()) ::_exit(3);
+        static std::atomic<bool> thrown{false};
+        if (on_load_thread) {
+          // The first read a load thread makes throws. A read on the fault thread passes, once
+          // the load thread has taken the other part of the run (the fault thread could
+          // otherwise take both).
+          static std::function<void()> throw_on_loader = [] {
+            char name[16] = {};
+            pthread_getname_np(pthread_self(), name, sizeof name);
+            if (std::string_view(name) != "heap-loader") {
+              fault::arm_call("heapstore.visit_pages", throw_on_loader);
+              auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+              while (!thrown && std::chrono::steady_clock::now() < until) std::this_thread::yield();
+              return;
+            }
+            thrown = true;
+            throw std::bad_alloc();
+          };
+          fault::arm_call("heapstore.visit_pages", throw_on_loader);
+        } else {
+          thrown = true;  // by the first read, which is the fault thread's: no load threads
+          fault::arm("heapstore.visit_pages", fault::Action::kThrow);
+        }
+        HeapOptions o = small_heap(mode, size, size);
+        o.fault_around_pages = 128;
+        o.fault_around_max_pages = 256;
+        o.load_threads = on_load_thread ? 1 : 0;
+        auto heap = Heap::open(**store, version, o);
+        if (!heap.ok()) ::_exit(2);
+        for (size_t off = 0; off < size; off += kPage) {
+          if (std::memcmp((*heap)->base() + off, image.bytes.data() + off, 64) != 0) ::_exit(kWrongContent);
+        }
+        ::_exit(thrown ? 0 : kNeverThrown);
+      }
+      int status = 0;
+      REQUIRE(::waitpid(child, &status, 0) == child);
+      REQUIRE_MESSAGE(WIFEXITED(status), "the child died of signal ", WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+      // The part that threw failed: SIGBUS when the touched page was in it; otherwise its pages
+      // load on their own faults later, whole.
+      if (on_load_thread) {
+        CHECK((WEXITSTATUS(status) == kGotSigbus || WEXITSTATUS(status) == 0));
+      } else {
+        CHECK(WEXITSTATUS(status) == kGotSigbus);
+      }
     }
   }
 }
@@ -732,6 +853,34 @@ TEST_CASE("post-copy: a checkpoint fetches the rest first; a source that fails i
     CHECK(lied_to->incoming());
     CHECK(lied_to->stats().pages_fetched == 0);
     CHECK(d.store->stats().pages_pending == 0);
+  }
+  // A source that sends what was not asked for besides what was (or a page twice): refused before
+  // it is kept, so it cannot fill the store with pages nothing holds.
+  struct PaddingSource : PageSource {
+    explicit PaddingSource(const PageStore& from, bool twice) : from(from), twice(twice) {}
+    Status fetch(std::span<const PageHash> hashes, const Deliver& deliver) override {
+      std::vector<std::byte> page(kPage);
+      if (twice) {
+        DJINN_RETURN_IF_ERROR(from.read_page(hashes[0], page));
+        DJINN_RETURN_IF_ERROR(deliver(hashes[0], page));
+        return deliver(hashes[0], page);
+      }
+      std::vector<std::byte> extra(kPage, std::byte{0x33});
+      return deliver(PageHash::of(extra), extra);
+    }
+    const PageStore& from;
+    bool twice;
+  };
+  for (bool twice : {false, true}) {
+    CAPTURE(twice);
+    StoreDir d;
+    PaddingSource padder(*a.store, twice);
+    auto padded = must(Heap::open_incoming(*d.store, manifest, padder, small_heap(mode, size, size)));
+    Result<VersionInfo> refused = padded->fetch_rest();
+    CHECK(refused.status().code() == Code::kDataLoss);
+    CHECK(refused.status().message().find("not asked for") != std::string::npos);
+    CHECK(padded->incoming());
+    CHECK(d.store->stats().pages_pending == (twice ? 1u : 0u));  // what arrived as asked is kept
   }
   // A source that cannot give the rest: fetch_rest says so and the heap stays incoming.
   StoreDir c;

@@ -1,5 +1,6 @@
 // The page store: content-addressed pages, versions and their manifests, retention and garbage
-// collection, put_page pins, export/import, and every bad input refused with nothing changed.
+// collection, put_page pins and hold_page holds, export/import, and every bad input (a lost or
+// corrupt index among them) refused with nothing changed.
 // Crashes are in test_page_store_crash.cpp.
 #include <doctest/doctest.h>
 #include <signal.h>
@@ -70,6 +71,49 @@ std::vector<std::filesystem::path> pack_files(const std::filesystem::path& dir) 
   for (const auto& e : std::filesystem::directory_iterator(dir / "packs")) out.push_back(e.path());
   std::sort(out.begin(), out.end());
   return out;
+}
+
+// Every file and directory under `dir`, with the files' bytes: what an open that refuses must
+// leave as it found it.
+std::map<std::string, std::string> files_under(const std::filesystem::path& dir) {
+  std::map<std::string, std::string> out;
+  for (const auto& e : std::filesystem::recursive_directory_iterator(dir)) {
+    std::string name = std::filesystem::relative(e.path(), dir).string();
+    if (e.is_directory()) {
+      out[name + "/"] = "";
+    } else {
+      std::ifstream f(e.path(), std::ios::binary);
+      out[name] = std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+    }
+  }
+  return out;
+}
+
+// The blob of page log entry `id` (64 bytes a page: hash, pack u32, flags u32, offset u64,
+// length u32, size u32, checksum u64; little-endian), and a way to put one back.
+std::vector<uint8_t> page_log_blob(const std::filesystem::path& dir, uint64_t id) {
+  auto db = must(sqlite::Database::open((dir / "index.db").string()));
+  auto st = must(db.prepare("SELECT pages FROM page_log WHERE id = ?"));
+  must_ok(st.bind_all(id));
+  REQUIRE(must(st.step()));
+  return st.column_blob(0);
+}
+
+void set_page_log_blob(const std::filesystem::path& dir, uint64_t id, const std::vector<uint8_t>& blob) {
+  auto db = must(sqlite::Database::open((dir / "index.db").string()));
+  auto st = must(db.prepare("UPDATE page_log SET pages = ? WHERE id = ?"));
+  must_ok(st.bind_all(blob, id));
+  must_ok(st.run());
+}
+
+uint64_t get_field(const std::vector<uint8_t>& blob, size_t at, int width) {
+  uint64_t v = 0;
+  for (int i = 0; i < width; ++i) v |= uint64_t{blob[at + i]} << (8 * i);
+  return v;
+}
+
+void set_field(std::vector<uint8_t>& blob, size_t at, int width, uint64_t value) {
+  for (int i = 0; i < width; ++i) blob[at + i] = static_cast<uint8_t>(value >> (8 * i));
 }
 
 uint64_t allocated_bytes(const std::filesystem::path& dir) {
@@ -502,6 +546,64 @@ TEST_CASE("put_page: pending pages survive garbage collection while the store is
   check_version(*store, 2, model);
 }
 
+TEST_CASE("hold_page: a page is kept while held, whatever versions take it, and deleted once released") {
+  test::TempDir dir;
+  auto store = open_store(dir.path());
+  const Bytes a = page_of(80, kPage), b = page_of(81, kPage), c = page_of(82, kPage);
+  const PageHash ha = PageHash::of(a), hb = PageHash::of(b), hc = PageHash::of(c);
+  Bytes out(kPage);
+
+  // Held twice, released twice: kept until the last release, then gone.
+  CHECK(must(store->hold_page(a)) == ha);
+  CHECK(must(store->hold_page(a)) == ha);
+  CHECK(store->stats().pages_pending == 1);
+  const uint64_t allocated = allocated_bytes(dir.path());
+  must_ok(store->release_pages(std::vector<PageHash>{ha}));
+  must_ok(store->read_page(ha, out));
+  CHECK(out == a);
+  must_ok(store->release_pages(std::vector<PageHash>{ha}));
+  CHECK_FALSE(store->contains(ha));
+  CHECK(store->stats().pages_pending == 0);
+  CHECK(allocated_bytes(dir.path()) < allocated);  // its bytes are given back at once
+  // Released more times than held: refused, nothing given back.
+  must(store->hold_page(b));
+  Status over = store->release_pages(std::vector<PageHash>{hb, hb});
+  CHECK(over.code() == Code::kFailedPrecondition);
+  CHECK(over.message().find(hb.hex()) != std::string::npos);
+  CHECK(store->contains(hb));
+
+  // A version takes it: still held, so removing that version keeps it.
+  VersionWriter w = must(store->begin_version(0, kPage, kCapacity));
+  must_ok(w.put_hash(0, hb));
+  VersionInfo v1 = must(w.commit(""));
+  CHECK(store->stats().pages_pending == 0);  // the version holds its copy now
+  must_ok(store->remove_version(v1.version));
+  CHECK(must(store->collect_garbage()).pages_removed == 0);
+  must_ok(store->read_page(hb, out));
+  CHECK(out == b);
+  // Released, with no version holding it: collected.
+  must_ok(store->release_pages(std::vector<PageHash>{hb}));
+  CHECK(must(store->collect_garbage()).pages_removed == 1);
+  CHECK_FALSE(store->contains(hb));
+
+  // A writer that staged a held page still finds it at commit when the hold is given back first.
+  must(store->hold_page(c));
+  VersionWriter w2 = must(store->begin_version(0, kPage, kCapacity));
+  must_ok(w2.put_hash(7, hc));
+  must_ok(store->release_pages(std::vector<PageHash>{hc}));
+  must(store->collect_garbage());
+  VersionInfo v2 = must(w2.commit(""));
+  check_version(*store, v2.version, {{7, c}});
+  CHECK(store->stats().pages_pending == 0);
+
+  // put_page keeps its own terms beside holds: kept until a version takes it.
+  must(store->hold_page(a));
+  must(store->put_page(a));
+  must_ok(store->release_pages(std::vector<PageHash>{ha}));
+  must_ok(store->read_page(ha, out));
+  CHECK(out == a);
+}
+
 TEST_CASE("every bad input is refused with a clear status and changes nothing") {
   test::TempDir dir;
   auto store = open_store(dir.path());
@@ -661,6 +763,150 @@ TEST_CASE("a page log entry that is not whole pages: the store refuses to open, 
   CHECK(opened.status().message().find("page log") != std::string::npos);
 }
 
+TEST_CASE("a corrupt place in the page log: the store refuses to open, naming index.db, the entry and the page") {
+  test::TempDir dir;
+  Model model;
+  {
+    // Compressible pages are stored compressed, the others raw.
+    auto store = open_store(dir.path(), {.compression_level = 3});
+    std::map<uint64_t, Bytes> changes;
+    for (uint64_t i = 0; i < 8; ++i) changes[i] = page_of(40 + i, kPage, i % 2 == 0);
+    write_version(*store, 0, changes, model);
+  }
+  const std::vector<uint8_t> original = page_log_blob(dir.path(), 1);
+  REQUIRE(original.size() == 8 * 64);
+  size_t zstd = SIZE_MAX, raw = SIZE_MAX;  // an entry of each kind
+  for (size_t at = 0; at < original.size(); at += 64) {
+    ((get_field(original, at + 36, 4) & 1) ? zstd : raw) = at;
+  }
+  REQUIRE(zstd != SIZE_MAX);
+  REQUIRE(raw != SIZE_MAX);
+  uint64_t committed = 0;
+  {
+    auto db = must(sqlite::Database::open((dir.path() / "index.db").string()));
+    auto st = must(db.prepare("SELECT committed_bytes FROM packs WHERE id = ?"));
+    must_ok(st.bind_all(get_field(original, zstd + 32, 4)));
+    REQUIRE(must(st.step()));
+    committed = static_cast<uint64_t>(st.column_int64(0));
+  }
+  struct Corruption {
+    const char* what;
+    size_t entry;
+    size_t field;
+    int width;
+    uint64_t value;
+    const char* said;
+  };
+  const Corruption corruptions[] = {
+      {"a compressed page's length near 4 GiB", zstd, 48, 4, 0xFFFFFFF0u, "length 4294967280"},
+      {"a compressed page's length past zstd's bound", zstd, 48, 4, 2 * kPage, "at most"},
+      {"a raw page's length short of its size", raw, 48, 4, kPage - 1, "raw"},
+      {"an unknown flag", zstd, 36, 4, 1 | 2 | 64, "flags"},
+      {"a size that is no page size", raw, 52, 4, 3000, "size 3000"},
+      {"bytes past the pack's committed length", zstd, 40, 8, committed - 8, "committed"},
+      {"pack 0", raw, 32, 4, 0, "pack 0"},
+  };
+  for (const Corruption& c : corruptions) {
+    CAPTURE(c.what);
+    std::vector<uint8_t> blob = original;
+    set_field(blob, c.entry + c.field, c.width, c.value);
+    set_page_log_blob(dir.path(), 1, blob);
+    auto opened = PageStore::open(dir.path());
+    REQUIRE_FALSE(opened.ok());
+    CHECK(opened.status().code() == Code::kDataLoss);
+    const std::string& message = opened.status().message();
+    CHECK(message.find("index.db") != std::string::npos);
+    CHECK(message.find("page log entry 1, page " + std::to_string(c.entry / 64)) != std::string::npos);
+    PageHash named;
+    std::memcpy(named.bytes.data(), original.data() + c.entry, 32);
+    CHECK(message.find(named.hex()) != std::string::npos);
+    CHECK(message.find(c.said) != std::string::npos);
+  }
+  // Put right, the store opens and every page reads back.
+  set_page_log_blob(dir.path(), 1, original);
+  auto store = open_store(dir.path());
+  check_version(*store, 1, model);
+}
+
+TEST_CASE("index.db missing, empty or without a schema beside pack files: open refuses, saying what to do, changing nothing") {
+  for (std::string loss : {"missing", "empty", "a header alone"}) {
+    CAPTURE(loss);
+    test::TempDir dir, elsewhere;
+    Model model;
+    {
+      // Two versions, each in a pack of its own.
+      auto store = open_store(dir.path(), {.pack_file_bytes = 2 * kPage});
+      write_version(*store, 0, {{0, page_of(60, kPage)}, {1, page_of(61, kPage)}}, model);
+      write_version(*store, 1, {{2, page_of(62, kPage)}, {3, page_of(63, kPage)}}, model);
+    }
+    const std::filesystem::path index = dir.path() / "index.db";
+    const std::filesystem::path backup = elsewhere.path() / "index.db";
+    std::filesystem::copy_file(index, backup);
+    for (const char* log : {"index.db-wal", "index.db-shm"}) std::filesystem::remove(dir.path() / log);
+    if (loss == "missing") {
+      std::filesystem::remove(index);
+    } else if (loss == "empty") {
+      std::filesystem::resize_file(index, 0);
+    } else {
+      // What SQLite writes first into a new file (the header, in WAL mode), and no schema.
+      std::filesystem::remove(index);
+      must(sqlite::Database::open(index.string()));
+    }
+    const size_t packs = pack_files(dir.path()).size();
+    REQUIRE(packs >= 2);
+    const auto before = files_under(dir.path());
+
+    auto opened = PageStore::open(dir.path());
+    REQUIRE_FALSE(opened.ok());
+    CHECK(opened.status().code() == Code::kDataLoss);
+    const std::string& message = opened.status().message();
+    CHECK(message.find("index.db is missing or empty but packs/ holds " + std::to_string(packs) + " pack files") !=
+          std::string::npos);
+    CHECK(message.find("restore index.db from a backup, or move packs/ away") != std::string::npos);
+    CHECK(files_under(dir.path()) == before);
+
+    // Restored from the backup, the store is whole.
+    std::filesystem::copy_file(backup, index, std::filesystem::copy_options::overwrite_existing);
+    auto store = open_store(dir.path());
+    check_version(*store, 2, model);
+  }
+  // A new store (no index, no pack files, or an empty packs/) opens empty.
+  test::TempDir fresh;
+  CHECK(open_store(fresh.path() / "new")->versions().empty());
+  std::filesystem::create_directories(fresh.path() / "packs only" / "packs");
+  CHECK(open_store(fresh.path() / "packs only")->versions().empty());
+}
+
+TEST_CASE("an open refused for a corrupt index cuts no torn tail and deletes no leftover pack") {
+  test::TempDir dir;
+  Model model;
+  {
+    auto store = open_store(dir.path());
+    write_version(*store, 0, {{0, page_of(1, kPage)}, {1, page_of(2, kPage)}}, model);
+  }
+  const std::filesystem::path pack = dir.path() / "packs" / "pack-00000001.dat";
+  const std::filesystem::path stray = dir.path() / "packs" / "pack-00000002.dat";
+  const uint64_t committed = std::filesystem::file_size(pack);
+  {
+    std::ofstream tail(pack, std::ios::app | std::ios::binary);
+    tail << "bytes appended after the last commit";
+    std::ofstream(stray, std::ios::binary) << "pages no index ever referred to";
+  }
+  const std::vector<uint8_t> original = page_log_blob(dir.path(), 1);
+  set_page_log_blob(dir.path(), 1, std::vector<uint8_t>(original.begin(), original.begin() + 100));
+  const auto before = files_under(dir.path());
+  auto opened = PageStore::open(dir.path());
+  REQUIRE_FALSE(opened.ok());
+  CHECK(opened.status().code() == Code::kDataLoss);
+  CHECK(files_under(dir.path()) == before);
+  // Once the index is whole again, the tail is cut and the leftover deleted.
+  set_page_log_blob(dir.path(), 1, original);
+  auto store = open_store(dir.path());
+  CHECK(std::filesystem::file_size(pack) == committed);
+  CHECK_FALSE(std::filesystem::exists(stray));
+  check_version(*store, 1, model);
+}
+
 TEST_CASE("read_pages reads a run in one call and stops at the first page it cannot give") {
   test::TempDir dir;
   auto store = open_store(dir.path());
@@ -785,6 +1031,18 @@ TEST_CASE("a store with a row per page (schema 1; 2 and 3 with checksums) opens,
       }
       REQUIRE(rows == 10);
       must_ok(db.exec("DROP TABLE page_log; PRAGMA user_version = " + std::to_string(schema)));
+    }
+    {
+      // A row with a corrupt length: the move is refused and the old index left as it was.
+      const std::string index = (dir.path() / "index.db").string();
+      must_ok(must(sqlite::Database::open(index)).exec("UPDATE pages SET length = 4294967280 WHERE pack = 1 AND at = 0"));
+      auto opened = PageStore::open(dir.path());
+      REQUIRE_FALSE(opened.ok());
+      CHECK(opened.status().code() == Code::kDataLoss);
+      CHECK(opened.status().message().find("length 4294967280") != std::string::npos);
+      auto db = must(sqlite::Database::open(index));
+      CHECK(must(db.user_version()) == schema);
+      must_ok(db.exec("UPDATE pages SET length = 4096 WHERE pack = 1 AND at = 0"));
     }
     {
       auto store = open_store(dir.path());

@@ -197,6 +197,16 @@ class PageStore {
   // is (the version arriving holds it once committed) rather than pinned.
   Result<std::vector<PageHash>> put_pages(std::span<const std::byte> pages, uint32_t page_size,
                                           std::span<const PageHash> expected = {});
+  // The same for a caller that says when it no longer needs the page: each call holds it once
+  // more, and it is kept until release_pages gives every hold back (or the store is closed),
+  // whatever versions take it or are removed meanwhile. A heap's evicted dirty page, needed until
+  // a checkpoint holds it.
+  Result<PageHash> hold_page(std::span<const std::byte> page);
+  // Gives back one hold of each of `hashes` (a hash may come more than once). A page left with no
+  // hold, no put_page waiting for a version and no open writer or import that staged it, is
+  // deleted unless a version holds it. FAILED_PRECONDITION, nothing given back, for a page
+  // released more times than it is held.
+  Status release_pages(std::span<const PageHash> hashes);
 
   // --- versions
   // Starts a version on top of `parent` (0: an empty heap): unstaged pages keep the parent's
@@ -205,13 +215,14 @@ class PageStore {
   std::vector<VersionInfo> versions() const;  // ascending
   std::optional<VersionInfo> latest() const;
   Result<Manifest> manifest(uint64_t version) const;
-  // Removes a version (its pages stay while another version or a pending put_page holds them).
+  // Removes a version (its pages stay while another version, a pending put_page or a hold holds
+  // them).
   // FAILED_PRECONDITION while an open VersionWriter is written on top of it.
   Status remove_version(uint64_t version);
   // Removes the versions the policy does not keep (never the parent of an open VersionWriter);
   // returns how many it removed.
   Result<uint64_t> remove_by_policy(const RetentionPolicy& policy);
-  // Deletes pages no version and no pending put_page refers to.
+  // Deletes pages no version, no pending put_page and no hold refers to.
   Result<GcStats> collect_garbage();
 
   // --- migration (DESIGN §9 step 7)
@@ -233,7 +244,7 @@ class PageStore {
   struct Stats {
     uint64_t pages_stored = 0;   // pages in the index (committed by some version or import)
     uint64_t bytes_stored = 0;   // their bytes on disk, after compression
-    uint64_t pages_pending = 0;  // pages put with put_page that no committed version holds yet
+    uint64_t pages_pending = 0;  // pages put (put_page, hold_page) that no committed version holds yet
     uint64_t pack_files = 0;
   };
   Stats stats() const;
