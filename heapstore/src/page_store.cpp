@@ -594,7 +594,7 @@ Status PageStore::release_pages(std::span<const PageHash> hashes) {
       if (page.holds > 0 || page.until_version) continue;
       // A writer or an import that staged it counts on finding it at commit: kept as a put_page.
       if (std::any_of(impl_->sessions.begin(), impl_->sessions.end(),
-                      [&](const internal::Session* s) { return s->held.contains(h); })) {
+                      [&hash = h](const internal::Session* s) { return s->held.contains(hash); })) {
         page.until_version = true;
         continue;
       }
