@@ -437,7 +437,9 @@ Reply Client::Impl::call_sync(std::string_view method, kj::ArrayPtr<const capnp:
   static std::atomic<uint64_t> next_id{0};
   uint64_t id = next_id.fetch_add(1) + 1;
   // Unsent while there is no connection (or no room on it): sent when the monitor says it is up.
-  bool sent = send_call(ch->dealer(), id, method, deadline, o, payload);
+  // Not before: the monitor reports a loss before ZeroMQ lets go of the lost connection's pipe,
+  // and a call written there meanwhile would be dropped with it, unseen.
+  bool sent = link.connected && send_call(ch->dealer(), id, method, deadline, o, payload);
   zmq::pollitem_t items[2] = {{ch->dealer().handle(), 0, ZMQ_POLLIN, 0}, {ch->monitor().handle(), 0, ZMQ_POLLIN, 0}};
   std::vector<zmq::message_t> parts;
   for (;;) {
@@ -473,7 +475,7 @@ Reply Client::Impl::call_sync(std::string_view method, kj::ArrayPtr<const capnp:
         }
       }
     }
-    if (!sent) sent = send_call(ch->dealer(), id, method, deadline, o, payload);
+    if (!sent && link.connected) sent = send_call(ch->dealer(), id, method, deadline, o, payload);
   }
 }
 
@@ -643,9 +645,10 @@ void Client::Impl::io_loop() {
   // Sends the unsent calls in order, as few messages as the batch limit allows, until the socket
   // takes no more. Once a batch's first call is taken the rest go with it: ZeroMQ drops a message
   // whose later parts it could not take along with the whole of it, as with a lost connection.
+  // Only while the monitor says the connection is up (as for a blocking call).
   std::vector<uint64_t> going;
   auto send_unsent = [&] {
-    while (!unsent.empty() && !link.refused) {
+    while (!unsent.empty() && !link.refused && link.connected) {
       going.clear();
       while (!unsent.empty() && going.size() < options.limits.max_batch) {
         if (in_flight.count(unsent.front())) going.push_back(unsent.front());
