@@ -62,6 +62,30 @@ bool carried_out(Code code) {
   return code != Code::kUnavailable && code != Code::kCancelled && code != Code::kDeadlineExceeded;
 }
 
+// Reply bytes handed to ZeroMQ and not yet let go by it (written to the peer's connection, or
+// dropped with it): in all, and per peer. Updated from ZeroMQ's I/O threads as frames go, and
+// shared with the frames, which may outlive the server.
+struct UnreadReplies {
+  std::atomic<size_t> bytes{0};
+};
+// Frames under this size are not counted: the router's high-water mark bounds them per peer.
+constexpr size_t kCountedReplyFrameBytes = 1024;
+constexpr int kRouterSendHighWaterMark = 10000;
+
+// A counted frame's hint: its buffer, and the counts to lower when ZeroMQ lets it go.
+struct CountedFrame {
+  zmq::message_t frame;
+  std::shared_ptr<UnreadReplies> all;
+  std::shared_ptr<UnreadReplies> peer;
+};
+
+void release_counted_frame(void*, void* hint) {
+  auto* c = static_cast<CountedFrame*>(hint);
+  c->all->bytes.fetch_sub(c->frame.size(), std::memory_order_relaxed);
+  c->peer->bytes.fetch_sub(c->frame.size(), std::memory_order_relaxed);
+  delete c;
+}
+
 // A reply frame waiting to be sent by the I/O thread.
 struct Outgoing {
   std::string routing_id;
@@ -222,7 +246,16 @@ struct Server::Impl {
   uint64_t next_dedup_generation = 0;
   size_t dedup_bytes = 0;  // of the replies filed in dedup
 
-  std::atomic<uint64_t> n_requests{0}, n_errors{0}, n_rejected{0}, n_dedup_hits{0};
+  std::atomic<uint64_t> n_requests{0}, n_errors{0}, n_rejected{0}, n_dedup_hits{0}, n_dropped_replies{0};
+
+  // Owned by the I/O thread: each peer's unread reply bytes (peers with none are swept now and
+  // then), and when a drop was last logged.
+  std::shared_ptr<UnreadReplies> unread = std::make_shared<UnreadReplies>();
+  std::unordered_map<std::string, std::shared_ptr<UnreadReplies>> unread_by_peer;
+  size_t unread_sweep_at = 64;
+  Clock::time_point last_drop_logged{};
+  // The counts of `rid`, or null when its reply must be dropped (logged now and then).
+  std::shared_ptr<UnreadReplies> unread_of(const std::string& rid, size_t bytes);
 
   void io_loop();
   void on_message(std::vector<zmq::message_t>& parts);
@@ -271,7 +304,7 @@ Status Server::start() {
   auto& s = *im.router;
   s.set(zmq::sockopt::linger, 0);
   s.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(im.options.limits.hard_max_message_bytes));
-  s.set(zmq::sockopt::sndhwm, 100000);
+  s.set(zmq::sockopt::sndhwm, kRouterSendHighWaterMark);
   s.set(zmq::sockopt::rcvhwm, 100000);
   if (im.options.curve) {
     if (!im.options.curve->keyring) return invalid_argument("CURVE server needs a keyring");
@@ -336,7 +369,7 @@ void Server::stop() {
 
 ServerStats Server::stats() const {
   return ServerStats{impl_->n_requests.load(), impl_->n_errors.load(), impl_->n_rejected.load(),
-                     impl_->n_dedup_hits.load()};
+                     impl_->n_dedup_hits.load(), impl_->n_dropped_replies.load()};
 }
 
 void Server::Impl::io_loop() {
@@ -617,13 +650,53 @@ zmq::message_t Server::Impl::recall(const DedupEntry& entry, uint64_t id) {
   return internal::encode_reply(id, status, split.payload);
 }
 
+std::shared_ptr<UnreadReplies> Server::Impl::unread_of(const std::string& rid, size_t bytes) {
+  if (unread_by_peer.size() >= unread_sweep_at) {
+    std::erase_if(unread_by_peer, [](const auto& p) {
+      return p.second.use_count() == 1 && p.second->bytes.load(std::memory_order_relaxed) == 0;
+    });
+    unread_sweep_at = std::max<size_t>(64, 2 * unread_by_peer.size());
+  }
+  std::shared_ptr<UnreadReplies>& peer = unread_by_peer[rid];
+  if (!peer) peer = std::make_shared<UnreadReplies>();
+  const size_t mine = peer->bytes.load(std::memory_order_relaxed);
+  const size_t all = unread->bytes.load(std::memory_order_relaxed);
+  if (mine == 0 ||
+      (mine + bytes <= options.max_unread_reply_bytes_per_peer && all + bytes <= options.max_unread_reply_bytes)) {
+    return peer;
+  }
+  n_dropped_replies++;
+  auto now = Clock::now();
+  if (now - last_drop_logged >= std::chrono::seconds(10)) {
+    last_drop_logged = now;
+    DJINN_LOG(kWarn, options.name) << "dropping replies to a peer that does not read them: " << mine
+                                   << " bytes of replies wait for it, " << all << " for all peers ("
+                                   << n_dropped_replies.load() << " dropped so far)";
+  }
+  return nullptr;
+}
+
 void Server::Impl::send_reply_message(const std::string& rid, std::vector<zmq::message_t>& frames) {
+  size_t counted = 0;
+  for (const zmq::message_t& f : frames) counted += f.size() >= kCountedReplyFrameBytes ? f.size() : 0;
+  std::shared_ptr<UnreadReplies> peer;
+  if (counted > 0 && !(peer = unread_of(rid, counted))) return;
   // A peer that went away, or a full pipe, only loses this reply: the client times out or retries.
   zmq::message_t id(rid.data(), rid.size());
   if (!internal::send_frame(*router, id, zmq::send_flags::sndmore | zmq::send_flags::dontwait)) return;
   for (size_t i = 0; i < frames.size(); ++i) {
     auto flags = i + 1 < frames.size() ? zmq::send_flags::sndmore : zmq::send_flags::none;
-    internal::send_frame(*router, frames[i], flags | zmq::send_flags::dontwait);
+    if (!peer || frames[i].size() < kCountedReplyFrameBytes) {
+      internal::send_frame(*router, frames[i], flags | zmq::send_flags::dontwait);
+      continue;
+    }
+    // Sent as a view of the frame, whose release ZeroMQ reports: counted until then.
+    const size_t size = frames[i].size();
+    auto* hold = new CountedFrame{std::move(frames[i]), unread, peer};
+    unread->bytes.fetch_add(size, std::memory_order_relaxed);
+    peer->bytes.fetch_add(size, std::memory_order_relaxed);
+    zmq::message_t view(hold->frame.data(), size, release_counted_frame, hold);
+    internal::send_frame(*router, view, flags | zmq::send_flags::dontwait);
   }
 }
 

@@ -110,6 +110,16 @@ zmq::message_t call_frame(const std::string& method, const std::string& payload,
   return zmq::message_t(bytes.data(), bytes.size());
 }
 
+// This process's resident set, from /proc/self/statm.
+size_t resident_bytes() {
+  FILE* f = std::fopen("/proc/self/statm", "r");
+  REQUIRE(f);
+  unsigned long size = 0, resident = 0;
+  REQUIRE(std::fscanf(f, "%lu %lu", &size, &resident) == 2);
+  std::fclose(f);
+  return resident * static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+}
+
 }  // namespace
 
 TEST_CASE("a blocking call round-trips text and bytes") {
@@ -776,6 +786,43 @@ TEST_CASE("out of file descriptors: a server refuses to start and a client's cal
   REQUIRE(::waitpid(pid, &status, 0) == pid);
   REQUIRE(WIFEXITED(status));
   CHECK(WEXITSTATUS(status) == 0);
+}
+
+TEST_CASE("a peer that asks for large replies and never reads them holds a bounded share of the server's memory") {
+  rpc::Server server({.max_unread_reply_bytes_per_peer = 16u << 20, .max_unread_reply_bytes = 64u << 20});
+  server.handle("big.reply", [](const rpc::CallContext&, capnp::MessageReader&, capnp::MessageBuilder& results) {
+    results.initRoot<EchoResults>().initBlob(1u << 20);
+    return Status::Ok();
+  });
+  REQUIRE(server.start().ok());
+  // Raw DEALERs that take one message and then read no more: their replies wait in the server.
+  std::vector<std::unique_ptr<zmq::socket_t>> greedy;
+  for (int peer = 0; peer < 6; ++peer) {
+    auto s = std::make_unique<zmq::socket_t>(djinn::default_context(), zmq::socket_type::dealer);
+    s->set(zmq::sockopt::linger, 0);
+    s->set(zmq::sockopt::rcvhwm, 1);
+    s->set(zmq::sockopt::rcvbuf, 4096);
+    s->connect(server.endpoints()[0]);
+    for (uint64_t i = 1; i <= 200; ++i) {
+      std::string bytes = header_bytes("big.reply", i) + echo_payload("");
+      zmq::message_t f(bytes.data(), bytes.size());
+      (void)s->send(f, zmq::send_flags::none);
+    }
+    greedy.push_back(std::move(s));
+  }
+  // 1,200 replies of 1 MiB were asked for; the bounds keep about 64 MiB of them, and drop the rest.
+  REQUIRE(test::eventually([&] { return server.stats().requests >= 1200; }, 20000));
+  REQUIRE(test::eventually([&] { return server.stats().dropped_replies >= 1000; }, 20000));
+  CHECK(resident_bytes() < (size_t{400} << 20));  // it grew to gigabytes before
+  // A reader is served as ever, large replies and small.
+  rpc::Client c({.endpoint = server.endpoints()[0]});
+  rpc::Reply big = c.call("big.reply", {.timeout = std::chrono::seconds(5)});
+  REQUIRE_MESSAGE(big.ok(), big.status().to_string());
+  CHECK(big.results<EchoResults>().getBlob().size() == (1u << 20));
+  // Once the greedy peers go, what waited for them is let go.
+  greedy.clear();
+  rpc::Reply again = c.call("big.reply", {.timeout = std::chrono::seconds(5)});
+  CHECK_MESSAGE(again.ok(), again.status().to_string());
 }
 
 TEST_CASE("hostile input gets an error reply and the server goes on serving") {

@@ -87,6 +87,13 @@ struct ServerOptions {
   // retry) instead of piling up behind a slow disk.
   size_t max_queued_calls = 10000;
   size_t max_queued_bytes = 256u << 20;
+  // Replies handed to ZeroMQ but not yet written to their peer's connection (frames of 1 KiB and
+  // more are counted), per peer and in all: ZeroMQ bounds a peer's queue only by message count,
+  // so a peer that asks for large replies and never reads them would hold the server's memory.
+  // Past either bound a reply to a peer that has some waiting already is dropped (its caller
+  // times out) and counted; a peer with none waiting always gets its reply, however large.
+  size_t max_unread_reply_bytes_per_peer = 256u << 20;
+  size_t max_unread_reply_bytes = 1u << 30;
   zmq::context_t* context = nullptr;  // default_context() when null
   std::string name = "rpc";           // for logs
 };
@@ -137,6 +144,7 @@ struct ServerStats {
   uint64_t errors = 0;
   uint64_t rejected_frames = 0;  // malformed, oversized, unknown
   uint64_t dedup_hits = 0;
+  uint64_t dropped_replies = 0;  // to peers holding too many unread (ServerOptions)
 };
 
 class Server {
