@@ -97,6 +97,9 @@ struct Heap::Impl {
   uint64_t resident = 0;
   uint64_t pinned = 0;
   uint64_t version = 0;
+  // Keeps `version` in the store (none for 0): the heap's non-resident pages load from it, and a
+  // store shared with other heaps would otherwise let their retention remove it.
+  VersionPin pin;
   std::string record;
   uint64_t hand = 0;  // the CLOCK hand: the next page the sweep examines
   HeapStats counters;
@@ -704,12 +707,21 @@ std::string Heap::tracking_support() {
 
 Result<std::unique_ptr<Heap>> Heap::open(PageStore& store, uint64_t version, HeapOptions o) {
   std::optional<Manifest> manifest;
+  VersionPin pin;
   if (version != 0) {
+    // Pinned before its manifest is read, so that no removal comes between.
+    Result<VersionPin> pinned = store.pin_version(version);
+    if (!pinned.ok()) return pinned.status();
+    pin = std::move(*pinned);
     Result<Manifest> m = store.manifest(version);
     if (!m.ok()) return m.status();
     manifest = std::move(*m);
   }
-  return open_with(store, std::move(manifest), version, o);
+  Result<std::unique_ptr<Heap>> heap = open_with(store, std::move(manifest), version, o);
+  if (!heap.ok()) return heap.status();
+  std::lock_guard lock((*heap)->impl_->mu);
+  (*heap)->impl_->pin = std::move(pin);
+  return heap;
 }
 
 Result<std::unique_ptr<Heap>> Heap::open_incoming(PageStore& store, const Manifest& manifest, PageSource& source,
@@ -914,10 +926,13 @@ Result<VersionInfo> Heap::fetch_rest(size_t batch, const std::function<void(uint
     return unavailable("fetch_rest: the source did not deliver " + std::to_string(lacking) +
                        " of the pages it was asked for; call again");
   }
-  Result<VersionInfo> committed = (*import)->import_commit();
+  // Pinned as it is committed, like a checkpoint's version.
+  VersionPin pin;
+  Result<VersionInfo> committed = (*import)->import_commit(&pin);
   if (!committed.ok()) return committed.status();
   std::lock_guard lock(m.mu);
   m.version = committed->version;
+  m.pin = std::move(pin);
   m.completed = *committed;
   m.incoming.reset();  // the version holds its pages now
   return *committed;
@@ -972,8 +987,10 @@ Result<VersionInfo> Heap::checkpoint(std::string_view record) {
   }
   DJINN_CRASH_POINT("heapstore.heap.checkpoint.staged");
 
-  // 3. Commit with the runtime record: the whole version or nothing.
-  Result<VersionInfo> info = writer->commit(record);
+  // 3. Commit with the runtime record: the whole version or nothing. The new version is pinned as
+  //    it commits; the heap's pin moves to it in step 4 (until then the old version stays pinned).
+  VersionPin next_pin;
+  Result<VersionInfo> info = writer->commit(record, &next_pin);
   if (!info.ok()) return info.status();
   revert.committed = true;
   DJINN_CRASH_POINT("heapstore.heap.checkpoint.committed");
@@ -993,6 +1010,7 @@ Result<VersionInfo> Heap::checkpoint(std::string_view record) {
   m.give_back(held);
   m.pending.clear();
   m.version = info->version;
+  m.pin = std::move(next_pin);  // the old version's pin given back: the new one has every page
   m.record = std::string(record);
   return info;
 }

@@ -191,7 +191,7 @@ class ImportSession final : public PageStore::Import {
     return Status();
   }
 
-  Result<VersionInfo> import_commit() override {
+  Result<VersionInfo> import_commit(VersionPin* pin) override {
     if (phase_ != Phase::kOpen) return failed_precondition("import_commit: the import is already committed or abandoned");
     size_t missing = 0;
     const PageHash* example = nullptr;
@@ -215,6 +215,7 @@ class ImportSession final : public PageStore::Import {
     plan.own = &received_;
     plan.own_all_referenced = true;  // only pages the manifest needs are received
     plan.phase = &phase_;
+    plan.pin = pin;
     Result<VersionInfo> info = store_->commit_version(plan);
     if (!info.ok()) abort();
     return info;
@@ -642,12 +643,47 @@ Result<Manifest> PageStore::manifest(uint64_t version) const {
   return m;
 }
 
+// =================================================================================================
+// Version pins
+
+VersionPin::VersionPin(VersionPin&& other) noexcept
+    : store_(std::exchange(other.store_, nullptr)), version_(std::exchange(other.version_, 0)) {}
+
+VersionPin& VersionPin::operator=(VersionPin&& other) noexcept {
+  if (this != &other) {
+    reset();
+    store_ = std::exchange(other.store_, nullptr);
+    version_ = std::exchange(other.version_, 0);
+  }
+  return *this;
+}
+
+VersionPin::~VersionPin() { reset(); }
+
+void VersionPin::reset() {
+  if (!store_) return;
+  std::exchange(store_, nullptr)->unpin_version(std::exchange(version_, 0));
+}
+
+Result<VersionPin> PageStore::pin_version(uint64_t version) {
+  std::lock_guard lock(impl_->mu);
+  if (!impl_->versions.contains(version)) {
+    return not_found("pin version " + std::to_string(version) + ": no such version in the store");
+  }
+  ++impl_->version_pins[version];
+  return VersionPin(impl_.get(), version);
+}
+
 Status PageStore::remove_version(uint64_t version) {
   std::lock_guard lock(impl_->mu);
   if (!impl_->versions.contains(version)) {
     return not_found("remove version " + std::to_string(version) + ": no such version in the store");
   }
-  if (impl_->pinned_versions.contains(version)) {
+  if (auto pins = impl_->version_pins.find(version); pins != impl_->version_pins.end()) {
+    return failed_precondition("remove version " + std::to_string(version) + ": the version is pinned (" +
+                               std::to_string(pins->second) + " pins held: an open heap runs on it); nothing removed");
+  }
+  if (impl_->writer_parents.contains(version)) {
     return failed_precondition("remove version " + std::to_string(version) +
                                ": an open version writer is written on top of it");
   }
@@ -668,12 +704,24 @@ Result<uint64_t> PageStore::remove_by_policy(const RetentionPolicy& policy) {
   if (impl_->versions.empty()) return uint64_t{0};
   std::vector<uint64_t> doomed;
   int64_t cutoff = policy.keep_within_ms > 0 ? internal::now_unix_ms() - policy.keep_within_ms : INT64_MAX;
+  std::vector<uint64_t> kept_pinned;  // what the policy alone would have removed
   uint64_t rank = 0;  // 0 for the newest
   for (auto it = impl_->versions.rbegin(); it != impl_->versions.rend(); ++it, ++rank) {
     const VersionInfo& info = it->second.info;
     bool keep = rank == 0 || rank < policy.keep_last || info.created_unix_ms >= cutoff ||
-                impl_->pinned_versions.contains(info.version);
+                impl_->writer_parents.contains(info.version);
+    if (!keep && impl_->version_pins.contains(info.version)) {
+      kept_pinned.push_back(info.version);
+      keep = true;
+    }
     if (!keep) doomed.push_back(info.version);
+  }
+  if (!kept_pinned.empty()) {
+    std::string list;
+    for (uint64_t v : kept_pinned) list += (list.empty() ? "" : ", ") + std::to_string(v);
+    DJINN_LOG(kInfo, "heapstore") << "retention keeps version(s) " << list << " of page store "
+                                  << impl_->dir.string() << ", which its policy would remove: they are pinned"
+                                  << " (an open heap runs on each)";
   }
   if (doomed.empty()) return uint64_t{0};
   // Newest first: each removal merges deltas into the next version up, and only the removal of

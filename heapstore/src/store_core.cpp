@@ -3,6 +3,7 @@
 #include "store_core.h"
 
 #include <algorithm>
+#include <cassert>
 #include <cstring>
 #include <future>
 #include <string>
@@ -302,6 +303,7 @@ Result<VersionInfo> StoreCore::commit_version(CommitPlan& plan) {
 
   // 4. The version is durable; bring memory up to date.
   versions[row.info.version] = row;
+  if (plan.pin) ++version_pins[row.info.version];  // under the lock that makes it visible
   next_log = log_id;
   uint64_t own_used = 0;
   reserve_index(index, inserted_pages);
@@ -349,6 +351,8 @@ Result<VersionInfo> StoreCore::commit_version(CommitPlan& plan) {
   cache_locked(row.info.version, plan.pages);
   *plan.phase = Phase::kDone;
   lock.unlock();
+  // Outside the lock: giving back what the pin held before takes it.
+  if (plan.pin) *plan.pin = VersionPin(this, row.info.version);
   packs->punch(std::move(garbage));
   if (!pending_garbage.empty()) {
     std::unique_lock reclaim(reclaim_mu);
@@ -643,7 +647,20 @@ Status StoreCore::remove_locked(uint64_t version) {
   return Status();
 }
 
+void StoreCore::unpin_version(uint64_t version) {
+  std::lock_guard lock(mu);
+  auto it = version_pins.find(version);
+  if (it != version_pins.end() && --it->second == 0) version_pins.erase(it);
+}
+
 StoreCore::~StoreCore() {
+  if (!version_pins.empty()) {
+    // Each of them will give itself back to a store that is gone.
+    DJINN_LOG(kError, "heapstore") << "page store " << dir.string() << " closed with " << version_pins.size()
+                                   << " versions pinned (version " << version_pins.begin()->first
+                                   << " among them): a VersionPin outlived its store";
+    assert(version_pins.empty() && "a VersionPin must not outlive its PageStore");
+  }
   workers.reset();
   if (checkpointer) {
     checkpointer->detach(db);

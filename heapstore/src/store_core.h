@@ -119,6 +119,7 @@ struct CommitPlan {
   const HashMap<Location>* own = nullptr;  // pages the session appended
   bool own_all_referenced = false;          // the version holds every page in `own`
   Phase* phase = nullptr;
+  VersionPin* pin = nullptr;  // takes a pin on the new version as it becomes visible
 };
 
 // The store's state and the steps shared by PageStore, VersionWriter and imports.
@@ -138,7 +139,8 @@ struct StoreCore {
   std::map<uint64_t, VersionRow> versions;
   HashMap<PendingPage> pending;
   std::set<Session*> sessions;
-  std::multiset<uint64_t> pinned_versions;  // parents of open writers
+  std::multiset<uint64_t> writer_parents;      // parents of open writers
+  std::map<uint64_t, uint64_t> version_pins;  // version -> VersionPins held on it
   uint64_t loose_appends = 0;  // put_page appends not yet recorded in `pending`
   // Every indexed page and where it is: the index table, in memory (about 100 bytes a page), so a
   // read or a dedup check never waits for SQLite. Updated once a commit or a collection is
@@ -176,6 +178,8 @@ struct StoreCore {
   void cache_locked(uint64_t version, std::shared_ptr<const PageList> pages);
   Status remove_locked(uint64_t version);
   void end_session_locked(Session* session) { sessions.erase(session); }
+  // Gives back one VersionPin on `version`.
+  void unpin_version(uint64_t version);
 
   Result<VersionInfo> commit_version(CommitPlan& plan);
   // Encodes and appends pages (already hashed) to the current pack; returns their locations.

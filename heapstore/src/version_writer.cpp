@@ -182,7 +182,7 @@ void VersionWriter::State::abort() {
   {
     std::lock_guard lock(store->mu);
     store->end_session_locked(&session);
-    if (parent) store->pinned_versions.erase(store->pinned_versions.find(parent));
+    if (parent) store->writer_parents.erase(store->writer_parents.find(parent));
   }
   phase = Phase::kDone;
   store->packs->punch(std::move(garbage));
@@ -292,7 +292,7 @@ void VersionWriter::abort() {
 // The checkpoint of DESIGN §7, writer side: every staged page is hashed and stored (by the
 // workers, while the caller was still putting), then the new version is resolved against its
 // parent and handed to commit_version, which makes it durable in one transaction.
-Result<VersionInfo> VersionWriter::commit(std::string_view record) {
+Result<VersionInfo> VersionWriter::commit(std::string_view record, VersionPin* pin) {
   if (!state_ || state_->phase != Phase::kOpen) return writer_closed("commit");
   State& s = *state_;
   Status flushed = s.submit_filling();
@@ -353,6 +353,7 @@ Result<VersionInfo> VersionWriter::commit(std::string_view record) {
   plan.own = &s.new_pages;
   plan.own_all_referenced = overwritten == 0;
   plan.phase = &s.phase;
+  plan.pin = pin;
   Result<VersionInfo> info = s.store->commit_version(plan);
   if (!info.ok()) {
     s.abort();
@@ -360,7 +361,7 @@ Result<VersionInfo> VersionWriter::commit(std::string_view record) {
   }
   {
     std::lock_guard lock(s.store->mu);
-    if (s.parent) s.store->pinned_versions.erase(s.store->pinned_versions.find(s.parent));
+    if (s.parent) s.store->writer_parents.erase(s.store->writer_parents.find(s.parent));
   }
   s.phase = Phase::kDone;
   s.give_back_buffers();
@@ -391,7 +392,7 @@ Result<VersionWriter> PageStore::begin_version(uint64_t parent, uint32_t page_si
       Result<std::shared_ptr<const PageList>> pages = impl_->pages_locked(parent);
       if (!pages.ok()) return pages.status();
       state->parent_pages = *pages;
-      impl_->pinned_versions.insert(parent);
+      impl_->writer_parents.insert(parent);
     } else {
       state->parent_pages = std::make_shared<const PageList>();
     }

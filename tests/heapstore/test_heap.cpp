@@ -724,6 +724,120 @@ TEST_CASE("the page pool: scans reuse evicted or reserved pages, which arrive cl
   }
 }
 
+TEST_CASE("a heap's version survives the retention and garbage collection another heap runs on their store") {
+  for (DirtyTracking mode : tracking_modes()) {
+    INFO("mode ", tracking_name(mode));
+    StoreDir s;  // one store for the node's applications (DESIGN §9)
+    const size_t size = 1 << 20;  // 256 pages, every one marked
+    Image image(size);
+    const uint64_t va = marked_version(*s.store, mode, image, 11);
+    // Heap A runs on va with nothing resident yet: every page it touches loads from va.
+    auto a = must(Heap::open(*s.store, va, small_heap(mode, size, 128 << 10)));
+    // Heap B, another application, checkpoints eight times and its runtime applies retention and
+    // collects garbage after each: by the policy alone, va goes at the eighth.
+    Image other(size);
+    auto b = must(Heap::open(*s.store, 0, small_heap(mode, size, 128 << 10)));
+    for (int round = 0; round < 8; ++round) {
+      other.write(*b, round * 8 * kPage, 8 * kPage, 1000 + round);
+      must(b->checkpoint("b " + std::to_string(round)));
+      must(s.store->remove_by_policy({.keep_last = 8}));
+      must(s.store->collect_garbage());
+    }
+    REQUIRE_MESSAGE(s.store->manifest(va).ok(), "version ", va, " was removed from under the heap running on it");
+    // A faults its pages in from va and checkpoints on top of it.
+    CHECK_HEAP_MATCHES(image, *a);
+    CHECK(a->stats().load_errors == 0);
+    image.write(*a, 5 * kPage, 100, 42);
+    VersionInfo next = must(a->checkpoint("a, after"));
+    CHECK(next.parent == va);
+    // A runs on its new version now: va is unpinned, and retention lets it go (with B's oldest).
+    CHECK(must(s.store->remove_by_policy({.keep_last = 8})) == 2);
+    CHECK(s.store->manifest(va).status().code() == Code::kNotFound);
+    must(s.store->collect_garbage());
+    must_ok(a->trim(0));
+    must_ok(b->trim(0));
+    CHECK_HEAP_MATCHES(image, *a);
+    CHECK_HEAP_MATCHES(other, *b);
+    CHECK(a->stats().load_errors == 0);
+  }
+}
+
+TEST_CASE("an open heap's version cannot be removed; a checkpoint moves the pin on, and a closed heap lets it go") {
+  for (DirtyTracking mode : tracking_modes()) {
+    INFO("mode ", tracking_name(mode));
+    StoreDir s;
+    const size_t size = 1 << 20;
+    Image image(size);
+    const uint64_t v1 = marked_version(*s.store, mode, image, 21);
+    auto heap = must(Heap::open(*s.store, v1, small_heap(mode, size, size)));
+    Status refused = s.store->remove_version(v1);
+    CHECK(refused.code() == Code::kFailedPrecondition);
+    CHECK_MESSAGE(refused.message().find("pinned") != std::string::npos, refused.message());
+    CHECK(s.store->versions().size() == 1);
+    CHECK_HEAP_MATCHES(image, *heap);
+
+    // A checkpoint moves the pin to its version: the old one may go, the new one may not.
+    image.write(*heap, 3 * kPage, 10, 5);
+    VersionInfo v2 = must(heap->checkpoint("two"));
+    must_ok(s.store->remove_version(v1));
+    CHECK(s.store->remove_version(v2.version).code() == Code::kFailedPrecondition);
+    must(s.store->collect_garbage());
+    must_ok(heap->trim(0));
+    CHECK_HEAP_MATCHES(image, *heap);
+
+    // A checkpoint that fails after its version committed leaves the heap on (and pinning) the
+    // version it had; the one committed is nobody's and may go.
+    image.write(*heap, 4 * kPage, 10, 6);
+    fault::arm("heapstore.heap.checkpoint.committed", fault::Action::kThrow);
+    CHECK_THROWS_AS((void)heap->checkpoint("lost"), fault::CrashPointHit);
+    fault::disarm_all();
+    CHECK(heap->version() == v2.version);
+    const uint64_t orphan = s.store->latest()->version;
+    CHECK(orphan > v2.version);
+    CHECK(s.store->remove_version(v2.version).code() == Code::kFailedPrecondition);
+    must_ok(s.store->remove_version(orphan));
+    VersionInfo v3 = must(heap->checkpoint("three"));
+    CHECK(v3.parent == v2.version);
+
+    // A new heap pins the version its first checkpoint commits.
+    auto fresh = must(Heap::open(*s.store, 0, small_heap(mode, size, size)));
+    Image fresh_image(size);
+    fresh_image.write(*fresh, 0, 100, 7);
+    VersionInfo f1 = must(fresh->checkpoint("fresh"));
+    CHECK(s.store->remove_version(f1.version).code() == Code::kFailedPrecondition);
+    CHECK(must(s.store->remove_by_policy({.keep_last = 0})) == 1);  // v2; v3 and f1 are pinned
+
+    // Closed, a heap lets its version go.
+    heap.reset();
+    fresh.reset();
+    must_ok(s.store->remove_version(v3.version));
+    must_ok(s.store->remove_version(f1.version));
+    CHECK(s.store->versions().empty());
+  }
+}
+
+TEST_CASE("pins are counted: a version two heaps run on stays until both are closed") {
+  for (DirtyTracking mode : tracking_modes()) {
+    INFO("mode ", tracking_name(mode));
+    StoreDir s;
+    const size_t size = 1 << 20;
+    Image image(size);
+    const uint64_t v = marked_version(*s.store, mode, image, 31);
+    auto first = must(Heap::open(*s.store, v, small_heap(mode, size, 128 << 10)));
+    auto second = must(Heap::open(*s.store, v, small_heap(mode, size, 128 << 10)));
+    CHECK(s.store->remove_version(v).code() == Code::kFailedPrecondition);
+    first.reset();
+    CHECK(s.store->remove_version(v).code() == Code::kFailedPrecondition);
+    must(s.store->collect_garbage());
+    REQUIRE(s.store->manifest(v).ok());
+    CHECK_HEAP_MATCHES(image, *second);
+    CHECK(second->stats().load_errors == 0);
+    second.reset();
+    must_ok(s.store->remove_version(v));
+    CHECK(Heap::open(*s.store, v, small_heap(mode, size, size)).status().code() == Code::kNotFound);
+  }
+}
+
 namespace {
 
 // The pages of another store (the node an application left, or the space), counted, and failing
@@ -915,4 +1029,53 @@ TEST_CASE("post-copy: a checkpoint fetches the rest first; a source that fails i
   REQUIRE(::waitpid(child, &status, 0) == child);
   CHECK(WIFEXITED(status));
   if (WIFEXITED(status)) CHECK(WEXITSTATUS(status) == kGotSigbus);
+}
+
+TEST_CASE("post-copy: the incoming heap's pages are held until the manifest is a version, which it then pins") {
+  for (DirtyTracking mode : tracking_modes()) {
+    INFO("mode ", tracking_name(mode));
+    const size_t size = 1 << 20;  // 256 pages, every one marked
+    StoreDir a, b;
+    Image image(size);
+    const uint64_t version = marked_version(*a.store, mode, image, 13);
+    // The receiver holds the first 64 of those pages, in a version of its own.
+    uint64_t earlier = 0;
+    {
+      auto heap = must(Heap::open(*b.store, 0, small_heap(mode, size, size)));
+      std::memcpy(heap->base(), image.bytes.data(), 64 * kPage);
+      earlier = must(heap->checkpoint("earlier")).version;
+    }
+    StoreSource source(*a.store);
+    auto heap = must(Heap::open_incoming(*b.store, must(a.store->manifest(version)), source,
+                                         small_heap(mode, size, 128 << 10)));
+    // While it is incoming, the receiver's retention takes its own old version: the pages the
+    // heap counts on stay, held by its import session.
+    must_ok(b.store->remove_version(earlier));
+    must(b.store->collect_garbage());
+    VersionInfo arrived = must(heap->fetch_rest());
+    CHECK(source.pages == 256 - 64);
+    // The version it became is pinned: removal refused, retention and collection pass it by.
+    CHECK(b.store->remove_version(arrived.version).code() == Code::kFailedPrecondition);
+    {
+      auto other = must(Heap::open(*b.store, 0, small_heap(mode, size, size)));
+      Image scratch(size);
+      for (int round = 0; round < 3; ++round) {
+        scratch.write(*other, round * kPage, 64, 500 + round);
+        must(other->checkpoint("other"));
+      }
+    }
+    CHECK(must(b.store->remove_by_policy({.keep_last = 1})) == 2);
+    REQUIRE(b.store->manifest(arrived.version).ok());
+    must(b.store->collect_garbage());
+    must_ok(heap->trim(0));
+    CHECK_HEAP_MATCHES(image, *heap);
+    CHECK(heap->stats().load_errors == 0);
+    // Its checkpoints move the pin on as for any heap.
+    image.write(*heap, 9 * kPage, 8, 77);
+    VersionInfo next = must(heap->checkpoint("after the move"));
+    must_ok(b.store->remove_version(arrived.version));
+    CHECK(b.store->remove_version(next.version).code() == Code::kFailedPrecondition);
+    heap.reset();
+    must_ok(b.store->remove_version(next.version));
+  }
 }

@@ -383,6 +383,104 @@ TEST_CASE("retention: keep the newest N, or those within a time window; never th
   check_version(*store, 10, models[10]);
 }
 
+TEST_CASE("version pins: a pinned version is not removed, by remove_version or retention, nor its pages collected") {
+  test::TempDir dir;
+  auto store = open_store(dir.path());
+  Model model;
+  std::map<uint64_t, Model> models;
+  uint64_t parent = 0;
+  // Each version rewrites the same 8 pages: each has 8 pages of its own.
+  for (uint64_t n = 1; n <= 6; ++n) {
+    std::map<uint64_t, Bytes> changes;
+    for (uint64_t k = 0; k < 8; ++k) changes[k] = page_of(n * 100 + k, kPage);
+    parent = write_version(*store, parent, changes, model).version;
+    models[parent] = model;
+  }
+  CHECK(store->pin_version(99).status().code() == Code::kNotFound);
+  CHECK(store->pin_version(0).status().code() == Code::kNotFound);
+  CHECK_FALSE(VersionPin());
+
+  // Two pins on version 2 (two heaps running on it), one on 4.
+  VersionPin first = must(store->pin_version(2));
+  VersionPin second = must(store->pin_version(2));
+  VersionPin on_4 = must(store->pin_version(4));
+  CHECK(first);
+  CHECK(first.version() == 2);
+  Status refused = store->remove_version(2);
+  CHECK(refused.code() == Code::kFailedPrecondition);
+  CHECK_MESSAGE(refused.message().find("pinned (2 pins") != std::string::npos, refused.message());
+  CHECK(store->versions().size() == 6);
+  check_version(*store, 2, models[2]);
+
+  // Retention passes the pinned versions by; collection keeps their pages.
+  CHECK(must(store->remove_by_policy({.keep_last = 1})) == 3);  // 1, 3, 5
+  std::vector<uint64_t> left;
+  for (const VersionInfo& v : store->versions()) left.push_back(v.version);
+  CHECK(left == std::vector<uint64_t>{2, 4, 6});
+  CHECK(must(store->collect_garbage()).pages_removed == 24);  // the pages of 1, 3 and 5 alone
+  for (uint64_t v : left) check_version(*store, v, models[v]);
+
+  // Counted: one pin given back leaves the version pinned.
+  first.reset();
+  CHECK_FALSE(first);
+  CHECK(first.version() == 0);
+  CHECK(store->remove_version(2).code() == Code::kFailedPrecondition);
+  // Moved, a pin holds its version once still; the pin moved from holds nothing.
+  VersionPin moved = std::move(second);
+  CHECK_FALSE(second);
+  CHECK(moved.version() == 2);
+  second.reset();  // nothing to give back
+  CHECK(store->remove_version(2).code() == Code::kFailedPrecondition);
+  // Assigned another pin, it gives back the one it held.
+  moved = std::move(on_4);
+  CHECK(moved.version() == 4);
+  must_ok(store->remove_version(2));
+  CHECK(store->remove_version(4).code() == Code::kFailedPrecondition);
+  moved.reset();
+  CHECK(must(store->remove_by_policy({.keep_last = 1})) == 1);
+  CHECK(store->versions().size() == 1);
+  check_version(*store, 6, models[6]);
+}
+
+TEST_CASE("version pins: a writer's or an import's commit pins the new version as it becomes visible") {
+  test::TempDir a_dir, b_dir;
+  auto a = open_store(a_dir.path());
+  Model model;
+  VersionInfo v1 = write_version(*a, 0, {{0, page_of(1, kPage)}, {1, page_of(2, kPage)}}, model);
+  // A pin on v1 handed to the commit of v2: it holds v2 after, and v1 is given back.
+  VersionPin pin = must(a->pin_version(v1.version));
+  VersionWriter w = must(a->begin_version(v1.version, kPage, kCapacity));
+  must_ok(w.put(1, page_of(3, kPage)));
+  VersionInfo v2 = must(w.commit("two", &pin));
+  CHECK(pin.version() == v2.version);
+  CHECK(a->remove_version(v2.version).code() == Code::kFailedPrecondition);
+  CHECK(must(a->remove_by_policy({.keep_last = 0})) == 1);  // v1
+  // Without a pin, a commit pins nothing.
+  Model next = model;
+  next[1] = page_of(3, kPage);
+  VersionInfo v3 = write_version(*a, v2.version, {{2, page_of(4, kPage)}}, next);
+  CHECK(must(a->remove_by_policy({.keep_last = 0})) == 0);  // v2 pinned, v3 the newest
+  pin.reset();
+  CHECK(must(a->remove_by_policy({.keep_last = 0})) == 1);
+  check_version(*a, v3.version, next);
+
+  // An import's commit, the same.
+  auto b = open_store(b_dir.path());
+  auto import = must(b->import_begin(must(a->manifest(v3.version))));
+  for (const PageHash& h : import->needed()) {
+    Bytes page(kPage);
+    must_ok(a->read_page(h, page));
+    must_ok(import->import_page(h, page));
+  }
+  VersionPin imported;
+  VersionInfo vb = must(import->import_commit(&imported));
+  CHECK(imported.version() == vb.version);
+  CHECK(b->remove_version(vb.version).code() == Code::kFailedPrecondition);
+  check_version(*b, vb.version, next);
+  imported.reset();
+  must_ok(b->remove_version(vb.version));
+}
+
 TEST_CASE("garbage collection reclaims a removed version's own pages and keeps shared ones") {
   test::TempDir dir;
   auto store = open_store(dir.path());

@@ -142,28 +142,41 @@ struct HeapStats {
 // node's own cache, the space, or the node the application came from. Called on the heap's fault
 // thread (one page run at a time, the faulting thread waiting) and on whichever thread runs
 // fetch_rest(); it must be safe to call from both at once.
+//
+// On the fault thread, fetch runs while the heap's lock is held: until it returns, no other fault
+// on the heap is served, no call that takes the lock (checkpoint, pin, trim, stats) proceeds, and
+// the heap's destruction waits for the fault thread. A source must therefore bound its own time,
+// with a timeout of its own on every network or disk wait, and answer an error when it runs out
+// rather than block: a fetch that never returns stalls every thread that faults on the heap and
+// whoever destroys it.
 class PageSource {
  public:
   virtual ~PageSource() = default;
   using Deliver = std::function<Status(const PageHash& hash, std::span<const std::byte> page)>;
   // Fetches the pages named `hashes` and hands each to `deliver`, in any order; an error (or
-  // one from `deliver`) ends the fetch. A page not delivered counts as not fetched.
+  // one from `deliver`) ends the fetch. A page not delivered counts as not fetched. Returns
+  // within a time the source bounds itself (above): an error when it cannot have them by then.
   virtual Status fetch(std::span<const PageHash> hashes, const Deliver& deliver) = 0;
 };
 
 class Heap {
  public:
   // Opens the heap of `version` of `store` (0: a new, all-zero heap). Pages are loaded on first
-  // touch. The store must outlive the heap, and `version` must stay in the store while the heap
-  // is open (its pages are loaded from it).
+  // touch. The store must outlive the heap. The heap pins the version it runs on (a VersionPin,
+  // taken here, moved to each version a checkpoint commits, given back when the heap closes), so
+  // no removal or retention on the store, by this heap's owner or another heap's, takes the
+  // version or its pages from under it: remove_version of it is FAILED_PRECONDITION while the
+  // heap is open.
   static Result<std::unique_ptr<Heap>> open(PageStore& store, uint64_t version, HeapOptions options = {});
   // Post-copy (DESIGN §9): opens the heap of `manifest`, a version of another store (received as
   // bytes: manifest_from_bytes), before its pages are all in `store`. The application may run at
   // once: a page the store lacks is fetched from `source` when it is first touched (with the run
   // of neighbours a fault loads), checked against its hash and kept in `store`; fetch_rest()
-  // brings the others. Once all are here the manifest becomes a version of `store` and version()
-  // names it; until then version() is 0 and incoming() is true. A page the source cannot give
-  // when it is touched is a page that cannot be loaded: the touching thread gets SIGBUS.
+  // brings the others. Until then an import session holds in `store` the manifest's pages it
+  // already had, version() is 0 and incoming() is true; once all are here the manifest becomes a
+  // version of `store`, pinned as it commits as Heap::open's version is, and version() names it.
+  // A page the source cannot give when it is touched is a page that cannot be loaded: the
+  // touching thread gets SIGBUS.
   // INVALID_ARGUMENT for a malformed manifest (as import_begin). `source` must outlive the heap's
   // incoming phase.
   static Result<std::unique_ptr<Heap>> open_incoming(PageStore& store, const Manifest& manifest, PageSource& source,

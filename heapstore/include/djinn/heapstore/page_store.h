@@ -110,6 +110,10 @@ struct GcStats {
 };
 
 class PageStore;
+class VersionPin;
+namespace internal {
+struct StoreCore;
+}
 
 // The atomic write of a set of pages (DESIGN §7's store API): stage puts and deletes on top of a
 // parent version, then commit them together with the runtime record, or abort. Destroyed without
@@ -130,8 +134,10 @@ class VersionWriter {
   // Page `index` becomes zero.
   Status zero(uint64_t index);
   // Commits every staged change, in one transaction, with `record`. After a crash at any moment
-  // the store holds either the parent's versions alone or this version whole.
-  Result<VersionInfo> commit(std::string_view record);
+  // the store holds either the parent's versions alone or this version whole. With `pin`, the
+  // new version is pinned as it becomes visible, so no removal can come between, and `*pin`
+  // holds that pin (what it held before is released after).
+  Result<VersionInfo> commit(std::string_view record, VersionPin* pin = nullptr);
   void abort();
 
  private:
@@ -150,6 +156,31 @@ class VersionWriter {
 // is wrong.
 std::vector<uint8_t> manifest_to_bytes(const Manifest& manifest);
 Result<Manifest> manifest_from_bytes(std::span<const uint8_t> bytes);
+
+// Keeps a version in its store while it lives (PageStore::pin_version): remove_version of it is
+// FAILED_PRECONDITION, remove_by_policy passes it by, and so garbage collection keeps its pages.
+// A heap pins the version it runs on, whose pages it loads on demand. Pins are counted: several
+// may hold one version, which may go once none is left. Movable; a default-constructed or
+// moved-from pin holds nothing. A pin must not outlive its store (a store closed with pins held
+// says so in its log, and debug builds stop there).
+class VersionPin {
+ public:
+  VersionPin() = default;
+  VersionPin(VersionPin&& other) noexcept;
+  VersionPin& operator=(VersionPin&& other) noexcept;
+  ~VersionPin();
+
+  uint64_t version() const { return version_; }  // 0: holds nothing
+  explicit operator bool() const { return store_ != nullptr; }
+  void reset();  // releases it now
+
+ private:
+  friend class PageStore;
+  friend struct internal::StoreCore;
+  VersionPin(internal::StoreCore* store, uint64_t version) : store_(store), version_(version) {}
+  internal::StoreCore* store_ = nullptr;
+  uint64_t version_ = 0;
+};
 
 struct ExportSink {
   std::function<Status(const Manifest&)> manifest;
@@ -215,12 +246,16 @@ class PageStore {
   std::vector<VersionInfo> versions() const;  // ascending
   std::optional<VersionInfo> latest() const;
   Result<Manifest> manifest(uint64_t version) const;
+  // Keeps `version` in the store while the pin lives (VersionPin); NOT_FOUND for a version the
+  // store lacks. An open heap pins the version it runs on.
+  Result<VersionPin> pin_version(uint64_t version);
   // Removes a version (its pages stay while another version, a pending put_page or a hold holds
-  // them).
-  // FAILED_PRECONDITION while an open VersionWriter is written on top of it.
+  // them). FAILED_PRECONDITION, nothing removed, while a VersionPin holds it or an open
+  // VersionWriter is written on top of it.
   Status remove_version(uint64_t version);
-  // Removes the versions the policy does not keep (never the parent of an open VersionWriter);
-  // returns how many it removed.
+  // Removes the versions the policy does not keep (never a pinned version nor the parent of an
+  // open VersionWriter: those it keeps, logging the pinned ones it would have removed); returns
+  // how many it removed.
   Result<uint64_t> remove_by_policy(const RetentionPolicy& policy);
   // Deletes pages no version, no pending put_page and no hold refers to.
   Result<GcStats> collect_garbage();
@@ -263,8 +298,9 @@ class PageStore::Import {
   // INVALID_ARGUMENT for a page the import does not need or of the wrong size, DATA_LOSS for
   // content that does not hash to `hash` (refused, nothing stored).
   virtual Status import_page(const PageHash& hash, std::span<const std::byte> page) = 0;
-  // FAILED_PRECONDITION while some needed page has not arrived.
-  virtual Result<VersionInfo> import_commit() = 0;
+  // FAILED_PRECONDITION while some needed page has not arrived. With `pin`, the new version is
+  // pinned as it becomes visible (as VersionWriter::commit does).
+  virtual Result<VersionInfo> import_commit(VersionPin* pin = nullptr) = 0;
 };
 
 }  // namespace djinn::heapstore
