@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "djinn/core/fault.h"
+#include "djinn/core/group_commit.h"
 #include "djinn/core/log.h"
 
 namespace djinn::txn {
@@ -209,79 +210,87 @@ struct Coordinator::Impl {
   std::map<TxnId, Outcome> finished;  // forgotten recently: see kRememberFinished
   std::deque<TxnId> finished_order;
 
-  // The log's writer. Records are queued under mu, so they reach SQLite in the order of the
-  // changes they record, a batch at a time in one SQLite transaction. A batch holding a commit
-  // decision is fsync'd (synchronous=FULL) before the decisions in it are answered: decisions
-  // made together share one fsync, and no lock is held across it. Other records (begins, joins,
-  // aborts, acknowledgements, forgetting) are not waited for: one lost in a crash is what presumed
-  // abort and redelivery cover already, and a decision is queued after every record it needs.
-  // A batch that fails leaves the log failed: every later decision fails, and begins and joins
-  // are refused, until the coordinator is reopened and recovers from what the log holds.
+  // The log's writer, a group commit. Records are posted under mu, so they reach SQLite in the
+  // order of the changes they record, a batch at a time in one SQLite transaction. A batch holding
+  // a commit decision is fsync'd (synchronous=FULL) before the decisions in it are answered:
+  // decisions made together share one fsync, and no lock is held across it. Other records
+  // (begins, joins, aborts, acknowledgements, forgetting) are not waited for: one lost in a crash
+  // is what presumed abort and redelivery cover already, and a decision is queued after every
+  // record it needs. A batch that fails leaves the log failed: every later decision fails, and
+  // begins and joins are refused, until the coordinator is reopened and recovers from what the
+  // log holds. Closing writes what was queued first.
   struct LogRecord {
     std::function<Status(sqlite::Database&)> write;
-    std::shared_ptr<std::promise<Status>> forced;  // a decision's: answered once durable
+    bool forced = false;  // a decision's: answered once durable
   };
-  std::mutex log_mu;  // after mu, never before
-  std::condition_variable log_cv;
-  std::deque<LogRecord> log_queue;
-  bool log_stop = false;
+  static constexpr size_t kLogBatch = 4096;
+  std::unique_ptr<GroupCommit<LogRecord, Status>> log;
+  std::vector<LogRecord> before_start;  // queued by load(), which has the database to itself
+  std::mutex log_mu;  // guards log_failed; after mu, never before
   std::optional<Status> log_failed;
-  std::thread log_writer;
 
-  void start_log() { log_writer = std::thread([this] { log_loop(); }); }
+  void start_log() {
+    log = std::make_unique<GroupCommit<LogRecord, Status>>(
+        kLogBatch, [this](std::span<LogRecord> batch) { return write_log(batch); }, "txn-log");
+    std::lock_guard lock(mu);
+    if (!before_start.empty()) log->post(std::move(before_start), [](std::vector<Status>) {}, 0, /*bounded=*/false);
+    before_start.clear();
+  }
   void stop_log() {
-    {
-      std::lock_guard lock(log_mu);
-      log_stop = true;
-    }
-    log_cv.notify_all();
-    if (log_writer.joinable()) log_writer.join();  // what was queued is written first
+    if (log) log->finish();
   }
   // mu held. Refused (and nothing queued) once the log has failed.
-  Status queue_locked(LogRecord record) {
-    std::lock_guard lock(log_mu);
-    if (log_failed) return *log_failed;
-    log_queue.push_back(std::move(record));
-    log_cv.notify_one();
+  Status queue_locked(LogRecord record, std::function<void(std::vector<Status>)> done) {
+    {
+      std::lock_guard lock(log_mu);
+      if (log_failed) return *log_failed;
+    }
+    if (!log) {  // no decision is made before the writer starts: nobody waits for these
+      before_start.push_back(std::move(record));
+      return Status::Ok();
+    }
+    log->post({std::move(record)}, std::move(done), 0, /*bounded=*/false);
     return Status::Ok();
   }
-  Status log_locked(std::function<Status(sqlite::Database&)> write) { return queue_locked({std::move(write), nullptr}); }
+  Status log_locked(std::function<Status(sqlite::Database&)> write) {
+    return queue_locked({std::move(write), false}, [](std::vector<Status>) {});
+  }
   // The future is answered once the record is durable (or could not be written).
   std::future<Status> log_forced_locked(std::function<Status(sqlite::Database&)> write) {
     auto done = std::make_shared<std::promise<Status>>();
     std::future<Status> durable = done->get_future();
-    if (Status queued = queue_locked({std::move(write), done}); !queued.ok()) done->set_value(queued);
+    Status queued = queue_locked({std::move(write), true},
+                                 [done](std::vector<Status> written) { done->set_value(written.front()); });
+    if (!queued.ok()) done->set_value(queued);
     return durable;
   }
-  void log_loop() {
-    std::unique_lock lock(log_mu);
-    for (;;) {
-      log_cv.wait(lock, [&] { return log_stop || !log_queue.empty(); });
-      if (log_queue.empty()) return;
-      std::deque<LogRecord> batch;
-      batch.swap(log_queue);
-      std::optional<Status> failed = log_failed;
-      lock.unlock();
-      Status written = Status::Ok();
-      try {
-        written = failed ? *failed : write_batch(batch);
-      } catch (const fault::CrashPointHit& hit) {  // a test's crash here: nothing more is written
-        written = unavailable(hit.what());
-      }
-      lock.lock();
-      if (!written.ok() && !log_failed) {
+  // On the log's thread: one batch, every record answered with the batch's outcome.
+  std::vector<Status> write_log(std::span<LogRecord> batch) {
+    std::optional<Status> failed;
+    {
+      std::lock_guard lock(log_mu);
+      failed = log_failed;
+    }
+    Status written = Status::Ok();
+    try {
+      written = failed ? *failed : write_batch(batch);
+    } catch (const fault::CrashPointHit& hit) {  // a test's crash here: nothing more is written
+      written = unavailable(hit.what());
+    }
+    if (!written.ok()) {
+      std::lock_guard lock(log_mu);
+      if (!log_failed) {
         log_failed = Status(written.code(), "the coordinator's log " + options.path + " failed (" + written.message() +
                                                 "); reopen the coordinator to recover from what it holds");
         DJINN_LOG(kError, "txn") << log_failed->message();
       }
-      for (LogRecord& r : batch) {
-        if (r.forced) r.forced->set_value(written.ok() ? written : *log_failed);
-      }
+      written = *log_failed;
     }
+    return std::vector<Status>(batch.size(), written);
   }
-  Status write_batch(std::deque<LogRecord>& batch) {
+  Status write_batch(std::span<LogRecord> batch) {
     DJINN_CRASH_POINT("txn.coordinator.writing_log");
-    bool forced = std::any_of(batch.begin(), batch.end(), [](const LogRecord& r) { return r.forced != nullptr; });
+    bool forced = std::any_of(batch.begin(), batch.end(), [](const LogRecord& r) { return r.forced; });
     if (forced) {
       DJINN_CRASH_POINT("txn.coordinator.writing_decisions");
       DJINN_RETURN_IF_ERROR(db.set_sync(sqlite::Sync::kFull));

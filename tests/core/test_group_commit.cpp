@@ -215,3 +215,37 @@ TEST_CASE("a queue past its bounds refuses posts as busy, except those told to w
   std::lock_guard lock(mu);
   for (size_t i : {0, 1, 3, 4, 6}) CHECK(answers[i].ok());
 }
+
+TEST_CASE("finish writes and answers every group queued before it stops; stop answers them UNAVAILABLE") {
+  for (bool drain : {true, false}) {
+    CAPTURE(drain);
+    std::promise<void> release;
+    std::shared_future<void> released = release.get_future().share();
+    std::atomic<int> written{0};
+    GroupCommit<int, Status> gc(4, [&](std::span<int> r) {
+      released.wait();  // the first batch holds the thread while the rest queue up
+      written += static_cast<int>(r.size());
+      return std::vector<Status>(r.size(), Status::Ok());
+    });
+    std::atomic<int> ok{0}, refused{0};
+    for (int i = 0; i < 20; ++i) {
+      gc.post({i}, [&](std::vector<Status> out) { (out.front().ok() ? ok : refused)++; });
+    }
+    std::thread stopper([&] { drain ? gc.finish() : gc.stop(); });
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    release.set_value();
+    stopper.join();
+    if (drain) {
+      CHECK(written.load() == 20);
+      CHECK(ok.load() == 20);
+    } else {
+      CHECK(written.load() < 20);
+      CHECK(ok.load() + refused.load() == 20);
+      CHECK(refused.load() > 0);
+    }
+    // Posted after either: refused at once.
+    Status late;
+    gc.post({99}, [&](std::vector<Status> out) { late = out.front(); });
+    CHECK(late.code() == Code::kUnavailable);
+  }
+}
