@@ -5,6 +5,8 @@
 // or retries the calls in flight, a refused handshake fails them at once with a clear status.
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
+#include <climits>
 #include <cstring>
 #include <deque>
 #include <map>
@@ -60,10 +62,9 @@ class Channel {
  public:
   Channel(zmq::context_t& ctx, const ClientOptions& o) : dealer_(ctx, zmq::socket_type::dealer) {
     dealer_.set(zmq::sockopt::linger, 0);
-    // A call leaves only on a connection that is up: queued for one still to come, it would reach
-    // a server that starts after its caller was told DEADLINE_EXCEEDED, and run then. What a lost
-    // connection held is dropped with it, and a call that was never sent is sent once it is back.
-    dealer_.set(zmq::sockopt::immediate, true);
+    // Not ZMQ_IMMEDIATE: it would drop, with a lost connection, the replies that had arrived on it
+    // and were not read yet. The client keeps a call until the monitor says the connection is up
+    // instead (calls made while there is none never wait in ZeroMQ's queue).
     dealer_.set(zmq::sockopt::sndhwm, 100000);
     dealer_.set(zmq::sockopt::rcvhwm, 100000);
     dealer_.set(zmq::sockopt::reconnect_ivl, static_cast<int>(o.reconnect_interval.count()));
@@ -219,8 +220,13 @@ struct Client::Impl {
       if (!named) ch->dial(dial, 1);
       release(std::move(ch));
     } catch (const zmq::error_t& e) {
-      unusable = invalid_argument("cannot connect to '" + options.endpoint + "': " + e.what() +
-                                  " (expected tcp://HOST:PORT)");
+      if (e.num() == EMFILE || e.num() == ENFILE) {
+        unusable = resource_exhausted("cannot open a socket to '" + options.endpoint + "': " + e.what() +
+                                      " (raise the limit on open files, ulimit -n)");
+      } else {
+        unusable = invalid_argument("cannot connect to '" + options.endpoint + "': " + e.what() +
+                                    " (expected tcp://HOST:PORT)");
+      }
       return;
     }
     // A host name is resolved off ZeroMQ's I/O thread, starting now; calls wait for it up to their
@@ -436,10 +442,11 @@ Reply Client::Impl::call_sync(std::string_view method, kj::ArrayPtr<const capnp:
 
   static std::atomic<uint64_t> next_id{0};
   uint64_t id = next_id.fetch_add(1) + 1;
-  // Unsent while there is no connection (or no room on it): sent when the monitor says it is up.
-  // Not before: the monitor reports a loss before ZeroMQ lets go of the lost connection's pipe,
-  // and a call written there meanwhile would be dropped with it, unseen.
-  bool sent = link.connected && send_call(ch->dealer(), id, method, deadline, o, payload);
+  // Unsent while there is no connection (or no room on it): sent when the monitor says it is up,
+  // never once its deadline has passed. Queued in ZeroMQ for a connection still to come, it would
+  // reach a server that starts after its caller was told DEADLINE_EXCEEDED, and run then.
+  auto may_send = [&] { return link.connected && Clock::now() < deadline; };
+  bool sent = may_send() && send_call(ch->dealer(), id, method, deadline, o, payload);
   zmq::pollitem_t items[2] = {{ch->dealer().handle(), 0, ZMQ_POLLIN, 0}, {ch->monitor().handle(), 0, ZMQ_POLLIN, 0}};
   std::vector<zmq::message_t> parts;
   for (;;) {
@@ -451,31 +458,36 @@ Reply Client::Impl::call_sync(std::string_view method, kj::ArrayPtr<const capnp:
     auto wait = std::chrono::ceil<std::chrono::milliseconds>(deadline - now);
     if (!sent && link.connected) wait = std::min(wait, kUnsentRetry);  // no room yet: no event will say when
     internal::poll_sockets(items, 2, wait);
-    if (items[0].revents & ZMQ_POLLIN) {
+    // Anything but our id is a late reply to an earlier call that timed out: dropped.
+    auto read_replies = [&]() -> std::optional<Reply> {
       while (true) {
         parts.clear();
-        if (!internal::recv_parts(ch->dealer(), parts, zmq::recv_flags::dontwait)) break;
-        // Anything but our id is a late reply to an earlier call that timed out: dropped.
+        if (!internal::recv_parts(ch->dealer(), parts, zmq::recv_flags::dontwait)) return std::nullopt;
         for (auto& frame : parts) {
           uint64_t got = 0;
           Reply r = to_reply(frame, options.limits, &got);
           if (got == id) return r;
         }
       }
+    };
+    if (items[0].revents & ZMQ_POLLIN) {
+      if (std::optional<Reply> r = read_replies()) return std::move(*r);
     }
     if (items[1].revents & ZMQ_POLLIN) {
       ch->read_events();
       if (link.refused) return Reply(*link.refused);
       if (link.lost) {
         link.lost = false;
+        // A reply that came before the connection went is read, not taken for lost.
+        if (std::optional<Reply> r = read_replies()) return std::move(*r);
         if (sent) {
           if (!retryable(o)) return Reply(lost_status(options.endpoint, method));
           n_retries++;
-          sent = false;  // dropped with the connection: sent again once it is back
+          sent = false;  // perhaps lost with the connection: sent again once it is back
         }
       }
     }
-    if (!sent && link.connected) sent = send_call(ch->dealer(), id, method, deadline, o, payload);
+    if (!sent && may_send()) sent = send_call(ch->dealer(), id, method, deadline, o, payload);
   }
 }
 
@@ -645,13 +657,16 @@ void Client::Impl::io_loop() {
   // Sends the unsent calls in order, as few messages as the batch limit allows, until the socket
   // takes no more. Once a batch's first call is taken the rest go with it: ZeroMQ drops a message
   // whose later parts it could not take along with the whole of it, as with a lost connection.
-  // Only while the monitor says the connection is up (as for a blocking call).
+  // Only while the monitor says the connection is up (as for a blocking call), and never a call
+  // whose deadline has passed (the deadline sweep answers it).
   std::vector<uint64_t> going;
   auto send_unsent = [&] {
+    auto now = Clock::now();
     while (!unsent.empty() && !link.refused && link.connected) {
       going.clear();
       while (!unsent.empty() && going.size() < options.limits.max_batch) {
-        if (in_flight.count(unsent.front())) going.push_back(unsent.front());
+        auto it = in_flight.find(unsent.front());
+        if (it != in_flight.end() && it->second.deadline > now) going.push_back(unsent.front());
         unsent.pop_front();
       }
       for (size_t k = 0; k < going.size(); ++k) {
@@ -682,9 +697,9 @@ void Client::Impl::io_loop() {
     send_unsent();
   };
 
-  // After a lost connection (dropped with what it held): retryable calls in flight are sent again
-  // once it is back, and so are calls never sent; the others fail, since they may or may not have
-  // been applied.
+  // After a lost connection: retryable calls in flight are sent again once it is back (a copy
+  // ZeroMQ had not carried yet may go too: they are safe to repeat), and so are calls never sent;
+  // the others fail, since they may or may not have been applied.
   auto resend_or_fail = [&] {
     std::unordered_set<uint64_t> never_sent(unsent.begin(), unsent.end());
     std::vector<uint64_t> again;
@@ -716,15 +731,10 @@ void Client::Impl::io_loop() {
     }
     if (local_submitted.empty()) internal::poll_sockets(items, 3, wait);
     if (items[2].revents & ZMQ_POLLIN) wakeup.drain();
-    {
-      std::lock_guard lock(submit_mu);
-      batch.swap(submitted);
-    }
-    flush(batch);
-    if (items[0].revents & ZMQ_POLLIN) {
-      for (int n = 0; n < 1024; ++n) {
+    auto read_replies = [&](int at_most) {
+      for (int n = 0; n < at_most; ++n) {
         parts.clear();
-        if (!internal::recv_parts(ch.dealer(), parts, zmq::recv_flags::dontwait)) break;
+        if (!internal::recv_parts(ch.dealer(), parts, zmq::recv_flags::dontwait)) return;
         for (auto& frame : parts) {
           uint64_t id = 0;
           Reply r = to_reply(frame, options.limits, &id);
@@ -732,7 +742,10 @@ void Client::Impl::io_loop() {
           if (it != in_flight.end()) finish(it, std::move(r));
         }
       }
-    }
+    };
+    if (items[0].revents & ZMQ_POLLIN) read_replies(1024);
+    // The monitor before new calls leave: a call must not go out on a connection it has already
+    // reported lost. Replies that came before the connection went are read, not taken for lost.
     if (items[1].revents & ZMQ_POLLIN) {
       ch.read_events();
       if (link.refused) {
@@ -740,9 +753,15 @@ void Client::Impl::io_loop() {
         while (!in_flight.empty()) finish(in_flight.begin(), Reply(*link.refused));
       } else if (link.lost) {
         link.lost = false;
+        read_replies(INT_MAX);
         resend_or_fail();
       }
     }
+    {
+      std::lock_guard lock(submit_mu);
+      batch.swap(submitted);
+    }
+    flush(batch);
     send_unsent();  // the connection may be up now, or have room
     if (named && !link.connected) {
       consider_redial(ch);
@@ -760,6 +779,11 @@ void Client::Impl::io_loop() {
       auto it = in_flight.find(deadlines.begin()->second);
       n_timeouts++;
       finish(it, Reply(timeout_status(options.endpoint, it->second.method, it->second.timeout, link.ever_connected)));
+    }
+    // Calls answered while unsent leave their ids behind; while there is no connection nothing
+    // else clears them.
+    if (unsent.size() > 64 + 2 * in_flight.size()) {
+      std::erase_if(unsent, [&](uint64_t id) { return !in_flight.count(id); });
     }
   }
   // Whatever is left is answered, so no caller waits forever.
