@@ -150,6 +150,10 @@ struct Heap::Impl {
   // returns how many arrived. What arrived before an error is kept. Needs no lock of the heap.
   Result<uint64_t> fetch_missing(PageSource& from, std::span<const PageHash> hashes) const {
     std::vector<PageHash> lacking = store->missing(hashes);
+    // Asked once each: pages of the same content share a name, and a source answers each name
+    // it is given.
+    std::sort(lacking.begin(), lacking.end());
+    lacking.erase(std::unique(lacking.begin(), lacking.end()), lacking.end());
     if (lacking.empty()) return uint64_t{0};
     constexpr size_t kAppendBytes = size_t{4} << 20;
     std::vector<std::byte> arrived;
@@ -992,8 +996,10 @@ Result<VersionInfo> Heap::checkpoint(std::string_view record) {
   VersionPin next_pin;
   Result<VersionInfo> info = writer->commit(record, &next_pin);
   if (!info.ok()) return info.status();
-  revert.committed = true;
+  // A failure even now (a crash point's throw) leaves the heap on its old version with these
+  // pages dirty again: the next checkpoint writes them (left kFlushing, they were never again).
   DJINN_CRASH_POINT("heapstore.heap.checkpoint.committed");
+  revert.committed = true;
 
   // 4. The new version is the heap's: written pages are clean (their hash, computed by the store,
   //    is learnt again when needed), nothing is pending, and the copies evictions held in the

@@ -130,8 +130,12 @@ Status for_each_log_entry(std::span<const uint8_t> blob, uint64_t id,
                                                                      : std::string("raw (exactly that)")));
     }
     if (committed) {
+      // A commit writes a pack's row with the entries that name it, and garbage collection drops
+      // them together: an entry naming a pack with no row is corrupt (the pack would be deleted as
+      // an uncommitted leftover).
       auto pack = committed->find(where.pack);
-      if (pack != committed->end() && (where.offset > pack->second || where.length > pack->second - where.offset)) {
+      if (pack == committed->end()) return corrupt("pack " + std::to_string(where.pack) + " has no committed length");
+      if (where.offset > pack->second || where.length > pack->second - where.offset) {
         return corrupt("bytes [" + std::to_string(where.offset) + ", +" + std::to_string(where.length) + ") of pack " +
                        std::to_string(where.pack) + ", which committed " + std::to_string(pack->second));
       }

@@ -798,6 +798,12 @@ TEST_CASE("an open heap's version cannot be removed; a checkpoint moves the pin 
     must_ok(s.store->remove_version(orphan));
     VersionInfo v3 = must(heap->checkpoint("three"));
     CHECK(v3.parent == v2.version);
+    {
+      // The page the failed checkpoint was writing is written by the next (it stayed flushing and
+      // was never written again before).
+      auto reopened = must(Heap::open(*s.store, v3.version, small_heap(mode, size, size)));
+      CHECK_HEAP_MATCHES(image, *reopened);
+    }
 
     // A new heap pins the version its first checkpoint commits.
     auto fresh = must(Heap::open(*s.store, 0, small_heap(mode, size, size)));
@@ -928,6 +934,26 @@ TEST_CASE("post-copy: a heap runs on a manifest from elsewhere, fetching pages a
     CHECK_HEAP_MATCHES(image, *again);
     CHECK(again->record() == "after the move");
   }
+}
+
+TEST_CASE("post-copy: pages of the same content are asked for once, and a source that answers each name once is enough") {
+  const DirtyTracking mode = tracking_modes().front();
+  const size_t size = 256 << 10;  // 64 pages
+  StoreDir a, b;
+  Image image(size);
+  {
+    auto heap = must(Heap::open(*a.store, 0, small_heap(mode, size, size)));
+    for (size_t p = 0; p < 64; ++p) image.write(*heap, p * kPage, 64, p % 8 + 1);  // eight contents, eight times each
+    must(heap->checkpoint("repeated"));
+  }
+  Manifest manifest = must(a.store->manifest(a.store->latest()->version));
+  StoreSource source(*a.store);
+  auto heap = must(Heap::open_incoming(*b.store, manifest, source, small_heap(mode, size, size)));
+  VersionInfo v = must(heap->fetch_rest());  // refused the second delivery of a repeated name before
+  CHECK(source.pages == 8);
+  CHECK_FALSE(heap->incoming());
+  CHECK(v.version == heap->version());
+  CHECK_HEAP_MATCHES(image, *heap);
 }
 
 TEST_CASE("post-copy: a checkpoint fetches the rest first; a source that fails is an error, a touch SIGBUS") {

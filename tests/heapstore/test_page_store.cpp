@@ -1005,6 +1005,25 @@ TEST_CASE("an open refused for a corrupt index cuts no torn tail and deletes no 
   check_version(*store, 1, model);
 }
 
+TEST_CASE("a page log entry naming a pack with no committed length refuses the open and deletes nothing") {
+  test::TempDir dir;
+  Model model;
+  {
+    auto store = open_store(dir.path());
+    write_version(*store, 0, {{0, page_of(1, kPage)}, {1, page_of(2, kPage)}}, model);
+  }
+  {
+    auto db = must(sqlite::Database::open((dir.path() / "index.db").string()));
+    must_ok(db.exec("DELETE FROM packs"));
+  }
+  const auto before = files_under(dir.path() / "packs");
+  auto opened = PageStore::open(dir.path());
+  REQUIRE_FALSE(opened.ok());
+  CHECK(opened.status().code() == Code::kDataLoss);
+  CHECK_MESSAGE(opened.status().message().find("no committed length") != std::string::npos, opened.status().to_string());
+  CHECK(files_under(dir.path() / "packs") == before);  // the pack was deleted as a leftover before
+}
+
 TEST_CASE("read_pages reads a run in one call and stops at the first page it cannot give") {
   test::TempDir dir;
   auto store = open_store(dir.path());
