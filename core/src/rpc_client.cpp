@@ -449,6 +449,18 @@ Reply Client::Impl::call_sync(std::string_view method, kj::ArrayPtr<const capnp:
   bool sent = may_send() && send_call(ch->dealer(), id, method, deadline, o, payload);
   zmq::pollitem_t items[2] = {{ch->dealer().handle(), 0, ZMQ_POLLIN, 0}, {ch->monitor().handle(), 0, ZMQ_POLLIN, 0}};
   std::vector<zmq::message_t> parts;
+  // Anything but our id is a late reply to an earlier call that timed out: dropped.
+  auto read_replies = [&]() -> std::optional<Reply> {
+    while (true) {
+      parts.clear();
+      if (!internal::recv_parts(ch->dealer(), parts, zmq::recv_flags::dontwait)) return std::nullopt;
+      for (auto& frame : parts) {
+        uint64_t got = 0;
+        Reply r = to_reply(frame, options.limits, &got);
+        if (got == id) return r;
+      }
+    }
+  };
   for (;;) {
     auto now = Clock::now();
     if (now >= deadline) {
@@ -458,18 +470,6 @@ Reply Client::Impl::call_sync(std::string_view method, kj::ArrayPtr<const capnp:
     auto wait = std::chrono::ceil<std::chrono::milliseconds>(deadline - now);
     if (!sent && link.connected) wait = std::min(wait, kUnsentRetry);  // no room yet: no event will say when
     internal::poll_sockets(items, 2, wait);
-    // Anything but our id is a late reply to an earlier call that timed out: dropped.
-    auto read_replies = [&]() -> std::optional<Reply> {
-      while (true) {
-        parts.clear();
-        if (!internal::recv_parts(ch->dealer(), parts, zmq::recv_flags::dontwait)) return std::nullopt;
-        for (auto& frame : parts) {
-          uint64_t got = 0;
-          Reply r = to_reply(frame, options.limits, &got);
-          if (got == id) return r;
-        }
-      }
-    };
     if (items[0].revents & ZMQ_POLLIN) {
       if (std::optional<Reply> r = read_replies()) return std::move(*r);
     }
@@ -659,21 +659,21 @@ void Client::Impl::io_loop() {
   // whose later parts it could not take along with the whole of it, as with a lost connection.
   // Only while the monitor says the connection is up (as for a blocking call), and never a call
   // whose deadline has passed (the deadline sweep answers it).
-  std::vector<uint64_t> going;
+  std::vector<std::pair<uint64_t, const Pending*>> going;  // in_flight's nodes stay put
   auto send_unsent = [&] {
     auto now = Clock::now();
     while (!unsent.empty() && !link.refused && link.connected) {
       going.clear();
       while (!unsent.empty() && going.size() < options.limits.max_batch) {
         auto it = in_flight.find(unsent.front());
-        if (it != in_flight.end() && it->second.deadline > now) going.push_back(unsent.front());
+        if (it != in_flight.end() && it->second.deadline > now) going.emplace_back(it->first, &it->second);
         unsent.pop_front();
       }
       for (size_t k = 0; k < going.size(); ++k) {
-        const Pending& p = in_flight.at(going[k]);
-        bool taken = send_call(ch.dealer(), going[k], p.method, p.deadline, p.options, p.payload, k + 1 < going.size());
+        const auto& [id, p] = going[k];
+        bool taken = send_call(ch.dealer(), id, p->method, p->deadline, p->options, p->payload, k + 1 < going.size());
         if (k == 0 && !taken) {
-          unsent.insert(unsent.begin(), going.begin(), going.end());
+          for (auto g = going.rbegin(); g != going.rend(); ++g) unsent.push_front(g->first);
           return;
         }
       }
@@ -681,7 +681,7 @@ void Client::Impl::io_loop() {
     }
   };
 
-  // Takes the queued calls in flight and sends them.
+  // Takes the queued calls in flight and sends them, after any that wait to be sent already.
   auto flush = [&](std::vector<Pending>& queue) {
     for (Pending& p : queue) {
       if (link.refused) {
@@ -704,8 +704,9 @@ void Client::Impl::io_loop() {
     std::unordered_set<uint64_t> never_sent(unsent.begin(), unsent.end());
     std::vector<uint64_t> again;
     for (auto it = in_flight.begin(); it != in_flight.end();) {
-      if (never_sent.count(it->first) || retryable(it->second.options)) {
-        if (!never_sent.count(it->first)) n_retries++;
+      const bool unsent_yet = never_sent.count(it->first) != 0;
+      if (unsent_yet || retryable(it->second.options)) {
+        if (!unsent_yet) n_retries++;
         again.push_back(it->first);
         ++it;
       } else {
@@ -717,6 +718,19 @@ void Client::Impl::io_loop() {
     std::sort(again.begin(), again.end());  // ids count up in call order
     unsent.assign(again.begin(), again.end());
     send_unsent();
+  };
+
+  auto read_replies = [&](int at_most) {
+    for (int n = 0; n < at_most; ++n) {
+      parts.clear();
+      if (!internal::recv_parts(ch.dealer(), parts, zmq::recv_flags::dontwait)) return;
+      for (auto& frame : parts) {
+        uint64_t id = 0;
+        Reply r = to_reply(frame, options.limits, &id);
+        auto it = in_flight.find(id);
+        if (it != in_flight.end()) finish(it, std::move(r));
+      }
+    }
   };
 
   zmq::pollitem_t items[3] = {{ch.dealer().handle(), 0, ZMQ_POLLIN, 0},
@@ -731,18 +745,6 @@ void Client::Impl::io_loop() {
     }
     if (local_submitted.empty()) internal::poll_sockets(items, 3, wait);
     if (items[2].revents & ZMQ_POLLIN) wakeup.drain();
-    auto read_replies = [&](int at_most) {
-      for (int n = 0; n < at_most; ++n) {
-        parts.clear();
-        if (!internal::recv_parts(ch.dealer(), parts, zmq::recv_flags::dontwait)) return;
-        for (auto& frame : parts) {
-          uint64_t id = 0;
-          Reply r = to_reply(frame, options.limits, &id);
-          auto it = in_flight.find(id);
-          if (it != in_flight.end()) finish(it, std::move(r));
-        }
-      }
-    };
     if (items[0].revents & ZMQ_POLLIN) read_replies(1024);
     // The monitor before new calls leave: a call must not go out on a connection it has already
     // reported lost. Replies that came before the connection went are read, not taken for lost.
@@ -761,8 +763,7 @@ void Client::Impl::io_loop() {
       std::lock_guard lock(submit_mu);
       batch.swap(submitted);
     }
-    flush(batch);
-    send_unsent();  // the connection may be up now, or have room
+    flush(batch);  // and whatever waited, now the connection may be up or have room
     if (named && !link.connected) {
       consider_redial(ch);
       // What was queued for the old address is dropped with its connection: as for a lost one,

@@ -3,13 +3,11 @@
 #include "djinn/core/txn.h"
 
 #include <algorithm>
-#include <condition_variable>
 #include <cstdio>
 #include <deque>
 #include <future>
 #include <ostream>
 #include <random>
-#include <thread>
 
 #include "djinn/core/fault.h"
 #include "djinn/core/group_commit.h"
