@@ -1772,7 +1772,8 @@ std::vector<Status> Landlord::cancel_batch(std::span<const LeaseId> ids) {
 std::optional<Lease> Landlord::find(LeaseId id) const {
   std::lock_guard lock(impl_->mutex_);
   uint32_t slot = impl_->slot_of(id);
-  if (slot == kNone) return std::nullopt;
+  // Past its deadline it is gone, as renewing it says, though the expiry thread has yet to end it.
+  if (slot == kNone || impl_->slots_[slot].deadline_ns <= impl_->now_ns()) return std::nullopt;
   return impl_->to_lease(slot);
 }
 

@@ -16,6 +16,7 @@
 #include <kj/exception.h>
 
 #include "convert.h"
+#include "djinn/core/fault.h"
 #include "djinn/core/log.h"
 #include "djinn/lease/client.h"
 
@@ -290,6 +291,9 @@ void RenewalManager::Impl::apply(Completion& c, int64_t now, std::vector<HeldLea
     Tracked& t = it->second;
     t.in_flight = false;
     Status st = call_status.ok() ? item_status[i] : call_status;
+    if (st.ok() && DJINN_FAIL_POINT("renewal_manager.renewal_refused")) {
+      st = permission_denied("renewal_manager.renewal_refused (injected)");
+    }
     if (st.ok()) {
       t.held.lease.expiration_ms = renewed[i]->expiration_ms;
       t.held.lease.granted_ms = renewed[i]->granted_ms;

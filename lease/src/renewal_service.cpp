@@ -102,7 +102,11 @@ struct RenewalService::Impl {
   std::mutex mu;  // guards db, sets, set_of_lease, members, endpoint, stopped
   sqlite::Database db;
   std::map<uint64_t, Set> sets;
+  // Changed under `mu` and `set_leases_mu` both; read under either. Every cancel and expiry of the
+  // landlord asks whether its lease is a set's, and `mu` is held across fsyncs: those of other
+  // leases must not wait for them.
   std::map<LeaseId, uint64_t> set_of_lease;
+  mutable std::mutex set_leases_mu;
   std::map<Key, Member> members;
   // Every member by its `until`, soonest first: the sweeper's order.
   std::set<std::pair<int64_t, Key>> by_until;
@@ -122,7 +126,10 @@ struct RenewalService::Impl {
   std::vector<Key> drop_set_locked(uint64_t set_id);
   // Drops the sets whose lease the landlord no longer holds; returns the members to forget.
   std::vector<Key> drop_ended_sets_locked();
-  void forget(const std::vector<Key>& dropped);
+  // Stops renewing the members of dropped sets.
+  void forget_locked(const std::vector<Key>& dropped);
+  // Notes that `lease_id` is the lease of set `set_id`.
+  void file_set_lease_locked(LeaseId lease_id, uint64_t set_id);
   // Files a member in `members`, its set and `by_until`, in place of the key's earlier filing.
   void file_member_locked(const Key& key, const Member& member);
   // Takes a member out of `members`, its set and `by_until` (not out of the store).
@@ -157,7 +164,7 @@ Status RenewalService::Impl::load(std::vector<std::pair<HeldLease, Status>>& ref
     }
   }
   for (auto& [id, set] : loaded) {
-    set_of_lease[set.lease_id] = id;
+    file_set_lease_locked(set.lease_id, id);
     sets.emplace(id, std::move(set));
   }
   // A set whose lease ended while the service was down was abandoned.
@@ -216,7 +223,10 @@ std::vector<RenewalService::Impl::Key> RenewalService::Impl::drop_set_locked(uin
   for (const Key& key : dropped) {
     if (auto m = members.find(key); m != members.end()) unfile_member_locked(m);
   }
-  set_of_lease.erase(it->second.lease_id);
+  {
+    std::lock_guard leases(set_leases_mu);
+    set_of_lease.erase(it->second.lease_id);
+  }
   sets.erase(it);
   for (std::string_view sql : {"DELETE FROM renewal_member WHERE set_id = ?", "DELETE FROM renewal_set WHERE id = ?"}) {
     auto st = db.cached(sql);
@@ -242,8 +252,15 @@ std::vector<RenewalService::Impl::Key> RenewalService::Impl::drop_ended_sets_loc
   return dropped;
 }
 
-void RenewalService::Impl::forget(const std::vector<Key>& dropped) {
+void RenewalService::Impl::forget_locked(const std::vector<Key>& dropped) {
+  // In the same hold of `mu` as the drop: a `renewal.add` of one of these to another set, coming
+  // between the two, would otherwise be acknowledged and then no longer renewed.
   for (const auto& [landlord, id] : dropped) manager.remove(id, landlord);
+}
+
+void RenewalService::Impl::file_set_lease_locked(LeaseId lease_id, uint64_t set_id) {
+  std::lock_guard leases(set_leases_mu);
+  set_of_lease[lease_id] = set_id;
 }
 
 void RenewalService::Impl::file_member_locked(const Key& key, const Member& member) {
@@ -283,6 +300,7 @@ void RenewalService::Impl::delete_finished_rows_locked(int64_t upto) {
 }
 
 Status RenewalService::Impl::delete_member_row_locked(const Key& key) {
+  DJINN_CRASH_POINT("renewal.member_row_deleting");
   auto st = db.cached("DELETE FROM renewal_member WHERE landlord = ? AND lease_id = ?");
   if (!st.ok()) return st.status();
   DJINN_RETURN_IF_ERROR((*st)->bind_all(key.first, key.second));
@@ -311,12 +329,16 @@ void RenewalService::Impl::sweep_loop() {
 
 void RenewalService::Impl::on_failure(const HeldLease& held, const Status& why) {
   uint64_t set_id = 0;
+  DJINN_CRASH_POINT("renewal.failure_reported");
   {
     std::lock_guard lock(mu);
     if (stopped) return;
     Key key{held.landlord, held.lease.id};
     auto it = members.find(key);
     if (it == members.end()) return;  // removed, or its set dropped, meanwhile: nobody to tell
+    // Added again after the manager gave up on it (renewal.add, before this took `mu`): the
+    // manager renews it afresh, and the failure was of the lease as it was before.
+    if (manager.get(key.second, key.first)) return;
     set_id = it->second.set_id;
     unfile_member_locked(it);
     if (Status s = delete_member_row_locked(key); !s.ok()) {
@@ -403,12 +425,12 @@ Status RenewalService::Impl::create(proto::CreateSetParams::Reader p, proto::Set
   DJINN_RETURN_IF_ERROR((*st)->bind_all(lease->id, set_id));
   DJINN_RETURN_IF_ERROR((*st)->run());
   sets[set_id] = Set{holder, lease->id, {}};
-  set_of_lease[lease->id] = set_id;
+  file_set_lease_locked(lease->id, set_id);
   // Its lease may have ended while it was granted without the lock (a duration of 1 ms, a slow
   // disk), and its event then found no set to drop. The set is dropped now, as at any such event.
   if (!options.landlord->find(lease->id)) {
     DJINN_LOG(kInfo, "renewal") << "renewal set " << set_id << " dropped: its lease ended as it was granted";
-    drop_set_locked(set_id);
+    drop_set_locked(set_id);  // it has no members yet: nothing for the manager to forget
   }
   r.setSetId(set_id);
   lease_to_proto(*lease, where, r.initSetLease());
@@ -583,25 +605,23 @@ void RenewalService::set_endpoint(std::string endpoint) {
 
 void RenewalService::on_lease_event(const LeaseEvent& event) {
   if (event.type != EventType::kCancelled && event.type != EventType::kExpired) return;
-  std::vector<Impl::Key> dropped;
   {
-    std::lock_guard lock(impl_->mu);
-    auto it = impl_->set_of_lease.find(event.lease.id);
-    if (it == impl_->set_of_lease.end()) return;
-    DJINN_LOG(kInfo, "renewal") << "renewal set " << it->second << " dropped: its lease was "
-                                << (event.type == EventType::kExpired ? "not renewed" : "cancelled");
-    dropped = impl_->drop_set_locked(it->second);
+    std::lock_guard leases(impl_->set_leases_mu);
+    if (!impl_->set_of_lease.count(event.lease.id)) return;  // most leases are no set's
   }
-  impl_->forget(dropped);
+  std::lock_guard lock(impl_->mu);
+  auto it = impl_->set_of_lease.find(event.lease.id);
+  if (it == impl_->set_of_lease.end()) return;
+  DJINN_LOG(kInfo, "renewal") << "renewal set " << it->second << " dropped: its lease was "
+                              << (event.type == EventType::kExpired ? "not renewed" : "cancelled");
+  std::vector<Impl::Key> dropped = impl_->drop_set_locked(it->second);
+  DJINN_CRASH_POINT("renewal.set_dropped");
+  impl_->forget_locked(dropped);
 }
 
 void RenewalService::drop_ended_sets() {
-  std::vector<Impl::Key> dropped;
-  {
-    std::lock_guard lock(impl_->mu);
-    dropped = impl_->drop_ended_sets_locked();
-  }
-  impl_->forget(dropped);
+  std::lock_guard lock(impl_->mu);
+  impl_->forget_locked(impl_->drop_ended_sets_locked());
 }
 
 void RenewalService::stop() {

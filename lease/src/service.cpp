@@ -273,9 +273,16 @@ void LandlordService::Impl::register_methods(rpc::Server& server) {
           });
           return;
         }
-        bool queued = grants.post([this, request = std::move(request), shared, deadline = ctx.deadline] {
-          if (rpc::Clock::now() >= deadline) {
+        bool queued = grants.post([this, request = std::move(request), shared, deadline = ctx.deadline]() mutable {
+          auto now = rpc::Clock::now();
+          if (now >= deadline) {
             return shared->reply(deadline_exceeded("lease.grant: the call's deadline passed while it waited"));
+          }
+          // Its wait was cut to the deadline when it came; the time it spent queued comes off too,
+          // or a grant made after the caller gave up would hold the resource for nobody.
+          if (deadline != rpc::Clock::time_point::max()) {
+            auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now) - kDeadlineMargin;
+            request.wait = std::clamp(left, std::chrono::milliseconds(0), request.wait);
           }
           // The completion may run after this service is gone (a wait ends on the engine's thread):
           // it holds the endpoint by value and nothing of `this`.

@@ -243,8 +243,9 @@ TEST_CASE("expiry on an injected clock happens exactly at the deadline") {
   CHECK_FALSE(landlord->find(b.id).has_value());
   CHECK(landlord->find(c.id).has_value());
   clocks.advance(50);  // t = 250
-  // Past its deadline but not yet expired: cannot be renewed.
+  // Past its deadline but not yet expired: cannot be renewed, and is not found (lease.get).
   CHECK(landlord->renew({c.id, 1000}).status().code() == Code::kNotFound);
+  CHECK_FALSE(landlord->find(c.id).has_value());
   CHECK(landlord->expire_due() == 1);
   clocks.advance(50);  // t = 300
   CHECK(landlord->expire_due() == 1);

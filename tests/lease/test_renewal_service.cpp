@@ -4,6 +4,7 @@
 // come back from.
 #include <doctest/doctest.h>
 
+#include <atomic>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -43,6 +44,18 @@ HeldLease grant(LeaseClient& c, const std::string& resource, int64_t ms) {
   REQUIRE_MESSAGE(held.ok(), held.status().to_string());
   return *held;
 }
+
+// An in-process djinn-lease and clients of its leases and of its renewal sets.
+struct Renewing {
+  Renewing()
+      : manager(start_manager(dir.file("lease"))),
+        leases({.endpoint = manager->rpc_endpoint()}),
+        renewal({.endpoint = manager->rpc_endpoint()}) {}
+  test::TempDir dir;
+  std::unique_ptr<LeaseManager> manager;
+  LeaseClient leases;
+  RenewalClient renewal;
+};
 
 // renewal.failed events, after a warm-up on lease.granted (both subscriptions travel together).
 struct FailureLog {
@@ -193,6 +206,102 @@ TEST_CASE("a member whose row could not be deleted stays renewed and listed, and
   CHECK(leases.get(held.lease.id).ok());
   CHECK(renewal.remove(set->id, held.lease.id, held.landlord).ok());
   CHECK(renewal.members(set->id)->empty());
+}
+
+TEST_CASE("a lease added to another set as its first set is dropped stays renewed") {
+  Renewing r;
+  auto& manager = r.manager;
+  LeaseClient& leases = r.leases;
+  RenewalClient& renewal = r.renewal;
+  auto first = renewal.create_set("owner", 20'000);
+  auto second = renewal.create_set("owner", 20'000);
+  REQUIRE(first.ok());
+  REQUIRE(second.ok());
+  HeldLease held = grant(leases, "moved", 1500);
+  auto until = std::chrono::system_clock::now() + 30s;
+  REQUIRE(renewal.add(first->id, held, 1500, until).ok());
+  // The first set's lease is cancelled; between dropping the set and forgetting its members, the
+  // lease is added to the second set from another client.
+  Status added = internal_error("not added");
+  std::thread adder;
+  fault::arm_call("renewal.set_dropped", [&] {
+    adder = std::thread([&] {
+      RenewalClient other({.endpoint = manager->rpc_endpoint()});
+      added = other.add(second->id, held, 1500, until);
+    });
+    std::this_thread::sleep_for(300ms);  // its add lands now, unless the drop still holds the set's lock
+  });
+  REQUIRE(leases.cancel(first->lease.lease.id).ok());
+  adder.join();
+  fault::disarm_all();
+  REQUIRE_MESSAGE(added.ok(), added.to_string());
+  auto members = renewal.members(second->id);
+  REQUIRE(members.ok());
+  REQUIRE(members->size() == 1);  // the manager renews it (a member it does not renew is not listed)
+  std::this_thread::sleep_for(2500ms);  // past the lease's first lifetime
+  CHECK(leases.get(held.lease.id).ok());
+}
+
+TEST_CASE("a failure reported for a lease added again since leaves the new member renewed") {
+  Renewing r;
+  auto& manager = r.manager;
+  LeaseClient& leases = r.leases;
+  RenewalClient& renewal = r.renewal;
+  FailureLog failures(*manager, leases);
+  auto set = renewal.create_set("owner", 20'000);
+  REQUIRE(set.ok());
+  HeldLease held = grant(leases, "again", 1500);
+  auto until = std::chrono::system_clock::now() + 30s;
+  // Its first renewal is refused; before the service takes in the failure, it is added again.
+  fault::arm("renewal_manager.renewal_refused", fault::Action::kFail);
+  Status again = internal_error("not added");
+  fault::arm_call("renewal.failure_reported", [&] {
+    RenewalClient other({.endpoint = manager->rpc_endpoint()});
+    again = other.add(set->id, held, 1500, until);
+  });
+  REQUIRE(renewal.add(set->id, held, 1500, until).ok());
+  REQUIRE(test::eventually([&] { return fault::hits("renewal.failure_reported") >= 1; }, 3000));
+  REQUIRE(test::eventually([&] { return again.code() != Code::kInternal; }, 3000));
+  fault::disarm_all();
+  REQUIRE_MESSAGE(again.ok(), again.to_string());
+  std::this_thread::sleep_for(200ms);
+  CHECK(failures.size() == 0);  // the failure was of the lease as it was before
+  auto members = renewal.members(set->id);
+  REQUIRE(members.ok());
+  CHECK(members->size() == 1);
+  std::this_thread::sleep_for(2500ms);  // past the lease's first lifetime
+  CHECK(leases.get(held.lease.id).ok());
+  CHECK(renewal.remove(set->id, held.lease.id, held.landlord).ok());
+}
+
+TEST_CASE("a lease of no set ends while the renewal service's lock is held across a write") {
+  Renewing r;
+  auto& manager = r.manager;
+  LeaseClient& leases = r.leases;
+  RenewalClient& renewal = r.renewal;
+  auto set = renewal.create_set("owner", 20'000);
+  REQUIRE(set.ok());
+  HeldLease member = grant(leases, "member", 20'000);
+  REQUIRE(renewal.add(set->id, member, 20'000, std::chrono::system_clock::now() + 30s).ok());
+  HeldLease other = grant(leases, "other", 20'000);
+  // A renewal.remove holds the service's lock for 2 s (as a slow fsync would).
+  std::atomic<bool> removing{false};
+  fault::arm_call("renewal.member_row_deleting", [&] {
+    removing = true;
+    std::this_thread::sleep_for(2s);
+  });
+  std::atomic<bool> removed{false};
+  std::thread remover([&] {
+    RenewalClient r({.endpoint = manager->rpc_endpoint()});
+    CHECK(r.remove(set->id, member.lease.id, member.landlord).ok());
+    removed = true;
+  });
+  REQUIRE(test::eventually([&] { return removing.load(); }, 3000));
+  // A cancel of a lease no set holds is answered without waiting for that lock.
+  CHECK(leases.cancel(other.lease.id).ok());
+  CHECK_FALSE(removed.load());
+  remover.join();
+  fault::disarm_all();
 }
 
 TEST_CASE("renewal.members of a set over 8 MiB comes in pages, each member once") {

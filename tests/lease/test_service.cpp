@@ -606,16 +606,75 @@ TEST_CASE("a holder's leases past a reply's size come in pages, and cancelHolder
   CHECK(none->empty());
 }
 
+namespace {
+
+// Holds the first durable write of the landlord (and every change behind it) until release().
+class HeldCommits {
+ public:
+  HeldCommits() {
+    fault::arm_call("lease.landlord.before_commit", [this] {
+      std::unique_lock lock(mu_);
+      cv_.wait(lock, [&] { return released_; });
+    });
+  }
+  ~HeldCommits() { release(); }
+  void release() {
+    {
+      std::lock_guard lock(mu_);
+      released_ = true;
+    }
+    cv_.notify_all();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool released_ = false;
+};
+
+}  // namespace
+
+TEST_CASE("a grant that waited in the queue waits no longer than its caller's deadline for the resource") {
+  Harness h;
+  auto held = h.client->grant(grant_of("printer", "a", Kind::kExclusive));
+  REQUIRE(held.ok());
+  // Both threads that carry out waiting grants are held 700 ms: one at its durable write, the other
+  // behind it, so the third grant, B's, waits in their queue.
+  HeldCommits hold;
+  rpc::Client raw({.endpoint = h.manager->rpc_endpoint()});
+  auto waiting_grant = [&](const std::string& resource, const std::string& holder, std::chrono::milliseconds timeout) {
+    capnp::MallocMessageBuilder msg;
+    auto p = msg.initRoot<proto::GrantParams>();
+    p.setResource(resource);
+    p.setHolder(holder);
+    p.setKind(proto::LeaseKind::EXCLUSIVE);
+    p.setDurationMs(10'000);
+    p.setWaitMs(60'000);
+    return raw.call_async("lease.grant", msg, {.timeout = timeout});
+  };
+  auto first = waiting_grant("d1", "x", 10s);
+  auto second = waiting_grant("d2", "x", 10s);
+  std::this_thread::sleep_for(100ms);
+  auto b = waiting_grant("printer", "b", 1000ms);  // its caller gives up 1 s from now
+  std::this_thread::sleep_for(700ms);
+  hold.release();
+  // The printer frees after B's caller gave up: B must not get it then.
+  std::this_thread::sleep_for(500ms);
+  REQUIRE(h.client->cancel(held->lease.id).ok());
+  CHECK(b.get().status().code() == Code::kDeadlineExceeded);
+  CHECK(first.get().ok());
+  CHECK(second.get().ok());
+  fault::disarm_all();
+  std::this_thread::sleep_for(300ms);
+  auto now_held = h.client->leases_of_resource("printer");
+  REQUIRE(now_held.ok());
+  CHECK(now_held->empty());  // no lease granted to a caller that is gone
+}
+
 TEST_CASE("grants that may wait are queued up to a bound; past it UNAVAILABLE, and the queued ones are granted") {
   Harness h;
   // The threads that carry out waiting grants are held at their first durable write.
-  std::mutex mu;
-  std::condition_variable cv;
-  bool released = false;
-  fault::arm_call("lease.landlord.before_commit", [&] {
-    std::unique_lock lock(mu);
-    cv.wait(lock, [&] { return released; });
-  });
+  HeldCommits hold;
   rpc::Client raw({.endpoint = h.manager->rpc_endpoint()});
   constexpr int kCalls = 1400;
   std::vector<std::future<rpc::Reply>> replies;
@@ -636,11 +695,7 @@ TEST_CASE("grants that may wait are queued up to a bound; past it UNAVAILABLE, a
   REQUIRE(test::eventually([&] { return answered() >= kCalls - 1024 - 2; }));
   std::this_thread::sleep_for(200ms);
   auto answered_while_held = answered();
-  {
-    std::lock_guard lock(mu);
-    released = true;
-  }
-  cv.notify_all();
+  hold.release();
   int granted = 0, refused = 0;
   for (auto& r : replies) {
     rpc::Reply got = r.get();
