@@ -648,7 +648,7 @@ Status Coordinator::join(const TxnId& id, std::string_view participant, uint64_t
 Result<Outcome> Coordinator::commit(const TxnId& id, Clock::time_point deadline) {
   Impl& s = *impl_;
   std::vector<std::string> names;
-  bool expired = false;
+  bool aborted_first = false;  // expired, or the log failed: aborted before phase 1
   {
     std::lock_guard lock(s.mu);
     auto it = s.txns.find(id);
@@ -664,15 +664,25 @@ Result<Outcome> Coordinator::commit(const TxnId& id, Clock::time_point deadline)
       case State::kVoting: return failed_precondition("commit: " + s.describe(id) + " is already committing");
       case State::kActive: break;
     }
+    std::optional<Status> log_failed;
+    {
+      std::lock_guard log_lock(s.log_mu);
+      log_failed = s.log_failed;
+    }
     if (s.expired_locked(t)) {
       s.decide_abort_locked(id, t, "lease expired before commit");
-      expired = true;
+      aborted_first = true;
+    } else if (log_failed) {
+      // Its records may never have reached the log, nor would the decision: no participant is
+      // asked to prepare for a commit that could not be decided.
+      s.decide_abort_locked(id, t, log_failed->message());
+      aborted_first = true;
     } else {
       t.state = State::kVoting;  // from here no join, renew, abort or expiry
       for (const Member& m : t.members) names.push_back(m.name);
     }
   }
-  if (expired) {
+  if (aborted_first) {
     s.drive(id, kDuringPhase2);
     return Outcome::kAborted;
   }

@@ -261,6 +261,7 @@ struct Space::Impl {
     Phase phase = Phase::kActive;
     bool recovered = false;  // prepared before a restart: its outcome must be asked
     std::string coordinator;
+    Clock::time_point prepared_at;  // kPrepared since (this run)
   };
   struct Waiter {
     Template tmpl;
@@ -375,6 +376,38 @@ struct Space::Impl {
     std::deque<Item> items;
     bool stopped = false;
     std::string stopping_message;
+    // Operations waiting for a join (or for the joiner thread), and the bytes they carry: a
+    // client could otherwise queue writes without end under transactions whose manager never
+    // answers. Counted from with_txn until the last copy of the operation's job and fail goes.
+    static constexpr size_t kMaxWaiting = 4096;
+    static constexpr size_t kMaxWaitingBytes = size_t{256} << 20;
+    // Not `mu`: an operation's last copy may go while the joiner thread holds that.
+    std::mutex room_mu;  // guards waiting, waiting_bytes
+    size_t waiting = 0;
+    size_t waiting_bytes = 0;
+
+    struct Reservation {
+      Reservation(std::shared_ptr<JoinQueue> q, size_t b) : queue(std::move(q)), bytes(b) {}
+      Reservation(const Reservation&) = delete;
+      Reservation& operator=(const Reservation&) = delete;
+      std::shared_ptr<JoinQueue> queue;
+      size_t bytes;
+      ~Reservation() {
+        std::lock_guard lock(queue->room_mu);
+        --queue->waiting;
+        queue->waiting_bytes -= bytes;
+      }
+    };
+    // Room for one more operation of `bytes`, or null when the bounds are reached.
+    static std::shared_ptr<Reservation> reserve(const std::shared_ptr<JoinQueue>& q, size_t bytes) {
+      {
+        std::lock_guard lock(q->room_mu);
+        if (q->waiting >= kMaxWaiting || q->waiting_bytes + bytes > kMaxWaitingBytes) return nullptr;
+        ++q->waiting;
+        q->waiting_bytes += bytes;
+      }
+      return std::make_shared<Reservation>(q, bytes);
+    }
 
     void push(Item item) {
       {
@@ -416,13 +449,25 @@ struct Space::Impl {
   }
 
   // Runs `job` now when the space already takes part in `txn` (or there is none), else on the
-  // joiner thread once the manager has answered the join; `fail` gets the join's error.
-  void with_txn(const std::optional<TxnRef>& txn, std::function<void()> job, std::function<void(Status)> fail) {
+  // joiner thread once the manager has answered the join; `fail` gets the join's error. `bytes`:
+  // what the job holds (entries to write), counted against the bound on waiting operations.
+  void with_txn(const std::optional<TxnRef>& txn, std::function<void()> job, std::function<void(Status)> fail,
+                size_t bytes = 0) {
     if (!txn) return job();
     Result<bool> needed = join_needed(*txn);
     if (!needed.ok()) return fail(needed.status());
     if (!*needed) return job();
-    joins->push({[this, ref = *txn, job = std::move(job), fail] { start_join(ref, job, fail); }, fail});
+    std::shared_ptr<JoinQueue::Reservation> room = JoinQueue::reserve(joins, bytes);
+    if (!room) {
+      return fail(unavailable(std::to_string(JoinQueue::kMaxWaiting) + " operations (or " +
+                              std::to_string(JoinQueue::kMaxWaitingBytes >> 20) +
+                              " MiB of them) already wait for their transactions' managers to answer a join; "
+                              "retry later"));
+    }
+    // Every copy of the two holds the room, given back when the last goes.
+    job = [job = std::move(job), room] { job(); };
+    fail = [fail = std::move(fail), room](Status st) { fail(std::move(st)); };
+    joins->push({[this, ref = *txn, job, fail] { start_join(ref, job, fail); }, fail});
   }
 
   // On the joiner thread: asks the manager; its answer queues `job` (or `fail`) back here.
@@ -1086,7 +1131,7 @@ struct Space::Impl {
           continue;
         }
         const lease::Lease& l = *leases[k];
-        outcomes[i].written = Written{l.id, l.expiration_ms};
+        outcomes[i].written = Written{l.id, l.expiration_ms, l.granted_ms};
         uint64_t seq = seq_of[i];
         if (consumer[i]) {
           d.replies.emplace_back(std::move(consumer[i]->done), std::vector<Entry>{op.entry});
@@ -1769,25 +1814,44 @@ Result<size_t> Space::Impl::resolve() {
 // abandon_txn_after. Either is safe: without this space's PREPARED vote the transaction cannot
 // commit, and a prepare that comes later finds nothing and votes ABORTED. Without it, what such a
 // transaction took would stay hidden until a restart.
+//
+// One that voted PREPARED a txn_check_interval ago and has heard no outcome is finished as its
+// manager says, committed or aborted (and only then: the vote binds this space to the manager's
+// decision). Its phase 2 may have been lost, or its manager may have lost it (killed before its
+// records of the transaction were durable, or its log failed), and would then answer ABORTED for
+// ever without telling anyone: without asking, what it took would stay hidden until a restart.
 void Space::Impl::check_active() {
   const auto now = Clock::now();
   std::map<std::string, std::vector<TxnId>> by_manager;
   {
     std::shared_lock lock(mu);
     for (const auto& [id, t] : txns) {
-      if (t.phase != Phase::kActive || t.manager.empty() || now - t.joined_at < options.txn_check_interval) continue;
-      by_manager[t.manager].push_back(id);
+      if (t.phase == Phase::kActive && !t.manager.empty() && now - t.joined_at >= options.txn_check_interval) {
+        by_manager[t.manager].push_back(id);
+      } else if (t.phase == Phase::kPrepared && !t.recovered && !t.coordinator.empty() &&
+                 now - t.prepared_at >= options.txn_check_interval) {
+        by_manager[t.coordinator].push_back(id);  // a recovered one, resolve() asks
+      }
     }
   }
   if (by_manager.empty()) return;
   std::mutex abort_mu;
   std::vector<std::pair<TxnId, std::string>> to_abort;
+  std::vector<std::pair<TxnId, bool>> to_finish;  // voted PREPARED: (id, committed)
   ask_outcomes(by_manager, [&](const TxnId& id, txn::Outcome outcome) {
     std::string why;
     {
       std::unique_lock lock(mu);
       auto t = txns.find(id);
-      if (t == txns.end() || t->second.phase != Phase::kActive) return;
+      if (t == txns.end()) return;
+      if (t->second.phase == Phase::kPrepared) {
+        if (outcome != txn::Outcome::kCommitted && outcome != txn::Outcome::kAborted) return;
+        lock.unlock();
+        std::lock_guard l(abort_mu);
+        to_finish.emplace_back(id, outcome == txn::Outcome::kCommitted);
+        return;
+      }
+      if (t->second.phase != Phase::kActive) return;
       if (outcome == txn::Outcome::kAborted) {
         why = "its manager " + t->second.manager + " says it aborted";
       } else if (outcome != txn::Outcome::kUnknown) {
@@ -1806,6 +1870,17 @@ void Space::Impl::check_active() {
     std::lock_guard lock(abort_mu);
     to_abort.emplace_back(id, std::move(why));
   });
+  for (const auto& [id, committed] : to_finish) {
+    Status st = finish(id, committed);
+    const char* outcome = committed ? "committed" : "aborted";
+    if (st.ok()) {
+      DJINN_LOG(kInfo, "space") << options.name << ": transaction " << id.to_string() << ", prepared here, " << outcome
+                                << " as its manager says; its outcome had not come";
+    } else {
+      DJINN_LOG(kWarn, "space") << options.name << ": finishing transaction " << id.to_string() << " (" << outcome
+                                << " by its manager): " << st.to_string();
+    }
+  }
   for (const auto& [id, why] : to_abort) {
     Status st = finish(id, false, /*unvoted_only=*/true);
     if (st.ok()) {
@@ -1977,6 +2052,7 @@ void Space::write_async(WriteRequest request, WriteDone done) {
   auto prepared = m.prepare_write(request, 0);
   if (auto* answer = std::get_if<Result<Written>>(&prepared)) return done(std::move(*answer));
   auto shared_done = std::make_shared<WriteDone>(std::move(done));
+  const size_t join_bytes = std::get<Impl::Op>(prepared).encoded.size();
   m.with_txn(
       txn,
       [&m, op = std::move(std::get<Impl::Op>(prepared)), shared_done]() mutable {
@@ -1987,7 +2063,7 @@ void Space::write_async(WriteRequest request, WriteDone done) {
           (*shared_done)(o.written);
         }, bytes);
       },
-      [shared_done](Status st) { (*shared_done)(Status(st.code(), "write: " + st.message())); });
+      [shared_done](Status st) { (*shared_done)(Status(st.code(), "write: " + st.message())); }, join_bytes);
 }
 
 void Space::write_many_async(std::vector<WriteRequest> requests, WriteManyDone done) {
@@ -2018,6 +2094,8 @@ void Space::write_many_async(std::vector<WriteRequest> requests, WriteManyDone d
     WriteManyDone done;
   };
   auto call = std::make_shared<Call>(Call{std::move(results), std::move(positions), std::move(done)});
+  size_t join_bytes = 0;
+  for (const Impl::Op& op : ops) join_bytes += op.encoded.size();
   m.with_txn(
       txn,
       [&m, ops = std::move(ops), call]() mutable {
@@ -2035,7 +2113,8 @@ void Space::write_many_async(std::vector<WriteRequest> requests, WriteManyDone d
       [call](Status st) {
         for (size_t p : call->positions) call->results[p] = Status(st.code(), "write: " + st.message());
         call->done(std::move(call->results));
-      });
+      },
+      join_bytes);
 }
 
 std::vector<Result<Written>> Space::write_many(std::vector<WriteRequest> requests) {
@@ -2313,6 +2392,7 @@ Result<txn::Vote> Space::prepare(const txn::TxnId& id, std::string_view coordina
         }
       }
       t->second.phase = Impl::Phase::kPrepared;
+      t->second.prepared_at = Clock::now();
     }
   }
   m.txn_cv.notify_all();

@@ -212,6 +212,13 @@ struct TxnManager::Impl {
   }
 
   void sweep_loop() {
+    // First what the last run left: decisions to deliver, undecided transactions to abort. Here,
+    // not in start(): each participant that does not answer costs a call's timeout, and the space
+    // would answer "starting" for all of them.
+    (void)with([](txn::Coordinator& c) {
+      (void)c.recover();
+      return Status::Ok();
+    });
     std::unique_lock lock(sweep_mu);
     for (;;) {
       sweep_cv.wait_for(lock, options.sweep_interval, [&] { return sweep_stop; });
@@ -346,7 +353,6 @@ Status TxnManager::start(const std::string& name) {
   o.max_lease = m.options.max_lease;
   auto c = txn::Coordinator::open(o, m.resolver);
   if (!c.ok()) return c.status();
-  (void)(*c)->recover();
   {
     std::unique_lock lock(m.mu);
     m.name = name;

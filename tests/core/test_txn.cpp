@@ -517,6 +517,25 @@ TEST_CASE("a decision being written holds up none of the coordinator's calls, an
   CHECK(f.coord->pending_count() == 0);
 }
 
+TEST_CASE("once the coordinator's log has failed, a commit aborts without asking anyone to prepare") {
+  Federation f(2);
+  TxnId txn = f.start("v1");
+  fault::arm("txn.coordinator.writing_log", fault::Action::kThrow);
+  (void)f.coord->begin(10s);  // its record's batch fails: the log is failed from then on
+  REQUIRE(test::eventually([&] { return f.coord->begin(10s).status().code() != Code::kOk; }));
+  fault::disarm_all();
+  // Its records may never have reached the log, and no decision could: no participant prepares
+  // (one prepared would wait, in doubt, for an outcome nobody will send).
+  auto outcome = f.coord->commit(txn);
+  REQUIRE_MESSAGE(outcome.ok(), outcome.status().to_string());
+  CHECK(*outcome == Outcome::kAborted);
+  f.check_all(std::nullopt);
+  for (auto& p : f.parts) {
+    CHECK(p->prepares == 0);
+    CHECK(p->aborts == 1);
+  }
+}
+
 TEST_CASE("coordinator crash after the decision: recovery commits everywhere") {
   Federation f(3);
   TxnId txn = f.start("v1");

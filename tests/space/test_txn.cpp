@@ -510,6 +510,39 @@ TEST_CASE("a coordinator of one's own: a manager embedded on another server, dri
   server.stop();
 }
 
+TEST_CASE("a manager restarted with outcomes to deliver to participants that do not answer serves at once") {
+  test::TempDir dir;
+  TxnManagerOptions options;
+  options.log_path = dir.file("migrator-txn.db");
+  options.call_timeout = 2s;
+  const std::string gone = "space:gone@tcp://127.0.0.1:" + std::to_string(test::free_tcp_port());
+  {
+    rpc::Server server({});
+    TxnManager manager(options, server);
+    REQUIRE(server.start().ok());
+    REQUIRE(manager.start(server.endpoints().front()).ok());
+    TxnClient client({.endpoint = server.endpoints().front()});
+    for (int i = 0; i < 3; ++i) {
+      Result<txn::TxnId> id = manager.begin(30s);
+      REQUIRE(id.ok());
+      REQUIRE(client.join(*id, gone).ok());
+    }
+    manager.stop();
+    server.stop();
+  }
+  // Reopened, it aborts the three and must tell a participant that never answers: a call timeout
+  // each. That goes on in the background; the manager serves meanwhile.
+  rpc::Server server({});
+  TxnManager manager(options, server);
+  REQUIRE(server.start().ok());
+  auto started = std::chrono::steady_clock::now();
+  REQUIRE(manager.start(server.endpoints().front()).ok());
+  CHECK(std::chrono::steady_clock::now() - started < 2s);  // it took 6 s and more before
+  CHECK(manager.begin(30s).ok());
+  manager.stop();
+  server.stop();
+}
+
 namespace {
 
 // A djinn-space process on fixed ports, so a restart comes back where callers look for it.
@@ -856,7 +889,7 @@ void stage(Engine& e, const TxnRef& t, bool write = true) {
   const int n = static_cast<int>(t.id.lo);
   REQUIRE(e.space->write({entry("demo.Kept", {{"n", n}}), 600'000}).ok());
   auto taken = e.space->take(tmpl("demo.Kept", {{"n", n}}), 0ms, t);
-  REQUIRE(taken.ok());
+  REQUIRE_MESSAGE(taken.ok(), taken.status().to_string());
   REQUIRE(taken->has_value());
   if (!write) return;
   WriteRequest w{entry("demo.Staged", {{"n", n}}), 600'000};
@@ -893,6 +926,106 @@ Result<txn::Vote> prepare_with(Engine& e, const TxnRef& t, std::function<T()> la
 }
 
 }  // namespace
+
+TEST_CASE("a transaction prepared here whose outcome never comes is finished as its manager says") {
+  test::TempDir dir;
+  // "lost" is a manager that lost the transaction after this space voted (killed before its
+  // records of it were durable): it answers ABORTED, as for any id it does not know, and never
+  // sends phase 2. "decided" committed it, its phase 2 lost. "voting" still collects votes, and
+  // "silent" never answers: those two stay prepared.
+  auto ask = [](const txn::InDoubt& d) {
+    if (d.coordinator == "lost") return txn::Outcome::kAborted;
+    if (d.coordinator == "decided") return txn::Outcome::kCommitted;
+    if (d.coordinator == "voting") return txn::Outcome::kActive;
+    return txn::Outcome::kUnknown;
+  };
+  auto e = std::make_unique<Engine>(dir.file("space.db"), ask, [](SpaceOptions& o) {
+    o.txn_check_interval = 100ms;
+    o.abandon_txn_after = 300ms;  // for the silent one: never applied to a prepared transaction
+  });
+  const std::vector<std::string> managers = {"lost", "decided", "voting", "silent"};
+  for (size_t i = 0; i < managers.size(); ++i) {
+    const TxnRef t = txn_ref(i + 1, managers[i]);
+    stage(*e, t);
+    auto vote = e->space->prepare(t.id, t.manager);
+    REQUIRE(vote.ok());
+    REQUIRE(*vote == txn::Vote::kPrepared);
+  }
+  // Aborted: what it took is back, what it wrote never shows.
+  REQUIRE(test::eventually([&] { return visible(*e, "demo.Kept", 1); }, 10000));
+  CHECK_FALSE(visible(*e, "demo.Staged", 1));
+  // Committed: what it wrote shows, what it took is gone.
+  REQUIRE(test::eventually([&] { return visible(*e, "demo.Staged", 2); }, 10000));
+  CHECK_FALSE(visible(*e, "demo.Kept", 2));
+  std::this_thread::sleep_for(800ms);  // rounds enough to abandon an unvoted transaction twice over
+  for (uint64_t n : {3, 4}) {
+    CHECK_FALSE(visible(*e, "demo.Kept", n));
+    CHECK_FALSE(visible(*e, "demo.Staged", n));
+  }
+  CHECK(e->space->stats().transactions == 2);
+  // Each outcome is durable: after a restart the two finished are as they were, and the two
+  // still prepared are in doubt.
+  e.reset();
+  Engine again(dir.file("space.db"), nullptr);
+  CHECK(visible(again, "demo.Kept", 1));
+  CHECK(visible(again, "demo.Staged", 2));
+  CHECK_FALSE(visible(again, "demo.Kept", 2));
+  CHECK(again.space->stats().in_doubt == 2);
+}
+
+TEST_CASE("operations waiting for a manager that does not answer their join are bounded") {
+  test::TempDir dir;
+  std::mutex mu;
+  std::vector<std::function<void(Status)>> joins;  // answered by the test, at the end
+  Engine e(dir.file("space.db"), nullptr, [&](SpaceOptions& o) {
+    o.join = [&](const TxnRef&, const std::string&, std::function<void(Status)> done) {
+      std::lock_guard lock(mu);
+      joins.push_back(std::move(done));
+    };
+  });
+  const TxnRef t{txn::TxnId{9, 1}, "silent"};
+  constexpr int kWaiting = 4096;  // the bound
+  std::atomic<int> written{0}, refused{0};
+  auto write = [&](int i, const TxnRef& under) {
+    WriteRequest w{entry("demo.Waiting", {{"i", i}}), 600'000};
+    w.txn = under;
+    e.space->write_async(std::move(w), [&](Result<Written> r) {
+      if (r.ok()) {
+        written++;
+      } else {
+        CHECK(r.status().code() == Code::kUnavailable);
+        CHECK(r.status().message().find("retry later") != std::string::npos);
+        refused++;
+      }
+    });
+  };
+  for (int i = 0; i < kWaiting; ++i) write(i, t);
+  CHECK(refused == 0);
+  write(kWaiting, t);  // one past the bound: refused at once
+  CHECK(refused == 1);
+  CHECK(written == 0);
+  // The manager answers: every waiting write is made, and room is back.
+  REQUIRE(test::eventually([&] {
+    std::lock_guard lock(mu);
+    return joins.size() == kWaiting;
+  }, 20000));
+  std::vector<std::function<void(Status)>> answers;
+  {
+    std::lock_guard lock(mu);
+    answers.swap(joins);
+  }
+  for (auto& answer : answers) answer(Status::Ok());
+  answers.clear();  // an answered join's callback goes, and with it what it held of the operation
+  REQUIRE(test::eventually([&] { return written == kWaiting; }, 20000));
+  write(kWaiting + 1, TxnRef{txn::TxnId{9, 2}, "silent"});  // waits again rather than refused
+  CHECK(refused == 1);
+  REQUIRE(test::eventually([&] {
+    std::lock_guard lock(mu);
+    return joins.size() == 1;
+  }));
+  joins.front()(Status::Ok());
+  REQUIRE(test::eventually([&] { return written == kWaiting + 1; }));
+}
 
 TEST_CASE("a transaction the space aborts on its own is never voted PREPARED, wherever the prepare lands") {
   test::TempDir dir;

@@ -100,7 +100,9 @@ struct SpaceOptions {
   std::chrono::milliseconds in_doubt_retry{1000};
   // A transaction joined longer ago than this and not yet voting has its manager asked, every
   // this often, whether it still runs (0: never): one its manager says aborted is aborted here,
-  // and so is one whose manager has not answered for abandon_txn_after. Both through ask_outcome.
+  // and so is one whose manager has not answered for abandon_txn_after. One prepared here longer
+  // ago than this, its outcome not come, is finished as its manager says (committed or aborted;
+  // never on silence). All through ask_outcome.
   std::chrono::milliseconds txn_check_interval{std::chrono::seconds(30)};
   std::chrono::milliseconds abandon_txn_after{std::chrono::minutes(10)};
 };
@@ -108,6 +110,7 @@ struct SpaceOptions {
 struct Written {
   uint64_t lease_id = 0;
   int64_t expiration_ms = 0;
+  int64_t granted_ms = 0;  // the lease's granted duration; 0 when not known (a keyed write sent again)
 };
 
 struct WriteRequest {
