@@ -513,6 +513,15 @@ void append_index_key(std::string& out, const Value& v) {
   }
 }
 
+uint64_t seeded_hash(const ServiceId& id) {
+  static const uint64_t seed = [] {
+    uint64_t s = 0;
+    randombytes_buf(&s, sizeof s);
+    return s;
+  }();
+  return XXH3_64bits_withSeed(id.bytes().data(), id.bytes().size(), seed);
+}
+
 IndexHasher::IndexHasher() { randombytes_buf(&seed_, sizeof seed_); }
 
 uint64_t IndexHasher::type(std::string_view type) const { return XXH3_64bits_withSeed(type.data(), type.size(), seed_); }

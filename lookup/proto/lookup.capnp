@@ -18,6 +18,7 @@ struct RegisterResult {
   lease @0 :Model.LeaseInfo;    # the registration lease; the item is stored as sent, with it
   replaced @1 :Bool;            # an item with this ServiceID was registered before
   landlord @2 :Text;            # where to renew and cancel the lease (lease.renew, lease.cancel)
+  grantedMs @3 :Int64;          # the lease's granted duration (0 from a registrar of before it)
 }
 
 # lookup.lookup: the first matching item, or none.
@@ -93,6 +94,7 @@ struct NotifyResult {
   eventKind @2 :Text;           # "lookup.notify.<ref>"
   eventsEndpoint @3 :Text;      # the registrar's PUB endpoint
   landlord @4 :Text;
+  grantedMs @5 :Int64;          # the lease's granted duration (0 from a registrar of before it)
 }
 
 enum Transition {

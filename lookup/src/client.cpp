@@ -33,9 +33,12 @@ Result<std::optional<ServiceItem>> lookup_result(rpc::Reply& reply) {
   });
 }
 
-// What is left of a lease granted just now: RenewalManager schedules its first renewal from it (at
-// least 1 ms, since 0 means "unknown" and renews at once).
-int64_t remaining_ms(int64_t expiration_ms) {
+// The grant RenewalManager schedules a lease's first renewal by: the registrar's, not what the
+// expiration leaves on this host's clock, which is off by the clocks' difference (a registrar a
+// lease ahead would have it lapse before its first renewal, every time). From a registrar of
+// before grantedMs (0), what the expiration leaves, as then (at least 1 ms: 0 means unknown).
+int64_t first_grant_ms(int64_t granted_ms, int64_t expiration_ms) {
+  if (granted_ms > 0) return granted_ms;
   int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
                     std::chrono::system_clock::now().time_since_epoch()).count();
   return std::max<int64_t>(1, expiration_ms - now);
@@ -49,7 +52,7 @@ lease::HeldLease Registered::held_lease() const {
   l.resource = std::string(kRegistrationResource);
   l.holder = item.service_id.to_string();
   l.expiration_ms = item.lease.expiration_ms;
-  l.granted_ms = remaining_ms(l.expiration_ms);
+  l.granted_ms = first_grant_ms(granted_ms, l.expiration_ms);
   return lease::HeldLease{std::move(l), landlord};
 }
 
@@ -58,7 +61,7 @@ lease::HeldLease NotifyHandle::held_lease() const {
   l.id = id;
   l.resource = std::string(kNotifyResource);
   l.expiration_ms = expiration_ms;
-  l.granted_ms = remaining_ms(expiration_ms);
+  l.granted_ms = first_grant_ms(granted_ms, l.expiration_ms);
   return lease::HeldLease{std::move(l), landlord};
 }
 
@@ -87,7 +90,7 @@ Result<Registered> RegistrarClient::register_service(const ServiceItem& item, in
     auto res = r.results<proto::RegisterResult>();
     Result<LeaseInfo> lease = from_capnp(res.getLease());
     if (!lease.ok() || lease->id == 0) return internal_error("the registrar sent no registration lease");
-    Registered out{item, res.getReplaced(), std::string(res.getLandlord().cStr())};
+    Registered out{item, res.getReplaced(), std::string(res.getLandlord().cStr()), res.getGrantedMs()};
     out.item.lease = *lease;
     return out;
   });
@@ -223,8 +226,12 @@ Result<NotifyHandle> RegistrarClient::notify(const ServiceTemplate& tmpl, uint8_
   rpc::Reply reply = client_->call("lookup.notify", message, call);
   return rpc::read_reply<NotifyHandle>(reply, "lookup.notify", [](rpc::Reply& r) -> Result<NotifyHandle> {
     auto res = r.results<proto::NotifyResult>();
-    return NotifyHandle{res.getId(), res.getExpirationMs(), res.getEventKind().cStr(), res.getEventsEndpoint().cStr(),
-                        res.getLandlord().cStr()};
+    return NotifyHandle{res.getId(),
+                        res.getExpirationMs(),
+                        res.getEventKind().cStr(),
+                        res.getEventsEndpoint().cStr(),
+                        res.getLandlord().cStr(),
+                        res.getGrantedMs()};
   });
 }
 

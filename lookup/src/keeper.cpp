@@ -31,7 +31,16 @@ struct RegistrationKeeper::Impl {
     bool superseded = false;                // another item under the same ServiceID replaced it
     Clock::time_point next_try{};
     std::chrono::milliseconds backoff{0};
+    std::optional<Code> warned;  // the refusal last logged as a warning, so each is said once
   };
+
+  // Options a keeper can work with: a retry of 0 ms would call the lookup in a tight loop.
+  static KeeperOptions checked(KeeperOptions o) {
+    o.retry_min = std::max(o.retry_min, std::chrono::milliseconds(1));
+    o.retry_max = std::max(o.retry_max, o.retry_min);
+    o.call_timeout = std::max(o.call_timeout, std::chrono::milliseconds(1));
+    return o;
+  }
 
   KeeperOptions options;
   lease::RenewalManager renewals;
@@ -47,7 +56,7 @@ struct RegistrationKeeper::Impl {
   std::thread thread;
 
   Impl(ServiceItem i, KeeperOptions o)
-      : options(std::move(o)),
+      : options(checked(std::move(o))),
         renewals(lease::RenewalManagerOptions{.curve = options.curve, .max_landlords = options.max_landlords}),
         item(std::move(i)) {
     renewals.on_failure([this](const lease::HeldLease& held, const Status& why) {
@@ -143,7 +152,10 @@ struct RegistrationKeeper::Impl {
         target.version = v;
         DJINN_LOG(kInfo, "lookup") << (r->replaced ? "registered again " : "registered ") << snapshot.service_id.to_string()
                                    << " at " << due << ", lease " << r->item.lease.id;
-        if (renew_locked(target, due, snapshot)) target.backoff = std::chrono::milliseconds(0);
+        if (renew_locked(target, due, snapshot)) {
+          target.backoff = std::chrono::milliseconds(0);
+          target.warned.reset();
+        }
         cv.notify_all();
       } else {
         back_off_locked(target, snapshot, due, r.status());
@@ -168,6 +180,20 @@ struct RegistrationKeeper::Impl {
   void back_off_locked(Target& target, const ServiceItem& item_tried, const std::string& endpoint, const Status& why) {
     target.backoff = std::clamp(target.backoff * 2, options.retry_min, options.retry_max);
     target.next_try = Clock::now() + target.backoff;
+    // A lookup that cannot be reached is routine and retried quietly; a refusal (the item too
+    // large, the key's role too low, a bad lease duration) will not go away by itself: said as a
+    // warning, once for each refusal in a row.
+    const Code code = why.code();
+    const bool refusal = code != Code::kUnavailable && code != Code::kDeadlineExceeded && code != Code::kCancelled &&
+                         code != Code::kResourceExhausted && code != Code::kAborted && code != Code::kInternal;
+    if (refusal && target.warned != code) {
+      target.warned = code;
+      DJINN_LOG(kWarn, "lookup") << "registering " << item_tried.service_id.to_string() << " at " << endpoint
+                                 << " refused: " << why.to_string() << "; trying again every "
+                                 << options.retry_max.count() << " ms at most";
+      return;
+    }
+    if (!refusal) target.warned.reset();
     DJINN_LOG(kDebug, "lookup") << "registering " << item_tried.service_id.to_string() << " at " << endpoint << ": "
                                 << why.to_string() << "; again in " << target.backoff.count() << " ms";
   }

@@ -55,9 +55,8 @@ constexpr std::string_view kUpgradeV1ToV2 = "ALTER TABLE watch ADD COLUMN by_ref
 constexpr std::string_view kInsertWatch = "INSERT INTO watch(id, mask, template, by_ref) VALUES (?1, ?2, ?3, ?4)";
 constexpr std::string_view kDeleteWatch = "DELETE FROM watch WHERE id = ?1";
 
-struct IdHash {
-  size_t operator()(const ServiceId& id) const { return static_cast<size_t>(id.hi() ^ (id.lo() * 0x9e3779b97f4a7c15ULL)); }
-};
+// Keyed (seeded_hash): ServiceIDs are the registering client's choice.
+using IdHash = std::hash<ServiceId>;
 
 using Posting = std::unordered_set<uint32_t>;
 
@@ -140,8 +139,17 @@ struct Registrar::Impl {
     uint64_t seq;
     std::shared_ptr<const std::string> key;  // the item's ServiceID
     std::shared_ptr<const events::SharedPayload> payload;
+    // For a registration of a client of an earlier release (payload null): its event names its id,
+    // so it is encoded for it alone, when it is sent, from the change's item (shared).
+    std::shared_ptr<const ServiceItem> item;
+    uint64_t legacy_id = 0;
+    Transition transition = kNoMatchToMatch;
+    bool removed = false;
   };
   std::vector<PendingNotify> pending_;  // (write_mu_, and mu_ exclusive to add)
+  // A batch of changes publishes what is pending once it holds this many events, releasing mu_
+  // meanwhile: a batch of 1,000 registrations matching 100,000 watches is 10^8 events.
+  static constexpr size_t kPublishPendingAt = 1 << 18;
   // Declared after the write_mu_ guard and before the mu_ lock of a change, so that it publishes
   // between the two releases.
   struct PublishPending {
@@ -269,26 +277,9 @@ struct Registrar::Impl {
   void transitions_locked(const ServiceItem* before, const ServiceItem* after) {
     if (!options.publisher || watches_.empty()) return;
     std::shared_ptr<const events::SharedPayload> payloads[3];  // by transition
+    std::shared_ptr<const ServiceItem> items[2];                // before, after: for legacy events
     std::shared_ptr<const std::string> key;
-    // `id` only for a registration of a client of an earlier release, whose events name it.
-    auto encode = [&](Transition t, const ServiceItem& item, uint64_t id) {
-      capnp::MallocMessageBuilder message;
-      auto ev = message.initRoot<proto::NotifyEvent>();
-      ev.setNotifyId(id);
-      ev.setTransition(t == kNoMatchToMatch   ? proto::Transition::NO_MATCH_TO_MATCH
-                       : t == kMatchToNoMatch ? proto::Transition::MATCH_TO_NO_MATCH
-                                              : proto::Transition::MATCH_TO_MATCH);
-      to_capnp(item.service_id, ev.initServiceId());
-      to_capnp(item, ev.initItem());
-      ev.setRemoved(after == nullptr);
-      return std::make_shared<const events::SharedPayload>(message);
-    };
-    auto payload_of = [&](Transition t, const ServiceItem& item, uint64_t id, bool by_ref) {
-      if (!by_ref) return encode(t, item, id);
-      auto& shared = payloads[t == kNoMatchToMatch ? 0 : t == kMatchToNoMatch ? 1 : 2];
-      if (!shared) shared = encode(t, item, 0);
-      return shared;
-    };
+    const bool removed = after == nullptr;
     for (const auto& [id, w] : watches_) {
       bool was = before && matches(w.tmpl, *before);
       bool is = after && matches(w.tmpl, *after);
@@ -305,9 +296,37 @@ struct Registrar::Impl {
       if (!(w.mask & t)) continue;
       const ServiceItem& item = t == kMatchToNoMatch ? *before : *after;
       if (!key) key = std::make_shared<const std::string>(item.service_id.to_string());
-      pending_.push_back(
-          PendingNotify{&w.kind, options.publisher->number(w.kind), key, payload_of(t, item, id, w.by_ref)});
+      PendingNotify p{&w.kind, options.publisher->number(w.kind), key, nullptr};
+      if (w.by_ref) {
+        auto& shared = payloads[t == kNoMatchToMatch ? 0 : t == kMatchToNoMatch ? 1 : 2];
+        if (!shared) shared = notify_payload(t, item, 0, removed);
+        p.payload = shared;
+      } else {
+        auto& shared = items[t == kMatchToNoMatch ? 0 : 1];
+        if (!shared) shared = std::make_shared<const ServiceItem>(item);
+        p.item = shared;
+        p.legacy_id = id;
+        p.transition = t;
+        p.removed = removed;
+      }
+      pending_.push_back(std::move(p));
     }
+  }
+
+  // A change's event; `id` only for a registration of a client of an earlier release, whose
+  // events name it.
+  static std::shared_ptr<const events::SharedPayload> notify_payload(Transition t, const ServiceItem& item, uint64_t id,
+                                                                     bool removed) {
+    capnp::MallocMessageBuilder message;
+    auto ev = message.initRoot<proto::NotifyEvent>();
+    ev.setNotifyId(id);
+    ev.setTransition(t == kNoMatchToMatch   ? proto::Transition::NO_MATCH_TO_MATCH
+                     : t == kMatchToNoMatch ? proto::Transition::MATCH_TO_NO_MATCH
+                                            : proto::Transition::MATCH_TO_MATCH);
+    to_capnp(item.service_id, ev.initServiceId());
+    to_capnp(item, ev.initItem());
+    ev.setRemoved(removed);
+    return std::make_shared<const events::SharedPayload>(message);
   }
 
   // Publishes the pending notify events (write_mu_ held, mu_ not).
@@ -316,7 +335,14 @@ struct Registrar::Impl {
     pending.swap(pending_);
     if (pending.empty()) return;
     DJINN_CRASH_POINT("lookup.notify.publishing");
-    for (const PendingNotify& p : pending) options.publisher->send_numbered(*p.kind, *p.key, *p.payload, p.seq);
+    for (const PendingNotify& p : pending) {
+      if (p.payload) {
+        options.publisher->send_numbered(*p.kind, *p.key, *p.payload, p.seq);
+      } else {
+        options.publisher->send_numbered(*p.kind, *p.key, *notify_payload(p.transition, *p.item, p.legacy_id, p.removed),
+                                         p.seq);
+      }
+    }
   }
 
   // ---- queries (mu_ shared) ----
@@ -692,6 +718,7 @@ std::vector<Result<Registration>> Registrar::register_batch(std::span<const Regi
     ServiceItem item;
     std::string encoded;
     int64_t deadline_ns = 0;
+    int64_t granted_ms = 0;
   };
   std::vector<Plan> plans;
   for (size_t i = 0; i < requests.size(); ++i) {
@@ -761,6 +788,7 @@ std::vector<Result<Registration>> Registrar::register_batch(std::span<const Regi
       }
       plans[k].item.lease = LeaseInfo{leases[k]->id, leases[k]->expiration_ms};
       plans[k].deadline_ns = leases[k]->deadline_ns;
+      plans[k].granted_ms = leases[k]->granted_ms;
       granted.push_back(std::move(plans[k]));
     }
     // A transaction that failed fails every grant of the batch: its rows were rolled back.
@@ -776,8 +804,14 @@ std::vector<Result<Registration>> Registrar::register_batch(std::span<const Regi
         uint64_t old = m.slots_[it->second]->lease.id;
         if (old) superseded.push_back(old);
       }
-      decided[p.index] = Result<Registration>(Registration{p.item, replaced});
+      decided[p.index] = Result<Registration>(Registration{p.item, replaced, p.granted_ms});
       m.put_locked(std::move(p.item), p.deadline_ns);
+      if (m.pending_.size() >= Impl::kPublishPendingAt) {
+        // Numbered already, so a query between the two holds sees a number that covers them.
+        lock.unlock();
+        m.publish_pending();
+        lock.lock();
+      }
     }
   }
   // The replaced items' leases (no item refers to them any more, so their cancel events are no-ops).
@@ -975,7 +1009,7 @@ Result<NotifyRegistration> Registrar::notify(const ServiceTemplate& tmpl, uint8_
   std::string kind = watch_kind(l.id, by_ref);
   m.watches_[l.id] = Impl::Watch{tmpl, transitions, kind, by_ref};
   if (m.options.publisher) m.options.publisher->declare(kind);
-  return NotifyRegistration{l.id, l.expiration_ms, kind};
+  return NotifyRegistration{l.id, l.expiration_ms, kind, l.granted_ms};
 }
 
 Status Registrar::set_self(ServiceItem item) {

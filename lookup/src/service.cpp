@@ -3,6 +3,7 @@
 // statuses go back unchanged, since the codes are the wire's.
 #include "djinn/lookup/service.h"
 
+#include <atomic>
 #include <filesystem>
 #include <mutex>
 #include <shared_mutex>
@@ -42,8 +43,11 @@ Status check_duration(int64_t ms) {
 
 struct LookupService::Impl {
   LookupServiceOptions options;
-  std::string rpc_endpoint;
+  std::string rpc_endpoint;  // set once the server is bound, before `serving`
   std::string events_endpoint;
+  // The bound endpoint is known only once the server serves: until it is set, calls whose answer
+  // names it (where to renew a lease) are refused rather than answered without it.
+  std::atomic<bool> serving{false};
   std::unique_ptr<events::Publisher> publisher;
   std::unique_ptr<lease::Landlord> landlord;
   std::unique_ptr<Registrar> registrar;
@@ -115,6 +119,9 @@ void LookupService::Impl::register_methods() {
   s.handle_deferred(
       "lookup.register",
       [this](const rpc::CallContext&, capnp::MessageReader& message, rpc::Responder responder) {
+        if (!serving.load(std::memory_order_acquire)) {
+          return responder.reply(unavailable("lookup.register: the lookup service is starting; retry"));
+        }
         RegisterRequest request;
         size_t wire_bytes = 0;
         try {
@@ -149,6 +156,7 @@ void LookupService::Impl::register_methods() {
           to_capnp(r->item.lease, root.initLease());
           root.setReplaced(r->replaced);
           root.setLandlord(where);
+          root.setGrantedMs(r->granted_ms);
           shared->reply(Status::Ok(), reply);
         }, wire_bytes);
       },
@@ -245,6 +253,9 @@ void LookupService::Impl::register_methods() {
   s.method<proto::NotifyParams, proto::NotifyResult>(
       "lookup.notify",
       [this](const rpc::CallContext&, proto::NotifyParams::Reader p, proto::NotifyResult::Builder out) -> Status {
+        if (!serving.load(std::memory_order_acquire)) {
+          return unavailable("lookup.notify: the lookup service is starting; retry");
+        }
         // A watch's template is kept, and matched against every change: it may be no larger than
         // the largest item.
         size_t template_bytes = encoded_bytes(p.getTemplate());
@@ -268,6 +279,7 @@ void LookupService::Impl::register_methods() {
         out.setEventKind(reg->event_kind);
         out.setEventsEndpoint(events_endpoint);
         out.setLandlord(rpc_endpoint);
+        out.setGrantedMs(reg->granted_ms);
         return Status::Ok();
       },
       client_blocking);
@@ -381,8 +393,10 @@ Result<std::unique_ptr<LookupService>> LookupService::start(LookupServiceOptions
   if (Status st = im->server->start(); !st.ok()) {
     return Status(st.code(), "rpc endpoint " + options.rpc_endpoint + ": " + st.message());
   }
+  DJINN_CRASH_POINT("lookup.service.before_endpoint");
   im->rpc_endpoint = rpc::advertised_endpoint(im->server->endpoints().at(0), options.advertise_host);
   im->lease_service->set_endpoint(im->rpc_endpoint);
+  im->serving.store(true, std::memory_order_release);
   if (Status st = im->publish_self(); !st.ok()) return Status(st.code(), "registering the lookup service itself: " + st.message());
   DJINN_LOG(kInfo, "lookup") << options.name << ": serving on " << im->rpc_endpoint << ", events on "
                              << im->events_endpoint << (options.curve ? " with CURVE" : "") << ", ServiceID "

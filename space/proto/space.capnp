@@ -26,6 +26,7 @@ struct WriteParams {
 struct WriteResult {
   lease @0 :Model.LeaseInfo;   # the entry's lease
   landlord @1 :Text;           # where to renew or cancel it
+  grantedMs @2 :Int64;         # the lease's granted duration (0: not known, as for a keyed resend)
 }
 
 # space.writeMany: several entries in one durable transaction (JavaSpace05's write of a list),
@@ -40,6 +41,7 @@ struct WriteManyItem {
   code @0 :UInt16;                 # djinn::Code; 0 = written
   message @1 :Text;
   lease @2 :Model.LeaseInfo;       # when written
+  grantedMs @3 :Int64;             # the lease's granted duration (0: not known)
 }
 struct WriteManyResult {
   items @0 :List(WriteManyItem);   # in the order of the entries

@@ -67,11 +67,6 @@ Result<std::optional<Entry>> first(Result<std::vector<Entry>> r) {
   return std::optional<Entry>(std::move(r->front()));
 }
 
-int64_t remaining_ms(int64_t expiration_ms) {
-  int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
-                    std::chrono::system_clock::now().time_since_epoch()).count();
-  return std::max<int64_t>(1, expiration_ms - now);
-}
 
 txn::Outcome outcome_of(proto::Outcome o) {
   switch (o) {
@@ -88,7 +83,16 @@ lease::HeldLease WriteReceipt::held_lease() const {
   l.id = written.lease_id;
   l.resource = std::string(kEntryResource);
   l.expiration_ms = written.expiration_ms;
-  l.granted_ms = remaining_ms(written.expiration_ms);
+  // The space's grant, not what the expiration leaves on this host's clock (off by the clocks'
+  // difference); when not known (a keyed write answered from the stored entry, a space of before
+  // grantedMs), what the expiration leaves.
+  if (written.granted_ms > 0) {
+    l.granted_ms = written.granted_ms;
+  } else {
+    int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                      std::chrono::system_clock::now().time_since_epoch()).count();
+    l.granted_ms = std::max<int64_t>(1, written.expiration_ms - now);
+  }
   return lease::HeldLease{std::move(l), landlord};
 }
 
@@ -109,7 +113,7 @@ Result<WriteReceipt> SpaceClient::write(const Entry& entry, int64_t duration_ms,
   rpc::Reply reply = client_->call("space.write", message, keyed(call));
   return rpc::read_reply<WriteReceipt>(reply, "space.write", [](rpc::Reply& r) -> Result<WriteReceipt> {
     auto res = r.results<proto::WriteResult>();
-    return WriteReceipt{Written{res.getLease().getId(), res.getLease().getExpirationMillis()},
+    return WriteReceipt{Written{res.getLease().getId(), res.getLease().getExpirationMillis(), res.getGrantedMs()},
                         std::string(res.getLandlord().cStr())};
   });
 }
@@ -146,7 +150,8 @@ Result<std::vector<Result<WriteReceipt>>> SpaceClient::write_many(std::span<cons
             out.emplace_back(std::move(st));
             continue;
           }
-          out.emplace_back(WriteReceipt{Written{item.getLease().getId(), item.getLease().getExpirationMillis()}, landlord});
+          out.emplace_back(WriteReceipt{
+              Written{item.getLease().getId(), item.getLease().getExpirationMillis(), item.getGrantedMs()}, landlord});
         }
         return out;
       });

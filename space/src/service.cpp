@@ -363,6 +363,7 @@ void SpaceService::Impl::register_methods() {
           auto root = reply.initRoot<proto::WriteResult>();
           to_capnp(LeaseInfo{r->lease_id, r->expiration_ms}, root.initLease());
           root.setLandlord(where);
+          root.setGrantedMs(r->granted_ms);
           shared->reply(Status::Ok(), reply);
         });
       },
@@ -423,6 +424,7 @@ void SpaceService::Impl::register_methods() {
               continue;
             }
             to_capnp(LeaseInfo{r->lease_id, r->expiration_ms}, items[i].initLease());
+            items[i].setGrantedMs(r->granted_ms);
           }
           root.setLandlord(where);
           shared->reply(Status::Ok(), reply);

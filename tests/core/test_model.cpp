@@ -120,6 +120,23 @@ TEST_CASE("ServiceId: random ids are v4, distinct and print canonically") {
   }
 }
 
+TEST_CASE("ServiceId: hashed under a secret seed, so chosen ids do not collide") {
+  // Ids chosen to collide under any fixed mix of the halves (these, under hi * K ^ lo and under
+  // hi ^ lo * K) spread like random ones under the seeded hash.
+  constexpr uint64_t K = 0x9e3779b97f4a7c15ULL;
+  for (int form = 0; form < 2; ++form) {
+    std::unordered_set<size_t> hashes;
+    for (uint64_t i = 1; i <= 2000; ++i) {
+      uint64_t hi = form == 0 ? i : 42 ^ (i * K);
+      uint64_t lo = form == 0 ? 42 ^ (i * K) : i;
+      hashes.insert(std::hash<ServiceId>{}(ServiceId::from_halves(hi, lo)));
+    }
+    CHECK(hashes.size() >= 1990);
+  }
+  ServiceId a = ServiceId::random();
+  CHECK(std::hash<ServiceId>{}(a) == std::hash<ServiceId>{}(a));
+}
+
 TEST_CASE("ServiceId: parse and print round trips") {
   for (const char* text :
        {"00000000-0000-0000-0000-000000000000", "ffffffff-ffff-ffff-ffff-ffffffffffff",

@@ -7,6 +7,7 @@
 
 #include <filesystem>
 
+#include "djinn/core/fault.h"
 #include "djinn/lookup/client.h"
 #include "djinn/lookup/keeper.h"
 #include "djinn/lookup/service.h"
@@ -75,6 +76,59 @@ TEST_CASE("a keeper registers everywhere, renews, re-registers after a loss, and
   }
   keeper.reset();
   CHECK(test::eventually([&] { return !a->registrar().find(item.service_id) && !b->registrar().find(item.service_id); }));
+}
+
+TEST_CASE("a registration's and a watch's first renewal go by the registrar's grant, not by this host's clock") {
+  test::TempDir dir;
+  auto lookup = start_lookup(dir.file("l"), test::free_tcp_port());
+  RegistrarClient c({.endpoint = lookup->rpc_endpoint()});
+  ServiceItem item;
+  item.service_id = ServiceId::random();
+  auto reg = c.register_service(item, 1500);
+  REQUIRE_MESSAGE(reg.ok(), reg.status().to_string());
+  CHECK(reg->granted_ms == 1500);
+  auto watch = c.notify(ServiceTemplate{}, kAllTransitions, 1500);
+  REQUIRE_MESSAGE(watch.ok(), watch.status().to_string());
+  CHECK(watch->granted_ms == 1500);
+  // As if the registrar's clock were a minute ahead of this host's: the expiration says a minute
+  // is left, the grant says 1.5 s. The renewal manager must renew within the grant.
+  reg->item.lease.expiration_ms += 60'000;
+  watch->expiration_ms += 60'000;
+  CHECK(reg->held_lease().lease.granted_ms == 1500);
+  CHECK(watch->held_lease().lease.granted_ms == 1500);
+  // A registrar of before grantedMs (0): what the expiration leaves on this host's clock, as then.
+  Registered unsaid = *reg;
+  unsaid.granted_ms = 0;
+  CHECK(unsaid.held_lease().lease.granted_ms > 60'000);
+}
+
+TEST_CASE("a registration that reaches a starting lookup before its endpoint is known is refused, not left without a landlord") {
+  test::TempDir dir;
+  const std::string endpoint = "tcp://127.0.0.1:" + std::to_string(test::free_tcp_port());
+  Result<Registered> early = internal_error("not tried");
+  Result<NotifyHandle> early_watch = internal_error("not tried");
+  fault::arm_call("lookup.service.before_endpoint", [&] {
+    RegistrarClient c({.endpoint = endpoint});
+    ServiceItem item;
+    item.service_id = ServiceId::random();
+    early = c.register_service(item, 5000);
+    early_watch = c.notify(ServiceTemplate{}, kAllTransitions, 5000);
+  });
+  LookupServiceOptions o;
+  o.data_dir = dir.file("l");
+  o.rpc_endpoint = endpoint;
+  auto lookup = LookupService::start(o);
+  fault::disarm_all();
+  REQUIRE_MESSAGE(lookup.ok(), lookup.status().to_string());
+  CHECK(early.status().code() == Code::kUnavailable);
+  CHECK(early_watch.status().code() == Code::kUnavailable);
+  // Once it serves, both are answered with where to renew.
+  RegistrarClient c({.endpoint = endpoint});
+  ServiceItem item;
+  item.service_id = ServiceId::random();
+  auto reg = c.register_service(item, 5000);
+  REQUIRE_MESSAGE(reg.ok(), reg.status().to_string());
+  CHECK(reg->landlord == (*lookup)->rpc_endpoint());
 }
 
 TEST_CASE("a registration the renewal manager cannot take is made again until it can, and never lapses for good") {

@@ -72,6 +72,9 @@ class ServiceId {
 using AppId = ServiceId;
 using NodeId = ServiceId;
 
+// A hash of the id under a seed drawn at random once per process (std::hash<ServiceId>).
+uint64_t seeded_hash(const ServiceId& id);
+
 // The order of the kinds is the index of Value's variant; never reorder.
 enum class ValueType : uint8_t { kNull, kBool, kInt, kFloat, kText, kBytes, kUuid };
 std::string_view value_type_name(ValueType type);
@@ -232,8 +235,7 @@ Status validate(const ServiceTemplate& tmpl);
 
 template <>
 struct std::hash<djinn::ServiceId> {
-  size_t operator()(const djinn::ServiceId& id) const noexcept {
-    // v4 ids are random in both halves; mixing them keeps nil-like or sequential ids apart too.
-    return static_cast<size_t>(id.hi() * 0x9e3779b97f4a7c15ULL ^ id.lo());
-  }
+  // Keyed by a seed drawn once per process: ServiceIDs come from clients, and any fixed mix of the
+  // two halves lets one choose ids that all collide (a hash table of them turns quadratic).
+  size_t operator()(const djinn::ServiceId& id) const noexcept { return static_cast<size_t>(djinn::seeded_hash(id)); }
 };

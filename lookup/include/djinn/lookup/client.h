@@ -24,6 +24,7 @@ struct Registered {
   ServiceItem item;  // as stored; item.lease is the registration lease
   bool replaced = false;
   std::string landlord;  // where to renew and cancel the lease (the registrar's RPC endpoint)
+  int64_t granted_ms = 0;  // the lease's granted duration; 0 when the registrar did not say
 
   // The registration lease in the form the renewal manager takes.
   lease::HeldLease held_lease() const;
@@ -37,6 +38,7 @@ struct NotifyHandle {
   std::string event_kind;
   std::string events_endpoint;
   std::string landlord;
+  int64_t granted_ms = 0;  // the lease's granted duration; 0 when the registrar did not say
 
   lease::HeldLease held_lease() const;
 };

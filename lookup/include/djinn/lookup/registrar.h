@@ -66,6 +66,7 @@ struct RegisterRequest {
 struct Registration {
   ServiceItem item;  // as stored, with its lease
   bool replaced = false;
+  int64_t granted_ms = 0;  // the lease's granted duration
 };
 
 struct LookupMany {
@@ -96,6 +97,7 @@ struct NotifyRegistration {
   uint64_t id = 0;  // = its lease id
   int64_t expiration_ms = 0;
   std::string event_kind;  // notify_event_kind(id)
+  int64_t granted_ms = 0;  // the lease's granted duration
 };
 
 // One transition as published (proto NotifyEvent is its wire form).
