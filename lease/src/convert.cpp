@@ -93,11 +93,13 @@ Status check_text(std::string_view value, size_t max_bytes, std::string_view wha
 
 Status check_endpoint(std::string_view endpoint) {
   DJINN_RETURN_IF_ERROR(check_text(endpoint, kMaxEndpointBytes, "landlord endpoint"));
-  for (std::string_view scheme : {"tcp://", "ipc://", "inproc://"}) {
+  // Not inproc://: that names a socket inside the renewal service's own process (its ZAP handler
+  // among them), never a landlord a client could hand a lease from.
+  for (std::string_view scheme : {"tcp://", "ipc://"}) {
     if (endpoint.starts_with(scheme) && endpoint.size() > scheme.size()) return Status::Ok();
   }
   return invalid_argument("landlord endpoint '" + std::string(endpoint) +
-                          "': expected tcp://HOST:PORT, ipc://PATH or inproc://NAME");
+                          "': expected tcp://HOST:PORT or ipc://PATH");
 }
 
 }  // namespace djinn::lease::internal

@@ -322,6 +322,12 @@ struct Space::Impl {
   std::condition_variable_any txn_cv;  // a transaction left kPreparing or kFinishing (with mu)
   std::set<TxnId> ended;
   std::deque<TxnId> ended_order;
+  // Transactions aborted here because their manager did not answer, and when: kept a day (past
+  // any transaction lease), not among the last ended, which a busy space forgets in seconds. Were
+  // one forgotten, an operation under it once the manager answers again would join it afresh
+  // under the same incarnation, the manager would take that, and the transaction would commit
+  // without what this space dropped.
+  std::map<TxnId, Clock::time_point> abandoned;
   std::map<uint64_t, Waiter> waiters;  // by arrival: the first waiter gets the first match
   std::multimap<Clock::time_point, uint64_t> deadlines;
   uint64_t next_waiter = 1;
@@ -1276,6 +1282,13 @@ struct Space::Impl {
     }
   }
 
+  static Status abandoned_status(const TxnId& id) {
+    return aborted("transaction " + id.to_string() + " was aborted here: its manager did not answer");
+  }
+  // How long an abandoned transaction is remembered, and how many at most (the oldest go first).
+  static constexpr auto kRememberAbandoned = std::chrono::hours(24);
+  static constexpr size_t kMaxAbandoned = 65'536;
+
   // Why no operation may join a transaction that is no longer kActive.
   static Status closed_to_operations(const TxnId& id, Phase phase) {
     if (phase == Phase::kFinishing) return aborted("transaction " + id.to_string() + " has ended");
@@ -1314,6 +1327,7 @@ struct Space::Impl {
       return false;
     }
     if (ended.count(ref.id)) return aborted("transaction " + ref.id.to_string() + " has ended");
+    if (abandoned.count(ref.id)) return abandoned_status(ref.id);
     if (!options.join) {
       return failed_precondition("space " + options.name + " takes part in no transactions (no transaction manager client)");
     }
@@ -1327,6 +1341,7 @@ struct Space::Impl {
     }
     std::unique_lock lock(mu);
     if (ended.count(ref.id)) return aborted("transaction " + ref.id.to_string() + " has ended");
+    if (abandoned.count(ref.id)) return abandoned_status(ref.id);
     auto [t, fresh] = txns.try_emplace(ref.id);
     if (fresh) {
       t->second.manager = ref.manager;
@@ -1824,6 +1839,10 @@ void Space::Impl::check_active() {
   const auto now = Clock::now();
   std::map<std::string, std::vector<TxnId>> by_manager;
   {
+    std::unique_lock lock(mu);
+    std::erase_if(abandoned, [&](const auto& a) { return now - a.second > kRememberAbandoned; });
+  }
+  {
     std::shared_lock lock(mu);
     for (const auto& [id, t] : txns) {
       if (t.phase == Phase::kActive && !t.manager.empty() && now - t.joined_at >= options.txn_check_interval) {
@@ -1836,7 +1855,12 @@ void Space::Impl::check_active() {
   }
   if (by_manager.empty()) return;
   std::mutex abort_mu;
-  std::vector<std::pair<TxnId, std::string>> to_abort;
+  struct Abort {
+    TxnId id;
+    std::string why;
+    bool silent;  // its manager did not answer (rather than said ABORTED)
+  };
+  std::vector<Abort> to_abort;
   std::vector<std::pair<TxnId, bool>> to_finish;  // voted PREPARED: (id, committed)
   ask_outcomes(by_manager, [&](const TxnId& id, txn::Outcome outcome) {
     std::string why;
@@ -1868,7 +1892,7 @@ void Space::Impl::check_active() {
       }
     }
     std::lock_guard lock(abort_mu);
-    to_abort.emplace_back(id, std::move(why));
+    to_abort.push_back(Abort{id, std::move(why), outcome != txn::Outcome::kAborted});
   });
   for (const auto& [id, committed] : to_finish) {
     Status st = finish(id, committed);
@@ -1881,8 +1905,16 @@ void Space::Impl::check_active() {
                                 << " by its manager): " << st.to_string();
     }
   }
-  for (const auto& [id, why] : to_abort) {
+  for (const auto& [id, why, silent] : to_abort) {
     Status st = finish(id, false, /*unvoted_only=*/true);
+    if (st.ok() && silent) {
+      std::unique_lock lock(mu);
+      abandoned[id] = now;
+      if (abandoned.size() > kMaxAbandoned) {
+        abandoned.erase(std::min_element(abandoned.begin(), abandoned.end(),
+                                         [](const auto& a, const auto& b) { return a.second < b.second; }));
+      }
+    }
     if (st.ok()) {
       DJINN_LOG(kInfo, "space") << options.name << ": transaction " << id.to_string() << " aborted here, before its vote: " << why;
     } else {

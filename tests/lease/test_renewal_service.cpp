@@ -435,6 +435,8 @@ TEST_CASE("renewal calls refuse bad input") {
   HeldLease bogus = l;
   bogus.landlord = "http://example";
   CHECK(renewal.add(set->id, bogus, 1000, later).code() == Code::kInvalidArgument);
+  bogus.landlord = "inproc://zeromq.zap.01";  // a socket of the service's own process
+  CHECK(renewal.add(set->id, bogus, 1000, later).code() == Code::kInvalidArgument);
   bogus = l;
   bogus.lease.id = 0;
   CHECK(renewal.add(set->id, bogus, 1000, later).code() == Code::kInvalidArgument);

@@ -851,6 +851,21 @@ TEST_CASE("a transaction not yet voting is aborted here once its manager says it
   auto vote = e.space->prepare(txn::TxnId{7, 2}, "forgot");
   REQUIRE(vote.ok());
   CHECK(*vote == txn::Vote::kAborted);
+
+  // The silent manager answers again, after more transactions have ended here than the space
+  // keeps among the last ended: an operation under the abandoned transaction must not join it
+  // afresh (its manager would take the join, and the transaction would commit without the take
+  // this space gave back).
+  for (uint64_t i = 0; i < 4200; ++i) {
+    TxnRef other{txn::TxnId{8, i + 1}, "live"};
+    REQUIRE(e.space->take(tmpl("demo.Nothing"), 0ms, other).ok());
+    auto nothing = e.space->prepare(other.id, other.manager);
+    REQUIRE(nothing.ok());
+    REQUIRE(*nothing == txn::Vote::kNotChanged);
+  }
+  auto again = e.space->take(tmpl("demo.Held", {{"i", 2}}), 0ms, TxnRef{txn::TxnId{7, 3}, "silent"});
+  CHECK(again.status().code() == Code::kAborted);
+  CHECK(held_back(2));
 }
 
 namespace {
