@@ -8,7 +8,6 @@
 #include <kj/exception.h>
 
 #include "djinn/core/context.h"
-#include "djinn/core/little_endian.h"
 #include "djinn/core/log.h"
 #include "djinn/core/thread_name.h"
 #include "djinn/proto/rpc.capnp.h"
@@ -17,9 +16,6 @@
 
 namespace djinn::events {
 namespace {
-
-// An event frame ends with the byte counts of its topic and header (u32 each, little-endian).
-constexpr size_t kEventTrailerBytes = 8;
 
 uint64_t now_micros() {
   return static_cast<uint64_t>(
@@ -194,22 +190,14 @@ uint64_t Publisher::send(std::string_view kind, std::string_view key, bool heart
   h.setHeartbeat(heartbeat);
   h.setTimeMicros(now_micros());
   std::string topic = topic_of(kind, key);
+  zmq::message_t t(topic.data(), topic.size());
   zmq::message_t hf = rpc::internal::message_frame(b);
-  size_t payload_bytes = payload ? payload->size() : 0;
-  // One frame: libzmq 4.3 aborts when a PUB socket closes while a failing connection is part-way
-  // through a multipart message (its issue 3442); a message of one frame is never part-way.
-  zmq::message_t frame(topic.size() + hf.size() + payload_bytes + kEventTrailerBytes);
-  auto* out = static_cast<uint8_t*>(frame.data());
-  std::memcpy(out, topic.data(), topic.size());
-  out += topic.size();
-  std::memcpy(out, hf.data(), hf.size());
-  out += hf.size();
-  if (payload_bytes) std::memcpy(out, payload->data(), payload_bytes);
-  out += payload_bytes;
-  put_le(out, topic.size(), 4);
-  put_le(out + 4, hf.size(), 4);
+  zmq::message_t pf;
+  if (payload) pf.copy(*const_cast<zmq::message_t*>(payload));
   // PUB never blocks: past the high-water mark ZeroMQ drops, and subscribers see the gap.
-  rpc::internal::send_frame(*socket_, frame, zmq::send_flags::none);
+  rpc::internal::send_frame(*socket_, t, zmq::send_flags::sndmore);
+  rpc::internal::send_frame(*socket_, hf, zmq::send_flags::sndmore);
+  rpc::internal::send_frame(*socket_, pf, zmq::send_flags::none);
   return seq;
 }
 
@@ -364,8 +352,8 @@ int Subscriber::poll(std::chrono::milliseconds timeout) {
     parts.clear();
     if (!rpc::internal::recv_parts(*socket_, parts, zmq::recv_flags::dontwait)) break;
     heard = true;
-    if (parts.size() != 1) continue;  // not ours
-    handle(parts[0]);
+    if (parts.size() != 3) continue;  // not ours
+    handle(parts);
     ++delivered;
   }
   if (heard) {
@@ -375,22 +363,12 @@ int Subscriber::poll(std::chrono::milliseconds timeout) {
   return delivered;
 }
 
-void Subscriber::handle(const zmq::message_t& frame) {
+void Subscriber::handle(std::vector<zmq::message_t>& parts) {
   Event ev;
   bool heartbeat = false;
   Status st = [&] {
-    // topic | header | payload | topic bytes (u32) | header bytes (u32)
-    if (frame.size() < kEventTrailerBytes) return invalid_argument("event frame shorter than its trailer");
-    const auto* bytes = static_cast<const uint8_t*>(frame.data());
-    size_t body = frame.size() - kEventTrailerBytes;
-    uint64_t topic_bytes = get_le(bytes + body, 4);
-    uint64_t header_bytes = get_le(bytes + body + 4, 4);
-    if (topic_bytes > body || header_bytes > body - topic_bytes) {
-      return invalid_argument("event frame's trailer names more bytes than it has");
-    }
-    size_t payload_bytes = body - topic_bytes - header_bytes;
     kj::Array<capnp::word> words;
-    DJINN_RETURN_IF_ERROR(rpc::internal::bytes_words(bytes + topic_bytes, header_bytes, &words));
+    DJINN_RETURN_IF_ERROR(rpc::internal::frame_words(parts[1], &words));
     if (words.size() == 0) return invalid_argument("empty event header");
     try {
       capnp::FlatArrayMessageReader r(words, rpc::reader_options(options_.limits, words.size()));
@@ -404,7 +382,7 @@ void Subscriber::handle(const zmq::message_t& frame) {
     } catch (const kj::Exception& e) {
       return invalid_argument(std::string("malformed event header: ") + e.getDescription().cStr());
     }
-    return rpc::internal::bytes_words(bytes + topic_bytes + header_bytes, payload_bytes, &ev.payload);
+    return rpc::internal::frame_words(parts[2], &ev.payload);
   }();
   if (!st.ok()) {
     DJINN_LOG(kWarn, "events") << "dropped an event from " << options_.endpoint << ": " << st.message();

@@ -172,15 +172,12 @@ zmq::message_t message_frame(capnp::MessageBuilder& message) {
 }
 
 Status frame_words(const zmq::message_t& frame, kj::Array<capnp::word>* out) {
-  return bytes_words(frame.data(), frame.size(), out);
-}
-
-Status bytes_words(const void* bytes, size_t size, kj::Array<capnp::word>* out) {
-  if (size % sizeof(capnp::word) != 0) {
-    return invalid_argument("payload frame of " + std::to_string(size) + " bytes is not a whole number of 8-byte words");
+  if (frame.size() % sizeof(capnp::word) != 0) {
+    return invalid_argument("payload frame of " + std::to_string(frame.size()) +
+                            " bytes is not a whole number of 8-byte words");
   }
-  *out = kj::heapArray<capnp::word>(size / sizeof(capnp::word));
-  if (size) std::memcpy(out->begin(), bytes, size);
+  *out = kj::heapArray<capnp::word>(frame.size() / sizeof(capnp::word));
+  if (frame.size()) std::memcpy(out->begin(), frame.data(), frame.size());
   return Status::Ok();
 }
 

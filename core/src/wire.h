@@ -56,8 +56,6 @@ zmq::message_t message_frame(capnp::MessageBuilder& message);
 
 // Copies a frame into an owned, word-aligned array; fails when its size is not whole words.
 Status frame_words(const zmq::message_t& frame, kj::Array<capnp::word>* out);
-// The same for `size` bytes at `bytes` (part of a frame).
-Status bytes_words(const void* bytes, size_t size, kj::Array<capnp::word>* out);
 
 // An empty message (null root), for calls without params and replies without results.
 kj::ArrayPtr<const capnp::word> empty_message_words();

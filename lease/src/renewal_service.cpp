@@ -194,6 +194,11 @@ Status RenewalService::Impl::load(std::vector<std::pair<HeldLease, Status>>& ref
     int64_t until_ms = st->column_int64(9);
     Key key{held.landlord, held.lease.id};
     file_member_locked(key, Member{set_id, until_ms, held.lease.granted_ms, held.lease.expiration_ms});
+    // Stored before renewal.add refused its endpoint (an inproc:// name): reported and dropped.
+    if (Status bad = check_endpoint(held.landlord); !bad.ok()) {
+      refused.emplace_back(std::move(held), std::move(bad));
+      continue;
+    }
     // The stored expiration is the one handed over, likely long renewed since: granted_ms 0 has
     // it renewed at once. Its last renewal, before our restart, granted at most the stored grant
     // (or what was asked, should the last change of grant not have reached the store), so the

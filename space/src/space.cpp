@@ -327,7 +327,8 @@ struct Space::Impl {
   // one forgotten, an operation under it once the manager answers again would join it afresh
   // under the same incarnation, the manager would take that, and the transaction would commit
   // without what this space dropped.
-  std::map<TxnId, Clock::time_point> abandoned;
+  std::set<TxnId> abandoned;
+  std::deque<std::pair<Clock::time_point, TxnId>> abandoned_order;  // oldest first
   std::map<uint64_t, Waiter> waiters;  // by arrival: the first waiter gets the first match
   std::multimap<Clock::time_point, uint64_t> deadlines;
   uint64_t next_waiter = 1;
@@ -1840,7 +1841,10 @@ void Space::Impl::check_active() {
   std::map<std::string, std::vector<TxnId>> by_manager;
   {
     std::unique_lock lock(mu);
-    std::erase_if(abandoned, [&](const auto& a) { return now - a.second > kRememberAbandoned; });
+    while (!abandoned_order.empty() && now - abandoned_order.front().first > kRememberAbandoned) {
+      abandoned.erase(abandoned_order.front().second);
+      abandoned_order.pop_front();
+    }
   }
   {
     std::shared_lock lock(mu);
@@ -1909,10 +1913,10 @@ void Space::Impl::check_active() {
     Status st = finish(id, false, /*unvoted_only=*/true);
     if (st.ok() && silent) {
       std::unique_lock lock(mu);
-      abandoned[id] = now;
-      if (abandoned.size() > kMaxAbandoned) {
-        abandoned.erase(std::min_element(abandoned.begin(), abandoned.end(),
-                                         [](const auto& a, const auto& b) { return a.second < b.second; }));
+      if (abandoned.insert(id).second) abandoned_order.emplace_back(now, id);
+      if (abandoned_order.size() > kMaxAbandoned) {
+        abandoned.erase(abandoned_order.front().second);
+        abandoned_order.pop_front();
       }
     }
     if (st.ok()) {

@@ -211,14 +211,10 @@ struct TxnManager::Impl {
     return f(*coordinator);
   }
 
+  // Also delivers what the last run left (decided outcomes never acknowledged, the undecided
+  // transactions the coordinator aborted when it opened): from here, not from start(), where each
+  // participant that does not answer would cost a call's timeout while the space answers "starting".
   void sweep_loop() {
-    // First what the last run left: decisions to deliver, undecided transactions to abort. Here,
-    // not in start(): each participant that does not answer costs a call's timeout, and the space
-    // would answer "starting" for all of them.
-    (void)with([](txn::Coordinator& c) {
-      (void)c.recover();
-      return Status::Ok();
-    });
     std::unique_lock lock(sweep_mu);
     for (;;) {
       sweep_cv.wait_for(lock, options.sweep_interval, [&] { return sweep_stop; });

@@ -191,7 +191,7 @@ class Subscriber {
   // publisher to a new address.
   void consider_redial();
   void connect_to(const std::string& address, bool ipv6);
-  void handle(const zmq::message_t& frame);
+  void handle(std::vector<zmq::message_t>& parts);
 
   SubscriberOptions options_;
   zmq::context_t& context_;
