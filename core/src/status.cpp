@@ -2,6 +2,21 @@
 
 namespace djinn {
 
+bool transient(Code code) {
+  switch (code) {
+    case Code::kUnavailable:
+    case Code::kDeadlineExceeded:
+    case Code::kAborted:
+    case Code::kInternal:
+    case Code::kResourceExhausted:
+    case Code::kCancelled:
+    case Code::kUnknown:
+      return true;
+    default:
+      return false;
+  }
+}
+
 std::string_view code_name(Code code) {
   switch (code) {
     case Code::kOk: return "OK";

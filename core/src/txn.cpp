@@ -226,6 +226,10 @@ struct Coordinator::Impl {
   std::vector<LogRecord> before_start;  // queued by load(), which has the database to itself
   std::mutex log_mu;  // guards log_failed; after mu, never before
   std::optional<Status> log_failed;
+  std::optional<Status> failed_log() {
+    std::lock_guard lock(log_mu);
+    return log_failed;
+  }
 
   void start_log() {
     log = std::make_unique<GroupCommit<LogRecord, Status>>(
@@ -239,10 +243,7 @@ struct Coordinator::Impl {
   }
   // mu held. Refused (and nothing queued) once the log has failed.
   Status queue_locked(LogRecord record, std::function<void(std::vector<Status>)> done) {
-    {
-      std::lock_guard lock(log_mu);
-      if (log_failed) return *log_failed;
-    }
+    if (std::optional<Status> failed = failed_log()) return *failed;
     if (!log) {  // no decision is made before the writer starts: nobody waits for these
       before_start.push_back(std::move(record));
       return Status::Ok();
@@ -264,11 +265,7 @@ struct Coordinator::Impl {
   }
   // On the log's thread: one batch, every record answered with the batch's outcome.
   std::vector<Status> write_log(std::span<LogRecord> batch) {
-    std::optional<Status> failed;
-    {
-      std::lock_guard lock(log_mu);
-      failed = log_failed;
-    }
+    std::optional<Status> failed = failed_log();
     Status written = Status::Ok();
     try {
       written = failed ? *failed : write_batch(batch);
@@ -664,11 +661,7 @@ Result<Outcome> Coordinator::commit(const TxnId& id, Clock::time_point deadline)
       case State::kVoting: return failed_precondition("commit: " + s.describe(id) + " is already committing");
       case State::kActive: break;
     }
-    std::optional<Status> log_failed;
-    {
-      std::lock_guard log_lock(s.log_mu);
-      log_failed = s.log_failed;
-    }
+    std::optional<Status> log_failed = s.failed_log();
     if (s.expired_locked(t)) {
       s.decide_abort_locked(id, t, "lease expired before commit");
       aborted_first = true;

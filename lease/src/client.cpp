@@ -1,6 +1,7 @@
 // LeaseClient and RenewalClient: typed calls of the lease protocol and of the renewal service over
 // one rpc::Client. Replies are untrusted input: a malformed one becomes an error status.
 #include <algorithm>
+#include <chrono>
 #include <functional>
 
 #include <kj/exception.h>
@@ -92,6 +93,13 @@ Result<std::vector<Lease>> leases_of(Result<LeaseSnapshot> snapshot) {
 LeaseClient::LeaseClient(rpc::ClientOptions options) : client_(std::make_unique<rpc::Client>(std::move(options))) {}
 LeaseClient::~LeaseClient() = default;
 rpc::Client& LeaseClient::rpc() { return *client_; }
+
+int64_t first_grant_ms(int64_t granted_ms, int64_t expiration_ms) {
+  if (granted_ms > 0) return granted_ms;
+  int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                    std::chrono::system_clock::now().time_since_epoch()).count();
+  return std::max<int64_t>(1, expiration_ms - now);
+}
 
 Result<HeldLease> LeaseClient::grant(const GrantRequest& request, rpc::CallOptions call) {
   capnp::MallocMessageBuilder message;

@@ -33,24 +33,6 @@ int64_t steady_now_ms() {
 constexpr int64_t kLongestMs = int64_t{1} << 52;
 int64_t plus(int64_t at_ms, int64_t ms) { return at_ms + std::clamp<int64_t>(ms, -kLongestMs, kLongestMs); }
 
-// Worth another try before the lease runs out: the landlord is unreachable, restarting or busy.
-// Anything else (NOT_FOUND: expired or cancelled; FAILED_PRECONDITION; PERMISSION_DENIED;
-// UNAUTHENTICATED; INVALID_ARGUMENT; UNIMPLEMENTED) will not change by asking again.
-bool transient(Code code) {
-  switch (code) {
-    case Code::kUnavailable:
-    case Code::kDeadlineExceeded:
-    case Code::kAborted:
-    case Code::kInternal:
-    case Code::kResourceExhausted:
-    case Code::kCancelled:
-    case Code::kUnknown:
-      return true;
-    default:
-      return false;
-  }
-}
-
 // A renewal call never waits less than this, even for a lease about to expire: a landlord that
 // restarts needs a moment to answer, and a renewal that arrives a little late may still succeed.
 constexpr auto kMinCallTimeout = std::chrono::milliseconds(200);

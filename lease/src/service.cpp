@@ -38,6 +38,16 @@ constexpr std::string_view kEventKinds[] = {"lease.granted", "lease.renewed", "l
 // A waiting grant must be answered before the caller's deadline, or its answer is lost: the wait
 // ends this much earlier, leaving time for the reply to travel.
 constexpr auto kDeadlineMargin = std::chrono::milliseconds(50);
+// `wait` cut to what is left before `deadline` (the call's), less the margin; 0 once it passed.
+std::chrono::milliseconds wait_within(std::chrono::milliseconds wait, rpc::Clock::time_point deadline) {
+  if (deadline == rpc::Clock::time_point::max()) return wait;
+  // Compared before subtracting: the deadline comes from the caller's timeout, and one already
+  // past (or wrapped) would overflow the difference.
+  auto now = rpc::Clock::now();
+  if (deadline <= now) return std::chrono::milliseconds(0);
+  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now) - kDeadlineMargin;
+  return std::clamp(left, std::chrono::milliseconds(0), wait);
+}
 // Grants that may wait, queued for the threads that carry them out; past this, UNAVAILABLE.
 constexpr size_t kMaxQueuedWaitingGrants = 1024;
 
@@ -256,15 +266,7 @@ void LandlordService::Impl::register_methods(rpc::Server& server) {
                                  check_duration(request.duration_ms, "lease duration")}) {
           if (!st.ok()) return responder.reply(st);
         }
-        if (request.wait.count() > 0 && ctx.deadline != rpc::Clock::time_point::max()) {
-          // Compared before subtracting: the deadline comes from the caller's timeout, and one
-          // already past (or wrapped) would overflow the difference.
-          auto now = rpc::Clock::now();
-          auto left = ctx.deadline <= now
-                          ? std::chrono::milliseconds(0)
-                          : std::chrono::duration_cast<std::chrono::milliseconds>(ctx.deadline - now) - kDeadlineMargin;
-          request.wait = std::clamp(left, std::chrono::milliseconds(0), request.wait);
-        }
+        if (request.wait.count() > 0) request.wait = wait_within(request.wait, ctx.deadline);
         auto shared = std::make_shared<rpc::Responder>(std::move(responder));
         if (request.wait.count() == 0) {
           // Decided at once: with the other grants arriving meanwhile, in one durable write.
@@ -274,16 +276,12 @@ void LandlordService::Impl::register_methods(rpc::Server& server) {
           return;
         }
         bool queued = grants.post([this, request = std::move(request), shared, deadline = ctx.deadline]() mutable {
-          auto now = rpc::Clock::now();
-          if (now >= deadline) {
+          if (rpc::Clock::now() >= deadline) {
             return shared->reply(deadline_exceeded("lease.grant: the call's deadline passed while it waited"));
           }
-          // Its wait was cut to the deadline when it came; the time it spent queued comes off too,
-          // or a grant made after the caller gave up would hold the resource for nobody.
-          if (deadline != rpc::Clock::time_point::max()) {
-            auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now) - kDeadlineMargin;
-            request.wait = std::clamp(left, std::chrono::milliseconds(0), request.wait);
-          }
+          // Cut again: the time it spent queued comes off too, or a grant made after the caller
+          // gave up would hold the resource for nobody.
+          request.wait = wait_within(request.wait, deadline);
           // The completion may run after this service is gone (a wait ends on the engine's thread):
           // it holds the endpoint by value and nothing of `this`.
           landlord.grant_async(request, [shared, where = get_endpoint()](Result<Lease> result) {

@@ -33,17 +33,6 @@ Result<std::optional<ServiceItem>> lookup_result(rpc::Reply& reply) {
   });
 }
 
-// The grant RenewalManager schedules a lease's first renewal by: the registrar's, not what the
-// expiration leaves on this host's clock, which is off by the clocks' difference (a registrar a
-// lease ahead would have it lapse before its first renewal, every time). From a registrar of
-// before grantedMs (0), what the expiration leaves, as then (at least 1 ms: 0 means unknown).
-int64_t first_grant_ms(int64_t granted_ms, int64_t expiration_ms) {
-  if (granted_ms > 0) return granted_ms;
-  int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
-                    std::chrono::system_clock::now().time_since_epoch()).count();
-  return std::max<int64_t>(1, expiration_ms - now);
-}
-
 }  // namespace
 
 lease::HeldLease Registered::held_lease() const {
@@ -52,7 +41,7 @@ lease::HeldLease Registered::held_lease() const {
   l.resource = std::string(kRegistrationResource);
   l.holder = item.service_id.to_string();
   l.expiration_ms = item.lease.expiration_ms;
-  l.granted_ms = first_grant_ms(granted_ms, l.expiration_ms);
+  l.granted_ms = lease::first_grant_ms(granted_ms, l.expiration_ms);
   return lease::HeldLease{std::move(l), landlord};
 }
 
@@ -61,7 +50,7 @@ lease::HeldLease NotifyHandle::held_lease() const {
   l.id = id;
   l.resource = std::string(kNotifyResource);
   l.expiration_ms = expiration_ms;
-  l.granted_ms = first_grant_ms(granted_ms, l.expiration_ms);
+  l.granted_ms = lease::first_grant_ms(granted_ms, l.expiration_ms);
   return lease::HeldLease{std::move(l), landlord};
 }
 

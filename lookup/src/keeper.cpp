@@ -183,11 +183,9 @@ struct RegistrationKeeper::Impl {
     // A lookup that cannot be reached is routine and retried quietly; a refusal (the item too
     // large, the key's role too low, a bad lease duration) will not go away by itself: said as a
     // warning, once for each refusal in a row.
-    const Code code = why.code();
-    const bool refusal = code != Code::kUnavailable && code != Code::kDeadlineExceeded && code != Code::kCancelled &&
-                         code != Code::kResourceExhausted && code != Code::kAborted && code != Code::kInternal;
-    if (refusal && target.warned != code) {
-      target.warned = code;
+    const bool refusal = !transient(why.code());
+    if (refusal && target.warned != why.code()) {
+      target.warned = why.code();
       DJINN_LOG(kWarn, "lookup") << "registering " << item_tried.service_id.to_string() << " at " << endpoint
                                  << " refused: " << why.to_string() << "; trying again every "
                                  << options.retry_max.count() << " ms at most";

@@ -67,7 +67,6 @@ Result<std::optional<Entry>> first(Result<std::vector<Entry>> r) {
   return std::optional<Entry>(std::move(r->front()));
 }
 
-
 txn::Outcome outcome_of(proto::Outcome o) {
   switch (o) {
     case proto::Outcome::COMMITTED: return txn::Outcome::kCommitted;
@@ -83,16 +82,8 @@ lease::HeldLease WriteReceipt::held_lease() const {
   l.id = written.lease_id;
   l.resource = std::string(kEntryResource);
   l.expiration_ms = written.expiration_ms;
-  // The space's grant, not what the expiration leaves on this host's clock (off by the clocks'
-  // difference); when not known (a keyed write answered from the stored entry, a space of before
-  // grantedMs), what the expiration leaves.
-  if (written.granted_ms > 0) {
-    l.granted_ms = written.granted_ms;
-  } else {
-    int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
-                      std::chrono::system_clock::now().time_since_epoch()).count();
-    l.granted_ms = std::max<int64_t>(1, written.expiration_ms - now);
-  }
+  // 0 (not known) for a keyed write answered from the stored entry, or from a space of before.
+  l.granted_ms = lease::first_grant_ms(written.granted_ms, written.expiration_ms);
   return lease::HeldLease{std::move(l), landlord};
 }
 

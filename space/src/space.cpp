@@ -1283,10 +1283,22 @@ struct Space::Impl {
     }
   }
 
-  static Status abandoned_status(const TxnId& id) {
-    return aborted("transaction " + id.to_string() + " was aborted here: its manager did not answer");
+  // ABORTED for a transaction that ended here, or that this space abandoned (mu held, either way).
+  Status no_rejoin_locked(const TxnId& id) const {
+    if (ended.count(id)) return aborted("transaction " + id.to_string() + " has ended");
+    if (abandoned.count(id)) return aborted("transaction " + id.to_string() + " was aborted here: its manager did not answer");
+    return Status::Ok();
   }
-  // How long an abandoned transaction is remembered, and how many at most (the oldest go first).
+  // Notes that this space aborted `id` because its manager did not answer: a day at most, the
+  // oldest going first past kMaxAbandoned.
+  void remember_abandoned_locked(const TxnId& id, Clock::time_point now) {
+    if (abandoned.insert(id).second) abandoned_order.emplace_back(now, id);
+    while (!abandoned_order.empty() && (abandoned_order.size() > kMaxAbandoned ||
+                                        now - abandoned_order.front().first > kRememberAbandoned)) {
+      abandoned.erase(abandoned_order.front().second);
+      abandoned_order.pop_front();
+    }
+  }
   static constexpr auto kRememberAbandoned = std::chrono::hours(24);
   static constexpr size_t kMaxAbandoned = 65'536;
 
@@ -1327,8 +1339,7 @@ struct Space::Impl {
       if (t->second.phase != Phase::kActive) return closed_to_operations(ref.id, t->second.phase);
       return false;
     }
-    if (ended.count(ref.id)) return aborted("transaction " + ref.id.to_string() + " has ended");
-    if (abandoned.count(ref.id)) return abandoned_status(ref.id);
+    DJINN_RETURN_IF_ERROR(no_rejoin_locked(ref.id));
     if (!options.join) {
       return failed_precondition("space " + options.name + " takes part in no transactions (no transaction manager client)");
     }
@@ -1341,8 +1352,7 @@ struct Space::Impl {
       return Status(joined.code(), "transaction " + ref.id.to_string() + " at " + ref.manager + ": " + joined.message());
     }
     std::unique_lock lock(mu);
-    if (ended.count(ref.id)) return aborted("transaction " + ref.id.to_string() + " has ended");
-    if (abandoned.count(ref.id)) return abandoned_status(ref.id);
+    DJINN_RETURN_IF_ERROR(no_rejoin_locked(ref.id));
     auto [t, fresh] = txns.try_emplace(ref.id);
     if (fresh) {
       t->second.manager = ref.manager;
@@ -1840,13 +1850,6 @@ void Space::Impl::check_active() {
   const auto now = Clock::now();
   std::map<std::string, std::vector<TxnId>> by_manager;
   {
-    std::unique_lock lock(mu);
-    while (!abandoned_order.empty() && now - abandoned_order.front().first > kRememberAbandoned) {
-      abandoned.erase(abandoned_order.front().second);
-      abandoned_order.pop_front();
-    }
-  }
-  {
     std::shared_lock lock(mu);
     for (const auto& [id, t] : txns) {
       if (t.phase == Phase::kActive && !t.manager.empty() && now - t.joined_at >= options.txn_check_interval) {
@@ -1913,11 +1916,7 @@ void Space::Impl::check_active() {
     Status st = finish(id, false, /*unvoted_only=*/true);
     if (st.ok() && silent) {
       std::unique_lock lock(mu);
-      if (abandoned.insert(id).second) abandoned_order.emplace_back(now, id);
-      if (abandoned_order.size() > kMaxAbandoned) {
-        abandoned.erase(abandoned_order.front().second);
-        abandoned_order.pop_front();
-      }
+      remember_abandoned_locked(id, now);
     }
     if (st.ok()) {
       DJINN_LOG(kInfo, "space") << options.name << ": transaction " << id.to_string() << " aborted here, before its vote: " << why;
@@ -2088,18 +2087,17 @@ void Space::write_async(WriteRequest request, WriteDone done) {
   auto prepared = m.prepare_write(request, 0);
   if (auto* answer = std::get_if<Result<Written>>(&prepared)) return done(std::move(*answer));
   auto shared_done = std::make_shared<WriteDone>(std::move(done));
-  const size_t join_bytes = std::get<Impl::Op>(prepared).encoded.size();
+  const size_t bytes = std::get<Impl::Op>(prepared).encoded.size();
   m.with_txn(
       txn,
-      [&m, op = std::move(std::get<Impl::Op>(prepared)), shared_done]() mutable {
-        size_t bytes = op.encoded.size();
+      [&m, op = std::move(std::get<Impl::Op>(prepared)), shared_done, bytes]() mutable {
         m.commit->post({std::move(op)}, [shared_done](std::vector<Impl::OpOutcome> out) {
           Impl::OpOutcome& o = out.front();
           if (!o.status.ok()) return (*shared_done)(Status(o.status.code(), o.status.message()));
           (*shared_done)(o.written);
         }, bytes);
       },
-      [shared_done](Status st) { (*shared_done)(Status(st.code(), "write: " + st.message())); }, join_bytes);
+      [shared_done](Status st) { (*shared_done)(Status(st.code(), "write: " + st.message())); }, bytes);
 }
 
 void Space::write_many_async(std::vector<WriteRequest> requests, WriteManyDone done) {
@@ -2130,14 +2128,12 @@ void Space::write_many_async(std::vector<WriteRequest> requests, WriteManyDone d
     WriteManyDone done;
   };
   auto call = std::make_shared<Call>(Call{std::move(results), std::move(positions), std::move(done)});
-  size_t join_bytes = 0;
-  for (const Impl::Op& op : ops) join_bytes += op.encoded.size();
+  size_t bytes = 0;
+  for (const Impl::Op& op : ops) bytes += op.encoded.size();
   m.with_txn(
       txn,
-      [&m, ops = std::move(ops), call]() mutable {
+      [&m, ops = std::move(ops), call, bytes]() mutable {
         // One group: written in one transaction, never split.
-        size_t bytes = 0;
-        for (const Impl::Op& op : ops) bytes += op.encoded.size();
         m.commit->post(std::move(ops), [call](std::vector<Impl::OpOutcome> out) {
           for (size_t k = 0; k < out.size(); ++k) {
             Impl::OpOutcome& o = out[k];
@@ -2150,7 +2146,7 @@ void Space::write_many_async(std::vector<WriteRequest> requests, WriteManyDone d
         for (size_t p : call->positions) call->results[p] = Status(st.code(), "write: " + st.message());
         call->done(std::move(call->results));
       },
-      join_bytes);
+      bytes);
 }
 
 std::vector<Result<Written>> Space::write_many(std::vector<WriteRequest> requests) {

@@ -208,11 +208,7 @@ TEST_CASE("a member whose row could not be deleted stays renewed and listed, and
   CHECK(renewal.members(set->id)->empty());
 }
 
-TEST_CASE("a lease added to another set as its first set is dropped stays renewed") {
-  Renewing r;
-  auto& manager = r.manager;
-  LeaseClient& leases = r.leases;
-  RenewalClient& renewal = r.renewal;
+TEST_CASE_FIXTURE(Renewing, "a lease added to another set as its first set is dropped stays renewed") {
   auto first = renewal.create_set("owner", 20'000);
   auto second = renewal.create_set("owner", 20'000);
   REQUIRE(first.ok());
@@ -242,11 +238,7 @@ TEST_CASE("a lease added to another set as its first set is dropped stays renewe
   CHECK(leases.get(held.lease.id).ok());
 }
 
-TEST_CASE("a failure reported for a lease added again since leaves the new member renewed") {
-  Renewing r;
-  auto& manager = r.manager;
-  LeaseClient& leases = r.leases;
-  RenewalClient& renewal = r.renewal;
+TEST_CASE_FIXTURE(Renewing, "a failure reported for a lease added again since leaves the new member renewed") {
   FailureLog failures(*manager, leases);
   auto set = renewal.create_set("owner", 20'000);
   REQUIRE(set.ok());
@@ -274,11 +266,7 @@ TEST_CASE("a failure reported for a lease added again since leaves the new membe
   CHECK(renewal.remove(set->id, held.lease.id, held.landlord).ok());
 }
 
-TEST_CASE("a lease of no set ends while the renewal service's lock is held across a write") {
-  Renewing r;
-  auto& manager = r.manager;
-  LeaseClient& leases = r.leases;
-  RenewalClient& renewal = r.renewal;
+TEST_CASE_FIXTURE(Renewing, "a lease of no set ends while the renewal service's lock is held across a write") {
   auto set = renewal.create_set("owner", 20'000);
   REQUIRE(set.ok());
   HeldLease member = grant(leases, "member", 20'000);

@@ -34,6 +34,11 @@ inline constexpr uint16_t kMaxCode = 16;
 
 std::string_view code_name(Code code);
 
+// Worth asking again later: the other side is unreachable, restarting or busy. Anything else
+// (NOT_FOUND, FAILED_PRECONDITION, PERMISSION_DENIED, UNAUTHENTICATED, INVALID_ARGUMENT,
+// UNIMPLEMENTED, ...) will not change by asking again.
+bool transient(Code code);
+
 class [[nodiscard]] Status {
  public:
   Status() = default;

@@ -24,6 +24,13 @@ struct HeldLease {
   std::string landlord;  // RPC endpoint of the landlord
 };
 
+// The grant to hand a RenewalManager with a lease granted just now (Lease::granted_ms): the
+// landlord's own `granted_ms` when it said (> 0), not what `expiration_ms` leaves on this host's
+// clock, which is off by the clocks' difference (a landlord a lease ahead would have the first
+// renewal come after the lease lapsed); from a landlord that did not say, what it leaves, at
+// least 1 ms (0 would mean unknown: renewed at once).
+int64_t first_grant_ms(int64_t granted_ms, int64_t expiration_ms);
+
 // A list of leases with where the event streams stood when it was taken (LeaseList on the wire):
 // events numbered at or below kind_seqs are reflected in `leases`, later ones may or may not be.
 // A long list comes in pages (a reply holds at most 8 MiB of leases): the numbers are the first
