@@ -34,6 +34,7 @@
 #include "djinn/examples/echo.capnp.h"
 #include "echo_service.h"
 #include "tcp_echo.h"
+#include "zmq_echo.h"
 
 using namespace djinn;
 using bench::Clock;
@@ -54,8 +55,6 @@ constexpr size_t kEchoBlobBytes = 24;
 constexpr unsigned kFirstSegmentWords = 16;
 constexpr const char* kEchoMethod = "echo.echo";
 constexpr int kClientTimeoutMs = 5000;
-// How often an idle echo loop looks at its stop flag.
-constexpr int kServerPollMs = 100;
 
 // In each run's window, calls started in [measure_from, until) are counted (per-call latency),
 // or for pipelined runs, replies that arrived in it.
@@ -84,49 +83,8 @@ void fill_params(capnp::MessageBuilder& msg) {
   msg.initRoot<examples::EchoParams>().setBlob(kj::arrayPtr(blob.data(), blob.size()));
 }
 
-// ---------------------------------------------------------------------------------------------
-// Servers. Each serves from a thread of its own, as it would in its own process.
-
-// The raw peer of the djinn echo server: a ROUTER (or REP) that sends back whatever arrives.
-class RawEchoServer {
- public:
-  RawEchoServer(zmq::context_t& context, zmq::socket_type type, const std::optional<security::KeyPair>& curve)
-      : socket_(context, type) {
-    socket_.set(zmq::sockopt::linger, 0);
-    socket_.set(zmq::sockopt::rcvtimeo, kServerPollMs);
-    if (curve) {
-      socket_.set(zmq::sockopt::curve_server, true);
-      socket_.set(zmq::sockopt::curve_secretkey, curve->secret_key);
-    }
-    socket_.bind("tcp://127.0.0.1:*");
-    endpoint_ = socket_.get(zmq::sockopt::last_endpoint);
-    thread_ = std::thread([this] { run(); });
-  }
-  ~RawEchoServer() {
-    stop_.store(true);
-    thread_.join();
-  }
-  RawEchoServer(const RawEchoServer&) = delete;
-  RawEchoServer& operator=(const RawEchoServer&) = delete;
-
-  const std::string& endpoint() const { return endpoint_; }
-
- private:
-  void run() {
-    std::vector<zmq::message_t> parts;
-    while (!stop_.load(std::memory_order_relaxed)) {
-      parts.clear();
-      // ROUTER: [routing id][payload] back to the sender; REP: [payload], envelope kept by REP.
-      if (!zmq::recv_multipart(socket_, std::back_inserter(parts))) continue;
-      zmq::send_multipart(socket_, parts);
-    }
-  }
-
-  zmq::socket_t socket_;  // bound here, then used by thread_ only
-  std::string endpoint_;
-  std::atomic<bool> stop_{false};
-  std::thread thread_;
-};
+// The servers, djinn's echo service (echo_service.h) and bench/common's ZmqEchoServer, each serve
+// from a thread of their own, as they would in a process of their own.
 
 // ---------------------------------------------------------------------------------------------
 // Clients making one blocking round trip at a time.
@@ -144,44 +102,6 @@ class DjinnCaller {
 
  private:
   rpc::Client client_;
-};
-
-zmq::socket_t raw_client_socket(zmq::context_t& context, zmq::socket_type type, const std::string& endpoint,
-                                const std::optional<rpc::CurveClient>& curve) {
-  zmq::socket_t s(context, type);
-  s.set(zmq::sockopt::linger, 0);
-  s.set(zmq::sockopt::rcvtimeo, kClientTimeoutMs);
-  if (curve) {
-    s.set(zmq::sockopt::curve_serverkey, curve->server_public_key);
-    s.set(zmq::sockopt::curve_publickey, curve->client.public_key);
-    s.set(zmq::sockopt::curve_secretkey, curve->client.secret_key);
-  }
-  s.connect(endpoint);
-  return s;
-}
-
-// A raw DEALER or REQ: send 64 bytes, wait for them to come back.
-class RawCaller {
- public:
-  RawCaller(zmq::context_t& context, zmq::socket_type type, const std::string& endpoint,
-            const std::optional<rpc::CurveClient>& curve)
-      : socket_(raw_client_socket(context, type, endpoint, curve)) {
-    payload_.fill('x');
-  }
-
-  bool round_trip() {
-    try {
-      if (!socket_.send(zmq::buffer(payload_), zmq::send_flags::none)) return false;
-      zmq::message_t reply;
-      return socket_.recv(reply) && reply.size() == kPayloadBytes;
-    } catch (const zmq::error_t&) {
-      return false;  // a REQ that lost its reply can send no more; counted as errors
-    }
-  }
-
- private:
-  zmq::socket_t socket_;
-  std::array<char, kPayloadBytes> payload_;
 };
 
 // A blocking TCP echo client, or an exception that stops the run (as the other callers do).
@@ -276,7 +196,7 @@ class DjinnPipeline {
 // Raw ZeroMQ: one DEALER sends kInFlight messages, then one more for each reply.
 Sample run_raw_pipelined(zmq::context_t& context, const std::string& endpoint,
                          const std::optional<rpc::CurveClient>& curve, const Plan& plan) {
-  zmq::socket_t dealer = raw_client_socket(context, zmq::socket_type::dealer, endpoint, curve);
+  zmq::socket_t dealer = bench::zmq_echo_client_socket(context, zmq::socket_type::dealer, endpoint, curve);
   std::array<char, kPayloadBytes> payload;
   payload.fill('x');
   Window window = Window::from_now(plan);
@@ -436,9 +356,9 @@ int main(int argc, char** argv) {
       return 1;
     }
   }
-  RawEchoServer raw_router(raw_server_context, zmq::socket_type::router, std::nullopt);
-  RawEchoServer raw_curve_router(raw_server_context, zmq::socket_type::router, server_keys);
-  RawEchoServer raw_rep(raw_server_context, zmq::socket_type::rep, std::nullopt);
+  bench::ZmqEchoServer raw_router(raw_server_context, zmq::socket_type::router, std::nullopt);
+  bench::ZmqEchoServer raw_curve_router(raw_server_context, zmq::socket_type::router, server_keys);
+  bench::ZmqEchoServer raw_rep(raw_server_context, zmq::socket_type::rep, std::nullopt);
   auto tcp_echo_started = bench::TcpEchoServer::start();
   if (!tcp_echo_started.ok()) throw std::runtime_error("TCP echo server: " + tcp_echo_started.status().to_string());
   bench::TcpEchoServer& tcp_echo = **tcp_echo_started;
@@ -471,7 +391,7 @@ int main(int argc, char** argv) {
   auto raw_sync = [&](const std::string& endpoint, zmq::socket_type type, std::optional<rpc::CurveClient> curve,
                       int clients) {
     return [&client_context, endpoint, type, curve, clients](const Plan& p) {
-      return run_sync(clients, p, [&] { return std::make_unique<RawCaller>(client_context, type, endpoint, curve); });
+      return run_sync(clients, p, [&] { return std::make_unique<bench::ZmqEchoCaller>(client_context, type, endpoint, curve); });
     };
   };
   auto tcp_sync = [&](int clients) {

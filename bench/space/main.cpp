@@ -35,6 +35,7 @@
 #include "djinn_daemon.h"
 #include "peer_process.h"
 #include "redis_server.h"
+#include "zmq_echo.h"
 
 using namespace djinn;
 using bench::Clock;
@@ -456,7 +457,18 @@ int main(int argc, char** argv) {
       return [c](uint64_t) { return c->read_if_exists(Template{"bench.Nothing", {}}).ok(); };
     });
   };
-  Rate read_rate, round_trip_rate;
+  // The transport's own limit: the same clients through bare ZeroMQ DEALERs to a ROUTER echo
+  // thread with a context of its own, no RPC layer, no work.
+  zmq::context_t zmq_echo_server_context(1), zmq_echo_client_context(1);
+  bench::ZmqEchoServer zmq_echo(zmq_echo_server_context, zmq::socket_type::router);
+  auto zmq_round_trips = [&] {
+    return measure(sizes.clients, plan, [&](int) {
+      auto c = std::make_shared<bench::ZmqEchoCaller>(zmq_echo_client_context, zmq::socket_type::dealer,
+                                                      zmq_echo.endpoint());
+      return [c](uint64_t) { return c->round_trip(); };
+    });
+  };
+  Rate read_rate, round_trip_rate, zmq_round_trip_rate;
   for (int r = 0; r < plan.rounds; ++r) {
     Rate x = reads();
     progress("template reads round " + std::to_string(r + 1) + ": " + std::to_string(static_cast<int64_t>(x.per_second)) + "/s");
@@ -464,6 +476,10 @@ int main(int argc, char** argv) {
     Rate y = round_trips();
     progress("RPC round trips round " + std::to_string(r + 1) + ": " + std::to_string(static_cast<int64_t>(y.per_second)) + "/s");
     round_trip_rate.per_second += y.per_second / plan.rounds;
+    Rate z = zmq_round_trips();
+    progress("bare ZeroMQ round trips round " + std::to_string(r + 1) + ": " +
+             std::to_string(static_cast<int64_t>(z.per_second)) + "/s");
+    zmq_round_trip_rate.per_second += z.per_second / plan.rounds;
   }
 
   // ---- durable writes, beside Redis LPUSH ----
@@ -642,6 +658,8 @@ int main(int argc, char** argv) {
               peer(always, "brpop_appendfsync_always_per_s", always_pop.per_second), std::nullopt, std::nullopt});
   report.add({"takes_per_s_" + clients_tag + "_vs_redis_everysec", bench::round_to(take_rate.per_second, 0), "takes/s",
               peer(everysec, "brpop_appendfsync_everysec_per_s", everysec_pop.per_second), std::nullopt, std::nullopt});
+  report.add({"zeromq_pingpong_per_s_" + clients_tag, bench::round_to(zmq_round_trip_rate.per_second, 0), "round trips/s",
+              std::nullopt, std::nullopt, std::nullopt});
   report.add({"template_reads_by_field_per_s_" + clients_tag,
               bench::round_to(read_rate.per_second, 0), "reads/s", std::nullopt, round_trip, std::nullopt});
   auto wake_peer = [&](double v) -> std::optional<bench::Reference> {
@@ -687,12 +705,20 @@ int main(int argc, char** argv) {
               "synchronous=FULL); Redis appendfsync always fsyncs its AOF before replying");
   report.note("limit of the figures over RPC: the same clients calling the same server for next to nothing "
               "(readIfExists of a type no entry has: one index lookup, no entry, no disk), in rounds alternating with "
-              "the template reads");
+              "the template reads; below it, the transport's own: 64 bytes each way through bare ZeroMQ DEALERs to a "
+              "ROUTER echo thread of this process with a context of its own (zeromq_pingpong_*)");
   if (always && always_push.per_second > round_trip_rate.per_second) {
     report.note("durable writes: Redis's " + std::to_string(static_cast<int64_t>(always_push.per_second)) +
                 " LPUSH/s with appendfsync always is above this run's RPC round trips to the same server doing next "
                 "to nothing (" + std::to_string(static_cast<int64_t>(round_trip_rate.per_second)) + "/s, the same " +
                 std::to_string(sizes.clients) + " clients): no write over this RPC path reaches it on this machine");
+  }
+  if (always && always_push.per_second > zmq_round_trip_rate.per_second) {
+    report.note("durable writes: Redis's " + std::to_string(static_cast<int64_t>(always_push.per_second)) +
+                " LPUSH/s with appendfsync always is above this run's bare ZeroMQ DEALER/ROUTER round trips of 64 "
+                "bytes (" + std::to_string(static_cast<int64_t>(zmq_round_trip_rate.per_second)) + "/s, the same " +
+                std::to_string(sizes.clients) + " clients, zeromq_pingpong_*): no call over ZeroMQ (DESIGN §3) "
+                "reaches it on this machine");
   }
   report.note("memory: djinn-space's resident set (/proc/PID/statm) after loading the stored entries, divided by "
               "their number (each entry with its lease, indexes and SQLite row cache); Redis: growth of INFO used_memory "
