@@ -363,6 +363,9 @@ void Server::stop() {
     im.outbox->items.clear();
   }
   im.outbox = std::make_shared<Outbox>();
+  // A call still running had its reply dropped with the old outbox: a repeat of its key after a
+  // start runs it again, as after a restart of the process, instead of waiting for that reply.
+  std::erase_if(im.dedup, [](const auto& entry) { return !entry.second.done; });
   im.router.reset();
   if (!im.zap_domain.empty()) security::ZapHandler::for_context(im.context).remove_domain(im.zap_domain);
 }

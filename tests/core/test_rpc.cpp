@@ -13,6 +13,7 @@
 #include <condition_variable>
 #include <future>
 #include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <thread>
 
@@ -637,6 +638,46 @@ TEST_CASE("the reply cache: a key forgotten and filed again keeps its place; a r
   REQUIRE(again.ok());
   CHECK(first.results<EchoResults>().getBlob().size() == 200 * 1024);
   CHECK(again.results<EchoResults>().getBlob().size() == 200 * 1024);
+}
+
+TEST_CASE("a keyed call unanswered when its server stopped runs again on a repeat after the server starts again") {
+  // The first call's handler keeps its responder, so the call is still running when the server
+  // stops; its reply, made after, is dropped with the old server's outbox. A repeat of its key on
+  // the restarted server runs the call (as after a restart of the process) instead of waiting
+  // for a reply that can no longer come.
+  std::atomic<int> runs{0};
+  std::mutex held_mu;
+  std::optional<rpc::Responder> held;
+  rpc::Server server({});
+  server.handle_deferred("t.hold", [&](const rpc::CallContext&, capnp::MessageReader&, rpc::Responder r) {
+    if (++runs == 1) {
+      std::lock_guard lock(held_mu);
+      held.emplace(std::move(r));
+      return;
+    }
+    r.reply(Status::Ok());
+  });
+  REQUIRE(server.start().ok());
+  rpc::CallOptions keyed{.timeout = std::chrono::milliseconds(300), .idempotency_key = "held"};
+  {
+    rpc::Client c({.endpoint = server.endpoints()[0]});
+    CHECK(c.call("t.hold", keyed).status().code() == Code::kDeadlineExceeded);
+  }
+  REQUIRE(runs == 1);
+  server.stop();
+  {
+    std::lock_guard lock(held_mu);
+    held->reply(Status::Ok());  // to the stopped server: dropped
+    held.reset();
+  }
+  REQUIRE(server.start().ok());
+  rpc::Client c({.endpoint = server.endpoints()[0]});
+  rpc::CallOptions again{.timeout = std::chrono::seconds(2), .idempotency_key = "held"};
+  rpc::Reply r = c.call("t.hold", again);
+  CHECK_MESSAGE(r.ok(), r.status().to_string());
+  CHECK(runs == 2);
+  CHECK(c.call("t.hold", again).ok());  // remembered now
+  CHECK(runs == 2);
 }
 
 TEST_CASE("the reply cache keeps the last dedup_capacity keys, and a call still running outlives eviction") {
