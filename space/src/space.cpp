@@ -723,10 +723,12 @@ struct Space::Impl {
 
   // ---- delivering (no lock held) ----
 
+  // Replies first: the leases' cancels are a transaction of their own, which a taker woken by a
+  // write need not wait for (a crash between the two leaves the same leases either way).
   void deliver(Deliveries& d) {
-    if (!d.cancel.empty()) landlord.cancel_batch(d.cancel);
-    for (auto& [seqs, done] : d.takes) post_delete(std::move(seqs), std::move(done));
     for (auto& [done, result] : d.replies) done(std::move(result));
+    for (auto& [seqs, done] : d.takes) post_delete(std::move(seqs), std::move(done));
+    if (!d.cancel.empty()) landlord.cancel_batch(d.cancel);
     d = Deliveries{};
   }
 
