@@ -894,6 +894,16 @@ struct Space::Impl {
     }
   }
 
+  // A call admitted under a transaction that has voted or ended since: answered ABORTED, true
+  // (mu held, shared or exclusive).
+  bool refused_txn_locked(Match& x, Deliveries& d) const {
+    if (!x.txn) return false;
+    auto t = txns.find(*x.txn);
+    if (t != txns.end() && t->second.phase == Phase::kActive) return false;
+    d.replies.emplace_back(x.answer(), aborted("transaction " + x.txn->to_string() + " ended or is voting"));
+    return true;
+  }
+
   // The whole call in one hold of mu, walking at most `budget` candidates: true when answered (or
   // waiting as a waiter). On the thread the call arrived on (`arrived`), a walk that runs out
   // takes nothing, and a scan thread starts it over (a readIfExists outside a transaction goes on
@@ -906,6 +916,7 @@ struct Space::Impl {
       if (!r.take && r.timeout.count() == 0) {  // nothing to hold, nothing to wait for
         std::shared_lock lock(mu);
         if (arrived) x.revived_at_start = revived;
+        if (refused_txn_locked(x, d)) return true;
         uint64_t last = x.after;
         bool walked = scan_locked(r.tmpl, x.after, x.txn, [&](uint64_t seq, const Stored& s) { return collect(x, f, seq, s); },
                                   budget, &last);
@@ -918,13 +929,7 @@ struct Space::Impl {
       }
       std::unique_lock lock(mu);
       if (arrived) x.revived_at_start = revived;
-      if (x.txn) {
-        auto t = txns.find(*x.txn);
-        if (t == txns.end() || t->second.phase != Phase::kActive) {
-          d.replies.emplace_back(x.answer(), aborted("transaction " + x.txn->to_string() + " ended or is voting"));
-          return true;
-        }
-      }
+      if (refused_txn_locked(x, d)) return true;
       f.bytes = x.held_bytes;
       bool walked = scan_locked(r.tmpl, 0, x.txn, [&](uint64_t seq, const Stored& s) { return collect(x, f, seq, s); }, budget);
       if (!walked && !enough(x, f)) return false;

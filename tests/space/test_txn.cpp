@@ -1307,3 +1307,33 @@ TEST_CASE("prepared states name what they took by sequence and lease; the first 
   CHECK(e.space->size() == 1);
   CHECK(visible(e, "demo.Kept", 2));
 }
+
+TEST_CASE("every operation under a transaction that has voted is refused, readIfExists and contents included") {
+  test::TempDir dir;
+  Engine e(dir.file("space.db"), nullptr);
+  const TxnRef t = txn_ref(1);
+  stage(e, t);  // took demo.Kept 1, wrote demo.Staged 1
+  auto seen = [&](const Template& which) { return e.space->read(which, 0ms, t); };
+  REQUIRE(seen(tmpl("demo.Staged", {{"n", 1}}))->has_value());  // its own write, while active
+  REQUIRE(*e.space->prepare(t.id, t.manager) == txn::Vote::kPrepared);
+
+  // After its vote nothing may be read or taken under it: a read could still see its own write
+  // and a take would take what its prepared state does not name.
+  REQUIRE(e.space->write({entry("demo.Free", {{"n", 1}}), 600'000}).ok());
+  auto refused = [](const Status& st) { return st.code() == Code::kFailedPrecondition || st.code() == Code::kAborted; };
+  CHECK(refused(seen(tmpl("demo.Staged", {{"n", 1}})).status()));
+  CHECK(refused(seen(tmpl("demo.Free", {{"n", 1}})).status()));
+  CHECK(refused(e.space->read(tmpl("demo.Free"), 50ms, t).status()));
+  CHECK(refused(e.space->take(tmpl("demo.Free"), 0ms, t).status()));
+  CHECK(refused(e.space->contents(tmpl("demo.Staged"), 0, 10, t).status()));
+  WriteRequest w{entry("demo.Staged", {{"n", 2}}), 600'000};
+  w.txn = t;
+  CHECK(!e.space->write(std::move(w)).ok());
+
+  // Nothing changed: the commit applies what was prepared, and the free entry is still there.
+  REQUIRE(e.space->commit(t.id).ok());
+  CHECK(visible(e, "demo.Staged", 1));
+  CHECK(!visible(e, "demo.Staged", 2));
+  CHECK(!visible(e, "demo.Kept", 1));
+  CHECK(visible(e, "demo.Free", 1));
+}
