@@ -2405,6 +2405,7 @@ Result<txn::Vote> Space::prepare(const txn::TxnId& id, std::string_view coordina
   });
   DJINN_CRASH_POINT("space.prepare.after_commit");
   txn::Vote vote = txn::Vote::kPrepared;
+  std::vector<uint64_t> ended_rows;
   {
     std::unique_lock lock(m.mu);
     // Still kPreparing: only this call moves it on (finish waits for it), so an abort cannot have
@@ -2427,13 +2428,18 @@ Result<txn::Vote> Space::prepare(const txn::TxnId& id, std::string_view coordina
       if (m.has_store) {
         for (const Row& r : rows) {
           auto e = m.entries.find(r.seq);
-          if (e != m.entries.end()) e->second.has_row = true;
+          if (e != m.entries.end()) {
+            e->second.has_row = true;
+          } else {
+            ended_rows.push_back(r.seq);  // its lease ended while the row was being written
+          }
         }
       }
       t->second.phase = Impl::Phase::kPrepared;
       t->second.prepared_at = Clock::now();
     }
   }
+  if (!ended_rows.empty()) m.delete_rows_later(ended_rows);
   m.txn_cv.notify_all();
   m.deliver(d);
   return vote;

@@ -1337,3 +1337,37 @@ TEST_CASE("every operation under a transaction that has voted is refused, readIf
   CHECK(!visible(e, "demo.Kept", 1));
   CHECK(visible(e, "demo.Free", 1));
 }
+
+TEST_CASE("an entry whose lease ends while its transaction prepares leaves no row behind") {
+  test::TempDir dir;
+  Engine e(dir.file("space.db"), nullptr);
+  Disarm disarm;
+  const TxnRef t = txn_ref(1);
+  WriteRequest w{entry("demo.Staged", {{"n", 1}}), 600'000};
+  w.txn = t;
+  Result<Written> staged = e.space->write(std::move(w));
+  REQUIRE(staged.ok());
+  // The lease ends after the prepare took the entry's row to write and before it wrote it.
+  fault::arm_call("space.prepare.before_write", [&] { REQUIRE(e.landlord->cancel(staged->lease_id).ok()); });
+  REQUIRE(*e.space->prepare(t.id, t.manager) == txn::Vote::kPrepared);
+  fault::disarm_all();
+  REQUIRE(e.space->commit(t.id).ok());
+  CHECK(!visible(e, "demo.Staged", 1));
+  auto rows = [&] {
+    int64_t n = -1;
+    Status st = e.landlord->transact(sqlite::Sync::kNormal, [&](sqlite::Database& db) -> Status {
+      Result<sqlite::Statement*> q = db.cached("SELECT COUNT(*) FROM space_entry");
+      if (!q.ok()) return q.status();
+      Result<bool> row = (*q)->step();
+      if (!row.ok()) return row.status();
+      n = (*q)->column_int64(0);
+      (*q)->reset();
+      return Status::Ok();
+    });
+    REQUIRE_MESSAGE(st.ok(), st.to_string());
+    return n;
+  };
+  // Deleted by the space's remover thread, as every ended entry's row is (it stayed until the
+  // next open before).
+  CHECK(test::eventually([&] { return rows() == 0; }, 5000));
+}
