@@ -30,6 +30,10 @@ int main(int argc, char** argv) {
               "grants that may wait at once (waitMs > 0) for resources others hold; more are refused "
               "(RESOURCE_EXHAUSTED)",
               0, 10'000'000);
+  cfg.add_duration("renewal-patience", lease::LeaseManagerOptions{}.renewal_patience,
+                   "a lease handed to the renewal service whose landlord does not renew it once within this "
+                   "long is reported failed (renewal.failed), not retried until the expiration its client gave "
+                   "(0: until then)");
   cfg.add_string("lookup", "",
                  "comma-separated RPC endpoints of lookup services to register with (tcp://HOST:PORT,...); the "
                  "registration is renewed and made again whenever a lookup loses it");
@@ -50,6 +54,7 @@ int main(int argc, char** argv) {
   if (!policy.ok()) return cfg.fail(policy.status().message(), 2);
   options.policy = *policy;
   options.policy.max_waiting_grants = static_cast<size_t>(cfg.get_int("max-waiting-grants"));
+  options.renewal_patience = cfg.get_duration("renewal-patience");
   Result<ServerSecurity> security = security_from_flags(cfg);
   if (!security.ok()) return cfg.fail(security.status().message(), security.status().code() == Code::kInvalidArgument ? 2 : 1);
   options.curve = security->curve;

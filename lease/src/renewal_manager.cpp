@@ -50,6 +50,9 @@ struct RenewalManager::Impl {
     // By then (steady ms) the lease has run out at its landlord, as far as this side can tell;
     // INT64_MAX for a FOREVER lease.
     int64_t ends_ms = 0;
+    // Until its landlord first renews it: by then (steady ms) it is given up on when that fails.
+    int64_t unconfirmed_until = INT64_MAX;
+    std::chrono::milliseconds confirm_within{0};  // as added (for the failure's message)
     bool in_flight = false;    // a renewal of it is out; not in `schedule` meanwhile
     uint64_t generation = 0;   // answers to an older generation (before a remove/add) are ignored
     std::chrono::milliseconds backoff{0};
@@ -126,7 +129,7 @@ struct RenewalManager::Impl {
   // A lease as added: all there is is its landlord's expiration, read here on our own wall clock,
   // and its grant, which it cannot outlive. Renewed by the nearer of the two, given up on after
   // the later; at once when the grant is unknown (0).
-  void schedule_added(const Key& key, Tracked& t, int64_t now) {
+  void schedule_added(const Key& key, Tracked& t, int64_t now, std::chrono::milliseconds confirm_within) {
     const Lease& lease = t.held.lease;
     if (lease.expiration_ms == kNeverExpires) {
       t.ends_ms = INT64_MAX;
@@ -135,6 +138,7 @@ struct RenewalManager::Impl {
     int64_t left = left_by_wall(lease);
     if (lease.granted_ms <= 0) {
       t.ends_ms = plus(now, left);
+      if (confirm_within.count() > 0) t.unconfirmed_until = plus(now, confirm_within.count());
       return schedule_at(key, t, now);
     }
     t.ends_ms = plus(now, std::max(left, lease.granted_ms));
@@ -163,7 +167,8 @@ struct RenewalManager::Impl {
     remotes.erase(remote);
   }
 
-  Status add(const HeldLease& lease, int64_t renew_ms, std::optional<int64_t> until_ms) {
+  Status add(const HeldLease& lease, int64_t renew_ms, std::optional<int64_t> until_ms,
+             std::chrono::milliseconds confirm_within) {
     {
       std::lock_guard lock(mu);
       Key key{lease.landlord, lease.lease.id};
@@ -185,7 +190,8 @@ struct RenewalManager::Impl {
       t.renew_ms = renew_ms;
       t.until_ms = until_ms;
       t.generation = next_generation++;
-      schedule_added(key, t, steady_now_ms());
+      t.confirm_within = confirm_within;
+      schedule_added(key, t, steady_now_ms(), confirm_within);
     }
     cv.notify_one();
     return Status::Ok();
@@ -280,17 +286,24 @@ void RenewalManager::Impl::apply(Completion& c, int64_t now, std::vector<HeldLea
       t.held.lease.expiration_ms = renewed[i]->expiration_ms;
       t.held.lease.granted_ms = renewed[i]->granted_ms;
       t.backoff = std::chrono::milliseconds(0);
+      t.unconfirmed_until = INT64_MAX;
       schedule_renewed(key, t, *renewed[i], c.sent_ms, now);
       if (on_renewed) renewed_out.push_back(t.held);
       continue;
     }
-    if (transient(st.code()) && now < t.ends_ms) {
+    const int64_t give_up_ms = std::min(t.ends_ms, t.unconfirmed_until);
+    if (transient(st.code()) && now < give_up_ms) {
       t.backoff = t.backoff.count() == 0 ? options.retry_backoff_min
                                          : std::min(t.backoff * 2, options.retry_backoff_max);
-      schedule_at(key, t, std::min(now + t.backoff.count(), t.ends_ms));
+      schedule_at(key, t, std::min(now + t.backoff.count(), give_up_ms));
       continue;
     }
-    if (transient(st.code())) {
+    if (transient(st.code()) && now < t.ends_ms) {
+      st = unavailable("lease " + std::to_string(key.second) + " at " + key.first + ": its landlord did not renew it " +
+                       "once within " + std::to_string(t.confirm_within.count()) +
+                       " ms of its hand-over, so the expiration it came with is not taken on trust: " +
+                       st.to_string());
+    } else if (transient(st.code())) {
       st = deadline_exceeded("lease " + std::to_string(key.second) + " at " + key.first +
                              " ran out before it could be renewed (expiration " +
                              std::to_string(t.held.lease.expiration_ms) + " ms on the landlord's clock): " +
@@ -431,12 +444,13 @@ void RenewalManager::on_renewed(RenewedHandler handler) {
 }
 
 Status RenewalManager::add(const HeldLease& lease, int64_t renew_ms,
-                           std::optional<std::chrono::system_clock::time_point> until) {
+                           std::optional<std::chrono::system_clock::time_point> until,
+                           std::chrono::milliseconds confirm_within) {
   std::optional<int64_t> until_ms;
   if (until) {
     until_ms = std::chrono::duration_cast<std::chrono::milliseconds>(until->time_since_epoch()).count();
   }
-  return impl_->add(lease, renew_ms, until_ms);
+  return impl_->add(lease, renew_ms, until_ms, confirm_within);
 }
 
 void RenewalManager::remove(LeaseId id, const std::string& landlord) { impl_->remove(id, landlord); }

@@ -491,9 +491,11 @@ Status RenewalService::Impl::add(proto::AddParams::Reader p) {
   DJINN_RETURN_IF_ERROR((*st)->run());
   Member member{set->first, until_ms, held.lease.granted_ms, held.lease.expiration_ms};
   // The caller's copy of the lease may say anything (an expiration and a grant hours away would
-  // have it renewed hours late): renewed at once, the landlord's answer says what it really is.
+  // have it renewed hours late): renewed at once, the landlord's answer says what it really is,
+  // and a landlord that never answers has it reported failed after the patience, not at that
+  // expiration (a far one kept a landlord slot of the manager's 64 for nothing).
   held.lease.granted_ms = 0;
-  if (Status tracked = manager.add(held, p.getRenewMs(), until_point(until_ms)); !tracked.ok()) {
+  if (Status tracked = manager.add(held, p.getRenewMs(), until_point(until_ms), options.patience); !tracked.ok()) {
     // Its landlord would be one too many. A lease the manager does not renew is not kept: a
     // member replaced here was no longer renewed either (only a lease the manager has dropped
     // can be refused).

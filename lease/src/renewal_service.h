@@ -19,6 +19,10 @@ struct RenewalServiceOptions {
   Landlord* landlord = nullptr;              // where set leases are granted
   events::Publisher* publisher = nullptr;    // for "renewal.failed"; may be null
   RenewalManagerOptions manager;
+  // A lease handed over (renewal.add) that its landlord does not renew once within this long is
+  // reported failed, not retried until the expiration its client gave (0: until then). Leases
+  // resumed at start-up are retried until their expiration as before.
+  std::chrono::milliseconds patience{0};
 };
 
 class RenewalService {

@@ -631,6 +631,7 @@ Result<std::unique_ptr<LeaseManager>> LeaseManager::start(LeaseManagerOptions op
   renewal_options.landlord = im->landlord.get();
   renewal_options.publisher = im->publisher.get();
   renewal_options.manager.curve = options.renewal_curve;
+  renewal_options.patience = options.renewal_patience;
   auto renewal = internal::RenewalService::open(std::move(renewal_options));
   if (!renewal.ok()) return renewal.status();
   im->renewal = std::move(*renewal);

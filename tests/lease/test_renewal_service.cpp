@@ -628,6 +628,50 @@ TEST_CASE("renewal.add refuses a lease at one landlord more than it renews at, a
   CHECK(renewal.members(set->id)->size() == kLimit);
 }
 
+TEST_CASE("a lease whose landlord never answers is reported failed after the patience, not at the expiration handed over") {
+  test::TempDir dir;
+  LeaseManagerOptions o;
+  o.data_dir = dir.file("lease");
+  o.renewal_patience = 1500ms;
+  auto started = LeaseManager::start(o);
+  REQUIRE_MESSAGE(started.ok(), started.status().to_string());
+  LeaseManager& manager = **started;
+  LeaseClient leases({.endpoint = manager.rpc_endpoint()});
+  RenewalClient renewal({.endpoint = manager.rpc_endpoint()});
+  FailureLog failures(manager, leases);
+  auto set = renewal.create_set("owner", 60'000);
+  REQUIRE(set.ok());
+  // Made up: a landlord that routes nowhere (TEST-NET-1), an expiration and a grant a day away.
+  const int64_t day = 24 * 3'600'000;
+  HeldLease far;
+  far.landlord = "tcp://192.0.2.1:20001";
+  far.lease.id = 4242;
+  far.lease.resource = "far";
+  far.lease.holder = "owner";
+  far.lease.granted_ms = day;
+  far.lease.expiration_ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count() + day;
+  // A real one beside it, at the manager's own landlord, stays renewed.
+  HeldLease kept = grant(leases, "kept", 1'000);
+  const auto until = std::chrono::system_clock::now() + std::chrono::hours(48);
+  const auto added = std::chrono::steady_clock::now();
+  REQUIRE(renewal.add(set->id, far, 1'000, until).ok());
+  REQUIRE(renewal.add(set->id, kept, 1'000, until).ok());
+  CHECK(renewal.members(set->id)->size() == 2);
+  REQUIRE(test::eventually([&] { return failures.size() == 1; }, 15'000));
+  CHECK(std::chrono::steady_clock::now() - added >= 1500ms);
+  {
+    std::lock_guard lock(failures.mu);
+    CHECK(failures.seen[0].code == static_cast<uint16_t>(Code::kUnavailable));
+  }
+  auto members = renewal.members(set->id);
+  REQUIRE(members.ok());
+  REQUIRE(members->size() == 1);
+  CHECK(members->front().lease.resource == "kept");
+  std::this_thread::sleep_for(1500ms);  // past the kept lease's own grant: renewed all along
+  CHECK(leases.get(kept.lease.id).ok());
+}
+
 TEST_CASE("members are swept at their untilMs without any call, through an index on until_ms") {
   test::TempDir dir;
   std::string endpoint = "tcp://127.0.0.1:" + std::to_string(test::free_tcp_port());

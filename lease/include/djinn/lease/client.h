@@ -171,9 +171,13 @@ class RenewalManager {
   // granted_ms is 0 (unknown). Later renewals are due renew_at_remaining of their grant before
   // the time they were sent plus that grant, on the monotonic clock: the landlord's expiration
   // is only reported. Adding a lease already tracked replaces it. A lease at a landlord other than
-  // the max_landlords already renewed at is refused (RESOURCE_EXHAUSTED) and not tracked.
+  // the max_landlords already renewed at is refused (RESOURCE_EXHAUSTED) and not tracked. With
+  // `confirm_within` (> 0) and granted_ms 0, a lease its landlord has not renewed once within that
+  // long is reported failed (UNAVAILABLE) rather than retried until the expiration it came with:
+  // for a lease and expiration handed over by someone else, which only they vouch for.
   Status add(const HeldLease& lease, int64_t renew_ms = kDurationAny,
-             std::optional<std::chrono::system_clock::time_point> until = std::nullopt);
+             std::optional<std::chrono::system_clock::time_point> until = std::nullopt,
+             std::chrono::milliseconds confirm_within = std::chrono::milliseconds(0));
   // Stops renewing (the lease is left to expire, or cancel it yourself).
   void remove(LeaseId id, const std::string& landlord);
   // The current view of a tracked lease (its latest expiration).

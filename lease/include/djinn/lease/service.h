@@ -74,6 +74,10 @@ struct LeaseManagerOptions {
   // How the renewal service reaches other landlords (under CURVE: its client key pair and the
   // landlords' server key); default: plaintext.
   std::optional<rpc::CurveClient> renewal_curve;
+  // A lease handed to the renewal service whose landlord does not renew it once within this long
+  // is reported failed (renewal.failed) instead of retried until the expiration its client gave
+  // (RenewalManager::add's confirm_within); 0: until that expiration.
+  std::chrono::milliseconds renewal_patience{60'000};
 };
 
 // The whole djinn-lease service, in-process (the daemon's main and the tests use it alike): the
