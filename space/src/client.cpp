@@ -285,11 +285,25 @@ Status SpaceClient::get_chunk(const ContentHash& hash, std::vector<uint8_t>& out
   return Status::Ok();
 }
 
+namespace {
+
+// Calls outstanding at once in a value's transfer: each holds a chunk in memory.
+constexpr int kMaxInFlight = 64;
+
+Status check_in_flight(const ValueTransfer& transfer, std::string_view what) {
+  if (transfer.in_flight >= 1 && transfer.in_flight <= kMaxInFlight) return Status::Ok();
+  return invalid_argument(std::string(what) + ": " + std::to_string(transfer.in_flight) +
+                          " chunk calls in flight: must be 1.." + std::to_string(kMaxInFlight));
+}
+
+}  // namespace
+
 Result<ContentHash> SpaceClient::put_value(const ValueReader& read, ValueTransfer transfer) {
   if (transfer.chunk_bytes == 0 || transfer.chunk_bytes > kMaxChunkBytes) {
     return invalid_argument("put_value: chunk size " + std::to_string(transfer.chunk_bytes) + ": must be 1.." +
                             std::to_string(kMaxChunkBytes));
   }
+  DJINN_RETURN_IF_ERROR(check_in_flight(transfer, "put_value"));
   rpc::CallOptions call;
   call.timeout = transfer.call_timeout;
   call.idempotent = true;  // storing a chunk twice stores it once
@@ -360,6 +374,11 @@ Result<ContentHash> SpaceClient::put_value(const ValueReader& read, ValueTransfe
       filled += *n;
     }
     if (filled == 0) break;
+    if (chunks.size() + pending.size() >= kMaxValueChunks) {  // told before the rest is read and sent
+      return invalid_argument("put_value: more than " + std::to_string(kMaxValueChunks) + " chunks of " +
+                              std::to_string(transfer.chunk_bytes) + " bytes, the most a value may have; use "
+                              "larger chunks (up to " + std::to_string(kMaxChunkBytes) + " bytes)");
+    }
     total += filled;
     if (static_cast<int>(pending.size()) >= transfer.in_flight) DJINN_RETURN_IF_ERROR(settle());
     capnp::MallocMessageBuilder message;
@@ -545,6 +564,7 @@ Result<Manifest> SpaceClient::get_manifest(const ContentHash& value_id, rpc::Cal
 }
 
 Status SpaceClient::get_value(const ContentHash& value_id, const ValueWriter& write, ValueTransfer transfer) {
+  DJINN_RETURN_IF_ERROR(check_in_flight(transfer, "get_value"));
   rpc::CallOptions call;
   call.timeout = transfer.call_timeout;
   call.idempotent = true;

@@ -953,9 +953,20 @@ struct ValueStore::Impl {
         } else {
           std::vector<uint8_t> bytes;
           Status st = read_whole(it->path(), [&](size_t n) { bytes.resize(n); return bytes.data(); }, "value");
+          if (st.ok() && DJINN_FAIL_POINT("space.values.manifest_read")) st = internal_error("space.values.manifest_read (injected)");
+          if (st.code() == Code::kNotFound) continue;  // gone since it was listed
+          // A manifest that could not be read is no reason to let its chunks go: the next open may
+          // read it (an I/O error, no descriptor left), so this one is refused.
+          if (!st.ok() && st.code() != Code::kDataLoss) {
+            return failed_precondition("cannot read value manifest " + it->path().string() + ": " + st.to_string() +
+                                       "; nothing was changed: check the disk (and the limit on open files, "
+                                       "ulimit -n) before opening the store again");
+          }
           std::optional<Manifest> m = st.ok() ? decode_manifest(bytes) : std::nullopt;
           if (!m) {
-            DJINN_LOG(kWarn, "space") << "unreadable value manifest " << it->path().string() << ": ignored";
+            DJINN_LOG(kError, "space") << "value manifest " << it->path().string()
+                                       << " is damaged (it does not decode): its value is lost, and the chunks "
+                                          "only it names will be collected";
             continue;
           }
           ValueInfo& v = values[*h];

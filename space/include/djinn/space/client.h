@@ -51,7 +51,7 @@ using ValueWriter = std::function<Status(std::span<const uint8_t> bytes)>;
 
 struct ValueTransfer {
   size_t chunk_bytes = kDefaultChunkBytes;
-  int in_flight = 4;  // chunk calls outstanding at once: memory is in_flight * chunk_bytes
+  int in_flight = 4;  // chunk calls outstanding at once (1..64): memory is in_flight * chunk_bytes
   std::chrono::milliseconds call_timeout{60000};
 };
 
