@@ -1423,15 +1423,28 @@ struct Landlord::Impl {
           std::lock_guard lock(mutex_);
           auto it = waiters_.find(resource);
           if (it == waiters_.end() || it->second.empty()) return;
-          request = it->second.front().request;
+          // A wait that ended while earlier hand-overs were written is not granted late, to a
+          // caller gone by then: the resource would be held for nobody.
+          if (it->second.front().deadline_ns <= now_ns()) {
+            Waiter w = unqueue_waiter_locked(it->second.begin());
+            done = std::move(w.done);
+            result = Result<Lease>(deadline_exceeded(std::string(kind_name(w.request.kind)) + " lease on " +
+                                                     quoted(w.request.resource) + " for " + quoted(w.request.holder) +
+                                                     ": waited " + std::to_string(w.request.wait.count()) +
+                                                     " ms; the resource was freed too late"));
+          } else {
+            request = it->second.front().request;
+          }
         }
-        Result<int64_t> granted = negotiate(options.policy, request.duration_ms);  // checked when queued
-        Attempt a = attempt_grant(request, granted.ok() ? *granted : 0, /*behind_waiters=*/false);
-        if (!a.result) return;  // still blocked; the queue keeps its order
-        result = std::move(*a.result);
-        if (result->ok() && !a.repeat) events.push_back(LeaseEvent{EventType::kGranted, result->value(), {}, request.kind});
-        std::lock_guard lock(mutex_);
-        done = unqueue_waiter_locked(waiters_.find(resource)->second.begin()).done;
+        if (!result) {
+          Result<int64_t> granted = negotiate(options.policy, request.duration_ms);  // checked when queued
+          Attempt a = attempt_grant(request, granted.ok() ? *granted : 0, /*behind_waiters=*/false);
+          if (!a.result) return;  // still blocked; the queue keeps its order
+          result = std::move(*a.result);
+          if (result->ok() && !a.repeat) events.push_back(LeaseEvent{EventType::kGranted, result->value(), {}, request.kind});
+          std::lock_guard lock(mutex_);
+          done = unqueue_waiter_locked(waiters_.find(resource)->second.begin()).done;
+        }
       }
       deliver(events);
       done(std::move(*result));

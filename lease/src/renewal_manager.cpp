@@ -169,8 +169,14 @@ struct RenewalManager::Impl {
 
   Status add(const HeldLease& lease, int64_t renew_ms, std::optional<int64_t> until_ms,
              std::chrono::milliseconds confirm_within) {
+    // Refused here rather than failed at the first renewal, when the caller has moved on.
+    DJINN_RETURN_IF_ERROR(internal::check_duration(renew_ms, "renewal duration"));
     {
       std::lock_guard lock(mu);
+      if (stopping) {
+        return failed_precondition("lease " + std::to_string(lease.lease.id) + " at " + lease.landlord +
+                                   ": the renewal manager is stopped, it renews nothing more");
+      }
       Key key{lease.landlord, lease.lease.id};
       auto it = tracked.find(key);
       if (it != tracked.end()) {

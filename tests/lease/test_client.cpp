@@ -4,6 +4,7 @@
 #include <doctest/doctest.h>
 
 #include <atomic>
+#include <limits>
 #include <mutex>
 #include <thread>
 
@@ -218,4 +219,25 @@ TEST_CASE("renewal manager keeps a landlord's client only while a lease is there
   CHECK(test::eventually([&] { return failures.size() == 1; }, 3000));
   CHECK(renewals.landlords() == 0);
   CHECK(failures.size() == 1);
+}
+
+TEST_CASE("renewal manager refuses a bad renewal duration, and any lease once stopped, when it is added") {
+  RenewalManager renewals({.call_timeout = 300ms});
+  HeldLease held;
+  held.landlord = "tcp://192.0.2.1:20000";  // routes nowhere: nothing here may call it
+  held.lease.id = 7;
+  held.lease.expiration_ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count() +
+      60'000;
+  for (int64_t bad : {int64_t{0}, int64_t{-3}, std::numeric_limits<int64_t>::min()}) {
+    CAPTURE(bad);
+    Status st = renewals.add(held, bad);
+    CHECK(st.code() == Code::kInvalidArgument);
+  }
+  CHECK(renewals.size() == 0);
+  CHECK(renewals.landlords() == 0);
+  renewals.stop();
+  Status late = renewals.add(held, 1000);
+  CHECK(late.code() == Code::kFailedPrecondition);
+  CHECK(renewals.size() == 0);
 }

@@ -490,6 +490,27 @@ TEST_CASE("a waiting grant ends at its deadline; a new request does not overtake
   (void)held;
 }
 
+TEST_CASE("a waiting grant whose wait ended while an earlier hand-over was written is not granted late") {
+  test::TempDir dir;
+  FakeClocks clocks;
+  auto fake = fake_landlord(clocks, nullptr, test_policy(), dir.file("lease.db"));
+  Lease a = must_grant(*fake, request("disk", "a", Kind::kExclusive, 10000));
+  std::optional<Result<Lease>> b_result, c_result;
+  fake->grant_async(request("disk", "b", Kind::kShared, 1000, 1000ms), [&](Result<Lease> r) { b_result = r; });
+  fake->grant_async(request("disk", "c", Kind::kShared, 1000, 300ms), [&](Result<Lease> r) { c_result = r; });
+  // a's cancel hands the disk over: b's grant takes 500 ms to write, and c's wait ends meanwhile.
+  fault::arm_call("lease.landlord.before_commit", [&] { clocks.advance(500); });
+  REQUIRE(fake->cancel(a.id).ok());
+  fault::disarm_all();
+  REQUIRE(b_result.has_value());
+  REQUIRE(b_result->ok());
+  REQUIRE(c_result.has_value());
+  CHECK(c_result->status().code() == Code::kDeadlineExceeded);  // it was granted, to nobody waiting
+  auto on_disk = fake->leases_of_resource("disk");
+  REQUIRE(on_disk.size() == 1);
+  CHECK(on_disk[0].holder == "b");
+}
+
 TEST_CASE("waiting grants: no more than the policy's limit wait, and each wait ends at its own deadline") {
   FakeClocks clocks;
   Policy policy = test_policy();
