@@ -1297,23 +1297,44 @@ Status ValueStore::read_chunk(const ContentHash& hash, const std::function<uint8
   uint8_t* data = nullptr;
   size_t size = 0;
   std::shared_ptr<Impl::PackFile> pack;
+  uint32_t pack_id = 0;
   uint64_t at = 0;
+  uint64_t written = 0;
   {
     std::lock_guard lock(m.mu);
     auto it = m.chunks.find(hash);
     if (it != m.chunks.end() && !it->second.verified) {
       return not_found("chunk " + to_hex(hash) + " is not stored (lost to a crash or a disk error): put it again");
     }
-    if (it != m.chunks.end() && it->second.pack != 0) {
-      pack = m.packs.at(it->second.pack).file;
+    if (it != m.chunks.end()) {
+      pack_id = it->second.pack;
+      written = it->second.written;
+    }
+    if (pack_id != 0) {
+      pack = m.packs.at(pack_id).file;
       at = it->second.offset;
       size = it->second.size;
     }
   }
+  // Found damaged, the copy read is absent from then on (unless it was moved or written again
+  // meanwhile): a put stores the chunk again, which repairs every value naming it.
+  auto damaged = [&](std::string why) {
+    std::lock_guard lock(m.mu);
+    auto it = m.chunks.find(hash);
+    if (it != m.chunks.end() && it->second.verified && it->second.pack == pack_id) {
+      if (pack_id != 0 && it->second.offset == at) {
+        m.lose_record_locked(it, m.packs.at(pack_id));
+      } else if (pack_id == 0 && it->second.written == written) {
+        it->second.verified = false;
+      }
+    }
+    DJINN_LOG(kError, "space") << why << "; it counts as absent until put again";
+    return data_loss(std::move(why));
+  };
   if (pack) {
     if (!Impl::read_record(*pack, at, size, hash, sink(size))) {
-      return data_loss("chunk " + to_hex(hash) + ": its record in " + m.path_of(*pack).string() +
-                       " is damaged (no longer what was written)");
+      return damaged("chunk " + to_hex(hash) + ": its record in " + m.path_of(*pack).string() +
+                     " is damaged (no longer what was written)");
     }
     return Status::Ok();
   }
@@ -1323,7 +1344,7 @@ Status ValueStore::read_chunk(const ContentHash& hash, const std::function<uint8
     return data;
   }, "chunk " + to_hex(hash)));
   if (hash_bytes(std::span<const uint8_t>(data, size)) != hash) {
-    return data_loss("chunk " + to_hex(hash) + " no longer matches its hash on disk");
+    return damaged("chunk " + to_hex(hash) + " no longer matches its hash on disk");
   }
   return Status::Ok();
 }
