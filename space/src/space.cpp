@@ -276,8 +276,22 @@ struct Space::Impl {
     std::string kind;
   };
   // One request of the group commit: a write, or the durable removal of entries being taken.
+  // The values a write refers to, referenced from its check until it is over (its entry holds
+  // references of its own by then): the collector could otherwise take one in between, when the
+  // write waits longer than the values' grace (a transaction's join, a long commit queue).
+  struct ValuePins {
+    ValueStore* store;
+    std::vector<ContentHash> pinned;
+    explicit ValuePins(ValueStore* s) : store(s) {}
+    ValuePins(const ValuePins&) = delete;
+    ValuePins& operator=(const ValuePins&) = delete;
+    ~ValuePins() {
+      for (const ContentHash& v : pinned) store->unref(v);
+    }
+  };
   struct Op {
     bool write = true;
+    std::shared_ptr<ValuePins> pins;  // write: of the values it refers to
     Entry entry;
     std::string encoded;
     int64_t duration_ms = 0;
@@ -2057,9 +2071,11 @@ std::variant<Space::Impl::Op, Result<Written>> Space::Impl::prepare_write(WriteR
   }
   for (const ContentHash& v : value_refs_of(request.entry)) {
     if (!options.values) return invalid_argument("write: the entry refers to a value but this space stores none");
-    if (!options.values->has_value(v)) {
+    if (!op.pins) op.pins = std::make_shared<ValuePins>(options.values);
+    if (!options.values->ref_if_stored(v)) {
       return not_found("write: the entry refers to value " + to_hex(v) + ", which is not stored (put it first)");
     }
+    op.pins->pinned.push_back(v);
   }
   size_t stored = 0;
   {

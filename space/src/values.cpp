@@ -1486,6 +1486,15 @@ void ValueStore::ref(const ContentHash& value_id) {
   if (it != impl_->values.end()) it->second.refs++;
 }
 
+bool ValueStore::ref_if_stored(const ContentHash& value_id) {
+  std::lock_guard lock(impl_->mu);
+  auto it = impl_->values.find(value_id);
+  if (it == impl_->values.end()) return false;
+  it->second.refs++;
+  it->second.touched = Clock::now();
+  return true;
+}
+
 void ValueStore::unref(const ContentHash& value_id) {
   std::lock_guard lock(impl_->mu);
   auto it = impl_->values.find(value_id);

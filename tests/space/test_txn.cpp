@@ -26,6 +26,7 @@
 #include "djinn/space/service.h"
 #include "djinn/space/space.h"
 #include "djinn/space/txn_manager.h"
+#include "djinn/space/values.h"
 #include "support/test_support.h"
 
 using namespace djinn;
@@ -1370,4 +1371,52 @@ TEST_CASE("an entry whose lease ends while its transaction prepares leaves no ro
   // Deleted by the space's remover thread, as every ended entry's row is (it stayed until the
   // next open before).
   CHECK(test::eventually([&] { return rows() == 0; }, 5000));
+}
+
+TEST_CASE("a value an entry refers to is kept while its write waits for the transaction's join") {
+  test::TempDir dir;
+  auto store = ValueStore::open({.dir = dir.file("values"), .grace = 0ms, .gc_interval = 0ms});
+  REQUIRE(store.ok());
+  ValueStore& values = **store;
+  std::vector<uint8_t> page(4096, 7);
+  ContentHash chunk = hash_bytes(page);
+  REQUIRE(values.put_chunk(chunk, page).ok());
+  auto value = values.put_value(page.size(), std::vector<ContentHash>{chunk});
+  REQUIRE(value.ok());
+  // The manager takes 400 ms to answer the join; the value is named by nothing meanwhile but the
+  // write that checked it, and a collection with no grace runs then.
+  std::vector<std::thread> joins;
+  std::mutex joins_mu;
+  Engine e(dir.file("space.db"), nullptr, [&](SpaceOptions& o) {
+    o.values = &values;
+    o.join = [&](const TxnRef&, const std::string&, std::function<void(Status)> done) {
+      std::lock_guard lock(joins_mu);
+      joins.emplace_back([done] {
+        std::this_thread::sleep_for(400ms);
+        done(Status::Ok());
+      });
+    };
+  });
+  struct JoinAll {  // before the engine goes: a join answered late calls into its space
+    std::vector<std::thread>& threads;
+    std::mutex& mu;
+    ~JoinAll() {
+      std::lock_guard lock(mu);
+      for (auto& j : threads) j.join();
+    }
+  } join_all{joins, joins_mu};
+  const TxnRef t = txn_ref(1);
+  WriteRequest w{entry("demo.WithValue", {{"v", value_ref(*value)}}), 600'000};
+  w.txn = t;
+  auto written = std::async(std::launch::async, [&] { return e.space->write(std::move(w)); });
+  std::this_thread::sleep_for(150ms);
+  values.collect_now(0ms);
+  auto result = written.get();
+  REQUIRE_MESSAGE(result.ok(), result.status().to_string());
+  CHECK(values.has_value(*value));  // it was collected under the waiting write before
+  REQUIRE(e.space->commit(t.id).ok());
+  values.collect_now(0ms);
+  CHECK(values.has_value(*value));
+  std::vector<uint8_t> out;
+  CHECK(values.get_chunk(chunk, out).ok());
 }

@@ -130,6 +130,9 @@ class ValueStore {
   // References from entries: a value with references is never collected.
   void ref(const ContentHash& value_id);
   void unref(const ContentHash& value_id);
+  // A reference taken if the value is stored (true), in one step: what a write checks it keeps
+  // until its entry holds its own (unref then), however long it waits to be written.
+  bool ref_if_stored(const ContentHash& value_id);
 
   // Deletes values and chunks unreferenced for longer than the grace period, and compacts packs
   // mostly dead; returns how many values, chunks and emptied packs went. The collector thread calls
