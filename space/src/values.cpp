@@ -444,6 +444,7 @@ struct ValueStore::Impl {
     if (!tmp.ok()) return tmp.status();
     std::lock_guard one_at_a_time(manifest_dir_mu[id[0]]);
     DJINN_RETURN_IF_ERROR(rename_into_place(*tmp, path));
+    if (DJINN_FAIL_POINT("space.values.manifest_dir_sync")) return internal_error("space.values.manifest_dir_sync (injected)");
     return files::sync_directory(path.parent_path());
   }
   // NNNNNNNN.pack, or NNNNNNNN-OFFSET.sealed for a pack sealed after a failed sync at OFFSET.
@@ -1462,6 +1463,9 @@ Result<ContentHash> ValueStore::put_value(uint64_t size, std::span<const Content
 }
 
 Result<Manifest> ValueStore::get_value(const ContentHash& value_id) const {
+  // Only a value this store holds: a manifest file whose put failed after its rename (its
+  // directory's sync) is no value, and its chunks may be collected.
+  if (!has_value(value_id)) return not_found("value " + to_hex(value_id) + " is not stored");
   std::vector<uint8_t> bytes;
   DJINN_RETURN_IF_ERROR(read_whole(impl_->value_path(value_id), [&](size_t n) {
     bytes.resize(n);

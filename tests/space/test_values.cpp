@@ -1012,6 +1012,32 @@ TEST_CASE("values: an open that cannot read a manifest is refused, and its value
   CHECK(out == big);
 }
 
+TEST_CASE("values: a manifest whose put failed after its rename is not served as a value") {
+  test::TempDir dir;
+  auto v = open_store(dir.file("values"));
+  std::vector<uint8_t> page = pattern(4096, 99);
+  ContentHash name = hash_bytes(page);
+  REQUIRE(v->put_chunk(name, page).ok());
+  fault::arm("space.values.manifest_dir_sync", fault::Action::kFail);
+  auto failed = v->put_value(page.size(), std::vector<ContentHash>{name});
+  fault::disarm_all();
+  REQUIRE(!failed.ok());
+  // The manifest's file is in place, but the put failed: its chunks are referenced by nothing and
+  // may go, so the manifest is not served (it was, from the file).
+  Manifest m;
+  m.size = page.size();
+  m.chunks = {name};
+  m.chunk_sizes = {4096};
+  const ContentHash id = value_id_of(m);
+  CHECK(!v->has_value(id));
+  CHECK(v->get_value(id).status().code() == Code::kNotFound);
+  // Put again, it is a value.
+  auto again = v->put_value(page.size(), std::vector<ContentHash>{name});
+  REQUIRE(again.ok());
+  CHECK(*again == id);
+  CHECK(v->get_value(id).ok());
+}
+
 TEST_CASE("values: a collection runs only once its owner has made the references' ends durable") {
   test::TempDir dir;
   Status sync = unavailable("fdatasync space.db-wal: no space left on device");
