@@ -88,6 +88,7 @@ int main(int argc, char** argv) {
   options.plaintext_role = security->plaintext_role;
 
   block_stop_signals();  // before any thread starts, so all inherit the mask
+  raise_open_file_limit();
 
   auto service = discovery::DiscoveryService::start(options);
   if (!service.ok()) {

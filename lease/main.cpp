@@ -69,6 +69,7 @@ int main(int argc, char** argv) {
   }
 
   block_stop_signals();  // before any thread starts, so all inherit the mask
+  raise_open_file_limit();
 
   auto manager = lease::LeaseManager::start(options);
   if (!manager.ok()) return cfg.fail(manager.status().to_string());

@@ -85,6 +85,7 @@ int main(int argc, char** argv) {
   }
 
   block_stop_signals();  // before any thread starts, so all inherit the mask
+  raise_open_file_limit();
 
   auto service = lookup::LookupService::start(options);
   if (!service.ok()) {

@@ -88,6 +88,7 @@ int main(int argc, char** argv) {
   }
 
   block_stop_signals();  // before any thread starts, so all inherit the mask
+  raise_open_file_limit();
 
   auto service = space::SpaceService::start(options);
   if (!service.ok()) {

@@ -1,6 +1,7 @@
 #include "djinn/core/daemon_flags.h"
 
 #include <signal.h>
+#include <sys/resource.h>
 
 #include <filesystem>
 
@@ -82,6 +83,17 @@ sigset_t stop_signals() {
 void block_stop_signals() {
   sigset_t signals = stop_signals();
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+}
+
+uint64_t raise_open_file_limit() {
+  struct rlimit limit {};
+  if (::getrlimit(RLIMIT_NOFILE, &limit) != 0) return 0;
+  if (limit.rlim_cur < limit.rlim_max) {
+    struct rlimit raised = limit;
+    raised.rlim_cur = limit.rlim_max;
+    if (::setrlimit(RLIMIT_NOFILE, &raised) == 0) limit = raised;
+  }
+  return limit.rlim_cur == RLIM_INFINITY ? UINT64_MAX : static_cast<uint64_t>(limit.rlim_cur);
 }
 
 const char* wait_for_stop_signal() {

@@ -4,6 +4,7 @@
 // value whose manifest was acknowledged has all its pages.
 #include <doctest/doctest.h>
 
+#include <sys/resource.h>
 #include <sys/wait.h>
 
 #include <atomic>
@@ -11,6 +12,7 @@
 #include <map>
 #include <mutex>
 #include <set>
+#include <sstream>
 #include <thread>
 
 #include "djinn/lookup/client.h"
@@ -298,4 +300,32 @@ TEST_CASE("no value whose manifest was acknowledged loses a page to kill -9 (pag
     REQUIRE_MESSAGE(st.ok(), "pages of acknowledged value ", to_hex(id), ": ", st.to_string());
     CHECK(at == seeds.size());
   }
+}
+
+TEST_CASE("djinn-space raises its limit on open files to the hard limit (a descriptor per pack file)") {
+  if (!run_through_ctest()) return;
+  test::TempDir dir;
+  struct rlimit mine {};
+  REQUIRE(::getrlimit(RLIMIT_NOFILE, &mine) == 0);
+  if (mine.rlim_max <= 1024) {
+    MESSAGE("the hard limit on open files is 1,024 or less here: nothing to raise");
+    return;
+  }
+  // Started with the usual soft limit of 1,024, which it inherits.
+  struct rlimit low = mine;
+  low.rlim_cur = 1024;
+  REQUIRE(::setrlimit(RLIMIT_NOFILE, &low) == 0);
+  Daemon d(dir, "space");
+  d.start();
+  REQUIRE(::setrlimit(RLIMIT_NOFILE, &mine) == 0);
+  std::ifstream limits("/proc/" + std::to_string(d.process->pid()) + "/limits");
+  std::string line, soft;
+  while (std::getline(limits, line)) {
+    if (line.rfind("Max open files", 0) != 0) continue;
+    std::istringstream fields(line.substr(std::string("Max open files").size()));
+    fields >> soft;
+  }
+  CHECK(soft == (mine.rlim_max == RLIM_INFINITY ? std::string("unlimited") : std::to_string(mine.rlim_max)));
+  kill(d.process->pid(), SIGTERM);
+  CHECK(d.process->wait(10000) != -1);
 }

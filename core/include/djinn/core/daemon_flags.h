@@ -3,6 +3,7 @@
 // the same thing in --help and refuses the same mistakes with the same advice.
 #pragma once
 
+#include <cstdint>
 #include <optional>
 #include <string>
 
@@ -38,5 +39,10 @@ void add_endpoint_flags(Config& cfg, int rpc_port, int events_port);
 void block_stop_signals();
 // Waits for SIGINT or SIGTERM and returns its name ("SIGINT" or "SIGTERM").
 const char* wait_for_stop_signal();
+
+// Raises this process's soft limit on open files to its hard limit: a daemon holds a descriptor
+// per connection, per ZeroMQ socket and, in the space, per pack file, and the usual soft limit of
+// 1,024 runs out long before the machine does. Returns the limit now in force.
+uint64_t raise_open_file_limit();
 
 }  // namespace djinn
