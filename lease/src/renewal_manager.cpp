@@ -412,6 +412,10 @@ void RenewalManager::Impl::run() {
       for (auto& [held, why] : failed) {
         DJINN_LOG(kInfo, "renewal") << "lease " << held.lease.id << " at " << held.landlord
                                     << " could not be renewed: " << why.to_string();
+        {
+          std::lock_guard l(mu);  // a handler that stopped the manager is called no more
+          if (stopping) break;
+        }
         if (handler) handler(held, why);
       }
       lock.lock();
