@@ -357,14 +357,20 @@ void Server::stop() {
   im.workers.clear();
   im.jobs.clear();
   im.queued_bytes = 0;
+  std::vector<Outgoing> unsent;
   {
     std::lock_guard lock(im.outbox->mu);
     im.outbox->closed = true;
-    im.outbox->items.clear();
+    unsent.swap(im.outbox->items);
   }
   im.outbox = std::make_shared<Outbox>();
-  // A call still running had its reply dropped with the old outbox: a repeat of its key after a
-  // start runs it again, as after a restart of the process, instead of waiting for that reply.
+  // Replies made and not sent are filed all the same: their calls took effect, and a repeat after
+  // a start gets the reply. A call still running lost its reply with the old outbox: a repeat of its
+  // key runs it again, as after a restart of the process, instead of waiting for that reply.
+  for (Outgoing& o : unsent) {
+    if (!o.dedup_key || !carried_out(o.code)) continue;
+    im.remember(*o.dedup_key, o.frame).waiters.clear();
+  }
   std::erase_if(im.dedup, [](const auto& entry) { return !entry.second.done; });
   im.router.reset();
   if (!im.zap_domain.empty()) security::ZapHandler::for_context(im.context).remove_domain(im.zap_domain);

@@ -247,6 +247,16 @@ struct SpaceService::Impl final : txn::Participant {
       forward_service = nullptr;
       forward_space = nullptr;
     }
+    {
+      // The joins still awaiting a remote manager are answered (CANCELLED) while the space and the
+      // value store are there: their operations hold references to values, let go as they end.
+      std::map<std::string, std::shared_ptr<rpc::Client>> closing;
+      {
+        std::lock_guard lock(clients_mu);
+        closing.swap(clients);
+      }
+      closing.clear();  // joins each client's I/O thread, whose callbacks take clients_mu
+    }
     space = nullptr;
     space_owner.reset();
     lease_service.reset();

@@ -535,7 +535,10 @@ struct ValueStore::Impl {
   // Reads the record of a `size`-byte chunk named `hash` at `at` in `file`: its bytes into `out`.
   // False when the record is not whole or not that chunk's (a write a crash cut short, a changed
   // byte).
-  static bool read_record(const PackFile& file, uint64_t at, uint64_t size, const ContentHash& hash, uint8_t* out) {
+  enum class Record { kIntact, kMismatch, kUnread };
+  // kUnread: the read itself failed (an I/O error, a file shorter than the record), which says
+  // nothing of what is on disk; kMismatch: read, and not what was written.
+  static Record read_record_as(const PackFile& file, uint64_t at, uint64_t size, const ContentHash& hash, uint8_t* out) {
     uint8_t header[kPackHeaderBytes];
     iovec parts[2] = {{header, kPackHeaderBytes}, {out, size}};
     size_t want = kPackHeaderBytes + size;
@@ -547,11 +550,15 @@ struct ValueStore::Impl {
       // A short read is rare (signals, huge records): finish it plainly.
       if (got < 0 || !pread_all(file.fd, header, kPackHeaderBytes, at) ||
           !pread_all(file.fd, out, size, at + kPackHeaderBytes)) {
-        return false;
+        return Record::kUnread;
       }
     }
-    return std::memcmp(header, kPackMagic, 4) == 0 && get_le(header + 4, 4) == size &&
-           std::memcmp(header + 8, hash.data(), hash.size()) == 0 && get_le(header + 40, 8) == XXH3_64bits(out, size);
+    bool intact = std::memcmp(header, kPackMagic, 4) == 0 && get_le(header + 4, 4) == size &&
+                  std::memcmp(header + 8, hash.data(), hash.size()) == 0 && get_le(header + 40, 8) == XXH3_64bits(out, size);
+    return intact ? Record::kIntact : Record::kMismatch;
+  }
+  static bool read_record(const PackFile& file, uint64_t at, uint64_t size, const ContentHash& hash, uint8_t* out) {
+    return read_record_as(file, at, size, hash, out) == Record::kIntact;
   }
   static bool record_holds(const PackFile& file, uint64_t at, uint64_t size, const ContentHash& hash) {
     std::vector<uint8_t> data(size);
@@ -961,7 +968,8 @@ struct ValueStore::Impl {
           if (!st.ok() && st.code() != Code::kDataLoss) {
             return failed_precondition("cannot read value manifest " + it->path().string() + ": " + st.to_string() +
                                        "; nothing was changed: check the disk (and the limit on open files, "
-                                       "ulimit -n) before opening the store again");
+                                       "ulimit -n) before opening the store again, or move that file out "
+                                       "of the store to open it without that value");
           }
           std::optional<Manifest> m = st.ok() ? decode_manifest(bytes) : std::nullopt;
           if (!m) {
@@ -1333,11 +1341,15 @@ Status ValueStore::read_chunk(const ContentHash& hash, const std::function<uint8
     return data_loss(std::move(why));
   };
   if (pack) {
-    if (!Impl::read_record(*pack, at, size, hash, sink(size))) {
-      return damaged("chunk " + to_hex(hash) + ": its record in " + m.path_of(*pack).string() +
-                     " is damaged (no longer what was written)");
+    switch (Impl::read_record_as(*pack, at, size, hash, sink(size))) {
+      case Impl::Record::kIntact: return Status::Ok();
+      case Impl::Record::kUnread:
+        return internal_error("chunk " + to_hex(hash) + ": reading its record in " + m.path_of(*pack).string() +
+                              " failed; try again, and check the disk if it goes on");
+      case Impl::Record::kMismatch: break;
     }
-    return Status::Ok();
+    return damaged("chunk " + to_hex(hash) + ": its record in " + m.path_of(*pack).string() +
+                   " is damaged (no longer what was written)");
   }
   DJINN_RETURN_IF_ERROR(read_whole(m.chunk_path(hash), [&](size_t n) {
     size = n;
@@ -1464,8 +1476,12 @@ Result<ContentHash> ValueStore::put_value(uint64_t size, std::span<const Content
 
 Result<Manifest> ValueStore::get_value(const ContentHash& value_id) const {
   // Only a value this store holds: a manifest file whose put failed after its rename (its
-  // directory's sync) is no value, and its chunks may be collected.
-  if (!has_value(value_id)) return not_found("value " + to_hex(value_id) + " is not stored");
+  // directory's sync) is no value, and its chunks may be collected. Reading one does not keep it
+  // (nor did it before): only references and puts do.
+  {
+    std::lock_guard lock(impl_->mu);
+    if (!impl_->values.count(value_id)) return not_found("value " + to_hex(value_id) + " is not stored");
+  }
   std::vector<uint8_t> bytes;
   DJINN_RETURN_IF_ERROR(read_whole(impl_->value_path(value_id), [&](size_t n) {
     bytes.resize(n);

@@ -1420,3 +1420,30 @@ TEST_CASE("a value an entry refers to is kept while its write waits for the tran
   std::vector<uint8_t> out;
   CHECK(values.get_chunk(chunk, out).ok());
 }
+
+TEST_CASE("a space stopped while a write naming a value awaits its transaction's join stops cleanly") {
+  // The write holds a reference to its value while its join waits (a manager that is not there);
+  // the stop answers the join and lets the reference go while the value store is still open (it
+  // was let go after, into a store already destroyed).
+  test::TempDir dir;
+  auto a = start_space(dir, "a", false);
+  SpaceClient c({.endpoint = a->rpc_endpoint(), .default_timeout = 5s});
+  auto value = c.put_value(std::vector<uint8_t>(10'000, 3));
+  REQUIRE(value.ok());
+  TxnRef lost{txn::TxnId::random(), "tcp://127.0.0.1:" + std::to_string(test::free_tcp_port())};
+  auto stuck = std::async(std::launch::async, [&] {
+    SpaceClient w({.endpoint = a->rpc_endpoint(), .default_timeout = 3s});
+    return w.write(entry("demo.WithValue", {{"v", value_ref(*value)}}), 600'000, lost);
+  });
+  std::this_thread::sleep_for(300ms);  // the write waits for its join
+  a.reset();
+  CHECK(!stuck.get().ok());
+  a = start_space(dir, "a", false);  // and the store opens again whole
+  SpaceClient again({.endpoint = a->rpc_endpoint()});
+  size_t got = 0;
+  CHECK(again.get_value(*value, [&](std::span<const uint8_t> b) {
+    got += b.size();
+    return Status::Ok();
+  }).ok());
+  CHECK(got == 10'000);
+}
