@@ -6,6 +6,7 @@
 
 #include <array>
 #include <atomic>
+#include <memory>
 #include <optional>
 #include <string>
 #include <thread>
@@ -55,6 +56,21 @@ class ZmqEchoCaller {
  private:
   zmq::socket_t socket_;
   std::array<char, kEchoPayloadBytes> payload_;
+};
+
+// The transport's limit beside a service's figures: a ROUTER echo with a ZeroMQ context of its own,
+// as a server in its own process has, and DEALER callers sharing another (one I/O thread each).
+class ZmqEchoLimit {
+ public:
+  ZmqEchoLimit() : server_(server_context_, zmq::socket_type::router) {}
+  std::unique_ptr<ZmqEchoCaller> caller() {
+    return std::make_unique<ZmqEchoCaller>(client_context_, zmq::socket_type::dealer, server_.endpoint());
+  }
+
+ private:
+  zmq::context_t server_context_{1};
+  zmq::context_t client_context_{1};
+  ZmqEchoServer server_;  // after its context: stopped before it
 };
 
 }  // namespace djinn::bench

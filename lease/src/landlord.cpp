@@ -1379,6 +1379,12 @@ struct Landlord::Impl {
     while (requests_waiting_.load() > 0 && std::chrono::steady_clock::now() < until) std::this_thread::yield();
   }
 
+  // The answer to a grant whose wait ended before it could be granted.
+  static Status wait_ended(const GrantRequest& r, std::string_view why) {
+    return deadline_exceeded(std::string(kind_name(r.kind)) + " lease on " + quoted(r.resource) + " for " +
+                             quoted(r.holder) + ": waited " + std::to_string(r.wait.count()) + " ms; " + std::string(why));
+  }
+
   // Ends the waits that timed out and hands freed resources to their queues, head first (FIFO:
   // the queue stops at the first request still blocked).
   void service_waiters() {
@@ -1396,10 +1402,7 @@ struct Landlord::Impl {
           std::vector<Lease> in_way = in_way_locked(r.resource, r.holder, r.kind);
           std::string why = in_way.empty() ? "requests ahead of it still wait"
                                            : "still conflicts with " + describe_in_way(in_way);
-          ended.emplace_back(std::move(w.done),
-                             deadline_exceeded(std::string(kind_name(r.kind)) + " lease on " + quoted(r.resource) +
-                                               " for " + quoted(r.holder) + ": waited " +
-                                               std::to_string(r.wait.count()) + " ms; " + why));
+          ended.emplace_back(std::move(w.done), wait_ended(r, why));
           retry.insert(r.resource);
         }
         retry.merge(retry_);
@@ -1428,10 +1431,7 @@ struct Landlord::Impl {
           if (it->second.front().deadline_ns <= now_ns()) {
             Waiter w = unqueue_waiter_locked(it->second.begin());
             done = std::move(w.done);
-            result = Result<Lease>(deadline_exceeded(std::string(kind_name(w.request.kind)) + " lease on " +
-                                                     quoted(w.request.resource) + " for " + quoted(w.request.holder) +
-                                                     ": waited " + std::to_string(w.request.wait.count()) +
-                                                     " ms; the resource was freed too late"));
+            result = Result<Lease>(wait_ended(w.request, "the resource was freed too late"));
           } else {
             request = it->second.front().request;
           }

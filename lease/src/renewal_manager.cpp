@@ -52,7 +52,7 @@ struct RenewalManager::Impl {
     int64_t ends_ms = 0;
     // Until its landlord first renews it: by then (steady ms) it is given up on when that fails.
     int64_t unconfirmed_until = INT64_MAX;
-    std::chrono::milliseconds confirm_within{0};  // as added (for the failure's message)
+    std::chrono::milliseconds confirm_within{0};  // as added
     bool in_flight = false;    // a renewal of it is out; not in `schedule` meanwhile
     uint64_t generation = 0;   // answers to an older generation (before a remove/add) are ignored
     std::chrono::milliseconds backoff{0};
@@ -129,7 +129,7 @@ struct RenewalManager::Impl {
   // A lease as added: all there is is its landlord's expiration, read here on our own wall clock,
   // and its grant, which it cannot outlive. Renewed by the nearer of the two, given up on after
   // the later; at once when the grant is unknown (0).
-  void schedule_added(const Key& key, Tracked& t, int64_t now, std::chrono::milliseconds confirm_within) {
+  void schedule_added(const Key& key, Tracked& t, int64_t now) {
     const Lease& lease = t.held.lease;
     if (lease.expiration_ms == kNeverExpires) {
       t.ends_ms = INT64_MAX;
@@ -138,7 +138,7 @@ struct RenewalManager::Impl {
     int64_t left = left_by_wall(lease);
     if (lease.granted_ms <= 0) {
       t.ends_ms = plus(now, left);
-      if (confirm_within.count() > 0) t.unconfirmed_until = plus(now, confirm_within.count());
+      if (t.confirm_within.count() > 0) t.unconfirmed_until = plus(now, t.confirm_within.count());
       return schedule_at(key, t, now);
     }
     t.ends_ms = plus(now, std::max(left, lease.granted_ms));
@@ -197,7 +197,7 @@ struct RenewalManager::Impl {
       t.until_ms = until_ms;
       t.generation = next_generation++;
       t.confirm_within = confirm_within;
-      schedule_added(key, t, steady_now_ms(), confirm_within);
+      schedule_added(key, t, steady_now_ms());
     }
     cv.notify_one();
     return Status::Ok();

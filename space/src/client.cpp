@@ -82,7 +82,8 @@ lease::HeldLease WriteReceipt::held_lease() const {
   l.id = written.lease_id;
   l.resource = std::string(kEntryResource);
   l.expiration_ms = written.expiration_ms;
-  // 0 (not known) for a keyed write answered from the stored entry, or from a space of before.
+  // written.granted_ms is 0 (not known) for a keyed write answered from the stored entry, or from
+  // a space of before.
   l.granted_ms = lease::first_grant_ms(written.granted_ms, written.expiration_ms);
   return lease::HeldLease{std::move(l), landlord};
 }

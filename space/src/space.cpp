@@ -275,7 +275,6 @@ struct Space::Impl {
     Template tmpl;
     std::string kind;
   };
-  // One request of the group commit: a write, or the durable removal of entries being taken.
   // The values a write refers to, referenced from its check until it is over (its entry holds
   // references of its own by then): the collector could otherwise take one in between, when the
   // write waits longer than the values' grace (a transaction's join, a long commit queue).
@@ -289,6 +288,7 @@ struct Space::Impl {
       for (const ContentHash& v : pinned) store->unref(v);
     }
   };
+  // One request of the group commit: a write, or the durable removal of entries being taken.
   struct Op {
     bool write = true;
     std::shared_ptr<ValuePins> pins;  // write: of the values it refers to

@@ -533,12 +533,11 @@ struct ValueStore::Impl {
   }
 
   // Reads the record of a `size`-byte chunk named `hash` at `at` in `file`: its bytes into `out`.
-  // False when the record is not whole or not that chunk's (a write a crash cut short, a changed
-  // byte).
+  // kMismatch when the record is not whole or not that chunk's (a write a crash cut short, a
+  // changed byte); kUnread when the read itself failed (an I/O error, a file shorter than the
+  // record), which says nothing of what is on disk.
   enum class Record { kIntact, kMismatch, kUnread };
-  // kUnread: the read itself failed (an I/O error, a file shorter than the record), which says
-  // nothing of what is on disk; kMismatch: read, and not what was written.
-  static Record read_record_as(const PackFile& file, uint64_t at, uint64_t size, const ContentHash& hash, uint8_t* out) {
+  static Record read_record(const PackFile& file, uint64_t at, uint64_t size, const ContentHash& hash, uint8_t* out) {
     uint8_t header[kPackHeaderBytes];
     iovec parts[2] = {{header, kPackHeaderBytes}, {out, size}};
     size_t want = kPackHeaderBytes + size;
@@ -557,12 +556,9 @@ struct ValueStore::Impl {
                   std::memcmp(header + 8, hash.data(), hash.size()) == 0 && get_le(header + 40, 8) == XXH3_64bits(out, size);
     return intact ? Record::kIntact : Record::kMismatch;
   }
-  static bool read_record(const PackFile& file, uint64_t at, uint64_t size, const ContentHash& hash, uint8_t* out) {
-    return read_record_as(file, at, size, hash, out) == Record::kIntact;
-  }
   static bool record_holds(const PackFile& file, uint64_t at, uint64_t size, const ContentHash& hash) {
     std::vector<uint8_t> data(size);
-    return read_record(file, at, size, hash, data.data());
+    return read_record(file, at, size, hash, data.data()) == Record::kIntact;
   }
 
   fs::path path_of(const PackFile& file) const {
@@ -677,7 +673,8 @@ struct ValueStore::Impl {
     std::vector<bool> intact(live.size());
     for (size_t i = 0; i < live.size(); ++i) {
       data[i].resize(live[i].second.size);
-      intact[i] = read_record(*from, live[i].second.offset, live[i].second.size, live[i].first, data[i].data());
+      intact[i] = read_record(*from, live[i].second.offset, live[i].second.size, live[i].first, data[i].data()) ==
+                  Record::kIntact;
     }
     std::vector<std::pair<uint32_t, uint64_t>> moved(live.size());
     for (size_t i = 0; i < live.size(); ++i) {
@@ -1341,7 +1338,7 @@ Status ValueStore::read_chunk(const ContentHash& hash, const std::function<uint8
     return data_loss(std::move(why));
   };
   if (pack) {
-    switch (Impl::read_record_as(*pack, at, size, hash, sink(size))) {
+    switch (Impl::read_record(*pack, at, size, hash, sink(size))) {
       case Impl::Record::kIntact: return Status::Ok();
       case Impl::Record::kUnread:
         return internal_error("chunk " + to_hex(hash) + ": reading its record in " + m.path_of(*pack).string() +
